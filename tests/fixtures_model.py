@@ -1,0 +1,1 @@
+"""Model fixtures (owned by the workstation pipeline): tiny data set, one-epoch model, bundle."""
