@@ -7,7 +7,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= edge,workstation,test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS := mosquitto mosquitto-clients
 QUICK ?=
 PYTEST_ARGS ?=
 comma := ,
@@ -19,6 +18,8 @@ apt:
 	@missing=""; \
 	command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
 	command -v mosquitto_sub >/dev/null || missing="$$missing mosquitto-clients"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing apt packages:$$missing"; \
