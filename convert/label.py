@@ -1,0 +1,252 @@
+"""``python -m convert label``: label video frames in a local web page, the seed's keys and files.
+
+The seed labeled in an OpenCV window, which needs a desktop on the machine holding the video.
+A page served on 127.0.0.1 works the same on a workstation and on a headless Pi over SSH
+port-forwarding (``ssh -L 8765:127.0.0.1:8765 pi``). The labeling logic is the pure state
+machine in ``convert.label_state``; this module only decodes frames and serves the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import threading
+from collections import OrderedDict
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import DataError, SeamQCError
+from convert.label_state import Labeler, open_session
+
+STATIC = Path(__file__).resolve().parent / "static"
+_STATIC_FILES = {"/": ("label.html", "text/html; charset=utf-8"),
+                 "/label.js": ("label.js", "text/javascript; charset=utf-8"),
+                 "/label.css": ("label.css", "text/css; charset=utf-8")}
+_FRAME_RE = re.compile(r"^/frame/(\d+)\.(jpg|png)$")
+
+
+class VideoFrames:
+    """Frames of a video file by index: sequential reads for the next frame, seeks otherwise.
+
+    A few decoded frames are cached, so going back and forth around the current frame (and the
+    page's prefetch of the next one) does not decode twice.
+    """
+
+    def __init__(self, path: str | Path, cache: int = 16):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"video {self.path}: no such file")
+        if not self.path.is_file():
+            raise DataError(f"video {self.path}: not a file")
+        self.cap = cv2.VideoCapture(str(self.path))
+        if not self.cap.isOpened():
+            raise DataError(f"video {self.path}: OpenCV cannot open it (not a video, or an unsupported codec)")
+        self._next = 0  # index the next cap.read() returns
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._size = cache
+        ok, first = self.cap.read()
+        if not ok or first is None:
+            self.cap.release()
+            raise DataError(f"video {self.path}: OpenCV cannot decode its first frame")
+        self._next = 1
+        self._remember(0, first)
+        n = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frame_count = n if n > 0 else self._count()
+        self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
+
+    def _count(self) -> int:
+        """Containers without a frame count: count by grabbing (no decode), then rewind."""
+        n = 1
+        while self.cap.grab():
+            n += 1
+        self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        self._next = 0
+        return n
+
+    def _remember(self, index: int, frame: np.ndarray) -> None:
+        self._cache[index] = frame
+        self._cache.move_to_end(index)
+        while len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+
+    def get(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.frame_count:
+            raise DataError(f"video {self.path.name}: frame {index} out of range 0–{self.frame_count - 1}")
+        hit = self._cache.get(index)
+        if hit is not None:
+            self._cache.move_to_end(index)
+            return hit
+        if index != self._next:
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, frame = self.cap.read()
+        if not ok or frame is None:
+            self._next = -1  # position unknown: seek next time
+            raise DataError(f"video {self.path.name}: cannot decode frame {index}")
+        self._next = index + 1
+        self._remember(index, frame)
+        return frame
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class LabelApp:
+    """The labeler behind a lock (the HTTP server answers on several threads)."""
+
+    def __init__(self, labeler: Labeler, frames: VideoFrames):
+        self.labeler = labeler
+        self.frames = frames
+        self.lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+
+    def state(self) -> dict:
+        with self.lock:
+            return self.labeler.state()
+
+    def key(self, key: str) -> dict:
+        with self.lock:
+            self.labeler.press(key)
+            return self.labeler.state()
+
+    def goto(self, frame: int) -> dict:
+        with self.lock:
+            self.labeler.goto(frame)
+            return self.labeler.state()
+
+    def image(self, index: int, fmt: str) -> bytes:
+        with self.lock:
+            frame = self.frames.get(index)
+        if fmt == "png":
+            ok, buf = cv2.imencode(".png", frame)
+        else:
+            ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        if not ok:
+            raise DataError(f"frame {index}: cannot encode")
+        return buf.tobytes()
+
+    def stop_soon(self) -> None:
+        """Shut the server down from another thread (``shutdown`` blocks until the loop ends)."""
+        if self.server is not None:
+            threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+
+def make_handler(app: LabelApp) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "seam-qc-label"
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+            pass  # one line per frame would drown the terminal
+
+        def _send(self, status: int, body: bytes, ctype: str, cache: bool = False) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, obj: dict, status: int = 200) -> None:
+            self._send(status, json.dumps(obj).encode("utf-8"), "application/json")
+
+        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            path = self.path.split("?", 1)[0]
+            if path in _STATIC_FILES:
+                name, ctype = _STATIC_FILES[path]
+                self._send(200, (STATIC / name).read_bytes(), ctype)
+            elif path == "/api/state":
+                self._json(app.state())
+            elif m := _FRAME_RE.match(path):
+                try:
+                    body = app.image(int(m.group(1)), m.group(2))
+                except DataError as e:
+                    self._send(404, str(e).encode(), "text/plain; charset=utf-8")
+                    return
+                self._send(200, body, "image/png" if m.group(2) == "png" else "image/jpeg", cache=True)
+            else:
+                self._send(404, b"not found", "text/plain")
+
+        def do_POST(self) -> None:  # noqa: N802 - stdlib name
+            # JSON only: a cross-site form cannot send it without a CORS preflight we never allow.
+            if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+                self._json({"error": "expected application/json"}, HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+            except (ValueError, json.JSONDecodeError):
+                self._json({"error": "bad JSON"}, HTTPStatus.BAD_REQUEST)
+                return
+            if self.path == "/api/key" and isinstance(body.get("key"), str):
+                state = app.key(body["key"])
+            elif self.path == "/api/goto" and isinstance(body.get("frame"), int):
+                state = app.goto(body["frame"])
+            else:
+                self._json({"error": "unknown request"}, HTTPStatus.BAD_REQUEST)
+                return
+            self._json(state)
+            if state["quit"]:
+                app.stop_soon()
+
+    return Handler
+
+
+def serve(app: LabelApp, host: str, port: int) -> ThreadingHTTPServer:
+    """Bind the server (port 0 = any free port); the caller runs ``serve_forever``."""
+    try:
+        server = ThreadingHTTPServer((host, port), make_handler(app))
+    except OSError as e:
+        raise SeamQCError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --port") from None
+    server.daemon_threads = True
+    app.server = server
+    return server
+
+
+def run(args: argparse.Namespace) -> int:
+    video = Path(args.video)
+    frames = VideoFrames(video)
+    try:
+        labeler = open_session(frames, args.out, video.stem, video.name,
+                               log=lambda n: print(f"note: {n}", file=sys.stderr, flush=True))
+        app = LabelApp(labeler, frames)
+        server = serve(app, args.host, args.port)
+        host, port = server.server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else host
+        print(f"labeling {video.name}: {frames.frame_count} frames → {labeler.store.dir}, "
+              f"starting at frame {labeler.frame} ({len(labeler.store.rows)} saved)", flush=True)
+        if host in ("0.0.0.0", "::"):
+            print("warning: listening on all interfaces: anyone on the network can label and delete",
+                  file=sys.stderr, flush=True)
+        print(f"open http://{shown}:{port}/   (from another machine: ssh -L {port}:127.0.0.1:{port} <this host>)",
+              flush=True)
+        try:
+            server.serve_forever(poll_interval=0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        c = labeler.counts()
+        print(f"saved {c['saved']} frame(s) in {labeler.store.csv_path} "
+              f"(good {c['good']}, error {c['error']}, break {c['break']}, length {c['length']})", flush=True)
+    finally:
+        frames.close()
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "label", help="label video frames in a local web page (seed keys: n g e b l s q)",
+        description="Serve a labeling page for one video: keys n/→ next, ← back, Shift ±10, PgUp/PgDn "
+                    "±100, g/e/b/l toggle good/error/break/length, s save, Enter save+next, u undo, "
+                    "q quit. Writes <video>_<frame>.png and <video>_data.csv (the seed's format) into "
+                    "--out, and resumes after the last saved frame.")
+    p.add_argument("--video", required=True, help="video file to label")
+    p.add_argument("--out", required=True, help="folder for the PNGs and <video>_data.csv")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    p.set_defaults(func=run)

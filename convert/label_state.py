@@ -1,0 +1,429 @@
+"""Labeling as a pure state machine: key names in, the seed's PNG + CSV files out.
+
+No server and no window here, so the whole workflow is testable with a list of frames. The web
+page (``convert.label``) only forwards key names and shows :meth:`Labeler.state`.
+
+Files (exactly the seed's): ``<stem>_<frame>.png`` (the raw frame) and ``<stem>_data.csv`` as
+pandas ``to_csv`` writes it (``,name,good,error,break,length``, index 0..n-1, ``True``/``False``),
+rows sorted by frame. Every write is atomic (temp file, fsync, ``os.replace``) and ordered so a
+crash never leaves a half-written CSV nor a CSV row without its image: a save writes the PNG
+first, then the CSV; an undo rewrites the CSV first, then deletes the PNG. What a crash can
+leave (an image without a row, a temp file) is reconciled when the folder is opened again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import cv2
+import numpy as np
+
+from edge.errors import DataError
+
+ATTRS = ("good", "error", "break", "length")
+TOGGLES = {"g": "good", "e": "error", "b": "break", "l": "length"}
+STEPS = {
+    "n": 1, "ArrowRight": 1, "ArrowLeft": -1,
+    "Shift+ArrowRight": 10, "Shift+ArrowLeft": -10,
+    "PageDown": 100, "PageUp": -100,
+}
+OTHER_KEYS = ("Home", "End", "s", "Enter", "u", "q")
+KEYS = tuple(STEPS) + tuple(TOGGLES) + OTHER_KEYS
+
+#: (keys, what they do): the page renders its help from this, so there is one list.
+KEY_HELP = (
+    ("n / →", "next frame"),
+    ("←", "previous frame"),
+    ("Shift+→ / Shift+←", "10 frames forward / back"),
+    ("PgDn / PgUp", "100 frames forward / back"),
+    ("Home / End", "first / last frame"),
+    ("j", "jump to a frame number"),
+    ("g e b l", "toggle good / error / break / length"),
+    ("s", "save this frame (PNG + CSV row)"),
+    ("Enter", "save, then next frame"),
+    ("u", "undo the last save"),
+    ("q", "quit (stops the server)"),
+)
+
+_TRUE = {"true", "1", "1.0"}
+_FALSE = {"false", "0", "0.0"}
+
+
+class FrameSource(Protocol):
+    """Decoded frames of one video, by index (BGR uint8)."""
+
+    frame_count: int
+
+    def get(self, index: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Row:
+    """One saved frame: its image name and one bool per attribute (in ``ATTRS`` order)."""
+
+    frame: int
+    name: str
+    values: tuple[bool, ...]
+
+    def as_dict(self) -> dict[str, bool]:
+        return dict(zip(ATTRS, self.values))
+
+
+def contradiction(values: dict[str, bool]) -> str | None:
+    """The warning for labels that contradict each other (``good`` = neither error nor break)."""
+    bad = [a for a in ("error", "break") if values.get(a)]
+    if values.get("good") and bad:
+        return f"contradictory labels: good together with {' and '.join(bad)}"
+    return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def csv_bytes(rows: list[Row]) -> bytes:
+    """The CSV exactly as pandas ``DataFrame.to_csv`` writes it (unnamed index column first)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["", "name", *ATTRS])
+    for i, row in enumerate(rows):
+        w.writerow([i, row.name, *("True" if v else "False" for v in row.values)])
+    return buf.getvalue().encode("utf-8")
+
+
+class LabelStore:
+    """The labels of one video in one folder: ``<stem>_<frame>.png`` + ``<stem>_data.csv``."""
+
+    def __init__(self, out_dir: str | Path, stem: str):
+        self.dir = Path(out_dir)
+        self.stem = stem
+        self.csv_path = self.dir / f"{stem}_data.csv"
+        self.rows: dict[int, Row] = {}
+        self._name_re = re.compile(rf"^{re.escape(stem)}_(\d+)\.png$")
+        self._check_dir()
+
+    def _check_dir(self) -> None:
+        if self.dir.exists() and not self.dir.is_dir():
+            raise DataError(f"output folder {self.dir}: exists and is not a folder")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"output folder {self.dir}: cannot create it ({e.strerror or e})") from None
+        probe = self.dir / f".{self.stem}.write-test-{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise DataError(f"output folder {self.dir}: not writable ({e.strerror or e})") from None
+        if self.csv_path.exists() and not os.access(self.csv_path, os.R_OK | os.W_OK):
+            raise DataError(f"{self.csv_path}: not readable and writable")
+
+    def image_name(self, frame: int) -> str:
+        return f"{self.stem}_{frame}.png"
+
+    def image_path(self, frame: int) -> Path:
+        return self.dir / self.image_name(frame)
+
+    # --- opening: read the CSV and reconcile it with the images -----------------------------
+
+    def load(self) -> list[str]:
+        """Read the CSV and reconcile; return notes on what was found (for the user to see).
+
+        An image without a row that is newer than the CSV was left by a save that crashed
+        between its two writes: it is removed. An older one is kept and reported (it may be
+        the user's). A row without its image is reported (save that frame again to fix it).
+        """
+        notes: list[str] = []
+        for tmp in sorted(self.dir.glob(f".{glob_escape(self.stem)}_*.tmp-*")):
+            tmp.unlink(missing_ok=True)
+            notes.append(f"removed temp file {tmp.name} left by an interrupted write")
+        self.rows = self._read_csv()
+        csv_mtime = self.csv_path.stat().st_mtime if self.csv_path.exists() else None
+        removed, kept = [], []
+        for png in sorted(self.dir.glob(f"{glob_escape(self.stem)}_*.png")):
+            m = self._name_re.match(png.name)
+            if not m or int(m.group(1)) in self.rows:
+                continue
+            if csv_mtime is not None and png.stat().st_mtime > csv_mtime:
+                png.unlink(missing_ok=True)
+                removed.append(png.name)
+            else:
+                kept.append(png.name)
+        if removed:
+            notes.append(f"removed {len(removed)} image(s) without a CSV row, left by an interrupted "
+                         f"save: {_few(removed)}")
+        if kept:
+            notes.append(f"{len(kept)} image(s) in {self.dir} have no row in {self.csv_path.name} "
+                         f"(kept; save those frames to label them): {_few(kept)}")
+        missing = [r.name for r in self.rows.values() if not (self.dir / r.name).is_file()]
+        if missing:
+            notes.append(f"{len(missing)} row(s) of {self.csv_path.name} have no image in {self.dir} "
+                         f"(save those frames again): {_few(missing)}")
+        return notes
+
+    def _read_csv(self) -> dict[int, Row]:
+        path = self.csv_path
+        if not path.exists():
+            return {}
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                lines = list(csv.reader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise DataError(f"{path}: cannot read CSV ({e})") from None
+        if not lines:
+            return {}
+        header = [h.strip() for h in lines[0]]
+        if header[-5:] != ["name", *ATTRS] or len(header) not in (5, 6):
+            raise DataError(f"{path}: header {','.join(header)!r}, expected ',name,{','.join(ATTRS)}'")
+        skip = len(header) - 5
+        rows: dict[int, Row] = {}
+        for lineno, fields in enumerate(lines[1:], start=2):
+            if not fields or all(not c.strip() for c in fields):
+                continue
+            where = f"{path}:{lineno}"
+            if len(fields) != len(header):
+                raise DataError(f"{where}: {len(fields)} fields, header has {len(header)}")
+            name, *vals = (c.strip() for c in fields[skip:])
+            m = self._name_re.match(name)
+            if not m:
+                raise DataError(f"{where}: name {name!r} is not {self.stem}_<frame>.png")
+            values = []
+            for attr, v in zip(ATTRS, vals):
+                if v.lower() in _TRUE:
+                    values.append(True)
+                elif v.lower() in _FALSE:
+                    values.append(False)
+                else:
+                    raise DataError(f"{where}: column {attr!r} has value {v!r}, expected True or False")
+            frame = int(m.group(1))
+            rows[frame] = Row(frame, name, tuple(values))  # a repeated frame: the last row wins
+        return rows
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def _write_csv(self) -> None:
+        atomic_write(self.csv_path, csv_bytes([self.rows[f] for f in sorted(self.rows)]))
+
+    def put(self, frame: int, image_bgr: np.ndarray, values: tuple[bool, ...]) -> Row | None:
+        """Save one frame (PNG first, then the CSV); return the row it replaced, if any."""
+        ok, png = cv2.imencode(".png", image_bgr)
+        if not ok:
+            raise DataError(f"frame {frame}: OpenCV could not encode it as PNG")
+        previous = self.rows.get(frame)
+        path = self.image_path(frame)
+        had_image = path.is_file()
+        try:
+            atomic_write(path, png.tobytes())
+        except OSError as e:
+            raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
+        self.rows[frame] = Row(frame, path.name, tuple(bool(v) for v in values))
+        try:
+            self._write_csv()
+        except OSError as e:
+            self._set(frame, previous)
+            if not had_image:  # keep the promise: no image without its row
+                path.unlink(missing_ok=True)
+            raise DataError(f"{self.csv_path}: cannot write ({e.strerror or e})") from None
+        return previous
+
+    def restore(self, frame: int, previous: Row | None) -> None:
+        """Undo one save: put back the row it replaced, or drop its row (CSV first) and image."""
+        current = self.rows.get(frame)
+        self._set(frame, previous)
+        try:
+            self._write_csv()
+        except OSError as e:
+            self._set(frame, current)
+            raise DataError(f"{self.csv_path}: cannot write ({e.strerror or e})") from None
+        if previous is None:
+            self.image_path(frame).unlink(missing_ok=True)
+
+    def _set(self, frame: int, row: Row | None) -> None:
+        if row is None:
+            self.rows.pop(frame, None)
+        else:
+            self.rows[frame] = row
+
+
+def glob_escape(s: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", s)
+
+
+def _few(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f" … (+{len(names) - n} more)" if len(names) > n else "")
+
+
+class Labeler:
+    """The labeling session: current frame, attribute values carried from frame to frame, undo.
+
+    ``press(key)`` takes the page's key names (``KEYS``); ``goto(frame)`` is the jump box.
+    On opening, it resumes at the frame after the last saved one, with that row's values.
+    """
+
+    def __init__(self, frames: FrameSource, store: LabelStore, notes: list[str] | None = None,
+                 video_name: str = ""):
+        if frames.frame_count < 1:
+            raise DataError(f"video {video_name or store.stem}: has no frames")
+        self.frames = frames
+        self.store = store
+        self.video_name = video_name or store.stem
+        self.notes = list(notes or [])
+        self.values = {a: False for a in ATTRS}
+        self.frame = 0
+        self.undo_stack: list[tuple[int, Row | None]] = []
+        self.quit = False
+        self.message = ""
+        if store.rows:
+            last = store.rows[max(store.rows)]
+            self.values = last.as_dict()
+            self.frame = self._clamp(last.frame + 1)
+            self.message = (f"resumed after frame {last.frame} ({len(store.rows)} saved)")
+
+    @property
+    def last_frame(self) -> int:
+        return self.frames.frame_count - 1
+
+    def _clamp(self, frame: int) -> int:
+        return max(0, min(int(frame), self.last_frame))
+
+    def press(self, key: str) -> str:
+        """Apply one key; return the message shown to the user."""
+        if key in STEPS:
+            self.step(STEPS[key])
+        elif key in TOGGLES:
+            attr = TOGGLES[key]
+            self.values[attr] = not self.values[attr]
+            self.message = f"{attr} {'on' if self.values[attr] else 'off'}"
+        elif key == "Home":
+            self.goto(0)
+        elif key == "End":
+            self.goto(self.last_frame)
+        elif key == "s":
+            self.save()
+        elif key == "Enter":
+            if self.save():
+                self.step(1, keep_message=True)
+        elif key == "u":
+            self.undo()
+        elif key == "q":
+            self.quit = True
+            self.message = f"quit: {len(self.store.rows)} frame(s) saved in {self.store.csv_path}"
+        else:
+            self.message = f"unknown key {key!r}"
+        return self.message
+
+    def step(self, delta: int, keep_message: bool = False) -> None:
+        target = self._clamp(self.frame + delta)
+        msg = ""
+        if target == self.frame:
+            msg = "at the last frame" if delta > 0 else "at the first frame"
+        self.frame = target
+        if not keep_message:
+            self.message = msg
+
+    def goto(self, frame: int) -> None:
+        self.frame = self._clamp(frame)
+        self.message = "" if self.frame == frame else f"frame {frame} is out of range 0–{self.last_frame}"
+
+    def save(self) -> bool:
+        values = tuple(self.values[a] for a in ATTRS)
+        try:
+            image = self.frames.get(self.frame)
+            previous = self.store.put(self.frame, image, values)
+        except DataError as e:
+            self.message = f"not saved: {e}"
+            return False
+        self.undo_stack.append((self.frame, previous))
+        name = self.store.image_name(self.frame)
+        self.message = f"saved {name}" + (" (replaced its row)" if previous else "")
+        warn = contradiction(self.values)
+        if warn:
+            self.message += f" — {warn}"
+        return True
+
+    def undo(self) -> None:
+        if not self.undo_stack:
+            self.message = "nothing to undo in this session"
+            return
+        frame, previous = self.undo_stack[-1]
+        try:
+            self.store.restore(frame, previous)
+        except DataError as e:
+            self.message = f"undo failed: {e}"
+            return
+        self.undo_stack.pop()
+        self.frame = frame
+        name = self.store.image_name(frame)
+        self.message = (f"undo: {name} back to its earlier labels" if previous
+                        else f"undo: deleted {name} and its row")
+
+    def counts(self) -> dict[str, int]:
+        rows = self.store.rows.values()
+        out = {a: sum(r.values[i] for r in rows) for i, a in enumerate(ATTRS)}
+        out["saved"] = len(self.store.rows)
+        out["contradictory"] = sum(contradiction(r.as_dict()) is not None for r in rows)
+        return out
+
+    def state(self) -> dict:
+        """Everything the page shows, JSON-ready."""
+        row = self.store.rows.get(self.frame)
+        return {
+            "video": self.video_name,
+            "out": str(self.store.dir),
+            "csv": self.store.csv_path.name,
+            "frame": self.frame,
+            "frames": self.frames.frame_count,
+            "image_name": self.store.image_name(self.frame),
+            "values": dict(self.values),
+            "saved": row.as_dict() if row else None,
+            "counts": self.counts(),
+            "warning": contradiction(self.values),
+            "message": self.message,
+            "notes": self.notes,
+            "can_undo": bool(self.undo_stack),
+            "undo_frame": self.undo_stack[-1][0] if self.undo_stack else None,
+            "quit": self.quit,
+            "keys": list(KEYS),
+            "help": [list(h) for h in KEY_HELP],
+        }
+
+
+def open_session(frames: FrameSource, out_dir: str | Path, stem: str,
+                 video_name: str = "", log: Callable[[str], None] | None = None) -> Labeler:
+    """Open (or resume) the labels of one video in ``out_dir``: reconcile, then a ready Labeler."""
+    store = LabelStore(out_dir, stem)
+    notes = store.load()
+    for n in notes:
+        if log:
+            log(n)
+    return Labeler(frames, store, notes, video_name)
