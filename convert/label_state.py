@@ -38,17 +38,17 @@ KEYS = tuple(STEPS) + tuple(TOGGLES) + OTHER_KEYS
 
 #: (keys, what they do): the page renders its help from this, so there is one list.
 KEY_HELP = (
-    ("n / →", "next frame"),
-    ("←", "previous frame"),
-    ("Shift+→ / Shift+←", "10 frames forward / back"),
-    ("PgDn / PgUp", "100 frames forward / back"),
-    ("Home / End", "first / last frame"),
-    ("j", "jump to a frame number"),
+    ("n / →", "next"),
+    ("←", "back"),
+    ("⇧→ / ⇧←", "±10 frames"),
+    ("PgDn / PgUp", "±100 frames"),
+    ("Home / End", "first / last"),
+    ("j", "jump to frame"),
     ("g e b l", "toggle good / error / break / length"),
-    ("s", "save this frame (PNG + CSV row)"),
-    ("Enter", "save, then next frame"),
-    ("u", "undo the last save"),
-    ("q", "quit (stops the server)"),
+    ("s", "save"),
+    ("Enter", "save + next"),
+    ("u", "undo last save"),
+    ("q", "quit"),
 )
 
 _TRUE = {"true", "1", "1.0"}

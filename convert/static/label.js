@@ -135,16 +135,16 @@ function render(s) {
   const help = $("help");
   if (!help.childElementCount) {
     for (const [keys, what] of s.help) {
-      const dt = document.createElement("dt");
+      const item = document.createElement("span");
+      item.className = "k";
       keys.split(" / ").forEach((part, i) => {
-        if (i) dt.append(" / ");
-        part.split(" ").forEach((k, j) => {
-          if (j) dt.append(" ");
-          const kb = document.createElement("kbd"); kb.textContent = k; dt.append(kb);
+        if (i) item.append("/");
+        part.split(" ").forEach((k) => {
+          const kb = document.createElement("kbd"); kb.textContent = k; item.append(kb);
         });
       });
-      const dd = document.createElement("dd"); dd.textContent = what;
-      help.append(dt, dd);
+      item.append(" " + what);
+      help.append(item);
     }
   }
 
