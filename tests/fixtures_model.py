@@ -1,1 +1,92 @@
-"""Model fixtures (owned by the workstation pipeline): tiny data set, one-epoch model, bundle."""
+"""Model fixtures (owned by the workstation pipeline): tiny data set, one-epoch model, bundle.
+
+All session-scoped and made through the real code paths (``convert.synth.write_dataset``,
+``convert.train.train``, ``convert.export.export_bundle``), kept tiny (64×64 input, few filters,
+~240 images, 1 epoch) so the whole chain costs well under a minute on two busy cores.
+
+* ``tiny_dataset`` → folder with ``data.csv`` (seed format) and 256×256 PNGs.
+* ``tiny_valid`` → a second, smaller folder (other seed) for validation/calibration.
+* ``tiny_keras`` → path of the trained ``.keras`` (int8-friendly ResNet, filters 4, 64×64).
+* ``tiny_bundle`` → path of its exported bundle dir (classifiers, explainer, head, keras).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_SIZE = 64
+TINY_FILTERS = 4
+TINY_COUNT = 240
+TINY_VALID_COUNT = 80
+
+
+def _fallback_write_dataset(out: Path, count: int, seed: int) -> None:
+    """Stand-in until ``convert.synth`` lands: dashed vertical seams, gaps (break), kinks (error)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(count):
+        img = np.full((256, 256, 3), rng.integers(120, 200), np.uint8)
+        length = bool(rng.random() < 0.5)
+        error, brk = bool(rng.random() < 0.3), bool(rng.random() < 0.3)
+        pitch = 16 if length else 32
+        x = 128 + int(rng.integers(-10, 10))
+        for y in range(int(rng.integers(0, pitch)), 256, pitch):
+            if brk and 96 <= y < 176:
+                continue
+            dx = 25 if error and 100 <= y < 160 else 0
+            cv2.line(img, (x + dx, y), (x + dx, y + pitch // 2), (30, 30, 30), 4)
+        name = f"img_{i:05d}.png"
+        cv2.imwrite(str(out / name), img)
+        rows.append(f"{i},{name},{not error and not brk},{error},{brk},{length}")
+    (out / "data.csv").write_text(",name,good,error,break,length\n" + "\n".join(rows) + "\n")
+
+
+def _write_dataset(out: Path, count: int, seed: int) -> Path:
+    try:
+        from convert.synth import write_dataset
+    except ModuleNotFoundError as e:
+        if e.name != "convert.synth":
+            raise
+        _fallback_write_dataset(out, count, seed)
+    else:
+        write_dataset(out, count, seed)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """Folder with data.csv + ~240 synthetic seam images (seed 11)."""
+    return _write_dataset(tmp_path_factory.mktemp("tiny_dataset"), TINY_COUNT, seed=11)
+
+
+@pytest.fixture(scope="session")
+def tiny_valid(tmp_path_factory) -> Path:
+    """A smaller validation / calibration folder (seed 12, never trained on)."""
+    return _write_dataset(tmp_path_factory.mktemp("tiny_valid"), TINY_VALID_COUNT, seed=12)
+
+
+@pytest.fixture(scope="session")
+def tiny_keras(tmp_path_factory, tiny_dataset, tiny_valid) -> Path:
+    """A 1-epoch int8-friendly ResNet on 64×64 input, trained through ``convert.train.train``."""
+    from convert.train import train
+
+    out = tmp_path_factory.mktemp("tiny_keras") / "tiny.keras"
+    train(str(tiny_dataset / "data.csv"), str(tiny_valid / "data.csv"), out, arch="resnet-int8", epochs=1,
+          size=TINY_SIZE, filters=TINY_FILTERS, batch=16, lr=3e-3, seed=0, verbose=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_keras, tiny_valid) -> Path:
+    """The exported bundle of ``tiny_keras`` via ``convert.export.export_bundle``."""
+    from convert.export import export_bundle
+
+    out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    export_bundle(tiny_keras, calibration=str(tiny_valid / "data.csv"), out=out, valid=str(tiny_valid / "data.csv"),
+                  name="tiny")
+    return out

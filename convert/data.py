@@ -1,0 +1,272 @@
+"""Data sets for training and evaluation: the seed's CSVs, class-per-folder sets, a streaming loader.
+
+Two layouts are read:
+
+* the seed's CSVs (``<video>_data.csv`` and ``train.csv`` / ``valid.csv`` / ``test.csv``), written
+  by pandas ``to_csv``: an unnamed index column, ``name``, then one ``True``/``False`` column per
+  label (``good,error,break,length``). Relative names resolve against the CSV's folder. Read with
+  the stdlib ``csv`` module (pandas is not a runtime dependency). → task ``multilabel``.
+* a class-per-folder tree (``DIR/Apfel/*.png``, ``DIR/Orange/*.png`` …): one label per image,
+  labels sorted by folder name. → task ``multiclass``.
+
+Every image goes through ``edge.preprocess.preprocess``, the code the Pi runs. The seed
+standardised per *batch*; we standardise per *image*, so an image gives the same tensor in
+training, in evaluation and as a single camera frame on the line.
+
+Bad input (a CSV naming a missing image, wrong columns, an empty set, an unreadable image) raises
+``DataError`` with one line naming the file, the row and the value.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from edge.errors import DataError
+from edge.preprocess import preprocess, to_bgr
+
+SEAM_LABELS = ("good", "error", "break", "length")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_TRUE = {"true", "1", "1.0", "yes"}
+_FALSE = {"false", "0", "0.0", "no"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Image paths with their targets (``[N, n_labels]`` float32 0/1; one-hot when multiclass)."""
+
+    labels: tuple[str, ...]
+    task: str  # "multilabel" | "multiclass"
+    paths: tuple[str, ...]
+    targets: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, idx: Sequence[int]) -> "Dataset":
+        idx = list(idx)
+        return Dataset(self.labels, self.task, tuple(self.paths[i] for i in idx), self.targets[idx], self.source)
+
+
+def _bool(value: str, where: str, column: str) -> float:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return 1.0
+    if v in _FALSE:
+        return 0.0
+    raise DataError(f"{where}: column {column!r} has value {value!r}, expected True or False")
+
+
+def read_csv(path: str | Path, check_images: bool = True) -> Dataset:
+    """Read one seed-format CSV (pandas ``to_csv`` with its index, or without it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: CSV file not found")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read CSV ({e})") from None
+    if not rows:
+        raise DataError(f"{path}: empty file (expected a header ',name,good,error,break,length')")
+    header = [h.strip() for h in rows[0]]
+    if "name" not in header:
+        raise DataError(f"{path}: header {','.join(header)!r} has no 'name' column "
+                        f"(expected ',name,{','.join(SEAM_LABELS)}')")
+    name_col = header.index("name")
+    if name_col > 1 or (name_col == 1 and header[0] not in ("", "Unnamed: 0", "index")):
+        raise DataError(f"{path}: header {','.join(header)!r}: 'name' must be the first column "
+                        f"(after pandas' unnamed index)")
+    label_cols = list(range(name_col + 1, len(header)))
+    labels = tuple(header[i] for i in label_cols)
+    if not labels:
+        raise DataError(f"{path}: header {','.join(header)!r} has no label columns after 'name'")
+    bad = [lab for lab in labels if not lab]
+    if bad or len(set(labels)) != len(labels):
+        raise DataError(f"{path}: header {','.join(header)!r} has empty or repeated label columns")
+    base = path.resolve().parent
+    paths: list[str] = []
+    targets: list[list[float]] = []
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        where = f"{path}:{lineno}"
+        if len(row) != len(header):
+            raise DataError(f"{where}: {len(row)} fields, header has {len(header)} ({','.join(row)!r})")
+        name = row[name_col].strip()
+        if not name:
+            raise DataError(f"{where}: empty 'name'")
+        img = Path(name)
+        if not img.is_absolute():
+            img = base / img
+        if check_images and not img.is_file():
+            raise DataError(f"{where}: image {name!r} not found ({img})")
+        paths.append(str(img))
+        targets.append([_bool(row[i], where, header[i]) for i in label_cols])
+    if not paths:
+        raise DataError(f"{path}: no rows (empty data set)")
+    return Dataset(labels, "multilabel", tuple(paths), np.asarray(targets, np.float32), str(path))
+
+
+def merge(datasets: Sequence[Dataset], source: str) -> Dataset:
+    """Concatenate data sets with the same labels and task."""
+    if not datasets:
+        raise DataError(f"{source}: no data found (empty data set)")
+    first = datasets[0]
+    for d in datasets[1:]:
+        if d.labels != first.labels or d.task != first.task:
+            raise DataError(f"{d.source}: labels {list(d.labels)} differ from {first.source}'s {list(first.labels)}")
+    return Dataset(
+        first.labels, first.task,
+        tuple(p for d in datasets for p in d.paths),
+        np.concatenate([d.targets for d in datasets]).astype(np.float32),
+        source,
+    )
+
+
+def find_csvs(folder: Path) -> list[Path]:
+    """Seed CSVs in a folder: every ``*_data.csv`` and ``data.csv`` (sorted, not recursive)."""
+    found = sorted(set(folder.glob("*_data.csv")) | ({folder / "data.csv"} if (folder / "data.csv").is_file() else set()))
+    return [p for p in found if p.is_file()]
+
+
+def read_class_folders(folder: str | Path) -> Dataset:
+    """A class-per-folder tree → multiclass data set, labels sorted by folder name."""
+    folder = Path(folder)
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths: list[str] = []
+    idx: list[int] = []
+    for ci, cname in enumerate(classes):
+        for p in sorted((folder / cname).rglob("*")):
+            if p.suffix.lower() in IMAGE_EXTS and p.is_file():
+                paths.append(str(p.resolve()))
+                idx.append(ci)
+    if not paths:
+        raise DataError(f"{folder}: no images found (expected data.csv, *_data.csv or one folder per class)")
+    if len(classes) < 2:
+        raise DataError(f"{folder}: found one class folder {classes!r}; a class-per-folder set needs at least two")
+    targets = np.zeros((len(paths), len(classes)), np.float32)
+    targets[np.arange(len(paths)), idx] = 1.0
+    return Dataset(tuple(classes), "multiclass", tuple(paths), targets, str(folder))
+
+
+def load_dataset(spec: str | Path, check_images: bool = True) -> Dataset:
+    """A CSV file, a folder of seed CSVs, or a class-per-folder tree."""
+    p = Path(spec)
+    if p.is_file():
+        return read_csv(p, check_images)
+    if p.is_dir():
+        csvs = find_csvs(p)
+        if csvs:
+            return merge([read_csv(c, check_images) for c in csvs], str(p))
+        return read_class_folders(p)
+    raise DataError(f"{p}: no such CSV file or data folder")
+
+
+def read_image(path: str, source: str = "") -> np.ndarray:
+    """BGR uint8 image; an unreadable file is a ``DataError`` naming it."""
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise DataError(f"{path}: unreadable image" + (f" (listed in {source})" if source else ""))
+    if img.dtype != np.uint8:
+        img = cv2.convertScaleAbs(img, alpha=255.0 / max(1.0, float(img.max())))
+    return to_bgr(img)
+
+
+# --- the seed's augmentations ------------------------------------------------------------------
+
+def augment_brightness(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Seed: ``cv2.convertScaleAbs`` with contrast alpha in [0.8, 1.2] and brightness beta in [0, 15]."""
+    return cv2.convertScaleAbs(img, alpha=float(rng.uniform(0.8, 1.2)), beta=float(rng.uniform(0, 15)))
+
+
+def augment_shift(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Seed: wrap-around shift, a random top band of the image moves to the bottom (the seam
+    is a periodic strip moving past the camera, so any phase is a valid image)."""
+    band = int(rng.integers(1, img.shape[0]))
+    return np.roll(img, -band, axis=0)
+
+
+def augment(img: np.ndarray, rng: np.random.Generator, p_brightness: float = 0.7,
+            p_shift: float = 0.5) -> np.ndarray:
+    if rng.random() < p_brightness:
+        img = augment_brightness(img, rng)
+    if rng.random() < p_shift:
+        img = augment_shift(img, rng)
+    return img
+
+
+class ImageCache:
+    """Decoded images resized to the model input (uint8), kept in memory when they fit.
+
+    Resizing before augmenting is equivalent to the seed's order up to rounding, and
+    ``preprocess`` on an image of the model's size only standardises it.
+    """
+
+    def __init__(self, ds: Dataset, height: int, width: int, max_bytes: int = 1 << 30):
+        self.ds, self.height, self.width = ds, height, width
+        self.keep = len(ds) * height * width * 3 <= max_bytes
+        self._mem: dict[int, np.ndarray] = {}
+
+    def get(self, i: int) -> np.ndarray:
+        img = self._mem.get(i)
+        if img is None:
+            img = read_image(self.ds.paths[i], self.ds.source)
+            if img.shape[:2] != (self.height, self.width):
+                img = cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_AREA)
+            if self.keep:
+                self._mem[i] = img
+        return img
+
+
+def batches(ds: Dataset, height: int, width: int, batch: int = 32,
+            cache: ImageCache | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Un-augmented, ordered ``(x, y)`` batches through ``preprocess`` (for evaluation)."""
+    for start in range(0, len(ds), batch):
+        idx = range(start, min(len(ds), start + batch))
+        if cache is not None:
+            x = np.stack([preprocess(cache.get(i), height, width) for i in idx])
+        else:
+            x = np.stack([preprocess(read_image(ds.paths[i], ds.source), height, width) for i in idx])
+        yield x, ds.targets[list(idx)]
+
+
+def make_sequence(ds: Dataset, height: int, width: int, batch: int = 32, augment_images: bool = False,
+                  shuffle: bool = False, seed: int = 0):
+    """A ``keras.utils.PyDataset`` streaming ``(x, y)`` batches (Keras imported here, not at module level)."""
+    import keras
+
+    class SeamSequence(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.cache = ImageCache(ds, height, width)
+            self.rng = np.random.default_rng(seed)
+            self.order = np.arange(len(ds))
+            if shuffle:
+                self.rng.shuffle(self.order)
+
+        def __len__(self) -> int:
+            return math.ceil(len(ds) / batch)
+
+        def __getitem__(self, k: int):
+            idx = self.order[k * batch:(k + 1) * batch]
+            x = np.empty((len(idx), height, width, 3), np.float32)
+            for j, i in enumerate(idx):
+                img = self.cache.get(int(i))
+                if augment_images:
+                    img = augment(img, self.rng)
+                x[j] = preprocess(img, height, width)
+            return x, ds.targets[idx]
+
+        def on_epoch_end(self):
+            if shuffle:
+                self.rng.shuffle(self.order)
+
+    return SeamSequence()

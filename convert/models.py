@@ -1,0 +1,180 @@
+"""Model architectures: the seed ResNet, an int8-friendly variant of it, and the seed CNN.
+
+``build_model(arch, n_labels, height, width, filters, task)``:
+
+* ``resnet`` — the seed's ``create_res_net`` exactly: ``BatchNormalization`` on the input,
+  Conv 3×3, ``relu_bn`` (ReLU *then* BN), residual blocks [2, 4, 2] with the filters doubling per
+  stage and a stride-2 + 1×1-conv shortcut at the first block of every stage after the first,
+  ``AveragePooling2D(4)``, ``Flatten``, ``Dense(n)``.
+* ``resnet-int8`` — same topology, Conv → BN → ReLU. ReLU→BN (the seed's order) leaves a BN
+  that cannot be folded into the convolution, and full-int8 quantisation of its unbounded
+  output loses accuracy (DESIGN §3); Conv→BN folds and quantises cleanly.
+* ``cnn`` — the seed CNN: 4 × [Conv 3×3 ReLU, BN, MaxPool 2], Flatten, Dense 128 ReLU, Dense.
+
+The last Dense is linear and named ``logits``, followed by an ``Activation`` named
+``predictions`` (sigmoid for multilabel, softmax for multiclass): Grad-CAM scores the
+pre-activation logit. The last feature map before pooling is named ``gradcam_features``.
+Weight-bearing layers are in the seed's order, so seed weight files load by layer order.
+The stride-2 1×1 shortcut conv is written as a 1×1 subsampling pool + 1×1 conv (identical
+numbers and weights): TF 2.21's oneDNN backward pass of a strided 1×1 conv segfaults.
+"""
+
+from __future__ import annotations
+
+from edge.errors import ModelError
+
+ARCHS = ("resnet", "resnet-int8", "cnn")
+GRADCAM_LAYER = "gradcam_features"
+RESNET_BLOCKS = (2, 4, 2)
+
+
+def _resnet(n_labels: int, height: int, width: int, filters: int, activation: str, friendly: bool):
+    import keras
+    from keras import layers
+
+    def relu_bn(x, name=None):
+        if friendly:  # caller already applied BN after the conv
+            return layers.ReLU(name=name)(x)
+        x = layers.ReLU()(x)
+        return layers.BatchNormalization(name=name)(x)
+
+    def conv_bn(x, f, k, s):
+        x = layers.Conv2D(kernel_size=k, strides=s, filters=f, padding="same")(x)
+        return layers.BatchNormalization()(x) if friendly else x
+
+    def block(x, downsample: bool, f: int, name=None):
+        y = conv_bn(x, f, 3, 2 if downsample else 1)
+        y = relu_bn(y)
+        y = conv_bn(y, f, 3, 1)
+        if downsample:
+            # = the seed's Conv2D(1x1, strides=2): subsample, then the 1x1 conv (same weights, same
+            # numbers). TF 2.21's oneDNN kernels segfault in the backward pass of a strided 1x1 conv.
+            x = layers.AveragePooling2D(pool_size=1, strides=2, padding="same")(x)
+            x = layers.Conv2D(kernel_size=1, strides=1, filters=f, padding="same")(x)
+        out = layers.Add()([x, y])
+        return relu_bn(out, name=name)
+
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    t = layers.BatchNormalization()(inputs)
+    t = conv_bn(t, filters, 3, 1)
+    t = relu_bn(t)
+    f = filters
+    for i, n_blocks in enumerate(RESNET_BLOCKS):
+        for j in range(n_blocks):
+            last = i == len(RESNET_BLOCKS) - 1 and j == n_blocks - 1
+            t = block(t, downsample=(j == 0 and i != 0), f=f, name=GRADCAM_LAYER if last else None)
+        f *= 2
+    t = layers.AveragePooling2D(4)(t)
+    t = layers.Flatten()(t)
+    t = layers.Dense(n_labels, name="logits")(t)
+    outputs = layers.Activation(activation, name="predictions")(t)
+    return keras.Model(inputs, outputs, name="resnet_int8" if friendly else "resnet")
+
+
+def _cnn(n_labels: int, height: int, width: int, filters: int, activation: str):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    t = inputs
+    for i in range(4):
+        t = layers.Conv2D(filters * 2 ** i, 3, padding="same", activation="relu")(t)
+        t = layers.BatchNormalization(name=GRADCAM_LAYER if i == 3 else None)(t)
+        t = layers.MaxPooling2D(2)(t)
+    t = layers.Flatten()(t)
+    t = layers.Dense(128, activation="relu")(t)
+    t = layers.Dense(n_labels, name="logits")(t)
+    outputs = layers.Activation(activation, name="predictions")(t)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHS:
+        raise ModelError(f"unknown architecture {arch!r} (choose one of: {', '.join(ARCHS)})")
+    return arch
+
+
+def build_model(arch: str, n_labels: int, height: int = 128, width: int = 128, filters: int = 64,
+                task: str = "multilabel"):
+    """A fresh, uncompiled Keras model (sigmoid outputs for multilabel, softmax for multiclass)."""
+    check_arch(arch)
+    if task not in ("multilabel", "multiclass"):
+        raise ModelError(f"unknown task {task!r} (multilabel or multiclass)")
+    if n_labels < 1 or filters < 1:
+        raise ModelError(f"n_labels {n_labels} and filters {filters} must be positive")
+    down = 16 if arch.startswith("resnet") else 16
+    if height % down or width % down:
+        raise ModelError(f"input size {height}x{width} must be a multiple of {down} for {arch!r}")
+    activation = "sigmoid" if task == "multilabel" else "softmax"
+    if arch == "cnn":
+        return _cnn(n_labels, height, width, filters, activation)
+    return _resnet(n_labels, height, width, filters, activation, friendly=(arch == "resnet-int8"))
+
+
+# --- saving and loading ------------------------------------------------------------------------
+
+META_ENTRY = "seamqc.json"  # extra zip entry in a .keras file; Keras ignores it when loading
+
+
+def save_model(model, path, meta: dict) -> None:
+    """``model.save`` + the seam-qc metadata (labels, task, arch, input size) inside the ``.keras`` zip."""
+    import json
+    import zipfile
+
+    model.save(str(path))
+    with zipfile.ZipFile(str(path), "a") as z:
+        z.writestr(META_ENTRY, json.dumps(meta, indent=1))
+
+
+def read_meta(path) -> dict:
+    """The metadata ``save_model`` stored, or ``{}`` (checkpoints, foreign models)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(str(path)) as z:
+            if META_ENTRY in z.namelist():
+                return json.loads(z.read(META_ENTRY))
+    except (OSError, zipfile.BadZipFile, ValueError):
+        pass
+    return {}
+
+
+def infer_meta(model, meta: dict | None = None) -> dict:
+    """Complete ``meta`` from the model itself: input size, label count, task from the output activation."""
+    meta = dict(meta or {})
+    shape = model.inputs[0].shape
+    meta.setdefault("height", int(shape[1]))
+    meta.setdefault("width", int(shape[2]))
+    n = int(model.outputs[0].shape[-1])
+    if "labels" not in meta:
+        from .data import SEAM_LABELS
+
+        meta["labels"] = list(SEAM_LABELS) if n == len(SEAM_LABELS) else [f"label_{i}" for i in range(n)]
+    if "task" not in meta:
+        act = None
+        try:
+            last = model.layers[-1]
+            act = getattr(getattr(last, "activation", None), "__name__", None)
+        except (AttributeError, IndexError):
+            pass
+        meta["task"] = "multiclass" if act == "softmax" else "multilabel"
+    if len(meta["labels"]) != n:
+        raise ModelError(f"model has {n} outputs but its metadata names {len(meta['labels'])} labels")
+    return meta
+
+
+def load_keras(path) -> tuple[object, dict]:
+    """A ``.keras`` file → ``(model, meta)``; a corrupt or foreign file is one ``ModelError`` line."""
+    import keras
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{p}: model file not found")
+    try:
+        model = keras.models.load_model(str(p), compile=False)
+    except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{p}: not a loadable Keras model ({msg[:200]})") from None
+    return model, infer_meta(model, read_meta(p))
