@@ -242,3 +242,193 @@ def resize_cam(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     """Feature-resolution map → image resolution (bilinear, as the seed), clipped to 0..1."""
     out = cv2.resize(np.asarray(cam, np.float32), (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- heatmaps
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """One label's Grad-CAM for one frame: ``cam`` float32 at the frame's resolution (0..1),
+    ``peak`` the raw maximum before normalisation (logit units per feature cell), ``score``
+    the model's output for the label (probability for sigmoid/softmax models)."""
+
+    label: str
+    cam: np.ndarray = field(repr=False)
+    peak: float
+    score: float
+
+
+def label_color(label: str, index: int = 0) -> tuple[int, int, int]:
+    """BGR colour of a label: the seed's for error/break/length, else ``PALETTE[index]``."""
+    return LABEL_COLORS.get(label, PALETTE[index % len(PALETTE)])
+
+
+def _strength(peak: float, ref: float | None) -> float:
+    """Opacity factor 0..1: ``peak / ref`` capped at 1 (1 when there is no usable reference)."""
+    if ref is None or not np.isfinite(ref) or ref <= 0:
+        return 1.0
+    return float(np.clip(peak / ref, 0.0, 1.0)) if np.isfinite(peak) else 0.0
+
+
+def overlay_labels(
+    frame_bgr: np.ndarray,
+    heatmaps: Mapping[str, Heatmap] | Sequence[Heatmap],
+    peak_ref: Mapping[str, float | None] | None = None,
+    alpha: float = 0.6,
+    colors: Mapping[str, tuple[int, int, int]] | None = None,
+) -> np.ndarray:
+    """Tint the frame with each label's map in its colour (error blue, break green, length red).
+
+    Per pixel, a label's colour is blended in with opacity ``alpha * cam * strength`` where
+    ``strength = min(1, peak / peak_ref[label])``: a weak map stays faint (see module doc).
+    """
+    hms = list(heatmaps.values()) if isinstance(heatmaps, Mapping) else list(heatmaps)
+    out = frame_bgr.astype(np.float32)
+    h, w = out.shape[:2]
+    others = 0
+    for hm in hms:
+        if colors and hm.label in colors:
+            color = colors[hm.label]
+        elif hm.label in LABEL_COLORS:
+            color = LABEL_COLORS[hm.label]
+        else:
+            color, others = PALETTE[others % len(PALETTE)], others + 1
+        cam = hm.cam if hm.cam.shape[:2] == (h, w) else resize_cam(hm.cam, h, w)
+        a = (alpha * _strength(hm.peak, (peak_ref or {}).get(hm.label)) * cam)[..., None]
+        out = out * (1.0 - a) + np.asarray(color, np.float32) * a
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def overlay_jet(frame_bgr: np.ndarray, cam: np.ndarray, alpha: float = 0.5, strength: float = 1.0) -> np.ndarray:
+    """The classic Grad-CAM picture: JET colour map blended over the frame (``cv2.addWeighted``).
+
+    ``strength`` (0..1, e.g. ``min(1, peak / peak_ref)``) scales the map's opacity so a weak
+    map does not look alarming.
+    """
+    h, w = frame_bgr.shape[:2]
+    c = cam if cam.shape[:2] == (h, w) else resize_cam(cam, h, w)
+    heat = cv2.applyColorMap(np.uint8(np.clip(c, 0, 1) * 255 + 0.5), cv2.COLORMAP_JET)
+    a = float(np.clip(alpha * strength, 0.0, 1.0))
+    frame = frame_bgr if frame_bgr.ndim == 3 else cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
+    return cv2.addWeighted(heat, a, frame, 1.0 - a, 0.0)
+
+
+# ----------------------------------------------------------------------------- explainer
+
+
+def _resolve_bundle(bundle):
+    from .bundle import Bundle, load_bundle
+
+    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+
+
+class Explainer:
+    """Grad-CAM on LiteRT: loads the bundle's ``explainer`` model and ``head.npz`` once.
+
+    ``explain(frame, labels)`` runs ONE float forward pass and a numpy head gradient per label.
+    Not thread-safe (one interpreter): use one Explainer per worker thread.
+    """
+
+    def __init__(self, bundle, threads: int = 2):
+        from .classify import open_interpreter
+
+        self.bundle = _resolve_bundle(bundle)
+        gc = self.bundle.gradcam
+        if not gc:
+            raise ModelError(f"{self.bundle.root}: manifest has no 'gradcam' section (bundle without explainer)")
+        self.layer = str(gc.get("layer", "?"))
+        self.head = load_head(self.bundle.path(gc.get("head", "head")))
+        self.interpreter, self.runtime = open_interpreter(str(self.bundle.path(gc.get("explainer", "explainer"))),
+                                                          threads)
+        self.interpreter.allocate_tensors()
+        self.labels = tuple(self.bundle.labels)
+        n = int(self.head["spec"]["n_outputs"])
+        if n != len(self.labels):
+            raise ModelError(f"{self.bundle.root}: head has {n} outputs but the manifest lists {len(self.labels)} labels")
+        inp = self.interpreter.get_input_details()
+        if len(inp) != 1:
+            raise ModelError(f"{self.bundle.path('explainer')}: expected one input, found {len(inp)}")
+        self._in = inp[0]["index"]
+        self._pred = self._feat = None
+        for d in self.interpreter.get_output_details():
+            shape = tuple(int(v) for v in d["shape"])
+            if len(shape) == 4:
+                self._feat = d["index"]
+            elif len(shape) == 2 and shape[-1] == n:
+                self._pred = d["index"]
+        if self._feat is None or self._pred is None:
+            raise ModelError(f"{self.bundle.path('explainer')}: needs a [1,{n}] prediction and a 4-D feature output")
+        refs = gc.get("peak_ref")
+        self.peak_ref: dict[str, float | None] = (
+            {lab: (None if r is None else float(r)) for lab, r in zip(self.labels, refs)} if refs else {}
+        )
+        self._calibrated = bool(refs)
+
+    def forward(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One float forward pass → (scores[n], features[h, w, c])."""
+        x = preprocess(frame_bgr, self.bundle.height, self.bundle.width)
+        self.interpreter.set_tensor(self._in, x[None])
+        self.interpreter.invoke()
+        pred = np.array(self.interpreter.get_tensor(self._pred)[0], np.float32)
+        feat = np.array(self.interpreter.get_tensor(self._feat)[0], np.float32)
+        return pred, feat
+
+    def explain(self, frame_bgr: np.ndarray, labels: Sequence[str] | None = None) -> dict[str, Heatmap]:
+        """Heatmaps for ``labels`` (default: all) at the frame's resolution, from one forward pass."""
+        labels = list(self.labels if labels is None else labels)
+        idx = []
+        for lab in labels:
+            if lab not in self.labels:
+                raise ModelError(f"label {lab!r} is not one of the model's labels {list(self.labels)}")
+            idx.append(self.labels.index(lab))
+        pred, feat = self.forward(frame_bgr)
+        _, inputs = head_forward(feat, self.head)
+        h, w = frame_bgr.shape[:2]
+        out = {}
+        for lab, k in zip(labels, idx):
+            cam, peak = gradcam_map(feat, head_gradient(feat, self.head, k, inputs))
+            out[lab] = Heatmap(lab, resize_cam(cam, h, w), peak, float(pred[k]))
+            if not self._calibrated and np.isfinite(peak):
+                self.peak_ref[lab] = max(peak, self.peak_ref.get(lab) or 0.0)
+        return out
+
+    def overlay(self, frame_bgr: np.ndarray, heatmaps: Mapping[str, Heatmap], alpha: float = 0.6) -> np.ndarray:
+        """``overlay_labels`` with this explainer's peak references."""
+        return overlay_labels(frame_bgr, heatmaps, self.peak_ref, alpha)
+
+
+def measure_cost(bundle, frame_bgr: np.ndarray, labels: Sequence[str] | None = None, threads: int = 2,
+                 repeats: int = 20) -> dict[str, float]:
+    """Median ms of ``Explainer.explain`` (all ``labels``) vs one ``classifier_fp32`` forward pass.
+
+    For ``make bench`` (``heatmap_ms``): returns ``{"explain_ms", "forward_ms", "ratio"}``
+    (the forward pass includes preprocessing, as ``explain`` does).
+    """
+    from .classify import open_interpreter
+
+    b = _resolve_bundle(bundle)
+    ex = Explainer(b, threads=threads)
+    role = "classifier_fp32" if b.has("classifier_fp32") else b.classifier_role
+    interp, _ = open_interpreter(str(b.path(role)), threads)
+    interp.allocate_tensors()
+    i_in = interp.get_input_details()[0]["index"]
+    i_out = interp.get_output_details()[0]["index"]
+
+    def fwd():
+        interp.set_tensor(i_in, preprocess(frame_bgr, b.height, b.width)[None])
+        interp.invoke()
+        return interp.get_tensor(i_out)
+
+    def med(fn) -> float:
+        fn()  # warm-up
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        return float(np.median(ts))
+
+    f_ms = med(fwd)
+    e_ms = med(lambda: ex.explain(frame_bgr, labels))
+    return {"explain_ms": e_ms, "forward_ms": f_ms, "ratio": e_ms / f_ms if f_ms > 0 else float("inf")}
