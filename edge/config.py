@@ -323,11 +323,6 @@ def _resolve_paths(cfg: Config, base: Path) -> dict[str, Any]:
     return upd
 
 
-def _credentials_dir() -> Path | None:
-    d = os.environ.get("CREDENTIALS_DIRECTORY")
-    return Path(d) if d else None
-
-
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read, validate and resolve ``path``; any problem → :class:`ConfigError` with file:line."""
     path = Path(path)
@@ -357,7 +352,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        err = e.errors(include_url=False)[0]
+        # an unknown key first: a misspelt key is usually also why a required one is "missing"
+        errs = sorted(e.errors(include_url=False), key=lambda x: x["type"] != "extra_forbidden")
+        err = errs[0]
         loc = _clean_loc(tuple(err["loc"]))
         if err["type"] == "missing" and loc and isinstance(loc[-1], int):
             loc = loc[:-1]  # a too-short list (roi) rather than a missing key
@@ -393,24 +390,7 @@ def _check_files(cfg: Config, where: str, lines: dict[tuple, int]) -> None:
         need(("mqtt", "tls", "cert"), m.tls.cert, "client certificate file")
         need(("mqtt", "tls", "key"), m.tls.key, "client key file")
     if m.password_file is not None:
-        pf = m.password_file
-        creds = _credentials_dir()
-        if not pf.is_file() and creds is not None and (creds / pf.name).is_file():
-            return
-        need(("mqtt", "password_file"), pf, "password file")
-
-
-def read_password(cfg: MqttConfig) -> str | None:
-    """The broker password: from ``password_file`` (or systemd's ``$CREDENTIALS_DIRECTORY``)."""
-    pf = cfg.password_file
-    if pf is None:
-        return None
-    creds = _credentials_dir()
-    cand = [pf] + ([creds / pf.name, creds / "mqtt-password"] if creds is not None else [])
-    for p in cand:
-        if p.is_file():
-            return p.read_text().strip()
-    raise ConfigError(f"mqtt.password_file: {str(pf)!r}: password file not found")
+        need(("mqtt", "password_file"), m.password_file, "password file")
 
 
 def config_line(cfg: Config, *loc: Any) -> str:

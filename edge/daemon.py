@@ -1,0 +1,329 @@
+"""The Pi daemon: camera → classify → decide → publish (+ heatmap worker), one stop event.
+
+Threads: ``capture`` (edge.camera, drops the oldest frame when behind), the main thread
+(classification + decision + stats + watchdog; one interpreter built once), ``heatmaps``
+(edge.heatmaps, bounded queue) and the publisher's MQTT loop. Every wait is bounded, so a stop
+(SIGTERM/SIGINT, ``--max-frames``, the end of a file source) is noticed within ~0.2 s:
+
+1. ``STOPPING=1`` is sent, capture stops;
+2. the decider's open events are flushed as alerts (nothing accepted is lost);
+3. the heatmap worker gets up to 2 s to finish queued heatmaps (the rest are counted dropped);
+4. the publisher flushes what it can, publishes ``offline`` and disconnects — alerts it could
+   not deliver stay in the outbox for the next start.
+
+The watchdog (``WATCHDOG=1``) is pinged only while frames flow: a hung pipeline or a camera that
+stays away longer than ``WatchdogSec`` gets the service restarted by systemd.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .camera import Capture, Frame, make_source
+from .config import Config, config_line
+from .decide import Decider, iso_utc
+from .errors import ConfigError, ModelError, SeamQCError
+from .sdnotify import Notifier, watchdog_interval_s
+
+log = logging.getLogger("seamqc")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return round(float(np.percentile(np.asarray(values, np.float64), q)), 2)
+
+
+def load_model(cfg: Config) -> tuple[Any, Any]:
+    """Load and verify the bundle and build the classifier once; errors name the config key."""
+    from .bundle import load_bundle
+
+    where = config_line(cfg, "model", "bundle")
+    try:
+        bundle = load_bundle(cfg.model.bundle, verify=True)
+    except ModelError as e:
+        raise ModelError(f"{where}: {e}") from None
+    try:
+        from .classify import Classifier
+    except ImportError as e:  # pragma: no cover - a broken install
+        raise ModelError(f"{where}: cannot import the classifier ({e})") from None
+    role = cfg.model.role or bundle.classifier_role
+    if not bundle.has(role):
+        raise ModelError(f"{config_line(cfg, 'model', 'role')}: {role!r}: no such role in "
+                         f"{bundle.root / 'manifest.json'} (has: {', '.join(bundle.files)})")
+    try:
+        clf = Classifier(bundle, role=role, threads=cfg.model.threads)
+        probe = clf.classify(np.zeros((bundle.height, bundle.width, 3), np.uint8))
+    except SeamQCError as e:
+        raise ModelError(f"{where}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - LiteRT raises bare ValueError/RuntimeError on bad files
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{where}: {bundle.path(role)}: not a usable TFLite model ({msg})") from None
+    probe = np.asarray(probe).reshape(-1)
+    if probe.shape[0] != len(bundle.labels):
+        raise ModelError(f"{where}: {bundle.path(role)}: the model has {probe.shape[0]} outputs but the "
+                         f"manifest lists {len(bundle.labels)} labels")
+    return bundle, clf
+
+
+class Daemon:
+    def __init__(self, cfg: Config, max_frames: int | None = None, notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.max_frames = max_frames
+        self.notifier = notifier or Notifier()
+        self.stop = threading.Event()
+        self.boot = uuid.uuid4().hex[:8]
+        self.started_mono = time.monotonic()
+        self.frames = 0
+        self.alerts = 0
+        self.classify_errors = 0
+        self.inf_ms: list[float] = []
+        self.stop_reason = ""
+        self.publisher: Any = None
+        self.outbox: Any = None
+        self.heatmaps: Any = None
+        self.capture: Capture | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.bundle, self.clf = load_model(cfg)
+        self.runtime = str(getattr(self.clf, "runtime", "unknown"))
+        self.labels = tuple(self.bundle.labels)
+        thresholds = dict(self.bundle.thresholds)
+        for lab, t in cfg.decision.thresholds.items():
+            if lab not in self.labels:
+                raise ConfigError(
+                    f"{config_line(cfg, 'decision', 'thresholds', lab)}: {lab!r} is not a label of the model "
+                    f"({', '.join(self.labels)})")
+            thresholds[lab] = float(t)
+        self.thresholds = thresholds
+        d = cfg.decision
+        self.decider = Decider(self.labels, thresholds, expected_length=d.expected_length,
+                               min_frames=d.min_frames, window=d.window,
+                               max_event_frames=d.max_event_frames, cooldown_frames=d.cooldown_frames,
+                               id_prefix=f"{cfg.station}-{self.boot}")
+        self.model_sha = self.bundle.sha256(cfg.model.role or self.bundle.classifier_role)
+        log.info("model %s (%s, sha256 %s…), input %dx%d, runtime %s, %d thread(s)", self.bundle.name,
+                 cfg.model.role or self.bundle.classifier_role, self.model_sha[:12], self.bundle.width,
+                 self.bundle.height, self.runtime, cfg.model.threads)
+        self.source = make_source(cfg.camera, (self.bundle.width, self.bundle.height))
+        self.frames_q: "queue.Queue[Frame]" = queue.Queue(maxsize=cfg.camera.queue_size)
+        self._setup_outbox_publisher()
+        self._setup_heatmaps()
+
+    def _setup_outbox_publisher(self) -> None:
+        cfg = self.cfg
+        from .outbox import Outbox
+
+        try:
+            Path(cfg.outbox).parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
+        self.outbox = Outbox(cfg.outbox)
+        from .publish import Publisher
+
+        # with mqtt.enabled false the publisher is an outbox-only sink
+        self.publisher = Publisher(cfg.mqtt, cfg.station, self.outbox, log=logging.getLogger("seamqc.mqtt"))
+        if not cfg.mqtt.enabled:
+            log.info("mqtt: disabled; alerts are logged and kept in the outbox %s", cfg.outbox)
+
+    def _setup_heatmaps(self) -> None:
+        hc = self.cfg.heatmaps
+        if not hc.enabled:
+            return
+        from . import gradcam
+        from .heatmaps import HeatmapWorker
+
+        bundle, threads, method = self.bundle, hc.threads, hc.method
+
+        def factory() -> Any:
+            import inspect
+
+            params = inspect.signature(gradcam.Explainer).parameters
+            if "method" in params:
+                return gradcam.Explainer(bundle, threads=threads, method=method)
+            return gradcam.Explainer(bundle, threads=threads)
+
+        self.heatmaps = HeatmapWorker(hc.dir, self.stop, max_mb=hc.max_mb, queue_size=hc.queue_size,
+                                      explainer_factory=factory, overlay_labels=gradcam.overlay_labels,
+                                      overlay_jet=gradcam.overlay_jet, labels_all=self.labels,
+                                      labels_only_flagged=hc.labels_only_flagged)
+        self.heatmaps.drain_s = 2.0
+        self.heatmaps.prepare_dir()
+
+    # ------------------------------------------------------------------ running
+    def _on_camera_state(self, state: str, why: str) -> None:
+        if state == "lost":
+            self.notifier.status(f"camera lost: {why}; retrying")
+        elif state == "ok":
+            self.notifier.status(f"running ({self.runtime})")
+
+    def _install_signals(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            self.stop_reason = signal.Signals(signum).name
+            self.stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread (tests)
+                pass
+
+    def emit(self, alert: Any) -> None:
+        cfg = self.cfg
+        heatmap = None
+        ts = iso_utc(alert.ts_wall)
+        if self.heatmaps is not None and alert.image is not None:
+            heatmap = self.heatmaps.submit(alert.event_id, alert.frame, ts, alert.labels, alert.scores,
+                                           alert.image)
+        payload = alert.payload(cfg.station, self.bundle.name, self.model_sha, heatmap)
+        self.alerts += 1
+        log.info("ALERT %s", json.dumps(payload, separators=(",", ":")))
+        self.publisher.alert(payload)
+
+    def stats_payload(self, interval_frames: int, interval_s: float) -> dict:
+        cap = self.capture.stats if self.capture else None
+        hm = self.heatmaps
+        recent = self.inf_ms[-2000:]
+        return {
+            "station": self.cfg.station,
+            "ts": iso_utc(time.time()),
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "fps": round(interval_frames / interval_s, 2) if interval_s > 0 else 0.0,
+            "frames": self.frames,
+            "alerts": self.alerts,
+            "dropped_frames": cap.dropped if cap else 0,
+            "camera": cap.as_dict() if cap else {"state": "starting"},
+            "inference_ms": {"p50": percentile(recent, 50), "p99": percentile(recent, 99)},
+            "classify_errors": self.classify_errors,
+            "outbox_depth": self._outbox_depth(),
+            "mqtt_connected": bool(getattr(self.publisher, "connected", False)),
+            "heatmaps": {"saved": hm.saved if hm else 0, "dropped": hm.dropped if hm else 0,
+                         "deleted": hm.deleted if hm else 0, "writable": hm.writable if hm else None,
+                         "ms_p50": percentile(hm.ms, 50) if hm else None},
+            "runtime": self.runtime,
+            "model": {"name": self.bundle.name, "sha256": self.model_sha},
+            "open_events": self.decider.open_events,
+        }
+
+    def _outbox_depth(self) -> int | None:
+        try:
+            if self.publisher is not None:
+                return int(self.publisher.outbox_depth)
+            return int(self.outbox.depth()) if self.outbox is not None else None
+        except Exception:  # noqa: BLE001 - stats must not fail
+            return None
+
+    def _publish_stats(self, payload: dict) -> None:
+        log.debug("stats %s", json.dumps(payload))
+        if self.publisher is not None:
+            try:
+                self.publisher.stats(payload)
+            except Exception as e:  # noqa: BLE001
+                log.warning("stats publish failed: %s", e)
+
+    def run(self) -> int:
+        cfg = self.cfg
+        self._install_signals()
+        cam = cfg.camera
+        self.capture = Capture(self.source, self.frames_q, self.stop, realtime=cam.realtime, loop=cam.loop,
+                               reconnect_min_s=cam.reconnect_min_s, reconnect_max_s=cam.reconnect_max_s,
+                               on_state=self._on_camera_state)
+        if self.publisher is not None:
+            self.publisher.start()
+        if self.heatmaps is not None:
+            self.heatmaps.start()
+        self.capture.start()
+        self.notifier.ready(f"running ({self.runtime})")
+        log.info("running: station %s, camera %s %s, runtime %s", cfg.station, cam.source, cam.device, self.runtime)
+        wd = watchdog_interval_s()
+        last_wd = 0.0
+        last_stats = time.monotonic()
+        frames_at_stats = 0
+        stall = cfg.watchdog_stall_s
+        try:
+            while not self.stop.is_set():
+                if self.max_frames is not None and self.frames >= self.max_frames:
+                    self.stop_reason = f"{self.max_frames} frames"
+                    break
+                try:
+                    frame = self.frames_q.get(timeout=0.2)
+                except queue.Empty:
+                    frame = None
+                    if self.capture.ended.is_set() and self.frames_q.empty():
+                        self.stop_reason = "end of file"
+                        break
+                if frame is not None:
+                    self._process(frame)
+                now = time.monotonic()
+                if wd is not None and now - last_wd >= wd and self.capture.stats.last_frame_mono \
+                        and now - self.capture.stats.last_frame_mono < stall:
+                    self.notifier.watchdog()
+                    last_wd = now
+                if now - last_stats >= cfg.stats_interval:
+                    self._publish_stats(self.stats_payload(self.frames - frames_at_stats, now - last_stats))
+                    last_stats, frames_at_stats = now, self.frames
+        finally:
+            self.shutdown(frames_at_stats, last_stats)
+        return 0
+
+    def _process(self, frame: Frame) -> None:
+        t0 = time.perf_counter()
+        try:
+            probs = self.clf.classify(frame.image)
+        except Exception as e:  # noqa: BLE001 - one bad frame must not stop the line
+            self.classify_errors += 1
+            if self.classify_errors == 1:
+                log.error("classify failed on frame %d: %s (counted in stats)", frame.seq, e)
+            return
+        self.inf_ms.append((time.perf_counter() - t0) * 1000)
+        if len(self.inf_ms) > 10000:
+            del self.inf_ms[:5000]
+        self.frames += 1
+        scores = {lab: float(p) for lab, p in zip(self.labels, np.asarray(probs).reshape(-1))}
+        for alert in self.decider.update(frame.seq, frame.ts_wall, scores, image=frame.image):
+            self.emit(alert)
+
+    def shutdown(self, frames_at_stats: int = 0, last_stats: float | None = None) -> None:
+        t0 = time.monotonic()
+        self.notifier.stopping(f"stopping ({self.stop_reason or 'stop'})")
+        log.info("stopping (%s)", self.stop_reason or "stop")
+        self.stop.set()
+        if self.capture is not None and self.capture.is_alive():
+            self.capture.join(timeout=2.0)
+        try:
+            for alert in self.decider.flush():
+                self.emit(alert)
+        except Exception as e:  # noqa: BLE001
+            log.error("flushing open events failed: %s", e)
+        if self.heatmaps is not None and self.heatmaps.is_alive():
+            self.heatmaps.join(timeout=self.heatmaps.drain_s + 0.5)
+        now = time.monotonic()
+        final = self.stats_payload(self.frames - frames_at_stats, now - (last_stats or self.started_mono))
+        final["fps"] = round(self.frames / max(1e-6, now - self.started_mono), 2)
+        self._publish_stats(final)
+        log.info("summary %s", json.dumps(final, separators=(",", ":")))
+        if self.publisher is not None:
+            try:
+                self.publisher.stop(timeout=2.0)
+            except Exception as e:  # noqa: BLE001
+                log.error("mqtt stop failed: %s", e)
+        if self.outbox is not None:
+            try:
+                self.outbox.close()
+            except Exception:  # noqa: BLE001
+                pass
+        log.info("stopped in %.2f s: %d frames, %d alerts", time.monotonic() - t0, self.frames, self.alerts)
+        self.notifier.close()

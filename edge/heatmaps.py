@@ -1,0 +1,290 @@
+"""The heatmap worker: Grad-CAM for each alert, in the background, never in capture's way.
+
+For each alert it writes, in ``heatmaps.dir``:
+
+* ``<id>.png``          the frame the model saw (ROI), lossless;
+* ``<id>.overlay.jpg``  one colour per flagged label (error blue, break green, length red);
+* ``<id>.jet.jpg``      the JET overlay of the strongest flagged label's map;
+* ``<id>.json``         sidecar: event id, frame, ts, labels, scores, per-label peaks, files.
+
+``<id>`` is derived ONLY from the event id (sanitised to ``[A-Za-z0-9._-]``, no leading dot,
+bounded length) — never from labels, frames or messages — and every path is checked to stay
+inside the directory.
+
+Alerts do not wait for heatmaps: the daemon asks :meth:`HeatmapWorker.submit` first, which
+either accepts the job (bounded queue, non-blocking) and returns the path the overlay *will*
+have, or refuses it (queue full, heatmaps disabled, directory unwritable) and returns ``None``.
+The alert then carries that path (or ``null``) and is published at once; a heatmap is a few
+hundred ms behind its alert. If writing later fails (disk full), the path in the alert points at
+nothing; the failure is counted (``heatmaps_dropped``) and logged once per failure streak.
+Heatmaps are dropped, alerts never are.
+
+Retention by size: after each save the oldest heatmap sets (by modification time) are deleted
+until the directory's seam-qc files fit in ``max_mb``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+log = logging.getLogger("seamqc.heatmaps")
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+SUFFIXES = (".png", ".overlay.jpg", ".jet.jpg", ".json")
+
+
+def safe_name(event_id: str) -> str:
+    """A file-name stem from an event id: ``[A-Za-z0-9._-]`` only, no leading dot, ≤ 96 chars."""
+    s = _SAFE.sub("_", str(event_id)).lstrip(".")[:96]
+    return s or "event"
+
+
+def paths_for(root: Path, event_id: str) -> dict[str, Path]:
+    """The four files of one event, guaranteed inside ``root``."""
+    stem = safe_name(event_id)
+    root = Path(root).resolve()
+    out = {"frame": root / f"{stem}.png", "overlay": root / f"{stem}.overlay.jpg",
+           "jet": root / f"{stem}.jet.jpg", "sidecar": root / f"{stem}.json"}
+    for p in out.values():
+        if p.parent != root:  # belt and braces: sanitising already forbids separators
+            raise ValueError(f"heatmap path {p} escapes {root}")
+    return out
+
+
+@dataclass(frozen=True)
+class HeatmapJob:
+    event_id: str
+    frame: int
+    ts: str
+    labels: tuple[str, ...]
+    scores: dict[str, float]
+    image: np.ndarray = field(repr=False)
+
+
+def _group_key(p: Path) -> str | None:
+    for suf in SUFFIXES:
+        if p.name.endswith(suf):
+            return p.name[: -len(suf)]
+    return None
+
+
+class Retention:
+    """Size-bounded store: tracks the seam-qc files in ``root`` and deletes the oldest sets."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.groups: dict[str, tuple[float, int]] = {}  # stem → (mtime, bytes)
+        self.scan()
+
+    def scan(self) -> None:
+        self.groups.clear()
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return
+        for e in entries:
+            key = _group_key(Path(e.name))
+            if key is None or not e.is_file(follow_symlinks=False):
+                continue
+            st = e.stat(follow_symlinks=False)
+            m, b = self.groups.get(key, (0.0, 0))
+            self.groups[key] = (max(m, st.st_mtime), b + st.st_size)
+
+    @property
+    def total(self) -> int:
+        return sum(b for _, b in self.groups.values())
+
+    def add(self, stem: str, nbytes: int) -> None:
+        m, b = self.groups.get(stem, (0.0, 0))
+        self.groups[stem] = (time.time(), b + nbytes)
+
+    def enforce(self, keep: str | None = None) -> int:
+        """Delete oldest sets until under the limit; returns how many sets were deleted."""
+        removed = 0
+        total = self.total
+        for stem, (_, nbytes) in sorted(self.groups.items(), key=lambda kv: kv[1][0]):
+            if total <= self.max_bytes:
+                break
+            if stem == keep:
+                continue
+            for suf in SUFFIXES:
+                try:
+                    (self.root / f"{stem}{suf}").unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    continue
+            del self.groups[stem]
+            total -= nbytes
+            removed += 1
+        return removed
+
+
+def _write_image(path: Path, img: np.ndarray, params: list[int] | None = None) -> int:
+    ext = path.suffix
+    ok, buf = cv2.imencode(ext, img, params or [])
+    if not ok:
+        raise OSError(f"cannot encode {path.name}")
+    return _write_bytes(path, buf.tobytes())
+
+
+def _write_bytes(path: Path, data: bytes) -> int:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return len(data)
+
+
+class HeatmapWorker(threading.Thread):
+    """Background Grad-CAM writer with a bounded queue (see module doc)."""
+
+    def __init__(self, root: Path, stop: threading.Event, *, max_mb: float = 2048.0, queue_size: int = 8,
+                 explainer_factory: Callable[[], Any], overlay_labels: Callable, overlay_jet: Callable,
+                 labels_all: tuple[str, ...] = (), labels_only_flagged: bool = True) -> None:
+        super().__init__(name="heatmaps", daemon=True)
+        self.root = Path(root)
+        self.stop_event = stop
+        self.q: "queue.Queue[HeatmapJob]" = queue.Queue(maxsize=queue_size)
+        self.factory = explainer_factory
+        self.overlay_labels = overlay_labels
+        self.overlay_jet = overlay_jet
+        self.labels_all = tuple(l for l in labels_all if l != "good")
+        self.only_flagged = labels_only_flagged
+        self.retention = Retention(self.root, int(max_mb * 1024 * 1024))
+        self.saved = 0
+        self.dropped = 0
+        self.deleted = 0
+        self.ms: list[float] = []
+        self.writable = True
+        self._fail_logged = False
+        self._full_logged = False
+        self.explainer: Any = None
+        self.error = ""
+        self.drain_s = 3.0
+
+    # ---- called from the daemon's thread
+    def prepare_dir(self) -> bool:
+        """Create the directory; an unwritable one is logged once (alerts go on)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".seamqc-probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+            self.writable = True
+        except OSError as e:
+            self._fail(f"cannot write to {self.root} ({e.strerror or e})")
+            self.writable = False
+        return self.writable
+
+    def submit(self, event_id: str, frame: int, ts: str, labels: tuple[str, ...], scores: dict[str, float],
+               image: np.ndarray) -> str | None:
+        """Queue a heatmap (never blocks); returns the overlay path it will have, or None if dropped."""
+        if not self.writable and not self.prepare_dir():
+            self.dropped += 1
+            return None
+        try:
+            paths = paths_for(self.root, event_id)
+        except ValueError:
+            self.dropped += 1
+            return None
+        try:
+            self.q.put_nowait(HeatmapJob(event_id, frame, ts, tuple(labels), dict(scores), image))
+        except queue.Full:
+            self.dropped += 1
+            if not self._full_logged:
+                self._full_logged = True
+                log.warning("heatmaps: worker is behind (queue of %d full): heatmaps are dropped and "
+                            "counted; alerts are not", self.q.maxsize)
+            return None
+        self._full_logged = False
+        return str(paths["overlay"])
+
+    # ---- the worker thread
+    def _fail(self, why: str) -> None:
+        self.error = why
+        if not self._fail_logged:
+            self._fail_logged = True
+            log.error("heatmaps: %s: heatmaps are dropped and counted until this is fixed; alerts continue", why)
+
+    def run(self) -> None:
+        deadline = None
+        while True:
+            if self.stop_event.is_set():
+                # at shutdown, finish what is queued for up to drain_s, then drop (and count) the rest
+                deadline = deadline or time.monotonic() + self.drain_s
+                if self.q.empty():
+                    return
+                if time.monotonic() > deadline:
+                    self._drain_rest()
+                    return
+            try:
+                job = self.q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._process(job)
+            except OSError as e:
+                self.dropped += 1
+                self.writable = False
+                self._fail(f"cannot write to {self.root} ({e.strerror or e})")
+            except Exception as e:  # noqa: BLE001 - a bad frame must not kill the worker
+                self.dropped += 1
+                log.exception("heatmaps: %s failed: %s", safe_name(job.event_id), e)
+
+    def _drain_rest(self) -> None:
+        while True:
+            try:
+                self.q.get_nowait()
+                self.dropped += 1
+            except queue.Empty:
+                return
+
+    def _process(self, job: HeatmapJob) -> None:
+        t0 = time.perf_counter()
+        if self.explainer is None:
+            self.explainer = self.factory()
+        labels = list(job.labels) if self.only_flagged else list(self.labels_all)
+        labels = labels or list(job.labels)
+        maps = self.explainer.explain(job.image, labels)
+        paths = paths_for(self.root, job.event_id)
+        self.root.mkdir(parents=True, exist_ok=True)
+        flagged = {lab: maps[lab] for lab in job.labels if lab in maps}
+        ov = self.overlay_labels(job.image, flagged or maps)
+        best = max(flagged or maps, key=lambda lab: job.scores.get(lab, 0.0)) if (flagged or maps) else None
+        jet = self.overlay_jet(job.image, maps[best].cam) if best is not None else job.image
+        nbytes = _write_image(paths["frame"], np.ascontiguousarray(job.image))
+        nbytes += _write_image(paths["overlay"], ov, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        nbytes += _write_image(paths["jet"], jet, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        side = {
+            "event_id": job.event_id, "frame": job.frame, "ts": job.ts, "labels": list(job.labels),
+            "scores": job.scores,
+            "peaks": {lab: float(getattr(h, "peak", 0.0)) for lab, h in maps.items()},
+            "jet_label": best,
+            "files": {k: p.name for k, p in paths.items() if k != "sidecar"},
+        }
+        nbytes += _write_bytes(paths["sidecar"], (json.dumps(side, indent=1) + "\n").encode())
+        stem = safe_name(job.event_id)
+        self.retention.add(stem, nbytes)
+        self.deleted += self.retention.enforce(keep=stem)
+        self.saved += 1
+        self.ms.append((time.perf_counter() - t0) * 1000)
+        if len(self.ms) > 500:
+            del self.ms[:250]
+        if self._fail_logged:
+            log.info("heatmaps: writing to %s works again", self.root)
+            self._fail_logged = False
+            self.writable = True
