@@ -140,6 +140,19 @@ class Broker:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def saves(self) -> int:
+        """How many times the broker wrote its persistence file (autosave runs every second)."""
+        return self.log_text().count("Saving in-memory database")
+
+    def wait_saved(self, timeout: float = 10.0) -> None:
+        """Wait for the next autosave, so state created before this call survives a SIGKILL."""
+        n = self.saves()
+        deadline = time.monotonic() + timeout
+        while self.saves() <= n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"mosquitto did not autosave within {timeout}s")
+            time.sleep(0.05)
+
     def log_text(self) -> str:
         try:
             return self.log.read_text(errors="replace")

@@ -1,0 +1,223 @@
+"""edge.outbox: durable, ordered, idempotent, and loud on every storage failure."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge.errors import SeamQCError
+from edge.outbox import Item, Outbox, OutboxError
+
+ROOT = Path(__file__).resolve().parent.parent
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A real small file system (needs root and mount permission; skipped cleanly otherwise)."""
+    if not IS_ROOT or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_put_pending_ack_keeps_order_and_survives_reopen(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    ob = Outbox(path)
+    ids = [f"ev-{i:03d}" for i in range(50)]
+    for i, ev in enumerate(ids):
+        ob.put(ev, "seamqc/s1/alert", f'{{"i":{i}}}')
+    assert ob.depth() == 50
+    items = ob.pending()
+    assert [it.event_id for it in items] == ids
+    assert all(isinstance(it, Item) for it in items)
+    assert items[7].payload == b'{"i":7}' and items[7].topic == "seamqc/s1/alert"
+    assert [it.seq for it in items] == sorted(it.seq for it in items)
+    assert ob.ack("ev-000") is True
+    assert ob.ack("ev-000") is False  # already gone
+    assert ob.ack_many(["ev-001", "ev-002", "nope"]) == 2
+    ob.close()
+    ob.close()  # idempotent
+
+    again = Outbox(path)
+    assert again.depth() == 47
+    assert [it.event_id for it in again.pending()] == ids[3:]
+    again.put("ev-new", "t", b"\x00\xffbinary")
+    assert again.pending()[-1].event_id == "ev-new"
+    assert again.pending()[-1].payload == b"\x00\xffbinary"
+    again.close()
+
+
+def test_put_is_idempotent_on_event_id(tmp_path):
+    with Outbox(tmp_path / "o.sqlite") as ob:
+        ob.put("a", "t", b"first")
+        ob.put("b", "t", b"second")
+        ob.put("a", "t", b"retry with other bytes")  # a retry of the same event: ignored
+        assert ob.depth() == 2
+        assert [(it.event_id, it.payload) for it in ob.pending()] == [("a", b"first"), ("b", b"second")]
+
+
+def test_pending_limit_and_after_seq_page_in_order(tmp_path):
+    with Outbox(tmp_path / "o.sqlite") as ob:
+        for i in range(10):
+            ob.put(f"e{i}", "t", str(i))
+        first = ob.pending(limit=4)
+        assert [it.event_id for it in first] == ["e0", "e1", "e2", "e3"]
+        rest = ob.pending(limit=100, after_seq=first[-1].seq)
+        assert [it.event_id for it in rest] == [f"e{i}" for i in range(4, 10)]
+        assert ob.pending(after_seq=rest[-1].seq) == []
+
+
+def test_creates_parent_dir_and_private_file(tmp_path):
+    path = tmp_path / "var" / "lib" / "seam-qc" / "outbox.sqlite"
+    with Outbox(path) as ob:
+        ob.put("x", "t", "y")
+        for f in path.parent.iterdir():  # the db and its -wal/-shm carry alert contents: owner only
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_threads_put_concurrently_without_loss(tmp_path):
+    ob = Outbox(tmp_path / "o.sqlite")
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for i in range(100):
+                ob.put(f"t{t}-{i:03d}", "t", b"p")
+                if i % 10 == 0:
+                    ob.depth()
+                    ob.pending(limit=5)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert ob.depth() == 400
+    items = ob.pending()
+    for t in range(4):  # each producer's own order is kept
+        mine = [it.event_id for it in items if it.event_id.startswith(f"t{t}-")]
+        assert mine == sorted(mine) and len(mine) == 100
+    ob.close()
+
+
+def test_put_is_on_disk_when_it_returns_even_if_the_process_is_killed(tmp_path):
+    path = tmp_path / "o.sqlite"
+    code = (
+        "import os, signal, sys; sys.path.insert(0, sys.argv[1]);"
+        "from edge.outbox import Outbox; ob = Outbox(sys.argv[2]);"
+        "[ob.put(f'k{i:03d}', 't', b'x' * 100) for i in range(200)];"
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT), str(path)], timeout=60)
+    assert r.returncode == -9
+    with Outbox(path) as ob:
+        assert [it.event_id for it in ob.pending()] == [f"k{i:03d}" for i in range(200)]
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "o.sqlite"
+    path.write_bytes(b"this is not sqlite " * 500)
+    with pytest.raises(OutboxError) as ei:
+        Outbox(path)
+    msg = str(ei.value)
+    assert str(path) in msg and "not a database" in msg and "move it aside" in msg
+    assert isinstance(ei.value, SeamQCError) and ei.value.exit_code != 0
+
+
+def test_size_cap_reached_raises_and_keeps_what_was_stored(tmp_path):
+    ob = Outbox(tmp_path / "o.sqlite", max_bytes=64 * 1024)
+    stored = 0
+    with pytest.raises(OutboxError) as ei:
+        for i in range(10_000):
+            ob.put(f"e{i}", "t", b"x" * 1000)
+            stored += 1
+    assert "full" in str(ei.value) and str(ob.path) in str(ei.value)
+    assert 0 < stored < 10_000
+    assert ob.depth() == stored  # nothing already committed was lost
+    ob.close()
+
+
+def test_full_disk_raises_and_recovers_when_space_is_freed(tmp_path):
+    mnt = tmp_path / "small"
+    with tmpfs(mnt, "256k"):
+        ballast = mnt / "ballast"
+        ballast.write_bytes(b"\0" * 64 * 1024)
+        ob = Outbox(mnt / "o.sqlite")
+        stored = 0
+        with pytest.raises(OutboxError) as ei:
+            for i in range(100_000):
+                ob.put(f"e{i}", "t", os.urandom(2000))
+                stored += 1
+        assert "full" in str(ei.value).lower()
+        assert stored > 0
+        ob.close()
+        with pytest.raises(OutboxError):  # still full: start-up fails loudly too
+            Outbox(mnt / "o.sqlite")
+        ballast.unlink()  # the operator frees space
+        with Outbox(mnt / "o.sqlite") as again:  # everything committed before the error is there
+            assert [it.event_id for it in again.pending()] == [f"e{i}" for i in range(stored)]
+
+
+def test_read_only_location_raises_at_open_and_at_runtime(tmp_path):
+    if not IS_ROOT:  # file permissions are enough for a normal user
+        d = tmp_path / "ro"
+        d.mkdir()
+        Outbox(d / "o.sqlite").close()
+        (d / "o.sqlite").chmod(0o400)
+        d.chmod(0o500)
+        try:
+            with pytest.raises(OutboxError) as ei:
+                Outbox(d / "o.sqlite")
+            assert str(d / "o.sqlite") in str(ei.value)
+            with pytest.raises(OutboxError):
+                Outbox(d / "new" / "o.sqlite")
+        finally:
+            d.chmod(0o700)
+        return
+    # root ignores permissions: use a real read-only file system instead
+    mnt = tmp_path / "mnt"
+    with tmpfs(mnt, "1m"):
+        with Outbox(mnt / "o.sqlite") as ob:
+            ob.put("before", "t", "kept")
+        r = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"remount read-only not permitted: {r.stderr.strip()}")
+        try:
+            with pytest.raises(OutboxError) as ei:  # at start-up, not at the first alert
+                Outbox(mnt / "o.sqlite")
+            assert str(mnt / "o.sqlite") in str(ei.value)
+            with pytest.raises(OutboxError) as ei:
+                Outbox(mnt / "sub" / "o.sqlite")
+            assert "cannot create directory" in str(ei.value)
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(mnt)], capture_output=True)
+        with Outbox(mnt / "o.sqlite") as again:
+            assert [it.event_id for it in again.pending()] == ["before"]
+
+
+def test_use_after_close_is_an_error(tmp_path):
+    ob = Outbox(tmp_path / "o.sqlite")
+    ob.close()
+    with pytest.raises(OutboxError, match="after close"):
+        ob.put("x", "t", "y")
