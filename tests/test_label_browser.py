@@ -1,0 +1,227 @@
+"""The labeling page driven in a real headless Chromium: keys pressed, files checked on disk."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.test_label import make_video
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+try:
+    import selenium  # noqa: F401
+    HAVE_SELENIUM = True
+except ImportError:
+    HAVE_SELENIUM = False
+
+if not (HAVE_SELENIUM and Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+    pytest.skip("needs chromium, chromedriver (apt: chromium chromium-driver) and selenium",
+                allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+# Reads the shown <img> back through a canvas and decodes tests.test_label.draw's 8 bit columns.
+DECODE_SHOWN_FRAME = """
+const img = document.getElementById('frame');
+if (!img.complete || !img.naturalWidth) return -1;
+const c = document.createElement('canvas');
+c.width = img.naturalWidth; c.height = img.naturalHeight;
+const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+const col = Math.floor(c.width / 8); let n = 0;
+for (let b = 0; b < 8; b++) {
+  const d = g.getImageData(b * col + 4, 10, col - 8, c.height - 20).data; let s = 0;
+  for (let i = 0; i < d.length; i += 4) s += d[i];
+  if (s / (d.length / 4) > 128) n |= 1 << b;
+}
+return n;
+"""
+
+
+class Server:
+    """``python -m convert label`` in a subprocess on a free port."""
+
+    def __init__(self, video: Path, out: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "convert", "label", "--video", str(video), "--out", str(out), "--port", "0"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.url = None
+        self.head = []
+        deadline = time.monotonic() + 60
+        while self.url is None and time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.head.append(line)
+            if "http://" in line:
+                self.url = "http://" + line.split("http://", 1)[1].split()[0]
+        if self.url is None:
+            self.stop()
+            raise AssertionError(f"no URL printed: {self.head} {self.proc.stderr.read()}")
+
+    def wait(self, timeout: float = 30) -> tuple[int, str]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, "".join(self.head) + out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--window-size=1400,900"):
+        opts.add_argument(a)
+    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    d.set_page_load_timeout(30)
+    yield d
+    d.quit()
+
+
+class Page:
+    def __init__(self, driver, url: str):
+        self.d = driver
+        self.d.get(url)
+        self.settle()
+
+    def settle(self) -> None:
+        """Wait until every key sent has been answered and rendered."""
+        WebDriverWait(self.d, 15).until(
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-pending") == "0"
+            and d.find_element(By.ID, "frame-no").text.isdigit())
+
+    def keys(self, *keys: str, shift: bool = False) -> None:
+        for k in keys:
+            chain = ActionChains(self.d)
+            if shift:
+                chain = chain.key_down(Keys.SHIFT).send_keys(k).key_up(Keys.SHIFT)
+            else:
+                chain = chain.send_keys(k)
+            chain.perform()
+            self.settle()
+
+    def text(self, element_id: str) -> str:
+        return self.d.find_element(By.ID, element_id).text
+
+    @property
+    def frame(self) -> int:
+        return int(self.text("frame-no"))
+
+    def chip_on(self, attr: str) -> bool:
+        return "on" in self.d.find_element(By.CSS_SELECTOR, f'.chip[data-attr="{attr}"]').get_attribute("class")
+
+    def visible(self, element_id: str) -> bool:
+        return self.d.find_element(By.ID, element_id).is_displayed()
+
+    def shown_frame(self) -> int:
+        WebDriverWait(self.d, 15).until(lambda d: d.execute_script(DECODE_SHOWN_FRAME) == self.frame)
+        return self.d.execute_script(DECODE_SHOWN_FRAME)
+
+
+def test_label_page_keys_files_undo_resume(driver, tmp_path):
+    video = make_video(tmp_path / "seam7.avi", 7)
+    out = tmp_path / "labels"
+    srv = Server(video, out)
+    try:
+        page = Page(driver, srv.url)
+        assert page.frame == 0 and page.text("frame-last") == "6"
+        assert page.shown_frame() == 0
+        assert not any(page.chip_on(a) for a in ("good", "error", "break", "length"))
+        assert not page.visible("warning")
+        help_text = page.text("help")
+        assert "save" in help_text and "undo" in help_text
+
+        page.keys("g", "s")  # seed keys: good, save
+        assert page.chip_on("good") and page.text("count-saved") == "1" and page.text("count-good") == "1"
+        assert (out / "seam7_0.png").is_file()
+        assert page.visible("badge-saved")
+
+        page.keys("n")  # next frame: the labels are carried
+        assert page.frame == 1 and page.chip_on("good") and not page.visible("badge-saved")
+        assert page.shown_frame() == 1
+        page.keys("e")  # good + error: the warning banner
+        assert page.visible("warning") and "good together with error" in page.text("warning")
+        page.keys("s")
+        assert page.text("count-saved") == "2" and page.text("count-contradictory") == "1"
+        page.keys("g")
+        assert not page.visible("warning") and page.chip_on("error")
+
+        page.keys(Keys.ARROW_RIGHT, shift=True)  # +10 clamps at the last of 7 frames
+        assert page.frame == 6 and page.shown_frame() == 6
+        page.keys("n")
+        assert page.frame == 6 and "last frame" in page.text("message")
+        page.keys(Keys.ARROW_LEFT)
+        assert page.frame == 5
+        page.keys(Keys.PAGE_UP)
+        assert page.frame == 0
+        page.keys(Keys.PAGE_DOWN)
+        assert page.frame == 6
+        page.keys(Keys.HOME)
+        assert page.frame == 0
+
+        page.keys("j")  # jump box
+        box = driver.find_element(By.ID, "jump")
+        assert driver.switch_to.active_element == box
+        box.send_keys("3", Keys.ENTER)
+        page.settle()
+        assert page.frame == 3 and page.shown_frame() == 3
+
+        page.keys("l", Keys.ENTER)  # save + next
+        assert page.frame == 4 and (out / "seam7_3.png").is_file()
+        assert page.text("count-saved") == "3" and page.text("count-length") == "1"
+        df = pd.read_csv(out / "seam7_data.csv", index_col=0)
+        assert df["name"].tolist() == ["seam7_0.png", "seam7_1.png", "seam7_3.png"]
+
+        page.keys("u")  # undo the last save: its PNG and row are gone, back at its frame
+        assert page.frame == 3 and not (out / "seam7_3.png").exists()
+        assert page.text("count-saved") == "2" and "deleted seam7_3.png" in page.text("message")
+
+        driver.save_screenshot(str(tmp_path / "label.png"))
+        assert (tmp_path / "label.png").stat().st_size > 10_000
+
+        page.keys("q")
+        WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "closed").is_displayed())
+        rc, log = srv.wait()
+        assert rc == 0 and "saved 2 frame(s)" in log
+    finally:
+        srv.stop()
+
+    df = pd.read_csv(out / "seam7_data.csv", index_col=0)
+    assert list(df.index) == [0, 1]
+    assert df["name"].tolist() == ["seam7_0.png", "seam7_1.png"]
+    assert df[["good", "error", "break", "length"]].values.tolist() == [
+        [True, False, False, False], [True, True, False, False]]
+    assert sorted(p.name for p in out.iterdir()) == ["seam7_0.png", "seam7_1.png", "seam7_data.csv"]
+
+    srv = Server(video, out)  # resume: after the last saved frame, with its labels
+    try:
+        assert "starting at frame 2" in "".join(srv.head)
+        page = Page(driver, srv.url)
+        assert page.frame == 2 and page.shown_frame() == 2
+        assert page.chip_on("good") and page.chip_on("error") and page.visible("warning")
+        assert page.text("count-saved") == "2"
+        page.keys("q")
+        assert srv.wait()[0] == 0
+    finally:
+        srv.stop()
