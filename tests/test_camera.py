@@ -1,0 +1,351 @@
+"""edge.camera: normalisation, drop-oldest queue, reconnect with backoff, file replay, picamera2 (faked)."""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.camera import (Capture, EndOfStream, OpenCVSource, PicameraSource, Source, SourceLost,
+                         make_source, normalise)
+from edge.config import CameraConfig
+from edge.errors import CameraError
+
+
+def write_video(path: Path, n: int, size=(64, 48), fps=30) -> Path:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    assert w.isOpened()
+    for i in range(n):
+        img = np.zeros((size[1], size[0], 3), np.uint8)
+        img[:, :, 1] = (i * 7) % 256
+        w.write(img)
+    w.release()
+    return path
+
+
+class Scripted(Source):
+    """A live source driven by a script of items: an image, None (bad frame), 'lost', 'fail-open' or 'end'."""
+
+    def __init__(self, script, size=(64, 48), roi=None, live=True, fail_opens=0):
+        self.script = list(script)
+        self.frame_size = size
+        self.roi = roi
+        self.live = live
+        self.fps = 30.0
+        self.fail_opens = fail_opens
+        self.opens = 0
+        self.is_open = False
+
+    def open(self):
+        self.opens += 1
+        if self.fail_opens > 0:
+            self.fail_opens -= 1
+            raise SourceLost("no such device")
+        self.is_open = True
+
+    def read(self):
+        if not self.script:
+            raise EndOfStream()
+        item = self.script.pop(0)
+        if isinstance(item, str):
+            if item == "lost":
+                raise SourceLost("unplugged")
+            if item == "end":
+                raise EndOfStream()
+            if item == "boom":
+                raise RuntimeError("driver bug")
+        return item
+
+    def close(self):
+        self.is_open = False
+
+
+def img(w=64, h=48, v=0):
+    return np.full((h, w, 3), v, np.uint8)
+
+
+def collect(q: queue.Queue) -> list:
+    out = []
+    while True:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            return out
+
+
+def run_capture(src, qsize=100, **kw) -> tuple[Capture, list]:
+    q: queue.Queue = queue.Queue(maxsize=qsize)
+    stop = threading.Event()
+    cap = Capture(src, q, stop, reconnect_min_s=0.01, reconnect_max_s=0.05, **kw)
+    cap.start()
+    assert cap.ended.wait(10), "capture did not reach the end of the script"
+    cap.join(5)
+    assert not cap.is_alive()
+    return cap, collect(q)
+
+
+def test_normalise():
+    assert normalise(None, (64, 48)) == (None, "corrupt")
+    assert normalise(np.zeros((0, 0, 3), np.uint8), (64, 48))[0] is None
+    assert normalise(np.zeros((48, 64, 3), np.float32), (64, 48))[0] is None
+    assert normalise(np.zeros((48, 64, 2), np.uint8), (64, 48))[0] is None
+    out, what = normalise(np.zeros((48, 64), np.uint8), (64, 48))
+    assert out.shape == (48, 64, 3) and what == ""
+    out, what = normalise(np.zeros((48, 64, 4), np.uint8), (64, 48))
+    assert out.shape == (48, 64, 3) and what == ""
+    out, what = normalise(np.zeros((96, 128, 3), np.uint8), (64, 48))
+    assert out.shape == (48, 64, 3) and what == "resized"
+
+
+def test_corrupt_and_wrong_size_frames_are_counted_not_fatal():
+    script = [img(v=1), None, np.zeros((0,), np.uint8), img(128, 96, v=2), "boom", img(v=3), "end"]
+    cap, frames = run_capture(Scripted(script))
+    assert [f.image[0, 0, 0] for f in frames] == [1, 2, 3]
+    assert [f.seq for f in frames] == [0, 1, 2]
+    assert cap.stats.corrupt == 3 and cap.stats.resized == 1 and cap.stats.state == "ended"
+    assert all(f.image.shape == (48, 64, 3) and not f.image.flags.writeable for f in frames)
+    assert frames[0].ts_mono <= frames[-1].ts_mono and frames[0].ts_wall > 1e9
+
+
+def test_roi_crop_is_a_copy():
+    src = Scripted([img(v=5), "end"], roi=(8, 4, 32, 16))
+    cap, frames = run_capture(src)
+    (f,) = frames
+    assert f.image.shape == (16, 32, 3) and f.image.base is None
+
+
+def test_live_source_drops_the_oldest_when_full():
+    src = Scripted([img(v=i) for i in range(10)] + ["end"])
+    cap, frames = run_capture(src, qsize=3)
+    assert [int(f.image[0, 0, 0]) for f in frames] == [7, 8, 9]   # the newest survive
+    assert cap.stats.dropped == 7 and cap.stats.frames == 10
+
+
+def test_missing_device_at_start_and_loss_mid_run_are_retried():
+    states = []
+    src = Scripted([img(v=1), "lost", img(v=2), "end"], fail_opens=3)
+    cap, frames = run_capture(src, on_state=lambda s, why: states.append(s))
+    assert [int(f.image[0, 0, 0]) for f in frames] == [1, 2]
+    assert src.opens == 5                       # 3 failed + first open + reopen after the loss
+    assert cap.stats.reconnects == 3
+    assert states[:2] == ["lost", "ok"] and "lost" in states[2:] and states[-1] == "ended"
+    assert cap.stats.last_error
+
+
+def test_stop_event_ends_backoff_quickly():
+    src = Scripted([], fail_opens=10**6)
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    cap = Capture(src, q, stop, reconnect_min_s=0.05, reconnect_max_s=60)
+    cap.start()
+    time.sleep(0.5)
+    assert cap.stats.state == "lost"
+    stop.set()
+    cap.join(5)
+    assert not cap.is_alive() and cap.stats.state == "stopped"
+
+
+def consume_all(cap: Capture, q: queue.Queue) -> list:
+    got = []
+    cap.start()
+    while not (cap.ended.is_set() and q.empty()):
+        try:
+            got.append(q.get(timeout=0.5))
+        except queue.Empty:
+            pass
+        time.sleep(0.002)  # a slow consumer
+    cap.join(5)
+    return got
+
+
+def test_file_source_full_speed_keeps_every_frame(tmp_path):
+    video = write_video(tmp_path / "v.mp4", 40)
+    cam = CameraConfig(source="file", device=str(video), width=64, height=48, realtime=False)
+    src = make_source(cam)
+    assert isinstance(src, OpenCVSource) and not src.live
+    q: queue.Queue = queue.Queue(maxsize=2)
+    cap = Capture(src, q, threading.Event(), realtime=False)
+    got = consume_all(cap, q)    # back-pressure instead of drops: nothing is live
+    assert [f.seq for f in got] == list(range(40)) and cap.stats.dropped == 0
+
+
+def test_file_source_replay_all_frames_with_a_consumer(tmp_path):
+    video = write_video(tmp_path / "v.mp4", 40, size=(80, 60))
+    cam = CameraConfig(source="file", device=str(video), width=64, height=48, realtime=True,
+                       roi=(0, 0, 32, 32))
+    src = make_source(cam)
+    q: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+    cap = Capture(src, q, stop, realtime=True)
+    got = []
+    cap.start()
+    while not (cap.ended.is_set() and q.empty()):
+        try:
+            got.append(q.get(timeout=0.5))
+        except queue.Empty:
+            pass
+    cap.join(5)
+    assert len(got) + cap.stats.dropped == 40
+    assert cap.stats.resized == 40 and got[0].image.shape == (32, 32, 3)
+    assert src.fps == pytest.approx(30.0)
+
+
+def test_file_loop_replays(tmp_path):
+    video = write_video(tmp_path / "v.mp4", 10)
+    cam = CameraConfig(source="file", device=str(video), width=64, height=48, realtime=False, loop=True)
+    q: queue.Queue = queue.Queue(maxsize=100)
+    stop = threading.Event()
+    cap = Capture(make_source(cam), q, stop, realtime=False, loop=True)
+    cap.start()
+    got = []
+    while len(got) < 35:
+        got.append(q.get(timeout=10))
+    stop.set()
+    cap.join(5)
+    assert [f.seq for f in got[:35]] == list(range(35)) and not cap.ended.is_set()
+
+
+def test_file_vanishing_mid_run_is_a_loss(tmp_path):
+    video = write_video(tmp_path / "v.mp4", 5)
+    cam = CameraConfig(source="file", device=str(video), width=64, height=48, realtime=False)
+    src = make_source(cam)
+    src.open()
+    assert src.read() is not None
+    src.close()
+    video.unlink()
+    with pytest.raises(SourceLost):
+        src.open()
+
+
+def test_bad_settings_are_camera_errors(tmp_path):
+    with pytest.raises(CameraError, match="video file not found"):
+        make_source(CameraConfig(source="file", device=str(tmp_path / "nope.mp4")))
+    sys.modules.pop("picamera2", None)
+    saved = sys.meta_path[:]
+    try:
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "picamera2":
+                    raise ImportError("blocked")
+                return None
+        sys.meta_path.insert(0, Block())
+        with pytest.raises(CameraError, match="picamera2 is not installed"):
+            make_source(CameraConfig(source="picamera"))
+    finally:
+        sys.meta_path[:] = saved
+
+
+def test_usb_device_path_missing_is_retried_not_fatal(tmp_path):
+    src = make_source(CameraConfig(source="usb", device=str(tmp_path / "video9")))
+    with pytest.raises(SourceLost):
+        src.open()
+
+
+# --------------------------------------------------------------------------- picamera2 fake
+
+
+class FakePicamera2:
+    """Mimics picamera2: RGB888 main (BGR in memory), YUV420 lores (I420, h*3/2 x w)."""
+
+    instances: list = []
+
+    def __init__(self, num=0):
+        self.num = num
+        self.config = None
+        self.started = False
+        self.captures = 0
+        FakePicamera2.instances.append(self)
+
+    def create_video_configuration(self, main=None, lores=None, controls=None, buffer_count=4):
+        return {"main": main, "lores": lores, "controls": controls, "buffer_count": buffer_count}
+
+    def configure(self, config):
+        self.config = config
+
+    def start(self):
+        self.started = True
+
+    def _bgr(self, w, h):
+        im = np.zeros((h, w, 3), np.uint8)
+        im[:, :, 2] = 200   # red in BGR order
+        return im
+
+    def capture_array(self, name="main"):
+        self.captures += 1
+        if self.captures == 3:
+            return None  # a dropped buffer
+        cfg = self.config[name]
+        w, h = cfg["size"]
+        bgr = self._bgr(w, h)
+        if cfg["format"] == "YUV420":
+            return cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+        return bgr
+
+    def stop(self):
+        self.started = False
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake_picamera2(monkeypatch):
+    mod = types.ModuleType("picamera2")
+    mod.Picamera2 = FakePicamera2
+    FakePicamera2.instances = []
+    monkeypatch.setitem(sys.modules, "picamera2", mod)
+    return FakePicamera2
+
+
+def test_picamera_lores_path(fake_picamera2):
+    cam = CameraConfig(source="picamera", device=0, width=640, height=480, roi=(192, 112, 256, 256))
+    src = make_source(cam, model_size=(128, 128))
+    assert isinstance(src, PicameraSource) and src.use_lores
+    assert src.lores_size == (320, 240) and src.frame_size == (320, 240)
+    assert src.roi == (96, 56, 128, 128)
+    cap, frames = run_capture(_Limited(src, 5))
+    pc = fake_picamera2.instances[-1]
+    assert pc.config["lores"] == {"size": (320, 240), "format": "YUV420"}
+    assert pc.config["main"]["format"] == "RGB888" and pc.config["controls"]["FrameRate"] == 30.0
+    assert len(frames) == 4 and cap.stats.corrupt == 1
+    f = frames[0].image
+    assert f.shape == (128, 128, 3)
+    b, g, r = (int(v) for v in f[64, 64])
+    assert r > 150 and b < 60 and g < 60           # I420 → BGR kept the colour order
+
+
+def test_picamera_main_path_is_bgr_as_is(fake_picamera2):
+    cam = CameraConfig(source="picamera", device=0, width=320, height=240, lores=False)
+    src = make_source(cam, model_size=(128, 128))
+    assert not src.use_lores
+    cap, frames = run_capture(_Limited(src, 2))
+    assert frames[0].image.shape == (240, 320, 3)
+    assert tuple(int(v) for v in frames[0].image[0, 0]) == (0, 0, 200)
+    assert fake_picamera2.instances[-1].config["lores"] is None
+
+
+class _Limited(Source):
+    """Wrap a source, ending after n reads (the fake camera would run forever)."""
+
+    def __init__(self, inner, n):
+        self.inner, self.n = inner, n
+        self.frame_size, self.roi, self.live, self.fps = inner.frame_size, inner.roi, True, inner.fps
+
+    def open(self):
+        self.inner.open()
+
+    def read(self):
+        if self.n <= 0:
+            raise EndOfStream()
+        self.n -= 1
+        return self.inner.read()
+
+    def close(self):
+        self.inner.close()
