@@ -238,6 +238,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"--port {text!r}: expected 0..65535 (0 = any free port)")
+    return port
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "label", help="label video frames in a local web page (seed keys: n g e b l s q)",
@@ -248,5 +258,5 @@ def register(subparsers) -> None:
     p.add_argument("--video", required=True, help="video file to label")
     p.add_argument("--out", required=True, help="folder for the PNGs and <video>_data.csv")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    p.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0 = any free port)")
     p.set_defaults(func=run)

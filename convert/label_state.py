@@ -267,6 +267,7 @@ class LabelStore:
             raise DataError(f"{self.csv_path}: cannot write ({e.strerror or e})") from None
         if previous is None:
             self.image_path(frame).unlink(missing_ok=True)
+            _fsync_dir(self.dir)
 
     def _set(self, frame: int, row: Row | None) -> None:
         if row is None:

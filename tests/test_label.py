@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -404,12 +405,26 @@ def test_cli_unwritable_output(video7, tmp_path):
         assert_one_line_error(p, str(ro), "not writable")
 
 
+def test_cli_port_in_use(video7, tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        p = run_cli("--video", str(video7), "--out", str(tmp_path), "--port", str(port))
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and f"127.0.0.1:{port}" in p.stderr
+    p = run_cli("--video", str(video7), "--out", str(tmp_path), "--port", "70000")
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "--port '70000'" in p.stderr
+
+
 def test_cli_help_names_the_keys():
     p = run_cli("--help")
     assert p.returncode == 0 and "--video" in p.stdout and "undo" in p.stdout
 
 
-def test_cli_serves_and_quits(video7, tmp_path):
+@pytest.mark.parametrize("stop", ["q", "SIGINT"])
+def test_cli_serves_and_stops_cleanly(video7, tmp_path, stop):
     p = subprocess.Popen([sys.executable, "-m", "convert", "label", "--video", str(video7),
                           "--out", str(tmp_path), "--port", "0"], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -423,13 +438,34 @@ def test_cli_serves_and_quits(video7, tmp_path):
             if "http://" in line:
                 url = line.split("http://", 1)[1].split()[0].rstrip("/")
         assert url and url.startswith("127.0.0.1:")
-        req = urllib.request.Request(f"http://{url}/api/key", b'{"key": "q"}', {"Content-Type": "application/json"})
+        req = urllib.request.Request(f"http://{url}/api/key", b'{"key": "s"}', {"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as r:
-            assert json.load(r)["quit"]
+            assert json.load(r)["counts"]["saved"] == 1
+        if stop == "q":
+            req = urllib.request.Request(f"http://{url}/api/key", b'{"key": "q"}', {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert json.load(r)["quit"]
+        else:
+            p.send_signal(signal.SIGINT)  # Ctrl-C in the terminal
         out, err = p.communicate(timeout=30)
         assert p.returncode == 0, err
-        assert "saved 0 frame(s)" in out
+        assert "saved 1 frame(s)" in out and "Traceback" not in err
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_split_reads_label_output(video7, tmp_path):
+    """The pipeline's ``split`` merges our ``*_data.csv`` (skips until that command exists)."""
+    if not (ROOT / "convert" / "split.py").is_file():
+        pytest.skip("convert split is not in the tree yet")
+    lab = session(video7, tmp_path / "labels")
+    press(lab, "g Enter Enter e Enter Enter b Enter Enter Enter")
+    assert lab.counts()["saved"] == 7
+    p = subprocess.run([sys.executable, "-m", "convert", "split", "--data", str(tmp_path / "labels"),
+                        "--out", str(tmp_path / "split")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    parts = [pd.read_csv(tmp_path / "split" / f, index_col=0) for f in ("train.csv", "valid.csv", "test.csv")]
+    names = sorted(Path(n).name for df in parts for n in df["name"])
+    assert names == sorted(f"seam7_{i}.png" for i in range(7))

@@ -186,6 +186,15 @@ def test_label_page_keys_files_undo_resume(driver, tmp_path):
         box.send_keys("3", Keys.ENTER)
         page.settle()
         assert page.frame == 3 and page.shown_frame() == 3
+        assert page.text("count-saved") == "2"  # Enter in the box jumps, it does not save
+
+        chip = driver.find_element(By.CSS_SELECTOR, '.chip[data-attr="break"]')
+        chip.click()  # chips are buttons too
+        page.settle()
+        assert page.chip_on("break")
+        chip.click()
+        page.settle()
+        assert not page.chip_on("break")
 
         page.keys("l", Keys.ENTER)  # save + next
         assert page.frame == 4 and (out / "seam7_3.png").is_file()
