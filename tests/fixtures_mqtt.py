@@ -10,6 +10,8 @@ Fixtures
 ``mqtt_broker_factory``   ``factory(listener_lines=(), global_lines=(), anonymous=True)`` → started
                           broker with extra config (TLS, password files …); all stopped at teardown.
 ``mqtt_subscriber``       ``factory(broker, topic="#", **kw)`` → connected ``MqttSubscriber``.
+``mqtt_publisher``        ``factory(broker, station="st1", outbox=None, start=True, **mqtt_cfg)`` →
+                          ``edge.publish.Publisher`` with fast reconnects; stopped at teardown.
 
 Helpers: ``MqttSubscriber`` (paho client collecting messages per topic, ``wait_for``),
 ``mosquitto_sub(broker, topic, count, timeout)`` (plain ``mosquitto_sub`` subprocess, blocking) and
@@ -332,3 +334,39 @@ def mqtt_subscriber():
     yield make
     for s in subs:
         s.close()
+
+
+def mqtt_config(broker: Broker | None = None, **kw):
+    """An ``edge.config.MqttConfig`` for ``broker`` with test-friendly (fast) reconnect delays."""
+    from edge.config import MqttConfig
+
+    base = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
+    if broker is not None:
+        base.update(host=broker.host, port=broker.port)
+    base.update(kw)
+    return MqttConfig(**base)
+
+
+@pytest.fixture
+def mqtt_publisher(tmp_path_factory):
+    """``factory(broker, station="st1", outbox=None, start=True, log=None, **mqtt_cfg)`` → Publisher."""
+    from edge.outbox import Outbox
+    from edge.publish import Publisher
+
+    made: list = []
+    owned: list = []
+
+    def make(broker: Broker | None, station: str = "st1", outbox=None, start: bool = True, log=None, **kw):
+        if outbox is None:
+            outbox = Outbox(tmp_path_factory.mktemp("outbox") / "outbox.sqlite")
+            owned.append(outbox)
+        p = Publisher(mqtt_config(broker, **kw), station, outbox, log=log)
+        made.append(p)
+        return p.start() if start else p
+
+    yield make
+    for p in made:
+        with contextlib.suppress(Exception):
+            p.stop(timeout=1.0)
+    for ob in owned:
+        ob.close()

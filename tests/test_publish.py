@@ -1,0 +1,244 @@
+"""edge.publish against a real Mosquitto: the §6 contract (topics, QoS, retain, payload) and its edges."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edge.errors import ConfigError
+from edge.outbox import Outbox
+from edge.publish import Publisher, RedactFilter, encode, read_password, topics
+from tests.fixtures_mqtt import MqttSubscriber, free_port, mosquitto_sub, mqtt_config
+
+
+def alert_payload(i: int, station: str = "st1") -> dict:
+    return {
+        "event_id": f"evt-{i:04d}",
+        "station": station,
+        "ts": "2026-01-02T03:04:05.678Z",
+        "frame": 100 + i,
+        "labels": ["error"],
+        "scores": {"good": np.float32(0.1), "error": np.float32(0.93), "break": 0.02, "length": 0.7},
+        "heatmap": None,
+        "model": {"name": "default", "sha256": "ab" * 32},
+    }
+
+
+def wait_until(cond, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_topics_follow_the_contract():
+    t = topics("seamqc", "sew-03")
+    assert (t.status, t.alert, t.stats) == ("seamqc/sew-03/status", "seamqc/sew-03/alert", "seamqc/sew-03/stats")
+    assert topics("factory/qc", "s1").alert == "factory/qc/s1/alert"
+    for bad in ("a/b", "a+", "#", ""):
+        with pytest.raises(ConfigError, match="station"):
+            topics("seamqc", bad)
+    with pytest.raises(ConfigError, match="mqtt.prefix"):
+        topics("seam/#", "s1")
+
+
+def test_alert_status_stats_have_contract_qos_retain_and_payload(mqtt_broker, mqtt_subscriber, mqtt_publisher):
+    live = mqtt_subscriber(mqtt_broker, "seamqc/#", qos=2)  # QoS 2 subscription: we see the publish QoS
+    pub = mqtt_publisher(mqtt_broker, station="st1")
+    assert live.wait_for("seamqc/st1/status", lambda m: m.text == "online").qos == 1
+    assert pub.connected
+
+    sent = alert_payload(1)
+    event_id = pub.alert(sent)
+    assert event_id == "evt-0001"
+    msg = live.wait_for("seamqc/st1/alert")
+    assert msg.qos == 1 and not msg.retain
+    got = msg.json()
+    assert got["event_id"] == "evt-0001" and got["station"] == "st1" and got["frame"] == 101
+    assert got["labels"] == ["error"] and got["heatmap"] is None
+    assert got["model"] == {"name": "default", "sha256": "ab" * 32}
+    assert got["scores"]["error"] == pytest.approx(0.93, abs=1e-6)  # numpy scalars become JSON numbers
+    assert set(got) == {"event_id", "station", "ts", "frame", "labels", "scores", "heatmap", "model"}
+    assert pub.flush(10)
+    assert pub.outbox_depth == 0  # deleted once the broker acknowledged it
+
+    assert pub.stats({"fps": 29.5, "frames": 10, "outbox_depth": pub.outbox_depth}) is True
+    st = live.wait_for("seamqc/st1/stats")
+    assert st.qos == 0 and st.json()["fps"] == 29.5
+
+    # a late subscriber (a dashboard starting up) gets retained status and stats, but no old alerts
+    late = mqtt_subscriber(mqtt_broker, "seamqc/#", qos=2)
+    assert late.wait_for("seamqc/st1/status").retain and late.wait_for("seamqc/st1/status").text == "online"
+    assert late.wait_for("seamqc/st1/stats").retain
+    assert late.on("seamqc/st1/alert") == []
+
+    pub.stop()
+    assert not pub.connected
+    assert live.wait_for("seamqc/st1/status", lambda m: m.text == "offline").qos == 1
+    # plain mosquitto_sub (what a shell/Node-RED user sees): the retained status is now offline
+    assert mosquitto_sub(mqtt_broker, "seamqc/st1/status", count=1, timeout=5) == ["seamqc/st1/status 1 offline"]
+
+
+def test_alerts_from_a_previous_run_are_sent_first_and_in_order(tmp_path, mqtt_broker, mqtt_subscriber,
+                                                                mqtt_publisher):
+    ob = Outbox(tmp_path / "outbox.sqlite")
+    for i in range(30):  # what an earlier run left behind (broker down, then the daemon restarted)
+        ob.put(f"evt-{i:04d}", "seamqc/st1/alert", encode(alert_payload(i)))
+    sub = mqtt_subscriber(mqtt_broker, "seamqc/st1/alert")
+    pub = mqtt_publisher(mqtt_broker, outbox=ob)
+    for i in range(30, 60):
+        pub.alert(alert_payload(i))
+    msgs = sub.wait_count("seamqc/st1/alert", 60, timeout=20)
+    assert [m.json()["event_id"] for m in msgs] == [f"evt-{i:04d}" for i in range(60)]
+    assert pub.flush(10) and ob.depth() == 0
+    pub.stop()
+    ob.close()
+
+
+def test_start_never_blocks_and_alerts_wait_in_the_outbox(tmp_path, mqtt_publisher):
+    for host, port in (("no-such-host.invalid", 1883), ("127.0.0.1", free_port())):
+        ob = Outbox(tmp_path / f"{port}.sqlite")
+        pub = mqtt_publisher(None, outbox=ob, host=host, port=port)  # returns at once
+        assert not pub.connected
+        pub.alert(alert_payload(1))
+        pub.alert(alert_payload(2))
+        assert pub.outbox_depth == 2
+        assert pub.stats({"fps": 1.0}) is False  # stats are skipped while disconnected
+        pub.stop(timeout=1.0)
+        assert [it.event_id for it in ob.pending()] == ["evt-0001", "evt-0002"]  # kept for the next run
+        ob.close()
+
+
+def test_connection_problems_are_logged_once_not_per_retry(mqtt_publisher, caplog):
+    log = logging.getLogger("test.publish.once")
+    caplog.set_level(logging.DEBUG, logger="test.publish.once")
+    pub = mqtt_publisher(None, start=False, log=log, host="127.0.0.1", port=free_port(),
+                         reconnect_min_s=0.02, reconnect_max_s=0.05)
+    attempts = []
+    orig = pub._client.on_connect_fail
+    pub._client.on_connect_fail = lambda c, u: (attempts.append(1), orig(c, u))
+    pub.start()
+    wait_until(lambda: len(attempts) >= 4, what="4 connection attempts")
+    pub.stop(timeout=0.5)
+    unreachable = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(unreachable) == 1, [r.getMessage() for r in caplog.records]
+    assert "ConnectionRefusedError" in unreachable[0].getMessage()
+    assert unreachable[0].levelno == logging.WARNING
+
+
+def test_disabled_mqtt_is_an_outbox_only_sink_delivered_later(tmp_path, mqtt_broker, mqtt_subscriber):
+    ob = Outbox(tmp_path / "outbox.sqlite")
+    off = Publisher(mqtt_config(mqtt_broker, enabled=False), "st1", ob).start()
+    assert off.alert(alert_payload(7)) == "evt-0007"
+    assert not off.connected and off.stats({"fps": 1}) is False
+    off.stop()
+    assert ob.depth() == 1
+    assert "seamqc-st1" not in mqtt_broker.log_text()  # it never connected
+
+    sub = mqtt_subscriber(mqtt_broker, "seamqc/st1/alert")
+    on = Publisher(mqtt_config(mqtt_broker), "st1", ob).start()
+    assert sub.wait_for("seamqc/st1/alert").json()["event_id"] == "evt-0007"
+    assert on.flush(10) and ob.depth() == 0
+    on.stop()
+    ob.close()
+
+
+def test_alert_without_event_id_gets_one_and_keeps_it(mqtt_broker, mqtt_subscriber, mqtt_publisher):
+    sub = mqtt_subscriber(mqtt_broker, "seamqc/st1/alert")
+    pub = mqtt_publisher(mqtt_broker)
+    payload = {"labels": ["break"], "frame": 3}
+    ev = pub.alert(payload)
+    assert ev and "event_id" not in payload  # the caller's dict is not modified
+    got = sub.wait_for("seamqc/st1/alert").json()
+    assert got["event_id"] == ev and got["station"] == "st1"
+
+
+def test_alerts_from_many_threads_are_all_delivered_once(mqtt_broker, mqtt_subscriber, mqtt_publisher):
+    sub = mqtt_subscriber(mqtt_broker, "seamqc/st1/alert")
+    pub = mqtt_publisher(mqtt_broker, max_inflight=5)
+
+    def produce(t: int) -> None:
+        for i in range(50):
+            pub.alert({"event_id": f"t{t}-{i:02d}", "i": i})
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    msgs = sub.wait_count("seamqc/st1/alert", 200, timeout=20)
+    ids = [m.json()["event_id"] for m in msgs]
+    assert sorted(ids) == sorted(f"t{t}-{i:02d}" for t in range(4) for i in range(50))
+    for t in range(4):  # each producer's order is kept on the wire
+        mine = [e for e in ids if e.startswith(f"t{t}-")]
+        assert mine == sorted(mine)
+    assert pub.flush(10) and pub.outbox_depth == 0
+
+
+# -- credentials and TLS configuration errors (the TLS handshake itself is in test_tls.py) ---------
+
+def test_password_sources_and_errors(tmp_path, monkeypatch):
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret-Pa55\n")
+    assert read_password(mqtt_config(username="u", password_file=pw)) == "s3cret-Pa55"
+    with pytest.raises(ConfigError, match=r"^mqtt.password_file: .*/missing not found$"):
+        read_password(mqtt_config(username="u", password_file=tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="mqtt.username"):
+        read_password(mqtt_config(password_file=pw))
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        read_password(mqtt_config(username="u", password_file=tmp_path / "empty"))
+    # systemd LoadCredential=mqtt-password:... puts it in $CREDENTIALS_DIRECTORY
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("from-systemd")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert read_password(mqtt_config(username="u")) == "from-systemd"
+    assert read_password(mqtt_config()) is None  # no user name: anonymous
+
+
+def test_missing_tls_files_are_config_errors_naming_the_key(tmp_path):
+    from edge.config import MqttConfig, TlsConfig
+
+    ob = Outbox(tmp_path / "o.sqlite")
+    ca = tmp_path / "nope" / "ca.pem"
+    cfg = MqttConfig.model_construct(**{**mqtt_config().model_dump(), "tls": TlsConfig.model_construct(
+        ca=ca, cert=None, key=None, insecure=False)})
+    with pytest.raises(ConfigError) as ei:
+        Publisher(cfg, "st1", ob)
+    assert str(ei.value) == f"mqtt.tls.ca: {ca} not found"
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate")
+    cfg = MqttConfig.model_construct(**{**mqtt_config().model_dump(), "tls": TlsConfig.model_construct(
+        ca=garbage, cert=None, key=None, insecure=False)})
+    with pytest.raises(ConfigError, match="mqtt.tls.ca"):
+        Publisher(cfg, "st1", ob)
+    ob.close()
+
+
+def test_redact_filter_hides_secrets_in_messages_and_args(caplog):
+    log = logging.getLogger("test.publish.redact")
+    caplog.set_level(logging.DEBUG, logger="test.publish.redact")
+    f = RedactFilter("hunter2")
+    log.addFilter(f)
+    try:
+        log.info("connecting with password %s to %s", "hunter2", "broker")
+        log.warning("inline hunter2 here")
+        log.info("nothing secret %d", 5)
+    finally:
+        log.removeFilter(f)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "hunter2" not in text and text.count("***") == 2
+    assert "nothing secret 5" in text and "broker" in text
+
+
+def test_encode_is_compact_utf8_json():
+    data = encode({"a": np.float32(0.5), "b": np.arange(3), "c": "é", "p": None})
+    assert data == '{"a":0.5,"b":[0,1,2],"c":"é","p":null}'.encode("utf-8")
+    assert json.loads(data)["b"] == [0, 1, 2]
