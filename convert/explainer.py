@@ -94,8 +94,16 @@ def _is_head_layer(layer) -> bool:
     return False
 
 
+GRADCAM_LAYER = "gradcam_features"  # convert.models names its models' feature map so
+
+
 def find_gradcam_layer(model) -> str:
-    """Name of the Grad-CAM layer of ``model`` (see the module docstring for the rule)."""
+    """Name of the Grad-CAM layer of ``model`` (see the module docstring for the rule).
+
+    A layer named ``gradcam_features`` (how ``convert.models`` marks it) wins outright.
+    """
+    if any(lyr.name == GRADCAM_LAYER for lyr in model.layers):
+        return GRADCAM_LAYER
     layer, node = _output_layer(model)
     while True:
         kind = type(layer).__name__

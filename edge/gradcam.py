@@ -24,10 +24,15 @@ heatmaps for every flagged label of a frame cost about one forward pass (``measu
 
 Weak maps: a heatmap is normalised to 0..1 by its own maximum, so a map whose raw maximum
 (``Heatmap.peak``, in logit units per feature cell) is tiny would look as hot as a strong one.
-The overlays therefore scale their opacity by ``min(1, peak / peak_ref)``; ``peak_ref`` is the
-bundle's per-label reference (``manifest.gradcam.peak_ref``: the median peak over the
-calibration images the model flagged, written by ``convert.explainer``) or, for bundles
-without it, the largest peak this ``Explainer`` has seen for that label so far.
+Each Heatmap therefore carries ``strength = min(1, peak / peak_ref)`` and the overlays scale
+their opacity by it. ``peak_ref`` is the bundle's per-label reference
+(``manifest.gradcam.peak_ref``: the median peak over the calibration images the model flagged,
+written by ``convert.explainer.export_explainer(..., calibration=...)``) or, for bundles
+without it, the largest peak this ``Explainer`` has seen for that label so far (so the very
+first map of a label is drawn at full strength).
+
+``method="tf"`` runs the full-TF path (``KerasGradCAM``, GradientTape on the bundle's Keras
+model); TensorFlow is imported only then.
 """
 
 from __future__ import annotations
@@ -249,14 +254,19 @@ def resize_cam(cam: np.ndarray, height: int, width: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Heatmap:
-    """One label's Grad-CAM for one frame: ``cam`` float32 at the frame's resolution (0..1),
-    ``peak`` the raw maximum before normalisation (logit units per feature cell), ``score``
-    the model's output for the label (probability for sigmoid/softmax models)."""
+    """One label's Grad-CAM for one frame.
+
+    ``cam``: float32 at the frame's resolution, 0..1. ``peak``: the raw maximum before
+    normalisation (logit units per feature cell). ``score``: the model's output for the label
+    (probability for sigmoid/softmax models). ``strength``: ``min(1, peak / peak_ref)``, the
+    overlay opacity factor (1.0 when no reference is known), so weak maps are drawn faint.
+    """
 
     label: str
     cam: np.ndarray = field(repr=False)
     peak: float
     score: float
+    strength: float = 1.0
 
 
 def label_color(label: str, index: int = 0) -> tuple[int, int, int]:
@@ -280,11 +290,14 @@ def overlay_labels(
 ) -> np.ndarray:
     """Tint the frame with each label's map in its colour (error blue, break green, length red).
 
-    Per pixel, a label's colour is blended in with opacity ``alpha * cam * strength`` where
-    ``strength = min(1, peak / peak_ref[label])``: a weak map stays faint (see module doc).
+    Per pixel, a label's colour is blended in with opacity ``alpha * cam * strength``;
+    ``strength`` is ``min(1, peak / peak_ref[label])`` when ``peak_ref`` is given, else the
+    Heatmap's own ``strength`` (set by the Explainer): a weak map stays faint (module doc).
+    Labels other than error/break/length get distinct ``PALETTE`` colours in the given order.
     """
     hms = list(heatmaps.values()) if isinstance(heatmaps, Mapping) else list(heatmaps)
-    out = frame_bgr.astype(np.float32)
+    frame = frame_bgr if frame_bgr.ndim == 3 else cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
+    out = frame.astype(np.float32)
     h, w = out.shape[:2]
     others = 0
     for hm in hms:
@@ -295,23 +308,147 @@ def overlay_labels(
         else:
             color, others = PALETTE[others % len(PALETTE)], others + 1
         cam = hm.cam if hm.cam.shape[:2] == (h, w) else resize_cam(hm.cam, h, w)
-        a = (alpha * _strength(hm.peak, (peak_ref or {}).get(hm.label)) * cam)[..., None]
+        s = _strength(hm.peak, peak_ref.get(hm.label)) if peak_ref else float(hm.strength)
+        a = (alpha * s * np.clip(cam, 0.0, 1.0))[..., None]
         out = out * (1.0 - a) + np.asarray(color, np.float32) * a
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def overlay_jet(frame_bgr: np.ndarray, cam: np.ndarray, alpha: float = 0.5, strength: float = 1.0) -> np.ndarray:
+def overlay_jet(frame_bgr: np.ndarray, cam: np.ndarray | Heatmap, alpha: float = 0.5,
+                strength: float | None = None) -> np.ndarray:
     """The classic Grad-CAM picture: JET colour map blended over the frame (``cv2.addWeighted``).
 
-    ``strength`` (0..1, e.g. ``min(1, peak / peak_ref)``) scales the map's opacity so a weak
-    map does not look alarming.
+    ``cam`` is a map or a ``Heatmap`` (whose ``strength`` is then used). ``strength`` (0..1)
+    scales the map's opacity so that a weak map does not look alarming.
     """
+    if isinstance(cam, Heatmap):
+        strength = cam.strength if strength is None else strength
+        cam = cam.cam
     h, w = frame_bgr.shape[:2]
     c = cam if cam.shape[:2] == (h, w) else resize_cam(cam, h, w)
-    heat = cv2.applyColorMap(np.uint8(np.clip(c, 0, 1) * 255 + 0.5), cv2.COLORMAP_JET)
-    a = float(np.clip(alpha * strength, 0.0, 1.0))
+    heat = cv2.applyColorMap(np.uint8(np.clip(np.nan_to_num(c), 0, 1) * 255 + 0.5), cv2.COLORMAP_JET)
+    a = float(np.clip(alpha * (1.0 if strength is None else strength), 0.0, 1.0))
     frame = frame_bgr if frame_bgr.ndim == 3 else cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
     return cv2.addWeighted(heat, a, frame, 1.0 - a, 0.0)
+
+
+# ----------------------------------------------------------------------------- full-TF backend
+
+
+def _logits_parts(model) -> tuple[Any, Any, Any]:
+    """(graph tensor, kernel, bias) with logits = tensor @ kernel + bias (or the tensor itself).
+
+    A final Dense with sigmoid/softmax → its input and weights; a final Activation/Softmax
+    layer → its input; anything else is taken as already linear.
+    """
+    if len(model.outputs) != 1:
+        raise ModelError(f"model {model.name!r} has {len(model.outputs)} outputs; Grad-CAM needs one")
+    hist = model.outputs[0]._keras_history
+    layer, node = hist.operation, hist.node_index
+    kind = type(layer).__name__
+    act = getattr(getattr(layer, "activation", None), "__name__", None)
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    inbound = nodes[node].input_tensors if len(nodes) > node else []
+    if kind == "Dense" and act in ("sigmoid", "softmax") and len(inbound) == 1:
+        return inbound[0], layer.kernel, (layer.bias if layer.use_bias else None)
+    if (kind == "Softmax" or (kind == "Activation" and act in ("sigmoid", "softmax"))) and len(inbound) == 1:
+        return inbound[0], None, None
+    return model.outputs[0], None, None
+
+
+class KerasGradCAM:
+    """The seeds' Grad-CAM with ``tf.GradientTape`` on a Keras model (TensorFlow loaded lazily).
+
+    Score = the class's PRE-activation logit. Only the head (feature map → logits) is put on
+    the tape: the convolutions are never differentiated (faster, and TF 2.21's oneDNN
+    Conv2DBackpropFilter crashes on 1×1 stride-2 convolutions). One forward pass serves all
+    classes (persistent tape). ``convert.gradcam_tf.TFGradCAM`` adds layer auto-detection.
+    """
+
+    def __init__(self, model, layer: str, labels: Sequence[str], height: int | None = None,
+                 width: int | None = None):
+        import keras
+
+        self.model = model
+        self.layer = layer
+        try:
+            feat = model.get_layer(layer)
+        except ValueError:
+            raise ModelError(f"model {model.name!r} has no layer {layer!r}") from None
+        if len(feat.output.shape) != 4:
+            raise ModelError(f"layer {layer!r} output {tuple(feat.output.shape)} is not a 4-D feature map")
+        pre, self._kernel, self._bias = _logits_parts(model)
+        self._feat_model = keras.Model(model.inputs[0], feat.output)
+        try:
+            self._head_model = keras.Model(feat.output, [pre, model.outputs[0]])
+            self._grad_model = None
+        except Exception:  # noqa: BLE001 - the head also reads earlier tensors: tape the whole model
+            self._head_model = None
+            self._grad_model = keras.Model(model.inputs[0], [feat.output, pre, model.outputs[0]])
+        n = int(model.outputs[0].shape[-1])
+        if len(labels) != n:
+            raise ModelError(f"{len(labels)} labels ({', '.join(labels)}) but the model has {n} outputs")
+        self.labels = tuple(labels)
+        shape = model.inputs[0].shape
+        self.height = int(height or shape[1])
+        self.width = int(width or shape[2])
+
+    def explain_array(self, x: np.ndarray, class_indices: Sequence[int]
+                      ) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, float]]]:
+        """Preprocessed ``x[H,W,3]`` → (scores[n], {class: (cam at feature resolution 0..1, raw peak)})."""
+        import tensorflow as tf
+
+        xb = tf.convert_to_tensor(np.asarray(x, np.float32)[None])
+        if self._head_model is not None:
+            feats = self._feat_model(xb, training=False)
+        with tf.GradientTape(persistent=True, watch_accessed_variables=self._head_model is None) as tape:
+            if self._head_model is not None:
+                tape.watch(feats)
+                pre, out = self._head_model(feats, training=False)
+            else:
+                feats, pre, out = self._grad_model(xb, training=False)
+            logits = pre
+            if self._kernel is not None:
+                logits = tf.matmul(pre, self._kernel)
+                if self._bias is not None:
+                    logits = logits + self._bias
+            scores = [logits[0, int(k)] for k in class_indices]
+        result = {}
+        for k, s in zip(class_indices, scores):
+            grads = tape.gradient(s, feats)
+            if grads is None:
+                grads = tf.zeros_like(feats)
+            weights = tf.reduce_mean(grads, axis=(1, 2))  # [1, c]
+            raw = tf.reduce_sum(feats * weights[:, None, None, :], axis=-1)[0]
+            cam = tf.nn.relu(raw)
+            peak = float(tf.reduce_max(cam))
+            scale = float(tf.reduce_max(tf.abs(raw)))
+            if not np.isfinite(peak) or peak <= 1e-6 * scale + 1e-12:  # same guard as gradcam_map
+                result[int(k)] = (np.zeros(tuple(raw.shape), np.float32), peak if np.isfinite(peak) else 0.0)
+            else:
+                result[int(k)] = ((cam / peak).numpy().astype(np.float32), peak)
+        del tape
+        return np.asarray(out[0], np.float32), result
+
+    def explain(self, frame_bgr: np.ndarray, labels: Sequence[str] | None = None,
+                peak_ref: Mapping[str, float | None] | None = None) -> dict[str, Heatmap]:
+        """Label → Heatmap at the frame's size (same contract as ``Explainer.explain``)."""
+        labels = list(self.labels if labels is None else labels)
+        idx = _indices(labels, self.labels)
+        scores, maps = self.explain_array(preprocess(frame_bgr, self.height, self.width), idx)
+        h, w = frame_bgr.shape[:2]
+        return {lab: Heatmap(lab, resize_cam(maps[k][0], h, w), maps[k][1], float(scores[k]),
+                             _strength(maps[k][1], (peak_ref or {}).get(lab)))
+                for lab, k in zip(labels, idx)}
+
+
+def _indices(labels: Sequence[str], known: Sequence[str]) -> list[int]:
+    out = []
+    for lab in labels:
+        if lab not in known:
+            raise ModelError(f"label {lab!r} is not one of the model's labels {list(known)}")
+        out.append(list(known).index(lab))
+    return out
 
 
 # ----------------------------------------------------------------------------- explainer
@@ -324,49 +461,77 @@ def _resolve_bundle(bundle):
 
 
 class Explainer:
-    """Grad-CAM on LiteRT: loads the bundle's ``explainer`` model and ``head.npz`` once.
+    """Grad-CAM for a bundle: ``explain(frame, labels) -> {label: Heatmap}``.
 
-    ``explain(frame, labels)`` runs ONE float forward pass and a numpy head gradient per label.
-    Not thread-safe (one interpreter): use one Explainer per worker thread.
+    ``method="litert"`` (default, the Pi path): loads the bundle's float ``explainer`` model
+    and ``head.npz`` once; ONE forward pass for all labels, a numpy head gradient per label.
+    ``method="tf"``: the full-TF path on the bundle's ``keras`` model (TensorFlow imported
+    here, only when configured). Not thread-safe: one Explainer per worker thread.
     """
 
-    def __init__(self, bundle, threads: int = 2):
-        from .classify import open_interpreter
-
+    def __init__(self, bundle, threads: int = 2, method: str = "litert"):
         self.bundle = _resolve_bundle(bundle)
+        self.method = method
         gc = self.bundle.gradcam
-        if not gc:
-            raise ModelError(f"{self.bundle.root}: manifest has no 'gradcam' section (bundle without explainer)")
-        self.layer = str(gc.get("layer", "?"))
-        self.head = load_head(self.bundle.path(gc.get("head", "head")))
-        self.interpreter, self.runtime = open_interpreter(str(self.bundle.path(gc.get("explainer", "explainer"))),
-                                                          threads)
-        self.interpreter.allocate_tensors()
         self.labels = tuple(self.bundle.labels)
-        n = int(self.head["spec"]["n_outputs"])
-        if n != len(self.labels):
-            raise ModelError(f"{self.bundle.root}: head has {n} outputs but the manifest lists {len(self.labels)} labels")
-        inp = self.interpreter.get_input_details()
-        if len(inp) != 1:
-            raise ModelError(f"{self.bundle.path('explainer')}: expected one input, found {len(inp)}")
-        self._in = inp[0]["index"]
-        self._pred = self._feat = None
-        for d in self.interpreter.get_output_details():
-            shape = tuple(int(v) for v in d["shape"])
-            if len(shape) == 4:
-                self._feat = d["index"]
-            elif len(shape) == 2 and shape[-1] == n:
-                self._pred = d["index"]
-        if self._feat is None or self._pred is None:
-            raise ModelError(f"{self.bundle.path('explainer')}: needs a [1,{n}] prediction and a 4-D feature output")
         refs = gc.get("peak_ref")
         self.peak_ref: dict[str, float | None] = (
             {lab: (None if r is None else float(r)) for lab, r in zip(self.labels, refs)} if refs else {}
         )
         self._calibrated = bool(refs)
+        if method == "tf":
+            self._init_tf(gc)
+        elif method == "litert":
+            self._init_litert(gc, threads)
+        else:
+            raise ModelError(f"heatmap method {method!r}: choose litert or tf")
+
+    def _init_tf(self, gc: Mapping[str, Any]) -> None:
+        import keras
+
+        path = self.bundle.path("keras")
+        try:
+            model = keras.models.load_model(str(path), compile=False)
+        except Exception as e:  # noqa: BLE001 - one line for the user
+            raise ModelError(f"{path}: cannot load the Keras model ({str(e).splitlines()[0][:200] if str(e) else e!r})") from None
+        layer = gc.get("layer")
+        if not layer:
+            raise ModelError(f"{self.bundle.root}: manifest gradcam.layer is missing (needed for method tf)")
+        self.layer = str(layer)
+        self.runtime = "tensorflow"
+        self._tf = KerasGradCAM(model, self.layer, self.labels, self.bundle.height, self.bundle.width)
+
+    def _init_litert(self, gc: Mapping[str, Any], threads: int) -> None:
+        from .classify import open_interpreter
+
+        if not gc:
+            raise ModelError(f"{self.bundle.root}: manifest has no 'gradcam' section (bundle without explainer)")
+        self._tf = None
+        self.layer = str(gc.get("layer", "?"))
+        self.head = load_head(self.bundle.path(gc.get("head", "head")))
+        epath = self.bundle.path(gc.get("explainer", "explainer"))
+        self.interpreter, self.runtime = open_interpreter(str(epath), threads)
+        n = int(self.head["spec"]["n_outputs"])
+        if n != len(self.labels):
+            raise ModelError(f"{self.bundle.root}: head has {n} outputs but the manifest lists {len(self.labels)} labels")
+        inp = self.interpreter.get_input_details()
+        if len(inp) != 1 or inp[0]["dtype"] != np.float32:
+            raise ModelError(f"{epath}: expected one float32 input")
+        self._in = inp[0]["index"]
+        self._pred = self._feat = None
+        fshape = tuple(int(v) for v in self.head["spec"]["feature_shape"])
+        for d in self.interpreter.get_output_details():  # TFLite orders outputs its own way: by shape
+            shape = tuple(int(v) for v in d["shape"])
+            if len(shape) == 4 and shape[1:] == fshape:
+                self._feat = d["index"]
+            elif len(shape) == 2 and shape[-1] == n:
+                self._pred = d["index"]
+        if self._feat is None or self._pred is None:
+            raise ModelError(f"{epath}: needs a [1,{n}] prediction output and a [1,{','.join(map(str, fshape))}] "
+                             f"feature output")
 
     def forward(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One float forward pass → (scores[n], features[h, w, c])."""
+        """One float forward pass (LiteRT) → (scores[n], features[h, w, c])."""
         x = preprocess(frame_bgr, self.bundle.height, self.bundle.width)
         self.interpreter.set_tensor(self._in, x[None])
         self.interpreter.invoke()
@@ -375,43 +540,44 @@ class Explainer:
         return pred, feat
 
     def explain(self, frame_bgr: np.ndarray, labels: Sequence[str] | None = None) -> dict[str, Heatmap]:
-        """Heatmaps for ``labels`` (default: all) at the frame's resolution, from one forward pass."""
+        """Heatmaps for ``labels`` (default: all) at the frame's resolution."""
         labels = list(self.labels if labels is None else labels)
-        idx = []
-        for lab in labels:
-            if lab not in self.labels:
-                raise ModelError(f"label {lab!r} is not one of the model's labels {list(self.labels)}")
-            idx.append(self.labels.index(lab))
-        pred, feat = self.forward(frame_bgr)
-        _, inputs = head_forward(feat, self.head)
-        h, w = frame_bgr.shape[:2]
-        out = {}
-        for lab, k in zip(labels, idx):
-            cam, peak = gradcam_map(feat, head_gradient(feat, self.head, k, inputs))
-            out[lab] = Heatmap(lab, resize_cam(cam, h, w), peak, float(pred[k]))
-            if not self._calibrated and np.isfinite(peak):
-                self.peak_ref[lab] = max(peak, self.peak_ref.get(lab) or 0.0)
+        if self._tf is not None:
+            out = self._tf.explain(frame_bgr, labels, self.peak_ref)
+        else:
+            idx = _indices(labels, self.labels)
+            pred, feat = self.forward(frame_bgr)
+            _, inputs = head_forward(feat, self.head)
+            h, w = frame_bgr.shape[:2]
+            out = {}
+            for lab, k in zip(labels, idx):
+                cam, peak = gradcam_map(feat, head_gradient(feat, self.head, k, inputs))
+                out[lab] = Heatmap(lab, resize_cam(cam, h, w), peak, float(pred[k]),
+                                   _strength(peak, self.peak_ref.get(lab)))
+        if not self._calibrated:  # no bundle reference: the strongest map seen so far per label
+            for lab, hm in out.items():
+                if np.isfinite(hm.peak) and hm.peak > (self.peak_ref.get(lab) or 0.0):
+                    self.peak_ref[lab] = hm.peak
         return out
 
     def overlay(self, frame_bgr: np.ndarray, heatmaps: Mapping[str, Heatmap], alpha: float = 0.6) -> np.ndarray:
-        """``overlay_labels`` with this explainer's peak references."""
-        return overlay_labels(frame_bgr, heatmaps, self.peak_ref, alpha)
+        """``overlay_labels`` with the heatmaps' strengths."""
+        return overlay_labels(frame_bgr, heatmaps, None, alpha)
 
 
 def measure_cost(bundle, frame_bgr: np.ndarray, labels: Sequence[str] | None = None, threads: int = 2,
-                 repeats: int = 20) -> dict[str, float]:
+                 repeats: int = 20, method: str = "litert") -> dict[str, float]:
     """Median ms of ``Explainer.explain`` (all ``labels``) vs one ``classifier_fp32`` forward pass.
 
-    For ``make bench`` (``heatmap_ms``): returns ``{"explain_ms", "forward_ms", "ratio"}``
-    (the forward pass includes preprocessing, as ``explain`` does).
+    For ``make bench`` (``heatmap_ms``): returns ``{"explain_ms", "forward_ms", "ratio"}``;
+    both include preprocessing. ``threads`` is used for both interpreters.
     """
     from .classify import open_interpreter
 
     b = _resolve_bundle(bundle)
-    ex = Explainer(b, threads=threads)
+    ex = Explainer(b, threads=threads, method=method)
     role = "classifier_fp32" if b.has("classifier_fp32") else b.classifier_role
     interp, _ = open_interpreter(str(b.path(role)), threads)
-    interp.allocate_tensors()
     i_in = interp.get_input_details()[0]["index"]
     i_out = interp.get_output_details()[0]["index"]
 
@@ -423,7 +589,7 @@ def measure_cost(bundle, frame_bgr: np.ndarray, labels: Sequence[str] | None = N
     def med(fn) -> float:
         fn()  # warm-up
         ts = []
-        for _ in range(repeats):
+        for _ in range(max(1, repeats)):
             t0 = time.perf_counter()
             fn()
             ts.append((time.perf_counter() - t0) * 1e3)

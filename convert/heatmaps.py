@@ -1,0 +1,314 @@
+"""``python -m convert heatmaps``: Grad-CAM overlays and a contact sheet for a data set or images.
+
+``--model`` is a ``.keras`` file or a model bundle. ``--method litert`` (default for a bundle)
+runs what the Pi runs: the bundle's float explainer + numpy head gradient (for a ``.keras``
+file the explainer is exported to a temporary bundle first); ``--method tf`` (default for a
+``.keras``) runs the full-TF GradientTape path on the Keras model (the bundle's ``keras`` role).
+
+Per image ``<stem>.overlay.png`` (each shown label tinted in its colour: error blue, break green,
+length red, other classes distinct colours; opacity scaled by the map's strength, see
+``edge.gradcam``), ``contact_sheet.png`` (rows of original / heatmap / overlay with file name,
+scores and truth written on; ``contact_sheet_2.png`` … past ``--sheet-rows``), and
+``heatmaps.csv`` (name, label, score, peak, shown). Shown labels: ``--labels`` when given,
+else the flagged ones (multilabel: score ≥ the bundle's threshold or 0.5, ``good`` left out;
+multiclass: the predicted class). ``--raw`` also writes, for every label (or every ``--labels``
+label), the normalised heatmap at the image's resolution as ``<stem>.<label>.npy`` (float32, 0..1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+
+from edge.errors import DataError, ModelError
+from edge.gradcam import Heatmap, PALETTE, LABEL_COLORS, overlay_jet, overlay_labels
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+METHODS = ("tf", "litert")
+
+
+# ----------------------------------------------------------------------------- model side
+
+
+@dataclass
+class HeatmapSource:
+    """Whichever Grad-CAM path was chosen, behind one ``explain(frame, labels)`` call."""
+
+    explain: Callable[[np.ndarray, Sequence[str] | None], dict[str, Heatmap]]
+    labels: tuple[str, ...]
+    task: str
+    thresholds: dict[str, float]
+    method: str
+    layer: str
+    peak_ref: dict[str, float | None] = field(default_factory=dict)
+    keep: Any = None  # a TemporaryDirectory to keep alive, or the explainer object
+
+    def colors(self) -> dict[str, tuple[int, int, int]]:
+        """Stable colours: the seed's for error/break/length, the palette by label index otherwise."""
+        out, i = {}, 0
+        for lab in self.labels:
+            if lab in LABEL_COLORS:
+                out[lab] = LABEL_COLORS[lab]
+            else:
+                out[lab], i = PALETTE[i % len(PALETTE)], i + 1
+        return out
+
+    def flagged(self, scores: dict[str, float]) -> list[str]:
+        """Labels the model flags for these scores (see module doc)."""
+        if self.task == "multiclass":
+            return [max(scores, key=scores.get)] if scores else []
+        seam = "good" in self.labels and len(self.labels) > 1
+        return [lab for lab in self.labels
+                if not (seam and lab == "good") and scores.get(lab, 0.0) >= self.thresholds.get(lab, 0.5)]
+
+
+def _is_bundle(path: Path) -> bool:
+    return path.is_dir() and (path / "manifest.json").is_file()
+
+
+def open_source(model: str | Path, method: str | None = None, layer: str | None = None,
+                threads: int = 2) -> HeatmapSource:
+    """A ``.keras`` file or a bundle → a ``HeatmapSource`` for ``method`` (see module doc)."""
+    from edge.bundle import load_bundle
+
+    path = Path(model)
+    if method is not None and method not in METHODS:
+        raise ModelError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if _is_bundle(path):
+        b = load_bundle(path)
+        gc = b.gradcam
+        has_litert = bool(gc) and b.has(gc.get("explainer", "explainer")) and b.has(gc.get("head", "head"))
+        method = method or ("litert" if has_litert else "tf")
+        refs = gc.get("peak_ref")
+        peak_ref = {lab: r for lab, r in zip(b.labels, refs)} if refs and (layer in (None, gc.get("layer"))) else {}
+        if method == "litert":
+            if not has_litert:
+                raise ModelError(f"{path}: bundle has no Grad-CAM explainer/head; use --method tf")
+            if layer and layer != gc.get("layer"):
+                raise ModelError(f"{path}: the bundle's explainer was exported for layer {gc.get('layer')!r}, "
+                                 f"not {layer!r}; use --method tf to explain another layer")
+            from edge.gradcam import Explainer
+
+            ex = Explainer(b, threads=threads)
+            return HeatmapSource(ex.explain, b.labels, b.task, dict(b.thresholds), "litert", ex.layer,
+                                 ex.peak_ref, ex)
+        if not b.has("keras"):
+            raise ModelError(f"{path}: bundle has no 'keras' model for --method tf")
+        from convert.gradcam_tf import TFGradCAM
+
+        tg = TFGradCAM(b.path("keras"), labels=b.labels, layer=layer, height=b.height, width=b.width)
+        return HeatmapSource(tg.explain, b.labels, b.task, dict(b.thresholds), "tf", tg.layer, peak_ref, tg)
+
+    if not path.is_file():
+        raise ModelError(f"{path}: no such .keras file or model bundle")
+    method = method or "tf"
+    from convert.gradcam_tf import TFGradCAM
+
+    if method == "tf":
+        tg = TFGradCAM(path, layer=layer)
+        return HeatmapSource(tg.explain, tg.labels, tg.task, {}, "tf", tg.layer, {}, tg)
+    # litert on a .keras: export the explainer into a temporary bundle, then run what the Pi runs.
+    from convert.explainer import export_explainer
+    from convert.models import load_keras
+    from edge.bundle import write_manifest
+    from edge.gradcam import Explainer
+
+    kmodel, meta = load_keras(path)
+    tmp = tempfile.TemporaryDirectory(prefix="seamqc-explainer-")
+    files, gc = export_explainer(kmodel, tmp.name, layer=layer)
+    h, w = (int(v) for v in kmodel.inputs[0].shape[1:3])
+    write_manifest(tmp.name, {"name": path.stem, "task": meta["task"], "labels": list(meta["labels"]),
+                              "input": {"height": h, "width": w}, "classifier": "explainer", "gradcam": gc}, files)
+    ex = Explainer(tmp.name, threads=threads)
+    return HeatmapSource(ex.explain, ex.labels, meta["task"], {}, "litert", ex.layer, ex.peak_ref, (tmp, ex))
+
+
+# ----------------------------------------------------------------------------- data side
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    stem: str
+    truth: tuple[str, ...] | None  # labels true in the data set, None when unknown
+
+
+def collect_items(data: Sequence[str], limit: int | None = None) -> list[Item]:
+    """Image files, or one CSV / seed-CSV folder / class-per-folder tree → items with unique stems."""
+    from convert.data import load_dataset
+
+    if not data:
+        raise DataError("--data: nothing given")
+    entries: list[tuple[str, tuple[str, ...] | None]] = []
+    if all(Path(d).suffix.lower() in IMAGE_EXTS for d in data):
+        for d in data:
+            if not Path(d).is_file():
+                raise DataError(f"{d}: image not found")
+            entries.append((str(Path(d)), None))
+    else:
+        if len(data) != 1:
+            raise DataError(f"--data: give one CSV or folder, or only image files (got {' '.join(data)})")
+        ds = load_dataset(data[0])
+        for p, t in zip(ds.paths, ds.targets):
+            entries.append((p, tuple(lab for lab, v in zip(ds.labels, t) if v > 0.5)))
+    if limit is not None:
+        entries = entries[: max(0, int(limit))]
+    stems: dict[str, int] = {}
+    for p, _ in entries:
+        stems[Path(p).stem] = stems.get(Path(p).stem, 0) + 1
+    items = []
+    used: set[str] = set()
+    for p, truth in entries:
+        stem = Path(p).stem
+        if stems[stem] > 1:  # same file name in several folders (class-per-folder sets)
+            stem = f"{Path(p).parent.name}_{stem}"
+        base, n = stem, 2
+        while stem in used:
+            stem, n = f"{base}_{n}", n + 1
+        used.add(stem)
+        items.append(Item(p, stem, truth))
+    return items
+
+
+# ----------------------------------------------------------------------------- drawing
+
+
+def _text(img: np.ndarray, lines: Sequence[tuple[str, tuple[int, int, int]]], x: int, y: int,
+          scale: float = 0.42) -> None:
+    for i, (s, color) in enumerate(lines):
+        yy = y + int(16 * i * scale / 0.42)
+        cv2.putText(img, s, (x, yy), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(img, s, (x, yy), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+
+
+def combined_cam(heatmaps: Sequence[Heatmap], peak_ref: dict[str, float | None], shape: tuple[int, int]) -> np.ndarray:
+    """Pixelwise max of the shown labels' maps, each scaled by its strength (for the JET column)."""
+    from edge.gradcam import _strength
+
+    out = np.zeros(shape, np.float32)
+    for hm in heatmaps:
+        out = np.maximum(out, hm.cam * _strength(hm.peak, peak_ref.get(hm.label)))
+    return out
+
+
+def sheet_row(frame: np.ndarray, heatmaps: dict[str, Heatmap], shown: Sequence[str], src: HeatmapSource,
+              title: str, truth: tuple[str, ...] | None, cell: int = 200) -> np.ndarray:
+    """One contact-sheet row: original | heatmap (JET) | overlay, with names and scores written on."""
+    colors = src.colors()
+    hms = [heatmaps[lab] for lab in shown]
+    overlay = overlay_labels(frame, hms, src.peak_ref, colors=colors)
+    jet = overlay_jet(np.zeros_like(frame), combined_cam(hms, src.peak_ref, frame.shape[:2]), alpha=1.0)
+    cells = [cv2.resize(im, (cell, cell), interpolation=cv2.INTER_AREA) for im in (frame, jet, overlay)]
+    _text(cells[0], [(title[:28], (255, 255, 255))], 4, 14)
+    if truth is not None:
+        _text(cells[0], [("truth: " + (",".join(truth) or "-"), (255, 255, 255))], 4, cell - 8)
+    _text(cells[1], [("Grad-CAM " + (",".join(shown) if shown else "(none flagged)"), (255, 255, 255))], 4, 14)
+    lines = [(f"{lab} {heatmaps[lab].score:.2f}" + (" *" if lab in shown else ""),
+              colors.get(lab, (255, 255, 255)) if lab in shown else (200, 200, 200)) for lab in src.labels
+             if lab in heatmaps]
+    _text(cells[2], lines[:10], 4, 14)
+    return np.hstack(cells)
+
+
+def write_sheets(rows: list[np.ndarray], out: Path, per_sheet: int) -> list[Path]:
+    """Stack rows into ``contact_sheet.png`` (and ``_2``, ``_3`` … beyond ``per_sheet`` rows)."""
+    paths = []
+    for i in range(0, len(rows), max(1, per_sheet)):
+        chunk = rows[i:i + per_sheet]
+        header = np.full((22, chunk[0].shape[1], 3), 32, np.uint8)
+        cw = chunk[0].shape[1] // 3
+        for j, name in enumerate(("original", "heatmap", "overlay")):
+            _text(header, [(name, (255, 255, 255))], j * cw + 6, 15, 0.5)
+        sheet = np.vstack([header] + chunk)
+        p = out / ("contact_sheet.png" if i == 0 else f"contact_sheet_{i // per_sheet + 1}.png")
+        if not cv2.imwrite(str(p), sheet):
+            raise DataError(f"{p}: cannot write image")
+        paths.append(p)
+    return paths
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+def make_heatmaps(model: str | Path, data: Sequence[str], out: str | Path, method: str | None = None,
+                  raw: bool = False, labels: Sequence[str] | None = None, layer: str | None = None,
+                  limit: int | None = None, threads: int = 2, sheet_rows: int = 32,
+                  progress: bool = True) -> dict[str, Any]:
+    """Do the work of the command; returns a small summary (counts, files, method, layer)."""
+    from convert.data import read_image
+
+    src = open_source(model, method, layer, threads)
+    for lab in labels or ():
+        if lab not in src.labels:
+            raise ModelError(f"--labels: {lab!r} is not one of the model's labels {list(src.labels)}")
+    items = collect_items(data, limit)
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    rows, n_raw, records = [], 0, []
+    it = items
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            it = tqdm(items, desc=f"heatmaps ({src.method})", unit="img")
+        except ImportError:
+            pass
+    for item in it:
+        frame = read_image(item.path)
+        want = list(labels) if labels else list(src.labels)
+        hms = src.explain(frame, want)
+        scores = {lab: hm.score for lab, hm in hms.items()}
+        shown = list(labels) if labels else src.flagged(scores)
+        overlay = overlay_labels(frame, [hms[lab] for lab in shown], src.peak_ref, colors=src.colors())
+        if not cv2.imwrite(str(outdir / f"{item.stem}.overlay.png"), overlay):
+            raise DataError(f"{outdir / (item.stem + '.overlay.png')}: cannot write image")
+        if raw:
+            for lab, hm in hms.items():
+                np.save(outdir / f"{item.stem}.{lab}.npy", np.asarray(hm.cam, np.float32))
+                n_raw += 1
+        for lab, hm in hms.items():
+            records.append((item.stem, Path(item.path).name, lab, f"{hm.score:.6f}", f"{hm.peak:.6g}", int(lab in shown)))
+        rows.append(sheet_row(frame, hms, shown, src, Path(item.path).name, item.truth))
+    sheets = write_sheets(rows, outdir, sheet_rows) if rows else []
+    with open(outdir / "heatmaps.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["stem", "name", "label", "score", "peak", "shown"])
+        w.writerows(records)
+    return {"images": len(items), "raw_files": n_raw, "sheets": [str(p) for p in sheets], "method": src.method,
+            "layer": src.layer, "out": str(outdir)}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("heatmaps", help="Grad-CAM overlays and a contact sheet",
+                       description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--model", required=True, help=".keras file or model bundle directory")
+    p.add_argument("--data", required=True, nargs="+", help="test CSV, data folder, class-per-folder tree, or images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help="tf: GradientTape on the Keras model; litert: the Pi's explainer + numpy head "
+                        "(default: litert for a bundle, tf for a .keras)")
+    p.add_argument("--raw", action="store_true", help="also write <stem>.<label>.npy (float32 0..1) per label")
+    p.add_argument("--labels", nargs="+", default=None, help="labels to explain (default: the flagged ones)")
+    p.add_argument("--layer", default=None, help="Grad-CAM layer (default: the model's feature map)")
+    p.add_argument("--limit", type=int, default=None, help="at most N images")
+    p.add_argument("--threads", type=int, default=2, help="LiteRT threads (litert method)")
+    p.add_argument("--sheet-rows", type=int, default=32, help="rows per contact sheet")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    s = make_heatmaps(args.model, args.data, args.out, args.method, args.raw, args.labels, args.layer,
+                      args.limit, args.threads, args.sheet_rows)
+    print(f"{s['images']} images, method {s['method']}, layer {s['layer']}: overlays"
+          + (f", {s['raw_files']} raw maps" if args.raw else "")
+          + f" and {len(s['sheets'])} contact sheet(s) in {s['out']}")
+    return 0
