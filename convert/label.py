@@ -9,9 +9,13 @@ machine in ``convert.label_state``; this module only decodes frames and serves t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
+import os
 import re
 import sys
+import tempfile
 import threading
 from collections import OrderedDict
 from http import HTTPStatus
@@ -31,6 +35,29 @@ _STATIC_FILES = {"/": ("label.html", "text/html; charset=utf-8"),
 _FRAME_RE = re.compile(r"^/frame/(\d+)\.(jpg|png)$")
 
 
+@contextlib.contextmanager
+def _captured_stderr(into: list[str]):
+    """Catch what C libraries (FFmpeg) print on fd 2 while opening, to put it in our one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            into.append(tmp.read().decode("utf-8", "replace"))
+
+
+def _ffmpeg_reason(text: str) -> str:
+    """The last FFmpeg message, without its ``[demuxer @ 0x…]`` prefix."""
+    lines = [re.sub(r"^\[[^\]]*\]\s*", "", ln).strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    return f": {lines[-1]}" if lines else ""
+
+
 class VideoFrames:
     """Frames of a video file by index: sequential reads for the next frame, seeks otherwise.
 
@@ -44,16 +71,19 @@ class VideoFrames:
             raise DataError(f"video {self.path}: no such file")
         if not self.path.is_file():
             raise DataError(f"video {self.path}: not a file")
-        self.cap = cv2.VideoCapture(str(self.path))
+        said: list[str] = []
+        with _captured_stderr(said):
+            self.cap = cv2.VideoCapture(str(self.path))
+            ok, first = self.cap.read() if self.cap.isOpened() else (False, None)
         if not self.cap.isOpened():
-            raise DataError(f"video {self.path}: OpenCV cannot open it (not a video, or an unsupported codec)")
+            raise DataError(f"video {self.path}: OpenCV cannot open it (not a video, or an unsupported "
+                            f"codec{_ffmpeg_reason(said[0])})")
+        if not ok or first is None:
+            self.cap.release()
+            raise DataError(f"video {self.path}: OpenCV cannot decode its first frame{_ffmpeg_reason(said[0])}")
         self._next = 0  # index the next cap.read() returns
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._size = cache
-        ok, first = self.cap.read()
-        if not ok or first is None:
-            self.cap.release()
-            raise DataError(f"video {self.path}: OpenCV cannot decode its first frame")
         self._next = 1
         self._remember(0, first)
         n = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
@@ -104,20 +134,27 @@ class LabelApp:
         self.frames = frames
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
+        # Frame URLs carry a tag of the video, so the browser's image cache never shows
+        # another video's frame served earlier on the same port.
+        st = frames.path.stat()
+        self.tag = hashlib.sha1(f"{frames.path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+
+    def _state(self) -> dict:
+        return {**self.labeler.state(), "frame_tag": self.tag}
 
     def state(self) -> dict:
         with self.lock:
-            return self.labeler.state()
+            return self._state()
 
     def key(self, key: str) -> dict:
         with self.lock:
             self.labeler.press(key)
-            return self.labeler.state()
+            return self._state()
 
     def goto(self, frame: int) -> dict:
         with self.lock:
             self.labeler.goto(frame)
-            return self.labeler.state()
+            return self._state()
 
     def image(self, index: int, fmt: str) -> bytes:
         with self.lock:

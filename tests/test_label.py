@@ -338,8 +338,9 @@ def test_http_api_and_clean_shutdown(video7, tmp_path):
         assert post("/api/key", {"key": "e"})["values"]["error"] is True
         st = post("/api/key", {"key": "s"})
         assert st["counts"]["saved"] == 1 and (tmp_path / "seam7_0.png").is_file()
-        assert post("/api/goto", {"frame": 5})["frame"] == 5
-        with urllib.request.urlopen(base + "/frame/5.jpg", timeout=10) as r:
+        st = post("/api/goto", {"frame": 5})
+        assert st["frame"] == 5 and len(st["frame_tag"]) == 12
+        with urllib.request.urlopen(f"{base}/frame/5.jpg?v={st['frame_tag']}", timeout=10) as r:
             assert r.headers["Content-Type"] == "image/jpeg"
             img = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
         assert frame_index(img) == 5
@@ -384,11 +385,20 @@ def test_cli_missing_video(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_unreadable_video(tmp_path):
+@pytest.mark.parametrize("content", [b"this is not a video\n" * 200, bytes(range(256)) * 16])
+def test_cli_unreadable_video(tmp_path, content):
     bad = tmp_path / "garbage.mp4"
-    bad.write_bytes(os.urandom(4096))
+    bad.write_bytes(content)
     p = run_cli("--video", str(bad), "--out", str(tmp_path / "out"), "--port", "0")
     assert_one_line_error(p, "garbage.mp4", "OpenCV")
+
+
+def test_unreadable_video_errors_repeatably(tmp_path):
+    bad = tmp_path / "noise.mp4"
+    for seed in range(5):  # random bytes make FFmpeg say different things; each is one DataError
+        bad.write_bytes(np.random.default_rng(seed).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+        with pytest.raises(DataError, match="noise.mp4: OpenCV cannot"):
+            VideoFrames(bad)
 
 
 def test_cli_unwritable_output(video7, tmp_path):

@@ -87,7 +87,7 @@ function render(s) {
 
   if (s.frame !== shownFrame) {
     shownFrame = s.frame;
-    $("frame").src = `/frame/${s.frame}.jpg`;
+    $("frame").src = `/frame/${s.frame}.jpg?v=${s.frame_tag}`;
   }
 
   const conflict = !!s.warning;
@@ -163,7 +163,7 @@ $("frame").addEventListener("load", () => {
   const next = state.frame + 1;
   if (next < state.frames && prefetched !== next) {
     prefetched = next;
-    new Image().src = `/frame/${next}.jpg`;
+    new Image().src = `/frame/${next}.jpg?v=${state.frame_tag}`;
   }
 });
 
