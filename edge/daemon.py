@@ -148,12 +148,13 @@ class Daemon:
 
         bundle, threads, method = self.bundle, hc.threads, hc.method
 
-        def factory() -> Any:
-            import inspect
+        if method != "litert":
+            # the full-TF Grad-CAM lives in the workstation toolchain (convert.gradcam_tf), which the
+            # Pi runtime must not import; the LiteRT path computes the same maps (r >= 0.999)
+            log.warning("heatmaps.method: %r is not available in the edge runtime; using 'litert' "
+                        "(same maps, no TensorFlow)", method)
 
-            params = inspect.signature(gradcam.Explainer).parameters
-            if "method" in params:
-                return gradcam.Explainer(bundle, threads=threads, method=method)
+        def factory() -> Any:
             return gradcam.Explainer(bundle, threads=threads)
 
         self.heatmaps = HeatmapWorker(hc.dir, self.stop, max_mb=hc.max_mb, queue_size=hc.queue_size,

@@ -262,10 +262,11 @@ class HeatmapWorker(threading.Thread):
         maps = self.explainer.explain(job.image, labels)
         paths = paths_for(self.root, job.event_id)
         self.root.mkdir(parents=True, exist_ok=True)
-        flagged = {lab: maps[lab] for lab in job.labels if lab in maps}
-        ov = self.overlay_labels(job.image, flagged or maps)
-        best = max(flagged or maps, key=lambda lab: job.scores.get(lab, 0.0)) if (flagged or maps) else None
-        jet = self.overlay_jet(job.image, maps[best].cam) if best is not None else job.image
+        flagged = {lab: maps[lab] for lab in job.labels if lab in maps} or maps
+        # each Heatmap carries its own opacity (strength = peak / the label's reference peak)
+        ov = self.overlay_labels(job.image, flagged)
+        best = max(flagged, key=lambda lab: job.scores.get(lab, 0.0)) if flagged else None
+        jet = self.overlay_jet(job.image, flagged[best]) if best is not None else job.image
         nbytes = _write_image(paths["frame"], np.ascontiguousarray(job.image))
         nbytes += _write_image(paths["overlay"], ov, [cv2.IMWRITE_JPEG_QUALITY, 90])
         nbytes += _write_image(paths["jet"], jet, [cv2.IMWRITE_JPEG_QUALITY, 90])
