@@ -71,6 +71,8 @@ class VideoFrames:
             raise DataError(f"video {self.path}: no such file")
         if not self.path.is_file():
             raise DataError(f"video {self.path}: not a file")
+        if not os.access(self.path, os.R_OK):
+            raise DataError(f"video {self.path}: not readable (permission denied)")
         said: list[str] = []
         with _captured_stderr(said):
             self.cap = cv2.VideoCapture(str(self.path))
