@@ -157,6 +157,8 @@ class Publisher:
         self._ready = False           # connected and `online` acked: the sender may publish alerts
         self._online_mid: int | None = None
         self._last_logged: tuple | None = None
+        self._last_error: str | None = None   # paho's last error/warning log line (the reason text)
+        self._refused = False                 # the last CONNACK was a refusal
         # sender-thread state
         self._acks: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -208,6 +210,12 @@ class Publisher:
         # an alert behind the window (a queued one could be overtaken after a reconnect).
         client.max_inflight_messages_set(cfg.max_inflight + 2)
         client.max_queued_messages_set(cfg.max_queued)
+        # paho's own log (packets, never the password) goes to <our logger>.paho at DEBUG only: it
+        # repeats its errors on every retry; we log each state change once, with paho's last error.
+        self._paho_log = logging.getLogger(f"{self.log.name}.paho")
+        if self._redact is not None:
+            self._paho_log.addFilter(self._redact)
+        client.on_log = self._on_log
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -239,13 +247,22 @@ class Publisher:
             self._last_logged = key
             self.log.log(level, msg, *args)
 
+    def _on_log(self, client, userdata, level, buf) -> None:
+        import paho.mqtt.client as mqtt
+
+        if level in (mqtt.MQTT_LOG_ERR, mqtt.MQTT_LOG_WARNING):
+            self._last_error = buf
+        self._paho_log.debug("%s", buf)
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
+            self._refused = True  # the broker closes the socket next: that disconnect is not news
             self._log_state(logging.ERROR, ("refused", str(reason_code)),
                             "MQTT connection to %s:%d refused: %s (retrying; alerts kept in the outbox)",
                             self.cfg.host, self.cfg.port, reason_code)
             return
         self._connected = True
+        self._last_error = None
         self._log_state(logging.INFO, ("connected",), "MQTT connected to %s:%d (%s)",
                         self.cfg.host, self.cfg.port, reason_code)
         # Published from inside on_connect so it goes out before anything else of this session.
@@ -271,7 +288,15 @@ class Publisher:
         elif was:
             self._log_state(logging.WARNING, ("disconnected", str(reason_code)),
                             "MQTT disconnected from %s:%d: %s (reconnecting; alerts kept in the outbox)",
-                            self.cfg.host, self.cfg.port, reason_code)
+                            self.cfg.host, self.cfg.port, self._last_error or reason_code)
+        elif not self._refused:  # dropped before CONNACK, e.g. a TLS 1.3 client-certificate alert
+            reason = self._last_error or str(reason_code)
+            self._log_state(logging.WARNING, ("failed", reason),
+                            "MQTT connection to %s:%d failed: %s (retrying with backoff %g..%g s; "
+                            "alerts kept in the outbox)", self.cfg.host, self.cfg.port, reason,
+                            self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        self._last_error = None
+        self._refused = False
         self._wake.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -450,6 +475,7 @@ class Publisher:
             self.log.info("MQTT stopped; outbox empty")
         if self._redact is not None:
             self.log.removeFilter(self._redact)
+            self._paho_log.removeFilter(self._redact)
 
     def _process_acks_late(self) -> None:
         """Acks that arrived after the sender exited still delete their alerts."""
