@@ -148,14 +148,9 @@ class Daemon:
 
         bundle, threads, method = self.bundle, hc.threads, hc.method
 
-        if method != "litert":
-            # the full-TF Grad-CAM lives in the workstation toolchain (convert.gradcam_tf), which the
-            # Pi runtime must not import; the LiteRT path computes the same maps (r >= 0.999)
-            log.warning("heatmaps.method: %r is not available in the edge runtime; using 'litert' "
-                        "(same maps, no TensorFlow)", method)
-
         def factory() -> Any:
-            return gradcam.Explainer(bundle, threads=threads)
+            # built lazily in the worker thread: the TF path (method tf) imports TensorFlow only then
+            return gradcam.Explainer(bundle, threads=threads, method=method)
 
         self.heatmaps = HeatmapWorker(hc.dir, self.stop, max_mb=hc.max_mb, queue_size=hc.queue_size,
                                       explainer_factory=factory, overlay_labels=gradcam.overlay_labels,

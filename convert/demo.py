@@ -1,0 +1,344 @@
+"""``python -m convert demo --config config/demo.yaml`` (what ``make demo`` runs).
+
+1. writes a synthetic seam video with injected defects (``convert.synth.write_video``) and its
+   truth CSV into ``demo-out/``;
+2. runs the real daemon on it as a subprocess (``python -m edge --config demo-out/demo.run.yaml``,
+   the demo config with absolute paths and the broker it found);
+3. prints every alert as it happens — from MQTT when a broker answers on the configured
+   host/port (a local Mosquitto), otherwise from the daemon's log (the alerts then wait in the
+   outbox for a broker);
+4. prints a summary: frames, fps, alerts vs injected defects (matched by frame range) and where
+   the heatmaps are.
+
+``match_alerts`` is the one helper that scores alerts against truth rows (tests use it too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+DEFAULT_FRAMES = 900
+DEFAULT_SEED = 7
+ROI = (192, 112, 256, 256)
+VIDEO_W, VIDEO_H, VIDEO_FPS = 640, 480, 30
+
+
+# --------------------------------------------------------------------------- truth and matching
+
+
+def read_truth(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """``FILE.truth.csv`` → rows with ints for the frame range and box."""
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            rows.append({"defect_id": int(r["defect_id"]), "label": r["label"],
+                         "first_frame": int(r["first_frame"]), "last_frame": int(r["last_frame"]),
+                         **{k: int(float(r[k])) for k in ("x", "y", "w", "h")}})
+    return rows
+
+
+@dataclass
+class MatchResult:
+    """How alerts line up with injected defects."""
+
+    defects: int
+    alerts: int
+    detected: list[int] = field(default_factory=list)          # defect ids with >= 1 alert
+    missed: list[int] = field(default_factory=list)
+    per_defect: dict[int, int] = field(default_factory=dict)   # defect id → alerts matched to it
+    false_alerts: list[str] = field(default_factory=list)      # event ids matching no defect
+
+    @property
+    def recall(self) -> float:
+        return len(self.detected) / self.defects if self.defects else 1.0
+
+    def false_per_1000(self, frames: int) -> float:
+        return 1000.0 * len(self.false_alerts) / max(1, frames)
+
+
+def _alert_range(a: dict) -> tuple[int, int]:
+    first = int(a.get("first_frame", a["frame"]))
+    last = int(a.get("last_frame", a["frame"]))
+    return min(first, int(a["frame"])), max(last, int(a["frame"]))
+
+
+def match_alerts(alerts: Sequence[dict], truth: Sequence[dict], slack: int = 5,
+                 same_label: bool = True) -> MatchResult:
+    """Match alerts (DESIGN §6 payloads) to truth rows by overlapping frame ranges.
+
+    An alert matches a defect when its event's frame range (``first_frame``..``last_frame``,
+    else ``frame``) overlaps the defect's range widened by ``slack`` frames and — with
+    ``same_label`` — the alert's labels include the defect's label (``error`` and ``break``
+    count as one family: one defect, one alert, see edge.decide). Each alert is given to the
+    overlapping defect whose range is nearest its best frame; alerts matching nothing are false.
+    """
+    family = {"error": "defect", "break": "defect", "length": "length"}
+    res = MatchResult(defects=len(truth), alerts=len(alerts))
+    res.per_defect = {int(t["defect_id"]): 0 for t in truth}
+    for a in alerts:
+        lo, hi = _alert_range(a)
+        labels = set(a.get("labels", []))
+        fams = {family.get(lab, lab) for lab in labels}
+        cands = []
+        for t in truth:
+            if hi < t["first_frame"] - slack or lo > t["last_frame"] + slack:
+                continue
+            if same_label and family.get(t["label"], t["label"]) not in fams:
+                continue
+            mid = (t["first_frame"] + t["last_frame"]) / 2
+            cands.append((abs(int(a["frame"]) - mid), int(t["defect_id"])))
+        if cands:
+            res.per_defect[min(cands)[1]] += 1
+        else:
+            res.false_alerts.append(str(a.get("event_id")))
+    res.detected = [d for d, n in res.per_defect.items() if n > 0]
+    res.missed = [d for d, n in res.per_defect.items() if n == 0]
+    return res
+
+
+# --------------------------------------------------------------------------- video
+
+
+def make_video(path: str | os.PathLike, frames: int, seed: int) -> list[dict[str, Any]]:
+    """Write the synthetic seam video + ``.truth.csv``; returns the truth rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from convert import synth
+
+    synth.write_video(path, frames, seed)
+    return read_truth(synth.truth_path(path))
+
+
+# --------------------------------------------------------------------------- broker
+
+
+def broker_up(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class AlertListener:
+    """Subscribes to ``<prefix>/<station>/alert`` and prints each alert as it arrives."""
+
+    def __init__(self, host: str, port: int, topic: str, on_alert) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.topic = topic
+        self.on_alert = on_alert
+        self.ready = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"seamqc-demo-{os.getpid()}")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.ready.set()
+        self.client.on_message = self._msg
+        self.client.connect(host, port, keepalive=30)
+        self.client.loop_start()
+
+    def _msg(self, client, userdata, msg) -> None:
+        try:
+            self.on_alert(json.loads(msg.payload))
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+def _fmt_alert(a: dict) -> str:
+    scores = ", ".join(f"{k} {v:.2f}" for k, v in a.get("scores", {}).items())
+    hm = a.get("heatmap") or "-"
+    return (f"  ALERT {a.get('event_id')}  frame {a.get('frame')}  labels {','.join(a.get('labels', []))}"
+            f"  ({scores})  heatmap {Path(hm).name if hm != '-' else '-'}")
+
+
+def run_config(src_cfg: Path, out_dir: Path, video: Path, bundle: str | None,
+               mqtt: bool) -> tuple[Path, dict]:
+    """The demo config with absolute paths, the video, the broker decision (and a bundle override)."""
+    import yaml
+
+    data = yaml.safe_load(src_cfg.read_text()) or {}
+    data.setdefault("camera", {})["device"] = str(video.resolve())
+    data["camera"]["source"] = "file"
+    model = data.setdefault("model", {})
+    if bundle:
+        model["bundle"] = str(Path(bundle).resolve())
+    elif not Path(model.get("bundle", "")).is_absolute():
+        b = Path(model.get("bundle", "edge/models/default"))
+        model["bundle"] = str((src_cfg.parent / b) if (src_cfg.parent / b).exists() else b.resolve())
+    data.setdefault("mqtt", {})["enabled"] = bool(mqtt)
+    data.setdefault("heatmaps", {})["dir"] = str((out_dir / "heatmaps").resolve())
+    data["outbox"] = str((out_dir / "outbox.sqlite").resolve())
+    out = out_dir / "demo.run.yaml"
+    out.write_text("# generated by `python -m convert demo` from " + str(src_cfg) + "\n"
+                   + yaml.safe_dump(data, sort_keys=False))
+    return out, data
+
+
+def demo(config: str | os.PathLike, out_dir: str | os.PathLike = "demo-out", frames: int = DEFAULT_FRAMES,
+         seed: int = DEFAULT_SEED, bundle: str | None = None, quiet: bool = False,
+         timeout: float = 600.0) -> dict[str, Any]:
+    """Run the whole demo; returns the summary (also printed)."""
+    from edge.config import load_config
+    from edge.errors import ConfigError, ModelError
+
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    src_cfg = Path(config)
+    cfg = load_config(src_cfg)  # validates the demo config itself (file:line errors)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    video = out / "seam.mp4"
+    say(f"demo: writing a {frames}-frame synthetic seam video with injected defects → {video}")
+    truth = make_video(video, frames, seed)
+    say(f"demo: {len(truth)} injected defects ({', '.join(sorted({t['label'] for t in truth})) or 'none'})")
+    up = cfg.mqtt.enabled and broker_up(cfg.mqtt.host, cfg.mqtt.port)
+    run_cfg, data = run_config(src_cfg, out, video, bundle, mqtt=up)
+    bpath = Path(data["model"]["bundle"])
+    if not (bpath / "manifest.json").exists():
+        raise ModelError(f"{src_cfg}: model.bundle: {bpath}: the shipped model is missing "
+                         "(run `make shipped-model`, or pass --bundle DIR)")
+    topic = f"{cfg.mqtt.prefix}/{cfg.station}/alert"
+    say(f"demo: broker {cfg.mqtt.host}:{cfg.mqtt.port} " + (f"is up: printing alerts from MQTT {topic}" if up else
+        "is not reachable: alerts go to the outbox; printing them from the daemon log"))
+    alerts: list[dict] = []
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def on_alert(a: dict) -> None:
+        with lock:
+            if a.get("event_id") in seen:
+                return
+            seen.add(str(a.get("event_id")))
+            alerts.append(a)
+        say(_fmt_alert(a))
+
+    listener = None
+    if up:
+        try:
+            listener = AlertListener(cfg.mqtt.host, cfg.mqtt.port, topic, on_alert)
+            listener.ready.wait(5)
+        except OSError:
+            listener = None
+    log_path = out / "daemon.log"
+    cmd = [sys.executable, "-m", "edge", "--config", str(run_cfg)]
+    say(f"demo: running {' '.join(cmd)}  (log: {log_path})")
+    t0 = time.monotonic()
+    summary_line: dict = {}
+    log_alerts: list[dict] = []
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as logf:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                logf.write(line)
+                if " ALERT " in line:
+                    try:
+                        a = json.loads(line.split(" ALERT ", 1)[1])
+                    except ValueError:
+                        continue
+                    log_alerts.append(a)
+                    if listener is None:
+                        on_alert(a)
+                elif " summary " in line:
+                    try:
+                        summary_line = json.loads(line.split(" summary ", 1)[1])
+                    except ValueError:
+                        pass
+                elif line.startswith("error:"):
+                    say("  " + line.rstrip())
+                if time.monotonic() - t0 > timeout:
+                    proc.terminate()
+            rc = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    wall = time.monotonic() - t0
+    if listener is not None:
+        deadline = time.monotonic() + 5
+        while len(alerts) < len(log_alerts) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        listener.close()
+    if rc != 0:
+        tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        err = ConfigError(f"the daemon exited with {rc}: {tail[0]} (log: {log_path})")
+        err.exit_code = rc if 0 < rc < 256 else 1
+        raise err
+    final = alerts if listener is not None else log_alerts
+    n_frames = int(summary_line.get("frames", 0))
+    res = match_alerts(final, truth)
+    hm_dir = Path(data["heatmaps"]["dir"])
+    n_hm = len(list(hm_dir.glob("*.overlay.jpg"))) if hm_dir.is_dir() else 0
+    result = {
+        "frames": n_frames,
+        "fps": summary_line.get("fps"),
+        "inference_ms": summary_line.get("inference_ms"),
+        "runtime": summary_line.get("runtime"),
+        "wall_s": round(wall, 1),
+        "alerts": len(final),
+        "via": "mqtt" if listener is not None else "daemon log (outbox)",
+        "defects": len(truth),
+        "detected": len(res.detected),
+        "missed": res.missed,
+        "false_alerts": len(res.false_alerts),
+        "alerts_per_defect": res.per_defect,
+        "heatmaps": {"dir": str(hm_dir), "overlays": n_hm},
+        "outbox": {"path": data["outbox"], "depth": summary_line.get("outbox_depth")},
+        "video": str(video),
+        "truth": str(video.with_suffix(".truth.csv")),
+    }
+    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    say("")
+    say(f"demo summary: {n_frames} frames in {wall:.1f} s ({result['fps']} fps classified, runtime "
+        f"{result['runtime']}, inference p50 {(result['inference_ms'] or {}).get('p50')} ms)")
+    say(f"  alerts: {len(final)} (via {result['via']}); injected defects: {len(truth)}, "
+        f"alerted: {len(res.detected)} ({100 * res.recall:.0f} %), missed: {len(res.missed)}, "
+        f"false alerts: {len(res.false_alerts)}")
+    multi = {d: n for d, n in res.per_defect.items() if n > 1}
+    if multi:
+        say(f"  defects with more than one alert: {multi}")
+    say(f"  heatmaps: {n_hm} overlays in {hm_dir}")
+    if listener is None:
+        say(f"  outbox: {data['outbox']} holds {result['outbox']['depth']} alert(s) for the next broker "
+            "connection")
+    say(f"  summary written to {out / 'summary.json'}")
+    return result
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="run the edge daemon on a generated seam video (make demo)",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="config/demo.yaml", help="demo config (default: config/demo.yaml)")
+    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"video length (default {DEFAULT_FRAMES})")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--bundle", help="use this model bundle instead of the config's")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge.errors import DataError
+
+    if args.frames < 30:
+        raise DataError(f"--frames {args.frames}: use at least 30 frames")
+    demo(args.config, args.out, args.frames, args.seed, args.bundle)
+    return 0
