@@ -1,0 +1,433 @@
+"""Grad-CAM: numpy/LiteRT head gradient vs TensorFlow, layer choice, known locations, flat maps.
+
+Models here are tiny and hand-built (no training) except the ``tiny_bundle`` agreement test,
+which uses the pipeline's trained fixture. Every bundle is exported with the real code
+(``convert.explainer.export_explainer`` + ``convert.tflite.keras_to_tflite``) and run on LiteRT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import ModelError
+
+SEAM = ["good", "error", "break", "length"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def make_bundle(model, out: Path, labels, task: str = "multilabel", calibration=None) -> Path:
+    """A real bundle (classifier_fp32 + explainer + head + keras) of a Keras model."""
+    from convert.explainer import export_explainer
+    from convert.tflite import keras_to_tflite
+    from edge.bundle import write_manifest
+
+    out.mkdir(parents=True, exist_ok=True)
+    h, w = (int(v) for v in model.inputs[0].shape[1:3])
+    files, gc = export_explainer(model, out, calibration=calibration)
+    (out / "classifier_fp32.tflite").write_bytes(keras_to_tflite(model, h, w, "none"))
+    model.save(str(out / "model.keras"))
+    write_manifest(out, {"name": out.name, "task": task, "labels": list(labels), "input": {"height": h, "width": w},
+                         "classifier": "classifier_fp32", "gradcam": gc},
+                   {**files, "classifier_fp32": "classifier_fp32.tflite", "keras": "model.keras"})
+    return out
+
+
+def _randomize_bn(model, seed: int = 0) -> None:
+    """Give BatchNormalization layers non-trivial statistics so the head's BN really matters."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for lyr in model.layers:
+        if isinstance(lyr, keras.layers.BatchNormalization):
+            c = lyr.moving_mean.shape[0]
+            lyr.moving_mean.assign(rng.normal(0, 0.3, c).astype("float32"))
+            lyr.moving_variance.assign(rng.uniform(0.5, 2.0, c).astype("float32"))
+            lyr.gamma.assign(rng.uniform(0.5, 1.5, c).astype("float32"))
+            lyr.beta.assign(rng.normal(0, 0.3, c).astype("float32"))
+
+
+def seed_resnet_like(n: int = 4, size: int = 64, seed: int = 0):
+    """The seed ResNet's shape in miniature: ReLU→BN blocks, a residual Add, the last relu_bn (BN),
+    AveragePooling2D(4) → Flatten → Dense(n, sigmoid)."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    i = keras.Input((size, size, 3))
+    x = layers.Conv2D(8, 3, padding="same")(i)
+    x = layers.BatchNormalization()(layers.ReLU()(x))
+    y = layers.Conv2D(8, 3, padding="same", strides=2)(x)
+    y = layers.BatchNormalization()(layers.ReLU()(y))
+    y = layers.Conv2D(8, 3, padding="same")(y)
+    x = layers.AveragePooling2D(1, strides=2)(x)
+    x = layers.Conv2D(8, 1)(x)
+    x = layers.Add()([x, y])
+    x = layers.BatchNormalization(name="last_bn")(layers.ReLU()(x))
+    x = layers.AveragePooling2D(4)(x)
+    x = layers.Flatten()(x)
+    o = layers.Dense(n, activation="sigmoid")(x)
+    m = keras.Model(i, o)
+    _randomize_bn(m, seed)
+    return m
+
+
+def small_softmax(head: str, n: int = 3, size: int = 64, seed: int = 1):
+    """Conv→BN→ReLU6 features with a softmax head of the given kind."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    i = keras.Input((size, size, 3))
+    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(i)
+    x = layers.Conv2D(12, 3, strides=2, padding="same", use_bias=False, name="last_conv")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU(6.0)(x)
+    if head == "gap":
+        x = layers.GlobalAveragePooling2D()(x)
+    elif head == "maxpool":
+        x = layers.MaxPooling2D(3, strides=2)(x)  # 16x16 → 7x7 VALID: row/col 15 outside every window
+        x = layers.Flatten()(x)
+    x = layers.Dropout(0.3)(x)
+    x = layers.Dense(n)(x)
+    o = layers.Softmax()(x)
+    m = keras.Model(i, o)
+    _randomize_bn(m, seed)
+    return m
+
+
+def sample_frames(n: int = 3, seed: int = 0) -> list[np.ndarray]:
+    """Seam-like frames: textured background, a dark dashed line, a bright blob at a random place."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        img = rng.integers(90, 160, (256, 256, 3)).astype(np.uint8)
+        img = cv2.GaussianBlur(img, (5, 5), 0)
+        x = int(rng.integers(60, 200))
+        for y in range(0, 256, 24):
+            cv2.line(img, (x, y), (x, y + 12), (30, 30, 30), 4)
+        cx, cy = (int(v) for v in rng.integers(30, 226, 2))
+        cv2.circle(img, (cx, cy), 18, (240, 240, 240), -1)
+        out.append(img)
+    return out
+
+
+def assert_agree(a: dict, b: dict) -> list[tuple[str, float, float]]:
+    """Every label: both flat, or r ≥ 0.999 and max |Δ| ≤ 1e-3. Returns (label, r, maxdiff)."""
+    assert set(a) == set(b)
+    stats = []
+    for lab in a:
+        x, y = a[lab].cam.astype(np.float64).ravel(), b[lab].cam.astype(np.float64).ravel()
+        assert a[lab].cam.dtype == np.float32 and a[lab].cam.shape == b[lab].cam.shape
+        diff = float(np.abs(x - y).max())
+        if x.max() == 0 and y.max() == 0:
+            stats.append((lab, 1.0, diff))
+            continue
+        r = float(np.corrcoef(x, y)[0, 1])
+        assert r >= 0.999, f"{lab}: r={r}"
+        assert diff <= 1e-3, f"{lab}: max|Δ|={diff}"
+        assert a[lab].peak == pytest.approx(b[lab].peak, rel=1e-3, abs=1e-9)
+        assert a[lab].score == pytest.approx(b[lab].score, abs=1e-4)
+        stats.append((lab, r, diff))
+    return stats
+
+
+def _non_flat(maps: dict) -> int:
+    return sum(float(h.cam.max()) > 0 for h in maps.values())
+
+
+# ----------------------------------------------------------------------------- agreement
+
+
+@pytest.fixture(scope="module")
+def resnet_bundle(tmp_path_factory):
+    m = seed_resnet_like()
+    root = make_bundle(m, tmp_path_factory.mktemp("gc") / "resnet", SEAM,
+                       calibration=np.stack([np.random.default_rng(i).standard_normal((64, 64, 3)) for i in range(6)]))
+    return m, root
+
+
+def test_layer_rule_seed_resnet(resnet_bundle):
+    from convert.explainer import find_gradcam_layer
+    from edge.bundle import load_bundle
+
+    m, root = resnet_bundle
+    assert find_gradcam_layer(m) == "last_bn"
+    gc = load_bundle(root).gradcam
+    assert gc["layer"] == "last_bn" and gc["feature_shape"] == [32, 32, 8]
+    assert gc["head_type"] == "avg_pool4x4/s4-flatten-dense-sigmoid"
+    assert len(gc["peak_ref"]) == 4
+
+
+def test_agreement_multilabel_litert_vs_tf(resnet_bundle):
+    from convert.gradcam_tf import TFGradCAM
+    from edge.gradcam import Explainer
+
+    m, root = resnet_bundle
+    ex, tg = Explainer(root), TFGradCAM(m, labels=SEAM)
+    assert ex.layer == tg.layer == "last_bn"
+    non_flat = 0
+    for img in sample_frames(3):
+        a, b = ex.explain(img), tg.explain(img)
+        assert list(a) == SEAM
+        assert_agree(a, b)
+        non_flat += _non_flat(a)
+    assert non_flat >= 4  # the comparison is not between empty maps
+
+
+@pytest.mark.parametrize("head", ["gap", "maxpool"])
+def test_agreement_softmax_litert_vs_tf(head, tmp_path):
+    from convert.explainer import find_gradcam_layer
+    from convert.gradcam_tf import TFGradCAM
+    from edge.gradcam import Explainer
+
+    m = small_softmax(head)
+    assert find_gradcam_layer(m) == "last_conv"  # conv → BN → ReLU6 closes the features: the conv
+    labels = ["Apfel", "Banane", "Orange"]
+    root = make_bundle(m, tmp_path / head, labels, task="multiclass")
+    ex, tg = Explainer(root), TFGradCAM(m, labels=labels)
+    non_flat = 0
+    for img in sample_frames(2, seed=5):
+        pred = tg.predicted_class(img)
+        assert 0 <= pred < 3
+        a, b = ex.explain(img), tg.explain(img)  # every class, not just the predicted one
+        assert_agree(a, b)
+        assert sum(h.score for h in a.values()) == pytest.approx(1.0, abs=1e-4)
+        non_flat += _non_flat(a)
+    assert non_flat >= 2
+
+
+def test_agreement_tiny_bundle(tiny_bundle):
+    """The pipeline's trained tiny model: LiteRT+numpy vs TF on its bundle, every label."""
+    from edge.bundle import load_bundle
+    from edge.gradcam import Explainer
+
+    b = load_bundle(tiny_bundle)
+    assert b.gradcam.get("layer") and b.has("explainer") and b.has("head") and b.has("keras")
+    lite, tf_ = Explainer(b, method="litert"), Explainer(b, method="tf")
+    assert lite.layer == tf_.layer
+    for img in sample_frames(3, seed=9):
+        assert_agree(lite.explain(img), tf_.explain(img))
+
+
+# ----------------------------------------------------------------------------- head math
+
+
+def test_head_gradient_closed_form_avgpool():
+    """Dense column → Flatten → spread over each 4×4 window / 16; outside VALID windows: 0."""
+    from edge.gradcam import head_gradient
+
+    rng = np.random.default_rng(0)
+    h, w, c, n = 10, 9, 3, 2
+    kernel = rng.standard_normal((2 * 2 * c, n)).astype(np.float32)
+    head = {"spec": {"format": 1, "n_outputs": n, "activation": "sigmoid", "steps": [
+        {"kind": "avg_pool", "pool": [4, 4], "strides": [4, 4]}, {"kind": "flatten"},
+        {"kind": "dense", "kernel": "k", "bias": "b"}]}, "k": kernel, "b": np.zeros(n, np.float32)}
+    feats = rng.standard_normal((h, w, c)).astype(np.float32)
+    g = head_gradient(feats, head, 1)
+    col = kernel[:, 1].reshape(2, 2, c)
+    for i in range(h):
+        for j in range(w):
+            want = col[i // 4, j // 4] / 16 if i < 8 and j < 8 else np.zeros(c)
+            np.testing.assert_allclose(g[i, j], want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("steps", [
+    [{"kind": "bn", "scale": "s", "shift": "t"}, {"kind": "relu", "max_value": 6.0, "negative_slope": 0.0,
+                                                   "threshold": 0.0}, {"kind": "global_avg_pool"}],
+    [{"kind": "max_pool", "pool": [3, 3], "strides": [2, 2]}, {"kind": "flatten"}],
+    [{"kind": "relu", "max_value": None, "negative_slope": 0.1, "threshold": 0.0}, {"kind": "global_max_pool"}],
+])
+def test_head_gradient_matches_finite_differences(steps):
+    from edge.gradcam import head_forward, head_gradient
+
+    rng = np.random.default_rng(1)
+    h, w, c, n = 7, 7, 4, 3
+    feats = rng.uniform(-2, 8, (h, w, c)).astype(np.float64)
+    x = feats.copy()
+    for s in steps:  # size of the Dense input
+        if s["kind"] == "max_pool":
+            x = np.zeros((3, 3, c))
+        elif s["kind"] in ("global_avg_pool", "global_max_pool"):
+            x = np.zeros(c)
+    d = x.size
+    head = {"spec": {"format": 1, "n_outputs": n, "activation": "linear",
+                     "steps": steps + [{"kind": "dense", "kernel": "k", "bias": "b"}]},
+            "k": rng.standard_normal((d, n)), "b": rng.standard_normal(n),
+            "s": rng.uniform(0.5, 2, c), "t": rng.normal(0, 1, c)}
+    g = head_gradient(feats, head, 2).astype(np.float64)
+    eps = 1e-3
+    num = np.zeros_like(feats)
+    for idx in np.ndindex(feats.shape):
+        fp, fm = feats.copy(), feats.copy()
+        fp[idx] += eps
+        fm[idx] -= eps
+        num[idx] = (head_forward(fp, head)[0][2] - head_forward(fm, head)[0][2]) / (2 * eps)
+    np.testing.assert_allclose(g, num, atol=2e-2)
+
+
+def test_gradcam_map_flat_and_degenerate_never_divide_by_zero():
+    from edge.gradcam import gradcam_map, overlay_jet, overlay_labels, Heatmap, resize_cam
+
+    f = np.random.default_rng(0).uniform(0, 1, (4, 4, 3)).astype(np.float32)
+    with np.errstate(all="raise"):
+        for feats, grads in [(np.zeros((4, 4, 3)), np.ones((4, 4, 3))),   # no features
+                             (f, np.zeros((4, 4, 3))),                    # zero gradient
+                             (f, -np.ones((4, 4, 3))),                    # all-negative map
+                             (np.ones((4, 4, 3)), np.full((4, 4, 3), 1e-30))]:  # round-off peak
+            cam, peak = gradcam_map(feats, grads)
+            assert cam.shape == (4, 4) and cam.dtype == np.float32
+            assert np.all(cam == 0) and np.isfinite(peak)
+        cam, peak = gradcam_map(f, np.ones((4, 4, 3)))
+        assert cam.max() == pytest.approx(1.0) and cam.min() >= 0 and peak == pytest.approx(float(f.sum(-1).max()), rel=1e-5)
+        big = resize_cam(cam, 256, 256)
+        assert big.shape == (256, 256) and 0 <= big.min() and big.max() <= 1
+        frame = np.full((256, 256, 3), 100, np.uint8)
+        zero = Heatmap("error", np.zeros((256, 256), np.float32), 0.0, 0.0)
+        np.testing.assert_array_equal(overlay_labels(frame, {"error": zero}), frame)
+        assert overlay_jet(frame, zero.cam).shape == frame.shape
+
+
+def test_overlays_colours_and_weak_maps_fade():
+    from edge.gradcam import Heatmap, overlay_jet, overlay_labels
+
+    frame = np.full((32, 32, 3), 128, np.uint8)
+    ones = np.ones((32, 32), np.float32)
+    for lab, ch in [("error", 0), ("break", 1), ("length", 2)]:  # BGR: blue, green, red
+        out = overlay_labels(frame, [Heatmap(lab, ones, 1.0, 0.9)])
+        assert int(out[0, 0].argmax()) == ch and out[0, 0, ch] > 200
+    left, right = np.zeros_like(ones), np.zeros_like(ones)
+    left[:, :16], right[:, 16:] = 1, 1
+    other = overlay_labels(frame, [Heatmap("Apfel", left, 1.0, 0.9), Heatmap("Birne", right, 1.0, 0.9)])
+    assert other.shape == frame.shape
+    assert not np.array_equal(other[5, 5], other[5, 25])  # other labels: distinct colours
+    assert not np.array_equal(other[5, 5], frame[5, 5]) and not np.array_equal(other[5, 25], frame[5, 25])
+    strong = overlay_labels(frame, [Heatmap("error", ones, 1.0, 0.9)], {"error": 1.0})
+    weak = overlay_labels(frame, [Heatmap("error", ones, 0.02, 0.9)], {"error": 1.0})
+    assert np.abs(weak.astype(int) - frame).max() <= 4 < np.abs(strong.astype(int) - frame).max()
+    # the Heatmap's own strength is used when no reference is given (how the daemon calls it)
+    weak2 = overlay_labels(frame, [Heatmap("error", ones, 0.02, 0.9, strength=0.02)])
+    np.testing.assert_array_equal(weak2, weak)
+    j_strong = overlay_jet(frame, Heatmap("error", ones, 1.0, 0.9, 1.0))
+    j_weak = overlay_jet(frame, Heatmap("error", ones, 0.02, 0.9, 0.02))
+    assert np.abs(j_weak.astype(int) - frame).max() < np.abs(j_strong.astype(int) - frame).max()
+
+
+# ----------------------------------------------------------------------------- known location
+
+
+def bright_square_model(size: int = 64):
+    """Hand-set detector: a 5×5 mean-brightness conv, ReLU, GAP, Dense: 'error' = brightness."""
+    import keras
+    from keras import layers
+
+    i = keras.Input((size, size, 3))
+    x = layers.Conv2D(1, 5, padding="same", name="detector")(i)
+    x = layers.ReLU(name="bright")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    o = layers.Dense(4, activation="sigmoid")(x)
+    m = keras.Model(i, o)
+    m.get_layer("detector").set_weights([np.full((5, 5, 3, 1), 1 / 75, np.float32), np.zeros(1, np.float32)])
+    m.layers[-1].set_weights([np.array([[-4.0, 8.0, 0.0, 0.0]], np.float32), np.array([1.0, 0.5, -6.0, -6.0], np.float32)])
+    return m
+
+
+def square_image(x: int, y: int, side: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(20, 60, (256, 256, 3)).astype(np.uint8)
+    img[y:y + side, x:x + side] = 230
+    return img
+
+
+@pytest.fixture(scope="module")
+def square_bundle(tmp_path_factory):
+    m = bright_square_model()
+    return m, make_bundle(m, tmp_path_factory.mktemp("gc") / "square", SEAM)
+
+
+def test_known_location_peak_lands_on_the_square(square_bundle):
+    from convert.explainer import find_gradcam_layer
+    from convert.gradcam_tf import TFGradCAM
+    from edge.gradcam import Explainer
+
+    m, root = square_bundle
+    assert find_gradcam_layer(m) == "bright"
+    ex, tg = Explainer(root), TFGradCAM(m, labels=SEAM)
+    for (x, y) in [(20, 30), (180, 190), (110, 40)]:
+        img = square_image(x, y)
+        for maps in (ex.explain(img, ["error"]), tg.explain(img, ["error"])):
+            hm = maps["error"]
+            assert hm.score > 0.5 and hm.cam.shape == (256, 256)
+            yy, xx = np.unravel_index(int(hm.cam.argmax()), hm.cam.shape)
+            assert x - 4 <= xx < x + 44 and y - 4 <= yy < y + 44, (x, y, xx, yy)
+            inside = hm.cam[y:y + 40, x:x + 40].sum() / hm.cam.sum()
+            assert inside > 0.5
+
+
+def test_cost_function_reports_a_ratio(square_bundle):
+    from edge.gradcam import measure_cost
+
+    _, root = square_bundle
+    res = measure_cost(root, square_image(50, 50), ["error", "break", "length"], threads=1, repeats=3)
+    assert set(res) == {"explain_ms", "forward_ms", "ratio"}
+    assert res["explain_ms"] > 0 and res["forward_ms"] > 0 and np.isfinite(res["ratio"])
+
+
+# ----------------------------------------------------------------------------- keras applications
+
+
+@pytest.mark.slow
+def test_keras_applications_layers_and_maps(tmp_path):
+    """VGG16 and MobileNetV2 (weights=None, small inputs): auto layer names, TF heatmaps sane;
+    VGG16's fc1/fc2 head is refused on the LiteRT path with the layer named; MobileNetV2's
+    BN → ReLU6 → GAP → Dense head is supported and agrees with TF."""
+    import keras
+
+    from convert.explainer import export_explainer, find_gradcam_layer
+    from convert.gradcam_tf import TFGradCAM
+    from edge.gradcam import Explainer
+
+    img = sample_frames(1, seed=3)[0][:200, :180]  # a non-square frame
+    vgg = keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=3)
+    mnet = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, classes=3)
+    assert find_gradcam_layer(vgg) == "block5_conv3"
+    assert find_gradcam_layer(mnet) == "Conv_1"
+    for model in (vgg, mnet):
+        tg = TFGradCAM(model, labels=["a", "b", "c"])
+        maps = tg.explain(img)
+        assert list(maps) == ["a", "b", "c"]
+        for hm in maps.values():
+            assert hm.cam.shape == (200, 180) and hm.cam.dtype == np.float32
+            assert np.all(np.isfinite(hm.cam)) and hm.cam.min() >= 0 and hm.cam.max() <= 1
+            assert np.isfinite(hm.peak) and hm.peak >= 0
+    with pytest.raises(ModelError, match="fc1"):
+        export_explainer(vgg, tmp_path / "vgg")
+    assert not (tmp_path / "vgg" / "explainer.tflite").exists()
+    root = make_bundle(mnet, tmp_path / "mnet", ["a", "b", "c"], task="multiclass")
+    assert_agree(Explainer(root).explain(img), TFGradCAM(mnet, labels=["a", "b", "c"]).explain(img))
+
+
+def test_unsupported_head_model_error_litert_but_tf_works(tmp_path):
+    import keras
+    from keras import layers
+
+    from convert.explainer import export_explainer
+    from convert.gradcam_tf import TFGradCAM
+
+    i = keras.Input((32, 32, 3))
+    x = layers.Conv2D(4, 3, padding="same", name="feat")(i)
+    x = layers.Flatten()(layers.MaxPooling2D(2)(x))
+    x = layers.Dense(8, activation="relu", name="hidden")(x)
+    o = layers.Dense(2, activation="softmax")(x)
+    m = keras.Model(i, o)
+    with pytest.raises(ModelError, match="'hidden'"):
+        export_explainer(m, tmp_path)
+    with pytest.raises(ModelError, match="no layer 'nope'"):
+        export_explainer(m, tmp_path, layer="nope")
+    maps = TFGradCAM(m, labels=["x", "y"]).explain(sample_frames(1)[0])
+    assert all(np.isfinite(h.cam).all() and h.cam.shape == (256, 256) for h in maps.values())
