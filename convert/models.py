@@ -8,7 +8,9 @@
   ``AveragePooling2D(4)``, ``Flatten``, ``Dense(n)``.
 * ``resnet-int8`` — same topology, Conv → BN → ReLU. ReLU→BN (the seed's order) leaves a BN
   that cannot be folded into the convolution, and full-int8 quantisation of its unbounded
-  output loses accuracy (DESIGN §3); Conv→BN folds and quantises cleanly.
+  output loses accuracy (DESIGN §3); Conv→BN folds and quantises cleanly. Its BNs use
+  momentum 0.9 (Keras default 0.99): with 0.99 the moving statistics of a short CPU run (a few
+  hundred steps) still remember their initial values, and inference disagrees with training.
 * ``cnn`` — the seed CNN: 4 × [Conv 3×3 ReLU, BN, MaxPool 2], Flatten, Dense 128 ReLU, Dense.
 
 The last Dense is linear and named ``logits``, followed by an ``Activation`` named
@@ -29,8 +31,13 @@ RESNET_BLOCKS = (2, 4, 2)
 
 
 def _resnet(n_labels: int, height: int, width: int, filters: int, activation: str, friendly: bool):
+    import functools
+
     import keras
     from keras import layers
+
+    if friendly:  # BN statistics settle within a few hundred steps (short CPU runs, int8 calibration)
+        layers = _Layers(layers, functools.partial(layers.BatchNormalization, momentum=0.9))
 
     def relu_bn(x, name=None):
         if friendly:  # caller already applied BN after the conv
@@ -69,6 +76,16 @@ def _resnet(n_labels: int, height: int, width: int, filters: int, activation: st
     t = layers.Dense(n_labels, name="logits")(t)
     outputs = layers.Activation(activation, name="predictions")(t)
     return keras.Model(inputs, outputs, name="resnet_int8" if friendly else "resnet")
+
+
+class _Layers:
+    """``keras.layers`` with ``BatchNormalization`` replaced (a namespace shim)."""
+
+    def __init__(self, base, bn):
+        self._base, self.BatchNormalization = base, bn
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
 
 
 def _cnn(n_labels: int, height: int, width: int, filters: int, activation: str):

@@ -1,0 +1,410 @@
+"""``export``: a trained model → the model bundle the Pi runs (DESIGN §5), with a parity check.
+
+Writes, into a temporary directory renamed into place only when everything passed (so a failed
+export never leaves half a bundle, and an existing bundle is replaced only with ``--force``):
+
+* ``classifier_fp32.tflite`` and ``classifier_int8.tflite`` — fixed batch 1, TFLITE_BUILTINS only
+  (``convert.tflite.keras_to_tflite``). int8 is full-integer when that keeps parity with Keras
+  on the calibration set (label agreement ≥ 99.5 %), dynamic-range int8 otherwise;
+* ``explainer.tflite`` + ``head.npz`` — ``convert.explainer.export_explainer`` (float features);
+* ``model.keras`` — the full model, for the TF Grad-CAM path;
+* ``manifest.json`` (``edge.bundle.write_manifest``: sha256 of every file) with thresholds
+  (calibrated on ``--valid`` by per-label accuracy, else 0.5), metrics and ``parity``.
+
+Parity (Keras vs TFLite on the calibration images, same preprocessing): max |Δ probability|
+and label agreement, for fp32 and int8. The export fails (non-zero exit, nothing written)
+when fp32 max |Δ| > 1e-3 or int8 label agreement < 99 %.
+
+Inputs: ``.keras``; legacy full-model ``.h5``; weights-only ``.h5`` + ``--arch`` (weights
+assigned by layer order, every shape checked); Keras 3 ``.weights.h5`` + ``--arch``; a
+TensorFlow SavedModel directory (classifiers only: no layers, so no Grad-CAM explainer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import edge
+from edge.bundle import write_manifest
+from edge.errors import DataError, ModelError
+
+from .data import load_dataset, batches
+from .evaluate import calibrate_thresholds, multiclass_metrics, multilabel_metrics
+from .models import ARCHS, build_model, check_arch, infer_meta, load_keras, read_meta, save_model
+
+FP32_MAX_DIFF = 1e-3
+INT8_MIN_AGREEMENT = 99.0
+FULL_INT8_MIN_AGREEMENT = 99.5
+
+
+class ParityError(ModelError):
+    """TFLite does not reproduce Keras closely enough; nothing was written."""
+
+
+# --- loading every model form ------------------------------------------------------------------
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:200]
+
+
+def _h5_weight_layers(path: Path) -> list[tuple[str, list[np.ndarray]]]:
+    """Legacy (Keras 2) HDF5 weights in layer order: [(layer name, [arrays])] for layers with weights."""
+    import h5py
+
+    try:
+        f = h5py.File(str(path), "r")
+    except OSError as e:
+        raise ModelError(f"{path}: not an HDF5 file ({_first_line(e)})") from None
+    with f:
+        g = f["model_weights"] if "model_weights" in f else f
+        if "layer_names" not in g.attrs:
+            raise ModelError(f"{path}: no 'layer_names' attribute (not a Keras weights file)")
+        out = []
+        for raw in g.attrs["layer_names"]:
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            wn = [w.decode() if isinstance(w, bytes) else str(w) for w in g[name].attrs.get("weight_names", [])]
+            if wn:
+                out.append((name, [np.asarray(g[name][w]) for w in wn]))
+        return out
+
+
+def _h5_is_full_model(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(str(path), "r") as f:
+            return "model_config" in f.attrs
+    except OSError as e:
+        raise ModelError(f"{path}: not an HDF5 file ({_first_line(e)})") from None
+
+
+def load_weights_by_order(model, path: Path) -> None:
+    """Assign a legacy weights file to ``model`` layer by layer (the seed's ``load_weights``),
+    checking every shape; a mismatch is one line naming the layers."""
+    saved = _h5_weight_layers(path)
+    layers = [lyr for lyr in model.layers if lyr.weights]
+    if len(saved) != len(layers):
+        raise ModelError(f"{path}: {len(saved)} layers with weights, but architecture {model.name!r} has "
+                         f"{len(layers)} (wrong --arch?)")
+    for (sname, arrays), lyr in zip(saved, layers):
+        if len(arrays) != len(lyr.weights):
+            raise ModelError(f"{path}: layer {sname!r} has {len(arrays)} weights, model layer {lyr.name!r} "
+                             f"({type(lyr).__name__}) has {len(lyr.weights)}")
+        for a, w in zip(arrays, lyr.weights):
+            if tuple(a.shape) != tuple(w.shape):
+                raise ModelError(f"{path}: layer {sname!r} weight shape {list(a.shape)} does not fit model layer "
+                                 f"{lyr.name!r} ({type(lyr).__name__}) {list(w.shape)} (wrong --arch, --size or "
+                                 f"--filters?)")
+    for (_, arrays), lyr in zip(saved, layers):
+        lyr.set_weights(arrays)
+
+
+def _weights_only(path: Path, arch: str | None, size: int, labels: list[str] | None, task: str):
+    if not arch:
+        raise ModelError(f"{path}: a weights-only file; say which architecture with --arch ({', '.join(ARCHS)})")
+    check_arch(arch)
+    if path.name.endswith(".weights.h5"):  # Keras 3 weights: need n_labels and filters from the caller
+        n = len(labels or [])
+        if not n:
+            raise ModelError(f"{path}: Keras 3 weights need the labels; pass --calibration data")
+        model = build_model(arch, n, size, size, 64, task)
+        try:
+            model.load_weights(str(path))
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"{path}: weights do not fit {arch!r} ({_first_line(e)})") from None
+        return model
+    saved = _h5_weight_layers(path)
+    if not saved:
+        raise ModelError(f"{path}: no weights found")
+    first, last = saved[0][1], saved[-1][1]
+    # the first layer with a 4-D kernel gives the filters; the last Dense gives the label count
+    kernels = [a[0] for _, a in saved if a[0].ndim == 4]
+    filters = int(kernels[0].shape[-1]) if kernels else 64
+    n = int(last[0].shape[-1]) if last[0].ndim == 2 else len(labels or [])
+    del first
+    model = build_model(arch, n, size, size, filters, task)
+    load_weights_by_order(model, path)
+    return model
+
+
+def _savedmodel(path: Path, size: int):
+    import keras
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+        sig = loaded.signatures["serving_default"]
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"{path}: not a loadable SavedModel with a serving_default signature ({_first_line(e)})") \
+            from None
+    specs = list(sig.structured_input_signature[1].values())
+    if len(specs) != 1:
+        raise ModelError(f"{path}: SavedModel signature has {len(specs)} inputs; expected one image")
+    shape = specs[0].shape
+    h = int(shape[1]) if shape.rank == 4 and shape[1] is not None else size
+    w = int(shape[2]) if shape.rank == 4 and shape[2] is not None else size
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    inp = keras.Input((h, w, 3), name="image")
+    out = layer(inp)
+    if isinstance(out, dict):
+        if len(out) != 1:
+            raise ModelError(f"{path}: SavedModel has {len(out)} outputs ({', '.join(out)}); expected one")
+        out = next(iter(out.values()))
+    return keras.Model(inp, out, name="savedmodel")
+
+
+def load_model_any(path: str | Path, arch: str | None = None, size: int = 128, labels: list[str] | None = None,
+                   task: str = "multilabel") -> tuple[object, dict]:
+    """``.keras`` / full ``.h5`` / weights-only ``.h5`` + arch / SavedModel dir → ``(model, meta)``.
+
+    ``meta["form"]`` says which; ``labels`` (from the data set) name the outputs of foreign models.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "saved_model.pb").is_file():
+            raise ModelError(f"{p}: a directory but not a SavedModel (no saved_model.pb)")
+        model = _savedmodel(p, size)
+        meta = {"form": "savedmodel"}
+    elif not p.is_file():
+        raise ModelError(f"{p}: model file not found")
+    elif p.suffix == ".keras":
+        model, meta = load_keras(p)
+        meta = {**read_meta(p), "form": "keras"}
+    elif p.suffix == ".h5":
+        if _h5_is_full_model(p):
+            import keras
+
+            try:
+                model = keras.models.load_model(str(p), compile=False)
+            except Exception as e:  # noqa: BLE001
+                raise ModelError(f"{p}: cannot load this .h5 model ({_first_line(e)})") from None
+            meta = {"form": "h5"}
+        else:
+            model = _weights_only(p, arch, size, labels, task)
+            meta = {"form": "h5-weights", "arch": arch}
+    else:
+        raise ModelError(f"{p}: unknown model format (expected .keras, .h5 or a SavedModel directory)")
+    n = int(model.outputs[0].shape[-1])
+    if "labels" not in meta and labels and len(labels) == n:
+        meta["labels"] = list(labels)
+        meta.setdefault("task", task)
+    return model, infer_meta(model, meta)
+
+
+# --- parity --------------------------------------------------------------------------------------
+
+def decisions(p: np.ndarray, task: str, thresholds: np.ndarray) -> np.ndarray:
+    if task == "multiclass":
+        return np.argmax(p, 1)
+    return p >= thresholds[None, :]
+
+
+def parity(ref: np.ndarray, got: np.ndarray, task: str, thresholds: np.ndarray) -> dict:
+    """max |Δ| of probabilities and label agreement (% of image×label decisions; multiclass: top-1)."""
+    a, b = decisions(ref, task, thresholds), decisions(got, task, thresholds)
+    return {"max_abs_diff": float(np.max(np.abs(ref - got))) if len(ref) else 0.0,
+            "mean_abs_diff": float(np.mean(np.abs(ref - got))) if len(ref) else 0.0,
+            "label_agreement": 100.0 * float(np.mean(a == b)) if len(ref) else 100.0,
+            "image_agreement": 100.0 * float(np.mean(a == b if a.ndim == 1 else np.all(a == b, 1))) if len(ref)
+            else 100.0, "images": int(len(ref))}
+
+
+def _tflite_predict(path: Path, x: np.ndarray, n: int) -> np.ndarray:
+    from edge.classify import TFLiteModel
+
+    from .evaluate import tflite_predict_fn
+
+    return tflite_predict_fn(TFLiteModel(path, threads=2), n)(x)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    manifest: dict
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def export_bundle(model_path: str | Path, calibration: str | Path, out: str | Path, valid: str | Path | None = None,
+                  arch: str | None = None, size: int = 128, force: bool = False, name: str | None = None,
+                  max_images: int = 300, int8: str = "auto") -> ExportResult:
+    """Build and verify the bundle in a temp dir, then rename it to ``out``."""
+    from .evaluate import keras_predict_fn
+    from .tflite import keras_to_tflite
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise ModelError(f"{out}: already exists; pass --force to replace it")
+    if int8 not in ("auto", "full", "dynamic"):
+        raise ModelError(f"--int8 {int8!r}: choose auto, full or dynamic")
+    cal = load_dataset(calibration)
+    model, meta = load_model_any(model_path, arch, size, list(cal.labels), cal.task)
+    labels, task = list(meta["labels"]), meta["task"]
+    h, w = int(meta["height"]), int(meta["width"])
+    if list(cal.labels) != labels:
+        raise DataError(f"{calibration}: labels {list(cal.labels)} differ from the model's {labels}")
+    if len(cal) > max_images:
+        cal = cal.subset(np.linspace(0, len(cal) - 1, max_images).round().astype(int))
+    x = np.concatenate([b for b, _ in batches(cal, h, w, 64)])
+    ref = keras_predict_fn(model)(x)
+    if not np.all(np.isfinite(ref)):
+        raise ModelError(f"{model_path}: Keras predictions are not finite on {calibration}")
+
+    va = load_dataset(valid) if valid else None
+    if va is not None and list(va.labels) != labels:
+        raise DataError(f"{valid}: labels {list(va.labels)} differ from the model's {labels}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        files: dict[str, str] = {}
+        thr0 = np.full(len(labels), 0.5)
+        _log(f"export: fp32 TFLite ({h}x{w}, batch 1, builtins only)")
+        (tmp / "classifier_fp32.tflite").write_bytes(keras_to_tflite(model, h, w, "none"))
+        files["classifier_fp32"] = "classifier_fp32.tflite"
+        par: dict = {"calibration": str(calibration)}
+        par["fp32"] = parity(ref, _tflite_predict(tmp / "classifier_fp32.tflite", x, len(labels)), task, thr0)
+
+        int8_kind = None
+        if int8 in ("auto", "full"):
+            _log("export: full-int8 TFLite (representative: calibration images)")
+            rep = x[: min(len(x), 100)]
+            try:
+                blob = keras_to_tflite(model, h, w, "int8", representative=lambda: ([r[None]] for r in rep))
+                (tmp / "classifier_int8.tflite").write_bytes(blob)
+                par["int8_full"] = parity(ref, _tflite_predict(tmp / "classifier_int8.tflite", x, len(labels)),
+                                          task, thr0)
+                if int8 == "full" or par["int8_full"]["label_agreement"] >= FULL_INT8_MIN_AGREEMENT:
+                    int8_kind = "full"
+            except Exception as e:  # noqa: BLE001 - converter errors: fall back to dynamic range
+                par["int8_full"] = {"error": _first_line(e)}
+        if int8_kind is None:
+            _log("export: dynamic-range int8 TFLite" + (" (full int8 lost parity)" if int8 == "auto" else ""))
+            (tmp / "classifier_int8.tflite").write_bytes(keras_to_tflite(model, h, w, "dynamic"))
+            int8_kind = "dynamic"
+        files["classifier_int8"] = "classifier_int8.tflite"
+        p_int8 = _tflite_predict(tmp / "classifier_int8.tflite", x, len(labels))
+        par["int8"] = {**parity(ref, p_int8, task, thr0), "quantization": int8_kind}
+
+        # thresholds: calibrated on --valid with the classifier the Pi runs
+        metrics: dict = {}
+        if task == "multilabel":
+            if va is not None:
+                xv = np.concatenate([b for b, _ in batches(va, h, w, 64)])
+                pv = _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
+                thresholds = calibrate_thresholds(va.targets, pv, labels)
+                metrics = {"int8_valid": multilabel_metrics(va.targets, pv, labels, thresholds),
+                           "data": str(valid)}
+            else:
+                thresholds = {lab: 0.5 for lab in labels}
+                metrics = {"int8_calibration": multilabel_metrics(cal.targets, p_int8, labels, thresholds),
+                           "data": str(calibration)}
+            thr = np.array([thresholds[lab] for lab in labels])
+            par["fp32"] = {**par["fp32"], **{k: v for k, v in parity(ref, _tflite_predict(
+                tmp / "classifier_fp32.tflite", x, len(labels)), task, thr).items() if k.endswith("agreement")}}
+            par["int8"].update({k: v for k, v in parity(ref, p_int8, task, thr).items() if k.endswith("agreement")})
+        else:
+            thresholds = {}
+            if va is not None:
+                xv = np.concatenate([b for b, _ in batches(va, h, w, 64)])
+                pv = _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
+                metrics = {"int8_valid": multiclass_metrics(va.targets, pv, labels), "data": str(valid)}
+        for kind in ("fp32", "int8"):
+            _log(f"parity {kind:>4} vs Keras on {len(x)} images: max|Δ| {par[kind]['max_abs_diff']:.2e}, "
+                 f"label agreement {par[kind]['label_agreement']:.2f} %"
+                 + (f" ({par['int8']['quantization']})" if kind == "int8" else ""))
+        if "int8_full" in par and "label_agreement" in par["int8_full"] and int8_kind == "dynamic":
+            _log(f"  (full int8 tried: max|Δ| {par['int8_full']['max_abs_diff']:.2e}, "
+                 f"agreement {par['int8_full']['label_agreement']:.2f} % → kept dynamic range)")
+        if not par["fp32"]["max_abs_diff"] <= FP32_MAX_DIFF:
+            raise ParityError(f"parity failed: fp32 TFLite differs from Keras by {par['fp32']['max_abs_diff']:.3g} "
+                              f"(> {FP32_MAX_DIFF}) on {calibration}; bundle not written")
+        if not par["int8"]["label_agreement"] >= INT8_MIN_AGREEMENT:
+            raise ParityError(f"parity failed: int8 label agreement {par['int8']['label_agreement']:.2f} % "
+                              f"(< {INT8_MIN_AGREEMENT} %) on {calibration}; bundle not written")
+
+        gradcam = None
+        if meta.get("form") != "savedmodel":
+            from .explainer import export_explainer
+
+            _log("export: explainer (float, predictions + Grad-CAM features) and head")
+            gfiles, gradcam = export_explainer(model, tmp, calibration=x)
+            files.update(gfiles)
+            src = Path(model_path)
+            if src.suffix == ".keras":
+                shutil.copyfile(src, tmp / "model.keras")
+            else:
+                save_model(model, tmp / "model.keras", {k: v for k, v in meta.items() if k != "form"})
+            files["keras"] = "model.keras"
+        else:
+            _log("export: SavedModel input has no Keras layers: no Grad-CAM explainer in this bundle")
+
+        manifest = {
+            "name": name or out.name,
+            "task": task,
+            "labels": labels,
+            "input": {"height": h, "width": w},
+            "classifier": "classifier_int8",
+            "thresholds": thresholds,
+            "metrics": metrics,
+            "parity": par,
+            "source": {"model": str(model_path), "form": meta.get("form"), "arch": meta.get("arch")},
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "producer": f"seam-qc {edge.__version__}",
+        }
+        if gradcam:
+            manifest["gradcam"] = gradcam
+        write_manifest(tmp, manifest, files)
+        from edge.bundle import load_bundle
+
+        load_bundle(tmp)  # what the Pi will do: verify before publishing
+        if out.exists():  # --force
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+        return ExportResult(out, {**manifest, "files": files})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a trained model to the model bundle (TFLite + Grad-CAM files)",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, metavar="FILE.keras|FILE.h5|SAVEDMODEL_DIR")
+    p.add_argument("--calibration", required=True, metavar="CSV|DIR",
+                   help="images for int8 calibration and the Keras-vs-TFLite parity check")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to create")
+    p.add_argument("--valid", metavar="CSV|DIR", help="validation set to calibrate thresholds and measure metrics")
+    p.add_argument("--arch", help=f"architecture of a weights-only .h5 ({', '.join(ARCHS)})")
+    p.add_argument("--size", type=int, default=128, help="input size for weights-only / SavedModel inputs")
+    p.add_argument("--int8", default="auto", choices=("auto", "full", "dynamic"),
+                   help="int8 classifier: full integer when it keeps parity (auto), or force one")
+    p.add_argument("--name", help="bundle name in the manifest (default: the folder name)")
+    p.add_argument("--max-images", type=int, default=300, help="calibration images used (default 300)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    res = export_bundle(args.model, args.calibration, args.out, args.valid, args.arch, args.size, args.force,
+                        args.name, args.max_images, args.int8)
+    par = res.manifest["parity"]
+    print(f"wrote {res.out}: {', '.join(res.manifest['files'])}; int8 = {par['int8']['quantization']}, "
+          f"fp32 max|Δ| {par['fp32']['max_abs_diff']:.2e}, int8 agreement {par['int8']['label_agreement']:.2f} %")
+    return 0
