@@ -31,6 +31,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import paho.mqtt.client as mqtt
+
 from edge.errors import ConfigError
 from edge.outbox import Outbox, OutboxError
 
@@ -177,8 +179,6 @@ class Publisher:
 
     # -- set-up -------------------------------------------------------------------------------
     def _build_client(self) -> None:
-        import paho.mqtt.client as mqtt
-
         cfg = self.cfg
         tls = cfg.tls
         ca = cert = key = None
@@ -209,7 +209,7 @@ class Publisher:
         # +2: room for `online`/`offline` next to a full window of alerts, so paho never has to queue
         # an alert behind the window (a queued one could be overtaken after a reconnect).
         client.max_inflight_messages_set(cfg.max_inflight + 2)
-        client.max_queued_messages_set(cfg.max_queued)
+        client.max_queued_messages_set(max(cfg.max_queued, cfg.max_inflight + 4))
         # paho's own log (packets, never the password) goes to <our logger>.paho at DEBUG only: it
         # repeats its errors on every retry; we log each state change once, with paho's last error.
         self._paho_log = logging.getLogger(f"{self.log.name}.paho")
@@ -248,8 +248,6 @@ class Publisher:
             self.log.log(level, msg, *args)
 
     def _on_log(self, client, userdata, level, buf) -> None:
-        import paho.mqtt.client as mqtt
-
         if level in (mqtt.MQTT_LOG_ERR, mqtt.MQTT_LOG_WARNING):
             self._last_error = buf
         self._paho_log.debug("%s", buf)
@@ -267,7 +265,11 @@ class Publisher:
                         self.cfg.host, self.cfg.port, reason_code)
         # Published from inside on_connect so it goes out before anything else of this session.
         info = client.publish(self.topics.status, "online", qos=1, retain=True)
-        self._online_mid = info.mid
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:
+            self._online_mid = info.mid
+        else:  # never stall the alerts on the status message
+            self.log.error("MQTT: cannot publish `online` (%s)", mqtt.error_string(info.rc))
+            self._ready, self._cursor = True, 0
         self._wake.set()
 
     def _on_connect_fail(self, client, userdata) -> None:
@@ -354,8 +356,6 @@ class Publisher:
             self.delivered += len(done)
 
     def _pump(self) -> None:
-        import paho.mqtt.client as mqtt
-
         window = max(1, int(self.cfg.max_inflight))
         while self._ready and not self._stop and len(self._inflight) < window:
             items = self.outbox.pending(limit=window, after_seq=self._cursor)
@@ -416,13 +416,13 @@ class Publisher:
         """QoS 0 retained stats; skipped (False) when not connected or disabled."""
         if not self.enabled or not self._connected or self._client is None:
             return False
-        import paho.mqtt.client as mqtt
-
         info = self._client.publish(self.topics.stats, encode(payload), qos=0, retain=True)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every alert in the outbox was acknowledged (True) or ``timeout`` passed."""
+        if not self.enabled:
+            return self.outbox.depth() == 0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._connected and self._ready and self._is_flushed() and self.outbox.depth() == 0:
@@ -444,7 +444,7 @@ class Publisher:
         deadline = time.monotonic() + timeout
         # 1. let the sender finish what is in flight (and the backlog, while time allows)
         while self._connected and time.monotonic() < deadline and not self._failure:
-            if self._ready and self._is_flushed():
+            if self._ready and self._is_flushed() and self.outbox.depth() == 0:
                 break
             self._wake.set()
             with self._idle:
@@ -458,7 +458,7 @@ class Publisher:
             except (RuntimeError, ValueError):
                 pass
             if not info.is_published():
-                self.log.warning("MQTT: `offline` not acknowledged before stop; the broker's will covers it")
+                self.log.warning("MQTT: `offline` was not acknowledged within the stop timeout")
         # 3. stop the sender, then the network loop
         self._stop_sender = True
         self._wake.set()
