@@ -248,7 +248,7 @@ def register(subparsers) -> None:
     dg.add_argument("--defects", type=int, default=None, help="number of error/break defects")
     dg.add_argument("--defect-every-mm", type=float, default=None, help="spacing of defects along the seam")
     v.add_argument("--length-stretches", type=int, default=None,
-                   help="number of stretches of the other stitch length (default: one per ~400 mm)")
+                   help="number of stretches of the other stitch length (default: one per ~300 mm, ≥ 1 if it fits)")
     v.add_argument("--stretch-mm", type=float, default=None,
                    help="length of each stretch in mm (default 2.5 ROI widths, min 1.5)")
     p.set_defaults(func=run)
@@ -260,7 +260,6 @@ def run(args: argparse.Namespace) -> int:
     if args.video is not None:
         if args.frames is None:
             raise DataError("--frames is required with --video")
-        from convert.synth_video import write_video
         t0 = time.perf_counter()
         rows = write_video(args.video, args.frames, args.seed, fps=args.fps,
                            stitches_per_min=args.stitches_per_min, base_length_mm=args.base_length,
@@ -287,7 +286,295 @@ def truth_path(video: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".truth.csv")
 
 
-def write_video(path: str | os.PathLike, frames: int, seed: int = 0, **opts: Any) -> list[TruthRow]:
-    """Write the seam video and ``FILE.truth.csv``; see ``convert.synth_video.write_video``."""
-    from convert.synth_video import write_video as _wv
-    return _wv(path, frames, seed, **opts)
+# --------------------------------------------------------------------------- video
+
+DEFAULT_STITCHES_PER_MIN = 1000.0   # slow industrial lockstitch run: 2 mm → 33 mm/s
+DEFAULT_DEFECT_EVERY_MM = 60.0
+DEFAULT_STRETCH_ROIS = 2.5          # a length stretch spans 2.5 ROI widths (≥ 1.5 required)
+STRETCH_EVERY_MM = 300.0
+MAX_DEFECT_W = 150                  # px; wider defects are redrawn (keeps ≥ 6 frames in the ROI)
+CHUNK = 1024                        # strip columns rendered at a time
+CHUNK_PAD = 64
+
+
+def _check_video_opts(frames: int, fps: float, spm: float, base: float, defects: int | None,
+                      every: float | None, stretches: int | None, stretch_mm: float | None,
+                      px_per_mm: float) -> None:
+    if int(frames) <= 0:
+        raise DataError(f"--frames must be ≥ 1, got {frames}")
+    if not (1.0 <= float(fps) <= 240.0):
+        raise DataError(f"--fps must be in 1..240, got {fps}")
+    if not (0 < float(spm) <= 10000):
+        raise DataError(f"--stitches-per-min must be in (0, 10000], got {spm}")
+    if float(base) not in (2.0, 4.0):
+        raise DataError(f"--base-length must be 2 or 4 (mm), got {base}")
+    if defects is not None and int(defects) < 0:
+        raise DataError(f"--defects must be ≥ 0, got {defects}")
+    if every is not None and float(every) <= 0:
+        raise DataError(f"--defect-every-mm must be > 0, got {every}")
+    if stretches is not None and int(stretches) < 0:
+        raise DataError(f"--length-stretches must be ≥ 0, got {stretches}")
+    if stretch_mm is not None and float(stretch_mm) * px_per_mm < 1.5 * ROI[2]:
+        raise DataError(f"--stretch-mm must be ≥ {1.5 * ROI[2] / px_per_mm:.1f} (1.5 ROI widths), "
+                        f"got {stretch_mm}")
+    if not (4.0 <= float(px_per_mm) <= 50.0):
+        raise DataError(f"px_per_mm must be in 4..50 for video, got {px_per_mm}")
+
+
+def _inside_frames(x0: float, x1: float, offs: np.ndarray) -> np.ndarray:
+    """Frames whose integer box [floor(x0-off), ceil(x1-off)) lies wholly in the ROI columns."""
+    rx0, rx1 = ROI[0], ROI[0] + ROI[2]
+    return np.nonzero((np.floor(x0 - offs) >= rx0) & (np.ceil(x1 - offs) <= rx1))[0]
+
+
+class _StripCache:
+    """Renders the static strip in CHUNK-wide pieces on demand (keeps the last two)."""
+
+    def __init__(self, scene, height: int):
+        from convert.synth_render import render_static
+        self._render = render_static
+        self.scene, self.h = scene, height
+        self.cache: dict[int, np.ndarray] = {}
+
+    def chunk(self, c: int) -> np.ndarray:
+        if c not in self.cache:
+            x0 = c * CHUNK - CHUNK_PAD
+            img = self._render(self.scene, float(x0), 0.0, CHUNK + 2 * CHUNK_PAD, self.h)
+            self.cache[c] = img[:, CHUNK_PAD:CHUNK_PAD + CHUNK]
+            for k in [k for k in self.cache if k < c - 1]:
+                del self.cache[k]
+        return self.cache[c]
+
+    def columns(self, x0: int, w: int) -> np.ndarray:
+        c0, c1 = x0 // CHUNK, (x0 + w - 1) // CHUNK
+        parts = [self.chunk(c) for c in range(c0, c1 + 1)]
+        strip = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        s = x0 - c0 * CHUNK
+        return strip[:, s:s + w]
+
+
+def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: float = 30.0,
+                stitches_per_min: float | None = None, base_length_mm: float = 2.0,
+                defects: int | None = None, defect_every_mm: float | None = None,
+                length_stretches: int | None = None, stretch_mm: float | None = None,
+                px_per_mm: float = DEFAULT_PX_PER_MM, progress: bool = False) -> list[TruthRow]:
+    """Write a 640×480 ``mp4v`` video of a seam strip scrolling past the camera + truth CSV.
+
+    The strip moves right-to-left at ``stitches_per_min × base_length_mm / 60`` mm/s (default
+    1000 stitches/min × 2 mm = 33 mm/s, a slow industrial run: 13.9 px/frame at 30 fps, so a
+    defect ≤ 150 px wide stays wholly inside the 256-px ROI for ≥ 7 frames). The strip speed is
+    constant (set by the base length) also inside stretches of the other length.
+
+    Defects (``error``/``break``) are spaced so two never share the ROI: ``defects`` evenly over
+    the video or one every ``defect_every_mm`` (default 60 mm). ``length_stretches`` stretches
+    (default one per ~300 mm of travel, at least one when it fits) of the *other* stitch length, each ``stretch_mm`` long
+    (default 2.5 ROI widths), are truth rows with label ``length``: "inside" means the stretch
+    covers the whole ROI, and their box is the ROI columns × the seam band at the middle frame.
+    Returns the truth rows (also written to ``FILE.truth.csv``), sorted by first frame.
+    """
+    from convert.synth_render import (Scene, add_stitches, break_span, camera, make_break,
+                                      make_error, random_camera, random_scene_style, stitch_holes)
+    from convert.synth_fabric import tile_bank
+
+    spm = DEFAULT_STITCHES_PER_MIN if stitches_per_min is None else float(stitches_per_min)
+    _check_video_opts(frames, fps, spm, base_length_mm, defects, defect_every_mm, length_stretches,
+                      stretch_mm, px_per_mm)
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise DataError(f"--video {path}: is a directory")
+    if not path.parent.exists() or not os.access(path.parent, os.W_OK):
+        raise DataError(f"--video {path}: folder {path.parent} does not exist or is not writable")
+
+    # independent streams: layout, scene (fabric, seam, stitches), defect shapes, camera, noise;
+    # so the same seed without defects gives the same video apart from the defects
+    rng, srng, drng, crng, frng = (np.random.default_rng(s) for s in
+                                   np.random.SeedSequence([int(seed), 0x5EA4]).spawn(5))
+    S = float(px_per_mm)
+    frames = int(frames)
+    v = spm * base_length_mm / 60.0 * S / fps            # px per frame
+    offs = np.arange(frames) * v                          # strip column at the frame's left edge
+    travel = float(offs[-1])
+    other_mm = 4.0 if base_length_mm == 2.0 else 2.0
+    rx0, ry0, rw, rh = ROI
+
+    # ---- layout along the strip: defect centres first, then length stretches
+    lo = rx0 + rw + MAX_DEFECT_W / 2 + 8                 # right of the ROI at frame 0
+    hi = rx0 + travel - MAX_DEFECT_W / 2 - 8              # left of it at the last frame
+    min_gap = rw + MAX_DEFECT_W + 16
+    centres: list[float] = []
+    if defects is not None:
+        if defects > 0:
+            if hi < lo:
+                raise DataError(f"--frames {frames}: too short for any defect at this speed")
+            if defects > 1 and (hi - lo) / (defects - 1) < min_gap:
+                raise DataError(f"--defects {defects}: do not fit {frames} frames apart "
+                                f"(at most {int((hi - lo) // min_gap) + 1})")
+            centres = list(np.linspace(lo, hi, defects)) if defects > 1 else [(lo + hi) / 2]
+    else:
+        every = (DEFAULT_DEFECT_EVERY_MM if defect_every_mm is None else defect_every_mm) * S
+        if every < min_gap:
+            raise DataError(f"--defect-every-mm {defect_every_mm}: must be ≥ {min_gap / S:.1f} mm "
+                            "so that two defects never share the ROI")
+        u = lo + rng.uniform(0, min(every, max(hi - lo, 0)) * 0.5)
+        while u <= hi:
+            centres.append(u)
+            u += every
+    if len(centres) > 1:
+        sp = min(np.diff(centres))
+        slack = (sp - min_gap) / 2
+        centres = [c + rng.uniform(-0.4, 0.4) * slack for c in centres]
+
+    Ls = (stretch_mm * S) if stretch_mm else DEFAULT_STRETCH_ROIS * rw
+    s_lo, s_hi = rx0 + rw + 8, rx0 + travel - v - 8 - Ls   # stretch start range (fully traversed)
+    n_str = length_stretches
+    if n_str is None:   # one per ~300 mm of travel, at least one when it fits
+        n_str = max(int(s_hi >= s_lo), int(travel / S // STRETCH_EVERY_MM))
+        while n_str > 1 and (s_hi - s_lo) / n_str < Ls + rw:
+            n_str -= 1
+    stretches: list[tuple[float, float]] = []
+    if n_str > 0:
+        if s_hi < s_lo:
+            raise DataError(f"--length-stretches {n_str}: --frames {frames} too short for a "
+                            f"{Ls / S:.0f} mm stretch at this speed")
+        seg = (s_hi - s_lo) / n_str
+        if n_str > 1 and seg < Ls + rw:
+            raise DataError(f"--length-stretches {n_str}: do not fit in {frames} frames")
+        keep = MAX_DEFECT_W / 2 + 3 * S
+        for j in range(n_str):
+            best = None
+            for _ in range(60):
+                a = s_lo + seg * j + rng.uniform(0, max(seg - (Ls + rw if n_str > 1 else 0), 0))
+                if all(abs(a - c) > keep and abs(a + Ls - c) > keep for c in centres):
+                    best = a
+                    break
+            if best is None:
+                best = s_lo + seg * j
+                centres = [c for c in centres if abs(best - c) > keep and abs(best + Ls - c) > keep]
+            stretches.append((best, best + Ls))
+
+    # ---- the seam world
+    scene = random_scene_style(srng, S)
+    yc = FRAME_H / 2 + srng.uniform(-20, 20)
+    amp1, lam1, ph1 = srng.uniform(4, 14), srng.uniform(80, 200) * S, srng.uniform(0, 6.3)
+    amp2, lam2, ph2 = srng.uniform(0, 4), srng.uniform(20, 50) * S, srng.uniform(0, 6.3)
+
+    def centre(u):
+        u = np.asarray(u, np.float64)
+        return yc + amp1 * np.sin(2 * np.pi * u / lam1 + ph1) + amp2 * np.sin(2 * np.pi * u / lam2 + ph2)
+
+    def pitch_px(u):
+        for a, b in stretches:
+            if a <= u < b:
+                return other_mm * S
+        return base_length_mm * S
+
+    u_end = travel + FRAME_W + 2 * CHUNK + 8 * S
+    holes = stitch_holes(srng, -4 * S - srng.uniform(0, base_length_mm * S), u_end, pitch_px, centre)
+    scene.centre_u = np.linspace(-CHUNK, u_end + CHUNK, int((u_end + 2 * CHUNK) // 8) + 2)
+    scene.centre_v = centre(scene.centre_u)
+
+    skip: set[int] = set()
+    events: list[tuple[str, tuple[float, float, float, float]]] = []
+    kinds = ["error", "break"] * (len(centres) // 2 + 1)
+    if drng.random() < 0.5:
+        kinds = kinds[1:]
+    for c, label in zip(centres, kinds):
+        k = int(np.argmin(np.abs(holes[:, 0] - c)))
+        pm = pitch_px(holes[k, 0]) / S
+        for _try in range(40):
+            side = 1.0 if drng.random() < 0.5 else -1.0
+            trial = Scene(S=S, look=scene.look, thread_bgr=scene.thread_bgr, thread_w=scene.thread_w)
+            if label == "error":
+                ks, d = make_error(trial, drng, holes, k, side)
+            else:
+                ks, d = make_break(trial, drng, holes, k, break_span(drng, pm), side)
+            x0, y0, x1, y1 = d.box
+            if x1 - x0 <= MAX_DEFECT_W and y0 >= ry0 + 8 and y1 <= ry0 + rh - 8:
+                break
+        else:  # pragma: no cover - geometry always fits within 40 tries
+            raise RuntimeError("could not place a video defect")
+        scene.raised.extend(trial.raised)
+        skip |= ks
+        events.append((label, d.box))
+    add_stitches(scene, srng, holes, skip)
+
+    # ---- truth
+    truth: list[tuple[int, str, int, int, int, int, int, int]] = []
+    for label, (x0, y0, x1, y1) in events:
+        ins = _inside_frames(x0, x1, offs)
+        if len(ins) == 0:   # pragma: no cover - layout guarantees it
+            continue
+        f0, f1 = int(ins[0]), int(ins[-1])
+        fm = (f0 + f1) // 2
+        bx0, bx1 = int(np.floor(x0 - offs[fm])), int(np.ceil(x1 - offs[fm]))
+        by0, by1 = int(np.floor(y0)), int(np.ceil(y1))
+        truth.append((0, label, f0, f1, bx0, by0, bx1 - bx0, by1 - by0))
+    for a, b in stretches:
+        inside = holes[(holes[:, 0] >= a) & (holes[:, 0] < b + other_mm * S)]
+        ua, ub = float(inside[0, 0]), float(inside[-1, 0])
+        cov = np.nonzero((ua - offs <= rx0) & (ub - offs >= rx0 + rw))[0]
+        if len(cov) == 0:   # pragma: no cover
+            continue
+        f0, f1 = int(cov[0]), int(cov[-1])
+        fm = (f0 + f1) // 2
+        us = np.linspace(rx0 + offs[fm], rx0 + rw + offs[fm], 32)
+        vs = centre(us)
+        pad = scene.thread_w / 2 + 0.15 * S
+        by0, by1 = int(np.floor(vs.min() - pad)), int(np.ceil(vs.max() + pad))
+        truth.append((0, "length", f0, f1, rx0, by0, rw, by1 - by0))
+    truth.sort(key=lambda r: (r[2], r[3]))
+    rows = [TruthRow(i + 1, *r[1:]) for i, r in enumerate(truth)]
+
+    # ---- frames
+    sheen = tile_bank()[scene.look.tile_index].sheen
+    base = random_camera(crng, sheen, S, still=False)
+    exposure = crng.uniform(0.05, 0.15)                   # fraction of the frame period
+    base = _video_camera(base, motion=v * exposure)
+    ph = crng.uniform(0, 2 * np.pi, 4)
+    strip = _StripCache(scene, FRAME_H)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (FRAME_W, FRAME_H))
+    if not writer.isOpened():
+        raise DataError(f"--video {path}: OpenCV cannot write mp4v video here")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=frames, unit="frame", desc="synth video", leave=False)
+    try:
+        for f in range(frames):
+            off = float(offs[f])
+            ix = int(np.floor(off))
+            cols = strip.columns(ix, FRAME_W + 2)
+            shift = np.float32([[1, 0, off - ix], [0, 1, 0]])
+            img = cv2.warpAffine(cols, shift, (FRAME_W, FRAME_H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_REPLICATE)
+            t = f / fps
+            cam = _video_camera(base, gain=base.gain * (1 + 0.03 * np.sin(2 * np.pi * t / 4.1 + ph[0])
+                                                      + 0.012 * np.sin(2 * np.pi * t / 1.3 + ph[1])),
+                                grad=(base.grad[0] + 0.03 * np.sin(2 * np.pi * t / 6.7 + ph[2]),
+                                      base.grad[1] + 0.03 * np.sin(2 * np.pi * t / 5.3 + ph[3])))
+            writer.write(camera(img, cam, frng))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        writer.release()
+        if bar is not None:
+            bar.close()
+    cap = cv2.VideoCapture(str(tmp))
+    n_read = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else -1
+    cap.release()
+    if n_read != frames:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"--video {path}: wrote {frames} frames but OpenCV reads back {n_read}")
+    os.replace(tmp, path)
+    _atomic_csv(truth_path(path), ["defect_id", "label", "first_frame", "last_frame", "x", "y", "w", "h"],
+                [[r.defect_id, r.label, r.first_frame, r.last_frame, r.x, r.y, r.w, r.h] for r in rows])
+    return rows
+
+
+def _video_camera(cam, **changes):
+    """A video's camera: no JPEG (the codec compresses), mild defocus, motion blur from speed."""
+    from dataclasses import replace
+    changes.setdefault("jpeg", 0)
+    changes.setdefault("defocus", min(cam.defocus, 0.8))
+    return replace(cam, **changes)

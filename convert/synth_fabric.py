@@ -224,16 +224,16 @@ def fabric_colours(rng: np.random.Generator, tile: Tile) -> tuple[np.ndarray, np
 def thread_colour(rng: np.random.Generator, fabric_bgr: np.ndarray, close: bool) -> np.ndarray:
     """A thread colour that is either contrasting or tone-on-tone, but never invisible.
 
-    Tone-on-tone threads keep a luma difference ≥ 0.14 (plus the thread's own highlight and
+    Tone-on-tone threads keep a luma difference ≥ 0.18 (plus the thread's own highlight and
     shadow), so a defect stays visible to a human at 128×128.
     """
     fl = luma(fabric_bgr)
     h, s, v = colorsys.rgb_to_hsv(*fabric_bgr[::-1])
     for _ in range(50):
         if close:
-            dv = rng.uniform(0.16, 0.32) * (1 if (fl < 0.5) == (rng.random() < 0.8) else -1)
+            dv = rng.uniform(0.2, 0.36) * (1 if (fl < 0.5) == (rng.random() < 0.8) else -1)
             c = hsv_bgr(h + rng.uniform(-0.04, 0.04), s * rng.uniform(0.6, 1.2), v + dv)
-            if abs(luma(c) - fl) >= 0.14:
+            if abs(luma(c) - fl) >= 0.18:
                 return c
         else:
             u = rng.random()
@@ -260,6 +260,7 @@ class FabricLook:
     offset: tuple[float, float]
     c0: np.ndarray
     c1: np.ndarray
+    texture: float = 1.0  # relief contrast (1 = the tile's own)
 
 
 def random_look(rng: np.random.Generator, px_per_mm: float) -> FabricLook:
@@ -273,7 +274,8 @@ def random_look(rng: np.random.Generator, px_per_mm: float) -> FabricLook:
     scale = BASE_PX_PER_MM / px_per_mm / rng.uniform(0.8, 1.25)
     off = (float(rng.uniform(0, 4096)), float(rng.uniform(0, 4096)))
     c0, c1 = fabric_colours(rng, tile)
-    return FabricLook(idx, float(angle), float(scale), off, c0, c1)
+    texture = rng.uniform(0.35, 1.0)
+    return FabricLook(idx, float(angle), float(scale), off, c0, c1, float(texture))
 
 
 def render_fabric(look: FabricLook, x0: float, y0: float, w: int, h: int) -> np.ndarray:
@@ -287,10 +289,18 @@ def render_fabric(look: FabricLook, x0: float, y0: float, w: int, h: int) -> np.
     sm = cv2.warpAffine(tile.data, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                         borderMode=cv2.BORDER_WRAP)
     shade, mask = sm[..., 0], sm[..., 1]
+    if look.texture != 1.0:
+        m = _tile_mean(look.tile_index)
+        shade = m + look.texture * (shade - m)
     out = shade[..., None] * look.c0
     if tile.two_tone:
         out += (shade * mask)[..., None] * (look.c1 - look.c0)
     return out
+
+
+@lru_cache(maxsize=None)
+def _tile_mean(index: int) -> float:
+    return float(tile_bank()[index].data[..., 0].mean())
 
 
 def mean_colour(look: FabricLook) -> np.ndarray:

@@ -183,7 +183,7 @@ def random_scene_style(rng: np.random.Generator, S: float) -> Scene:
     edge = 0.0
     if rng.random() < 0.55:
         edge = float(rng.choice([-1, 1]) * rng.uniform(2.5, 6.0) * S)
-    return Scene(S=S, look=look, thread_bgr=tc, thread_w=tw, hole_r=rng.uniform(0.12, 0.2) * S,
+    return Scene(S=S, look=look, thread_bgr=tc, thread_w=tw, hole_r=rng.uniform(0.16, 0.26) * S,
                  edge=edge, groove=rng.uniform(0.04, 0.16), pucker=rng.uniform(0.0, 0.05),
                  light=(float(np.cos(ang)), float(np.sin(ang))))
 
@@ -202,14 +202,19 @@ def stitch_holes(rng: np.random.Generator, u0: float, u1: float, pitch_px, centr
 
 def add_stitches(scene: Scene, rng: np.random.Generator, holes: np.ndarray,
                  skip: set[int]) -> None:
-    """Stitch dashes between consecutive holes (except indices in ``skip``)."""
+    """Stitch dashes between consecutive holes (except indices in ``skip``).
+
+    The random gaps are drawn for every stitch, skipped or not, so a scene with and without
+    defects (same generator) has identical good stitches.
+    """
     S = scene.S
+    gaps = rng.uniform(0.22, 0.36, len(holes)) * S       # thread dives into the hole at each end
     for k in range(len(holes) - 1):
         if k in skip:
             continue
         a, b = holes[k], holes[k + 1]
         t, _, L = _frame(a, b)
-        g = rng.uniform(0.22, 0.36) * S      # thread dives into the hole: small gap each end
+        g = gaps[k]
         scene.flat.append(np.array([a + t * g, b - t * g]))
     scene.holes = holes.astype(np.float32) if len(scene.holes) == 0 else np.vstack([scene.holes, holes])
 
@@ -312,7 +317,7 @@ def render_static(scene: Scene, x0: float, y0: float, w: int, h: int) -> np.ndar
     for p in hl:
         c = (int(round((p[0] - x0) * ONE)), int(round((p[1] - y0) * ONE)))
         cv2.circle(sh, c, r, 255, -1, cv2.LINE_AA, SHIFT)
-    shf = cv2.GaussianBlur(sh, (0, 0), max(0.6, 0.08 * S)).astype(np.float32) * (0.55 / 255)
+    shf = cv2.GaussianBlur(sh, (0, 0), max(0.6, 0.1 * S)).astype(np.float32) * (0.6 / 255)
     img *= (1.0 - shf)[..., None]
 
     # threads: alpha + highlight toward the light
@@ -322,11 +327,16 @@ def render_static(scene: Scene, x0: float, y0: float, w: int, h: int) -> np.ndar
         allp = flat + raised
         cv2.polylines(a, _poly_i(allp, x0, y0), False, 255, tw, cv2.LINE_AA, SHIFT)
         hw = max(1, tw // 3)
-        cv2.polylines(hi, _poly_i(allp, x0 + 0.25 * tw * lx, y0 + 0.25 * tw * ly), False, 255, hw,
-                      cv2.LINE_AA, SHIFT)
+        # a stitch arches between its holes: the highlight covers its middle, the ends dip
+        mids = [np.array([p[0] * 0.8 + p[1] * 0.2, p[0] * 0.2 + p[1] * 0.8]) for p in flat]
+        hx, hy = 0.25 * tw * lx, 0.25 * tw * ly
+        if mids:
+            cv2.polylines(hi, _poly_i(mids, x0 + hx, y0 + hy), False, 255, hw, cv2.LINE_AA, SHIFT)
+        if raised:
+            cv2.polylines(hi, _poly_i(raised, x0 + hx, y0 + hy), False, 255, hw, cv2.LINE_AA, SHIFT)
         hi = cv2.GaussianBlur(hi, (0, 0), max(0.5, tw * 0.15))
         af = a.astype(np.float32) * (1 / 255)
-        shade = 0.72 + 0.45 * hi.astype(np.float32) * (1 / 255)
+        shade = 0.68 + 0.5 * hi.astype(np.float32) * (1 / 255)
         thread = shade[..., None] * scene.thread_bgr
         img += af[..., None] * (thread - img)
     return img
@@ -444,66 +454,73 @@ def _inside(box, size: int, margin: float) -> bool:
     return box[0] >= margin and box[1] >= margin and box[2] <= size - margin and box[3] <= size - margin
 
 
-def build_still(rng: np.random.Generator, size: int, S: float, error: bool, brk: bool,
-                length: bool) -> Scene:
-    """A still's scene with the requested labels; defects wholly inside, ≥ margin from border."""
+def build_still(rng: np.random.Generator, drng: np.random.Generator, size: int, S: float,
+                error: bool, brk: bool, length: bool) -> Scene:
+    """A still's scene with the requested labels; defects wholly inside, ≥ margin from border.
+
+    ``rng`` draws the fabric, thread and seam, ``drng`` only the defects: the same ``rng``
+    state with and without defects gives the same picture apart from the defects.
+    """
     pitch_mm = 2.0 if length else 4.0
     margin = max(2.0, size * 0.04)
-    for _attempt in range(40):
-        scene = random_scene_style(rng, S)
-        centre = _centre_fn(rng, size, S)
-        pitch = pitch_mm * S
-        holes = stitch_holes(rng, -pitch * rng.uniform(1.0, 2.0), size + 2 * pitch,
-                             lambda u: pitch if np.ndim(u) == 0 else pitch, centre)
-        cu = np.linspace(-64, size + 64, 64)
-        scene.centre_u, scene.centre_v = cu, centre(cu)
-        n = len(holes)
+    scene = random_scene_style(rng, S)
+    centre = _centre_fn(rng, size, S)
+    pitch = pitch_mm * S
+    holes = stitch_holes(rng, -pitch * rng.uniform(1.0, 2.0), size + 2 * pitch, lambda u: pitch, centre)
+    cu = np.linspace(-64, size + 64, 64)
+    scene.centre_u, scene.centre_v = cu, centre(cu)
+    n = len(holes)
+    inner = [k for k in range(1, n - 4) if margin < holes[k, 0] and holes[k + 1, 0] < size - margin]
+    wanted = (["error"] if error else []) + (["break"] if brk else [])
+    if len(wanted) == 2 and drng.random() < 0.5:
+        wanted.reverse()
+    for _attempt in range(100):
         skip: set[int] = set()
-        ok = True
-        wanted = (["error"] if error else []) + (["break"] if brk else [])
-        rng.shuffle(wanted)
-        used: list[tuple[float, float, float, float]] = []
+        raised: list[np.ndarray] = []
+        defects: list[Defect] = []
         for label in wanted:
-            placed = False
-            for _try in range(12):
-                k = int(rng.integers(1, n - 4))
+            for _try in range(30):
+                k = inner[int(drng.integers(0, len(inner)))]
                 mid_v = holes[k, 1]
                 side = -1.0 if mid_v > size / 2 else 1.0
-                if abs(mid_v - size / 2) < size * 0.08 and rng.random() < 0.5:
+                if abs(mid_v - size / 2) < size * 0.08 and drng.random() < 0.5:
                     side = -side
                 trial = Scene(S=S, look=scene.look, thread_bgr=scene.thread_bgr, thread_w=scene.thread_w)
                 if label == "error":
-                    ks, d = make_error(trial, rng, holes, k, side)
+                    ks, d = make_error(trial, drng, holes, k, side)
                 else:
-                    ks, d = make_break(trial, rng, holes, k, break_span(rng, pitch_mm), side)
-                near = set(range(min(ks) - 1, max(ks) + 2))
-                if not _inside(d.box, size, margin) or near & skip or any(
-                        not (d.box[2] < u[0] - 4 or d.box[0] > u[2] + 4) for u in used):
+                    ks, d = make_break(trial, drng, holes, k, break_span(drng, pitch_mm), side)
+                if not _inside(d.box, size, margin) or ks & skip or any(
+                        not (d.box[2] < u.box[0] - 3 or d.box[0] > u.box[2] + 3) for u in defects):
                     continue
-                scene.raised.extend(trial.raised)
-                scene.defects.append(d)
-                used.append(d.box)
+                raised.extend(trial.raised)
+                defects.append(d)
                 skip |= ks
-                placed = True
                 break
-            if not placed:
-                ok = False
+            else:
                 break
-        if not ok:
-            continue
-        add_stitches(scene, rng, holes, skip)
-        return scene
-    raise RuntimeError("could not place defects")   # pragma: no cover (never seen)
+        if len(defects) == len(wanted):
+            break
+    else:  # pragma: no cover - a 20-mm view always has room for two defects
+        raise RuntimeError(f"could not place defects {wanted}")
+    scene.raised.extend(raised)
+    scene.defects.extend(defects)
+    add_stitches(scene, rng, holes, skip)
+    return scene
 
 
 def render_still(rng: np.random.Generator, size: int, S: float, error: bool, brk: bool,
                  length: bool) -> tuple[np.ndarray, list[Box]]:
-    """Render one still at ``size`` px and ``S`` px/mm → (uint8 BGR, boxes)."""
-    scene = build_still(rng, size, S, error, brk, length)
-    static = render_static(scene, 0.0, 0.0, size, size)
+    """Render one still at ``size`` px and ``S`` px/mm → (uint8 BGR, boxes).
+
+    Scene, defects and camera use separate child generators of ``rng`` (see ``build_still``).
+    """
     from convert.synth_fabric import tile_bank
-    cam = random_camera(rng, tile_bank()[scene.look.tile_index].sheen, S)
-    img = camera(static, cam, rng)
+    r_scene, r_defect, r_cam = rng.spawn(3)
+    scene = build_still(r_scene, r_defect, size, S, error, brk, length)
+    static = render_static(scene, 0.0, 0.0, size, size)
+    cam = random_camera(r_cam, tile_bank()[scene.look.tile_index].sheen, S)
+    img = camera(static, cam, r_cam)
     boxes = []
     for d in scene.defects:
         x0, y0 = int(np.floor(d.box[0])), int(np.floor(d.box[1]))

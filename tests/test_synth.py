@@ -1,0 +1,243 @@
+"""``convert synth``: determinism, CSV formats, boxes vs labels, the video and its truth, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from convert.__main__ import main
+from convert.synth import (FRAME_H, FRAME_W, LABELS, ROI, TruthRow, render_image, truth_path,
+                           write_dataset, write_video)
+from edge.errors import DataError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- stills
+
+@pytest.fixture(scope="module")
+def stills(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stills")
+    write_dataset(out, 48, seed=3)
+    return out
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(stills, tmp_path):
+    a = tmp_path / "a"
+    write_dataset(a, 48, seed=3, workers=2)         # workers must not change a single byte
+    assert _files(a) == _files(stills)
+    b = tmp_path / "b"
+    write_dataset(b, 48, seed=4)
+    fa, fb = _files(stills), _files(b)
+    assert fa["data.csv"] != fb["data.csv"]
+    assert sum(fa[n] != fb[n] for n in fa if n.endswith(".png")) == 48
+
+
+def test_data_csv_is_seed_format_with_boolean_labels(stills):
+    text = (stills / "data.csv").read_text()
+    assert text.splitlines()[0] == ",name,good,error,break,length"
+    df = pd.read_csv(stills / "data.csv", index_col=0)
+    assert list(df.columns) == ["name", *LABELS]
+    assert list(df.index) == list(range(48))
+    for col in LABELS:
+        assert df[col].dtype == bool, col
+    assert (df["good"] == ~(df["error"] | df["break"])).all()
+    for name in df["name"]:
+        assert "/" not in name and (stills / name).is_file()
+        img = cv2.imread(str(stills / name), cv2.IMREAD_UNCHANGED)
+        assert img.shape == (256, 256, 3) and img.dtype == np.uint8
+    # every label is learnable: both values of every attribute occur
+    for col in LABELS:
+        assert 0 < df[col].sum() < len(df), col
+    assert (df["error"] & df["break"]).any()
+
+
+def test_boxes_are_inside_and_match_labels(stills):
+    df = pd.read_csv(stills / "data.csv", index_col=0).set_index("name")
+    boxes = pd.read_csv(stills / "boxes.csv")
+    assert list(boxes.columns) == ["name", "label", "x", "y", "w", "h"]
+    assert set(boxes["label"]) <= {"error", "break"}
+    assert (boxes["w"] > 0).all() and (boxes["h"] > 0).all()
+    assert (boxes["x"] >= 2).all() and (boxes["y"] >= 2).all()               # away from the border
+    assert (boxes["x"] + boxes["w"] <= 254).all() and (boxes["y"] + boxes["h"] <= 254).all()
+    for name, row in df.iterrows():
+        labels = set(boxes.loc[boxes["name"] == name, "label"])
+        assert ("error" in labels) == row["error"], name
+        assert ("break" in labels) == row["break"], name
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_defect_changes_the_image_inside_its_box_only(seed):
+    """Same generator state with and without the defect: the pictures differ clearly inside
+    the box (the defect is visible) and not away from it (the box holds the whole defect)."""
+    for label in ("error", "break"):
+        forced = {"error": label == "error", "break": label == "break", "length": bool(seed % 2)}
+        img, _, boxes = render_image(np.random.default_rng(seed), labels=forced)
+        ref, _, none = render_image(np.random.default_rng(seed), labels={**forced, "error": False, "break": False})
+        assert none == [] and [b.label for b in boxes] == [label]
+        b = boxes[0]
+        diff = np.abs(img.astype(np.float32) - ref.astype(np.float32)).mean(axis=2)
+        inside = diff[b.y:b.y + b.h, b.x:b.x + b.w]
+        pad = 16                                    # shadows, blur, JPEG blocks
+        outside = np.ones_like(diff, bool)
+        outside[max(0, b.y - pad):b.y + b.h + pad, max(0, b.x - pad):b.x + b.w + pad] = False
+        assert inside.mean() > 8.0, (label, seed, inside.mean())
+        assert (inside > 25).mean() > 0.1, (label, seed)
+        assert diff[outside].max() < 3.0, (label, seed, diff[outside].max())
+
+
+def test_render_image_forced_labels_and_tiny_size():
+    rng = np.random.default_rng(0)
+    img, labels, boxes = render_image(rng, size=64, labels={"error": True, "break": True, "length": False})
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    assert labels == {"good": False, "error": True, "break": True, "length": False}
+    assert sorted(b.label for b in boxes) == ["break", "error"]
+    for b in boxes:
+        assert 0 <= b.x and 0 <= b.y and b.x + b.w <= 64 and b.y + b.h <= 64
+    img, labels, boxes = render_image(rng, labels={"error": False, "break": False})
+    assert labels["good"] and boxes == [] and img.shape == (256, 256, 3)
+
+
+def test_small_dataset_size_64(tmp_path):
+    csv_path = write_dataset(tmp_path, 6, seed=1, size=64)
+    df = pd.read_csv(csv_path, index_col=0)
+    for name in df["name"]:
+        assert cv2.imread(str(tmp_path / name)).shape == (64, 64, 3)
+    boxes = pd.read_csv(tmp_path / "boxes.csv")
+    assert ((boxes["x"] + boxes["w"]) <= 64).all() and ((boxes["y"] + boxes["h"]) <= 64).all()
+
+
+# --------------------------------------------------------------------------- video
+
+FRAMES = 150
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> tuple[Path, list[TruthRow]]:
+    path = tmp_path_factory.mktemp("video") / "seam.mp4"
+    rows = write_video(path, FRAMES, seed=5)
+    return path, rows
+
+
+def _read_all(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened()
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames
+
+
+def test_video_frames_and_truth_file(video):
+    path, rows = video
+    frames = _read_all(path)
+    assert len(frames) == FRAMES
+    assert frames[0].shape == (FRAME_H, FRAME_W, 3)
+    with open(truth_path(path), newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0].keys()) == ["defect_id", "label", "first_frame", "last_frame", "x", "y", "w", "h"]
+    assert [TruthRow(int(r["defect_id"]), r["label"], *(int(r[k]) for k in
+            ("first_frame", "last_frame", "x", "y", "w", "h"))) for r in table] == rows
+    labels = [r.label for r in rows]
+    assert {"error", "break", "length"} <= set(labels)
+    assert len({r.defect_id for r in rows}) == len(rows)
+
+
+def test_video_truth_rows_are_consistent(video):
+    _, rows = video
+    rx, ry, rw, rh = ROI
+    defects = [r for r in rows if r.label in ("error", "break")]
+    for r in rows:
+        assert 0 <= r.first_frame <= r.last_frame < FRAMES
+        assert r.last_frame - r.first_frame + 1 >= 6, r      # default speed: ≥ 6 frames in the ROI
+        assert r.w > 0 and r.h > 0
+        assert rx <= r.x and r.x + r.w <= rx + rw and ry <= r.y and r.y + r.h <= ry + rh, r
+    for a, b in zip(defects, defects[1:]):                       # never two defects in the ROI
+        assert a.last_frame < b.first_frame
+    for r in rows:
+        if r.label == "length":
+            assert (r.x, r.w) == (rx, rw)
+
+
+def test_video_defect_region_differs_from_a_good_stretch(video, tmp_path):
+    """The same seed without defects gives the same seam: at each truth box (middle frame) the
+    defect video differs clearly, and the rest of the ROI stays alike (only codec noise)."""
+    path = tmp_path / "defects.mp4"
+    rows = write_video(path, 100, seed=8, length_stretches=0)
+    plain = write_video(tmp_path / "plain.mp4", 100, seed=8, defects=0, length_stretches=0)
+    assert plain == [] and {r.label for r in rows} == {"error", "break"}
+    a = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY).astype(np.float32) for f in _read_all(path)]
+    b = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY).astype(np.float32) for f in _read_all(tmp_path / "plain.mp4")]
+    rx, ry, rw, rh = ROI
+    for r in rows:
+        mid = (r.first_frame + r.last_frame) // 2
+        diff = np.abs(a[mid] - b[mid])
+        inside = diff[r.y:r.y + r.h, r.x:r.x + r.w].mean()
+        away = diff[ry:ry + rh, rx:rx + rw].copy()
+        away[r.y - ry - 16:r.y - ry + r.h + 16, max(0, r.x - rx - 16):r.x - rx + r.w + 16] = np.nan
+        assert inside > 8.0 and inside > 4 * np.nanmean(away), (r, inside, np.nanmean(away))
+
+
+def test_video_is_deterministic(video, tmp_path):
+    path, rows = video
+    again = write_video(tmp_path / "again.mp4", FRAMES, seed=5)
+    assert again == rows
+    assert truth_path(tmp_path / "again.mp4").read_bytes() == truth_path(path).read_bytes()
+    other = write_video(tmp_path / "other.mp4", 60, seed=6, defects=0, length_stretches=0)
+    assert other == []
+
+
+# --------------------------------------------------------------------------- CLI
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--out", "{d}/o", "--count", "0"], "--count"),
+    (["--out", "{d}/f.txt/sub", "--count", "3"], "--out"),
+    (["--out", "{d}/o", "--count", "3", "--defect-rate", "1.5"], "--defect-rate"),
+    (["--out", "{d}/o", "--count", "3", "--size", "8"], "--size"),
+    (["--out", "{d}/o"], "--count"),
+    (["--video", "{d}/v.mp4"], "--frames"),
+    (["--video", "{d}/v.mp4", "--frames", "30", "--base-length", "3"], "--base-length"),
+    (["--video", "{d}/v.mp4", "--frames", "0"], "--frames"),
+    (["--video", "{d}/nodir/v.mp4", "--frames", "30"], "--video"),
+    (["--video", "{d}/v.mp4", "--frames", "30", "--defects", "5"], "--frames"),
+    (["--video", "{d}/v.mp4", "--frames", "600", "--defect-every-mm", "5"], "--defect-every-mm"),
+])
+def test_cli_errors_one_line_nonzero(tmp_path, capsys, argv, needle):
+    (tmp_path / "f.txt").write_text("x")
+    code = main(["synth", *(a.format(d=tmp_path) for a in argv)])
+    err = capsys.readouterr().err.strip()
+    assert code == DataError.exit_code != 0
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_cli_writes_dataset_and_does_not_import_tensorflow(tmp_path):
+    code = (
+        "import sys\n"
+        "from convert.__main__ import main\n"
+        f"rc = main(['synth', '--out', {str(tmp_path / 'cli')!r}, '--count', '5', '--seed', '2'])\n"
+        "assert rc == 0\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "print('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+    df = pd.read_csv(tmp_path / "cli" / "data.csv", index_col=0)
+    assert len(df) == 5
+    helped = subprocess.run([sys.executable, "-m", "convert", "synth", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "--video" in helped.stdout and "--count" in helped.stdout
