@@ -391,6 +391,11 @@ class Publisher:
         return self._connected
 
     @property
+    def inflight(self) -> int:
+        """Alerts handed to the MQTT client and still waiting for the broker's PUBACK."""
+        return len(self._inflight)
+
+    @property
     def outbox_depth(self) -> int:
         return self.outbox.depth()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -146,6 +148,30 @@ def test_publisher_reconnects_after_broker_is_killed(tmp_path, mqtt_broker, mqtt
     msgs = [r.getMessage() for r in caplog.records if r.name == "edge.publish"]
     assert sum("disconnected from" in m for m in msgs) == 1
     assert sum("MQTT connected" in m for m in msgs) == 2
+
+
+def test_in_flight_alerts_are_resent_once_and_in_order_after_a_broker_crash(mqtt_broker, mqtt_subscriber,
+                                                                           mqtt_publisher):
+    """Alerts paho already sent (unacknowledged) are re-sent by paho; the outbox must not send them again."""
+    sub = mqtt_subscriber(mqtt_broker, "seamqc/st1/#", persistent=True, client_id="faults-inflight-sub")
+    pub = mqtt_publisher(mqtt_broker, max_inflight=5)
+    sub.wait_for("seamqc/st1/status", lambda m: m.text == "online")
+    mqtt_broker.wait_saved()
+    os.kill(mqtt_broker.pid, signal.SIGSTOP)  # the broker hangs: PUBLISHes sit unread in its socket
+    try:
+        for i in range(12):
+            pub.alert({"event_id": f"evt-{i:04d}"})
+        deadline = time.monotonic() + 10
+        while pub.inflight < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pub.inflight == 5 and pub.outbox_depth == 12  # a full window in flight, 7 waiting
+    finally:
+        mqtt_broker.kill()  # and then crashes without reading them
+    mqtt_broker.start()
+    msgs = sub.wait_count("seamqc/st1/alert", 12, timeout=20)
+    assert pub.flush(10) and pub.outbox_depth == 0
+    assert ids_of(sub.on("seamqc/st1/alert")) == [f"evt-{i:04d}" for i in range(12)]
+    assert len(msgs) == 12
 
 
 @pytest.mark.slow

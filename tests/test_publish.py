@@ -191,6 +191,8 @@ def test_password_sources_and_errors(tmp_path, monkeypatch):
         read_password(mqtt_config(username="u", password_file=tmp_path / "missing"))
     with pytest.raises(ConfigError, match="mqtt.username"):
         read_password(mqtt_config(password_file=pw))
+    with pytest.raises(ConfigError, match=r"^mqtt.password_file: .* is not readable"):
+        read_password(mqtt_config(username="u", password_file=tmp_path))  # a directory
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError, match="empty"):
         read_password(mqtt_config(username="u", password_file=tmp_path / "empty"))
