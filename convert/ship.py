@@ -1,0 +1,131 @@
+"""``ship``: rebuild the shipped default bundle end to end, and print how good it is.
+
+1. synthesise train (seed 1), valid (seed 2) and test (seed 3, ≥ 2000 images; that seed is
+   never used for training or calibration) sets with ``convert.synth``;
+2. train the int8-friendly ResNet (``convert.train``);
+3. export the bundle with calibration on the validation set (``convert.export``: parity
+   check, thresholds calibrated on valid);
+4. evaluate the int8 and fp32 classifiers of the bundle on the test set and print a markdown
+   table (per-attribute accuracy, int8-vs-fp32 label agreement) and the exact commands that
+   reproduce each step.
+
+Targets for the shipped model: every attribute ≥ 98 % accuracy (int8) and int8-vs-fp32 label
+agreement ≥ 99.5 %; ``ship`` exits non-zero (after writing everything) when they are missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import ModelError
+
+TARGET_ACCURACY = 98.0
+TARGET_AGREEMENT = 99.5
+
+
+def _cmd(*parts: object) -> str:
+    return " ".join(str(p) for p in parts)
+
+
+def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count: int = 1000,
+         test_count: int = 2000, epochs: int = 12, size: int = 128, filters: int = 8, batch: int = 32,
+         lr: float = 1e-3, force: bool = True, synth_workers: int | None = None) -> dict:
+    from .data import load_dataset
+    from .evaluate import load_predictor, multilabel_metrics, predict_dataset
+    from .export import export_bundle, parity
+    from .synth import write_dataset
+    from .train import train
+
+    out, work = Path(out), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if test_count < 2000:
+        raise ModelError(f"--test-count {test_count}: the shipped model is tested on at least 2000 images")
+    t0 = time.monotonic()
+    sets = {"train": (1, train_count), "valid": (2, valid_count), "test": (3, test_count)}
+    cmds = []
+    for key, (seed, count) in sets.items():
+        d = work / key
+        cmds.append(_cmd("python -m convert synth --out", d, "--count", count, "--seed", seed))
+        if (d / "data.csv").is_file() and len(load_dataset(d / "data.csv", check_images=False)) == count:
+            print(f"ship: reusing {d} ({count} images)", file=sys.stderr)
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        print(f"ship: synth {key}: {count} images (seed {seed})", file=sys.stderr)
+        write_dataset(d, count, seed)
+    t_synth = time.monotonic() - t0
+    model = work / "model.keras"
+    cmds.append(_cmd("python -m convert train --train", work / "train/data.csv", "--valid", work / "valid/data.csv",
+                     "--out", model, "--arch resnet-int8 --epochs", epochs, "--size", size, "--filters", filters,
+                     "--batch", batch, "--lr", lr))
+    res = train(str(work / "train/data.csv"), str(work / "valid/data.csv"), model, arch="resnet-int8",
+                epochs=epochs, size=size, filters=filters, batch=batch, lr=lr, resume=True, seed=1)
+    t_train = time.monotonic() - t0 - t_synth
+    cmds.append(_cmd("python -m convert export --model", model, "--calibration", work / "valid/data.csv",
+                     "--valid", work / "valid/data.csv", "--out", out, "--force"))
+    exp = export_bundle(model, work / "valid/data.csv", out, valid=work / "valid/data.csv", force=force,
+                        name="seam-default", max_images=500)
+    test = load_dataset(work / "test/data.csv")
+    p_int8 = predict_dataset(load_predictor(out, role="classifier_int8"), test, progress=sys.stderr.isatty())
+    p_fp32 = predict_dataset(load_predictor(out, role="classifier_fp32"), test, progress=sys.stderr.isatty())
+    labels = list(test.labels)
+    thr = exp.manifest["thresholds"]
+    m_int8 = multilabel_metrics(test.targets, p_int8, labels, thr)
+    m_fp32 = multilabel_metrics(test.targets, p_fp32, labels, thr)
+    agree = parity(p_fp32, p_int8, "multilabel", np.array([thr[lab] for lab in labels]))
+    cmds.append(_cmd("python -m convert evaluate --model", out, "--data", work / "test/data.csv"))
+    rows = ["| attribute | int8 accuracy | fp32 accuracy | int8 F1 | threshold |", "|---|---|---|---|---|"]
+    for lab in labels:
+        a, b = m_int8["labels"][lab], m_fp32["labels"][lab]
+        rows.append(f"| {lab} | {a['accuracy']:.2f} | {b['accuracy']:.2f} | {100 * a['f1']:.2f} | {thr[lab]:.3f} |")
+    rows.append(f"| int8-vs-fp32 label agreement | {agree['label_agreement']:.2f} | | | |")
+    ok = all(m_int8["labels"][lab]["accuracy"] >= TARGET_ACCURACY for lab in labels) \
+        and agree["label_agreement"] >= TARGET_AGREEMENT
+    summary = {
+        "settings": {"train_count": train_count, "valid_count": valid_count, "test_count": test_count,
+                     "epochs": epochs, "epochs_run": res.epochs_run, "size": size, "filters": filters,
+                     "batch": batch, "lr": lr},
+        "test": {"int8": m_int8, "fp32": m_fp32, "agreement": agree},
+        "parity": exp.manifest["parity"], "seconds": {"synth": round(t_synth), "train": round(t_train),
+                                                       "total": round(time.monotonic() - t0)},
+        "targets_met": ok, "commands": cmds, "table": "\n".join(rows),
+    }
+    (work / "ship-report.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ship", help="synth + train + export + test the shipped default bundle",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="edge/models/default", metavar="BUNDLE")
+    p.add_argument("--work", default="build/ship", metavar="DIR", help="data sets, model, checkpoints (resumable)")
+    p.add_argument("--train-count", type=int, default=8000)
+    p.add_argument("--valid-count", type=int, default=1000)
+    p.add_argument("--test-count", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--filters", type=int, default=8)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    s = ship(args.out, args.work, args.train_count, args.valid_count, args.test_count, args.epochs, args.size,
+             args.filters, args.batch, args.lr)
+    print(f"## Shipped model ({args.out}): {s['settings']}\n")
+    print(s["table"])
+    print(f"\nparity on calibration: fp32 max|Δ| {s['parity']['fp32']['max_abs_diff']:.2e}, int8 "
+          f"({s['parity']['int8']['quantization']}) agreement {s['parity']['int8']['label_agreement']:.2f} %")
+    print(f"time: {s['seconds']}\n\nReproduce:\n```\n" + "\n".join(s["commands"]) + "\n```")
+    if not s["targets_met"]:
+        print(f"error: targets missed (every attribute >= {TARGET_ACCURACY} % int8, agreement >= "
+              f"{TARGET_AGREEMENT} %)", file=sys.stderr)
+        return 1
+    return 0

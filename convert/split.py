@@ -1,0 +1,101 @@
+"""``split``: merge per-video ``*_data.csv`` into the seed's ``train.csv`` / ``valid.csv`` / ``test.csv``.
+
+Every ``*_data.csv`` and ``data.csv`` under each ``--data`` folder (recursively) is read with
+``convert.data.read_csv`` (so every image is checked to exist), shuffled with ``--seed`` and
+split 78 / 20 / 2 % as the seed did (sizes rounded up for test and valid, like scikit-learn's
+``train_test_split``, so even a tiny set gets one test image). Names become absolute paths; the
+files are in the seed's format (pandas ``to_csv`` with its index: ``,name,good,error,break,length``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edge.errors import DataError
+
+from .data import Dataset, merge, read_csv
+
+FRACTIONS = {"train": 0.78, "valid": 0.20, "test": 0.02}
+SPLIT_NAMES = ("train.csv", "valid.csv", "test.csv")
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    files: dict[str, Path]
+    counts: dict[str, int]
+    sources: tuple[str, ...]
+
+
+def find_data_csvs(folders: Sequence[str | Path]) -> list[Path]:
+    found: list[Path] = []
+    for folder in folders:
+        d = Path(folder)
+        if d.is_file() and d.suffix == ".csv":
+            found.append(d)
+            continue
+        if not d.is_dir():
+            raise DataError(f"{d}: data folder not found")
+        hits = sorted(p for p in d.rglob("*.csv") if p.name == "data.csv" or p.name.endswith("_data.csv"))
+        if not hits:
+            raise DataError(f"{d}: no *_data.csv or data.csv found (empty data set)")
+        found.extend(hits)
+    return found
+
+
+def split_sizes(n: int) -> dict[str, int]:
+    """78/20/2 %, test and valid rounded up (at least one each when n >= 3), train the rest."""
+    if n < 3:
+        raise DataError(f"only {n} images: need at least 3 to split into train/valid/test")
+    n_test = max(1, math.ceil(FRACTIONS["test"] * n))
+    n_valid = max(1, math.ceil(FRACTIONS["valid"] * n))
+    return {"train": n - n_test - n_valid, "valid": n_valid, "test": n_test}
+
+
+def write_seed_csv(path: Path, ds: Dataset) -> None:
+    """pandas ``to_csv`` layout: unnamed index column, name, one True/False column per label."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["", "name", *ds.labels])
+        for i, (p, t) in enumerate(zip(ds.paths, ds.targets)):
+            w.writerow([i, p, *("True" if v > 0.5 else "False" for v in t)])
+    tmp.replace(path)
+
+
+def split(folders: Sequence[str | Path], out: str | Path, seed: int = 0) -> SplitResult:
+    csvs = find_data_csvs(folders)
+    ds = merge([read_csv(c) for c in csvs], ", ".join(str(f) for f in folders))
+    sizes = split_sizes(len(ds))
+    order = np.random.default_rng(seed).permutation(len(ds))
+    parts = {"test": order[:sizes["test"]], "valid": order[sizes["test"]:sizes["test"] + sizes["valid"]],
+             "train": order[sizes["test"] + sizes["valid"]:]}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for key in ("train", "valid", "test"):
+        files[key] = out / f"{key}.csv"
+        write_seed_csv(files[key], ds.subset(sorted(parts[key].tolist())))
+    return SplitResult(files, {k: len(v) for k, v in parts.items()}, tuple(str(c) for c in csvs))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("split", help="merge *_data.csv files into train/valid/test.csv (78/20/2 %%)",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, nargs="+", metavar="DIR", help="folders with *_data.csv / data.csv")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    res = split(args.data, args.out, args.seed)
+    print(f"merged {len(res.sources)} CSV file(s), {sum(res.counts.values())} images → "
+          + ", ".join(f"{res.files[k]} ({res.counts[k]})" for k in ("train", "valid", "test")))
+    return 0
