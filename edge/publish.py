@@ -53,7 +53,8 @@ def topics(prefix: str, station: str) -> Topics:
     """The three topics of a station: ``<prefix>/<station>/status|alert|stats``."""
     for name, value in (("mqtt.prefix", prefix), ("station", station)):
         if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
-            raise ConfigError(f"{name}: {value!r} is not a valid MQTT topic part (no '+', '#', empty or edge '/')")
+            raise ConfigError(f"{name}: {value!r} is not a valid MQTT topic part "
+                              "(no '+', '#', empty or edge '/')")
     if "/" in station:
         raise ConfigError(f"station: {station!r} must not contain '/'")
     base = f"{prefix}/{station}"
@@ -77,7 +78,8 @@ def _json_default(o: Any) -> Any:
 
 def encode(payload: dict) -> bytes:
     """Compact UTF-8 JSON (what subscribers get byte for byte)."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode("utf-8")
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    return text.encode("utf-8")
 
 
 def read_password(cfg: "MqttConfig") -> str | None:
@@ -96,7 +98,8 @@ def read_password(cfg: "MqttConfig") -> str | None:
     if path is None:
         return None
     if not cfg.username:
-        raise ConfigError(f"{key}: {path} is set but mqtt.username is not (MQTT needs a user name with a password)")
+        raise ConfigError(f"{key}: {path} is set but mqtt.username is not "
+                          "(MQTT needs a user name with a password)")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -490,4 +493,5 @@ class Publisher:
             self.log.error("%s", e)
 
     def __repr__(self) -> str:
-        return f"Publisher({self.cfg.host}:{self.cfg.port}, station={self.station!r}, connected={self._connected})"
+        return (f"Publisher({self.cfg.host}:{self.cfg.port}, station={self.station!r}, "
+                f"connected={self._connected})")

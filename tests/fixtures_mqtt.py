@@ -35,7 +35,7 @@ from typing import Callable, Iterable
 
 import pytest
 
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).exists()), None)
 MOSQUITTO_SUB = shutil.which("mosquitto_sub")
 SKIP_REASON = "mosquitto not installed (apt-get install mosquitto mosquitto-clients; `make test` does it)"
 
@@ -96,7 +96,8 @@ class Broker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}\n{self.log_text()[-2000:]}")
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}\n"
+                                   f"{self.log_text()[-2000:]}")
             if port_open(self.host, self.port):
                 return self
             time.sleep(0.05)
@@ -225,7 +226,8 @@ class MqttSubscriber:
 
     def _on_message(self, client, userdata, msg):
         with self._cond:
-            self.messages.append(Msg(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), time.monotonic()))
+            self.messages.append(Msg(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain),
+                                     time.monotonic()))
             self._cond.notify_all()
 
     def wait_subscribed(self, timeout: float = 10.0) -> "MqttSubscriber":
@@ -249,7 +251,8 @@ class MqttSubscriber:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     seen = [(m.topic, m.payload[:80], m.retain) for m in self.messages[-10:]]
-                    raise AssertionError(f"no matching message on {topic!r} within {timeout}s; last seen: {seen}")
+                    raise AssertionError(f"no matching message on {topic!r} within {timeout}s; "
+                                         f"last seen: {seen}")
                 self._cond.wait(left)
 
     def wait_count(self, topic: str, n: int, timeout: float = 10.0,
@@ -274,7 +277,9 @@ class MqttSubscriber:
 
 def mosquitto_sub(broker: Broker, topic: str, count: int = 1, timeout: int = 10,
                   extra: Iterable[str] = ()) -> list[str]:
-    """Run plain ``mosquitto_sub`` until ``count`` messages or ``timeout`` s; lines '<topic> <retain> <payload>'.
+    """Run plain ``mosquitto_sub`` until ``count`` messages or ``timeout`` s.
+
+    Returns lines '<topic> <retain> <payload>'.
 
     Proves interoperability with a non-paho client (what a Node-RED or shell user would see).
     """

@@ -90,7 +90,8 @@ def test_last_will_marks_station_offline_when_publisher_is_killed(tmp_path, mqtt
     assert msg.retain and msg.text == "offline"
 
 
-def test_alerts_of_a_killed_publisher_are_delivered_by_the_next_process(tmp_path, mqtt_broker, mqtt_subscriber):
+def test_alerts_of_a_killed_publisher_are_delivered_by_the_next_process(tmp_path, mqtt_broker,
+                                                                        mqtt_subscriber):
     outbox = tmp_path / "outbox.sqlite"
     mqtt_broker.stop()  # broker down: alerts can only go to the outbox
     a = spawn(mqtt_broker, outbox, 0, 20, "hold")

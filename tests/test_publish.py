@@ -13,7 +13,7 @@ import pytest
 from edge.errors import ConfigError
 from edge.outbox import Outbox
 from edge.publish import Publisher, RedactFilter, encode, read_password, topics
-from tests.fixtures_mqtt import MqttSubscriber, free_port, mosquitto_sub, mqtt_config
+from tests.fixtures_mqtt import free_port, mosquitto_sub, mqtt_config
 
 
 def alert_payload(i: int, station: str = "st1") -> dict:
@@ -39,7 +39,8 @@ def wait_until(cond, timeout: float = 10.0, what: str = "condition") -> None:
 
 def test_topics_follow_the_contract():
     t = topics("seamqc", "sew-03")
-    assert (t.status, t.alert, t.stats) == ("seamqc/sew-03/status", "seamqc/sew-03/alert", "seamqc/sew-03/stats")
+    assert (t.status, t.alert, t.stats) == ("seamqc/sew-03/status", "seamqc/sew-03/alert",
+                                            "seamqc/sew-03/stats")
     assert topics("factory/qc", "s1").alert == "factory/qc/s1/alert"
     for bad in ("a/b", "a+", "#", ""):
         with pytest.raises(ConfigError, match="station"):
@@ -48,7 +49,8 @@ def test_topics_follow_the_contract():
         topics("seam/#", "s1")
 
 
-def test_alert_status_stats_have_contract_qos_retain_and_payload(mqtt_broker, mqtt_subscriber, mqtt_publisher):
+def test_alert_status_stats_have_contract_qos_retain_and_payload(mqtt_broker, mqtt_subscriber,
+                                                                  mqtt_publisher):
     live = mqtt_subscriber(mqtt_broker, "seamqc/#", qos=2)  # QoS 2 subscription: we see the publish QoS
     pub = mqtt_publisher(mqtt_broker, station="st1")
     assert live.wait_for("seamqc/st1/status", lambda m: m.text == "online").qos == 1
@@ -82,7 +84,8 @@ def test_alert_status_stats_have_contract_qos_retain_and_payload(mqtt_broker, mq
     assert not pub.connected
     assert live.wait_for("seamqc/st1/status", lambda m: m.text == "offline").qos == 1
     # plain mosquitto_sub (what a shell/Node-RED user sees): the retained status is now offline
-    assert mosquitto_sub(mqtt_broker, "seamqc/st1/status", count=1, timeout=5) == ["seamqc/st1/status 1 offline"]
+    lines = mosquitto_sub(mqtt_broker, "seamqc/st1/status", count=1, timeout=5)
+    assert lines == ["seamqc/st1/status 1 offline"]
 
 
 def test_alerts_from_a_previous_run_are_sent_first_and_in_order(tmp_path, mqtt_broker, mqtt_subscriber,

@@ -43,7 +43,8 @@ def make_ca(d: Path, name: str) -> tuple[Path, Path]:
     key, crt = d / f"{name}.key", d / f"{name}.crt"
     openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
             "-keyout", key.name, "-out", crt.name, "-days", "2", "-subj", f"/CN={name}",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
             cwd=d)
     return crt, key
 
@@ -166,7 +167,8 @@ def test_tls_client_certificate_and_systemd_credential(pki, tls_broker, mqtt_pub
         sub.close()
 
 
-def test_wrong_ca_fails_to_connect_logged_once_without_crash(pki, tls_broker, mqtt_publisher, tmp_path, caplog):
+def test_wrong_ca_fails_to_connect_logged_once_without_crash(pki, tls_broker, mqtt_publisher, tmp_path,
+                                                             caplog):
     caplog.set_level(logging.INFO, logger="edge.publish")
     broker = tls_broker()
     ob = Outbox(tmp_path / "o.sqlite")
