@@ -103,6 +103,9 @@ def _step_forward(step: Mapping[str, Any], x: np.ndarray, head: Mapping[str, Any
     if kind in ("avg_pool", "max_pool"):
         (kh, kw), (sh, sw) = step["pool"], step["strides"]
         oh, ow = _windows(x.shape[0], kh, sh), _windows(x.shape[1], kw, sw)
+        if (kh, kw) == (sh, sw):  # non-overlapping windows: one reshape
+            blocks = x[:oh * kh, :ow * kw].reshape(oh, kh, ow, kw, x.shape[2])
+            return (blocks.mean(axis=(1, 3)) if kind == "avg_pool" else blocks.max(axis=(1, 3))).astype(x.dtype)
         out = np.empty((oh, ow, x.shape[2]), x.dtype)
         red = np.mean if kind == "avg_pool" else np.max
         for i in range(oh):
@@ -145,6 +148,10 @@ def _step_backward(step: Mapping[str, Any], x: np.ndarray, g: np.ndarray, head: 
         (kh, kw), (sh, sw) = step["pool"], step["strides"]
         gi = np.zeros_like(x)
         share = g / float(kh * kw)
+        if (kh, kw) == (sh, sw):  # non-overlapping windows (the seed's AveragePooling2D(4)): no loop
+            oh, ow = g.shape[:2]
+            gi[:oh * kh, :ow * kw] = np.repeat(np.repeat(share, kh, axis=0), kw, axis=1)
+            return gi
         for i in range(g.shape[0]):
             for j in range(g.shape[1]):
                 gi[i * sh:i * sh + kh, j * sw:j * sw + kw] += share[i, j]
@@ -229,12 +236,31 @@ def gradcam_map(features: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, fl
     peak is round-off (below 1e-6 of the largest |term|), is returned as zeros: never a
     divide by zero, never noise blown up to full scale.
     """
-    f = np.asarray(features, np.float32)
     g = np.asarray(grads, np.float32)
+    if g.ndim == 4:
+        g = g[0]
+    return cam_from_weights(features, g.mean(axis=(0, 1)))
+
+
+LINEAR_STEPS = frozenset({"identity", "bn", "avg_pool", "global_avg_pool", "flatten", "dense"})
+
+
+def channel_weights(head: Mapping[str, Any], class_index: int) -> np.ndarray | None:
+    """Grad-CAM channel weights ``[c]`` of a class when the head is linear in the features
+    (BN, average pooling, flatten, Dense: the gradient does not depend on the frame), else None.
+    The Explainer computes them once per class: a frame's maps then cost one matmul each."""
+    if any(s["kind"] not in LINEAR_STEPS for s in head["spec"]["steps"]):
+        return None
+    zeros = np.zeros(tuple(head["spec"]["feature_shape"]), np.float32)
+    return head_gradient(zeros, head, class_index).mean(axis=(0, 1)).astype(np.float32)
+
+
+def cam_from_weights(features: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """ReLU(Σ_c weights_c · features_c) / max, guarded (see ``gradcam_map``) → (cam, raw peak)."""
+    f = np.asarray(features, np.float32)
     if f.ndim == 4:
-        f, g = f[0], g[0]
-    weights = g.mean(axis=(0, 1))
-    raw = f @ weights
+        f = f[0]
+    raw = f @ np.asarray(weights, np.float32)
     cam = np.maximum(raw, 0.0)
     peak = float(cam.max()) if cam.size else 0.0
     scale = float(np.abs(raw).max()) if raw.size else 0.0
@@ -529,6 +555,8 @@ class Explainer:
         if self._feat is None or self._pred is None:
             raise ModelError(f"{epath}: needs a [1,{n}] prediction output and a [1,{','.join(map(str, fshape))}] "
                              f"feature output")
+        # Linear heads (the seed's): the channel weights do not depend on the frame → once per class.
+        self._weights = [channel_weights(self.head, k) for k in range(n)]
 
     def forward(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One float forward pass (LiteRT) → (scores[n], features[h, w, c])."""
@@ -547,11 +575,16 @@ class Explainer:
         else:
             idx = _indices(labels, self.labels)
             pred, feat = self.forward(frame_bgr)
-            _, inputs = head_forward(feat, self.head)
+            inputs = None
             h, w = frame_bgr.shape[:2]
             out = {}
             for lab, k in zip(labels, idx):
-                cam, peak = gradcam_map(feat, head_gradient(feat, self.head, k, inputs))
+                if self._weights[k] is not None:
+                    cam, peak = cam_from_weights(feat, self._weights[k])
+                else:
+                    if inputs is None:
+                        _, inputs = head_forward(feat, self.head)
+                    cam, peak = gradcam_map(feat, head_gradient(feat, self.head, k, inputs))
                 out[lab] = Heatmap(lab, resize_cam(cam, h, w), peak, float(pred[k]),
                                    _strength(peak, self.peak_ref.get(lab)))
         if not self._calibrated:  # no bundle reference: the strongest map seen so far per label
