@@ -14,9 +14,11 @@ conv → BatchNormalization → ReLU block, the convolution itself is taken, as 
 applications convention does (MobileNetV2: ``Conv_1``).
 
 Supported heads on the numpy path: [BatchNormalization] [ReLU/ReLU6] [AveragePooling2D /
-MaxPooling2D (VALID) / GlobalAveragePooling2D / GlobalMaxPooling2D] [Flatten] Dense
-(sigmoid / softmax / linear), with Dropout-like layers anywhere (no-ops at inference) and an
-optional output Activation/Softmax. Anything else raises ``ModelError`` naming the layer; the
+MaxPooling2D (VALID) / GlobalAveragePooling2D / GlobalMaxPooling2D] [Flatten], then hidden
+Dense layers with relu/relu6/linear (the seed CNN's ``Dense(128, relu)``, VGG16's fc1/fc2) and
+the output Dense (sigmoid / softmax / linear), with Dropout-like layers anywhere (no-ops at
+inference) and an optional output Activation/Softmax. Anything else (convolutions, padding
+'same' pooling, other activations, branches) raises ``ModelError`` naming the layer; the
 full-TF path (``convert.gradcam_tf``) still explains such models.
 """
 
@@ -89,8 +91,8 @@ def _is_head_layer(layer) -> bool:
     kind = type(layer).__name__
     if kind in _NOOP or kind in _POOL or kind in ("Dense", "Flatten", "Softmax"):
         return True
-    if kind == "Activation":
-        return _activation_name(layer) in _OUT_ACTS
+    if kind in ("Activation", "ReLU"):  # output activation, or a hidden Dense's ReLU (never 4-D here)
+        return True
     return False
 
 
@@ -168,8 +170,9 @@ def describe_head(model, layer_name: str) -> tuple[dict[str, Any], dict[str, np.
     steps: list[dict[str, Any]] = []
     arrays: dict[str, np.ndarray] = {}
     activation = "linear"
-    dense_seen = False
+    dense_seen = False  # the LAST Dense (the logits) has been passed
     flat = False
+    last_dense = max((i for i, lyr in enumerate(chain) if type(lyr).__name__ == "Dense"), default=-1)
 
     def unsupported(lyr, why: str) -> ModelError:
         return ModelError(f"head layer {lyr.name!r} ({type(lyr).__name__}): {why}; the numpy (LiteRT) "
@@ -199,8 +202,6 @@ def describe_head(model, layer_name: str) -> tuple[dict[str, Any], dict[str, np.
             arrays[f"s{i}_scale"], arrays[f"s{i}_shift"] = scale, (beta - mean * scale).astype(np.float32)
             steps.append({**base, "kind": "bn", "scale": f"s{i}_scale", "shift": f"s{i}_shift"})
         elif kind == "ReLU" or (kind == "Activation" and _activation_name(lyr) in ("relu", "relu6")):
-            if flat:
-                raise unsupported(lyr, "activations are only supported on the feature map")
             if kind == "ReLU":
                 mx = cfg.get("max_value")
                 st = {"max_value": None if mx is None else float(mx),
@@ -233,14 +234,21 @@ def describe_head(model, layer_name: str) -> tuple[dict[str, Any], dict[str, np.
             if not flat:
                 raise unsupported(lyr, "Dense on a 4-D tensor (add Flatten or global pooling before it)")
             act = _activation_name(lyr)
-            if act not in _OUT_ACTS:
-                raise unsupported(lyr, f"activation {act!r} (one Dense with sigmoid/softmax/linear is supported)")
+            final = i == last_dense
+            if final and act not in _OUT_ACTS:
+                raise unsupported(lyr, f"output activation {act!r} (sigmoid/softmax/linear are supported)")
+            if not final and act not in ("relu", "relu6", "linear"):
+                raise unsupported(lyr, f"hidden activation {act!r} (relu/relu6/linear are supported)")
             kernel = np.asarray(lyr.kernel.numpy(), np.float32)
             bias = np.asarray(lyr.bias.numpy() if lyr.use_bias else np.zeros(kernel.shape[1]), np.float32)
             arrays[f"s{i}_kernel"], arrays[f"s{i}_bias"] = kernel, bias
             steps.append({**base, "kind": "dense", "kernel": f"s{i}_kernel", "bias": f"s{i}_bias"})
-            activation = act
-            dense_seen = True
+            if final:
+                activation = act
+                dense_seen = True
+            elif act in ("relu", "relu6"):  # hidden layer of an MLP head (the seed CNN's Dense(128, relu))
+                steps.append({**base, "kind": "relu", "max_value": 6.0 if act == "relu6" else None,
+                              "negative_slope": 0.0, "threshold": 0.0})
         else:
             raise unsupported(lyr, "layer type not supported")
     if not dense_seen:

@@ -202,6 +202,30 @@ def test_agreement_softmax_litert_vs_tf(head, tmp_path):
     assert non_flat >= 2
 
 
+def test_agreement_seed_cnn_mlp_head(tmp_path):
+    """The seed CNN (BN features → MaxPool → Flatten → Dense(128, relu) → Dense): numpy follows
+    the hidden ReLU with the frame's own mask and still agrees with TF."""
+    from convert.explainer import find_gradcam_layer
+    from convert.gradcam_tf import TFGradCAM
+    from convert.models import build_model
+    from edge.gradcam import Explainer
+
+    import keras
+
+    keras.utils.set_random_seed(3)
+    m = build_model("cnn", 4, 64, 64, filters=4)
+    _randomize_bn(m, 3)
+    assert find_gradcam_layer(m) == "gradcam_features"
+    root = make_bundle(m, tmp_path / "cnn", SEAM)
+    ex, tg = Explainer(root), TFGradCAM(m, labels=SEAM)
+    non_flat = 0
+    for img in sample_frames(2, seed=4):
+        a = ex.explain(img)
+        assert_agree(a, tg.explain(img))
+        non_flat += _non_flat(a)
+    assert non_flat >= 2
+
+
 def test_agreement_tiny_bundle(tiny_bundle):
     """The pipeline's trained tiny model: LiteRT+numpy vs TF on its bundle, every label."""
     from edge.bundle import load_bundle
@@ -384,11 +408,11 @@ def test_cost_function_reports_a_ratio(square_bundle):
 @pytest.mark.slow
 def test_keras_applications_layers_and_maps(tmp_path):
     """VGG16 and MobileNetV2 (weights=None, small inputs): auto layer names, TF heatmaps sane;
-    VGG16's fc1/fc2 head is refused on the LiteRT path with the layer named; MobileNetV2's
-    BN → ReLU6 → GAP → Dense head is supported and agrees with TF."""
+    VGG16's head is described for the numpy path, a conv inside the head is refused with the
+    layer named; MobileNetV2's BN → ReLU6 → GAP → Dense head agrees with TF on LiteRT."""
     import keras
 
-    from convert.explainer import export_explainer, find_gradcam_layer
+    from convert.explainer import describe_head, export_explainer, find_gradcam_layer, head_type
     from convert.gradcam_tf import TFGradCAM
     from edge.gradcam import Explainer
 
@@ -405,8 +429,10 @@ def test_keras_applications_layers_and_maps(tmp_path):
             assert hm.cam.shape == (200, 180) and hm.cam.dtype == np.float32
             assert np.all(np.isfinite(hm.cam)) and hm.cam.min() >= 0 and hm.cam.max() <= 1
             assert np.isfinite(hm.peak) and hm.peak >= 0
-    with pytest.raises(ModelError, match="fc1"):
-        export_explainer(vgg, tmp_path / "vgg")
+    spec, _ = describe_head(vgg, "block5_conv3")  # MaxPool → Flatten → fc1/fc2 (relu) → softmax: supported
+    assert head_type(spec) == "max_pool2x2/s2-flatten-dense-relu-dense-relu-dense-softmax"
+    with pytest.raises(ModelError, match="block5_conv3"):  # a convolution in the "head": refused, named
+        export_explainer(vgg, tmp_path / "vgg", layer="block5_conv2")
     assert not (tmp_path / "vgg" / "explainer.tflite").exists()
     root = make_bundle(mnet, tmp_path / "mnet", ["a", "b", "c"], task="multiclass")
     assert_agree(Explainer(root).explain(img), TFGradCAM(mnet, labels=["a", "b", "c"]).explain(img))
@@ -422,10 +448,10 @@ def test_unsupported_head_model_error_litert_but_tf_works(tmp_path):
     i = keras.Input((32, 32, 3))
     x = layers.Conv2D(4, 3, padding="same", name="feat")(i)
     x = layers.Flatten()(layers.MaxPooling2D(2)(x))
-    x = layers.Dense(8, activation="relu", name="hidden")(x)
+    x = layers.Dense(8, activation="tanh", name="hidden")(x)
     o = layers.Dense(2, activation="softmax")(x)
     m = keras.Model(i, o)
-    with pytest.raises(ModelError, match="'hidden'"):
+    with pytest.raises(ModelError, match="'hidden'.*tanh"):
         export_explainer(m, tmp_path)
     with pytest.raises(ModelError, match="no layer 'nope'"):
         export_explainer(m, tmp_path, layer="nope")
