@@ -116,7 +116,8 @@ def find_gradcam_layer(model) -> str:
         if not _is_head_layer(layer) and _rank(layer) != 4:
             raise ModelError(
                 f"cannot find the Grad-CAM layer of {model.name!r}: layer {layer.name!r} ({kind}) between "
-                f"the output and the last feature map is not a pooling/flatten/dense head layer; pass --layer NAME"
+                f"the output and the last feature map is not a pooling/flatten/dense head layer; "
+                f"pass --layer NAME"
             )
         ins = _inbound(layer, node)
         if len(ins) != 1:
@@ -127,15 +128,16 @@ def find_gradcam_layer(model) -> str:
 
 
 def _conv_of_block(layer):
-    """``conv → BN → ReLU`` closing the feature extractor → the conv (Keras convention); else ``layer``."""
+    """``conv → BN → ReLU`` closing the features → the conv (Keras convention); else ``layer``."""
     kind = type(layer).__name__
     is_relu = kind == "ReLU" or (kind == "Activation" and _activation_name(layer) in ("relu", "relu6"))
     if is_relu:
         ins = _inbound(layer)
         if len(ins) == 1 and type(ins[0][0]).__name__ == "BatchNormalization":
             ins2 = _inbound(ins[0][0])
-            if len(ins2) == 1 and type(ins2[0][0]).__name__ in _CONV and _activation_name(ins2[0][0]) == "linear":
-                return ins2[0][0].name
+            conv = ins2[0][0] if len(ins2) == 1 else None
+            if conv is not None and type(conv).__name__ in _CONV and _activation_name(conv) == "linear":
+                return conv.name
     return layer.name
 
 
@@ -187,8 +189,9 @@ def describe_head(model, layer_name: str) -> tuple[dict[str, Any], dict[str, np.
         if kind in _NOOP:
             steps.append({**base, "kind": "identity"})
         elif dense_seen:
-            if kind in ("Activation", "Softmax") and activation == "linear" and _activation_name(lyr) in _OUT_ACTS:
-                activation = _activation_name(lyr)
+            act = _activation_name(lyr)
+            if kind in ("Activation", "Softmax") and activation == "linear" and act in _OUT_ACTS:
+                activation = act
             else:
                 raise unsupported(lyr, "only an output activation may follow the Dense layer")
         elif kind == "BatchNormalization":
@@ -323,8 +326,8 @@ def export_explainer(
         raise ModelError(f"the numpy Grad-CAM head after layer {name!r} does not reproduce the model "
                          f"(max |diff| {err:.3g}); use --method tf")
 
-    gradcam: dict[str, Any] = {"layer": name, "feature_shape": spec["feature_shape"], "explainer": "explainer",
-                               "head": "head", "head_type": head_type(spec)}
+    gradcam: dict[str, Any] = {"layer": name, "feature_shape": spec["feature_shape"],
+                               "explainer": "explainer", "head": "head", "head_type": head_type(spec)}
     if calibration is not None:
         gradcam["peak_ref"] = _peak_refs(explainer, calibration, head)
 
@@ -335,6 +338,22 @@ def export_explainer(
     np.savez(tmp, spec=np.array(json.dumps(spec)), **arrays)
     tmp.replace(out / HEAD_FILE)
     return {"explainer": EXPLAINER_FILE, "head": HEAD_FILE}, gradcam
+
+
+def gradcam_section(model, layer: str | None = None, why: str = "") -> dict[str, Any]:
+    """``manifest.gradcam`` for a model whose head the numpy path cannot follow (TF path only).
+
+    For ``convert export``: on ``ModelError`` from ``export_explainer`` it can still ship the
+    ``keras`` role with ``gradcam_section(model, why=str(err))``; the Pi then needs
+    ``heatmaps.method: tf`` and ``edge.gradcam.Explainer(method="litert")`` says so clearly.
+    """
+    name = layer or find_gradcam_layer(model)
+    try:
+        shape = [int(v) for v in model.get_layer(name).output.shape[1:]]
+    except ValueError:
+        raise ModelError(f"model {model.name!r} has no layer {name!r}") from None
+    return {"layer": name, "feature_shape": shape, "explainer": None, "head": None,
+            "litert": why or "not exported"}
 
 
 def _peak_refs(explainer, images, head: dict[str, Any], batch: int = 32) -> list[float | None]:

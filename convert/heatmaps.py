@@ -87,12 +87,14 @@ def open_source(model: str | Path, method: str | None = None, layer: str | None 
         has_litert = bool(gc) and b.has(gc.get("explainer", "explainer")) and b.has(gc.get("head", "head"))
         method = method or ("litert" if has_litert else "tf")
         refs = gc.get("peak_ref")
-        peak_ref = {lab: r for lab, r in zip(b.labels, refs)} if refs and (layer in (None, gc.get("layer"))) else {}
+        same_layer = layer in (None, gc.get("layer"))
+        peak_ref = {lab: r for lab, r in zip(b.labels, refs)} if refs and same_layer else {}
         if method == "litert":
             if not has_litert:
                 raise ModelError(f"{path}: bundle has no Grad-CAM explainer/head; use --method tf")
             if layer and layer != gc.get("layer"):
-                raise ModelError(f"{path}: the bundle's explainer was exported for layer {gc.get('layer')!r}, "
+                raise ModelError(f"{path}: the bundle's explainer was exported for layer "
+                                 f"{gc.get('layer')!r}, "
                                  f"not {layer!r}; use --method tf to explain another layer")
             from edge.gradcam import Explainer
 
@@ -125,7 +127,8 @@ def open_source(model: str | Path, method: str | None = None, layer: str | None 
     files, gc = export_explainer(kmodel, tmp.name, layer=layer)
     h, w = (int(v) for v in kmodel.inputs[0].shape[1:3])
     write_manifest(tmp.name, {"name": path.stem, "task": meta["task"], "labels": list(meta["labels"]),
-                              "input": {"height": h, "width": w}, "classifier": "explainer", "gradcam": gc}, files)
+                              "input": {"height": h, "width": w}, "classifier": "explainer",
+                              "gradcam": gc}, files)
     ex = Explainer(tmp.name, threads=threads)
     return HeatmapSource(ex.explain, ex.labels, meta["task"], {}, "litert", ex.layer, ex.peak_ref, (tmp, ex))
 
@@ -188,7 +191,8 @@ def _text(img: np.ndarray, lines: Sequence[tuple[str, tuple[int, int, int]]], x:
         cv2.putText(img, s, (x, yy), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
 
 
-def combined_cam(heatmaps: Sequence[Heatmap], peak_ref: dict[str, float | None], shape: tuple[int, int]) -> np.ndarray:
+def combined_cam(heatmaps: Sequence[Heatmap], peak_ref: dict[str, float | None],
+                 shape: tuple[int, int]) -> np.ndarray:
     """Pixelwise max of the shown labels' maps, each scaled by its strength (for the JET column)."""
     from edge.gradcam import _strength
 
@@ -209,7 +213,8 @@ def sheet_row(frame: np.ndarray, heatmaps: dict[str, Heatmap], shown: Sequence[s
     _text(cells[0], [(title[:28], (255, 255, 255))], 4, 14)
     if truth is not None:
         _text(cells[0], [("truth: " + (",".join(truth) or "-"), (255, 255, 255))], 4, cell - 8)
-    _text(cells[1], [("Grad-CAM " + (",".join(shown) if shown else "(none flagged)"), (255, 255, 255))], 4, 14)
+    what = ",".join(shown) if shown else "(none flagged)"
+    _text(cells[1], [("Grad-CAM " + what, (255, 255, 255))], 4, 14)
     lines = [(f"{lab} {heatmaps[lab].score:.2f}" + (" *" if lab in shown else ""),
               colors.get(lab, (255, 255, 255)) if lab in shown else (200, 200, 200)) for lab in src.labels
              if lab in heatmaps]
@@ -274,15 +279,16 @@ def make_heatmaps(model: str | Path, data: Sequence[str], out: str | Path, metho
                 np.save(outdir / f"{item.stem}.{lab}.npy", np.asarray(hm.cam, np.float32))
                 n_raw += 1
         for lab, hm in hms.items():
-            records.append((item.stem, Path(item.path).name, lab, f"{hm.score:.6f}", f"{hm.peak:.6g}", int(lab in shown)))
+            records.append((item.stem, Path(item.path).name, lab, f"{hm.score:.6f}", f"{hm.peak:.6g}",
+                            int(lab in shown)))
         rows.append(sheet_row(frame, hms, shown, src, Path(item.path).name, item.truth))
     sheets = write_sheets(rows, outdir, sheet_rows) if rows else []
     with open(outdir / "heatmaps.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["stem", "name", "label", "score", "peak", "shown"])
         w.writerows(records)
-    return {"images": len(items), "raw_files": n_raw, "sheets": [str(p) for p in sheets], "method": src.method,
-            "layer": src.layer, "out": str(outdir)}
+    return {"images": len(items), "raw_files": n_raw, "sheets": [str(p) for p in sheets],
+            "method": src.method, "layer": src.layer, "out": str(outdir)}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -291,12 +297,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--model", required=True, help=".keras file or model bundle directory")
-    p.add_argument("--data", required=True, nargs="+", help="test CSV, data folder, class-per-folder tree, or images")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="test CSV, data folder, class-per-folder tree, or images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="tf: GradientTape on the Keras model; litert: the Pi's explainer + numpy head "
                         "(default: litert for a bundle, tf for a .keras)")
-    p.add_argument("--raw", action="store_true", help="also write <stem>.<label>.npy (float32 0..1) per label")
+    p.add_argument("--raw", action="store_true",
+                   help="also write <stem>.<label>.npy (float32 0..1) per label")
     p.add_argument("--labels", nargs="+", default=None, help="labels to explain (default: the flagged ones)")
     p.add_argument("--layer", default=None, help="Grad-CAM layer (default: the model's feature map)")
     p.add_argument("--limit", type=int, default=None, help="at most N images")

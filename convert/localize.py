@@ -54,7 +54,8 @@ def read_boxes(path: str | Path) -> dict[str, dict[str, list[tuple[int, int, int
     """``boxes.csv`` → {image name: {label: [(x, y, w, h), …]}}; bad rows are a ``DataError``."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: boxes.csv not found (make the data set with `python -m convert synth --out DIR`)")
+        raise DataError(f"{path}: boxes.csv not found "
+                        f"(make the data set with `python -m convert synth --out DIR`)")
     out: dict[str, dict[str, list[tuple[int, int, int, int]]]] = defaultdict(lambda: defaultdict(list))
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -65,7 +66,8 @@ def read_boxes(path: str | Path) -> dict[str, dict[str, list[tuple[int, int, int
             try:
                 box = tuple(int(round(float(row[k]))) for k in ("x", "y", "w", "h"))
             except (TypeError, ValueError):
-                raise DataError(f"{path}:{lineno}: box {[row.get(k) for k in 'xywh']} is not numeric") from None
+                bad = [row.get(k) for k in "xywh"]
+                raise DataError(f"{path}:{lineno}: box {bad} is not numeric") from None
             if box[2] <= 0 or box[3] <= 0:
                 raise DataError(f"{path}:{lineno}: box {list(box)} has no area")
             out[row["name"].strip()][row["label"].strip()].append(box)  # type: ignore[arg-type]
@@ -104,7 +106,8 @@ def score_case(cam: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], tole
     return hit, mass, area, (int(xx), int(yy)), dist, bool(border)
 
 
-def summarize(cases: Sequence[Case], labels: Sequence[str], totals: dict[str, int]) -> dict[str, dict[str, Any]]:
+def summarize(cases: Sequence[Case], labels: Sequence[str],
+              totals: dict[str, int]) -> dict[str, dict[str, Any]]:
     """Per label: cases with boxes, flagged, pointing-game hit rate, mean mass in box, where misses went."""
     out = {}
     for lab in labels:
@@ -125,10 +128,11 @@ def summarize(cases: Sequence[Case], labels: Sequence[str], totals: dict[str, in
     return out
 
 
-def localize(model: str | Path, data: str | Path, method: str | None = None, tolerance: int = DEFAULT_TOLERANCE,
-             layer: str | None = None, threads: int = 2, limit: int | None = None,
+def localize(model: str | Path, data: str | Path, method: str | None = None,
+             tolerance: int = DEFAULT_TOLERANCE, layer: str | None = None, threads: int = 2,
+             limit: int | None = None,
              progress: bool = True) -> dict[str, Any]:
-    """Run the measurement (see module doc) → {"method", "layer", "tolerance_px", "labels": {...}, "cases": [...]}."""
+    """Run the measurement (module doc) → {"method", "layer", "tolerance_px", "labels", "cases"}."""
     from convert.data import read_csv, read_image
     from convert.heatmaps import open_source
 
@@ -188,7 +192,8 @@ def format_table(result: dict[str, Any]) -> str:
              f"{'label':<10}{'cases':>6}{'flagged':>8}{'pointing':>10}{'mass in box':>12}{'box area':>10}"
              f"{'flat':>6}{'miss dist':>10}{'miss@border':>12}"]
     for lab, s in result["labels"].items():
-        lines.append(f"{lab:<10}{s['cases']:>6}{s['flagged']:>8}{pct(s['pointing']):>10}{num(s['mass_in_box']):>12}"
+        lines.append(f"{lab:<10}{s['cases']:>6}{s['flagged']:>8}{pct(s['pointing']):>10}"
+                     f"{num(s['mass_in_box']):>12}"
                      f"{num(s['box_area']):>10}{s['flat']:>6}{num(s['miss_dist_px'], '{:.1f}'):>10}"
                      f"{pct(s['miss_at_border']):>12}")
     return "\n".join(lines)
@@ -205,7 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="litert (default for a bundle) or tf (default for a .keras)")
     p.add_argument("--json", default=None, help="also write the numbers (and every case) to this file")
     p.add_argument("--tolerance", type=int, default=DEFAULT_TOLERANCE, help="pointing-game tolerance in px")
-    p.add_argument("--layer", default=None, help="Grad-CAM layer (tf method; default: the model's feature map)")
+    p.add_argument("--layer", default=None,
+                   help="Grad-CAM layer (tf method; default: the model's feature map)")
     p.add_argument("--limit", type=int, default=None, help="at most N images with boxes")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=run)

@@ -84,7 +84,8 @@ def load_head(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{path}: not a valid Grad-CAM head file ({e})") from None
     if spec.get("format") != HEAD_FORMAT:
-        raise ModelError(f"{path}: head format {spec.get('format')!r} is not supported (expected {HEAD_FORMAT})")
+        raise ModelError(f"{path}: head format {spec.get('format')!r} is not supported "
+                         f"(expected {HEAD_FORMAT})")
     return {"spec": spec, **arrays}
 
 
@@ -105,7 +106,8 @@ def _step_forward(step: Mapping[str, Any], x: np.ndarray, head: Mapping[str, Any
         oh, ow = _windows(x.shape[0], kh, sh), _windows(x.shape[1], kw, sw)
         if (kh, kw) == (sh, sw):  # non-overlapping windows: one reshape
             blocks = x[:oh * kh, :ow * kw].reshape(oh, kh, ow, kw, x.shape[2])
-            return (blocks.mean(axis=(1, 3)) if kind == "avg_pool" else blocks.max(axis=(1, 3))).astype(x.dtype)
+            red = blocks.mean(axis=(1, 3)) if kind == "avg_pool" else blocks.max(axis=(1, 3))
+            return red.astype(x.dtype)
         out = np.empty((oh, ow, x.shape[2]), x.dtype)
         red = np.mean if kind == "avg_pool" else np.max
         for i in range(oh):
@@ -123,15 +125,20 @@ def _step_forward(step: Mapping[str, Any], x: np.ndarray, head: Mapping[str, Any
     raise ModelError(f"head step {kind!r} is not supported by this runtime")
 
 
+def _relu_params(step: Mapping[str, Any]) -> tuple[float, float, Any]:
+    return float(step.get("threshold", 0.0)), float(step.get("negative_slope", 0.0)), step.get("max_value")
+
+
 def _relu(x: np.ndarray, step: Mapping[str, Any]) -> np.ndarray:
-    t, slope, mx = float(step.get("threshold", 0.0)), float(step.get("negative_slope", 0.0)), step.get("max_value")
+    t, slope, mx = _relu_params(step)
     y = np.where(x >= t, x, slope * (x - t) if slope else 0.0)
     if mx is not None:
         y = np.minimum(y, float(mx))
     return y.astype(x.dtype, copy=False)
 
 
-def _step_backward(step: Mapping[str, Any], x: np.ndarray, g: np.ndarray, head: Mapping[str, Any]) -> np.ndarray:
+def _step_backward(step: Mapping[str, Any], x: np.ndarray, g: np.ndarray,
+                   head: Mapping[str, Any]) -> np.ndarray:
     """Gradient w.r.t. the step's input ``x`` given the gradient ``g`` w.r.t. its output."""
     kind = step["kind"]
     if kind == "identity":
@@ -139,7 +146,7 @@ def _step_backward(step: Mapping[str, Any], x: np.ndarray, g: np.ndarray, head: 
     if kind == "bn":
         return g * head[step["scale"]]
     if kind == "relu":
-        t, slope, mx = float(step.get("threshold", 0.0)), float(step.get("negative_slope", 0.0)), step.get("max_value")
+        t, slope, mx = _relu_params(step)
         d = np.where(x > t, 1.0, slope).astype(x.dtype)
         if mx is not None:
             d = np.where(x >= float(mx), 0.0, d).astype(x.dtype)
@@ -519,7 +526,8 @@ class Explainer:
         try:
             model = keras.models.load_model(str(path), compile=False)
         except Exception as e:  # noqa: BLE001 - one line for the user
-            raise ModelError(f"{path}: cannot load the Keras model ({str(e).splitlines()[0][:200] if str(e) else e!r})") from None
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{path}: cannot load the Keras model ({msg})") from None
         layer = gc.get("layer")
         if not layer:
             raise ModelError(f"{self.bundle.root}: manifest gradcam.layer is missing (needed for method tf)")
@@ -531,7 +539,11 @@ class Explainer:
         from .classify import open_interpreter
 
         if not gc:
-            raise ModelError(f"{self.bundle.root}: manifest has no 'gradcam' section (bundle without explainer)")
+            raise ModelError(f"{self.bundle.root}: manifest has no 'gradcam' section "
+                             f"(bundle without explainer)")
+        if not gc.get("explainer") or not gc.get("head"):
+            raise ModelError(f"{self.bundle.root}: this bundle has no LiteRT Grad-CAM explainer "
+                             f"({gc.get('litert') or 'not exported'}); use heatmaps method tf")
         self._tf = None
         self.layer = str(gc.get("layer", "?"))
         self.head = load_head(self.bundle.path(gc.get("head", "head")))
@@ -539,7 +551,8 @@ class Explainer:
         self.interpreter, self.runtime = open_interpreter(str(epath), threads)
         n = int(self.head["spec"]["n_outputs"])
         if n != len(self.labels):
-            raise ModelError(f"{self.bundle.root}: head has {n} outputs but the manifest lists {len(self.labels)} labels")
+            raise ModelError(f"{self.bundle.root}: head has {n} outputs but the manifest lists "
+                             f"{len(self.labels)} labels")
         inp = self.interpreter.get_input_details()
         if len(inp) != 1 or inp[0]["dtype"] != np.float32:
             raise ModelError(f"{epath}: expected one float32 input")
@@ -553,8 +566,8 @@ class Explainer:
             elif len(shape) == 2 and shape[-1] == n:
                 self._pred = d["index"]
         if self._feat is None or self._pred is None:
-            raise ModelError(f"{epath}: needs a [1,{n}] prediction output and a [1,{','.join(map(str, fshape))}] "
-                             f"feature output")
+            shape = ",".join(map(str, fshape))
+            raise ModelError(f"{epath}: needs a [1,{n}] prediction output and a [1,{shape}] feature output")
         # Linear heads (the seed's): the channel weights do not depend on the frame → once per class.
         self._weights = [channel_weights(self.head, k) for k in range(n)]
 
@@ -593,7 +606,8 @@ class Explainer:
                     self.peak_ref[lab] = hm.peak
         return out
 
-    def overlay(self, frame_bgr: np.ndarray, heatmaps: Mapping[str, Heatmap], alpha: float = 0.6) -> np.ndarray:
+    def overlay(self, frame_bgr: np.ndarray, heatmaps: Mapping[str, Heatmap],
+                alpha: float = 0.6) -> np.ndarray:
         """``overlay_labels`` with the heatmaps' strengths."""
         return overlay_labels(frame_bgr, heatmaps, None, alpha)
 

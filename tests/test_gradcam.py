@@ -457,3 +457,25 @@ def test_unsupported_head_model_error_litert_but_tf_works(tmp_path):
         export_explainer(m, tmp_path, layer="nope")
     maps = TFGradCAM(m, labels=["x", "y"]).explain(sample_frames(1)[0])
     assert all(np.isfinite(h.cam).all() and h.cam.shape == (256, 256) for h in maps.values())
+
+    # a bundle of it (as `convert export` can ship it): LiteRT refuses clearly, TF explains
+    from convert.explainer import gradcam_section
+    from convert.tflite import keras_to_tflite
+    from edge.bundle import write_manifest
+    from edge.gradcam import Explainer
+
+    root = tmp_path / "b"
+    root.mkdir()
+    (root / "c.tflite").write_bytes(keras_to_tflite(m, 32, 32))
+    m.save(str(root / "model.keras"))
+    try:
+        export_explainer(m, root)
+    except ModelError as e:
+        gc = gradcam_section(m, why=str(e))
+    write_manifest(root, {"task": "multiclass", "labels": ["x", "y"], "input": {"height": 32, "width": 32},
+                          "classifier": "c", "gradcam": gc}, {"c": "c.tflite", "keras": "model.keras"})
+    with pytest.raises(ModelError, match="no LiteRT Grad-CAM explainer.*'hidden'.*method tf"):
+        Explainer(root, method="litert")
+    maps2 = Explainer(root, method="tf").explain(sample_frames(1)[0])
+    for lab in ("x", "y"):
+        np.testing.assert_allclose(maps2[lab].cam, maps[lab].cam, atol=1e-6)
