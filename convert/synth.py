@@ -372,7 +372,7 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
     covers the whole ROI, and their box is the ROI columns × the seam band at the middle frame.
     Returns the truth rows (also written to ``FILE.truth.csv``), sorted by first frame.
     """
-    from convert.synth_render import (Scene, add_stitches, break_span, camera, make_break,
+    from convert.synth_render import (Scene, add_lint, add_stitches, break_span, camera, make_break,
                                       make_error, random_camera, random_scene_style, stitch_holes)
     from convert.synth_fabric import tile_bank
 
@@ -392,6 +392,9 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
     S = float(px_per_mm)
     frames = int(frames)
     v = spm * base_length_mm / 60.0 * S / fps            # px per frame
+    if v > (ROI[2] - MAX_DEFECT_W) / 2:
+        raise DataError(f"--stitches-per-min {spm:g}: too fast for {fps:g} fps (the seam moves {v:.0f} px "
+                        f"per frame; defects would be wholly inside the ROI for < 2 frames)")
     offs = np.arange(frames) * v                          # strip column at the frame's left edge
     travel = float(offs[-1])
     other_mm = 4.0 if base_length_mm == 2.0 else 2.0
@@ -472,6 +475,8 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
     holes = stitch_holes(srng, -4 * S - srng.uniform(0, base_length_mm * S), u_end, pitch_px, centre)
     scene.centre_u = np.linspace(-CHUNK, u_end + CHUNK, int((u_end + 2 * CHUNK) // 8) + 2)
     scene.centre_v = centre(scene.centre_u)
+    if srng.random() < 0.5:
+        add_lint(scene, srng, -CHUNK, u_end, -8, FRAME_H + 8, srng.uniform(0.5, 2.0))
 
     skip: set[int] = set()
     events: list[tuple[str, tuple[float, float, float, float]]] = []

@@ -221,31 +221,46 @@ def fabric_colours(rng: np.random.Generator, tile: Tile) -> tuple[np.ndarray, np
     return c0, c1
 
 
-def thread_colour(rng: np.random.Generator, fabric_bgr: np.ndarray, close: bool) -> np.ndarray:
+def thread_colour(rng: np.random.Generator, refs: list[np.ndarray], close: bool) -> np.ndarray:
     """A thread colour that is either contrasting or tone-on-tone, but never invisible.
 
-    Tone-on-tone threads keep a luma difference ≥ 0.18 (plus the thread's own highlight and
-    shadow), so a defect stays visible to a human at 128×128.
+    ``refs`` are the fabric colours the thread must stand out from (the mean colour, or both
+    colours of a print). Tone-on-tone threads keep the first colour's hue with a luma
+    difference ≥ 0.2 from every ref (plus the thread's own highlight and shadow); contrasting
+    ones differ by ≥ 0.3 in luma, or ≥ 0.15 in luma and ≥ 0.5 in a channel. So stitches, gaps
+    and defects stay visible to a human at 128×128.
     """
-    fl = luma(fabric_bgr)
-    h, s, v = colorsys.rgb_to_hsv(*fabric_bgr[::-1])
-    for _ in range(50):
-        if close:
-            dv = rng.uniform(0.2, 0.36) * (1 if (fl < 0.5) == (rng.random() < 0.8) else -1)
-            c = hsv_bgr(h + rng.uniform(-0.04, 0.04), s * rng.uniform(0.6, 1.2), v + dv)
-            if abs(luma(c) - fl) >= 0.18:
-                return c
+    ls = [luma(r) for r in refs]
+    lo, hi = min(ls), max(ls)
+    want = rng.uniform(0.2, 0.3)
+    if close and (hi + want <= 0.92 or lo - want >= 0.06):
+        can_l, can_d = hi + want <= 0.92, lo - want >= 0.06
+        lighter = can_l if not (can_l and can_d) else (lo < 0.3 or (hi <= 0.7 and bool(rng.random() < 0.5)))
+        h, s, v = colorsys.rgb_to_hsv(*refs[0][::-1])
+        c = hsv_bgr(h + rng.uniform(-0.04, 0.04), s * rng.uniform(0.6, 1.1),
+                    v + (1 if lighter else -1) * rng.uniform(0.2, 0.4))
+        target = np.ones(3, np.float32) if lighter else np.zeros(3, np.float32)
+        for t in np.linspace(0.0, 1.0, 41):    # blend toward white/black until it shows
+            cc = c * (1 - t) + target * t
+            if min(abs(luma(cc) - x) for x in ls) >= want:
+                return cc.astype(np.float32)
+
+    def stands_out(c: np.ndarray) -> bool:
+        return all(abs(luma(c) - lr) >= 0.3 or (abs(luma(c) - lr) >= 0.15 and np.abs(c - r).max() >= 0.5)
+                   for r, lr in zip(refs, ls))
+
+    for _ in range(60):
+        u = rng.random()
+        if u < 0.3:
+            c = hsv_bgr(0, 0, rng.uniform(0.85, 0.97)) if lo < 0.55 else hsv_bgr(0, 0, rng.uniform(0.05, 0.2))
+        elif u < 0.5:   # gold / orange topstitch
+            c = hsv_bgr(rng.uniform(0.07, 0.13), rng.uniform(0.55, 0.9), rng.uniform(0.7, 0.95))
         else:
-            u = rng.random()
-            if u < 0.3:
-                c = hsv_bgr(0, 0, rng.uniform(0.85, 0.97)) if fl < 0.55 else hsv_bgr(0, 0, rng.uniform(0.05, 0.2))
-            elif u < 0.5:   # gold / orange topstitch
-                c = hsv_bgr(rng.uniform(0.07, 0.13), rng.uniform(0.55, 0.9), rng.uniform(0.7, 0.95))
-            else:
-                c = hsv_bgr(rng.uniform(0, 1), rng.uniform(0.3, 1), rng.uniform(0.2, 0.97))
-            if abs(luma(c) - fl) >= 0.3 or np.abs(c - fabric_bgr).max() >= 0.5:
-                return c
-    return hsv_bgr(0, 0, 0.95) if fl < 0.5 else hsv_bgr(0, 0, 0.08)
+            c = hsv_bgr(rng.uniform(0, 1), rng.uniform(0.3, 1), rng.uniform(0.2, 0.97))
+        if stands_out(c):
+            return c
+    white, black = hsv_bgr(0, 0, 0.95), hsv_bgr(0, 0, 0.06)
+    return white if min(abs(0.95 - x) for x in ls) >= min(abs(0.06 - x) for x in ls) else black
 
 
 # --------------------------------------------------------------------------- placement
@@ -301,6 +316,16 @@ def render_fabric(look: FabricLook, x0: float, y0: float, w: int, h: int) -> np.
 @lru_cache(maxsize=None)
 def _tile_mean(index: int) -> float:
     return float(tile_bank()[index].data[..., 0].mean())
+
+
+def reference_colours(look: FabricLook) -> list[np.ndarray]:
+    """Colours a thread must stand out from: the mean for fine two-tone weaves (denim reads
+    as one colour at camera scale), each colour for prints and jacquards (large patches)."""
+    tile = tile_bank()[look.tile_index]
+    if tile.kind in ("print", "jacquard"):
+        s = _tile_mean(look.tile_index)
+        return [look.c0 * s, look.c1 * s]
+    return [mean_colour(look)]
 
 
 def mean_colour(look: FabricLook) -> np.ndarray:

@@ -21,7 +21,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from convert.synth_fabric import FabricLook, mean_colour, random_look, render_fabric, thread_colour
+from convert.synth_fabric import (FabricLook, mean_colour, random_look, reference_colours, render_fabric,
+                                  thread_colour, tile_bank)
 
 SHIFT = 4                    # cv2 fixed-point bits: 1/16 px sub-pixel drawing
 ONE = 1 << SHIFT
@@ -67,6 +68,9 @@ class Scene:
     groove: float = 0.1                   # darkening along the stitch line (compressed fabric)
     pucker: float = 0.03                  # small wrinkles across the seam
     light: tuple[float, float] = (0.6, 0.8)   # unit vector the shadows fall along
+    twist: float = 0.08                   # contrast of the thread's ply twist
+    lint: list[np.ndarray] = field(default_factory=list)     # stray fibres (1 px, faint)
+    lint_bgr: np.ndarray = field(default_factory=lambda: np.ones(3, np.float32))
     defects: list[Defect] = field(default_factory=list)
 
 
@@ -176,16 +180,33 @@ def tail_path(rng: np.random.Generator, p: np.ndarray, direction: np.ndarray, S:
 def random_scene_style(rng: np.random.Generator, S: float) -> Scene:
     """Fabric, thread and seam-shading style (no stitches yet)."""
     look = random_look(rng, S)
-    close = rng.random() < 0.4
-    tc = thread_colour(rng, mean_colour(look), close)
+    kind = tile_bank()[look.tile_index].kind
+    close = rng.random() < 0.4 and kind != "denim"       # denim is topstitched in contrast
+    tc = thread_colour(rng, reference_colours(look), close)
     tw = max(1, int(round(rng.uniform(0.36, 0.56) * S)))
     ang = rng.uniform(0, 2 * np.pi)
     edge = 0.0
     if rng.random() < 0.55:
         edge = float(rng.choice([-1, 1]) * rng.uniform(2.5, 6.0) * S)
+    fab = mean_colour(look)
+    lint_bgr = (fab + (1.0 - fab) * rng.uniform(0.3, 0.8)).astype(np.float32)
     return Scene(S=S, look=look, thread_bgr=tc, thread_w=tw, hole_r=rng.uniform(0.16, 0.26) * S,
                  edge=edge, groove=rng.uniform(0.04, 0.16), pucker=rng.uniform(0.0, 0.05),
-                 light=(float(np.cos(ang)), float(np.sin(ang))))
+                 light=(float(np.cos(ang)), float(np.sin(ang))), twist=rng.uniform(0.04, 0.14),
+                 lint_bgr=lint_bgr)
+
+
+def add_lint(scene: Scene, rng: np.random.Generator, u0: float, u1: float, v0: float, v1: float,
+             per_cm2: float) -> None:
+    """Stray fibres: short thin curls lying on the cloth (nuisance, never thread-thick)."""
+    S = scene.S
+    area_cm2 = (u1 - u0) * (v1 - v0) / (10 * S) ** 2
+    for _ in range(int(rng.poisson(per_cm2 * area_cm2))):
+        p = np.array([rng.uniform(u0, u1), rng.uniform(v0, v1)])
+        L = rng.uniform(0.6, 2.5) * S
+        th = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.25, 10))
+        pts = p + np.cumsum(np.stack([np.cos(th), np.sin(th)], 1), 0) * (L / 10)
+        scene.lint.append(np.vstack([p, pts]))
 
 
 def stitch_holes(rng: np.random.Generator, u0: float, u1: float, pitch_px, centre) -> np.ndarray:
@@ -298,6 +319,12 @@ def render_static(scene: Scene, x0: float, y0: float, w: int, h: int) -> np.ndar
     img *= g[..., None]
 
     pad = 6 * S
+    lint = _visible(scene.lint, x0, y0, w, h, pad)
+    if lint:
+        la = np.zeros((h, w), np.uint8)
+        cv2.polylines(la, _poly_i(lint, x0, y0), False, 110, 1, cv2.LINE_AA, SHIFT)
+        laf = la.astype(np.float32) * (1 / 255)
+        img += laf[..., None] * (scene.lint_bgr - img)
     flat = _visible(scene.flat, x0, y0, w, h, pad)
     raised = _visible(scene.raised, x0, y0, w, h, pad)
     tw = scene.thread_w
@@ -337,6 +364,10 @@ def render_static(scene: Scene, x0: float, y0: float, w: int, h: int) -> np.ndar
         hi = cv2.GaussianBlur(hi, (0, 0), max(0.5, tw * 0.15))
         af = a.astype(np.float32) * (1 / 255)
         shade = 0.68 + 0.5 * hi.astype(np.float32) * (1 / 255)
+        if scene.twist > 0:     # ply twist: fine diagonal ridges across the thread
+            yy = np.arange(h, dtype=np.float32)[:, None] + y0
+            xx = np.arange(w, dtype=np.float32)[None, :] + x0
+            shade *= 1.0 + scene.twist * np.sin((xx * 0.55 + yy) * (2 * np.pi / (0.3 * S)))
         thread = shade[..., None] * scene.thread_bgr
         img += af[..., None] * (thread - img)
     return img
@@ -356,7 +387,7 @@ def random_camera(rng: np.random.Generator, sheen: float, S: float, still: bool 
     th = rng.uniform(0, 2 * np.pi)
     sh_amp = 0.0
     if rng.random() < 0.15 + sheen * 0.8:
-        sh_amp = rng.uniform(0.05, 0.15 + 0.3 * sheen)
+        sh_amp = rng.uniform(0.05, 0.12 + 0.18 * sheen)
     ts = rng.uniform(0, 2 * np.pi)
     k = S / 12.5
     return Camera(
@@ -462,19 +493,26 @@ def build_still(rng: np.random.Generator, drng: np.random.Generator, size: int, 
     state with and without defects gives the same picture apart from the defects.
     """
     pitch_mm = 2.0 if length else 4.0
-    margin = max(2.0, size * 0.04)
+    margin = max(2.0, size * 0.03)
     scene = random_scene_style(rng, S)
     centre = _centre_fn(rng, size, S)
     pitch = pitch_mm * S
     holes = stitch_holes(rng, -pitch * rng.uniform(1.0, 2.0), size + 2 * pitch, lambda u: pitch, centre)
     cu = np.linspace(-64, size + 64, 64)
     scene.centre_u, scene.centre_v = cu, centre(cu)
+    if rng.random() < 0.5:
+        add_lint(scene, rng, -8, size + 8, -8, size + 8, rng.uniform(0.5, 3.0))
     n = len(holes)
     inner = [k for k in range(1, n - 4) if margin < holes[k, 0] and holes[k + 1, 0] < size - margin]
     wanted = (["error"] if error else []) + (["break"] if brk else [])
     if len(wanted) == 2 and drng.random() < 0.5:
         wanted.reverse()
-    for _attempt in range(100):
+    for _attempt in range(200):
+        if _attempt and _attempt % 40 == 0:
+            # rare (two defects at 4 mm pitch): slide the stitches along the seam and retry
+            du = drng.uniform(0.2, 0.8) * pitch
+            holes = np.stack([holes[:, 0] + du, holes[:, 1] + centre(holes[:, 0] + du) - centre(holes[:, 0])], 1)
+            inner = [k for k in range(1, n - 4) if margin < holes[k, 0] and holes[k + 1, 0] < size - margin]
         skip: set[int] = set()
         raised: list[np.ndarray] = []
         defects: list[Defect] = []
@@ -515,7 +553,6 @@ def render_still(rng: np.random.Generator, size: int, S: float, error: bool, brk
 
     Scene, defects and camera use separate child generators of ``rng`` (see ``build_still``).
     """
-    from convert.synth_fabric import tile_bank
     r_scene, r_defect, r_cam = rng.spawn(3)
     scene = build_still(r_scene, r_defect, size, S, error, brk, length)
     static = render_static(scene, 0.0, 0.0, size, size)

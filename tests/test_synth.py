@@ -94,7 +94,7 @@ def test_defect_changes_the_image_inside_its_box_only(seed):
         outside[max(0, b.y - pad):b.y + b.h + pad, max(0, b.x - pad):b.x + b.w + pad] = False
         assert inside.mean() > 8.0, (label, seed, inside.mean())
         assert (inside > 25).mean() > 0.1, (label, seed)
-        assert diff[outside].max() < 3.0, (label, seed, diff[outside].max())
+        assert diff[outside].max() <= 6.0 and diff[outside].mean() < 0.2, (label, seed, diff[outside].max())
 
 
 def test_render_image_forced_labels_and_tiny_size():
