@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             from .daemon import load_model
 
             bundle, clf = load_model(cfg)
-            from .camera import make_source
+            from .daemon import open_source
 
-            make_source(cfg.camera, (bundle.width, bundle.height))
+            open_source(cfg, (bundle.width, bundle.height))
             print(f"{args.config}: OK (station {cfg.station}, model {bundle.name} {cfg.model.bundle}, "
                   f"runtime {clf.runtime}, camera {cfg.camera.source} {cfg.camera.device})")
             return 0

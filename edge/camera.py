@@ -48,6 +48,14 @@ class Frame:
     image: np.ndarray
 
 
+def _cam_error(msg: str, key: str) -> CameraError:
+    """A CameraError about ``camera.<key>``; the daemon prefixes the config file and line."""
+    err = CameraError(f"camera.{key}: {msg}")
+    err.key = ("camera", key)  # type: ignore[attr-defined]
+    err.detail = msg  # type: ignore[attr-defined]
+    return err
+
+
 class SourceLost(Exception):
     """The device went away (or cannot be opened right now); capture retries with backoff."""
 
@@ -87,7 +95,7 @@ class OpenCVSource(Source):
         self.roi = tuple(cam.roi) if cam.roi is not None else None
         self.cap: Any = None
         if self.kind == "file" and not os.path.isfile(str(self.device)):
-            raise CameraError(f"camera.device: {str(self.device)!r}: video file not found")
+            raise _cam_error(f"{str(self.device)!r}: video file not found", "device")
 
     def open(self) -> None:
         dev = self.device
@@ -130,7 +138,8 @@ class OpenCVSource(Source):
         return img
 
     def rewind(self) -> bool:
-        if self.cap is None:
+        """Back to the first frame (loop); False when the file has gone (→ reopen → lost)."""
+        if self.cap is None or not os.path.isfile(str(self.device)):
             return False
         return bool(self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0))
 
@@ -159,9 +168,9 @@ class PicameraSource(Source):
         try:
             from picamera2 import Picamera2  # noqa: WPS433 (hardware lib: imported only here)
         except ImportError:
-            raise CameraError(
-                "camera.source: 'picamera': picamera2 is not installed (apt install python3-picamera2; "
-                "create the venv with --system-site-packages)") from None
+            raise _cam_error(
+                "'picamera': picamera2 is not installed (apt install python3-picamera2; "
+                "create the venv with --system-site-packages)", "source") from None
         self._Picamera2 = Picamera2
         self.main_size = (cam.width, cam.height)
         self.lores_size: tuple[int, int] | None = None
@@ -225,7 +234,7 @@ def make_source(cam, model_size: tuple[int, int] | None = None) -> Source:
         return PicameraSource(cam, model_size)
     if cam.source in ("usb", "file", "rtsp"):
         return OpenCVSource(cam)
-    raise CameraError(f"camera.source: {cam.source!r}: unknown source")
+    raise _cam_error(f"{cam.source!r}: unknown source", "source")
 
 
 class CaptureStats:

@@ -33,7 +33,7 @@ import numpy as np
 from .camera import Capture, Frame, make_source
 from .config import Config, config_line
 from .decide import Decider, iso_utc
-from .errors import ConfigError, ModelError, SeamQCError
+from .errors import CameraError, ConfigError, ModelError, SeamQCError
 from .sdnotify import Notifier, watchdog_interval_s
 
 log = logging.getLogger("seamqc")
@@ -77,6 +77,17 @@ def load_model(cfg: Config) -> tuple[Any, Any]:
     return bundle, clf
 
 
+def open_source(cfg: Config, model_size: tuple[int, int]) -> Any:
+    """``make_source`` with camera errors located in the config file (file:line: camera.key: …)."""
+    try:
+        return make_source(cfg.camera, model_size)
+    except CameraError as e:
+        key = getattr(e, "key", None)
+        if key is None:
+            raise
+        raise CameraError(f"{config_line(cfg, *key)}: {getattr(e, 'detail', e)}") from None
+
+
 class Daemon:
     def __init__(self, cfg: Config, max_frames: int | None = None, notifier: Notifier | None = None) -> None:
         self.cfg = cfg
@@ -118,7 +129,7 @@ class Daemon:
         log.info("model %s (%s, sha256 %s…), input %dx%d, runtime %s, %d thread(s)", self.bundle.name,
                  cfg.model.role or self.bundle.classifier_role, self.model_sha[:12], self.bundle.width,
                  self.bundle.height, self.runtime, cfg.model.threads)
-        self.source = make_source(cfg.camera, (self.bundle.width, self.bundle.height))
+        self.source = open_source(cfg, (self.bundle.width, self.bundle.height))
         self.frames_q: "queue.Queue[Frame]" = queue.Queue(maxsize=cfg.camera.queue_size)
         self._setup_outbox_publisher()
         self._setup_heatmaps()

@@ -185,24 +185,24 @@ class Decider:
                     ev.best = (strength, seq, ts_wall, dict(scores), dict(tflags), image)
             else:
                 tr.quiet += 1
+            closed = None
             if tr.quiet >= self.n:
-                out.append(self._close(name, tr))
+                closed = self._close(name, tr)
                 tr.cooldown = self.cooldown_frames
             elif ev.frames >= self.max_event_frames:
-                out.append(self._close(name, tr))
-                # a persistent condition continues as a new event right away
-                if flagged:
-                    nev = tr.event = _Event(self._new_id(), seq, seq, frames=1,
-                                            counts={lab: 1 for lab in tflags})
-                    nev.best = (max(tflags.values()), seq, ts_wall, dict(scores), dict(tflags), image)
-                    self.events_opened += 1
+                # emitted now; if the condition goes on, the k-of-n history (still full of flagged
+                # frames) opens a new event on the next flagged frame
+                closed = self._close(name, tr)
+            if closed is not None:
+                out.append(closed)
         return out
 
-    def _close(self, name: str, tr: _Track) -> Alert:
+    def _close(self, name: str, tr: _Track) -> Alert | None:
         ev = tr.event
-        assert ev is not None and ev.best is not None
         tr.event = None
         tr.quiet = 0
+        if ev is None or ev.best is None:  # a continuation that never saw a flagged frame
+            return None
         strength, seq, ts, scores, bflags, image = ev.best
         # labels: the best frame's flags plus any label flagged in at least k frames of the event
         labels = [lab for lab in self.labels
@@ -217,9 +217,9 @@ class Decider:
         """Close every open event (at shutdown): nothing accepted is left behind."""
         out = []
         for name, tr in self.tracks.items():
-            if tr.event is not None and tr.event.best is not None:
-                out.append(self._close(name, tr))
-            tr.event = None
+            closed = self._close(name, tr)
+            if closed is not None:
+                out.append(closed)
         return out
 
     @property
