@@ -120,7 +120,8 @@ def _image_rng(seed: int, index: int) -> np.random.Generator:
 def _render_indexed(job: tuple[int, int, dict[str, Any]]) -> tuple[int, bytes, dict[str, bool], list[Box]]:
     seed, i, opts = job
     img, labels, boxes = render_image(_image_rng(seed, i), **opts)
-    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                                          cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY])
     if not ok:   # pragma: no cover
         raise DataError("PNG encoding failed")
     return i, buf.tobytes(), labels, boxes

@@ -301,22 +301,39 @@ def _visible(paths: list[np.ndarray], x0: float, y0: float, w: int, h: int, pad:
     return out
 
 
+def _rows(lo: float, hi: float, y0: float, h: int) -> tuple[int, int]:
+    return int(np.clip(np.floor(lo - y0), 0, h)), int(np.clip(np.ceil(hi - y0), 0, h))
+
+
 def render_static(scene: Scene, x0: float, y0: float, w: int, h: int) -> np.ndarray:
-    """Fabric + seam + threads for window (x0, y0, w, h) of the strip → float32 BGR [h, w, 3]."""
+    """Fabric + seam + threads for window (x0, y0, w, h) of the strip → float32 BGR [h, w, 3].
+
+    Seam shading and threads are computed only in the band of rows they can touch.
+    """
     S = scene.S
     img = render_fabric(scene.look, x0, y0, w, h)
 
     # seam shading: groove along the stitches, ply edge with its shadow, puckering
     xs = np.arange(w, dtype=np.float32) + x0
     cv = np.interp(xs, scene.centre_u, scene.centre_v).astype(np.float32)
-    dy = (np.arange(h, dtype=np.float32)[:, None] + y0) - cv[None, :]
-    g = 1.0 - scene.groove * np.exp(-(dy / (0.45 * S)) ** 2)
-    if scene.pucker > 0:
-        g *= 1.0 + scene.pucker * np.sin(xs / (0.9 * S))[None, :] * np.exp(-(dy / (2.5 * S)) ** 2)
+    top, bot = float(cv.min()) - 3.6 * S, float(cv.max()) + 3.6 * S
     if scene.edge:
-        de = (dy - scene.edge) * np.sign(scene.edge)      # > 0: beyond the top ply's edge
-        g *= np.where(de > 0, 0.9 - 0.25 * np.exp(-de / (0.5 * S)), 1.0 + 0.08 * np.exp(de / (0.25 * S)))
-    img *= g[..., None]
+        top = min(top, float(cv.min()) + scene.edge - 2 * S)
+        bot = max(bot, float(cv.max()) + scene.edge + 2 * S)
+    r0, r1 = _rows(top, bot, y0, h)
+    if r1 > r0:
+        dy = (np.arange(r0, r1, dtype=np.float32)[:, None] + y0) - cv[None, :]
+        g = 1.0 - scene.groove * np.exp(-(dy / (0.45 * S)) ** 2)
+        if scene.pucker > 0:
+            g *= 1.0 + scene.pucker * np.sin(xs / (0.9 * S))[None, :] * np.exp(-(dy / (1.2 * S)) ** 2)
+        if scene.edge:
+            de = (dy - scene.edge) * np.sign(scene.edge)      # > 0: beyond the top ply's edge
+            g *= np.where(de > 0, 0.9 - 0.25 * np.exp(-de / (0.5 * S)), 1.0 + 0.08 * np.exp(de / (0.25 * S)))
+        img[r0:r1] *= g[..., None]
+    if scene.edge > 0:                                   # the lower ply, beyond the band
+        img[r1:] *= 0.9
+    elif scene.edge < 0:
+        img[:r0] *= 0.9
 
     pad = 6 * S
     lint = _visible(scene.lint, x0, y0, w, h, pad)
@@ -327,49 +344,61 @@ def render_static(scene: Scene, x0: float, y0: float, w: int, h: int) -> np.ndar
         img += laf[..., None] * (scene.lint_bgr - img)
     flat = _visible(scene.flat, x0, y0, w, h, pad)
     raised = _visible(scene.raised, x0, y0, w, h, pad)
+    holes = scene.holes
+    if len(holes):
+        holes = holes[(holes[:, 0] >= x0 - pad) & (holes[:, 0] <= x0 + w + pad)
+                      & (holes[:, 1] >= y0 - pad) & (holes[:, 1] <= y0 + h + pad)]
+    if not (flat or raised or len(holes)):
+        return img
     tw = scene.thread_w
     lx, ly = scene.light
+    ys = [p[:, 1] for p in flat + raised] + ([holes[:, 1]] if len(holes) else [])
+    yy_all = np.concatenate(ys)
+    reach = tw + 0.5 * S + 4 * max(0.6, 0.1 * S) + 2
+    t0, t1 = _rows(float(yy_all.min()) - reach, float(yy_all.max()) + reach, y0, h)
+    if t1 <= t0:
+        return img
+    bh, by0 = t1 - t0, y0 + t0
+    band = img[t0:t1]
 
-    # shadows of threads: flat ones close, raised ones further away and softer
-    sh = np.zeros((h, w), np.uint8)
+    # shadows of threads: flat ones close, raised ones further away and softer; needle holes
+    sh = np.zeros((bh, w), np.uint8)
     if flat:
-        cv2.polylines(sh, _poly_i(flat, x0 - 0.1 * S * lx, y0 - 0.1 * S * ly), False, 160,
+        cv2.polylines(sh, _poly_i(flat, x0 - 0.1 * S * lx, by0 - 0.1 * S * ly), False, 160,
                       tw + 1, cv2.LINE_AA, SHIFT)
     if raised:
-        cv2.polylines(sh, _poly_i(raised, x0 - 0.35 * S * lx, y0 - 0.35 * S * ly), False, 220,
+        cv2.polylines(sh, _poly_i(raised, x0 - 0.35 * S * lx, by0 - 0.35 * S * ly), False, 220,
                       tw, cv2.LINE_AA, SHIFT)
-    # needle holes
-    hl = [p for p in scene.holes if x0 - pad <= p[0] <= x0 + w + pad and y0 - pad <= p[1] <= y0 + h + pad]
     r = max(1, int(round(scene.hole_r * ONE)))
-    for p in hl:
-        c = (int(round((p[0] - x0) * ONE)), int(round((p[1] - y0) * ONE)))
+    for p in holes:
+        c = (int(round((p[0] - x0) * ONE)), int(round((p[1] - by0) * ONE)))
         cv2.circle(sh, c, r, 255, -1, cv2.LINE_AA, SHIFT)
     shf = cv2.GaussianBlur(sh, (0, 0), max(0.6, 0.1 * S)).astype(np.float32) * (0.6 / 255)
-    img *= (1.0 - shf)[..., None]
+    band *= (1.0 - shf)[..., None]
 
     # threads: alpha + highlight toward the light
-    a = np.zeros((h, w), np.uint8)
-    hi = np.zeros((h, w), np.uint8)
     if flat or raised:
+        a = np.zeros((bh, w), np.uint8)
+        hi = np.zeros((bh, w), np.uint8)
         allp = flat + raised
-        cv2.polylines(a, _poly_i(allp, x0, y0), False, 255, tw, cv2.LINE_AA, SHIFT)
+        cv2.polylines(a, _poly_i(allp, x0, by0), False, 255, tw, cv2.LINE_AA, SHIFT)
         hw = max(1, tw // 3)
         # a stitch arches between its holes: the highlight covers its middle, the ends dip
         mids = [np.array([p[0] * 0.8 + p[1] * 0.2, p[0] * 0.2 + p[1] * 0.8]) for p in flat]
         hx, hy = 0.25 * tw * lx, 0.25 * tw * ly
         if mids:
-            cv2.polylines(hi, _poly_i(mids, x0 + hx, y0 + hy), False, 255, hw, cv2.LINE_AA, SHIFT)
+            cv2.polylines(hi, _poly_i(mids, x0 + hx, by0 + hy), False, 255, hw, cv2.LINE_AA, SHIFT)
         if raised:
-            cv2.polylines(hi, _poly_i(raised, x0 + hx, y0 + hy), False, 255, hw, cv2.LINE_AA, SHIFT)
+            cv2.polylines(hi, _poly_i(raised, x0 + hx, by0 + hy), False, 255, hw, cv2.LINE_AA, SHIFT)
         hi = cv2.GaussianBlur(hi, (0, 0), max(0.5, tw * 0.15))
         af = a.astype(np.float32) * (1 / 255)
         shade = 0.68 + 0.5 * hi.astype(np.float32) * (1 / 255)
         if scene.twist > 0:     # ply twist: fine diagonal ridges across the thread
-            yy = np.arange(h, dtype=np.float32)[:, None] + y0
+            yy = np.arange(bh, dtype=np.float32)[:, None] + by0
             xx = np.arange(w, dtype=np.float32)[None, :] + x0
             shade *= 1.0 + scene.twist * np.sin((xx * 0.55 + yy) * (2 * np.pi / (0.3 * S)))
         thread = shade[..., None] * scene.thread_bgr
-        img += af[..., None] * (thread - img)
+        band += af[..., None] * (thread - band)
     return img
 
 

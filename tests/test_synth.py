@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def stills(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stills")
-    write_dataset(out, 48, seed=3)
+    write_dataset(out, 40, seed=3)
     return out
 
 
@@ -35,13 +35,13 @@ def _files(d: Path) -> dict[str, bytes]:
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(stills, tmp_path):
     a = tmp_path / "a"
-    write_dataset(a, 48, seed=3, workers=2)         # workers must not change a single byte
+    write_dataset(a, 40, seed=3, workers=2)         # workers must not change a single byte
     assert _files(a) == _files(stills)
     b = tmp_path / "b"
-    write_dataset(b, 48, seed=4)
+    write_dataset(b, 40, seed=4)
     fa, fb = _files(stills), _files(b)
     assert fa["data.csv"] != fb["data.csv"]
-    assert sum(fa[n] != fb[n] for n in fa if n.endswith(".png")) == 48
+    assert sum(fa[n] != fb[n] for n in fa if n.endswith(".png")) == 40
 
 
 def test_data_csv_is_seed_format_with_boolean_labels(stills):
@@ -49,7 +49,7 @@ def test_data_csv_is_seed_format_with_boolean_labels(stills):
     assert text.splitlines()[0] == ",name,good,error,break,length"
     df = pd.read_csv(stills / "data.csv", index_col=0)
     assert list(df.columns) == ["name", *LABELS]
-    assert list(df.index) == list(range(48))
+    assert list(df.index) == list(range(40))
     for col in LABELS:
         assert df[col].dtype == bool, col
     assert (df["good"] == ~(df["error"] | df["break"])).all()
@@ -120,7 +120,7 @@ def test_small_dataset_size_64(tmp_path):
 
 # --------------------------------------------------------------------------- video
 
-FRAMES = 150
+FRAMES = 120
 
 
 @pytest.fixture(scope="module")
