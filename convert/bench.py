@@ -78,7 +78,8 @@ class Plan:
     startup_runs: int
     video_frames: int
     min_alerts: int
-    forced_baseline: bool
+    hm_pairs: int
+    hm_steady_s: float
     heatmap_repeats: int
 
 
@@ -86,9 +87,9 @@ def make_plan(quick: bool, cores: int) -> Plan:
     all_t = max(1, cores)
     threads = tuple(sorted({1, all_t}))
     if quick:
-        return Plan(True, 30, 5, 2, (), (all_t,), threads, False, 2.5, 0.5, 1, 150, 3, False, 10)
-    return Plan(False, 240, 20, 4, ("resnet", "resnet-int8", "cnn"), threads, threads, True, 12.0, 1.0, 3,
-                420, 10, True, 40)
+        return Plan(True, 30, 5, 2, (), (all_t,), threads, False, 2.0, 0.4, 1, 150, 3, 1, 1.6, 10)
+    return Plan(False, 240, 20, 4, ("resnet", "resnet-int8", "cnn"), threads, threads, True, 10.0, 1.0, 3,
+                420, 10, 3, 5.0, 40)
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -340,6 +341,35 @@ def litert_latency(files: dict[str, str], threads: tuple[int, ...], plan: Plan) 
             name, rt = key.split("|")
             out.setdefault(name, {}).setdefault(rt, {})[str(t)] = summary_ms(v)
     return out
+
+
+def pipeline_costs(bundle: Path, video: Path, frame: np.ndarray, threads: int, plan: Plan) -> dict[str, Any]:
+    """Per-frame ms of the daemon's serial steps: decode + ROI copy, preprocess, classify (= preprocess + invoke)."""
+    import cv2
+
+    from edge.classify import Classifier
+    from edge.preprocess import preprocess
+
+    clf = Classifier(bundle, threads=threads)
+    cap = cv2.VideoCapture(str(video))
+    x, y, w, h = ROI
+
+    def decode() -> np.ndarray:
+        ok, img = cap.read()
+        if not ok:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, img = cap.read()
+        return np.ascontiguousarray(img[y:y + h, x:x + w]).copy()
+
+    try:
+        t = time_interleaved({"decode_roi": decode, "preprocess": lambda: preprocess(frame, clf.height, clf.width),
+                              "classify": lambda: clf.classify(frame)}, plan.iters, plan.warmup, plan.rounds)
+    finally:
+        cap.release()
+    p50 = {k: round(pct(v, 50), 3) for k, v in t.items()}
+    return {"ms_p50": p50, "threads": threads,
+            "serial_bound_fps": round(1000 / (p50["decode_roi"] + p50["classify"]), 1),
+            "overlapped_bound_fps": round(1000 / max(p50["decode_roi"], p50["classify"]), 1)}
 
 
 # ----------------------------------------------------------------------------- broker, listener, daemon
@@ -634,6 +664,14 @@ def make_inputs(work: Path, frames: int, seed: int = 5) -> tuple[Path, Path, lis
 
 def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path | None) -> dict[str, Any]:
     t_start = time.monotonic()
+    phases: dict[str, float] = {}
+    last = [t_start]
+
+    def _lap() -> float:
+        now = time.monotonic()
+        d, last[0] = round(now - last[0], 1), now
+        return d
+
     work_root = Path(work_root).resolve()  # the daemon resolves config paths against the config's folder
     machine = machine_info()
     cores = int(machine["usable_cores"] or 1)
@@ -642,6 +680,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
     bundle, bundle_src = resolve_bundle(bundle_arg, work_root)
     binfo = bundle_info(bundle)
     binfo["source"] = bundle_src
+    binfo["untrained"] = bundle_src.startswith("fallback")
     h, w = binfo["height"], binfo["width"]
     filters = int(binfo["filters"] or 8)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=str(work_root)))
@@ -656,6 +695,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
 
     _say("writing the synthetic seam video")
     video, frame_png, truth = make_inputs(work_root, plan.video_frames)
+    phases["setup"] = _lap()
 
     # ---- 1. TF side (subprocesses)
     tf_res: dict[int, dict] = {}
@@ -673,6 +713,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         if not binfo["has_keras"]:
             spec["bundle_keras"] = None
         tf_res[t] = run_worker(spec, work, f"tf{t}")
+    phases["tf_workers"] = _lap()
     models = tf_res[max(tf_res)]["models"] if tf_res else {}  # the first worker (most threads) exports
 
     # ---- 2. LiteRT latencies (this process)
@@ -693,17 +734,19 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
             for rt, s in rts.items():
                 latency.setdefault(name, {}).setdefault(rt, {})[str(t)] = s
     ratios = latency_ratios(latency)
+    phases["litert_latency"] = _lap()
 
     daemon_threads = cores
+    import cv2
+
+    frame = cv2.imread(str(frame_png))
+    pipeline = pipeline_costs(bundle, video, frame, daemon_threads, plan)
     bound_ms = latency["bundle"]["litert-int8"][str(daemon_threads)]["p50"] if str(daemon_threads) in \
         latency["bundle"]["litert-int8"] else None
 
     # ---- 3. heatmap cost, LiteRT path (this process)
-    import cv2
-
     from edge.gradcam import measure_cost
 
-    frame = cv2.imread(str(frame_png))
     heatmap_ms: dict[str, Any] = {"labels": labels, "threads": hm_threads}
     if binfo["has_explainer"]:
         _say("Grad-CAM cost, LiteRT path")
@@ -717,6 +760,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
                           ratio_tf_vs_litert_forward=round(tfh["explain_ms"] / heatmap_ms["forward_litert_fp32"], 3)
                           if heatmap_ms.get("forward_litert_fp32") else None)
 
+    phases["litert_heatmaps"] = _lap()
     # ---- 4. the daemon
     broker = LocalBroker(work)
     listener = None
@@ -728,6 +772,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         if listener is not None:
             listener.close()
         broker.stop()
+    phases["daemon"] = _lap()
 
     e2e = daemon["e2e"]
     bound_fps = round(1000.0 / bound_ms, 2) if bound_ms else None
@@ -746,7 +791,9 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         "ratios": ratios,
         "bound_fps": bound_fps,
         "e2e_fps": e2e_fps,
-        "e2e": {**e2e, "ratio_to_bound": round(e2e_fps / bound_fps, 3) if e2e_fps and bound_fps else None},
+        "e2e": {**e2e, "ratio_to_bound": round(e2e_fps / bound_fps, 3) if e2e_fps and bound_fps else None,
+                "ratio_to_overlapped_bound": round(e2e_fps / pipeline["overlapped_bound_fps"], 3) if e2e_fps else None},
+        "pipeline_ms": pipeline,
         "heatmaps_e2e": daemon["heatmaps_e2e"],
         "heatmap_ms": heatmap_ms,
         "rss_mb": daemon["rss_mb"],
@@ -759,6 +806,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
     result["targets"] = evaluate_targets(result)
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["wall_s"] = round(time.monotonic() - t_start, 1)
+    result["phases_s"] = phases
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=1) + "\n")
     shutil.rmtree(work, ignore_errors=True)
@@ -813,30 +861,41 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
     rss_nohm = steady_rss(r_nat, r_nat.line_time(" running: "))
     tf_maps.append(r_nat.tf_mapped)
 
-    # heatmaps on ~5 % of frames (forced: one event / alert / heatmap every 20 frames)
-    c, st_hm = cfg("hm", realtime=False, loop=True, forced_every=20, heatmaps="litert")
-    _say("daemon e2e run, heatmaps (LiteRT) on 5 % of frames")
-    r_hm = run_daemon(c, "hm", work, steady_s=plan.steady_s + si, timeout=plan.steady_s + 90)
-    hm = stats_fps(listener, st_hm, r_hm)
-    tf_maps.append(r_hm.tf_mapped)
-    if plan.forced_baseline:
-        c, st_off = cfg("hmoff", realtime=False, loop=True, forced_every=20, heatmaps=None)
-        _say("daemon e2e run, same alerts, heatmaps off (baseline)")
-        r_off = run_daemon(c, "hmoff", work, steady_s=plan.steady_s + si, timeout=plan.steady_s + 90)
-        base = stats_fps(listener, st_off, r_off)
-        base_name = "forced alerts every 20 frames, heatmaps off"
-    else:
-        base, base_name = e2e, "e2e run (bundle decisions, heatmaps off); quick mode skips the forced baseline"
-    hs = (r_hm.summary.get("heatmaps") or {})
-    frames_hm = r_hm.summary.get("frames") or 0
+    # heatmaps on ~5 % of frames (forced: one event / alert / heatmap every 20 frames), against the
+    # same forced alerts with heatmaps off; off/on runs alternate so the machine's drift hits both
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    r_hm = None
+    for i in range(plan.hm_pairs):
+        for kind in ("off", "on"):
+            tag = f"hm{kind}{i}"
+            c, st = cfg(tag, realtime=False, loop=True, forced_every=20, heatmaps="litert" if kind == "on" else None)
+            _say(f"daemon e2e run, alerts on 5 % of frames, heatmaps {kind} ({i + 1}/{plan.hm_pairs})")
+            r = run_daemon(c, tag, work, steady_s=plan.hm_steady_s + si, timeout=plan.hm_steady_s + 90)
+            runs[kind].append({**stats_fps(listener, st, r), "alerts": r.summary.get("alerts"),
+                               "frames_total": r.summary.get("frames"), "heatmaps": r.summary.get("heatmaps")})
+            if kind == "on":
+                r_hm = r
+                tf_maps.append(r.tf_mapped)
+
+    def pooled(rs: list[dict]) -> float | None:
+        ok = [x for x in rs if str(x["source"]).startswith("stats")]
+        sec = sum(x["seconds"] or 0 for x in ok)
+        return round(sum(x["frames"] or 0 for x in ok) / sec, 2) if sec else None
+
+    fps_on, fps_off = pooled(runs["on"]), pooled(runs["off"])
+    al = sum(x["alerts"] or 0 for x in runs["on"])
+    fr = sum(x["frames_total"] or 0 for x in runs["on"])
     heatmaps_e2e = {
-        "fps_on": hm["fps"], "fps_off": base["fps"], "baseline": base_name,
-        "loss": round(1 - hm["fps"] / base["fps"], 3) if hm["fps"] and base["fps"] else None,
-        "alerts": r_hm.summary.get("alerts"), "frames": frames_hm,
-        "alert_fraction": round((r_hm.summary.get("alerts") or 0) / frames_hm, 3) if frames_hm else None,
-        "heatmaps_saved": hs.get("saved"), "heatmaps_dropped": hs.get("dropped"), "heatmap_ms_p50": hs.get("ms_p50"),
-        "config": "decision.thresholds.error 0, min_frames 1, window 1, max_event_frames 20, heatmaps litert",
+        "fps_on": fps_on, "fps_off": fps_off,
+        "loss": round(1 - fps_on / fps_off, 3) if fps_on and fps_off else None,
+        "pairs": plan.hm_pairs, "per_run_fps": {k: [x["fps"] for x in v] for k, v in runs.items()},
+        "alerts": al, "frames": fr, "alert_fraction": round(al / fr, 3) if fr else None,
+        "heatmaps_saved": sum((x["heatmaps"] or {}).get("saved") or 0 for x in runs["on"]),
+        "heatmaps_dropped": sum((x["heatmaps"] or {}).get("dropped") or 0 for x in runs["on"]),
+        "config": "decision.thresholds.error 0, min_frames 1, window 1, max_event_frames 20 (an alert every 20 "
+                  "frames) in both; heatmaps litert on / off; off and on runs alternate",
     }
+    assert r_hm is not None
     rss_lite = steady_rss(r_hm, r_hm.first_heatmap_t or r_hm.line_time(" running: "))
 
     # memory with the full-TF Grad-CAM path: until the first TF heatmap is written, plus 2 s
@@ -845,14 +904,14 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
     if binfo["has_keras"]:
         c, _ = cfg("tf", realtime=True, loop=True, forced_every=10, heatmaps="tf")
         _say("daemon run with heatmaps.method tf (RSS)")
-        r_tf = run_daemon(c, "tf", work, stop_after_heatmap_s=2.0, timeout=120)
+        r_tf = run_daemon(c, "tf", work, stop_after_heatmap_s=1.0 if plan.quick else 2.0, timeout=120)
         rss_tf = steady_rss(r_tf, r_tf.first_heatmap_t)
         rt = r_tf.line_time(" running: ")
         if r_tf.first_heatmap_t and rt:
             tf_first_s = round(r_tf.first_heatmap_t - rt, 2)
 
     # alert latency: the video at its real 30 fps, the bundle's decisions, heatmaps on (LiteRT)
-    alert = alert_latency(plan, cfg, work, listener, truth, notes)
+    alert = alert_latency(plan, cfg, work, listener, truth, notes, natural=not binfo.get("untrained"))
 
     rss_mb = {"litert": rss_lite["max"], "litert_median": rss_lite["median"],
               "litert_no_heatmaps": rss_nohm["max"], "tf": rss_tf["max"], "tf_median": rss_tf.get("median"),
@@ -866,7 +925,7 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
 
 
 def alert_latency(plan: Plan, cfg: Callable, work: Path, listener: Listener, truth: list,
-                  notes: list[str]) -> dict[str, Any]:
+                  notes: list[str], natural: bool = True) -> dict[str, Any]:
     def collect(run: DaemonRun, station: str) -> list[dict]:
         emit = {}
         for t, ln in run.lines:
@@ -889,14 +948,20 @@ def alert_latency(plan: Plan, cfg: Callable, work: Path, listener: Listener, tru
                         "before_close": (emit[eid] - ts) * 1e3, "frames_to_close": None})
         return out
 
-    c, st = cfg("alert", realtime=True, loop=False, forced_every=None, heatmaps="litert")
-    _say(f"daemon alert-latency run: the video at 30 fps ({plan.video_frames} frames, bundle decisions)")
-    r = run_daemon(c, "alert", work, timeout=plan.video_frames / 30 + 60)
-    got = collect(r, st)
+    got: list[dict] = []
     mode = "natural: bundle thresholds, expected_length 2mm, min_frames 2 of window 3, video replayed at 30 fps"
+    if natural:
+        c, st = cfg("alert", realtime=True, loop=False, forced_every=None, heatmaps="litert")
+        _say(f"daemon alert-latency run: the video at 30 fps ({plan.video_frames} frames, bundle decisions)")
+        r = run_daemon(c, "alert", work, timeout=plan.video_frames / 30 + 60)
+        got = collect(r, st)
+        if len(got) < plan.min_alerts:
+            notes.append(f"alert latency: the bundle raised {len(got)} live alert(s) on the video "
+                         f"(< {plan.min_alerts}); measured on forced alerts instead (an event closes every 10 frames)")
+    else:
+        notes.append("alert latency: the bundle is untrained, so its alerts mean nothing; measured on forced alerts "
+                     "(an event closes every 10 frames)")
     if len(got) < plan.min_alerts:
-        notes.append(f"alert latency: the bundle raised {len(got)} live alert(s) on the video (< {plan.min_alerts}); "
-                     "measured on forced alerts instead (an event closes every 10 frames)")
         c, st = cfg("alertf", realtime=True, loop=True, forced_every=10, heatmaps="litert")
         _say("daemon alert-latency run, forced alerts (every 10 frames at 30 fps)")
         need = plan.min_alerts + 2
@@ -998,12 +1063,16 @@ def render_table(res: dict) -> str:
                 L.append(f"| {name} | {_f(macs / 1e6 if macs else None, 1)} | {rt} | {t} | {s['p50']:.2f} | "
                          f"{s['p99']:.2f} | {_f(ratio) if ratio else ('1.00' if rt == 'keras' else '–')} |")
     e, hm, hms, rss, al = res["e2e"], res["heatmaps_e2e"], res["heatmap_ms"], res["rss_mb"], res["alert_latency_ms"]
+    pl = res["pipeline_ms"]["ms_p50"]
     L += ["",
           "| measure | value |", "|---|---|",
           f"| bare interpreter bound (bundle int8, {res['settings']['daemon_threads']} threads) | "
           f"{_f(res['bound_fps'], 1)} fps |",
           f"| daemon end to end (file source, heatmaps off) | {_f(res['e2e_fps'], 1)} fps ({e.get('source')}) |",
           f"| e2e / bound | {_f(e.get('ratio_to_bound'), 3)} |",
+          f"| per frame p50: decode+ROI / preprocess / classify | {pl['decode_roi']:.2f} / {pl['preprocess']:.2f} / "
+          f"{pl['classify']:.2f} ms → bound with decode overlapped {_f(res['pipeline_ms']['overlapped_bound_fps'], 1)} fps "
+          f"(e2e = {_f(e.get('ratio_to_overlapped_bound'), 3)} of it) |",
           f"| heatmaps on {_f((hm.get('alert_fraction') or 0) * 100, 1)} % of frames | {_f(hm.get('fps_on'), 1)} fps vs "
           f"{_f(hm.get('fps_off'), 1)} fps → loss {_f((hm['loss'] or 0) * 100 if hm.get('loss') is not None else None, 1)} % |",
           f"| Grad-CAM, LiteRT path ({len(hms.get('labels', []))} labels) | {_f(hms.get('litert'))} ms = "

@@ -1,0 +1,86 @@
+"""``python -m convert bench --quick`` end to end on the tiny bundle: every DESIGN §4 key, sane numbers.
+
+No timing assertions (the machine is shared): only that each measurement exists, is finite and
+positive, and is consistent with itself (p99 ≥ p50, ratios = quotients of the reported values).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_mqtt import MOSQUITTO, SKIP_REASON
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRED = ("latency_ms", "e2e_fps", "bound_fps", "heatmap_ms", "rss_mb", "startup_s", "alert_latency_ms",
+            "machine", "ratios", "targets")
+
+
+def _pos(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)
+def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "convert", "bench", "--quick", "--bundle", str(tiny_bundle), "--json", str(out),
+         "--work", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=580)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    for key in REQUIRED:
+        assert key in res, key
+
+    # latency: the bundle under Keras, tf.function and both LiteRT classifiers, p50 ≤ p99
+    lat = res["latency_ms"]["bundle"]
+    assert {"keras", "tf.function", "litert-fp32", "litert-int8"} <= set(lat)
+    for rt, per in lat.items():
+        for threads, s in per.items():
+            assert int(threads) >= 1
+            assert _pos(s["p50"]) and s["p99"] >= s["p50"], (rt, threads, s)
+            assert s["n"] >= 30, (rt, threads, s)
+    assert set(lat["litert-int8"]) >= {"1", str(res["settings"]["daemon_threads"])}
+    keras_t = next(iter(lat["keras"]))
+    assert res["ratios"]["bundle"][f"litert-int8@{keras_t}"] == pytest.approx(
+        lat["keras"][keras_t]["p50"] / lat["litert-int8"][keras_t]["p50"], rel=0.02)
+
+    # end to end vs the bare interpreter bound
+    assert _pos(res["e2e_fps"]) and _pos(res["bound_fps"])
+    assert res["e2e"]["source"].startswith("stats"), res["e2e"]
+    assert res["bound_fps"] == pytest.approx(
+        1000 / lat["litert-int8"][str(res["settings"]["daemon_threads"])]["p50"], rel=0.01)
+    hm = res["heatmaps_e2e"]
+    assert _pos(hm["fps_on"]) and _pos(hm["fps_off"]) and hm["heatmaps_saved"] > 0
+    assert 0.02 <= hm["alert_fraction"] <= 0.08, hm  # one alert per 20 frames
+
+    # heatmap cost on both paths, as ratios to a float forward pass
+    hms = res["heatmap_ms"]
+    for k in ("litert", "tf", "forward_litert_fp32", "forward_keras", "ratio_litert", "ratio_tf"):
+        assert _pos(hms[k]), (k, hms)
+    assert hms["labels"] == ["error", "break", "length"]
+
+    # memory, start-up, alerts
+    rss = res["rss_mb"]
+    assert _pos(rss["litert"]) and _pos(rss["tf"]) and rss["tf"] > rss["litert"], rss
+    assert rss["tensorflow_mapped_in_litert_daemon"] is False
+    assert _pos(res["startup_s"])
+    al = res["alert_latency_ms"]
+    assert al["n"] >= 3 and _pos(al["p50"]) and al["p99"] >= al["p50"], al
+    assert _pos(al["after_close_p50"]) and al["after_close_p50"] <= al["p99"], al
+
+    # the printed table carries every target with its verdict
+    assert {t["name"] for t in res["targets"]} >= {"e2e_over_bound", "heatmap_ratio_litert", "rss_litert_mb",
+                                                   "startup_s", "heatmap_throughput_loss"}
+    for t in res["targets"]:
+        assert t["result"] in ("PASS", "MISS"), t
+        assert f"| {t['target']} | {t['result']} |" in proc.stdout
+    assert res["machine"]["cores"] >= 1 and res["machine"]["python"]
+    assert res["pi_estimates"]["models"]["bundle"]["macs"] > 0
