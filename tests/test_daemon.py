@@ -366,3 +366,45 @@ def test_shipped_model_alerts_each_defect_once(tmp_path):
     assert res.recall >= 0.95
     assert all(n == 1 for d, n in res.per_defect.items() if d in res.detected)
     assert res.false_per_1000(s["frames"]) <= 1.0
+
+
+# --------------------------------------------------------------------------- demo + matcher
+
+
+def test_match_alerts_scores_alerts_against_truth():
+    truth = [{"defect_id": 0, "label": "error", "first_frame": 10, "last_frame": 20},
+             {"defect_id": 1, "label": "break", "first_frame": 50, "last_frame": 60},
+             {"defect_id": 2, "label": "length", "first_frame": 100, "last_frame": 200}]
+    alerts = [{"event_id": "a", "frame": 15, "first_frame": 12, "last_frame": 19, "labels": ["error"]},
+              {"event_id": "b", "frame": 55, "first_frame": 52, "last_frame": 58, "labels": ["error", "break"]},
+              {"event_id": "c", "frame": 58, "first_frame": 57, "last_frame": 59, "labels": ["break"]},
+              {"event_id": "d", "frame": 80, "labels": ["error"]},                   # nothing there
+              {"event_id": "e", "frame": 150, "labels": ["error"]}]                  # wrong family
+    res = match_alerts(alerts, truth)
+    assert res.per_defect == {0: 1, 1: 2, 2: 0}
+    assert res.detected == [0, 1] and res.missed == [2] and res.false_alerts == ["d", "e"]
+    assert res.recall == pytest.approx(2 / 3) and res.false_per_1000(1000) == 2.0
+    assert match_alerts(alerts, truth, same_label=False).per_defect[2] == 1
+
+
+@pytest.mark.slow
+def test_demo_with_and_without_broker(tmp_path, tiny_bundle, mqtt_broker):
+    """`python -m convert demo` end to end (tiny bundle instead of the shipped one): the video, the
+    daemon subprocess, alerts from MQTT when the broker is up and from the log/outbox when not."""
+    from convert.demo import demo
+
+    src = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    src["mqtt"]["port"] = mqtt_broker.port
+    src["mqtt"]["host"] = mqtt_broker.host
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(yaml.safe_dump(src))
+    res = demo(cfg, tmp_path / "up", frames=120, seed=1, bundle=str(tiny_bundle), quiet=True)
+    assert res["via"] == "mqtt" and res["frames"] == 120 and res["defects"] >= 1
+    assert res["heatmaps"]["overlays"] == res["alerts"]
+    assert (tmp_path / "up" / "seam.truth.csv").is_file() and (tmp_path / "up" / "summary.json").is_file()
+    assert res["alerts"] == len(log_alerts((tmp_path / "up" / "daemon.log").read_text()))
+    mqtt_broker.stop()
+    res2 = demo(cfg, tmp_path / "down", frames=120, seed=1, bundle=str(tiny_bundle), quiet=True)
+    assert res2["via"].startswith("daemon log") and res2["frames"] == 120
+    assert res2["outbox"]["depth"] == res2["alerts"]
+    assert read_truth(tmp_path / "down" / "seam.truth.csv")
