@@ -249,7 +249,8 @@ def register(subparsers) -> None:
     dg.add_argument("--defects", type=int, default=None, help="number of error/break defects")
     dg.add_argument("--defect-every-mm", type=float, default=None, help="spacing of defects along the seam")
     v.add_argument("--length-stretches", type=int, default=None,
-                   help="number of stretches of the other stitch length (default: one per ~300 mm, ≥ 1 if it fits)")
+                   help="number of stretches of the other stitch length "
+                        "(default: one per ~300 mm, at least 1 if it fits)")
     v.add_argument("--stretch-mm", type=float, default=None,
                    help="length of each stretch in mm (default 2.5 ROI widths, min 1.5)")
     p.set_defaults(func=run)
@@ -336,11 +337,26 @@ class _StripCache:
         self._render = render_static
         self.scene, self.h = scene, height
         self.cache: dict[int, np.ndarray] = {}
+        # x extents of every path, so a chunk only looks at the few that can reach it
+        self._ext = {k: (np.array([p[:, 0].min() for p in getattr(scene, k)] or [0.0]),
+                         np.array([p[:, 0].max() for p in getattr(scene, k)] or [-1.0]))
+                     for k in ("flat", "raised", "lint")}
+
+    def _sub_scene(self, x0: float, x1: float):
+        from dataclasses import replace
+        parts = {}
+        for k, (lo, hi) in self._ext.items():
+            paths = getattr(self.scene, k)
+            idx = np.nonzero((hi >= x0) & (lo <= x1))[0] if paths else []
+            parts[k] = [paths[i] for i in idx]
+        return replace(self.scene, **parts)
 
     def chunk(self, c: int) -> np.ndarray:
         if c not in self.cache:
             x0 = c * CHUNK - CHUNK_PAD
-            img = self._render(self.scene, float(x0), 0.0, CHUNK + 2 * CHUNK_PAD, self.h)
+            reach = 8 * self.scene.S
+            sub = self._sub_scene(x0 - reach, x0 + CHUNK + 2 * CHUNK_PAD + reach)
+            img = self._render(sub, float(x0), 0.0, CHUNK + 2 * CHUNK_PAD, self.h)
             self.cache[c] = img[:, CHUNK_PAD:CHUNK_PAD + CHUNK]
             for k in [k for k in self.cache if k < c - 1]:
                 del self.cache[k]
@@ -368,9 +384,10 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
 
     Defects (``error``/``break``) are spaced so two never share the ROI: ``defects`` evenly over
     the video or one every ``defect_every_mm`` (default 60 mm). ``length_stretches`` stretches
-    (default one per ~300 mm of travel, at least one when it fits) of the *other* stitch length, each ``stretch_mm`` long
-    (default 2.5 ROI widths), are truth rows with label ``length``: "inside" means the stretch
-    covers the whole ROI, and their box is the ROI columns × the seam band at the middle frame.
+    (default one per ~300 mm of travel, at least one when it fits) of the *other* stitch length,
+    each ``stretch_mm`` long (default 2.5 ROI widths), are truth rows with label ``length``:
+    "inside" means the stretch covers the whole ROI, and their box is the ROI columns × the
+    seam band at the middle frame.
     Returns the truth rows (also written to ``FILE.truth.csv``), sorted by first frame.
     """
     from convert.synth_render import (Scene, add_lint, add_stitches, break_span, camera, make_break,
@@ -552,7 +569,8 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
             ix = int(np.floor(off))
             cols = strip.columns(ix, FRAME_W + 2)
             shift = np.float32([[1, 0, off - ix], [0, 1, 0]])
-            img = cv2.warpAffine(cols, shift, (FRAME_W, FRAME_H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            img = cv2.warpAffine(cols, shift, (FRAME_W, FRAME_H),
+                                 flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                  borderMode=cv2.BORDER_REPLICATE)
             t = f / fps
             cam = _video_camera(base, gain=base.gain * (1 + 0.03 * np.sin(2 * np.pi * t / 4.1 + ph[0])

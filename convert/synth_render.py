@@ -15,7 +15,7 @@ camera effect, so boxes are exact in the saved image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import cv2
@@ -540,7 +540,8 @@ def build_still(rng: np.random.Generator, drng: np.random.Generator, size: int, 
         if _attempt and _attempt % 40 == 0:
             # rare (two defects at 4 mm pitch): slide the stitches along the seam and retry
             du = drng.uniform(0.2, 0.8) * pitch
-            holes = np.stack([holes[:, 0] + du, holes[:, 1] + centre(holes[:, 0] + du) - centre(holes[:, 0])], 1)
+            dv = centre(holes[:, 0] + du) - centre(holes[:, 0])
+            holes = np.stack([holes[:, 0] + du, holes[:, 1] + dv], 1)
             inner = [k for k in range(1, n - 4) if margin < holes[k, 0] and holes[k + 1, 0] < size - margin]
         skip: set[int] = set()
         raised: list[np.ndarray] = []
@@ -597,4 +598,4 @@ def render_still(rng: np.random.Generator, size: int, S: float, error: bool, brk
 
 __all__ = ["Box", "Camera", "Defect", "Scene", "render_still", "render_static", "camera",
            "random_camera", "random_scene_style", "stitch_holes", "add_stitches", "make_error",
-           "make_break", "break_span", "replace"]
+           "make_break", "break_span", "add_lint", "build_still"]

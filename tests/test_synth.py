@@ -84,7 +84,8 @@ def test_defect_changes_the_image_inside_its_box_only(seed):
     for label in ("error", "break"):
         forced = {"error": label == "error", "break": label == "break", "length": bool(seed % 2)}
         img, _, boxes = render_image(np.random.default_rng(seed), labels=forced)
-        ref, _, none = render_image(np.random.default_rng(seed), labels={**forced, "error": False, "break": False})
+        plain = {**forced, "error": False, "break": False}
+        ref, _, none = render_image(np.random.default_rng(seed), labels=plain)
         assert none == [] and [b.label for b in boxes] == [label]
         b = boxes[0]
         diff = np.abs(img.astype(np.float32) - ref.astype(np.float32)).mean(axis=2)
