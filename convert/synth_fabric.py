@@ -152,7 +152,7 @@ def tile_bank() -> tuple[Tile, ...]:
     for pitch in (3, 4, 5, 6):
         s, m = _weave(next(rngs), pitch, "twill")
         tiles.append(Tile("twill", np.dstack([s, m]), False, 0.15))
-    for pitch in (3, 4, 5):
+    for pitch in (4, 5, 6):
         r = next(rngs)
         s, m = _weave(r, pitch, "twill3", relief=0.5)
         # denim: strong warp-yarn streaks (ring-spun slub) and faded patches
@@ -160,7 +160,10 @@ def tile_bank() -> tuple[Tile, ...]:
         streak = periodic_noise(r, n, n, 40, 1.5)
         fade = periodic_noise(r, n, n, 30, 30)
         s = s * (1 + 0.08 * streak) * (1 + 0.05 * fade)
-        tiles.append(Tile("denim", np.dstack([s, 1.0 - m]), True, 0.05))
+        # the white weft peeks through between indigo floats: soft, partial flecks along the wale
+        weft = np.pad(1.0 - m, 4, mode="wrap")
+        weft = cv2.GaussianBlur(weft, (0, 0), 0.6 * pitch / 4)[4:-4, 4:-4] * r.uniform(0.45, 0.7)
+        tiles.append(Tile("denim", np.dstack([s, weft.astype(np.float32)]), True, 0.05))
     for pitch in (3, 4):
         s, m = _weave(next(rngs), pitch, "satin", relief=0.18)
         tiles.append(Tile("satin", np.dstack([s, np.zeros_like(m)]), False, 0.9))
