@@ -206,15 +206,15 @@ def demo(config: str | os.PathLike, out_dir: str | os.PathLike = "demo-out", fra
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     video = out / "seam.mp4"
-    say(f"demo: writing a {frames}-frame synthetic seam video with injected defects → {video}")
-    truth = make_video(video, frames, seed)
-    say(f"demo: {len(truth)} injected defects ({', '.join(sorted({t['label'] for t in truth})) or 'none'})")
     up = cfg.mqtt.enabled and broker_up(cfg.mqtt.host, cfg.mqtt.port)
     run_cfg, data = run_config(src_cfg, out, video, bundle, mqtt=up)
     bpath = Path(data["model"]["bundle"])
     if not (bpath / "manifest.json").exists():
         raise ModelError(f"{src_cfg}: model.bundle: {bpath}: the shipped model is missing "
                          "(run `make shipped-model`, or pass --bundle DIR)")
+    say(f"demo: writing a {frames}-frame synthetic seam video with injected defects → {video}")
+    truth = make_video(video, frames, seed)
+    say(f"demo: {len(truth)} injected defects ({', '.join(sorted({t['label'] for t in truth})) or 'none'})")
     topic = f"{cfg.mqtt.prefix}/{cfg.station}/alert"
     say(f"demo: broker {cfg.mqtt.host}:{cfg.mqtt.port} " + (f"is up: printing alerts from MQTT {topic}" if up else
         "is not reachable: alerts go to the outbox; printing them from the daemon log"))

@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             from .daemon import load_model
 
             bundle, clf = load_model(cfg)
-            from .daemon import open_source
+            from .daemon import check_explainer, open_source
 
             open_source(cfg, (bundle.width, bundle.height))
+            if cfg.heatmaps.enabled:
+                check_explainer(cfg, bundle)
             print(f"{args.config}: OK (station {cfg.station}, model {bundle.name} {cfg.model.bundle}, "
                   f"runtime {clf.runtime}, camera {cfg.camera.source} {cfg.camera.device})")
             return 0

@@ -77,6 +77,18 @@ def load_model(cfg: Config) -> tuple[Any, Any]:
     return bundle, clf
 
 
+def check_explainer(cfg: Config, bundle: Any) -> None:
+    """Heatmaps need the bundle's Grad-CAM files: say so at start, not at the first alert."""
+    gc = bundle.gradcam
+    need = [gc.get("explainer", "explainer"), gc.get("head", "head")] if cfg.heatmaps.method == "litert" \
+        else ["keras"]
+    missing = [r for r in need if not bundle.has(r)] if gc else ["gradcam"]
+    if missing:
+        raise ModelError(f"{config_line(cfg, 'heatmaps', 'method')}: {cfg.heatmaps.method!r}: the bundle "
+                         f"{bundle.root} has no {', '.join(missing)} (export it with the explainer, or set "
+                         "heatmaps.enabled: false)")
+
+
 def open_source(cfg: Config, model_size: tuple[int, int]) -> Any:
     """``make_source`` with camera errors located in the config file (file:line: camera.key: …)."""
     try:
@@ -101,6 +113,7 @@ class Daemon:
         self.classify_errors = 0
         self.inf_ms: list[float] = []
         self.stop_reason = ""
+        self.exit_code = 0
         self.publisher: Any = None
         self.outbox: Any = None
         self.heatmaps: Any = None
@@ -154,6 +167,7 @@ class Daemon:
         hc = self.cfg.heatmaps
         if not hc.enabled:
             return
+        check_explainer(self.cfg, self.bundle)
         from . import gradcam
         from .heatmaps import HeatmapWorker
 
@@ -272,6 +286,10 @@ class Daemon:
                     if self.capture.ended.is_set() and self.frames_q.empty():
                         self.stop_reason = "end of file"
                         break
+                    if not self.capture.is_alive() and not self.stop.is_set():
+                        log.error("the capture thread died unexpectedly (a bug); stopping")
+                        self.stop_reason, self.exit_code = "capture thread died", 1
+                        break
                 if frame is not None:
                     self._process(frame)
                 now = time.monotonic()
@@ -284,7 +302,7 @@ class Daemon:
                     last_stats, frames_at_stats = now, self.frames
         finally:
             self.shutdown(frames_at_stats, last_stats)
-        return 0
+        return self.exit_code
 
     def _process(self, frame: Frame) -> None:
         t0 = time.perf_counter()
