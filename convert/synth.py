@@ -226,33 +226,40 @@ def register(subparsers) -> None:
     """Add the ``synth`` sub-command."""
     p = subparsers.add_parser(
         "synth", help="synthetic labeled seam images or a seam video with ground truth",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Synthetic labeled seam stills (--out DIR --count N: PNGs + data.csv + boxes.csv) "
+                    "or a 640x480 seam video with injected defects (--video FILE.mp4 --frames N: "
+                    "+ FILE.truth.csv). Output is a pure function of --seed.")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--out", type=Path, help="output folder for stills + data.csv + boxes.csv")
-    mode.add_argument("--video", type=Path, help="output .mp4 (640x480); truth in FILE.truth.csv")
-    p.add_argument("--seed", type=int, default=0, help="random seed (output is a pure function of it)")
+    mode.add_argument("--video", type=Path, help="output .mp4 (640x480, mp4v); truth in FILE.truth.csv")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g = p.add_argument_group("stills")
     g.add_argument("--count", type=int, help="number of images (required with --out)")
-    g.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in px")
+    g.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in px (default 256)")
     g.add_argument("--px-per-mm", type=float, default=None,
-                   help=f"pixel scale (default {DEFAULT_PX_PER_MM} × size/256: 2 mm ≈ 25 px at 256)")
+                   help=f"pixel scale (default {DEFAULT_PX_PER_MM} x size/256: 2 mm = 25 px at 256)")
     g.add_argument("--defect-rate", type=float, default=DEFAULT_DEFECT_RATE,
-                   help="share of images with at least one defect")
-    g.add_argument("--workers", type=int, default=1, help="processes (output identical for any value)")
+                   help=f"share of images with at least one defect (default {DEFAULT_DEFECT_RATE}; "
+                        f"{BOTH_SHARE * 100:.0f}%% of those show both an error and a break)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="processes (default 1; the output is byte-identical for any value)")
     v = p.add_argument_group("video")
     v.add_argument("--frames", type=int, help="number of frames (required with --video)")
-    v.add_argument("--fps", type=float, default=30.0)
+    v.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
     v.add_argument("--stitches-per-min", type=float, default=None,
-                   help="machine speed; seam speed mm/s = this × base stitch length / 60 (default 1200)")
-    v.add_argument("--base-length", type=float, default=2.0, help="normal stitch length, mm (2 or 4)")
+                   help="machine speed; seam speed mm/s = this x base stitch length / 60 "
+                        f"(default {DEFAULT_STITCHES_PER_MIN:g}: 33 mm/s at 2 mm)")
+    v.add_argument("--base-length", type=float, default=2.0,
+                   help="normal stitch length in mm, 2 or 4 (default 2)")
     dg = v.add_mutually_exclusive_group()
-    dg.add_argument("--defects", type=int, default=None, help="number of error/break defects")
-    dg.add_argument("--defect-every-mm", type=float, default=None, help="spacing of defects along the seam")
+    dg.add_argument("--defects", type=int, default=None, help="number of error/break defects, evenly spaced")
+    dg.add_argument("--defect-every-mm", type=float, default=None,
+                    help=f"spacing of defects along the seam (default {DEFAULT_DEFECT_EVERY_MM:g} mm)")
     v.add_argument("--length-stretches", type=int, default=None,
                    help="number of stretches of the other stitch length "
-                        "(default: one per ~300 mm, at least 1 if it fits)")
+                        f"(default one per ~{STRETCH_EVERY_MM:g} mm, at least 1 if it fits)")
     v.add_argument("--stretch-mm", type=float, default=None,
-                   help="length of each stretch in mm (default 2.5 ROI widths, min 1.5)")
+                   help=f"length of each stretch in mm (default {DEFAULT_STRETCH_ROIS} ROI widths, min 1.5)")
     p.set_defaults(func=run)
 
 
