@@ -277,6 +277,9 @@ def export_bundle(model_path: str | Path, calibration: str | Path, out: str | Pa
         files["classifier_fp32"] = "classifier_fp32.tflite"
         par: dict = {"calibration": str(calibration)}
         par["fp32"] = parity(ref, _tflite_predict(tmp / "classifier_fp32.tflite", x, len(labels)), task, thr0)
+        if not par["fp32"]["max_abs_diff"] <= FP32_MAX_DIFF:  # fail before the slow int8 conversions
+            raise ParityError(f"parity failed: fp32 TFLite differs from Keras by {par['fp32']['max_abs_diff']:.3g} "
+                              f"(> {FP32_MAX_DIFF}) on {calibration}; bundle not written")
 
         int8_kind = None
         if int8 in ("auto", "full"):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from edge.bundle import load_bundle
+from edge.errors import ModelError
 
 
 def test_bundle_roles_and_parity(tiny_bundle):
@@ -19,3 +20,134 @@ def test_bundle_roles_and_parity(tiny_bundle):
     assert par["int8"]["quantization"] in ("full", "dynamic")
     assert b.manifest["gradcam"]["layer"] == "gradcam_features"
     assert set(b.thresholds) == {"good", "error", "break", "length"}
+
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
+    assert p.returncode != 0, p.stdout
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, p.stderr[-3000:]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_manifest_contents(tiny_bundle, tiny_valid):
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert m["task"] == "multilabel" and m["labels"] == ["good", "error", "break", "length"]
+    assert m["input"]["height"] == m["input"]["width"] == 64
+    assert m["input"]["preprocessing"] == "bgr-area-perimage-std-v1" and m["input"]["channel_order"] == "BGR"
+    assert m["classifier"] == "classifier_int8"
+    assert m["metrics"]["data"] == str(tiny_valid / "data.csv")
+    assert set(m["metrics"]["int8_valid"]["labels"]) == set(m["labels"])
+    assert m["gradcam"]["feature_shape"] == [16, 16, 16] and m["gradcam"]["explainer"] == "explainer"
+    # full int8 is kept only with parity; otherwise its numbers are still recorded
+    if m["parity"]["int8"]["quantization"] == "dynamic":
+        assert "int8_full" in m["parity"]
+    assert not any(p.name.startswith(".") for p in tiny_bundle.parent.iterdir())  # no temp dirs left
+
+
+def test_parity_failure_leaves_nothing(tiny_keras, tiny_valid, tmp_path, monkeypatch):
+    import convert.export as ex
+
+    monkeypatch.setattr(ex, "FP32_MAX_DIFF", -1.0)  # nothing can pass: the failure path must be clean
+    out = tmp_path / "bundle"
+    with pytest.raises(ex.ParityError, match="parity failed: fp32"):
+        ex.export_bundle(tiny_keras, tiny_valid / "data.csv", out, int8="dynamic", max_images=16)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_bundle_needs_force(tiny_bundle, tiny_keras, tiny_valid):
+    before = (tiny_bundle / "manifest.json").read_text()
+    p = _cli("export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"),
+             "--out", str(tiny_bundle))
+    _one_line_error(p, str(tiny_bundle), "--force")
+    assert (tiny_bundle / "manifest.json").read_text() == before
+
+
+def test_corrupt_keras_is_one_line(tiny_valid, tmp_path):
+    bad = tmp_path / "broken.keras"
+    bad.write_bytes(b"PK\x03\x04 this is not a model")
+    p = _cli("export", "--model", str(bad), "--calibration", str(tiny_valid / "data.csv"), "--out",
+             str(tmp_path / "b"))
+    _one_line_error(p, "broken.keras", "not a loadable Keras model")
+    assert not (tmp_path / "b").exists()
+    p = _cli("evaluate", "--model", str(bad), "--data", str(tiny_valid / "data.csv"))
+    _one_line_error(p, "broken.keras")
+
+
+@pytest.mark.slow
+def test_legacy_h5_full_and_weights_only(tiny_keras, tiny_valid, tmp_path):
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from convert.export import export_bundle
+    from convert.models import build_model
+
+    model = keras.models.load_model(str(tiny_keras), compile=False)
+    x = np.stack([np.random.default_rng(0).standard_normal((64, 64, 3)).astype(np.float32)])
+    ref = np.asarray(model(x, training=False))
+    # full model .h5 (Keras 2 style)
+    full = tmp_path / "full.h5"
+    model.save(str(full))
+    res = export_bundle(full, tiny_valid / "data.csv", tmp_path / "b_full", int8="dynamic", max_images=40)
+    assert res.manifest["parity"]["fp32"]["max_abs_diff"] <= 1e-3
+    assert load_bundle(tmp_path / "b_full").has("keras")
+    # weights-only .h5 (the seed's save_weights), loaded by layer order into --arch
+    weights = tmp_path / "weights.h5"
+    with h5py.File(weights, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    from convert.export import load_model_any
+
+    loaded, meta = load_model_any(weights, arch="resnet-int8", size=64)
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), ref, atol=1e-6)
+    assert meta["form"] == "h5-weights" and meta["labels"] == ["good", "error", "break", "length"]
+    p = _cli("export", "--model", str(weights), "--arch", "resnet-int8", "--size", "64", "--calibration",
+             str(tiny_valid / "data.csv"), "--out", str(tmp_path / "b_w"), "--int8", "dynamic", "--max-images", "40")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "wrote" in p.stdout and load_bundle(tmp_path / "b_w").has("classifier_int8")
+    # a weights-only file without --arch, and one from another architecture
+    with pytest.raises(ModelError, match="weights-only.*--arch"):
+        load_model_any(weights, size=64)
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, build_model("resnet", 4, 64, 64, 4))
+    with pytest.raises(ModelError, match="layers with weights|weight shape"):
+        load_model_any(other, arch="cnn", size=64)
+    bigger = tmp_path / "bigger.h5"
+    with h5py.File(bigger, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, build_model("resnet-int8", 4, 96, 96, 4))
+    line = _one_line_error(_cli("export", "--model", str(bigger), "--arch", "resnet-int8", "--size", "64",
+                                "--calibration", str(tiny_valid / "data.csv"), "--out", str(tmp_path / "b_z")),
+                           "weight shape", "logits")
+    assert not (tmp_path / "b_z").exists()
+
+
+@pytest.mark.slow
+def test_savedmodel_dir(tiny_keras, tiny_valid, tmp_path):
+    import keras
+
+    from convert.export import export_bundle
+
+    model = keras.models.load_model(str(tiny_keras), compile=False)
+    sm = tmp_path / "sm"
+    model.export(str(sm), format="tf_saved_model", verbose=False)
+    res = export_bundle(sm, tiny_valid / "data.csv", tmp_path / "b", int8="dynamic", max_images=40)
+    assert res.manifest["parity"]["fp32"]["max_abs_diff"] <= 1e-3
+    b = load_bundle(tmp_path / "b")
+    assert b.has("classifier_int8") and not b.has("explainer") and b.labels == ("good", "error", "break", "length")

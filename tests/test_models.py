@@ -1,0 +1,87 @@
+"""convert.models: the seed ResNet's topology, the int8-friendly order, the CNN, names, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.errors import ModelError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _kinds(model) -> list[str]:
+    return [type(lyr).__name__ for lyr in model.layers]
+
+
+def _inbound_kind(layer) -> str:
+    return type(layer._inbound_nodes[0].input_tensors[0]._keras_history.operation).__name__
+
+
+def test_seed_resnet_topology():
+    from convert.models import build_model
+
+    m = build_model("resnet", 4, 64, 64, filters=8)
+    kinds = _kinds(m)
+    assert kinds[:3] == ["InputLayer", "BatchNormalization", "Conv2D"]  # BN on the input, then the stem conv
+    assert kinds.count("Add") == 8  # residual blocks [2, 4, 2]
+    convs = [lyr for lyr in m.layers if type(lyr).__name__ == "Conv2D"]
+    assert len(convs) == 1 + 2 * 8 + 2  # stem, two per block, two 1x1 shortcuts (stages 2 and 3)
+    assert sorted({c.filters for c in convs}) == [8, 16, 32]  # doubling per stage
+    assert [c.kernel_size for c in convs if c.kernel_size == (1, 1)] == [(1, 1), (1, 1)]
+    # the seed's relu_bn: every BN after the input one follows a ReLU
+    bns = [lyr for lyr in m.layers if type(lyr).__name__ == "BatchNormalization"][1:]
+    assert bns and all(_inbound_kind(b) == "ReLU" for b in bns)
+    feat = m.get_layer("gradcam_features")
+    assert tuple(feat.output.shape[1:]) == (16, 16, 32)  # two stride-2 stages
+    assert type(m.get_layer("logits")).__name__ == "Dense" and m.get_layer("logits").get_config()["activation"] == "linear"
+    assert m.get_layer("predictions").get_config()["activation"] == "sigmoid"
+    assert kinds[-4:] == ["AveragePooling2D", "Flatten", "Dense", "Activation"]
+    assert m.get_layer("predictions").output.shape[-1] == 4
+
+
+def test_int8_friendly_resnet_is_conv_bn_relu_same_topology():
+    from convert.models import build_model
+
+    seed = build_model("resnet", 4, 64, 64, filters=8)
+    m = build_model("resnet-int8", 4, 64, 64, filters=8)
+    relus = [lyr for lyr in m.layers if type(lyr).__name__ == "ReLU"]
+    # every ReLU follows a BN (conv → BN → ReLU) or the residual Add
+    assert relus and all(_inbound_kind(r) in ("BatchNormalization", "Add") for r in relus)
+    assert _kinds(m).count("Add") == 8
+    kernels = [sorted(tuple(w.shape) for w in x.weights if "kernel" in w.path) for x in (seed, m)]
+    assert kernels[0] == kernels[1]  # same convolutions and dense, only the BN/ReLU order differs
+    assert tuple(m.get_layer("gradcam_features").output.shape[1:]) == (16, 16, 32)
+
+
+def test_cnn_and_tasks():
+    from convert.models import build_model
+
+    m = build_model("cnn", 3, 32, 32, filters=4, task="multiclass")
+    assert _kinds(m).count("Conv2D") == 4 and _kinds(m).count("MaxPooling2D") == 4
+    assert m.get_layer("predictions").get_config()["activation"] == "softmax"
+    p = np.asarray(m(np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)))
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
+    assert m.get_layer("gradcam_features").output.shape[1:] == (4, 4, 32)
+
+
+def test_bad_arch_and_sizes():
+    from convert.models import build_model
+
+    with pytest.raises(ModelError, match="unknown architecture 'vgg'"):
+        build_model("vgg", 4)
+    with pytest.raises(ModelError, match="multiple of 16"):
+        build_model("resnet", 4, 50, 50)
+
+
+def test_unknown_architecture_cli(tiny_dataset, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "convert", "train", "--train", str(tiny_dataset), "--valid",
+                        str(tiny_dataset), "--out", str(tmp_path / "m.keras"), "--arch", "transformer"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        "error: unknown architecture 'transformer' (choose one of: resnet, resnet-int8, cnn)"]
