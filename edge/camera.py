@@ -36,6 +36,7 @@ import numpy as np
 from .errors import CameraError
 
 log = logging.getLogger("seamqc.camera")
+READ_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,12 @@ class OpenCVSource(Source):
 
     def open(self) -> None:
         dev = self.device
+        # OpenCV's own warnings ("can't open camera by index") would repeat at every retry;
+        # our log says it once per loss
+        try:
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        except AttributeError:  # pragma: no cover - a build without cv2.utils
+            pass
         if self.kind == "usb":
             if isinstance(dev, str) and dev.isdigit():
                 dev = int(dev)
@@ -114,8 +121,9 @@ class OpenCVSource(Source):
             if not os.path.isfile(str(dev)):
                 raise SourceLost(f"{dev}: video file vanished")
             cap = cv2.VideoCapture(str(dev))
-        else:
-            cap = cv2.VideoCapture(str(dev), cv2.CAP_FFMPEG)
+        else:  # rtsp: bounded open/read so a dead stream is a loss, not a hang
+            cap = cv2.VideoCapture(str(dev), cv2.CAP_FFMPEG,
+                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000])
         if not cap.isOpened():
             cap.release()
             raise SourceLost(f"{dev}: cannot open {self.kind} source")
@@ -206,8 +214,16 @@ class PicameraSource(Source):
     def read(self) -> np.ndarray | None:
         if self.cam is None:
             raise SourceLost("not open")
+        stream = "lores" if self.use_lores else "main"
         try:
-            arr = self.cam.capture_array("lores" if self.use_lores else "main")
+            # bounded wait (picamera2 >= 0.3.13 takes a timeout): a camera that stops delivering
+            # is a loss to retry, not a capture thread blocked for ever
+            try:
+                arr = self.cam.capture_array(stream, wait=READ_TIMEOUT_S)
+            except TypeError:
+                arr = self.cam.capture_array(stream)
+        except TimeoutError:
+            raise SourceLost(f"picamera: no frame for {READ_TIMEOUT_S:.0f} s") from None
         except (RuntimeError, OSError) as e:
             raise SourceLost(f"picamera: {e}") from None
         if arr is None:

@@ -255,12 +255,15 @@ class FakePicamera2:
     """Mimics picamera2: RGB888 main (BGR in memory), YUV420 lores (I420, h*3/2 x w)."""
 
     instances: list = []
+    hang_after: int | None = None
 
     def __init__(self, num=0):
         self.num = num
         self.config = None
         self.started = False
         self.captures = 0
+        self.waits = []
+        self.hang_after = FakePicamera2.hang_after
         FakePicamera2.instances.append(self)
 
     def create_video_configuration(self, main=None, lores=None, controls=None, buffer_count=4):
@@ -277,8 +280,11 @@ class FakePicamera2:
         im[:, :, 2] = 200   # red in BGR order
         return im
 
-    def capture_array(self, name="main"):
+    def capture_array(self, name="main", wait=None):
         self.captures += 1
+        self.waits.append(wait)
+        if self.hang_after is not None and self.captures > self.hang_after:
+            raise TimeoutError  # what picamera2 raises when the wait times out
         if self.captures == 3:
             return None  # a dropped buffer
         cfg = self.config[name]
@@ -300,6 +306,7 @@ def fake_picamera2(monkeypatch):
     mod = types.ModuleType("picamera2")
     mod.Picamera2 = FakePicamera2
     FakePicamera2.instances = []
+    FakePicamera2.hang_after = None
     monkeypatch.setitem(sys.modules, "picamera2", mod)
     return FakePicamera2
 
@@ -349,3 +356,30 @@ class _Limited(Source):
 
     def close(self):
         self.inner.close()
+
+
+def test_picamera_stalled_camera_is_a_loss_and_reopened(fake_picamera2):
+    fake_picamera2.hang_after = 2
+    cam = CameraConfig(source="picamera", device=0, width=320, height=240, lores=False)
+    src = make_source(cam, model_size=(128, 128))
+    q: queue.Queue = queue.Queue(maxsize=100)
+    stop = threading.Event()
+    states = []
+    cap = Capture(src, q, stop, reconnect_min_s=0.01, reconnect_max_s=0.02,
+                  on_state=lambda s, why: states.append((s, why)))
+    cap.start()
+    assert wait_until(lambda: len(fake_picamera2.instances) >= 3)
+    stop.set()
+    cap.join(5)
+    assert ("lost", "picamera: no frame for 2 s") in states
+    assert fake_picamera2.instances[0].waits[0] == 2.0        # every read is bounded
+    assert len(collect(q)) >= 4                                # 2 frames per (re)open
+
+
+def wait_until(cond, timeout=10.0):
+    t = time.monotonic() + timeout
+    while time.monotonic() < t:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
