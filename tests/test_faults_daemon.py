@@ -3,20 +3,14 @@ broker unreachable. Each: no crash, visible in stats, alerts keep flowing."""
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import signal
-import threading
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.test_daemon import (daemon_config, daemon_log, log_alerts, log_summary, seam_video, start_daemon,
-                               wait_exit)
+from tests.test_daemon import daemon_config, daemon_log, log_alerts, log_summary, start_daemon, wait_exit
 from tests.fixtures_mqtt import free_port
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from edge.gradcam import Heatmap
 from edge.heatmaps import HeatmapWorker, Retention, paths_for, safe_name
