@@ -180,7 +180,6 @@ class Daemon:
                                       explainer_factory=factory, overlay_labels=gradcam.overlay_labels,
                                       overlay_jet=gradcam.overlay_jet, labels_all=self.labels,
                                       labels_only_flagged=hc.labels_only_flagged)
-        self.heatmaps.drain_s = 2.0
         self.heatmaps.prepare_dir()
 
     # ------------------------------------------------------------------ running
@@ -325,15 +324,20 @@ class Daemon:
         self.notifier.stopping(f"stopping ({self.stop_reason or 'stop'})")
         log.info("stopping (%s)", self.stop_reason or "stop")
         self.stop.set()
+        # a signal (systemd, Ctrl-C) wants us gone within 5 s; the end of a file or --max-frames
+        # can let the heatmap worker finish its queue
+        by_signal = self.stop_reason.startswith("SIG")
         if self.capture is not None and self.capture.is_alive():
-            self.capture.join(timeout=2.0)
+            self.capture.join(timeout=1.0)
         try:
             for alert in self.decider.flush():
                 self.emit(alert)
         except Exception as e:  # noqa: BLE001
             log.error("flushing open events failed: %s", e)
-        if self.heatmaps is not None and self.heatmaps.is_alive():
-            self.heatmaps.join(timeout=self.heatmaps.drain_s + 0.5)
+        if self.heatmaps is not None:
+            self.heatmaps.close(drain_s=1.5 if by_signal else 15.0)
+            if self.heatmaps.is_alive():
+                self.heatmaps.join(timeout=self.heatmaps.drain_s + 0.5)
         now = time.monotonic()
         final = self.stats_payload(self.frames - frames_at_stats, now - (last_stats or self.started_mono))
         final["fps"] = round(self.frames / max(1e-6, now - self.started_mono), 2)

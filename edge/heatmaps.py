@@ -175,6 +175,7 @@ class HeatmapWorker(threading.Thread):
         self.explainer: Any = None
         self.error = ""
         self.drain_s = 3.0
+        self._closed = threading.Event()
 
     # ---- called from the daemon's thread
     def prepare_dir(self) -> bool:
@@ -193,6 +194,9 @@ class HeatmapWorker(threading.Thread):
     def submit(self, event_id: str, frame: int, ts: str, labels: tuple[str, ...], scores: dict[str, float],
                image: np.ndarray) -> str | None:
         """Queue a heatmap (never blocks); returns the overlay path it will have, or None if dropped."""
+        if self._closed.is_set():
+            self.dropped += 1
+            return None
         if not self.writable and not self.prepare_dir():
             self.dropped += 1
             return None
@@ -220,11 +224,16 @@ class HeatmapWorker(threading.Thread):
             self._fail_logged = True
             log.error("heatmaps: %s: heatmaps are dropped and counted until this is fixed; alerts continue", why)
 
+    def close(self, drain_s: float) -> None:
+        """No more jobs will come (the daemon flushed its last alerts): finish the queue for up to
+        ``drain_s`` once the stop event is set, then drop (and count) the rest."""
+        self.drain_s = drain_s
+        self._closed.set()
+
     def run(self) -> None:
         deadline = None
         while True:
-            if self.stop_event.is_set():
-                # at shutdown, finish what is queued for up to drain_s, then drop (and count) the rest
+            if self.stop_event.is_set() and self._closed.is_set():
                 deadline = deadline or time.monotonic() + self.drain_s
                 if self.q.empty():
                     return

@@ -87,6 +87,7 @@ def test_writes_frame_overlays_and_sidecar(tmp_path):
                     {"good": 0.1, "error": 0.9, "break": 0.7, "length": 0.8}, frame())
     assert path == str((tmp_path / "hm").resolve() / "st-abcd1234-000007.overlay.jpg")
     assert wait_for(lambda: w.saved == 1)
+    w.close(5.0)
     stop.set()
     w.join(5)
     files = sorted(p.name for p in (tmp_path / "hm").iterdir())
@@ -134,6 +135,7 @@ def test_worker_enforces_max_mb(tmp_path):
     for i in range(1, 4):
         assert w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, frame(60 + 40 * i))
         assert wait_for(lambda: w.saved == i + 1)
+    w.close(5.0)
     stop.set()
     w.join(5)
     stems = {p.name.split(".")[0] for p in tmp_path.iterdir()}
@@ -151,6 +153,7 @@ def test_full_queue_drops_and_never_blocks(tmp_path, caplog):
     assert time.monotonic() - t0 < 0.25 * 10          # submit never waits for the worker
     assert results.count(None) >= 6 and w.dropped == results.count(None)
     assert sum("worker is behind" in r.message for r in caplog.records) == 1   # logged once
+    w.close(5.0)
     stop.set()
     w.join(10)
     assert w.saved + w.dropped == 10
@@ -167,6 +170,7 @@ def test_unwritable_dir_counts_drops(tmp_path, caplog):
     assert w.submit("ev-2", 2, "t", ("error",), {"error": 0.9}, frame()) is None
     assert w.dropped == 2 and w.saved == 0
     assert sum("cannot write to" in r.message for r in caplog.records) == 1
+    w.close(5.0)
     stop.set()
     w.join(5)
 
@@ -183,6 +187,7 @@ def test_write_failure_in_worker_is_counted(tmp_path, caplog):
     assert w.submit("ev-1", 1, "t", ("error",), {"error": 0.9}, frame()) is not None
     assert wait_for(lambda: w.dropped == 1)
     assert w.submit("ev-2", 2, "t", ("error",), {"error": 0.9}, frame()) is None or wait_for(lambda: w.dropped == 2)
+    w.close(5.0)
     stop.set()
     w.join(5)
     assert w.saved == 0 and w.is_alive() is False
@@ -200,8 +205,36 @@ def test_real_explainer_on_tiny_bundle(tmp_path, tiny_bundle):
     img = cv2.resize(frame(), (256, 256))
     assert w.submit("tiny-1", 3, "t", ("error", "length"), {"error": 0.6, "length": 0.2}, img)
     assert wait_for(lambda: w.saved == 1, 60)
+    w.close(5.0)
     stop.set()
     w.join(5)
     side = json.loads((tmp_path / "tiny-1.json").read_text())
     assert set(side["peaks"]) == {"error", "length"}
     assert cv2.imread(str(tmp_path / "tiny-1.overlay.jpg")).shape == (256, 256, 3)
+
+
+def test_stop_drains_what_was_submitted_before_close(tmp_path):
+    """At a clean stop the daemon flushes its last alerts, then closes: those heatmaps are written."""
+    stop = threading.Event()
+    w = make_worker(tmp_path, stop, explainer=BlobExplainer(delay=0.05))
+    w.prepare_dir()
+    w.start()
+    stop.set()                                   # stop first (as on a signal) ...
+    paths = [w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, frame()) for i in range(4)]
+    w.close(10.0)                                # ... the last alerts, then "no more jobs"
+    w.join(15)
+    assert not w.is_alive() and w.saved == 4 and all(Path(p).is_file() for p in paths)
+    assert w.submit("late", 9, "t", ("error",), {"error": 0.9}, frame()) is None and w.dropped == 1
+
+
+def test_drain_deadline_drops_the_rest(tmp_path):
+    stop = threading.Event()
+    w = make_worker(tmp_path, stop, queue_size=20, explainer=BlobExplainer(delay=0.3))
+    w.prepare_dir()
+    w.start()
+    for i in range(10):
+        assert w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, frame())
+    w.close(0.5)
+    stop.set()
+    w.join(10)
+    assert not w.is_alive() and w.saved + w.dropped == 10 and w.dropped >= 5
