@@ -7,7 +7,8 @@ Threads: ``capture`` (edge.camera, drops the oldest frame when behind), the main
 
 1. ``STOPPING=1`` is sent, capture stops;
 2. the decider's open events are flushed as alerts (nothing accepted is lost);
-3. the heatmap worker gets up to 2 s to finish queued heatmaps (the rest are counted dropped);
+3. the heatmap worker finishes the queued heatmaps — for up to 1.5 s after a signal (systemd
+   wants us gone), up to 15 s at the end of a file or ``--max-frames`` — the rest are counted dropped;
 4. the publisher flushes what it can, publishes ``offline`` and disconnects — alerts it could
    not deliver stay in the outbox for the next start.
 
