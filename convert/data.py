@@ -188,8 +188,8 @@ def augment_brightness(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def augment_shift(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Seed: wrap-around shift, a random top band of the image moves to the bottom (the seam
-    is a periodic strip moving past the camera, so any phase is a valid image)."""
+    """Seed: wrap-around shift, a random top band of the image moves to the bottom
+    (``np.roll`` along axis 0): the seam keeps its look and labels, only its position changes."""
     band = int(rng.integers(1, img.shape[0]))
     return np.roll(img, -band, axis=0)
 

@@ -162,7 +162,7 @@ def load_predictor(path: str | Path, threads: int = 2, role: str | None = None) 
         n = len(clf.labels)
         return Predictor("bundle", p, clf.height, clf.width, n, tflite_predict_fn(clf.model, n), clf.labels,
                          clf.bundle.task, dict(clf.bundle.thresholds))
-    if p.suffix == ".tflite" or (p.is_file() and p.read_bytes()[4:8] == b"TFL3"):
+    if p.suffix == ".tflite":
         tfl = TFLiteModel(p, threads)
         shapes = [tuple(int(v) for v in d["shape"]) for d in tfl.outputs]
         two_d = [s for s in shapes if len(s) == 2]

@@ -35,8 +35,9 @@ def _cmd(*parts: object) -> str:
 
 
 def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count: int = 1000,
-         test_count: int = 2000, epochs: int = 12, size: int = 128, filters: int = 8, batch: int = 32,
-         lr: float = 1e-3, force: bool = True, synth_workers: int | None = None) -> dict:
+         test_count: int = 2000, epochs: int = 12, size: int = 128, filters: int = 8, batch: int = 16,
+         lr: float = 3e-3, force: bool = True, min_test: int = 2000) -> dict:
+    """Run the whole chain in ``work`` (resumable: data sets and checkpoints are reused) → summary."""
     from .data import load_dataset
     from .evaluate import load_predictor, multilabel_metrics, predict_dataset
     from .export import export_bundle, parity
@@ -45,8 +46,8 @@ def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count
 
     out, work = Path(out), Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    if test_count < 2000:
-        raise ModelError(f"--test-count {test_count}: the shipped model is tested on at least 2000 images")
+    if test_count < min_test:
+        raise ModelError(f"--test-count {test_count}: the shipped model is tested on at least {min_test} images")
     t0 = time.monotonic()
     sets = {"train": (1, train_count), "valid": (2, valid_count), "test": (3, test_count)}
     cmds = []
@@ -111,8 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--filters", type=int, default=8)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.set_defaults(func=run)
 
 

@@ -1,10 +1,15 @@
 """``train``: fit the seed ResNet (or its int8-friendly variant, or the seed CNN) on a data set.
 
 Loss follows the task found in the data: binary cross-entropy for the seed's multi-label CSVs,
-categorical cross-entropy for class-per-folder sets. Optimiser: Adam 1e-3 with cosine decay to
-1e-5 over the run. The seed used Adam 1e-5 for 10 epochs, which barely moves in that time; on
-the synthetic seams (int8 ResNet, 64×64, filters 8, 480 images) Adam 1e-3 reached a validation
-accuracy the 1e-5 run did not reach in 5× the epochs (numbers in the pipeline report / README).
+categorical cross-entropy for class-per-folder sets. Optimiser: Adam 3e-3, batch 16, cosine
+decay to 1 % over the run. The seed's Adam 1e-5 barely moves in a CPU budget. Measured on the
+synthetic seams (``convert synth``; int8 ResNet; 2 shared CPU cores):
+
+* 64×64, filters 8, 500 images, 8 epochs, batch 16: Adam 1e-5 → val_loss 0.856 → 0.787, val
+  binary accuracy 0.51 (chance); Adam 1e-3 → val_loss 0.684, val accuracy 0.59.
+* 128×128, filters 8, 2000 images, 6 epochs: Adam 1e-3 / batch 32 → val_loss 0.543, val accuracy
+  0.711; Adam 3e-3 / batch 16 → val_loss 0.382, val accuracy 0.792 (good 95.6 %, error 80.0 %,
+  break 82.2 %, length 62.4 % per attribute, thresholds calibrated on that validation set).
 
 Checkpoints are named with their metrics as in the seed
 (``ckpt-e03-val_loss0.123-val_acc0.987.keras``) in ``<out stem>_checkpoints/`` beside ``--out``;
@@ -93,7 +98,7 @@ def draw_curves(history: dict, path: Path, size: tuple[int, int] = (900, 360)) -
 
 
 def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet-int8", epochs: int = 10,
-          size: int = 128, filters: int = 64, batch: int = 32, lr: float = 1e-3, resume: bool = False,
+          size: int = 128, filters: int = 64, batch: int = 16, lr: float = 3e-3, resume: bool = False,
           seed: int = 0, patience: int = 4, verbose: int | str = "auto") -> TrainResult:
     """Train and save ``out`` (the best weights); returns what happened."""
     check_arch(arch)
@@ -188,8 +193,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--size", type=int, default=128, help="square model input (default 128)")
     p.add_argument("--filters", type=int, default=64, help="filters of the first stage (seed: 64)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-decayed (default 1e-3)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate, cosine-decayed (default 3e-3)")
     p.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint beside --out")
