@@ -114,6 +114,7 @@ class Daemon:
         self.inf_ms: list[float] = []
         self.stop_reason = ""
         self.exit_code = 0
+        self._last_info = time.monotonic()
         self.publisher: Any = None
         self.outbox: Any = None
         self.heatmaps: Any = None
@@ -247,6 +248,15 @@ class Daemon:
             return None
 
     def _publish_stats(self, payload: dict) -> None:
+        now = time.monotonic()
+        if now - self._last_info >= 60.0:  # one readable line a minute for journalctl
+            self._last_info = now
+            cam = payload.get("camera", {})
+            log.info("stats: %.1f fps, %d frames, %d alerts, camera %s (dropped %s, corrupt %s), inference "
+                     "p50 %s ms, outbox %s, heatmaps %s saved / %s dropped", payload["fps"], payload["frames"],
+                     payload["alerts"], cam.get("state"), cam.get("dropped"), cam.get("corrupt"),
+                     payload["inference_ms"]["p50"], payload["outbox_depth"], payload["heatmaps"]["saved"],
+                     payload["heatmaps"]["dropped"])
         log.debug("stats %s", json.dumps(payload))
         if self.publisher is not None:
             try:
