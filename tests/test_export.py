@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge.bundle import load_bundle
 from edge.errors import ModelError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bundle_roles_and_parity(tiny_bundle):
@@ -20,15 +26,6 @@ def test_bundle_roles_and_parity(tiny_bundle):
     assert par["int8"]["quantization"] in ("full", "dynamic")
     assert b.manifest["gradcam"]["layer"] == "gradcam_features"
     assert set(b.thresholds) == {"good", "error", "break", "length"}
-
-
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
