@@ -80,7 +80,7 @@ def load_model(cfg: Config) -> tuple[Any, Any]:
 def check_explainer(cfg: Config, bundle: Any) -> None:
     """Heatmaps need the bundle's Grad-CAM files: say so at start, not at the first alert."""
     gc = bundle.gradcam
-    need = [gc.get("explainer", "explainer"), gc.get("head", "head")] if cfg.heatmaps.method == "litert" \
+    need = [gc.get("explainer") or "explainer", gc.get("head") or "head"] if cfg.heatmaps.method == "litert" \
         else ["keras"]
     missing = [r for r in need if not bundle.has(r)] if gc else ["gradcam"]
     if missing:
