@@ -260,17 +260,23 @@ def make_break(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
     """Cut thread: stitches k..k+m-1 missing (a gap ≥ 4 mm), loose ends at both sides."""
     S = scene.S
     a, b = holes[k], holes[k + m]
-    t, n, _ = _frame(a, b)
+    t, n, gap_len = _frame(a, b)
     paths: list[np.ndarray] = []
-    # each end sticks out of the line as a short whisker (never reaching across the gap, so a
-    # break never looks like a continuous sagging thread)
+    # each end sticks out of the line as a short whisker that never reaches more than a third
+    # into the gap, so a break never looks like a continuous (sagging) thread
     one_side = rng.random() < 0.5
     for j, (p, d0) in enumerate(((a, t), (b, -t))):
         if rng.random() < 0.85 or not paths:
             sd = side if (one_side or j == 0) else -side
-            ang = rng.uniform(0.7, 1.7)
-            d = d0 * np.cos(ang) + n * sd * np.sin(ang)
-            paths.extend(tail_path(rng, p, d, S))
+            for _ in range(12):
+                ang = rng.uniform(0.7, 1.9)
+                d = d0 * np.cos(ang) + n * sd * np.sin(ang)
+                tail = tail_path(rng, p, d, S)
+                if max(float(((q - p) @ d0).max()) for q in tail) <= gap_len / 3:
+                    break
+            else:   # fall back to a straight whisker square to the seam
+                tail = [p + np.linspace(0, 1.6 * S, 12)[:, None] * (n * sd)]
+            paths.extend(tail)
     scene.raised.extend(paths)
     gap = [np.array([a, b])]
     box = _bbox(paths + gap, scene.thread_w / 2 + 0.5)
