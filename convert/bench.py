@@ -105,7 +105,8 @@ def summary_ms(values: list[float]) -> dict[str, float]:
             "mean": round(float(np.mean(values)), 3), "n": len(values)}
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], iters: int, warmup: int, rounds: int) -> dict[str, list[float]]:
+def time_interleaved(fns: dict[str, Callable[[], Any]], iters: int, warmup: int,
+                     rounds: int) -> dict[str, list[float]]:
     """Per-call ms of each function; calls are done in rounds (a,b,c,a,b,c…) so drift hits all alike."""
     import time as _t
 
@@ -168,6 +169,11 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _env() -> dict[str, str]:
+    """The environment for subprocesses: this checkout first on the import path."""
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def _say(msg: str) -> None:
@@ -254,12 +260,13 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
         from edge.preprocess import preprocess
 
         frame = cv2.imread(spec["frame"])
-        cost = measure_cost(spec["heatmap_bundle"], frame, list(spec["labels"]), threads=int(spec["hm_threads"]),
-                            repeats=int(spec["hm_repeats"]), method="tf")
+        cost = measure_cost(spec["heatmap_bundle"], frame, list(spec["labels"]),
+                            threads=int(spec["hm_threads"]), repeats=int(spec["hm_repeats"]), method="tf")
         m = models.get("bundle") or keras.models.load_model(spec["bundle_keras"], compile=False)
         ih, iw = (int(v) for v in m.inputs[0].shape[1:3])
         x = tf.constant(preprocess(frame, ih, iw)[None])
-        fwd = time_interleaved({"k": lambda: m(x, training=False).numpy()}, int(spec["hm_repeats"]), 2, 1)["k"]
+        fwd = time_interleaved({"k": lambda: m(x, training=False).numpy()},
+                               int(spec["hm_repeats"]), 2, 1)["k"]
         res["heatmap_tf"] = {"explain_ms": cost["explain_ms"], "forward_litert_fp32_ms": cost["forward_ms"],
                              "forward_keras_ms": float(np.median(fwd))}
     return res
@@ -303,7 +310,7 @@ def run_worker(spec: dict[str, Any], work: Path, tag: str, timeout: float = 900)
     sp = work / f"{tag}.spec.json"
     sp.write_text(json.dumps(spec))
     log = work / f"{tag}.log"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(_env(), TF_CPP_MIN_LOG_LEVEL="2")
     with open(log, "w") as f:
         rc = subprocess.run([sys.executable, "-m", "convert.bench", "--worker", str(sp)], stdout=f, stderr=f,
                             env=env, cwd=str(ROOT), timeout=timeout).returncode
@@ -345,7 +352,7 @@ def litert_latency(files: dict[str, str], threads: tuple[int, ...], plan: Plan) 
 
 
 def pipeline_costs(bundle: Path, video: Path, frame: np.ndarray, threads: int, plan: Plan) -> dict[str, Any]:
-    """Per-frame ms of the daemon's serial steps: decode + ROI copy, preprocess, classify (= preprocess + invoke)."""
+    """Per-frame ms of the daemon's serial steps: decode + ROI copy, preprocess, classify (+ invoke)."""
     import cv2
 
     from edge.classify import Classifier
@@ -363,8 +370,9 @@ def pipeline_costs(bundle: Path, video: Path, frame: np.ndarray, threads: int, p
         return np.ascontiguousarray(img[y:y + h, x:x + w]).copy()
 
     try:
-        t = time_interleaved({"decode_roi": decode, "preprocess": lambda: preprocess(frame, clf.height, clf.width),
-                              "classify": lambda: clf.classify(frame)}, plan.iters, plan.warmup, plan.rounds)
+        fns = {"decode_roi": decode, "preprocess": lambda: preprocess(frame, clf.height, clf.width),
+               "classify": lambda: clf.classify(frame)}
+        t = time_interleaved(fns, plan.iters, plan.warmup, plan.rounds)
     finally:
         cap.release()
     p50 = {k: round(pct(v, 50), 3) for k, v in t.items()}
@@ -407,19 +415,22 @@ class LocalBroker:
     """A private Mosquitto on a free loopback port (no persistence), stopped by ``stop``."""
 
     def __init__(self, work: Path) -> None:
-        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        sbin = Path("/usr/sbin/mosquitto")
+        exe = shutil.which("mosquitto") or (str(sbin) if sbin.exists() else None)
         if exe is None:
             raise ConfigError("bench: mosquitto not found (apt-get install mosquitto; `make bench` does it)")
         self.port = _free_port()
         conf = work / "mosquitto.conf"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                         f"log_dest file {work / 'mosquitto.log'}\n")
-        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 5
         while not _port_open(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise ConfigError(f"bench: mosquitto did not start on port {self.port} (log: {work / 'mosquitto.log'})")
+                raise ConfigError(f"bench: mosquitto did not start on port {self.port} "
+                                  f"(log: {work / 'mosquitto.log'})")
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -513,8 +524,8 @@ def daemon_config(work: Path, tag: str, bundle: Path, video: Path, port: int | N
         "decision": decision,
         "mqtt": ({"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.2, "reconnect_max_s": 1}
                  if port else {"enabled": False}),
-        "heatmaps": ({"enabled": True, "dir": str(hm_dir), "method": heatmaps, "threads": hm_threads, "max_mb": 200}
-                     if heatmaps else {"enabled": False, "dir": str(hm_dir)}),
+        "heatmaps": ({"enabled": True, "dir": str(hm_dir), "method": heatmaps, "threads": hm_threads,
+                      "max_mb": 200} if heatmaps else {"enabled": False, "dir": str(hm_dir)}),
         "outbox": str(work / f"outbox-{tag}.sqlite"),
         "stats_interval": stats_interval,
         "log_level": "INFO",
@@ -526,21 +537,21 @@ def daemon_config(work: Path, tag: str, bundle: Path, video: Path, port: int | N
     return p, station
 
 
-def run_daemon(cfg: Path, tag: str, work: Path, *, max_frames: int | None = None, steady_s: float | None = None,
-               stop_after_heatmap_s: float | None = None, stop_when: Callable[[], bool] | None = None,
-               timeout: float = 120.0) -> DaemonRun:
+def run_daemon(cfg: Path, tag: str, work: Path, *, max_frames: int | None = None,
+               steady_s: float | None = None, stop_after_heatmap_s: float | None = None,
+               stop_when: Callable[[], bool] | None = None, timeout: float = 120.0) -> DaemonRun:
     """Run ``python -m edge`` until it exits, ``steady_s`` after its ``running`` line, or a condition."""
     import psutil
 
     cmd = [sys.executable, "-m", "edge", "--config", str(cfg)]
     if max_frames:
         cmd += ["--max-frames", str(max_frames)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(_env(), PYTHONUNBUFFERED="1")
     hm_dir = work / f"heatmaps-{tag}"
     lines: list[tuple[float, str]] = []
     t_spawn = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
-                            cwd=str(ROOT))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            env=env, cwd=str(ROOT))
 
     def reader() -> None:
         assert proc.stdout is not None
@@ -573,7 +584,8 @@ def run_daemon(cfg: Path, tag: str, work: Path, *, max_frames: int | None = None
                     pass
             want_stop = (
                 (steady_s is not None and running_t is not None and now - running_t >= steady_s)
-                or (stop_after_heatmap_s is not None and first_hm is not None and now - first_hm >= stop_after_heatmap_s)
+                or (stop_after_heatmap_s is not None and first_hm is not None
+                    and now - first_hm >= stop_after_heatmap_s)
                 or (stop_when is not None and stop_when())
             )
             if want_stop and stop_t is None:
@@ -636,8 +648,8 @@ def bundle_info(bundle: Path) -> dict[str, Any]:
     meta = read_meta(b.path("keras")) if b.has("keras") else {}
     src = b.manifest.get("source") or {}
     filters = meta.get("filters")
-    return {"path": str(bundle), "name": b.name, "height": b.height, "width": b.width, "labels": list(b.labels),
-            "arch": src.get("arch") or meta.get("arch"), "filters": filters,
+    return {"path": str(bundle), "name": b.name, "height": b.height, "width": b.width,
+            "labels": list(b.labels), "arch": src.get("arch") or meta.get("arch"), "filters": filters,
             "int8_quantization": ((b.manifest.get("parity") or {}).get("int8") or {}).get("quantization"),
             "roles": list(b.files), "has_keras": b.has("keras"), "has_explainer": bool(b.gradcam)}
 
@@ -722,7 +734,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
          f"({bundle_src}, {h}x{w}, filters {filters}); work dir {work}")
 
     _say("writing the synthetic seam video")
-    video, frame_png, truth = make_inputs(work_root, plan.video_frames)
+    video, frame_png, _ = make_inputs(work_root, plan.video_frames)
     phases["setup"] = _lap()
 
     # ---- 1. TF side (subprocesses)
@@ -736,8 +748,8 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
                 "mobilenet": plan.mobilenet and first, "time_mobilenet": False,
                 "iters": plan.iters, "warmup": plan.warmup, "rounds": plan.rounds}
         if first and binfo["has_keras"]:
-            spec.update(heatmap_bundle=str(bundle), frame=str(frame_png), labels=labels, hm_threads=hm_threads,
-                        hm_repeats=plan.heatmap_repeats)
+            spec.update(heatmap_bundle=str(bundle), frame=str(frame_png), labels=labels,
+                        hm_threads=hm_threads, hm_repeats=plan.heatmap_repeats)
         if not binfo["has_keras"]:
             spec["bundle_keras"] = None
         tf_res[t] = run_worker(spec, work, f"tf{t}")
@@ -776,15 +788,17 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
     heatmap_ms: dict[str, Any] = {"labels": labels, "threads": hm_threads}
     if binfo["has_explainer"]:
         _say("Grad-CAM cost, LiteRT path")
-        c = measure_cost(bundle, frame, labels, threads=hm_threads, repeats=plan.heatmap_repeats, method="litert")
+        c = measure_cost(bundle, frame, labels, threads=hm_threads, repeats=plan.heatmap_repeats,
+                         method="litert")
         heatmap_ms.update(litert=round(c["explain_ms"], 3), forward_litert_fp32=round(c["forward_ms"], 3),
                           ratio_litert=round(c["ratio"], 3))
     tfh = (tf_res.get(max(tf_res)) or {}).get("heatmap_tf") if tf_res else None
     if tfh:
         heatmap_ms.update(tf=round(tfh["explain_ms"], 3), forward_keras=round(tfh["forward_keras_ms"], 3),
                           ratio_tf=round(tfh["explain_ms"] / tfh["forward_keras_ms"], 3),
-                          ratio_tf_vs_litert_forward=round(tfh["explain_ms"] / heatmap_ms["forward_litert_fp32"], 3)
-                          if heatmap_ms.get("forward_litert_fp32") else None)
+                          ratio_tf_vs_litert_forward=(
+                              round(tfh["explain_ms"] / heatmap_ms["forward_litert_fp32"], 3)
+                              if heatmap_ms.get("forward_litert_fp32") else None))
 
     phases["litert_heatmaps"] = _lap()
     # ---- 4. the daemon
@@ -793,8 +807,8 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
     try:
         listener = Listener(broker.port)
         probe = BoundProbe(str(b.path("classifier_int8")), daemon_threads)
-        daemon = run_daemon_suite(plan, work, bundle, video, broker.port, listener, daemon_threads, hm_threads,
-                                  binfo, truth, probe)
+        daemon = run_daemon_suite(plan, work, bundle, video, broker.port, listener, daemon_threads,
+                                  hm_threads, binfo, probe)
     finally:
         if listener is not None:
             listener.close()
@@ -811,8 +825,9 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         "quick": quick,
         "machine": machine,
         "bundle": binfo,
-        "settings": {"iters": plan.iters, "warmup": plan.warmup, "rounds": plan.rounds, "daemon_threads": daemon_threads,
-                     "heatmap_threads": hm_threads, "video_frames": plan.video_frames, "steady_s": plan.steady_s,
+        "settings": {"iters": plan.iters, "warmup": plan.warmup, "rounds": plan.rounds,
+                     "daemon_threads": daemon_threads, "heatmap_threads": hm_threads,
+                     "video_frames": plan.video_frames, "steady_s": plan.steady_s,
                      "stats_interval": plan.stats_interval},
         "models": models,
         "latency_ms": latency,
@@ -820,7 +835,8 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         "bound_fps": bound_fps,
         "e2e_fps": e2e_fps,
         "e2e": {**e2e, "ratio_to_bound": round(e2e_fps / bound_fps, 3) if e2e_fps and bound_fps else None,
-                "ratio_to_overlapped_bound": round(e2e_fps / pipeline["overlapped_bound_fps"], 3) if e2e_fps else None},
+                "ratio_to_overlapped_bound": (round(e2e_fps / pipeline["overlapped_bound_fps"], 3)
+                                              if e2e_fps else None)},
         "pipeline_ms": pipeline,
         "heatmaps_e2e": daemon["heatmaps_e2e"],
         "heatmap_ms": heatmap_ms,
@@ -856,7 +872,7 @@ def latency_ratios(latency: dict) -> dict[str, dict[str, float]]:
 
 
 def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: int, listener: Listener,
-                     threads: int, hm_threads: int, binfo: dict, truth: list, probe: BoundProbe) -> dict[str, Any]:
+                     threads: int, hm_threads: int, binfo: dict, probe: BoundProbe) -> dict[str, Any]:
     notes: list[str] = []
     si = plan.stats_interval
 
@@ -891,7 +907,8 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
     sec = sum(f["seconds"] for f in ok)
     if sec:
         fps = {"fps": round(sum(f["frames"] for f in ok) / sec, 2), "frames": sum(f["frames"] for f in ok),
-               "seconds": round(sec, 2), "source": "stats (Δframes/Δuptime)", "per_run_fps": [f["fps"] for f in ok]}
+               "seconds": round(sec, 2), "source": "stats (Δframes/Δuptime)",
+               "per_run_fps": [f["fps"] for f in ok]}
     else:
         fps = e2e_runs[-1][1]
     r_nat = e2e_runs[-1][0]
@@ -900,8 +917,8 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
            "dropped_frames": r_nat.summary.get("dropped_frames"), "threads": threads,
            "inference_ms": r_nat.summary.get("inference_ms"),
            "bound_ms_p50": round(bound_ms, 3), "bound_samples": len(probe.samples),
-           "config": "file source, realtime false, loop, heatmaps off, bundle thresholds, expected_length 2mm; "
-                     "bound sampled in bursts before and after each run"}
+           "config": "file source, realtime false, loop, heatmaps off, bundle thresholds, "
+                     "expected_length 2mm; bound sampled in bursts before and after each run"}
     rss_nohm = steady_rss(r_nat, r_nat.line_time(" running: "))
     tf_maps.append(r_nat.tf_mapped)
 
@@ -912,11 +929,13 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
     for i in range(plan.hm_pairs):
         for kind in ("off", "on"):
             tag = f"hm{kind}{i}"
-            c, st = cfg(tag, realtime=False, loop=True, forced_every=20, heatmaps="litert" if kind == "on" else None)
+            c, st = cfg(tag, realtime=False, loop=True, forced_every=20,
+                        heatmaps="litert" if kind == "on" else None)
             _say(f"daemon e2e run, alerts on 5 % of frames, heatmaps {kind} ({i + 1}/{plan.hm_pairs})")
             r = run_daemon(c, tag, work, steady_s=plan.hm_steady_s + si, timeout=plan.hm_steady_s + 90)
             runs[kind].append({**stats_fps(listener, st, r), "alerts": r.summary.get("alerts"),
-                               "frames_total": r.summary.get("frames"), "heatmaps": r.summary.get("heatmaps")})
+                               "frames_total": r.summary.get("frames"),
+                               "heatmaps": r.summary.get("heatmaps")})
             if kind == "on":
                 r_hm = r
                 tf_maps.append(r.tf_mapped)
@@ -938,8 +957,8 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
         "heatmaps_dropped": sum((x["heatmaps"] or {}).get("dropped") or 0 for x in runs["on"]),
         "heatmap_worker_ms_p50": [(x["heatmaps"] or {}).get("ms_p50") for x in runs["on"]],
         "heatmap_threads": hm_threads, "model_threads": threads,
-        "config": "decision.thresholds.error 0, min_frames 1, window 1, max_event_frames 20 (an alert every 20 "
-                  "frames) in both; heatmaps litert on / off; off and on runs alternate",
+        "config": "decision.thresholds.error 0, min_frames 1, window 1, max_event_frames 20 (an alert "
+                  "every 20 frames) in both; heatmaps litert on / off; off and on runs alternate",
     }
     assert r_hm is not None
     rss_lite = steady_rss(r_hm, r_hm.first_heatmap_t or r_hm.line_time(" running: "))
@@ -957,21 +976,22 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
             tf_first_s = round(r_tf.first_heatmap_t - rt, 2)
 
     # alert latency: the video at its real 30 fps, the bundle's decisions, heatmaps on (LiteRT)
-    alert = alert_latency(plan, cfg, work, listener, truth, notes, natural=not binfo.get("untrained"))
+    alert = alert_latency(plan, cfg, work, listener, notes, natural=not binfo.get("untrained"))
 
     rss_mb = {"litert": rss_lite["max"], "litert_median": rss_lite["median"],
               "litert_no_heatmaps": rss_nohm["max"], "tf": rss_tf["max"], "tf_median": rss_tf.get("median"),
               "tf_first_heatmap_after_s": tf_first_s,
               "tensorflow_mapped_in_litert_daemon": any(bool(x) for x in tf_maps if x is not None)}
-    startup = {"runs_s": [round(s, 3) for s in starts], "to_running_line_s": [round(s, 3) for s in to_running],
+    startup = {"runs_s": [round(s, 3) for s in starts],
+               "to_running_line_s": [round(s, 3) for s in to_running],
                "how": "spawn of `python -m edge --max-frames 1` → its 'stopping (1 frames)' log line "
                       "(logged right after the first frame is classified); TensorFlow not imported"}
     return {"e2e": e2e, "heatmaps_e2e": heatmaps_e2e, "rss_mb": rss_mb, "startup_s": startup_s,
             "startup": startup, "alert_latency_ms": alert, "notes": notes}
 
 
-def alert_latency(plan: Plan, cfg: Callable, work: Path, listener: Listener, truth: list,
-                  notes: list[str], natural: bool = True) -> dict[str, Any]:
+def alert_latency(plan: Plan, cfg: Callable, work: Path, listener: Listener, notes: list[str],
+                  natural: bool = True) -> dict[str, Any]:
     def collect(run: DaemonRun, station: str) -> list[dict]:
         emit = {}
         for t, ln in run.lines:
@@ -991,11 +1011,12 @@ def alert_latency(plan: Plan, cfg: Callable, work: Path, listener: Listener, tru
                 continue  # flushed at shutdown: not a live alert
             ts = _iso_to_epoch(a["ts"])
             out.append({"total": (t - ts) * 1e3, "after_close": (t - emit[eid]) * 1e3,
-                        "before_close": (emit[eid] - ts) * 1e3, "frames_to_close": None})
+                        "before_close": (emit[eid] - ts) * 1e3})
         return out
 
     got: list[dict] = []
-    mode = "natural: bundle thresholds, expected_length 2mm, min_frames 2 of window 3, video replayed at 30 fps"
+    mode = ("natural: bundle thresholds, expected_length 2mm, min_frames 2 of window 3, "
+            "video replayed at 30 fps")
     if natural:
         c, st = cfg("alert", realtime=True, loop=False, forced_every=None, heatmaps="litert")
         _say(f"daemon alert-latency run: the video at 30 fps ({plan.video_frames} frames, bundle decisions)")
@@ -1003,10 +1024,11 @@ def alert_latency(plan: Plan, cfg: Callable, work: Path, listener: Listener, tru
         got = collect(r, st)
         if len(got) < plan.min_alerts:
             notes.append(f"alert latency: the bundle raised {len(got)} live alert(s) on the video "
-                         f"(< {plan.min_alerts}); measured on forced alerts instead (an event closes every 10 frames)")
+                         f"(< {plan.min_alerts}); measured on forced alerts instead (an event closes "
+                         "every 10 frames)")
     else:
-        notes.append("alert latency: the bundle is untrained, so its alerts mean nothing; measured on forced alerts "
-                     "(an event closes every 10 frames)")
+        notes.append("alert latency: the bundle is untrained, so its alerts mean nothing; measured on "
+                     "forced alerts (an event closes every 10 frames)")
     if len(got) < plan.min_alerts:
         c, st = cfg("alertf", realtime=True, loop=True, forced_every=10, heatmaps="litert")
         _say("daemon alert-latency run, forced alerts (every 10 frames at 30 fps)")
@@ -1024,9 +1046,10 @@ def alert_latency(plan: Plan, cfg: Callable, work: Path, listener: Listener, tru
     return {"p50": round(pct(tot, 50), 1), "p99": round(pct(tot, 99), 1), "n": len(got), "mode": mode,
             "after_close_p50": round(pct(aft, 50), 1), "after_close_p99": round(pct(aft, 99), 1),
             "before_close_p50": round(pct(bef, 50), 1),
-            "how": "receive time at a loopback paho subscriber − the alert's ts (wall-clock capture time of "
-                   "the event's best frame); includes the debounce's wait for the event to close. "
-                   "after_close = receive − the daemon's ALERT log line (event closed → outbox → MQTT)."}
+            "how": "receive time at a loopback paho subscriber − the alert's ts (wall-clock capture "
+                   "time of the event's best frame); includes the debounce's wait for the event to "
+                   "close. after_close = receive − the daemon's ALERT log line (event closed → outbox "
+                   "→ MQTT)."}
 
 
 # ----------------------------------------------------------------------------- estimates, targets, table
@@ -1049,9 +1072,10 @@ def pi_estimates(res: dict) -> dict[str, Any]:
             pi4 = PI4_MNV2_MS[kind] * r
             e[f"pi4_{kind}_ms_flops"] = round(pi4, 2)
             e[f"pi5_{kind}_ms_flops"] = [round(pi4 / PI5_OVER_PI4[1], 2), round(pi4 / PI5_OVER_PI4[0], 2)]
-        # measured-ratio estimate (fp32 only): our model / MobileNet v2, both LiteRT fp32 at the same threads on
-        # THIS machine, times the Pi 4 figure. Not for int8: our int8 is dynamic-range, XNNPACK's published int8
-        # is full-integer, and dynamic-range MobileNet v2 runs slower than its fp32 here (no fast depthwise path).
+        # measured-ratio estimate (fp32 only): our model / MobileNet v2, both LiteRT fp32 at the same
+        # threads on THIS machine, times the Pi 4 figure. Not for int8 directly: our int8 is dynamic-range,
+        # XNNPACK's published int8 is full-integer, and dynamic-range MobileNet v2 runs slower than its
+        # fp32 here; the int8 figure is the fp32 one divided by our int8 speed-up measured here.
         ours, ref = lat.get(name, {}).get("litert-fp32", {}), mn.get("litert-fp32", {})
         t = max((k for k in ours if k in ref), key=int, default=None)
         if t is not None and ref[t]["p50"] > 0:
@@ -1061,7 +1085,8 @@ def pi_estimates(res: dict) -> dict[str, Any]:
             i8 = lat.get(name, {}).get("litert-int8", {}).get(t)
             if i8 and i8["p50"] > 0:  # scale by the int8 speed-up measured here
                 e["int8_speedup_here"] = round(ours[t]["p50"] / i8["p50"], 3)
-                e["pi4_int8_ms_measured_ratio"] = round(e["pi4_fp32_ms_measured_ratio"] / e["int8_speedup_here"], 2)
+                e["pi4_int8_ms_measured_ratio"] = round(
+                    e["pi4_fp32_ms_measured_ratio"] / e["int8_speedup_here"], 2)
         out["models"][name] = e
     return out
 
@@ -1095,11 +1120,13 @@ def _f(v: Any, nd: int = 2) -> str:
 def render_table(res: dict) -> str:
     m = res["machine"]
     b = res["bundle"]
-    L = [f"### seam-qc bench ({'quick' if res['quick'] else 'full'}) — {m['cpu']}, {m['usable_cores']} cores, "
-         f"Python {m['python']}, TF {m['tensorflow']}, LiteRT {m['ai_edge_litert']}",
+    L = [f"### seam-qc bench ({'quick' if res['quick'] else 'full'}) — {m['cpu']}, "
+         f"{m['usable_cores']} cores, Python {m['python']}, TF {m['tensorflow']}, "
+         f"LiteRT {m['ai_edge_litert']}",
          "",
-         f"Bundle `{b['name']}` ({b['source']}): {b['arch']} {b['height']}×{b['width']}, filters {b['filters']}, "
-         f"int8 = {b['int8_quantization']}. Load average at start {m.get('loadavg_start')}, "
+         f"Bundle `{b['name']}` ({b['source']}): {b['arch']} {b['height']}×{b['width']}, "
+         f"filters {b['filters']}, int8 = {b['int8_quantization']}. "
+         f"Load average at start {m.get('loadavg_start')}, "
          f"at end {m.get('loadavg_end')}.",
          "",
          "| model | MMACs | runtime | threads | p50 ms | p99 ms | × faster than Keras |",
@@ -1113,38 +1140,49 @@ def render_table(res: dict) -> str:
                 ratio = (res["ratios"].get(name) or {}).get(f"{rt}@{t}")
                 L.append(f"| {name} | {_f(macs / 1e6 if macs else None, 1)} | {rt} | {t} | {s['p50']:.2f} | "
                          f"{s['p99']:.2f} | {_f(ratio) if ratio else ('1.00' if rt == 'keras' else '–')} |")
-    e, hm, hms, rss, al = res["e2e"], res["heatmaps_e2e"], res["heatmap_ms"], res["rss_mb"], res["alert_latency_ms"]
+    e, hm, hms = res["e2e"], res["heatmaps_e2e"], res["heatmap_ms"]
+    rss, al = res["rss_mb"], res["alert_latency_ms"]
+    loss = hm.get("loss")
     pl = res["pipeline_ms"]["ms_p50"]
     L += ["",
           "| measure | value |", "|---|---|",
-          f"| bare interpreter bound (bundle int8, {res['settings']['daemon_threads']} threads, sampled around "
-          f"the e2e runs) | {_f(res['bound_fps'], 1)} fps ({_f(e.get('bound_ms_p50'))} ms) |",
-          f"| daemon end to end (file source, heatmaps off) | {_f(res['e2e_fps'], 1)} fps ({e.get('source')}) |",
+          f"| bare interpreter bound (bundle int8, {res['settings']['daemon_threads']} threads, sampled "
+          f"around the e2e runs) | {_f(res['bound_fps'], 1)} fps ({_f(e.get('bound_ms_p50'))} ms) |",
+          f"| daemon end to end (file source, heatmaps off) | {_f(res['e2e_fps'], 1)} fps "
+          f"({e.get('source')}) |",
           f"| e2e / bound | {_f(e.get('ratio_to_bound'), 3)} |",
-          f"| per frame p50: decode+ROI / preprocess / classify | {pl['decode_roi']:.2f} / {pl['preprocess']:.2f} / "
-          f"{pl['classify']:.2f} ms → bound with decode overlapped {_f(res['pipeline_ms']['overlapped_bound_fps'], 1)} fps "
+          f"| per frame p50: decode+ROI / preprocess / classify | {pl['decode_roi']:.2f} / "
+          f"{pl['preprocess']:.2f} / {pl['classify']:.2f} ms → bound with decode overlapped "
+          f"{_f(res['pipeline_ms']['overlapped_bound_fps'], 1)} fps "
           f"(e2e = {_f(e.get('ratio_to_overlapped_bound'), 3)} of it) |",
-          f"| heatmaps on {_f((hm.get('alert_fraction') or 0) * 100, 1)} % of frames | {_f(hm.get('fps_on'), 1)} fps vs "
-          f"{_f(hm.get('fps_off'), 1)} fps → loss {_f((hm['loss'] or 0) * 100 if hm.get('loss') is not None else None, 1)} % |",
+          f"| heatmaps on {_f((hm.get('alert_fraction') or 0) * 100, 1)} % of frames | "
+          f"{_f(hm.get('fps_on'), 1)} fps vs {_f(hm.get('fps_off'), 1)} fps → loss "
+          f"{_f(loss * 100 if loss is not None else None, 1)} % |",
           f"| Grad-CAM, LiteRT path ({len(hms.get('labels', []))} labels) | {_f(hms.get('litert'))} ms = "
           f"{_f(hms.get('ratio_litert'))} × float forward ({_f(hms.get('forward_litert_fp32'))} ms) |",
           f"| Grad-CAM, full-TF path | {_f(hms.get('tf'))} ms = {_f(hms.get('ratio_tf'))} × Keras forward "
-          f"({_f(hms.get('forward_keras'))} ms), {_f(hms.get('ratio_tf_vs_litert_forward'))} × LiteRT fp32 forward |",
+          f"({_f(hms.get('forward_keras'))} ms), {_f(hms.get('ratio_tf_vs_litert_forward'))} × LiteRT fp32 "
+          f"forward |",
           f"| daemon RSS, LiteRT only (heatmaps on / off) | {_f(rss.get('litert'), 1)} MB / "
-          f"{_f(rss.get('litert_no_heatmaps'), 1)} MB (TensorFlow mapped: {rss.get('tensorflow_mapped_in_litert_daemon')}) |",
+          f"{_f(rss.get('litert_no_heatmaps'), 1)} MB (TensorFlow mapped: "
+          f"{rss.get('tensorflow_mapped_in_litert_daemon')}) |",
           f"| daemon RSS, heatmaps.method tf | {_f(rss.get('tf'), 1)} MB |",
-          f"| start-up to first classified frame | {_f(res['startup_s'])} s (runs {res['startup'].get('runs_s')}) |",
-          f"| alert latency p50 / p99 (n={al.get('n')}) | {_f(al.get('p50'), 1)} / {_f(al.get('p99'), 1)} ms; "
-          f"after the event closed {_f(al.get('after_close_p50'), 1)} / {_f(al.get('after_close_p99'), 1)} ms |",
+          f"| start-up to first classified frame | {_f(res['startup_s'])} s "
+          f"(runs {res['startup'].get('runs_s')}) |",
+          f"| alert latency p50 / p99 (n={al.get('n')}) | {_f(al.get('p50'), 1)} / {_f(al.get('p99'), 1)} "
+          f"ms; after the event closed {_f(al.get('after_close_p50'), 1)} / "
+          f"{_f(al.get('after_close_p99'), 1)} ms |",
           "",
           "| target | value | goal | result |", "|---|---:|---|---|"]
     for t in res["targets"]:
         L.append(f"| {t['what']} | {_f(t['value'], 3)} | {t['target']} | {t['result']} |")
     pe = res.get("pi_estimates", {}).get("models", {})
     if pe:
-        L += ["", "Raspberry Pi estimates (NOT measured: XNNPACK's MobileNet v2 figures scaled; see JSON pi_estimates):",
-              "", "| model | MMACs | Pi 4 int8 ms (MAC-scaled) | Pi 4 fp32 ms (MAC-scaled) | Pi 4 fp32 ms (vs MobileNet "
-              "v2 measured here) | Pi 4 dyn-int8 ms (same, × int8 speed-up here) | Pi 5 int8 ms (MAC-scaled) |",
+        L += ["", "Raspberry Pi estimates (NOT measured: XNNPACK's MobileNet v2 figures scaled; see JSON "
+              "pi_estimates):", "",
+              "| model | MMACs | Pi 4 int8 ms (MAC-scaled) | Pi 4 fp32 ms (MAC-scaled) | Pi 4 fp32 ms (vs "
+              "MobileNet v2 measured here) | Pi 4 dyn-int8 ms (same, × int8 speed-up here) | Pi 5 int8 ms "
+              "(MAC-scaled) |",
               "|---|---:|---:|---:|---:|---:|---:|"]
         for name, e2 in pe.items():
             p5 = e2.get("pi5_int8_ms_flops") or [None, None]
@@ -1161,12 +1199,13 @@ def render_table(res: dict) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks: latency, e2e fps, heatmap cost, RSS, start-up, alert latency",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser("bench", help="benchmarks: latency, e2e fps, heatmap cost, RSS, start-up, "
+                       "alert latency", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer iterations and model variants (< 1 min)")
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON (make bench: bench-results.json)")
-    p.add_argument("--bundle", metavar="DIR", help=f"model bundle (default {DEFAULT_BUNDLE}; an untrained one is "
-                   "exported when it is not shipped yet)")
+    p.add_argument("--json", metavar="FILE",
+                   help="write the results as JSON (make bench: bench-results.json)")
+    p.add_argument("--bundle", metavar="DIR", help=f"model bundle (default {DEFAULT_BUNDLE}; an untrained "
+                   "one is exported when it is not shipped yet)")
     p.add_argument("--work", metavar="DIR", default="build/bench", help="scratch dir (default build/bench)")
     p.set_defaults(func=run)
 

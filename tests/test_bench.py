@@ -31,8 +31,8 @@ def _pos(v) -> bool:
 def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "convert", "bench", "--quick", "--bundle", str(tiny_bundle), "--json", str(out),
-         "--work", str(tmp_path / "work")],
+        [sys.executable, "-m", "convert", "bench", "--quick", "--bundle", str(tiny_bundle),
+         "--json", str(out), "--work", str(tmp_path / "work")],
         cwd=ROOT, capture_output=True, text=True, timeout=580)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
