@@ -58,6 +58,17 @@ def test_int8_friendly_resnet_is_conv_bn_relu_same_topology():
     assert tuple(m.get_layer("gradcam_features").output.shape[1:]) == (16, 16, 32)
 
 
+def test_gap_variant_and_its_gradcam_head():
+    from convert.explainer import describe_head, head_type
+    from convert.models import build_model
+
+    m = build_model("resnet-int8-gap", 4, 64, 64, filters=4)
+    assert _kinds(m)[-4:] == ["ReLU", "GlobalAveragePooling2D", "Dense", "Activation"]
+    assert m.get_layer("logits").kernel.shape == (16, 4)  # one weight per feature channel and label
+    spec, _ = describe_head(m, "gradcam_features")
+    assert head_type(spec) == "global_avg_pool-dense-sigmoid"
+
+
 def test_cnn_and_tasks():
     from convert.models import build_model
 
@@ -84,4 +95,4 @@ def test_unknown_architecture_cli(tiny_dataset, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [
-        "error: unknown architecture 'transformer' (choose one of: resnet, resnet-int8, cnn)"]
+        "error: unknown architecture 'transformer' (choose one of: resnet, resnet-int8, resnet-int8-gap, cnn)"]
