@@ -2,7 +2,8 @@
 
 1. synthesise train (seed 1), valid (seed 2) and test (seed 3, ≥ 2000 images; that seed is
    never used for training or calibration) sets with ``convert.synth``;
-2. train the int8-friendly ResNet (``convert.train``);
+2. train the int8-friendly ResNet (``convert.train``; ``--arch resnet-int8-gap`` for its
+   global-pooling variant); resumable: data sets and checkpoints in ``--work`` are reused;
 3. export the bundle with calibration on the validation set (``convert.export``: parity
    check, thresholds calibrated on valid);
 4. evaluate the int8 and fp32 classifiers of the bundle on the test set and print a markdown
@@ -36,7 +37,7 @@ def _cmd(*parts: object) -> str:
 
 def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count: int = 1000,
          test_count: int = 2000, epochs: int = 12, size: int = 128, filters: int = 8, batch: int = 16,
-         lr: float = 3e-3, force: bool = True, min_test: int = 2000) -> dict:
+         lr: float = 3e-3, force: bool = True, min_test: int = 2000, arch: str = "resnet-int8") -> dict:
     """Run the whole chain in ``work`` (resumable: data sets and checkpoints are reused) → summary."""
     from .data import load_dataset
     from .evaluate import load_predictor, multilabel_metrics, predict_dataset
@@ -63,9 +64,9 @@ def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count
     t_synth = time.monotonic() - t0
     model = work / "model.keras"
     cmds.append(_cmd("python -m convert train --train", work / "train/data.csv", "--valid", work / "valid/data.csv",
-                     "--out", model, "--arch resnet-int8 --epochs", epochs, "--size", size, "--filters", filters,
+                     "--out", model, "--arch", arch, "--epochs", epochs, "--size", size, "--filters", filters,
                      "--batch", batch, "--lr", lr))
-    res = train(str(work / "train/data.csv"), str(work / "valid/data.csv"), model, arch="resnet-int8",
+    res = train(str(work / "train/data.csv"), str(work / "valid/data.csv"), model, arch=arch,
                 epochs=epochs, size=size, filters=filters, batch=batch, lr=lr, resume=True, seed=1)
     t_train = time.monotonic() - t0 - t_synth
     cmds.append(_cmd("python -m convert export --model", model, "--calibration", work / "valid/data.csv",
@@ -90,7 +91,7 @@ def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count
         and agree["label_agreement"] >= TARGET_AGREEMENT
     summary = {
         "settings": {"train_count": train_count, "valid_count": valid_count, "test_count": test_count,
-                     "epochs": epochs, "epochs_run": res.epochs_run, "size": size, "filters": filters,
+                     "epochs": epochs, "epochs_run": res.epochs_run, "arch": arch, "size": size, "filters": filters,
                      "batch": batch, "lr": lr},
         "test": {"int8": m_int8, "fp32": m_fp32, "agreement": agree},
         "parity": exp.manifest["parity"], "seconds": {"synth": round(t_synth), "train": round(t_train),
@@ -114,12 +115,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filters", type=int, default=8)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--arch", default="resnet-int8", help="resnet-int8 (default) or resnet-int8-gap")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     s = ship(args.out, args.work, args.train_count, args.valid_count, args.test_count, args.epochs, args.size,
-             args.filters, args.batch, args.lr)
+             args.filters, args.batch, args.lr, arch=args.arch)
     print(f"## Shipped model ({args.out}): {s['settings']}\n")
     print(s["table"])
     print(f"\nparity on calibration: fp32 max|Δ| {s['parity']['fp32']['max_abs_diff']:.2e}, int8 "
