@@ -152,8 +152,9 @@ def tflite_predict_fn(tfl, n: int) -> Callable[[np.ndarray], np.ndarray]:
     return predict
 
 
-def load_predictor(path: str | Path, threads: int = 2, role: str | None = None) -> Predictor:
-    """A bundle dir, a ``.tflite`` or a ``.keras`` / ``.h5`` file."""
+def load_predictor(path: str | Path, threads: int = 2, role: str | None = None, arch: str | None = None,
+                   size: int = 128, labels: Sequence[str] | None = None, task: str = "multilabel") -> Predictor:
+    """A bundle dir, a ``.tflite``, a ``.keras`` / ``.h5`` file (``arch`` for weights-only) or a SavedModel."""
     from edge.classify import Classifier, TFLiteModel
 
     p = Path(path)
@@ -174,7 +175,7 @@ def load_predictor(path: str | Path, threads: int = 2, role: str | None = None) 
     if p.is_dir() or p.suffix in (".keras", ".h5"):
         from .export import load_model_any
 
-        model, meta = load_model_any(p)
+        model, meta = load_model_any(p, arch, size, list(labels) if labels else None, task)
         return Predictor("keras", p, int(meta["height"]), int(meta["width"]), len(meta["labels"]),
                          keras_predict_fn(model), tuple(meta["labels"]), meta["task"])
     raise ModelError(f"{p}: not a model (expected a bundle dir, .tflite, .keras or .h5)")
@@ -209,9 +210,10 @@ class Evaluation:
 
 
 def evaluate(model: str | Path, data: str | Path, calibrate: str | Path | None = None, threads: int = 2,
-             role: str | None = None, progress: bool = False) -> Evaluation:
-    pred = load_predictor(model, threads, role)
+             role: str | None = None, progress: bool = False, arch: str | None = None,
+             size: int = 128) -> Evaluation:
     ds = load_dataset(data)
+    pred = load_predictor(model, threads, role, arch, size, ds.labels, ds.task)
     probs = predict_dataset(pred, ds, progress)
     labels = ds.labels
     task = pred.task or ds.task
@@ -240,11 +242,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", metavar="VALID_CSV", help="calibrate per-label thresholds on this set first")
     p.add_argument("--role", help="bundle role to run (default: the manifest's classifier)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--arch", help="architecture of a weights-only .h5")
+    p.add_argument("--size", type=int, default=128, help="input size of a weights-only .h5 / SavedModel")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    ev = evaluate(args.model, args.data, args.calibrate, args.threads, args.role, progress=sys.stderr.isatty())
+    ev = evaluate(args.model, args.data, args.calibrate, args.threads, args.role, progress=sys.stderr.isatty(),
+                  arch=args.arch, size=args.size)
     print(ev.report)
     if args.json:
         Path(args.json).write_text(json.dumps(ev.metrics, indent=1) + "\n")

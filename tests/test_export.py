@@ -118,6 +118,9 @@ def test_legacy_h5_full_and_weights_only(tiny_keras, tiny_valid, tmp_path):
              str(tiny_valid / "data.csv"), "--out", str(tmp_path / "b_w"), "--int8", "dynamic", "--max-images", "40")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "wrote" in p.stdout and load_bundle(tmp_path / "b_w").has("classifier_int8")
+    p = _cli("evaluate", "--model", str(weights), "--arch", "resnet-int8", "--size", "64", "--data",
+             str(tiny_valid / "data.csv"))
+    assert p.returncode == 0 and "Good Accuracy: " in p.stdout, p.stderr[-3000:]
     # a weights-only file without --arch, and one from another architecture
     with pytest.raises(ModelError, match="weights-only.*--arch"):
         load_model_any(weights, size=64)
