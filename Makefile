@@ -10,18 +10,25 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 QUICK ?=
 PYTEST_ARGS ?=
 comma := ,
+# install_requires + the extras named in EXTRAS, one requirement a line, read from setup.cfg
+REQS_PY := 'import configparser, sys; c = configparser.ConfigParser(); c.read("setup.cfg"); \
+  lines = c["options"]["install_requires"].splitlines(); \
+  [lines.extend(c["options.extras_require"][x].splitlines()) for x in sys.argv[1].split(",") if x]; \
+  print("\n".join(l.strip() for l in lines if l.strip()))'
 
-.PHONY: setup apt demo test test-fast bench install clean shipped-model
+.PHONY: setup apt demo test test-fast bench install print-requirements clean shipped-model
 
-# apt packages the suite and demo rely on; installed only when missing.
+# apt packages the demo (and, with the test extra, the suite) relies on; installed only when missing.
 apt:
 	@missing=""; \
 	command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
 	command -v mosquitto_sub >/dev/null || missing="$$missing mosquitto-clients"; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
-	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
-	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
-	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [[ ",$(EXTRAS)," == *,test,* ]]; then \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	  command -v openssl >/dev/null || missing="$$missing openssl"; \
+	fi; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing apt packages:$$missing"; \
@@ -32,16 +39,15 @@ apt:
 $(VENV)/.stamp-$(subst $(comma),-,$(EXTRAS)): setup.cfg | apt
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c 'import configparser, sys; c = configparser.ConfigParser(); c.read("setup.cfg"); \
-	  lines = c["options"]["install_requires"].splitlines(); \
-	  [lines.extend(c["options.extras_require"][x].splitlines()) for x in sys.argv[1].split(",")]; \
-	  print("\n".join(l.strip() for l in lines if l.strip()))' $(EXTRAS) > $(VENV)/requirements.txt
+	$(PYTHON) -c $(REQS_PY) $(EXTRAS) > $(VENV)/requirements.txt
 	$(PY) -m pip install -q -r $(VENV)/requirements.txt
 	@touch $@
 
 setup: $(VENV)/.stamp-$(subst $(comma),-,$(EXTRAS))
 
-demo: setup
+# the demo needs only the edge extra (no TensorFlow); test/bench need everything
+demo:
+	@$(MAKE) --no-print-directory setup EXTRAS=edge
 	$(PY) -m convert demo --config config/demo.yaml
 
 test: setup
@@ -55,7 +61,20 @@ bench: setup
 
 # Retrain the shipped default bundle (see README, "The shipped model").
 shipped-model: setup
-	$(PY) -m convert ship --out edge/models/default
+	$(PY) -m convert ship --out edge/models/default --arch resnet-int8-gap --filters 8 --size 128 --epochs 12
+
+print-requirements:
+	@$(PYTHON) -c $(REQS_PY) $(EXTRAS)
+
+# On the Pi, as root, from /opt/seam-qc (see README, "Installing on a Raspberry Pi").
+install:
+	id seam-qc >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /var/lib/seam-qc \
+	  --shell /usr/sbin/nologin --groups video seam-qc
+	install -D -m 0644 systemd/seam-qc.service /etc/systemd/system/seam-qc.service
+	[ -f /etc/seam-qc/seam-qc.yaml ] || install -D -m 0644 config/seam-qc.yaml /etc/seam-qc/seam-qc.yaml
+	[ -f /etc/seam-qc/mqtt-password ] || install -D -m 0600 /dev/null /etc/seam-qc/mqtt-password
+	systemctl daemon-reload
+	systemctl enable --now seam-qc
 
 clean:
 	rm -rf $(VENV) demo-out bench-results.json .pytest_cache
