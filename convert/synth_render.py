@@ -272,7 +272,9 @@ def make_break(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
                 ang = rng.uniform(0.7, 1.9)
                 d = d0 * np.cos(ang) + n * sd * np.sin(ang)
                 tail = tail_path(rng, p, d, S)
-                if max(float(((q - p) @ d0).max()) for q in tail) <= gap_len / 3:
+                # tips must not converge into a V (which would read as a sagging stitch)
+                apart = not paths or float(np.hypot(*(tail[0][-1] - paths[0][-1]))) >= 0.6 * gap_len
+                if apart and max(float(((q - p) @ d0).max()) for q in tail) <= gap_len / 3:
                     break
             else:   # fall back to a straight whisker square to the seam
                 tail = [p + np.linspace(0, 1.6 * S, 12)[:, None] * (n * sd)]
