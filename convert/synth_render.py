@@ -522,6 +522,10 @@ def _inside(box, size: int, margin: float) -> bool:
     return box[0] >= margin and box[1] >= margin and box[2] <= size - margin and box[3] <= size - margin
 
 
+def _inside_x(box, size: int, margin: float, margin_x: float) -> bool:
+    return _inside(box, size, margin) and box[0] >= margin_x and box[2] <= size - margin_x
+
+
 def build_still(rng: np.random.Generator, drng: np.random.Generator, size: int, S: float,
                 error: bool, brk: bool, length: bool) -> Scene:
     """A still's scene with the requested labels; defects wholly inside, ≥ margin from border.
@@ -566,7 +570,9 @@ def build_still(rng: np.random.Generator, drng: np.random.Generator, size: int, 
                     ks, d = make_error(trial, drng, holes, k, side)
                 else:
                     ks, d = make_break(trial, drng, holes, k, break_span(drng, pitch_mm), side)
-                if not _inside(d.box, size, margin) or ks & skip or any(
+                # a break keeps ≥ half a stitch of seam visible on both sides of its gap
+                m_ok = margin + (0.5 * pitch if label == "break" else 0.0)
+                if not _inside_x(d.box, size, margin, m_ok) or ks & skip or any(
                         not (d.box[2] < u.box[0] - 3 or d.box[0] > u.box[2] + 3) for u in defects):
                     continue
                 raised.extend(trial.raised)
