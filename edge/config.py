@@ -26,6 +26,7 @@ from .errors import ConfigError
 
 LABELS_DEFAULT = ("good", "error", "break", "length")
 _TOKEN_RE = re.compile(r"^[^/+#\s\x00]+$")
+STATION_MAX = 64  # a host name's limit (HOST_NAME_MAX)
 
 
 class _Model(BaseModel):
@@ -178,6 +179,10 @@ class Config(_Model):
     @field_validator("station")
     @classmethod
     def _station(cls, v: str) -> str:
+        # it prefixes every event id (→ heatmap file names, bounded to 96 chars) and every topic
+        if len(v) > STATION_MAX:
+            raise ValueError(f"{v[:16]!r}... ({len(v)} characters) is too long for a station id "
+                             f"(at most {STATION_MAX})")
         return _safe_token(v, "station id")
 
     # where the config came from (not a YAML key): set by load_config

@@ -25,6 +25,7 @@ until the directory's seam-qc files fit in ``max_mb``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -46,8 +47,12 @@ SUFFIXES = (".png", ".overlay.jpg", ".jet.jpg", ".json")
 
 
 def safe_name(event_id: str) -> str:
-    """A file-name stem from an event id: ``[A-Za-z0-9._-]`` only, no leading dot, ≤ 96 chars."""
-    s = _SAFE.sub("_", str(event_id)).lstrip(".")[:96]
+    """A file-name stem from an event id: ``[A-Za-z0-9._-]`` only, no leading dot, ≤ 96 chars
+    (longer ids: their first 79 characters + a hash of the whole id)."""
+    s = _SAFE.sub("_", str(event_id)).lstrip(".")
+    if len(s) > 96:  # cut, but keep long ids distinct (a plain cut would give them all one name)
+        digest = hashlib.sha256(str(event_id).encode("utf-8", "backslashreplace")).hexdigest()[:16]
+        s = f"{s[:79]}-{digest}"
     return s or "event"
 
 
@@ -249,10 +254,21 @@ class HeatmapWorker(threading.Thread):
             except OSError as e:
                 self.dropped += 1
                 self.writable = False
+                self._discard(job.event_id)
                 self._fail(f"cannot write to {self.root} ({e.strerror or e})")
             except Exception as e:  # noqa: BLE001 - a bad frame must not kill the worker
                 self.dropped += 1
                 log.exception("heatmaps: %s failed: %s", safe_name(job.event_id), e)
+
+    def _discard(self, event_id: str) -> None:
+        """Remove what a failed save left (a partial set, ``*.tmp``): on a full disk it would stay
+        there, untracked by retention, and keep the disk full."""
+        for p in paths_for(self.root, event_id).values():
+            for q in (p, p.with_name(p.name + ".tmp")):
+                try:
+                    q.unlink(missing_ok=True)
+                except OSError:
+                    pass
 
     def _drain_rest(self) -> None:
         while True:
