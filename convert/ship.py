@@ -37,7 +37,8 @@ def _cmd(*parts: object) -> str:
 
 def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count: int = 1000,
          test_count: int = 2000, epochs: int = 12, size: int = 128, filters: int = 8, batch: int = 16,
-         lr: float = 3e-3, force: bool = True, min_test: int = 2000, arch: str = "resnet-int8") -> dict:
+         lr: float = 3e-3, force: bool = True, min_test: int = 2000, arch: str = "resnet-int8",
+         min_int8_agreement: float = 99.0) -> dict:
     """Run the whole chain in ``work`` (resumable: data sets and checkpoints are reused) → summary."""
     from .data import load_dataset
     from .evaluate import load_predictor, multilabel_metrics, predict_dataset
@@ -72,7 +73,7 @@ def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count
     cmds.append(_cmd("python -m convert export --model", model, "--calibration", work / "valid/data.csv",
                      "--valid", work / "valid/data.csv", "--out", out, "--force"))
     exp = export_bundle(model, work / "valid/data.csv", out, valid=work / "valid/data.csv", force=force,
-                        name="seam-default", max_images=500)
+                        name="seam-default", max_images=500, min_int8_agreement=min_int8_agreement)
     test = load_dataset(work / "test/data.csv")
     p_int8 = predict_dataset(load_predictor(out, role="classifier_int8"), test, progress=sys.stderr.isatty())
     p_fp32 = predict_dataset(load_predictor(out, role="classifier_fp32"), test, progress=sys.stderr.isatty())

@@ -12,6 +12,7 @@ import pytest
 
 from edge.bundle import load_bundle
 from edge.errors import ModelError
+from tests.fixtures_model import TINY_MIN_AGREEMENT
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +23,10 @@ def test_bundle_roles_and_parity(tiny_bundle):
         assert b.has(role), role
     par = b.manifest["parity"]
     assert par["fp32"]["max_abs_diff"] <= 1e-3
-    assert par["int8"]["label_agreement"] >= 99.0
+    assert par["gate"] == {"fp32_max_abs_diff": 1e-3, "int8_min_label_agreement": TINY_MIN_AGREEMENT}
+    assert TINY_MIN_AGREEMENT <= par["int8"]["label_agreement"] <= 100.0
+    assert par["int8"]["images"] == 240 and par["fp32"]["label_agreement"] == 100.0
+    assert 0.0 < par["int8"]["max_abs_diff"] < 0.2  # int8 really is quantised, and close
     assert par["int8"]["quantization"] in ("full", "dynamic")
     assert b.manifest["gradcam"]["layer"] == "gradcam_features"
     assert set(b.thresholds) == {"good", "error", "break", "length"}
@@ -68,6 +72,15 @@ def test_parity_failure_leaves_nothing(tiny_keras, tiny_valid, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_int8_parity_gate_fails_loudly(tiny_keras, tiny_valid, tmp_path):
+    out = tmp_path / "bundle"
+    p = _cli("export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"), "--out", str(out),
+             "--int8", "dynamic", "--max-images", "16", "--min-int8-agreement", "100.01")
+    _one_line_error(p, "parity failed: int8 label agreement", "bundle not written")
+    assert "parity int8 vs Keras on 16 images" in p.stderr  # the numbers are printed before failing
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_existing_bundle_needs_force(tiny_bundle, tiny_keras, tiny_valid):
     before = (tiny_bundle / "manifest.json").read_text()
     p = _cli("export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"),
@@ -102,7 +115,8 @@ def test_legacy_h5_full_and_weights_only(tiny_keras, tiny_valid, tmp_path):
     # full model .h5 (Keras 2 style)
     full = tmp_path / "full.h5"
     model.save(str(full))
-    res = export_bundle(full, tiny_valid / "data.csv", tmp_path / "b_full", int8="dynamic", max_images=40)
+    res = export_bundle(full, tiny_valid / "data.csv", tmp_path / "b_full", int8="dynamic", max_images=40,
+                        min_int8_agreement=TINY_MIN_AGREEMENT)
     assert res.manifest["parity"]["fp32"]["max_abs_diff"] <= 1e-3
     assert load_bundle(tmp_path / "b_full").has("keras")
     # weights-only .h5 (the seed's save_weights), loaded by layer order into --arch
@@ -115,7 +129,8 @@ def test_legacy_h5_full_and_weights_only(tiny_keras, tiny_valid, tmp_path):
     np.testing.assert_allclose(np.asarray(loaded(x, training=False)), ref, atol=1e-6)
     assert meta["form"] == "h5-weights" and meta["labels"] == ["good", "error", "break", "length"]
     p = _cli("export", "--model", str(weights), "--arch", "resnet-int8", "--size", "64", "--calibration",
-             str(tiny_valid / "data.csv"), "--out", str(tmp_path / "b_w"), "--int8", "dynamic", "--max-images", "40")
+             str(tiny_valid / "data.csv"), "--out", str(tmp_path / "b_w"), "--int8", "dynamic", "--max-images", "40",
+             "--min-int8-agreement", str(TINY_MIN_AGREEMENT))
     assert p.returncode == 0, p.stderr[-3000:]
     assert "wrote" in p.stdout and load_bundle(tmp_path / "b_w").has("classifier_int8")
     p = _cli("evaluate", "--model", str(weights), "--arch", "resnet-int8", "--size", "64", "--data",
@@ -147,7 +162,8 @@ def test_savedmodel_dir(tiny_keras, tiny_valid, tmp_path):
     model = keras.models.load_model(str(tiny_keras), compile=False)
     sm = tmp_path / "sm"
     model.export(str(sm), format="tf_saved_model", verbose=False)
-    res = export_bundle(sm, tiny_valid / "data.csv", tmp_path / "b", int8="dynamic", max_images=40)
+    res = export_bundle(sm, tiny_valid / "data.csv", tmp_path / "b", int8="dynamic", max_images=40,
+                        min_int8_agreement=TINY_MIN_AGREEMENT)
     assert res.manifest["parity"]["fp32"]["max_abs_diff"] <= 1e-3
     b = load_bundle(tmp_path / "b")
     assert b.has("classifier_int8") and not b.has("explainer") and b.labels == ("good", "error", "break", "length")
@@ -159,7 +175,7 @@ def test_ship_chain_toy(tmp_path):
     from convert.ship import ship
 
     s = ship(tmp_path / "bundle", tmp_path / "work", train_count=48, valid_count=24, test_count=32, epochs=1,
-             size=32, filters=4, batch=16, min_test=0)
+             size=32, filters=4, batch=16, min_test=0, min_int8_agreement=90.0)
     b = load_bundle(tmp_path / "bundle")
     assert b.name == "seam-default" and b.has("classifier_int8") and b.has("explainer")
     assert s["test"]["int8"]["count"] == 32
