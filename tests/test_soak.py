@@ -10,7 +10,9 @@
 * Path safety (5.8): hostile event ids / labels / station names never make the worker or the
   outbox write outside their directories; unsafe station names are a config error (exit 78).
 * A FULL heatmap directory (tiny tmpfs; skipped where ``mount`` is not permitted): alerts go on,
-  heatmaps are counted dropped, one log line.
+  heatmaps are counted dropped, one log line, no partial files left to keep the disk full.
+* A FULL outbox disk mid-run: the daemon stops loudly (exit 74, one ``error:`` line), and what it
+  stored before is still there.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def test_soak_rss_threads_fds(tmp_path, tiny_bundle, soak_video, mqtt_broker, mq
     got_ids = [m.json()["event_id"] for m in sub.on("seamqc/test-st/alert")]
 
     print(f"\nSOAK: {s['frames']} frames in {wall:.1f} s wall (daemon {s['fps']} fps), {len(samples)} samples; "
-          f"RSS start {samples[0][1]:.1f} MB, post-warm-up median {rss_first:.1f} → end median {rss_last:.1f} MB "
+          f"RSS at warm-up end (t={body[0][0]:.0f} s) {body[0][1]:.1f} MB, post-warm-up median {rss_first:.1f} → end median {rss_last:.1f} MB "
           f"(growth {growth:+.2f} MB, max {max(x[1] for x in samples):.1f} MB); threads {threads}; "
           f"fds {min(fds)}..{max(fds)}; heatmap dir max {hm_max / 2**20:.2f} MB / end {hm_end / 2**20:.2f} MB "
           f"vs max_mb {MAX_MB} (one set ≈ {one_set / 1024:.0f} KB); heatmaps saved {s['heatmaps']['saved']}, "
