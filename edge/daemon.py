@@ -210,9 +210,9 @@ class Daemon:
             heatmap = self.heatmaps.submit(alert.event_id, alert.frame, ts, alert.labels, alert.scores,
                                            alert.image)
         payload = alert.payload(cfg.station, self.bundle.name, self.model_sha, heatmap)
+        self.publisher.alert(payload)  # durable first: a logged alert is always in the outbox
         self.alerts += 1
         log.info("ALERT %s", json.dumps(payload, separators=(",", ":")))
-        self.publisher.alert(payload)
 
     def stats_payload(self, interval_frames: int, interval_s: float) -> dict:
         cap = self.capture.stats if self.capture else None
