@@ -724,7 +724,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
     h, w = binfo["height"], binfo["width"]
     filters = int(binfo["filters"] or 8)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=str(work_root)))
-    hm_threads = min(2, cores)
+    hm_threads = 1 if cores <= 2 else 2  # the worker must not starve capture + classify
     labels = [lab for lab in LABELS_EXPLAINED if lab in binfo["labels"]] or list(binfo["labels"])
     notes: list[str] = [
         "TF runs in worker subprocesses (one per thread count: TF fixes its pools at start); LiteRT and "
@@ -776,7 +776,9 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
     ratios = latency_ratios(latency)
     phases["litert_latency"] = _lap()
 
-    daemon_threads = cores
+    # one core is left to capture (decode + ROI) and the heatmap worker, as the README advises for
+    # model.threads; the bound is taken at the same thread count
+    daemon_threads = max(1, cores - 1)
     import cv2
 
     frame = cv2.imread(str(frame_png))

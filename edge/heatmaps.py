@@ -292,7 +292,7 @@ class HeatmapWorker(threading.Thread):
         ov = self.overlay_labels(job.image, flagged)
         best = max(flagged, key=lambda lab: job.scores.get(lab, 0.0)) if flagged else None
         jet = self.overlay_jet(job.image, flagged[best]) if best is not None else job.image
-        nbytes = _write_image(paths["frame"], np.ascontiguousarray(job.image))
+        nbytes = _write_image(paths["frame"], np.ascontiguousarray(job.image), [cv2.IMWRITE_PNG_COMPRESSION, 1])
         nbytes += _write_image(paths["overlay"], ov, [cv2.IMWRITE_JPEG_QUALITY, 90])
         nbytes += _write_image(paths["jet"], jet, [cv2.IMWRITE_JPEG_QUALITY, 90])
         side = {
