@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
             open_source(cfg, (bundle.width, bundle.height))
             if cfg.heatmaps.enabled:
                 check_explainer(cfg, bundle)
+            from .config import config_line
+            from .errors import ConfigError
+            from .publish import resolve_problem
+
+            problem = resolve_problem(cfg.mqtt)
+            if problem:  # a typo is the likely cause here; the running daemon only warns
+                raise ConfigError(f"{config_line(cfg, 'mqtt', 'host')}: {problem}")
             print(f"{args.config}: OK (station {cfg.station}, model {bundle.name} {cfg.model.bundle}, "
                   f"runtime {clf.runtime}, camera {cfg.camera.source} {cfg.camera.device})")
             return 0

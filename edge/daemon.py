@@ -157,9 +157,13 @@ class Daemon:
         except OSError:
             pass
         self.outbox = Outbox(cfg.outbox)
-        from .publish import Publisher
+        from .publish import Publisher, resolve_problem
 
         # with mqtt.enabled false the publisher is an outbox-only sink
+        problem = resolve_problem(cfg.mqtt)
+        if problem:
+            log.warning("%s: %s; classifying on, alerts wait in the outbox %s until it resolves",
+                        config_line(cfg, "mqtt", "host"), problem, cfg.outbox)
         self.publisher = Publisher(cfg.mqtt, cfg.station, self.outbox, log=logging.getLogger("seamqc.mqtt"))
         if not cfg.mqtt.enabled:
             log.info("mqtt: disabled; alerts are logged and kept in the outbox %s", cfg.outbox)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import ssl
 import sys
 import threading
@@ -47,6 +48,22 @@ class Topics:
     status: str
     alert: str
     stats: str
+
+
+def resolve_problem(cfg: "MqttConfig") -> str | None:
+    """Why ``mqtt.host`` cannot be resolved right now, or None when it can (or MQTT is off).
+
+    ``--check-config`` treats a problem as a config error (a typo is the likely cause); the
+    running daemon only warns, once, and keeps classifying into the outbox: a DNS outage must not
+    stop quality control.
+    """
+    if not cfg.enabled:
+        return None
+    try:
+        socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        return f"{cfg.host!r} does not resolve ({getattr(e, 'strerror', None) or e})"
+    return None
 
 
 def topics(prefix: str, station: str) -> Topics:

@@ -285,6 +285,29 @@ def test_check_config_verifies_bundle(tmp_path, tiny_bundle, video):
     assert "OK" in r.stdout and "tiny" in r.stdout
 
 
+def test_unresolvable_broker_host_fails_check_config_but_not_the_daemon(tmp_path, tiny_bundle, video):
+    """A broker host that does not resolve: --check-config says so in one line and exits 78 (a typo
+    is the likely cause); the running daemon warns once and keeps classifying into the outbox (a DNS
+    outage must not stop quality control)."""
+    vpath, _ = video
+
+    class NoBroker:  # an address under the reserved .invalid TLD never resolves (RFC 6761)
+        host, port = "broker.no-such-host.invalid", 1883
+
+    cfg = daemon_config(tmp_path, tiny_bundle, vpath, NoBroker())
+    r = subprocess.run([sys.executable, "-m", "edge", "--config", str(cfg), "--check-config"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 78 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "mqtt.host" in err[0] and "broker.no-such-host.invalid" in err[0] and "does not resolve" in err[0]
+    proc = start_daemon(cfg, "--max-frames", "60")
+    assert wait_exit(proc) == 0
+    text = daemon_log(cfg)
+    warn = [line for line in text.splitlines() if "does not resolve" in line]
+    assert len(warn) == 1 and "mqtt.host" in warn[0] and "Traceback" not in text
+    assert log_summary(text)["frames"] == 60
+
+
 def _bad_bundle(tmp_path: Path, tiny_bundle: Path, how: str) -> Path:
     b = copy_bundle(tiny_bundle, tmp_path / f"bundle-{how}")
     m = json.loads((b / "manifest.json").read_text())

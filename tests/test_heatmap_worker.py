@@ -238,3 +238,26 @@ def test_drain_deadline_drops_the_rest(tmp_path):
     stop.set()
     w.join(10)
     assert not w.is_alive() and w.saved + w.dropped == 10 and w.dropped >= 5
+
+
+def test_worker_runs_below_the_pipeline_priority(tmp_path):
+    """On a saturated CPU the scheduler favours capture and classification over heatmaps: the worker
+    thread (and the LiteRT pool it creates) runs at a higher nice value than the daemon's threads."""
+    from edge.heatmaps import NICE_INCREMENT
+
+    stop = threading.Event()
+    w = make_worker(tmp_path / "hm", stop)
+    w.start()
+    try:
+        deadline = time.monotonic() + 5
+        while w.native_id is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        while os.getpriority(os.PRIO_PROCESS, w.native_id) == base and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, w.native_id) == min(19, base + NICE_INCREMENT)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    finally:
+        stop.set()
+        w.close(1.0)
+        w.join(5)
