@@ -158,6 +158,7 @@ def _write_bytes(path: Path, data: bytes) -> int:
 # capture and classification. Linux applies nice per thread; threads the worker creates (the
 # explainer's LiteRT pool, built lazily in this thread) inherit it.
 NICE_INCREMENT = 10
+FAIL_QUIET_S = 30.0  # heatmap writes must succeed this long after a failure before "works again"
 
 
 def _lower_thread_priority(increment: int) -> None:
@@ -191,6 +192,7 @@ class HeatmapWorker(threading.Thread):
         self.writable = True
         self._fail_logged = False
         self._full_logged = False
+        self._last_fail = 0.0
         self.explainer: Any = None
         self.error = ""
         self.drain_s = 3.0
@@ -239,6 +241,7 @@ class HeatmapWorker(threading.Thread):
     # ---- the worker thread
     def _fail(self, why: str) -> None:
         self.error = why
+        self._last_fail = time.monotonic()
         if not self._fail_logged:
             self._fail_logged = True
             log.error("heatmaps: %s: heatmaps are dropped and counted until this is fixed; alerts continue", why)
@@ -325,7 +328,9 @@ class HeatmapWorker(threading.Thread):
         self.ms.append((time.perf_counter() - t0) * 1000)
         if len(self.ms) > 500:
             del self.ms[:250]
-        if self._fail_logged:
+        self.writable = True
+        # hysteresis: a disk that flaps between full and not (a save fits, the next does not) keeps
+        # its one error line; "works again" only after FAIL_QUIET_S without a failure
+        if self._fail_logged and time.monotonic() - self._last_fail > FAIL_QUIET_S:
             log.info("heatmaps: writing to %s works again", self.root)
             self._fail_logged = False
-            self.writable = True

@@ -261,3 +261,43 @@ def test_worker_runs_below_the_pipeline_priority(tmp_path):
         stop.set()
         w.close(1.0)
         w.join(5)
+
+
+def test_flapping_disk_keeps_one_error_line_then_recovers(tmp_path, caplog, monkeypatch):
+    """A disk that flaps (a save fails, the next fits, the next fails) logs one error line, not one
+    per transition; "works again" comes only once writes succeed for FAIL_QUIET_S."""
+    import logging
+
+    import edge.heatmaps as hm
+
+    caplog.set_level(logging.INFO, logger="seamqc.heatmaps")
+    root = tmp_path / "hm"
+    stop = threading.Event()
+    w = make_worker(root, stop)
+    assert w.prepare_dir()
+    w.start()
+
+    def fail_once(i):
+        root.rename(tmp_path / "hm.away")
+        root.write_text("not a dir")          # the next save fails
+        w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, frame())
+        assert wait_for(lambda: w.dropped == i // 2 + 1)
+        root.unlink()
+        (tmp_path / "hm.away").rename(root)
+
+    try:
+        for i in (0, 2):
+            fail_once(i)
+            assert w.submit(f"ev-{i + 1}", i + 1, "t", ("error",), {"error": 0.9}, frame())
+            assert wait_for(lambda: w.saved == i // 2 + 1)
+        assert w.dropped == 2 and w.saved == 2
+        assert sum("heatmaps are dropped" in r.message for r in caplog.records) == 1
+        assert not any("works again" in r.message for r in caplog.records)
+        monkeypatch.setattr(hm, "FAIL_QUIET_S", 0.0)
+        assert w.submit("ev-9", 9, "t", ("error",), {"error": 0.9}, frame())
+        assert wait_for(lambda: w.saved == 3)
+        assert sum("works again" in r.message for r in caplog.records) == 1
+    finally:
+        w.close(5.0)
+        stop.set()
+        w.join(5)
