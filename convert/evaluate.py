@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from edge.errors import DataError, ModelError
 
@@ -189,13 +190,8 @@ def predict_dataset(pred: Predictor, ds: Dataset, progress: bool = False) -> np.
     if pred.labels is not None and tuple(pred.labels) != tuple(ds.labels):
         raise DataError(f"{ds.source}: labels {list(ds.labels)} differ from model {pred.path}'s {list(pred.labels)}")
     it = batches(ds, pred.height, pred.width, 64)
-    if progress:
-        try:
-            from tqdm import tqdm
-
-            it = tqdm(it, total=(len(ds) + 63) // 64, desc=f"evaluate {pred.kind}", unit="batch", file=sys.stderr)
-        except ImportError:
-            pass
+    it = tqdm(it, total=(len(ds) + 63) // 64, desc=f"evaluate {pred.kind}", unit="batch", file=sys.stderr,
+              disable=not progress)
     outs = [pred.predict(x) for x, _ in it]
     return np.concatenate(outs).astype(np.float32)
 

@@ -21,7 +21,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edge.errors import ModelError
 from edge.gradcam import KerasGradCAM
 from edge.preprocess import preprocess
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from edge.errors import DataError, ModelError
 from edge.gradcam import Heatmap, PALETTE, LABEL_COLORS, overlay_jet, overlay_labels
@@ -257,14 +258,7 @@ def make_heatmaps(model: str | Path, data: Sequence[str], out: str | Path, metho
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     rows, n_raw, records = [], 0, []
-    it = items
-    if progress:
-        try:
-            from tqdm import tqdm
-
-            it = tqdm(items, desc=f"heatmaps ({src.method})", unit="img")
-        except ImportError:
-            pass
+    it = tqdm(items, desc=f"heatmaps ({src.method})", unit="img", disable=not progress)
     for item in it:
         frame = read_image(item.path)
         want = list(labels) if labels else list(src.labels)

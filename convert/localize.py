@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from edge.errors import DataError
 
@@ -152,14 +153,7 @@ def localize(model: str | Path, data: str | Path, method: str | None = None,
         todo = todo[: max(0, int(limit))]
     if not todo:
         raise DataError(f"{boxes_path}: no boxes for labels {list(src.labels)} on the images of {csv_path}")
-    it = todo
-    if progress:
-        try:
-            from tqdm import tqdm
-
-            it = tqdm(todo, desc=f"localize ({src.method})", unit="img")
-        except ImportError:
-            pass
+    it = tqdm(todo, desc=f"localize ({src.method})", unit="img", disable=not progress)
     cases: list[Case] = []
     totals: dict[str, int] = defaultdict(int)
     for p, name, by_label in it:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from tests.test_gradcam import SEAM, make_bundle, sample_frames, small_softmax
 
