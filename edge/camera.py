@@ -41,12 +41,17 @@ READ_TIMEOUT_S = 2.0
 
 @dataclass(frozen=True)
 class Frame:
-    """One captured frame (ROI already applied); ``image`` is read-only."""
+    """One captured frame (ROI already applied); ``image`` is read-only.
+
+    ``tensor`` is the model input made from ``image`` by the capture thread's ``prepare``
+    (``None`` without one, or when preparing failed: the consumer then starts from ``image``).
+    """
 
     seq: int
     ts_mono: float
     ts_wall: float
     image: np.ndarray
+    tensor: np.ndarray | None = None
 
 
 def _cam_error(msg: str, key: str) -> CameraError:
@@ -120,10 +125,14 @@ class OpenCVSource(Source):
         elif self.kind == "file":
             if not os.path.isfile(str(dev)):
                 raise SourceLost(f"{dev}: video file vanished")
-            cap = cv2.VideoCapture(str(dev))
+            cap = cv2.VideoCapture(str(dev), cv2.CAP_FFMPEG, self._decode_params())
+            if not cap.isOpened():  # a build without FFmpeg: whatever backend can read the file
+                cap.release()
+                cap = cv2.VideoCapture(str(dev))
         else:  # rtsp: bounded open/read so a dead stream is a loss, not a hang
             cap = cv2.VideoCapture(str(dev), cv2.CAP_FFMPEG,
-                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000])
+                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000,
+                                    *self._decode_params()])
         if not cap.isOpened():
             cap.release()
             raise SourceLost(f"{dev}: cannot open {self.kind} source")
@@ -132,6 +141,10 @@ class OpenCVSource(Source):
             if f and 0 < f < 1000:
                 self.fps = float(f)
         self.cap = cap
+
+    def _decode_params(self) -> list[int]:
+        n = int(getattr(self.cfg, "decode_threads", 0) or 0)
+        return [cv2.CAP_PROP_N_THREADS, n] if n > 0 and hasattr(cv2, "CAP_PROP_N_THREADS") else []
 
     def read(self) -> np.ndarray | None:
         if self.cap is None:
@@ -296,12 +309,14 @@ def normalise(img: Any, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
 
 
 class Capture(threading.Thread):
-    """The capture thread: source → normalise → ROI → bounded queue (drop oldest when live)."""
+    """The capture thread: source → normalise → ROI → prepare → bounded queue (drop oldest when live)."""
 
     def __init__(self, source: Source, out: "queue.Queue[Frame]", stop: threading.Event, *,
                  realtime: bool = True, loop: bool = False, reconnect_min_s: float = 0.5,
-                 reconnect_max_s: float = 10.0, on_state: Callable[[str, str], None] | None = None):
+                 reconnect_max_s: float = 10.0, on_state: Callable[[str, str], None] | None = None,
+                 prepare: Callable[[np.ndarray], np.ndarray] | None = None):
         super().__init__(name="capture", daemon=True)
+        self.prepare = prepare
         self.source = source
         self.out = out
         self.stop_event = stop
@@ -416,7 +431,14 @@ class Capture(threading.Thread):
                     img = np.ascontiguousarray(img).copy() if img.base is not None else img
                     img.flags.writeable = False
                     now_m, now_w = time.monotonic(), time.time()
-                    frame = Frame(self._seq, now_m, now_w, img)
+                    tensor = None
+                    if self.prepare is not None:
+                        try:
+                            tensor = self.prepare(img)
+                        except Exception as e:  # noqa: BLE001 - the consumer retries from the image
+                            self._once("prepare", "camera: preparing the model input raised %r; the "
+                                       "classifier starts from the image (logged once)", e)
+                    frame = Frame(self._seq, now_m, now_w, img, tensor)
                     self._seq += 1
                     self.stats.frames += 1
                     self.stats.last_frame_mono = now_m

@@ -105,10 +105,20 @@ class TFLiteModel:
         self.input_shape = shape
         self.outputs = self.interpreter.get_output_details()
 
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """``x``: ``[H, W, 3]`` or ``[1, H, W, 3]`` float32 → the input tensor (shaped, quantised).
+
+        Pure and thread-safe, so the capture thread can do it while the interpreter runs.
+        """
+        return _quantize(np.asarray(x, np.float32).reshape(self.input_shape), self.input)
+
     def run(self, x: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
         """``x``: ``[H, W, 3]`` or ``[1, H, W, 3]`` float32 → {output shape: float32 array}."""
-        x = np.asarray(x, np.float32).reshape(self.input_shape)
-        self.interpreter.set_tensor(self.input["index"], _quantize(x, self.input))
+        return self.run_prepared(self.prepare(x))
+
+    def run_prepared(self, tensor: np.ndarray) -> dict[tuple[int, ...], np.ndarray]:
+        """An input tensor from ``prepare`` → {output shape: float32 array}."""
+        self.interpreter.set_tensor(self.input["index"], tensor)
         self.interpreter.invoke()
         return {tuple(int(v) for v in d["shape"]): _dequantize(self.interpreter.get_tensor(d["index"]), d)
                 for d in self.outputs}
@@ -144,3 +154,16 @@ class Classifier:
     def classify(self, frame_bgr: np.ndarray) -> np.ndarray:
         """A BGR frame (already cropped to the ROI) → probabilities ``[n_labels]``."""
         return self.predict(preprocess(frame_bgr, self.height, self.width))
+
+    def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """A BGR frame → the interpreter's input tensor: ``preprocess`` and quantise, no interpreter.
+
+        The daemon runs this in the capture thread, so the thread that owns the interpreter does
+        nothing but ``invoke`` and the decision (pipelining: on a Pi 4 the camera thread has spare
+        time while XNNPACK runs).
+        """
+        return self.model.prepare(preprocess(frame_bgr, self.height, self.width))
+
+    def classify_prepared(self, tensor: np.ndarray) -> np.ndarray:
+        """A tensor from ``prepare`` → probabilities ``[n_labels]`` (same numbers as ``classify``)."""
+        return self.model.run_prepared(tensor)[self._out_shape].reshape(-1).astype(np.float32)

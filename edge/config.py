@@ -101,6 +101,9 @@ class CameraConfig(_Model):
     reconnect_min_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(10.0, gt=0)
     lores: bool = True
+    # FFmpeg decoder threads for file and rtsp sources; 0 = FFmpeg's choice (one per core). One
+    # thread leaves the other cores to the interpreter, which is what limits the frame rate.
+    decode_threads: int = Field(1, ge=0, le=64)
 
     @model_validator(mode="after")
     def _check(self) -> "CameraConfig":

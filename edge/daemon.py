@@ -274,7 +274,7 @@ class Daemon:
         cam = cfg.camera
         self.capture = Capture(self.source, self.frames_q, self.stop, realtime=cam.realtime, loop=cam.loop,
                                reconnect_min_s=cam.reconnect_min_s, reconnect_max_s=cam.reconnect_max_s,
-                               on_state=self._on_camera_state)
+                               on_state=self._on_camera_state, prepare=self.clf.prepare)
         if self.publisher is not None:
             self.publisher.start()
         if self.heatmaps is not None:
@@ -320,7 +320,8 @@ class Daemon:
     def _process(self, frame: Frame) -> None:
         t0 = time.perf_counter()
         try:
-            probs = self.clf.classify(frame.image)
+            probs = (self.clf.classify_prepared(frame.tensor) if frame.tensor is not None
+                     else self.clf.classify(frame.image))
         except Exception as e:  # noqa: BLE001 - one bad frame must not stop the line
             self.classify_errors += 1
             if self.classify_errors == 1:

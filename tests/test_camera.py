@@ -197,6 +197,45 @@ def test_file_source_replay_all_frames_with_a_consumer(tmp_path):
     assert src.fps == pytest.approx(30.0)
 
 
+def test_prepare_runs_in_capture_and_a_failure_leaves_the_image(caplog):
+    """``prepare`` fills ``Frame.tensor`` in the capture thread; if it raises, the frame still goes
+    through (tensor None, logged once) so the consumer classifies from the image."""
+    seen = []
+
+    def prepare(image):
+        seen.append(threading.current_thread().name)
+        if int(image[0, 0, 0]) == 3:
+            raise ValueError("bad frame for the model")
+        return image.astype(np.float32)[None] / 255.0
+
+    src = Scripted([img(v=v) for v in range(6)], roi=(8, 8, 16, 16), live=False)
+    with caplog.at_level("WARNING", logger="seamqc.camera"):
+        cap, got = run_capture(src, realtime=False, prepare=prepare)
+    assert [f.seq for f in got] == list(range(6)) and set(seen) == {"capture"}
+    for f in got:
+        if f.seq == 3:
+            assert f.tensor is None
+        else:
+            assert f.tensor.shape == (1, 16, 16, 3)
+            np.testing.assert_array_equal(f.tensor[0], f.image / np.float32(255.0))
+    assert sum("preparing the model input" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_decode_threads_give_the_same_frames(tmp_path):
+    """One FFmpeg decoder thread (the default, leaving the cores to the interpreter) or FFmpeg's
+    own choice decode the same pixels."""
+    video = write_video(tmp_path / "v.mp4", 25, size=(96, 64))
+    frames = {}
+    for n in (1, 0):
+        cam = CameraConfig(source="file", device=str(video), width=96, height=64, realtime=False,
+                           decode_threads=n)
+        _, got = run_capture(make_source(cam), realtime=False)
+        frames[n] = np.stack([f.image for f in got])
+    assert CameraConfig().decode_threads == 1
+    assert frames[1].shape == (25, 64, 96, 3)
+    np.testing.assert_array_equal(frames[1], frames[0])
+
+
 def test_file_loop_replays(tmp_path):
     video = write_video(tmp_path / "v.mp4", 10)
     cam = CameraConfig(source="file", device=str(video), width=64, height=48, realtime=False, loop=True)

@@ -43,6 +43,16 @@ def test_classifier_runs_litert_and_matches_keras(tiny_bundle, tiny_keras, tiny_
         np.testing.assert_allclose(p, ref, atol=0.05)
 
 
+def test_prepare_then_classify_prepared_is_classify(tiny_bundle, tiny_valid):
+    """The daemon's split (prepare in the capture thread, invoke in the main one) changes no number."""
+    for role in ("classifier_int8", "classifier_fp32"):
+        clf = Classifier(tiny_bundle, role=role, threads=1)
+        for frame in _frames(tiny_valid):
+            t = clf.prepare(frame)
+            assert t.shape == clf.input_shape and t.dtype == clf.model.input["dtype"]
+            np.testing.assert_array_equal(clf.classify_prepared(t), clf.classify(frame))
+
+
 def test_open_interpreter_and_bad_files(tiny_bundle, tmp_path):
     interp, runtime = open_interpreter(tiny_bundle / "classifier_fp32.tflite", 2)
     assert runtime == "ai_edge_litert" and len(interp.get_input_details()) == 1
@@ -93,6 +103,9 @@ def test_int8_input_and_output_tensors_are_dequantised(tiny_keras, tiny_valid, t
         assert got.dtype == np.float32
         ref = np.asarray(model(x[None], training=False))[0]
         np.testing.assert_allclose(got, ref, atol=0.1)
+        t = m.prepare(x)  # quantised once, in the capture thread's half of the split
+        assert t.dtype == np.int8 and t.shape == (1, 64, 64, 3)
+        np.testing.assert_array_equal(m.output_with_shape(m.run_prepared(t), (1, 4))[0], got)
 
 
 def test_edge_classify_does_not_import_tensorflow():

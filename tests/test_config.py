@@ -85,6 +85,7 @@ def test_shipped_configs_load(monkeypatch):
     ("station: 'sew 03'\nmodel: {bundle: /b}\n", ":1: station: 'sew 03' is not a valid station id"),
     ("model: {bundle: /b}\nmqtt: {enabled: maybe}\n", ":2: mqtt.enabled: 'maybe' is not a valid boolean"),
     ("model: {bundle: /b, threads: many}\n", ":1: model.threads: 'many' is not a valid integer"),
+    ("model: {bundle: /b}\ncamera:\n  decode_threads: -1\n", ":3: camera.decode_threads: -1 must be >= 0"),
     ("camera: {}\n", ": model: required key is missing"),
     ("model: {bundle: /b}\ncamera: [1, 2]\n", ":2: camera: [1, 2] must be a mapping"),
     ("- a\n- b\n", ":1: the top level must be a mapping"),
