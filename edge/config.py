@@ -60,6 +60,9 @@ class MqttConfig(_Model):
     enabled: bool = True
     host: str = "localhost"
     port: int = Field(1883, ge=1, le=65535)
+    # MQTT 5 makes a publish the broker refuses (ACL, quota) visible in its PUBACK, so the alert
+    # stays in the outbox; MQTT 3.1.1 brokers acknowledge such a publish and drop it silently.
+    protocol: Literal["5", "3.1.1"] = "5"
     prefix: str = "seamqc"
     client_id: str | None = None
     keepalive: int = Field(30, ge=5, le=3600)
@@ -70,6 +73,12 @@ class MqttConfig(_Model):
     max_queued: int = Field(1000, ge=1)
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, v: Any) -> Any:
+        # YAML reads `protocol: 5` as a number and `protocol: 3.1.1` as a string
+        return "5" if v in (5, 5.0) and not isinstance(v, bool) else v
 
     @field_validator("prefix")
     @classmethod

@@ -9,6 +9,11 @@ from the caller's thread while also taking our lock in callbacks would dead-lock
 writer is what keeps alerts in order. ``alert()`` only commits to the outbox and wakes the sender;
 callbacks only push acknowledgements onto a queue.
 
+Why MQTT 5 by default: a 3.1.1 broker acknowledges a publish its ACL refuses and drops it, so
+the outbox would delete an alert nobody received. With MQTT 5 the PUBACK carries the refusal
+(``Not authorized``, ``Quota exceeded``): the alert stays in the outbox, one error line says why,
+and refused alerts are offered again every ``reconnect_max_s`` until the broker takes them.
+
 Why the sender waits for the PUBACK of ``online`` after each connect: paho re-sends the messages
 that were in flight when the connection dropped *after* ``on_connect`` returns. The ``online``
 acknowledgement is processed by paho's network thread only after that re-send, so publishing the
@@ -64,6 +69,16 @@ def resolve_problem(cfg: "MqttConfig") -> str | None:
     except (socket.gaierror, UnicodeError) as e:
         return f"{cfg.host!r} does not resolve ({getattr(e, 'strerror', None) or e})"
     return None
+
+
+def connack_hint(reason_code: Any, v5: bool) -> str:
+    """A hint for a refused connection that a config change fixes (empty when there is none)."""
+    value = getattr(reason_code, "value", reason_code)
+    if v5 and value in (1, 0x84):  # 3.1.1 "unacceptable protocol version" / 5 "unsupported protocol"
+        return " (this broker does not speak MQTT 5: set mqtt.protocol: 3.1.1)"
+    if value in (4, 5, 0x86, 0x87):  # bad user name or password / not authorised
+        return " (check mqtt.username and the password file)"
+    return ""
 
 
 def topics(prefix: str, station: str) -> Topics:
@@ -188,6 +203,10 @@ class Publisher:
         self._inflight: dict[int, str] = {}   # mid -> event_id handed to paho, not acked yet
         self._inflight_ev: set[str] = set()
         self._cursor = 0                      # highest outbox seq handed to paho since the last (re)connect
+        self._rejected: set[str] = set()      # event ids the broker refused (kept in the outbox)
+        self._retry_at = 0.0                  # monotonic time to offer refused alerts again
+        self.refused = 0                      # PUBACKs with a failure reason code (stats)
+        self._refusing: str | None = None     # the reason while the broker refuses alerts
         self._drained = False                 # sender found nothing more to send
         self._sender: threading.Thread | None = None
         self._stop = False            # no more pumping (stop() in progress)
@@ -212,8 +231,13 @@ class Publisher:
             self.log.addFilter(self._redact)
 
         self.client_id = cfg.client_id or f"seamqc-{self.station}"
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             clean_session=True, protocol=mqtt.MQTTv311)
+        self.v5 = str(getattr(cfg, "protocol", "5")) == "5"
+        if self.v5:  # a clean start on every connect (below), as clean_session=True does for 3.1.1
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                 protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                 clean_session=True, protocol=mqtt.MQTTv311)
         if tls is not None:
             try:
                 client.tls_set(ca_certs=ca, certfile=cert, keyfile=key, cert_reqs=ssl.CERT_REQUIRED)
@@ -253,10 +277,14 @@ class Publisher:
         self._stop = self._stop_sender = False
         self._sender = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
         self._sender.start()
-        self.log.info("MQTT connecting to %s:%d%s as %s (outbox: %d pending)", self.cfg.host, self.cfg.port,
-                      " (TLS)" if self.cfg.tls else "", self.client_id,
+        self.log.info("MQTT %s connecting to %s:%d%s as %s (outbox: %d pending)", "5" if self.v5 else "3.1.1",
+                      self.cfg.host, self.cfg.port, " (TLS)" if self.cfg.tls else "", self.client_id,
                       self.outbox.depth())
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        if self.v5:
+            self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive,
+                                       clean_start=True)
+        else:
+            self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         self._client.loop_start()
         return self
 
@@ -276,8 +304,8 @@ class Publisher:
         if reason_code.is_failure:
             self._refused = True  # the broker closes the socket next: that disconnect is not news
             self._log_state(logging.ERROR, ("refused", str(reason_code)),
-                            "MQTT connection to %s:%d refused: %s (retrying; alerts kept in the outbox)",
-                            self.cfg.host, self.cfg.port, reason_code)
+                            "MQTT connection to %s:%d refused: %s%s (retrying; alerts kept in the outbox)",
+                            self.cfg.host, self.cfg.port, reason_code, connack_hint(reason_code, self.v5))
             return
         self._connected = True
         self._last_error = None
@@ -332,6 +360,11 @@ class Publisher:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 self._process_acks()
+                if self._retry_at and time.monotonic() >= self._retry_at and self._ready:
+                    # offer the refused alerts again, in outbox order (the broker's ACL may be fixed)
+                    self._retry_at = 0.0
+                    self._rejected.clear()
+                    self._cursor = 0
                 if self._ready and not self._stop:
                     self._pump()
                 self._update_idle()
@@ -364,9 +397,22 @@ class Publisher:
             if rc is not None and getattr(rc, "is_failure", False):
                 self._inflight.pop(mid, None)
                 self._inflight_ev.discard(ev)
-                self.log.error("MQTT broker rejected alert %s: %s (kept in the outbox)", ev, rc)
+                self._rejected.add(ev)
+                self.refused += 1
+                if not self._retry_at:
+                    self._retry_at = time.monotonic() + self.cfg.reconnect_max_s
+                if self._refusing != str(rc):
+                    self._refusing = str(rc)
+                    self.log.error("MQTT broker refused alert %s on %s: %s (check the broker's ACL/quota for "
+                                   "client %s); refused alerts stay in the outbox and are offered again "
+                                   "every %g s (logged once)", ev, self.topics.alert, rc, self.client_id,
+                                   self.cfg.reconnect_max_s)
                 continue
+            self._rejected.discard(ev)
             done.append(ev)
+        if done and self._refusing is not None:
+            self.log.info("MQTT broker accepts alerts again (%d refusals so far)", self.refused)
+            self._refusing = None
         if done:
             self.outbox.ack_many(done)  # one fsync for a burst of acks
             acked = set(done)
@@ -404,6 +450,10 @@ class Publisher:
 
     def _is_flushed(self) -> bool:
         return not self._inflight and self._drained and self._acks.empty()
+
+    def _only_refused_left(self) -> bool:
+        """Everything was offered and what is left in the outbox is what the broker refused."""
+        return bool(self._rejected) and self._is_flushed() and self.outbox.depth() <= len(self._rejected)
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -452,7 +502,7 @@ class Publisher:
         while time.monotonic() < deadline:
             if self._connected and self._ready and self._is_flushed() and self.outbox.depth() == 0:
                 return True
-            if self._failure:
+            if self._failure or self._only_refused_left():
                 return False
             self._wake.set()
             with self._idle:
@@ -469,7 +519,7 @@ class Publisher:
         deadline = time.monotonic() + timeout
         # 1. let the sender finish what is in flight (and the backlog, while time allows)
         while self._connected and time.monotonic() < deadline and not self._failure:
-            if self._ready and self._is_flushed() and self.outbox.depth() == 0:
+            if self._ready and self._is_flushed() and (self.outbox.depth() == 0 or self._only_refused_left()):
                 break
             self._wake.set()
             with self._idle:

@@ -203,6 +203,7 @@ def test_end_to_end_alerts_status_stats_heatmaps(tmp_path, tiny_bundle, video, m
     st = stats[-1].json()
     assert {"fps", "frames", "alerts", "dropped_frames", "inference_ms", "outbox_depth", "uptime_s",
             "camera", "runtime", "heatmaps"} <= set(st)
+    assert st["mqtt_refused"] == 0 and st["mqtt_connected"] is True
     # a plain mosquitto_sub client saw the same alerts
     time.sleep(0.5)
     msub.terminate()
