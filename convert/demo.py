@@ -287,7 +287,8 @@ def demo(config: str | os.PathLike, out_dir: str | os.PathLike = "demo-out", fra
     n_frames = int(summary_line.get("frames", 0))
     res = match_alerts(final, truth)
     hm_dir = Path(data["heatmaps"]["dir"])
-    n_hm = len(list(hm_dir.glob("*.overlay.jpg"))) if hm_dir.is_dir() else 0
+    # this run's alerts only: the directory keeps earlier runs' heatmaps (retention trims it)
+    n_hm = sum((hm_dir / f"{a.get('event_id')}.overlay.jpg").is_file() for a in final)
     result = {
         "frames": n_frames,
         "fps": summary_line.get("fps"),
@@ -316,7 +317,7 @@ def demo(config: str | os.PathLike, out_dir: str | os.PathLike = "demo-out", fra
     multi = {d: n for d, n in res.per_defect.items() if n > 1}
     if multi:
         say(f"  defects with more than one alert: {multi}")
-    say(f"  heatmaps: {n_hm} overlays in {hm_dir}")
+    say(f"  heatmaps: {n_hm} of {len(final)} alerts have an overlay in {hm_dir}")
     if listener is None:
         say(f"  outbox: {data['outbox']} holds {result['outbox']['depth']} alert(s) for the next broker "
             "connection")

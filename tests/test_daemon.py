@@ -438,5 +438,8 @@ def test_demo_with_and_without_broker(tmp_path, tiny_bundle, mqtt_broker):
     mqtt_broker.stop()
     res2 = demo(cfg, tmp_path / "down", frames=120, seed=1, bundle=str(tiny_bundle), quiet=True)
     assert res2["via"].startswith("daemon log") and res2["frames"] == 120
+    # a second run into the same directory counts its own heatmaps, not the earlier run's too
+    res3 = demo(cfg, tmp_path / "down", frames=120, seed=1, bundle=str(tiny_bundle), quiet=True)
+    assert res3["heatmaps"]["overlays"] == res3["alerts"] == res2["alerts"] > 0
     assert res2["outbox"]["depth"] == res2["alerts"]
     assert read_truth(tmp_path / "down" / "seam.truth.csv")
