@@ -13,7 +13,7 @@ Fixtures
 ``mqtt_publisher``        ``factory(broker, station="st1", outbox=None, start=True, **mqtt_cfg)`` →
                           ``edge.publish.Publisher`` with fast reconnects; stopped at teardown.
 
-Helpers: ``MqttSubscriber`` (paho client collecting messages per topic, ``wait_for``),
+Helpers: ``MqttSubscriber`` (paho client collecting messages per topic, ``wait_for``), ``wait_until``,
 ``mosquitto_sub(broker, topic, count, timeout)`` (plain ``mosquitto_sub`` subprocess, blocking) and
 ``start_mosquitto_sub(...)`` (background ``Popen``).
 """
@@ -273,6 +273,15 @@ class MqttSubscriber:
         with contextlib.suppress(Exception):
             self.client.disconnect()
         self.client.loop_stop()
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``cond`` every 20 ms; an AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 def mosquitto_sub(broker: Broker, topic: str, count: int = 1, timeout: int = 10,

@@ -152,7 +152,8 @@ def test_stop_event_ends_backoff_quickly():
     assert not cap.is_alive() and cap.stats.state == "stopped"
 
 
-def consume_all(cap: Capture, q: queue.Queue) -> list:
+def consume_all(cap: Capture, q: queue.Queue, delay: float = 0.002) -> list:
+    """Start ``cap`` and take frames (``delay`` s apart: a slow consumer) until the source ended."""
     got = []
     cap.start()
     while not (cap.ended.is_set() and q.empty()):
@@ -160,7 +161,8 @@ def consume_all(cap: Capture, q: queue.Queue) -> list:
             got.append(q.get(timeout=0.5))
         except queue.Empty:
             pass
-        time.sleep(0.002)  # a slow consumer
+        if delay:
+            time.sleep(delay)
     cap.join(5)
     return got
 
@@ -184,14 +186,7 @@ def test_file_source_replay_all_frames_with_a_consumer(tmp_path):
     q: queue.Queue = queue.Queue(maxsize=4)
     stop = threading.Event()
     cap = Capture(src, q, stop, realtime=True)
-    got = []
-    cap.start()
-    while not (cap.ended.is_set() and q.empty()):
-        try:
-            got.append(q.get(timeout=0.5))
-        except queue.Empty:
-            pass
-    cap.join(5)
+    got = consume_all(cap, q, delay=0)
     assert len(got) + cap.stats.dropped == 40
     assert cap.stats.resized == 40 and got[0].image.shape == (32, 32, 3)
     assert src.fps == pytest.approx(30.0)

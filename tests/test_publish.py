@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from edge.errors import ConfigError
 from edge.outbox import Outbox
 from edge.publish import Publisher, RedactFilter, encode, read_password, topics
-from tests.fixtures_mqtt import free_port, mosquitto_sub, mqtt_config
+from tests.fixtures_mqtt import free_port, mosquitto_sub, mqtt_config, wait_until
 
 
 def alert_payload(i: int, station: str = "st1") -> dict:
@@ -27,14 +26,6 @@ def alert_payload(i: int, station: str = "st1") -> dict:
         "heatmap": None,
         "model": {"name": "default", "sha256": "ab" * 32},
     }
-
-
-def wait_until(cond, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_topics_follow_the_contract():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from edge.config import TlsConfig
 from edge.outbox import Outbox
-from tests.fixtures_mqtt import MqttSubscriber
+from tests.fixtures_mqtt import MqttSubscriber, wait_until
 
 PASSWORD = "Pw-7f3c9a1e-n0t-in-logs"
 USER = "sew-st1"
@@ -96,14 +95,6 @@ def tls_subscriber(broker, pki: Pki, topic: str = "seamqc/#") -> MqttSubscriber:
                           tls={"ca_certs": str(pki.ca), "certfile": str(pki.client_cert),
                                "keyfile": str(pki.client_key)},
                           username=USER, password=PASSWORD).wait_subscribed()
-
-
-def wait_until(cond, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def assert_no_secret(caplog, capfd, sub: MqttSubscriber | None = None) -> None:
