@@ -64,16 +64,21 @@ def _bool(value: str, where: str, column: str) -> float:
     raise DataError(f"{where}: column {column!r} has value {value!r}, expected True or False")
 
 
+def csv_rows(path: Path) -> list[list[str]]:
+    """All rows of a UTF-8 CSV file; an unreadable file is one ``DataError`` line naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read CSV ({e})") from None
+
+
 def read_csv(path: str | Path, check_images: bool = True) -> Dataset:
     """Read one seed-format CSV (pandas ``to_csv`` with its index, or without it)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: CSV file not found")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read CSV ({e})") from None
+    rows = csv_rows(path)
     if not rows:
         raise DataError(f"{path}: empty file (expected a header ',name,good,error,break,length')")
     header = [h.strip() for h in rows[0]]

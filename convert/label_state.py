@@ -24,6 +24,7 @@ from typing import Callable, Protocol
 import cv2
 import numpy as np
 
+from convert.data import csv_rows
 from edge.errors import DataError
 
 ATTRS = ("good", "error", "break", "length")
@@ -195,11 +196,7 @@ class LabelStore:
         path = self.csv_path
         if not path.exists():
             return {}
-        try:
-            with open(path, newline="", encoding="utf-8") as f:
-                lines = list(csv.reader(f))
-        except (OSError, UnicodeDecodeError, csv.Error) as e:
-            raise DataError(f"{path}: cannot read CSV ({e})") from None
+        lines = csv_rows(path)
         if not lines:
             return {}
         header = [h.strip() for h in lines[0]]
