@@ -31,6 +31,8 @@ import numpy as np
 from edge.errors import DataError
 from edge.preprocess import preprocess, to_bgr
 
+from .augment import augment
+
 SEAM_LABELS = ("good", "error", "break", "length")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _TRUE = {"true", "1", "1.0", "yes"}
@@ -183,29 +185,6 @@ def read_image(path: str, source: str = "") -> np.ndarray:
     if img.dtype != np.uint8:
         img = cv2.convertScaleAbs(img, alpha=255.0 / max(1.0, float(img.max())))
     return to_bgr(img)
-
-
-# --- the seed's augmentations ------------------------------------------------------------------
-
-def augment_brightness(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Seed: ``cv2.convertScaleAbs`` with contrast alpha in [0.8, 1.2] and brightness beta in [0, 15]."""
-    return cv2.convertScaleAbs(img, alpha=float(rng.uniform(0.8, 1.2)), beta=float(rng.uniform(0, 15)))
-
-
-def augment_shift(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Seed: wrap-around shift, a random top band of the image moves to the bottom
-    (``np.roll`` along axis 0): the seam keeps its look and labels, only its position changes."""
-    band = int(rng.integers(1, img.shape[0]))
-    return np.roll(img, -band, axis=0)
-
-
-def augment(img: np.ndarray, rng: np.random.Generator, p_brightness: float = 0.7,
-            p_shift: float = 0.5) -> np.ndarray:
-    if rng.random() < p_brightness:
-        img = augment_brightness(img, rng)
-    if rng.random() < p_shift:
-        img = augment_shift(img, rng)
-    return img
 
 
 class ImageCache:

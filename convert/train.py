@@ -16,6 +16,15 @@ Checkpoints are named with their metrics as in the seed
 ``--resume`` continues from the newest one (weights, optimiser state, epoch number). Early
 stopping restores the best weights. ``<out stem>_history.json`` and ``<out stem>_curves.png``
 are written beside ``--out``.
+
+``--init BUNDLE|FILE.keras|default`` fine-tunes from an existing model instead of starting from
+random weights (``default`` = the shipped bundle's ``model.keras``): the input size comes from that
+model, its head is kept when the labels match and replaced (a fresh ``logits`` layer) when they do
+not, and the learning rate defaults to 1e-3 instead of 3e-3. ``--freeze N`` keeps the first N
+resolution stages (every layer whose output is at one of the N highest spatial resolutions: the
+stem and the first residual stage for N=1) at their initial weights, with their batch-norm
+statistics frozen too: the early filters see edges and yarn, which a new fabric needs least to
+change, and a small labelled set cannot move many weights without over-fitting.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ from .data import load_dataset, make_sequence
 from .models import ARCHS, build_model, check_arch, save_model
 
 CKPT_RE = re.compile(r"^ckpt-e(\d+)-.*\.keras$")
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "edge" / "models" / "default"
+LR_SCRATCH, LR_FINETUNE = 3e-3, 1e-3
 
 
 @dataclass(frozen=True)
@@ -97,14 +108,81 @@ def draw_curves(history: dict, path: Path, size: tuple[int, int] = (900, 360)) -
     cv2.imwrite(str(path), img)
 
 
+def init_model_path(spec: str | Path) -> Path:
+    """``default`` → the shipped bundle; a bundle folder → its ``.keras`` file; a ``.keras`` file as is."""
+    p = DEFAULT_BUNDLE if str(spec) == "default" else Path(spec)
+    if p.is_dir():
+        manifest = p / "manifest.json"
+        try:
+            entry = json.loads(manifest.read_text())["files"]["keras"]["path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ModelError(f"--init {spec}: {manifest} names no Keras model (files.keras.path)") from None
+        p = p / str(entry)
+    if p.suffix != ".keras" or not p.is_file():
+        raise ModelError(f"--init {spec}: {p} is not a .keras file (give a bundle folder, a .keras file or 'default')")
+    return p
+
+
+def init_model(spec: str | Path, labels: tuple[str, ...], task: str):
+    """Load ``spec`` for fine-tuning → ``(model, meta)``; a new head when the labels differ."""
+    import keras
+
+    from .models import load_keras
+
+    path = init_model_path(spec)
+    model, meta = load_keras(path)
+    if tuple(meta["labels"]) == tuple(labels) and meta["task"] == task:
+        return model, meta
+    try:
+        features = model.get_layer("logits").input
+    except ValueError:
+        raise ModelError(f"--init {spec}: {path} has no 'logits' layer to replace for labels "
+                         f"{list(labels)}") from None
+    logits = keras.layers.Dense(len(labels), name="logits")(features)
+    act = keras.layers.Activation("sigmoid" if task == "multilabel" else "softmax", name="predictions")(logits)
+    print(f"--init {spec}: labels {meta['labels']} ({meta['task']}) → {list(labels)} ({task}): new head",
+          file=sys.stderr)
+    return keras.Model(model.inputs, act, name=model.name), dict(meta, labels=list(labels), task=task)
+
+
+def freeze_stages(model, n: int) -> int:
+    """Freeze the layers whose outputs are at the ``n`` highest spatial resolutions → count frozen."""
+    if n <= 0:
+        return 0
+    sizes: list[int] = []
+    for layer in model.layers:
+        shape = getattr(layer.output, "shape", None)
+        if shape is not None and len(shape) == 4 and shape[1] is not None:
+            sizes.append(int(shape[1]))
+    keep = sorted(set(sizes), reverse=True)[:n]
+    if not keep:
+        return 0
+    frozen = 0
+    for layer in model.layers:
+        shape = getattr(layer.output, "shape", None)
+        if shape is None or len(shape) != 4:
+            break  # past the feature extractor (pooling, dense head)
+        if int(shape[1]) >= min(keep) and layer.weights:
+            layer.trainable = False
+            frozen += 1
+    return frozen
+
+
 def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet-int8", epochs: int = 10,
-          size: int = 128, filters: int = 64, batch: int = 16, lr: float = 3e-3, resume: bool = False,
-          seed: int = 0, patience: int = 4, verbose: int | str = "auto") -> TrainResult:
+          size: int = 128, filters: int = 64, batch: int = 16, lr: float | None = None, resume: bool = False,
+          seed: int = 0, patience: int = 4, verbose: int | str = "auto", init: str | Path | None = None,
+          freeze: int = 0) -> TrainResult:
     """Train and save ``out`` (the best weights); returns what happened."""
     check_arch(arch)
     out = Path(out)
     if out.suffix != ".keras":
         raise ModelError(f"--out {out}: must end in .keras")
+    if lr is None:
+        lr = LR_FINETUNE if init else LR_SCRATCH
+    if freeze < 0 or (freeze and not init):
+        raise ModelError(f"--freeze {freeze}: needs --init and must be >= 0")
+    if init:
+        init_model_path(init)  # a bad --init is one line, before TensorFlow loads
     if epochs < 1 or size < 16 or batch < 1 or filters < 1 or not lr > 0:
         raise ModelError(f"epochs {epochs}, size {size}, batch {batch}, filters {filters}, lr {lr}: must be positive "
                          f"(size >= 16)")
@@ -117,8 +195,17 @@ def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet
     import keras
 
     keras.utils.set_random_seed(seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_dir, hist_path, curve_path = side_paths(out)
+    base = None
+    if init and not (resume and last_checkpoint(ckpt_dir)):
+        base, base_meta = init_model(init, tr.labels, tr.task)
+        if (int(base_meta["height"]), int(base_meta["width"])) != (size, size):
+            if base_meta["height"] != base_meta["width"]:
+                raise ModelError(f"--init {init}: input {base_meta['height']}x{base_meta['width']} is not square")
+            size = int(base_meta["height"])
+        arch = str(base_meta.get("arch", arch))
+        filters = int(base_meta.get("filters", filters))
+    out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(exist_ok=True)
     train_seq = make_sequence(tr, size, size, batch, augment_images=True, shuffle=True, seed=seed)
     valid_seq = make_sequence(va, size, size, batch)
@@ -143,7 +230,14 @@ def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet
             print(f"checkpoint already at epoch {initial_epoch} >= --epochs {epochs}; nothing to train",
                   file=sys.stderr)
     else:
-        model = build_model(arch, len(tr.labels), size, size, filters, tr.task)
+        if base is not None:
+            model = base
+            n_frozen = freeze_stages(model, freeze)
+            print(f"fine-tuning from {init} ({size}x{size}, lr {lr}"
+                  + (f", {n_frozen} layers frozen in the first {freeze} stage(s))" if freeze else ")"),
+                  file=sys.stderr)
+        else:
+            model = build_model(arch, len(tr.labels), size, size, filters, tr.task)
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.01)
         if tr.task == "multilabel":
             loss, acc = keras.losses.BinaryCrossentropy(), keras.metrics.BinaryAccuracy(name="acc")
@@ -153,6 +247,8 @@ def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet
 
     meta = {"labels": list(tr.labels), "task": tr.task, "arch": arch, "height": size, "width": size,
             "filters": filters, "trained_on": str(train_spec)}
+    if init:
+        meta["init"] = str(init)
 
     class HistoryWriter(keras.callbacks.Callback):
         """Appends each epoch's logs to history.json (so a resumed run keeps the earlier epochs)."""
@@ -194,17 +290,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=128, help="square model input (default 128)")
     p.add_argument("--filters", type=int, default=64, help="filters of the first stage (seed: 64)")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate, cosine-decayed (default 3e-3)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate, cosine-decayed (default 3e-3; 1e-3 with --init)")
     p.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint beside --out")
+    p.add_argument("--init", metavar="BUNDLE|FILE.keras|default",
+                   help="fine-tune from this model's weights ('default': the shipped bundle); input size from it")
+    p.add_argument("--freeze", type=int, default=0, metavar="N",
+                   help="with --init: keep the first N resolution stages fixed (1: stem + first stage)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     res = train(args.train, args.valid, args.out, arch=args.arch, epochs=args.epochs, size=args.size,
                 filters=args.filters, batch=args.batch, lr=args.lr, resume=args.resume, seed=args.seed,
-                patience=args.patience)
+                patience=args.patience, init=args.init, freeze=args.freeze)
     h = res.history
     last = {k: v[-1] for k, v in h.items() if v}
     print(f"saved {res.out} ({res.task}, labels {', '.join(res.labels)}; {res.epochs_run} epochs; "
