@@ -20,7 +20,13 @@ nothing; the failure is counted (``heatmaps_dropped``) and logged once per failu
 Heatmaps are dropped, alerts never are.
 
 Retention by size: after each save the oldest heatmap sets (by modification time) are deleted
-until the directory's seam-qc files fit in ``max_mb``.
+until the daemon's own sets fit in ``max_mb``. Only sets the daemon wrote are ever deleted, since
+``heatmaps.dir`` may be a folder with other files in it (a user's pictures, a model bundle): a set
+is ours only when its sidecar ``<stem>.json`` is one this worker writes (``kind`` marker, or, for
+sets written before the marker, exactly the sidecar keys), its ``event_id`` maps to ``<stem>``
+and its ``files`` are exactly ``<stem>.png`` / ``.overlay.jpg`` / ``.jet.jpg``. Anything else (a
+``holiday_1.png``, a ``settings_1.json``, a bundle's ``manifest.json``) is never counted and never
+deleted; neither are the rare leftovers of a power cut in the middle of a save (no sidecar yet).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import logging
 import os
 import queue
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,35 +85,70 @@ class HeatmapJob:
     image: np.ndarray = field(repr=False)
 
 
-def _group_key(p: Path) -> str | None:
-    for suf in SUFFIXES:
-        if p.name.endswith(suf):
-            return p.name[: -len(suf)]
-    return None
+SIDECAR_KIND = "seam-qc heatmap"  # the marker that says "this set was written by the daemon"
+# the keys of a sidecar written before the marker existed (accepted so that old sets still age out)
+_LEGACY_KEYS = frozenset({"event_id", "frame", "ts", "labels", "scores", "peaks", "jet_label", "files"})
+_SIDECAR_MAX_BYTES = 1 << 20  # a sidecar is a few hundred bytes; a bigger .json is not ours
+
+
+def sidecar_files(stem: str) -> dict[str, str]:
+    """The ``files`` entry a sidecar of ``stem`` carries (the three images of the set)."""
+    return {"frame": f"{stem}.png", "overlay": f"{stem}.overlay.jpg", "jet": f"{stem}.jet.jpg"}
+
+
+def is_own_sidecar(path: Path) -> bool:
+    """True only for a sidecar this worker wrote: ownership is proven, never guessed from a suffix."""
+    name = path.name
+    if not name.endswith(".json"):
+        return False
+    stem = name[: -len(".json")]
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > _SIDECAR_MAX_BYTES:
+            return False
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or not isinstance(data.get("event_id"), str):
+        return False
+    if data.get("kind") != SIDECAR_KIND and not _LEGACY_KEYS <= set(data):
+        return False
+    return safe_name(data["event_id"]) == stem and data.get("files") == sidecar_files(stem)
 
 
 class Retention:
-    """Size-bounded store: tracks the seam-qc files in ``root`` and deletes the oldest sets."""
+    """Size-bounded store of the daemon's own heatmap sets in ``root``; deletes the oldest sets.
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
-        self.root = root
+    Sets are tracked by stem; a stem is tracked only once its sidecar proves the daemon wrote it
+    (see :func:`is_own_sidecar`), so files the daemon did not write are never counted nor deleted.
+    """
+
+    def __init__(self, root: Path, max_bytes: int, scan: bool = True) -> None:
+        self.root = Path(root)
         self.max_bytes = max_bytes
         self.groups: dict[str, tuple[float, int]] = {}  # stem → (mtime, bytes)
-        self.scan()
+        if scan:
+            self.scan()
 
     def scan(self) -> None:
+        """Find the sets of earlier runs (one sidecar read per ``*.json``)."""
         self.groups.clear()
         try:
             entries = list(os.scandir(self.root))
         except OSError:
             return
         for e in entries:
-            key = _group_key(Path(e.name))
-            if key is None or not e.is_file(follow_symlinks=False):
+            if not e.name.endswith(".json") or not is_own_sidecar(Path(e.path)):
                 continue
-            st = e.stat(follow_symlinks=False)
-            m, b = self.groups.get(key, (0.0, 0))
-            self.groups[key] = (max(m, st.st_mtime), b + st.st_size)
+            stem = e.name[: -len(".json")]
+            mtime, nbytes = 0.0, 0
+            for suf in SUFFIXES:
+                try:
+                    st = os.lstat(self.root / f"{stem}{suf}")
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    mtime, nbytes = max(mtime, st.st_mtime), nbytes + st.st_size
+            self.groups[stem] = (mtime, nbytes)
 
     @property
     def total(self) -> int:
@@ -125,7 +167,7 @@ class Retention:
                 break
             if stem == keep:
                 continue
-            for suf in SUFFIXES:
+            for suf in SUFFIXES:  # the sidecar (proof of ownership) goes last
                 try:
                     (self.root / f"{stem}{suf}").unlink()
                 except FileNotFoundError:
@@ -184,7 +226,8 @@ class HeatmapWorker(threading.Thread):
         self.overlay_jet = overlay_jet
         self.labels_all = tuple(l for l in labels_all if l != "good")
         self.only_flagged = labels_only_flagged
-        self.retention = Retention(self.root, int(max_mb * 1024 * 1024))
+        # scanned in the worker thread (run): reading the sidecars of earlier runs must not delay start-up
+        self.retention = Retention(self.root, int(max_mb * 1024 * 1024), scan=False)
         self.saved = 0
         self.dropped = 0
         self.deleted = 0
@@ -254,6 +297,7 @@ class HeatmapWorker(threading.Thread):
 
     def run(self) -> None:
         _lower_thread_priority(NICE_INCREMENT)
+        self.retention.scan()
         deadline = None
         while True:
             if self.stop_event.is_set() and self._closed.is_set():
@@ -314,7 +358,7 @@ class HeatmapWorker(threading.Thread):
         nbytes += _write_image(paths["overlay"], ov, [cv2.IMWRITE_JPEG_QUALITY, 90])
         nbytes += _write_image(paths["jet"], jet, [cv2.IMWRITE_JPEG_QUALITY, 90])
         side = {
-            "event_id": job.event_id, "frame": job.frame, "ts": job.ts, "labels": list(job.labels),
+            "kind": SIDECAR_KIND, "event_id": job.event_id, "frame": job.frame, "ts": job.ts, "labels": list(job.labels),
             "scores": job.scores,
             "peaks": {lab: float(getattr(h, "peak", 0.0)) for lab, h in maps.items()},
             "jet_label": best,

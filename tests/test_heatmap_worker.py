@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 
 from edge.gradcam import Heatmap
-from edge.heatmaps import HeatmapWorker, Retention, paths_for, safe_name
+from edge.heatmaps import SIDECAR_KIND, SUFFIXES, HeatmapWorker, Retention, paths_for, safe_name, sidecar_files
 
 
 class BlobExplainer:
@@ -106,21 +107,119 @@ def test_writes_frame_overlays_and_sidecar(tmp_path):
     assert set(side["peaks"]) == {"error", "break"} and side["jet_label"] == "error"
 
 
+def write_set(root: Path, event_id: str, nbytes: int, mtime: float, legacy: bool = False) -> str:
+    """A heatmap set as the worker writes it (sidecar last); ``legacy``: a sidecar from before the marker."""
+    stem = safe_name(event_id)
+    for suf in (".png", ".overlay.jpg", ".jet.jpg"):
+        (root / f"{stem}{suf}").write_bytes(b"x" * (nbytes // 3))
+    side = {"event_id": event_id, "frame": 1, "ts": "t", "labels": ["error"], "scores": {"error": 0.9},
+            "peaks": {"error": 1.0}, "jet_label": "error", "files": sidecar_files(stem)}
+    if not legacy:
+        side["kind"] = SIDECAR_KIND
+    (root / f"{stem}.json").write_text(json.dumps(side))
+    for suf in SUFFIXES:
+        os.utime(root / f"{stem}{suf}", (mtime, mtime))
+    return stem
+
+
 def test_retention_deletes_oldest_first(tmp_path):
     root = tmp_path / "hm"
     root.mkdir()
     for i in range(5):
-        for suf in (".png", ".json"):
-            (root / f"old{i}{suf}").write_bytes(b"x" * 100_000)
-        t = time.time() - 1000 + i
-        os.utime(root / f"old{i}.png", (t, t))
-        os.utime(root / f"old{i}.json", (t, t))
-    (root / "unrelated.txt").write_bytes(b"y" * 1_000_000)   # not ours: never deleted
+        write_set(root, f"old{i}", 150_000, time.time() - 1000 + i, legacy=(i == 0))
+    (root / "unrelated.txt").write_bytes(b"y" * 1_000_000)   # not ours: never counted, never deleted
     r = Retention(root, max_bytes=450_000)
-    assert r.total == 1_000_000
+    assert set(r.groups) == {f"old{i}" for i in range(5)}     # the legacy sidecar (no marker) is ours too
+    assert 5 * 150_000 <= r.total < 5 * 151_000
     assert r.enforce() == 3
     left = sorted(p.name for p in root.iterdir())
-    assert left == ["old3.json", "old3.png", "old4.json", "old4.png", "unrelated.txt"]
+    assert left == sorted([f"old{i}{suf}" for i in (3, 4) for suf in SUFFIXES] + ["unrelated.txt"])
+
+
+def test_retention_never_deletes_files_it_did_not_write(tmp_path):
+    """Issue 12 #1: a holiday photo (300 KB, from 2020) and a settings file that merely look like
+    a heatmap set (``*.png``, ``*.json``) in ``heatmaps.dir``: 150 frames later at max_mb 0.5, the
+    worker has deleted many of its own sets, and not one byte of the user's."""
+    root = tmp_path / "hm"
+    root.mkdir()
+    holiday = root / "holiday_1.png"
+    holiday.write_bytes(os.urandom(300_000))
+    settings = root / "settings_1.json"
+    settings.write_text(json.dumps({"event_id": "settings_1", "volume": 7}))  # JSON, even with an event_id
+    lookalike = root / "ev-999.json"  # names an event id but is not a sidecar of ours
+    lookalike.write_text(json.dumps({"event_id": "ev-999", "files": {"frame": "holiday_1.png"}}))
+    old = time.mktime((2020, 7, 1, 12, 0, 0, 0, 0, -1))
+    for p in (holiday, settings, lookalike):
+        os.utime(p, (old, old))
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    rng = np.random.default_rng(0)
+    stop = threading.Event()
+    w = make_worker(root, stop, max_mb=0.5, queue_size=200)
+    assert w.prepare_dir()
+    w.start()
+    for i in range(150):
+        noise = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)   # ~50 KB PNG: 0.5 MB holds a few sets
+        assert w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, noise)
+    assert wait_for(lambda: w.saved + w.dropped == 150, 120)
+    w.close(5.0)
+    stop.set()
+    w.join(10)
+    assert w.saved == 150 and w.deleted > 100
+    for name, data in before.items():
+        assert (root / name).read_bytes() == data, name
+    ours = [p for p in root.iterdir() if p.name not in before]
+    assert sum(p.stat().st_size for p in ours) <= 0.5 * 2**20
+
+
+def test_bundle_folder_as_heatmaps_dir_keeps_the_bundle(tmp_path):
+    """Issue 12 #1: ``heatmaps.dir`` set to the model bundle's folder: retention used to delete
+    ``manifest.json`` (and the next start exited 78). Now the bundle still loads and verifies."""
+    from edge.bundle import load_bundle
+
+    shipped = Path(__file__).resolve().parent.parent / "edge" / "models" / "default"
+    root = tmp_path / "bundle"
+    root.mkdir()
+    shutil.copyfile(shipped / "manifest.json", root / "manifest.json")
+    manifest = json.loads((root / "manifest.json").read_text())
+    for entry in manifest["files"].values():
+        shutil.copyfile(shipped / entry["path"], root / entry["path"])
+    old = time.time() - 10 * 365 * 86400
+    for p in root.iterdir():
+        os.utime(p, (old, old))
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    stop = threading.Event()
+    w = make_worker(root, stop, max_mb=0.5, queue_size=200)
+    assert w.prepare_dir()
+    w.start()
+    rng = np.random.default_rng(1)
+    for i in range(150):
+        assert w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9},
+                        rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+    assert wait_for(lambda: w.saved + w.dropped == 150, 120)
+    w.close(5.0)
+    stop.set()
+    w.join(10)
+    assert w.saved == 150 and w.deleted > 100
+    assert {name: (root / name).read_bytes() for name in before} == before
+    assert load_bundle(root, verify=True).labels == tuple(manifest["labels"])
+
+
+def test_restart_finds_its_earlier_sets_and_only_those(tmp_path):
+    """Sets of an earlier run (sidecar with the marker, or a legacy sidecar) age out after a
+    restart; a ``*.json`` that is not a sidecar of ours, or whose files are not its set, does not."""
+    root = tmp_path / "hm"
+    root.mkdir()
+    t = time.time() - 5000
+    write_set(root, "prev-1", 300_000, t)
+    write_set(root, "prev-2", 300_000, t + 1, legacy=True)
+    forged = write_set(root, "prev-3", 300_000, t + 2)
+    side = json.loads((root / f"{forged}.json").read_text())
+    side["files"]["frame"] = "holiday.png"                      # not the set's own name: not ours
+    (root / f"{forged}.json").write_text(json.dumps(side))
+    r = Retention(root, max_bytes=0)
+    assert set(r.groups) == {"prev-1", "prev-2"}
+    assert r.enforce() == 2
+    assert sorted(p.name for p in root.iterdir()) == sorted(f"prev-3{suf}" for suf in SUFFIXES)
 
 
 def test_worker_enforces_max_mb(tmp_path):
