@@ -19,6 +19,10 @@ hundred ms behind its alert. If writing later fails (disk full), the path in the
 nothing; the failure is counted (``heatmaps_dropped``) and logged once per failure streak.
 Heatmaps are dropped, alerts never are.
 
+One directory, one daemon: :meth:`HeatmapWorker.prepare_dir` locks the directory (``flock`` on the
+directory itself, nothing is created in it) for the worker's life; a second daemon on the same
+directory would delete the first one's sets, so it stops at start-up naming the holder (exit 78).
+
 Retention by size: after each save the oldest heatmap sets (by modification time) are deleted
 until the daemon's own sets fit in ``max_mb``. Only sets the daemon wrote are ever deleted, since
 ``heatmaps.dir`` may be a folder with other files in it (a user's pictures, a model bundle): a set
@@ -47,7 +51,10 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from .statelock import StateLock, StateLockedError, lock_dir
+
 log = logging.getLogger("seamqc.heatmaps")
+LOCK_HINT = "two daemons must not share one heatmaps.dir (each would delete the other's heatmaps): give each its own"
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 SUFFIXES = (".png", ".overlay.jpg", ".jet.jpg", ".json")
@@ -240,12 +247,18 @@ class HeatmapWorker(threading.Thread):
         self.error = ""
         self.drain_s = 3.0
         self._closed = threading.Event()
+        self._dir_lock: StateLock | None = None
 
     # ---- called from the daemon's thread
     def prepare_dir(self) -> bool:
-        """Create the directory; an unwritable one is logged once (alerts go on)."""
+        """Create and lock the directory; an unwritable one is logged once (alerts go on).
+
+        Raises ``StateLockedError`` (exit 78) when another daemon holds the directory.
+        """
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            if self._dir_lock is None:
+                self._dir_lock = lock_dir(self.root, f"heatmaps.dir {self.root}", LOCK_HINT)
             probe = self.root / ".seamqc-probe"
             probe.write_bytes(b"")
             probe.unlink()
@@ -255,13 +268,22 @@ class HeatmapWorker(threading.Thread):
             self.writable = False
         return self.writable
 
+    def _prepare_later(self) -> bool:
+        """``prepare_dir`` once the daemon runs: a directory taken by another daemon meanwhile only
+        drops heatmaps (logged once), it never stops alerts."""
+        try:
+            return self.prepare_dir()
+        except StateLockedError as e:
+            self._fail(str(e))
+            return False
+
     def submit(self, event_id: str, frame: int, ts: str, labels: tuple[str, ...], scores: dict[str, float],
                image: np.ndarray) -> str | None:
         """Queue a heatmap (never blocks); returns the overlay path it will have, or None if dropped."""
         if self._closed.is_set():
             self.dropped += 1
             return None
-        if not self.writable and not self.prepare_dir():
+        if not self.writable and not self._prepare_later():
             self.dropped += 1
             return None
         try:
@@ -296,6 +318,14 @@ class HeatmapWorker(threading.Thread):
         self._closed.set()
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:  # the directory is free for the next daemon once our last heatmap is written
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+                self._dir_lock = None
+
+    def _run(self) -> None:
         _lower_thread_priority(NICE_INCREMENT)
         self.retention.scan()
         deadline = None

@@ -7,18 +7,28 @@ outage or a restart keeps the order the alerts happened in.
 
 Every failure (disk full, read-only file or directory, corrupt database) raises ``OutboxError``
 with the path and the cause: the daemon must stop loudly rather than drop alerts silently.
+
+Nothing that is not ours is changed: the path is validated before anything is written (a device
+such as ``/dev/null``, a directory, a file that is not SQLite, or another program's SQLite database
+is refused as it is), and only a file the outbox creates itself gets mode 0600.
+
+One outbox, one daemon: ``<outbox>.lock`` beside it is locked (``flock``) for the outbox's life and
+holds the owner's pid; a second daemon on the same outbox would deliver every queued alert a second
+time, so it stops at start-up naming the holder (``edge.statelock``, exit 78).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import SeamQCError
+from edge.statelock import StateLock, lock_file
 
 EX_IOERR = 74  # sysexits: an I/O error the operator must fix (disk, permissions), not a config typo
 
@@ -32,6 +42,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_OWN_TABLES = frozenset({"outbox", "meta", "sqlite_sequence"})
+SQLITE_HEADER = b"SQLite format 3\x00"
+LOCK_HINT = ("two daemons must not share one outbox (each would deliver every queued alert): give each "
+             "daemon its own outbox path")
 
 
 class OutboxError(SeamQCError):
@@ -58,22 +72,80 @@ class Outbox:
     card); reaching it raises ``OutboxError`` exactly like a full disk.
     """
 
-    def __init__(self, path: str | os.PathLike, max_bytes: int | None = None):
+    def __init__(self, path: str | os.PathLike, max_bytes: int | None = None, lock: bool = True):
         self.path = Path(path)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._state_lock: StateLock | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutboxError(f"outbox {self.path}: cannot create directory {self.path.parent}: "
                               f"{e.strerror or e}") from e
+        self._validate()  # before anything is written: a device or a foreign file stays untouched
+        if lock:
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            try:
+                self._state_lock = lock_file(lock_path, f"outbox {self.path}", LOCK_HINT)
+            except OSError as e:
+                raise OutboxError(f"outbox {self.path}: cannot open the lock file {lock_path}: "
+                                  f"{e.strerror or e}") from e
         try:
-            # Create the file ourselves so it is 0600 from the start (SQLite gives -wal/-shm the same mode).
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            os.chmod(self.path, 0o600)
+            self._open(max_bytes)
+        except BaseException:
+            self._release_state_lock()
+            raise
+
+    def _validate(self) -> bool:
+        """Refuse (changing nothing) a path that is not a regular file holding a SQLite database or
+        nothing; True when the file exists."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
         except OSError as e:
-            raise OutboxError(f"outbox {self.path}: cannot open for writing: {e.strerror or e}") from e
+            raise OutboxError(f"outbox {self.path}: cannot access: {e.strerror or e}") from e
+        if stat.S_ISDIR(st.st_mode):
+            raise OutboxError(f"outbox {self.path}: is a directory; the outbox must be a file path "
+                              f"(e.g. {self.path / 'outbox.sqlite'})")
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a character device" if stat.S_ISCHR(st.st_mode) else "a block device"
+                    if stat.S_ISBLK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                    "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+            raise OutboxError(f"outbox {self.path}: is {kind}, not a database file; left untouched: set outbox "
+                              "to a file path of its own")
+        if st.st_size == 0:
+            return True  # an empty file (e.g. made with `install -m 0600 /dev/null`): SQLite initialises it
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(SQLITE_HEADER))
+        except OSError as e:
+            raise OutboxError(f"outbox {self.path}: cannot read: {e.strerror or e}") from e
+        if head != SQLITE_HEADER:
+            raise OutboxError(f"outbox {self.path}: not a database (no SQLite header); left untouched: move it "
+                              "aside or set outbox to another path")
+        return True
+
+    def _create(self) -> None:
+        """Create the file ourselves, 0600 from the start (SQLite gives -wal/-shm the same mode)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            # created meanwhile: not ours, checked like any other; or a link to nowhere, which SQLite would follow
+            if not self._validate():
+                raise OutboxError(f"outbox {self.path}: is a symbolic link to a missing file; set outbox to "
+                                  "the real path") from None
+            return
+        except OSError as e:
+            raise OutboxError(f"outbox {self.path}: cannot create: {e.strerror or e}") from e
+        try:
+            os.fchmod(fd, 0o600)  # ours: 0600 whatever the umask
+        finally:
+            os.close(fd)
+
+    def _open(self, max_bytes: int | None) -> None:
+        if not self._validate():  # again, under the lock
+            self._create()
         try:
             conn = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None,
                                    check_same_thread=False)
@@ -81,6 +153,11 @@ class Outbox:
             raise OutboxError(f"outbox {self.path}: cannot open: {e}") from e
         self._conn = conn
         try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables - _OWN_TABLES:
+                raise OutboxError(f"outbox {self.path}: a SQLite database of something else (tables: "
+                                  f"{', '.join(sorted(tables - _OWN_TABLES))}); left untouched: set outbox to a "
+                                  "file of its own")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise OutboxError(f"outbox {self.path}: cannot enable WAL journal (got {mode!r}); "
@@ -196,16 +273,23 @@ class Outbox:
             except sqlite3.Error as e:
                 raise self._error("cannot count", e) from e
 
+    def _release_state_lock(self) -> None:
+        if self._state_lock is not None:
+            self._state_lock.release()
+            self._state_lock = None
+
     def close(self) -> None:
-        """Checkpoint the WAL and close; idempotent."""
+        """Checkpoint the WAL, close and release the lock; idempotent."""
         with self._lock:
             if self._conn is None:
+                self._release_state_lock()
                 return
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass  # the WAL is replayed at the next open; nothing is lost
             self._close_quietly()
+            self._release_state_lock()
 
     def __enter__(self) -> "Outbox":
         return self

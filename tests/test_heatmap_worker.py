@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import cv2
+import pytest
 import numpy as np
 
 from edge.gradcam import Heatmap
@@ -400,3 +401,30 @@ def test_flapping_disk_keeps_one_error_line_then_recovers(tmp_path, caplog, monk
         w.close(5.0)
         stop.set()
         w.join(5)
+
+
+def test_second_worker_on_the_same_dir_is_refused_until_the_first_ends(tmp_path):
+    """Issue 12 #12: two daemons on one heatmaps.dir would delete each other's sets. The directory
+    is locked (nothing is created in it); the second worker's start-up fails naming the holder."""
+    from edge.statelock import StateLockedError
+
+    root = tmp_path / "hm"
+    stop1, stop2 = threading.Event(), threading.Event()
+    first = make_worker(root, stop1)
+    assert first.prepare_dir()
+    second = make_worker(root, stop2)
+    with pytest.raises(StateLockedError) as ei:
+        second.prepare_dir()
+    msg = str(ei.value)
+    assert f"heatmaps.dir {root}" in msg and f"pid {os.getpid()}" in msg and ei.value.exit_code == 78, msg
+    assert list(root.iterdir()) == []
+    first.start()
+    first.close(1.0)
+    stop1.set()
+    first.join(5)
+    assert second.prepare_dir()                     # the first worker's end released it
+    # a worker that only later finds the directory taken drops heatmaps (logged), alerts go on
+    third = make_worker(root, threading.Event())
+    third.writable = False
+    assert third.submit("ev-1", 1, "t", ("error",), {"error": 0.9}, frame()) is None and third.dropped == 1
+    assert "in use by another seam-qc daemon" in third.error

@@ -221,3 +221,139 @@ def test_use_after_close_is_an_error(tmp_path):
     ob.close()
     with pytest.raises(OutboxError, match="after close"):
         ob.put("x", "t", "y")
+
+
+# --------------------------------------------------------------------------- nothing that is not ours (issue 12 #3)
+
+
+def _snapshot(d: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every entry of ``d``: mode and, for regular files, content."""
+    out = {}
+    for p in d.iterdir():
+        st = os.lstat(p)
+        out[p.name] = (st.st_mode, p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
+    return out
+
+
+def test_non_sqlite_file_is_refused_and_left_as_it_is(tmp_path):
+    """An existing file that is not SQLite used to get mode 0600 before being rejected."""
+    path = tmp_path / "notes.txt"
+    path.write_text("my notes, not an outbox\n")
+    path.chmod(0o644)
+    before = _snapshot(tmp_path)
+    with pytest.raises(OutboxError) as ei:
+        Outbox(path)
+    msg = str(ei.value)
+    assert str(path) in msg and "not a database" in msg and "left untouched" in msg, msg
+    assert ei.value.exit_code == 74
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert _snapshot(tmp_path) == before                      # no lock, no -wal/-shm, no chmod
+
+
+def _char_device_like_dev_null(d: Path) -> Path:
+    """A character device with /dev/null's numbers (1, 3), made in the test's folder: the test must
+    not put the host's real /dev/null at stake should the outbox ever regress."""
+    dev = d / "null"
+    try:
+        os.mknod(dev, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except (PermissionError, AttributeError) as e:
+        pytest.skip(f"mknod not permitted here ({e})")
+    dev.chmod(0o666)
+    return dev
+
+
+@pytest.mark.parametrize("kind", ["chardev", "fifo", "directory"])
+def test_special_files_are_refused_and_left_as_they_are(tmp_path, kind):
+    """``outbox: /dev/null`` run as root used to chmod the device to 0600 (breaking the host)."""
+    if kind == "chardev":
+        path = _char_device_like_dev_null(tmp_path)
+        words = "character device"
+    elif kind == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path, 0o644)
+        words = "FIFO"
+    else:
+        path = tmp_path / "adir"
+        path.mkdir(mode=0o755)
+        words = "is a directory"
+    before = _snapshot(tmp_path)
+    with pytest.raises(OutboxError) as ei:
+        Outbox(path)
+    assert str(path) in str(ei.value) and words in str(ei.value), ei.value
+    assert _snapshot(tmp_path) == before                      # mode unchanged, nothing created beside it
+
+
+def test_dev_null_itself_is_refused_and_keeps_its_mode():
+    """The exact reproduction, on the real /dev/null (safe now that the path is validated first)."""
+    if not os.path.exists("/dev/null") or not stat.S_ISCHR(os.stat("/dev/null").st_mode):
+        pytest.skip("no /dev/null character device")
+    mode = os.stat("/dev/null").st_mode
+    with pytest.raises(OutboxError, match="character device"):
+        Outbox("/dev/null")
+    assert os.stat("/dev/null").st_mode == mode
+    assert not os.path.exists("/dev/null.lock")
+
+
+def test_another_programs_sqlite_database_is_refused_unchanged(tmp_path):
+    path = tmp_path / "app.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE users (name TEXT)")
+    con.execute("INSERT INTO users VALUES ('ann')")
+    con.commit()
+    con.close()
+    path.chmod(0o644)
+    data = path.read_bytes()
+    with pytest.raises(OutboxError) as ei:
+        Outbox(path)
+    assert str(path) in str(ei.value) and "users" in str(ei.value)
+    assert path.read_bytes() == data and stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_an_existing_outbox_keeps_the_mode_its_owner_gave_it(tmp_path):
+    """Only a file the outbox creates is made 0600; an empty file prepared by an admin is used as is."""
+    path = tmp_path / "outbox.sqlite"
+    path.write_bytes(b"")
+    path.chmod(0o640)
+    with Outbox(path) as ob:
+        ob.put("a", "t", "x")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    with Outbox(path) as ob:
+        assert ob.depth() == 1
+
+
+# --------------------------------------------------------------------------- one outbox, one owner (issue 12 #12)
+
+HOLDER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from edge.outbox import Outbox
+ob = Outbox(sys.argv[2])
+print("READY", flush=True)
+time.sleep(120)
+"""
+
+
+def test_second_opener_is_refused_naming_the_holder_pid(tmp_path):
+    """A second process on the same outbox stops with one line naming the holder's pid (exit 78);
+    the lock dies with the holder, even on SIGKILL."""
+    from edge.statelock import StateLockedError
+
+    path = tmp_path / "outbox.sqlite"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ROOT), str(path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "READY"
+        with pytest.raises(StateLockedError) as ei:
+            Outbox(path)
+        msg = str(ei.value)
+        assert f"pid {holder.pid}" in msg and str(path) in msg and f"{path}.lock" in msg, msg
+        assert ei.value.exit_code == 78 and "\n" not in msg
+    finally:
+        holder.kill()
+        holder.wait(10)
+    with Outbox(path) as ob:                                  # SIGKILL released it
+        ob.put("after", "t", "x")
+        with pytest.raises(StateLockedError, match=f"pid {os.getpid()}"):
+            Outbox(path)                                      # in one process too
+    with Outbox(path) as again:                               # close() released it
+        assert again.depth() == 1
