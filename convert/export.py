@@ -1,7 +1,12 @@
 """``export``: a trained model → the model bundle the Pi runs (DESIGN §5), with a parity check.
 
 Writes, into a temporary directory renamed into place only when everything passed (so a failed
-export never leaves half a bundle, and an existing bundle is replaced only with ``--force``):
+export never leaves half a bundle, and an existing bundle is replaced only with ``--force``).
+``--force`` replaces only a seam-qc bundle: a folder whose ``manifest.json`` is one ``export``
+wrote and which holds nothing but the files that manifest lists. Any other non-empty folder, a file
+or a symbolic link given as ``--out`` is refused before any work, and nothing is deleted. The
+replacement is one atomic ``renameat2(RENAME_EXCHANGE)`` where the kernel has it (readers see the
+old bundle or the new one, never none), else two renames:
 
 * ``classifier_fp32.tflite`` and ``classifier_int8.tflite`` — fixed batch 1, TFLITE_BUILTINS only
   (``convert.tflite.keras_to_tflite``). int8 is full-integer when that keeps parity with Keras
@@ -23,7 +28,11 @@ TensorFlow SavedModel directory (classifiers only: no layers, so no Grad-CAM exp
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import datetime as _dt
+import errno
+import json
 import os
 import shutil
 import sys
@@ -33,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 import edge
-from edge.bundle import write_manifest
+from edge.bundle import MANIFEST, write_manifest
 from edge.errors import DataError, ModelError
 
 from .data import load_dataset, batches
@@ -226,6 +235,85 @@ def _tflite_predict(path: Path, x: np.ndarray, n: int) -> np.ndarray:
     return tflite_predict_fn(TFLiteModel(path, threads=2), n)(x)
 
 
+def _not_a_bundle(folder: Path) -> str | None:
+    """Why ``folder`` (an existing, non-empty directory) is not a seam-qc bundle; None when it is one."""
+    mpath = folder / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        return f"no {MANIFEST}"
+    except (OSError, ValueError) as e:
+        return f"{MANIFEST} unreadable ({_first_line(e)})"
+    if not isinstance(manifest, dict) or not str(manifest.get("producer", "")).startswith("seam-qc") \
+            or "format_version" not in manifest or not isinstance(manifest.get("files"), dict):
+        return f"{MANIFEST} was not written by seam-qc export"
+    ours = {MANIFEST, MANIFEST + ".tmp"}
+    for entry in manifest["files"].values():  # export writes every file at the top of the bundle
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and len(Path(entry["path"]).parts) == 1:
+            ours.add(entry["path"])
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours or p.is_symlink())
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        return f"it also holds {', '.join(foreign[:5])}{more}, which the bundle does not list"
+    return None
+
+
+def check_out(out: Path, force: bool) -> bool:
+    """Refuse an ``--out`` that export must not replace; True when a bundle is there to replace.
+
+    Checked before the (long) conversion and again just before the swap. Raises ``ModelError``.
+    """
+    if out.is_symlink():
+        raise ModelError(f"--out {out}: a symbolic link; give the real folder (nothing was changed)")
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ModelError(f"--out {out}: exists and is not a folder; choose another --out (nothing was changed)")
+    if not any(out.iterdir()):
+        return False  # an empty folder: nothing to lose
+    if not force:
+        raise ModelError(f"{out}: already exists; pass --force to replace it")
+    why = _not_a_bundle(out)
+    if why:
+        raise ModelError(f"--out {out}: not a seam-qc model bundle ({why}); --force replaces only a bundle, "
+                         "nothing was deleted: choose another --out or empty it yourself")
+    return True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the file system or kernel cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _replace(tmp: Path, out: Path, force: bool) -> None:
+    """Put the verified bundle ``tmp`` at ``out``; an old bundle ends up in ``tmp`` (deleted by the caller)."""
+    if not check_out(out, force):  # nothing (or an empty folder) there: one rename
+        os.replace(tmp, out)
+        return
+    if _exchange(tmp, out):
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError:
+        old.rename(out)  # put the old bundle back
+        raise
+    old.rename(tmp)
+
+
 @dataclass(frozen=True)
 class ExportResult:
     out: Path
@@ -249,8 +337,7 @@ def export_bundle(model_path: str | Path, calibration: str | Path, out: str | Pa
     from .tflite import keras_to_tflite
 
     out = Path(out)
-    if out.exists() and not force:
-        raise ModelError(f"{out}: already exists; pass --force to replace it")
+    check_out(out, force)
     if int8 not in ("auto", "full", "dynamic"):
         raise ModelError(f"--int8 {int8!r}: choose auto, full or dynamic")
     cal = load_dataset(calibration)
@@ -380,16 +467,10 @@ def export_bundle(model_path: str | Path, calibration: str | Path, out: str | Pa
         from edge.bundle import load_bundle
 
         load_bundle(tmp)  # what the Pi will do: verify before publishing
-        if out.exists():  # --force
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        _replace(tmp, out, force)
         return ExportResult(out, {**manifest, "files": files})
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # our temp folder, or the replaced bundle after the swap
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -406,7 +487,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8 classifier: full integer when it keeps parity (auto), or force one")
     p.add_argument("--name", help="bundle name in the manifest (default: the folder name)")
     p.add_argument("--max-images", type=int, default=300, help="calibration images used (default 300)")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing seam-qc bundle (any other non-empty folder is refused)")
     p.add_argument("--min-int8-agreement", type=float, default=INT8_MIN_AGREEMENT,
                    help=f"parity gate: int8-vs-Keras label agreement in %% (default {INT8_MIN_AGREEMENT})")
     p.set_defaults(func=run)

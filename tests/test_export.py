@@ -89,6 +89,77 @@ def test_existing_bundle_needs_force(tiny_bundle, tiny_keras, tiny_valid):
     assert (tiny_bundle / "manifest.json").read_text() == before
 
 
+def _tree(root: Path) -> dict[str, bytes | str]:
+    """Every path under ``root`` with its content (or link target): 'nothing changed' made checkable."""
+    out: dict[str, bytes | str] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = ("-> " + str(p.readlink())) if p.is_symlink() else p.read_bytes() if p.is_file() else "dir"
+    return out
+
+
+@pytest.mark.parametrize("kind", ["photos", "foreign-manifest", "bundle-plus-notes", "file", "symlink"])
+def test_force_never_deletes_what_is_not_a_bundle(tiny_bundle, tiny_keras, tiny_valid, tmp_path, kind):
+    """Issue 12 #9: ``export --force --out DIR`` used to delete any DIR. Now a folder that is not a
+    seam-qc bundle (or a bundle with a user's file in it), a file or a link is refused before any
+    work: one line, non-zero exit, nothing deleted."""
+    import shutil
+
+    out = tmp_path / "out"
+    if kind == "photos":
+        out.mkdir()
+        (out / "holiday_1.png").write_bytes(b"\x89PNG not really" * 100)
+        (out / "thesis").mkdir()
+        (out / "thesis" / "draft.tex").write_text("\\section{Intro}")
+        words = "no manifest.json"
+    elif kind == "foreign-manifest":
+        out.mkdir()
+        (out / "manifest.json").write_text(json.dumps({"name": "my web app", "version": 3}))
+        (out / "app.js").write_text("console.log(1)")
+        words = "not written by seam-qc export"
+    elif kind == "bundle-plus-notes":
+        shutil.copytree(tiny_bundle, out)
+        (out / "notes.txt").write_text("calibrated on line 3, do not lose")
+        words = "notes.txt"
+    elif kind == "file":
+        out.write_text("a file, not a folder")
+        words = "not a folder"
+    else:
+        shutil.copytree(tiny_bundle, tmp_path / "real")
+        out.symlink_to(tmp_path / "real")
+        words = "symbolic link"
+    before = _tree(tmp_path)
+    p = _cli("export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"), "--out", str(out),
+             "--force", "--int8", "dynamic", "--max-images", "16", "--min-int8-agreement", "0")
+    _one_line_error(p, str(out), words)
+    assert "export:" not in p.stderr                      # refused before any conversion work
+    assert _tree(tmp_path) == before
+
+
+def test_force_replaces_a_real_bundle_in_one_swap(tiny_bundle, tiny_keras, tiny_valid, tmp_path):
+    """A real bundle is replaced (verified first, swapped in, the old one removed); an empty folder
+    needs no --force; no temporary folder is left beside it."""
+    import shutil
+
+    from convert.export import export_bundle
+
+    out = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    old_created = json.loads((out / "manifest.json").read_text())["created"]
+    (out / "manifest.json.tmp").write_text("{")        # a leftover of an interrupted write_manifest: ours
+    export_bundle(tiny_keras, tiny_valid / "data.csv", out, force=True, name="again", int8="dynamic",
+                  max_images=16, min_int8_agreement=0)
+    b = load_bundle(out)
+    assert b.name == "again" and b.manifest["created"] >= old_created
+    assert not (out / "manifest.json.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]   # no .tmp-/.old- folders left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export_bundle(tiny_keras, tiny_valid / "data.csv", empty, name="fresh", int8="dynamic", max_images=16,
+                  min_int8_agreement=0)
+    assert load_bundle(empty).name == "fresh"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "empty"]
+
+
 def test_corrupt_keras_is_one_line(tiny_valid, tmp_path):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"PK\x03\x04 this is not a model")
