@@ -13,7 +13,7 @@ import os
 import sys
 
 COMMANDS = ("synth", "split", "train", "evaluate", "export", "heatmaps", "localize",
-            "label", "demo", "bench", "ship")
+            "label", "demo", "bench", "ship", "leaveout")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,27 @@ def calibrate_thresholds(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) ->
     return {lab: calibrate_threshold(y[:, i], p[:, i]) for i, lab in enumerate(labels)}
 
 
+def auroc(y: np.ndarray, score: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann–Whitney U, ties counted half); ``None`` if one class is absent.
+
+    Threshold-free: how well the score *ranks* positives above negatives, the figure to compare
+    models across fabrics whose best thresholds differ.
+    """
+    y = np.asarray(y) > 0.5
+    s = np.asarray(score, np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_s = s[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     prec = tp / (tp + fp) if tp + fp else 0.0
     rec = tp / (tp + fn) if tp + fn else 0.0
@@ -72,7 +93,8 @@ def multilabel_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str],
         tn = int(np.sum(~pred & ~y[:, i]))
         prec, rec, f1 = _prf(tp, fp, fn)
         out["labels"][lab] = {"accuracy": 100.0 * (tp + tn) / max(1, len(y)), "precision": prec, "recall": rec,
-                              "f1": f1, "threshold": t, "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+                              "f1": f1, "threshold": t, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+                              "auroc": auroc(y[:, i], p[:, i])}
     decided = np.stack([p[:, i] >= float(thresholds.get(lab, 0.5)) for i, lab in enumerate(labels)], 1)
     out["exact_match"] = 100.0 * float(np.mean(np.all(decided == y, axis=1))) if len(y) else 0.0
     return out
@@ -103,8 +125,9 @@ def format_report(metrics: dict, labels: Sequence[str]) -> str:
         lines.append(f"Exact match (all labels right): {metrics['exact_match']:.2f}")
         for lab in labels:
             m = metrics["labels"][lab]
+            roc = m.get("auroc")
             lines.append(f"{lab.capitalize()} Precision: {100 * m['precision']:.2f} Recall: {100 * m['recall']:.2f} "
-                         f"F1: {100 * m['f1']:.2f}")
+                         f"F1: {100 * m['f1']:.2f}" + (f" AUROC: {roc:.4f}" if roc is not None else ""))
         lines.append("Thresholds: " + ", ".join(f"{lab} {metrics['labels'][lab]['threshold']:.3f}" for lab in labels))
     else:
         lines.append(f"Top-1 Accuracy: {metrics['accuracy']:.2f}")

@@ -2,8 +2,9 @@
 
 1. synthesise train (seed 1), valid (seed 2) and test (seed 3, ≥ 2000 images; that seed is
    never used for training or calibration) sets with ``convert.synth``;
-2. train the int8-friendly ResNet (``convert.train``; ``--arch resnet-int8-gap`` for its
-   global-pooling variant); resumable: data sets and checkpoints in ``--work`` are reused;
+2. train the int8-friendly ResNet with its global-pooling head (``convert.train``, ``--arch
+   resnet-int8-gap``; the defaults of every flag are the shipped recipe, so ``convert ship`` alone
+   rebuilds the shipped model); resumable: data sets and checkpoints in ``--work`` are reused;
 3. export the bundle with calibration on the validation set (``convert.export``: parity
    check, thresholds calibrated on valid);
 4. evaluate the int8 and fp32 classifiers of the bundle on the test set and print a markdown
@@ -37,7 +38,7 @@ def _cmd(*parts: object) -> str:
 
 def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count: int = 1000,
          test_count: int = 2000, epochs: int = 12, size: int = 128, filters: int = 8, batch: int = 16,
-         lr: float = 3e-3, force: bool = True, min_test: int = 2000, arch: str = "resnet-int8",
+         lr: float = 3e-3, force: bool = True, min_test: int = 2000, arch: str = "resnet-int8-gap",
          min_int8_agreement: float = 99.0) -> dict:
     """Run the whole chain in ``work`` (resumable: data sets and checkpoints are reused) → summary."""
     from .data import load_dataset
@@ -116,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filters", type=int, default=8)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--arch", default="resnet-int8", help="resnet-int8 (default) or resnet-int8-gap")
+    p.add_argument("--arch", default="resnet-int8-gap", help="resnet-int8-gap (default: the shipped model) or resnet-int8")
     p.set_defaults(func=run)
 
 

@@ -58,7 +58,7 @@ def test_same_numbers_from_keras_tflite_and_bundle(tiny_keras, tiny_bundle, tiny
         p = _evaluate(model, data, "--calibrate", str(data), "--json", str(js), *extra)
         lines = ACC_RE.findall(p.stdout)
         assert [lab for lab, _ in lines] == ["Good", "Error", "Break", "Length"], p.stdout
-        assert re.search(r"^Good Precision: \d+\.\d\d Recall: \d+\.\d\d F1: \d+\.\d\d$", p.stdout, re.M)
+        assert re.search(r"^Good Precision: \d+\.\d\d Recall: \d+\.\d\d F1: \d+\.\d\d( AUROC: [01]\.\d{4})?$", p.stdout, re.M)
         assert "Thresholds: good " in p.stdout
         runs[key] = (lines, json.loads(js.read_text()))
     assert runs["keras"][0] == runs["tflite"][0] == runs["bundle_fp32"][0]
@@ -83,3 +83,18 @@ def test_bundle_thresholds_are_used_by_default(tiny_bundle, tiny_valid, tmp_path
     exported = manifest["metrics"]["int8_valid"]["labels"]
     for lab, v in m["labels"].items():
         assert abs(v["accuracy"] - exported[lab]["accuracy"]) < 1e-9
+
+
+def test_auroc_matches_pairwise_definition():
+    from convert.evaluate import auroc
+
+    rng = np.random.default_rng(0)
+    y = rng.random(60) < 0.4
+    s = np.round(rng.random(60) + 0.5 * y, 1)  # rounded: plenty of ties
+    pos, neg = s[y], s[~y]
+    pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    assert abs(auroc(y, s) - pairs / (len(pos) * len(neg))) < 1e-12
+    assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0 and auroc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == 0.0
+    assert auroc([1, 1], [0.2, 0.3]) is None
+    m = multilabel_metrics(np.array([[0.0], [1.0]]), np.array([[0.3], [0.6]]), ["break"], {"break": 0.5})
+    assert m["labels"]["break"]["auroc"] == 1.0

@@ -1,0 +1,294 @@
+"""``leave-out``: the honest generalisation benchmark: train without a fabric family, test on it.
+
+Real photos of a new line show a fabric the model never saw. The closest proxy we can compute
+without those photos: for every synthetic fabric family F (``convert.synth.FAMILIES``), train
+on all the other families and test on F alone. A model that learnt *the seam* scores on F about
+what it scores on the families it saw; one that learnt our fabrics' quirks does not.
+
+1. three pools are synthesised once, every family mixed (``synth`` seeds 201 / 202 / 203 for
+   train / valid / test; their ``meta.csv`` names each image's family);
+2. per family F: ``train`` = train pool minus F, ``valid`` = valid pool minus F (early stopping
+   and thresholds: nothing of F is seen), ``test`` = test pool, F only;
+3. ``convert.train`` (resumable: checkpoints per epoch; a finished family is skipped), then the
+   Keras model is scored on F: per-attribute accuracy at the thresholds calibrated on ``valid``,
+   per-attribute AUROC, and the two figures the real-photo check uses: *defect vs normal* AUROC
+   (score ``1 - p(good)``, defect = not good) and *broken vs normal* AUROC (score ``p(break)``,
+   on the images that are good or have a break).
+
+Prints a markdown table (one row per family, then the mean) and writes ``--json``.
+
+``--finetune-families F --finetune-counts 50,200`` adds the "first day on a new line" curve:
+the model that never saw F is fine-tuned (``train --init``) on N labelled images of F, and a model
+of the same architecture is trained from scratch on the same N images; both are scored on other
+images of F (seed 204 pool of F only; the first N are the labelled ones, the rest the test).
+With so few images there is no validation split: both runs train the same number of steps and
+calibrate their thresholds on the labelled images, as a user with 50 frames would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edge.errors import DataError
+
+POOL_SEEDS = {"train": 201, "valid": 202, "test": 203, "finetune": 204}
+FT_TEST = 400     # images of F scored in the fine-tuning curve
+FT_STEPS = 240    # optimiser steps of each fine-tuning / small from-scratch run
+
+
+def read_families(folder: Path) -> dict[str, str]:
+    """Image path (absolute) → family, from the ``meta.csv`` that ``synth`` writes beside ``data.csv``."""
+    from .data import csv_rows
+
+    meta = folder / "meta.csv"
+    if not meta.is_file():
+        raise DataError(f"{meta}: not found (a synth data set names each image's family there)")
+    rows = csv_rows(meta)
+    if not rows or "name" not in rows[0] or "family" not in rows[0]:
+        raise DataError(f"{meta}: header must have 'name' and 'family' columns")
+    ni, fi = rows[0].index("name"), rows[0].index("family")
+    base = folder.resolve()
+    return {str(base / r[ni]): r[fi] for r in rows[1:] if len(r) > max(ni, fi)}
+
+
+def family_subset(ds, families: dict[str, str], keep) -> "object":
+    """The images of ``ds`` whose family satisfies ``keep(family)``."""
+    idx = [i for i, p in enumerate(ds.paths) if keep(families.get(str(Path(p).resolve()), ""))]
+    if not idx:
+        raise DataError(f"{ds.source}: no image left for this family selection")
+    return ds.subset(idx)
+
+
+def attribute_scores(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]) -> dict:
+    """Accuracy and AUROC per attribute + defect-vs-normal and broken-vs-normal AUROC."""
+    from .evaluate import auroc, multilabel_metrics
+
+    m = multilabel_metrics(y, p, labels, thresholds)
+    li = {lab: i for i, lab in enumerate(labels)}
+    out = {"count": int(len(y)),
+           "accuracy": {lab: m["labels"][lab]["accuracy"] for lab in labels},
+           "auroc": {lab: m["labels"][lab]["auroc"] for lab in labels}}
+    if "good" in li:
+        out["defect_auroc"] = auroc(y[:, li["good"]] < 0.5, 1.0 - p[:, li["good"]])
+        if "break" in li:
+            sel = (y[:, li["good"]] > 0.5) | (y[:, li["break"]] > 0.5)
+            out["break_auroc"] = auroc(y[sel, li["break"]], p[sel, li["break"]])
+    return out
+
+
+def run_family(family: str, pools: dict, work: Path, *, epochs: int, size: int, filters: int, arch: str,
+               batch: int, lr: float | None, seed: int = 0) -> dict:
+    """Train without ``family``, test on it (resumable) → result dict (also ``work/<family>/result.json``)."""
+    from .split import write_seed_csv
+    from .train import train
+
+    d = work / family
+    res_path = d / "result.json"
+    if res_path.is_file():
+        return json.loads(res_path.read_text())
+    d.mkdir(parents=True, exist_ok=True)
+    tr = family_subset(pools["train"][0], pools["train"][1], lambda f: f != family)
+    va = family_subset(pools["valid"][0], pools["valid"][1], lambda f: f != family)
+    te = family_subset(pools["test"][0], pools["test"][1], lambda f: f == family)
+    for name, ds in (("train", tr), ("valid", va), ("test", te)):
+        write_seed_csv(d / f"{name}.csv", ds)
+    t0 = time.monotonic()
+    model_path = d / "model.keras"
+    hist = train(str(d / "train.csv"), str(d / "valid.csv"), model_path, arch=arch, epochs=epochs, size=size,
+                 filters=filters, batch=batch, lr=lr, resume=True, seed=seed, verbose=2)
+    result = {"family": family, "train_count": len(tr), "valid_count": len(va), "epochs_run": hist.epochs_run,
+              "seconds": round(time.monotonic() - t0), **_score_keras(model_path, va, te, size)}
+    res_path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _score_keras(model_path: Path, labelled, test, size: int) -> dict:
+    """Thresholds calibrated on ``labelled`` (validation images), scores on ``test``."""
+    from .data import ImageCache, batches
+    from .evaluate import calibrate_thresholds
+    from .models import load_keras
+
+    model, meta = load_keras(model_path)
+    labels = tuple(meta["labels"])
+
+    def predict(ds) -> np.ndarray:
+        cache = ImageCache(ds, size, size)
+        return np.concatenate([np.asarray(model(x, training=False)) for x, _ in batches(ds, size, size, 64, cache)])
+
+    thr = calibrate_thresholds(labelled.targets, predict(labelled), labels)
+    return {"thresholds": thr, **attribute_scores(test.targets, predict(test), labels, thr)}
+
+
+def finetune_curve(family: str, work: Path, counts: Sequence[int], *, size: int, filters: int, arch: str,
+                   batch: int, freeze: int = 1) -> list[dict]:
+    """Fine-tune the model that never saw ``family`` on N of its images vs from scratch on the same N."""
+    import math
+
+    from .data import load_dataset
+    from .split import write_seed_csv
+    from .synth import write_dataset
+    from .train import train
+
+    base = work / family / "model.keras"
+    if not base.is_file():
+        raise DataError(f"{base}: run the leave-out of {family} first")
+    pool = work / f"pool-finetune-{family}"
+    need = max(counts) + FT_TEST
+    if not ((pool / "data.csv").is_file() and len(load_dataset(pool / "data.csv", check_images=False)) == need):
+        write_dataset(pool, need, POOL_SEEDS["finetune"], families=[family], progress=sys.stderr.isatty())
+    ds = load_dataset(pool / "data.csv")
+    test = ds.subset(range(max(counts), need))
+    out = []
+    for n in counts:
+        labelled = ds.subset(range(n))
+        d = work / family / f"finetune-{n}"
+        d.mkdir(parents=True, exist_ok=True)
+        res_path = d / "result.json"
+        if res_path.is_file():
+            out.append(json.loads(res_path.read_text()))
+            continue
+        write_seed_csv(d / "labelled.csv", labelled)
+        epochs = max(1, math.ceil(FT_STEPS / math.ceil(n / batch)))
+        row: dict = {"family": family, "labelled": n, "epochs": epochs, "test_count": len(test)}
+        for mode in ("init", "scratch"):
+            t0 = time.monotonic()
+            kw = {"init": str(base), "freeze": freeze} if mode == "init" else {"arch": arch, "filters": filters}
+            train(str(d / "labelled.csv"), str(d / "labelled.csv"), d / f"{mode}.keras", epochs=epochs, size=size,
+                  batch=batch, resume=True, patience=epochs, verbose=0, **kw)
+            row[mode] = {**_score_keras(d / f"{mode}.keras", labelled, test, size),
+                         "seconds": round(time.monotonic() - t0)}
+        row["zero_shot"] = _score_keras(base, labelled, test, size)
+        res_path.write_text(json.dumps(row, indent=1) + "\n")
+        out.append(row)
+    return out
+
+
+def finetune_table(rows: list[dict], labels: Sequence[str]) -> str:
+    """Markdown: per labelled count, zero-shot / fine-tuned / from scratch (mean accuracy, AUROCs)."""
+    lines = ["| family | labelled | model | " + " | ".join(f"{lab} acc" for lab in labels)
+             + " | defect-vs-normal AUROC | broken-vs-normal AUROC |", "|" + "---|" * (5 + len(labels))]
+    for r in rows:
+        for mode, name in (("zero_shot", "never saw it (no training)"), ("init", "train --init (fine-tuned)"),
+                           ("scratch", "from scratch")):
+            m = r[mode]
+            lines.append(f"| {r['family']} | {r['labelled']} | {name} | "
+                         + " | ".join(f"{m['accuracy'][lab]:.1f}" for lab in labels)
+                         + f" | {m['defect_auroc']:.3f} | {m['break_auroc']:.3f} |")
+    return "\n".join(lines)
+
+
+def table(results: list[dict], labels: Sequence[str]) -> str:
+    """Markdown: one row per held-out family (accuracy % per attribute, AUROCs), then the mean."""
+    head = "| held-out family | n | " + " | ".join(f"{lab} acc" for lab in labels) + \
+        " | " + " | ".join(f"{lab} AUROC" for lab in labels) + " | defect-vs-normal AUROC | broken-vs-normal AUROC |"
+    rows = [head, "|" + "---|" * (4 + 2 * len(labels))]
+
+    def fmt(v, pct=False):
+        return "–" if v is None else (f"{v:.1f}" if pct else f"{v:.3f}")
+
+    for r in results:
+        rows.append(f"| {r['family']} | {r['count']} | " + " | ".join(fmt(r["accuracy"][lab], True) for lab in labels)
+                    + " | " + " | ".join(fmt(r["auroc"][lab]) for lab in labels)
+                    + f" | {fmt(r.get('defect_auroc'))} | {fmt(r.get('break_auroc'))} |")
+
+    def mean(vals):
+        vals = [v for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else None
+
+    rows.append("| **mean** | " + str(sum(r["count"] for r in results)) + " | "
+                + " | ".join(fmt(mean([r["accuracy"][lab] for r in results]), True) for lab in labels) + " | "
+                + " | ".join(fmt(mean([r["auroc"][lab] for r in results])) for lab in labels)
+                + f" | {fmt(mean([r.get('defect_auroc') for r in results]))}"
+                + f" | {fmt(mean([r.get('break_auroc') for r in results]))} |")
+    return "\n".join(rows)
+
+
+def leave_out(work: str | Path, families: Sequence[str] | None = None, train_count: int = 3000,
+              valid_count: int = 600, test_count: int = 1400, epochs: int = 8, size: int = 128, filters: int = 8,
+              arch: str = "resnet-int8-gap", batch: int = 16, lr: float | None = None,
+              finetune_families: Sequence[str] = (), finetune_counts: Sequence[int] = (50, 200)) -> dict:
+    """Build the pools (once), run every family (resumable) → ``{"results": [...], "table": str}``."""
+    from .data import load_dataset
+    from .synth import FAMILIES, write_dataset
+
+    work = Path(work)
+    chosen = list(families or FAMILIES)
+    unknown = [f for f in [*chosen, *finetune_families] if f not in FAMILIES]
+    if unknown:
+        raise DataError(f"--families: unknown {', '.join(unknown)} (choose from {', '.join(FAMILIES)})")
+    pools = {}
+    for key, count in (("train", train_count), ("valid", valid_count), ("test", test_count)):
+        folder = work / f"pool-{key}"
+        if not ((folder / "data.csv").is_file() and (folder / "meta.csv").is_file()
+                and len(load_dataset(folder / "data.csv", check_images=False)) == count):
+            print(f"leave-out: synth {key} pool: {count} images (seed {POOL_SEEDS[key]})", file=sys.stderr)
+            write_dataset(folder, count, POOL_SEEDS[key], progress=sys.stderr.isatty())
+        pools[key] = (load_dataset(folder / "data.csv"), read_families(folder))
+    results = []
+    for fam in chosen:
+        print(f"leave-out: {fam} (train on the others, test on {fam})", file=sys.stderr)
+        results.append(run_family(fam, pools, work, epochs=epochs, size=size, filters=filters, arch=arch,
+                                  batch=batch, lr=lr))
+    labels = tuple(results[0]["accuracy"]) if results else ()
+    summary = {"settings": {"train_count": train_count, "valid_count": valid_count, "test_count": test_count,
+                            "epochs": epochs, "size": size, "filters": filters, "arch": arch, "batch": batch},
+               "results": results, "table": table(results, labels)}
+    curve: list[dict] = []
+    for fam in finetune_families:
+        if fam not in chosen:
+            raise DataError(f"--finetune-families: {fam} is not among --families")
+        print(f"leave-out: fine-tuning curve on {fam} ({', '.join(map(str, finetune_counts))} labelled)",
+              file=sys.stderr)
+        curve += finetune_curve(fam, work, finetune_counts, size=size, filters=filters, arch=arch, batch=batch)
+    if curve:
+        summary["finetune"] = curve
+        summary["finetune_table"] = finetune_table(curve, labels)
+    (work / "leave-out.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("leave-out", help="train without each fabric family, test on it (generalisation benchmark)",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="build/leave-out", metavar="DIR", help="pools, models, results (resumable)")
+    p.add_argument("--families", help="comma-separated families to hold out in turn (default: all)")
+    p.add_argument("--train-count", type=int, default=3000)
+    p.add_argument("--valid-count", type=int, default=600)
+    p.add_argument("--test-count", type=int, default=1400)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--filters", type=int, default=8)
+    p.add_argument("--arch", default="resnet-int8-gap")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--finetune-families", default="", metavar="F[,F]",
+                   help="also measure fine-tuning on these held-out families (see --finetune-counts)")
+    p.add_argument("--finetune-counts", default="50,200", metavar="N[,N]", help="labelled images (default 50,200)")
+    p.add_argument("--json", metavar="FILE", help="also write the summary here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    fams = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
+    try:
+        counts = [int(c) for c in args.finetune_counts.split(",") if c.strip()]
+    except ValueError:
+        raise DataError(f"--finetune-counts {args.finetune_counts!r}: expected numbers like 50,200") from None
+    if any(c < 2 for c in counts):
+        raise DataError(f"--finetune-counts {args.finetune_counts!r}: each count must be at least 2")
+    ft = [f.strip() for f in args.finetune_families.split(",") if f.strip()]
+    s = leave_out(args.work, fams, args.train_count, args.valid_count, args.test_count, args.epochs, args.size,
+                  args.filters, args.arch, args.batch, args.lr, finetune_families=ft, finetune_counts=counts)
+    if args.json:
+        Path(args.json).write_text(json.dumps(s, indent=1) + "\n")
+    print(f"## Leave-one-family-out ({s['settings']})\n\n{s['table']}")
+    if "finetune_table" in s:
+        print(f"\n## Fine-tuning on a family the model never saw\n\n{s['finetune_table']}")
+    return 0

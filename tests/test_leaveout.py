@@ -1,0 +1,63 @@
+"""convert leave-out: each family is held out of training and validation, and is all of its test set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from convert.data import load_dataset
+from convert.leaveout import attribute_scores, read_families
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_attribute_scores_defect_and_break_auroc():
+    labels = ("good", "error", "break", "length")
+    y = np.array([[1, 0, 0, 1], [1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 1, 0], [0, 1, 1, 1]], np.float32)
+    p = np.array([[.9, .1, .1, .8], [.6, .2, .3, .3], [.4, .7, .2, .9], [.7, .1, .8, .2], [.1, .9, .6, .7]])
+    s = attribute_scores(y, p, labels, {lab: 0.5 for lab in labels})
+    # defect = not good, score 1 - p(good): defects .6 .3 .9 vs normals .1 .4 → 5 of 6 pairs ranked right
+    assert abs(s["defect_auroc"] - 5 / 6) < 1e-12
+    # broken vs normal: rows 0, 1 (normal) and 3, 4 (break); p(break) .1 .3 vs .8 .6 → perfect
+    assert s["break_auroc"] == 1.0
+    assert s["accuracy"]["good"] == 80.0 and s["count"] == 5
+
+
+def test_leave_out_cli_holds_each_family_out(tmp_path):
+    work = tmp_path / "lo"
+    cmd = [sys.executable, "-m", "convert", "leave-out", "--work", str(work), "--families", "knit,felt",
+           "--train-count", "48", "--valid-count", "24", "--test-count", "40", "--epochs", "1", "--size", "32",
+           "--filters", "2", "--batch", "16", "--json", str(tmp_path / "lo.json")]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((tmp_path / "lo.json").read_text())
+    fams = {
+        key: read_families(work / f"pool-{key}") for key in ("train", "valid", "test")
+    }
+    for r in summary["results"]:
+        fam = r["family"]
+        d = work / fam
+        train_fams = {fams["train"][path] for path in load_dataset(d / "train.csv").paths}
+        valid_fams = {fams["valid"][path] for path in load_dataset(d / "valid.csv").paths}
+        test_fams = {fams["test"][path] for path in load_dataset(d / "test.csv").paths}
+        assert fam not in train_fams | valid_fams and test_fams == {fam}
+        assert r["train_count"] == sum(f != fam for f in fams["train"].values())
+        assert r["count"] == sum(f == fam for f in fams["test"].values())
+        assert set(r["accuracy"]) == {"good", "error", "break", "length"}
+    assert [r["family"] for r in summary["results"]] == ["knit", "felt"]
+    assert "| knit |" in p.stdout and "| **mean** |" in p.stdout
+    # resumable: a second run reuses every finished family (no new training)
+    stamp = (work / "knit" / "result.json").stat().st_mtime_ns
+    p2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p2.returncode == 0 and (work / "knit" / "result.json").stat().st_mtime_ns == stamp
+    assert "Epoch" not in p2.stderr + p2.stdout
+
+
+def test_leave_out_unknown_family_is_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "convert", "leave-out", "--work", str(tmp_path), "--families",
+                        "tweed"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "unknown tweed" in p.stderr and "Traceback" not in p.stderr
