@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -229,7 +230,8 @@ def leave_out(work: str | Path, families: Sequence[str] | None = None, train_cou
         if not ((folder / "data.csv").is_file() and (folder / "meta.csv").is_file()
                 and len(load_dataset(folder / "data.csv", check_images=False)) == count):
             print(f"leave-out: synth {key} pool: {count} images (seed {POOL_SEEDS[key]})", file=sys.stderr)
-            write_dataset(folder, count, POOL_SEEDS[key], progress=sys.stderr.isatty())
+            write_dataset(folder, count, POOL_SEEDS[key], workers=os.cpu_count() or 1,
+                          progress=sys.stderr.isatty())
         pools[key] = (load_dataset(folder / "data.csv"), read_families(folder))
     results = []
     for fam in chosen:

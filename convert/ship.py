@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -62,7 +63,7 @@ def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count
             continue
         shutil.rmtree(d, ignore_errors=True)
         print(f"ship: synth {key}: {count} images (seed {seed})", file=sys.stderr)
-        write_dataset(d, count, seed)
+        write_dataset(d, count, seed, workers=os.cpu_count() or 1, progress=sys.stderr.isatty())
     t_synth = time.monotonic() - t0
     model = work / "model.keras"
     cmds.append(_cmd("python -m convert train --train", work / "train/data.csv", "--valid", work / "valid/data.csv",
