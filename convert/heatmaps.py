@@ -250,13 +250,27 @@ def make_heatmaps(model: str | Path, data: Sequence[str], out: str | Path, metho
     """Do the work of the command; returns a small summary (counts, files, method, layer)."""
     from convert.data import read_image
 
+    outdir = Path(out)
+    if outdir.exists() and not outdir.is_dir():  # before the (slow) model load
+        raise DataError(f"--out {outdir}: exists and is not a folder; choose a folder for the heatmaps")
     src = open_source(model, method, layer, threads)
     for lab in labels or ():
         if lab not in src.labels:
             raise ModelError(f"--labels: {lab!r} is not one of the model's labels {list(src.labels)}")
     items = collect_items(data, limit)
-    outdir = Path(out)
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"--out {outdir}: cannot create the folder ({e.strerror or e})") from None
+    try:
+        return _write_all(src, items, outdir, labels, raw, sheet_rows, progress, read_image)
+    except OSError as e:  # a read-only or full folder: one line naming the file, not a traceback
+        raise DataError(f"{e.filename or outdir}: cannot write ({e.strerror or e})") from None
+
+
+def _write_all(src: HeatmapSource, items: list[Item], outdir: Path, labels: Sequence[str] | None, raw: bool,
+               sheet_rows: int, progress: bool, read_image: Callable[[str], np.ndarray]) -> dict[str, Any]:
+    """The writing half of :func:`make_heatmaps`, apart so that its OSErrors become one line."""
     rows, n_raw, records = [], 0, []
     it = tqdm(items, desc=f"heatmaps ({src.method})", unit="img", disable=not progress)
     for item in it:
@@ -270,7 +284,9 @@ def make_heatmaps(model: str | Path, data: Sequence[str], out: str | Path, metho
             raise DataError(f"{outdir / (item.stem + '.overlay.png')}: cannot write image")
         if raw:
             for lab, hm in hms.items():
-                np.save(outdir / f"{item.stem}.{lab}.npy", np.asarray(hm.cam, np.float32))
+                path = outdir / f"{item.stem}.{lab}.npy"
+                with open(path, "wb") as f:  # np.save on a path: an OSError without the file name
+                    np.save(f, np.asarray(hm.cam, np.float32))
                 n_raw += 1
         for lab, hm in hms.items():
             records.append((item.stem, Path(item.path).name, lab, f"{hm.score:.6f}", f"{hm.peak:.6g}",

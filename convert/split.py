@@ -10,6 +10,7 @@ files are in the seed's format (pandas ``to_csv`` with its index: ``,name,good,e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 from dataclasses import dataclass
@@ -70,18 +71,29 @@ def write_seed_csv(path: Path, ds: Dataset) -> None:
 
 
 def split(folders: Sequence[str | Path], out: str | Path, seed: int = 0) -> SplitResult:
+    """Merge, shuffle and write the three CSVs; an unusable ``out`` is one DataError line."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():  # before reading (and checking every image of) the data
+        raise DataError(f"--out {out}: exists and is not a folder; choose a folder for train/valid/test.csv")
     csvs = find_data_csvs(folders)
     ds = merge([read_csv(c) for c in csvs], ", ".join(str(f) for f in folders))
     sizes = split_sizes(len(ds))
     order = np.random.default_rng(seed).permutation(len(ds))
     parts = {"test": order[:sizes["test"]], "valid": order[sizes["test"]:sizes["test"] + sizes["valid"]],
              "train": order[sizes["test"] + sizes["valid"]:]}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
     files = {}
     for key in ("train", "valid", "test"):
         files[key] = out / f"{key}.csv"
-        write_seed_csv(files[key], ds.subset(sorted(parts[key].tolist())))
+        try:
+            write_seed_csv(files[key], ds.subset(sorted(parts[key].tolist())))
+        except OSError as e:  # read-only or full: say which file, leave no half-written .tmp behind
+            with contextlib.suppress(OSError):
+                files[key].with_name(files[key].name + ".tmp").unlink(missing_ok=True)
+            raise DataError(f"{files[key]}: cannot write ({e.strerror or e})") from None
     return SplitResult(files, {k: len(v) for k, v in parts.items()}, tuple(str(c) for c in csvs))
 
 

@@ -87,6 +87,14 @@ def check_explainer(cfg: Config, bundle: Any) -> None:
         raise ModelError(f"{config_line(cfg, 'heatmaps', 'method')}: {cfg.heatmaps.method!r}: the bundle "
                          f"{bundle.root} has no {', '.join(missing)} (export it with the explainer, or set "
                          "heatmaps.enabled: false)")
+    if cfg.heatmaps.method == "litert":  # a garbage head.npz: one line now, not a traceback per alert
+        from .gradcam import load_head
+
+        try:
+            load_head(bundle.path(gc.get("head") or "head"), len(bundle.labels))
+        except ModelError as e:
+            where = config_line(cfg, "model", "bundle")
+            raise ModelError(f"{where}: {e} (or set heatmaps.enabled: false)") from None
 
 
 def open_source(cfg: Config, model_size: tuple[int, int]) -> Any:

@@ -75,18 +75,66 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 # ----------------------------------------------------------------------------- head math
 
 
-def load_head(path: str | Path) -> dict[str, Any]:
-    """Read ``head.npz`` → ``{"spec": dict, <array name>: ndarray, ...}`` (no pickle)."""
+_MAX_FEATURE_CELLS = 1 << 24  # a feature map larger than this is not a head's input but garbage
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:200]
+
+
+def load_head(path: str | Path, n_outputs: int | None = None) -> dict[str, Any]:
+    """Read and check ``head.npz`` → ``{"spec": dict, <array name>: ndarray, ...}`` (no pickle).
+
+    The head is run once, on a zero feature map, forwards and backwards: a garbage or mismatched
+    file is one ``ModelError`` line naming it at load (the daemon's start-up), never a traceback
+    per heatmap later. ``n_outputs`` (the bundle's label count) is checked when given.
+    """
     try:
         with np.load(str(path), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         spec = json.loads(str(arrays.pop("spec")))
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"{path}: not a valid Grad-CAM head file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - np.load raises OSError, ValueError, EOFError, BadZipFile, ...
+        raise ModelError(f"{path}: not a valid Grad-CAM head file ({_first_line(e)})") from None
+    if not isinstance(spec, dict):
+        raise ModelError(f"{path}: not a valid Grad-CAM head file (spec is not an object)")
     if spec.get("format") != HEAD_FORMAT:
         raise ModelError(f"{path}: head format {spec.get('format')!r} is not supported "
                          f"(expected {HEAD_FORMAT})")
-    return {"spec": spec, **arrays}
+    head = {"spec": spec, **arrays}
+    _check_head(path, head, n_outputs)
+    return head
+
+
+def _check_head(path: str | Path, head: dict[str, Any], n_outputs: int | None) -> None:
+    spec = head["spec"]
+    try:
+        n = int(spec["n_outputs"])
+        shape = tuple(int(v) for v in spec["feature_shape"])
+        steps = spec["steps"]
+        ok = (n > 0 and len(shape) == 3 and min(shape) > 0 and int(np.prod(shape)) <= _MAX_FEATURE_CELLS
+              and isinstance(steps, list) and all(isinstance(st, dict) for st in steps))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ModelError(f"{path}: not a valid Grad-CAM head file (spec needs n_outputs, feature_shape "
+                         "[h, w, c] and a list of steps)")
+    if n_outputs is not None and n != n_outputs:
+        raise ModelError(f"{path}: the head has {n} outputs but the manifest lists {n_outputs} labels")
+    try:
+        feats = np.zeros(shape, np.float32)
+        with np.errstate(all="ignore"):
+            logits, inputs = head_forward(feats, head)
+            grads = [head_gradient(feats, head, k, inputs) for k in range(n)]
+        usable = logits.shape == (n,) and np.isfinite(logits).all() and all(
+            g.shape == shape and np.isfinite(g).all() for g in grads)
+        why = "non-finite or misshapen outputs"
+    except ModelError as e:
+        usable, why = False, str(e)
+    except Exception as e:  # noqa: BLE001 - missing arrays, wrong shapes: whatever numpy raises
+        usable, why = False, _first_line(e)
+    if not usable:
+        raise ModelError(f"{path}: not a usable Grad-CAM head ({why}); re-export the bundle")
 
 
 def _windows(n: int, k: int, s: int) -> int:
@@ -546,13 +594,10 @@ class Explainer:
                              f"({gc.get('litert') or 'not exported'}); use heatmaps method tf")
         self._tf = None
         self.layer = str(gc.get("layer", "?"))
-        self.head = load_head(self.bundle.path(gc.get("head", "head")))
+        self.head = load_head(self.bundle.path(gc.get("head", "head")), len(self.labels))
         epath = self.bundle.path(gc.get("explainer", "explainer"))
         self.interpreter, self.runtime = open_interpreter(str(epath), threads)
         n = int(self.head["spec"]["n_outputs"])
-        if n != len(self.labels):
-            raise ModelError(f"{self.bundle.root}: head has {n} outputs but the manifest lists "
-                             f"{len(self.labels)} labels")
         inp = self.interpreter.get_input_details()
         if len(inp) != 1 or inp[0]["dtype"] != np.float32:
             raise ModelError(f"{epath}: expected one float32 input")

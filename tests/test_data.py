@@ -142,6 +142,46 @@ def test_bad_csvs_are_one_line_errors(tmp_path):
     _one_line_error(_cli("split", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o5")), "nothing")
 
 
+def test_split_unusable_out_is_one_line(tmp_path):
+    """Issue 12 #13: ``--out`` that is a file, under a file, or read-only used to end in a traceback."""
+    import os
+    import shutil
+
+    _pandas_csv(tmp_path / "d", 12)
+    data = str(tmp_path / "d")
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    _one_line_error(_cli("split", "--data", data, "--out", str(afile)), str(afile), "not a folder")
+    assert afile.read_text() == "keep me"
+    _one_line_error(_cli("split", "--data", data, "--out", str(afile / "sub")), str(afile / "sub"),
+                    "cannot create")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:  # file permissions are enough for a normal user
+        ro.chmod(0o500)
+        try:
+            _one_line_error(_cli("split", "--data", data, "--out", str(ro)), str(ro / "train.csv"),
+                            "cannot write")
+            _one_line_error(_cli("split", "--data", data, "--out", str(ro / "new")), str(ro / "new"),
+                            "cannot create")
+        finally:
+            ro.chmod(0o700)
+        assert list(ro.iterdir()) == []
+        return
+    # root ignores permissions: a real read-only file system
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)]
+    if shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a read-only tmpfs is not permitted here")
+    try:
+        _one_line_error(_cli("split", "--data", data, "--out", str(ro)), str(ro / "train.csv"),
+                        "cannot write", "Read-only file system")
+        _one_line_error(_cli("split", "--data", data, "--out", str(ro / "new")), str(ro / "new"),
+                        "cannot create")
+        assert list(ro.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
 def test_unreadable_image_is_a_data_error(tmp_path):
     path = _pandas_csv(tmp_path / "v", 3)
     (tmp_path / "v" / "f_001.png").write_bytes(b"not a png")
