@@ -249,8 +249,9 @@ def _not_a_bundle(folder: Path) -> str | None:
         return f"{MANIFEST} was not written by seam-qc export"
     ours = {MANIFEST, MANIFEST + ".tmp"}
     for entry in manifest["files"].values():  # export writes every file at the top of the bundle
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and len(Path(entry["path"]).parts) == 1:
-            ours.add(entry["path"])
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        if isinstance(rel, str) and len(Path(rel).parts) == 1:
+            ours.add(rel)
     foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours or p.is_symlink())
     if foreign:
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
@@ -268,7 +269,8 @@ def check_out(out: Path, force: bool) -> bool:
     if not out.exists():
         return False
     if not out.is_dir():
-        raise ModelError(f"--out {out}: exists and is not a folder; choose another --out (nothing was changed)")
+        raise ModelError(f"--out {out}: exists and is not a folder; choose another --out "
+                         "(nothing was changed)")
     if not any(out.iterdir()):
         return False  # an empty folder: nothing to lose
     if not force:
@@ -298,7 +300,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _replace(tmp: Path, out: Path, force: bool) -> None:
-    """Put the verified bundle ``tmp`` at ``out``; an old bundle ends up in ``tmp`` (deleted by the caller)."""
+    """Put the verified bundle ``tmp`` at ``out``; a replaced bundle ends up in ``tmp`` (to be deleted)."""
     if not check_out(out, force):  # nothing (or an empty folder) there: one rename
         os.replace(tmp, out)
         return

@@ -51,10 +51,12 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from .errors import SeamQCError
 from .statelock import StateLock, StateLockedError, lock_dir
 
 log = logging.getLogger("seamqc.heatmaps")
-LOCK_HINT = "two daemons must not share one heatmaps.dir (each would delete the other's heatmaps): give each its own"
+LOCK_HINT = ("two daemons must not share one heatmaps.dir (each would delete the other's heatmaps): "
+             "give each its own")
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 SUFFIXES = (".png", ".overlay.jpg", ".jet.jpg", ".json")
@@ -291,6 +293,7 @@ class HeatmapWorker(threading.Thread):
         except ValueError:
             self.dropped += 1
             return None
+        caught_up = self.q.empty()
         try:
             self.q.put_nowait(HeatmapJob(event_id, frame, ts, tuple(labels), dict(scores), image))
         except queue.Full:
@@ -300,7 +303,8 @@ class HeatmapWorker(threading.Thread):
                 log.warning("heatmaps: worker is behind (queue of %d full): heatmaps are dropped and "
                             "counted; alerts are not", self.q.maxsize)
             return None
-        self._full_logged = False
+        if caught_up:  # one line per backlog: a job slipping in while still behind does not end it
+            self._full_logged = False
         return str(paths["overlay"])
 
     # ---- the worker thread
@@ -348,6 +352,9 @@ class HeatmapWorker(threading.Thread):
                 self.writable = False
                 self._discard(job.event_id)
                 self._fail(f"cannot write to {self.root} ({e.strerror or e})")
+            except SeamQCError as e:  # the bundle's Grad-CAM files (checked at start): one line, no traceback
+                self.dropped += 1
+                self._fail(str(e))
             except Exception as e:  # noqa: BLE001 - a bad frame must not kill the worker
                 self.dropped += 1
                 log.exception("heatmaps: %s failed: %s", safe_name(job.event_id), e)
@@ -388,7 +395,8 @@ class HeatmapWorker(threading.Thread):
         nbytes += _write_image(paths["overlay"], ov, [cv2.IMWRITE_JPEG_QUALITY, 90])
         nbytes += _write_image(paths["jet"], jet, [cv2.IMWRITE_JPEG_QUALITY, 90])
         side = {
-            "kind": SIDECAR_KIND, "event_id": job.event_id, "frame": job.frame, "ts": job.ts, "labels": list(job.labels),
+            "kind": SIDECAR_KIND,
+            "event_id": job.event_id, "frame": job.frame, "ts": job.ts, "labels": list(job.labels),
             "scores": job.scores,
             "peaks": {lab: float(getattr(h, "peak", 0.0)) for lab, h in maps.items()},
             "jet_label": best,

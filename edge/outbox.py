@@ -112,8 +112,8 @@ class Outbox:
             kind = ("a character device" if stat.S_ISCHR(st.st_mode) else "a block device"
                     if stat.S_ISBLK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
                     "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-            raise OutboxError(f"outbox {self.path}: is {kind}, not a database file; left untouched: set outbox "
-                              "to a file path of its own")
+            raise OutboxError(f"outbox {self.path}: is {kind}, not a database file; left untouched: "
+                              "set outbox to a file path of its own")
         if st.st_size == 0:
             return True  # an empty file (e.g. made with `install -m 0600 /dev/null`): SQLite initialises it
         try:
@@ -122,8 +122,8 @@ class Outbox:
         except OSError as e:
             raise OutboxError(f"outbox {self.path}: cannot read: {e.strerror or e}") from e
         if head != SQLITE_HEADER:
-            raise OutboxError(f"outbox {self.path}: not a database (no SQLite header); left untouched: move it "
-                              "aside or set outbox to another path")
+            raise OutboxError(f"outbox {self.path}: not a database (no SQLite header); left untouched: "
+                              "move it aside or set outbox to another path")
         return True
 
     def _create(self) -> None:
@@ -131,7 +131,7 @@ class Outbox:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except FileExistsError:
-            # created meanwhile: not ours, checked like any other; or a link to nowhere, which SQLite would follow
+            # created meanwhile: not ours, checked like any other; or a dangling link (SQLite would follow it)
             if not self._validate():
                 raise OutboxError(f"outbox {self.path}: is a symbolic link to a missing file; set outbox to "
                                   "the real path") from None
@@ -155,9 +155,9 @@ class Outbox:
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if tables - _OWN_TABLES:
+                foreign = ", ".join(sorted(tables - _OWN_TABLES))
                 raise OutboxError(f"outbox {self.path}: a SQLite database of something else (tables: "
-                                  f"{', '.join(sorted(tables - _OWN_TABLES))}); left untouched: set outbox to a "
-                                  "file of its own")
+                                  f"{foreign}); left untouched: set outbox to a file of its own")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise OutboxError(f"outbox {self.path}: cannot enable WAL journal (got {mode!r}); "

@@ -129,8 +129,9 @@ def test_force_never_deletes_what_is_not_a_bundle(tiny_bundle, tiny_keras, tiny_
         out.symlink_to(tmp_path / "real")
         words = "symbolic link"
     before = _tree(tmp_path)
-    p = _cli("export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"), "--out", str(out),
-             "--force", "--int8", "dynamic", "--max-images", "16", "--min-int8-agreement", "0")
+    p = _cli("export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"),
+             "--out", str(out), "--force", "--int8", "dynamic", "--max-images", "16",
+             "--min-int8-agreement", "0")
     _one_line_error(p, str(out), words)
     assert "export:" not in p.stderr                      # refused before any conversion work
     assert _tree(tmp_path) == before

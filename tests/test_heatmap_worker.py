@@ -20,7 +20,8 @@ import pytest
 import numpy as np
 
 from edge.gradcam import Heatmap
-from edge.heatmaps import SIDECAR_KIND, SUFFIXES, HeatmapWorker, Retention, paths_for, safe_name, sidecar_files
+from edge.heatmaps import (SIDECAR_KIND, SUFFIXES, HeatmapWorker, Retention, paths_for, safe_name,
+                           sidecar_files)
 
 
 class BlobExplainer:

@@ -223,7 +223,7 @@ def test_use_after_close_is_an_error(tmp_path):
         ob.put("x", "t", "y")
 
 
-# --------------------------------------------------------------------------- nothing that is not ours (issue 12 #3)
+# ------------------------------------------------------------------- nothing that is not ours (issue 12 #3)
 
 
 def _snapshot(d: Path) -> dict[str, tuple[int, bytes | None]]:
@@ -321,7 +321,7 @@ def test_an_existing_outbox_keeps_the_mode_its_owner_gave_it(tmp_path):
         assert ob.depth() == 1
 
 
-# --------------------------------------------------------------------------- one outbox, one owner (issue 12 #12)
+# ------------------------------------------------------------------- one outbox, one owner (issue 12 #12)
 
 HOLDER = r"""
 import sys, time

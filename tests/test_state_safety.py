@@ -76,8 +76,8 @@ def test_two_daemons_never_share_an_outbox_or_a_heatmap_dir(tmp_path, tiny_bundl
                           heatmaps={"dir": str(shared_hm)}, camera={"loop": True, "realtime": True})
     cfg_b = daemon_config(tmp_path / "b", tiny_bundle, video, None, outbox=str(shared_outbox),
                           heatmaps={"dir": str(tmp_path / "b" / "hm")})
-    cfg_c = daemon_config(tmp_path / "c", tiny_bundle, video, None, outbox=str(tmp_path / "c" / "outbox.sqlite"),
-                          heatmaps={"dir": str(shared_hm)})
+    cfg_c = daemon_config(tmp_path / "c", tiny_bundle, video, None,
+                          outbox=str(tmp_path / "c" / "outbox.sqlite"), heatmaps={"dir": str(shared_hm)})
     a = start_daemon(cfg_a)
     try:
         wait_log(cfg_a, "running: station")
@@ -86,7 +86,8 @@ def test_two_daemons_never_share_an_outbox_or_a_heatmap_dir(tmp_path, tiny_bundl
             text = daemon_log(cfg)
             err = error_lines(text)
             assert rc == 78 and len(err) == 1 and "Traceback" not in text, text[-3000:]
-            assert what in err[0] and f"pid {a.pid}" in err[0] and "in use by another seam-qc daemon" in err[0], err
+            assert what in err[0] and f"pid {a.pid}" in err[0], err
+            assert "in use by another seam-qc daemon" in err[0], err
         assert a.poll() is None                                   # the first daemon runs on, undisturbed
     finally:
         a.send_signal(signal.SIGTERM)
