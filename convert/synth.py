@@ -9,7 +9,8 @@ and JPEG. Labels follow the seed (``good``, ``error``, ``break``, ``length``; ``
 Video (``--video FILE.mp4 --frames N``) is a 640×480 strip of the same seam world scrolling past
 the camera at sewing speed (``--stitches-per-min`` × base stitch length / 60 mm/s), with error and
 break defects and stretches of the other stitch length; ``FILE.truth.csv`` says when each is
-wholly inside the ROI ``[192, 112, 256, 256]``.
+wholly inside the ROI: the station's ``camera.roi`` (``--config``), ``--roi X,Y,W,H``, or by
+default ``[192, 112, 256, 256]``.
 
 Everything is numpy + OpenCV (no TensorFlow) and a pure function of ``--seed``: image i of a
 data set is drawn from its own generator ``SeedSequence([seed, i])``.
@@ -23,17 +24,21 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
 
-from convert.synth_render import Box, render_still
+from convert.synth_fabric import FAMILIES
+from convert.synth_render import BREAK_KINDS, DEFECT_LABEL, ERROR_KINDS, Box, render_still
+from convert.roi import add_roi_args, roi_from_args
 from edge.errors import DataError
 
 LABELS = ("good", "error", "break", "length")
 DEFAULT_SIZE = 256
-DEFAULT_PX_PER_MM = 12.5          # at 256 px: 2 mm = 25 px, view ≈ 20.5 mm
+DEFAULT_PX_PER_MM = 12.5          # at 256 px: 2 mm = 25 px, view ≈ 20.5 mm (--px-per-mm's old default)
+SCALE_RANGE = (4.0, 16.0)         # px/mm at 256 px drawn per still (log-uniform) = 2..8 px/mm at 128
+META_HEADER = ["name", "family", "px_per_mm", "thread_px", "contrast"]
 RENDER_MIN = 256                  # smaller data sets are rendered at 256 and area-downscaled
 DEFAULT_DEFECT_RATE = 0.6         # share of stills with ≥ 1 defect
 BOTH_SHARE = 0.2                  # of those, share with both an error and a break
@@ -59,8 +64,22 @@ class TruthRow:
 # --------------------------------------------------------------------------- stills API
 
 def default_px_per_mm(size: int) -> float:
-    """Default scale for an image size (the 256-px view is always ~20 mm of fabric)."""
+    """The old fixed scale for an image size (12.5 px/mm at 256; stills now draw it, see
+    ``SCALE_RANGE``, unless ``--px-per-mm`` pins it)."""
     return DEFAULT_PX_PER_MM * size / DEFAULT_SIZE
+
+
+def check_families(families: Sequence[str] | None, exclude: Sequence[str] | None = None,
+                   flag: str = "--families") -> tuple[str, ...] | None:
+    """The allowed families (None = all); an unknown name is a DataError naming it."""
+    for names, fl in ((families, flag), (exclude, "--exclude-families")):
+        bad = [f for f in (names or ()) if f not in FAMILIES]
+        if bad:
+            raise DataError(f"{fl}: unknown family {', '.join(bad)} (choose from {', '.join(FAMILIES)})")
+    chosen = [f for f in FAMILIES if (not families or f in families) and f not in (exclude or ())]
+    if not chosen:
+        raise DataError(f"{flag}: no fabric family left to draw from")
+    return None if len(chosen) == len(FAMILIES) else tuple(chosen)
 
 
 def draw_labels(rng: np.random.Generator, defect_rate: float = DEFAULT_DEFECT_RATE) -> dict[str, bool]:
@@ -80,17 +99,21 @@ def draw_labels(rng: np.random.Generator, defect_rate: float = DEFAULT_DEFECT_RA
 
 def render_image(rng: np.random.Generator, size: int = DEFAULT_SIZE, px_per_mm: float | None = None,
                  labels: dict[str, bool] | None = None,
-                 defect_rate: float = DEFAULT_DEFECT_RATE) -> tuple[np.ndarray, dict[str, bool], list[Box]]:
+                 defect_rate: float = DEFAULT_DEFECT_RATE, families: Sequence[str] | None = None,
+                 kinds: dict[str, str] | None = None, meta: dict | None = None
+                 ) -> tuple[np.ndarray, dict[str, bool], list[Box]]:
     """Render one labeled seam still.
 
     ``labels`` may force ``error``/``break``/``length`` (missing keys are drawn); ``good`` is
     always derived. Returns (uint8 BGR [size, size, 3], labels, boxes in image pixels).
     Sizes below 256 are rendered at 256 and area-downscaled, so tiny test sets keep
-    threads and defects visible.
+    threads and defects visible. The scale is drawn per image from ``SCALE_RANGE`` (× size/256)
+    unless ``px_per_mm`` pins it (then ±8 %). ``families`` restricts the fabric families,
+    ``kinds`` forces defect kinds (``{"error": "stain", "break": "missing"}``), ``meta`` (a
+    dict) receives family, px_per_mm (of the saved image), thread_px and contrast.
     """
     if size < 16:
         raise DataError(f"--size must be ≥ 16, got {size}")
-    ppm = float(px_per_mm) if px_per_mm else default_px_per_mm(size)
     drawn = draw_labels(rng, defect_rate)
     if labels:
         for k in ("error", "break", "length"):
@@ -99,8 +122,16 @@ def render_image(rng: np.random.Generator, size: int = DEFAULT_SIZE, px_per_mm: 
     drawn["good"] = not (drawn["error"] or drawn["break"])
     rsize = max(size, RENDER_MIN)
     f = rsize / size
-    jitter = rng.uniform(0.92, 1.08)             # scale jitter, modest: 2 vs 4 mm stays clear
-    img, boxes = render_still(rng, rsize, ppm * f * jitter, drawn["error"], drawn["break"], drawn["length"])
+    if px_per_mm:
+        ppm = float(px_per_mm) * rng.uniform(0.92, 1.08)
+    else:
+        lo, hi = SCALE_RANGE
+        ppm = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * size / DEFAULT_SIZE
+    m: dict = {}
+    img, boxes = render_still(rng, rsize, ppm * f, drawn["error"], drawn["break"], drawn["length"],
+                              families=families, kinds=kinds, meta=m)
+    if meta is not None:
+        meta.update(m, px_per_mm=ppm, thread_px=m["thread_px"] / f)
     if rsize != size:
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
         out = []
@@ -108,7 +139,7 @@ def render_image(rng: np.random.Generator, size: int = DEFAULT_SIZE, px_per_mm: 
             x0, y0 = int(np.floor(b.x / f)), int(np.floor(b.y / f))
             x1, y1 = int(np.ceil((b.x + b.w) / f)), int(np.ceil((b.y + b.h) / f))
             x0, y0, x1, y1 = max(0, x0), max(0, y0), min(size, x1), min(size, y1)
-            out.append(Box(b.label, x0, y0, x1 - x0, y1 - y0))
+            out.append(Box(b.label, x0, y0, x1 - x0, y1 - y0, b.kind))
         boxes = out
     return img, drawn, boxes
 
@@ -117,14 +148,15 @@ def _image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
 
 
-def _render_indexed(job: tuple[int, int, dict[str, Any]]) -> tuple[int, bytes, dict[str, bool], list[Box]]:
+def _render_indexed(job: tuple[int, int, dict[str, Any]]) -> tuple[int, bytes, dict[str, bool], list[Box], dict]:
     seed, i, opts = job
-    img, labels, boxes = render_image(_image_rng(seed, i), **opts)
+    meta: dict = {}
+    img, labels, boxes = render_image(_image_rng(seed, i), meta=meta, **opts)
     ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1,
                                           cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY])
     if not ok:   # pragma: no cover
         raise DataError("PNG encoding failed")
-    return i, buf.tobytes(), labels, boxes
+    return i, buf.tobytes(), labels, boxes, meta
 
 
 def _atomic_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
@@ -169,22 +201,27 @@ def _check_opts(count: int, size: int, px_per_mm: float | None, defect_rate: flo
 
 def write_dataset(out_dir: str | os.PathLike, count: int, seed: int = 0, *, size: int = DEFAULT_SIZE,
                   px_per_mm: float | None = None, defect_rate: float = DEFAULT_DEFECT_RATE,
-                  workers: int = 1, progress: bool = False, prefix: str = "synth_") -> Path:
-    """Write ``count`` labeled stills + ``data.csv`` (seed format) + ``boxes.csv``; → data.csv path.
+                  workers: int = 1, progress: bool = False, prefix: str = "synth_",
+                  families: Sequence[str] | None = None, exclude_families: Sequence[str] | None = None) -> Path:
+    """Write ``count`` labeled stills + ``data.csv`` (seed format) + ``boxes.csv`` + ``meta.csv``
+    (``name,family,px_per_mm,thread_px,contrast``, one row per image); → data.csv path.
 
-    Deterministic: the same (seed, count, options) give byte-identical files, whatever
-    ``workers`` is (each image has its own generator).
+    ``families`` / ``exclude_families`` restrict the fabric families (``FAMILIES``); each image
+    draws its family uniformly among those left. Deterministic: the same (seed, count,
+    options) give byte-identical files, whatever ``workers`` is (each image has its own generator).
     """
     _check_opts(count, size, px_per_mm, defect_rate)
+    fams = check_families(families, exclude_families)
     out = _prepare_dir(Path(out_dir))
-    opts = {"size": int(size), "px_per_mm": px_per_mm, "defect_rate": float(defect_rate)}
+    opts = {"size": int(size), "px_per_mm": px_per_mm, "defect_rate": float(defect_rate), "families": fams}
     jobs = [(int(seed), i, opts) for i in range(int(count))]
     width = max(6, len(str(count - 1)))
     data_rows: list[list[Any]] = []
     box_rows: list[list[Any]] = []
+    meta_rows: list[list[Any]] = []
 
     def consume(results):
-        for i, png, labels, boxes in results:
+        for i, png, labels, boxes, meta in results:
             name = f"{prefix}{i:0{width}d}.png"
             try:
                 (out / name).write_bytes(png)
@@ -193,6 +230,8 @@ def write_dataset(out_dir: str | os.PathLike, count: int, seed: int = 0, *, size
             data_rows.append([i, name] + [str(labels[k]) for k in LABELS])
             for b in boxes:
                 box_rows.append([name, b.label, b.x, b.y, b.w, b.h])
+            meta_rows.append([name, meta["family"], f"{meta['px_per_mm']:.3f}", f"{meta['thread_px']:.2f}",
+                              f"{meta['contrast']:.4f}"])
 
     bar = None
     if progress:
@@ -215,6 +254,7 @@ def write_dataset(out_dir: str | os.PathLike, count: int, seed: int = 0, *, size
         bar.close()
 
     _atomic_csv(out / "boxes.csv", ["name", "label", "x", "y", "w", "h"], box_rows)
+    _atomic_csv(out / "meta.csv", META_HEADER, meta_rows)
     data_csv = out / "data.csv"
     _atomic_csv(data_csv, ["", "name"] + list(LABELS), data_rows)
     return data_csv
@@ -237,10 +277,15 @@ def register(subparsers) -> None:
     g.add_argument("--count", type=int, help="number of images (required with --out)")
     g.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in px (default 256)")
     g.add_argument("--px-per-mm", type=float, default=None,
-                   help=f"pixel scale (default {DEFAULT_PX_PER_MM} x size/256: 2 mm = 25 px at 256)")
+                   help=f"pin the pixel scale (±8 %%; default: drawn per image, {SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g} "
+                        "x size/256, i.e. 2..8 px/mm at the model's 128 px)")
     g.add_argument("--defect-rate", type=float, default=DEFAULT_DEFECT_RATE,
                    help=f"share of images with at least one defect (default {DEFAULT_DEFECT_RATE}; "
                         f"{BOTH_SHARE * 100:.0f}%% of those show both an error and a break)")
+    p.add_argument("--families", default=None, metavar="F[,F]",
+                   help=f"only these fabric families ({', '.join(FAMILIES)}; default all, each equally likely)")
+    p.add_argument("--exclude-families", default=None, metavar="F[,F]",
+                   help="leave these fabric families out")
     g.add_argument("--workers", type=int, default=1,
                    help="processes (default 1; the output is byte-identical for any value)")
     v = p.add_argument_group("video")
@@ -260,30 +305,41 @@ def register(subparsers) -> None:
                         f"(default one per ~{STRETCH_EVERY_MM:g} mm, at least 1 if it fits)")
     v.add_argument("--stretch-mm", type=float, default=None,
                    help=f"length of each stretch in mm (default {DEFAULT_STRETCH_ROIS} ROI widths, min 1.5)")
+    add_roi_args(p, f"the view the truth is written for (--video only; default {list(ROI)})")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``python -m convert synth``."""
     import time
+    choice = roi_from_args(args)
+
+    def _names(v):
+        return [f.strip() for f in v.split(",") if f.strip()] if v else None
+    fams = check_families(_names(args.families), _names(args.exclude_families))
     if args.video is not None:
         if args.frames is None:
             raise DataError("--frames is required with --video")
+        choice.check_frame(FRAME_W, FRAME_H, f"--video {args.video}")
+        roi = choice.roi if choice.roi is not None or not choice.given else (0, 0, FRAME_W, FRAME_H)
         t0 = time.perf_counter()
         rows = write_video(args.video, args.frames, args.seed, fps=args.fps,
                            stitches_per_min=args.stitches_per_min, base_length_mm=args.base_length,
                            defects=args.defects, defect_every_mm=args.defect_every_mm,
                            length_stretches=args.length_stretches, stretch_mm=args.stretch_mm,
-                           progress=True)
+                           progress=True, roi=roi, families=fams)
         dt = time.perf_counter() - t0
         print(f"wrote {args.video} ({args.frames} frames, {args.frames / dt:.0f} frames/s) and "
-              f"{truth_path(args.video)} ({len(rows)} defects)")
+              f"{truth_path(args.video)} ({len(rows)} defects, for ROI {list(roi or ROI)})")
         return 0
+    if choice.given:
+        raise DataError("--roi and --config apply to --video only (stills are the ROI's view already)")
     if args.count is None:
         raise DataError("--count is required with --out")
     t0 = time.perf_counter()
     path = write_dataset(args.out, args.count, args.seed, size=args.size, px_per_mm=args.px_per_mm,
-                         defect_rate=args.defect_rate, workers=max(1, args.workers), progress=True)
+                         defect_rate=args.defect_rate, workers=max(1, args.workers), progress=True,
+                         families=fams)
     dt = time.perf_counter() - t0
     print(f"wrote {args.count} images to {args.out} ({args.count / dt:.0f} images/s), {path}")
     return 0
@@ -308,7 +364,7 @@ CHUNK_PAD = 64
 
 def _check_video_opts(frames: int, fps: float, spm: float, base: float, defects: int | None,
                       every: float | None, stretches: int | None, stretch_mm: float | None,
-                      px_per_mm: float) -> None:
+                      px_per_mm: float, roi: tuple[int, int, int, int] = ROI) -> None:
     if int(frames) <= 0:
         raise DataError(f"--frames must be ≥ 1, got {frames}")
     if not (1.0 <= float(fps) <= 240.0):
@@ -323,16 +379,16 @@ def _check_video_opts(frames: int, fps: float, spm: float, base: float, defects:
         raise DataError(f"--defect-every-mm must be > 0, got {every}")
     if stretches is not None and int(stretches) < 0:
         raise DataError(f"--length-stretches must be ≥ 0, got {stretches}")
-    if stretch_mm is not None and float(stretch_mm) * px_per_mm < 1.5 * ROI[2]:
-        raise DataError(f"--stretch-mm must be ≥ {1.5 * ROI[2] / px_per_mm:.1f} (1.5 ROI widths), "
+    if stretch_mm is not None and float(stretch_mm) * px_per_mm < 1.5 * roi[2]:
+        raise DataError(f"--stretch-mm must be ≥ {1.5 * roi[2] / px_per_mm:.1f} (1.5 ROI widths), "
                         f"got {stretch_mm}")
     if not (4.0 <= float(px_per_mm) <= 50.0):
         raise DataError(f"px_per_mm must be in 4..50 for video, got {px_per_mm}")
 
 
-def _inside_frames(x0: float, x1: float, offs: np.ndarray) -> np.ndarray:
+def _inside_frames(x0: float, x1: float, offs: np.ndarray, roi: tuple[int, int, int, int] = ROI) -> np.ndarray:
     """Frames whose integer box [floor(x0-off), ceil(x1-off)) lies wholly in the ROI columns."""
-    rx0, rx1 = ROI[0], ROI[0] + ROI[2]
+    rx0, rx1 = roi[0], roi[0] + roi[2]
     return np.nonzero((np.floor(x0 - offs) >= rx0) & (np.ceil(x1 - offs) <= rx1))[0]
 
 
@@ -347,7 +403,7 @@ class _StripCache:
         # x extents of every path, so a chunk only looks at the few that can reach it
         self._ext = {k: (np.array([p[:, 0].min() for p in getattr(scene, k)] or [0.0]),
                          np.array([p[:, 0].max() for p in getattr(scene, k)] or [-1.0]))
-                     for k in ("flat", "raised", "lint")}
+                     for k in ("flat", "raised", "lint", "bobbin")}
 
     def _sub_scene(self, x0: float, x1: float):
         from dataclasses import replace
@@ -381,7 +437,9 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
                 stitches_per_min: float | None = None, base_length_mm: float = 2.0,
                 defects: int | None = None, defect_every_mm: float | None = None,
                 length_stretches: int | None = None, stretch_mm: float | None = None,
-                px_per_mm: float = DEFAULT_PX_PER_MM, progress: bool = False) -> list[TruthRow]:
+                px_per_mm: float = DEFAULT_PX_PER_MM, progress: bool = False,
+                roi: tuple[int, int, int, int] | None = None,
+                families: Sequence[str] | None = None) -> list[TruthRow]:
     """Write a 640×480 ``mp4v`` video of a seam strip scrolling past the camera + truth CSV.
 
     The strip moves right-to-left at ``stitches_per_min × base_length_mm / 60`` mm/s (default
@@ -395,15 +453,20 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
     each ``stretch_mm`` long (default 2.5 ROI widths), are truth rows with label ``length``:
     "inside" means the stretch covers the whole ROI, and their box is the ROI columns × the
     seam band at the middle frame.
+    ``roi`` (x, y, w, h; default ``ROI``) is the daemon's ``camera.roi``: the view the truth is
+    for. It must lie inside the frame, be ≥ 166 px wide (a defect wholly inside it) and cover
+    the seam's rows (y 194..286).
     Returns the truth rows (also written to ``FILE.truth.csv``), sorted by first frame.
     """
-    from convert.synth_render import (Scene, add_lint, add_stitches, break_span, camera, make_break,
-                                      make_error, random_camera, random_scene_style, stitch_holes)
+    from convert.synth_render import (VIDEO_ERROR_KINDS, Scene, add_lint, add_stitches, break_span, camera,
+                                      make_break, make_error, merge_defect, random_camera, random_scene_style,
+                                      stitch_holes)
     from convert.synth_fabric import tile_bank
 
     spm = DEFAULT_STITCHES_PER_MIN if stitches_per_min is None else float(stitches_per_min)
+    roi = _video_roi(roi)
     _check_video_opts(frames, fps, spm, base_length_mm, defects, defect_every_mm, length_stretches,
-                      stretch_mm, px_per_mm)
+                      stretch_mm, px_per_mm, roi)
     path = Path(path)
     if path.exists() and path.is_dir():
         raise DataError(f"--video {path}: is a directory")
@@ -417,13 +480,13 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
     S = float(px_per_mm)
     frames = int(frames)
     v = spm * base_length_mm / 60.0 * S / fps            # px per frame
-    if v > (ROI[2] - MAX_DEFECT_W) / 2:
+    if v > (roi[2] - MAX_DEFECT_W) / 2:
         raise DataError(f"--stitches-per-min {spm:g}: too fast for {fps:g} fps (the seam moves {v:.0f} px "
                         f"per frame; defects would be wholly inside the ROI for < 2 frames)")
     offs = np.arange(frames) * v                          # strip column at the frame's left edge
     travel = float(offs[-1])
     other_mm = 4.0 if base_length_mm == 2.0 else 2.0
-    rx0, ry0, rw, rh = ROI
+    rx0, ry0, rw, rh = roi
 
     # ---- layout along the strip: defect centres first, then length stretches
     lo = rx0 + rw + MAX_DEFECT_W / 2 + 8                 # right of the ROI at frame 0
@@ -481,7 +544,7 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
             stretches.append((best, best + Ls))
 
     # ---- the seam world
-    scene = random_scene_style(srng, S)
+    scene = random_scene_style(srng, S, check_families(families))
     yc = FRAME_H / 2 + srng.uniform(-20, 20)
     amp1, lam1, ph1 = srng.uniform(4, 14), srng.uniform(80, 200) * S, srng.uniform(0, 6.3)
     amp2, lam2, ph2 = srng.uniform(0, 4), srng.uniform(20, 50) * S, srng.uniform(0, 6.3)
@@ -513,17 +576,20 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
         pm = pitch_px(holes[k, 0]) / S
         for _try in range(40):
             side = 1.0 if drng.random() < 0.5 else -1.0
-            trial = Scene(S=S, look=scene.look, thread_bgr=scene.thread_bgr, thread_w=scene.thread_w)
+            trial = Scene(S=S, look=scene.look, thread_bgr=scene.thread_bgr, thread_w=scene.thread_w,
+                          hole_r=scene.hole_r, light=scene.light)
             if label == "error":
-                ks, d = make_error(trial, drng, holes, k, side)
+                ks, d = make_error(trial, drng, holes, k, side,
+                                   VIDEO_ERROR_KINDS[int(drng.integers(0, len(VIDEO_ERROR_KINDS)))])
             else:
                 ks, d = make_break(trial, drng, holes, k, break_span(drng, pm), side)
             x0, y0, x1, y1 = d.box
             if x1 - x0 <= MAX_DEFECT_W and y0 >= ry0 + 8 and y1 <= ry0 + rh - 8:
                 break
-        else:  # pragma: no cover - geometry always fits within 40 tries
-            raise RuntimeError("could not place a video defect")
-        scene.raised.extend(trial.raised)
+        else:  # the ROI's rows leave too little room around the seam
+            raise DataError(f"ROI {list(roi)}: cannot place a {label} defect wholly inside its rows "
+                            f"{ry0 + 8}..{ry0 + rh - 8}; use a taller ROI around the seam (y 194..286)")
+        merge_defect(scene, trial)
         skip |= ks
         events.append((label, d.box))
     add_stitches(scene, srng, holes, skip)
@@ -531,7 +597,7 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
     # ---- truth
     truth: list[tuple[int, str, int, int, int, int, int, int]] = []
     for label, (x0, y0, x1, y1) in events:
-        ins = _inside_frames(x0, x1, offs)
+        ins = _inside_frames(x0, x1, offs, roi)
         if len(ins) == 0:   # pragma: no cover - layout guarantees it
             continue
         f0, f1 = int(ins[0]), int(ins[-1])
@@ -601,6 +667,27 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
     _atomic_csv(truth_path(path), ["defect_id", "label", "first_frame", "last_frame", "x", "y", "w", "h"],
                 [[r.defect_id, r.label, r.first_frame, r.last_frame, r.x, r.y, r.w, r.h] for r in rows])
     return rows
+
+
+SEAM_ROWS = (194, 286)               # rows the seam (with margin) can take in a video frame
+MIN_ROI_W = MAX_DEFECT_W + 16
+
+
+def _video_roi(roi) -> tuple[int, int, int, int]:
+    """The video's ROI (default ``ROI``), checked: inside the frame, wide and tall enough for truth."""
+    if roi is None:
+        return ROI
+    x, y, w, h = (int(v) for v in roi)
+    where = f"ROI {[x, y, w, h]}"
+    if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > FRAME_W or y + h > FRAME_H:
+        raise DataError(f"{where}: must lie inside the {FRAME_W}x{FRAME_H} video frame")
+    if w < MIN_ROI_W:
+        raise DataError(f"{where}: {w} px wide; the video needs ≥ {MIN_ROI_W} so that a defect "
+                        f"(≤ {MAX_DEFECT_W} px) fits wholly inside it")
+    if y > SEAM_ROWS[0] or y + h < SEAM_ROWS[1]:
+        raise DataError(f"{where}: rows {y}..{y + h} miss the seam, which runs through rows "
+                        f"{SEAM_ROWS[0]}..{SEAM_ROWS[1]} of the video")
+    return x, y, w, h
 
 
 def _video_camera(cam, **changes):

@@ -24,7 +24,21 @@ import numpy as np
 #: px/mm the tiles are generated at (the default still-image scale: 2 mm = 25 px at 256 px).
 BASE_PX_PER_MM = 12.5
 
-KINDS = ("plain", "twill", "denim", "satin", "basket", "knit", "print", "jacquard")
+KINDS = ("plain", "basket", "linen", "canvas", "twill", "denim", "satin", "knit", "rib", "fleece",
+         "terry", "felt", "print", "jacquard", "check")
+
+#: Fabric families (public contract, see ``convert.synth.FAMILIES``) and the tile kinds in each.
+FAMILY_KINDS = {
+    "plain": ("plain", "basket", "linen", "canvas"),   # woven cotton, linen, basket, canvas
+    "twill": ("twill", "denim"),
+    "satin": ("satin",),
+    "knit": ("knit", "rib"),                           # single jersey and rib
+    "fleece": ("fleece", "terry"),                     # brushed pile and terry loops
+    "felt": ("felt",),                                 # non-woven
+    "print": ("print", "jacquard", "check"),           # prints, gingham, yarn-dyed checks, jacquard
+}
+FAMILIES = tuple(FAMILY_KINDS)
+FAMILY_OF = {k: f for f, ks in FAMILY_KINDS.items() for k in ks}
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,89 @@ def _knit(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return shade.astype(np.float32), np.zeros((h, w), np.float32)
 
 
+def _rib(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Rib knit (1x1 / 2x2): raised knit wales alternating with sunken purl columns."""
+    pw = int(rng.integers(7, 12))
+    k = int(rng.integers(1, 3))
+    pc = max(5, int(round(pw * rng.uniform(0.6, 0.8))))
+    h, w = _round_to(256, pc), _round_to(256, pw * 2 * k)
+    yy, xx = np.mgrid[0:h, 0:w]
+    col = xx // pw
+    raised = (col // k) % 2 == 0
+    fx, fy = (xx % pw + 0.5) / pw, (yy % pc + 0.5) / pc
+    cl, cr = 0.16 + 0.28 * fy, 0.84 - 0.28 * fy
+    loop = np.maximum(np.exp(-((fx - cl) / 0.18) ** 2), np.exp(-((fx - cr) / 0.18) ** 2))
+    prof = np.where(raised, 0.55 + 0.5 * loop, 0.35 + 0.2 * np.sin(np.pi * fy) * np.sin(np.pi * fx))
+    fuzz = periodic_noise(rng, h, w, 0.8, 0.8)
+    shade = 0.42 + 0.6 * prof + 0.03 * fuzz
+    return shade.astype(np.float32), np.zeros((h, w), np.float32)
+
+
+def _fleece(rng: np.random.Generator, terry: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Brushed fleece (soft fuzzy pile, low contrast) or terry (dense small loops)."""
+    n = 256
+    if terry:
+        img = np.zeros((n, n), np.float32)
+        pitch = rng.uniform(4.5, 7.0)
+        cnt = int((n / pitch) ** 2 * 1.3)
+        pts = rng.uniform(0, n, (cnt, 2))
+        for (x, y), r, a in zip(pts, rng.uniform(1.2, 2.6, cnt), rng.uniform(0, 180, cnt)):
+            for dx in (-n, 0, n):
+                for dy in (-n, 0, n):
+                    cx, cy = x + dx, y + dy
+                    if -6 < cx < n + 6 and -6 < cy < n + 6:
+                        cv2.ellipse(img, ((float(cx), float(cy)), (2 * r, 2 * r * 1.4), float(a)), 1.0, 1,
+                                    cv2.LINE_AA)
+        img = np.pad(img, 6, mode="wrap")
+        img = cv2.GaussianBlur(img, (0, 0), 0.6)[6:-6, 6:-6]
+        shade = 0.55 + 0.45 * np.clip(img, 0, 1) + 0.06 * periodic_noise(rng, n, n, 3, 3)
+    else:
+        fine = periodic_noise(rng, n, n, 1.2, 1.2)
+        mid = periodic_noise(rng, n, n, 3.5, 3.5)
+        tufts = periodic_noise(rng, n, n, 9, 9)
+        shade = 0.82 + 0.07 * fine + 0.07 * mid + 0.05 * tufts
+    return shade.astype(np.float32), np.zeros((n, n), np.float32)
+
+
+def _felt(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Non-woven felt: random short fibres over a mottled ground, no grid."""
+    n = 256
+    img = np.zeros((n + 32, n + 32), np.float32)
+    cnt = 2600
+    p = rng.uniform(0, n, (cnt, 2)) + 16
+    ang = rng.uniform(0, np.pi, cnt)
+    L = rng.uniform(3, 12, cnt)
+    q = p + np.stack([np.cos(ang), np.sin(ang)], 1) * L[:, None]
+    val = rng.uniform(0.3, 1.0, cnt)
+    for a, b, v in zip(p, q, val):
+        cv2.line(img, (int(a[0] * 16), int(a[1] * 16)), (int(b[0] * 16), int(b[1] * 16)), float(v), 1,
+                 cv2.LINE_AA, 4)
+    core = img[16:16 + n, 16:16 + n].copy()
+    # wrap the margins back in so the tile stays periodic
+    core[:16] += img[n + 16:n + 32, 16:16 + n]
+    core[-16:] += img[:16, 16:16 + n]
+    core[:, :16] += img[16:16 + n, n + 16:n + 32]
+    core[:, -16:] += img[16:16 + n, :16]
+    core = core / max(float(np.percentile(core, 99)), 1e-6)
+    mottle = periodic_noise(rng, n, n, 10, 10)
+    shade = 0.72 + 0.12 * np.clip(core, 0, 1.5) + 0.06 * mottle + 0.03 * periodic_noise(rng, n, n, 0.8, 0.8)
+    return shade.astype(np.float32), np.zeros((n, n), np.float32)
+
+
+def _check_mask(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Yarn-dyed check/plaid: bands of the second colour in both directions (0, 0.5, 1)."""
+    k = int(rng.integers(2, 6))
+    p = n // k
+    width = rng.uniform(0.15, 0.5) * p
+    x = np.arange(n) % p
+    band = (x < width).astype(np.float32)
+    if rng.random() < 0.5:   # plaid: a thin second stripe
+        off = int(p * rng.uniform(0.55, 0.8))
+        band = np.maximum(band, ((x >= off) & (x < off + max(2, p * 0.06))).astype(np.float32))
+    m = (band[None, :] + band[:, None]) / 2.0
+    return m.astype(np.float32)
+
+
 def _print_mask(rng: np.random.Generator, n: int, style: str) -> np.ndarray:
     """Periodic print/motif mask on an n×n grid (0..1), edges slightly soft."""
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
@@ -144,7 +241,7 @@ def tile_bank() -> tuple[Tile, ...]:
     """All tiles, built once per process from fixed seeds (~0.3 s)."""
     tiles: list[Tile] = []
     seq = np.random.SeedSequence(20240611)
-    rngs = iter(np.random.default_rng(s) for s in seq.spawn(64))
+    rngs = iter(np.random.default_rng(s) for s in seq.spawn(96))
 
     for pitch in (4, 5, 6, 8):
         s, m = _weave(next(rngs), pitch, "plain")
@@ -172,6 +269,28 @@ def tile_bank() -> tuple[Tile, ...]:
     for _ in range(3):
         s, m = _knit(next(rngs))
         tiles.append(Tile("knit", np.dstack([s, m]), False, 0.1))
+    for pitch in (5, 7):   # linen: coarse, strongly slubbed plain weave
+        r = next(rngs)
+        s, m = _weave(r, pitch, "plain", relief=0.4)
+        n = s.shape[0]
+        slub = periodic_noise(r, n, n, 2, 30) * 0.09 + periodic_noise(r, n, n, 30, 2) * 0.09
+        tiles.append(Tile("linen", np.dstack([s * (1 + slub), m * 0]), False, 0.1))
+    for pitch in (8, 10):  # canvas / duck: thick yarns
+        s, m = _weave(next(rngs), pitch, "plain", relief=0.55)
+        tiles.append(Tile("canvas", np.dstack([s, m * 0]), False, 0.05))
+    for _ in range(3):
+        s, m = _rib(next(rngs))
+        tiles.append(Tile("rib", np.dstack([s, m]), False, 0.1))
+    for terry in (False, False, True, True):
+        s, m = _fleece(next(rngs), terry)
+        tiles.append(Tile("terry" if terry else "fleece", np.dstack([s, m]), False, 0.02))
+    for _ in range(3):
+        s, m = _felt(next(rngs))
+        tiles.append(Tile("felt", np.dstack([s, m]), False, 0.02))
+    for tw in ("plain", "twill", "plain"):
+        r = next(rngs)
+        s, _ = _weave(r, 4, tw, relief=0.35)
+        tiles.append(Tile("check", np.dstack([s, _check_mask(r, s.shape[0])]), True, 0.1))
     for style in ("stripes", "dots", "gingham", "diamonds", "camo", "floral", "stripes", "dots"):
         r = next(rngs)
         s, _ = _weave(r, 4, "plain", relief=0.25)
@@ -224,24 +343,42 @@ def fabric_colours(rng: np.random.Generator, tile: Tile) -> tuple[np.ndarray, np
     return c0, c1
 
 
-def thread_colour(rng: np.random.Generator, refs: list[np.ndarray], close: bool) -> np.ndarray:
-    """A thread colour that is either contrasting or tone-on-tone, but never invisible.
+def contrast(thread: np.ndarray, refs: list[np.ndarray]) -> float:
+    """Thread/fabric contrast: the smallest Rec. 601 luma difference to any reference colour (0..1)."""
+    return float(min(abs(luma(thread) - luma(r)) for r in refs))
 
-    ``refs`` are the fabric colours the thread must stand out from (the mean colour, or both
-    colours of a print). Tone-on-tone threads keep the first colour's hue with a luma
-    difference ≥ 0.2 from every ref (plus the thread's own highlight and shadow); contrasting
-    ones differ by ≥ 0.3 in luma, or ≥ 0.15 in luma and ≥ 0.5 in a channel. So stitches, gaps
-    and defects stay visible to a human at 128×128.
+
+TONE_SHARE = 0.35      # threads dyed to match the fabric: only slightly lighter/darker or hue-shifted
+CLOSE_SHARE = 0.2      # tone-on-tone but clearly lighter/darker (luma difference 0.15..0.3)
+
+
+def thread_colour(rng: np.random.Generator, refs: list[np.ndarray], mode: str) -> np.ndarray:
+    """A thread colour against the fabric ``refs`` (the mean colour, or both colours of a print).
+
+    ``mode``: ``"tone"`` — matched to the fabric, differing only slightly in lightness (luma
+    difference 0.01..0.12) and hue, as on real garments where the stitches read by their relief
+    and shadows rather than their colour; ``"close"`` — same hue, luma difference 0.15..0.3;
+    ``"contrast"`` — a contrasting colour (≥ 0.3 in luma, or ≥ 0.15 in luma and ≥ 0.5 in a channel).
     """
     ls = [luma(r) for r in refs]
     lo, hi = min(ls), max(ls)
-    want = rng.uniform(0.2, 0.3)
-    if close and (hi + want <= 0.92 or lo - want >= 0.06):
+    h, s, v = colorsys.rgb_to_hsv(*refs[0][::-1])
+    if mode == "tone":
+        want = rng.uniform(0.01, 0.12)
+        lighter = (hi + want <= 0.95) and (lo - want < 0.03 or rng.random() < 0.5)
+        base = hsv_bgr(h + rng.uniform(-0.03, 0.03), s * rng.uniform(0.8, 1.2), v)
+        target = np.ones(3, np.float32) if lighter else np.zeros(3, np.float32)
+        for t in np.linspace(0.0, 1.0, 51):
+            cc = base * (1 - t) + target * t
+            if min(abs(luma(cc) - x) for x in ls) >= want:
+                return cc.astype(np.float32)
+        return base
+    want = rng.uniform(0.15, 0.3)
+    if mode == "close" and (hi + want <= 0.92 or lo - want >= 0.06):
         can_l, can_d = hi + want <= 0.92, lo - want >= 0.06
         lighter = can_l if not (can_l and can_d) else (lo < 0.3 or (hi <= 0.7 and bool(rng.random() < 0.5)))
-        h, s, v = colorsys.rgb_to_hsv(*refs[0][::-1])
         c = hsv_bgr(h + rng.uniform(-0.04, 0.04), s * rng.uniform(0.6, 1.1),
-                    v + (1 if lighter else -1) * rng.uniform(0.2, 0.4))
+                    v + (1 if lighter else -1) * rng.uniform(0.15, 0.4))
         target = np.ones(3, np.float32) if lighter else np.zeros(3, np.float32)
         for t in np.linspace(0.0, 1.0, 41):    # blend toward white/black until it shows
             cc = c * (1 - t) + target * t
@@ -281,18 +418,30 @@ class FabricLook:
     texture: float = 1.0  # relief contrast (1 = the tile's own)
 
 
-def random_look(rng: np.random.Generator, px_per_mm: float) -> FabricLook:
-    """Pick a tile, grain orientation, yarn-size jitter and colours."""
+def family_tiles(family: str) -> list[int]:
+    """Indices of the bank's tiles in a family."""
+    return [i for i, t in enumerate(tile_bank()) if FAMILY_OF[t.kind] == family]
+
+
+def random_look(rng: np.random.Generator, px_per_mm: float, families=None, seam_angle: float = 0.0
+                ) -> FabricLook:
+    """Pick a family (uniformly among ``families``, default all), then a look in it: kind, tile,
+    grain orientation (relative to the seam at ``seam_angle``), yarn-size jitter and colours."""
     bank = tile_bank()
-    idx = int(rng.integers(0, len(bank)))
+    fams = list(families) if families else list(FAMILIES)
+    fam = fams[int(rng.integers(0, len(fams)))]
+    kinds = FAMILY_KINDS[fam]
+    kind = kinds[int(rng.integers(0, len(kinds)))]
+    cand = [i for i, t in enumerate(bank) if t.kind == kind]
+    idx = cand[int(rng.integers(0, len(cand)))]
     tile = bank[idx]
     u = rng.random()
     base = 0.0 if u < 0.45 else (np.pi / 2 if u < 0.9 else np.pi / 4)
-    angle = base + rng.normal(0, 0.04)
-    scale = BASE_PX_PER_MM / px_per_mm / rng.uniform(0.8, 1.25)
+    angle = base + rng.normal(0, 0.04) + (seam_angle if rng.random() < 0.8 else rng.uniform(-0.3, 0.3))
+    scale = BASE_PX_PER_MM / px_per_mm / rng.uniform(0.75, 1.35)
     off = (float(rng.uniform(0, 4096)), float(rng.uniform(0, 4096)))
     c0, c1 = fabric_colours(rng, tile)
-    texture = rng.uniform(0.35, 1.0)
+    texture = rng.uniform(0.35, 1.1)
     return FabricLook(idx, float(angle), float(scale), off, c0, c1, float(texture))
 
 
@@ -325,7 +474,7 @@ def reference_colours(look: FabricLook) -> list[np.ndarray]:
     """Colours a thread must stand out from: the mean for fine two-tone weaves (denim reads
     as one colour at camera scale), each colour for prints and jacquards (large patches)."""
     tile = tile_bank()[look.tile_index]
-    if tile.kind in ("print", "jacquard"):
+    if tile.kind in ("print", "jacquard", "check"):
         s = _tile_mean(look.tile_index)
         return [look.c0 * s, look.c1 * s]
     return [mean_colour(look)]

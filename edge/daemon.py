@@ -80,21 +80,23 @@ def load_model(cfg: Config) -> tuple[Any, Any]:
 def check_explainer(cfg: Config, bundle: Any) -> None:
     """Heatmaps need the bundle's Grad-CAM files: say so at start, not at the first alert."""
     gc = bundle.gradcam
-    need = [gc.get("explainer") or "explainer", gc.get("head") or "head"] if cfg.heatmaps.method == "litert" \
-        else ["keras"]
+    if cfg.heatmaps.method != "litert":  # the Pi has no TensorFlow path (ARCHITECTURE.md §9)
+        raise ConfigError(f"{config_line(cfg, 'heatmaps', 'method')}: {cfg.heatmaps.method!r} is not "
+                          "available on the Pi (it needs TensorFlow, ~640 MB per daemon): use litert; "
+                          "python -m convert heatmaps --method tf explains on a workstation")
+    need = [gc.get("explainer") or "explainer", gc.get("head") or "head"]
     missing = [r for r in need if not bundle.has(r)] if gc else ["gradcam"]
     if missing:
         raise ModelError(f"{config_line(cfg, 'heatmaps', 'method')}: {cfg.heatmaps.method!r}: the bundle "
                          f"{bundle.root} has no {', '.join(missing)} (export it with the explainer, or set "
                          "heatmaps.enabled: false)")
-    if cfg.heatmaps.method == "litert":  # a garbage head.npz: one line now, not a traceback per alert
-        from .gradcam import load_head
+    from .gradcam import load_head  # a garbage head.npz: one line now, not a traceback per alert
 
-        try:
-            load_head(bundle.path(gc.get("head") or "head"), len(bundle.labels))
-        except ModelError as e:
-            where = config_line(cfg, "model", "bundle")
-            raise ModelError(f"{where}: {e} (or set heatmaps.enabled: false)") from None
+    try:
+        load_head(bundle.path(gc.get("head") or "head"), len(bundle.labels))
+    except ModelError as e:
+        where = config_line(cfg, "model", "bundle")
+        raise ModelError(f"{where}: {e} (or set heatmaps.enabled: false)") from None
 
 
 def open_source(cfg: Config, model_size: tuple[int, int]) -> Any:
@@ -181,18 +183,20 @@ class Daemon:
         if not hc.enabled:
             return
         check_explainer(self.cfg, self.bundle)
-        from . import gradcam
+        from . import gradcam, overlay
         from .heatmaps import HeatmapWorker
 
-        bundle, threads, method = self.bundle, hc.threads, hc.method
+        bundle, threads = self.bundle, hc.threads
+        # explain the flagged condition: a wrong length on a 2 mm line is the negated length logit
+        negate = gradcam.negated_labels(self.cfg.decision.expected_length)
 
         def factory() -> Any:
-            # built lazily in the worker thread: the TF path (method tf) imports TensorFlow only then
-            return gradcam.Explainer(bundle, threads=threads, method=method)
+            # built lazily in the worker thread, so that its LiteRT pool inherits the worker's nice
+            return gradcam.Explainer(bundle, threads=threads, negate=negate)
 
         self.heatmaps = HeatmapWorker(hc.dir, self.stop, max_mb=hc.max_mb, queue_size=hc.queue_size,
-                                      explainer_factory=factory, overlay_labels=gradcam.overlay_labels,
-                                      overlay_jet=gradcam.overlay_jet, labels_all=self.labels,
+                                      explainer_factory=factory, overlay_labels=overlay.overlay_labels,
+                                      overlay_jet=overlay.overlay_jet, labels_all=self.labels,
                                       labels_only_flagged=hc.labels_only_flagged)
         self.heatmaps.prepare_dir()
 

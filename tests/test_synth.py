@@ -93,8 +93,11 @@ def test_defect_changes_the_image_inside_its_box_only(seed):
         pad = 16                                    # shadows, blur, JPEG blocks
         outside = np.ones_like(diff, bool)
         outside[max(0, b.y - pad):b.y + b.h + pad, max(0, b.x - pad):b.x + b.w + pad] = False
-        assert inside.mean() > 8.0, (label, seed, inside.mean())
-        assert (inside > 25).mean() > 0.1, (label, seed)
+        # threads now range down to tone-on-tone (luma difference 0.01) and defects include
+        # subtle fabric kinds, so "visible" is: a clear local change, far above the outside's
+        # (was: mean > 8 and 10 % of the box > 25, which assumed contrasting threads only)
+        assert inside.max() > 10.0 and inside.mean() > 1.0, (label, seed, inside.max(), inside.mean())
+        assert inside.mean() > 5 * diff[outside].mean(), (label, seed)
         assert diff[outside].max() <= 6.0 and diff[outside].mean() < 0.2, (label, seed, diff[outside].max())
 
 
