@@ -7,7 +7,7 @@ file the explainer is exported to a temporary bundle first); ``--method tf`` (de
 
 Per image ``<stem>.overlay.png`` (each shown label tinted in its colour: error blue, break green,
 length red, other classes distinct colours; opacity scaled by the map's strength, see
-``edge.gradcam``), ``contact_sheet.png`` (rows of original / heatmap / overlay with file name,
+``edge.gradcam`` and ``edge.overlay``), ``contact_sheet.png`` (rows of original / heatmap / overlay with file name,
 scores and truth written on; ``contact_sheet_2.png`` … past ``--sheet-rows``), and
 ``heatmaps.csv`` (name, label, score, peak, shown). Shown labels: ``--labels`` when given,
 else the flagged ones (multilabel: score ≥ the bundle's threshold or 0.5, ``good`` left out;
@@ -29,7 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.errors import DataError, ModelError
-from edge.gradcam import Heatmap, PALETTE, LABEL_COLORS, overlay_jet, overlay_labels
+from edge.gradcam import Heatmap
+from edge.overlay import LABEL_COLORS, PALETTE, overlay_jet, overlay_labels
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 METHODS = ("tf", "litert")
@@ -195,11 +196,11 @@ def _text(img: np.ndarray, lines: Sequence[tuple[str, tuple[int, int, int]]], x:
 def combined_cam(heatmaps: Sequence[Heatmap], peak_ref: dict[str, float | None],
                  shape: tuple[int, int]) -> np.ndarray:
     """Pixelwise max of the shown labels' maps, each scaled by its strength (for the JET column)."""
-    from edge.gradcam import _strength
+    from edge.gradcam import strength
 
     out = np.zeros(shape, np.float32)
     for hm in heatmaps:
-        out = np.maximum(out, hm.cam * _strength(hm.peak, peak_ref.get(hm.label)))
+        out = np.maximum(out, hm.cam * strength(hm.peak, peak_ref.get(hm.label)))
     return out
 
 

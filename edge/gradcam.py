@@ -1,8 +1,8 @@
 """Grad-CAM on the Pi without TensorFlow: LiteRT for the features, numpy for the head's gradient.
 
 TensorFlow's GradientTape cannot be converted to a LiteRT-runnable model (AvgPoolGrad needs
-Flex ops, DESIGN §3), but the gradient of a class logit with respect to the Grad-CAM feature
-map only runs through the model's *head* (pooling → flatten → one Dense), which is small and
+Flex ops, ARCHITECTURE.md §3), but the gradient of a class logit with respect to the Grad-CAM
+feature map only runs through the model's *head* (pooling → flatten → one Dense), which is small and
 almost linear. So ``convert export`` ships a float "explainer" TFLite model that returns the
 predictions *and* the feature map in one forward pass, plus ``head.npz`` (written by
 ``convert.explainer``) describing the head; numpy then back-propagates the chosen class's
@@ -16,32 +16,35 @@ PRE-activation logit through the head in closed form:
 * BatchNormalization (inference) and ReLU/ReLU6 before the pooling: per-channel scale and the
   activation's mask, both computed from the float features.
 
-This is exactly what ``tf.GradientTape`` computes (``convert.gradcam_tf``); the two paths
-agree to ~1e-6 on the normalised maps (tests/test_gradcam.py asserts r ≥ 0.999, max |Δ| ≤ 1e-3).
+This is exactly what ``tf.GradientTape`` computes (``convert.gradcam_tf``, the workstation's
+full-TF path); the two agree to ~1e-6 on the normalised maps (tests/test_gradcam.py asserts
+r ≥ 0.999, max |Δ| ≤ 1e-3). There is no TensorFlow path on the Pi (ARCHITECTURE.md §9).
+
+What is explained: the *flagged condition*. For a defect label that is the label's logit. For
+``length`` it depends on ``decision.expected_length`` (``explained_sign``): the model's
+``length`` output is "2 mm stitches", so with ``expected_length: 2mm`` a wrong-length frame
+(4 mm) is explained with the NEGATED logit (evidence against 2 mm), with ``4mm`` with the logit.
 
 Cost: one float forward pass for *all* labels (the head gradients are a few µs each), so
-heatmaps for every flagged label of a frame cost about one forward pass (``measure_cost``).
+heatmaps for every flagged label of a frame cost about one forward pass (``make bench``).
 
 Weak maps: a heatmap is normalised to 0..1 by its own maximum, so a map whose raw maximum
 (``Heatmap.peak``, in logit units per feature cell) is tiny would look as hot as a strong one.
-Each Heatmap therefore carries ``strength = min(1, peak / peak_ref)`` and the overlays scale
-their opacity by it. ``peak_ref`` is the bundle's per-label reference
+Each Heatmap therefore carries ``strength = min(1, peak / peak_ref)`` and the overlays
+(``edge.overlay``) scale their opacity by it. ``peak_ref`` is the bundle's per-label reference
 (``manifest.gradcam.peak_ref``: the median peak over the calibration images the model flagged,
 written by ``convert.explainer.export_explainer(..., calibration=...)``) or, for bundles
 without it, the largest peak this ``Explainer`` has seen for that label so far (so the very
-first map of a label is drawn at full strength).
-
-``method="tf"`` runs the full-TF path (``KerasGradCAM``, GradientTape on the bundle's Keras
-model); TensorFlow is imported only then.
+first map of a label is drawn at full strength). A negated map is measured against the same
+label's reference: both are logit evidence per feature cell.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -50,26 +53,6 @@ from .errors import ModelError
 from .preprocess import preprocess
 
 HEAD_FORMAT = 1
-
-# BGR colours of the seed figures: error blue, break green, length red.
-LABEL_COLORS: dict[str, tuple[int, int, int]] = {
-    "error": (255, 0, 0),
-    "break": (0, 255, 0),
-    "length": (0, 0, 255),
-}
-# Distinct colours for other labels (multiclass models, "good"), in the models' label order.
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (0, 215, 255),   # gold
-    (255, 0, 255),   # magenta
-    (255, 255, 0),   # cyan
-    (0, 128, 255),   # orange
-    (180, 105, 255), # pink
-    (128, 0, 128),   # purple
-    (0, 255, 128),   # lime
-    (255, 128, 0),   # azure
-    (128, 128, 0),   # teal
-    (60, 20, 220),   # crimson
-)
 
 
 # ----------------------------------------------------------------------------- head math
@@ -348,182 +331,18 @@ class Heatmap:
     peak: float
     score: float
     strength: float = 1.0
+    sign: int = 1  # -1: the negated logit was explained (``explained_sign``)
 
 
-def label_color(label: str, index: int = 0) -> tuple[int, int, int]:
-    """BGR colour of a label: the seed's for error/break/length, else ``PALETTE[index]``."""
-    return LABEL_COLORS.get(label, PALETTE[index % len(PALETTE)])
-
-
-def _strength(peak: float, ref: float | None) -> float:
+def strength(peak: float, ref: float | None) -> float:
     """Opacity factor 0..1: ``peak / ref`` capped at 1 (1 when there is no usable reference)."""
     if ref is None or not np.isfinite(ref) or ref <= 0:
         return 1.0
     return float(np.clip(peak / ref, 0.0, 1.0)) if np.isfinite(peak) else 0.0
 
 
-def overlay_labels(
-    frame_bgr: np.ndarray,
-    heatmaps: Mapping[str, Heatmap] | Sequence[Heatmap],
-    peak_ref: Mapping[str, float | None] | None = None,
-    alpha: float = 0.6,
-    colors: Mapping[str, tuple[int, int, int]] | None = None,
-) -> np.ndarray:
-    """Tint the frame with each label's map in its colour (error blue, break green, length red).
-
-    Per pixel, a label's colour is blended in with opacity ``alpha * cam * strength``;
-    ``strength`` is ``min(1, peak / peak_ref[label])`` when ``peak_ref`` is given, else the
-    Heatmap's own ``strength`` (set by the Explainer): a weak map stays faint (module doc).
-    Labels other than error/break/length get distinct ``PALETTE`` colours in the given order.
-    """
-    hms = list(heatmaps.values()) if isinstance(heatmaps, Mapping) else list(heatmaps)
-    frame = frame_bgr if frame_bgr.ndim == 3 else cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
-    out = frame.astype(np.float32)
-    h, w = out.shape[:2]
-    others = 0
-    for hm in hms:
-        if colors and hm.label in colors:
-            color = colors[hm.label]
-        elif hm.label in LABEL_COLORS:
-            color = LABEL_COLORS[hm.label]
-        else:
-            color, others = PALETTE[others % len(PALETTE)], others + 1
-        cam = hm.cam if hm.cam.shape[:2] == (h, w) else resize_cam(hm.cam, h, w)
-        s = _strength(hm.peak, peak_ref.get(hm.label)) if peak_ref else float(hm.strength)
-        a = (alpha * s * np.clip(cam, 0.0, 1.0))[..., None]
-        out = out * (1.0 - a) + np.asarray(color, np.float32) * a
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-def overlay_jet(frame_bgr: np.ndarray, cam: np.ndarray | Heatmap, alpha: float = 0.5,
-                strength: float | None = None) -> np.ndarray:
-    """The classic Grad-CAM picture: JET colour map blended over the frame (``cv2.addWeighted``).
-
-    ``cam`` is a map or a ``Heatmap`` (whose ``strength`` is then used). ``strength`` (0..1)
-    scales the map's opacity so that a weak map does not look alarming.
-    """
-    if isinstance(cam, Heatmap):
-        strength = cam.strength if strength is None else strength
-        cam = cam.cam
-    h, w = frame_bgr.shape[:2]
-    c = cam if cam.shape[:2] == (h, w) else resize_cam(cam, h, w)
-    heat = cv2.applyColorMap(np.uint8(np.clip(np.nan_to_num(c), 0, 1) * 255 + 0.5), cv2.COLORMAP_JET)
-    a = float(np.clip(alpha * (1.0 if strength is None else strength), 0.0, 1.0))
-    frame = frame_bgr if frame_bgr.ndim == 3 else cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
-    return cv2.addWeighted(heat, a, frame, 1.0 - a, 0.0)
-
-
-# ----------------------------------------------------------------------------- full-TF backend
-
-
-def _logits_parts(model) -> tuple[Any, Any, Any]:
-    """(graph tensor, kernel, bias) with logits = tensor @ kernel + bias (or the tensor itself).
-
-    A final Dense with sigmoid/softmax → its input and weights; a final Activation/Softmax
-    layer → its input; anything else is taken as already linear.
-    """
-    if len(model.outputs) != 1:
-        raise ModelError(f"model {model.name!r} has {len(model.outputs)} outputs; Grad-CAM needs one")
-    hist = model.outputs[0]._keras_history
-    layer, node = hist.operation, hist.node_index
-    kind = type(layer).__name__
-    act = getattr(getattr(layer, "activation", None), "__name__", None)
-    nodes = getattr(layer, "_inbound_nodes", None) or []
-    inbound = nodes[node].input_tensors if len(nodes) > node else []
-    if kind == "Dense" and act in ("sigmoid", "softmax") and len(inbound) == 1:
-        return inbound[0], layer.kernel, (layer.bias if layer.use_bias else None)
-    if (kind == "Softmax" or (kind == "Activation" and act in ("sigmoid", "softmax"))) and len(inbound) == 1:
-        return inbound[0], None, None
-    return model.outputs[0], None, None
-
-
-class KerasGradCAM:
-    """The seeds' Grad-CAM with ``tf.GradientTape`` on a Keras model (TensorFlow loaded lazily).
-
-    Score = the class's PRE-activation logit. Only the head (feature map → logits) is put on
-    the tape: the convolutions are never differentiated (faster, and TF 2.21's oneDNN
-    Conv2DBackpropFilter crashes on 1×1 stride-2 convolutions). One forward pass serves all
-    classes (persistent tape). ``convert.gradcam_tf.TFGradCAM`` adds layer auto-detection.
-    """
-
-    def __init__(self, model, layer: str, labels: Sequence[str], height: int | None = None,
-                 width: int | None = None):
-        import keras
-
-        self.model = model
-        self.layer = layer
-        try:
-            feat = model.get_layer(layer)
-        except ValueError:
-            raise ModelError(f"model {model.name!r} has no layer {layer!r}") from None
-        if len(feat.output.shape) != 4:
-            raise ModelError(f"layer {layer!r} output {tuple(feat.output.shape)} is not a 4-D feature map")
-        pre, self._kernel, self._bias = _logits_parts(model)
-        self._feat_model = keras.Model(model.inputs[0], feat.output)
-        try:
-            self._head_model = keras.Model(feat.output, [pre, model.outputs[0]])
-            self._grad_model = None
-        except Exception:  # noqa: BLE001 - the head also reads earlier tensors: tape the whole model
-            self._head_model = None
-            self._grad_model = keras.Model(model.inputs[0], [feat.output, pre, model.outputs[0]])
-        n = int(model.outputs[0].shape[-1])
-        if len(labels) != n:
-            raise ModelError(f"{len(labels)} labels ({', '.join(labels)}) but the model has {n} outputs")
-        self.labels = tuple(labels)
-        shape = model.inputs[0].shape
-        self.height = int(height or shape[1])
-        self.width = int(width or shape[2])
-
-    def explain_array(self, x: np.ndarray, class_indices: Sequence[int]
-                      ) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, float]]]:
-        """Preprocessed ``x[H,W,3]`` → (scores[n], {class: (cam at feature resolution 0..1, raw peak)})."""
-        import tensorflow as tf
-
-        xb = tf.convert_to_tensor(np.asarray(x, np.float32)[None])
-        if self._head_model is not None:
-            feats = self._feat_model(xb, training=False)
-        with tf.GradientTape(persistent=True, watch_accessed_variables=self._head_model is None) as tape:
-            if self._head_model is not None:
-                tape.watch(feats)
-                pre, out = self._head_model(feats, training=False)
-            else:
-                feats, pre, out = self._grad_model(xb, training=False)
-            logits = pre
-            if self._kernel is not None:
-                logits = tf.matmul(pre, self._kernel)
-                if self._bias is not None:
-                    logits = logits + self._bias
-            scores = [logits[0, int(k)] for k in class_indices]
-        result = {}
-        for k, s in zip(class_indices, scores):
-            grads = tape.gradient(s, feats)
-            if grads is None:
-                grads = tf.zeros_like(feats)
-            weights = tf.reduce_mean(grads, axis=(1, 2))  # [1, c]
-            raw = tf.reduce_sum(feats * weights[:, None, None, :], axis=-1)[0]
-            cam = tf.nn.relu(raw)
-            peak = float(tf.reduce_max(cam))
-            scale = float(tf.reduce_max(tf.abs(raw)))
-            if not np.isfinite(peak) or peak <= 1e-6 * scale + 1e-12:  # same guard as gradcam_map
-                result[int(k)] = (np.zeros(tuple(raw.shape), np.float32), peak if np.isfinite(peak) else 0.0)
-            else:
-                result[int(k)] = ((cam / peak).numpy().astype(np.float32), peak)
-        del tape
-        return np.asarray(out[0], np.float32), result
-
-    def explain(self, frame_bgr: np.ndarray, labels: Sequence[str] | None = None,
-                peak_ref: Mapping[str, float | None] | None = None) -> dict[str, Heatmap]:
-        """Label → Heatmap at the frame's size (same contract as ``Explainer.explain``)."""
-        labels = list(self.labels if labels is None else labels)
-        idx = _indices(labels, self.labels)
-        scores, maps = self.explain_array(preprocess(frame_bgr, self.height, self.width), idx)
-        h, w = frame_bgr.shape[:2]
-        return {lab: Heatmap(lab, resize_cam(maps[k][0], h, w), maps[k][1], float(scores[k]),
-                             _strength(maps[k][1], (peak_ref or {}).get(lab)))
-                for lab, k in zip(labels, idx)}
-
-
-def _indices(labels: Sequence[str], known: Sequence[str]) -> list[int]:
+def label_indices(labels: Sequence[str], known: Sequence[str]) -> list[int]:
+    """Positions of ``labels`` in the model's ``known`` labels; an unknown one is a ``ModelError``."""
     out = []
     for lab in labels:
         if lab not in known:
@@ -532,56 +351,50 @@ def _indices(labels: Sequence[str], known: Sequence[str]) -> list[int]:
     return out
 
 
+def explained_sign(label: str, expected_length: str = "any") -> int:
+    """+1 to explain the label's logit, -1 its negation: the *flagged condition*, not the label.
+
+    The model's ``length`` output means "2 mm stitches". With ``expected_length: 2mm`` a
+    ``length`` alert is a 4 mm frame, so its evidence is the negated logit; the +logit map would
+    show evidence for the expected 2 mm (faint or empty). Everything else: +1.
+    """
+    return -1 if label == "length" and expected_length == "2mm" else 1
+
+
+def negated_labels(expected_length: str) -> frozenset[str]:
+    """The labels ``Explainer(negate=...)`` explains with the negated logit for this line."""
+    return frozenset(lab for lab in ("length",) if explained_sign(lab, expected_length) < 0)
+
+
 # ----------------------------------------------------------------------------- explainer
 
 
-def _resolve_bundle(bundle):
+def _resolve_bundle(bundle: Any) -> Any:
     from .bundle import Bundle, load_bundle
 
     return bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
 
 
 class Explainer:
-    """Grad-CAM for a bundle: ``explain(frame, labels) -> {label: Heatmap}``.
+    """Grad-CAM for a bundle (the Pi path): ``explain(frame, labels) -> {label: Heatmap}``.
 
-    ``method="litert"`` (default, the Pi path): loads the bundle's float ``explainer`` model
-    and ``head.npz`` once; ONE forward pass for all labels, a numpy head gradient per label.
-    ``method="tf"``: the full-TF path on the bundle's ``keras`` model (TensorFlow imported
-    here, only when configured). Not thread-safe: one Explainer per worker thread.
+    Loads the bundle's float ``explainer`` model and ``head.npz`` once; ONE forward pass for all
+    labels, a numpy head gradient per label. ``negate``: labels explained with their negated
+    logit (``negated_labels(expected_length)``; the daemon passes its line's). Not thread-safe:
+    one Explainer per worker thread.
     """
 
-    def __init__(self, bundle, threads: int = 2, method: str = "litert"):
+    def __init__(self, bundle: Any, threads: int = 2, negate: Collection[str] = ()) -> None:
         self.bundle = _resolve_bundle(bundle)
-        self.method = method
         gc = self.bundle.gradcam
         self.labels = tuple(self.bundle.labels)
+        self.negate = frozenset(negate)
         refs = gc.get("peak_ref")
         self.peak_ref: dict[str, float | None] = (
             {lab: (None if r is None else float(r)) for lab, r in zip(self.labels, refs)} if refs else {}
         )
         self._calibrated = bool(refs)
-        if method == "tf":
-            self._init_tf(gc)
-        elif method == "litert":
-            self._init_litert(gc, threads)
-        else:
-            raise ModelError(f"heatmap method {method!r}: choose litert or tf")
-
-    def _init_tf(self, gc: Mapping[str, Any]) -> None:
-        import keras
-
-        path = self.bundle.path("keras")
-        try:
-            model = keras.models.load_model(str(path), compile=False)
-        except Exception as e:  # noqa: BLE001 - one line for the user
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ModelError(f"{path}: cannot load the Keras model ({msg})") from None
-        layer = gc.get("layer")
-        if not layer:
-            raise ModelError(f"{self.bundle.root}: manifest gradcam.layer is missing (needed for method tf)")
-        self.layer = str(layer)
-        self.runtime = "tensorflow"
-        self._tf = KerasGradCAM(model, self.layer, self.labels, self.bundle.height, self.bundle.width)
+        self._init_litert(gc, threads)
 
     def _init_litert(self, gc: Mapping[str, Any], threads: int) -> None:
         from .classify import open_interpreter
@@ -591,8 +404,8 @@ class Explainer:
                              f"(bundle without explainer)")
         if not gc.get("explainer") or not gc.get("head"):
             raise ModelError(f"{self.bundle.root}: this bundle has no LiteRT Grad-CAM explainer "
-                             f"({gc.get('litert') or 'not exported'}); use heatmaps method tf")
-        self._tf = None
+                             f"({gc.get('litert') or 'not exported'}); explain it on a workstation with "
+                             "python -m convert heatmaps --method tf, or set heatmaps.enabled: false")
         self.layer = str(gc.get("layer", "?"))
         self.head = load_head(self.bundle.path(gc.get("head", "head")), len(self.labels))
         epath = self.bundle.path(gc.get("explainer", "explainer"))
@@ -628,65 +441,23 @@ class Explainer:
     def explain(self, frame_bgr: np.ndarray, labels: Sequence[str] | None = None) -> dict[str, Heatmap]:
         """Heatmaps for ``labels`` (default: all) at the frame's resolution."""
         labels = list(self.labels if labels is None else labels)
-        if self._tf is not None:
-            out = self._tf.explain(frame_bgr, labels, self.peak_ref)
-        else:
-            idx = _indices(labels, self.labels)
-            pred, feat = self.forward(frame_bgr)
-            inputs = None
-            h, w = frame_bgr.shape[:2]
-            out = {}
-            for lab, k in zip(labels, idx):
-                if self._weights[k] is not None:
-                    cam, peak = cam_from_weights(feat, self._weights[k])
-                else:
-                    if inputs is None:
-                        _, inputs = head_forward(feat, self.head)
-                    cam, peak = gradcam_map(feat, head_gradient(feat, self.head, k, inputs))
-                out[lab] = Heatmap(lab, resize_cam(cam, h, w), peak, float(pred[k]),
-                                   _strength(peak, self.peak_ref.get(lab)))
+        idx = label_indices(labels, self.labels)
+        pred, feat = self.forward(frame_bgr)
+        inputs = None
+        h, w = frame_bgr.shape[:2]
+        out = {}
+        for lab, k in zip(labels, idx):
+            sign = -1 if lab in self.negate else 1
+            if self._weights[k] is not None:
+                cam, peak = cam_from_weights(feat, sign * self._weights[k])
+            else:
+                if inputs is None:
+                    _, inputs = head_forward(feat, self.head)
+                cam, peak = gradcam_map(feat, sign * head_gradient(feat, self.head, k, inputs))
+            out[lab] = Heatmap(lab, resize_cam(cam, h, w), peak, float(pred[k]),
+                               strength(peak, self.peak_ref.get(lab)), sign)
         if not self._calibrated:  # no bundle reference: the strongest map seen so far per label
             for lab, hm in out.items():
                 if np.isfinite(hm.peak) and hm.peak > (self.peak_ref.get(lab) or 0.0):
                     self.peak_ref[lab] = hm.peak
         return out
-
-    def overlay(self, frame_bgr: np.ndarray, heatmaps: Mapping[str, Heatmap],
-                alpha: float = 0.6) -> np.ndarray:
-        """``overlay_labels`` with the heatmaps' strengths."""
-        return overlay_labels(frame_bgr, heatmaps, None, alpha)
-
-
-def measure_cost(bundle, frame_bgr: np.ndarray, labels: Sequence[str] | None = None, threads: int = 2,
-                 repeats: int = 20, method: str = "litert") -> dict[str, float]:
-    """Median ms of ``Explainer.explain`` (all ``labels``) vs one ``classifier_fp32`` forward pass.
-
-    For ``make bench`` (``heatmap_ms``): returns ``{"explain_ms", "forward_ms", "ratio"}``;
-    both include preprocessing. ``threads`` is used for both interpreters.
-    """
-    from .classify import open_interpreter
-
-    b = _resolve_bundle(bundle)
-    ex = Explainer(b, threads=threads, method=method)
-    role = "classifier_fp32" if b.has("classifier_fp32") else b.classifier_role
-    interp, _ = open_interpreter(str(b.path(role)), threads)
-    i_in = interp.get_input_details()[0]["index"]
-    i_out = interp.get_output_details()[0]["index"]
-
-    def fwd():
-        interp.set_tensor(i_in, preprocess(frame_bgr, b.height, b.width)[None])
-        interp.invoke()
-        return interp.get_tensor(i_out)
-
-    def med(fn) -> float:
-        fn()  # warm-up
-        ts = []
-        for _ in range(max(1, repeats)):
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
-        return float(np.median(ts))
-
-    f_ms = med(fwd)
-    e_ms = med(lambda: ex.explain(frame_bgr, labels))
-    return {"explain_ms": e_ms, "forward_ms": f_ms, "ratio": e_ms / f_ms if f_ms > 0 else float("inf")}

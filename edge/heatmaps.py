@@ -400,6 +400,8 @@ class HeatmapWorker(threading.Thread):
             "scores": job.scores,
             "peaks": {lab: float(getattr(h, "peak", 0.0)) for lab, h in maps.items()},
             "jet_label": best,
+            # what each map explains: "-length" is the negated logit (a 4 mm frame on a 2 mm line)
+            "explained": {lab: ("-" if getattr(h, "sign", 1) < 0 else "") + lab for lab, h in maps.items()},
             "files": {k: p.name for k, p in paths.items() if k != "sidecar"},
         }
         nbytes += _write_bytes(paths["sidecar"], (json.dumps(side, indent=1) + "\n").encode())

@@ -228,12 +228,14 @@ def test_agreement_seed_cnn_mlp_head(tmp_path):
 
 def test_agreement_tiny_bundle(tiny_bundle):
     """The pipeline's trained tiny model: LiteRT+numpy vs TF on its bundle, every label."""
+    from convert.gradcam_tf import TFGradCAM
     from edge.bundle import load_bundle
     from edge.gradcam import Explainer
 
     b = load_bundle(tiny_bundle)
     assert b.gradcam.get("layer") and b.has("explainer") and b.has("head") and b.has("keras")
-    lite, tf_ = Explainer(b, method="litert"), Explainer(b, method="tf")
+    lite = Explainer(b)
+    tf_ = TFGradCAM(b.path("keras"), labels=b.labels, layer=b.gradcam["layer"], height=b.height, width=b.width)
     assert lite.layer == tf_.layer
     for img in sample_frames(3, seed=9):
         assert_agree(lite.explain(img), tf_.explain(img))
@@ -296,7 +298,8 @@ def test_head_gradient_matches_finite_differences(steps):
 
 
 def test_gradcam_map_flat_and_degenerate_never_divide_by_zero():
-    from edge.gradcam import gradcam_map, overlay_jet, overlay_labels, Heatmap, resize_cam
+    from edge.gradcam import Heatmap, gradcam_map, resize_cam
+    from edge.overlay import overlay_jet, overlay_labels
 
     f = np.random.default_rng(0).uniform(0, 1, (4, 4, 3)).astype(np.float32)
     with np.errstate(all="raise"):
@@ -318,7 +321,8 @@ def test_gradcam_map_flat_and_degenerate_never_divide_by_zero():
 
 
 def test_overlays_colours_and_weak_maps_fade():
-    from edge.gradcam import Heatmap, overlay_jet, overlay_labels
+    from edge.gradcam import Heatmap
+    from edge.overlay import overlay_jet, overlay_labels
 
     frame = np.full((32, 32, 3), 128, np.uint8)
     ones = np.ones((32, 32), np.float32)
@@ -394,12 +398,61 @@ def test_known_location_peak_lands_on_the_square(square_bundle):
 
 
 def test_cost_function_reports_a_ratio(square_bundle):
-    from edge.gradcam import measure_cost
+    from convert.bench.litert import measure_cost
 
     _, root = square_bundle
     res = measure_cost(root, square_image(50, 50), ["error", "break", "length"], threads=1, repeats=3)
     assert set(res) == {"explain_ms", "forward_ms", "ratio"}
     assert res["explain_ms"] > 0 and res["forward_ms"] > 0 and np.isfinite(res["ratio"])
+
+
+# ----------------------------------------------------------------------------- wrong stitch length
+
+SHIPPED = Path(__file__).resolve().parent.parent / "edge" / "models" / "default"
+
+
+def _still(seed: int, two_mm: bool) -> np.ndarray:
+    """A defect-free synthetic still whose stitch length is known (``length`` True = 2 mm)."""
+    from convert.synth import render_image
+
+    img, labels, _ = render_image(np.random.default_rng(seed), 256,
+                                  labels={"length": two_mm, "error": False, "break": False})
+    assert labels["length"] is two_mm
+    return img
+
+
+def test_wrong_length_heatmap_explains_the_flagged_condition():
+    """Issue 13: with expected_length 2mm, a 4 mm frame's length alert must show the evidence for
+    the WRONG length (the negated length logit), not the +length map (evidence for the expected
+    2 mm), which is faint or empty. With 4mm expected, a 2 mm frame is explained with +length."""
+    from edge.decide import frame_flags
+    from edge.gradcam import Explainer, explained_sign, negated_labels
+
+    assert explained_sign("length", "2mm") == -1 and explained_sign("length", "4mm") == 1
+    assert explained_sign("error", "2mm") == 1 and negated_labels("any") == frozenset()
+    plain = Explainer(SHIPPED, threads=1)
+    on_2mm_line = Explainer(SHIPPED, threads=1, negate=negated_labels("2mm"))
+    on_4mm_line = Explainer(SHIPPED, threads=1, negate=negated_labels("4mm"))
+    thresholds = dict(plain.bundle.thresholds)
+    for seed in range(3):
+        img = _still(seed, two_mm=False)  # 4 mm stitches
+        scores = dict(zip(plain.labels, (float(p) for p in plain.forward(img)[0])))
+        assert "length" in frame_flags(scores, thresholds, "2mm")  # the daemon would alert on it
+        wrong = on_2mm_line.explain(img, ["length"])["length"]
+        old = plain.explain(img, ["length"])["length"]  # what the daemon drew before the fix
+        assert wrong.sign == -1 and old.sign == 1
+        assert wrong.strength >= 0.9 and float(wrong.cam.max()) >= 0.9, (seed, wrong)
+        assert old.strength <= 0.6 and wrong.peak >= 2.5 * old.peak, (seed, wrong, old)
+        assert wrong.score == pytest.approx(old.score)  # the model's output is reported unchanged
+
+        img2 = _still(seed, two_mm=True)  # 2 mm stitches on a 4 mm line: +length is the evidence
+        scores2 = dict(zip(plain.labels, (float(p) for p in plain.forward(img2)[0])))
+        assert "length" in frame_flags(scores2, thresholds, "4mm")
+        right = on_4mm_line.explain(img2, ["length"])["length"]
+        assert right.sign == 1 and right.strength >= 0.6, (seed, right)
+        np.testing.assert_array_equal(right.cam, plain.explain(img2, ["length"])["length"].cam)
+        against = on_2mm_line.explain(img2, ["length"])["length"]  # -length on a 2 mm frame: weaker
+        assert against.peak < right.peak, (seed, against, right)
 
 
 # ----------------------------------------------------------------------------- keras applications
@@ -475,7 +528,9 @@ def test_unsupported_head_model_error_litert_but_tf_works(tmp_path):
     write_manifest(root, {"task": "multiclass", "labels": ["x", "y"], "input": {"height": 32, "width": 32},
                           "classifier": "c", "gradcam": gc}, {"c": "c.tflite", "keras": "model.keras"})
     with pytest.raises(ModelError, match="no LiteRT Grad-CAM explainer.*'hidden'.*method tf"):
-        Explainer(root, method="litert")
-    maps2 = Explainer(root, method="tf").explain(sample_frames(1)[0])
+        Explainer(root)
+    from convert.heatmaps import open_source
+
+    maps2 = open_source(root, method="tf").explain(sample_frames(1)[0])  # the workstation explains it
     for lab in ("x", "y"):
         np.testing.assert_allclose(maps2[lab].cam, maps[lab].cam, atol=1e-6)

@@ -45,7 +45,7 @@ class BlobExplainer:
 
 
 def overlays():
-    from edge.gradcam import overlay_jet, overlay_labels
+    from edge.overlay import overlay_jet, overlay_labels
     return overlay_labels, overlay_jet
 
 
@@ -312,6 +312,34 @@ def test_real_explainer_on_tiny_bundle(tmp_path, tiny_bundle):
     side = json.loads((tmp_path / "tiny-1.json").read_text())
     assert set(side["peaks"]) == {"error", "length"}
     assert cv2.imread(str(tmp_path / "tiny-1.overlay.jpg")).shape == (256, 256, 3)
+
+
+def test_wrong_length_set_on_a_2mm_line_explains_the_wrong_length(tmp_path):
+    """The daemon's explainer on a 2 mm line (negate = negated_labels("2mm")): a 4 mm frame's
+    length alert gets the negated-logit map, drawn strong in red, and the sidecar says so."""
+    from convert.synth import render_image
+    from edge.gradcam import Explainer, negated_labels
+
+    shipped = Path(__file__).resolve().parent.parent / "edge" / "models" / "default"
+    img, labels, _ = render_image(np.random.default_rng(1), 256,
+                                  labels={"length": False, "error": False, "break": False})
+    assert labels["length"] is False  # 4 mm stitches
+    stop = threading.Event()
+    w = make_worker(tmp_path, stop, explainer=Explainer(shipped, threads=1, negate=negated_labels("2mm")))
+    w.prepare_dir()
+    w.start()
+    try:
+        assert w.submit("len-1", 5, "t", ("length",), {"length": 0.99}, img)
+        assert wait_for(lambda: w.saved == 1, 60)
+    finally:
+        w.close(5.0)
+        stop.set()
+        w.join(5)
+    side = json.loads((tmp_path / "len-1.json").read_text())
+    assert side["explained"] == {"length": "-length"}
+    ov = cv2.imread(str(tmp_path / "len-1.overlay.jpg")).astype(int)
+    red_gain = (ov[..., 2] - ov[..., :2].max(axis=-1)) - (img[..., 2].astype(int) - img[..., :2].max(axis=-1))
+    assert red_gain.max() > 60, red_gain.max()  # the length colour (red) is clearly drawn
 
 
 def test_stop_drains_what_was_submitted_before_close(tmp_path):

@@ -1,0 +1,269 @@
+"""The bench's daemon harness: a private Mosquitto, a loopback subscriber, and ``python -m edge`` runs
+on generated configs, with their log lines, RSS samples and retained ``stats`` messages.
+
+Knobs used to load the daemon on purpose ("forced" runs): ``decision.thresholds.error: 0`` makes
+every frame flag ``error`` and ``decision.max_event_frames: K`` then closes one event (one alert, one
+heatmap) every K frames: K = 20 gives heatmaps on 5 % of frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edge.errors import ConfigError, ModelError
+
+from .common import ROI, ROOT, subprocess_env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class LocalBroker:
+    """A private Mosquitto on a free loopback port (no persistence), stopped by ``stop``."""
+
+    def __init__(self, work: Path) -> None:
+        sbin = Path("/usr/sbin/mosquitto")
+        exe = shutil.which("mosquitto") or (str(sbin) if sbin.exists() else None)
+        if exe is None:
+            raise ConfigError("bench: mosquitto not found (apt-get install mosquitto; `make bench` does it)")
+        self.port = free_port()
+        conf = work / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                        f"log_dest file {work / 'mosquitto.log'}\n")
+        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while not port_open(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError(f"bench: mosquitto did not start on port {self.port} "
+                                  f"(log: {work / 'mosquitto.log'})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Listener:
+    """Loopback paho subscriber on ``seamqc/#``: every message with its receive time."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.msgs: list[tuple[float, str, bytes]] = []
+        self.lock = threading.Lock()
+        ready = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"seamqc-bench-{os.getpid()}")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("seamqc/#", qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+        if not ready.wait(5):
+            raise ConfigError(f"bench: cannot subscribe on the local broker (port {port})")
+
+    def _on_message(self, client, userdata, msg) -> None:
+        now = time.time()
+        with self.lock:
+            self.msgs.append((now, msg.topic, bytes(msg.payload)))
+
+    def of(self, station: str, kind: str) -> list[tuple[float, dict]]:
+        topic = f"seamqc/{station}/{kind}"
+        with self.lock:
+            items = [(t, p) for t, tp, p in self.msgs if tp == topic]
+        out = []
+        for t, p in items:
+            try:
+                out.append((t, json.loads(p)))
+            except ValueError:
+                continue
+        return out
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+
+@dataclass
+class DaemonRun:
+    tag: str
+    rc: int
+    t_spawn: float
+    lines: list[tuple[float, str]]
+    rss: list[tuple[float, float]]  # (time, MB)
+    tf_mapped: bool | None
+    first_heatmap_t: float | None
+    stop_t: float | None = None
+    summary: dict = field(default_factory=dict)
+
+    def line_time(self, needle: str) -> float | None:
+        for t, ln in self.lines:
+            if needle in ln:
+                return t
+        return None
+
+
+def daemon_config(work: Path, tag: str, bundle: Path, video: Path, port: int | None, *, threads: int,
+                  realtime: bool, loop: bool, forced_every: int | None, heatmaps: str | None,
+                  stats_interval: float, hm_threads: int) -> tuple[Path, str]:
+    import yaml
+
+    station = f"bench-{tag}"
+    decision: dict[str, Any] = {"expected_length": "2mm", "min_frames": 2, "window": 3}
+    if forced_every:
+        decision = {"expected_length": "any", "min_frames": 1, "window": 1, "thresholds": {"error": 0.0},
+                    "max_event_frames": int(forced_every)}
+    hm_dir = work / f"heatmaps-{tag}"
+    shutil.rmtree(hm_dir, ignore_errors=True)
+    cfg = {
+        "station": station,
+        "camera": {"source": "file", "device": str(video), "width": 640, "height": 480, "fps": 30, "roi": ROI,
+                   "realtime": realtime, "loop": loop},
+        "model": {"bundle": str(bundle), "threads": threads},
+        "decision": decision,
+        "mqtt": ({"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.2, "reconnect_max_s": 1}
+                 if port else {"enabled": False}),
+        "heatmaps": ({"enabled": True, "dir": str(hm_dir), "method": heatmaps, "threads": hm_threads,
+                      "max_mb": 200} if heatmaps else {"enabled": False, "dir": str(hm_dir)}),
+        "outbox": str(work / f"outbox-{tag}.sqlite"),
+        "stats_interval": stats_interval,
+        "log_level": "INFO",
+    }
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(cfg["outbox"]) + suffix).unlink(missing_ok=True)
+    p = work / f"daemon-{tag}.yaml"
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return p, station
+
+
+def run_daemon(cfg: Path, tag: str, work: Path, *, max_frames: int | None = None,
+               steady_s: float | None = None, stop_after_heatmap_s: float | None = None,
+               stop_when: Callable[[], bool] | None = None, timeout: float = 120.0) -> DaemonRun:
+    """Run ``python -m edge`` until it exits, ``steady_s`` after its ``running`` line, or a condition."""
+    import psutil
+
+    cmd = [sys.executable, "-m", "edge", "--config", str(cfg)]
+    if max_frames:
+        cmd += ["--max-frames", str(max_frames)]
+    env = dict(subprocess_env(), PYTHONUNBUFFERED="1")
+    hm_dir = work / f"heatmaps-{tag}"
+    lines: list[tuple[float, str]] = []
+    t_spawn = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            env=env, cwd=str(ROOT))
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        for ln in proc.stdout:
+            lines.append((time.time(), ln.rstrip("\n")))
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    ps = psutil.Process(proc.pid)
+    rss: list[tuple[float, float]] = []
+    tf_mapped = None
+    first_hm = None
+    running_t = None
+    stop_t = None
+    try:
+        while proc.poll() is None:
+            now = time.time()
+            try:
+                rss.append((now, ps.memory_info().rss / 2 ** 20))
+            except psutil.Error:
+                pass
+            if running_t is None and any(" running: " in ln for _, ln in lines[-20:]):
+                running_t = now
+            if first_hm is None and hm_dir.is_dir() and any(hm_dir.glob("*.json")):
+                first_hm = now
+            if tf_mapped is None and running_t is not None and now - running_t > 0.5:
+                try:
+                    tf_mapped = any("site-packages/tensorflow/" in m.path for m in ps.memory_maps())
+                except psutil.Error:
+                    pass
+            want_stop = (
+                (steady_s is not None and running_t is not None and now - running_t >= steady_s)
+                or (stop_after_heatmap_s is not None and first_hm is not None
+                    and now - first_hm >= stop_after_heatmap_s)
+                or (stop_when is not None and stop_when())
+            )
+            if want_stop and stop_t is None:
+                stop_t = now
+                proc.send_signal(signal.SIGTERM)
+            if now - t_spawn > timeout:
+                proc.kill()
+                break
+            time.sleep(0.1)
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    th.join(timeout=5)
+    (work / f"daemon-{tag}.log").write_text("\n".join(f"{t:.3f} {ln}" for t, ln in lines) + "\n")
+    run = DaemonRun(tag, rc, t_spawn, lines, rss, tf_mapped, first_hm, stop_t)
+    for _, ln in lines:
+        if " summary " in ln:
+            try:
+                run.summary = json.loads(ln.split(" summary ", 1)[1])
+            except ValueError:
+                pass
+    if rc not in (0, -signal.SIGTERM):
+        tail = [ln for _, ln in lines if ln.strip()][-1:] or ["(no output)"]
+        raise ModelError(f"bench: daemon run {tag} exited with {rc}: {tail[0][:300]} "
+                         f"(log: {work / f'daemon-{tag}.log'})")
+    return run
+
+
+def stats_fps(listener: Listener, station: str, run: DaemonRun) -> dict[str, Any]:
+    """fps between the daemon's periodic stats messages (start-up and shutdown excluded)."""
+    stop_line = run.line_time(" stopping (")
+    msgs = [(t, m) for t, m in listener.of(station, "stats") if stop_line is None or t < stop_line]
+    pts = [(float(m["uptime_s"]), int(m["frames"])) for _, m in msgs if m.get("frames", 0) > 0]
+    if len(pts) >= 2 and pts[-1][0] > pts[0][0]:
+        (u0, f0), (u1, f1) = pts[0], pts[-1]
+        return {"fps": round((f1 - f0) / (u1 - u0), 2), "frames": f1 - f0, "seconds": round(u1 - u0, 2),
+                "source": "stats (Δframes/Δuptime)", "stats_messages": len(pts)}
+    s = run.summary
+    return {"fps": s.get("fps"), "frames": s.get("frames"), "seconds": s.get("uptime_s"),
+            "source": "summary (includes start-up)", "stats_messages": len(pts)}
+
+
+def steady_rss(run: DaemonRun, after: float | None) -> dict[str, float | None]:
+    pts = [mb for t, mb in run.rss if after is None or t >= after]
+    if not pts:
+        return {"max": None, "median": None}
+    return {"max": round(max(pts), 1), "median": round(float(np.median(pts)), 1), "samples": len(pts)}
+

@@ -1,0 +1,440 @@
+"""The bench run: inputs, the TF workers, LiteRT timings, the daemon suite, and the result dict
+(the JSON keys listed in ARCHITECTURE.md §4)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edge.errors import ModelError
+
+from .common import (DEFAULT_BUNDLE, LABELS_EXPLAINED, ROI, ROOT, Plan, iso_to_epoch, machine_info, make_plan, pct,
+                     say)
+from .daemon import DaemonRun, Listener, LocalBroker, daemon_config, run_daemon, stats_fps, steady_rss
+from .litert import BoundProbe, litert_latency, measure_cost, pipeline_costs
+from .report import evaluate_targets, pi_estimates
+from .tfworker import run_worker
+
+
+def bundle_info(bundle: Path) -> dict[str, Any]:
+    from convert.models import read_meta
+    from edge.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    meta = read_meta(b.path("keras")) if b.has("keras") else {}
+    src = b.manifest.get("source") or {}
+    filters = meta.get("filters")
+    return {"path": str(bundle), "name": b.name, "height": b.height, "width": b.width,
+            "labels": list(b.labels), "arch": src.get("arch") or meta.get("arch"), "filters": filters,
+            "int8_quantization": ((b.manifest.get("parity") or {}).get("int8") or {}).get("quantization"),
+            "roles": list(b.files), "has_keras": b.has("keras"), "has_explainer": bool(b.gradcam)}
+
+
+def resolve_bundle(arg: str | None, work_root: Path) -> tuple[Path, str]:
+    if arg:
+        p = Path(arg)
+        if not (p / "manifest.json").is_file():
+            raise ModelError(f"--bundle {p}: no manifest.json there (not a model bundle)")
+        return p.resolve(), "given"
+    shipped = ROOT / DEFAULT_BUNDLE
+    if (shipped / "manifest.json").is_file():
+        return shipped, "shipped"
+    fb = work_root / "fallback-bundle"
+    if not (fb / "manifest.json").is_file():
+        say(f"{DEFAULT_BUNDLE} is not shipped yet: exporting an untrained int8-friendly ResNet "
+             f"(128×128, filters 8, as `convert ship`) to {fb}")
+        work_root.mkdir(parents=True, exist_ok=True)
+        run_worker({"kind": "fallback", "out": str(fb), "size": 128, "filters": 8}, work_root, "fallback")
+    return fb, "fallback (untrained, shipped bundle missing)"
+
+
+def make_inputs(work: Path, frames: int, seed: int = 5) -> tuple[Path, Path, list]:
+    """The synthetic seam video (dense defects) and one ROI frame with a defect, for heatmaps."""
+    import cv2
+
+    from convert.synth import write_video
+
+    video = work / f"seam-{frames}.mp4"
+    truth_csv = video.with_suffix(".truth.csv")
+    if not (video.is_file() and truth_csv.is_file()):
+        write_video(video, frames, seed=seed, defect_every_mm=36)
+    import csv
+
+    truth = list(csv.DictReader(open(truth_csv)))
+    defects = [r for r in truth if r["label"] in ("error", "break")] or truth
+    idx = (int(defects[0]["first_frame"]) + int(defects[0]["last_frame"])) // 2 if defects else frames // 2
+    cap = cv2.VideoCapture(str(video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
+    ok, img = cap.read()
+    cap.release()
+    if not ok:
+        raise ModelError(f"{video}: cannot read frame {idx}")
+    x, y, w, h = ROI
+    frame = work / "frame.png"
+    cv2.imwrite(str(frame), img[y:y + h, x:x + w])
+    return video, frame, truth
+
+
+# ----------------------------------------------------------------------------- the bench
+
+
+def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path | None) -> dict[str, Any]:
+    t_start = time.monotonic()
+    phases: dict[str, float] = {}
+    last = [t_start]
+
+    def _lap() -> float:
+        now = time.monotonic()
+        d, last[0] = round(now - last[0], 1), now
+        return d
+
+    work_root = Path(work_root).resolve()  # the daemon resolves config paths against the config's folder
+    machine = machine_info()
+    cores = int(machine["usable_cores"] or 1)
+    plan = make_plan(quick, cores)
+    work_root.mkdir(parents=True, exist_ok=True)
+    bundle, bundle_src = resolve_bundle(bundle_arg, work_root)
+    binfo = bundle_info(bundle)
+    binfo["source"] = bundle_src
+    binfo["untrained"] = bundle_src.startswith("fallback")
+    h, w = binfo["height"], binfo["width"]
+    filters = int(binfo["filters"] or 8)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=str(work_root)))
+    hm_threads = 1 if cores <= 2 else 2  # the worker must not starve capture + classify
+    labels = [lab for lab in LABELS_EXPLAINED if lab in binfo["labels"]] or list(binfo["labels"])
+    notes: list[str] = [
+        "TF runs in worker subprocesses (one per thread count: TF fixes its pools at start); LiteRT and "
+        "numpy Grad-CAM in the bench process, which never imports TensorFlow.",
+    ]
+    say(f"{'quick' if quick else 'full'} run on {machine['cpu']} ({cores} cores), bundle {bundle} "
+         f"({bundle_src}, {h}x{w}, filters {filters}); work dir {work}")
+
+    say("writing the synthetic seam video")
+    video, frame_png, _ = make_inputs(work_root, plan.video_frames)
+    phases["setup"] = _lap()
+
+    # ---- 1. TF side (subprocesses)
+    tf_res: dict[int, dict] = {}
+    for i, t in enumerate(sorted(plan.tf_threads, reverse=True)):
+        first = i == 0
+        say(f"TF worker, {t} thread(s){': export + FLOPs + TF Grad-CAM' if first else ''}")
+        spec = {"kind": "tf", "threads": t, "out_dir": str(work), "height": h, "width": w, "filters": filters,
+                "n_labels": len(binfo["labels"]), "archs": list(plan.archs), "export": first,
+                "bundle_keras": str(Path(bundle) / "model.keras") if binfo["has_keras"] else None,
+                "mobilenet": plan.mobilenet and first, "time_mobilenet": False,
+                "iters": plan.iters, "warmup": plan.warmup, "rounds": plan.rounds}
+        if first and binfo["has_keras"]:
+            spec.update(heatmap_bundle=str(bundle), frame=str(frame_png), labels=labels,
+                        hm_threads=hm_threads, hm_repeats=plan.heatmap_repeats)
+        if not binfo["has_keras"]:
+            spec["bundle_keras"] = None
+        tf_res[t] = run_worker(spec, work, f"tf{t}")
+    phases["tf_workers"] = _lap()
+    models = tf_res[max(tf_res)]["models"] if tf_res else {}  # the first worker (most threads) exports
+
+    # ---- 2. LiteRT latencies (this process)
+    from edge.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    files = {"bundle|litert-int8": str(b.path("classifier_int8"))}
+    if b.has("classifier_fp32"):
+        files["bundle|litert-fp32"] = str(b.path("classifier_fp32"))
+    for name, info in models.items():
+        if "tflite_fp32" in info:
+            files[f"{name}|litert-fp32"] = info["tflite_fp32"]
+            files[f"{name}|litert-int8"] = info["tflite_int8"]
+    say(f"LiteRT latencies: {len(files)} models × threads {list(plan.lite_threads)}")
+    latency = litert_latency(files, plan.lite_threads, plan)
+    for t, r in tf_res.items():
+        for name, rts in r["latency"].items():
+            for rt, s in rts.items():
+                latency.setdefault(name, {}).setdefault(rt, {})[str(t)] = s
+    ratios = latency_ratios(latency)
+    phases["litert_latency"] = _lap()
+
+    # one core is left to capture (decode + ROI) and the heatmap worker, as the README advises for
+    # model.threads; the bound is taken at the same thread count
+    daemon_threads = max(1, cores - 1)
+    import cv2
+
+    frame = cv2.imread(str(frame_png))
+    pipeline = pipeline_costs(bundle, video, frame, daemon_threads, plan)
+
+    # ---- 3. heatmap cost, LiteRT path (this process)
+    heatmap_ms: dict[str, Any] = {"labels": labels, "threads": hm_threads}
+    if binfo["has_explainer"]:
+        say("Grad-CAM cost, LiteRT path")
+        c = measure_cost(bundle, frame, labels, threads=hm_threads, repeats=plan.heatmap_repeats,
+                         method="litert")
+        heatmap_ms.update(litert=round(c["explain_ms"], 3), forward_litert_fp32=round(c["forward_ms"], 3),
+                          ratio_litert=round(c["ratio"], 3))
+    tfh = (tf_res.get(max(tf_res)) or {}).get("heatmap_tf") if tf_res else None
+    if tfh:
+        heatmap_ms.update(tf=round(tfh["explain_ms"], 3), forward_keras=round(tfh["forward_keras_ms"], 3),
+                          ratio_tf=round(tfh["explain_ms"] / tfh["forward_keras_ms"], 3),
+                          ratio_tf_vs_litert_forward=(
+                              round(tfh["explain_ms"] / heatmap_ms["forward_litert_fp32"], 3)
+                              if heatmap_ms.get("forward_litert_fp32") else None))
+
+    phases["litert_heatmaps"] = _lap()
+    # ---- 4. the daemon
+    broker = LocalBroker(work)
+    listener = None
+    try:
+        listener = Listener(broker.port)
+        probe = BoundProbe(str(b.path("classifier_int8")), daemon_threads)
+        daemon = run_daemon_suite(plan, work, bundle, video, broker.port, listener, daemon_threads,
+                                  hm_threads, binfo, probe, frame_png, labels)
+    finally:
+        if listener is not None:
+            listener.close()
+        broker.stop()
+    phases["daemon"] = _lap()
+
+    e2e = daemon["e2e"]
+    bound_ms = e2e["bound_ms_p50"]
+    bound_fps = round(1000.0 / bound_ms, 2) if bound_ms else None
+    e2e_fps = e2e["fps"]
+    result: dict[str, Any] = {
+        "format": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "machine": machine,
+        "bundle": binfo,
+        "settings": {"iters": plan.iters, "warmup": plan.warmup, "rounds": plan.rounds,
+                     "daemon_threads": daemon_threads, "heatmap_threads": hm_threads,
+                     "video_frames": plan.video_frames, "steady_s": plan.steady_s,
+                     "stats_interval": plan.stats_interval},
+        "models": models,
+        "latency_ms": latency,
+        "ratios": ratios,
+        "bound_fps": bound_fps,
+        "e2e_fps": e2e_fps,
+        "e2e": {**e2e, "ratio_to_bound": round(e2e_fps / bound_fps, 3) if e2e_fps and bound_fps else None,
+                "ratio_to_overlapped_bound": (round(e2e_fps / pipeline["overlapped_bound_fps"], 3)
+                                              if e2e_fps else None)},
+        "pipeline_ms": pipeline,
+        "heatmaps_e2e": daemon["heatmaps_e2e"],
+        "heatmap_ms": heatmap_ms,
+        "rss_mb": daemon["rss_mb"],
+        "startup_s": daemon["startup_s"],
+        "startup": daemon["startup"],
+        "alert_latency_ms": daemon["alert_latency_ms"],
+        "notes": notes + daemon["notes"],
+    }
+    result["pi_estimates"] = pi_estimates(result)
+    result["targets"] = evaluate_targets(result)
+    machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result["wall_s"] = round(time.monotonic() - t_start, 1)
+    result["phases_s"] = phases
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=1) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def latency_ratios(latency: dict) -> dict[str, dict[str, float]]:
+    """Keras p50 / runtime p50 at the same thread count (> 1: faster than Keras eager)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, rts in latency.items():
+        ref = rts.get("keras") or {}
+        for rt, per in rts.items():
+            if rt == "keras":
+                continue
+            for t, s in per.items():
+                if t in ref and s["p50"] > 0:
+                    out.setdefault(name, {})[f"{rt}@{t}"] = round(ref[t]["p50"] / s["p50"], 2)
+    return out
+
+
+def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: int, listener: Listener,
+                     threads: int, hm_threads: int, binfo: dict, probe: BoundProbe, frame_png: Path,
+                     labels: list[str]) -> dict[str, Any]:
+    """Start-up, end to end, heatmaps on/off, RSS and alert-latency runs of the real daemon."""
+    notes: list[str] = []
+    si = plan.stats_interval
+
+    def cfg(tag: str, **kw: Any) -> tuple[Path, str]:
+        kw.setdefault("stats_interval", si)
+        return daemon_config(work, tag, bundle, video, port, threads=threads, hm_threads=hm_threads, **kw)
+
+    # start-up: process start → first classified frame ("stopping (1 frames)" follows it at once)
+    starts, to_running, tf_maps = [], [], []
+    for i in range(plan.startup_runs):
+        c, _ = cfg(f"start{i}", realtime=False, loop=False, forced_every=None, heatmaps=None)
+        say(f"daemon start-up run {i + 1}/{plan.startup_runs}")
+        r = run_daemon(c, f"start{i}", work, max_frames=1, timeout=60)
+        t1 = r.line_time("stopping (1 frames)")
+        if t1 is not None:
+            starts.append(t1 - r.t_spawn)
+        tr = r.line_time(" running: ")
+        if tr is not None:
+            to_running.append(tr - r.t_spawn)
+    startup_s = round(float(np.median(starts)), 3) if starts else None
+
+    # end to end, heatmaps off, the bundle's own decisions
+    e2e_runs = []
+    for i in range(plan.e2e_runs):
+        probe.burst(max(15, plan.iters // 2))
+        c, st_nat = cfg(f"e2e{i}", realtime=False, loop=True, forced_every=None, heatmaps=None)
+        say(f"daemon e2e run (heatmaps off), {plan.steady_s:.0f} s steady ({i + 1}/{plan.e2e_runs})")
+        r_nat = run_daemon(c, f"e2e{i}", work, steady_s=plan.steady_s + si, timeout=plan.steady_s + 90)
+        e2e_runs.append((r_nat, stats_fps(listener, st_nat, r_nat)))
+    probe.burst(max(15, plan.iters // 2))
+    ok = [f for _, f in e2e_runs if str(f["source"]).startswith("stats")]
+    sec = sum(f["seconds"] for f in ok)
+    if sec:
+        fps = {"fps": round(sum(f["frames"] for f in ok) / sec, 2), "frames": sum(f["frames"] for f in ok),
+               "seconds": round(sec, 2), "source": "stats (Δframes/Δuptime)",
+               "per_run_fps": [f["fps"] for f in ok]}
+    else:
+        fps = e2e_runs[-1][1]
+    r_nat = e2e_runs[-1][0]
+    bound_ms = pct(probe.samples, 50)
+    e2e = {**fps, "alerts": r_nat.summary.get("alerts"),
+           "dropped_frames": r_nat.summary.get("dropped_frames"), "threads": threads,
+           "inference_ms": r_nat.summary.get("inference_ms"),
+           "bound_ms_p50": round(bound_ms, 3), "bound_samples": len(probe.samples),
+           "config": "file source, realtime false, loop, heatmaps off, bundle thresholds, "
+                     "expected_length 2mm; bound sampled in bursts before and after each run"}
+    rss_nohm = steady_rss(r_nat, r_nat.line_time(" running: "))
+    tf_maps.append(r_nat.tf_mapped)
+
+    # heatmaps on ~5 % of frames (forced: one event / alert / heatmap every 20 frames), against the
+    # same forced alerts with heatmaps off; off/on runs alternate so the machine's drift hits both
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    r_hm = None
+    for i in range(plan.hm_pairs):
+        for kind in ("off", "on"):
+            tag = f"hm{kind}{i}"
+            c, st = cfg(tag, realtime=False, loop=True, forced_every=20,
+                        heatmaps="litert" if kind == "on" else None)
+            say(f"daemon e2e run, alerts on 5 % of frames, heatmaps {kind} ({i + 1}/{plan.hm_pairs})")
+            r = run_daemon(c, tag, work, steady_s=plan.hm_steady_s + si, timeout=plan.hm_steady_s + 90)
+            runs[kind].append({**stats_fps(listener, st, r), "alerts": r.summary.get("alerts"),
+                               "frames_total": r.summary.get("frames"),
+                               "heatmaps": r.summary.get("heatmaps")})
+            if kind == "on":
+                r_hm = r
+                tf_maps.append(r.tf_mapped)
+
+    def pooled(rs: list[dict]) -> float | None:
+        ok = [x for x in rs if str(x["source"]).startswith("stats")]
+        sec = sum(x["seconds"] or 0 for x in ok)
+        return round(sum(x["frames"] or 0 for x in ok) / sec, 2) if sec else None
+
+    fps_on, fps_off = pooled(runs["on"]), pooled(runs["off"])
+    al = sum(x["alerts"] or 0 for x in runs["on"])
+    fr = sum(x["frames_total"] or 0 for x in runs["on"])
+    heatmaps_e2e = {
+        "fps_on": fps_on, "fps_off": fps_off,
+        "loss": round(1 - fps_on / fps_off, 3) if fps_on and fps_off else None,
+        "pairs": plan.hm_pairs, "per_run_fps": {k: [x["fps"] for x in v] for k, v in runs.items()},
+        "alerts": al, "frames": fr, "alert_fraction": round(al / fr, 3) if fr else None,
+        "heatmaps_saved": sum((x["heatmaps"] or {}).get("saved") or 0 for x in runs["on"]),
+        "heatmaps_dropped": sum((x["heatmaps"] or {}).get("dropped") or 0 for x in runs["on"]),
+        "heatmap_worker_ms_p50": [(x["heatmaps"] or {}).get("ms_p50") for x in runs["on"]],
+        "heatmap_threads": hm_threads, "model_threads": threads,
+        "config": "decision.thresholds.error 0, min_frames 1, window 1, max_event_frames 20 (an alert "
+                  "every 20 frames) in both; heatmaps litert on / off; off and on runs alternate",
+    }
+    assert r_hm is not None
+    rss_lite = steady_rss(r_hm, r_hm.first_heatmap_t or r_hm.line_time(" running: "))
+
+    # memory of the full-TF Grad-CAM path (the Pi has none: this is the reason, ARCHITECTURE.md §9):
+    # a worker process holding it, explaining the frame for 1-2 s after its first heatmap
+    rss_tf: dict[str, Any] = {"max": None}
+    tf_first_s = None
+    if binfo["has_keras"]:
+        say("full-TF Grad-CAM process (RSS)")
+        rss_tf = run_worker({"kind": "tf_gradcam_rss", "bundle": str(bundle), "frame": str(frame_png),
+                             "labels": labels, "seconds": 1.0 if plan.quick else 2.0}, work, "tfgradcam",
+                            timeout=300)
+        tf_first_s = rss_tf.get("first_heatmap_after_s")
+        notes.append("rss_mb.tf: a process holding only the full-TF Grad-CAM on the bundle's Keras model "
+                     "(what heatmaps.method tf added to a daemon before the Pi dropped it); "
+                     "tf_first_heatmap_after_s counts from that process's start")
+
+    # alert latency: the video at its real 30 fps, the bundle's decisions, heatmaps on (LiteRT)
+    alert = alert_latency(plan, cfg, work, listener, notes, natural=not binfo.get("untrained"))
+
+    rss_mb = {"litert": rss_lite["max"], "litert_median": rss_lite["median"],
+              "litert_no_heatmaps": rss_nohm["max"], "tf": rss_tf["max"], "tf_median": rss_tf.get("median"),
+              "tf_first_heatmap_after_s": tf_first_s,
+              "tensorflow_mapped_in_litert_daemon": any(bool(x) for x in tf_maps if x is not None)}
+    startup = {"runs_s": [round(s, 3) for s in starts],
+               "to_running_line_s": [round(s, 3) for s in to_running],
+               "how": "spawn of `python -m edge --max-frames 1` → its 'stopping (1 frames)' log line "
+                      "(logged right after the first frame is classified); TensorFlow not imported"}
+    return {"e2e": e2e, "heatmaps_e2e": heatmaps_e2e, "rss_mb": rss_mb, "startup_s": startup_s,
+            "startup": startup, "alert_latency_ms": alert, "notes": notes}
+
+
+def alert_latency(plan: Plan, cfg: Callable, work: Path, listener: Listener, notes: list[str],
+                  natural: bool = True) -> dict[str, Any]:
+    def collect(run: DaemonRun, station: str) -> list[dict]:
+        emit = {}
+        for t, ln in run.lines:
+            if " ALERT " in ln:
+                try:
+                    emit[json.loads(ln.split(" ALERT ", 1)[1])["event_id"]] = t
+                except (ValueError, KeyError):
+                    pass
+        stop_line = run.line_time(" stopping (")
+        seen, out = set(), []
+        for t, a in listener.of(station, "alert"):
+            eid = a.get("event_id")
+            if eid in seen or eid not in emit:
+                continue
+            seen.add(eid)
+            if stop_line is not None and emit[eid] >= stop_line:
+                continue  # flushed at shutdown: not a live alert
+            ts = iso_to_epoch(a["ts"])
+            out.append({"total": (t - ts) * 1e3, "after_close": (t - emit[eid]) * 1e3,
+                        "before_close": (emit[eid] - ts) * 1e3})
+        return out
+
+    got: list[dict] = []
+    mode = ("natural: bundle thresholds, expected_length 2mm, min_frames 2 of window 3, "
+            "video replayed at 30 fps")
+    if natural:
+        c, st = cfg("alert", realtime=True, loop=False, forced_every=None, heatmaps="litert")
+        say(f"daemon alert-latency run: the video at 30 fps ({plan.video_frames} frames, bundle decisions)")
+        r = run_daemon(c, "alert", work, timeout=plan.video_frames / 30 + 60)
+        got = collect(r, st)
+        if len(got) < plan.min_alerts:
+            notes.append(f"alert latency: the bundle raised {len(got)} live alert(s) on the video "
+                         f"(< {plan.min_alerts}); measured on forced alerts instead (an event closes "
+                         "every 10 frames)")
+    else:
+        notes.append("alert latency: the bundle is untrained, so its alerts mean nothing; measured on "
+                     "forced alerts (an event closes every 10 frames)")
+    if len(got) < plan.min_alerts:
+        c, st = cfg("alertf", realtime=True, loop=True, forced_every=10, heatmaps="litert")
+        say("daemon alert-latency run, forced alerts (every 10 frames at 30 fps)")
+        need = plan.min_alerts + 2
+        r = run_daemon(c, "alertf", work, timeout=60,
+                       stop_when=lambda: len(listener.of(st, "alert")) >= need)
+        got = collect(r, st)
+        mode = ("forced: every frame flags error, an event closes every 10 frames (max_event_frames 10), "
+                "video replayed at 30 fps")
+    if not got:
+        return {"p50": None, "p99": None, "n": 0, "mode": mode}
+    tot = [g["total"] for g in got]
+    aft = [g["after_close"] for g in got]
+    bef = [g["before_close"] for g in got]
+    return {"p50": round(pct(tot, 50), 1), "p99": round(pct(tot, 99), 1), "n": len(got), "mode": mode,
+            "after_close_p50": round(pct(aft, 50), 1), "after_close_p99": round(pct(aft, 99), 1),
+            "before_close_p50": round(pct(bef, 50), 1),
+            "how": "receive time at a loopback paho subscriber − the alert's ts (wall-clock capture "
+                   "time of the event's best frame); includes the debounce's wait for the event to "
+                   "close. after_close = receive − the daemon's ALERT log line (event closed → outbox "
+                   "→ MQTT)."}
