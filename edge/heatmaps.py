@@ -207,17 +207,26 @@ def _write_bytes(path: Path, data: bytes) -> int:
 
 # Heatmaps are for people, alerts are for the line: on a saturated CPU the scheduler should favour
 # capture and classification. Linux applies nice per thread; threads the worker creates (the
-# explainer's LiteRT pool, built lazily in this thread) inherit it.
+# explainer's LiteRT pool, built lazily in this thread) inherit it. systemd's Nice= would lower the
+# whole service, so the unit allows setpriority(2) explicitly (systemd/seam-qc.service: without
+# CAP_SYS_NICE a process can only lower its own priority; ARCHITECTURE.md §9).
 NICE_INCREMENT = 10
 FAIL_QUIET_S = 30.0  # heatmap writes must succeed this long after a failure before "works again"
 
 
-def _lower_thread_priority(increment: int) -> None:
+def _lower_thread_priority(increment: int) -> bool:
+    """Raise this thread's nice by ``increment``; False (logged once, with why) when refused."""
+    if not hasattr(os, "setpriority"):  # not Linux/Unix: nothing to do, nothing to report
+        return False
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
-    except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
-        pass
+        return True
+    except OSError as e:  # e.g. EPERM from a seccomp filter that denies @resources
+        log.warning("heatmaps: cannot lower the worker's priority (setpriority: %s); heatmaps compete with "
+                    "capture and classification for the CPU (allow setpriority in the service's "
+                    "SystemCallFilter)", e.strerror or e)
+        return False
 
 
 class HeatmapWorker(threading.Thread):
@@ -250,6 +259,7 @@ class HeatmapWorker(threading.Thread):
         self.drain_s = 3.0
         self._closed = threading.Event()
         self._dir_lock: StateLock | None = None
+        self.niced: bool | None = None  # set by the worker thread: did it lower its own priority?
 
     # ---- called from the daemon's thread
     def prepare_dir(self) -> bool:
@@ -330,7 +340,7 @@ class HeatmapWorker(threading.Thread):
                 self._dir_lock = None
 
     def _run(self) -> None:
-        _lower_thread_priority(NICE_INCREMENT)
+        self.niced = _lower_thread_priority(NICE_INCREMENT)
         self.retention.scan()
         deadline = None
         while True:
