@@ -75,7 +75,7 @@ def _alert_range(a: dict) -> tuple[int, int]:
 
 def match_alerts(alerts: Sequence[dict], truth: Sequence[dict], slack: int = 5,
                  same_label: bool = True) -> MatchResult:
-    """Match alerts (DESIGN §6 payloads) to truth rows by overlapping frame ranges.
+    """Match alerts (ARCHITECTURE.md §6 payloads) to truth rows by overlapping frame ranges.
 
     An alert matches a defect when its event's frame range (``first_frame``..``last_frame``,
     else ``frame``) overlaps the defect's range widened by ``slack`` frames and — with

@@ -1,7 +1,7 @@
 """Export what the Pi needs for Grad-CAM without TensorFlow: ``explainer.tflite`` + ``head.npz``.
 
 ``explainer.tflite`` is the float model with a second output, the Grad-CAM feature map, so one
-forward pass gives predictions and features (Grad-CAM from int8 features is poor, DESIGN §3).
+forward pass gives predictions and features (Grad-CAM from int8 features is poor, ARCHITECTURE.md §3).
 ``head.npz`` describes the layers between the feature map and the output (pooling, flatten, one
 Dense, …) so that ``edge.gradcam.head_gradient`` can back-propagate a class logit in numpy:
 GradientTape itself cannot be converted to a LiteRT-runnable model.

@@ -1,4 +1,4 @@
-"""``export``: a trained model → the model bundle the Pi runs (DESIGN §5), with a parity check.
+"""``export``: a trained model → the model bundle the Pi runs (ARCHITECTURE.md §5), with a parity check.
 
 Writes, into a temporary directory renamed into place only when everything passed (so a failed
 export never leaves half a bundle, and an existing bundle is replaced only with ``--force``).

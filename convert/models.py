@@ -8,7 +8,7 @@
   ``AveragePooling2D(4)``, ``Flatten``, ``Dense(n)``.
 * ``resnet-int8`` — same topology, Conv → BN → ReLU. ReLU→BN (the seed's order) leaves a BN
   that cannot be folded into the convolution, and full-int8 quantisation of its unbounded
-  output loses accuracy (DESIGN §3); Conv→BN folds and quantises cleanly. Its BNs use
+  output loses accuracy (ARCHITECTURE.md §3); Conv→BN folds and quantises cleanly. Its BNs use
   momentum 0.9 (Keras default 0.99): with 0.99 the moving statistics of a short CPU run (a few
   hundred steps) still remember their initial values, and inference disagrees with training.
 * ``resnet-int8-gap`` — ``resnet-int8`` with a global-average-pooling head instead of

@@ -1,4 +1,4 @@
-"""Keras → TFLite with the traps avoided (DESIGN §3).
+"""Keras → TFLite with the traps avoided (ARCHITECTURE.md §3).
 
 * fixed ``[1, H, W, 3]`` input: open batch sizes fall off XNNPACK;
 * ``supported_ops=[TFLITE_BUILTINS]`` only: ``model.export(format="litert")`` silently enables

@@ -56,7 +56,7 @@ class Alert:
     image: Any = field(default=None, compare=False, repr=False)  # the best frame (opaque here)
 
     def payload(self, station: str, model_name: str, model_sha256: str, heatmap: str | None) -> dict:
-        """The MQTT alert payload of DESIGN §6 (plus ``first_frame``/``last_frame``/``track``)."""
+        """The MQTT alert payload of ARCHITECTURE.md §6 (plus ``first_frame``/``last_frame``/``track``)."""
         return {
             "event_id": self.event_id,
             "station": station,

@@ -1,6 +1,6 @@
 """MQTT publisher with a durable outbox: alerts survive broker outages and daemon restarts.
 
-Contract (DESIGN §6): ``<prefix>/<station>/status`` (QoS 1, retained: ``online`` on every connect,
+Contract (ARCHITECTURE.md §6): ``<prefix>/<station>/status`` (QoS 1, retained: ``online`` on every connect,
 ``offline`` as last will and on clean stop), ``/alert`` (QoS 1, JSON, written to the outbox first and
 deleted only in ``on_publish`` for its message id), ``/stats`` (QoS 0, retained, skipped offline).
 

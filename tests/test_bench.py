@@ -1,4 +1,4 @@
-"""``python -m convert bench --quick`` end to end on the tiny bundle: every DESIGN §4 key, sane numbers.
+"""``python -m convert bench --quick`` end to end on the tiny bundle: every ARCHITECTURE.md §4 key, sane numbers.
 
 No timing assertions (the machine is shared): only that each measurement exists, is finite and
 positive, and is consistent with itself (p99 ≥ p50, ratios = quotients of the reported values).

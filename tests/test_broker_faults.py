@@ -178,7 +178,7 @@ def test_in_flight_alerts_are_resent_once_and_in_order_after_a_broker_crash(mqtt
 @pytest.mark.slow
 def test_broker_outage_of_30s_loses_nothing_and_keeps_order(tmp_path, mqtt_broker, mqtt_subscriber,
                                                             mqtt_publisher):
-    """DESIGN §6: an alert accepted by the decider is never lost, across a long broker outage."""
+    """ARCHITECTURE.md §6: an alert accepted by the decider is never lost, across a long broker outage."""
     sub = mqtt_subscriber(mqtt_broker, "seamqc/st1/#", persistent=True, client_id="faults-outage-sub")
     pub = mqtt_publisher(mqtt_broker, reconnect_min_s=0.2, reconnect_max_s=2.0)
     sub.wait_for("seamqc/st1/status", lambda m: m.text == "online")

@@ -115,7 +115,7 @@ def log_summary(text: str) -> dict:
 
 
 def check_alert_payload(a: dict, station: str, labels: tuple[str, ...]) -> None:
-    """DESIGN §6 alert payload."""
+    """ARCHITECTURE.md §6 alert payload."""
     assert set(a) >= {"event_id", "station", "ts", "frame", "labels", "scores", "heatmap", "model"}
     assert a["station"] == station and a["event_id"].startswith(station + "-")
     t = dt.datetime.fromisoformat(a["ts"].replace("Z", "+00:00"))
