@@ -386,7 +386,8 @@ def _check_video_opts(frames: int, fps: float, spm: float, base: float, defects:
         raise DataError(f"px_per_mm must be in 4..50 for video, got {px_per_mm}")
 
 
-def _inside_frames(x0: float, x1: float, offs: np.ndarray, roi: tuple[int, int, int, int] = ROI) -> np.ndarray:
+def _inside_frames(x0: float, x1: float, offs: np.ndarray,
+                   roi: tuple[int, int, int, int] = ROI) -> np.ndarray:
     """Frames whose integer box [floor(x0-off), ceil(x1-off)) lies wholly in the ROI columns."""
     rx0, rx1 = roi[0], roi[0] + roi[2]
     return np.nonzero((np.floor(x0 - offs) >= rx0) & (np.ceil(x1 - offs) <= rx1))[0]

@@ -314,10 +314,10 @@ def _blob(rng: np.random.Generator, X: np.ndarray, Y: np.ndarray, cx: float, cy:
     rr = np.hypot(X - cx, Y - cy)
     k = rng.integers(2, 6, 3)
     ph = rng.uniform(0, 6.3, 3)
-    am = rng.uniform(0.05, 0.22, 3)
+    am = rng.uniform(0.04, 0.14, 3)
     rad = r * (1 + sum(am[i] * np.sin(k[i] * ang + ph[i]) for i in range(3)))
     d = rr / np.maximum(rad, 1e-3)
-    return np.clip((1.25 - d) / 0.5, 0, 1) ** 1.5
+    return np.clip((1.3 - d) / 0.7, 0, 1) ** 1.3
 
 
 def make_error(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int, side: float,
@@ -421,7 +421,7 @@ def make_error(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
     if kind == "pucker":        # gathered fabric: wrinkles across the seam
         half_t, half_n = rng.uniform(2.0, 4.0) * S, rng.uniform(1.8, 3.5) * S
         lam = rng.uniform(0.9, 2.2) * S
-        amp = rng.uniform(0.12, 0.25)
+        amp = rng.uniform(0.2, 0.38)
         tilt = rng.uniform(-0.5, 0.5)
         ph = rng.uniform(0, 6.3)
 
@@ -441,8 +441,8 @@ def make_error(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
         L = rng.uniform(2.0, 5.0) * S
         ang = rng.uniform(0.9, 2.2)
         d = t * np.cos(ang) + n * side * np.sin(ang)
-        wdt = rng.uniform(0.25, 0.6) * S
-        amp = rng.uniform(0.2, 0.4)
+        wdt = rng.uniform(0.3, 0.7) * S
+        amp = rng.uniform(0.35, 0.6)
         dn = np.array([-d[1], d[0]])
         ll = float(np.dot(np.array(scene.light), dn))
 

@@ -245,3 +245,95 @@ def test_cli_writes_dataset_and_does_not_import_tensorflow(tmp_path):
     helped = subprocess.run([sys.executable, "-m", "convert", "synth", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and "--video" in helped.stdout and "--count" in helped.stdout
+
+
+# --------------------------------------------------------------------------- fabric families, threads, defect kinds
+
+from convert.synth import FAMILIES  # noqa: E402
+from convert.synth_render import BREAK_KINDS, DEFECT_LABEL, ERROR_KINDS  # noqa: E402
+
+
+def test_families_contract_and_meta_csv(stills):
+    assert FAMILIES == ("plain", "twill", "satin", "knit", "fleece", "felt", "print")
+    text = (stills / "meta.csv").read_text()
+    assert text.splitlines()[0] == "name,family,px_per_mm,thread_px,contrast"
+    meta = pd.read_csv(stills / "meta.csv")
+    data = pd.read_csv(stills / "data.csv", index_col=0)
+    assert list(meta["name"]) == list(data["name"])
+    assert set(meta["family"]) <= set(FAMILIES)
+    assert meta["px_per_mm"].between(4.0, 16.0).all()           # 2..8 px/mm at the model's 128 px
+    assert meta["thread_px"].between(2, 12).all()
+
+
+def test_every_family_appears_and_families_restrict(tmp_path):
+    a = tmp_path / "all"
+    write_dataset(a, 70, seed=11)
+    fams = pd.read_csv(a / "meta.csv")["family"]
+    assert set(fams) == set(FAMILIES)
+    assert fams.value_counts().min() >= 3                        # uniform over families
+    b = tmp_path / "some"
+    assert main(["synth", "--out", str(b), "--count", "12", "--families", "plain,knit"]) == 0
+    assert set(pd.read_csv(b / "meta.csv")["family"]) <= {"plain", "knit"}
+    c = tmp_path / "excl"
+    assert main(["synth", "--out", str(c), "--count", "20", "--exclude-families", "felt,print"]) == 0
+    assert not {"felt", "print"} & set(pd.read_csv(c / "meta.csv")["family"])
+
+
+@pytest.mark.parametrize("flag", ["--families", "--exclude-families"])
+def test_unknown_family_is_one_line(tmp_path, capsys, flag):
+    code = main(["synth", "--out", str(tmp_path / "o"), "--count", "3", flag, "plain,velvet"])
+    err = capsys.readouterr().err.strip()
+    assert code == DataError.exit_code != 0
+    assert len(err.splitlines()) == 1 and "velvet" in err and flag in err, err
+    with pytest.raises(DataError, match="velvet"):
+        write_dataset(tmp_path / "p", 2, families=["velvet"])
+
+
+def test_thread_contrast_ranges_from_tone_on_tone_to_contrasting():
+    """Contrast is the luma difference of the render parameters (thread vs fabric colour)."""
+    c = []
+    for i in range(120):
+        meta: dict = {}
+        render_image(np.random.default_rng([5, i]), size=64, meta=meta)
+        c.append(meta["contrast"])
+    c = np.array(c)
+    assert (c < 0.13).mean() >= 0.25, (c < 0.13).mean()           # tone-on-tone: ~35 %
+    assert (c >= 0.3).mean() >= 0.25                               # clearly contrasting ones too
+
+
+@pytest.mark.parametrize("kind", ERROR_KINDS + BREAK_KINDS)
+def test_each_defect_kind_has_its_label_and_a_box(kind):
+    label = DEFECT_LABEL[kind]
+    assert label == ("break" if kind in ("cut", "missing") else "error")   # stains, needle marks: error
+    for seed in range(2):
+        forced = {"error": label == "error", "break": label == "break"}
+        img, labels, boxes = render_image(np.random.default_rng([seed, 77]), labels=forced,
+                                          kinds={label: kind})
+        ref, _, _ = render_image(np.random.default_rng([seed, 77]), labels={**forced, label: False})
+        assert labels[label] and not labels["good"]
+        assert [(b.label, b.kind) for b in boxes] == [(label, kind)]
+        b = boxes[0]
+        assert b.w > 0 and b.h > 0 and b.x >= 0 and b.y >= 0 and b.x + b.w <= 256 and b.y + b.h <= 256
+        diff = np.abs(img.astype(np.float32) - ref.astype(np.float32)).mean(axis=2)
+        assert diff[b.y:b.y + b.h, b.x:b.x + b.w].max() > 8, (kind, seed)
+
+
+def test_default_mix_draws_every_kind():
+    seen = set()
+    for i in range(300):
+        _, _, boxes = render_image(np.random.default_rng([3, i]), size=32, defect_rate=1.0)
+        seen |= {b.kind for b in boxes}
+    assert seen == set(ERROR_KINDS + BREAK_KINDS)
+
+
+def test_families_do_not_break_determinism(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_dataset(a, 8, seed=9, families=["fleece", "felt"])
+    write_dataset(b, 8, seed=9, families=["fleece", "felt"], workers=2)
+    assert _files(a) == _files(b)
+    assert set(pd.read_csv(a / "meta.csv")["family"]) <= {"fleece", "felt"}
+
+
+def test_video_takes_families(tmp_path):
+    rows = write_video(tmp_path / "v.mp4", 40, seed=2, defects=0, length_stretches=0, families=["knit"])
+    assert rows == [] and len(_read_all(tmp_path / "v.mp4")) == 40
