@@ -248,6 +248,7 @@ class Daemon:
             "outbox_depth": self._outbox_depth(),
             "mqtt_connected": bool(getattr(self.publisher, "connected", False)),
             "mqtt_refused": int(getattr(self.publisher, "refused", 0) or 0),
+            "mqtt_oversize": int(getattr(self.publisher, "oversize", 0) or 0),
             "heatmaps": {"saved": hm.saved if hm else 0, "dropped": hm.dropped if hm else 0,
                          "deleted": hm.deleted if hm else 0, "writable": hm.writable if hm else None,
                          "ms_p50": percentile(hm.ms, 50) if hm else None},

@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import paho.mqtt.client as mqtt
 
@@ -112,6 +112,53 @@ def encode(payload: dict) -> bytes:
     """Compact UTF-8 JSON (what subscribers get byte for byte)."""
     text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=_json_default)
     return text.encode("utf-8")
+
+
+ALERT_CORE = ("event_id", "station", "ts", "frame", "labels", "scores", "heatmap", "model")  # ARCHITECTURE.md §6
+
+
+def publish_size(topic: str, payload: bytes, qos: int = 1, v5: bool = True) -> int:
+    """Bytes of the PUBLISH packet paho sends (no properties), to compare with the broker's limit.
+
+    Why: a broker disconnects a client that sends a packet over its ``max_packet_size``; paho
+    does not check the limit MQTT 5 announces in CONNACK, so the same alert would be re-sent on
+    every reconnect, for ever.
+    """
+    rest = 2 + len(topic.encode("utf-8")) + (2 if qos else 0) + (1 if v5 else 0) + len(payload)
+    n, v = 1, rest
+    while v >= 128:
+        v //= 128
+        n += 1
+    return 1 + n + rest
+
+
+def shrink_alert(payload: bytes, fits: Callable[[bytes], bool]) -> tuple[bytes, list[str]] | None:
+    """A trimmed alert that ``fits`` and the fields it lost, or None when even the core does not fit.
+
+    Why: an alert is a few hundred bytes; one over a broker's packet limit has grown in what
+    matters least. Fields outside the §6 contract go first, then the heatmap path (null, as when
+    the worker refused the job); ``"trimmed": true`` tells the subscriber.
+    """
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    lost: list[str] = []
+    for keys in ([k for k in body if k not in ALERT_CORE and k != "trimmed"], ["heatmap"]):
+        for k in keys:
+            if body.get(k) is not None:
+                lost.append(k)
+            if k == "heatmap":
+                body[k] = None
+            else:
+                body.pop(k, None)
+        if lost:
+            data = encode({**body, "trimmed": True})
+            if fits(data):
+                return data, lost
+    return None
 
 
 def read_password(cfg: "MqttConfig") -> str | None:
@@ -207,6 +254,9 @@ class Publisher:
         self._retry_at = 0.0                  # monotonic time to offer refused alerts again
         self.refused = 0                      # PUBACKs with a failure reason code (stats)
         self._refusing: str | None = None     # the reason while the broker refuses alerts
+        self._max_packet: int | None = None   # the broker's MaximumPacketSize (MQTT 5 CONNACK)
+        self._oversize: set[str] = set()      # alerts over it even trimmed (kept in the outbox)
+        self._said: set[tuple] = set()        # (what, limit) already logged
         self._drained = False                 # sender found nothing more to send
         self._sender: threading.Thread | None = None
         self._stop = False            # no more pumping (stop() in progress)
@@ -219,6 +269,12 @@ class Publisher:
     # -- set-up -------------------------------------------------------------------------------
     def _build_client(self) -> None:
         cfg = self.cfg
+        # paho raises a bare ValueError at connect on these: one line naming the key instead
+        host = cfg.host if isinstance(cfg.host, str) else ""
+        if not host.strip() or any(c.isspace() for c in host) or len(host) > 253:
+            raise ConfigError(f"mqtt.host: {cfg.host!r} is not a host name or address")
+        if isinstance(cfg.port, bool) or not isinstance(cfg.port, int) or not 1 <= cfg.port <= 65535:
+            raise ConfigError(f"mqtt.port: {cfg.port!r} is not a TCP port (1-65535)")
         tls = cfg.tls
         ca = cert = key = None
         if tls is not None:
@@ -307,6 +363,8 @@ class Publisher:
                             "MQTT connection to %s:%d refused: %s%s (retrying; alerts kept in the outbox)",
                             self.cfg.host, self.cfg.port, reason_code, connack_hint(reason_code, self.v5))
             return
+        limit = getattr(properties, "MaximumPacketSize", None) if self.v5 else None
+        self._max_packet = int(limit) if isinstance(limit, int) and limit > 0 else None
         self._connected = True
         self._last_error = None
         self._log_state(logging.INFO, ("connected",), "MQTT connected to %s:%d (%s)",
@@ -434,7 +492,11 @@ class Publisher:
                     continue
                 if len(self._inflight) >= window or not self._ready or self._stop:
                     return
-                info = self._client.publish(it.topic, it.payload, qos=1, retain=False)
+                payload = self._fit(it)
+                if payload is None:  # kept in the outbox, counted; the alerts after it go on
+                    self._cursor = it.seq
+                    continue
+                info = self._client.publish(it.topic, payload, qos=1, retain=False)
                 if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                     # NO_CONN: paho keeps it and sends it on reconnect; either way it is paho's now
                     self._inflight[info.mid] = it.event_id
@@ -444,6 +506,34 @@ class Publisher:
                 else:  # queue full: try again after the next ack
                     return
 
+    def _once(self, key: tuple, msg: str, *args: Any) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            self.log.warning(msg, *args)
+
+    def _fit(self, it: Any) -> bytes | None:
+        """The payload to send for outbox item ``it`` under the broker's packet limit, or None.
+
+        Why: a packet over the limit makes the broker drop the connection; re-sent after each
+        reconnect, one alert would block every later one and make ``status`` flap for ever.
+        """
+        limit = self._max_packet
+        if limit is None or publish_size(it.topic, it.payload, 1, self.v5) <= limit:
+            self._oversize.discard(it.event_id)
+            return it.payload
+        small = shrink_alert(it.payload, lambda b: publish_size(it.topic, b, 1, self.v5) <= limit)
+        if small is not None:
+            self._oversize.discard(it.event_id)
+            self._once(("trimmed", limit), "MQTT alert %s is %d bytes, over the broker's maximum packet size "
+                       "of %d: sent without %s (\"trimmed\": true; logged once)", it.event_id,
+                       len(it.payload), limit, ", ".join(small[1]))
+            return small[0]
+        self._oversize.add(it.event_id)
+        self._once(("oversize", limit), "MQTT alert %s is %d bytes, over the broker's maximum packet size of "
+                   "%d even trimmed: not sent, kept in the outbox %s (counted in stats as mqtt_oversize); "
+                   "later alerts go on (logged once)", it.event_id, len(it.payload), limit, self.outbox.path)
+        return None
+
     def _update_idle(self) -> None:
         with self._idle:
             self._idle.notify_all()
@@ -452,8 +542,9 @@ class Publisher:
         return not self._inflight and self._drained and self._acks.empty()
 
     def _only_refused_left(self) -> bool:
-        """Everything was offered and what is left in the outbox is what the broker refused."""
-        return bool(self._rejected) and self._is_flushed() and self.outbox.depth() <= len(self._rejected)
+        """Everything was offered and what is left in the outbox is what the broker refused (or too large)."""
+        kept = len(self._rejected | self._oversize)
+        return bool(kept) and self._is_flushed() and self.outbox.depth() <= kept
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -464,6 +555,16 @@ class Publisher:
     def inflight(self) -> int:
         """Alerts handed to the MQTT client and still waiting for the broker's PUBACK."""
         return len(self._inflight)
+
+    @property
+    def oversize(self) -> int:
+        """Alerts kept in the outbox because they exceed the broker's maximum packet size even trimmed."""
+        return len(self._oversize)
+
+    @property
+    def max_packet(self) -> int | None:
+        """The broker's maximum packet size from the last CONNACK (MQTT 5), None when unlimited."""
+        return self._max_packet
 
     @property
     def outbox_depth(self) -> int:
@@ -491,7 +592,13 @@ class Publisher:
         """QoS 0 retained stats; skipped (False) when not connected or disabled."""
         if not self.enabled or not self._connected or self._client is None:
             return False
-        info = self._client.publish(self.topics.stats, encode(payload), qos=0, retain=True)
+        data, limit = encode(payload), self._max_packet
+        if limit is not None and publish_size(self.topics.stats, data, 0, self.v5) > limit:
+            # over the limit the broker would drop the connection (and the alerts in flight with it)
+            self._once(("stats", limit), "MQTT stats are %d bytes, over the broker's maximum packet size of "
+                       "%d: not published (logged once)", len(data), limit)
+            return False
+        info = self._client.publish(self.topics.stats, data, qos=0, retain=True)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def flush(self, timeout: float = 5.0) -> bool:

@@ -183,8 +183,8 @@ def test_password_sources_and_errors(tmp_path, monkeypatch):
     assert read_password(mqtt_config(username="u", password_file=pw)) == "s3cret-Pa55"
     with pytest.raises(ConfigError, match=r"^mqtt.password_file: .*/missing not found$"):
         read_password(mqtt_config(username="u", password_file=tmp_path / "missing"))
-    with pytest.raises(ConfigError, match="mqtt.username"):
-        read_password(mqtt_config(password_file=pw))
+    with pytest.raises(ConfigError, match="mqtt.username"):  # config validation refuses it too
+        read_password(mqtt_config().model_copy(update={"password_file": pw}))
     with pytest.raises(ConfigError, match=r"^mqtt.password_file: .* is not readable"):
         read_password(mqtt_config(username="u", password_file=tmp_path))  # a directory
     (tmp_path / "empty").write_text("\n")
@@ -238,3 +238,53 @@ def test_encode_is_compact_utf8_json():
     data = encode({"a": np.float32(0.5), "b": np.arange(3), "c": "é", "p": None})
     assert data == '{"a":0.5,"b":[0,1,2],"c":"é","p":null}'.encode("utf-8")
     assert json.loads(data)["b"] == [0, 1, 2]
+
+
+def test_alert_over_the_brokers_max_packet_size_is_trimmed_or_kept_and_the_rest_pass(
+        mqtt_broker_factory, mqtt_subscriber, mqtt_publisher, caplog):
+    """Issue 12 #11: an oversize alert made the broker drop the connection on every resend, for ever."""
+    broker = mqtt_broker_factory(global_lines=["max_packet_size 600"])
+    sub = mqtt_subscriber(broker, "seamqc/st1/#")
+    log = logging.getLogger("test.publish.maxpacket")
+    caplog.set_level(logging.INFO, logger="test.publish.maxpacket")
+    pub = mqtt_publisher(broker, log=log)
+    sub.wait_for("seamqc/st1/status", lambda m: m.text == "online")
+    big_extra = {**alert_payload(2), "track": "x" * 2000, "heatmap": "/var/lib/seam-qc/" + "h" * 300}
+    big_core = {**alert_payload(3), "scores": {f"label-{i:03d}": 0.5 for i in range(100)}}
+    for p in (alert_payload(1), big_extra, big_core, alert_payload(4)):
+        pub.alert(p)
+    msgs = sub.wait_count("seamqc/st1/alert", 3, timeout=15)
+    assert [m.json()["event_id"] for m in msgs] == ["evt-0001", "evt-0002", "evt-0004"]
+    trimmed = msgs[1].json()
+    assert trimmed["trimmed"] is True and "track" not in trimmed and trimmed["heatmap"] is None
+    assert trimmed["scores"] == pytest.approx(msgs[0].json()["scores"]) and len(msgs[1].payload) < 600
+    wait_until(lambda: pub.outbox_depth == 1, what="evt-0002 and evt-0004 acknowledged")
+    assert [it.event_id for it in pub.outbox.pending()] == ["evt-0003"] and pub.oversize == 1
+    assert pub.max_packet == 600                                 # MQTT 5 CONNACK MaximumPacketSize
+    assert pub.stats({"big": "s" * 1000}) is False               # stats over the limit: skipped too
+    assert pub.stats({"fps": 1.0}) is True
+    pub.alert(alert_payload(5))                                  # later alerts are not blocked
+    sub.wait_for("seamqc/st1/alert", lambda m: m.json()["event_id"] == "evt-0005")
+    assert pub.flush(2) is False                                 # only the kept one is left: no wait
+    pub.stop(timeout=3.0)
+    assert [it.event_id for it in pub.outbox.pending()] == ["evt-0003"]  # kept for a bigger limit
+    sub.wait_for("seamqc/st1/status", lambda m: m.text == "offline")
+    # one connection all along: no disconnect for an oversize packet, no status flapping
+    assert "oversize packet" not in broker.log_text()
+    assert [m.text for m in sub.on("seamqc/st1/status")] == ["online", "offline"]
+    lines = [r.getMessage() for r in caplog.records if "maximum packet size" in r.getMessage()]
+    assert len(lines) == 3, lines                                 # trimmed, kept, stats: once each
+    assert sum("evt-0003" in line and "kept in the outbox" in line for line in lines) == 1
+
+
+def test_empty_or_bad_host_at_run_time_is_a_config_error_not_a_traceback(tmp_path):
+    """Issue 12 #5: paho raised a bare ValueError at connect for ``mqtt.host: ''``."""
+    from edge.config import MqttConfig
+
+    ob = Outbox(tmp_path / "outbox.sqlite")
+    for bad, key in (({"host": ""}, "mqtt.host"), ({"host": " "}, "mqtt.host"),
+                     ({"host": "a b"}, "mqtt.host"), ({"port": 0}, "mqtt.port")):
+        cfg = MqttConfig.model_construct(**{**MqttConfig().model_dump(), **bad})  # past config validation
+        with pytest.raises(ConfigError, match=f"^{key}: "):
+            Publisher(cfg, "st1", ob)
+    ob.close()
