@@ -32,6 +32,7 @@ from edge.errors import DataError
 from edge.preprocess import preprocess, to_bgr
 
 from .augment import augment
+from .roi import crop as crop_to_roi
 
 SEAM_LABELS = ("good", "error", "break", "length")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -187,22 +188,46 @@ def read_image(path: str, source: str = "") -> np.ndarray:
     return to_bgr(img)
 
 
+def load_image(path: str, source: str = "", roi: Sequence[int] | None = None) -> np.ndarray:
+    """``read_image``, then the daemon's ROI crop (``roi = (x, y, w, h)``; ``None``: whole image).
+
+    An image the ROI does not fit wholly inside is a ``DataError`` naming it (images saved as
+    crops already, e.g. by ``convert label`` with an ROI, take no ROI).
+    """
+    img = read_image(path, source)
+    if roi is None:
+        return img
+    return crop_to_roi(img, roi, path + (f" (listed in {source})" if source else ""), "ROI",
+                       hint="; images saved as crops (convert label with an ROI) take no ROI")
+
+
+def check_roi(ds: Dataset, roi: Sequence[int] | None) -> None:
+    """Crop the first image of ``ds`` to ``roi`` now: an ROI for frames saved as crops is one line
+    before a model loads, not an error in the middle of training or evaluation."""
+    if roi is not None and len(ds):
+        load_image(ds.paths[0], ds.source, roi)
+
+
 class ImageCache:
-    """Decoded images resized to the model input (uint8), kept in memory when they fit.
+    """Decoded images, cropped to ``roi`` when given, resized to the model input (uint8), kept in
+    memory when they fit.
 
     Resizing before augmenting is equivalent to the seed's order up to rounding, and
-    ``preprocess`` on an image of the model's size only standardises it.
+    ``preprocess`` on an image of the model's size only standardises it. ``roi`` is the camera
+    ROI of full frames (``convert.roi``): the crop is the daemon's, so training sees its view.
     """
 
-    def __init__(self, ds: Dataset, height: int, width: int, max_bytes: int = 1 << 30):
+    def __init__(self, ds: Dataset, height: int, width: int, max_bytes: int = 1 << 30,
+                 roi: Sequence[int] | None = None):
         self.ds, self.height, self.width = ds, height, width
+        self.roi = tuple(int(v) for v in roi) if roi is not None else None
         self.keep = len(ds) * height * width * 3 <= max_bytes
         self._mem: dict[int, np.ndarray] = {}
 
     def get(self, i: int) -> np.ndarray:
         img = self._mem.get(i)
         if img is None:
-            img = read_image(self.ds.paths[i], self.ds.source)
+            img = load_image(self.ds.paths[i], self.ds.source, self.roi)
             if img.shape[:2] != (self.height, self.width):
                 img = cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_AREA)
             if self.keep:
@@ -210,27 +235,35 @@ class ImageCache:
         return img
 
 
-def batches(ds: Dataset, height: int, width: int, batch: int = 32,
-            cache: ImageCache | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Un-augmented, ordered ``(x, y)`` batches through ``preprocess`` (for evaluation)."""
+def batches(ds: Dataset, height: int, width: int, batch: int = 32, cache: ImageCache | None = None,
+            roi: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Un-augmented, ordered ``(x, y)`` batches through ``preprocess`` (for evaluation).
+
+    ``roi``: crop every image to the camera ROI first (ignored with ``cache``, which has its own).
+    """
     for start in range(0, len(ds), batch):
         idx = range(start, min(len(ds), start + batch))
         if cache is not None:
             x = np.stack([preprocess(cache.get(i), height, width) for i in idx])
         else:
-            x = np.stack([preprocess(read_image(ds.paths[i], ds.source), height, width) for i in idx])
+            x = np.stack([preprocess(load_image(ds.paths[i], ds.source, roi), height, width) for i in idx])
         yield x, ds.targets[list(idx)]
 
 
 def make_sequence(ds: Dataset, height: int, width: int, batch: int = 32, augment_images: bool = False,
-                  shuffle: bool = False, seed: int = 0):
-    """A ``keras.utils.PyDataset`` streaming ``(x, y)`` batches (Keras imported here, not at module level)."""
+                  shuffle: bool = False, seed: int = 0, roi: Sequence[int] | None = None):
+    """A ``keras.utils.PyDataset`` streaming ``(x, y)`` batches (Keras imported here, not at module level).
+
+    ``roi``: every image is cropped to the camera ROI before anything else (see ``ImageCache``).
+    """
     import keras
 
     class SeamSequence(keras.utils.PyDataset):
         def __init__(self):
             super().__init__(workers=1, use_multiprocessing=False)
-            self.cache = ImageCache(ds, height, width)
+            self.cache = ImageCache(ds, height, width, roi=roi)
+            if roi is not None and len(ds):
+                self.cache.get(0)  # an ROI that does not fit is one line now, not inside fit()
             self.rng = np.random.default_rng(seed)
             self.order = np.arange(len(ds))
             if shuffle:

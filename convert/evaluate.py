@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from edge.errors import DataError, ModelError
 
-from .data import Dataset, batches, load_dataset
+from .data import Dataset, batches, check_roi, load_dataset
+from .roi import add_roi_args, roi_from_args
 
 
 # --- pure metrics ------------------------------------------------------------------------------
@@ -205,14 +206,18 @@ def load_predictor(path: str | Path, threads: int = 2, role: str | None = None, 
     raise ModelError(f"{p}: not a model (expected a bundle dir, .tflite, .keras or .h5)")
 
 
-def predict_dataset(pred: Predictor, ds: Dataset, progress: bool = False) -> np.ndarray:
-    """Probabilities ``[N, n]`` for every image of ``ds``, preprocessed one by one as on the Pi."""
+def predict_dataset(pred: Predictor, ds: Dataset, progress: bool = False,
+                    roi: Sequence[int] | None = None) -> np.ndarray:
+    """Probabilities ``[N, n]`` for every image of ``ds``, preprocessed one by one as on the Pi.
+
+    ``roi``: the images are full camera frames; each is cropped to this ROI first, as the daemon does.
+    """
     if pred.n_outputs != len(ds.labels):
         raise DataError(f"{ds.source}: {len(ds.labels)} labels {list(ds.labels)} but model {pred.path} has "
                         f"{pred.n_outputs} outputs")
     if pred.labels is not None and tuple(pred.labels) != tuple(ds.labels):
         raise DataError(f"{ds.source}: labels {list(ds.labels)} differ from model {pred.path}'s {list(pred.labels)}")
-    it = batches(ds, pred.height, pred.width, 64)
+    it = batches(ds, pred.height, pred.width, 64, roi=roi)
     it = tqdm(it, total=(len(ds) + 63) // 64, desc=f"evaluate {pred.kind}", unit="batch", file=sys.stderr,
               disable=not progress)
     outs = [pred.predict(x) for x, _ in it]
@@ -230,10 +235,11 @@ class Evaluation:
 
 def evaluate(model: str | Path, data: str | Path, calibrate: str | Path | None = None, threads: int = 2,
              role: str | None = None, progress: bool = False, arch: str | None = None,
-             size: int = 128) -> Evaluation:
+             size: int = 128, roi: Sequence[int] | None = None) -> Evaluation:
     ds = load_dataset(data)
+    check_roi(ds, roi)
     pred = load_predictor(model, threads, role, arch, size, ds.labels, ds.task)
-    probs = predict_dataset(pred, ds, progress)
+    probs = predict_dataset(pred, ds, progress, roi)
     labels = ds.labels
     task = pred.task or ds.task
     thresholds = {lab: float(pred.thresholds.get(lab, 0.5)) for lab in labels}
@@ -242,13 +248,15 @@ def evaluate(model: str | Path, data: str | Path, calibrate: str | Path | None =
     else:
         if calibrate:
             va = load_dataset(calibrate)
-            thresholds = calibrate_thresholds(va.targets, predict_dataset(pred, va, progress), labels)
+            thresholds = calibrate_thresholds(va.targets, predict_dataset(pred, va, progress, roi), labels)
         metrics = multilabel_metrics(ds.targets, probs, labels, thresholds)
         metrics["thresholds"] = thresholds
         metrics["thresholds_from"] = str(calibrate) if calibrate else (
             "bundle" if pred.kind == "bundle" else "default 0.5")
     metrics["model"] = str(model)
     metrics["data"] = str(data)
+    if roi is not None:
+        metrics["roi"] = [int(v) for v in roi]
     return Evaluation(metrics, labels, thresholds, probs, format_report(metrics, labels))
 
 
@@ -263,12 +271,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--arch", help="architecture of a weights-only .h5")
     p.add_argument("--size", type=int, default=128, help="input size of a weights-only .h5 / SavedModel")
+    add_roi_args(p, "cropped from every image (and --calibrate's) first; images saved as crops take none")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    roi = roi_from_args(args)
     ev = evaluate(args.model, args.data, args.calibrate, args.threads, args.role, progress=sys.stderr.isatty(),
-                  arch=args.arch, size=args.size)
+                  arch=args.arch, size=args.size, roi=roi.roi)
     print(ev.report)
     if args.json:
         Path(args.json).write_text(json.dumps(ev.metrics, indent=1) + "\n")

@@ -4,6 +4,10 @@ The seed labeled in an OpenCV window, which needs a desktop on the machine holdi
 A page served on 127.0.0.1 works the same on a workstation and on a headless Pi over SSH
 port-forwarding (``ssh -L 8765:127.0.0.1:8765 pi``). The labeling logic is the pure state
 machine in ``convert.label_state``; this module only decodes frames and serves the page.
+
+With the station's ROI (``--config station.yaml`` or ``--roi X,Y,W,H``, see ``convert.roi``) the
+page shows the whole frame with the ROI's box drawn on it, and every saved PNG is the daemon's
+crop of the frame (``edge.preprocess.crop_roi``): what is labelled is what the model sees.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 from edge.errors import DataError, SeamQCError
 from convert.label_state import Labeler, open_session
+from convert.roi import add_roi_args, roi_from_args
 
 STATIC = Path(__file__).resolve().parent / "static"
 _STATIC_FILES = {"/": ("label.html", "text/html; charset=utf-8"),
@@ -247,17 +252,29 @@ def serve(app: LabelApp, host: str, port: int) -> ThreadingHTTPServer:
 
 
 def run(args: argparse.Namespace) -> int:
+    choice = roi_from_args(args)
     video = Path(args.video)
     frames = VideoFrames(video)
     try:
+        first = frames.get(0)
+        choice.check_frame(first.shape[1], first.shape[0], f"video {video}")
         labeler = open_session(frames, args.out, video.stem, video.name,
-                               log=lambda n: print(f"note: {n}", file=sys.stderr, flush=True))
+                               log=lambda n: print(f"note: {n}", file=sys.stderr, flush=True),
+                               roi=choice.roi, roi_origin=choice.origin or "--roi")
         app = LabelApp(labeler, frames)
         server = serve(app, args.host, args.port)
         host, port = server.server_address[:2]
         shown = f"[{host}]" if ":" in str(host) else host
         print(f"labeling {video.name}: {frames.frame_count} frames → {labeler.store.dir}, "
               f"starting at frame {labeler.frame} ({len(labeler.store.rows)} saved)", flush=True)
+        sw, sh = labeler.saved_size
+        if choice.roi is not None:
+            what = f"the daemon's crop, {choice.describe()}"
+        elif choice.given:
+            what = choice.describe()
+        else:
+            what = "whole frames (give --config or --roi to save the camera ROI the daemon classifies)"
+        print(f"saving {sw}x{sh} PNGs: {what}", flush=True)
         if host in ("0.0.0.0", "::"):
             print("warning: listening on all interfaces: anyone on the network can label and delete",
                   file=sys.stderr, flush=True)
@@ -298,4 +315,5 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="folder for the PNGs and <video>_data.csv")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0 = any free port)")
+    add_roi_args(p, "drawn on the page and is what every saved PNG holds (the daemon's crop)")
     p.set_defaults(func=run)

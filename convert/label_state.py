@@ -3,8 +3,9 @@
 No server and no window here, so the whole workflow is testable with a list of frames. The web
 page (``convert.label``) only forwards key names and shows :meth:`Labeler.state`.
 
-Files (exactly the seed's): ``<stem>_<frame>.png`` (the raw frame) and ``<stem>_data.csv`` as
-pandas ``to_csv`` writes it (``,name,good,error,break,length``, index 0..n-1, ``True``/``False``),
+Files (exactly the seed's): ``<stem>_<frame>.png`` (the raw frame, or with a camera ROI exactly
+the daemon's crop of it: ``edge.preprocess.crop_roi``) and ``<stem>_data.csv`` as pandas
+``to_csv`` writes it (``,name,good,error,break,length``, index 0..n-1, ``True``/``False``),
 rows sorted by frame. Every write is atomic (temp file, fsync, ``os.replace``) and ordered so a
 crash never leaves a half-written CSV nor a CSV row without its image: a save writes the PNG
 first, then the CSV; an undo rewrites the CSV first, then deletes the PNG. What a crash can
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 
 from convert.data import csv_rows
+from convert.roi import check_fits, crop
 from edge.errors import DataError
 
 ATTRS = ("good", "error", "break", "length")
@@ -286,15 +288,24 @@ class Labeler:
 
     ``press(key)`` takes the page's key names (``KEYS``); ``goto(frame)`` is the jump box.
     On opening, it resumes at the frame after the last saved one, with that row's values.
+    ``roi`` (x, y, w, h, the daemon's ``camera.roi``) makes every save the daemon's crop of the
+    frame; it must lie inside the frames (``roi_origin`` names where it came from in errors).
     """
 
     def __init__(self, frames: FrameSource, store: LabelStore, notes: list[str] | None = None,
-                 video_name: str = ""):
+                 video_name: str = "", roi: tuple[int, int, int, int] | None = None,
+                 roi_origin: str = "--roi"):
         if frames.frame_count < 1:
             raise DataError(f"video {video_name or store.stem}: has no frames")
         self.frames = frames
         self.store = store
         self.video_name = video_name or store.stem
+        first = frames.get(0)
+        self.frame_size = (int(first.shape[1]), int(first.shape[0]))
+        self.roi = tuple(int(v) for v in roi) if roi is not None else None
+        self.roi_origin = roi_origin
+        if self.roi is not None:
+            check_fits(self.roi, *self.frame_size, f"video {self.video_name}", roi_origin)
         self.notes = list(notes or [])
         self.values = {a: False for a in ATTRS}
         self.frame = 0
@@ -356,7 +367,7 @@ class Labeler:
     def save(self) -> bool:
         values = tuple(self.values[a] for a in ATTRS)
         try:
-            image = self.frames.get(self.frame)
+            image = crop(self.frames.get(self.frame), self.roi, f"frame {self.frame}", self.roi_origin)
             previous = self.store.put(self.frame, image, values)
         except DataError as e:
             self.message = f"not saved: {e}"
@@ -385,6 +396,28 @@ class Labeler:
         self.message = (f"undo: {name} back to its earlier labels" if previous
                         else f"undo: deleted {name} and its row")
 
+    @property
+    def saved_size(self) -> tuple[int, int]:
+        """(width, height) of the PNGs this session writes: the ROI's, or the whole frame's."""
+        return (self.roi[2], self.roi[3]) if self.roi is not None else self.frame_size
+
+    def check_saved_sizes(self) -> None:
+        """Refuse a folder whose saved PNGs have another size than this session saves (another ROI)."""
+        want = self.saved_size
+        odd: list[str] = []
+        size = None
+        for row in self.store.rows.values():
+            got = png_size(self.store.dir / row.name)
+            if got is not None and got != want:
+                odd.append(row.name)
+                size = got
+        if odd:
+            how = (f"crops of {self.roi_origin} {list(self.roi)}" if self.roi is not None
+                   else "whole frames (no --roi / --config)")
+            raise DataError(f"{self.store.dir}: {len(odd)} saved image(s) are {size[0]}x{size[1]} "
+                            f"({_few(odd, 3)}), but this session saves {want[0]}x{want[1]} {how}: "
+                            f"label into another --out folder or give the ROI they were saved with")
+
     def counts(self) -> dict[str, int]:
         rows = self.store.rows.values()
         out = {a: sum(r.values[i] for r in rows) for i, a in enumerate(ATTRS)}
@@ -401,6 +434,10 @@ class Labeler:
             "csv": self.store.csv_path.name,
             "frame": self.frame,
             "frames": self.frames.frame_count,
+            "frame_size": list(self.frame_size),
+            "roi": list(self.roi) if self.roi is not None else None,
+            "roi_origin": self.roi_origin if self.roi is not None else None,
+            "saved_size": list(self.saved_size),
             "image_name": self.store.image_name(self.frame),
             "values": dict(self.values),
             "saved": row.as_dict() if row else None,
@@ -416,12 +453,31 @@ class Labeler:
         }
 
 
+def png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header, or ``None`` when it is missing or not a PNG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def open_session(frames: FrameSource, out_dir: str | Path, stem: str,
-                 video_name: str = "", log: Callable[[str], None] | None = None) -> Labeler:
-    """Open (or resume) the labels of one video in ``out_dir``: reconcile, then a ready Labeler."""
+                 video_name: str = "", log: Callable[[str], None] | None = None,
+                 roi: tuple[int, int, int, int] | None = None, roi_origin: str = "--roi") -> Labeler:
+    """Open (or resume) the labels of one video in ``out_dir``: reconcile, then a ready Labeler.
+
+    With ``roi`` the saved PNGs are the daemon's crop of each frame; a folder already holding
+    PNGs of another size (saved with another ROI or none) is refused, so one folder is one view.
+    """
     store = LabelStore(out_dir, stem)
     notes = store.load()
     for n in notes:
         if log:
             log(n)
-    return Labeler(frames, store, notes, video_name)
+    labeler = Labeler(frames, store, notes, video_name, roi, roi_origin)
+    labeler.check_saved_sizes()
+    return labeler

@@ -41,8 +41,9 @@ import numpy as np
 
 from edge.errors import DataError, ModelError
 
-from .data import load_dataset, make_sequence
+from .data import check_roi, load_dataset, make_sequence
 from .models import ARCHS, build_model, check_arch, save_model
+from .roi import add_roi_args, roi_from_args
 
 CKPT_RE = re.compile(r"^ckpt-e(\d+)-.*\.keras$")
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "edge" / "models" / "default"
@@ -171,8 +172,11 @@ def freeze_stages(model, n: int) -> int:
 def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet-int8", epochs: int = 10,
           size: int = 128, filters: int = 64, batch: int = 16, lr: float | None = None, resume: bool = False,
           seed: int = 0, patience: int = 4, verbose: int | str = "auto", init: str | Path | None = None,
-          freeze: int = 0) -> TrainResult:
-    """Train and save ``out`` (the best weights); returns what happened."""
+          freeze: int = 0, roi: tuple[int, int, int, int] | None = None) -> TrainResult:
+    """Train and save ``out`` (the best weights); returns what happened.
+
+    ``roi``: the data are full camera frames; each is cropped to this ROI (the daemon's crop) first.
+    """
     check_arch(arch)
     out = Path(out)
     if out.suffix != ".keras":
@@ -191,6 +195,8 @@ def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet
     if tr.labels != va.labels or tr.task != va.task:
         raise DataError(f"{valid_spec}: labels {list(va.labels)} ({va.task}) differ from {train_spec}'s "
                         f"{list(tr.labels)} ({tr.task})")
+    check_roi(tr, roi)
+    check_roi(va, roi)
 
     import keras
 
@@ -207,8 +213,8 @@ def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet
         filters = int(base_meta.get("filters", filters))
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(exist_ok=True)
-    train_seq = make_sequence(tr, size, size, batch, augment_images=True, shuffle=True, seed=seed)
-    valid_seq = make_sequence(va, size, size, batch)
+    train_seq = make_sequence(tr, size, size, batch, augment_images=True, shuffle=True, seed=seed, roi=roi)
+    valid_seq = make_sequence(va, size, size, batch, roi=roi)
     steps = len(train_seq)
     initial_epoch = 0
     history: dict[str, list[float]] = {}
@@ -249,6 +255,8 @@ def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet
             "filters": filters, "trained_on": str(train_spec)}
     if init:
         meta["init"] = str(init)
+    if roi is not None:
+        meta["roi"] = [int(v) for v in roi]
 
     class HistoryWriter(keras.callbacks.Callback):
         """Appends each epoch's logs to history.json (so a resumed run keeps the earlier epochs)."""
@@ -299,13 +307,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fine-tune from this model's weights ('default': the shipped bundle); input size from it")
     p.add_argument("--freeze", type=int, default=0, metavar="N",
                    help="with --init: keep the first N resolution stages fixed (1: stem + first stage)")
+    add_roi_args(p, "cropped from every image first; images saved as crops take none")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    roi = roi_from_args(args)
     res = train(args.train, args.valid, args.out, arch=args.arch, epochs=args.epochs, size=args.size,
                 filters=args.filters, batch=args.batch, lr=args.lr, resume=args.resume, seed=args.seed,
-                patience=args.patience, init=args.init, freeze=args.freeze)
+                patience=args.patience, init=args.init, freeze=args.freeze, roi=roi.roi)
     h = res.history
     last = {k: v[-1] for k, v in h.items() if v}
     print(f"saved {res.out} ({res.task}, labels {', '.join(res.labels)}; {res.epochs_run} epochs; "

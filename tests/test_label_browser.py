@@ -56,10 +56,10 @@ return n;
 class Server:
     """``python -m convert label`` in a subprocess on a free port."""
 
-    def __init__(self, video: Path, out: Path):
+    def __init__(self, video: Path, out: Path, *extra: str):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "convert", "label", "--video", str(video), "--out", str(out), "--port", "0"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "convert", "label", "--video", str(video), "--out", str(out),
+             "--port", "0", *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.url = None
         self.head = []
         deadline = time.monotonic() + 60
@@ -230,6 +230,66 @@ def test_label_page_keys_files_undo_resume(driver, tmp_path):
         assert page.frame == 2 and page.shown_frame() == 2
         assert page.chip_on("good") and page.chip_on("error") and page.visible("warning")
         assert page.text("count-saved") == "2"
+        page.keys("q")
+        assert srv.wait()[0] == 0
+    finally:
+        srv.stop()
+
+
+# Where the ROI box and the shown frame's content land on screen (CSS px), and the frame's size.
+ROI_ON_SCREEN = """
+const img = document.getElementById('frame');
+const svg = document.getElementById('roi');
+if (!img.complete || !img.naturalWidth || svg.hasAttribute('hidden')) return null;
+const r = img.getBoundingClientRect();
+const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+const ox = r.left + (r.width - img.naturalWidth * s) / 2, oy = r.top + (r.height - img.naturalHeight * s) / 2;
+const b = document.getElementById('roi-box').getBoundingClientRect();
+return {natural: [img.naturalWidth, img.naturalHeight],
+        box: [(b.left - ox) / s, (b.top - oy) / s, b.width / s, b.height / s],
+        badge: document.getElementById('badge-roi').textContent};
+"""
+
+
+def test_label_page_draws_the_roi_and_saves_its_crop(driver, tmp_path):
+    import cv2
+    import numpy as np
+
+    from edge.preprocess import crop_roi
+    from tests.test_label import draw
+
+    video = make_video(tmp_path / "seam5.avi", 5)  # 160x120
+    roi = (24, 10, 100, 90)
+    out = tmp_path / "labels"
+    srv = Server(video, out, "--roi", ",".join(map(str, roi)))
+    try:
+        assert "saving 100x90 PNGs: the daemon's crop, ROI [24, 10, 100, 90] from --roi" in "".join(srv.head)
+        page = Page(driver, srv.url)
+        assert page.shown_frame() == 0 and page.visible("roi") and page.visible("badge-roi")
+        WebDriverWait(driver, 15).until(lambda d: d.execute_script(ROI_ON_SCREEN) is not None)
+        shown = driver.execute_script(ROI_ON_SCREEN)
+        assert shown["natural"] == [160, 120]  # the page shows the whole frame ...
+        # ... with the box on the ROI's pixels (stroke: within a CSS px or two at this zoom)
+        assert np.allclose(shown["box"], roi, atol=1.0), shown
+        assert "100×90" in shown["badge"]
+        page.keys("n", "g", "s")
+        saved = cv2.imread(str(out / "seam5_1.png"), cv2.IMREAD_UNCHANGED)
+        assert saved.shape == (90, 100, 3)  # ... and saves exactly the crop
+        frame = cv2.VideoCapture(str(video))
+        frame.read()
+        ok, second = frame.read()
+        frame.release()
+        assert ok and np.array_equal(saved, crop_roi(second, roi))
+        assert np.abs(second.astype(int) - draw(1).astype(int)).mean() < 8  # the frame the page showed
+        page.keys("q")
+        assert srv.wait()[0] == 0
+    finally:
+        srv.stop()
+
+    srv = Server(video, tmp_path / "whole")  # no ROI: no box, whole frames saved
+    try:
+        page = Page(driver, srv.url)
+        assert not page.visible("roi") and not page.visible("badge-roi")
         page.keys("q")
         assert srv.wait()[0] == 0
     finally:

@@ -90,6 +90,8 @@ function render(s) {
     $("frame").src = `/frame/${s.frame}.jpg?v=${s.frame_tag}`;
   }
 
+  renderRoi(s);
+
   const conflict = !!s.warning;
   document.querySelectorAll(".chip").forEach((chip) => {
     const a = chip.dataset.attr;
@@ -155,6 +157,26 @@ function render(s) {
     $("closed-text").textContent = `${s.counts.saved} frame(s) saved to ${s.out}/${s.csv}.`;
     $("closed").hidden = false;
   }
+}
+
+// The camera ROI as an SVG in frame pixels over the frame: same box as the <img>, and both keep
+// the aspect ratio centred (object-fit: contain / xMidYMid meet), so the box lands on the pixels.
+function renderRoi(s) {
+  const svg = $("roi");
+  const badge = $("badge-roi");
+  // an <svg> has no .hidden property (it is not an HTMLElement): set the attribute
+  if (!s.roi) { svg.toggleAttribute("hidden", true); badge.hidden = true; return; }
+  const [fw, fh] = s.frame_size;
+  const [x, y, w, h] = s.roi;
+  svg.setAttribute("viewBox", `0 0 ${fw} ${fh}`);
+  const box = $("roi-box");
+  box.setAttribute("x", x); box.setAttribute("y", y);
+  box.setAttribute("width", w); box.setAttribute("height", h);
+  $("roi-shade").setAttribute("d", `M0 0H${fw}V${fh}H0Z M${x} ${y}h${w}v${h}h${-w}Z`);
+  svg.toggleAttribute("hidden", false);
+  badge.textContent = `ROI ${x},${y} ${w}×${h} · saved: this crop`;
+  badge.title = `camera ROI from ${s.roi_origin}: every save writes exactly this ${w}×${h} crop, what the daemon classifies`;
+  badge.hidden = false;
 }
 
 // Prefetch the next frame once the current one is shown, so `n` feels instant.
