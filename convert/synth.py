@@ -1,10 +1,28 @@
 """``python -m convert synth``: labeled synthetic seam images, or a seam video with ground truth.
 
 Stills (``--out DIR --count N``) are 256×256 BGR PNGs of what the camera ROI sees: a seam
-crossing the frame, 2 mm or 4 mm stitches at ``--px-per-mm`` (default 12.5: 2 mm ≈ 25 px,
-the view is ~20 mm of fabric), on woven/knit/printed fabrics under uneven light, blur, noise
-and JPEG. Labels follow the seed (``good``, ``error``, ``break``, ``length``; ``length`` true =
-2 mm); defects are placed wholly inside the frame and their tight boxes go to ``boxes.csv``.
+crossing the frame, 2 mm or 4 mm stitches at a scale drawn per image from 4..16 px/mm (2..8 at
+the model's 128 px; ``--px-per-mm`` pins it), rotated ±15° and anywhere in the middle 60 % of the
+frame, under slight perspective, uneven light, vignetting, glints, white balance, defocus and
+motion blur, noise and JPEG. Labels follow the seed (``good``, ``error``, ``break``, ``length``;
+``length`` true = 2 mm); defects are placed wholly inside the frame and their tight boxes go to
+``boxes.csv``; ``meta.csv`` names each image's family, scale, thread width and contrast.
+
+Fabric families (``FAMILIES``, a public contract: ``--families``/``--exclude-families``,
+``convert leave-out``): plain (woven cotton, linen, basket, canvas), twill (incl. denim), satin,
+knit (jersey, rib), fleece (incl. terry; its pile hides parts of the thread), felt (non-woven),
+print (prints, gingham, yarn-dyed checks, jacquard). Each image draws its family uniformly among
+the allowed ones, then a look within it. Threads run from contrasting to tone-on-tone (~35 %
+differ from the fabric by only 0.01..0.12 in luma), 2..12 px wide at 256, with sheen and twist.
+
+Defect kinds and labels (``synth_render.DEFECT_LABEL``): ``break`` = ``cut`` (thread broken,
+loose ends) or ``missing`` (a clean gap); ``error`` = ``skip`` (one stitch 2-3× long),
+``loop``/``sag`` (loop or slack thread), ``overlap`` (double stitches), ``crooked`` (a sharp
+local jump of the stitch line), ``pucker``, ``pinch`` (a fold caught in the seam), ``bobbin``
+(bobbin thread pulled up at the holes), ``stain`` and ``needle_mark`` (holes without thread).
+Stains and needle marks are ``error``: a flaw on the seam the operator must look at, and the
+dashboards treat anything not good as a defect. Benign look-alikes stay ``good``: lint, prints,
+the seam allowance's fold edge, wrinkles away from the seam.
 
 Video (``--video FILE.mp4 --frames N``) is a 640×480 strip of the same seam world scrolling past
 the camera at sewing speed (``--stitches-per-min`` × base stitch length / 60 mm/s), with error and
