@@ -41,6 +41,7 @@ class Plan:
 
 
 def make_plan(quick: bool, cores: int) -> Plan:
+    """How much to measure: ``--quick`` stays under a minute, the full run takes ~3 min on 2 cores."""
     all_t = max(1, cores)
     threads = tuple(sorted({1, all_t}))
     if quick:
@@ -50,10 +51,12 @@ def make_plan(quick: bool, cores: int) -> Plan:
 
 
 def pct(values: list[float] | np.ndarray, q: float) -> float:
+    """Percentile as a plain float (the JSON has no numpy types)."""
     return float(np.percentile(np.asarray(values, np.float64), q))
 
 
 def summary_ms(values: list[float]) -> dict[str, float]:
+    """p50 / p99 / mean / n of per-call ms, rounded for the JSON."""
     return {"p50": round(pct(values, 50), 3), "p99": round(pct(values, 99), 3),
             "mean": round(float(np.mean(values)), 3), "n": len(values)}
 
@@ -78,6 +81,7 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], iters: int, warmup: int,
 
 
 def machine_info() -> dict[str, Any]:
+    """The machine and library versions: numbers mean nothing without them."""
     import importlib.metadata as md
 
     def ver(*names: str) -> str | None:
@@ -115,10 +119,12 @@ def subprocess_env() -> dict[str, str]:
 
 
 def say(msg: str) -> None:
+    """Progress on stderr, so stdout stays the table."""
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
 def iso_to_epoch(ts: str) -> float:
+    """An alert's ``ts`` (ISO 8601 UTC, ms) → epoch seconds, to compare with receive times."""
     d = _dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.timezone.utc)
     return d.timestamp()
 

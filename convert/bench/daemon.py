@@ -29,12 +29,14 @@ from .common import ROI, ROOT, subprocess_env
 
 
 def free_port() -> int:
+    """A free loopback port for the private broker (never the system's 1883)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:
+    """True once something listens on the loopback port."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
@@ -98,6 +100,7 @@ class Listener:
             self.msgs.append((now, msg.topic, bytes(msg.payload)))
 
     def of(self, station: str, kind: str) -> list[tuple[float, dict]]:
+        """(receive time, JSON payload) of every message on ``seamqc/<station>/<kind>``."""
         topic = f"seamqc/{station}/{kind}"
         with self.lock:
             items = [(t, p) for t, tp, p in self.msgs if tp == topic]
@@ -129,6 +132,7 @@ class DaemonRun:
     summary: dict = field(default_factory=dict)
 
     def line_time(self, needle: str) -> float | None:
+        """Receive time of the first log line containing ``needle`` (None: never logged)."""
         for t, ln in self.lines:
             if needle in ln:
                 return t
@@ -138,6 +142,7 @@ class DaemonRun:
 def daemon_config(work: Path, tag: str, bundle: Path, video: Path, port: int | None, *, threads: int,
                   realtime: bool, loop: bool, forced_every: int | None, heatmaps: str | None,
                   stats_interval: float, hm_threads: int) -> tuple[Path, str]:
+    """A daemon config for one run → (path, station); ``forced_every`` loads it on purpose (module doc)."""
     import yaml
 
     station = f"bench-{tag}"
@@ -262,6 +267,7 @@ def stats_fps(listener: Listener, station: str, run: DaemonRun) -> dict[str, Any
 
 
 def steady_rss(run: DaemonRun, after: float | None) -> dict[str, float | None]:
+    """Max / median RSS after ``after`` (start-up and model loading excluded)."""
     pts = [mb for t, mb in run.rss if after is None or t >= after]
     if not pts:
         return {"max": None, "median": None}

@@ -97,6 +97,7 @@ class BoundProbe:
         self.samples: list[float] = []
 
     def burst(self, n: int, warmup: int = 5) -> None:
+        """``n`` timed calls right now, added to ``samples``."""
         def call() -> None:
             self.interp.set_tensor(self.i_in, self.x)
             self.interp.invoke()

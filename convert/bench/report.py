@@ -57,6 +57,7 @@ def pi_estimates(res: dict) -> dict[str, Any]:
 
 
 def evaluate_targets(res: dict) -> list[dict[str, Any]]:
+    """Each target with its value and PASS / MISS (n/a when not measured)."""
     e2e = res["e2e"].get("ratio_to_bound")
     vals = {
         "e2e_over_bound": e2e,
@@ -83,6 +84,7 @@ def _f(v: Any, nd: int = 2) -> str:
 
 
 def render_table(res: dict) -> str:
+    """The markdown table ``make bench`` prints (the README's performance tables come from it)."""
     m = res["machine"]
     b = res["bundle"]
     L = [f"### seam-qc bench ({'quick' if res['quick'] else 'full'}) — {m['cpu']}, "

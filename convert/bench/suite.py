@@ -25,6 +25,7 @@ from .tfworker import run_worker
 
 
 def bundle_info(bundle: Path) -> dict[str, Any]:
+    """What the report says about the bundle (arch, size, int8 kind, roles)."""
     from convert.models import read_meta
     from edge.bundle import load_bundle
 
@@ -39,6 +40,7 @@ def bundle_info(bundle: Path) -> dict[str, Any]:
 
 
 def resolve_bundle(arg: str | None, work_root: Path) -> tuple[Path, str]:
+    """``--bundle``, else the shipped one, else an untrained export (so a fresh checkout can bench)."""
     if arg:
         p = Path(arg)
         if not (p / "manifest.json").is_file():
@@ -87,6 +89,7 @@ def make_inputs(work: Path, frames: int, seed: int = 5) -> tuple[Path, Path, lis
 
 
 def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path | None) -> dict[str, Any]:
+    """The whole run, in an order that keeps runtimes apart (package doc) → the result dict."""
     t_start = time.monotonic()
     phases: dict[str, float] = {}
     last = [t_start]
@@ -380,6 +383,8 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
 
 def alert_latency(plan: Plan, cfg: Callable, work: Path, listener: Listener, notes: list[str],
                   natural: bool = True) -> dict[str, Any]:
+    """Capture → MQTT subscriber latency of live alerts (forced ones when the bundle raises too few)."""
+
     def collect(run: DaemonRun, station: str) -> list[dict]:
         emit = {}
         for t, ln in run.lines:
