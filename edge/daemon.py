@@ -3,7 +3,7 @@
 Threads: ``capture`` (edge.camera, drops the oldest frame when behind), the main thread
 (classification + decision + stats + watchdog; one interpreter built once), ``heatmaps``
 (edge.heatmaps, bounded queue) and the publisher's MQTT loop. Every wait is bounded, so a stop
-(SIGTERM/SIGINT, ``--max-frames``, the end of a file source) is noticed within ~0.2 s:
+(SIGTERM/SIGINT/SIGHUP, ``--max-frames``, the end of a file source) is noticed within ~0.2 s:
 
 1. ``STOPPING=1`` is sent, capture stops;
 2. the decider's open events are flushed as alerts (nothing accepted is lost);
@@ -208,11 +208,16 @@ class Daemon:
             self.notifier.status(f"running ({self.runtime})")
 
     def _install_signals(self) -> None:
+        """SIGTERM, SIGINT and SIGHUP all stop cleanly (open events alerted, outbox kept).
+
+        Why SIGHUP: a dropped SSH session sends it to a daemon run in a terminal; its default
+        action kills at once and loses the open events. (Until hot reload exists.)
+        """
         def handler(signum: int, _frame: Any) -> None:
             self.stop_reason = signal.Signals(signum).name
             self.stop.set()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             try:
                 signal.signal(sig, handler)
             except ValueError:  # not the main thread (tests)

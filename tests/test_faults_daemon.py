@@ -139,7 +139,7 @@ def test_corrupt_frames_in_the_running_daemon(tmp_path, tiny_bundle, caplog):
     good = np.full((480, 640, 3), 120, np.uint8)
     script = [good, None, np.zeros((0,), np.uint8), np.zeros((480, 640, 3), np.float64), good,
               np.full((240, 320), 50, np.uint8), good]
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         d = Daemon(cfg)
         d.setup()
@@ -151,3 +151,31 @@ def test_corrupt_frames_in_the_running_daemon(tmp_path, tiny_bundle, caplog):
     st = d.stats_payload(0, 1.0)
     assert d.frames == 4 and st["camera"]["corrupt"] == 3 and st["camera"]["resized"] == 1
     assert st["camera"]["state"] == "ended" and st["frames"] == 4
+
+
+@pytest.mark.slow
+def test_sighup_stops_cleanly_and_alerts_the_open_event(tmp_path, tiny_bundle, mqtt_broker, mqtt_subscriber):
+    """Issue 12 #10: a dropped SSH session (SIGHUP) killed the daemon and lost its open events."""
+    video = small_video(tmp_path / "v.mp4", 30)
+    sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/#").wait_subscribed()
+    cfg = daemon_config(tmp_path, tiny_bundle, video, mqtt_broker,
+                        camera={"loop": True, "realtime": True},          # runs until told to stop
+                        decision={"thresholds": {"error": 0.0}, "max_event_frames": 1_000_000})
+    proc = start_daemon(cfg)
+    st = stats_where(sub, "seamqc/test-st/stats", lambda s: s["open_events"] >= 1 and s["frames"] > 5, 90)
+    assert st["alerts"] == 0 and proc.poll() is None                     # the event is open, not alerted
+    proc.send_signal(signal.SIGHUP)
+    assert wait_exit(proc, 10) == 0
+    alert = sub.wait_for("seamqc/test-st/alert", timeout=5).json()     # flushed, delivered
+    assert "error" in alert["labels"] and alert["last_frame"] - alert["first_frame"] >= 5
+    sub.wait_for("seamqc/test-st/status", lambda m: m.text == "offline", timeout=5)
+    text = daemon_log(cfg)
+    s = log_summary(text)
+    assert "stopping (SIGHUP)" in text and "Traceback" not in text
+    assert s["alerts"] == len(log_alerts(text)) >= 1
+    from edge.outbox import Outbox
+    ob = Outbox(tmp_path / "outbox.sqlite")
+    try:
+        assert ob.depth() == 0                                            # acknowledged, none left
+    finally:
+        ob.close()
