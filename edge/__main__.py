@@ -44,32 +44,18 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(args.config)
         setup_logging(args.log_level or cfg.log_level)
-        if args.check_config:
-            from .daemon import load_model
-
-            bundle, clf = load_model(cfg)
-            from .daemon import check_explainer, open_source
-
-            open_source(cfg, (bundle.width, bundle.height))
-            if cfg.heatmaps.enabled:
-                check_explainer(cfg, bundle)
-            from .config import config_line
-            from .errors import ConfigError
-            from .publish import resolve_problem
-
-            problem = resolve_problem(cfg.mqtt)
-            if problem:  # a typo is the likely cause here; the running daemon only warns
-                raise ConfigError(f"{config_line(cfg, 'mqtt', 'host')}: {problem}")
-            print(f"{args.config}: OK (station {cfg.station}, model {bundle.name} {cfg.model.bundle}, "
-                  f"runtime {clf.runtime}, camera {cfg.camera.source} {cfg.camera.device})")
-            return 0
         from .daemon import Daemon
 
         daemon = Daemon(cfg, max_frames=args.max_frames)
-        daemon.setup()
+        # one validation path: --check-config is the start-up's own checks with nothing built
+        daemon.setup(dry_run=args.check_config)
+        if args.check_config:
+            print(f"{args.config}: OK (station {cfg.station}, model {daemon.bundle.name} {cfg.model.bundle}, "
+                  f"runtime {daemon.runtime}, camera {cfg.camera.source} {cfg.camera.device})")
+            return 0
         return daemon.run()
     except SeamQCError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # one line, always
         return e.exit_code
     except KeyboardInterrupt:
         return 0

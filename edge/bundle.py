@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,9 @@ from .preprocess import CHANNEL_ORDER, PREPROCESS_ID
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TASKS = ("multilabel", "multiclass")
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KiB; a huge one is the wrong file
+MAX_SIDE = 4096  # input height/width: larger is a typo that would allocate gigabytes per frame
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -94,6 +99,71 @@ def _need(manifest: dict, key: str, where: Path) -> Any:
     return manifest[key]
 
 
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr`` cut short: an error line names the value without flooding the journal."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(r)} characters)"
+
+
+def _name(value: Any) -> bool:
+    """A usable name (label, role, file path): a non-empty string without control characters."""
+    return isinstance(value, str) and bool(value) and not _CONTROL_RE.search(value)
+
+
+def _number(value: Any) -> bool:
+    """A real, finite JSON number (``true`` is not 1, NaN is not a threshold)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice in one object")
+        out[k] = v
+    return out
+
+
+def _read_manifest(mpath: Path) -> dict[str, Any]:
+    """Parse the manifest: any I/O, encoding, syntax, size or nesting problem is one ModelError line."""
+    try:
+        with open(mpath, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+        manifest = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (OSError, ValueError, RecursionError) as e:
+        why = " ".join(str(getattr(e, "strerror", None) or e).split())[:160]
+        raise ModelError(f"{mpath}: not valid JSON ({why})") from None
+    if not isinstance(manifest, dict):
+        raise ModelError(f"{mpath}: expected a JSON object")
+    return manifest
+
+
+def _check_gradcam(manifest: dict, files: dict, n_labels: int, mpath: Path) -> None:
+    """The Grad-CAM section names roles in ``files`` and carries numbers where numbers belong."""
+    gc = manifest.get("gradcam")
+    if gc is None:
+        return
+    if not isinstance(gc, dict):
+        raise ModelError(f"{mpath}: gradcam: {_show(gc)} must be an object")
+    for key in ("explainer", "head"):
+        role = gc.get(key)
+        if role is not None and not (_name(role) and role in files):
+            raise ModelError(f"{mpath}: gradcam.{key}: {_show(role)} is not a role in files")
+    if "layer" in gc and not isinstance(gc["layer"], str):
+        raise ModelError(f"{mpath}: gradcam.layer: {_show(gc['layer'])} must be a string")
+    shape = gc.get("feature_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in shape)):
+        raise ModelError(f"{mpath}: gradcam.feature_shape: {_show(shape)} must be [height, width, channels]")
+    refs = gc.get("peak_ref")
+    if refs is not None and not (isinstance(refs, list) and len(refs) == n_labels and all(
+            r is None or (_number(r) and r >= 0) for r in refs)):
+        raise ModelError(f"{mpath}: gradcam.peak_ref: {_show(refs)} must list one number >= 0 (or null) "
+                         "per label")
+
+
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     """Read and check ``root/manifest.json``; with ``verify`` every file's sha256 is checked."""
     root = Path(root)
@@ -102,31 +172,33 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         raise ModelError(f"{root}: model bundle directory not found")
     if not mpath.is_file():
         raise ModelError(f"{mpath}: not found (is {root} a seam-qc model bundle?)")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{mpath}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise ModelError(f"{mpath}: expected a JSON object")
+    manifest = _read_manifest(mpath)
     version = _need(manifest, "format_version", mpath)
-    if version != FORMAT_VERSION:
-        raise ModelError(f"{mpath}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ModelError(f"{mpath}: format_version {_show(version)} is not supported (expected {FORMAT_VERSION})")
     task = _need(manifest, "task", mpath)
-    if task not in TASKS:
-        raise ModelError(f"{mpath}: task {task!r} must be one of {', '.join(TASKS)}")
+    if not isinstance(task, str) or task not in TASKS:
+        raise ModelError(f"{mpath}: task {_show(task)} must be one of {', '.join(TASKS)}")
     labels = _need(manifest, "labels", mpath)
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise ModelError(f"{mpath}: labels {labels!r} must be a non-empty list of names")
+    if not isinstance(labels, list) or not labels or not all(_name(x) for x in labels):
+        raise ModelError(f"{mpath}: labels {_show(labels)} must be a non-empty list of names")
+    for i, lab in enumerate(labels):
+        if lab in labels[:i]:  # scores are matched to labels by position: a repeat mislabels them
+            raise ModelError(f"{mpath}: labels: {lab!r} is listed twice ({_show(labels)})")
     inp = _need(manifest, "input", mpath)
-    try:
-        height, width = int(inp["height"]), int(inp["width"])
-    except (KeyError, TypeError, ValueError):
-        raise ModelError(f"{mpath}: input {inp!r} needs integer height and width") from None
+    if not isinstance(inp, dict):
+        raise ModelError(f"{mpath}: input {_show(inp)} must be an object with height and width")
+    for side in ("height", "width"):
+        v = inp.get(side)
+        if not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE):
+            raise ModelError(f"{mpath}: input.{side}: {_show(v)} must be a whole number of pixels "
+                             f"(1 to {MAX_SIDE})")
+    height, width = inp["height"], inp["width"]
     order = inp.get("channel_order", CHANNEL_ORDER)
     prep = inp.get("preprocessing", PREPROCESS_ID)
     if order != CHANNEL_ORDER or prep != PREPROCESS_ID:
         raise ModelError(
-            f"{mpath}: input.preprocessing {prep!r} / channel_order {order!r} is not this runtime's "
+            f"{mpath}: input.preprocessing {_show(prep)} / channel_order {_show(order)} is not this runtime's "
             f"({PREPROCESS_ID!r}, {CHANNEL_ORDER!r})"
         )
     files = _need(manifest, "files", mpath)
@@ -135,6 +207,10 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     for role, entry in files.items():
         if not isinstance(entry, dict) or "path" not in entry or "sha256" not in entry:
             raise ModelError(f"{mpath}: files.{role} needs 'path' and 'sha256'")
+        if not _name(entry["path"]):
+            raise ModelError(f"{mpath}: files.{role}.path: {_show(entry['path'])} must be a file name in the bundle")
+        if not isinstance(entry["sha256"], str):
+            raise ModelError(f"{mpath}: files.{role}.sha256: {_show(entry['sha256'])} must be a hex string")
         rel = Path(entry["path"])
         if rel.is_absolute() or ".." in rel.parts:
             raise ModelError(f"{mpath}: files.{role}.path {entry['path']!r} must stay inside the bundle")
@@ -149,17 +225,24 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
                     f"{str(entry['sha256'])[:12]}… in {mpath} (corrupt or replaced file)"
                 )
     thresholds = {lab: 0.5 for lab in labels}
-    for lab, t in (manifest.get("thresholds") or {}).items():
+    given = manifest.get("thresholds") or {}
+    if not isinstance(given, dict):
+        raise ModelError(f"{mpath}: thresholds: {_show(given)} must be an object of label: number")
+    for lab, t in given.items():
         if lab not in labels:
             raise ModelError(f"{mpath}: thresholds.{lab}: not a label of this model")
+        # NaN or 7.0 would pass silently and the label would never alert
+        if not _number(t) or not 0.0 <= t <= 1.0:
+            raise ModelError(f"{mpath}: thresholds.{lab}: {_show(t)} must be a number between 0 and 1")
         thresholds[lab] = float(t)
     classifier = manifest.get("classifier", "classifier_int8")
-    if classifier not in files:
-        raise ModelError(f"{mpath}: classifier {classifier!r} is not a role in files")
+    if not _name(classifier) or classifier not in files:
+        raise ModelError(f"{mpath}: classifier {_show(classifier)} is not a role in files")
+    _check_gradcam(manifest, files, len(labels), mpath)
     return Bundle(
         root=root,
         manifest=manifest,
-        name=str(manifest.get("name", root.name)),
+        name=str(manifest.get("name", root.name))[:200],
         task=task,
         labels=tuple(labels),
         height=height,

@@ -13,30 +13,55 @@ against the current working directory (so ``config/demo.yaml`` can name the repo
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
+import ssl
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
 
 LABELS_DEFAULT = ("good", "error", "break", "length")
 _TOKEN_RE = re.compile(r"^[^/+#\s\x00]+$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 STATION_MAX = 64  # a host name's limit (HOST_NAME_MAX)
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; a bigger file is the wrong file (or /dev/zero)
+MAX_DEPTH = 16  # the schema nests 3 levels; PyYAML's composer recurses, so depth is capped first
+# keys whose value may be a secret typed in the wrong place: errors never echo it
+SECRET_KEYS = frozenset({("mqtt", "password_file")})
+RECONNECT_MAX_S = 3600.0  # longer waits overflow threading timeouts (1e12) and help nobody
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN/inf pass every range check (nan > 0 is False, but so is nan <= 0), so refuse them outright
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_control(cls, v: Any, info: ValidationInfo) -> Any:
+        """A NUL makes ``os.stat`` raise deep inside the run; any control character is a typo."""
+        if isinstance(v, str) and _CONTROL_RE.search(v):
+            shown = "the value" if info.field_name == "password_file" else _show(v)
+            raise ValueError(f"{shown} contains a control character")
+        return v
 
 
 def _safe_token(value: str, what: str) -> str:
     if not value or not _TOKEN_RE.match(value):
         raise ValueError(f"{value!r} is not a valid {what} (no '/', '+', '#' or whitespace)")
     return value
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr`` cut to ``limit`` characters: a 4,000-digit number must not flood the error line."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(r)} characters)"
 
 
 class TlsConfig(_Model):
@@ -69,10 +94,25 @@ class MqttConfig(_Model):
     tls: TlsConfig | None = None
     username: str | None = None
     password_file: Path | None = None
-    max_inflight: int = Field(20, ge=1)
-    max_queued: int = Field(1000, ge=1)
-    reconnect_min_s: float = Field(1.0, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    max_inflight: int = Field(20, ge=1, le=65535)  # MQTT packet ids are 16 bits
+    max_queued: int = Field(1000, ge=1, le=1_000_000)
+    reconnect_min_s: float = Field(1.0, gt=0, le=RECONNECT_MAX_S)
+    reconnect_max_s: float = Field(30.0, gt=0, le=RECONNECT_MAX_S)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        # '' or a space passes YAML but makes paho raise at connect, a traceback instead of exit 78
+        if not v or len(v) > 253 or any(c.isspace() for c in v):
+            raise ValueError(f"{_show(v)} is not a host name or address")
+        return v
+
+    @field_validator("client_id", "username")
+    @classmethod
+    def _nonempty(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not 1 <= len(v) <= 256:
+            raise ValueError(f"{_show(v)}: {info.field_name} must have 1 to 256 characters")
+        return v
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -92,6 +132,9 @@ class MqttConfig(_Model):
     def _backoff(self) -> "MqttConfig":
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        if self.password_file is not None and not self.username:
+            raise ValueError("password_file is set but username is not (MQTT sends a password only "
+                             "with a user name)")
         return self
 
 
@@ -107,12 +150,22 @@ class CameraConfig(_Model):
     loop: bool = False
     realtime: bool = True
     queue_size: int = Field(4, ge=1, le=1000)
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(10.0, gt=0)
+    reconnect_min_s: float = Field(0.5, gt=0, le=RECONNECT_MAX_S)
+    reconnect_max_s: float = Field(10.0, gt=0, le=RECONNECT_MAX_S)
     lores: bool = True
     # FFmpeg decoder threads for file and rtsp sources; 0 = FFmpeg's choice (one per core). One
     # thread leaves the other cores to the interpreter, which is what limits the frame rate.
     decode_threads: int = Field(1, ge=0, le=64)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: int | str) -> int | str:
+        # OpenCV takes a C int index: 10**30 would raise inside the capture thread
+        if isinstance(v, int) and not 0 <= v <= 1023:
+            raise ValueError(f"{_show(v)} is not a camera index (0 to 1023)")
+        if isinstance(v, str) and not v:
+            raise ValueError("'' is not a device, file or URL")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "CameraConfig":
@@ -141,15 +194,17 @@ class DecisionConfig(_Model):
 
     expected_length: Literal["2mm", "4mm", "any"] = "any"
     thresholds: dict[str, float] = Field(default_factory=dict)
-    min_frames: int = Field(2, ge=1)
-    window: int = Field(3, ge=1)
-    max_event_frames: int = Field(300, ge=1)
-    cooldown_frames: int = Field(0, ge=0)
+    min_frames: int = Field(2, ge=1, le=10_000)
+    window: int = Field(3, ge=1, le=10_000)
+    max_event_frames: int = Field(300, ge=1, le=10_000_000)
+    cooldown_frames: int = Field(0, ge=0, le=10_000_000)
 
     @field_validator("thresholds")
     @classmethod
     def _thr(cls, v: dict[str, float]) -> dict[str, float]:
         for k, t in v.items():
+            if _CONTROL_RE.search(k):
+                raise ValueError(f"thresholds: {_show(k)} contains a control character")
             if not 0.0 <= t <= 1.0:
                 raise ValueError(f"thresholds.{k}: {t!r} must be between 0 and 1")
         return v
@@ -165,7 +220,7 @@ class HeatmapConfig(_Model):
     enabled: bool = True
     dir: Path = Path("/var/lib/seam-qc/heatmaps")
     method: Literal["litert", "tf"] = "litert"
-    max_mb: float = Field(2048.0, gt=0)
+    max_mb: float = Field(2048.0, gt=0, le=1e9)  # 1 PB: more is a typo (and overflows as bytes)
     queue_size: int = Field(8, ge=1, le=1000)
     labels_only_flagged: bool = True
     threads: int = Field(2, ge=1, le=64)
@@ -179,8 +234,8 @@ class Config(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     heatmaps: HeatmapConfig = Field(default_factory=HeatmapConfig)
     outbox: Path = Path("/var/lib/seam-qc/outbox.sqlite")
-    stats_interval: float = Field(10.0, gt=0)
-    watchdog_stall_s: float = Field(10.0, gt=0)
+    stats_interval: float = Field(10.0, gt=0, le=86400)
+    watchdog_stall_s: float = Field(10.0, gt=0, le=86400)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("log_level", mode="before")
@@ -247,6 +302,8 @@ _TYPE_WORDS = {
     "model_type": "must be a mapping",
     "tuple_type": "must be a list",
     "list_type": "must be a list",
+    "finite_number": "is not a finite number",
+    "int_parsing_size": "is far too large",
 }
 
 
@@ -254,27 +311,28 @@ def _describe(err: dict) -> str:
     """One human phrase for one pydantic error (value included)."""
     typ = err["type"]
     val = err.get("input")
+    shown = "the value" if err.get("secret") else _show(val)
     ctx = err.get("ctx") or {}
     if typ == "extra_forbidden":
         return "unknown key (check the spelling)"
     if typ == "missing":
         return "required key is missing"
     if typ in _TYPE_WORDS:
-        return f"{val!r} {_TYPE_WORDS[typ]}"
+        return f"{shown} {_TYPE_WORDS[typ]}"
     if typ == "literal_error":
-        return f"{val!r} must be one of {ctx.get('expected', '')}"
+        return f"{shown} must be one of {ctx.get('expected', '')}"
     if typ in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bound = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
                  "less_than_equal": "<="}[typ]
         limit = next(iter(ctx.values())) if ctx else ""
-        return f"{val!r} must be {bound} {limit}"
+        return f"{shown} must be {bound} {limit}"
     if typ in ("too_short", "too_long"):
-        return f"{val!r} must have exactly 4 values [x, y, w, h]" if isinstance(val, (list, tuple)) \
-            else f"{val!r} has the wrong length"
+        return f"{shown} must have exactly 4 values [x, y, w, h]" if isinstance(val, (list, tuple)) \
+            else f"{shown} has the wrong length"
     if typ == "value_error":
         msg = str(ctx.get("error", err.get("msg", "")))
         return msg
-    return f"{val!r}: {err.get('msg', typ)}"
+    return f"{shown}: {err.get('msg', typ)}"
 
 
 def _fmt_loc(loc: tuple) -> str:
@@ -340,25 +398,101 @@ def _resolve_paths(cfg: Config, base: Path) -> dict[str, Any]:
     return upd
 
 
+def _read_text(path: Path, where: str) -> str:
+    """The file as text: UTF-8 (a BOM is fine), at most MAX_CONFIG_BYTES, no NUL.
+
+    Any other encoding is one line naming the first bad byte's line, never a UnicodeDecodeError.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read config file ({e.strerror or e})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: larger than {MAX_CONFIG_BYTES >> 20} MiB: not a seam-qc config")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or raw[:1] == b"\x00" or raw[1:2] == b"\x00":
+        raise ConfigError(f"{where}:1: the file is UTF-16 or binary, not UTF-8 text: save it as UTF-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"{where}:{line}: byte 0x{raw[e.start]:02x} at column {col} is not UTF-8: save "
+                          "the file as UTF-8 (an editor wrote Latin-1 or Windows-1252?)") from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise ConfigError(f"{where}:{text.count(chr(10), 0, nul) + 1}: a NUL byte: a binary file, not YAML")
+    return text.removeprefix("\ufeff")
+
+
+def _check_events(text: str, where: str) -> None:
+    """Refuse anchors/aliases and deep nesting while streaming, before anything builds or walks a tree.
+
+    An alias bomb (nine lines of nested ``&a [*b, *b, ...]``) is small as text and exponential as a
+    tree: the line index and the validation would walk it forever.
+    """
+    depth = 0
+    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None) is not None:
+            raise ConfigError(f"{where}:{ev.start_mark.line + 1}: YAML anchors and aliases (&name, *name) "
+                              "are not allowed in the config: write the values out")
+        if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"{where}:{ev.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels: "
+                                  "not a seam-qc config")
+        elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def _check_duplicates(node: yaml.Node | None, where: str, path: tuple = ()) -> None:
+    """A key given twice is an error naming both lines (YAML would silently keep the second)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for k, v in node.value:
+            line = k.start_mark.line + 1
+            if not isinstance(k, yaml.ScalarNode):
+                raise ConfigError(f"{where}:{line}: {_fmt_loc(path) or '(top level)'}: a key must be a plain name")
+            if (k.tag, k.value) in seen:
+                raise ConfigError(f"{where}:{line}: {_fmt_loc(path + (k.value,))}: duplicate key (first at "
+                                  f"line {seen[k.tag, k.value]}; YAML would silently keep only this one)")
+            seen[k.tag, k.value] = line
+            _check_duplicates(v, where, path + (k.value,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _check_duplicates(v, where, path + (i,))
+
+
+def _parse(text: str, where: str) -> tuple[yaml.Node | None, Any]:
+    """(node tree, data) of a YAML text, every failure a one-line ConfigError with its line."""
+    try:
+        _check_events(text, where)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_duplicates(node, where)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        why = " ".join(": ".join(str(x) for x in (e.context, e.problem) if x).split()) or "syntax error"
+        raise ConfigError(f"{where}{line}: not valid YAML ({why})") from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (control characters)
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError(f"{where}:{line}: not valid YAML (character #x{e.character:04x} is not "
+                          "allowed)") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({' '.join(str(e).split())})") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise ConfigError(f"{where}: not a usable value ({' '.join(str(e).split())[:120]})") from None
+    return node, data
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read, validate and resolve ``path``; any problem → :class:`ConfigError` with file:line."""
     path = Path(path)
     where = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: config file not found") from None
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read config file ({e.strerror})") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where}{line}: not valid YAML ({e.problem})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML ({e})") from None
+    node, data = _parse(_read_text(path, where), where)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -373,6 +507,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         errs = sorted(e.errors(include_url=False), key=lambda x: x["type"] != "extra_forbidden")
         err = errs[0]
         loc = _clean_loc(tuple(err["loc"]))
+        if any(loc[:len(k)] == k for k in SECRET_KEYS):
+            err = {**err, "secret": True}
         if err["type"] == "missing" and loc and isinstance(loc[-1], int):
             loc = loc[:-1]  # a too-short list (roi) rather than a missing key
             err = {"type": "too_short", "input": data_at(data, loc)}
@@ -391,23 +527,54 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
 
 
 def _check_files(cfg: Config, where: str, lines: dict[tuple, int]) -> None:
-    """Files that must exist now (TLS, password): name the key, its line and the path."""
+    """Files that must exist and be usable now (TLS, password): name the key, its line and the path.
+
+    The TLS files are loaded the way the MQTT client loads them, and the password file is read,
+    so ``--check-config`` and the start-up refuse the same garbage. A missing password file is not
+    echoed: people write the password itself there.
+    """
+
+    def prefix(loc: tuple) -> str:
+        line = _line_for(lines, loc)
+        return f"{where}{f':{line}' if line else ''}: {_fmt_loc(loc)}"
 
     def need(loc: tuple, p: Path | None, what: str) -> None:
         if p is None:
             return
         if not p.is_file():
-            line = _line_for(lines, loc)
-            ln = f":{line}" if line else ""
-            raise ConfigError(f"{where}{ln}: {_fmt_loc(loc)}: {str(p)!r}: {what} not found")
+            shown = "the file named here" if loc in SECRET_KEYS else repr(str(p))
+            raise ConfigError(f"{prefix(loc)}: {shown}: {what} not found")
 
     m = cfg.mqtt
     if m.tls is not None:
         need(("mqtt", "tls", "ca"), m.tls.ca, "CA certificate file")
         need(("mqtt", "tls", "cert"), m.tls.cert, "client certificate file")
         need(("mqtt", "tls", "key"), m.tls.key, "client key file")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            ctx.load_verify_locations(cafile=str(m.tls.ca))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{prefix(('mqtt', 'tls', 'ca'))}: {str(m.tls.ca)!r}: not a usable CA certificate "
+                              f"file ({getattr(e, 'reason', None) or e})") from None
+        if m.tls.cert is not None:
+            try:  # an encrypted key gets an empty passphrase: fail here rather than prompt on a tty
+                ctx.load_cert_chain(str(m.tls.cert), str(m.tls.key), password=lambda: b"")
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{prefix(('mqtt', 'tls', 'cert'))}: {str(m.tls.cert)!r} / {str(m.tls.key)!r}: "
+                                  f"not a usable certificate and key ({getattr(e, 'reason', None) or e})") from None
     if m.password_file is not None:
-        need(("mqtt", "password_file"), m.password_file, "password file")
+        loc = ("mqtt", "password_file")
+        need(loc, m.password_file, "password file")
+        try:
+            pw = m.password_file.read_bytes()[:65536].decode("utf-8").rstrip("\r\n")
+        except OSError as e:
+            raise ConfigError(f"{prefix(loc)}: {str(m.password_file)!r}: cannot read the password file "
+                              f"({e.strerror or e})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{prefix(loc)}: {str(m.password_file)!r}: the password file is not UTF-8 "
+                              "text") from None
+        if not pw:
+            raise ConfigError(f"{prefix(loc)}: {str(m.password_file)!r}: the password file is empty")
 
 
 def config_line(cfg: Config, *loc: Any) -> str:
@@ -415,10 +582,12 @@ def config_line(cfg: Config, *loc: Any) -> str:
     where = str(cfg.source_path) if cfg.source_path else "config"
     line = None
     if cfg.source_path is not None:
-        try:
-            node = yaml.compose(Path(cfg.source_path).read_text(), Loader=yaml.SafeLoader)
+        try:  # the file was validated by load_config (no aliases); it may have changed since
+            text = _read_text(Path(cfg.source_path), str(cfg.source_path))
+            _check_events(text, "")
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
             line = _line_for(_line_index(node), tuple(loc))
-        except (OSError, yaml.YAMLError):
+        except (ConfigError, yaml.YAMLError, ValueError):
             line = None
     ln = f":{line}" if line else ""
     return f"{where}{ln}: {_fmt_loc(tuple(loc))}"

@@ -30,13 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from .camera import Capture, Frame, make_source
+from .camera import Capture, EndOfStream, Frame, SourceLost, make_source
 from .config import Config, config_line
 from .decide import Decider, iso_utc
 from .errors import CameraError, ConfigError, ModelError, SeamQCError
 from .sdnotify import Notifier, watchdog_interval_s
 
 log = logging.getLogger("seamqc")
+PROBE_TIMEOUT_S = 5.0  # opening a video file and decoding one frame takes milliseconds
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -110,6 +111,79 @@ def open_source(cfg: Config, model_size: tuple[int, int]) -> Any:
         raise CameraError(f"{config_line(cfg, *key)}: {getattr(e, 'detail', e)}") from None
 
 
+def probe_file_source(cfg: Config, source: Any) -> None:
+    """A video file must open and decode one frame now, within PROBE_TIMEOUT_S.
+
+    Why: a zero-byte, text-as-mp4 or truncated file can never work; at run time it would be
+    retried as "cannot open" forever (systemd's watchdog restart-loops) or, with ``loop: true``,
+    spin a core on zero frames. It is a config error (78) at start and in ``--check-config``.
+    """
+    if cfg.camera.source != "file":
+        return  # live sources may be away at start: capture retries them by design
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            source.open()
+            try:
+                img = source.read()
+            finally:
+                source.close()
+            result.append(None if img is not None and getattr(img, "size", 0) else "its first frame is empty")
+        except EndOfStream:
+            result.append("not one frame decodes (empty, truncated or not a video)")
+        except SourceLost:
+            result.append("cannot be opened as a video (empty, truncated or not a video)")
+        except Exception as e:  # noqa: BLE001 - OpenCV raises cv2.error on some garbage
+            result.append(f"cannot be decoded ({' '.join(str(e).split())[:100]})")
+
+    t = threading.Thread(target=probe, name="probe-video", daemon=True)
+    t.start()
+    t.join(PROBE_TIMEOUT_S)
+    why = f"no frame decoded within {PROBE_TIMEOUT_S:.0f} s" if t.is_alive() else result[0]
+    if why is not None:
+        raise CameraError(f"{config_line(cfg, 'camera', 'device')}: {str(cfg.camera.device)!r}: {why}")
+
+
+def check_mqtt(cfg: Config, strict: bool) -> None:
+    """What the publisher needs at start (topics, password); an unresolvable host only if ``strict``.
+
+    ``--check-config`` is strict about the host (a typo is the likely cause); the running daemon
+    only warns, once, and keeps classifying into the outbox: a DNS outage must not stop QC.
+    """
+    m = cfg.mqtt
+    if not m.enabled:
+        return
+    from .publish import read_password, resolve_problem, topics
+
+    try:
+        topics(m.prefix, cfg.station)
+        read_password(m)  # also $CREDENTIALS_DIRECTORY (systemd LoadCredential)
+    except ConfigError as e:
+        raise ConfigError(f"{config_line(cfg, 'mqtt')}: {e}") from None
+    problem = resolve_problem(m)
+    if problem and strict:
+        raise ConfigError(f"{config_line(cfg, 'mqtt', 'host')}: {problem}")
+    if problem:
+        log.warning("%s: %s; classifying on, alerts wait in the outbox %s until it resolves",
+                    config_line(cfg, "mqtt", "host"), problem, cfg.outbox)
+
+
+def check_outbox_path(cfg: Config) -> None:
+    """Dry run: refuse what the outbox would refuse at start, creating and changing nothing."""
+    from .outbox import Outbox, OutboxError
+
+    path = Path(cfg.outbox)
+    anc = path.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise OutboxError(f"outbox {path}: cannot create directory {path.parent}: {anc} is not a directory")
+    probe = Outbox.__new__(Outbox)  # the outbox's own checks, without opening or locking anything
+    probe.path = path
+    probe._validate()
+
+
 class Daemon:
     def __init__(self, cfg: Config, max_frames: int | None = None, notifier: Notifier | None = None) -> None:
         self.cfg = cfg
@@ -131,7 +205,13 @@ class Daemon:
         self.capture: Capture | None = None
 
     # ------------------------------------------------------------------ setup
-    def setup(self) -> None:
+    def setup(self, dry_run: bool = False) -> None:
+        """Validate everything a start needs, then (unless ``dry_run``) build the pipeline.
+
+        ``--check-config`` is ``setup(dry_run=True)``: one path, so it approves exactly what a start
+        accepts. A dry run changes nothing on disk (no outbox, no heatmap directory) and treats an
+        unresolvable ``mqtt.host`` as an error, where a start only warns.
+        """
         cfg = self.cfg
         self.bundle, self.clf = load_model(cfg)
         self.runtime = str(getattr(self.clf, "runtime", "unknown"))
@@ -150,10 +230,17 @@ class Daemon:
                                max_event_frames=d.max_event_frames, cooldown_frames=d.cooldown_frames,
                                id_prefix=f"{cfg.station}-{self.boot}")
         self.model_sha = self.bundle.sha256(cfg.model.role or self.bundle.classifier_role)
+        self.source = open_source(cfg, (self.bundle.width, self.bundle.height))
+        probe_file_source(cfg, self.source)
+        if cfg.heatmaps.enabled:
+            check_explainer(cfg, self.bundle)
+        check_mqtt(cfg, strict=dry_run)
+        if dry_run:
+            check_outbox_path(cfg)
+            return
         log.info("model %s (%s, sha256 %s…), input %dx%d, runtime %s, %d thread(s)", self.bundle.name,
                  cfg.model.role or self.bundle.classifier_role, self.model_sha[:12], self.bundle.width,
                  self.bundle.height, self.runtime, cfg.model.threads)
-        self.source = open_source(cfg, (self.bundle.width, self.bundle.height))
         self.frames_q: "queue.Queue[Frame]" = queue.Queue(maxsize=cfg.camera.queue_size)
         self._setup_outbox_publisher()
         self._setup_heatmaps()
@@ -167,13 +254,9 @@ class Daemon:
         except OSError:
             pass
         self.outbox = Outbox(cfg.outbox)
-        from .publish import Publisher, resolve_problem
+        from .publish import Publisher
 
         # with mqtt.enabled false the publisher is an outbox-only sink
-        problem = resolve_problem(cfg.mqtt)
-        if problem:
-            log.warning("%s: %s; classifying on, alerts wait in the outbox %s until it resolves",
-                        config_line(cfg, "mqtt", "host"), problem, cfg.outbox)
         self.publisher = Publisher(cfg.mqtt, cfg.station, self.outbox, log=logging.getLogger("seamqc.mqtt"))
         if not cfg.mqtt.enabled:
             log.info("mqtt: disabled; alerts are logged and kept in the outbox %s", cfg.outbox)
