@@ -10,8 +10,10 @@ counted (the newest frame is the one worth classifying). A file replayed as fast
 Camera loss (device missing at start, unplugged, stream ending on a live source) is not fatal:
 the state goes to ``lost``, it is logged, and the source is reopened with exponential backoff
 (``reconnect_min_s`` … ``reconnect_max_s``) until it returns. Settings that can never work
-(unknown source, a video file that does not exist, picamera2 not installed) raise
-:class:`CameraError` (exit 78) at start.
+(unknown source, a video file that does not exist or does not decode, picamera2 not installed)
+raise :class:`CameraError` (exit 78) at start; a video file that stops decoding while running
+(no frame from a fresh open) ends capture with that error in ``Capture.error`` (the daemon exits
+78 with it) instead of being retried or looped over for ever.
 
 picamera2 is imported only inside :class:`PicameraSource`. Its ``RGB888`` format is BGR in
 memory, so the main stream needs no conversion. When the ISP's low-resolution ``lores`` stream
@@ -36,7 +38,12 @@ import numpy as np
 from .errors import CameraError
 
 log = logging.getLogger("seamqc.camera")
+# FFmpeg's own stderr lines ("moov atom not found") would break our one-line errors and repeat at
+# every retry; our log says what failed. Read at the first VideoCapture; a user's setting wins.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 READ_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 5.0  # opening a video file and decoding one frame takes milliseconds
+MAX_WAIT_S = 3600.0    # longer waits overflow threading timeouts (1e12 s) and help nobody
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,75 @@ def _cam_error(msg: str, key: str) -> CameraError:
     err.key = ("camera", key)  # type: ignore[attr-defined]
     err.detail = msg  # type: ignore[attr-defined]
     return err
+
+
+def _bounded_s(value: Any, default: float) -> float:
+    """A wait in seconds that ``Event.wait`` accepts: NaN/negative → ``default``, at most MAX_WAIT_S."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return default
+    if v != v or v < 0:
+        return default
+    return min(v, MAX_WAIT_S)
+
+
+def _quiet_opencv() -> None:
+    # OpenCV's own warnings ("can't open camera by index") would repeat at every retry;
+    # our log says it once per loss
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # pragma: no cover - a build without cv2.utils
+        pass
+
+
+def _open_video_file(path: str, params: list[int]) -> Any:
+    """cv2.VideoCapture on a file through FFmpeg, or whatever backend can read it."""
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
+    if not cap.isOpened():  # a build without FFmpeg
+        cap.release()
+        cap = cv2.VideoCapture(path)
+    return cap
+
+
+UNDECODABLE = "is not a video OpenCV can decode (empty, truncated or another format)"
+
+
+def probe_file_source(path: str | os.PathLike, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise :class:`CameraError` about ``camera.device`` unless ``path`` decodes a frame within ``timeout_s``.
+
+    Why: a zero-byte, text-as-mp4 or truncated file can never work; at run time it would be
+    retried for ever (systemd's watchdog restart-loops) or, with ``loop: true``, spin on zero
+    frames. Start-up and ``--check-config`` call this so it is a config error (exit 78) instead.
+    The error's ``key`` is ``("camera", "device")``; the daemon prefixes the config file and line.
+    """
+    p = str(path)
+    if not os.path.isfile(p):
+        raise _cam_error(f"{p!r}: video file not found", "device")
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            _quiet_opencv()
+            cap = _open_video_file(p, [])
+            try:
+                if not cap.isOpened():
+                    result.append(UNDECODABLE)
+                    return
+                ok, img = cap.read()
+                good = ok and isinstance(img, np.ndarray) and img.size > 0
+                result.append(None if good else f"{UNDECODABLE}: not one frame decodes")
+            finally:
+                cap.release()
+        except Exception as e:  # noqa: BLE001 - OpenCV raises cv2.error on some garbage
+            result.append(f"{UNDECODABLE} ({' '.join(str(e).split())[:100]})")
+
+    t = threading.Thread(target=probe, name="probe-video", daemon=True)
+    t.start()
+    t.join(_bounded_s(timeout_s, PROBE_TIMEOUT_S))
+    why = result[0] if result else f"no frame decoded within {timeout_s:g} s"
+    if why is not None:
+        raise _cam_error(f"{p!r}: {why}", "device")
 
 
 class SourceLost(Exception):
@@ -105,12 +181,7 @@ class OpenCVSource(Source):
 
     def open(self) -> None:
         dev = self.device
-        # OpenCV's own warnings ("can't open camera by index") would repeat at every retry;
-        # our log says it once per loss
-        try:
-            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-        except AttributeError:  # pragma: no cover - a build without cv2.utils
-            pass
+        _quiet_opencv()
         if self.kind == "usb":
             if isinstance(dev, str) and dev.isdigit():
                 dev = int(dev)
@@ -125,10 +196,10 @@ class OpenCVSource(Source):
         elif self.kind == "file":
             if not os.path.isfile(str(dev)):
                 raise SourceLost(f"{dev}: video file vanished")
-            cap = cv2.VideoCapture(str(dev), cv2.CAP_FFMPEG, self._decode_params())
-            if not cap.isOpened():  # a build without FFmpeg: whatever backend can read the file
+            cap = _open_video_file(str(dev), self._decode_params())
+            if not cap.isOpened():  # the file is there but undecodable: retrying cannot help
                 cap.release()
-                cap = cv2.VideoCapture(str(dev))
+                raise _cam_error(f"{str(dev)!r}: {UNDECODABLE}", "device")
         else:  # rtsp: bounded open/read so a dead stream is a loss, not a hang
             cap = cv2.VideoCapture(str(dev), cv2.CAP_FFMPEG,
                                    [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000,
@@ -322,7 +393,10 @@ class Capture(threading.Thread):
         self.stop_event = stop
         self.realtime = realtime
         self.loop = loop
-        self.rmin, self.rmax = reconnect_min_s, reconnect_max_s
+        # bounded: Event.wait(1e12) raises OverflowError, which would kill the thread
+        self.rmin = max(0.01, _bounded_s(reconnect_min_s, 0.5))
+        self.rmax = max(self.rmin, _bounded_s(reconnect_max_s, 10.0))
+        self.error: CameraError | None = None  # set when capture ended on settings that cannot work
         self.stats = CaptureStats()
         self.ended = threading.Event()
         self.on_state = on_state
@@ -382,7 +456,15 @@ class Capture(threading.Thread):
                 self.stats.last_error = str(e)
                 self.stop_event.wait(delay)
                 delay = min(self.rmax, delay * 2)
+            except CameraError as e:
+                self._fail(e)
+                return False
         return False
+
+    def _fail(self, err: CameraError) -> None:
+        """End capture on a source that can never work; the owner reports ``self.error`` (one line)."""
+        self.error = err
+        self._set_state("failed", str(getattr(err, "detail", err)))
 
     def run(self) -> None:  # noqa: C901 - one loop with its states spelled out
         src = self.source
@@ -392,12 +474,21 @@ class Capture(threading.Thread):
                     break
                 t0 = time.monotonic()
                 n_since_open = 0
+                fresh = True  # this pass started from an open, not a rewind
                 while not self.stop_event.is_set():
                     try:
                         raw = src.read()
                     except EndOfStream:
+                        if n_since_open == 0 and not src.live:  # a pass without one usable frame
+                            if fresh:  # even from a fresh open: looping or retrying would spin
+                                dev = str(getattr(src, "device", "?"))
+                                self._fail(_cam_error(f"{dev!r}: {UNDECODABLE}: not one frame decodes",
+                                                      "device"))
+                                return
+                            src.close()  # after a rewind: reopen once, from scratch
+                            break
                         if self.loop and src.rewind():
-                            t0, n_since_open = time.monotonic(), 0
+                            t0, n_since_open, fresh = time.monotonic(), 0, False
                             continue
                         if self.loop:
                             src.close()
@@ -450,5 +541,5 @@ class Capture(threading.Thread):
                             self.stop_event.wait(wait)
         finally:
             src.close()
-            if self.stats.state not in ("ended",):
+            if self.stats.state not in ("ended", "failed"):
                 self._set_state("stopped")

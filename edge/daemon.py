@@ -398,6 +398,9 @@ class Daemon:
                     frame = self.frames_q.get(timeout=0.2)
                 except queue.Empty:
                     frame = None
+                    if self.capture.error is not None:  # e.g. the video stopped decoding: exit 78
+                        self.stop_reason, self.exit_code = "camera error", self.capture.error.exit_code
+                        raise self._located(self.capture.error)
                     if self.capture.ended.is_set() and self.frames_q.empty():
                         self.stop_reason = "end of file"
                         break
@@ -418,6 +421,13 @@ class Daemon:
         finally:
             self.shutdown(frames_at_stats, last_stats)
         return self.exit_code
+
+    def _located(self, err: CameraError) -> CameraError:
+        """``err`` with the config file and line of its key (file:line: camera.device: …)."""
+        key = getattr(err, "key", None)
+        if key is None:
+            return err
+        return CameraError(f"{config_line(self.cfg, *key)}: {getattr(err, 'detail', err)}")
 
     def _process(self, frame: Frame) -> None:
         t0 = time.perf_counter()

@@ -417,3 +417,105 @@ def wait_until(cond, timeout=10.0):
             return True
         time.sleep(0.01)
     return False
+
+
+# --------------------------------------------------------------------------- undecodable files (issue 12 #7)
+
+
+def write_avi(path: Path, n: int, size=(320, 240)) -> Path:
+    """MJPG AVI: unlike OpenCV's mp4, a 0-frame AVI opens and then reads nothing (the spin case)."""
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, size)
+    assert w.isOpened()
+    rng = np.random.default_rng(1)
+    for _ in range(n):
+        w.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    w.release()
+    return path
+
+
+def undecodable_files(tmp_path: Path) -> dict[str, Path]:
+    good = write_video(tmp_path / "good.mp4", 30).read_bytes()
+    files = {"zero-byte": tmp_path / "zero.mp4", "text": tmp_path / "text.mp4",
+             "truncated": tmp_path / "trunc.mp4", "0-frame": write_avi(tmp_path / "empty.avi", 0)}
+    files["zero-byte"].write_bytes(b"")
+    files["text"].write_text("this is not a video\n")
+    files["truncated"].write_bytes(good[:len(good) // 2])
+    return files
+
+
+def test_probe_file_source_refuses_undecodable_files_naming_the_key(tmp_path):
+    from edge.camera import probe_file_source
+
+    probe_file_source(write_video(tmp_path / "ok.mp4", 3))            # a real video passes
+    for what, path in undecodable_files(tmp_path).items():
+        t0 = time.monotonic()
+        with pytest.raises(CameraError) as ei:
+            probe_file_source(path)
+        assert time.monotonic() - t0 < 5, what
+        assert ei.value.key == ("camera", "device"), what
+        msg = str(ei.value)
+        assert msg.startswith(f"camera.device: {str(path)!r}: ") and "\n" not in msg, (what, msg)
+    with pytest.raises(CameraError, match="not found"):
+        probe_file_source(tmp_path / "missing.mp4")
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_undecodable_file_ends_capture_with_a_camera_error_not_a_retry_or_spin(tmp_path, loop):
+    """Was: 'cannot open file source' retried for ever, or (0-frame file, loop) 100 % CPU silently."""
+    for what, path in undecodable_files(tmp_path).items():
+        cam = CameraConfig(source="file", device=str(path), width=64, height=48, realtime=False, loop=loop)
+        q: queue.Queue = queue.Queue(maxsize=10)
+        stop = threading.Event()
+        cap = Capture(make_source(cam), q, stop, realtime=False, loop=loop,
+                      reconnect_min_s=0.01, reconnect_max_s=0.02)
+        t_cpu = time.process_time()
+        cap.start()
+        cap.join(5)
+        alive = cap.is_alive()
+        stop.set()
+        cap.join(5)
+        assert not alive, f"{what}: capture still running (retrying or spinning)"
+        assert isinstance(cap.error, CameraError) and cap.error.key == ("camera", "device"), what
+        assert str(path) in str(cap.error) and cap.stats.state == "failed", what
+        assert cap.stats.reconnects == 0 and cap.stats.frames == 0 and not cap.ended.is_set(), what
+        assert time.process_time() - t_cpu < 2, what
+
+
+def test_file_truncated_while_looping_fails_once_instead_of_spinning(tmp_path, caplog):
+    """A file that decoded, then yields 0 frames on a loop pass (truncated in place): no spin, one error."""
+    video = write_avi(tmp_path / "v.avi", 30)
+    cam = CameraConfig(source="file", device=str(video), width=320, height=240, realtime=False, loop=True)
+    q: queue.Queue = queue.Queue(maxsize=1000)
+    stop = threading.Event()
+    cap = Capture(make_source(cam), q, stop, realtime=False, loop=True)
+    cap.start()
+    assert wait_until(lambda: cap.stats.frames >= 45)                  # looped at least once
+    with open(video, "r+b") as f:                                     # in place: the open handle sees it
+        f.truncate(0)
+        f.write(write_avi(tmp_path / "empty.avi", 0).read_bytes())
+    cap.join(5)
+    alive = cap.is_alive()
+    stop.set()
+    cap.join(5)
+    assert not alive, "capture spins on a file that yields no frame"
+    assert isinstance(cap.error, CameraError) and "is not a video OpenCV can decode" in str(cap.error)
+    assert cap.stats.state == "failed" and cap.stats.reconnects == 0
+
+
+def test_huge_reconnect_delays_do_not_kill_the_capture_thread():
+    """Issue 12 #5: reconnect_*_s: 1e12 made Event.wait raise OverflowError in the capture thread."""
+    src = Scripted([], fail_opens=10**6)
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    cap = Capture(src, q, stop, reconnect_min_s=1e12, reconnect_max_s=1e12)
+    cap.start()
+    assert wait_until(lambda: src.opens >= 1 and cap.stats.state == "lost")
+    time.sleep(0.3)
+    assert cap.is_alive()                                             # waiting, not dead
+    t0 = time.monotonic()
+    stop.set()
+    cap.join(5)
+    assert not cap.is_alive() and time.monotonic() - t0 < 1.0 and cap.stats.state == "stopped"
+    for bad in (float("nan"), float("inf"), -1.0):
+        c = Capture(src, q, threading.Event(), reconnect_min_s=bad, reconnect_max_s=bad)
+        assert 0 < c.rmin <= c.rmax <= 3600

@@ -179,3 +179,41 @@ def test_sighup_stops_cleanly_and_alerts_the_open_event(tmp_path, tiny_bundle, m
         assert ob.depth() == 0                                            # acknowledged, none left
     finally:
         ob.close()
+
+
+def mjpg_avi(path: Path, frames: int, size=(640, 480)) -> Path:
+    """MJPG AVI (a 0-frame one opens and reads nothing, where OpenCV's 0-frame mp4 does not open).
+
+    Noise, so the file is megabytes: FFmpeg may keep a small file's frames in its buffers.
+    """
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, size)
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        w.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    w.release()
+    return path
+
+
+@pytest.mark.slow
+def test_video_that_stops_decoding_while_looping_exits_78_with_one_line(tmp_path, tiny_bundle, mqtt_broker,
+                                                                        mqtt_subscriber):
+    """Issue 12 #7: a looped file truncated in place spun a core for ever; now exit 78, one line, clean stop."""
+    video = mjpg_avi(tmp_path / "v.avi", 30)
+    sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/#").wait_subscribed()
+    cfg = daemon_config(tmp_path, tiny_bundle, video, mqtt_broker, camera={"loop": True, "realtime": True})
+    proc = start_daemon(cfg)
+    stats_where(sub, "seamqc/test-st/stats", lambda s: s["frames"] > 35, 90)  # decoded, looped
+    with open(video, "r+b") as f:                                          # in place, as `cp` over it does
+        f.truncate(0)
+        f.write(mjpg_avi(tmp_path / "empty.avi", 0).read_bytes())
+    try:
+        rc = wait_exit(proc, 15)
+    except Exception:
+        raise AssertionError(daemon_log(cfg)[-4000:]) from None
+    assert rc == 78, daemon_log(cfg)[-3000:]
+    sub.wait_for("seamqc/test-st/status", lambda m: m.text == "offline", timeout=5)  # a clean stop
+    text = daemon_log(cfg)
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in text, text[-3000:]
+    assert f"{cfg}:" in errors[0] and "camera.device" in errors[0] and str(video) in errors[0], errors
+    assert "stopping (camera error)" in text and log_summary(text)["camera"]["state"] == "failed"
