@@ -102,7 +102,7 @@ UNDECODABLE = "is not a video OpenCV can decode (empty, truncated or another for
 
 
 def probe_file_source(path: str | os.PathLike, timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """Raise :class:`CameraError` about ``camera.device`` unless ``path`` decodes a frame within ``timeout_s``.
+    """Raise :class:`CameraError` on ``camera.device`` unless ``path`` decodes a frame within ``timeout_s``.
 
     Why: a zero-byte, text-as-mp4 or truncated file can never work; at run time it would be
     retried for ever (systemd's watchdog restart-loops) or, with ``loop: true``, spin on zero

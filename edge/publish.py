@@ -114,7 +114,8 @@ def encode(payload: dict) -> bytes:
     return text.encode("utf-8")
 
 
-ALERT_CORE = ("event_id", "station", "ts", "frame", "labels", "scores", "heatmap", "model")  # ARCHITECTURE.md §6
+# the alert payload of ARCHITECTURE.md §6; any other field is optional
+ALERT_CORE = ("event_id", "station", "ts", "frame", "labels", "scores", "heatmap", "model")
 
 
 def publish_size(topic: str, payload: bytes, qos: int = 1, v5: bool = True) -> int:
