@@ -30,14 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from .camera import Capture, EndOfStream, Frame, SourceLost, make_source
+from .camera import Capture, Frame, make_source, probe_file_source
 from .config import Config, config_line
 from .decide import Decider, iso_utc
 from .errors import CameraError, ConfigError, ModelError, SeamQCError
 from .sdnotify import Notifier, watchdog_interval_s
 
 log = logging.getLogger("seamqc")
-PROBE_TIMEOUT_S = 5.0  # opening a video file and decoding one frame takes milliseconds
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -111,38 +110,21 @@ def open_source(cfg: Config, model_size: tuple[int, int]) -> Any:
         raise CameraError(f"{config_line(cfg, *key)}: {getattr(e, 'detail', e)}") from None
 
 
-def probe_file_source(cfg: Config, source: Any) -> None:
-    """A video file must open and decode one frame now, within PROBE_TIMEOUT_S.
+def check_file_source(cfg: Config) -> None:
+    """A video file must decode one frame now (``edge.camera.probe_file_source``); errors name the line.
 
-    Why: a zero-byte, text-as-mp4 or truncated file can never work; at run time it would be
-    retried as "cannot open" forever (systemd's watchdog restart-loops) or, with ``loop: true``,
-    spin a core on zero frames. It is a config error (78) at start and in ``--check-config``.
+    Why: a file that can never be decoded is a config error (78) at start and in ``--check-config``,
+    not a "cannot open" retried for ever or a 0-frame loop.
     """
     if cfg.camera.source != "file":
         return  # live sources may be away at start: capture retries them by design
-    result: list[str | None] = []
-
-    def probe() -> None:
-        try:
-            source.open()
-            try:
-                img = source.read()
-            finally:
-                source.close()
-            result.append(None if img is not None and getattr(img, "size", 0) else "its first frame is empty")
-        except EndOfStream:
-            result.append("not one frame decodes (empty, truncated or not a video)")
-        except SourceLost:
-            result.append("cannot be opened as a video (empty, truncated or not a video)")
-        except Exception as e:  # noqa: BLE001 - OpenCV raises cv2.error on some garbage
-            result.append(f"cannot be decoded ({' '.join(str(e).split())[:100]})")
-
-    t = threading.Thread(target=probe, name="probe-video", daemon=True)
-    t.start()
-    t.join(PROBE_TIMEOUT_S)
-    why = f"no frame decoded within {PROBE_TIMEOUT_S:.0f} s" if t.is_alive() else result[0]
-    if why is not None:
-        raise CameraError(f"{config_line(cfg, 'camera', 'device')}: {str(cfg.camera.device)!r}: {why}")
+    try:
+        probe_file_source(str(cfg.camera.device))
+    except CameraError as e:
+        key = getattr(e, "key", None)
+        if key is None:
+            raise
+        raise CameraError(f"{config_line(cfg, *key)}: {getattr(e, 'detail', e)}") from None
 
 
 def check_mqtt(cfg: Config, strict: bool) -> None:
@@ -231,7 +213,7 @@ class Daemon:
                                id_prefix=f"{cfg.station}-{self.boot}")
         self.model_sha = self.bundle.sha256(cfg.model.role or self.bundle.classifier_role)
         self.source = open_source(cfg, (self.bundle.width, self.bundle.height))
-        probe_file_source(cfg, self.source)
+        check_file_source(cfg)
         if cfg.heatmaps.enabled:
             check_explainer(cfg, self.bundle)
         check_mqtt(cfg, strict=dry_run)
