@@ -175,7 +175,8 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     manifest = _read_manifest(mpath)
     version = _need(manifest, "format_version", mpath)
     if type(version) is not int or version != FORMAT_VERSION:
-        raise ModelError(f"{mpath}: format_version {_show(version)} is not supported (expected {FORMAT_VERSION})")
+        raise ModelError(f"{mpath}: format_version {_show(version)} is not supported "
+                         f"(expected {FORMAT_VERSION})")
     task = _need(manifest, "task", mpath)
     if not isinstance(task, str) or task not in TASKS:
         raise ModelError(f"{mpath}: task {_show(task)} must be one of {', '.join(TASKS)}")
@@ -198,7 +199,8 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     prep = inp.get("preprocessing", PREPROCESS_ID)
     if order != CHANNEL_ORDER or prep != PREPROCESS_ID:
         raise ModelError(
-            f"{mpath}: input.preprocessing {_show(prep)} / channel_order {_show(order)} is not this runtime's "
+            f"{mpath}: input.preprocessing {_show(prep)} / channel_order {_show(order)} is not this "
+            "runtime's "
             f"({PREPROCESS_ID!r}, {CHANNEL_ORDER!r})"
         )
     files = _need(manifest, "files", mpath)
@@ -208,7 +210,8 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         if not isinstance(entry, dict) or "path" not in entry or "sha256" not in entry:
             raise ModelError(f"{mpath}: files.{role} needs 'path' and 'sha256'")
         if not _name(entry["path"]):
-            raise ModelError(f"{mpath}: files.{role}.path: {_show(entry['path'])} must be a file name in the bundle")
+            raise ModelError(f"{mpath}: files.{role}.path: {_show(entry['path'])} must be a file name in "
+                             "the bundle")
         if not isinstance(entry["sha256"], str):
             raise ModelError(f"{mpath}: files.{role}.sha256: {_show(entry['sha256'])} must be a hex string")
         rel = Path(entry["path"])

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from .errors import ConfigError
 
@@ -454,7 +454,8 @@ def _check_duplicates(node: yaml.Node | None, where: str, path: tuple = ()) -> N
         for k, v in node.value:
             line = k.start_mark.line + 1
             if not isinstance(k, yaml.ScalarNode):
-                raise ConfigError(f"{where}:{line}: {_fmt_loc(path) or '(top level)'}: a key must be a plain name")
+                raise ConfigError(f"{where}:{line}: {_fmt_loc(path) or '(top level)'}: a key must be a plain "
+                                  "name")
             if (k.tag, k.value) in seen:
                 raise ConfigError(f"{where}:{line}: {_fmt_loc(path + (k.value,))}: duplicate key (first at "
                                   f"line {seen[k.tag, k.value]}; YAML would silently keep only this one)")
@@ -554,14 +555,15 @@ def _check_files(cfg: Config, where: str, lines: dict[tuple, int]) -> None:
         try:
             ctx.load_verify_locations(cafile=str(m.tls.ca))
         except (OSError, ValueError) as e:
-            raise ConfigError(f"{prefix(('mqtt', 'tls', 'ca'))}: {str(m.tls.ca)!r}: not a usable CA certificate "
-                              f"file ({getattr(e, 'reason', None) or e})") from None
+            raise ConfigError(f"{prefix(('mqtt', 'tls', 'ca'))}: {str(m.tls.ca)!r}: not a usable CA "
+                              f"certificate file ({getattr(e, 'reason', None) or e})") from None
         if m.tls.cert is not None:
             try:  # an encrypted key gets an empty passphrase: fail here rather than prompt on a tty
                 ctx.load_cert_chain(str(m.tls.cert), str(m.tls.key), password=lambda: b"")
             except (OSError, ValueError) as e:
-                raise ConfigError(f"{prefix(('mqtt', 'tls', 'cert'))}: {str(m.tls.cert)!r} / {str(m.tls.key)!r}: "
-                                  f"not a usable certificate and key ({getattr(e, 'reason', None) or e})") from None
+                why = getattr(e, "reason", None) or e
+                raise ConfigError(f"{prefix(('mqtt', 'tls', 'cert'))}: {str(m.tls.cert)!r} / "
+                                  f"{str(m.tls.key)!r}: not a usable certificate and key ({why})") from None
     if m.password_file is not None:
         loc = ("mqtt", "password_file")
         need(loc, m.password_file, "password file")
