@@ -55,7 +55,10 @@ from edge.errors import DataError
 LABELS = ("good", "error", "break", "length")
 DEFAULT_SIZE = 256
 DEFAULT_PX_PER_MM = 12.5          # at 256 px: 2 mm = 25 px, view ≈ 20.5 mm (--px-per-mm's old default)
-SCALE_RANGE = (4.0, 16.0)         # px/mm at 256 px drawn per still (log-uniform) = 2..8 px/mm at 128
+# px/mm at 256 px drawn per still (log-uniform) = 4.5..8 px/mm at 128. Not wider by default: the
+# `length` label is a length in pixels, and below a 2:1 scale range 2 mm and 4 mm stitches stay
+# apart (2 mm at 16 px/mm = 32 px < 4 mm at 9 px/mm = 36 px); `--px-per-mm` reaches 1..100 px/mm.
+SCALE_RANGE = (9.0, 16.0)
 META_HEADER = ["name", "family", "px_per_mm", "thread_px", "contrast"]
 RENDER_MIN = 256                  # smaller data sets are rendered at 256 and area-downscaled
 DEFAULT_DEFECT_RATE = 0.6         # share of stills with ≥ 1 defect
