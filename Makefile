@@ -16,7 +16,7 @@ REQS_PY := 'import configparser, sys; c = configparser.ConfigParser(); c.read("s
   [lines.extend(c["options.extras_require"][x].splitlines()) for x in sys.argv[1].split(",") if x]; \
   print("\n".join(l.strip() for l in lines if l.strip()))'
 
-.PHONY: setup apt demo test test-fast bench install print-requirements clean shipped-model
+.PHONY: setup apt demo test test-fast bench install print-requirements clean shipped-model leave-out
 
 # apt packages the demo (and, with the test extra, the suite) relies on; installed only when missing.
 apt:
@@ -62,6 +62,11 @@ bench: setup
 # Retrain the shipped default bundle (see README, "The shipped model").
 shipped-model: setup
 	$(PY) -m convert ship --out edge/models/default --arch resnet-int8-gap --filters 8 --size 128 --epochs 12 --train-count 8000 --batch 16 --lr 3e-3
+
+# The generalisation benchmark (README, "Real fabric"): train without each fabric family, test on it.
+leave-out: setup
+	$(PY) -m convert leave-out --work build/leave-out --train-count 1400 --valid-count 350 --test-count 700 --epochs 4 \
+	  --finetune-families felt --finetune-counts 50,200 --json build/leave-out.json
 
 print-requirements:
 	@$(PYTHON) -c $(REQS_PY) $(EXTRAS)

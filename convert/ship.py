@@ -40,7 +40,7 @@ def _cmd(*parts: object) -> str:
 def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count: int = 1000,
          test_count: int = 2000, epochs: int = 12, size: int = 128, filters: int = 8, batch: int = 16,
          lr: float = 3e-3, force: bool = True, min_test: int = 2000, arch: str = "resnet-int8-gap",
-         min_int8_agreement: float = 99.0) -> dict:
+         min_int8_agreement: float = 99.0, init: str | None = None) -> dict:
     """Run the whole chain in ``work`` (resumable: data sets and checkpoints are reused) → summary."""
     from .data import load_dataset
     from .evaluate import load_predictor, multilabel_metrics, predict_dataset
@@ -68,9 +68,9 @@ def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count
     model = work / "model.keras"
     cmds.append(_cmd("python -m convert train --train", work / "train/data.csv", "--valid", work / "valid/data.csv",
                      "--out", model, "--arch", arch, "--epochs", epochs, "--size", size, "--filters", filters,
-                     "--batch", batch, "--lr", lr))
+                     "--batch", batch, "--lr", lr, *(("--init", init) if init else ())))
     res = train(str(work / "train/data.csv"), str(work / "valid/data.csv"), model, arch=arch,
-                epochs=epochs, size=size, filters=filters, batch=batch, lr=lr, resume=True, seed=1)
+                epochs=epochs, size=size, filters=filters, batch=batch, lr=lr, resume=True, seed=1, init=init)
     t_train = time.monotonic() - t0 - t_synth
     cmds.append(_cmd("python -m convert export --model", model, "--calibration", work / "valid/data.csv",
                      "--valid", work / "valid/data.csv", "--out", out, "--force"))
@@ -95,7 +95,7 @@ def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count
     summary = {
         "settings": {"train_count": train_count, "valid_count": valid_count, "test_count": test_count,
                      "epochs": epochs, "epochs_run": res.epochs_run, "arch": arch, "size": size, "filters": filters,
-                     "batch": batch, "lr": lr},
+                     "batch": batch, "lr": lr, "init": init},
         "test": {"int8": m_int8, "fp32": m_fp32, "agreement": agree},
         "parity": exp.manifest["parity"], "seconds": {"synth": round(t_synth), "train": round(t_train),
                                                        "total": round(time.monotonic() - t0)},
@@ -118,13 +118,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filters", type=int, default=8)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--init", metavar="BUNDLE|FILE.keras",
+                   help="start from this model's weights (train --init) instead of from scratch")
     p.add_argument("--arch", default="resnet-int8-gap", help="resnet-int8-gap (default: the shipped model) or resnet-int8")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     s = ship(args.out, args.work, args.train_count, args.valid_count, args.test_count, args.epochs, args.size,
-             args.filters, args.batch, args.lr, arch=args.arch)
+             args.filters, args.batch, args.lr, arch=args.arch, init=args.init)
     print(f"## Shipped model ({args.out}): {s['settings']}\n")
     print(s["table"])
     print(f"\nparity on calibration: fp32 max|Δ| {s['parity']['fp32']['max_abs_diff']:.2e}, int8 "
