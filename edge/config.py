@@ -366,12 +366,20 @@ def _resolve(base: Path, p: Path) -> Path:
     if p.is_absolute():
         return p
     cand = base / p
-    if cand.exists():
+    if _exists(cand):
         return cand
     cwd = Path.cwd() / p
-    if cwd.exists():
+    if _exists(cwd):
         return cwd
     return cand
+
+
+def _exists(p: Path) -> bool:
+    """``p.exists()`` that says no for a path the OS cannot even look up (a name over 255 bytes)."""
+    try:
+        return p.exists()
+    except OSError:
+        return False
 
 
 def _resolve_paths(cfg: Config, base: Path) -> dict[str, Any]:

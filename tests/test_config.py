@@ -424,3 +424,11 @@ def test_check_config_creates_nothing(tmp_path):
     start = _both(cfg)[1]
     assert start.returncode == 0, start.stderr[-2000:]
     assert (tmp_path / "outbox.sqlite").exists()
+
+
+def test_path_the_os_cannot_look_up_is_resolved_not_a_traceback(tmp_path):
+    # found by tests/test_fuzz.py: a 300-byte file name made Path.exists() raise ENAMETOOLONG
+    from edge.config import _resolve
+
+    long = Path("x" * 300)
+    assert _resolve(tmp_path, long) == tmp_path / long
