@@ -145,6 +145,11 @@ def mutate_config(base_text: str, rng: random.Random) -> bytes:
             parent = _get(data, path[:-1])
             if isinstance(parent, dict):
                 parent[rng.choice(["extra", "Camera", "fps ", 7, "enabled"])] = _value(rng)
+    cam = data.get("camera", {}) if isinstance(data, dict) else None
+    if isinstance(data, dict) and (isinstance(cam, dict) or "camera" not in data) and "source" not in (cam or {}):
+        # a deleted camera section or source falls back to the live default (usb 0), which is
+        # retried for ever by design: keep the file source so the 5-frame run can end
+        data["camera"] = {**(cam or {}), "source": "file"}
     text = yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=4096)
     if rng.random() < 0.1:
         return _text_mutation(text, rng, yaml_mode=True)
