@@ -1,8 +1,11 @@
 """Shared pytest setup. Fixtures live in per-area plugin modules so each area owns its own."""
 
 import os
+import signal
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -10,6 +13,17 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 pytest_plugins = ["tests.fixtures_model", "tests.fixtures_mqtt"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_signal_handlers():
+    """Tests that run the daemon in-process install its signal handlers; put the originals back so
+    a later test's child processes do not inherit an ignored SIGINT (Python keeps SIG_IGN)."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for sig, handler in saved.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
