@@ -16,7 +16,7 @@ REQS_PY := 'import configparser, sys; c = configparser.ConfigParser(); c.read("s
   [lines.extend(c["options.extras_require"][x].splitlines()) for x in sys.argv[1].split(",") if x]; \
   print("\n".join(l.strip() for l in lines if l.strip()))'
 
-.PHONY: setup apt demo test test-fast bench install print-requirements clean shipped-model leave-out
+.PHONY: setup apt lint demo test test-fast bench install print-requirements clean shipped-model leave-out
 
 # apt packages the demo (and, with the test extra, the suite) relies on; installed only when missing.
 apt:
@@ -50,7 +50,12 @@ demo:
 	@$(MAKE) --no-print-directory setup EXTRAS=edge
 	$(PY) -m convert demo --config config/demo.yaml
 
-test: setup
+# lint + format check + types; `make test` runs it first, so CI does too
+lint: setup
+	$(PY) -m ruff check edge convert tests
+	$(PY) -m ruff format --check edge convert tests
+
+test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

@@ -12,8 +12,20 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("synth", "split", "train", "evaluate", "export", "heatmaps", "localize",
-            "label", "demo", "bench", "ship", "leaveout")
+COMMANDS = (
+    "synth",
+    "split",
+    "train",
+    "evaluate",
+    "export",
+    "heatmaps",
+    "localize",
+    "label",
+    "demo",
+    "bench",
+    "ship",
+    "leaveout",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,22 +33,22 @@ class AugmentConfig:
     """Probabilities and ranges of each step (defaults: what the shipped model was trained with)."""
 
     p_colour: float = 0.8
-    channel_gain: float = 0.25      # each of B, G, R scaled by 1 ± this
-    hue_shift: float = 90.0          # degrees, ± (OpenCV hue is 0..180 for 0..360°)
-    saturation: float = 0.5          # saturation scaled by 1 ± this
+    channel_gain: float = 0.25  # each of B, G, R scaled by 1 ± this
+    hue_shift: float = 90.0  # degrees, ± (OpenCV hue is 0..180 for 0..360°)
+    saturation: float = 0.5  # saturation scaled by 1 ± this
     p_grey: float = 0.1
     p_gamma: float = 0.7
     gamma: tuple[float, float] = (0.6, 1.6)
-    p_orient: float = 1.0            # 90° turns and flips
+    p_orient: float = 1.0  # 90° turns and flips
     p_affine: float = 0.7
-    max_rotate: float = 15.0         # degrees, ±
-    max_zoom: float = 0.12           # scale 1 ± this
-    max_shift: float = 0.15          # of the image side, ±
+    max_rotate: float = 15.0  # degrees, ±
+    max_zoom: float = 0.12  # scale 1 ± this
+    max_shift: float = 0.15  # of the image side, ±
     p_blur: float = 0.35
-    max_sigma: float = 1.4           # defocus, px at the model's size
+    max_sigma: float = 1.4  # defocus, px at the model's size
     p_motion: float = 0.15
     p_noise: float = 0.5
-    max_noise: float = 10.0          # Gaussian sigma in grey levels
+    max_noise: float = 10.0  # Gaussian sigma in grey levels
     p_jpeg: float = 0.3
     jpeg_quality: tuple[int, int] = (35, 90)
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -53,7 +53,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, idx: Sequence[int]) -> "Dataset":
+    def subset(self, idx: Sequence[int]) -> Dataset:
         idx = list(idx)
         return Dataset(self.labels, self.task, tuple(self.paths[i] for i in idx), self.targets[idx], self.source)
 
@@ -86,12 +86,14 @@ def read_csv(path: str | Path, check_images: bool = True) -> Dataset:
         raise DataError(f"{path}: empty file (expected a header ',name,good,error,break,length')")
     header = [h.strip() for h in rows[0]]
     if "name" not in header:
-        raise DataError(f"{path}: header {','.join(header)!r} has no 'name' column "
-                        f"(expected ',name,{','.join(SEAM_LABELS)}')")
+        raise DataError(
+            f"{path}: header {','.join(header)!r} has no 'name' column (expected ',name,{','.join(SEAM_LABELS)}')"
+        )
     name_col = header.index("name")
     if name_col > 1 or (name_col == 1 and header[0] not in ("", "Unnamed: 0", "index")):
-        raise DataError(f"{path}: header {','.join(header)!r}: 'name' must be the first column "
-                        f"(after pandas' unnamed index)")
+        raise DataError(
+            f"{path}: header {','.join(header)!r}: 'name' must be the first column (after pandas' unnamed index)"
+        )
     label_cols = list(range(name_col + 1, len(header)))
     labels = tuple(header[i] for i in label_cols)
     if not labels:
@@ -132,7 +134,8 @@ def merge(datasets: Sequence[Dataset], source: str) -> Dataset:
         if d.labels != first.labels or d.task != first.task:
             raise DataError(f"{d.source}: labels {list(d.labels)} differ from {first.source}'s {list(first.labels)}")
     return Dataset(
-        first.labels, first.task,
+        first.labels,
+        first.task,
         tuple(p for d in datasets for p in d.paths),
         np.concatenate([d.targets for d in datasets]).astype(np.float32),
         source,
@@ -141,7 +144,9 @@ def merge(datasets: Sequence[Dataset], source: str) -> Dataset:
 
 def find_csvs(folder: Path) -> list[Path]:
     """Seed CSVs in a folder: every ``*_data.csv`` and ``data.csv`` (sorted, not recursive)."""
-    found = sorted(set(folder.glob("*_data.csv")) | ({folder / "data.csv"} if (folder / "data.csv").is_file() else set()))
+    found = sorted(
+        set(folder.glob("*_data.csv")) | ({folder / "data.csv"} if (folder / "data.csv").is_file() else set())
+    )
     return [p for p in found if p.is_file()]
 
 
@@ -197,8 +202,13 @@ def load_image(path: str, source: str = "", roi: Sequence[int] | None = None) ->
     img = read_image(path, source)
     if roi is None:
         return img
-    return crop_to_roi(img, roi, path + (f" (listed in {source})" if source else ""), "ROI",
-                       hint="; images saved as crops (convert label with an ROI) take no ROI")
+    return crop_to_roi(
+        img,
+        roi,
+        path + (f" (listed in {source})" if source else ""),
+        "ROI",
+        hint="; images saved as crops (convert label with an ROI) take no ROI",
+    )
 
 
 def check_roi(ds: Dataset, roi: Sequence[int] | None) -> None:
@@ -217,8 +227,9 @@ class ImageCache:
     ROI of full frames (``convert.roi``): the crop is the daemon's, so training sees its view.
     """
 
-    def __init__(self, ds: Dataset, height: int, width: int, max_bytes: int = 1 << 30,
-                 roi: Sequence[int] | None = None):
+    def __init__(
+        self, ds: Dataset, height: int, width: int, max_bytes: int = 1 << 30, roi: Sequence[int] | None = None
+    ):
         self.ds, self.height, self.width = ds, height, width
         self.roi = tuple(int(v) for v in roi) if roi is not None else None
         self.keep = len(ds) * height * width * 3 <= max_bytes
@@ -235,8 +246,14 @@ class ImageCache:
         return img
 
 
-def batches(ds: Dataset, height: int, width: int, batch: int = 32, cache: ImageCache | None = None,
-            roi: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def batches(
+    ds: Dataset,
+    height: int,
+    width: int,
+    batch: int = 32,
+    cache: ImageCache | None = None,
+    roi: Sequence[int] | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Un-augmented, ordered ``(x, y)`` batches through ``preprocess`` (for evaluation).
 
     ``roi``: crop every image to the camera ROI first (ignored with ``cache``, which has its own).
@@ -250,8 +267,16 @@ def batches(ds: Dataset, height: int, width: int, batch: int = 32, cache: ImageC
         yield x, ds.targets[list(idx)]
 
 
-def make_sequence(ds: Dataset, height: int, width: int, batch: int = 32, augment_images: bool = False,
-                  shuffle: bool = False, seed: int = 0, roi: Sequence[int] | None = None):
+def make_sequence(
+    ds: Dataset,
+    height: int,
+    width: int,
+    batch: int = 32,
+    augment_images: bool = False,
+    shuffle: bool = False,
+    seed: int = 0,
+    roi: Sequence[int] | None = None,
+):
     """A ``keras.utils.PyDataset`` streaming ``(x, y)`` batches (Keras imported here, not at module level).
 
     ``roi``: every image is cropped to the camera ROI before anything else (see ``ImageCache``).
@@ -273,7 +298,7 @@ def make_sequence(ds: Dataset, height: int, width: int, batch: int = 32, augment
             return math.ceil(len(ds) / batch)
 
         def __getitem__(self, k: int):
-            idx = self.order[k * batch:(k + 1) * batch]
+            idx = self.order[k * batch : (k + 1) * batch]
             x = np.empty((len(idx), height, width, 3), np.float32)
             for j, i in enumerate(idx):
                 img = self.cache.get(int(i))

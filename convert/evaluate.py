@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -32,8 +32,8 @@ from edge.errors import DataError, ModelError
 from .data import Dataset, batches, check_roi, load_dataset
 from .roi import add_roi_args, roi_from_args
 
-
 # --- pure metrics ------------------------------------------------------------------------------
+
 
 def calibrate_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """Threshold in [0.01, 0.99] maximising accuracy of ``p >= t`` against ``y`` (ties: nearest 0.5)."""
@@ -80,8 +80,7 @@ def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     return prec, rec, f1
 
 
-def multilabel_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str],
-                       thresholds: dict[str, float]) -> dict:
+def multilabel_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]) -> dict:
     """Per label: accuracy, precision, recall, F1 (percent for accuracy), counts."""
     y = np.asarray(y) > 0.5
     out: dict = {"task": "multilabel", "count": int(len(y)), "labels": {}}
@@ -93,9 +92,18 @@ def multilabel_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str],
         fn = int(np.sum(~pred & y[:, i]))
         tn = int(np.sum(~pred & ~y[:, i]))
         prec, rec, f1 = _prf(tp, fp, fn)
-        out["labels"][lab] = {"accuracy": 100.0 * (tp + tn) / max(1, len(y)), "precision": prec, "recall": rec,
-                              "f1": f1, "threshold": t, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-                              "auroc": auroc(y[:, i], p[:, i])}
+        out["labels"][lab] = {
+            "accuracy": 100.0 * (tp + tn) / max(1, len(y)),
+            "precision": prec,
+            "recall": rec,
+            "f1": f1,
+            "threshold": t,
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "tn": tn,
+            "auroc": auroc(y[:, i], p[:, i]),
+        }
     decided = np.stack([p[:, i] >= float(thresholds.get(lab, 0.5)) for i, lab in enumerate(labels)], 1)
     out["exact_match"] = 100.0 * float(np.mean(np.all(decided == y, axis=1))) if len(y) else 0.0
     return out
@@ -113,8 +121,13 @@ def multiclass_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> d
         tp = int(cm[i, i])
         prec, rec, f1 = _prf(tp, int(cm[:, i].sum()) - tp, int(cm[i, :].sum()) - tp)
         per[lab] = {"precision": prec, "recall": rec, "f1": f1, "support": int(cm[i, :].sum())}
-    return {"task": "multiclass", "count": int(len(y)), "accuracy": 100.0 * float(np.mean(t == k)) if len(y) else 0.0,
-            "labels": per, "confusion": cm.tolist()}
+    return {
+        "task": "multiclass",
+        "count": int(len(y)),
+        "accuracy": 100.0 * float(np.mean(t == k)) if len(y) else 0.0,
+        "labels": per,
+        "confusion": cm.tolist(),
+    }
 
 
 def format_report(metrics: dict, labels: Sequence[str]) -> str:
@@ -127,15 +140,19 @@ def format_report(metrics: dict, labels: Sequence[str]) -> str:
         for lab in labels:
             m = metrics["labels"][lab]
             roc = m.get("auroc")
-            lines.append(f"{lab.capitalize()} Precision: {100 * m['precision']:.2f} Recall: {100 * m['recall']:.2f} "
-                         f"F1: {100 * m['f1']:.2f}" + (f" AUROC: {roc:.4f}" if roc is not None else ""))
+            lines.append(
+                f"{lab.capitalize()} Precision: {100 * m['precision']:.2f} Recall: {100 * m['recall']:.2f} "
+                f"F1: {100 * m['f1']:.2f}" + (f" AUROC: {roc:.4f}" if roc is not None else "")
+            )
         lines.append("Thresholds: " + ", ".join(f"{lab} {metrics['labels'][lab]['threshold']:.3f}" for lab in labels))
     else:
         lines.append(f"Top-1 Accuracy: {metrics['accuracy']:.2f}")
         for lab in labels:
             m = metrics["labels"][lab]
-            lines.append(f"{lab} Precision: {100 * m['precision']:.2f} Recall: {100 * m['recall']:.2f} "
-                         f"F1: {100 * m['f1']:.2f} (n={m['support']})")
+            lines.append(
+                f"{lab} Precision: {100 * m['precision']:.2f} Recall: {100 * m['recall']:.2f} "
+                f"F1: {100 * m['f1']:.2f} (n={m['support']})"
+            )
         w = max(len(lab) for lab in labels)
         lines.append("Confusion matrix (rows: truth, columns: predicted):")
         lines.append(" " * (w + 1) + " ".join(f"{lab[:8]:>8}" for lab in labels))
@@ -145,6 +162,7 @@ def format_report(metrics: dict, labels: Sequence[str]) -> str:
 
 
 # --- one predictor for the three model forms ---------------------------------------------------
+
 
 @dataclass
 class Predictor:
@@ -163,8 +181,9 @@ class Predictor:
 
 def keras_predict_fn(model, batch: int = 64) -> Callable[[np.ndarray], np.ndarray]:
     def predict(x: np.ndarray) -> np.ndarray:
-        outs = [np.asarray(model(x[i:i + batch], training=False), np.float32) for i in range(0, len(x), batch)]
+        outs = [np.asarray(model(x[i : i + batch], training=False), np.float32) for i in range(0, len(x), batch)]
         return np.concatenate(outs) if outs else np.zeros((0, int(model.outputs[0].shape[-1])), np.float32)
+
     return predict
 
 
@@ -172,13 +191,24 @@ def tflite_predict_fn(tfl, n: int) -> Callable[[np.ndarray], np.ndarray]:
     shape = (1, n)
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return np.stack([tfl.output_with_shape(tfl.run(xi), shape).reshape(-1) for xi in x]) if len(x) \
+        return (
+            np.stack([tfl.output_with_shape(tfl.run(xi), shape).reshape(-1) for xi in x])
+            if len(x)
             else np.zeros((0, n), np.float32)
+        )
+
     return predict
 
 
-def load_predictor(path: str | Path, threads: int = 2, role: str | None = None, arch: str | None = None,
-                   size: int = 128, labels: Sequence[str] | None = None, task: str = "multilabel") -> Predictor:
+def load_predictor(
+    path: str | Path,
+    threads: int = 2,
+    role: str | None = None,
+    arch: str | None = None,
+    size: int = 128,
+    labels: Sequence[str] | None = None,
+    task: str = "multilabel",
+) -> Predictor:
     """A bundle dir, a ``.tflite``, a ``.keras`` / ``.h5`` file (``arch`` for weights-only) or a SavedModel."""
     from edge.classify import Classifier, TFLiteModel
 
@@ -186,8 +216,17 @@ def load_predictor(path: str | Path, threads: int = 2, role: str | None = None, 
     if p.is_dir() and (p / "manifest.json").is_file():
         clf = Classifier(p, role=role, threads=threads)
         n = len(clf.labels)
-        return Predictor("bundle", p, clf.height, clf.width, n, tflite_predict_fn(clf.model, n), clf.labels,
-                         clf.bundle.task, dict(clf.bundle.thresholds))
+        return Predictor(
+            "bundle",
+            p,
+            clf.height,
+            clf.width,
+            n,
+            tflite_predict_fn(clf.model, n),
+            clf.labels,
+            clf.bundle.task,
+            dict(clf.bundle.thresholds),
+        )
     if p.suffix == ".tflite":
         tfl = TFLiteModel(p, threads)
         shapes = [tuple(int(v) for v in d["shape"]) for d in tfl.outputs]
@@ -201,25 +240,41 @@ def load_predictor(path: str | Path, threads: int = 2, role: str | None = None, 
         from .export import load_model_any
 
         model, meta = load_model_any(p, arch, size, list(labels) if labels else None, task)
-        return Predictor("keras", p, int(meta["height"]), int(meta["width"]), len(meta["labels"]),
-                         keras_predict_fn(model), tuple(meta["labels"]), meta["task"])
+        return Predictor(
+            "keras",
+            p,
+            int(meta["height"]),
+            int(meta["width"]),
+            len(meta["labels"]),
+            keras_predict_fn(model),
+            tuple(meta["labels"]),
+            meta["task"],
+        )
     raise ModelError(f"{p}: not a model (expected a bundle dir, .tflite, .keras or .h5)")
 
 
-def predict_dataset(pred: Predictor, ds: Dataset, progress: bool = False,
-                    roi: Sequence[int] | None = None) -> np.ndarray:
+def predict_dataset(
+    pred: Predictor, ds: Dataset, progress: bool = False, roi: Sequence[int] | None = None
+) -> np.ndarray:
     """Probabilities ``[N, n]`` for every image of ``ds``, preprocessed one by one as on the Pi.
 
     ``roi``: the images are full camera frames; each is cropped to this ROI first, as the daemon does.
     """
     if pred.n_outputs != len(ds.labels):
-        raise DataError(f"{ds.source}: {len(ds.labels)} labels {list(ds.labels)} but model {pred.path} has "
-                        f"{pred.n_outputs} outputs")
+        raise DataError(
+            f"{ds.source}: {len(ds.labels)} labels {list(ds.labels)} but model {pred.path} has {pred.n_outputs} outputs"
+        )
     if pred.labels is not None and tuple(pred.labels) != tuple(ds.labels):
         raise DataError(f"{ds.source}: labels {list(ds.labels)} differ from model {pred.path}'s {list(pred.labels)}")
     it = batches(ds, pred.height, pred.width, 64, roi=roi)
-    it = tqdm(it, total=(len(ds) + 63) // 64, desc=f"evaluate {pred.kind}", unit="batch", file=sys.stderr,
-              disable=not progress)
+    it = tqdm(
+        it,
+        total=(len(ds) + 63) // 64,
+        desc=f"evaluate {pred.kind}",
+        unit="batch",
+        file=sys.stderr,
+        disable=not progress,
+    )
     outs = [pred.predict(x) for x, _ in it]
     return np.concatenate(outs).astype(np.float32)
 
@@ -233,9 +288,17 @@ class Evaluation:
     report: str
 
 
-def evaluate(model: str | Path, data: str | Path, calibrate: str | Path | None = None, threads: int = 2,
-             role: str | None = None, progress: bool = False, arch: str | None = None,
-             size: int = 128, roi: Sequence[int] | None = None) -> Evaluation:
+def evaluate(
+    model: str | Path,
+    data: str | Path,
+    calibrate: str | Path | None = None,
+    threads: int = 2,
+    role: str | None = None,
+    progress: bool = False,
+    arch: str | None = None,
+    size: int = 128,
+    roi: Sequence[int] | None = None,
+) -> Evaluation:
     ds = load_dataset(data)
     check_roi(ds, roi)
     pred = load_predictor(model, threads, role, arch, size, ds.labels, ds.task)
@@ -251,8 +314,9 @@ def evaluate(model: str | Path, data: str | Path, calibrate: str | Path | None =
             thresholds = calibrate_thresholds(va.targets, predict_dataset(pred, va, progress, roi), labels)
         metrics = multilabel_metrics(ds.targets, probs, labels, thresholds)
         metrics["thresholds"] = thresholds
-        metrics["thresholds_from"] = str(calibrate) if calibrate else (
-            "bundle" if pred.kind == "bundle" else "default 0.5")
+        metrics["thresholds_from"] = (
+            str(calibrate) if calibrate else ("bundle" if pred.kind == "bundle" else "default 0.5")
+        )
     metrics["model"] = str(model)
     metrics["data"] = str(data)
     if roi is not None:
@@ -261,8 +325,11 @@ def evaluate(model: str | Path, data: str | Path, calibrate: str | Path | None =
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="per-attribute accuracy of a .keras, .tflite or bundle on a data set",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "evaluate",
+        help="per-attribute accuracy of a .keras, .tflite or bundle on a data set",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--model", required=True, metavar="PATH", help=".keras, .h5, .tflite or a bundle directory")
     p.add_argument("--data", required=True, metavar="CSV|DIR")
     p.add_argument("--json", metavar="FILE", help="write every number as JSON")
@@ -277,8 +344,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     roi = roi_from_args(args)
-    ev = evaluate(args.model, args.data, args.calibrate, args.threads, args.role, progress=sys.stderr.isatty(),
-                  arch=args.arch, size=args.size, roi=roi.roi)
+    ev = evaluate(
+        args.model,
+        args.data,
+        args.calibrate,
+        args.threads,
+        args.role,
+        progress=sys.stderr.isatty(),
+        arch=args.arch,
+        size=args.size,
+        roi=roi.roi,
+    )
     print(ev.report)
     if args.json:
         Path(args.json).write_text(json.dumps(ev.metrics, indent=1) + "\n")

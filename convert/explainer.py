@@ -25,8 +25,9 @@ full-TF path (``convert.gradcam_tf``) still explains such models.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -35,8 +36,16 @@ from edge.errors import ModelError
 EXPLAINER_FILE = "explainer.tflite"
 HEAD_FILE = "head.npz"
 
-_NOOP = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-         "GaussianDropout", "AlphaDropout", "ActivityRegularization"}
+_NOOP = {
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+}
 _POOL = {"AveragePooling2D", "MaxPooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D"}
 _CONV = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose"}
 _OUT_ACTS = {"sigmoid", "softmax", "linear"}
@@ -69,8 +78,9 @@ def _activation_name(layer) -> str | None:
     if act is None:
         return None
     name = getattr(act, "__name__", None) or str(act)
-    return {"relu6": "relu6", "relu": "relu", "sigmoid": "sigmoid", "softmax": "softmax",
-            "linear": "linear"}.get(name, name)
+    return {"relu6": "relu6", "relu": "relu", "sigmoid": "sigmoid", "softmax": "softmax", "linear": "linear"}.get(
+        name, name
+    )
 
 
 def _rank(layer) -> int:
@@ -121,8 +131,10 @@ def find_gradcam_layer(model) -> str:
             )
         ins = _inbound(layer, node)
         if len(ins) != 1:
-            raise ModelError(f"cannot find the Grad-CAM layer of {model.name!r}: layer {layer.name!r} has "
-                             f"{len(ins)} inputs; pass --layer NAME")
+            raise ModelError(
+                f"cannot find the Grad-CAM layer of {model.name!r}: layer {layer.name!r} has "
+                f"{len(ins)} inputs; pass --layer NAME"
+            )
         layer, node = ins[0]
     raise ModelError(f"model {model.name!r} has no 4-D feature map before its head; pass --layer NAME")
 
@@ -159,12 +171,15 @@ def describe_head(model, layer_name: str) -> tuple[dict[str, Any], dict[str, np.
     layer, node = _output_layer(model)
     while layer is not feat:
         if type(layer).__name__ == "InputLayer":
-            raise ModelError(f"layer {layer_name!r} does not lead to the output of {model.name!r} "
-                             f"through a single chain of layers")
+            raise ModelError(
+                f"layer {layer_name!r} does not lead to the output of {model.name!r} through a single chain of layers"
+            )
         ins = _inbound(layer, node)
         if len(ins) != 1:
-            raise ModelError(f"head layer {layer.name!r} ({type(layer).__name__}) has {len(ins)} inputs; "
-                             f"the numpy Grad-CAM path needs a single chain (use --method tf)")
+            raise ModelError(
+                f"head layer {layer.name!r} ({type(layer).__name__}) has {len(ins)} inputs; "
+                f"the numpy Grad-CAM path needs a single chain (use --method tf)"
+            )
         chain.append(layer)
         layer, node = ins[0]
     chain.reverse()
@@ -177,8 +192,10 @@ def describe_head(model, layer_name: str) -> tuple[dict[str, Any], dict[str, np.
     last_dense = max((i for i, lyr in enumerate(chain) if type(lyr).__name__ == "Dense"), default=-1)
 
     def unsupported(lyr, why: str) -> ModelError:
-        return ModelError(f"head layer {lyr.name!r} ({type(lyr).__name__}): {why}; the numpy (LiteRT) "
-                          f"Grad-CAM path cannot follow it (use --method tf, or another --layer)")
+        return ModelError(
+            f"head layer {lyr.name!r} ({type(lyr).__name__}): {why}; the numpy (LiteRT) "
+            f"Grad-CAM path cannot follow it (use --method tf, or another --layer)"
+        )
 
     for i, lyr in enumerate(chain):
         kind = type(lyr).__name__
@@ -207,12 +224,17 @@ def describe_head(model, layer_name: str) -> tuple[dict[str, Any], dict[str, np.
         elif kind == "ReLU" or (kind == "Activation" and _activation_name(lyr) in ("relu", "relu6")):
             if kind == "ReLU":
                 mx = cfg.get("max_value")
-                st = {"max_value": None if mx is None else float(mx),
-                      "negative_slope": float(cfg.get("negative_slope") or 0.0),
-                      "threshold": float(cfg.get("threshold") or 0.0)}
+                st = {
+                    "max_value": None if mx is None else float(mx),
+                    "negative_slope": float(cfg.get("negative_slope") or 0.0),
+                    "threshold": float(cfg.get("threshold") or 0.0),
+                }
             else:
-                st = {"max_value": 6.0 if _activation_name(lyr) == "relu6" else None,
-                      "negative_slope": 0.0, "threshold": 0.0}
+                st = {
+                    "max_value": 6.0 if _activation_name(lyr) == "relu6" else None,
+                    "negative_slope": 0.0,
+                    "threshold": 0.0,
+                }
             steps.append({**base, "kind": "relu", **st})
         elif kind in ("AveragePooling2D", "MaxPooling2D"):
             if flat:
@@ -221,14 +243,21 @@ def describe_head(model, layer_name: str) -> tuple[dict[str, Any], dict[str, np.
                 raise unsupported(lyr, f"padding={cfg.get('padding')!r} (only 'valid' is supported)")
             pool = [int(v) for v in cfg["pool_size"]]
             strides = [int(v) for v in (cfg.get("strides") or pool)]
-            steps.append({**base, "kind": "avg_pool" if kind.startswith("Average") else "max_pool",
-                          "pool": pool, "strides": strides})
+            steps.append(
+                {
+                    **base,
+                    "kind": "avg_pool" if kind.startswith("Average") else "max_pool",
+                    "pool": pool,
+                    "strides": strides,
+                }
+            )
         elif kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
             if flat:
                 raise unsupported(lyr, "pooling after Flatten")
             keep = bool(cfg.get("keepdims"))
-            steps.append({**base, "kind": "global_avg_pool" if "Average" in kind else "global_max_pool",
-                          "keepdims": keep})
+            steps.append(
+                {**base, "kind": "global_avg_pool" if "Average" in kind else "global_max_pool", "keepdims": keep}
+            )
             flat = not keep
         elif kind == "Flatten":
             steps.append({**base, "kind": "flatten"})
@@ -250,17 +279,33 @@ def describe_head(model, layer_name: str) -> tuple[dict[str, Any], dict[str, np.
                 activation = act
                 dense_seen = True
             elif act in ("relu", "relu6"):  # hidden layer of an MLP head (the seed CNN's Dense(128, relu))
-                steps.append({**base, "kind": "relu", "max_value": 6.0 if act == "relu6" else None,
-                              "negative_slope": 0.0, "threshold": 0.0})
+                steps.append(
+                    {
+                        **base,
+                        "kind": "relu",
+                        "max_value": 6.0 if act == "relu6" else None,
+                        "negative_slope": 0.0,
+                        "threshold": 0.0,
+                    }
+                )
         else:
             raise unsupported(lyr, "layer type not supported")
     if not dense_seen:
-        raise ModelError(f"the head after layer {layer_name!r} has no Dense layer; the numpy Grad-CAM path "
-                         f"needs one (use --method tf)")
+        raise ModelError(
+            f"the head after layer {layer_name!r} has no Dense layer; the numpy Grad-CAM path "
+            f"needs one (use --method tf)"
+        )
     h, w, c = (int(v) for v in feat.output.shape[1:])
     n = int(model.outputs[0].shape[-1])
-    spec = {"format": 1, "layer": layer_name, "feature_shape": [h, w, c], "n_outputs": n,
-            "activation": activation, "steps": steps, "flatten_order": "hwc"}
+    spec = {
+        "format": 1,
+        "layer": layer_name,
+        "feature_shape": [h, w, c],
+        "n_outputs": n,
+        "activation": activation,
+        "steps": steps,
+        "flatten_order": "hwc",
+    }
     return spec, arrays
 
 
@@ -323,11 +368,18 @@ def export_explainer(
     mine = eg.head_activation(logits, head)
     err = float(np.max(np.abs(mine - pred[0])))
     if not err <= 1e-3 * max(1.0, float(np.max(np.abs(pred)))):
-        raise ModelError(f"the numpy Grad-CAM head after layer {name!r} does not reproduce the model "
-                         f"(max |diff| {err:.3g}); use --method tf")
+        raise ModelError(
+            f"the numpy Grad-CAM head after layer {name!r} does not reproduce the model "
+            f"(max |diff| {err:.3g}); use --method tf"
+        )
 
-    gradcam: dict[str, Any] = {"layer": name, "feature_shape": spec["feature_shape"],
-                               "explainer": "explainer", "head": "head", "head_type": head_type(spec)}
+    gradcam: dict[str, Any] = {
+        "layer": name,
+        "feature_shape": spec["feature_shape"],
+        "explainer": "explainer",
+        "head": "head",
+        "head_type": head_type(spec),
+    }
     if calibration is not None:
         gradcam["peak_ref"] = _peak_refs(explainer, calibration, head)
 
@@ -352,8 +404,7 @@ def gradcam_section(model, layer: str | None = None, why: str = "") -> dict[str,
         shape = [int(v) for v in model.get_layer(name).output.shape[1:]]
     except ValueError:
         raise ModelError(f"model {model.name!r} has no layer {name!r}") from None
-    return {"layer": name, "feature_shape": shape, "explainer": None, "head": None,
-            "litert": why or "not exported"}
+    return {"layer": name, "feature_shape": shape, "explainer": None, "head": None, "litert": why or "not exported"}
 
 
 def _peak_refs(explainer, images, head: dict[str, Any], batch: int = 32) -> list[float | None]:
@@ -367,7 +418,7 @@ def _peak_refs(explainer, images, head: dict[str, Any], batch: int = 32) -> list
     if imgs.ndim == 3:
         imgs = imgs[None]
     for b in range(0, len(imgs), batch):
-        pred, feats = (np.asarray(v) for v in explainer(imgs[b:b + batch], training=False))
+        pred, feats = (np.asarray(v) for v in explainer(imgs[b : b + batch], training=False))
         for p, f in zip(pred, feats):
             _, inputs = eg.head_forward(f, head)
             flagged = [int(np.argmax(p))] if softmax else np.flatnonzero(p >= 0.5)

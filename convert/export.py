@@ -45,7 +45,7 @@ import edge
 from edge.bundle import MANIFEST, write_manifest
 from edge.errors import DataError, ModelError
 
-from .data import load_dataset, batches
+from .data import batches, load_dataset
 from .evaluate import calibrate_thresholds, multiclass_metrics, multilabel_metrics
 from .models import ARCHS, build_model, check_arch, infer_meta, load_keras, read_meta, save_model
 
@@ -59,6 +59,7 @@ class ParityError(ModelError):
 
 
 # --- loading every model form ------------------------------------------------------------------
+
 
 def _first_line(e: Exception) -> str:
     s = str(e).strip()
@@ -102,17 +103,23 @@ def load_weights_by_order(model, path: Path) -> None:
     saved = _h5_weight_layers(path)
     layers = [lyr for lyr in model.layers if lyr.weights]
     if len(saved) != len(layers):
-        raise ModelError(f"{path}: {len(saved)} layers with weights, but architecture {model.name!r} has "
-                         f"{len(layers)} (wrong --arch?)")
+        raise ModelError(
+            f"{path}: {len(saved)} layers with weights, but architecture {model.name!r} has "
+            f"{len(layers)} (wrong --arch?)"
+        )
     for (sname, arrays), lyr in zip(saved, layers):
         if len(arrays) != len(lyr.weights):
-            raise ModelError(f"{path}: layer {sname!r} has {len(arrays)} weights, model layer {lyr.name!r} "
-                             f"({type(lyr).__name__}) has {len(lyr.weights)}")
+            raise ModelError(
+                f"{path}: layer {sname!r} has {len(arrays)} weights, model layer {lyr.name!r} "
+                f"({type(lyr).__name__}) has {len(lyr.weights)}"
+            )
         for a, w in zip(arrays, lyr.weights):
             if tuple(a.shape) != tuple(w.shape):
-                raise ModelError(f"{path}: layer {sname!r} weight shape {list(a.shape)} does not fit model layer "
-                                 f"{lyr.name!r} ({type(lyr).__name__}) {list(w.shape)} (wrong --arch, --size or "
-                                 f"--filters?)")
+                raise ModelError(
+                    f"{path}: layer {sname!r} weight shape {list(a.shape)} does not fit model layer "
+                    f"{lyr.name!r} ({type(lyr).__name__}) {list(w.shape)} (wrong --arch, --size or "
+                    f"--filters?)"
+                )
     for (_, arrays), lyr in zip(saved, layers):
         lyr.set_weights(arrays)
 
@@ -153,8 +160,9 @@ def _savedmodel(path: Path, size: int):
         loaded = tf.saved_model.load(str(path))
         sig = loaded.signatures["serving_default"]
     except Exception as e:  # noqa: BLE001
-        raise ModelError(f"{path}: not a loadable SavedModel with a serving_default signature ({_first_line(e)})") \
-            from None
+        raise ModelError(
+            f"{path}: not a loadable SavedModel with a serving_default signature ({_first_line(e)})"
+        ) from None
     specs = list(sig.structured_input_signature[1].values())
     if len(specs) != 1:
         raise ModelError(f"{path}: SavedModel signature has {len(specs)} inputs; expected one image")
@@ -171,8 +179,13 @@ def _savedmodel(path: Path, size: int):
     return keras.Model(inp, out, name="savedmodel")
 
 
-def load_model_any(path: str | Path, arch: str | None = None, size: int = 128, labels: list[str] | None = None,
-                   task: str = "multilabel") -> tuple[object, dict]:
+def load_model_any(
+    path: str | Path,
+    arch: str | None = None,
+    size: int = 128,
+    labels: list[str] | None = None,
+    task: str = "multilabel",
+) -> tuple[object, dict]:
     """``.keras`` / full ``.h5`` / weights-only ``.h5`` + arch / SavedModel dir → ``(model, meta)``.
 
     ``meta["form"]`` says which; ``labels`` (from the data set) name the outputs of foreign models.
@@ -211,6 +224,7 @@ def load_model_any(path: str | Path, arch: str | None = None, size: int = 128, l
 
 # --- parity --------------------------------------------------------------------------------------
 
+
 def decisions(p: np.ndarray, task: str, thresholds: np.ndarray) -> np.ndarray:
     if task == "multiclass":
         return np.argmax(p, 1)
@@ -220,11 +234,13 @@ def decisions(p: np.ndarray, task: str, thresholds: np.ndarray) -> np.ndarray:
 def parity(ref: np.ndarray, got: np.ndarray, task: str, thresholds: np.ndarray) -> dict:
     """max |Δ| of probabilities and label agreement (% of image×label decisions; multiclass: top-1)."""
     a, b = decisions(ref, task, thresholds), decisions(got, task, thresholds)
-    return {"max_abs_diff": float(np.max(np.abs(ref - got))) if len(ref) else 0.0,
-            "mean_abs_diff": float(np.mean(np.abs(ref - got))) if len(ref) else 0.0,
-            "label_agreement": 100.0 * float(np.mean(a == b)) if len(ref) else 100.0,
-            "image_agreement": 100.0 * float(np.mean(a == b if a.ndim == 1 else np.all(a == b, 1))) if len(ref)
-            else 100.0, "images": int(len(ref))}
+    return {
+        "max_abs_diff": float(np.max(np.abs(ref - got))) if len(ref) else 0.0,
+        "mean_abs_diff": float(np.mean(np.abs(ref - got))) if len(ref) else 0.0,
+        "label_agreement": 100.0 * float(np.mean(a == b)) if len(ref) else 100.0,
+        "image_agreement": 100.0 * float(np.mean(a == b if a.ndim == 1 else np.all(a == b, 1))) if len(ref) else 100.0,
+        "images": int(len(ref)),
+    }
 
 
 def _tflite_predict(path: Path, x: np.ndarray, n: int) -> np.ndarray:
@@ -244,8 +260,12 @@ def _not_a_bundle(folder: Path) -> str | None:
         return f"no {MANIFEST}"
     except (OSError, ValueError) as e:
         return f"{MANIFEST} unreadable ({_first_line(e)})"
-    if not isinstance(manifest, dict) or not str(manifest.get("producer", "")).startswith("seam-qc") \
-            or "format_version" not in manifest or not isinstance(manifest.get("files"), dict):
+    if (
+        not isinstance(manifest, dict)
+        or not str(manifest.get("producer", "")).startswith("seam-qc")
+        or "format_version" not in manifest
+        or not isinstance(manifest.get("files"), dict)
+    ):
         return f"{MANIFEST} was not written by seam-qc export"
     ours = {MANIFEST, MANIFEST + ".tmp"}
     for entry in manifest["files"].values():  # export writes every file at the top of the bundle
@@ -269,16 +289,17 @@ def check_out(out: Path, force: bool) -> bool:
     if not out.exists():
         return False
     if not out.is_dir():
-        raise ModelError(f"--out {out}: exists and is not a folder; choose another --out "
-                         "(nothing was changed)")
+        raise ModelError(f"--out {out}: exists and is not a folder; choose another --out (nothing was changed)")
     if not any(out.iterdir()):
         return False  # an empty folder: nothing to lose
     if not force:
         raise ModelError(f"{out}: already exists; pass --force to replace it")
     why = _not_a_bundle(out)
     if why:
-        raise ModelError(f"--out {out}: not a seam-qc model bundle ({why}); --force replaces only a bundle, "
-                         "nothing was deleted: choose another --out or empty it yourself")
+        raise ModelError(
+            f"--out {out}: not a seam-qc model bundle ({why}); --force replaces only a bundle, "
+            "nothing was deleted: choose another --out or empty it yourself"
+        )
     return True
 
 
@@ -326,10 +347,19 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def export_bundle(model_path: str | Path, calibration: str | Path, out: str | Path, valid: str | Path | None = None,
-                  arch: str | None = None, size: int = 128, force: bool = False, name: str | None = None,
-                  max_images: int = 300, int8: str = "auto",
-                  min_int8_agreement: float = INT8_MIN_AGREEMENT) -> ExportResult:
+def export_bundle(
+    model_path: str | Path,
+    calibration: str | Path,
+    out: str | Path,
+    valid: str | Path | None = None,
+    arch: str | None = None,
+    size: int = 128,
+    force: bool = False,
+    name: str | None = None,
+    max_images: int = 300,
+    int8: str = "auto",
+    min_int8_agreement: float = INT8_MIN_AGREEMENT,
+) -> ExportResult:
     """Build and verify the bundle in a temp dir, then rename it to ``out``.
 
     ``min_int8_agreement`` is the parity gate (99 %); only a barely trained test model, whose
@@ -372,8 +402,10 @@ def export_bundle(model_path: str | Path, calibration: str | Path, out: str | Pa
         par: dict = {"calibration": str(calibration)}
         par["fp32"] = parity(ref, _tflite_predict(tmp / "classifier_fp32.tflite", x, len(labels)), task, thr0)
         if not par["fp32"]["max_abs_diff"] <= FP32_MAX_DIFF:  # fail before the slow int8 conversions
-            raise ParityError(f"parity failed: fp32 TFLite differs from Keras by {par['fp32']['max_abs_diff']:.3g} "
-                              f"(> {FP32_MAX_DIFF}) on {calibration}; bundle not written")
+            raise ParityError(
+                f"parity failed: fp32 TFLite differs from Keras by {par['fp32']['max_abs_diff']:.3g} "
+                f"(> {FP32_MAX_DIFF}) on {calibration}; bundle not written"
+            )
 
         int8_kind = None
         if int8 in ("auto", "full"):
@@ -382,8 +414,9 @@ def export_bundle(model_path: str | Path, calibration: str | Path, out: str | Pa
             try:
                 blob = keras_to_tflite(model, h, w, "int8", representative=lambda: ([r[None]] for r in rep))
                 (tmp / "classifier_int8.tflite").write_bytes(blob)
-                par["int8_full"] = parity(ref, _tflite_predict(tmp / "classifier_int8.tflite", x, len(labels)),
-                                          task, thr0)
+                par["int8_full"] = parity(
+                    ref, _tflite_predict(tmp / "classifier_int8.tflite", x, len(labels)), task, thr0
+                )
                 if int8 == "full" or par["int8_full"]["label_agreement"] >= FULL_INT8_MIN_AGREEMENT:
                     int8_kind = "full"
             except Exception as e:  # noqa: BLE001 - converter errors: fall back to dynamic range
@@ -403,15 +436,24 @@ def export_bundle(model_path: str | Path, calibration: str | Path, out: str | Pa
                 xv = np.concatenate([b for b, _ in batches(va, h, w, 64)])
                 pv = _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
                 thresholds = calibrate_thresholds(va.targets, pv, labels)
-                metrics = {"int8_valid": multilabel_metrics(va.targets, pv, labels, thresholds),
-                           "data": str(valid)}
+                metrics = {"int8_valid": multilabel_metrics(va.targets, pv, labels, thresholds), "data": str(valid)}
             else:
                 thresholds = {lab: 0.5 for lab in labels}
-                metrics = {"int8_calibration": multilabel_metrics(cal.targets, p_int8, labels, thresholds),
-                           "data": str(calibration)}
+                metrics = {
+                    "int8_calibration": multilabel_metrics(cal.targets, p_int8, labels, thresholds),
+                    "data": str(calibration),
+                }
             thr = np.array([thresholds[lab] for lab in labels])
-            par["fp32"] = {**par["fp32"], **{k: v for k, v in parity(ref, _tflite_predict(
-                tmp / "classifier_fp32.tflite", x, len(labels)), task, thr).items() if k.endswith("agreement")}}
+            par["fp32"] = {
+                **par["fp32"],
+                **{
+                    k: v
+                    for k, v in parity(
+                        ref, _tflite_predict(tmp / "classifier_fp32.tflite", x, len(labels)), task, thr
+                    ).items()
+                    if k.endswith("agreement")
+                },
+            }
             par["int8"].update({k: v for k, v in parity(ref, p_int8, task, thr).items() if k.endswith("agreement")})
         else:
             thresholds = {}
@@ -420,18 +462,26 @@ def export_bundle(model_path: str | Path, calibration: str | Path, out: str | Pa
                 pv = _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
                 metrics = {"int8_valid": multiclass_metrics(va.targets, pv, labels), "data": str(valid)}
         for kind in ("fp32", "int8"):
-            _log(f"parity {kind:>4} vs Keras on {len(x)} images: max|Δ| {par[kind]['max_abs_diff']:.2e}, "
-                 f"label agreement {par[kind]['label_agreement']:.2f} %"
-                 + (f" ({par['int8']['quantization']})" if kind == "int8" else ""))
+            _log(
+                f"parity {kind:>4} vs Keras on {len(x)} images: max|Δ| {par[kind]['max_abs_diff']:.2e}, "
+                f"label agreement {par[kind]['label_agreement']:.2f} %"
+                + (f" ({par['int8']['quantization']})" if kind == "int8" else "")
+            )
         if "int8_full" in par and "label_agreement" in par["int8_full"] and int8_kind == "dynamic":
-            _log(f"  (full int8 tried: max|Δ| {par['int8_full']['max_abs_diff']:.2e}, "
-                 f"agreement {par['int8_full']['label_agreement']:.2f} % → kept dynamic range)")
+            _log(
+                f"  (full int8 tried: max|Δ| {par['int8_full']['max_abs_diff']:.2e}, "
+                f"agreement {par['int8_full']['label_agreement']:.2f} % → kept dynamic range)"
+            )
         if not par["fp32"]["max_abs_diff"] <= FP32_MAX_DIFF:
-            raise ParityError(f"parity failed: fp32 TFLite differs from Keras by {par['fp32']['max_abs_diff']:.3g} "
-                              f"(> {FP32_MAX_DIFF}) on {calibration}; bundle not written")
+            raise ParityError(
+                f"parity failed: fp32 TFLite differs from Keras by {par['fp32']['max_abs_diff']:.3g} "
+                f"(> {FP32_MAX_DIFF}) on {calibration}; bundle not written"
+            )
         if not par["int8"]["label_agreement"] >= min_int8_agreement:
-            raise ParityError(f"parity failed: int8 label agreement {par['int8']['label_agreement']:.2f} % "
-                              f"(< {min_int8_agreement} %) on {calibration}; bundle not written")
+            raise ParityError(
+                f"parity failed: int8 label agreement {par['int8']['label_agreement']:.2f} % "
+                f"(< {min_int8_agreement} %) on {calibration}; bundle not written"
+            )
         par["gate"] = {"fp32_max_abs_diff": FP32_MAX_DIFF, "int8_min_label_agreement": min_int8_agreement}
 
         gradcam = None
@@ -460,7 +510,7 @@ def export_bundle(model_path: str | Path, calibration: str | Path, out: str | Pa
             "metrics": metrics,
             "parity": par,
             "source": {"model": str(model_path), "form": meta.get("form"), "arch": meta.get("arch")},
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "producer": f"seam-qc {edge.__version__}",
         }
         if gradcam:
@@ -476,30 +526,61 @@ def export_bundle(model_path: str | Path, calibration: str | Path, out: str | Pa
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a trained model to the model bundle (TFLite + Grad-CAM files)",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "export",
+        help="export a trained model to the model bundle (TFLite + Grad-CAM files)",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--model", required=True, metavar="FILE.keras|FILE.h5|SAVEDMODEL_DIR")
-    p.add_argument("--calibration", required=True, metavar="CSV|DIR",
-                   help="images for int8 calibration and the Keras-vs-TFLite parity check")
+    p.add_argument(
+        "--calibration",
+        required=True,
+        metavar="CSV|DIR",
+        help="images for int8 calibration and the Keras-vs-TFLite parity check",
+    )
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to create")
     p.add_argument("--valid", metavar="CSV|DIR", help="validation set to calibrate thresholds and measure metrics")
     p.add_argument("--arch", help=f"architecture of a weights-only .h5 ({', '.join(ARCHS)})")
     p.add_argument("--size", type=int, default=128, help="input size for weights-only / SavedModel inputs")
-    p.add_argument("--int8", default="auto", choices=("auto", "full", "dynamic"),
-                   help="int8 classifier: full integer when it keeps parity (auto), or force one")
+    p.add_argument(
+        "--int8",
+        default="auto",
+        choices=("auto", "full", "dynamic"),
+        help="int8 classifier: full integer when it keeps parity (auto), or force one",
+    )
     p.add_argument("--name", help="bundle name in the manifest (default: the folder name)")
     p.add_argument("--max-images", type=int, default=300, help="calibration images used (default 300)")
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing seam-qc bundle (any other non-empty folder is refused)")
-    p.add_argument("--min-int8-agreement", type=float, default=INT8_MIN_AGREEMENT,
-                   help=f"parity gate: int8-vs-Keras label agreement in %% (default {INT8_MIN_AGREEMENT})")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing seam-qc bundle (any other non-empty folder is refused)",
+    )
+    p.add_argument(
+        "--min-int8-agreement",
+        type=float,
+        default=INT8_MIN_AGREEMENT,
+        help=f"parity gate: int8-vs-Keras label agreement in %% (default {INT8_MIN_AGREEMENT})",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    res = export_bundle(args.model, args.calibration, args.out, args.valid, args.arch, args.size, args.force,
-                        args.name, args.max_images, args.int8, args.min_int8_agreement)
+    res = export_bundle(
+        args.model,
+        args.calibration,
+        args.out,
+        args.valid,
+        args.arch,
+        args.size,
+        args.force,
+        args.name,
+        args.max_images,
+        args.int8,
+        args.min_int8_agreement,
+    )
     par = res.manifest["parity"]
-    print(f"wrote {res.out}: {', '.join(res.manifest['files'])}; int8 = {par['int8']['quantization']}, "
-          f"fp32 max|Δ| {par['fp32']['max_abs_diff']:.2e}, int8 agreement {par['int8']['label_agreement']:.2f} %")
+    print(
+        f"wrote {res.out}: {', '.join(res.manifest['files'])}; int8 = {par['int8']['quantization']}, "
+        f"fp32 max|Δ| {par['fp32']['max_abs_diff']:.2e}, int8 agreement {par['int8']['label_agreement']:.2f} %"
+    )
     return 0

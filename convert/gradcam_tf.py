@@ -18,8 +18,9 @@ kept); resized to the image with bilinear interpolation. One forward pass serves
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,8 +68,9 @@ class KerasGradCAM:
     classes (persistent tape). ``TFGradCAM`` adds layer auto-detection.
     """
 
-    def __init__(self, model: Any, layer: str, labels: Sequence[str], height: int | None = None,
-                 width: int | None = None) -> None:
+    def __init__(
+        self, model: Any, layer: str, labels: Sequence[str], height: int | None = None, width: int | None = None
+    ) -> None:
         import keras
 
         self.model = model
@@ -95,8 +97,9 @@ class KerasGradCAM:
         self.height = int(height or shape[1])
         self.width = int(width or shape[2])
 
-    def explain_array(self, x: np.ndarray, class_indices: Sequence[int]
-                      ) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, float]]]:
+    def explain_array(
+        self, x: np.ndarray, class_indices: Sequence[int]
+    ) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, float]]]:
         """Preprocessed ``x[H,W,3]`` → (scores[n], {class: (cam at feature resolution 0..1, raw peak)})."""
         import tensorflow as tf
 
@@ -132,24 +135,41 @@ class KerasGradCAM:
         del tape
         return np.asarray(out[0], np.float32), result
 
-    def explain(self, frame_bgr: np.ndarray, labels: Sequence[str] | None = None,
-                peak_ref: Mapping[str, float | None] | None = None) -> dict[str, Heatmap]:
+    def explain(
+        self,
+        frame_bgr: np.ndarray,
+        labels: Sequence[str] | None = None,
+        peak_ref: Mapping[str, float | None] | None = None,
+    ) -> dict[str, Heatmap]:
         """Label → Heatmap at the frame's size (same contract as ``Explainer.explain``)."""
         labels = list(self.labels if labels is None else labels)
         idx = label_indices(labels, self.labels)
         scores, maps = self.explain_array(preprocess(frame_bgr, self.height, self.width), idx)
         h, w = frame_bgr.shape[:2]
-        return {lab: Heatmap(lab, resize_cam(maps[k][0], h, w), maps[k][1], float(scores[k]),
-                             strength(maps[k][1], (peak_ref or {}).get(lab)))
-                for lab, k in zip(labels, idx)}
+        return {
+            lab: Heatmap(
+                lab,
+                resize_cam(maps[k][0], h, w),
+                maps[k][1],
+                float(scores[k]),
+                strength(maps[k][1], (peak_ref or {}).get(lab)),
+            )
+            for lab, k in zip(labels, idx)
+        }
 
 
 class TFGradCAM(KerasGradCAM):
     """``KerasGradCAM`` from a model or a ``.keras`` path; layer defaults to ``find_gradcam_layer``,
     labels to the file's seam-qc metadata (or the seam labels for 4 outputs)."""
 
-    def __init__(self, model: Any, labels: Sequence[str] | None = None, layer: str | None = None,
-                 height: int | None = None, width: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        labels: Sequence[str] | None = None,
+        layer: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> None:
         from convert.explainer import find_gradcam_layer
 
         meta: dict = {}

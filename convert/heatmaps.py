@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import csv
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -67,16 +68,20 @@ class HeatmapSource:
         if self.task == "multiclass":
             return [max(scores, key=scores.get)] if scores else []
         seam = "good" in self.labels and len(self.labels) > 1
-        return [lab for lab in self.labels
-                if not (seam and lab == "good") and scores.get(lab, 0.0) >= self.thresholds.get(lab, 0.5)]
+        return [
+            lab
+            for lab in self.labels
+            if not (seam and lab == "good") and scores.get(lab, 0.0) >= self.thresholds.get(lab, 0.5)
+        ]
 
 
 def _is_bundle(path: Path) -> bool:
     return path.is_dir() and (path / "manifest.json").is_file()
 
 
-def open_source(model: str | Path, method: str | None = None, layer: str | None = None,
-                threads: int = 2) -> HeatmapSource:
+def open_source(
+    model: str | Path, method: str | None = None, layer: str | None = None, threads: int = 2
+) -> HeatmapSource:
     """A ``.keras`` file or a bundle → a ``HeatmapSource`` for ``method`` (see module doc)."""
     from edge.bundle import load_bundle
 
@@ -95,14 +100,15 @@ def open_source(model: str | Path, method: str | None = None, layer: str | None 
             if not has_litert:
                 raise ModelError(f"{path}: bundle has no Grad-CAM explainer/head; use --method tf")
             if layer and layer != gc.get("layer"):
-                raise ModelError(f"{path}: the bundle's explainer was exported for layer "
-                                 f"{gc.get('layer')!r}, "
-                                 f"not {layer!r}; use --method tf to explain another layer")
+                raise ModelError(
+                    f"{path}: the bundle's explainer was exported for layer "
+                    f"{gc.get('layer')!r}, "
+                    f"not {layer!r}; use --method tf to explain another layer"
+                )
             from edge.gradcam import Explainer
 
             ex = Explainer(b, threads=threads)
-            return HeatmapSource(ex.explain, b.labels, b.task, dict(b.thresholds), "litert", ex.layer,
-                                 ex.peak_ref, ex)
+            return HeatmapSource(ex.explain, b.labels, b.task, dict(b.thresholds), "litert", ex.layer, ex.peak_ref, ex)
         if not b.has("keras"):
             raise ModelError(f"{path}: bundle has no 'keras' model for --method tf")
         from convert.gradcam_tf import TFGradCAM
@@ -128,9 +134,18 @@ def open_source(model: str | Path, method: str | None = None, layer: str | None 
     tmp = tempfile.TemporaryDirectory(prefix="seamqc-explainer-")
     files, gc = export_explainer(kmodel, tmp.name, layer=layer)
     h, w = (int(v) for v in kmodel.inputs[0].shape[1:3])
-    write_manifest(tmp.name, {"name": path.stem, "task": meta["task"], "labels": list(meta["labels"]),
-                              "input": {"height": h, "width": w}, "classifier": "explainer",
-                              "gradcam": gc}, files)
+    write_manifest(
+        tmp.name,
+        {
+            "name": path.stem,
+            "task": meta["task"],
+            "labels": list(meta["labels"]),
+            "input": {"height": h, "width": w},
+            "classifier": "explainer",
+            "gradcam": gc,
+        },
+        files,
+    )
     ex = Explainer(tmp.name, threads=threads)
     return HeatmapSource(ex.explain, ex.labels, meta["task"], {}, "litert", ex.layer, ex.peak_ref, (tmp, ex))
 
@@ -185,16 +200,16 @@ def collect_items(data: Sequence[str], limit: int | None = None) -> list[Item]:
 # ----------------------------------------------------------------------------- drawing
 
 
-def _text(img: np.ndarray, lines: Sequence[tuple[str, tuple[int, int, int]]], x: int, y: int,
-          scale: float = 0.42) -> None:
+def _text(
+    img: np.ndarray, lines: Sequence[tuple[str, tuple[int, int, int]]], x: int, y: int, scale: float = 0.42
+) -> None:
     for i, (s, color) in enumerate(lines):
         yy = y + int(16 * i * scale / 0.42)
         cv2.putText(img, s, (x, yy), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(img, s, (x, yy), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
 
 
-def combined_cam(heatmaps: Sequence[Heatmap], peak_ref: dict[str, float | None],
-                 shape: tuple[int, int]) -> np.ndarray:
+def combined_cam(heatmaps: Sequence[Heatmap], peak_ref: dict[str, float | None], shape: tuple[int, int]) -> np.ndarray:
     """Pixelwise max of the shown labels' maps, each scaled by its strength (for the JET column)."""
     from edge.gradcam import strength
 
@@ -204,8 +219,15 @@ def combined_cam(heatmaps: Sequence[Heatmap], peak_ref: dict[str, float | None],
     return out
 
 
-def sheet_row(frame: np.ndarray, heatmaps: dict[str, Heatmap], shown: Sequence[str], src: HeatmapSource,
-              title: str, truth: tuple[str, ...] | None, cell: int = 200) -> np.ndarray:
+def sheet_row(
+    frame: np.ndarray,
+    heatmaps: dict[str, Heatmap],
+    shown: Sequence[str],
+    src: HeatmapSource,
+    title: str,
+    truth: tuple[str, ...] | None,
+    cell: int = 200,
+) -> np.ndarray:
     """One contact-sheet row: original | heatmap (JET) | overlay, with names and scores written on."""
     colors = src.colors()
     hms = [heatmaps[lab] for lab in shown]
@@ -217,9 +239,14 @@ def sheet_row(frame: np.ndarray, heatmaps: dict[str, Heatmap], shown: Sequence[s
         _text(cells[0], [("truth: " + (",".join(truth) or "-"), (255, 255, 255))], 4, cell - 8)
     what = ",".join(shown) if shown else "(none flagged)"
     _text(cells[1], [("Grad-CAM " + what, (255, 255, 255))], 4, 14)
-    lines = [(f"{lab} {heatmaps[lab].score:.2f}" + (" *" if lab in shown else ""),
-              colors.get(lab, (255, 255, 255)) if lab in shown else (200, 200, 200)) for lab in src.labels
-             if lab in heatmaps]
+    lines = [
+        (
+            f"{lab} {heatmaps[lab].score:.2f}" + (" *" if lab in shown else ""),
+            colors.get(lab, (255, 255, 255)) if lab in shown else (200, 200, 200),
+        )
+        for lab in src.labels
+        if lab in heatmaps
+    ]
     _text(cells[2], lines[:10], 4, 14)
     return np.hstack(cells)
 
@@ -228,7 +255,7 @@ def write_sheets(rows: list[np.ndarray], out: Path, per_sheet: int) -> list[Path
     """Stack rows into ``contact_sheet.png`` (and ``_2``, ``_3`` … beyond ``per_sheet`` rows)."""
     paths = []
     for i in range(0, len(rows), max(1, per_sheet)):
-        chunk = rows[i:i + per_sheet]
+        chunk = rows[i : i + per_sheet]
         header = np.full((22, chunk[0].shape[1], 3), 32, np.uint8)
         cw = chunk[0].shape[1] // 3
         for j, name in enumerate(("original", "heatmap", "overlay")):
@@ -244,10 +271,19 @@ def write_sheets(rows: list[np.ndarray], out: Path, per_sheet: int) -> list[Path
 # ----------------------------------------------------------------------------- runner
 
 
-def make_heatmaps(model: str | Path, data: Sequence[str], out: str | Path, method: str | None = None,
-                  raw: bool = False, labels: Sequence[str] | None = None, layer: str | None = None,
-                  limit: int | None = None, threads: int = 2, sheet_rows: int = 32,
-                  progress: bool = True) -> dict[str, Any]:
+def make_heatmaps(
+    model: str | Path,
+    data: Sequence[str],
+    out: str | Path,
+    method: str | None = None,
+    raw: bool = False,
+    labels: Sequence[str] | None = None,
+    layer: str | None = None,
+    limit: int | None = None,
+    threads: int = 2,
+    sheet_rows: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Do the work of the command; returns a small summary (counts, files, method, layer)."""
     from convert.data import read_image
 
@@ -269,8 +305,16 @@ def make_heatmaps(model: str | Path, data: Sequence[str], out: str | Path, metho
         raise DataError(f"{e.filename or outdir}: cannot write ({e.strerror or e})") from None
 
 
-def _write_all(src: HeatmapSource, items: list[Item], outdir: Path, labels: Sequence[str] | None, raw: bool,
-               sheet_rows: int, progress: bool, read_image: Callable[[str], np.ndarray]) -> dict[str, Any]:
+def _write_all(
+    src: HeatmapSource,
+    items: list[Item],
+    outdir: Path,
+    labels: Sequence[str] | None,
+    raw: bool,
+    sheet_rows: int,
+    progress: bool,
+    read_image: Callable[[str], np.ndarray],
+) -> dict[str, Any]:
     """The writing half of :func:`make_heatmaps`, apart so that its OSErrors become one line."""
     rows, n_raw, records = [], 0, []
     it = tqdm(items, desc=f"heatmaps ({src.method})", unit="img", disable=not progress)
@@ -290,32 +334,44 @@ def _write_all(src: HeatmapSource, items: list[Item], outdir: Path, labels: Sequ
                     np.save(f, np.asarray(hm.cam, np.float32))
                 n_raw += 1
         for lab, hm in hms.items():
-            records.append((item.stem, Path(item.path).name, lab, f"{hm.score:.6f}", f"{hm.peak:.6g}",
-                            int(lab in shown)))
+            records.append(
+                (item.stem, Path(item.path).name, lab, f"{hm.score:.6f}", f"{hm.peak:.6g}", int(lab in shown))
+            )
         rows.append(sheet_row(frame, hms, shown, src, Path(item.path).name, item.truth))
     sheets = write_sheets(rows, outdir, sheet_rows) if rows else []
     with open(outdir / "heatmaps.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["stem", "name", "label", "score", "peak", "shown"])
         w.writerows(records)
-    return {"images": len(items), "raw_files": n_raw, "sheets": [str(p) for p in sheets],
-            "method": src.method, "layer": src.layer, "out": str(outdir)}
+    return {
+        "images": len(items),
+        "raw_files": n_raw,
+        "sheets": [str(p) for p in sheets],
+        "method": src.method,
+        "layer": src.layer,
+        "out": str(outdir),
+    }
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("heatmaps", help="Grad-CAM overlays and a contact sheet",
-                       description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = sub.add_parser(
+        "heatmaps",
+        help="Grad-CAM overlays and a contact sheet",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     p.add_argument("--model", required=True, help=".keras file or model bundle directory")
-    p.add_argument("--data", required=True, nargs="+",
-                   help="test CSV, data folder, class-per-folder tree, or images")
+    p.add_argument("--data", required=True, nargs="+", help="test CSV, data folder, class-per-folder tree, or images")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--method", choices=METHODS, default=None,
-                   help="tf: GradientTape on the Keras model; litert: the Pi's explainer + numpy head "
-                        "(default: litert for a bundle, tf for a .keras)")
-    p.add_argument("--raw", action="store_true",
-                   help="also write <stem>.<label>.npy (float32 0..1) per label")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default=None,
+        help="tf: GradientTape on the Keras model; litert: the Pi's explainer + numpy head "
+        "(default: litert for a bundle, tf for a .keras)",
+    )
+    p.add_argument("--raw", action="store_true", help="also write <stem>.<label>.npy (float32 0..1) per label")
     p.add_argument("--labels", nargs="+", default=None, help="labels to explain (default: the flagged ones)")
     p.add_argument("--layer", default=None, help="Grad-CAM layer (default: the model's feature map)")
     p.add_argument("--limit", type=int, default=None, help="at most N images")
@@ -325,9 +381,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    s = make_heatmaps(args.model, args.data, args.out, args.method, args.raw, args.labels, args.layer,
-                      args.limit, args.threads, args.sheet_rows)
-    print(f"{s['images']} images, method {s['method']}, layer {s['layer']}: overlays"
-          + (f", {s['raw_files']} raw maps" if args.raw else "")
-          + f" and {len(s['sheets'])} contact sheet(s) in {s['out']}")
+    s = make_heatmaps(
+        args.model,
+        args.data,
+        args.out,
+        args.method,
+        args.raw,
+        args.labels,
+        args.layer,
+        args.limit,
+        args.threads,
+        args.sheet_rows,
+    )
+    print(
+        f"{s['images']} images, method {s['method']}, layer {s['layer']}: overlays"
+        + (f", {s['raw_files']} raw maps" if args.raw else "")
+        + f" and {len(s['sheets'])} contact sheet(s) in {s['out']}"
+    )
     return 0

@@ -29,14 +29,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.errors import DataError, SeamQCError
 from convert.label_state import Labeler, open_session
 from convert.roi import add_roi_args, roi_from_args
+from edge.errors import DataError, SeamQCError
 
 STATIC = Path(__file__).resolve().parent / "static"
-_STATIC_FILES = {"/": ("label.html", "text/html; charset=utf-8"),
-                 "/label.js": ("label.js", "text/javascript; charset=utf-8"),
-                 "/label.css": ("label.css", "text/css; charset=utf-8")}
+_STATIC_FILES = {
+    "/": ("label.html", "text/html; charset=utf-8"),
+    "/label.js": ("label.js", "text/javascript; charset=utf-8"),
+    "/label.css": ("label.css", "text/css; charset=utf-8"),
+}
 _FRAME_RE = re.compile(r"^/frame/(\d+)\.(jpg|png)$")
 
 
@@ -83,8 +85,10 @@ class VideoFrames:
             self.cap = cv2.VideoCapture(str(self.path))
             ok, first = self.cap.read() if self.cap.isOpened() else (False, None)
         if not self.cap.isOpened():
-            raise DataError(f"video {self.path}: OpenCV cannot open it (not a video, or an unsupported "
-                            f"codec{_ffmpeg_reason(said[0])})")
+            raise DataError(
+                f"video {self.path}: OpenCV cannot open it (not a video, or an unsupported "
+                f"codec{_ffmpeg_reason(said[0])})"
+            )
         if not ok or first is None:
             self.cap.release()
             raise DataError(f"video {self.path}: OpenCV cannot decode its first frame{_ffmpeg_reason(said[0])}")
@@ -258,15 +262,24 @@ def run(args: argparse.Namespace) -> int:
     try:
         first = frames.get(0)
         choice.check_frame(first.shape[1], first.shape[0], f"video {video}")
-        labeler = open_session(frames, args.out, video.stem, video.name,
-                               log=lambda n: print(f"note: {n}", file=sys.stderr, flush=True),
-                               roi=choice.roi, roi_origin=choice.origin or "--roi")
+        labeler = open_session(
+            frames,
+            args.out,
+            video.stem,
+            video.name,
+            log=lambda n: print(f"note: {n}", file=sys.stderr, flush=True),
+            roi=choice.roi,
+            roi_origin=choice.origin or "--roi",
+        )
         app = LabelApp(labeler, frames)
         server = serve(app, args.host, args.port)
         host, port = server.server_address[:2]
         shown = f"[{host}]" if ":" in str(host) else host
-        print(f"labeling {video.name}: {frames.frame_count} frames → {labeler.store.dir}, "
-              f"starting at frame {labeler.frame} ({len(labeler.store.rows)} saved)", flush=True)
+        print(
+            f"labeling {video.name}: {frames.frame_count} frames → {labeler.store.dir}, "
+            f"starting at frame {labeler.frame} ({len(labeler.store.rows)} saved)",
+            flush=True,
+        )
         sw, sh = labeler.saved_size
         if choice.roi is not None:
             what = f"the daemon's crop, {choice.describe()}"
@@ -276,10 +289,15 @@ def run(args: argparse.Namespace) -> int:
             what = "whole frames (give --config or --roi to save the camera ROI the daemon classifies)"
         print(f"saving {sw}x{sh} PNGs: {what}", flush=True)
         if host in ("0.0.0.0", "::"):
-            print("warning: listening on all interfaces: anyone on the network can label and delete",
-                  file=sys.stderr, flush=True)
-        print(f"open http://{shown}:{port}/   (from another machine: ssh -L {port}:127.0.0.1:{port} <this host>)",
-              flush=True)
+            print(
+                "warning: listening on all interfaces: anyone on the network can label and delete",
+                file=sys.stderr,
+                flush=True,
+            )
+        print(
+            f"open http://{shown}:{port}/   (from another machine: ssh -L {port}:127.0.0.1:{port} <this host>)",
+            flush=True,
+        )
         try:
             server.serve_forever(poll_interval=0.2)
         except KeyboardInterrupt:
@@ -287,8 +305,11 @@ def run(args: argparse.Namespace) -> int:
         finally:
             server.server_close()
         c = labeler.counts()
-        print(f"saved {c['saved']} frame(s) in {labeler.store.csv_path} "
-              f"(good {c['good']}, error {c['error']}, break {c['break']}, length {c['length']})", flush=True)
+        print(
+            f"saved {c['saved']} frame(s) in {labeler.store.csv_path} "
+            f"(good {c['good']}, error {c['error']}, break {c['break']}, length {c['length']})",
+            flush=True,
+        )
     finally:
         frames.close()
     return 0
@@ -306,11 +327,13 @@ def _port(text: str) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "label", help="label video frames in a local web page (seed keys: n g e b l s q)",
+        "label",
+        help="label video frames in a local web page (seed keys: n g e b l s q)",
         description="Serve a labeling page for one video: keys n/→ next, ← back, Shift ±10, PgUp/PgDn "
-                    "±100, g/e/b/l toggle good/error/break/length, s save, Enter save+next, u undo, "
-                    "q quit. Writes <video>_<frame>.png and <video>_data.csv (the seed's format) into "
-                    "--out, and resumes after the last saved frame.")
+        "±100, g/e/b/l toggle good/error/break/length, s save, Enter save+next, u undo, "
+        "q quit. Writes <video>_<frame>.png and <video>_data.csv (the seed's format) into "
+        "--out, and resumes after the last saved frame.",
+    )
     p.add_argument("--video", required=True, help="video file to label")
     p.add_argument("--out", required=True, help="folder for the PNGs and <video>_data.csv")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")

@@ -18,9 +18,10 @@ import csv
 import io
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -32,9 +33,13 @@ from edge.errors import DataError
 ATTRS = ("good", "error", "break", "length")
 TOGGLES = {"g": "good", "e": "error", "b": "break", "l": "length"}
 STEPS = {
-    "n": 1, "ArrowRight": 1, "ArrowLeft": -1,
-    "Shift+ArrowRight": 10, "Shift+ArrowLeft": -10,
-    "PageDown": 100, "PageUp": -100,
+    "n": 1,
+    "ArrowRight": 1,
+    "ArrowLeft": -1,
+    "Shift+ArrowRight": 10,
+    "Shift+ArrowLeft": -10,
+    "PageDown": 100,
+    "PageUp": -100,
 }
 OTHER_KEYS = ("Home", "End", "s", "Enter", "u", "q")
 KEYS = tuple(STEPS) + tuple(TOGGLES) + OTHER_KEYS
@@ -183,15 +188,20 @@ class LabelStore:
             else:
                 kept.append(png.name)
         if removed:
-            notes.append(f"removed {len(removed)} image(s) without a CSV row, left by an interrupted "
-                         f"save: {_few(removed)}")
+            notes.append(
+                f"removed {len(removed)} image(s) without a CSV row, left by an interrupted save: {_few(removed)}"
+            )
         if kept:
-            notes.append(f"{len(kept)} image(s) in {self.dir} have no row in {self.csv_path.name} "
-                         f"(kept; save those frames to label them): {_few(kept)}")
+            notes.append(
+                f"{len(kept)} image(s) in {self.dir} have no row in {self.csv_path.name} "
+                f"(kept; save those frames to label them): {_few(kept)}"
+            )
         missing = [r.name for r in self.rows.values() if not (self.dir / r.name).is_file()]
         if missing:
-            notes.append(f"{len(missing)} row(s) of {self.csv_path.name} have no image in {self.dir} "
-                         f"(save those frames again): {_few(missing)}")
+            notes.append(
+                f"{len(missing)} row(s) of {self.csv_path.name} have no image in {self.dir} "
+                f"(save those frames again): {_few(missing)}"
+            )
         return notes
 
     def _read_csv(self) -> dict[int, Row]:
@@ -292,9 +302,15 @@ class Labeler:
     frame; it must lie inside the frames (``roi_origin`` names where it came from in errors).
     """
 
-    def __init__(self, frames: FrameSource, store: LabelStore, notes: list[str] | None = None,
-                 video_name: str = "", roi: tuple[int, int, int, int] | None = None,
-                 roi_origin: str = "--roi"):
+    def __init__(
+        self,
+        frames: FrameSource,
+        store: LabelStore,
+        notes: list[str] | None = None,
+        video_name: str = "",
+        roi: tuple[int, int, int, int] | None = None,
+        roi_origin: str = "--roi",
+    ):
         if frames.frame_count < 1:
             raise DataError(f"video {video_name or store.stem}: has no frames")
         self.frames = frames
@@ -316,7 +332,7 @@ class Labeler:
             last = store.rows[max(store.rows)]
             self.values = last.as_dict()
             self.frame = self._clamp(last.frame + 1)
-            self.message = (f"resumed after frame {last.frame} ({len(store.rows)} saved)")
+            self.message = f"resumed after frame {last.frame} ({len(store.rows)} saved)"
 
     @property
     def last_frame(self) -> int:
@@ -393,8 +409,7 @@ class Labeler:
         self.undo_stack.pop()
         self.frame = frame
         name = self.store.image_name(frame)
-        self.message = (f"undo: {name} back to its earlier labels" if previous
-                        else f"undo: deleted {name} and its row")
+        self.message = f"undo: {name} back to its earlier labels" if previous else f"undo: deleted {name} and its row"
 
     @property
     def saved_size(self) -> tuple[int, int]:
@@ -412,11 +427,16 @@ class Labeler:
                 odd.append(row.name)
                 size = got
         if odd:
-            how = (f"crops of {self.roi_origin} {list(self.roi)}" if self.roi is not None
-                   else "whole frames (no --roi / --config)")
-            raise DataError(f"{self.store.dir}: {len(odd)} saved image(s) are {size[0]}x{size[1]} "
-                            f"({_few(odd, 3)}), but this session saves {want[0]}x{want[1]} {how}: "
-                            f"label into another --out folder or give the ROI they were saved with")
+            how = (
+                f"crops of {self.roi_origin} {list(self.roi)}"
+                if self.roi is not None
+                else "whole frames (no --roi / --config)"
+            )
+            raise DataError(
+                f"{self.store.dir}: {len(odd)} saved image(s) are {size[0]}x{size[1]} "
+                f"({_few(odd, 3)}), but this session saves {want[0]}x{want[1]} {how}: "
+                f"label into another --out folder or give the ROI they were saved with"
+            )
 
     def counts(self) -> dict[str, int]:
         rows = self.store.rows.values()
@@ -465,9 +485,15 @@ def png_size(path: Path) -> tuple[int, int] | None:
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def open_session(frames: FrameSource, out_dir: str | Path, stem: str,
-                 video_name: str = "", log: Callable[[str], None] | None = None,
-                 roi: tuple[int, int, int, int] | None = None, roi_origin: str = "--roi") -> Labeler:
+def open_session(
+    frames: FrameSource,
+    out_dir: str | Path,
+    stem: str,
+    video_name: str = "",
+    log: Callable[[str], None] | None = None,
+    roi: tuple[int, int, int, int] | None = None,
+    roi_origin: str = "--roi",
+) -> Labeler:
     """Open (or resume) the labels of one video in ``out_dir``: reconcile, then a ready Labeler.
 
     With ``roi`` the saved PNGs are the daemon's crop of each frame; a folder already holding

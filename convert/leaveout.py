@@ -36,16 +36,16 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from edge.errors import DataError
 
 POOL_SEEDS = {"train": 201, "valid": 202, "test": 203, "finetune": 204}
-FT_TEST = 400     # images of F scored in the fine-tuning curve
-FT_STEPS = 240    # optimiser steps of each fine-tuning / small from-scratch run
+FT_TEST = 400  # images of F scored in the fine-tuning curve
+FT_STEPS = 240  # optimiser steps of each fine-tuning / small from-scratch run
 
 
 def read_families(folder: Path) -> dict[str, str]:
@@ -63,7 +63,7 @@ def read_families(folder: Path) -> dict[str, str]:
     return {str(base / r[ni]): r[fi] for r in rows[1:] if len(r) > max(ni, fi)}
 
 
-def family_subset(ds, families: dict[str, str], keep) -> "object":
+def family_subset(ds, families: dict[str, str], keep) -> object:
     """The images of ``ds`` whose family satisfies ``keep(family)``."""
     idx = [i for i, p in enumerate(ds.paths) if keep(families.get(str(Path(p).resolve()), ""))]
     if not idx:
@@ -77,9 +77,11 @@ def attribute_scores(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thresh
 
     m = multilabel_metrics(y, p, labels, thresholds)
     li = {lab: i for i, lab in enumerate(labels)}
-    out = {"count": int(len(y)),
-           "accuracy": {lab: m["labels"][lab]["accuracy"] for lab in labels},
-           "auroc": {lab: m["labels"][lab]["auroc"] for lab in labels}}
+    out = {
+        "count": int(len(y)),
+        "accuracy": {lab: m["labels"][lab]["accuracy"] for lab in labels},
+        "auroc": {lab: m["labels"][lab]["auroc"] for lab in labels},
+    }
     if "good" in li:
         out["defect_auroc"] = auroc(y[:, li["good"]] < 0.5, 1.0 - p[:, li["good"]])
         if "break" in li:
@@ -88,8 +90,20 @@ def attribute_scores(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thresh
     return out
 
 
-def run_family(family: str, pools: dict, work: Path, *, epochs: int, size: int, filters: int, arch: str,
-               batch: int, lr: float | None, seed: int = 0, init: str | None = None) -> dict:
+def run_family(
+    family: str,
+    pools: dict,
+    work: Path,
+    *,
+    epochs: int,
+    size: int,
+    filters: int,
+    arch: str,
+    batch: int,
+    lr: float | None,
+    seed: int = 0,
+    init: str | None = None,
+) -> dict:
     """Train without ``family``, test on it (resumable) → result dict (also ``work/<family>/result.json``)."""
     from .split import write_seed_csv
     from .train import train
@@ -106,10 +120,29 @@ def run_family(family: str, pools: dict, work: Path, *, epochs: int, size: int, 
         write_seed_csv(d / f"{name}.csv", ds)
     t0 = time.monotonic()
     model_path = d / "model.keras"
-    hist = train(str(d / "train.csv"), str(d / "valid.csv"), model_path, arch=arch, epochs=epochs, size=size,
-                 filters=filters, batch=batch, lr=lr, resume=True, seed=seed, verbose=2, init=init)
-    result = {"family": family, "train_count": len(tr), "valid_count": len(va), "epochs_run": hist.epochs_run,
-              "seconds": round(time.monotonic() - t0), **_score_keras(model_path, va, te, size)}
+    hist = train(
+        str(d / "train.csv"),
+        str(d / "valid.csv"),
+        model_path,
+        arch=arch,
+        epochs=epochs,
+        size=size,
+        filters=filters,
+        batch=batch,
+        lr=lr,
+        resume=True,
+        seed=seed,
+        verbose=2,
+        init=init,
+    )
+    result = {
+        "family": family,
+        "train_count": len(tr),
+        "valid_count": len(va),
+        "epochs_run": hist.epochs_run,
+        "seconds": round(time.monotonic() - t0),
+        **_score_keras(model_path, va, te, size),
+    }
     res_path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -131,8 +164,9 @@ def _score_keras(model_path: Path, labelled, test, size: int) -> dict:
     return {"thresholds": thr, **attribute_scores(test.targets, predict(test), labels, thr)}
 
 
-def finetune_curve(family: str, work: Path, counts: Sequence[int], *, size: int, filters: int, arch: str,
-                   batch: int, freeze: int = 1) -> list[dict]:
+def finetune_curve(
+    family: str, work: Path, counts: Sequence[int], *, size: int, filters: int, arch: str, batch: int, freeze: int = 1
+) -> list[dict]:
     """Fine-tune the model that never saw ``family`` on N of its images vs from scratch on the same N."""
     import math
 
@@ -165,10 +199,22 @@ def finetune_curve(family: str, work: Path, counts: Sequence[int], *, size: int,
         for mode in ("init", "scratch"):
             t0 = time.monotonic()
             kw = {"init": str(base), "freeze": freeze} if mode == "init" else {"arch": arch, "filters": filters}
-            train(str(d / "labelled.csv"), str(d / "labelled.csv"), d / f"{mode}.keras", epochs=epochs, size=size,
-                  batch=batch, resume=True, patience=epochs, verbose=0, **kw)
-            row[mode] = {**_score_keras(d / f"{mode}.keras", labelled, test, size),
-                         "seconds": round(time.monotonic() - t0)}
+            train(
+                str(d / "labelled.csv"),
+                str(d / "labelled.csv"),
+                d / f"{mode}.keras",
+                epochs=epochs,
+                size=size,
+                batch=batch,
+                resume=True,
+                patience=epochs,
+                verbose=0,
+                **kw,
+            )
+            row[mode] = {
+                **_score_keras(d / f"{mode}.keras", labelled, test, size),
+                "seconds": round(time.monotonic() - t0),
+            }
         row["zero_shot"] = _score_keras(base, labelled, test, size)
         res_path.write_text(json.dumps(row, indent=1) + "\n")
         out.append(row)
@@ -177,49 +223,83 @@ def finetune_curve(family: str, work: Path, counts: Sequence[int], *, size: int,
 
 def finetune_table(rows: list[dict], labels: Sequence[str]) -> str:
     """Markdown: per labelled count, zero-shot / fine-tuned / from scratch (mean accuracy, AUROCs)."""
-    lines = ["| family | labelled | model | " + " | ".join(f"{lab} acc" for lab in labels)
-             + " | defect-vs-normal AUROC | broken-vs-normal AUROC |", "|" + "---|" * (5 + len(labels))]
+    lines = [
+        "| family | labelled | model | "
+        + " | ".join(f"{lab} acc" for lab in labels)
+        + " | defect-vs-normal AUROC | broken-vs-normal AUROC |",
+        "|" + "---|" * (5 + len(labels)),
+    ]
     for r in rows:
-        for mode, name in (("zero_shot", "never saw it (no training)"), ("init", "train --init (fine-tuned)"),
-                           ("scratch", "from scratch")):
+        for mode, name in (
+            ("zero_shot", "never saw it (no training)"),
+            ("init", "train --init (fine-tuned)"),
+            ("scratch", "from scratch"),
+        ):
             m = r[mode]
-            lines.append(f"| {r['family']} | {r['labelled']} | {name} | "
-                         + " | ".join(f"{m['accuracy'][lab]:.1f}" for lab in labels)
-                         + f" | {m['defect_auroc']:.3f} | {m['break_auroc']:.3f} |")
+            lines.append(
+                f"| {r['family']} | {r['labelled']} | {name} | "
+                + " | ".join(f"{m['accuracy'][lab]:.1f}" for lab in labels)
+                + f" | {m['defect_auroc']:.3f} | {m['break_auroc']:.3f} |"
+            )
     return "\n".join(lines)
 
 
 def table(results: list[dict], labels: Sequence[str]) -> str:
     """Markdown: one row per held-out family (accuracy % per attribute, AUROCs), then the mean."""
-    head = "| held-out family | n | " + " | ".join(f"{lab} acc" for lab in labels) + \
-        " | " + " | ".join(f"{lab} AUROC" for lab in labels) + " | defect-vs-normal AUROC | broken-vs-normal AUROC |"
+    head = (
+        "| held-out family | n | "
+        + " | ".join(f"{lab} acc" for lab in labels)
+        + " | "
+        + " | ".join(f"{lab} AUROC" for lab in labels)
+        + " | defect-vs-normal AUROC | broken-vs-normal AUROC |"
+    )
     rows = [head, "|" + "---|" * (4 + 2 * len(labels))]
 
     def fmt(v, pct=False):
         return "–" if v is None else (f"{v:.1f}" if pct else f"{v:.3f}")
 
     for r in results:
-        rows.append(f"| {r['family']} | {r['count']} | " + " | ".join(fmt(r["accuracy"][lab], True) for lab in labels)
-                    + " | " + " | ".join(fmt(r["auroc"][lab]) for lab in labels)
-                    + f" | {fmt(r.get('defect_auroc'))} | {fmt(r.get('break_auroc'))} |")
+        rows.append(
+            f"| {r['family']} | {r['count']} | "
+            + " | ".join(fmt(r["accuracy"][lab], True) for lab in labels)
+            + " | "
+            + " | ".join(fmt(r["auroc"][lab]) for lab in labels)
+            + f" | {fmt(r.get('defect_auroc'))} | {fmt(r.get('break_auroc'))} |"
+        )
 
     def mean(vals):
         vals = [v for v in vals if v is not None]
         return float(np.mean(vals)) if vals else None
 
-    rows.append("| **mean** | " + str(sum(r["count"] for r in results)) + " | "
-                + " | ".join(fmt(mean([r["accuracy"][lab] for r in results]), True) for lab in labels) + " | "
-                + " | ".join(fmt(mean([r["auroc"][lab] for r in results])) for lab in labels)
-                + f" | {fmt(mean([r.get('defect_auroc') for r in results]))}"
-                + f" | {fmt(mean([r.get('break_auroc') for r in results]))} |")
+    rows.append(
+        "| **mean** | "
+        + str(sum(r["count"] for r in results))
+        + " | "
+        + " | ".join(fmt(mean([r["accuracy"][lab] for r in results]), True) for lab in labels)
+        + " | "
+        + " | ".join(fmt(mean([r["auroc"][lab] for r in results])) for lab in labels)
+        + f" | {fmt(mean([r.get('defect_auroc') for r in results]))}"
+        + f" | {fmt(mean([r.get('break_auroc') for r in results]))} |"
+    )
     return "\n".join(rows)
 
 
-def leave_out(work: str | Path, families: Sequence[str] | None = None, train_count: int = 3000,
-              valid_count: int = 600, test_count: int = 1400, epochs: int = 8, size: int = 128, filters: int = 8,
-              arch: str = "resnet-int8-gap", batch: int = 16, lr: float | None = None,
-              finetune_families: Sequence[str] = (), finetune_counts: Sequence[int] = (50, 200),
-              init: str | None = None) -> dict:
+def leave_out(
+    work: str | Path,
+    families: Sequence[str] | None = None,
+    train_count: int = 3000,
+    valid_count: int = 600,
+    test_count: int = 1400,
+    epochs: int = 8,
+    size: int = 128,
+    filters: int = 8,
+    arch: str = "resnet-int8-gap",
+    batch: int = 16,
+    lr: float | None = None,
+    finetune_families: Sequence[str] = (),
+    finetune_counts: Sequence[int] = (50, 200),
+    init: str | None = None,
+) -> dict:
     """Build the pools (once), run every family (resumable) → ``{"results": [...], "table": str}``."""
     from .data import load_dataset
     from .synth import FAMILIES, write_dataset
@@ -232,28 +312,45 @@ def leave_out(work: str | Path, families: Sequence[str] | None = None, train_cou
     pools = {}
     for key, count in (("train", train_count), ("valid", valid_count), ("test", test_count)):
         folder = work / f"pool-{key}"
-        if not ((folder / "data.csv").is_file() and (folder / "meta.csv").is_file()
-                and len(load_dataset(folder / "data.csv", check_images=False)) == count):
+        if not (
+            (folder / "data.csv").is_file()
+            and (folder / "meta.csv").is_file()
+            and len(load_dataset(folder / "data.csv", check_images=False)) == count
+        ):
             print(f"leave-out: synth {key} pool: {count} images (seed {POOL_SEEDS[key]})", file=sys.stderr)
-            write_dataset(folder, count, POOL_SEEDS[key], workers=os.cpu_count() or 1,
-                          progress=sys.stderr.isatty())
+            write_dataset(folder, count, POOL_SEEDS[key], workers=os.cpu_count() or 1, progress=sys.stderr.isatty())
         pools[key] = (load_dataset(folder / "data.csv"), read_families(folder))
     results = []
     for fam in chosen:
         print(f"leave-out: {fam} (train on the others, test on {fam})", file=sys.stderr)
-        results.append(run_family(fam, pools, work, epochs=epochs, size=size, filters=filters, arch=arch,
-                                  batch=batch, lr=lr, init=init))
+        results.append(
+            run_family(
+                fam, pools, work, epochs=epochs, size=size, filters=filters, arch=arch, batch=batch, lr=lr, init=init
+            )
+        )
     labels = tuple(results[0]["accuracy"]) if results else ()
-    summary = {"settings": {"train_count": train_count, "valid_count": valid_count, "test_count": test_count,
-                            "epochs": epochs, "size": size, "filters": filters, "arch": arch, "batch": batch,
-                            "init": init},
-               "results": results, "table": table(results, labels)}
+    summary = {
+        "settings": {
+            "train_count": train_count,
+            "valid_count": valid_count,
+            "test_count": test_count,
+            "epochs": epochs,
+            "size": size,
+            "filters": filters,
+            "arch": arch,
+            "batch": batch,
+            "init": init,
+        },
+        "results": results,
+        "table": table(results, labels),
+    }
     curve: list[dict] = []
     for fam in finetune_families:
         if fam not in chosen:
             raise DataError(f"--finetune-families: {fam} is not among --families")
-        print(f"leave-out: fine-tuning curve on {fam} ({', '.join(map(str, finetune_counts))} labelled)",
-              file=sys.stderr)
+        print(
+            f"leave-out: fine-tuning curve on {fam} ({', '.join(map(str, finetune_counts))} labelled)", file=sys.stderr
+        )
         curve += finetune_curve(fam, work, finetune_counts, size=size, filters=filters, arch=arch, batch=batch)
     if curve:
         summary["finetune"] = curve
@@ -263,8 +360,11 @@ def leave_out(work: str | Path, families: Sequence[str] | None = None, train_cou
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("leave-out", help="train without each fabric family, test on it (generalisation benchmark)",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "leave-out",
+        help="train without each fabric family, test on it (generalisation benchmark)",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--work", default="build/leave-out", metavar="DIR", help="pools, models, results (resumable)")
     p.add_argument("--families", help="comma-separated families to hold out in turn (default: all)")
     p.add_argument("--train-count", type=int, default=3000)
@@ -276,11 +376,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default="resnet-int8-gap")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--finetune-families", default="", metavar="F[,F]",
-                   help="also measure fine-tuning on these held-out families (see --finetune-counts)")
+    p.add_argument(
+        "--finetune-families",
+        default="",
+        metavar="F[,F]",
+        help="also measure fine-tuning on these held-out families (see --finetune-counts)",
+    )
     p.add_argument("--finetune-counts", default="50,200", metavar="N[,N]", help="labelled images (default 50,200)")
-    p.add_argument("--init", metavar="BUNDLE|FILE.keras",
-                   help="start every fold from this model (train --init); honest only for families it never saw")
+    p.add_argument(
+        "--init",
+        metavar="BUNDLE|FILE.keras",
+        help="start every fold from this model (train --init); honest only for families it never saw",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the summary here")
     p.set_defaults(func=run)
 
@@ -294,9 +401,22 @@ def run(args: argparse.Namespace) -> int:
     if any(c < 2 for c in counts):
         raise DataError(f"--finetune-counts {args.finetune_counts!r}: each count must be at least 2")
     ft = [f.strip() for f in args.finetune_families.split(",") if f.strip()]
-    s = leave_out(args.work, fams, args.train_count, args.valid_count, args.test_count, args.epochs, args.size,
-                  args.filters, args.arch, args.batch, args.lr, finetune_families=ft, finetune_counts=counts,
-                  init=args.init)
+    s = leave_out(
+        args.work,
+        fams,
+        args.train_count,
+        args.valid_count,
+        args.test_count,
+        args.epochs,
+        args.size,
+        args.filters,
+        args.arch,
+        args.batch,
+        args.lr,
+        finetune_families=ft,
+        finetune_counts=counts,
+        init=args.init,
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(s, indent=1) + "\n")
     print(f"## Leave-one-family-out ({s['settings']})\n\n{s['table']}")

@@ -24,9 +24,10 @@ import argparse
 import csv
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -55,8 +56,7 @@ def read_boxes(path: str | Path) -> dict[str, dict[str, list[tuple[int, int, int
     """``boxes.csv`` → {image name: {label: [(x, y, w, h), …]}}; bad rows are a ``DataError``."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: boxes.csv not found "
-                        f"(make the data set with `python -m convert synth --out DIR`)")
+        raise DataError(f"{path}: boxes.csv not found (make the data set with `python -m convert synth --out DIR`)")
     out: dict[str, dict[str, list[tuple[int, int, int, int]]]] = defaultdict(lambda: defaultdict(list))
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -87,8 +87,9 @@ def box_mask(shape: tuple[int, int], boxes: Sequence[tuple[int, int, int, int]],
     return m
 
 
-def score_case(cam: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], tolerance: int
-               ) -> tuple[bool, float, float, tuple[int, int], float, bool]:
+def score_case(
+    cam: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], tolerance: int
+) -> tuple[bool, float, float, tuple[int, int], float, bool]:
     """(hit, mass in box, box area share, argmax (x, y), distance to nearest box if missed, at border)."""
     h, w = cam.shape
     inside = box_mask((h, w), boxes)
@@ -101,14 +102,15 @@ def score_case(cam: np.ndarray, boxes: Sequence[tuple[int, int, int, int]], tole
     mass = float(np.clip(cam[inside].sum() / total, 0.0, 1.0))
     dist = 0.0
     if not hit:
-        dist = min(float(np.hypot(max(x - xx, 0, xx - (x + bw - 1)), max(y - yy, 0, yy - (y + bh - 1))))
-                   for x, y, bw, bh in boxes)
+        dist = min(
+            float(np.hypot(max(x - xx, 0, xx - (x + bw - 1)), max(y - yy, 0, yy - (y + bh - 1))))
+            for x, y, bw, bh in boxes
+        )
     border = xx < BORDER * w or xx >= (1 - BORDER) * w or yy < BORDER * h or yy >= (1 - BORDER) * h
     return hit, mass, area, (int(xx), int(yy)), dist, bool(border)
 
 
-def summarize(cases: Sequence[Case], labels: Sequence[str],
-              totals: dict[str, int]) -> dict[str, dict[str, Any]]:
+def summarize(cases: Sequence[Case], labels: Sequence[str], totals: dict[str, int]) -> dict[str, dict[str, Any]]:
     """Per label: cases with boxes, flagged, pointing-game hit rate, mean mass in box, where misses went."""
     out = {}
     for lab in labels:
@@ -129,10 +131,16 @@ def summarize(cases: Sequence[Case], labels: Sequence[str],
     return out
 
 
-def localize(model: str | Path, data: str | Path, method: str | None = None,
-             tolerance: int = DEFAULT_TOLERANCE, layer: str | None = None, threads: int = 2,
-             limit: int | None = None,
-             progress: bool = True) -> dict[str, Any]:
+def localize(
+    model: str | Path,
+    data: str | Path,
+    method: str | None = None,
+    tolerance: int = DEFAULT_TOLERANCE,
+    layer: str | None = None,
+    threads: int = 2,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run the measurement (module doc) → {"method", "layer", "tolerance_px", "labels", "cases"}."""
     from convert.data import read_csv, read_image
     from convert.heatmaps import open_source
@@ -169,43 +177,60 @@ def localize(model: str | Path, data: str | Path, method: str | None = None,
             hit, mass, area, xy, dist, border = score_case(hm.cam, bxs, tolerance)
             cases.append(Case(name, lab, hm.score, hit, mass, area, float(hm.peak), xy, dist, border))
     labels = sorted(totals, key=lambda lab: src.labels.index(lab))
-    return {"method": src.method, "layer": src.layer, "tolerance_px": tolerance, "images": len(todo),
-            "labels": summarize(cases, labels, dict(totals)), "cases": [asdict(c) for c in cases]}
+    return {
+        "method": src.method,
+        "layer": src.layer,
+        "tolerance_px": tolerance,
+        "images": len(todo),
+        "labels": summarize(cases, labels, dict(totals)),
+        "cases": [asdict(c) for c in cases],
+    }
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The printed table (percentages; '-' where nothing was flagged)."""
+
     def pct(v):
         return "-" if v is None else f"{100 * v:5.1f} %"
 
     def num(v, f="{:.3f}"):
         return "-" if v is None else f.format(v)
 
-    lines = [f"localisation: method {result['method']}, layer {result['layer']}, pointing tolerance "
-             f"{result['tolerance_px']} px, {result['images']} images with boxes",
-             f"{'label':<10}{'cases':>6}{'flagged':>8}{'pointing':>10}{'mass in box':>12}{'box area':>10}"
-             f"{'flat':>6}{'miss dist':>10}{'miss@border':>12}"]
+    lines = [
+        f"localisation: method {result['method']}, layer {result['layer']}, pointing tolerance "
+        f"{result['tolerance_px']} px, {result['images']} images with boxes",
+        f"{'label':<10}{'cases':>6}{'flagged':>8}{'pointing':>10}{'mass in box':>12}{'box area':>10}"
+        f"{'flat':>6}{'miss dist':>10}{'miss@border':>12}",
+    ]
     for lab, s in result["labels"].items():
-        lines.append(f"{lab:<10}{s['cases']:>6}{s['flagged']:>8}{pct(s['pointing']):>10}"
-                     f"{num(s['mass_in_box']):>12}"
-                     f"{num(s['box_area']):>10}{s['flat']:>6}{num(s['miss_dist_px'], '{:.1f}'):>10}"
-                     f"{pct(s['miss_at_border']):>12}")
+        lines.append(
+            f"{lab:<10}{s['cases']:>6}{s['flagged']:>8}{pct(s['pointing']):>10}"
+            f"{num(s['mass_in_box']):>12}"
+            f"{num(s['box_area']):>10}{s['flat']:>6}{num(s['miss_dist_px'], '{:.1f}'):>10}"
+            f"{pct(s['miss_at_border']):>12}"
+        )
     return "\n".join(lines)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("localize", help="pointing game + mass-in-box of the heatmaps on boxed data",
-                       description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = sub.add_parser(
+        "localize",
+        help="pointing game + mass-in-box of the heatmaps on boxed data",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     p.add_argument("--model", required=True, help=".keras file or model bundle directory")
     p.add_argument("--data", required=True, help="folder with data.csv + boxes.csv (convert synth --out)")
-    p.add_argument("--method", choices=("litert", "tf"), default=None,
-                   help="litert (default for a bundle) or tf (default for a .keras)")
+    p.add_argument(
+        "--method",
+        choices=("litert", "tf"),
+        default=None,
+        help="litert (default for a bundle) or tf (default for a .keras)",
+    )
     p.add_argument("--json", default=None, help="also write the numbers (and every case) to this file")
     p.add_argument("--tolerance", type=int, default=DEFAULT_TOLERANCE, help="pointing-game tolerance in px")
-    p.add_argument("--layer", default=None,
-                   help="Grad-CAM layer (tf method; default: the model's feature map)")
+    p.add_argument("--layer", default=None, help="Grad-CAM layer (tf method; default: the model's feature map)")
     p.add_argument("--limit", type=int, default=None, help="at most N images with boxes")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=run)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,24 +83,26 @@ class RoiChoice:
         """Check frames of ``width`` × ``height`` (named ``what``) for this ROI; a ``DataError`` if unfit."""
         if self.frame_size is not None and (width, height) != self.frame_size:
             cw, ch = self.frame_size
-            raise DataError(f"{what}: frames are {width}x{height}, but {self.origin} refers to {cw}x{ch} "
-                            f"frames (camera.width/height; the daemon resizes frames to that size before "
-                            f"cropping): give --roi for {width}x{height} frames")
+            raise DataError(
+                f"{what}: frames are {width}x{height}, but {self.origin} refers to {cw}x{ch} "
+                f"frames (camera.width/height; the daemon resizes frames to that size before "
+                f"cropping): give --roi for {width}x{height} frames"
+            )
         if self.roi is not None:
             check_fits(self.roi, width, height, what, self.origin)
 
 
-def check_fits(roi: Sequence[int], width: int, height: int, what: str, origin: str = "--roi",
-               hint: str = "") -> None:
+def check_fits(roi: Sequence[int], width: int, height: int, what: str, origin: str = "--roi", hint: str = "") -> None:
     """A ``DataError`` unless ``roi`` lies wholly inside a ``width`` × ``height`` image."""
     x, y, w, h = (int(v) for v in roi)
     if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > width or y + h > height:
-        raise DataError(f"{what}: {origin} {list(roi)} does not fit inside its {width}x{height} frame "
-                        f"(needs x + w <= {width} and y + h <= {height}){hint}")
+        raise DataError(
+            f"{what}: {origin} {list(roi)} does not fit inside its {width}x{height} frame "
+            f"(needs x + w <= {width} and y + h <= {height}){hint}"
+        )
 
 
-def crop(image: np.ndarray, roi: Sequence[int] | None, what: str, origin: str = "--roi",
-         hint: str = "") -> np.ndarray:
+def crop(image: np.ndarray, roi: Sequence[int] | None, what: str, origin: str = "--roi", hint: str = "") -> np.ndarray:
     """The daemon's crop of ``image`` (``edge.preprocess.crop_roi``), after checking the ROI fits."""
     if roi is None:
         return image
@@ -116,8 +119,11 @@ def load_roi(config: str | Path | None = None, roi: str | Sequence[int] | None =
         path = Path(config)
         cfg = load_config(path, _station_overrides(path))
         cam = cfg.camera
-        choice = RoiChoice(tuple(int(v) for v in cam.roi) if cam.roi is not None else None,
-                           f"{path}: camera.roi", (int(cam.width), int(cam.height)))
+        choice = RoiChoice(
+            tuple(int(v) for v in cam.roi) if cam.roi is not None else None,
+            f"{path}: camera.roi",
+            (int(cam.width), int(cam.height)),
+        )
     if roi is not None:
         value = parse_roi(roi) if isinstance(roi, str) else tuple(int(v) for v in roi)
         if len(value) != 4:
@@ -129,10 +135,8 @@ def load_roi(config: str | Path | None = None, roi: str | Sequence[int] | None =
 def add_roi_args(parser: argparse.ArgumentParser, what: str) -> None:
     """``--config`` and ``--roi`` with one wording for every command."""
     g = parser.add_argument_group("camera ROI (what the daemon classifies)")
-    g.add_argument("--config", metavar="STATION.yaml",
-                   help=f"the station's daemon config: its camera.roi is {what}")
-    g.add_argument("--roi", metavar=ROI_HELP,
-                   help="x,y,w,h in frame pixels (overrides --config's camera.roi)")
+    g.add_argument("--config", metavar="STATION.yaml", help=f"the station's daemon config: its camera.roi is {what}")
+    g.add_argument("--roi", metavar=ROI_HELP, help="x,y,w,h in frame pixels (overrides --config's camera.roi)")
 
 
 def roi_from_args(args: argparse.Namespace) -> RoiChoice:

@@ -37,10 +37,23 @@ def _cmd(*parts: object) -> str:
     return " ".join(str(p) for p in parts)
 
 
-def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count: int = 1000,
-         test_count: int = 2000, epochs: int = 12, size: int = 128, filters: int = 8, batch: int = 16,
-         lr: float = 3e-3, force: bool = True, min_test: int = 2000, arch: str = "resnet-int8-gap",
-         min_int8_agreement: float = 99.0, init: str | None = None) -> dict:
+def ship(
+    out: str | Path,
+    work: str | Path,
+    train_count: int = 8000,
+    valid_count: int = 1000,
+    test_count: int = 2000,
+    epochs: int = 12,
+    size: int = 128,
+    filters: int = 8,
+    batch: int = 16,
+    lr: float = 3e-3,
+    force: bool = True,
+    min_test: int = 2000,
+    arch: str = "resnet-int8-gap",
+    min_int8_agreement: float = 99.0,
+    init: str | None = None,
+) -> dict:
     """Run the whole chain in ``work`` (resumable: data sets and checkpoints are reused) → summary."""
     from .data import load_dataset
     from .evaluate import load_predictor, multilabel_metrics, predict_dataset
@@ -66,16 +79,67 @@ def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count
         write_dataset(d, count, seed, workers=os.cpu_count() or 1, progress=sys.stderr.isatty())
     t_synth = time.monotonic() - t0
     model = work / "model.keras"
-    cmds.append(_cmd("python -m convert train --train", work / "train/data.csv", "--valid", work / "valid/data.csv",
-                     "--out", model, "--arch", arch, "--epochs", epochs, "--size", size, "--filters", filters,
-                     "--batch", batch, "--lr", lr, *(("--init", init) if init else ())))
-    res = train(str(work / "train/data.csv"), str(work / "valid/data.csv"), model, arch=arch,
-                epochs=epochs, size=size, filters=filters, batch=batch, lr=lr, resume=True, seed=1, init=init)
+    cmds.append(
+        _cmd(
+            "python -m convert train --train",
+            work / "train/data.csv",
+            "--valid",
+            work / "valid/data.csv",
+            "--out",
+            model,
+            "--arch",
+            arch,
+            "--epochs",
+            epochs,
+            "--size",
+            size,
+            "--filters",
+            filters,
+            "--batch",
+            batch,
+            "--lr",
+            lr,
+            *(("--init", init) if init else ()),
+        )
+    )
+    res = train(
+        str(work / "train/data.csv"),
+        str(work / "valid/data.csv"),
+        model,
+        arch=arch,
+        epochs=epochs,
+        size=size,
+        filters=filters,
+        batch=batch,
+        lr=lr,
+        resume=True,
+        seed=1,
+        init=init,
+    )
     t_train = time.monotonic() - t0 - t_synth
-    cmds.append(_cmd("python -m convert export --model", model, "--calibration", work / "valid/data.csv",
-                     "--valid", work / "valid/data.csv", "--out", out, "--force"))
-    exp = export_bundle(model, work / "valid/data.csv", out, valid=work / "valid/data.csv", force=force,
-                        name="seam-default", max_images=500, min_int8_agreement=min_int8_agreement)
+    cmds.append(
+        _cmd(
+            "python -m convert export --model",
+            model,
+            "--calibration",
+            work / "valid/data.csv",
+            "--valid",
+            work / "valid/data.csv",
+            "--out",
+            out,
+            "--force",
+        )
+    )
+    exp = export_bundle(
+        model,
+        work / "valid/data.csv",
+        out,
+        valid=work / "valid/data.csv",
+        force=force,
+        name="seam-default",
+        max_images=500,
+        min_int8_agreement=min_int8_agreement,
+    )
     test = load_dataset(work / "test/data.csv")
     p_int8 = predict_dataset(load_predictor(out, role="classifier_int8"), test, progress=sys.stderr.isatty())
     p_fp32 = predict_dataset(load_predictor(out, role="classifier_fp32"), test, progress=sys.stderr.isatty())
@@ -90,24 +154,39 @@ def ship(out: str | Path, work: str | Path, train_count: int = 8000, valid_count
         a, b = m_int8["labels"][lab], m_fp32["labels"][lab]
         rows.append(f"| {lab} | {a['accuracy']:.2f} | {b['accuracy']:.2f} | {100 * a['f1']:.2f} | {thr[lab]:.3f} |")
     rows.append(f"| int8-vs-fp32 label agreement | {agree['label_agreement']:.2f} | | | |")
-    ok = all(m_int8["labels"][lab]["accuracy"] >= TARGET_ACCURACY for lab in labels) \
+    ok = (
+        all(m_int8["labels"][lab]["accuracy"] >= TARGET_ACCURACY for lab in labels)
         and agree["label_agreement"] >= TARGET_AGREEMENT
+    )
     summary = {
-        "settings": {"train_count": train_count, "valid_count": valid_count, "test_count": test_count,
-                     "epochs": epochs, "epochs_run": res.epochs_run, "arch": arch, "size": size, "filters": filters,
-                     "batch": batch, "lr": lr, "init": init},
+        "settings": {
+            "train_count": train_count,
+            "valid_count": valid_count,
+            "test_count": test_count,
+            "epochs": epochs,
+            "epochs_run": res.epochs_run,
+            "arch": arch,
+            "size": size,
+            "filters": filters,
+            "batch": batch,
+            "lr": lr,
+            "init": init,
+        },
         "test": {"int8": m_int8, "fp32": m_fp32, "agreement": agree},
-        "parity": exp.manifest["parity"], "seconds": {"synth": round(t_synth), "train": round(t_train),
-                                                       "total": round(time.monotonic() - t0)},
-        "targets_met": ok, "commands": cmds, "table": "\n".join(rows),
+        "parity": exp.manifest["parity"],
+        "seconds": {"synth": round(t_synth), "train": round(t_train), "total": round(time.monotonic() - t0)},
+        "targets_met": ok,
+        "commands": cmds,
+        "table": "\n".join(rows),
     }
     (work / "ship-report.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ship", help="synth + train + export + test the shipped default bundle",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "ship", help="synth + train + export + test the shipped default bundle", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--out", default="edge/models/default", metavar="BUNDLE")
     p.add_argument("--work", default="build/ship", metavar="DIR", help="data sets, model, checkpoints (resumable)")
     p.add_argument("--train-count", type=int, default=8000)
@@ -118,22 +197,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filters", type=int, default=8)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--init", metavar="BUNDLE|FILE.keras",
-                   help="start from this model's weights (train --init) instead of from scratch")
-    p.add_argument("--arch", default="resnet-int8-gap", help="resnet-int8-gap (default: the shipped model) or resnet-int8")
+    p.add_argument(
+        "--init",
+        metavar="BUNDLE|FILE.keras",
+        help="start from this model's weights (train --init) instead of from scratch",
+    )
+    p.add_argument(
+        "--arch", default="resnet-int8-gap", help="resnet-int8-gap (default: the shipped model) or resnet-int8"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    s = ship(args.out, args.work, args.train_count, args.valid_count, args.test_count, args.epochs, args.size,
-             args.filters, args.batch, args.lr, arch=args.arch, init=args.init)
+    s = ship(
+        args.out,
+        args.work,
+        args.train_count,
+        args.valid_count,
+        args.test_count,
+        args.epochs,
+        args.size,
+        args.filters,
+        args.batch,
+        args.lr,
+        arch=args.arch,
+        init=args.init,
+    )
     print(f"## Shipped model ({args.out}): {s['settings']}\n")
     print(s["table"])
-    print(f"\nparity on calibration: fp32 max|Δ| {s['parity']['fp32']['max_abs_diff']:.2e}, int8 "
-          f"({s['parity']['int8']['quantization']}) agreement {s['parity']['int8']['label_agreement']:.2f} %")
+    print(
+        f"\nparity on calibration: fp32 max|Δ| {s['parity']['fp32']['max_abs_diff']:.2e}, int8 "
+        f"({s['parity']['int8']['quantization']}) agreement {s['parity']['int8']['label_agreement']:.2f} %"
+    )
     print(f"time: {s['seconds']}\n\nReproduce:\n```\n" + "\n".join(s["commands"]) + "\n```")
     if not s["targets_met"]:
-        print(f"error: targets missed (every attribute >= {TARGET_ACCURACY} % int8, agreement >= "
-              f"{TARGET_AGREEMENT} %)", file=sys.stderr)
+        print(
+            f"error: targets missed (every attribute >= {TARGET_ACCURACY} % int8, agreement >= {TARGET_AGREEMENT} %)",
+            file=sys.stderr,
+        )
         return 1
     return 0

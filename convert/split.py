@@ -13,9 +13,9 @@ import argparse
 import contextlib
 import csv
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -79,8 +79,11 @@ def split(folders: Sequence[str | Path], out: str | Path, seed: int = 0) -> Spli
     ds = merge([read_csv(c) for c in csvs], ", ".join(str(f) for f in folders))
     sizes = split_sizes(len(ds))
     order = np.random.default_rng(seed).permutation(len(ds))
-    parts = {"test": order[:sizes["test"]], "valid": order[sizes["test"]:sizes["test"] + sizes["valid"]],
-             "train": order[sizes["test"] + sizes["valid"]:]}
+    parts = {
+        "test": order[: sizes["test"]],
+        "valid": order[sizes["test"] : sizes["test"] + sizes["valid"]],
+        "train": order[sizes["test"] + sizes["valid"] :],
+    }
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -98,8 +101,11 @@ def split(folders: Sequence[str | Path], out: str | Path, seed: int = 0) -> Spli
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("split", help="merge *_data.csv files into train/valid/test.csv (78/20/2 %%)",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "split",
+        help="merge *_data.csv files into train/valid/test.csv (78/20/2 %%)",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--data", required=True, nargs="+", metavar="DIR", help="folders with *_data.csv / data.csv")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--seed", type=int, default=0)
@@ -108,6 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     res = split(args.data, args.out, args.seed)
-    print(f"merged {len(res.sources)} CSV file(s), {sum(res.counts.values())} images → "
-          + ", ".join(f"{res.files[k]} ({res.counts[k]})" for k in ("train", "valid", "test")))
+    print(
+        f"merged {len(res.sources)} CSV file(s), {sum(res.counts.values())} images → "
+        + ", ".join(f"{res.files[k]} ({res.counts[k]})" for k in ("train", "valid", "test"))
+    )
     return 0

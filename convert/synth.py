@@ -40,29 +40,30 @@ import argparse
 import csv
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
-from convert.synth_fabric import FAMILIES
-from convert.synth_render import BREAK_KINDS, DEFECT_LABEL, ERROR_KINDS, Box, render_still
 from convert.roi import add_roi_args, roi_from_args
+from convert.synth_fabric import FAMILIES
+from convert.synth_render import Box, render_still
 from edge.errors import DataError
 
 LABELS = ("good", "error", "break", "length")
 DEFAULT_SIZE = 256
-DEFAULT_PX_PER_MM = 12.5          # at 256 px: 2 mm = 25 px, view ≈ 20.5 mm (--px-per-mm's old default)
+DEFAULT_PX_PER_MM = 12.5  # at 256 px: 2 mm = 25 px, view ≈ 20.5 mm (--px-per-mm's old default)
 # px/mm at 256 px drawn per still (log-uniform) = 4.5..8 px/mm at 128. Not wider by default: the
 # `length` label is a length in pixels, and below a 2:1 scale range 2 mm and 4 mm stitches stay
 # apart (2 mm at 16 px/mm = 32 px < 4 mm at 9 px/mm = 36 px); `--px-per-mm` reaches 1..100 px/mm.
 SCALE_RANGE = (9.0, 16.0)
 META_HEADER = ["name", "family", "px_per_mm", "thread_px", "contrast"]
-RENDER_MIN = 256                  # smaller data sets are rendered at 256 and area-downscaled
-DEFAULT_DEFECT_RATE = 0.6         # share of stills with ≥ 1 defect
-BOTH_SHARE = 0.2                  # of those, share with both an error and a break
+RENDER_MIN = 256  # smaller data sets are rendered at 256 and area-downscaled
+DEFAULT_DEFECT_RATE = 0.6  # share of stills with ≥ 1 defect
+BOTH_SHARE = 0.2  # of those, share with both an error and a break
 
 FRAME_W, FRAME_H = 640, 480
 ROI = (192, 112, 256, 256)
@@ -84,14 +85,16 @@ class TruthRow:
 
 # --------------------------------------------------------------------------- stills API
 
+
 def default_px_per_mm(size: int) -> float:
     """The old fixed scale for an image size (12.5 px/mm at 256; stills now draw it, see
     ``SCALE_RANGE``, unless ``--px-per-mm`` pins it)."""
     return DEFAULT_PX_PER_MM * size / DEFAULT_SIZE
 
 
-def check_families(families: Sequence[str] | None, exclude: Sequence[str] | None = None,
-                   flag: str = "--families") -> tuple[str, ...] | None:
+def check_families(
+    families: Sequence[str] | None, exclude: Sequence[str] | None = None, flag: str = "--families"
+) -> tuple[str, ...] | None:
     """The allowed families (None = all); an unknown name is a DataError naming it."""
     for names, fl in ((families, flag), (exclude, "--exclude-families")):
         bad = [f for f in (names or ()) if f not in FAMILIES]
@@ -118,11 +121,16 @@ def draw_labels(rng: np.random.Generator, defect_rate: float = DEFAULT_DEFECT_RA
     return {"good": not (error or brk), "error": error, "break": brk, "length": length}
 
 
-def render_image(rng: np.random.Generator, size: int = DEFAULT_SIZE, px_per_mm: float | None = None,
-                 labels: dict[str, bool] | None = None,
-                 defect_rate: float = DEFAULT_DEFECT_RATE, families: Sequence[str] | None = None,
-                 kinds: dict[str, str] | None = None, meta: dict | None = None
-                 ) -> tuple[np.ndarray, dict[str, bool], list[Box]]:
+def render_image(
+    rng: np.random.Generator,
+    size: int = DEFAULT_SIZE,
+    px_per_mm: float | None = None,
+    labels: dict[str, bool] | None = None,
+    defect_rate: float = DEFAULT_DEFECT_RATE,
+    families: Sequence[str] | None = None,
+    kinds: dict[str, str] | None = None,
+    meta: dict | None = None,
+) -> tuple[np.ndarray, dict[str, bool], list[Box]]:
     """Render one labeled seam still.
 
     ``labels`` may force ``error``/``break``/``length`` (missing keys are drawn); ``good`` is
@@ -149,8 +157,9 @@ def render_image(rng: np.random.Generator, size: int = DEFAULT_SIZE, px_per_mm: 
         lo, hi = SCALE_RANGE
         ppm = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * size / DEFAULT_SIZE
     m: dict = {}
-    img, boxes = render_still(rng, rsize, ppm * f, drawn["error"], drawn["break"], drawn["length"],
-                              families=families, kinds=kinds, meta=m)
+    img, boxes = render_still(
+        rng, rsize, ppm * f, drawn["error"], drawn["break"], drawn["length"], families=families, kinds=kinds, meta=m
+    )
     if meta is not None:
         meta.update(m, px_per_mm=ppm, thread_px=m["thread_px"] / f)
     if rsize != size:
@@ -173,9 +182,10 @@ def _render_indexed(job: tuple[int, int, dict[str, Any]]) -> tuple[int, bytes, d
     seed, i, opts = job
     meta: dict = {}
     img, labels, boxes = render_image(_image_rng(seed, i), meta=meta, **opts)
-    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1,
-                                          cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY])
-    if not ok:   # pragma: no cover
+    ok, buf = cv2.imencode(
+        ".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+    )
+    if not ok:  # pragma: no cover
         raise DataError("PNG encoding failed")
     return i, buf.tobytes(), labels, boxes, meta
 
@@ -220,10 +230,20 @@ def _check_opts(count: int, size: int, px_per_mm: float | None, defect_rate: flo
         raise DataError(f"--defect-rate must be in 0..1, got {defect_rate}")
 
 
-def write_dataset(out_dir: str | os.PathLike, count: int, seed: int = 0, *, size: int = DEFAULT_SIZE,
-                  px_per_mm: float | None = None, defect_rate: float = DEFAULT_DEFECT_RATE,
-                  workers: int = 1, progress: bool = False, prefix: str = "synth_",
-                  families: Sequence[str] | None = None, exclude_families: Sequence[str] | None = None) -> Path:
+def write_dataset(
+    out_dir: str | os.PathLike,
+    count: int,
+    seed: int = 0,
+    *,
+    size: int = DEFAULT_SIZE,
+    px_per_mm: float | None = None,
+    defect_rate: float = DEFAULT_DEFECT_RATE,
+    workers: int = 1,
+    progress: bool = False,
+    prefix: str = "synth_",
+    families: Sequence[str] | None = None,
+    exclude_families: Sequence[str] | None = None,
+) -> Path:
     """Write ``count`` labeled stills + ``data.csv`` (seed format) + ``boxes.csv`` + ``meta.csv``
     (``name,family,px_per_mm,thread_px,contrast``, one row per image); → data.csv path.
 
@@ -251,12 +271,20 @@ def write_dataset(out_dir: str | os.PathLike, count: int, seed: int = 0, *, size
             data_rows.append([i, name] + [str(labels[k]) for k in LABELS])
             for b in boxes:
                 box_rows.append([name, b.label, b.x, b.y, b.w, b.h])
-            meta_rows.append([name, meta["family"], f"{meta['px_per_mm']:.3f}", f"{meta['thread_px']:.2f}",
-                              f"{meta['contrast']:.4f}"])
+            meta_rows.append(
+                [
+                    name,
+                    meta["family"],
+                    f"{meta['px_per_mm']:.3f}",
+                    f"{meta['thread_px']:.2f}",
+                    f"{meta['contrast']:.4f}",
+                ]
+            )
 
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=len(jobs), unit="img", desc="synth", leave=False)
 
     def ticking(it):
@@ -267,6 +295,7 @@ def write_dataset(out_dir: str | os.PathLike, count: int, seed: int = 0, *, size
 
     if workers > 1 and len(jobs) > 32:
         import multiprocessing as mp
+
         with mp.get_context("spawn").Pool(workers) as pool:
             consume(ticking(pool.imap(_render_indexed, jobs, chunksize=16)))
     else:
@@ -283,13 +312,16 @@ def write_dataset(out_dir: str | os.PathLike, count: int, seed: int = 0, *, size
 
 # --------------------------------------------------------------------------- CLI
 
+
 def register(subparsers) -> None:
     """Add the ``synth`` sub-command."""
     p = subparsers.add_parser(
-        "synth", help="synthetic labeled seam images or a seam video with ground truth",
+        "synth",
+        help="synthetic labeled seam images or a seam video with ground truth",
         description="Synthetic labeled seam stills (--out DIR --count N: PNGs + data.csv + boxes.csv) "
-                    "or a 640x480 seam video with injected defects (--video FILE.mp4 --frames N: "
-                    "+ FILE.truth.csv). Output is a pure function of --seed.")
+        "or a 640x480 seam video with injected defects (--video FILE.mp4 --frames N: "
+        "+ FILE.truth.csv). Output is a pure function of --seed.",
+    )
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--out", type=Path, help="output folder for stills + data.csv + boxes.csv")
     mode.add_argument("--video", type=Path, help="output .mp4 (640x480, mp4v); truth in FILE.truth.csv")
@@ -297,35 +329,62 @@ def register(subparsers) -> None:
     g = p.add_argument_group("stills")
     g.add_argument("--count", type=int, help="number of images (required with --out)")
     g.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in px (default 256)")
-    g.add_argument("--px-per-mm", type=float, default=None,
-                   help=f"pin the pixel scale (±8 %%; default: drawn per image, {SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g} "
-                        "x size/256, i.e. 2..8 px/mm at the model's 128 px)")
-    g.add_argument("--defect-rate", type=float, default=DEFAULT_DEFECT_RATE,
-                   help=f"share of images with at least one defect (default {DEFAULT_DEFECT_RATE}; "
-                        f"{BOTH_SHARE * 100:.0f}%% of those show both an error and a break)")
-    p.add_argument("--families", default=None, metavar="F[,F]",
-                   help=f"only these fabric families ({', '.join(FAMILIES)}; default all, each equally likely)")
-    p.add_argument("--exclude-families", default=None, metavar="F[,F]",
-                   help="leave these fabric families out")
-    g.add_argument("--workers", type=int, default=1,
-                   help="processes (default 1; the output is byte-identical for any value)")
+    g.add_argument(
+        "--px-per-mm",
+        type=float,
+        default=None,
+        help=f"pin the pixel scale (±8 %%; default: drawn per image, {SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g} "
+        "x size/256, i.e. 2..8 px/mm at the model's 128 px)",
+    )
+    g.add_argument(
+        "--defect-rate",
+        type=float,
+        default=DEFAULT_DEFECT_RATE,
+        help=f"share of images with at least one defect (default {DEFAULT_DEFECT_RATE}; "
+        f"{BOTH_SHARE * 100:.0f}%% of those show both an error and a break)",
+    )
+    p.add_argument(
+        "--families",
+        default=None,
+        metavar="F[,F]",
+        help=f"only these fabric families ({', '.join(FAMILIES)}; default all, each equally likely)",
+    )
+    p.add_argument("--exclude-families", default=None, metavar="F[,F]", help="leave these fabric families out")
+    g.add_argument(
+        "--workers", type=int, default=1, help="processes (default 1; the output is byte-identical for any value)"
+    )
     v = p.add_argument_group("video")
     v.add_argument("--frames", type=int, help="number of frames (required with --video)")
     v.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
-    v.add_argument("--stitches-per-min", type=float, default=None,
-                   help="machine speed; seam speed mm/s = this x base stitch length / 60 "
-                        f"(default {DEFAULT_STITCHES_PER_MIN:g}: 33 mm/s at 2 mm)")
-    v.add_argument("--base-length", type=float, default=2.0,
-                   help="normal stitch length in mm, 2 or 4 (default 2)")
+    v.add_argument(
+        "--stitches-per-min",
+        type=float,
+        default=None,
+        help="machine speed; seam speed mm/s = this x base stitch length / 60 "
+        f"(default {DEFAULT_STITCHES_PER_MIN:g}: 33 mm/s at 2 mm)",
+    )
+    v.add_argument("--base-length", type=float, default=2.0, help="normal stitch length in mm, 2 or 4 (default 2)")
     dg = v.add_mutually_exclusive_group()
     dg.add_argument("--defects", type=int, default=None, help="number of error/break defects, evenly spaced")
-    dg.add_argument("--defect-every-mm", type=float, default=None,
-                    help=f"spacing of defects along the seam (default {DEFAULT_DEFECT_EVERY_MM:g} mm)")
-    v.add_argument("--length-stretches", type=int, default=None,
-                   help="number of stretches of the other stitch length "
-                        f"(default one per ~{STRETCH_EVERY_MM:g} mm, at least 1 if it fits)")
-    v.add_argument("--stretch-mm", type=float, default=None,
-                   help=f"length of each stretch in mm (default {DEFAULT_STRETCH_ROIS} ROI widths, min 1.5)")
+    dg.add_argument(
+        "--defect-every-mm",
+        type=float,
+        default=None,
+        help=f"spacing of defects along the seam (default {DEFAULT_DEFECT_EVERY_MM:g} mm)",
+    )
+    v.add_argument(
+        "--length-stretches",
+        type=int,
+        default=None,
+        help="number of stretches of the other stitch length "
+        f"(default one per ~{STRETCH_EVERY_MM:g} mm, at least 1 if it fits)",
+    )
+    v.add_argument(
+        "--stretch-mm",
+        type=float,
+        default=None,
+        help=f"length of each stretch in mm (default {DEFAULT_STRETCH_ROIS} ROI widths, min 1.5)",
+    )
     add_roi_args(p, f"the view the truth is written for (--video only; default {list(ROI)})")
     p.set_defaults(func=run)
 
@@ -333,10 +392,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``python -m convert synth``."""
     import time
+
     choice = roi_from_args(args)
 
     def _names(v):
         return [f.strip() for f in v.split(",") if f.strip()] if v else None
+
     fams = check_families(_names(args.families), _names(args.exclude_families))
     if args.video is not None:
         if args.frames is None:
@@ -344,23 +405,43 @@ def run(args: argparse.Namespace) -> int:
         choice.check_frame(FRAME_W, FRAME_H, f"--video {args.video}")
         roi = choice.roi if choice.roi is not None or not choice.given else (0, 0, FRAME_W, FRAME_H)
         t0 = time.perf_counter()
-        rows = write_video(args.video, args.frames, args.seed, fps=args.fps,
-                           stitches_per_min=args.stitches_per_min, base_length_mm=args.base_length,
-                           defects=args.defects, defect_every_mm=args.defect_every_mm,
-                           length_stretches=args.length_stretches, stretch_mm=args.stretch_mm,
-                           progress=True, roi=roi, families=fams)
+        rows = write_video(
+            args.video,
+            args.frames,
+            args.seed,
+            fps=args.fps,
+            stitches_per_min=args.stitches_per_min,
+            base_length_mm=args.base_length,
+            defects=args.defects,
+            defect_every_mm=args.defect_every_mm,
+            length_stretches=args.length_stretches,
+            stretch_mm=args.stretch_mm,
+            progress=True,
+            roi=roi,
+            families=fams,
+        )
         dt = time.perf_counter() - t0
-        print(f"wrote {args.video} ({args.frames} frames, {args.frames / dt:.0f} frames/s) and "
-              f"{truth_path(args.video)} ({len(rows)} defects, for ROI {list(roi or ROI)})")
+        print(
+            f"wrote {args.video} ({args.frames} frames, {args.frames / dt:.0f} frames/s) and "
+            f"{truth_path(args.video)} ({len(rows)} defects, for ROI {list(roi or ROI)})"
+        )
         return 0
     if choice.given:
         raise DataError("--roi and --config apply to --video only (stills are the ROI's view already)")
     if args.count is None:
         raise DataError("--count is required with --out")
     t0 = time.perf_counter()
-    path = write_dataset(args.out, args.count, args.seed, size=args.size, px_per_mm=args.px_per_mm,
-                         defect_rate=args.defect_rate, workers=max(1, args.workers), progress=True,
-                         families=fams)
+    path = write_dataset(
+        args.out,
+        args.count,
+        args.seed,
+        size=args.size,
+        px_per_mm=args.px_per_mm,
+        defect_rate=args.defect_rate,
+        workers=max(1, args.workers),
+        progress=True,
+        families=fams,
+    )
     dt = time.perf_counter() - t0
     print(f"wrote {args.count} images to {args.out} ({args.count / dt:.0f} images/s), {path}")
     return 0
@@ -374,18 +455,27 @@ def truth_path(video: str | os.PathLike) -> Path:
 
 # --------------------------------------------------------------------------- video
 
-DEFAULT_STITCHES_PER_MIN = 1000.0   # slow industrial lockstitch run: 2 mm → 33 mm/s
+DEFAULT_STITCHES_PER_MIN = 1000.0  # slow industrial lockstitch run: 2 mm → 33 mm/s
 DEFAULT_DEFECT_EVERY_MM = 60.0
-DEFAULT_STRETCH_ROIS = 2.5          # a length stretch spans 2.5 ROI widths (≥ 1.5 required)
+DEFAULT_STRETCH_ROIS = 2.5  # a length stretch spans 2.5 ROI widths (≥ 1.5 required)
 STRETCH_EVERY_MM = 300.0
-MAX_DEFECT_W = 150                  # px; wider defects are redrawn (keeps ≥ 6 frames in the ROI)
-CHUNK = 1024                        # strip columns rendered at a time
+MAX_DEFECT_W = 150  # px; wider defects are redrawn (keeps ≥ 6 frames in the ROI)
+CHUNK = 1024  # strip columns rendered at a time
 CHUNK_PAD = 64
 
 
-def _check_video_opts(frames: int, fps: float, spm: float, base: float, defects: int | None,
-                      every: float | None, stretches: int | None, stretch_mm: float | None,
-                      px_per_mm: float, roi: tuple[int, int, int, int] = ROI) -> None:
+def _check_video_opts(
+    frames: int,
+    fps: float,
+    spm: float,
+    base: float,
+    defects: int | None,
+    every: float | None,
+    stretches: int | None,
+    stretch_mm: float | None,
+    px_per_mm: float,
+    roi: tuple[int, int, int, int] = ROI,
+) -> None:
     if int(frames) <= 0:
         raise DataError(f"--frames must be ≥ 1, got {frames}")
     if not (1.0 <= float(fps) <= 240.0):
@@ -401,14 +491,12 @@ def _check_video_opts(frames: int, fps: float, spm: float, base: float, defects:
     if stretches is not None and int(stretches) < 0:
         raise DataError(f"--length-stretches must be ≥ 0, got {stretches}")
     if stretch_mm is not None and float(stretch_mm) * px_per_mm < 1.5 * roi[2]:
-        raise DataError(f"--stretch-mm must be ≥ {1.5 * roi[2] / px_per_mm:.1f} (1.5 ROI widths), "
-                        f"got {stretch_mm}")
+        raise DataError(f"--stretch-mm must be ≥ {1.5 * roi[2] / px_per_mm:.1f} (1.5 ROI widths), got {stretch_mm}")
     if not (4.0 <= float(px_per_mm) <= 50.0):
         raise DataError(f"px_per_mm must be in 4..50 for video, got {px_per_mm}")
 
 
-def _inside_frames(x0: float, x1: float, offs: np.ndarray,
-                   roi: tuple[int, int, int, int] = ROI) -> np.ndarray:
+def _inside_frames(x0: float, x1: float, offs: np.ndarray, roi: tuple[int, int, int, int] = ROI) -> np.ndarray:
     """Frames whose integer box [floor(x0-off), ceil(x1-off)) lies wholly in the ROI columns."""
     rx0, rx1 = roi[0], roi[0] + roi[2]
     return np.nonzero((np.floor(x0 - offs) >= rx0) & (np.ceil(x1 - offs) <= rx1))[0]
@@ -419,16 +507,22 @@ class _StripCache:
 
     def __init__(self, scene, height: int):
         from convert.synth_render import render_static
+
         self._render = render_static
         self.scene, self.h = scene, height
         self.cache: dict[int, np.ndarray] = {}
         # x extents of every path, so a chunk only looks at the few that can reach it
-        self._ext = {k: (np.array([p[:, 0].min() for p in getattr(scene, k)] or [0.0]),
-                         np.array([p[:, 0].max() for p in getattr(scene, k)] or [-1.0]))
-                     for k in ("flat", "raised", "lint", "bobbin")}
+        self._ext = {
+            k: (
+                np.array([p[:, 0].min() for p in getattr(scene, k)] or [0.0]),
+                np.array([p[:, 0].max() for p in getattr(scene, k)] or [-1.0]),
+            )
+            for k in ("flat", "raised", "lint", "bobbin")
+        }
 
     def _sub_scene(self, x0: float, x1: float):
         from dataclasses import replace
+
         parts = {}
         for k, (lo, hi) in self._ext.items():
             paths = getattr(self.scene, k)
@@ -442,7 +536,7 @@ class _StripCache:
             reach = 8 * self.scene.S
             sub = self._sub_scene(x0 - reach, x0 + CHUNK + 2 * CHUNK_PAD + reach)
             img = self._render(sub, float(x0), 0.0, CHUNK + 2 * CHUNK_PAD, self.h)
-            self.cache[c] = img[:, CHUNK_PAD:CHUNK_PAD + CHUNK]
+            self.cache[c] = img[:, CHUNK_PAD : CHUNK_PAD + CHUNK]
             for k in [k for k in self.cache if k < c - 1]:
                 del self.cache[k]
         return self.cache[c]
@@ -452,16 +546,26 @@ class _StripCache:
         parts = [self.chunk(c) for c in range(c0, c1 + 1)]
         strip = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         s = x0 - c0 * CHUNK
-        return strip[:, s:s + w]
+        return strip[:, s : s + w]
 
 
-def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: float = 30.0,
-                stitches_per_min: float | None = None, base_length_mm: float = 2.0,
-                defects: int | None = None, defect_every_mm: float | None = None,
-                length_stretches: int | None = None, stretch_mm: float | None = None,
-                px_per_mm: float = DEFAULT_PX_PER_MM, progress: bool = False,
-                roi: tuple[int, int, int, int] | None = None,
-                families: Sequence[str] | None = None) -> list[TruthRow]:
+def write_video(
+    path: str | os.PathLike,
+    frames: int,
+    seed: int = 0,
+    *,
+    fps: float = 30.0,
+    stitches_per_min: float | None = None,
+    base_length_mm: float = 2.0,
+    defects: int | None = None,
+    defect_every_mm: float | None = None,
+    length_stretches: int | None = None,
+    stretch_mm: float | None = None,
+    px_per_mm: float = DEFAULT_PX_PER_MM,
+    progress: bool = False,
+    roi: tuple[int, int, int, int] | None = None,
+    families: Sequence[str] | None = None,
+) -> list[TruthRow]:
     """Write a 640×480 ``mp4v`` video of a seam strip scrolling past the camera + truth CSV.
 
     The strip moves right-to-left at ``stitches_per_min × base_length_mm / 60`` mm/s (default
@@ -480,15 +584,27 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
     the seam's rows (y 194..286).
     Returns the truth rows (also written to ``FILE.truth.csv``), sorted by first frame.
     """
-    from convert.synth_render import (VIDEO_ERROR_KINDS, Scene, add_lint, add_stitches, break_span, camera,
-                                      make_break, make_error, merge_defect, random_camera, random_scene_style,
-                                      stitch_holes)
     from convert.synth_fabric import tile_bank
+    from convert.synth_render import (
+        VIDEO_ERROR_KINDS,
+        Scene,
+        add_lint,
+        add_stitches,
+        break_span,
+        camera,
+        make_break,
+        make_error,
+        merge_defect,
+        random_camera,
+        random_scene_style,
+        stitch_holes,
+    )
 
     spm = DEFAULT_STITCHES_PER_MIN if stitches_per_min is None else float(stitches_per_min)
     roi = _video_roi(roi)
-    _check_video_opts(frames, fps, spm, base_length_mm, defects, defect_every_mm, length_stretches,
-                      stretch_mm, px_per_mm, roi)
+    _check_video_opts(
+        frames, fps, spm, base_length_mm, defects, defect_every_mm, length_stretches, stretch_mm, px_per_mm, roi
+    )
     path = Path(path)
     if path.exists() and path.is_dir():
         raise DataError(f"--video {path}: is a directory")
@@ -497,22 +613,25 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
 
     # independent streams: layout, scene (fabric, seam, stitches), defect shapes, camera, noise;
     # so the same seed without defects gives the same video apart from the defects
-    rng, srng, drng, crng, frng = (np.random.default_rng(s) for s in
-                                   np.random.SeedSequence([int(seed), 0x5EA4]).spawn(5))
+    rng, srng, drng, crng, frng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 0x5EA4]).spawn(5)
+    )
     S = float(px_per_mm)
     frames = int(frames)
-    v = spm * base_length_mm / 60.0 * S / fps            # px per frame
+    v = spm * base_length_mm / 60.0 * S / fps  # px per frame
     if v > (roi[2] - MAX_DEFECT_W) / 2:
-        raise DataError(f"--stitches-per-min {spm:g}: too fast for {fps:g} fps (the seam moves {v:.0f} px "
-                        f"per frame; defects would be wholly inside the ROI for < 2 frames)")
-    offs = np.arange(frames) * v                          # strip column at the frame's left edge
+        raise DataError(
+            f"--stitches-per-min {spm:g}: too fast for {fps:g} fps (the seam moves {v:.0f} px "
+            f"per frame; defects would be wholly inside the ROI for < 2 frames)"
+        )
+    offs = np.arange(frames) * v  # strip column at the frame's left edge
     travel = float(offs[-1])
     other_mm = 4.0 if base_length_mm == 2.0 else 2.0
     rx0, ry0, rw, rh = roi
 
     # ---- layout along the strip: defect centres first, then length stretches
-    lo = rx0 + rw + MAX_DEFECT_W / 2 + 8                 # right of the ROI at frame 0
-    hi = rx0 + travel - MAX_DEFECT_W / 2 - 8              # left of it at the last frame
+    lo = rx0 + rw + MAX_DEFECT_W / 2 + 8  # right of the ROI at frame 0
+    hi = rx0 + travel - MAX_DEFECT_W / 2 - 8  # left of it at the last frame
     min_gap = rw + MAX_DEFECT_W + 16
     centres: list[float] = []
     if defects is not None:
@@ -520,14 +639,17 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
             if hi < lo:
                 raise DataError(f"--frames {frames}: too short for any defect at this speed")
             if defects > 1 and (hi - lo) / (defects - 1) < min_gap:
-                raise DataError(f"--defects {defects}: do not fit {frames} frames apart "
-                                f"(at most {int((hi - lo) // min_gap) + 1})")
+                raise DataError(
+                    f"--defects {defects}: do not fit {frames} frames apart (at most {int((hi - lo) // min_gap) + 1})"
+                )
             centres = list(np.linspace(lo, hi, defects)) if defects > 1 else [(lo + hi) / 2]
     else:
         every = (DEFAULT_DEFECT_EVERY_MM if defect_every_mm is None else defect_every_mm) * S
         if every < min_gap:
-            raise DataError(f"--defect-every-mm {defect_every_mm}: must be ≥ {min_gap / S:.1f} mm "
-                            "so that two defects never share the ROI")
+            raise DataError(
+                f"--defect-every-mm {defect_every_mm}: must be ≥ {min_gap / S:.1f} mm "
+                "so that two defects never share the ROI"
+            )
         u = lo + rng.uniform(0, min(every, max(hi - lo, 0)) * 0.5)
         while u <= hi:
             centres.append(u)
@@ -538,17 +660,18 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
         centres = [c + rng.uniform(-0.4, 0.4) * slack for c in centres]
 
     Ls = (stretch_mm * S) if stretch_mm else DEFAULT_STRETCH_ROIS * rw
-    s_lo, s_hi = rx0 + rw + 8, rx0 + travel - v - 8 - Ls   # stretch start range (fully traversed)
+    s_lo, s_hi = rx0 + rw + 8, rx0 + travel - v - 8 - Ls  # stretch start range (fully traversed)
     n_str = length_stretches
-    if n_str is None:   # one per ~300 mm of travel, at least one when it fits
+    if n_str is None:  # one per ~300 mm of travel, at least one when it fits
         n_str = max(int(s_hi >= s_lo), int(travel / S // STRETCH_EVERY_MM))
         while n_str > 1 and (s_hi - s_lo) / n_str < Ls + rw:
             n_str -= 1
     stretches: list[tuple[float, float]] = []
     if n_str > 0:
         if s_hi < s_lo:
-            raise DataError(f"--length-stretches {n_str}: --frames {frames} too short for a "
-                            f"{Ls / S:.0f} mm stretch at this speed")
+            raise DataError(
+                f"--length-stretches {n_str}: --frames {frames} too short for a {Ls / S:.0f} mm stretch at this speed"
+            )
         seg = (s_hi - s_lo) / n_str
         if n_str > 1 and seg < Ls + rw:
             raise DataError(f"--length-stretches {n_str}: do not fit in {frames} frames")
@@ -598,19 +721,28 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
         pm = pitch_px(holes[k, 0]) / S
         for _try in range(40):
             side = 1.0 if drng.random() < 0.5 else -1.0
-            trial = Scene(S=S, look=scene.look, thread_bgr=scene.thread_bgr, thread_w=scene.thread_w,
-                          hole_r=scene.hole_r, light=scene.light)
+            trial = Scene(
+                S=S,
+                look=scene.look,
+                thread_bgr=scene.thread_bgr,
+                thread_w=scene.thread_w,
+                hole_r=scene.hole_r,
+                light=scene.light,
+            )
             if label == "error":
-                ks, d = make_error(trial, drng, holes, k, side,
-                                   VIDEO_ERROR_KINDS[int(drng.integers(0, len(VIDEO_ERROR_KINDS)))])
+                ks, d = make_error(
+                    trial, drng, holes, k, side, VIDEO_ERROR_KINDS[int(drng.integers(0, len(VIDEO_ERROR_KINDS)))]
+                )
             else:
                 ks, d = make_break(trial, drng, holes, k, break_span(drng, pm), side)
             x0, y0, x1, y1 = d.box
             if x1 - x0 <= MAX_DEFECT_W and y0 >= ry0 + 8 and y1 <= ry0 + rh - 8:
                 break
         else:  # the ROI's rows leave too little room around the seam
-            raise DataError(f"ROI {list(roi)}: cannot place a {label} defect wholly inside its rows "
-                            f"{ry0 + 8}..{ry0 + rh - 8}; use a taller ROI around the seam (y 194..286)")
+            raise DataError(
+                f"ROI {list(roi)}: cannot place a {label} defect wholly inside its rows "
+                f"{ry0 + 8}..{ry0 + rh - 8}; use a taller ROI around the seam (y 194..286)"
+            )
         merge_defect(scene, trial)
         skip |= ks
         events.append((label, d.box))
@@ -620,7 +752,7 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
     truth: list[tuple[int, str, int, int, int, int, int, int]] = []
     for label, (x0, y0, x1, y1) in events:
         ins = _inside_frames(x0, x1, offs, roi)
-        if len(ins) == 0:   # pragma: no cover - layout guarantees it
+        if len(ins) == 0:  # pragma: no cover - layout guarantees it
             continue
         f0, f1 = int(ins[0]), int(ins[-1])
         fm = (f0 + f1) // 2
@@ -631,7 +763,7 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
         inside = holes[(holes[:, 0] >= a) & (holes[:, 0] < b + other_mm * S)]
         ua, ub = float(inside[0, 0]), float(inside[-1, 0])
         cov = np.nonzero((ua - offs <= rx0) & (ub - offs >= rx0 + rw))[0]
-        if len(cov) == 0:   # pragma: no cover
+        if len(cov) == 0:  # pragma: no cover
             continue
         f0, f1 = int(cov[0]), int(cov[-1])
         fm = (f0 + f1) // 2
@@ -646,7 +778,7 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
     # ---- frames
     sheen = tile_bank()[scene.look.tile_index].sheen
     base = random_camera(crng, sheen, S, still=False)
-    exposure = crng.uniform(0.05, 0.15)                   # fraction of the frame period
+    exposure = crng.uniform(0.05, 0.15)  # fraction of the frame period
     base = _video_camera(base, motion=v * exposure)
     ph = crng.uniform(0, 2 * np.pi, 4)
     strip = _StripCache(scene, FRAME_H)
@@ -657,6 +789,7 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=frames, unit="frame", desc="synth video", leave=False)
     try:
         for f in range(frames):
@@ -664,14 +797,23 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
             ix = int(np.floor(off))
             cols = strip.columns(ix, FRAME_W + 2)
             shift = np.float32([[1, 0, off - ix], [0, 1, 0]])
-            img = cv2.warpAffine(cols, shift, (FRAME_W, FRAME_H),
-                                 flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                 borderMode=cv2.BORDER_REPLICATE)
+            img = cv2.warpAffine(
+                cols,
+                shift,
+                (FRAME_W, FRAME_H),
+                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
             t = f / fps
-            cam = _video_camera(base, gain=base.gain * (1 + 0.03 * np.sin(2 * np.pi * t / 4.1 + ph[0])
-                                                      + 0.012 * np.sin(2 * np.pi * t / 1.3 + ph[1])),
-                                grad=(base.grad[0] + 0.03 * np.sin(2 * np.pi * t / 6.7 + ph[2]),
-                                      base.grad[1] + 0.03 * np.sin(2 * np.pi * t / 5.3 + ph[3])))
+            cam = _video_camera(
+                base,
+                gain=base.gain
+                * (1 + 0.03 * np.sin(2 * np.pi * t / 4.1 + ph[0]) + 0.012 * np.sin(2 * np.pi * t / 1.3 + ph[1])),
+                grad=(
+                    base.grad[0] + 0.03 * np.sin(2 * np.pi * t / 6.7 + ph[2]),
+                    base.grad[1] + 0.03 * np.sin(2 * np.pi * t / 5.3 + ph[3]),
+                ),
+            )
             writer.write(camera(img, cam, frng))
             if bar is not None:
                 bar.update(1)
@@ -686,12 +828,15 @@ def write_video(path: str | os.PathLike, frames: int, seed: int = 0, *, fps: flo
         tmp.unlink(missing_ok=True)
         raise DataError(f"--video {path}: wrote {frames} frames but OpenCV reads back {n_read}")
     os.replace(tmp, path)
-    _atomic_csv(truth_path(path), ["defect_id", "label", "first_frame", "last_frame", "x", "y", "w", "h"],
-                [[r.defect_id, r.label, r.first_frame, r.last_frame, r.x, r.y, r.w, r.h] for r in rows])
+    _atomic_csv(
+        truth_path(path),
+        ["defect_id", "label", "first_frame", "last_frame", "x", "y", "w", "h"],
+        [[r.defect_id, r.label, r.first_frame, r.last_frame, r.x, r.y, r.w, r.h] for r in rows],
+    )
     return rows
 
 
-SEAM_ROWS = (194, 286)               # rows the seam (with margin) can take in a video frame
+SEAM_ROWS = (194, 286)  # rows the seam (with margin) can take in a video frame
 MIN_ROI_W = MAX_DEFECT_W + 16
 
 
@@ -704,17 +849,22 @@ def _video_roi(roi) -> tuple[int, int, int, int]:
     if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > FRAME_W or y + h > FRAME_H:
         raise DataError(f"{where}: must lie inside the {FRAME_W}x{FRAME_H} video frame")
     if w < MIN_ROI_W:
-        raise DataError(f"{where}: {w} px wide; the video needs ≥ {MIN_ROI_W} so that a defect "
-                        f"(≤ {MAX_DEFECT_W} px) fits wholly inside it")
+        raise DataError(
+            f"{where}: {w} px wide; the video needs ≥ {MIN_ROI_W} so that a defect "
+            f"(≤ {MAX_DEFECT_W} px) fits wholly inside it"
+        )
     if y > SEAM_ROWS[0] or y + h < SEAM_ROWS[1]:
-        raise DataError(f"{where}: rows {y}..{y + h} miss the seam, which runs through rows "
-                        f"{SEAM_ROWS[0]}..{SEAM_ROWS[1]} of the video")
+        raise DataError(
+            f"{where}: rows {y}..{y + h} miss the seam, which runs through rows "
+            f"{SEAM_ROWS[0]}..{SEAM_ROWS[1]} of the video"
+        )
     return x, y, w, h
 
 
 def _video_camera(cam, **changes):
     """A video's camera: no JPEG (the codec compresses), mild defocus, motion blur from speed."""
     from dataclasses import replace
+
     changes.setdefault("jpeg", 0)
     changes.setdefault("defocus", min(cam.defocus, 0.8))
     return replace(cam, **changes)

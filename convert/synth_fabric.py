@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import cv2
 import numpy as np
@@ -24,18 +24,33 @@ import numpy as np
 #: px/mm the tiles are generated at (the default still-image scale: 2 mm = 25 px at 256 px).
 BASE_PX_PER_MM = 12.5
 
-KINDS = ("plain", "basket", "linen", "canvas", "twill", "denim", "satin", "knit", "rib", "fleece",
-         "terry", "felt", "print", "jacquard", "check")
+KINDS = (
+    "plain",
+    "basket",
+    "linen",
+    "canvas",
+    "twill",
+    "denim",
+    "satin",
+    "knit",
+    "rib",
+    "fleece",
+    "terry",
+    "felt",
+    "print",
+    "jacquard",
+    "check",
+)
 
 #: Fabric families (public contract, see ``convert.synth.FAMILIES``) and the tile kinds in each.
 FAMILY_KINDS = {
-    "plain": ("plain", "basket", "linen", "canvas"),   # woven cotton, linen, basket, canvas
+    "plain": ("plain", "basket", "linen", "canvas"),  # woven cotton, linen, basket, canvas
     "twill": ("twill", "denim"),
     "satin": ("satin",),
-    "knit": ("knit", "rib"),                           # single jersey and rib
-    "fleece": ("fleece", "terry"),                     # brushed pile and terry loops
-    "felt": ("felt",),                                 # non-woven
-    "print": ("print", "jacquard", "check"),           # prints, gingham, yarn-dyed checks, jacquard
+    "knit": ("knit", "rib"),  # single jersey and rib
+    "fleece": ("fleece", "terry"),  # brushed pile and terry loops
+    "felt": ("felt",),  # non-woven
+    "print": ("print", "jacquard", "check"),  # prints, gingham, yarn-dyed checks, jacquard
 }
 FAMILIES = tuple(FAMILY_KINDS)
 FAMILY_OF = {k: f for f, ks in FAMILY_KINDS.items() for k in ks}
@@ -47,18 +62,19 @@ class Tile:
 
     kind: str
     data: np.ndarray
-    two_tone: bool   # mask carries a second colour (denim weft, print, jacquard motif)
-    sheen: float     # 0 matte .. 1 glossy (satin): strength of the specular band
+    two_tone: bool  # mask carries a second colour (denim weft, print, jacquard motif)
+    sheen: float  # 0 matte .. 1 glossy (satin): strength of the specular band
 
 
 # --------------------------------------------------------------------------- noise helpers
+
 
 def periodic_noise(rng: np.random.Generator, h: int, w: int, sy: float, sx: float) -> np.ndarray:
     """Zero-mean unit-std Gaussian noise, periodic on h×w, correlated over ~(sy, sx) px."""
     white = rng.standard_normal((h, w))
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.fftfreq(w)[None, :]
-    filt = np.exp(-2.0 * (np.pi ** 2) * ((fy * sy) ** 2 + (fx * sx) ** 2))
+    filt = np.exp(-2.0 * (np.pi**2) * ((fy * sy) ** 2 + (fx * sx) ** 2))
     out = np.real(np.fft.ifft2(np.fft.fft2(white) * filt))
     out -= out.mean()
     return (out / max(out.std(), 1e-9)).astype(np.float32)
@@ -70,13 +86,15 @@ def _round_to(n: float, period: int) -> int:
 
 # --------------------------------------------------------------------------- weaves
 
-def _weave(rng: np.random.Generator, pitch: int, kind: str, size: int = 256,
-           relief: float = 0.45) -> tuple[np.ndarray, np.ndarray]:
+
+def _weave(
+    rng: np.random.Generator, pitch: int, kind: str, size: int = 256, relief: float = 0.45
+) -> tuple[np.ndarray, np.ndarray]:
     """Woven structure → (shade, warp_on_top mask). Warp yarns run along y, weft along x."""
     repeat = {"plain": 2, "twill": 4, "twill3": 3, "satin": 5, "basket": 4}[kind]
     n = _round_to(size, pitch * repeat)
     yy, xx = np.mgrid[0:n, 0:n]
-    i, j = xx // pitch, yy // pitch                       # warp index (column), weft index (row)
+    i, j = xx // pitch, yy // pitch  # warp index (column), weft index (row)
     fx, fy = (xx % pitch + 0.5) / pitch, (yy % pitch + 0.5) / pitch
     hand = 1 if rng.random() < 0.5 else -1
     if kind == "plain":
@@ -84,10 +102,10 @@ def _weave(rng: np.random.Generator, pitch: int, kind: str, size: int = 256,
     elif kind == "twill":
         top = (i + hand * j) % 4 < 2
     elif kind == "twill3":
-        top = (i + hand * j) % 4 < 3                      # 3/1 warp-faced (denim)
+        top = (i + hand * j) % 4 < 3  # 3/1 warp-faced (denim)
     elif kind == "satin":
-        top = (2 * i + j) % 5 != 0                        # 5-harness warp-faced satin
-    else:                                                 # basket 2/2
+        top = (2 * i + j) % 5 != 0  # 5-harness warp-faced satin
+    else:  # basket 2/2
         top = ((i // 2) + (j // 2)) % 2 == 0
     warp_prof = np.sin(np.pi * fx) ** 0.6 * (0.9 + 0.1 * np.sin(np.pi * fy))
     weft_prof = np.sin(np.pi * fy) ** 0.6 * (0.9 + 0.1 * np.sin(np.pi * fx))
@@ -112,7 +130,7 @@ def _knit(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:h, 0:w]
     fx, fy = (xx % pw + 0.5) / pw, (yy % pc + 0.5) / pc
     cl, cr = 0.14 + 0.3 * fy, 0.86 - 0.3 * fy
-    prof = np.maximum(np.exp(-((fx - cl) / 0.17) ** 2), np.exp(-((fx - cr) / 0.17) ** 2))
+    prof = np.maximum(np.exp(-(((fx - cl) / 0.17) ** 2)), np.exp(-(((fx - cr) / 0.17) ** 2)))
     prof *= 0.8 + 0.2 * np.sin(np.pi * fy)
     var = 1.0 + 0.05 * rng.standard_normal(w // pw)[xx // pw]
     fuzz = periodic_noise(rng, h, w, 0.8, 0.8)
@@ -131,7 +149,7 @@ def _rib(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     raised = (col // k) % 2 == 0
     fx, fy = (xx % pw + 0.5) / pw, (yy % pc + 0.5) / pc
     cl, cr = 0.16 + 0.28 * fy, 0.84 - 0.28 * fy
-    loop = np.maximum(np.exp(-((fx - cl) / 0.18) ** 2), np.exp(-((fx - cr) / 0.18) ** 2))
+    loop = np.maximum(np.exp(-(((fx - cl) / 0.18) ** 2)), np.exp(-(((fx - cr) / 0.18) ** 2)))
     prof = np.where(raised, 0.55 + 0.5 * loop, 0.35 + 0.2 * np.sin(np.pi * fy) * np.sin(np.pi * fx))
     fuzz = periodic_noise(rng, h, w, 0.8, 0.8)
     shade = 0.42 + 0.6 * prof + 0.03 * fuzz
@@ -151,8 +169,7 @@ def _fleece(rng: np.random.Generator, terry: bool) -> tuple[np.ndarray, np.ndarr
                 for dy in (-n, 0, n):
                     cx, cy = x + dx, y + dy
                     if -6 < cx < n + 6 and -6 < cy < n + 6:
-                        cv2.ellipse(img, ((float(cx), float(cy)), (2 * r, 2 * r * 1.4), float(a)), 1.0, 1,
-                                    cv2.LINE_AA)
+                        cv2.ellipse(img, ((float(cx), float(cy)), (2 * r, 2 * r * 1.4), float(a)), 1.0, 1, cv2.LINE_AA)
         img = np.pad(img, 6, mode="wrap")
         img = cv2.GaussianBlur(img, (0, 0), 0.6)[6:-6, 6:-6]
         shade = 0.55 + 0.45 * np.clip(img, 0, 1) + 0.06 * periodic_noise(rng, n, n, 3, 3)
@@ -175,14 +192,13 @@ def _felt(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     q = p + np.stack([np.cos(ang), np.sin(ang)], 1) * L[:, None]
     val = rng.uniform(0.3, 1.0, cnt)
     for a, b, v in zip(p, q, val):
-        cv2.line(img, (int(a[0] * 16), int(a[1] * 16)), (int(b[0] * 16), int(b[1] * 16)), float(v), 1,
-                 cv2.LINE_AA, 4)
-    core = img[16:16 + n, 16:16 + n].copy()
+        cv2.line(img, (int(a[0] * 16), int(a[1] * 16)), (int(b[0] * 16), int(b[1] * 16)), float(v), 1, cv2.LINE_AA, 4)
+    core = img[16 : 16 + n, 16 : 16 + n].copy()
     # wrap the margins back in so the tile stays periodic
-    core[:16] += img[n + 16:n + 32, 16:16 + n]
-    core[-16:] += img[:16, 16:16 + n]
-    core[:, :16] += img[16:16 + n, n + 16:n + 32]
-    core[:, -16:] += img[16:16 + n, :16]
+    core[:16] += img[n + 16 : n + 32, 16 : 16 + n]
+    core[-16:] += img[:16, 16 : 16 + n]
+    core[:, :16] += img[16 : 16 + n, n + 16 : n + 32]
+    core[:, -16:] += img[16 : 16 + n, :16]
     core = core / max(float(np.percentile(core, 99)), 1e-6)
     mottle = periodic_noise(rng, n, n, 10, 10)
     shade = 0.72 + 0.12 * np.clip(core, 0, 1.5) + 0.06 * mottle + 0.03 * periodic_noise(rng, n, n, 0.8, 0.8)
@@ -196,7 +212,7 @@ def _check_mask(rng: np.random.Generator, n: int) -> np.ndarray:
     width = rng.uniform(0.15, 0.5) * p
     x = np.arange(n) % p
     band = (x < width).astype(np.float32)
-    if rng.random() < 0.5:   # plaid: a thin second stripe
+    if rng.random() < 0.5:  # plaid: a thin second stripe
         off = int(p * rng.uniform(0.55, 0.8))
         band = np.maximum(band, ((x >= off) & (x < off + max(2, p * 0.06))).astype(np.float32))
     m = (band[None, :] + band[:, None]) / 2.0
@@ -269,7 +285,7 @@ def tile_bank() -> tuple[Tile, ...]:
     for _ in range(3):
         s, m = _knit(next(rngs))
         tiles.append(Tile("knit", np.dstack([s, m]), False, 0.1))
-    for pitch in (5, 7):   # linen: coarse, strongly slubbed plain weave
+    for pitch in (5, 7):  # linen: coarse, strongly slubbed plain weave
         r = next(rngs)
         s, m = _weave(r, pitch, "plain", relief=0.4)
         n = s.shape[0]
@@ -307,6 +323,7 @@ def tile_bank() -> tuple[Tile, ...]:
 
 # --------------------------------------------------------------------------- colours
 
+
 def hsv_bgr(h: float, s: float, v: float) -> np.ndarray:
     """HSV (0..1 each) → BGR float32 0..1."""
     r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))
@@ -322,16 +339,16 @@ def fabric_colours(rng: np.random.Generator, tile: Tile) -> tuple[np.ndarray, np
     """Main and second colour for a tile (second = weft/print/motif colour)."""
     if tile.kind == "denim":
         c0 = hsv_bgr(rng.uniform(0.58, 0.64), rng.uniform(0.45, 0.85), rng.uniform(0.22, 0.6))
-        if rng.random() < 0.15:   # black denim
+        if rng.random() < 0.15:  # black denim
             c0 = hsv_bgr(0.6, 0.1, rng.uniform(0.1, 0.25))
         c1 = hsv_bgr(rng.uniform(0.08, 0.15), rng.uniform(0.02, 0.15), rng.uniform(0.7, 0.92))
         return c0, c1
     u = rng.random()
-    if u < 0.3:       # neutrals: black, greys, white, beige
+    if u < 0.3:  # neutrals: black, greys, white, beige
         c0 = hsv_bgr(rng.uniform(0, 1), rng.uniform(0, 0.12), rng.uniform(0.08, 0.95))
-    elif u < 0.65:    # muted colours: khaki, navy, olive, burgundy
+    elif u < 0.65:  # muted colours: khaki, navy, olive, burgundy
         c0 = hsv_bgr(rng.uniform(0, 1), rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.8))
-    else:             # saturated
+    else:  # saturated
         c0 = hsv_bgr(rng.uniform(0, 1), rng.uniform(0.55, 1.0), rng.uniform(0.35, 0.95))
     if tile.kind == "jacquard" and rng.random() < 0.6:
         h, s, v = colorsys.rgb_to_hsv(*c0[::-1])
@@ -348,8 +365,8 @@ def contrast(thread: np.ndarray, refs: list[np.ndarray]) -> float:
     return float(min(abs(luma(thread) - luma(r)) for r in refs))
 
 
-TONE_SHARE = 0.35      # threads dyed to match the fabric: only slightly lighter/darker or hue-shifted
-CLOSE_SHARE = 0.2      # tone-on-tone but clearly lighter/darker (luma difference 0.15..0.3)
+TONE_SHARE = 0.35  # threads dyed to match the fabric: only slightly lighter/darker or hue-shifted
+CLOSE_SHARE = 0.2  # tone-on-tone but clearly lighter/darker (luma difference 0.15..0.3)
 
 
 def thread_colour(rng: np.random.Generator, refs: list[np.ndarray], mode: str) -> np.ndarray:
@@ -377,23 +394,26 @@ def thread_colour(rng: np.random.Generator, refs: list[np.ndarray], mode: str) -
     if mode == "close" and (hi + want <= 0.92 or lo - want >= 0.06):
         can_l, can_d = hi + want <= 0.92, lo - want >= 0.06
         lighter = can_l if not (can_l and can_d) else (lo < 0.3 or (hi <= 0.7 and bool(rng.random() < 0.5)))
-        c = hsv_bgr(h + rng.uniform(-0.04, 0.04), s * rng.uniform(0.6, 1.1),
-                    v + (1 if lighter else -1) * rng.uniform(0.15, 0.4))
+        c = hsv_bgr(
+            h + rng.uniform(-0.04, 0.04), s * rng.uniform(0.6, 1.1), v + (1 if lighter else -1) * rng.uniform(0.15, 0.4)
+        )
         target = np.ones(3, np.float32) if lighter else np.zeros(3, np.float32)
-        for t in np.linspace(0.0, 1.0, 41):    # blend toward white/black until it shows
+        for t in np.linspace(0.0, 1.0, 41):  # blend toward white/black until it shows
             cc = c * (1 - t) + target * t
             if min(abs(luma(cc) - x) for x in ls) >= want:
                 return cc.astype(np.float32)
 
     def stands_out(c: np.ndarray) -> bool:
-        return all(abs(luma(c) - lr) >= 0.3 or (abs(luma(c) - lr) >= 0.15 and np.abs(c - r).max() >= 0.5)
-                   for r, lr in zip(refs, ls))
+        return all(
+            abs(luma(c) - lr) >= 0.3 or (abs(luma(c) - lr) >= 0.15 and np.abs(c - r).max() >= 0.5)
+            for r, lr in zip(refs, ls)
+        )
 
     for _ in range(60):
         u = rng.random()
         if u < 0.3:
             c = hsv_bgr(0, 0, rng.uniform(0.85, 0.97)) if lo < 0.55 else hsv_bgr(0, 0, rng.uniform(0.05, 0.2))
-        elif u < 0.5:   # gold / orange topstitch
+        elif u < 0.5:  # gold / orange topstitch
             c = hsv_bgr(rng.uniform(0.07, 0.13), rng.uniform(0.55, 0.9), rng.uniform(0.7, 0.95))
         else:
             c = hsv_bgr(rng.uniform(0, 1), rng.uniform(0.3, 1), rng.uniform(0.2, 0.97))
@@ -405,13 +425,14 @@ def thread_colour(rng: np.random.Generator, refs: list[np.ndarray], mode: str) -
 
 # --------------------------------------------------------------------------- placement
 
+
 @dataclass(frozen=True)
 class FabricLook:
     """A tile plus how it is laid on the canvas (grain angle, scale, offset) and coloured."""
 
     tile_index: int
-    angle: float          # radians, grain vs seam
-    scale: float          # tile px per canvas px
+    angle: float  # radians, grain vs seam
+    scale: float  # tile px per canvas px
     offset: tuple[float, float]
     c0: np.ndarray
     c1: np.ndarray
@@ -423,8 +444,7 @@ def family_tiles(family: str) -> list[int]:
     return [i for i, t in enumerate(tile_bank()) if FAMILY_OF[t.kind] == family]
 
 
-def random_look(rng: np.random.Generator, px_per_mm: float, families=None, seam_angle: float = 0.0
-                ) -> FabricLook:
+def random_look(rng: np.random.Generator, px_per_mm: float, families=None, seam_angle: float = 0.0) -> FabricLook:
     """Pick a family (uniformly among ``families``, default all), then a look in it: kind, tile,
     grain orientation (relative to the seam at ``seam_angle``), yarn-size jitter and colours."""
     bank = tile_bank()
@@ -453,8 +473,7 @@ def render_fabric(look: FabricLook, x0: float, y0: float, w: int, h: int) -> np.
     tx = ca * x0 - sa * y0 + look.offset[0]
     ty = sa * x0 + ca * y0 + look.offset[1]
     m = np.float32([[ca, -sa, tx], [sa, ca, ty]])
-    sm = cv2.warpAffine(tile.data, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                        borderMode=cv2.BORDER_WRAP)
+    sm = cv2.warpAffine(tile.data, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_WRAP)
     shade, mask = sm[..., 0], sm[..., 1]
     if look.texture != 1.0:
         m = _tile_mean(look.tile_index)
@@ -465,7 +484,7 @@ def render_fabric(look: FabricLook, x0: float, y0: float, w: int, h: int) -> np.
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tile_mean(index: int) -> float:
     return float(tile_bank()[index].data[..., 0].mean())
 

@@ -21,19 +21,31 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from convert.synth_fabric import (CLOSE_SHARE, FAMILY_OF, TONE_SHARE, FabricLook, contrast, hsv_bgr, luma,
-                                  mean_colour, periodic_noise, random_look, reference_colours, render_fabric,
-                                  thread_colour, tile_bank)
+from convert.synth_fabric import (
+    CLOSE_SHARE,
+    FAMILY_OF,
+    TONE_SHARE,
+    FabricLook,
+    contrast,
+    hsv_bgr,
+    luma,
+    mean_colour,
+    periodic_noise,
+    random_look,
+    reference_colours,
+    render_fabric,
+    thread_colour,
+    tile_bank,
+)
 
-SHIFT = 4                    # cv2 fixed-point bits: 1/16 px sub-pixel drawing
+SHIFT = 4  # cv2 fixed-point bits: 1/16 px sub-pixel drawing
 ONE = 1 << SHIFT
 
 #: Defect kinds → label. ``error``: a flaw in how the seam was sewn, or in the fabric at the seam,
 #: that the operator must look at (stains and needle marks included); ``break``: the thread is cut
 #: or missing over a gap. Benign look-alikes (lint, prints, ply edges, wrinkles away from the seam)
 #: stay ``good``.
-ERROR_KINDS = ("skip", "loop", "sag", "overlap", "crooked", "pucker", "pinch", "bobbin", "stain",
-               "needle_mark")
+ERROR_KINDS = ("skip", "loop", "sag", "overlap", "crooked", "pucker", "pinch", "bobbin", "stain", "needle_mark")
 BREAK_KINDS = ("cut", "missing")
 DEFECT_LABEL = {**{k: "error" for k in ERROR_KINDS}, **{k: "break" for k in BREAK_KINDS}}
 #: kinds a video can show (its strip is rendered in chunks: thread-path defects only)
@@ -49,7 +61,7 @@ class Box:
     y: int
     w: int
     h: int
-    kind: str = ""          # defect kind (ERROR_KINDS / BREAK_KINDS); not written to boxes.csv
+    kind: str = ""  # defect kind (ERROR_KINDS / BREAK_KINDS); not written to boxes.csv
 
 
 @dataclass
@@ -68,36 +80,36 @@ class Scene:
     S: float
     look: FabricLook
     thread_bgr: np.ndarray
-    thread_w: int                         # px (cv2 thickness)
-    flat: list[np.ndarray] = field(default_factory=list)     # stitch dashes (polylines)
-    raised: list[np.ndarray] = field(default_factory=list)   # loops, loose ends (cast shadows)
+    thread_w: int  # px (cv2 thickness)
+    flat: list[np.ndarray] = field(default_factory=list)  # stitch dashes (polylines)
+    raised: list[np.ndarray] = field(default_factory=list)  # loops, loose ends (cast shadows)
     holes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
     hole_r: float = 2.0
-    centre_u: np.ndarray = field(default_factory=lambda: np.zeros(0))   # seam centreline samples
+    centre_u: np.ndarray = field(default_factory=lambda: np.zeros(0))  # seam centreline samples
     centre_v: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    edge: float = 0.0                     # signed offset (px) of the top ply's edge; 0 = none
-    groove: float = 0.1                   # darkening along the stitch line (compressed fabric)
-    pucker: float = 0.03                  # small wrinkles across the seam
-    light: tuple[float, float] = (0.6, 0.8)   # unit vector the shadows fall along
-    twist: float = 0.08                   # contrast of the thread's ply twist
-    lint: list[np.ndarray] = field(default_factory=list)     # stray fibres (1 px, faint)
+    edge: float = 0.0  # signed offset (px) of the top ply's edge; 0 = none
+    groove: float = 0.1  # darkening along the stitch line (compressed fabric)
+    pucker: float = 0.03  # small wrinkles across the seam
+    light: tuple[float, float] = (0.6, 0.8)  # unit vector the shadows fall along
+    twist: float = 0.08  # contrast of the thread's ply twist
+    lint: list[np.ndarray] = field(default_factory=list)  # stray fibres (1 px, faint)
     lint_bgr: np.ndarray = field(default_factory=lambda: np.ones(3, np.float32))
     defects: list[Defect] = field(default_factory=list)
     family: str = ""
-    contrast: float = 1.0                 # thread/fabric luma difference (see synth_fabric.contrast)
-    sheen_t: float = 0.5                  # thread gloss 0..1 (highlight strength)
-    glint: float = 0.0                    # specular glints on the thread highlights
-    pile: float = 0.0                     # share of the thread hidden by fabric pile (fleece)
-    ply_dark: float = 0.9                 # lower ply's shade beyond the top ply's edge
-    fold_hi: float = 0.08                 # rolled fold edge: highlight, shadow depth and width (mm)
+    contrast: float = 1.0  # thread/fabric luma difference (see synth_fabric.contrast)
+    sheen_t: float = 0.5  # thread gloss 0..1 (highlight strength)
+    glint: float = 0.0  # specular glints on the thread highlights
+    pile: float = 0.0  # share of the thread hidden by fabric pile (fleece)
+    ply_dark: float = 0.9  # lower ply's shade beyond the top ply's edge
+    fold_hi: float = 0.08  # rolled fold edge: highlight, shadow depth and width (mm)
     fold_sh: float = 0.25
     fold_w: float = 0.5
-    edge_wave: tuple[float, float, float] = (0.0, 100.0, 0.0)   # amplitude px, wavelength px, phase
-    bobbin: list[np.ndarray] = field(default_factory=list)   # bobbin thread pulled up (own colour)
+    edge_wave: tuple[float, float, float] = (0.0, 100.0, 0.0)  # amplitude px, wavelength px, phase
+    bobbin: list[np.ndarray] = field(default_factory=list)  # bobbin thread pulled up (own colour)
     bobbin_bgr: np.ndarray = field(default_factory=lambda: np.ones(3, np.float32))
-    marks: list[tuple[float, float, float]] = field(default_factory=list)   # needle marks x, y, r
+    marks: list[tuple[float, float, float]] = field(default_factory=list)  # needle marks x, y, r
     patches: list[tuple[int, int, np.ndarray]] = field(default_factory=list)  # x0, y0, mul [h, w, 3]
-    moved: dict[int, np.ndarray] = field(default_factory=dict)   # hole index → displaced position
+    moved: dict[int, np.ndarray] = field(default_factory=dict)  # hole index → displaced position
 
 
 @dataclass(frozen=True)
@@ -106,24 +118,25 @@ class Camera:
 
     gain: float = 1.0
     wb: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    grad: tuple[float, float] = (0.0, 0.0)      # relative gain change across the frame (x, y)
+    grad: tuple[float, float] = (0.0, 0.0)  # relative gain change across the frame (x, y)
     vignette: float = 0.0
-    shadow: float = 0.0                          # depth of a soft cast shadow (0 = none)
+    shadow: float = 0.0  # depth of a soft cast shadow (0 = none)
     shadow_line: tuple[float, float, float] = (0.0, 1.0, 0.0)  # nx, ny, c (frame-relative)
     shadow_soft: float = 0.1
-    sheen: float = 0.0                           # specular band amplitude
+    sheen: float = 0.0  # specular band amplitude
     sheen_line: tuple[float, float, float] = (1.0, 0.0, 0.5)
     sheen_width: float = 0.2
-    defocus: float = 0.0                         # Gaussian sigma, px
-    motion: float = 0.0                          # motion blur length, px
-    motion_angle: float = 0.0                    # its direction, radians (0 = along x)
-    glints: tuple = ()                           # specular glints: (x, y, sigma, amplitude), frame-relative
-    noise: float = 2.0                           # sensor noise sigma (0..255 units)
-    shot: float = 4.0                            # signal-dependent noise
-    jpeg: int = 0                                # JPEG quality, 0 = none
+    defocus: float = 0.0  # Gaussian sigma, px
+    motion: float = 0.0  # motion blur length, px
+    motion_angle: float = 0.0  # its direction, radians (0 = along x)
+    glints: tuple = ()  # specular glints: (x, y, sigma, amplitude), frame-relative
+    noise: float = 2.0  # sensor noise sigma (0..255 units)
+    shot: float = 4.0  # signal-dependent noise
+    jpeg: int = 0  # JPEG quality, 0 = none
 
 
 # --------------------------------------------------------------------------- geometry helpers
+
 
 def _chaikin(pts: np.ndarray, n: int = 2) -> np.ndarray:
     """Corner-cutting smoothing of an open polyline (keeps the end points)."""
@@ -145,12 +158,23 @@ def _frame(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]
 
 def _bbox(paths: list[np.ndarray], pad: float) -> tuple[float, float, float, float]:
     allp = np.vstack(paths)
-    return (float(allp[:, 0].min() - pad), float(allp[:, 1].min() - pad),
-            float(allp[:, 0].max() + pad), float(allp[:, 1].max() + pad))
+    return (
+        float(allp[:, 0].min() - pad),
+        float(allp[:, 1].min() - pad),
+        float(allp[:, 0].max() + pad),
+        float(allp[:, 1].max() + pad),
+    )
 
 
-def error_paths(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, side: float, S: float,
-                kind: str, c: np.ndarray | None = None) -> list[np.ndarray]:
+def error_paths(
+    rng: np.random.Generator,
+    a: np.ndarray,
+    b: np.ndarray,
+    side: float,
+    S: float,
+    kind: str,
+    c: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """Thread path(s) of a faulty stitch from hole ``a`` to hole ``b`` (``c``: a skipped hole).
 
     Every kind leaves the stitch line by ≥ 1.2 mm so it is plain to see at 128×128.
@@ -158,25 +182,26 @@ def error_paths(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, side: fl
     t, n, L = _frame(a, b)
     n = n * side
     s = np.linspace(0.0, 1.0, 40)[:, None]
-    if kind == "loop":          # a curl: the thread runs forward, loops back over itself, on
+    if kind == "loop":  # a curl: the thread runs forward, loops back over itself, on
         H = rng.uniform(1.8, 3.0) * S
         c_ = rng.uniform(0.22, 0.32) * max(1.0, 2.2 * S / max(L, 1))
         x = s + c_ * np.sin(2 * np.pi * s)
         y = np.sin(np.pi * s) ** 0.7
         return [a + t * (x * L) + n * (y * H)]
-    if kind == "sag":           # slack thread bowing off the line
+    if kind == "sag":  # slack thread bowing off the line
         H = rng.uniform(1.4, 2.6) * S
         skew = rng.uniform(-0.25, 0.25)
         y = np.sin(np.pi * np.clip(s + skew * np.sin(np.pi * s), 0, 1))
         return [a + t * (s * L) + n * (y * H)]
-    if kind == "pulled":        # a narrow loop pulled up out of the fabric
+    if kind == "pulled":  # a narrow loop pulled up out of the fabric
         H = rng.uniform(2.2, 3.6) * S
         m = a + t * (L * rng.uniform(0.4, 0.6))
         lean = rng.uniform(-0.5, 0.5) * S
         wid = rng.uniform(0.35, 0.6) * S
         apex = m + n * H + t * lean
-        pts = np.array([a, m - t * wid, apex - t * wid * 0.6, apex + n * wid * 0.5,
-                        apex + t * wid * 0.6, m + t * wid, b])
+        pts = np.array(
+            [a, m - t * wid, apex - t * wid * 0.6, apex + n * wid * 0.5, apex + t * wid * 0.6, m + t * wid, b]
+        )
         return [_chaikin(pts, 3)]
     # widened: the stitch splits into two strands opening into an eye
     H1, H2 = rng.uniform(1.0, 1.5) * S, rng.uniform(0.9, 1.4) * S
@@ -184,18 +209,17 @@ def error_paths(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, side: fl
     return [a + t * (s * L) + n * (y * H1), a + t * (s * L) - n * (y * H2)]
 
 
-def tail_path(rng: np.random.Generator, p: np.ndarray, direction: np.ndarray, S: float
-              ) -> list[np.ndarray]:
+def tail_path(rng: np.random.Generator, p: np.ndarray, direction: np.ndarray, S: float) -> list[np.ndarray]:
     """A loose cut thread end starting at hole ``p`` heading roughly along ``direction``."""
     L = rng.uniform(1.3, 2.4) * S
     ang = np.arctan2(direction[1], direction[0])
-    k = rng.uniform(-1.2, 1.2) / L          # curvature
+    k = rng.uniform(-1.2, 1.2) / L  # curvature
     seg = np.linspace(0, L, 24)
     th = ang + k * seg + rng.normal(0, 0.05, len(seg)).cumsum()
     pts = p + np.stack([np.cos(th), np.sin(th)], 1).cumsum(0) * (L / len(seg))
     pts = np.vstack([p, pts])
     out = [pts]
-    if rng.random() < 0.5:                  # frayed tip: a short second strand
+    if rng.random() < 0.5:  # frayed tip: a short second strand
         q = pts[-8]
         a2 = th[-8] + rng.choice([-1, 1]) * rng.uniform(0.4, 0.9)
         seg2 = np.linspace(0, L * 0.3, 8)[:, None]
@@ -204,6 +228,7 @@ def tail_path(rng: np.random.Generator, p: np.ndarray, direction: np.ndarray, S:
 
 
 # --------------------------------------------------------------------------- scene building
+
 
 def random_scene_style(rng: np.random.Generator, S: float, families=None, seam_angle: float = 0.0) -> Scene:
     """Fabric (family drawn uniformly among ``families``), thread, seam allowance and shading style."""
@@ -217,25 +242,41 @@ def random_scene_style(rng: np.random.Generator, S: float, families=None, seam_a
     tw = int(np.clip(round(np.exp(rng.uniform(np.log(0.2), np.log(0.8))) * S), 2, max(12, round(0.8 * S))))
     ang = rng.uniform(0, 2 * np.pi)
     edge = 0.0
-    if rng.random() < 0.7:                   # seam allowance: the top ply ends 1.5..8 mm from the seam
+    if rng.random() < 0.7:  # seam allowance: the top ply ends 1.5..8 mm from the seam
         edge = float(rng.choice([-1, 1]) * rng.uniform(1.5, 8.0) * S)
     fab = mean_colour(look)
     lint_bgr = (fab + (1.0 - fab) * rng.uniform(0.3, 0.8)).astype(np.float32)
     fam = FAMILY_OF[kind]
     pile = rng.uniform(0.2, 0.6) if fam == "fleece" else (rng.uniform(0.0, 0.25) if fam == "felt" else 0.0)
     sheen_t = rng.uniform(0.0, 1.0)
-    return Scene(S=S, look=look, thread_bgr=tc, thread_w=tw, hole_r=rng.uniform(0.12, 0.26) * S,
-                 edge=edge, groove=rng.uniform(0.02, 0.18), pucker=rng.uniform(0.0, 0.05),
-                 light=(float(np.cos(ang)), float(np.sin(ang))), twist=rng.uniform(0.0, 0.25),
-                 lint_bgr=lint_bgr, family=fam, contrast=contrast(tc, refs), sheen_t=sheen_t,
-                 glint=rng.uniform(0.2, 0.8) * sheen_t if rng.random() < 0.4 else 0.0, pile=pile,
-                 ply_dark=rng.uniform(0.72, 0.97), fold_hi=rng.uniform(0.0, 0.18),
-                 fold_sh=rng.uniform(0.1, 0.45), fold_w=rng.uniform(0.25, 1.0),
-                 edge_wave=(rng.uniform(0, 0.25) * S, rng.uniform(8, 30) * S, rng.uniform(0, 6.3)))
+    return Scene(
+        S=S,
+        look=look,
+        thread_bgr=tc,
+        thread_w=tw,
+        hole_r=rng.uniform(0.12, 0.26) * S,
+        edge=edge,
+        groove=rng.uniform(0.02, 0.18),
+        pucker=rng.uniform(0.0, 0.05),
+        light=(float(np.cos(ang)), float(np.sin(ang))),
+        twist=rng.uniform(0.0, 0.25),
+        lint_bgr=lint_bgr,
+        family=fam,
+        contrast=contrast(tc, refs),
+        sheen_t=sheen_t,
+        glint=rng.uniform(0.2, 0.8) * sheen_t if rng.random() < 0.4 else 0.0,
+        pile=pile,
+        ply_dark=rng.uniform(0.72, 0.97),
+        fold_hi=rng.uniform(0.0, 0.18),
+        fold_sh=rng.uniform(0.1, 0.45),
+        fold_w=rng.uniform(0.25, 1.0),
+        edge_wave=(rng.uniform(0, 0.25) * S, rng.uniform(8, 30) * S, rng.uniform(0, 6.3)),
+    )
 
 
-def add_lint(scene: Scene, rng: np.random.Generator, u0: float, u1: float, v0: float, v1: float,
-             per_cm2: float) -> None:
+def add_lint(
+    scene: Scene, rng: np.random.Generator, u0: float, u1: float, v0: float, v1: float, per_cm2: float
+) -> None:
     """Stray fibres: short thin curls lying on the cloth (nuisance, never thread-thick)."""
     S = scene.S
     area_cm2 = (u1 - u0) * (v1 - v0) / (10 * S) ** 2
@@ -259,15 +300,14 @@ def stitch_holes(rng: np.random.Generator, u0: float, u1: float, pitch_px, centr
     return np.stack([us, vs], 1)
 
 
-def add_stitches(scene: Scene, rng: np.random.Generator, holes: np.ndarray,
-                 skip: set[int]) -> None:
+def add_stitches(scene: Scene, rng: np.random.Generator, holes: np.ndarray, skip: set[int]) -> None:
     """Stitch dashes between consecutive holes (except indices in ``skip``).
 
     The random gaps are drawn for every stitch, skipped or not, so a scene with and without
     defects (same generator) has identical good stitches.
     """
     S = scene.S
-    gaps = rng.uniform(0.22, 0.36, len(holes)) * S       # thread dives into the hole at each end
+    gaps = rng.uniform(0.22, 0.36, len(holes)) * S  # thread dives into the hole at each end
     if scene.moved:
         holes = holes.copy()
         for i, p in scene.moved.items():
@@ -282,8 +322,9 @@ def add_stitches(scene: Scene, rng: np.random.Generator, holes: np.ndarray,
     scene.holes = holes.astype(np.float32) if len(scene.holes) == 0 else np.vstack([scene.holes, holes])
 
 
-def _rot_box(cx: float, cy: float, t: np.ndarray, n: np.ndarray, half_t: float, half_n: float
-             ) -> tuple[float, float, float, float]:
+def _rot_box(
+    cx: float, cy: float, t: np.ndarray, n: np.ndarray, half_t: float, half_n: float
+) -> tuple[float, float, float, float]:
     """Axis-aligned box of a rectangle centred at (cx, cy), half sizes along t and n."""
     c = np.array([cx, cy]) + np.array([[i * half_t * t + j * half_n * n] for i in (-1, 1) for j in (-1, 1)])[:, 0]
     return float(c[:, 0].min()), float(c[:, 1].min()), float(c[:, 0].max()), float(c[:, 1].max())
@@ -320,8 +361,9 @@ def _blob(rng: np.random.Generator, X: np.ndarray, Y: np.ndarray, cx: float, cy:
     return np.clip((1.3 - d) / 0.7, 0, 1) ** 1.3
 
 
-def make_error(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int, side: float,
-               kind: str | None = None) -> tuple[set[int], Defect]:
+def make_error(
+    scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int, side: float, kind: str | None = None
+) -> tuple[set[int], Defect]:
     """An ``error`` defect at stitch k (kind drawn uniformly from ``ERROR_KINDS`` unless given).
 
     Thread kinds add paths to ``scene.raised``/``flat``/``bobbin``; fabric kinds add shading
@@ -340,7 +382,7 @@ def make_error(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
         paths = error_paths(rng, a + t * g, b - t * g, side, S, sub)
         scene.raised.extend(paths)
         return set(range(k, k + span)), Defect("error", kind, _bbox(paths, pad))
-    if kind == "skip":          # the hook missed: one stitch 2-3x long, lying loose on top
+    if kind == "skip":  # the hook missed: one stitch 2-3x long, lying loose on top
         pitch = float(np.hypot(*(holes[k + 1] - holes[k])))
         span = 2 if (pitch > 2.8 * S or rng.random() < 0.5) else 3
         a, b = holes[k], holes[k + span]
@@ -350,9 +392,10 @@ def make_error(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
         bow = rng.uniform(0.25, 0.7) * S * side
         path = a + t * g + (b - a - 2 * t * g) * s_ + n * (bow * np.sin(np.pi * s_))
         scene.raised.append(path)
-        return set(range(k, k + span)), Defect("error", kind, _bbox([path, holes[k:k + span + 1]],
-                                                                       pad + scene.hole_r))
-    if kind == "overlap":       # the seam was re-sewn: a second stitch row over 2-4 stitches
+        return set(range(k, k + span)), Defect(
+            "error", kind, _bbox([path, holes[k : k + span + 1]], pad + scene.hole_r)
+        )
+    if kind == "overlap":  # the seam was re-sewn: a second stitch row over 2-4 stitches
         if rng.random() < 0.3:  # or one stitch split into two strands
             a, b = holes[k], holes[k + 1]
             t, _, _ = _frame(a, b)
@@ -378,7 +421,7 @@ def make_error(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
         r = scene.hole_r
         scene.marks.extend((float(q[0]), float(q[1]), r) for q in pts)
         return set(), Defect("error", kind, _bbox(paths + [np.array(pts)], pad + r + 0.2 * S))
-    if kind == "crooked":       # the stitch line jumps sideways over a few stitches
+    if kind == "crooked":  # the stitch line jumps sideways over a few stitches
         m = int(rng.integers(1, 4))
         m = min(m, len(holes) - 2 - k)
         t, n, _ = _frame(holes[k - 1], holes[k + m + 1])
@@ -388,27 +431,31 @@ def make_error(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
             scene.moved[k + j] = holes[k + j] + n * amp * f + t * rng.normal(0, 0.05) * S
         pts = [holes[k - 1]] + [scene.moved[k + j] for j in range(m + 1)] + [holes[k + m + 1]]
         return set(), Defect("error", kind, _bbox([np.array(pts)], pad + scene.hole_r + 0.3 * S))
-    if kind == "bobbin":        # bobbin thread pulled up: dots/little loops of its colour at the holes
+    if kind == "bobbin":  # bobbin thread pulled up: dots/little loops of its colour at the holes
         m = int(rng.integers(2, 6))
         m = min(m, len(holes) - 1 - k)
         paths = []
         rr = rng.uniform(0.15, 0.45) * S
         fl = luma(mean_colour(scene.look))
-        for _ in range(20):      # bobbin thread: white, black or its own colour, visible on the fabric
+        for _ in range(20):  # bobbin thread: white, black or its own colour, visible on the fabric
             u = rng.random()
-            bc = (hsv_bgr(0, 0, rng.uniform(0.85, 0.97)) if u < 0.4 else
-                  hsv_bgr(0, 0, rng.uniform(0.05, 0.2)) if u < 0.6 else
-                  hsv_bgr(rng.uniform(0, 1), rng.uniform(0.3, 1), rng.uniform(0.3, 0.95)))
+            bc = (
+                hsv_bgr(0, 0, rng.uniform(0.85, 0.97))
+                if u < 0.4
+                else hsv_bgr(0, 0, rng.uniform(0.05, 0.2))
+                if u < 0.6
+                else hsv_bgr(rng.uniform(0, 1), rng.uniform(0.3, 1), rng.uniform(0.3, 0.95))
+            )
             if abs(luma(bc) - fl) >= 0.2:
                 break
         scene.bobbin_bgr = bc
         for j in range(m + 1):
             c = holes[k + j]
-            if rng.random() < 0.5:       # a small loop
+            if rng.random() < 0.5:  # a small loop
                 th = np.linspace(0, 2 * np.pi, 14) + rng.uniform(0, 6.3)
                 e = rng.uniform(0.6, 1.4)
                 paths.append(c + np.stack([np.cos(th) * rr * e, np.sin(th) * rr / e], 1))
-            else:                         # a dot (a very short tuft)
+            else:  # a dot (a very short tuft)
                 d = rng.normal(0, 1, 2)
                 d = d / max(np.hypot(*d), 1e-6) * rr * 0.5
                 paths.append(np.array([c - d, c + d]))
@@ -418,7 +465,7 @@ def make_error(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
     a, b = holes[k], holes[k + 1]
     t, n, _ = _frame(a, b)
     c = (a + b) / 2
-    if kind == "pucker":        # gathered fabric: wrinkles across the seam
+    if kind == "pucker":  # gathered fabric: wrinkles across the seam
         half_t, half_n = rng.uniform(2.0, 4.0) * S, rng.uniform(1.8, 3.5) * S
         lam = rng.uniform(0.9, 2.2) * S
         amp = rng.uniform(0.2, 0.38)
@@ -429,15 +476,16 @@ def make_error(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
             du, dv = (X - c[0]) * t[0] + (Y - c[1]) * t[1], (X - c[0]) * n[0] + (Y - c[1]) * n[1]
             w = np.clip(1 - (du / half_t) ** 2, 0, 1) ** 2 * np.clip(1 - (dv / half_n) ** 2, 0, 1) ** 2
             return 1 + amp * w * np.sin(2 * np.pi * (du + tilt * dv) / lam + ph)
+
         bx = _rot_box(c[0], c[1], t, n, half_t, half_n)
         x0, y0, mul, box = _field_patch(*bx, fn)
         scene.patches.append((x0, y0, mul))
-        for j in range(-1, 3):           # the stitches wander a little with the wrinkles
+        for j in range(-1, 3):  # the stitches wander a little with the wrinkles
             i = k + j
             if 0 <= i < len(holes) and float(np.hypot(*(holes[i] - c))) < half_t * 0.8:
                 scene.moved[i] = holes[i] + n * rng.normal(0, 0.12) * S
-        return set(), Defect("error", kind, _union(box, _bbox([holes[max(0, k - 1):k + 3]], pad + scene.hole_r)))
-    if kind == "pinch":         # a small fold of fabric caught in the seam
+        return set(), Defect("error", kind, _union(box, _bbox([holes[max(0, k - 1) : k + 3]], pad + scene.hole_r)))
+    if kind == "pinch":  # a small fold of fabric caught in the seam
         L = rng.uniform(2.0, 5.0) * S
         ang = rng.uniform(0.9, 2.2)
         d = t * np.cos(ang) + n * side * np.sin(ang)
@@ -452,26 +500,31 @@ def make_error(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
             taper = np.where(du < 0, np.clip(1 + du / (0.15 * L), 0, 1), np.clip(1 - along, 0, 1) ** 0.7)
             wd = wdt * (0.4 + 0.6 * (1 - np.clip(along, 0, 1)))
             x = dv / wd
-            prof = -x * np.exp(-x * x) * 1.6 * (1 if ll >= 0 else -1) - 0.35 * np.exp(-(x / 1.6) ** 2)
+            prof = -x * np.exp(-x * x) * 1.6 * (1 if ll >= 0 else -1) - 0.35 * np.exp(-((x / 1.6) ** 2))
             win = np.clip(1 - (x / 3.0) ** 2, 0, 1)
             return 1 + amp * taper * prof * win
-        bx = (c[0] + min(0, -0.2 * L * d[0], L * d[0]) - 4 * wdt, c[1] + min(0, -0.2 * L * d[1], L * d[1]) - 4 * wdt,
-              c[0] + max(0, -0.2 * L * d[0], L * d[0]) + 4 * wdt, c[1] + max(0, -0.2 * L * d[1], L * d[1]) + 4 * wdt)
+
+        bx = (
+            c[0] + min(0, -0.2 * L * d[0], L * d[0]) - 4 * wdt,
+            c[1] + min(0, -0.2 * L * d[1], L * d[1]) - 4 * wdt,
+            c[0] + max(0, -0.2 * L * d[0], L * d[0]) + 4 * wdt,
+            c[1] + max(0, -0.2 * L * d[1], L * d[1]) + 4 * wdt,
+        )
         x0, y0, mul, box = _field_patch(*bx, fn)
         scene.patches.append((x0, y0, mul))
-        pull = rng.uniform(0.15, 0.35)        # the caught fold draws the next holes together
+        pull = rng.uniform(0.15, 0.35)  # the caught fold draws the next holes together
         scene.moved[k + 1] = holes[k + 1] - (holes[k + 1] - holes[k]) * pull
-        return set(), Defect("error", kind, _union(box, _bbox([holes[k:k + 2]], pad + scene.hole_r)))
-    if kind == "stain":         # oil, dirt or a water mark on or next to the seam
+        return set(), Defect("error", kind, _union(box, _bbox([holes[k : k + 2]], pad + scene.hole_r)))
+    if kind == "stain":  # oil, dirt or a water mark on or next to the seam
         r = rng.uniform(0.8, 2.5) * S
         cc = c + t * rng.uniform(-0.5, 0.5) * S + n * side * rng.uniform(0, 1.5) * S
         u = rng.random()
-        if u < 0.5:       # oil/grease: darker, slightly yellow-brown
+        if u < 0.5:  # oil/grease: darker, slightly yellow-brown
             tint = np.array([rng.uniform(0.45, 0.7), rng.uniform(0.55, 0.8), rng.uniform(0.6, 0.85)], np.float32)
-        elif u < 0.8:     # dirt: grey
+        elif u < 0.8:  # dirt: grey
             g = rng.uniform(0.5, 0.75)
             tint = np.array([g, g, g], np.float32) * rng.uniform(0.95, 1.05, 3).astype(np.float32)
-        else:             # rust / colour: a hue of its own
+        else:  # rust / colour: a hue of its own
             tint = hsv_bgr(rng.uniform(0, 1), rng.uniform(0.4, 0.8), rng.uniform(0.6, 0.9)) / 0.9
         ring = rng.uniform(0, 0.5)
         brng = np.random.default_rng(rng.integers(1 << 31))
@@ -480,6 +533,7 @@ def make_error(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
             m = _blob(brng, X, Y, cc[0], cc[1], r)
             m = m * (1 - ring) + ring * np.clip(m * (1 - m) * 4, 0, 1)
             return 1 + m[..., None] * (tint[None, None, :] - 1)
+
         x0, y0, mul, box = _field_patch(cc[0] - 1.7 * r, cc[1] - 1.7 * r, cc[0] + 1.7 * r, cc[1] + 1.7 * r, fn)
         scene.patches.append((x0, y0, mul))
         return set(), Defect("error", kind, box)
@@ -511,8 +565,9 @@ def merge_defect(scene: Scene, trial: Scene) -> None:
         scene.bobbin_bgr = trial.bobbin_bgr
 
 
-def make_break(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int, m: int,
-               side: float, kind: str | None = None) -> tuple[set[int], Defect]:
+def make_break(
+    scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int, m: int, side: float, kind: str | None = None
+) -> tuple[set[int], Defect]:
     """Broken thread: stitches k..k+m-1 missing (a gap ≥ 4 mm); ``cut``: loose ends at one or
     both sides, ``missing``: a clean gap (drawn 30 % of the time unless ``kind`` is given)."""
     S = scene.S
@@ -522,9 +577,10 @@ def make_break(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
     missing = rng.random() < 0.3
     if kind is not None:
         missing = kind == "missing"
-    if missing:                # thread missing: a clean gap, no loose ends
-        return set(range(k, k + m)), Defect("break", "missing",
-                                             _bbox([np.array([a, b])], scene.thread_w / 2 + scene.hole_r + 0.5))
+    if missing:  # thread missing: a clean gap, no loose ends
+        return set(range(k, k + m)), Defect(
+            "break", "missing", _bbox([np.array([a, b])], scene.thread_w / 2 + scene.hole_r + 0.5)
+        )
     # each end sticks out of the line as a short whisker that never reaches more than a third
     # into the gap, so a break never looks like a continuous (sagging) thread
     one_side = rng.random() < 0.5
@@ -539,7 +595,7 @@ def make_break(scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int
                 apart = not paths or float(np.hypot(*(tail[0][-1] - paths[0][-1]))) >= 0.6 * gap_len
                 if apart and max(float(((q - p) @ d0).max()) for q in tail) <= gap_len / 3:
                     break
-            else:   # fall back to a straight whisker square to the seam
+            else:  # fall back to a straight whisker square to the seam
                 tail = [p + np.linspace(0, 1.6 * S, 12)[:, None] * (n * sd)]
             paths.extend(tail)
     scene.raised.extend(paths)
@@ -557,17 +613,21 @@ def break_span(rng: np.random.Generator, pitch_mm: float) -> int:
 
 # --------------------------------------------------------------------------- static rendering
 
+
 def _poly_i(paths: list[np.ndarray], x0: float, y0: float) -> list[np.ndarray]:
     off = np.array([x0, y0])
     return [np.round((p - off) * ONE).astype(np.int32) for p in paths]
 
 
-def _visible(paths: list[np.ndarray], x0: float, y0: float, w: int, h: int, pad: float
-             ) -> list[np.ndarray]:
+def _visible(paths: list[np.ndarray], x0: float, y0: float, w: int, h: int, pad: float) -> list[np.ndarray]:
     out = []
     for p in paths:
-        if (p[:, 0].max() >= x0 - pad and p[:, 0].min() <= x0 + w + pad
-                and p[:, 1].max() >= y0 - pad and p[:, 1].min() <= y0 + h + pad):
+        if (
+            p[:, 0].max() >= x0 - pad
+            and p[:, 0].min() <= x0 + w + pad
+            and p[:, 1].max() >= y0 - pad
+            and p[:, 1].min() <= y0 + h + pad
+        ):
             out.append(p)
     return out
 
@@ -602,17 +662,20 @@ def render_static(scene: Scene, x0: float, y0: float, w: int, h: int) -> np.ndar
     r0, r1 = _rows(top, bot, y0, h)
     if r1 > r0:
         dy = (np.arange(r0, r1, dtype=np.float32)[:, None] + y0) - cv[None, :]
-        g = 1.0 - scene.groove * np.exp(-(dy / (0.45 * S)) ** 2)
+        g = 1.0 - scene.groove * np.exp(-((dy / (0.45 * S)) ** 2))
         if scene.pucker > 0:
-            g *= 1.0 + scene.pucker * np.sin(xs / (0.9 * S))[None, :] * np.exp(-(dy / (1.2 * S)) ** 2)
+            g *= 1.0 + scene.pucker * np.sin(xs / (0.9 * S))[None, :] * np.exp(-((dy / (1.2 * S)) ** 2))
         if scene.edge:
             ev = scene.edge + ea * np.sin(2 * np.pi * xs / el + ep)[None, :]
-            de = (dy - ev) * np.sign(scene.edge)      # > 0: beyond the top ply's edge
+            de = (dy - ev) * np.sign(scene.edge)  # > 0: beyond the top ply's edge
             fw = scene.fold_w * S
-            g *= np.where(de > 0, scene.ply_dark * (1 - scene.fold_sh * np.exp(-de / fw)),
-                          1.0 + scene.fold_hi * np.exp(de / (0.5 * fw)) * (1 - np.exp(de / (0.12 * fw))) * 1.6)
+            g *= np.where(
+                de > 0,
+                scene.ply_dark * (1 - scene.fold_sh * np.exp(-de / fw)),
+                1.0 + scene.fold_hi * np.exp(de / (0.5 * fw)) * (1 - np.exp(de / (0.12 * fw))) * 1.6,
+            )
         img[r0:r1] *= g[..., None]
-    if scene.edge > 0:                                   # the lower ply, beyond the band
+    if scene.edge > 0:  # the lower ply, beyond the band
         img[r1:] *= scene.ply_dark
     elif scene.edge < 0:
         img[:r0] *= scene.ply_dark
@@ -629,22 +692,27 @@ def render_static(scene: Scene, x0: float, y0: float, w: int, h: int) -> np.ndar
     bobbin = _visible(scene.bobbin, x0, y0, w, h, pad)
     holes = scene.holes
     if len(holes):
-        holes = holes[(holes[:, 0] >= x0 - pad) & (holes[:, 0] <= x0 + w + pad)
-                      & (holes[:, 1] >= y0 - pad) & (holes[:, 1] <= y0 + h + pad)]
+        holes = holes[
+            (holes[:, 0] >= x0 - pad)
+            & (holes[:, 0] <= x0 + w + pad)
+            & (holes[:, 1] >= y0 - pad)
+            & (holes[:, 1] <= y0 + h + pad)
+        ]
     marks = [m for m in scene.marks if x0 - pad <= m[0] <= x0 + w + pad and y0 - pad <= m[1] <= y0 + h + pad]
     if flat or raised or bobbin or len(holes) or marks:
         _render_threads(scene, img, x0, y0, w, h, flat, raised, bobbin, holes, marks)
-    for px, py, mul in scene.patches:            # fabric defects: stains, puckers, pinched folds
+    for px, py, mul in scene.patches:  # fabric defects: stains, puckers, pinched folds
         ph, pw = mul.shape[:2]
         ax0, ay0 = int(round(px - x0)), int(round(py - y0))
         cx0, cy0, cx1, cy1 = max(0, ax0), max(0, ay0), min(w, ax0 + pw), min(h, ay0 + ph)
         if cx1 > cx0 and cy1 > cy0:
-            img[cy0:cy1, cx0:cx1] *= mul[cy0 - ay0:cy1 - ay0, cx0 - ax0:cx1 - ax0]
+            img[cy0:cy1, cx0:cx1] *= mul[cy0 - ay0 : cy1 - ay0, cx0 - ax0 : cx1 - ax0]
     return img
 
 
-def _render_threads(scene: Scene, img: np.ndarray, x0: float, y0: float, w: int, h: int, flat, raised,
-                    bobbin, holes, marks) -> None:
+def _render_threads(
+    scene: Scene, img: np.ndarray, x0: float, y0: float, w: int, h: int, flat, raised, bobbin, holes, marks
+) -> None:
     S = scene.S
     tw = scene.thread_w
     lx, ly = scene.light
@@ -662,11 +730,11 @@ def _render_threads(scene: Scene, img: np.ndarray, x0: float, y0: float, w: int,
     # shadows of threads: flat ones close, raised ones further away and softer; needle holes
     sh = np.zeros((bh, w), np.uint8)
     if flat:
-        cv2.polylines(sh, _poly_i(flat, x0 - 0.1 * S * lx, by0 - 0.1 * S * ly), False, 160,
-                      tw + 1, cv2.LINE_AA, SHIFT)
+        cv2.polylines(sh, _poly_i(flat, x0 - 0.1 * S * lx, by0 - 0.1 * S * ly), False, 160, tw + 1, cv2.LINE_AA, SHIFT)
     if raised or bobbin:
-        cv2.polylines(sh, _poly_i(raised + bobbin, x0 - 0.35 * S * lx, by0 - 0.35 * S * ly), False, 220,
-                      tw, cv2.LINE_AA, SHIFT)
+        cv2.polylines(
+            sh, _poly_i(raised + bobbin, x0 - 0.35 * S * lx, by0 - 0.35 * S * ly), False, 220, tw, cv2.LINE_AA, SHIFT
+        )
     r = max(1, int(round(scene.hole_r * ONE)))
     for p in holes:
         c = (int(round((p[0] - x0) * ONE)), int(round((p[1] - by0) * ONE)))
@@ -674,7 +742,7 @@ def _render_threads(scene: Scene, img: np.ndarray, x0: float, y0: float, w: int,
     blur = max(0.6, 0.1 * S)
     shf = cv2.GaussianBlur(sh, (0, 0), blur).astype(np.float32) * (0.6 / 255)
     band *= (1.0 - shf)[..., None]
-    if marks:                                    # needle marks: a dark hole with a pushed-up light rim
+    if marks:  # needle marks: a dark hole with a pushed-up light rim
         rim = np.zeros((bh, w), np.uint8)
         hole = np.zeros((bh, w), np.uint8)
         for mx, my, mr in marks:
@@ -701,14 +769,14 @@ def _render_threads(scene: Scene, img: np.ndarray, x0: float, y0: float, w: int,
         hif = hi.astype(np.float32) * (1 / 255)
         sh_ = scene.sheen_t
         shade = (0.86 - 0.25 * sh_) + (0.2 + 0.55 * sh_) * hif
-        if scene.twist > 0:     # ply twist: fine diagonal ridges across the thread
+        if scene.twist > 0:  # ply twist: fine diagonal ridges across the thread
             yy = np.arange(bh, dtype=np.float32)[:, None] + by0
             xx = np.arange(w, dtype=np.float32)[None, :] + x0
             shade *= 1.0 + scene.twist * np.sin((xx * 0.55 + yy) * (2 * np.pi / max(2.5, 1.1 * tw)))
         thread = shade[..., None] * colour
-        if scene.glint > 0:     # specular glints where the highlight peaks
-            thread += (scene.glint * hif ** 6)[..., None] * (1.0 - thread)
-        if fab_band is not None:    # pile: fibres of the fabric lie over parts of the thread
+        if scene.glint > 0:  # specular glints where the highlight peaks
+            thread += (scene.glint * hif**6)[..., None] * (1.0 - thread)
+        if fab_band is not None:  # pile: fibres of the fabric lie over parts of the thread
             pn = _pile_noise()
             yi = (np.arange(bh) + int(round(by0))) % 256
             xi = (np.arange(w) + int(round(x0))) % 256
@@ -723,6 +791,7 @@ def _render_threads(scene: Scene, img: np.ndarray, x0: float, y0: float, w: int,
 
 
 # --------------------------------------------------------------------------- camera
+
 
 @lru_cache(maxsize=1)
 def _noise_bank() -> np.ndarray:
@@ -741,12 +810,19 @@ def random_camera(rng: np.random.Generator, sheen: float, S: float, still: bool 
         sh_amp = rng.uniform(0.05, 0.12 + 0.18 * sheen)
     ts = rng.uniform(0, 2 * np.pi)
     k = S / 12.5
-    temp = rng.uniform(-0.15, 0.15)              # warm (+) / cool (-) light
+    temp = rng.uniform(-0.15, 0.15)  # warm (+) / cool (-) light
     wb = np.array([1 - temp, 1.0, 1 + temp]) * rng.uniform(0.93, 1.07, 3)
     glints = ()
     if still and rng.random() < 0.3:
-        glints = tuple((float(rng.uniform(0, 1)), float(rng.uniform(0, 1)), float(rng.uniform(0.6, 1.8)),
-                        float(rng.uniform(0.15, 0.6))) for _ in range(int(rng.integers(1, 6))))
+        glints = tuple(
+            (
+                float(rng.uniform(0, 1)),
+                float(rng.uniform(0, 1)),
+                float(rng.uniform(0.6, 1.8)),
+                float(rng.uniform(0.15, 0.6)),
+            )
+            for _ in range(int(rng.integers(1, 6)))
+        )
     return Camera(
         gain=rng.uniform(0.6, 1.3),
         wb=tuple(float(x) for x in wb),
@@ -789,10 +865,11 @@ def sheen_field(cam: Camera, w: int, h: int) -> np.ndarray | None:
         return None
     gw, gh = max(2, w // 8), max(2, h // 8)
     sc = max(w, h)
-    X, Y = np.meshgrid((np.linspace(0, w, gw, dtype=np.float32) - w / 2) / sc,
-                       (np.linspace(0, h, gh, dtype=np.float32) - h / 2) / sc)
+    X, Y = np.meshgrid(
+        (np.linspace(0, w, gw, dtype=np.float32) - w / 2) / sc, (np.linspace(0, h, gh, dtype=np.float32) - h / 2) / sc
+    )
     nx, ny, c = cam.sheen_line
-    f = cam.sheen * np.exp(-((nx * X + ny * Y - c) / cam.sheen_width) ** 2)
+    f = cam.sheen * np.exp(-(((nx * X + ny * Y - c) / cam.sheen_width) ** 2))
     return cv2.resize(f.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
@@ -820,14 +897,21 @@ def camera(img: np.ndarray, cam: Camera, rng: np.random.Generator) -> np.ndarray
         else:
             kern = np.zeros((n, n), np.float32)
             c, dx, dy = n // 2, np.cos(cam.motion_angle) * (n / 2), np.sin(cam.motion_angle) * (n / 2)
-            cv2.line(kern, (int(round((c - dx) * 16)), int(round((c - dy) * 16))),
-                     (int(round((c + dx) * 16)), int(round((c + dy) * 16))), 1.0, 1, cv2.LINE_AA, 4)
+            cv2.line(
+                kern,
+                (int(round((c - dx) * 16)), int(round((c - dy) * 16))),
+                (int(round((c + dx) * 16)), int(round((c + dy) * 16))),
+                1.0,
+                1,
+                cv2.LINE_AA,
+                4,
+            )
             kern /= max(float(kern.sum()), 1e-6)
         img = cv2.filter2D(img, -1, kern)
     bank = _noise_bank()
     oy = int(rng.integers(0, bank.shape[0] - h + 1))
     ox = int(rng.integers(0, bank.shape[1] - w + 1))
-    nz = bank[oy:oy + h, ox:ox + w]
+    nz = bank[oy : oy + h, ox : ox + w]
     img = img * 255.0
     sigma = cam.noise + cam.shot * np.sqrt(np.clip(img, 0, 255) * (1 / 255))
     img += nz * sigma
@@ -856,6 +940,7 @@ def _centre_fn(rng: np.random.Generator, size: int, S: float):
     def centre(u):
         u = np.asarray(u, np.float64)
         return v0 + tilt * (u - uc) + curv * (u - uc) ** 2
+
     return centre, ang
 
 
@@ -867,8 +952,17 @@ def _inside_x(box, size: int, margin: float, margin_x: float) -> bool:
     return _inside(box, size, margin) and box[0] >= margin_x and box[2] <= size - margin_x
 
 
-def build_still(rng: np.random.Generator, drng: np.random.Generator, size: int, S: float,
-                error: bool, brk: bool, length: bool, families=None, kinds: dict | None = None) -> Scene:
+def build_still(
+    rng: np.random.Generator,
+    drng: np.random.Generator,
+    size: int,
+    S: float,
+    error: bool,
+    brk: bool,
+    length: bool,
+    families=None,
+    kinds: dict | None = None,
+) -> Scene:
     """A still's scene with the requested labels; defects wholly inside, ≥ margin from border.
 
     ``rng`` draws the fabric, thread and seam, ``drng`` only the defects: the same ``rng``
@@ -880,13 +974,13 @@ def build_still(rng: np.random.Generator, drng: np.random.Generator, size: int, 
     centre, ang = _centre_fn(rng, size, S)
     scene = random_scene_style(rng, S, families, ang)
     pitch = pitch_mm * S
-    du = pitch * np.cos(ang)                 # step along u so the stitches are pitch apart on the line
+    du = pitch * np.cos(ang)  # step along u so the stitches are pitch apart on the line
     holes = stitch_holes(rng, -du * rng.uniform(1.0, 2.0), size + 2 * du, lambda u: du, centre)
     cu = np.linspace(-64, size + 64, 64)
     scene.centre_u, scene.centre_v = cu, centre(cu)
     if rng.random() < 0.5:
         add_lint(scene, rng, -8, size + 8, -8, size + 8, rng.uniform(0.5, 3.0))
-    if rng.random() < 0.25:                  # a benign wrinkle well away from the seam (stays good)
+    if rng.random() < 0.25:  # a benign wrinkle well away from the seam (stays good)
         _add_wrinkle(scene, rng, size, centre)
     n = len(holes)
     inner = [k for k in range(1, n - 4) if margin < holes[k, 0] and holes[k + 1, 0] < size - margin]
@@ -911,8 +1005,14 @@ def build_still(rng: np.random.Generator, drng: np.random.Generator, size: int, 
                 side = -1.0 if mid_v > size / 2 else 1.0
                 if abs(mid_v - size / 2) < size * 0.08 and drng.random() < 0.5:
                     side = -side
-                trial = Scene(S=S, look=scene.look, thread_bgr=scene.thread_bgr, thread_w=scene.thread_w,
-                              hole_r=scene.hole_r, light=scene.light)
+                trial = Scene(
+                    S=S,
+                    look=scene.look,
+                    thread_bgr=scene.thread_bgr,
+                    thread_w=scene.thread_w,
+                    hole_r=scene.hole_r,
+                    light=scene.light,
+                )
                 forced = (kinds or {}).get(label)
                 if label == "error":
                     ks, d = make_error(trial, drng, holes, k, side, forced)
@@ -920,8 +1020,11 @@ def build_still(rng: np.random.Generator, drng: np.random.Generator, size: int, 
                     ks, d = make_break(trial, drng, holes, k, break_span(drng, pitch_mm), side, forced)
                 # a break keeps ≥ half a stitch of seam visible on both sides of its gap
                 m_ok = margin + (0.5 * pitch if label == "break" else 0.0)
-                if not _inside_x(d.box, size, margin, m_ok) or ks & skip or any(
-                        not (d.box[2] < u.box[0] - 3 or d.box[0] > u.box[2] + 3) for u in defects):
+                if (
+                    not _inside_x(d.box, size, margin, m_ok)
+                    or ks & skip
+                    or any(not (d.box[2] < u.box[0] - 3 or d.box[0] > u.box[2] + 3) for u in defects)
+                ):
                     continue
                 if set(trial.moved) & touched or any(i in ks for i in trial.moved):
                     continue
@@ -961,8 +1064,9 @@ def _add_wrinkle(scene: Scene, rng: np.random.Generator, size: int, centre) -> N
     def fn(X, Y):
         du, dv = (X - cx) * d[0] + (Y - cy) * d[1], (X - cx) * dn[0] + (Y - cy) * dn[1]
         x = dv / wd
-        keep = np.abs(Y - centre(X)) > 3 * S          # never reaches the seam
+        keep = np.abs(Y - centre(X)) > 3 * S  # never reaches the seam
         return 1 + amp * keep * np.clip(1 - (du / L) ** 2, 0, 1) * (-x * np.exp(-x * x) * 1.6)
+
     if dist > 2 * S:
         x0, y0, mul, _ = _field_patch(cx - L - 3 * wd, cy - L - 3 * wd, cx + L + 3 * wd, cy + L + 3 * wd, fn)
         scene.patches.append((x0, y0, mul))
@@ -978,9 +1082,17 @@ def _perspective(rng: np.random.Generator, size: int) -> np.ndarray | None:
     return cv2.getPerspectiveTransform(src, dst)
 
 
-def render_still(rng: np.random.Generator, size: int, S: float, error: bool, brk: bool,
-                 length: bool, families=None, kinds: dict | None = None, meta: dict | None = None
-                 ) -> tuple[np.ndarray, list[Box]]:
+def render_still(
+    rng: np.random.Generator,
+    size: int,
+    S: float,
+    error: bool,
+    brk: bool,
+    length: bool,
+    families=None,
+    kinds: dict | None = None,
+    meta: dict | None = None,
+) -> tuple[np.ndarray, list[Box]]:
     """Render one still at ``size`` px and ``S`` px/mm → (uint8 BGR, boxes).
 
     Scene, defects and camera use separate child generators of ``rng`` (see ``build_still``).
@@ -991,8 +1103,7 @@ def render_still(rng: np.random.Generator, size: int, S: float, error: bool, brk
     static = render_static(scene, 0.0, 0.0, size, size)
     H = _perspective(r_cam, size)
     if H is not None:
-        static = cv2.warpPerspective(static, H, (size, size), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_REFLECT)
+        static = cv2.warpPerspective(static, H, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     cam = random_camera(r_cam, tile_bank()[scene.look.tile_index].sheen, S)
     img = camera(static, cam, r_cam)
     boxes = []
@@ -1010,7 +1121,26 @@ def render_still(rng: np.random.Generator, size: int, S: float, error: bool, brk
     return img, boxes
 
 
-__all__ = ["Box", "Camera", "Defect", "Scene", "render_still", "render_static", "camera",
-           "random_camera", "random_scene_style", "stitch_holes", "add_stitches", "make_error",
-           "make_break", "break_span", "add_lint", "build_still", "merge_defect", "ERROR_KINDS",
-           "BREAK_KINDS", "DEFECT_LABEL", "VIDEO_ERROR_KINDS"]
+__all__ = [
+    "Box",
+    "Camera",
+    "Defect",
+    "Scene",
+    "render_still",
+    "render_static",
+    "camera",
+    "random_camera",
+    "random_scene_style",
+    "stitch_holes",
+    "add_stitches",
+    "make_error",
+    "make_break",
+    "break_span",
+    "add_lint",
+    "build_still",
+    "merge_defect",
+    "ERROR_KINDS",
+    "BREAK_KINDS",
+    "DEFECT_LABEL",
+    "VIDEO_ERROR_KINDS",
+]

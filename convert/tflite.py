@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -31,9 +32,8 @@ def keras_to_tflite(
     quantisation with ``representative`` yielding ``[x]`` batches of shape ``[1, H, W, 3]``;
     float32 input and output are kept so callers need no (de)quantisation.
     """
-    import tensorflow as tf
-
     import keras
+    import tensorflow as tf
 
     spec = tf.TensorSpec([1, height, width, 3], tf.float32, name="image")
 

@@ -62,7 +62,7 @@ class TrainResult:
 
 def side_paths(out: Path) -> tuple[Path, Path, Path]:
     """Checkpoint dir, history JSON and curve PNG beside ``out``."""
-    stem = out.name[:-len(".keras")] if out.name.endswith(".keras") else out.stem
+    stem = out.name[: -len(".keras")] if out.name.endswith(".keras") else out.stem
     return out.parent / f"{stem}_checkpoints", out.parent / f"{stem}_history.json", out.parent / f"{stem}_curves.png"
 
 
@@ -96,16 +96,26 @@ def draw_curves(history: dict, path: Path, size: tuple[int, int] = (900, 360)) -
             hi = lo + 1.0
         n = max(len(s) for _, s in series)
         for key, s in series:
-            pts = [(int(x0 + (x1 - x0) * (i / max(1, n - 1))), int(y1 - (y1 - y0) * (v - lo) / (hi - lo)))
-                   for i, v in enumerate(s)]
+            pts = [
+                (int(x0 + (x1 - x0) * (i / max(1, n - 1))), int(y1 - (y1 - y0) * (v - lo) / (hi - lo)))
+                for i, v in enumerate(s)
+            ]
             for a, b in zip(pts, pts[1:]):
                 cv2.line(img, a, b, colors[key], 2, cv2.LINE_AA)
             for p in pts:
                 cv2.circle(img, p, 3, colors[key], -1)
         cv2.putText(img, f"{hi:.3f}", (x0 - 48, y0 + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
         cv2.putText(img, f"{lo:.3f}", (x0 - 48, y1), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-        cv2.putText(img, f"epochs 1..{n}   blue: train  red: valid", (x0, h - 15),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            f"epochs 1..{n}   blue: train  red: valid",
+            (x0, h - 15),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     cv2.imwrite(str(path), img)
 
 
@@ -137,12 +147,12 @@ def init_model(spec: str | Path, labels: tuple[str, ...], task: str):
     try:
         features = model.get_layer("logits").input
     except ValueError:
-        raise ModelError(f"--init {spec}: {path} has no 'logits' layer to replace for labels "
-                         f"{list(labels)}") from None
+        raise ModelError(f"--init {spec}: {path} has no 'logits' layer to replace for labels {list(labels)}") from None
     logits = keras.layers.Dense(len(labels), name="logits")(features)
     act = keras.layers.Activation("sigmoid" if task == "multilabel" else "softmax", name="predictions")(logits)
-    print(f"--init {spec}: labels {meta['labels']} ({meta['task']}) → {list(labels)} ({task}): new head",
-          file=sys.stderr)
+    print(
+        f"--init {spec}: labels {meta['labels']} ({meta['task']}) → {list(labels)} ({task}): new head", file=sys.stderr
+    )
     return keras.Model(model.inputs, act, name=model.name), dict(meta, labels=list(labels), task=task)
 
 
@@ -169,10 +179,24 @@ def freeze_stages(model, n: int) -> int:
     return frozen
 
 
-def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet-int8", epochs: int = 10,
-          size: int = 128, filters: int = 64, batch: int = 16, lr: float | None = None, resume: bool = False,
-          seed: int = 0, patience: int = 4, verbose: int | str = "auto", init: str | Path | None = None,
-          freeze: int = 0, roi: tuple[int, int, int, int] | None = None) -> TrainResult:
+def train(
+    train_spec: str,
+    valid_spec: str,
+    out: str | Path,
+    arch: str = "resnet-int8",
+    epochs: int = 10,
+    size: int = 128,
+    filters: int = 64,
+    batch: int = 16,
+    lr: float | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    patience: int = 4,
+    verbose: int | str = "auto",
+    init: str | Path | None = None,
+    freeze: int = 0,
+    roi: tuple[int, int, int, int] | None = None,
+) -> TrainResult:
     """Train and save ``out`` (the best weights); returns what happened.
 
     ``roi``: the data are full camera frames; each is cropped to this ROI (the daemon's crop) first.
@@ -188,13 +212,16 @@ def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet
     if init:
         init_model_path(init)  # a bad --init is one line, before TensorFlow loads
     if epochs < 1 or size < 16 or batch < 1 or filters < 1 or not lr > 0:
-        raise ModelError(f"epochs {epochs}, size {size}, batch {batch}, filters {filters}, lr {lr}: must be positive "
-                         f"(size >= 16)")
+        raise ModelError(
+            f"epochs {epochs}, size {size}, batch {batch}, filters {filters}, lr {lr}: must be positive (size >= 16)"
+        )
     tr = load_dataset(train_spec)
     va = load_dataset(valid_spec)
     if tr.labels != va.labels or tr.task != va.task:
-        raise DataError(f"{valid_spec}: labels {list(va.labels)} ({va.task}) differ from {train_spec}'s "
-                        f"{list(tr.labels)} ({tr.task})")
+        raise DataError(
+            f"{valid_spec}: labels {list(va.labels)} ({va.task}) differ from {train_spec}'s "
+            f"{list(tr.labels)} ({tr.task})"
+        )
     check_roi(tr, roi)
     check_roi(va, roi)
 
@@ -224,24 +251,30 @@ def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet
         try:
             model = keras.models.load_model(str(resumed_from))
         except Exception as e:  # noqa: BLE001
-            raise ModelError(f"{resumed_from}: cannot resume from this checkpoint ({str(e).splitlines()[0][:200]})") \
-                from None
+            raise ModelError(
+                f"{resumed_from}: cannot resume from this checkpoint ({str(e).splitlines()[0][:200]})"
+            ) from None
         if int(model.outputs[0].shape[-1]) != len(tr.labels) or tuple(model.inputs[0].shape[1:3]) != (size, size):
-            raise ModelError(f"{resumed_from}: checkpoint shape {model.inputs[0].shape}→{model.outputs[0].shape} "
-                             f"does not match --size {size} and {len(tr.labels)} labels")
+            raise ModelError(
+                f"{resumed_from}: checkpoint shape {model.inputs[0].shape}→{model.outputs[0].shape} "
+                f"does not match --size {size} and {len(tr.labels)} labels"
+            )
         if hist_path.is_file():
             history = {k: v[:initial_epoch] for k, v in json.loads(hist_path.read_text()).items()}
         print(f"resuming from {resumed_from.name} (epoch {initial_epoch})", file=sys.stderr)
         if initial_epoch >= epochs:
-            print(f"checkpoint already at epoch {initial_epoch} >= --epochs {epochs}; nothing to train",
-                  file=sys.stderr)
+            print(
+                f"checkpoint already at epoch {initial_epoch} >= --epochs {epochs}; nothing to train", file=sys.stderr
+            )
     else:
         if base is not None:
             model = base
             n_frozen = freeze_stages(model, freeze)
-            print(f"fine-tuning from {init} ({size}x{size}, lr {lr}"
-                  + (f", {n_frozen} layers frozen in the first {freeze} stage(s))" if freeze else ")"),
-                  file=sys.stderr)
+            print(
+                f"fine-tuning from {init} ({size}x{size}, lr {lr}"
+                + (f", {n_frozen} layers frozen in the first {freeze} stage(s))" if freeze else ")"),
+                file=sys.stderr,
+            )
         else:
             model = build_model(arch, len(tr.labels), size, size, filters, tr.task)
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.01)
@@ -251,8 +284,15 @@ def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet
             loss, acc = keras.losses.CategoricalCrossentropy(), keras.metrics.CategoricalAccuracy(name="acc")
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[acc])
 
-    meta = {"labels": list(tr.labels), "task": tr.task, "arch": arch, "height": size, "width": size,
-            "filters": filters, "trained_on": str(train_spec)}
+    meta = {
+        "labels": list(tr.labels),
+        "task": tr.task,
+        "arch": arch,
+        "height": size,
+        "width": size,
+        "filters": filters,
+        "trained_on": str(train_spec),
+    }
     if init:
         meta["init"] = str(init)
     if roi is not None:
@@ -271,16 +311,22 @@ def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet
 
     callbacks = [
         keras.callbacks.ModelCheckpoint(
-            str(ckpt_dir / "ckpt-e{epoch:02d}-val_loss{val_loss:.3f}-val_acc{val_acc:.3f}.keras"),
-            save_best_only=False),
+            str(ckpt_dir / "ckpt-e{epoch:02d}-val_loss{val_loss:.3f}-val_acc{val_acc:.3f}.keras"), save_best_only=False
+        ),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
         HistoryWriter(),
     ]
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     if initial_epoch < epochs:
-        model.fit(train_seq, validation_data=valid_seq, epochs=epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=verbose)
+        model.fit(
+            train_seq,
+            validation_data=valid_seq,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
     save_model(model, out, meta)
     if history:
         draw_curves(history, curve_path)
@@ -288,8 +334,11 @@ def train(train_spec: str, valid_spec: str, out: str | Path, arch: str = "resnet
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train the seam model (seed ResNet, int8-friendly ResNet or CNN)",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "train",
+        help="train the seam model (seed ResNet, int8-friendly ResNet or CNN)",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--train", required=True, metavar="CSV|DIR", help="training CSV or data folder")
     p.add_argument("--valid", required=True, metavar="CSV|DIR", help="validation CSV or data folder")
     p.add_argument("--out", required=True, metavar="FILE.keras")
@@ -298,26 +347,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=128, help="square model input (default 128)")
     p.add_argument("--filters", type=int, default=64, help="filters of the first stage (seed: 64)")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate, cosine-decayed (default 3e-3; 1e-3 with --init)")
+    p.add_argument(
+        "--lr", type=float, default=None, help="Adam learning rate, cosine-decayed (default 3e-3; 1e-3 with --init)"
+    )
     p.add_argument("--patience", type=int, default=4, help="early-stopping patience in epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint beside --out")
-    p.add_argument("--init", metavar="BUNDLE|FILE.keras|default",
-                   help="fine-tune from this model's weights ('default': the shipped bundle); input size from it")
-    p.add_argument("--freeze", type=int, default=0, metavar="N",
-                   help="with --init: keep the first N resolution stages fixed (1: stem + first stage)")
+    p.add_argument(
+        "--init",
+        metavar="BUNDLE|FILE.keras|default",
+        help="fine-tune from this model's weights ('default': the shipped bundle); input size from it",
+    )
+    p.add_argument(
+        "--freeze",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --init: keep the first N resolution stages fixed (1: stem + first stage)",
+    )
     add_roi_args(p, "cropped from every image first; images saved as crops take none")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     roi = roi_from_args(args)
-    res = train(args.train, args.valid, args.out, arch=args.arch, epochs=args.epochs, size=args.size,
-                filters=args.filters, batch=args.batch, lr=args.lr, resume=args.resume, seed=args.seed,
-                patience=args.patience, init=args.init, freeze=args.freeze, roi=roi.roi)
+    res = train(
+        args.train,
+        args.valid,
+        args.out,
+        arch=args.arch,
+        epochs=args.epochs,
+        size=args.size,
+        filters=args.filters,
+        batch=args.batch,
+        lr=args.lr,
+        resume=args.resume,
+        seed=args.seed,
+        patience=args.patience,
+        init=args.init,
+        freeze=args.freeze,
+        roi=roi.roi,
+    )
     h = res.history
     last = {k: v[-1] for k, v in h.items() if v}
-    print(f"saved {res.out} ({res.task}, labels {', '.join(res.labels)}; {res.epochs_run} epochs; "
-          + ", ".join(f"{k} {v:.4f}" for k, v in last.items()) + ")")
+    print(
+        f"saved {res.out} ({res.task}, labels {', '.join(res.labels)}; {res.epochs_run} epochs; "
+        + ", ".join(f"{k} {v:.4f}" for k, v in last.items())
+        + ")"
+    )
     return 0

@@ -14,11 +14,14 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edge", description="seam-qc edge daemon: camera → classify → "
-                                "alerts over MQTT, Grad-CAM heatmaps")
+    p = argparse.ArgumentParser(
+        prog="python -m edge",
+        description="seam-qc edge daemon: camera → classify → alerts over MQTT, Grad-CAM heatmaps",
+    )
     p.add_argument("--config", required=True, metavar="FILE", help="YAML config (see config/seam-qc.yaml)")
-    p.add_argument("--check-config", action="store_true",
-                   help="validate the config, load and verify the model bundle, then exit")
+    p.add_argument(
+        "--check-config", action="store_true", help="validate the config, load and verify the model bundle, then exit"
+    )
     p.add_argument("--max-frames", type=int, metavar="N", help="stop cleanly after N classified frames")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="override log_level")
     return p
@@ -26,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup_logging(level: str) -> None:
     # under systemd the journal adds time stamps; elsewhere we add them
-    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("INVOCATION_ID") else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if os.environ.get("INVOCATION_ID")
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.basicConfig(level=getattr(logging, level), format=fmt, stream=sys.stderr, force=True)
 
 
@@ -50,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         # one validation path: --check-config is the start-up's own checks with nothing built
         daemon.setup(dry_run=args.check_config)
         if args.check_config:
-            print(f"{args.config}: OK (station {cfg.station}, model {daemon.bundle.name} {cfg.model.bundle}, "
-                  f"runtime {daemon.runtime}, camera {cfg.camera.source} {cfg.camera.device})")
+            print(
+                f"{args.config}: OK (station {cfg.station}, model {daemon.bundle.name} {cfg.model.bundle}, "
+                f"runtime {daemon.runtime}, camera {cfg.camera.source} {cfg.camera.device})"
+            )
             return 0
         return daemon.run()
     except SeamQCError as e:

@@ -154,14 +154,17 @@ def _check_gradcam(manifest: dict, files: dict, n_labels: int, mpath: Path) -> N
     if "layer" in gc and not isinstance(gc["layer"], str):
         raise ModelError(f"{mpath}: gradcam.layer: {_show(gc['layer'])} must be a string")
     shape = gc.get("feature_shape")
-    if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(
-            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in shape)):
+    if shape is not None and not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in shape)
+    ):
         raise ModelError(f"{mpath}: gradcam.feature_shape: {_show(shape)} must be [height, width, channels]")
     refs = gc.get("peak_ref")
-    if refs is not None and not (isinstance(refs, list) and len(refs) == n_labels and all(
-            r is None or (_number(r) and r >= 0) for r in refs)):
-        raise ModelError(f"{mpath}: gradcam.peak_ref: {_show(refs)} must list one number >= 0 (or null) "
-                         "per label")
+    if refs is not None and not (
+        isinstance(refs, list) and len(refs) == n_labels and all(r is None or (_number(r) and r >= 0) for r in refs)
+    ):
+        raise ModelError(f"{mpath}: gradcam.peak_ref: {_show(refs)} must list one number >= 0 (or null) per label")
 
 
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
@@ -175,8 +178,7 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     manifest = _read_manifest(mpath)
     version = _need(manifest, "format_version", mpath)
     if type(version) is not int or version != FORMAT_VERSION:
-        raise ModelError(f"{mpath}: format_version {_show(version)} is not supported "
-                         f"(expected {FORMAT_VERSION})")
+        raise ModelError(f"{mpath}: format_version {_show(version)} is not supported (expected {FORMAT_VERSION})")
     task = _need(manifest, "task", mpath)
     if not isinstance(task, str) or task not in TASKS:
         raise ModelError(f"{mpath}: task {_show(task)} must be one of {', '.join(TASKS)}")
@@ -192,8 +194,7 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     for side in ("height", "width"):
         v = inp.get(side)
         if not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE):
-            raise ModelError(f"{mpath}: input.{side}: {_show(v)} must be a whole number of pixels "
-                             f"(1 to {MAX_SIDE})")
+            raise ModelError(f"{mpath}: input.{side}: {_show(v)} must be a whole number of pixels (1 to {MAX_SIDE})")
     height, width = inp["height"], inp["width"]
     order = inp.get("channel_order", CHANNEL_ORDER)
     prep = inp.get("preprocessing", PREPROCESS_ID)
@@ -210,8 +211,7 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         if not isinstance(entry, dict) or "path" not in entry or "sha256" not in entry:
             raise ModelError(f"{mpath}: files.{role} needs 'path' and 'sha256'")
         if not _name(entry["path"]):
-            raise ModelError(f"{mpath}: files.{role}.path: {_show(entry['path'])} must be a file name in "
-                             "the bundle")
+            raise ModelError(f"{mpath}: files.{role}.path: {_show(entry['path'])} must be a file name in the bundle")
         if not isinstance(entry["sha256"], str):
             raise ModelError(f"{mpath}: files.{role}.sha256: {_show(entry['sha256'])} must be a hex string")
         rel = Path(entry["path"])

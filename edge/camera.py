@@ -29,8 +29,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -43,7 +44,7 @@ log = logging.getLogger("seamqc.camera")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 READ_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 5.0  # opening a video file and decoding one frame takes milliseconds
-MAX_WAIT_S = 3600.0    # longer waits overflow threading timeouts (1e12 s) and help nobody
+MAX_WAIT_S = 3600.0  # longer waits overflow threading timeouts (1e12 s) and help nobody
 
 
 @dataclass(frozen=True)
@@ -201,9 +202,11 @@ class OpenCVSource(Source):
                 cap.release()
                 raise _cam_error(f"{str(dev)!r}: {UNDECODABLE}", "device")
         else:  # rtsp: bounded open/read so a dead stream is a loss, not a hang
-            cap = cv2.VideoCapture(str(dev), cv2.CAP_FFMPEG,
-                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000,
-                                    *self._decode_params()])
+            cap = cv2.VideoCapture(
+                str(dev),
+                cv2.CAP_FFMPEG,
+                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 5000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 5000, *self._decode_params()],
+            )
         if not cap.isOpened():
             cap.release()
             raise SourceLost(f"{dev}: cannot open {self.kind} source")
@@ -262,7 +265,9 @@ class PicameraSource(Source):
         except ImportError:
             raise _cam_error(
                 "'picamera': picamera2 is not installed (apt install python3-picamera2; "
-                "create the venv with --system-site-packages)", "source") from None
+                "create the venv with --system-site-packages)",
+                "source",
+            ) from None
         self._Picamera2 = Picamera2
         self.main_size = (cam.width, cam.height)
         self.lores_size: tuple[int, int] | None = None
@@ -284,8 +289,7 @@ class PicameraSource(Source):
         try:
             cam = self._Picamera2(int(self.cfg.device) if str(self.cfg.device).isdigit() else 0)
             main = {"size": self.main_size, "format": "RGB888"}
-            kwargs: dict[str, Any] = {"main": main, "controls": {"FrameRate": float(self.cfg.fps)},
-                                      "buffer_count": 4}
+            kwargs: dict[str, Any] = {"main": main, "controls": {"FrameRate": float(self.cfg.fps)}, "buffer_count": 4}
             if self.use_lores:
                 kwargs["lores"] = {"size": self.lores_size, "format": "YUV420"}
             config = cam.create_video_configuration(**kwargs)
@@ -351,9 +355,15 @@ class CaptureStats:
         self.last_frame_mono = 0.0
 
     def as_dict(self) -> dict:
-        return {"state": self.state, "captured": self.frames, "dropped": self.dropped,
-                "corrupt": self.corrupt, "resized": self.resized, "reconnects": self.reconnects,
-                "last_error": self.last_error}
+        return {
+            "state": self.state,
+            "captured": self.frames,
+            "dropped": self.dropped,
+            "corrupt": self.corrupt,
+            "resized": self.resized,
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }
 
 
 def normalise(img: Any, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
@@ -382,10 +392,19 @@ def normalise(img: Any, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
 class Capture(threading.Thread):
     """The capture thread: source → normalise → ROI → prepare → bounded queue (drop oldest when live)."""
 
-    def __init__(self, source: Source, out: "queue.Queue[Frame]", stop: threading.Event, *,
-                 realtime: bool = True, loop: bool = False, reconnect_min_s: float = 0.5,
-                 reconnect_max_s: float = 10.0, on_state: Callable[[str, str], None] | None = None,
-                 prepare: Callable[[np.ndarray], np.ndarray] | None = None):
+    def __init__(
+        self,
+        source: Source,
+        out: queue.Queue[Frame],
+        stop: threading.Event,
+        *,
+        realtime: bool = True,
+        loop: bool = False,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 10.0,
+        on_state: Callable[[str, str], None] | None = None,
+        prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
         super().__init__(name="capture", daemon=True)
         self.prepare = prepare
         self.source = source
@@ -482,8 +501,7 @@ class Capture(threading.Thread):
                         if n_since_open == 0 and not src.live:  # a pass without one usable frame
                             if fresh:  # even from a fresh open: looping or retrying would spin
                                 dev = str(getattr(src, "device", "?"))
-                                self._fail(_cam_error(f"{dev!r}: {UNDECODABLE}: not one frame decodes",
-                                                      "device"))
+                                self._fail(_cam_error(f"{dev!r}: {UNDECODABLE}: not one frame decodes", "device"))
                                 return
                             src.close()  # after a rewind: reopen once, from scratch
                             break
@@ -512,13 +530,18 @@ class Capture(threading.Thread):
                         continue
                     if what == "resized":
                         self.stats.resized += 1
-                        self._once("size", "camera: frames are %dx%d, configured %dx%d: resizing them "
-                                   "(counted in stats; logged once)", raw.shape[1], raw.shape[0], *src.frame_size)
+                        self._once(
+                            "size",
+                            "camera: frames are %dx%d, configured %dx%d: resizing them (counted in stats; logged once)",
+                            raw.shape[1],
+                            raw.shape[0],
+                            *src.frame_size,
+                        )
                     if self.stats.state != "ok":
                         self._set_state("ok")
                     if src.roi is not None:
                         x, y, w, h = src.roi
-                        img = img[y:y + h, x:x + w]
+                        img = img[y : y + h, x : x + w]
                     img = np.ascontiguousarray(img).copy() if img.base is not None else img
                     img.flags.writeable = False
                     now_m, now_w = time.monotonic(), time.time()
@@ -527,8 +550,12 @@ class Capture(threading.Thread):
                         try:
                             tensor = self.prepare(img)
                         except Exception as e:  # noqa: BLE001 - the consumer retries from the image
-                            self._once("prepare", "camera: preparing the model input raised %r; the "
-                                       "classifier starts from the image (logged once)", e)
+                            self._once(
+                                "prepare",
+                                "camera: preparing the model input raised %r; the "
+                                "classifier starts from the image (logged once)",
+                                e,
+                            )
                     frame = Frame(self._seq, now_m, now_w, img, tensor)
                     self._seq += 1
                     self.stats.frames += 1

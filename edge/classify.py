@@ -100,8 +100,9 @@ class TFLiteModel:
         if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
             raise ModelError(f"{self.path}: input shape {list(shape)} is not [1, H, W, 3]")
         if height is not None and width is not None and shape[1:3] != (height, width):
-            raise ModelError(f"{self.path}: input shape {list(shape)} does not match the manifest's "
-                             f"input {height}x{width}")
+            raise ModelError(
+                f"{self.path}: input shape {list(shape)} does not match the manifest's input {height}x{width}"
+            )
         self.input_shape = shape
         self.outputs = self.interpreter.get_output_details()
 
@@ -120,8 +121,10 @@ class TFLiteModel:
         """An input tensor from ``prepare`` → {output shape: float32 array}."""
         self.interpreter.set_tensor(self.input["index"], tensor)
         self.interpreter.invoke()
-        return {tuple(int(v) for v in d["shape"]): _dequantize(self.interpreter.get_tensor(d["index"]), d)
-                for d in self.outputs}
+        return {
+            tuple(int(v) for v in d["shape"]): _dequantize(self.interpreter.get_tensor(d["index"]), d)
+            for d in self.outputs
+        }
 
     def output_with_shape(self, outs: dict[tuple[int, ...], np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
         if shape not in outs:
@@ -143,8 +146,10 @@ class Classifier:
         self._out_shape = (1, len(self.labels))
         outs = {tuple(int(v) for v in d["shape"]) for d in self.model.outputs}
         if self._out_shape not in outs:
-            raise ModelError(f"{self.model.path}: no output of shape {list(self._out_shape)} for labels "
-                             f"{list(self.labels)} (has {[list(s) for s in outs]})")
+            raise ModelError(
+                f"{self.model.path}: no output of shape {list(self._out_shape)} for labels "
+                f"{list(self.labels)} (has {[list(s) for s in outs]})"
+            )
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed ``[H, W, 3]`` float32 → probabilities ``[n_labels]`` float32."""

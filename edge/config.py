@@ -13,17 +13,24 @@ against the current working directory (so ``config/demo.yaml`` can name the repo
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import socket
 import ssl
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -73,7 +80,7 @@ class TlsConfig(_Model):
     insecure: bool = False
 
     @model_validator(mode="after")
-    def _cert_and_key(self) -> "TlsConfig":
+    def _cert_and_key(self) -> TlsConfig:
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key must be given together")
         return self
@@ -129,12 +136,11 @@ class MqttConfig(_Model):
         return v
 
     @model_validator(mode="after")
-    def _backoff(self) -> "MqttConfig":
+    def _backoff(self) -> MqttConfig:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         if self.password_file is not None and not self.username:
-            raise ValueError("password_file is set but username is not (MQTT sends a password only "
-                             "with a user name)")
+            raise ValueError("password_file is set but username is not (MQTT sends a password only with a user name)")
         return self
 
 
@@ -142,7 +148,7 @@ class CameraConfig(_Model):
     """Where frames come from. ``device``: index or path for usb, path for file, URL for rtsp."""
 
     source: Literal["usb", "picamera", "file", "rtsp"] = "usb"
-    device: Union[int, str] = 0
+    device: int | str = 0
     width: int = Field(640, ge=16, le=8192)
     height: int = Field(480, ge=16, le=8192)
     fps: float = Field(30.0, gt=0, le=1000)
@@ -168,12 +174,11 @@ class CameraConfig(_Model):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "CameraConfig":
+    def _check(self) -> CameraConfig:
         if self.roi is not None:
             x, y, w, h = self.roi
             if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > self.width or y + h > self.height:
-                raise ValueError(
-                    f"roi {list(self.roi)} must lie inside the {self.width}x{self.height} frame")
+                raise ValueError(f"roi {list(self.roi)} must lie inside the {self.width}x{self.height} frame")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         if self.source == "file" and not isinstance(self.device, str):
@@ -210,7 +215,7 @@ class DecisionConfig(_Model):
         return v
 
     @model_validator(mode="after")
-    def _kn(self) -> "DecisionConfig":
+    def _kn(self) -> DecisionConfig:
         if self.min_frames > self.window:
             raise ValueError(f"min_frames ({self.min_frames}) must be <= window ({self.window})")
         return self
@@ -248,8 +253,9 @@ class Config(_Model):
     def _station(cls, v: str) -> str:
         # it prefixes every event id (→ heatmap file names, bounded to 96 chars) and every topic
         if len(v) > STATION_MAX:
-            raise ValueError(f"{v[:16]!r}... ({len(v)} characters) is too long for a station id "
-                             f"(at most {STATION_MAX})")
+            raise ValueError(
+                f"{v[:16]!r}... ({len(v)} characters) is too long for a station id (at most {STATION_MAX})"
+            )
         return _safe_token(v, "station id")
 
     # where the config came from (not a YAML key): set by load_config
@@ -322,13 +328,15 @@ def _describe(err: dict) -> str:
     if typ == "literal_error":
         return f"{shown} must be one of {ctx.get('expected', '')}"
     if typ in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        bound = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
-                 "less_than_equal": "<="}[typ]
+        bound = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[typ]
         limit = next(iter(ctx.values())) if ctx else ""
         return f"{shown} must be {bound} {limit}"
     if typ in ("too_short", "too_long"):
-        return f"{shown} must have exactly 4 values [x, y, w, h]" if isinstance(val, (list, tuple)) \
+        return (
+            f"{shown} must have exactly 4 values [x, y, w, h]"
+            if isinstance(val, (list, tuple))
             else f"{shown} has the wrong length"
+        )
     if typ == "value_error":
         msg = str(ctx.get("error", err.get("msg", "")))
         return msg
@@ -427,8 +435,10 @@ def _read_text(path: Path, where: str) -> str:
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise ConfigError(f"{where}:{line}: byte 0x{raw[e.start]:02x} at column {col} is not UTF-8: save "
-                          "the file as UTF-8 (an editor wrote Latin-1 or Windows-1252?)") from None
+        raise ConfigError(
+            f"{where}:{line}: byte 0x{raw[e.start]:02x} at column {col} is not UTF-8: save "
+            "the file as UTF-8 (an editor wrote Latin-1 or Windows-1252?)"
+        ) from None
     nul = text.find("\x00")
     if nul >= 0:
         raise ConfigError(f"{where}:{text.count(chr(10), 0, nul) + 1}: a NUL byte: a binary file, not YAML")
@@ -444,13 +454,16 @@ def _check_events(text: str, where: str) -> None:
     depth = 0
     for ev in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None) is not None:
-            raise ConfigError(f"{where}:{ev.start_mark.line + 1}: YAML anchors and aliases (&name, *name) "
-                              "are not allowed in the config: write the values out")
+            raise ConfigError(
+                f"{where}:{ev.start_mark.line + 1}: YAML anchors and aliases (&name, *name) "
+                "are not allowed in the config: write the values out"
+            )
         if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_DEPTH:
-                raise ConfigError(f"{where}:{ev.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels: "
-                                  "not a seam-qc config")
+                raise ConfigError(
+                    f"{where}:{ev.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels: not a seam-qc config"
+                )
         elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
 
@@ -462,11 +475,12 @@ def _check_duplicates(node: yaml.Node | None, where: str, path: tuple = ()) -> N
         for k, v in node.value:
             line = k.start_mark.line + 1
             if not isinstance(k, yaml.ScalarNode):
-                raise ConfigError(f"{where}:{line}: {_fmt_loc(path) or '(top level)'}: a key must be a plain "
-                                  "name")
+                raise ConfigError(f"{where}:{line}: {_fmt_loc(path) or '(top level)'}: a key must be a plain name")
             if (k.tag, k.value) in seen:
-                raise ConfigError(f"{where}:{line}: {_fmt_loc(path + (k.value,))}: duplicate key (first at "
-                                  f"line {seen[k.tag, k.value]}; YAML would silently keep only this one)")
+                raise ConfigError(
+                    f"{where}:{line}: {_fmt_loc(path + (k.value,))}: duplicate key (first at "
+                    f"line {seen[k.tag, k.value]}; YAML would silently keep only this one)"
+                )
             seen[k.tag, k.value] = line
             _check_duplicates(v, where, path + (k.value,))
     elif isinstance(node, yaml.SequenceNode):
@@ -488,8 +502,7 @@ def _parse(text: str, where: str) -> tuple[yaml.Node | None, Any]:
         raise ConfigError(f"{where}{line}: not valid YAML ({why})") from None
     except yaml.reader.ReaderError as e:  # a character YAML does not allow (control characters)
         line = text.count("\n", 0, e.position) + 1
-        raise ConfigError(f"{where}:{line}: not valid YAML (character #x{e.character:04x} is not "
-                          "allowed)") from None
+        raise ConfigError(f"{where}:{line}: not valid YAML (character #x{e.character:04x} is not allowed)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML ({' '.join(str(e).split())})") from None
     except ValueError as e:  # e.g. an integer of more than 4,300 digits
@@ -516,7 +529,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         errs = sorted(e.errors(include_url=False), key=lambda x: x["type"] != "extra_forbidden")
         err = errs[0]
         loc = _clean_loc(tuple(err["loc"]))
-        if any(loc[:len(k)] == k for k in SECRET_KEYS):
+        if any(loc[: len(k)] == k for k in SECRET_KEYS):
             err = {**err, "secret": True}
         if err["type"] == "missing" and loc and isinstance(loc[-1], int):
             loc = loc[:-1]  # a too-short list (roi) rather than a missing key
@@ -563,26 +576,30 @@ def _check_files(cfg: Config, where: str, lines: dict[tuple, int]) -> None:
         try:
             ctx.load_verify_locations(cafile=str(m.tls.ca))
         except (OSError, ValueError) as e:
-            raise ConfigError(f"{prefix(('mqtt', 'tls', 'ca'))}: {str(m.tls.ca)!r}: not a usable CA "
-                              f"certificate file ({getattr(e, 'reason', None) or e})") from None
+            raise ConfigError(
+                f"{prefix(('mqtt', 'tls', 'ca'))}: {str(m.tls.ca)!r}: not a usable CA "
+                f"certificate file ({getattr(e, 'reason', None) or e})"
+            ) from None
         if m.tls.cert is not None:
             try:  # an encrypted key gets an empty passphrase: fail here rather than prompt on a tty
                 ctx.load_cert_chain(str(m.tls.cert), str(m.tls.key), password=lambda: b"")
             except (OSError, ValueError) as e:
                 why = getattr(e, "reason", None) or e
-                raise ConfigError(f"{prefix(('mqtt', 'tls', 'cert'))}: {str(m.tls.cert)!r} / "
-                                  f"{str(m.tls.key)!r}: not a usable certificate and key ({why})") from None
+                raise ConfigError(
+                    f"{prefix(('mqtt', 'tls', 'cert'))}: {str(m.tls.cert)!r} / "
+                    f"{str(m.tls.key)!r}: not a usable certificate and key ({why})"
+                ) from None
     if m.password_file is not None:
         loc = ("mqtt", "password_file")
         need(loc, m.password_file, "password file")
         try:
             pw = m.password_file.read_bytes()[:65536].decode("utf-8").rstrip("\r\n")
         except OSError as e:
-            raise ConfigError(f"{prefix(loc)}: {str(m.password_file)!r}: cannot read the password file "
-                              f"({e.strerror or e})") from None
+            raise ConfigError(
+                f"{prefix(loc)}: {str(m.password_file)!r}: cannot read the password file ({e.strerror or e})"
+            ) from None
         except UnicodeDecodeError:
-            raise ConfigError(f"{prefix(loc)}: {str(m.password_file)!r}: the password file is not UTF-8 "
-                              "text") from None
+            raise ConfigError(f"{prefix(loc)}: {str(m.password_file)!r}: the password file is not UTF-8 text") from None
         if not pw:
             raise ConfigError(f"{prefix(loc)}: {str(m.password_file)!r}: the password file is empty")
 

@@ -60,8 +60,10 @@ def load_model(cfg: Config) -> tuple[Any, Any]:
         raise ModelError(f"{where}: cannot import the classifier ({e})") from None
     role = cfg.model.role or bundle.classifier_role
     if not bundle.has(role):
-        raise ModelError(f"{config_line(cfg, 'model', 'role')}: {role!r}: no such role in "
-                         f"{bundle.root / 'manifest.json'} (has: {', '.join(bundle.files)})")
+        raise ModelError(
+            f"{config_line(cfg, 'model', 'role')}: {role!r}: no such role in "
+            f"{bundle.root / 'manifest.json'} (has: {', '.join(bundle.files)})"
+        )
     try:
         clf = Classifier(bundle, role=role, threads=cfg.model.threads)
         probe = clf.classify(np.zeros((bundle.height, bundle.width, 3), np.uint8))
@@ -72,8 +74,10 @@ def load_model(cfg: Config) -> tuple[Any, Any]:
         raise ModelError(f"{where}: {bundle.path(role)}: not a usable TFLite model ({msg})") from None
     probe = np.asarray(probe).reshape(-1)
     if probe.shape[0] != len(bundle.labels):
-        raise ModelError(f"{where}: {bundle.path(role)}: the model has {probe.shape[0]} outputs but the "
-                         f"manifest lists {len(bundle.labels)} labels")
+        raise ModelError(
+            f"{where}: {bundle.path(role)}: the model has {probe.shape[0]} outputs but the "
+            f"manifest lists {len(bundle.labels)} labels"
+        )
     return bundle, clf
 
 
@@ -81,15 +85,19 @@ def check_explainer(cfg: Config, bundle: Any) -> None:
     """Heatmaps need the bundle's Grad-CAM files: say so at start, not at the first alert."""
     gc = bundle.gradcam
     if cfg.heatmaps.method != "litert":  # the Pi has no TensorFlow path (ARCHITECTURE.md §9)
-        raise ConfigError(f"{config_line(cfg, 'heatmaps', 'method')}: {cfg.heatmaps.method!r} is not "
-                          "available on the Pi (it needs TensorFlow, ~640 MB per daemon): use litert; "
-                          "python -m convert heatmaps --method tf explains on a workstation")
+        raise ConfigError(
+            f"{config_line(cfg, 'heatmaps', 'method')}: {cfg.heatmaps.method!r} is not "
+            "available on the Pi (it needs TensorFlow, ~640 MB per daemon): use litert; "
+            "python -m convert heatmaps --method tf explains on a workstation"
+        )
     need = [gc.get("explainer") or "explainer", gc.get("head") or "head"]
     missing = [r for r in need if not bundle.has(r)] if gc else ["gradcam"]
     if missing:
-        raise ModelError(f"{config_line(cfg, 'heatmaps', 'method')}: {cfg.heatmaps.method!r}: the bundle "
-                         f"{bundle.root} has no {', '.join(missing)} (export it with the explainer, or set "
-                         "heatmaps.enabled: false)")
+        raise ModelError(
+            f"{config_line(cfg, 'heatmaps', 'method')}: {cfg.heatmaps.method!r}: the bundle "
+            f"{bundle.root} has no {', '.join(missing)} (export it with the explainer, or set "
+            "heatmaps.enabled: false)"
+        )
     from .gradcam import load_head  # a garbage head.npz: one line now, not a traceback per alert
 
     try:
@@ -147,8 +155,12 @@ def check_mqtt(cfg: Config, strict: bool) -> None:
     if problem and strict:
         raise ConfigError(f"{config_line(cfg, 'mqtt', 'host')}: {problem}")
     if problem:
-        log.warning("%s: %s; classifying on, alerts wait in the outbox %s until it resolves",
-                    config_line(cfg, "mqtt", "host"), problem, cfg.outbox)
+        log.warning(
+            "%s: %s; classifying on, alerts wait in the outbox %s until it resolves",
+            config_line(cfg, "mqtt", "host"),
+            problem,
+            cfg.outbox,
+        )
 
 
 def check_outbox_path(cfg: Config) -> None:
@@ -203,14 +215,21 @@ class Daemon:
             if lab not in self.labels:
                 raise ConfigError(
                     f"{config_line(cfg, 'decision', 'thresholds', lab)}: {lab!r} is not a label of the model "
-                    f"({', '.join(self.labels)})")
+                    f"({', '.join(self.labels)})"
+                )
             thresholds[lab] = float(t)
         self.thresholds = thresholds
         d = cfg.decision
-        self.decider = Decider(self.labels, thresholds, expected_length=d.expected_length,
-                               min_frames=d.min_frames, window=d.window,
-                               max_event_frames=d.max_event_frames, cooldown_frames=d.cooldown_frames,
-                               id_prefix=f"{cfg.station}-{self.boot}")
+        self.decider = Decider(
+            self.labels,
+            thresholds,
+            expected_length=d.expected_length,
+            min_frames=d.min_frames,
+            window=d.window,
+            max_event_frames=d.max_event_frames,
+            cooldown_frames=d.cooldown_frames,
+            id_prefix=f"{cfg.station}-{self.boot}",
+        )
         self.model_sha = self.bundle.sha256(cfg.model.role or self.bundle.classifier_role)
         self.source = open_source(cfg, (self.bundle.width, self.bundle.height))
         check_file_source(cfg)
@@ -220,10 +239,17 @@ class Daemon:
         if dry_run:
             check_outbox_path(cfg)
             return
-        log.info("model %s (%s, sha256 %s…), input %dx%d, runtime %s, %d thread(s)", self.bundle.name,
-                 cfg.model.role or self.bundle.classifier_role, self.model_sha[:12], self.bundle.width,
-                 self.bundle.height, self.runtime, cfg.model.threads)
-        self.frames_q: "queue.Queue[Frame]" = queue.Queue(maxsize=cfg.camera.queue_size)
+        log.info(
+            "model %s (%s, sha256 %s…), input %dx%d, runtime %s, %d thread(s)",
+            self.bundle.name,
+            cfg.model.role or self.bundle.classifier_role,
+            self.model_sha[:12],
+            self.bundle.width,
+            self.bundle.height,
+            self.runtime,
+            cfg.model.threads,
+        )
+        self.frames_q: queue.Queue[Frame] = queue.Queue(maxsize=cfg.camera.queue_size)
         self._setup_outbox_publisher()
         self._setup_heatmaps()
 
@@ -259,10 +285,17 @@ class Daemon:
             # built lazily in the worker thread, so that its LiteRT pool inherits the worker's nice
             return gradcam.Explainer(bundle, threads=threads, negate=negate)
 
-        self.heatmaps = HeatmapWorker(hc.dir, self.stop, max_mb=hc.max_mb, queue_size=hc.queue_size,
-                                      explainer_factory=factory, overlay_labels=overlay.overlay_labels,
-                                      overlay_jet=overlay.overlay_jet, labels_all=self.labels,
-                                      labels_only_flagged=hc.labels_only_flagged)
+        self.heatmaps = HeatmapWorker(
+            hc.dir,
+            self.stop,
+            max_mb=hc.max_mb,
+            queue_size=hc.queue_size,
+            explainer_factory=factory,
+            overlay_labels=overlay.overlay_labels,
+            overlay_jet=overlay.overlay_jet,
+            labels_all=self.labels,
+            labels_only_flagged=hc.labels_only_flagged,
+        )
         self.heatmaps.prepare_dir()
 
     # ------------------------------------------------------------------ running
@@ -278,6 +311,7 @@ class Daemon:
         Why SIGHUP: a dropped SSH session sends it to a daemon run in a terminal; its default
         action kills at once and loses the open events. (Until hot reload exists.)
         """
+
         def handler(signum: int, _frame: Any) -> None:
             self.stop_reason = signal.Signals(signum).name
             self.stop.set()
@@ -293,8 +327,7 @@ class Daemon:
         heatmap = None
         ts = iso_utc(alert.ts_wall)
         if self.heatmaps is not None and alert.image is not None:
-            heatmap = self.heatmaps.submit(alert.event_id, alert.frame, ts, alert.labels, alert.scores,
-                                           alert.image)
+            heatmap = self.heatmaps.submit(alert.event_id, alert.frame, ts, alert.labels, alert.scores, alert.image)
         payload = alert.payload(cfg.station, self.bundle.name, self.model_sha, heatmap)
         self.publisher.alert(payload)  # durable first: a logged alert is always in the outbox
         self.alerts += 1
@@ -319,9 +352,13 @@ class Daemon:
             "mqtt_connected": bool(getattr(self.publisher, "connected", False)),
             "mqtt_refused": int(getattr(self.publisher, "refused", 0) or 0),
             "mqtt_oversize": int(getattr(self.publisher, "oversize", 0) or 0),
-            "heatmaps": {"saved": hm.saved if hm else 0, "dropped": hm.dropped if hm else 0,
-                         "deleted": hm.deleted if hm else 0, "writable": hm.writable if hm else None,
-                         "ms_p50": percentile(hm.ms, 50) if hm else None},
+            "heatmaps": {
+                "saved": hm.saved if hm else 0,
+                "dropped": hm.dropped if hm else 0,
+                "deleted": hm.deleted if hm else 0,
+                "writable": hm.writable if hm else None,
+                "ms_p50": percentile(hm.ms, 50) if hm else None,
+            },
             "runtime": self.runtime,
             "model": {"name": self.bundle.name, "sha256": self.model_sha},
             "open_events": self.decider.open_events,
@@ -340,11 +377,20 @@ class Daemon:
         if now - self._last_info >= 60.0:  # one readable line a minute for journalctl
             self._last_info = now
             cam = payload.get("camera", {})
-            log.info("stats: %.1f fps, %d frames, %d alerts, camera %s (dropped %s, corrupt %s), inference "
-                     "p50 %s ms, outbox %s, heatmaps %s saved / %s dropped", payload["fps"], payload["frames"],
-                     payload["alerts"], cam.get("state"), cam.get("dropped"), cam.get("corrupt"),
-                     payload["inference_ms"]["p50"], payload["outbox_depth"], payload["heatmaps"]["saved"],
-                     payload["heatmaps"]["dropped"])
+            log.info(
+                "stats: %.1f fps, %d frames, %d alerts, camera %s (dropped %s, corrupt %s), inference "
+                "p50 %s ms, outbox %s, heatmaps %s saved / %s dropped",
+                payload["fps"],
+                payload["frames"],
+                payload["alerts"],
+                cam.get("state"),
+                cam.get("dropped"),
+                cam.get("corrupt"),
+                payload["inference_ms"]["p50"],
+                payload["outbox_depth"],
+                payload["heatmaps"]["saved"],
+                payload["heatmaps"]["dropped"],
+            )
         log.debug("stats %s", json.dumps(payload))
         if self.publisher is not None:
             try:
@@ -356,9 +402,17 @@ class Daemon:
         cfg = self.cfg
         self._install_signals()
         cam = cfg.camera
-        self.capture = Capture(self.source, self.frames_q, self.stop, realtime=cam.realtime, loop=cam.loop,
-                               reconnect_min_s=cam.reconnect_min_s, reconnect_max_s=cam.reconnect_max_s,
-                               on_state=self._on_camera_state, prepare=self.clf.prepare)
+        self.capture = Capture(
+            self.source,
+            self.frames_q,
+            self.stop,
+            realtime=cam.realtime,
+            loop=cam.loop,
+            reconnect_min_s=cam.reconnect_min_s,
+            reconnect_max_s=cam.reconnect_max_s,
+            on_state=self._on_camera_state,
+            prepare=self.clf.prepare,
+        )
         if self.publisher is not None:
             self.publisher.start()
         if self.heatmaps is not None:
@@ -382,7 +436,7 @@ class Daemon:
                     frame = None
                     if self.capture.error is not None:  # e.g. the video stopped decoding: exit 78
                         self.stop_reason, self.exit_code = "camera error", self.capture.error.exit_code
-                        raise self._located(self.capture.error)
+                        raise self._located(self.capture.error) from None
                     if self.capture.ended.is_set() and self.frames_q.empty():
                         self.stop_reason = "end of file"
                         break
@@ -393,8 +447,12 @@ class Daemon:
                 if frame is not None:
                     self._process(frame)
                 now = time.monotonic()
-                if wd is not None and now - last_wd >= wd and self.capture.stats.last_frame_mono \
-                        and now - self.capture.stats.last_frame_mono < stall:
+                if (
+                    wd is not None
+                    and now - last_wd >= wd
+                    and self.capture.stats.last_frame_mono
+                    and now - self.capture.stats.last_frame_mono < stall
+                ):
                     self.notifier.watchdog()
                     last_wd = now
                 if now - last_stats >= cfg.stats_interval:
@@ -414,8 +472,9 @@ class Daemon:
     def _process(self, frame: Frame) -> None:
         t0 = time.perf_counter()
         try:
-            probs = (self.clf.classify_prepared(frame.tensor) if frame.tensor is not None
-                     else self.clf.classify(frame.image))
+            probs = (
+                self.clf.classify_prepared(frame.tensor) if frame.tensor is not None else self.clf.classify(frame.image)
+            )
         except Exception as e:  # noqa: BLE001 - one bad frame must not stop the line
             self.classify_errors += 1
             if self.classify_errors == 1:

@@ -33,8 +33,9 @@ When the alert is emitted (latency trade-off)
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 NON_ALERT_LABELS = ("good",)
 DEFAULT_TRACKS: tuple[tuple[str, tuple[str, ...]], ...] = (("defect", ("error", "break")), ("length", ("length",)))
@@ -76,12 +77,11 @@ def iso_utc(ts: float) -> str:
     """ISO 8601 UTC with milliseconds and a ``Z``."""
     import datetime as _dt
 
-    d = _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc)
+    d = _dt.datetime.fromtimestamp(ts, tz=_dt.UTC)
     return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
 
 
-def frame_flags(scores: Mapping[str, float], thresholds: Mapping[str, float],
-                expected_length: str) -> dict[str, float]:
+def frame_flags(scores: Mapping[str, float], thresholds: Mapping[str, float], expected_length: str) -> dict[str, float]:
     """Flagged labels of one frame → their strength (see module doc)."""
     out: dict[str, float] = {}
     for label, p in scores.items():
@@ -129,9 +129,18 @@ class _Track:
 class Decider:
     """k-of-n debounce per track; ``update`` per frame returns the alerts that closed on it."""
 
-    def __init__(self, labels: Sequence[str], thresholds: Mapping[str, float], *,
-                 expected_length: str = "any", min_frames: int = 2, window: int = 3,
-                 max_event_frames: int = 300, cooldown_frames: int = 0, id_prefix: str = "event"):
+    def __init__(
+        self,
+        labels: Sequence[str],
+        thresholds: Mapping[str, float],
+        *,
+        expected_length: str = "any",
+        min_frames: int = 2,
+        window: int = 3,
+        max_event_frames: int = 300,
+        cooldown_frames: int = 0,
+        id_prefix: str = "event",
+    ):
         if not 1 <= min_frames <= window:
             raise ValueError(f"need 1 <= min_frames ({min_frames}) <= window ({window})")
         if expected_length not in ("2mm", "4mm", "any"):
@@ -153,8 +162,9 @@ class Decider:
         self._counter += 1
         return f"{self.id_prefix}-{self._counter:06d}"
 
-    def update(self, seq: int, ts_wall: float, scores: Mapping[str, float] | Sequence[float],
-               image: Any = None) -> list[Alert]:
+    def update(
+        self, seq: int, ts_wall: float, scores: Mapping[str, float] | Sequence[float], image: Any = None
+    ) -> list[Alert]:
         """Feed one frame's probabilities (dict, or a sequence in ``labels`` order)."""
         if not isinstance(scores, Mapping):
             scores = {lab: float(s) for lab, s in zip(self.labels, scores)}
@@ -205,13 +215,20 @@ class Decider:
             return None
         strength, seq, ts, scores, bflags, image = ev.best
         # labels: the best frame's flags plus any label flagged in at least k frames of the event
-        labels = [lab for lab in self.labels
-                  if lab in bflags or ev.counts.get(lab, 0) >= self.k]
+        labels = [lab for lab in self.labels if lab in bflags or ev.counts.get(lab, 0) >= self.k]
         self.alerts_emitted += 1
-        return Alert(event_id=ev.event_id, track=name, labels=tuple(labels),
-                     scores={lab: float(scores[lab]) for lab in self.labels if lab in scores},
-                     frame=seq, ts_wall=ts, first_frame=ev.first_frame,
-                     last_frame=ev.last_flag_frame, strength=float(strength), image=image)
+        return Alert(
+            event_id=ev.event_id,
+            track=name,
+            labels=tuple(labels),
+            scores={lab: float(scores[lab]) for lab in self.labels if lab in scores},
+            frame=seq,
+            ts_wall=ts,
+            first_frame=ev.first_frame,
+            last_frame=ev.last_flag_frame,
+            strength=float(strength),
+            image=image,
+        )
 
     def flush(self) -> list[Alert]:
         """Close every open event (at shutdown): nothing accepted is left behind."""

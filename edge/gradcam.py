@@ -42,9 +42,10 @@ label's reference: both are logit evidence per feature cell.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -82,8 +83,7 @@ def load_head(path: str | Path, n_outputs: int | None = None) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ModelError(f"{path}: not a valid Grad-CAM head file (spec is not an object)")
     if spec.get("format") != HEAD_FORMAT:
-        raise ModelError(f"{path}: head format {spec.get('format')!r} is not supported "
-                         f"(expected {HEAD_FORMAT})")
+        raise ModelError(f"{path}: head format {spec.get('format')!r} is not supported (expected {HEAD_FORMAT})")
     head = {"spec": spec, **arrays}
     _check_head(path, head, n_outputs)
     return head
@@ -95,13 +95,21 @@ def _check_head(path: str | Path, head: dict[str, Any], n_outputs: int | None) -
         n = int(spec["n_outputs"])
         shape = tuple(int(v) for v in spec["feature_shape"])
         steps = spec["steps"]
-        ok = (n > 0 and len(shape) == 3 and min(shape) > 0 and int(np.prod(shape)) <= _MAX_FEATURE_CELLS
-              and isinstance(steps, list) and all(isinstance(st, dict) for st in steps))
+        ok = (
+            n > 0
+            and len(shape) == 3
+            and min(shape) > 0
+            and int(np.prod(shape)) <= _MAX_FEATURE_CELLS
+            and isinstance(steps, list)
+            and all(isinstance(st, dict) for st in steps)
+        )
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
-        raise ModelError(f"{path}: not a valid Grad-CAM head file (spec needs n_outputs, feature_shape "
-                         "[h, w, c] and a list of steps)")
+        raise ModelError(
+            f"{path}: not a valid Grad-CAM head file (spec needs n_outputs, feature_shape "
+            "[h, w, c] and a list of steps)"
+        )
     if n_outputs is not None and n != n_outputs:
         raise ModelError(f"{path}: the head has {n} outputs but the manifest lists {n_outputs} labels")
     try:
@@ -109,8 +117,11 @@ def _check_head(path: str | Path, head: dict[str, Any], n_outputs: int | None) -
         with np.errstate(all="ignore"):
             logits, inputs = head_forward(feats, head)
             grads = [head_gradient(feats, head, k, inputs) for k in range(n)]
-        usable = logits.shape == (n,) and np.isfinite(logits).all() and all(
-            g.shape == shape and np.isfinite(g).all() for g in grads)
+        usable = (
+            logits.shape == (n,)
+            and np.isfinite(logits).all()
+            and all(g.shape == shape and np.isfinite(g).all() for g in grads)
+        )
         why = "non-finite or misshapen outputs"
     except ModelError as e:
         usable, why = False, str(e)
@@ -136,14 +147,14 @@ def _step_forward(step: Mapping[str, Any], x: np.ndarray, head: Mapping[str, Any
         (kh, kw), (sh, sw) = step["pool"], step["strides"]
         oh, ow = _windows(x.shape[0], kh, sh), _windows(x.shape[1], kw, sw)
         if (kh, kw) == (sh, sw):  # non-overlapping windows: one reshape
-            blocks = x[:oh * kh, :ow * kw].reshape(oh, kh, ow, kw, x.shape[2])
+            blocks = x[: oh * kh, : ow * kw].reshape(oh, kh, ow, kw, x.shape[2])
             red = blocks.mean(axis=(1, 3)) if kind == "avg_pool" else blocks.max(axis=(1, 3))
             return red.astype(x.dtype)
         out = np.empty((oh, ow, x.shape[2]), x.dtype)
         red = np.mean if kind == "avg_pool" else np.max
         for i in range(oh):
             for j in range(ow):
-                out[i, j] = red(x[i * sh:i * sh + kh, j * sw:j * sw + kw], axis=(0, 1))
+                out[i, j] = red(x[i * sh : i * sh + kh, j * sw : j * sw + kw], axis=(0, 1))
         return out
     if kind == "global_avg_pool":
         return x.mean(axis=(0, 1), keepdims=bool(step.get("keepdims")))
@@ -168,8 +179,7 @@ def _relu(x: np.ndarray, step: Mapping[str, Any]) -> np.ndarray:
     return y.astype(x.dtype, copy=False)
 
 
-def _step_backward(step: Mapping[str, Any], x: np.ndarray, g: np.ndarray,
-                   head: Mapping[str, Any]) -> np.ndarray:
+def _step_backward(step: Mapping[str, Any], x: np.ndarray, g: np.ndarray, head: Mapping[str, Any]) -> np.ndarray:
     """Gradient w.r.t. the step's input ``x`` given the gradient ``g`` w.r.t. its output."""
     kind = step["kind"]
     if kind == "identity":
@@ -188,11 +198,11 @@ def _step_backward(step: Mapping[str, Any], x: np.ndarray, g: np.ndarray,
         share = g / float(kh * kw)
         if (kh, kw) == (sh, sw):  # non-overlapping windows (the seed's AveragePooling2D(4)): no loop
             oh, ow = g.shape[:2]
-            gi[:oh * kh, :ow * kw] = np.repeat(np.repeat(share, kh, axis=0), kw, axis=1)
+            gi[: oh * kh, : ow * kw] = np.repeat(np.repeat(share, kh, axis=0), kw, axis=1)
             return gi
         for i in range(g.shape[0]):
             for j in range(g.shape[1]):
-                gi[i * sh:i * sh + kh, j * sw:j * sw + kw] += share[i, j]
+                gi[i * sh : i * sh + kh, j * sw : j * sw + kw] += share[i, j]
         return gi
     if kind == "max_pool":
         (kh, kw), (sh, sw) = step["pool"], step["strides"]
@@ -200,7 +210,7 @@ def _step_backward(step: Mapping[str, Any], x: np.ndarray, g: np.ndarray,
         c = x.shape[2]
         for i in range(g.shape[0]):
             for j in range(g.shape[1]):
-                win = x[i * sh:i * sh + kh, j * sw:j * sw + kw].reshape(-1, c)
+                win = x[i * sh : i * sh + kh, j * sw : j * sw + kw].reshape(-1, c)
                 a = win.argmax(axis=0)
                 di, dj = np.divmod(a, kw)
                 gi[i * sh + di, j * sw + dj, np.arange(c)] += g[i, j]
@@ -400,12 +410,13 @@ class Explainer:
         from .classify import open_interpreter
 
         if not gc:
-            raise ModelError(f"{self.bundle.root}: manifest has no 'gradcam' section "
-                             f"(bundle without explainer)")
+            raise ModelError(f"{self.bundle.root}: manifest has no 'gradcam' section (bundle without explainer)")
         if not gc.get("explainer") or not gc.get("head"):
-            raise ModelError(f"{self.bundle.root}: this bundle has no LiteRT Grad-CAM explainer "
-                             f"({gc.get('litert') or 'not exported'}); explain it on a workstation with "
-                             "python -m convert heatmaps --method tf, or set heatmaps.enabled: false")
+            raise ModelError(
+                f"{self.bundle.root}: this bundle has no LiteRT Grad-CAM explainer "
+                f"({gc.get('litert') or 'not exported'}); explain it on a workstation with "
+                "python -m convert heatmaps --method tf, or set heatmaps.enabled: false"
+            )
         self.layer = str(gc.get("layer", "?"))
         self.head = load_head(self.bundle.path(gc.get("head", "head")), len(self.labels))
         epath = self.bundle.path(gc.get("explainer", "explainer"))
@@ -454,8 +465,9 @@ class Explainer:
                 if inputs is None:
                     _, inputs = head_forward(feat, self.head)
                 cam, peak = gradcam_map(feat, sign * head_gradient(feat, self.head, k, inputs))
-            out[lab] = Heatmap(lab, resize_cam(cam, h, w), peak, float(pred[k]),
-                               strength(peak, self.peak_ref.get(lab)), sign)
+            out[lab] = Heatmap(
+                lab, resize_cam(cam, h, w), peak, float(pred[k]), strength(peak, self.peak_ref.get(lab)), sign
+            )
         if not self._calibrated:  # no bundle reference: the strongest map seen so far per label
             for lab, hm in out.items():
                 if np.isfinite(hm.peak) and hm.peak > (self.peak_ref.get(lab) or 0.0):

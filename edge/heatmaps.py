@@ -44,9 +44,10 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -55,8 +56,7 @@ from .errors import SeamQCError
 from .statelock import StateLock, StateLockedError, lock_dir
 
 log = logging.getLogger("seamqc.heatmaps")
-LOCK_HINT = ("two daemons must not share one heatmaps.dir (each would delete the other's heatmaps): "
-             "give each its own")
+LOCK_HINT = "two daemons must not share one heatmaps.dir (each would delete the other's heatmaps): give each its own"
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 SUFFIXES = (".png", ".overlay.jpg", ".jet.jpg", ".json")
@@ -76,8 +76,12 @@ def paths_for(root: Path, event_id: str) -> dict[str, Path]:
     """The four files of one event, guaranteed inside ``root``."""
     stem = safe_name(event_id)
     root = Path(root).resolve()
-    out = {"frame": root / f"{stem}.png", "overlay": root / f"{stem}.overlay.jpg",
-           "jet": root / f"{stem}.jet.jpg", "sidecar": root / f"{stem}.json"}
+    out = {
+        "frame": root / f"{stem}.png",
+        "overlay": root / f"{stem}.overlay.jpg",
+        "jet": root / f"{stem}.jet.jpg",
+        "sidecar": root / f"{stem}.json",
+    }
     for p in out.values():
         if p.parent != root:  # belt and braces: sanitising already forbids separators
             raise ValueError(f"heatmap path {p} escapes {root}")
@@ -223,26 +227,39 @@ def _lower_thread_priority(increment: int) -> bool:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
         return True
     except OSError as e:  # e.g. EPERM from a seccomp filter that denies @resources
-        log.warning("heatmaps: cannot lower the worker's priority (setpriority: %s); heatmaps compete with "
-                    "capture and classification for the CPU (allow setpriority in the service's "
-                    "SystemCallFilter)", e.strerror or e)
+        log.warning(
+            "heatmaps: cannot lower the worker's priority (setpriority: %s); heatmaps compete with "
+            "capture and classification for the CPU (allow setpriority in the service's "
+            "SystemCallFilter)",
+            e.strerror or e,
+        )
         return False
 
 
 class HeatmapWorker(threading.Thread):
     """Background Grad-CAM writer with a bounded queue (see module doc)."""
 
-    def __init__(self, root: Path, stop: threading.Event, *, max_mb: float = 2048.0, queue_size: int = 8,
-                 explainer_factory: Callable[[], Any], overlay_labels: Callable, overlay_jet: Callable,
-                 labels_all: tuple[str, ...] = (), labels_only_flagged: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        stop: threading.Event,
+        *,
+        max_mb: float = 2048.0,
+        queue_size: int = 8,
+        explainer_factory: Callable[[], Any],
+        overlay_labels: Callable,
+        overlay_jet: Callable,
+        labels_all: tuple[str, ...] = (),
+        labels_only_flagged: bool = True,
+    ) -> None:
         super().__init__(name="heatmaps", daemon=True)
         self.root = Path(root)
         self.stop_event = stop
-        self.q: "queue.Queue[HeatmapJob]" = queue.Queue(maxsize=queue_size)
+        self.q: queue.Queue[HeatmapJob] = queue.Queue(maxsize=queue_size)
         self.factory = explainer_factory
         self.overlay_labels = overlay_labels
         self.overlay_jet = overlay_jet
-        self.labels_all = tuple(l for l in labels_all if l != "good")
+        self.labels_all = tuple(name for name in labels_all if name != "good")
         self.only_flagged = labels_only_flagged
         # scanned in the worker thread (run): reading the sidecars of earlier runs must not delay start-up
         self.retention = Retention(self.root, int(max_mb * 1024 * 1024), scan=False)
@@ -289,8 +306,9 @@ class HeatmapWorker(threading.Thread):
             self._fail(str(e))
             return False
 
-    def submit(self, event_id: str, frame: int, ts: str, labels: tuple[str, ...], scores: dict[str, float],
-               image: np.ndarray) -> str | None:
+    def submit(
+        self, event_id: str, frame: int, ts: str, labels: tuple[str, ...], scores: dict[str, float], image: np.ndarray
+    ) -> str | None:
         """Queue a heatmap (never blocks); returns the overlay path it will have, or None if dropped."""
         if self._closed.is_set():
             self.dropped += 1
@@ -310,8 +328,10 @@ class HeatmapWorker(threading.Thread):
             self.dropped += 1
             if not self._full_logged:
                 self._full_logged = True
-                log.warning("heatmaps: worker is behind (queue of %d full): heatmaps are dropped and "
-                            "counted; alerts are not", self.q.maxsize)
+                log.warning(
+                    "heatmaps: worker is behind (queue of %d full): heatmaps are dropped and counted; alerts are not",
+                    self.q.maxsize,
+                )
             return None
         if caught_up:  # one line per backlog: a job slipping in while still behind does not end it
             self._full_logged = False
@@ -406,7 +426,10 @@ class HeatmapWorker(threading.Thread):
         nbytes += _write_image(paths["jet"], jet, [cv2.IMWRITE_JPEG_QUALITY, 90])
         side = {
             "kind": SIDECAR_KIND,
-            "event_id": job.event_id, "frame": job.frame, "ts": job.ts, "labels": list(job.labels),
+            "event_id": job.event_id,
+            "frame": job.frame,
+            "ts": job.ts,
+            "labels": list(job.labels),
             "scores": job.scores,
             "peaks": {lab: float(getattr(h, "peak", 0.0)) for lab, h in maps.items()},
             "jet_label": best,

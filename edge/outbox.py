@@ -44,8 +44,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _OWN_TABLES = frozenset({"outbox", "meta", "sqlite_sequence"})
 SQLITE_HEADER = b"SQLite format 3\x00"
-LOCK_HINT = ("two daemons must not share one outbox (each would deliver every queued alert): give each "
-             "daemon its own outbox path")
+LOCK_HINT = (
+    "two daemons must not share one outbox (each would deliver every queued alert): give each "
+    "daemon its own outbox path"
+)
 
 
 class OutboxError(SeamQCError):
@@ -80,16 +82,18 @@ class Outbox:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise OutboxError(f"outbox {self.path}: cannot create directory {self.path.parent}: "
-                              f"{e.strerror or e}") from e
+            raise OutboxError(
+                f"outbox {self.path}: cannot create directory {self.path.parent}: {e.strerror or e}"
+            ) from e
         self._validate()  # before anything is written: a device or a foreign file stays untouched
         if lock:
             lock_path = self.path.with_name(self.path.name + ".lock")
             try:
                 self._state_lock = lock_file(lock_path, f"outbox {self.path}", LOCK_HINT)
             except OSError as e:
-                raise OutboxError(f"outbox {self.path}: cannot open the lock file {lock_path}: "
-                                  f"{e.strerror or e}") from e
+                raise OutboxError(
+                    f"outbox {self.path}: cannot open the lock file {lock_path}: {e.strerror or e}"
+                ) from e
         try:
             self._open(max_bytes)
         except BaseException:
@@ -106,14 +110,26 @@ class Outbox:
         except OSError as e:
             raise OutboxError(f"outbox {self.path}: cannot access: {e.strerror or e}") from e
         if stat.S_ISDIR(st.st_mode):
-            raise OutboxError(f"outbox {self.path}: is a directory; the outbox must be a file path "
-                              f"(e.g. {self.path / 'outbox.sqlite'})")
+            raise OutboxError(
+                f"outbox {self.path}: is a directory; the outbox must be a file path "
+                f"(e.g. {self.path / 'outbox.sqlite'})"
+            )
         if not stat.S_ISREG(st.st_mode):
-            kind = ("a character device" if stat.S_ISCHR(st.st_mode) else "a block device"
-                    if stat.S_ISBLK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else
-                    "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-            raise OutboxError(f"outbox {self.path}: is {kind}, not a database file; left untouched: "
-                              "set outbox to a file path of its own")
+            kind = (
+                "a character device"
+                if stat.S_ISCHR(st.st_mode)
+                else "a block device"
+                if stat.S_ISBLK(st.st_mode)
+                else "a FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "a socket"
+                if stat.S_ISSOCK(st.st_mode)
+                else "not a regular file"
+            )
+            raise OutboxError(
+                f"outbox {self.path}: is {kind}, not a database file; left untouched: "
+                "set outbox to a file path of its own"
+            )
         if st.st_size == 0:
             return True  # an empty file (e.g. made with `install -m 0600 /dev/null`): SQLite initialises it
         try:
@@ -122,8 +138,10 @@ class Outbox:
         except OSError as e:
             raise OutboxError(f"outbox {self.path}: cannot read: {e.strerror or e}") from e
         if head != SQLITE_HEADER:
-            raise OutboxError(f"outbox {self.path}: not a database (no SQLite header); left untouched: "
-                              "move it aside or set outbox to another path")
+            raise OutboxError(
+                f"outbox {self.path}: not a database (no SQLite header); left untouched: "
+                "move it aside or set outbox to another path"
+            )
         return True
 
     def _create(self) -> None:
@@ -133,8 +151,9 @@ class Outbox:
         except FileExistsError:
             # created meanwhile: not ours, checked like any other; or a dangling link (SQLite would follow it)
             if not self._validate():
-                raise OutboxError(f"outbox {self.path}: is a symbolic link to a missing file; set outbox to "
-                                  "the real path") from None
+                raise OutboxError(
+                    f"outbox {self.path}: is a symbolic link to a missing file; set outbox to the real path"
+                ) from None
             return
         except OSError as e:
             raise OutboxError(f"outbox {self.path}: cannot create: {e.strerror or e}") from e
@@ -147,8 +166,7 @@ class Outbox:
         if not self._validate():  # again, under the lock
             self._create()
         try:
-            conn = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             raise OutboxError(f"outbox {self.path}: cannot open: {e}") from e
         self._conn = conn
@@ -156,17 +174,22 @@ class Outbox:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if tables - _OWN_TABLES:
                 foreign = ", ".join(sorted(tables - _OWN_TABLES))
-                raise OutboxError(f"outbox {self.path}: a SQLite database of something else (tables: "
-                                  f"{foreign}); left untouched: set outbox to a file of its own")
+                raise OutboxError(
+                    f"outbox {self.path}: a SQLite database of something else (tables: "
+                    f"{foreign}); left untouched: set outbox to a file of its own"
+                )
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise OutboxError(f"outbox {self.path}: cannot enable WAL journal (got {mode!r}); "
-                                  "is the directory writable and on a local file system?")
+                raise OutboxError(
+                    f"outbox {self.path}: cannot enable WAL journal (got {mode!r}); "
+                    "is the directory writable and on a local file system?"
+                )
             conn.execute("PRAGMA synchronous=FULL")
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise OutboxError(f"outbox {self.path}: database is corrupt ({check}); "
-                                  "move it aside to start with an empty outbox")
+                raise OutboxError(
+                    f"outbox {self.path}: database is corrupt ({check}); move it aside to start with an empty outbox"
+                )
             conn.executescript(_SCHEMA)
             if max_bytes is not None:
                 page = conn.execute("PRAGMA page_size").fetchone()[0]
@@ -215,7 +238,8 @@ class Outbox:
             try:
                 self._db().execute(
                     "INSERT OR IGNORE INTO outbox(event_id, topic, payload, created) VALUES(?, ?, ?, ?)",
-                    (str(event_id), topic, sqlite3.Binary(data), time.time()))
+                    (str(event_id), topic, sqlite3.Binary(data), time.time()),
+                )
             except sqlite3.Error as e:
                 raise self._error(f"cannot store event {event_id}", e) from e
 
@@ -291,7 +315,7 @@ class Outbox:
             self._close_quietly()
             self._release_state_lock()
 
-    def __enter__(self) -> "Outbox":
+    def __enter__(self) -> Outbox:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,7 +7,7 @@ reference peak) so that a weak map does not look alarming (``edge.gradcam`` modu
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -23,16 +23,16 @@ LABEL_COLORS: dict[str, tuple[int, int, int]] = {
 }
 # Distinct colours for other labels (multiclass models, "good"), in the models' label order.
 PALETTE: tuple[tuple[int, int, int], ...] = (
-    (0, 215, 255),   # gold
-    (255, 0, 255),   # magenta
-    (255, 255, 0),   # cyan
-    (0, 128, 255),   # orange
-    (180, 105, 255), # pink
-    (128, 0, 128),   # purple
-    (0, 255, 128),   # lime
-    (255, 128, 0),   # azure
-    (128, 128, 0),   # teal
-    (60, 20, 220),   # crimson
+    (0, 215, 255),  # gold
+    (255, 0, 255),  # magenta
+    (255, 255, 0),  # cyan
+    (0, 128, 255),  # orange
+    (180, 105, 255),  # pink
+    (128, 0, 128),  # purple
+    (0, 255, 128),  # lime
+    (255, 128, 0),  # azure
+    (128, 128, 0),  # teal
+    (60, 20, 220),  # crimson
 )
 
 
@@ -74,8 +74,9 @@ def overlay_labels(
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def overlay_jet(frame_bgr: np.ndarray, cam: np.ndarray | Heatmap, alpha: float = 0.5,
-                strength: float | None = None) -> np.ndarray:
+def overlay_jet(
+    frame_bgr: np.ndarray, cam: np.ndarray | Heatmap, alpha: float = 0.5, strength: float | None = None
+) -> np.ndarray:
     """The classic Grad-CAM picture: JET colour map blended over the frame (``cv2.addWeighted``).
 
     ``cam`` is a map or a ``Heatmap`` (whose ``strength`` is then used). ``strength`` (0..1)
@@ -90,4 +91,3 @@ def overlay_jet(frame_bgr: np.ndarray, cam: np.ndarray | Heatmap, alpha: float =
     a = float(np.clip(alpha * (1.0 if strength is None else strength), 0.0, 1.0))
     frame = frame_bgr if frame_bgr.ndim == 3 else cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
     return cv2.addWeighted(heat, a, frame, 1.0 - a, 0.0)
-

@@ -10,7 +10,7 @@ line, and also cancels global brightness/contrast changes of the lighting.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

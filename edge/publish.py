@@ -32,10 +32,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
@@ -55,7 +56,7 @@ class Topics:
     stats: str
 
 
-def resolve_problem(cfg: "MqttConfig") -> str | None:
+def resolve_problem(cfg: MqttConfig) -> str | None:
     """Why ``mqtt.host`` cannot be resolved right now, or None when it can (or MQTT is off).
 
     ``--check-config`` treats a problem as a config error (a typo is the likely cause); the
@@ -85,8 +86,7 @@ def topics(prefix: str, station: str) -> Topics:
     """The three topics of a station: ``<prefix>/<station>/status|alert|stats``."""
     for name, value in (("mqtt.prefix", prefix), ("station", station)):
         if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
-            raise ConfigError(f"{name}: {value!r} is not a valid MQTT topic part "
-                              "(no '+', '#', empty or edge '/')")
+            raise ConfigError(f"{name}: {value!r} is not a valid MQTT topic part (no '+', '#', empty or edge '/')")
     if "/" in station:
         raise ConfigError(f"station: {station!r} must not contain '/'")
     base = f"{prefix}/{station}"
@@ -162,7 +162,7 @@ def shrink_alert(payload: bytes, fits: Callable[[bytes], bool]) -> tuple[bytes, 
     return None
 
 
-def read_password(cfg: "MqttConfig") -> str | None:
+def read_password(cfg: MqttConfig) -> str | None:
     """The broker password from ``mqtt.password_file`` or ``$CREDENTIALS_DIRECTORY/mqtt-password``.
 
     Only a trailing newline is stripped (``echo secret > file``). Never logged.
@@ -178,8 +178,7 @@ def read_password(cfg: "MqttConfig") -> str | None:
     if path is None:
         return None
     if not cfg.username:
-        raise ConfigError(f"{key}: {path} is set but mqtt.username is not "
-                          "(MQTT needs a user name with a password)")
+        raise ConfigError(f"{key}: {path} is set but mqtt.username is not (MQTT needs a user name with a password)")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -227,7 +226,7 @@ class Publisher:
     With ``cfg.enabled`` false the publisher is an outbox-only sink.
     """
 
-    def __init__(self, cfg: "MqttConfig", station: str, outbox: Outbox, log: logging.Logger | None = None):
+    def __init__(self, cfg: MqttConfig, station: str, outbox: Outbox, log: logging.Logger | None = None):
         self.cfg = cfg
         self.station = station
         self.topics = topics(cfg.prefix, station)
@@ -239,29 +238,29 @@ class Publisher:
         self._redact: RedactFilter | None = None
         # state shared with paho's thread (plain attributes: single assignments are atomic)
         self._connected = False
-        self._ready = False           # connected and `online` acked: the sender may publish alerts
+        self._ready = False  # connected and `online` acked: the sender may publish alerts
         self._online_mid: int | None = None
         self._last_logged: tuple | None = None
-        self._last_error: str | None = None   # paho's last error/warning log line (the reason text)
-        self._refused = False                 # the last CONNACK was a refusal
+        self._last_error: str | None = None  # paho's last error/warning log line (the reason text)
+        self._refused = False  # the last CONNACK was a refusal
         # sender-thread state
         self._acks: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._idle = threading.Condition()
-        self._inflight: dict[int, str] = {}   # mid -> event_id handed to paho, not acked yet
+        self._inflight: dict[int, str] = {}  # mid -> event_id handed to paho, not acked yet
         self._inflight_ev: set[str] = set()
-        self._cursor = 0                      # highest outbox seq handed to paho since the last (re)connect
-        self._rejected: set[str] = set()      # event ids the broker refused (kept in the outbox)
-        self._retry_at = 0.0                  # monotonic time to offer refused alerts again
-        self.refused = 0                      # PUBACKs with a failure reason code (stats)
-        self._refusing: str | None = None     # the reason while the broker refuses alerts
-        self._max_packet: int | None = None   # the broker's MaximumPacketSize (MQTT 5 CONNACK)
-        self._oversize: set[str] = set()      # alerts over it even trimmed (kept in the outbox)
-        self._said: set[tuple] = set()        # (what, limit) already logged
-        self._drained = False                 # sender found nothing more to send
+        self._cursor = 0  # highest outbox seq handed to paho since the last (re)connect
+        self._rejected: set[str] = set()  # event ids the broker refused (kept in the outbox)
+        self._retry_at = 0.0  # monotonic time to offer refused alerts again
+        self.refused = 0  # PUBACKs with a failure reason code (stats)
+        self._refusing: str | None = None  # the reason while the broker refuses alerts
+        self._max_packet: int | None = None  # the broker's MaximumPacketSize (MQTT 5 CONNACK)
+        self._oversize: set[str] = set()  # alerts over it even trimmed (kept in the outbox)
+        self._said: set[tuple] = set()  # (what, limit) already logged
+        self._drained = False  # sender found nothing more to send
         self._sender: threading.Thread | None = None
-        self._stop = False            # no more pumping (stop() in progress)
-        self._stop_sender = False     # sender thread exits
+        self._stop = False  # no more pumping (stop() in progress)
+        self._stop_sender = False  # sender thread exits
         self._failure: BaseException | None = None
         self.delivered = 0
         if self.enabled:
@@ -290,11 +289,11 @@ class Publisher:
         self.client_id = cfg.client_id or f"seamqc-{self.station}"
         self.v5 = str(getattr(cfg, "protocol", "5")) == "5"
         if self.v5:  # a clean start on every connect (below), as clean_session=True does for 3.1.1
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                 protocol=mqtt.MQTTv5)
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         else:
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                 clean_session=True, protocol=mqtt.MQTTv311)
+            client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True, protocol=mqtt.MQTTv311
+            )
         if tls is not None:
             try:
                 client.tls_set(ca_certs=ca, certfile=cert, keyfile=key, cert_reqs=ssl.CERT_REQUIRED)
@@ -323,23 +322,29 @@ class Publisher:
         client.on_publish = self._on_publish
         self._client = client
 
-    def start(self) -> "Publisher":
+    def start(self) -> Publisher:
         """Connect in the background and start the sender; returns at once."""
         if not self.enabled:
-            self.log.info("MQTT disabled: alerts are kept in the outbox %s (%d pending)",
-                          self.outbox.path, self.outbox.depth())
+            self.log.info(
+                "MQTT disabled: alerts are kept in the outbox %s (%d pending)", self.outbox.path, self.outbox.depth()
+            )
             return self
         if self._sender is not None:
             return self
         self._stop = self._stop_sender = False
         self._sender = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
         self._sender.start()
-        self.log.info("MQTT %s connecting to %s:%d%s as %s (outbox: %d pending)", "5" if self.v5 else "3.1.1",
-                      self.cfg.host, self.cfg.port, " (TLS)" if self.cfg.tls else "", self.client_id,
-                      self.outbox.depth())
+        self.log.info(
+            "MQTT %s connecting to %s:%d%s as %s (outbox: %d pending)",
+            "5" if self.v5 else "3.1.1",
+            self.cfg.host,
+            self.cfg.port,
+            " (TLS)" if self.cfg.tls else "",
+            self.client_id,
+            self.outbox.depth(),
+        )
         if self.v5:
-            self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive,
-                                       clean_start=True)
+            self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, clean_start=True)
         else:
             self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         self._client.loop_start()
@@ -360,16 +365,23 @@ class Publisher:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._refused = True  # the broker closes the socket next: that disconnect is not news
-            self._log_state(logging.ERROR, ("refused", str(reason_code)),
-                            "MQTT connection to %s:%d refused: %s%s (retrying; alerts kept in the outbox)",
-                            self.cfg.host, self.cfg.port, reason_code, connack_hint(reason_code, self.v5))
+            self._log_state(
+                logging.ERROR,
+                ("refused", str(reason_code)),
+                "MQTT connection to %s:%d refused: %s%s (retrying; alerts kept in the outbox)",
+                self.cfg.host,
+                self.cfg.port,
+                reason_code,
+                connack_hint(reason_code, self.v5),
+            )
             return
         limit = getattr(properties, "MaximumPacketSize", None) if self.v5 else None
         self._max_packet = int(limit) if isinstance(limit, int) and limit > 0 else None
         self._connected = True
         self._last_error = None
-        self._log_state(logging.INFO, ("connected",), "MQTT connected to %s:%d (%s)",
-                        self.cfg.host, self.cfg.port, reason_code)
+        self._log_state(
+            logging.INFO, ("connected",), "MQTT connected to %s:%d (%s)", self.cfg.host, self.cfg.port, reason_code
+        )
         # Published from inside on_connect so it goes out before anything else of this session.
         info = client.publish(self.topics.status, "online", qos=1, retain=True)
         if info.rc == mqtt.MQTT_ERR_SUCCESS:
@@ -382,10 +394,16 @@ class Publisher:
     def _on_connect_fail(self, client, userdata) -> None:
         exc = sys.exc_info()[1]  # paho calls us from inside its `except OSError` block
         reason = f"{type(exc).__name__}: {exc}" if exc else "connection failed"
-        self._log_state(logging.WARNING, ("unreachable", reason),
-                        "MQTT broker %s:%d unreachable: %s (retrying with backoff %g..%g s; "
-                        "alerts kept in the outbox)", self.cfg.host, self.cfg.port, reason,
-                        self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        self._log_state(
+            logging.WARNING,
+            ("unreachable", reason),
+            "MQTT broker %s:%d unreachable: %s (retrying with backoff %g..%g s; alerts kept in the outbox)",
+            self.cfg.host,
+            self.cfg.port,
+            reason,
+            self.cfg.reconnect_min_s,
+            self.cfg.reconnect_max_s,
+        )
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected
@@ -395,15 +413,26 @@ class Publisher:
         if self._stop:
             self._log_state(logging.INFO, ("stopped",), "MQTT disconnected (clean stop)")
         elif was:
-            self._log_state(logging.WARNING, ("disconnected", str(reason_code)),
-                            "MQTT disconnected from %s:%d: %s (reconnecting; alerts kept in the outbox)",
-                            self.cfg.host, self.cfg.port, self._last_error or reason_code)
+            self._log_state(
+                logging.WARNING,
+                ("disconnected", str(reason_code)),
+                "MQTT disconnected from %s:%d: %s (reconnecting; alerts kept in the outbox)",
+                self.cfg.host,
+                self.cfg.port,
+                self._last_error or reason_code,
+            )
         elif not self._refused:  # dropped before CONNACK, e.g. a TLS 1.3 client-certificate alert
             reason = self._last_error or str(reason_code)
-            self._log_state(logging.WARNING, ("failed", reason),
-                            "MQTT connection to %s:%d failed: %s (retrying with backoff %g..%g s; "
-                            "alerts kept in the outbox)", self.cfg.host, self.cfg.port, reason,
-                            self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+            self._log_state(
+                logging.WARNING,
+                ("failed", reason),
+                "MQTT connection to %s:%d failed: %s (retrying with backoff %g..%g s; alerts kept in the outbox)",
+                self.cfg.host,
+                self.cfg.port,
+                reason,
+                self.cfg.reconnect_min_s,
+                self.cfg.reconnect_max_s,
+            )
         self._last_error = None
         self._refused = False
         self._wake.set()
@@ -462,10 +491,16 @@ class Publisher:
                     self._retry_at = time.monotonic() + self.cfg.reconnect_max_s
                 if self._refusing != str(rc):
                     self._refusing = str(rc)
-                    self.log.error("MQTT broker refused alert %s on %s: %s (check the broker's ACL/quota for "
-                                   "client %s); refused alerts stay in the outbox and are offered again "
-                                   "every %g s (logged once)", ev, self.topics.alert, rc, self.client_id,
-                                   self.cfg.reconnect_max_s)
+                    self.log.error(
+                        "MQTT broker refused alert %s on %s: %s (check the broker's ACL/quota for "
+                        "client %s); refused alerts stay in the outbox and are offered again "
+                        "every %g s (logged once)",
+                        ev,
+                        self.topics.alert,
+                        rc,
+                        self.client_id,
+                        self.cfg.reconnect_max_s,
+                    )
                 continue
             self._rejected.discard(ev)
             done.append(ev)
@@ -525,14 +560,27 @@ class Publisher:
         small = shrink_alert(it.payload, lambda b: publish_size(it.topic, b, 1, self.v5) <= limit)
         if small is not None:
             self._oversize.discard(it.event_id)
-            self._once(("trimmed", limit), "MQTT alert %s is %d bytes, over the broker's maximum packet size "
-                       "of %d: sent without %s (\"trimmed\": true; logged once)", it.event_id,
-                       len(it.payload), limit, ", ".join(small[1]))
+            self._once(
+                ("trimmed", limit),
+                "MQTT alert %s is %d bytes, over the broker's maximum packet size "
+                'of %d: sent without %s ("trimmed": true; logged once)',
+                it.event_id,
+                len(it.payload),
+                limit,
+                ", ".join(small[1]),
+            )
             return small[0]
         self._oversize.add(it.event_id)
-        self._once(("oversize", limit), "MQTT alert %s is %d bytes, over the broker's maximum packet size of "
-                   "%d even trimmed: not sent, kept in the outbox %s (counted in stats as mqtt_oversize); "
-                   "later alerts go on (logged once)", it.event_id, len(it.payload), limit, self.outbox.path)
+        self._once(
+            ("oversize", limit),
+            "MQTT alert %s is %d bytes, over the broker's maximum packet size of "
+            "%d even trimmed: not sent, kept in the outbox %s (counted in stats as mqtt_oversize); "
+            "later alerts go on (logged once)",
+            it.event_id,
+            len(it.payload),
+            limit,
+            self.outbox.path,
+        )
         return None
 
     def _update_idle(self) -> None:
@@ -577,8 +625,11 @@ class Publisher:
         Raises ``OutboxError`` when it cannot be stored (the daemon must stop loudly).
         """
         if self._failure is not None:
-            raise OutboxError(f"MQTT sender stopped: {self._failure}") if not isinstance(
-                self._failure, OutboxError) else self._failure
+            raise (
+                OutboxError(f"MQTT sender stopped: {self._failure}")
+                if not isinstance(self._failure, OutboxError)
+                else self._failure
+            )
         body = dict(payload)
         event_id = str(body.get("event_id") or uuid.uuid4().hex)
         body["event_id"] = event_id
@@ -596,8 +647,12 @@ class Publisher:
         data, limit = encode(payload), self._max_packet
         if limit is not None and publish_size(self.topics.stats, data, 0, self.v5) > limit:
             # over the limit the broker would drop the connection (and the alerts in flight with it)
-            self._once(("stats", limit), "MQTT stats are %d bytes, over the broker's maximum packet size of "
-                       "%d: not published (logged once)", len(data), limit)
+            self._once(
+                ("stats", limit),
+                "MQTT stats are %d bytes, over the broker's maximum packet size of %d: not published (logged once)",
+                len(data),
+                limit,
+            )
             return False
         info = self._client.publish(self.topics.stats, data, qos=0, retain=True)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
@@ -668,5 +723,4 @@ class Publisher:
             self.log.error("%s", e)
 
     def __repr__(self) -> str:
-        return (f"Publisher({self.cfg.host}:{self.cfg.port}, station={self.station!r}, "
-                f"connected={self._connected})")
+        return f"Publisher({self.cfg.host}:{self.cfg.port}, station={self.station!r}, connected={self._connected})"

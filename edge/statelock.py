@@ -93,8 +93,7 @@ def lock_file(lock_path: str | os.PathLike, what: str, hint: str) -> StateLock:
             except (OSError, ValueError, IndexError):
                 pid = _holder_from_proc_locks(fd)
             who = f"pid {pid}" if pid else "a process whose pid is unknown"
-            raise StateLockedError(f"{what}: in use by another seam-qc daemon ({who}, lock file {path}); "
-                                   f"{hint}")
+            raise StateLockedError(f"{what}: in use by another seam-qc daemon ({who}, lock file {path}); {hint}")
         data = f"{os.getpid()}\n".encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, data, 0)

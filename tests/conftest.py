@@ -34,4 +34,5 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(
             f"fuzz: {counts['config']} config cases, {counts['manifest']} manifest cases in-process, "
             f"{counts['subprocess']} as real processes ({counts['seconds']:.0f} s); (check-config, run) exits: "
-            + ", ".join(f"{k}: {v}" for k, v in sorted(counts["exits"].items(), key=lambda kv: -kv[1])))
+            + ", ".join(f"{k}: {v}" for k, v in sorted(counts["exits"].items(), key=lambda kv: -kv[1]))
+        )

@@ -48,8 +48,19 @@ def tiny_keras(tmp_path_factory, tiny_dataset, tiny_valid) -> Path:
     from convert.train import train
 
     out = tmp_path_factory.mktemp("tiny_keras") / "tiny.keras"
-    train(str(tiny_dataset / "data.csv"), str(tiny_valid / "data.csv"), out, arch="resnet-int8", epochs=1,
-          size=TINY_SIZE, filters=TINY_FILTERS, batch=8, lr=3e-3, seed=0, verbose=0)
+    train(
+        str(tiny_dataset / "data.csv"),
+        str(tiny_valid / "data.csv"),
+        out,
+        arch="resnet-int8",
+        epochs=1,
+        size=TINY_SIZE,
+        filters=TINY_FILTERS,
+        batch=8,
+        lr=3e-3,
+        seed=0,
+        verbose=0,
+    )
     return out
 
 
@@ -65,6 +76,12 @@ def tiny_bundle(tmp_path_factory, tiny_dataset, tiny_keras, tiny_valid) -> Path:
     from convert.export import export_bundle
 
     out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
-    export_bundle(tiny_keras, calibration=str(tiny_dataset / "data.csv"), out=out,
-                  valid=str(tiny_valid / "data.csv"), name="tiny", min_int8_agreement=TINY_MIN_AGREEMENT)
+    export_bundle(
+        tiny_keras,
+        calibration=str(tiny_dataset / "data.csv"),
+        out=out,
+        valid=str(tiny_valid / "data.csv"),
+        name="tiny",
+        min_int8_agreement=TINY_MIN_AGREEMENT,
+    )
     return out

@@ -29,9 +29,9 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pytest
 
@@ -58,8 +58,14 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
 class Broker:
     """One Mosquitto process with a generated config; ``restart()`` keeps port and persistence."""
 
-    def __init__(self, workdir: Path, listener_lines: Iterable[str] = (), global_lines: Iterable[str] = (),
-                 anonymous: bool = True, port: int | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        listener_lines: Iterable[str] = (),
+        global_lines: Iterable[str] = (),
+        anonymous: bool = True,
+        port: int | None = None,
+    ):
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.dir = Path(workdir)
@@ -87,23 +93,24 @@ class Broker:
         self.conf.write_text("\n".join(lines) + "\n")
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self, timeout: float = 10.0) -> "Broker":
+    def start(self, timeout: float = 10.0) -> Broker:
         if self.running:
             return self
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}\n"
-                                   f"{self.log_text()[-2000:]}")
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}\n{self.log_text()[-2000:]}")
             if port_open(self.host, self.port):
                 return self
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"mosquitto did not accept connections on {self.port} within {timeout}s\n"
-                           f"{self.log_text()[-2000:]}")
+        raise RuntimeError(
+            f"mosquitto did not accept connections on {self.port} within {timeout}s\n{self.log_text()[-2000:]}"
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM: a clean shutdown that writes the persistence file."""
@@ -113,7 +120,7 @@ class Broker:
         """SIGKILL: a crash; nothing is flushed."""
         self._signal(signal.SIGKILL, 10.0)
 
-    def restart(self, timeout: float = 10.0) -> "Broker":
+    def restart(self, timeout: float = 10.0) -> Broker:
         self.stop()
         return self.start(timeout)
 
@@ -168,6 +175,7 @@ class Broker:
 
 # -- subscribers --------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Msg:
     topic: str
@@ -182,6 +190,7 @@ class Msg:
 
     def json(self):
         import json
+
         return json.loads(self.payload)
 
 
@@ -193,9 +202,18 @@ class MqttSubscriber:
     restart, before it reconnects) are queued by the broker and still delivered.
     """
 
-    def __init__(self, host: str, port: int, topic: str | Iterable[str] = "#", qos: int = 1,
-                 persistent: bool = False, client_id: str | None = None, tls: dict | None = None,
-                 username: str | None = None, password: str | None = None):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic: str | Iterable[str] = "#",
+        qos: int = 1,
+        persistent: bool = False,
+        client_id: str | None = None,
+        tls: dict | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ):
         import paho.mqtt.client as mqtt
 
         self.topics = [topic] if isinstance(topic, str) else list(topic)
@@ -203,9 +221,11 @@ class MqttSubscriber:
         self.messages: list[Msg] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or f"test-sub-{uuid.uuid4().hex[:8]}",
-                                  clean_session=not persistent)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"test-sub-{uuid.uuid4().hex[:8]}",
+            clean_session=not persistent,
+        )
         if tls:
             self.client.tls_set(**tls)
         if username:
@@ -226,21 +246,19 @@ class MqttSubscriber:
 
     def _on_message(self, client, userdata, msg):
         with self._cond:
-            self.messages.append(Msg(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain),
-                                     time.monotonic()))
+            self.messages.append(Msg(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), time.monotonic()))
             self._cond.notify_all()
 
-    def wait_subscribed(self, timeout: float = 10.0) -> "MqttSubscriber":
+    def wait_subscribed(self, timeout: float = 10.0) -> MqttSubscriber:
         if not self._subscribed.wait(timeout):
-            raise AssertionError("subscriber did not get SUBACK within %.1fs" % timeout)
+            raise AssertionError(f"subscriber did not get SUBACK within {timeout:.1f}s")
         return self
 
     def on(self, topic: str) -> list[Msg]:
         with self._cond:
             return [m for m in self.messages if m.topic == topic]
 
-    def wait_for(self, topic: str, predicate: Callable[[Msg], bool] = lambda m: True,
-                 timeout: float = 10.0) -> Msg:
+    def wait_for(self, topic: str, predicate: Callable[[Msg], bool] = lambda m: True, timeout: float = 10.0) -> Msg:
         """First message on ``topic`` (already received or arriving) for which ``predicate`` holds."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -251,12 +269,12 @@ class MqttSubscriber:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     seen = [(m.topic, m.payload[:80], m.retain) for m in self.messages[-10:]]
-                    raise AssertionError(f"no matching message on {topic!r} within {timeout}s; "
-                                         f"last seen: {seen}")
+                    raise AssertionError(f"no matching message on {topic!r} within {timeout}s; last seen: {seen}")
                 self._cond.wait(left)
 
-    def wait_count(self, topic: str, n: int, timeout: float = 10.0,
-                   predicate: Callable[[Msg], bool] = lambda m: True) -> list[Msg]:
+    def wait_count(
+        self, topic: str, n: int, timeout: float = 10.0, predicate: Callable[[Msg], bool] = lambda m: True
+    ) -> list[Msg]:
         """Wait until at least ``n`` matching messages arrived on ``topic``; returns them all."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -284,8 +302,9 @@ def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "con
         time.sleep(0.02)
 
 
-def mosquitto_sub(broker: Broker, topic: str, count: int = 1, timeout: int = 10,
-                  extra: Iterable[str] = ()) -> list[str]:
+def mosquitto_sub(
+    broker: Broker, topic: str, count: int = 1, timeout: int = 10, extra: Iterable[str] = ()
+) -> list[str]:
     """Run plain ``mosquitto_sub`` until ``count`` messages or ``timeout`` s.
 
     Returns lines '<topic> <retain> <payload>'.
@@ -294,8 +313,24 @@ def mosquitto_sub(broker: Broker, topic: str, count: int = 1, timeout: int = 10,
     """
     if MOSQUITTO_SUB is None:
         pytest.skip("mosquitto_sub not installed (apt-get install mosquitto-clients)")
-    cmd = [MOSQUITTO_SUB, "-h", broker.host, "-p", str(broker.port), "-t", topic, "-q", "1",
-           "-C", str(count), "-W", str(timeout), "-F", "%t %r %p", *extra]
+    cmd = [
+        MOSQUITTO_SUB,
+        "-h",
+        broker.host,
+        "-p",
+        str(broker.port),
+        "-t",
+        topic,
+        "-q",
+        "1",
+        "-C",
+        str(count),
+        "-W",
+        str(timeout),
+        "-F",
+        "%t %r %p",
+        *extra,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
     return [line for line in out.stdout.splitlines() if line]
 
@@ -304,12 +339,12 @@ def start_mosquitto_sub(broker: Broker, topic: str, extra: Iterable[str] = ()) -
     """Background ``mosquitto_sub -F '%t %r %p'``; the caller terminates it and reads stdout."""
     if MOSQUITTO_SUB is None:
         pytest.skip("mosquitto_sub not installed (apt-get install mosquitto-clients)")
-    cmd = [MOSQUITTO_SUB, "-h", broker.host, "-p", str(broker.port), "-t", topic, "-q", "1",
-           "-F", "%t %r %p", *extra]
+    cmd = [MOSQUITTO_SUB, "-h", broker.host, "-p", str(broker.port), "-t", topic, "-q", "1", "-F", "%t %r %p", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 # -- fixtures -----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def mqtt_broker_factory(tmp_path_factory):
@@ -318,8 +353,9 @@ def mqtt_broker_factory(tmp_path_factory):
         pytest.skip(SKIP_REASON)
     brokers: list[Broker] = []
 
-    def make(listener_lines: Iterable[str] = (), global_lines: Iterable[str] = (),
-             anonymous: bool = True, start: bool = True) -> Broker:
+    def make(
+        listener_lines: Iterable[str] = (), global_lines: Iterable[str] = (), anonymous: bool = True, start: bool = True
+    ) -> Broker:
         b = Broker(tmp_path_factory.mktemp("mosquitto"), listener_lines, global_lines, anonymous)
         brokers.append(b)
         return b.start() if start else b

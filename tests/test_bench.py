@@ -17,8 +17,18 @@ import pytest
 from tests.fixtures_mqtt import MOSQUITTO, SKIP_REASON
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIRED = ("latency_ms", "e2e_fps", "bound_fps", "heatmap_ms", "rss_mb", "startup_s", "alert_latency_ms",
-            "machine", "ratios", "targets")
+REQUIRED = (
+    "latency_ms",
+    "e2e_fps",
+    "bound_fps",
+    "heatmap_ms",
+    "rss_mb",
+    "startup_s",
+    "alert_latency_ms",
+    "machine",
+    "ratios",
+    "targets",
+)
 
 
 def _pos(v) -> bool:
@@ -31,9 +41,24 @@ def _pos(v) -> bool:
 def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "convert", "bench", "--quick", "--bundle", str(tiny_bundle),
-         "--json", str(out), "--work", str(tmp_path / "work")],
-        cwd=ROOT, capture_output=True, text=True, timeout=580)
+        [
+            sys.executable,
+            "-m",
+            "convert",
+            "bench",
+            "--quick",
+            "--bundle",
+            str(tiny_bundle),
+            "--json",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=580,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     for key in REQUIRED:
@@ -50,7 +75,8 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
     assert set(lat["litert-int8"]) >= {"1", str(res["settings"]["daemon_threads"])}
     keras_t = next(iter(lat["keras"]))
     assert res["ratios"]["bundle"][f"litert-int8@{keras_t}"] == pytest.approx(
-        lat["keras"][keras_t]["p50"] / lat["litert-int8"][keras_t]["p50"], rel=0.02)
+        lat["keras"][keras_t]["p50"] / lat["litert-int8"][keras_t]["p50"], rel=0.02
+    )
 
     # end to end vs the bare interpreter bound
     assert _pos(res["e2e_fps"]) and _pos(res["bound_fps"])
@@ -77,8 +103,13 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
     assert _pos(al["after_close_p50"]) and al["after_close_p50"] <= al["p99"], al
 
     # the printed table carries every target with its verdict
-    assert {t["name"] for t in res["targets"]} >= {"e2e_over_bound", "heatmap_ratio_litert", "rss_litert_mb",
-                                                   "startup_s", "heatmap_throughput_loss"}
+    assert {t["name"] for t in res["targets"]} >= {
+        "e2e_over_bound",
+        "heatmap_ratio_litert",
+        "rss_litert_mb",
+        "startup_s",
+        "heatmap_throughput_loss",
+    }
     for t in res["targets"]:
         assert t["result"] in ("PASS", "MISS"), t
         assert f"| {t['target']} | {t['result']} |" in proc.stdout

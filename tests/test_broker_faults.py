@@ -43,9 +43,24 @@ else:
 
 
 def spawn(broker, outbox: Path, first: int, n: int, mode: str, station: str = "crash") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", PUBLISHER, str(ROOT), broker.host, str(broker.port),
-                             str(outbox), station, str(first), str(n), mode],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            PUBLISHER,
+            str(ROOT),
+            broker.host,
+            str(broker.port),
+            str(outbox),
+            station,
+            str(first),
+            str(n),
+            mode,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def read_until(proc: subprocess.Popen, prefix: str, timeout: float = 30.0) -> str:
@@ -90,8 +105,7 @@ def test_last_will_marks_station_offline_when_publisher_is_killed(tmp_path, mqtt
     assert msg.retain and msg.text == "offline"
 
 
-def test_alerts_of_a_killed_publisher_are_delivered_by_the_next_process(tmp_path, mqtt_broker,
-                                                                        mqtt_subscriber):
+def test_alerts_of_a_killed_publisher_are_delivered_by_the_next_process(tmp_path, mqtt_broker, mqtt_subscriber):
     outbox = tmp_path / "outbox.sqlite"
     mqtt_broker.stop()  # broker down: alerts can only go to the outbox
     a = spawn(mqtt_broker, outbox, 0, 20, "hold")
@@ -116,8 +130,7 @@ def test_alerts_of_a_killed_publisher_are_delivered_by_the_next_process(tmp_path
     sub.wait_for("seamqc/crash/status", lambda m: m.text == "offline")  # clean stop of the 2nd process
 
 
-def test_publisher_reconnects_after_broker_is_killed(tmp_path, mqtt_broker, mqtt_subscriber, mqtt_publisher,
-                                                      caplog):
+def test_publisher_reconnects_after_broker_is_killed(tmp_path, mqtt_broker, mqtt_subscriber, mqtt_publisher, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="edge.publish")
@@ -151,8 +164,9 @@ def test_publisher_reconnects_after_broker_is_killed(tmp_path, mqtt_broker, mqtt
     assert sum("MQTT connected" in m for m in msgs) == 2
 
 
-def test_in_flight_alerts_are_resent_once_and_in_order_after_a_broker_crash(mqtt_broker, mqtt_subscriber,
-                                                                           mqtt_publisher):
+def test_in_flight_alerts_are_resent_once_and_in_order_after_a_broker_crash(
+    mqtt_broker, mqtt_subscriber, mqtt_publisher
+):
     """Alerts paho already sent (unacknowledged) are re-sent by paho; the outbox must not send them again."""
     sub = mqtt_subscriber(mqtt_broker, "seamqc/st1/#", persistent=True, client_id="faults-inflight-sub")
     pub = mqtt_publisher(mqtt_broker, max_inflight=5)
@@ -176,8 +190,7 @@ def test_in_flight_alerts_are_resent_once_and_in_order_after_a_broker_crash(mqtt
 
 
 @pytest.mark.slow
-def test_broker_outage_of_30s_loses_nothing_and_keeps_order(tmp_path, mqtt_broker, mqtt_subscriber,
-                                                            mqtt_publisher):
+def test_broker_outage_of_30s_loses_nothing_and_keeps_order(tmp_path, mqtt_broker, mqtt_subscriber, mqtt_publisher):
     """ARCHITECTURE.md §6: an alert accepted by the decider is never lost, across a long broker outage."""
     sub = mqtt_subscriber(mqtt_broker, "seamqc/st1/#", persistent=True, client_id="faults-outage-sub")
     pub = mqtt_publisher(mqtt_broker, reconnect_min_s=0.2, reconnect_max_s=2.0)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,7 @@ def _set(path: tuple, value: Any) -> Callable[[dict], None]:
         for k in path[:-1]:
             d = d[k]
         d[path[-1]] = value
+
     return f
 
 
@@ -60,7 +62,7 @@ CASES = [
     ("path-nul", _set(("files", "head", "path"), "head\x00.npz"), "files.head.path: 'head\\x00.npz' must be a file"),
     ("sha-integer", _set(("files", "head", "sha256"), 7), "files.head.sha256: 7 must be a hex string"),
     ("height-string", _set(("input", "height"), "128"), "input.height: '128' must be a whole number of pixels"),
-    ("height-huge", _set(("input", "height"), 10 ** 9), "input.height: 1000000000 must be a whole number"),
+    ("height-huge", _set(("input", "height"), 10**9), "input.height: 1000000000 must be a whole number"),
     ("width-float", _set(("input", "width"), 128.5), "input.width: 128.5 must be a whole number"),
     ("input-list", _set(("input",), [128, 128]), "input [128, 128] must be an object"),
     ("version-true", _set(("format_version",), True), "format_version True is not supported"),
@@ -83,15 +85,20 @@ def test_bad_manifest_values_are_one_line(tmp_path, name, mutate, expected):
     assert msg.startswith(f"{root / 'manifest.json'}: {expected}"), msg
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('{"format_version": 1, "format_version": 2}', "not valid JSON (key 'format_version' appears twice"),
-    ("[" * 100000 + "]" * 100000, "not valid JSON (maximum recursion depth"),
-    (b'{"name": "caf\xe9"}', "not valid JSON ('utf-8' codec can't decode byte 0xe9"),
-    ("", "not valid JSON (Expecting value"),
-    ("[1, 2]", "expected a JSON object"),
-    ('{"format_version": 1, "task": "multilabel", "labels": ["a"], "input": {"height": 8, "width": 8},',
-     "not valid JSON (Expecting property name"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"format_version": 1, "format_version": 2}', "not valid JSON (key 'format_version' appears twice"),
+        ("[" * 100000 + "]" * 100000, "not valid JSON (maximum recursion depth"),
+        (b'{"name": "caf\xe9"}', "not valid JSON ('utf-8' codec can't decode byte 0xe9"),
+        ("", "not valid JSON (Expecting value"),
+        ("[1, 2]", "expected a JSON object"),
+        (
+            '{"format_version": 1, "task": "multilabel", "labels": ["a"], "input": {"height": 8, "width": 8},',
+            "not valid JSON (Expecting property name",
+        ),
+    ],
+)
 def test_unreadable_manifest_is_one_line(tmp_path, text, expected):
     root = bundle_copy(tmp_path / "b", text=text)
     with pytest.raises(ModelError) as ei:
@@ -118,23 +125,35 @@ def _video(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["nan-threshold", "seven-threshold", "text-threshold", "duplicate-labels",
-                                  "classifier-list", "path-integer"])
+@pytest.mark.parametrize(
+    "name",
+    ["nan-threshold", "seven-threshold", "text-threshold", "duplicate-labels", "classifier-list", "path-integer"],
+)
 def test_bad_manifest_exits_78_from_check_config_and_from_a_start(tmp_path, name):
     """Real processes, the reproduction of issue 12 #2: both paths exit 78 with the same single line."""
     mutate, expected = next((m, e) for n, m, e in CASES if n == name)
     root = bundle_copy(tmp_path / "b", mutate)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"station: st\ncamera: {{source: file, device: {_video(tmp_path / 'v.mp4')}, realtime: false}}\n"
-                   f"model:\n  bundle: {root}\nmqtt: {{enabled: false}}\nheatmaps: {{dir: {tmp_path / 'hm'}}}\n"
-                   f"outbox: {tmp_path / 'o.sqlite'}\n")
+    cfg.write_text(
+        f"station: st\ncamera: {{source: file, device: {_video(tmp_path / 'v.mp4')}, realtime: false}}\n"
+        f"model:\n  bundle: {root}\nmqtt: {{enabled: false}}\nheatmaps: {{dir: {tmp_path / 'hm'}}}\n"
+        f"outbox: {tmp_path / 'o.sqlite'}\n"
+    )
     lines = []
     for extra in (["--check-config"], ["--max-frames", "5"]):
-        r = subprocess.run([sys.executable, "-m", "edge", "--config", str(cfg), *extra], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "edge", "--config", str(cfg), *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 78 and "Traceback" not in r.stderr, r.stderr[-2000:]
         errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
-        assert errors == [f"error: {cfg}:4: model.bundle: {root / 'manifest.json'}: " + errors[0].split(
-            "manifest.json: ", 1)[1]] and expected in errors[0], errors
+        assert (
+            errors
+            == [f"error: {cfg}:4: model.bundle: {root / 'manifest.json'}: " + errors[0].split("manifest.json: ", 1)[1]]
+            and expected in errors[0]
+        ), errors
         lines.append(errors)
     assert lines[0] == lines[1]

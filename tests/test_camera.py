@@ -13,8 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.camera import (Capture, EndOfStream, OpenCVSource, PicameraSource, Source, SourceLost,
-                         make_source, normalise)
+from edge.camera import Capture, EndOfStream, OpenCVSource, PicameraSource, Source, SourceLost, make_source, normalise
 from edge.config import CameraConfig
 from edge.errors import CameraError
 
@@ -124,7 +123,7 @@ def test_roi_crop_is_a_copy():
 def test_live_source_drops_the_oldest_when_full():
     src = Scripted([img(v=i) for i in range(10)] + ["end"])
     cap, frames = run_capture(src, qsize=3)
-    assert [int(f.image[0, 0, 0]) for f in frames] == [7, 8, 9]   # the newest survive
+    assert [int(f.image[0, 0, 0]) for f in frames] == [7, 8, 9]  # the newest survive
     assert cap.stats.dropped == 7 and cap.stats.frames == 10
 
 
@@ -133,7 +132,7 @@ def test_missing_device_at_start_and_loss_mid_run_are_retried():
     src = Scripted([img(v=1), "lost", img(v=2), "end"], fail_opens=3)
     cap, frames = run_capture(src, on_state=lambda s, why: states.append(s))
     assert [int(f.image[0, 0, 0]) for f in frames] == [1, 2]
-    assert src.opens == 5                       # 3 failed + first open + reopen after the loss
+    assert src.opens == 5  # 3 failed + first open + reopen after the loss
     assert cap.stats.reconnects == 3
     assert states[:2] == ["lost", "ok"] and "lost" in states[2:] and states[-1] == "ended"
     assert cap.stats.last_error
@@ -174,14 +173,13 @@ def test_file_source_full_speed_keeps_every_frame(tmp_path):
     assert isinstance(src, OpenCVSource) and not src.live
     q: queue.Queue = queue.Queue(maxsize=2)
     cap = Capture(src, q, threading.Event(), realtime=False)
-    got = consume_all(cap, q)    # back-pressure instead of drops: nothing is live
+    got = consume_all(cap, q)  # back-pressure instead of drops: nothing is live
     assert [f.seq for f in got] == list(range(40)) and cap.stats.dropped == 0
 
 
 def test_file_source_replay_all_frames_with_a_consumer(tmp_path):
     video = write_video(tmp_path / "v.mp4", 40, size=(80, 60))
-    cam = CameraConfig(source="file", device=str(video), width=64, height=48, realtime=True,
-                       roi=(0, 0, 32, 32))
+    cam = CameraConfig(source="file", device=str(video), width=64, height=48, realtime=True, roi=(0, 0, 32, 32))
     src = make_source(cam)
     q: queue.Queue = queue.Queue(maxsize=4)
     stop = threading.Event()
@@ -222,8 +220,7 @@ def test_decode_threads_give_the_same_frames(tmp_path):
     video = write_video(tmp_path / "v.mp4", 25, size=(96, 64))
     frames = {}
     for n in (1, 0):
-        cam = CameraConfig(source="file", device=str(video), width=96, height=64, realtime=False,
-                           decode_threads=n)
+        cam = CameraConfig(source="file", device=str(video), width=96, height=64, realtime=False, decode_threads=n)
         _, got = run_capture(make_source(cam), realtime=False)
         frames[n] = np.stack([f.image for f in got])
     assert CameraConfig().decode_threads == 1
@@ -264,11 +261,13 @@ def test_bad_settings_are_camera_errors(tmp_path):
     sys.modules.pop("picamera2", None)
     saved = sys.meta_path[:]
     try:
+
         class Block:
             def find_spec(self, name, path=None, target=None):
                 if name == "picamera2":
                     raise ImportError("blocked")
                 return None
+
         sys.meta_path.insert(0, Block())
         with pytest.raises(CameraError, match="picamera2 is not installed"):
             make_source(CameraConfig(source="picamera"))
@@ -311,7 +310,7 @@ class FakePicamera2:
 
     def _bgr(self, w, h):
         im = np.zeros((h, w, 3), np.uint8)
-        im[:, :, 2] = 200   # red in BGR order
+        im[:, :, 2] = 200  # red in BGR order
         return im
 
     def capture_array(self, name="main", wait=None):
@@ -359,7 +358,7 @@ def test_picamera_lores_path(fake_picamera2):
     f = frames[0].image
     assert f.shape == (128, 128, 3)
     b, g, r = (int(v) for v in f[64, 64])
-    assert r > 150 and b < 60 and g < 60           # I420 → BGR kept the colour order
+    assert r > 150 and b < 60 and g < 60  # I420 → BGR kept the colour order
 
 
 def test_picamera_main_path_is_bgr_as_is(fake_picamera2):
@@ -399,15 +398,16 @@ def test_picamera_stalled_camera_is_a_loss_and_reopened(fake_picamera2):
     q: queue.Queue = queue.Queue(maxsize=100)
     stop = threading.Event()
     states = []
-    cap = Capture(src, q, stop, reconnect_min_s=0.01, reconnect_max_s=0.02,
-                  on_state=lambda s, why: states.append((s, why)))
+    cap = Capture(
+        src, q, stop, reconnect_min_s=0.01, reconnect_max_s=0.02, on_state=lambda s, why: states.append((s, why))
+    )
     cap.start()
     assert wait_until(lambda: len(fake_picamera2.instances) >= 3)
     stop.set()
     cap.join(5)
     assert ("lost", "picamera: no frame for 2 s") in states
-    assert fake_picamera2.instances[0].waits[0] == 2.0        # every read is bounded
-    assert len(collect(q)) >= 4                                # 2 frames per (re)open
+    assert fake_picamera2.instances[0].waits[0] == 2.0  # every read is bounded
+    assert len(collect(q)) >= 4  # 2 frames per (re)open
 
 
 def wait_until(cond, timeout=10.0):
@@ -435,18 +435,22 @@ def write_avi(path: Path, n: int, size=(320, 240)) -> Path:
 
 def undecodable_files(tmp_path: Path) -> dict[str, Path]:
     good = write_video(tmp_path / "good.mp4", 30).read_bytes()
-    files = {"zero-byte": tmp_path / "zero.mp4", "text": tmp_path / "text.mp4",
-             "truncated": tmp_path / "trunc.mp4", "0-frame": write_avi(tmp_path / "empty.avi", 0)}
+    files = {
+        "zero-byte": tmp_path / "zero.mp4",
+        "text": tmp_path / "text.mp4",
+        "truncated": tmp_path / "trunc.mp4",
+        "0-frame": write_avi(tmp_path / "empty.avi", 0),
+    }
     files["zero-byte"].write_bytes(b"")
     files["text"].write_text("this is not a video\n")
-    files["truncated"].write_bytes(good[:len(good) // 2])
+    files["truncated"].write_bytes(good[: len(good) // 2])
     return files
 
 
 def test_probe_file_source_refuses_undecodable_files_naming_the_key(tmp_path):
     from edge.camera import probe_file_source
 
-    probe_file_source(write_video(tmp_path / "ok.mp4", 3))            # a real video passes
+    probe_file_source(write_video(tmp_path / "ok.mp4", 3))  # a real video passes
     for what, path in undecodable_files(tmp_path).items():
         t0 = time.monotonic()
         with pytest.raises(CameraError) as ei:
@@ -466,8 +470,7 @@ def test_undecodable_file_ends_capture_with_a_camera_error_not_a_retry_or_spin(t
         cam = CameraConfig(source="file", device=str(path), width=64, height=48, realtime=False, loop=loop)
         q: queue.Queue = queue.Queue(maxsize=10)
         stop = threading.Event()
-        cap = Capture(make_source(cam), q, stop, realtime=False, loop=loop,
-                      reconnect_min_s=0.01, reconnect_max_s=0.02)
+        cap = Capture(make_source(cam), q, stop, realtime=False, loop=loop, reconnect_min_s=0.01, reconnect_max_s=0.02)
         t_cpu = time.process_time()
         cap.start()
         cap.join(5)
@@ -489,8 +492,8 @@ def test_file_truncated_while_looping_fails_once_instead_of_spinning(tmp_path, c
     stop = threading.Event()
     cap = Capture(make_source(cam), q, stop, realtime=False, loop=True)
     cap.start()
-    assert wait_until(lambda: cap.stats.frames >= 45)                  # looped at least once
-    with open(video, "r+b") as f:                                     # in place: the open handle sees it
+    assert wait_until(lambda: cap.stats.frames >= 45)  # looped at least once
+    with open(video, "r+b") as f:  # in place: the open handle sees it
         f.truncate(0)
         f.write(write_avi(tmp_path / "empty.avi", 0).read_bytes())
     cap.join(5)
@@ -511,7 +514,7 @@ def test_huge_reconnect_delays_do_not_kill_the_capture_thread():
     cap.start()
     assert wait_until(lambda: src.opens >= 1 and cap.stats.state == "lost")
     time.sleep(0.3)
-    assert cap.is_alive()                                             # waiting, not dead
+    assert cap.is_alive()  # waiting, not dead
     t0 = time.monotonic()
     stop.set()
     cap.join(5)

@@ -85,8 +85,11 @@ def test_int8_input_and_output_tensors_are_dequantised(tiny_keras, tiny_valid, t
     xs = [preprocess(f, 64, 64) for f in _frames(tiny_valid, 40)]
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name="serve", fn=lambda image: model(image, training=False),
-                         input_signature=[tf.TensorSpec([1, 64, 64, 3], tf.float32)])
+    archive.add_endpoint(
+        name="serve",
+        fn=lambda image: model(image, training=False),
+        input_signature=[tf.TensorSpec([1, 64, 64, 3], tf.float32)],
+    )
     archive.write_out(str(tmp_path / "sm"), verbose=False)
     conv = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"))
     conv.optimizations = [tf.lite.Optimize.DEFAULT]

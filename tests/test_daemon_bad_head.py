@@ -18,10 +18,14 @@ def test_garbage_head_is_exit_78_at_start(tmp_path, tiny_bundle, kind):
     bundle = copy_bundle(tiny_bundle, tmp_path / "bundle")
     head = _replace_head(bundle, garbage_heads((bundle / "head.npz").read_bytes())[kind])
     video = noise_video(tmp_path / "v.mp4", 20)
-    cfg = daemon_config(tmp_path, bundle, video, None,
-                        decision={"thresholds": {"error": 0.0}, "max_event_frames": 5})
-    r = subprocess.run([sys.executable, "-m", "edge", "--config", str(cfg), "--check-config"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    cfg = daemon_config(tmp_path, bundle, video, None, decision={"thresholds": {"error": 0.0}, "max_event_frames": 5})
+    r = subprocess.run(
+        [sys.executable, "-m", "edge", "--config", str(cfg), "--check-config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode == 78 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert str(head) in err[0] and "model.bundle" in err[0] and str(cfg) in err[0], err[0]

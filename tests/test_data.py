@@ -42,8 +42,9 @@ def _pandas_csv(folder: Path, n: int, seed: int = 0, stem: str = "vid") -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def _one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
@@ -153,17 +154,14 @@ def test_split_unusable_out_is_one_line(tmp_path):
     afile.write_text("keep me")
     _one_line_error(_cli("split", "--data", data, "--out", str(afile)), str(afile), "not a folder")
     assert afile.read_text() == "keep me"
-    _one_line_error(_cli("split", "--data", data, "--out", str(afile / "sub")), str(afile / "sub"),
-                    "cannot create")
+    _one_line_error(_cli("split", "--data", data, "--out", str(afile / "sub")), str(afile / "sub"), "cannot create")
     ro = tmp_path / "ro"
     ro.mkdir()
     if os.geteuid() != 0:  # file permissions are enough for a normal user
         ro.chmod(0o500)
         try:
-            _one_line_error(_cli("split", "--data", data, "--out", str(ro)), str(ro / "train.csv"),
-                            "cannot write")
-            _one_line_error(_cli("split", "--data", data, "--out", str(ro / "new")), str(ro / "new"),
-                            "cannot create")
+            _one_line_error(_cli("split", "--data", data, "--out", str(ro)), str(ro / "train.csv"), "cannot write")
+            _one_line_error(_cli("split", "--data", data, "--out", str(ro / "new")), str(ro / "new"), "cannot create")
         finally:
             ro.chmod(0o700)
         assert list(ro.iterdir()) == []
@@ -173,10 +171,13 @@ def test_split_unusable_out_is_one_line(tmp_path):
     if shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode != 0:
         pytest.skip("mounting a read-only tmpfs is not permitted here")
     try:
-        _one_line_error(_cli("split", "--data", data, "--out", str(ro)), str(ro / "train.csv"),
-                        "cannot write", "Read-only file system")
-        _one_line_error(_cli("split", "--data", data, "--out", str(ro / "new")), str(ro / "new"),
-                        "cannot create")
+        _one_line_error(
+            _cli("split", "--data", data, "--out", str(ro)),
+            str(ro / "train.csv"),
+            "cannot write",
+            "Read-only file system",
+        )
+        _one_line_error(_cli("split", "--data", data, "--out", str(ro / "new")), str(ro / "new"), "cannot create")
         assert list(ro.iterdir()) == []
     finally:
         subprocess.run(["umount", "-l", str(ro)], capture_output=True)

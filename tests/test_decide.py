@@ -40,9 +40,9 @@ def test_one_defect_one_alert_with_best_frame():
     alerts = run(dec, seq)
     assert len(alerts) == 1
     a = alerts[0]
-    assert a.frame == 12 and a.image == "img12"          # highest error score of the event
+    assert a.frame == 12 and a.image == "img12"  # highest error score of the event
     assert a.labels == ("error",)
-    assert a.first_frame == 11 and a.last_frame == 16     # opened on the k-th flagged frame
+    assert a.first_frame == 11 and a.last_frame == 16  # opened on the k-th flagged frame
     assert a.scores["error"] == pytest.approx(0.95)
     assert a.event_id == "st-abc-000001"
     # emitted n quiet frames after the last flagged one (the latency trade-off)
@@ -60,8 +60,7 @@ def test_single_glitch_is_debounced():
 
 def test_k_of_n_with_gap_opens_and_two_defects_two_alerts():
     dec = Decider(LABELS, THR, min_frames=2, window=3)
-    seq = ([s()] * 3 + [s(error=0.9), s(), s(error=0.8)] + [s()] * 6
-           + [s(brk=0.7), s(brk=0.9)] + [s()] * 6)
+    seq = [s()] * 3 + [s(error=0.9), s(), s(error=0.8)] + [s()] * 6 + [s(brk=0.7), s(brk=0.9)] + [s()] * 6
     alerts = run(dec, seq)
     assert [a.labels for a in alerts] == [("error",), ("break",)]
     assert len({a.event_id for a in alerts}) == 2

@@ -17,8 +17,13 @@ ACC_RE = re.compile(r"^(Good|Error|Break|Length) Accuracy: (\d+\.\d\d)$", re.M)
 
 
 def _evaluate(model: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--model", str(model), "--data", str(data),
-                        *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "convert", "evaluate", "--model", str(model), "--data", str(data), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     return p
 
@@ -49,16 +54,20 @@ def test_multiclass_metrics_confusion():
 def test_same_numbers_from_keras_tflite_and_bundle(tiny_keras, tiny_bundle, tiny_valid, tmp_path):
     data = tiny_valid / "data.csv"
     runs = {}
-    for key, model, extra in (("keras", tiny_keras, ()),
-                              ("tflite", tiny_bundle / "classifier_fp32.tflite", ()),
-                              ("bundle_fp32", tiny_bundle, ("--role", "classifier_fp32")),
-                              ("bundle", tiny_bundle, ())):
+    for key, model, extra in (
+        ("keras", tiny_keras, ()),
+        ("tflite", tiny_bundle / "classifier_fp32.tflite", ()),
+        ("bundle_fp32", tiny_bundle, ("--role", "classifier_fp32")),
+        ("bundle", tiny_bundle, ()),
+    ):
         js = tmp_path / f"{key}.json"
         # the same thresholds for everyone: calibrated on the same validation set
         p = _evaluate(model, data, "--calibrate", str(data), "--json", str(js), *extra)
         lines = ACC_RE.findall(p.stdout)
         assert [lab for lab, _ in lines] == ["Good", "Error", "Break", "Length"], p.stdout
-        assert re.search(r"^Good Precision: \d+\.\d\d Recall: \d+\.\d\d F1: \d+\.\d\d( AUROC: [01]\.\d{4})?$", p.stdout, re.M)
+        assert re.search(
+            r"^Good Precision: \d+\.\d\d Recall: \d+\.\d\d F1: \d+\.\d\d( AUROC: [01]\.\d{4})?$", p.stdout, re.M
+        )
         assert "Thresholds: good " in p.stdout
         runs[key] = (lines, json.loads(js.read_text()))
     assert runs["keras"][0] == runs["tflite"][0] == runs["bundle_fp32"][0]
@@ -70,7 +79,8 @@ def test_same_numbers_from_keras_tflite_and_bundle(tiny_keras, tiny_bundle, tiny
     for lab, v in k["labels"].items():
         assert v["tp"] + v["fp"] + v["fn"] + v["tn"] == 80
         assert f"{lab.capitalize()} Accuracy: {v['accuracy']:.2f}" in "\n".join(
-            f"{a} Accuracy: {b}" for a, b in runs["keras"][0])
+            f"{a} Accuracy: {b}" for a, b in runs["keras"][0]
+        )
 
 
 def test_bundle_thresholds_are_used_by_default(tiny_bundle, tiny_valid, tmp_path):

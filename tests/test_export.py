@@ -33,8 +33,9 @@ def test_bundle_roles_and_parity(tiny_bundle):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def _one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
@@ -74,8 +75,21 @@ def test_parity_failure_leaves_nothing(tiny_keras, tiny_valid, tmp_path, monkeyp
 
 def test_int8_parity_gate_fails_loudly(tiny_keras, tiny_valid, tmp_path):
     out = tmp_path / "bundle"
-    p = _cli("export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"), "--out", str(out),
-             "--int8", "dynamic", "--max-images", "16", "--min-int8-agreement", "100.01")
+    p = _cli(
+        "export",
+        "--model",
+        str(tiny_keras),
+        "--calibration",
+        str(tiny_valid / "data.csv"),
+        "--out",
+        str(out),
+        "--int8",
+        "dynamic",
+        "--max-images",
+        "16",
+        "--min-int8-agreement",
+        "100.01",
+    )
     _one_line_error(p, "parity failed: int8 label agreement", "bundle not written")
     assert "parity int8 vs Keras on 16 images" in p.stderr  # the numbers are printed before failing
     assert list(tmp_path.iterdir()) == []
@@ -83,8 +97,9 @@ def test_int8_parity_gate_fails_loudly(tiny_keras, tiny_valid, tmp_path):
 
 def test_existing_bundle_needs_force(tiny_bundle, tiny_keras, tiny_valid):
     before = (tiny_bundle / "manifest.json").read_text()
-    p = _cli("export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"),
-             "--out", str(tiny_bundle))
+    p = _cli(
+        "export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"), "--out", str(tiny_bundle)
+    )
     _one_line_error(p, str(tiny_bundle), "--force")
     assert (tiny_bundle / "manifest.json").read_text() == before
 
@@ -129,11 +144,24 @@ def test_force_never_deletes_what_is_not_a_bundle(tiny_bundle, tiny_keras, tiny_
         out.symlink_to(tmp_path / "real")
         words = "symbolic link"
     before = _tree(tmp_path)
-    p = _cli("export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"),
-             "--out", str(out), "--force", "--int8", "dynamic", "--max-images", "16",
-             "--min-int8-agreement", "0")
+    p = _cli(
+        "export",
+        "--model",
+        str(tiny_keras),
+        "--calibration",
+        str(tiny_valid / "data.csv"),
+        "--out",
+        str(out),
+        "--force",
+        "--int8",
+        "dynamic",
+        "--max-images",
+        "16",
+        "--min-int8-agreement",
+        "0",
+    )
     _one_line_error(p, str(out), words)
-    assert "export:" not in p.stderr                      # refused before any conversion work
+    assert "export:" not in p.stderr  # refused before any conversion work
     assert _tree(tmp_path) == before
 
 
@@ -146,17 +174,26 @@ def test_force_replaces_a_real_bundle_in_one_swap(tiny_bundle, tiny_keras, tiny_
 
     out = shutil.copytree(tiny_bundle, tmp_path / "bundle")
     old_created = json.loads((out / "manifest.json").read_text())["created"]
-    (out / "manifest.json.tmp").write_text("{")        # a leftover of an interrupted write_manifest: ours
-    export_bundle(tiny_keras, tiny_valid / "data.csv", out, force=True, name="again", int8="dynamic",
-                  max_images=16, min_int8_agreement=0)
+    (out / "manifest.json.tmp").write_text("{")  # a leftover of an interrupted write_manifest: ours
+    export_bundle(
+        tiny_keras,
+        tiny_valid / "data.csv",
+        out,
+        force=True,
+        name="again",
+        int8="dynamic",
+        max_images=16,
+        min_int8_agreement=0,
+    )
     b = load_bundle(out)
     assert b.name == "again" and b.manifest["created"] >= old_created
     assert not (out / "manifest.json.tmp").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]   # no .tmp-/.old- folders left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no .tmp-/.old- folders left
     empty = tmp_path / "empty"
     empty.mkdir()
-    export_bundle(tiny_keras, tiny_valid / "data.csv", empty, name="fresh", int8="dynamic", max_images=16,
-                  min_int8_agreement=0)
+    export_bundle(
+        tiny_keras, tiny_valid / "data.csv", empty, name="fresh", int8="dynamic", max_images=16, min_int8_agreement=0
+    )
     assert load_bundle(empty).name == "fresh"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "empty"]
 
@@ -164,8 +201,7 @@ def test_force_replaces_a_real_bundle_in_one_swap(tiny_bundle, tiny_keras, tiny_
 def test_corrupt_keras_is_one_line(tiny_valid, tmp_path):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"PK\x03\x04 this is not a model")
-    p = _cli("export", "--model", str(bad), "--calibration", str(tiny_valid / "data.csv"), "--out",
-             str(tmp_path / "b"))
+    p = _cli("export", "--model", str(bad), "--calibration", str(tiny_valid / "data.csv"), "--out", str(tmp_path / "b"))
     _one_line_error(p, "broken.keras", "not a loadable Keras model")
     assert not (tmp_path / "b").exists()
     p = _cli("evaluate", "--model", str(bad), "--data", str(tiny_valid / "data.csv"))
@@ -197,9 +233,25 @@ def test_legacy_h5_full_and_weights_only(tiny_keras, tiny_valid, tmp_path):
     loaded, meta = load_model_any(weights, arch="resnet-int8", size=64)
     np.testing.assert_allclose(np.asarray(loaded(x, training=False)), ref, atol=1e-6)
     assert meta["form"] == "h5-weights" and meta["labels"] == ["good", "error", "break", "length"]
-    p = _cli("export", "--model", str(weights), "--arch", "resnet-int8", "--size", "64", "--calibration",
-             str(tiny_valid / "data.csv"), "--out", str(tmp_path / "b_w"), "--int8", "dynamic", "--max-images", "40",
-             "--min-int8-agreement", str(TINY_MIN_AGREEMENT))
+    p = _cli(
+        "export",
+        "--model",
+        str(weights),
+        "--arch",
+        "resnet-int8",
+        "--size",
+        "64",
+        "--calibration",
+        str(tiny_valid / "data.csv"),
+        "--out",
+        str(tmp_path / "b_w"),
+        "--int8",
+        "dynamic",
+        "--max-images",
+        "40",
+        "--min-int8-agreement",
+        str(TINY_MIN_AGREEMENT),
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "wrote" in p.stdout and load_bundle(tmp_path / "b_w").has("classifier_int8")
     from convert.evaluate import evaluate
@@ -218,9 +270,23 @@ def test_legacy_h5_full_and_weights_only(tiny_keras, tiny_valid, tmp_path):
     bigger = tmp_path / "bigger.h5"
     with h5py.File(bigger, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, build_model("resnet-int8", 4, 96, 96, 4))
-    _one_line_error(_cli("export", "--model", str(bigger), "--arch", "resnet-int8", "--size", "64",
-                         "--calibration", str(tiny_valid / "data.csv"), "--out", str(tmp_path / "b_z")),
-                    "weight shape", "logits")
+    _one_line_error(
+        _cli(
+            "export",
+            "--model",
+            str(bigger),
+            "--arch",
+            "resnet-int8",
+            "--size",
+            "64",
+            "--calibration",
+            str(tiny_valid / "data.csv"),
+            "--out",
+            str(tmp_path / "b_z"),
+        ),
+        "weight shape",
+        "logits",
+    )
     assert not (tmp_path / "b_z").exists()
 
 
@@ -233,8 +299,14 @@ def test_savedmodel_dir(tiny_keras, tiny_valid, tmp_path):
     model = keras.models.load_model(str(tiny_keras), compile=False)
     sm = tmp_path / "sm"
     model.export(str(sm), format="tf_saved_model", verbose=False)
-    res = export_bundle(sm, tiny_valid / "data.csv", tmp_path / "b", int8="dynamic", max_images=40,
-                        min_int8_agreement=TINY_MIN_AGREEMENT)
+    res = export_bundle(
+        sm,
+        tiny_valid / "data.csv",
+        tmp_path / "b",
+        int8="dynamic",
+        max_images=40,
+        min_int8_agreement=TINY_MIN_AGREEMENT,
+    )
     assert res.manifest["parity"]["fp32"]["max_abs_diff"] <= 1e-3
     b = load_bundle(tmp_path / "b")
     assert b.has("classifier_int8") and not b.has("explainer") and b.labels == ("good", "error", "break", "length")
@@ -245,8 +317,19 @@ def test_ship_chain_toy(tmp_path):
     """convert.ship end to end at toy scale: synth → train → export → test table (the real chain)."""
     from convert.ship import ship
 
-    s = ship(tmp_path / "bundle", tmp_path / "work", train_count=48, valid_count=24, test_count=32, epochs=1,
-             size=32, filters=4, batch=16, min_test=0, min_int8_agreement=90.0)
+    s = ship(
+        tmp_path / "bundle",
+        tmp_path / "work",
+        train_count=48,
+        valid_count=24,
+        test_count=32,
+        epochs=1,
+        size=32,
+        filters=4,
+        batch=16,
+        min_test=0,
+        min_int8_agreement=90.0,
+    )
     b = load_bundle(tmp_path / "bundle")
     assert b.name == "seam-default" and b.has("classifier_int8") and b.has("explainer")
     assert s["test"]["int8"]["count"] == 32

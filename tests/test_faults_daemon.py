@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.test_daemon import daemon_config, daemon_log, log_alerts, log_summary, start_daemon, wait_exit
 from tests.fixtures_mqtt import free_port
+from tests.test_daemon import daemon_config, daemon_log, log_alerts, log_summary, start_daemon, wait_exit
 
 
 def small_video(path: Path, frames: int = 30, size=(640, 480)) -> Path:
@@ -30,9 +30,13 @@ def stats_where(sub, topic: str, pred, timeout: float = 30.0) -> dict:
 @pytest.mark.slow
 def test_missing_camera_at_start_is_retried_and_visible(tmp_path, tiny_bundle, mqtt_broker, mqtt_subscriber):
     sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/stats").wait_subscribed()
-    cfg = daemon_config(tmp_path, tiny_bundle, "unused", mqtt_broker,
-                        camera={"source": "usb", "device": str(tmp_path / "video9"),
-                                "reconnect_min_s": 0.05, "reconnect_max_s": 0.2})
+    cfg = daemon_config(
+        tmp_path,
+        tiny_bundle,
+        "unused",
+        mqtt_broker,
+        camera={"source": "usb", "device": str(tmp_path / "video9"), "reconnect_min_s": 0.05, "reconnect_max_s": 0.2},
+    )
     proc = start_daemon(cfg)
     st = stats_where(sub, "seamqc/test-st/stats", lambda s: s["camera"]["reconnects"] >= 3, timeout=60)
     assert st["camera"]["state"] == "lost" and "no such device" in st["camera"]["last_error"]
@@ -46,16 +50,22 @@ def test_missing_camera_at_start_is_retried_and_visible(tmp_path, tiny_bundle, m
 def test_source_vanishing_mid_run_reconnects_when_it_returns(tmp_path, tiny_bundle, mqtt_broker, mqtt_subscriber):
     video = small_video(tmp_path / "v.mp4", 15)
     sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/stats").wait_subscribed()
-    cfg = daemon_config(tmp_path, tiny_bundle, video, mqtt_broker,
-                        camera={"loop": True, "realtime": True, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2})
+    cfg = daemon_config(
+        tmp_path,
+        tiny_bundle,
+        video,
+        mqtt_broker,
+        camera={"loop": True, "realtime": True, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2},
+    )
     proc = start_daemon(cfg)
     stats_where(sub, "seamqc/test-st/stats", lambda s: s["frames"] > 0 and s["camera"]["state"] == "ok", 60)
     video.rename(tmp_path / "gone.mp4")
     lost = stats_where(sub, "seamqc/test-st/stats", lambda s: s["camera"]["state"] == "lost")
     assert "vanished" in lost["camera"]["last_error"]
     (tmp_path / "gone.mp4").rename(video)
-    back = stats_where(sub, "seamqc/test-st/stats",
-                       lambda s: s["camera"]["state"] == "ok" and s["frames"] > lost["frames"])
+    back = stats_where(
+        sub, "seamqc/test-st/stats", lambda s: s["camera"]["state"] == "ok" and s["frames"] > lost["frames"]
+    )
     assert back["camera"]["reconnects"] >= 1
     proc.send_signal(signal.SIGTERM)
     assert wait_exit(proc, 10) == 0
@@ -69,15 +79,20 @@ def test_wrong_frame_size_is_resized_and_counted(tmp_path, tiny_bundle):
     text = daemon_log(cfg)
     s = log_summary(text)
     assert s["frames"] == 20 and s["camera"]["resized"] == 20
-    assert sum("resizing them" in line for line in text.splitlines()) == 1     # logged once
+    assert sum("resizing them" in line for line in text.splitlines()) == 1  # logged once
 
 
 def test_heatmap_dir_unwritable_alerts_continue(tmp_path, tiny_bundle):
     video = small_video(tmp_path / "v.mp4", 40)
     (tmp_path / "file").write_text("not a directory")
-    cfg = daemon_config(tmp_path, tiny_bundle, video, None,
-                        heatmaps={"dir": str(tmp_path / "file" / "heatmaps")},
-                        decision={"thresholds": {"error": 0.0}, "max_event_frames": 10})
+    cfg = daemon_config(
+        tmp_path,
+        tiny_bundle,
+        video,
+        None,
+        heatmaps={"dir": str(tmp_path / "file" / "heatmaps")},
+        decision={"thresholds": {"error": 0.0}, "max_event_frames": 10},
+    )
     proc = start_daemon(cfg)
     assert wait_exit(proc) == 0
     text = daemon_log(cfg)
@@ -94,8 +109,9 @@ def test_broker_unreachable_keeps_classifying(tmp_path, tiny_bundle):
     class Nowhere:
         host, port = "127.0.0.1", free_port()
 
-    cfg = daemon_config(tmp_path, tiny_bundle, video, Nowhere,
-                        decision={"thresholds": {"break": 0.0}, "max_event_frames": 10})
+    cfg = daemon_config(
+        tmp_path, tiny_bundle, video, Nowhere, decision={"thresholds": {"break": 0.0}, "max_event_frames": 10}
+    )
     proc = start_daemon(cfg)
     assert wait_exit(proc, 60) == 0
     s = log_summary(daemon_log(cfg))
@@ -118,6 +134,7 @@ class _Scripted:
 
     def read(self):
         from edge.camera import EndOfStream
+
         if not self.frames:
             raise EndOfStream()
         return self.frames.pop(0)
@@ -137,8 +154,15 @@ def test_corrupt_frames_in_the_running_daemon(tmp_path, tiny_bundle, caplog):
     video = small_video(tmp_path / "v.mp4", 2)
     cfg = load_config(daemon_config(tmp_path, tiny_bundle, video, None))
     good = np.full((480, 640, 3), 120, np.uint8)
-    script = [good, None, np.zeros((0,), np.uint8), np.zeros((480, 640, 3), np.float64), good,
-              np.full((240, 320), 50, np.uint8), good]
+    script = [
+        good,
+        None,
+        np.zeros((0,), np.uint8),
+        np.zeros((480, 640, 3), np.float64),
+        good,
+        np.full((240, 320), 50, np.uint8),
+        good,
+    ]
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         d = Daemon(cfg)
@@ -158,15 +182,20 @@ def test_sighup_stops_cleanly_and_alerts_the_open_event(tmp_path, tiny_bundle, m
     """Issue 12 #10: a dropped SSH session (SIGHUP) killed the daemon and lost its open events."""
     video = small_video(tmp_path / "v.mp4", 30)
     sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/#").wait_subscribed()
-    cfg = daemon_config(tmp_path, tiny_bundle, video, mqtt_broker,
-                        camera={"loop": True, "realtime": True},          # runs until told to stop
-                        decision={"thresholds": {"error": 0.0}, "max_event_frames": 1_000_000})
+    cfg = daemon_config(
+        tmp_path,
+        tiny_bundle,
+        video,
+        mqtt_broker,
+        camera={"loop": True, "realtime": True},  # runs until told to stop
+        decision={"thresholds": {"error": 0.0}, "max_event_frames": 1_000_000},
+    )
     proc = start_daemon(cfg)
     st = stats_where(sub, "seamqc/test-st/stats", lambda s: s["open_events"] >= 1 and s["frames"] > 5, 90)
-    assert st["alerts"] == 0 and proc.poll() is None                     # the event is open, not alerted
+    assert st["alerts"] == 0 and proc.poll() is None  # the event is open, not alerted
     proc.send_signal(signal.SIGHUP)
     assert wait_exit(proc, 10) == 0
-    alert = sub.wait_for("seamqc/test-st/alert", timeout=5).json()     # flushed, delivered
+    alert = sub.wait_for("seamqc/test-st/alert", timeout=5).json()  # flushed, delivered
     assert "error" in alert["labels"] and alert["last_frame"] - alert["first_frame"] >= 5
     sub.wait_for("seamqc/test-st/status", lambda m: m.text == "offline", timeout=5)
     text = daemon_log(cfg)
@@ -174,9 +203,10 @@ def test_sighup_stops_cleanly_and_alerts_the_open_event(tmp_path, tiny_bundle, m
     assert "stopping (SIGHUP)" in text and "Traceback" not in text
     assert s["alerts"] == len(log_alerts(text)) >= 1
     from edge.outbox import Outbox
+
     ob = Outbox(tmp_path / "outbox.sqlite")
     try:
-        assert ob.depth() == 0                                            # acknowledged, none left
+        assert ob.depth() == 0  # acknowledged, none left
     finally:
         ob.close()
 
@@ -195,15 +225,16 @@ def mjpg_avi(path: Path, frames: int, size=(640, 480)) -> Path:
 
 
 @pytest.mark.slow
-def test_video_that_stops_decoding_while_looping_exits_78_with_one_line(tmp_path, tiny_bundle, mqtt_broker,
-                                                                        mqtt_subscriber):
+def test_video_that_stops_decoding_while_looping_exits_78_with_one_line(
+    tmp_path, tiny_bundle, mqtt_broker, mqtt_subscriber
+):
     """Issue 12 #7: a looped file truncated in place spun a core for ever; now exit 78, one line, clean stop."""
     video = mjpg_avi(tmp_path / "v.avi", 30)
     sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/#").wait_subscribed()
     cfg = daemon_config(tmp_path, tiny_bundle, video, mqtt_broker, camera={"loop": True, "realtime": True})
     proc = start_daemon(cfg)
     stats_where(sub, "seamqc/test-st/stats", lambda s: s["frames"] > 35, 90)  # decoded, looped
-    with open(video, "r+b") as f:                                          # in place, as `cp` over it does
+    with open(video, "r+b") as f:  # in place, as `cp` over it does
         f.truncate(0)
         f.write(mjpg_avi(tmp_path / "empty.avi", 0).read_bytes())
     try:

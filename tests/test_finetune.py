@@ -40,33 +40,71 @@ def test_finetune_from_bundle_keeps_frozen_stages(tiny_bundle, tiny_valid, tmp_p
     base, _ = load_keras(Path(tiny_bundle) / "model.keras")
     before = _weights_by_layer(base)
     out = tmp_path / "ft.keras"
-    res = train(str(tiny_valid / "data.csv"), str(tiny_valid / "data.csv"), out, epochs=1, batch=16,
-                init=str(tiny_bundle), freeze=1, verbose=0)
+    res = train(
+        str(tiny_valid / "data.csv"),
+        str(tiny_valid / "data.csv"),
+        out,
+        epochs=1,
+        batch=16,
+        init=str(tiny_bundle),
+        freeze=1,
+        verbose=0,
+    )
     assert res.epochs_run == 1
     tuned, meta = load_keras(out)
     after = _weights_by_layer(tuned)
     assert set(after) == set(before)
     assert (meta["height"], meta["arch"], read_meta(out)["init"]) == (64, "resnet-int8", str(tiny_bundle))
-    full_res = [layer.name for layer in tuned.layers
-                if layer.weights and len(layer.output.shape) == 4 and layer.output.shape[1] == 64]
-    low_res = [layer.name for layer in tuned.layers
-               if layer.weights and len(layer.output.shape) == 4 and layer.output.shape[1] < 64]
+    full_res = [
+        layer.name
+        for layer in tuned.layers
+        if layer.weights and len(layer.output.shape) == 4 and layer.output.shape[1] == 64
+    ]
+    low_res = [
+        layer.name
+        for layer in tuned.layers
+        if layer.weights and len(layer.output.shape) == 4 and layer.output.shape[1] < 64
+    ]
     assert len(full_res) >= 5 and low_res
     # stage 1 (64×64 outputs) untouched, weights and BN statistics; deeper stages and the head moved
     for name in full_res:
         for a, b in zip(before[name], after[name]):
             np.testing.assert_array_equal(a, b, err_msg=name)
-    moved = [name for name in low_res + ["logits"]
-             if any(not np.array_equal(a, b) for a, b in zip(before[name], after[name]))]
+    moved = [
+        name
+        for name in low_res + ["logits"]
+        if any(not np.array_equal(a, b) for a, b in zip(before[name], after[name]))
+    ]
     assert len(moved) == len(low_res) + 1
 
 
 def test_init_with_other_labels_gets_a_new_head(tiny_keras, tmp_path):
     _fruit(tmp_path / "train", 0, 6)
     out = tmp_path / "fruit.keras"
-    p = subprocess.run([sys.executable, "-m", "convert", "train", "--train", str(tmp_path / "train"), "--valid",
-                        str(tmp_path / "train"), "--out", str(out), "--init", str(tiny_keras), "--epochs", "1",
-                        "--batch", "6"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convert",
+            "train",
+            "--train",
+            str(tmp_path / "train"),
+            "--valid",
+            str(tmp_path / "train"),
+            "--out",
+            str(out),
+            "--init",
+            str(tiny_keras),
+            "--epochs",
+            "1",
+            "--batch",
+            "6",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "new head" in p.stderr and "multiclass, labels Apfel, Orange, Tomate" in p.stdout
     from convert.models import load_keras
@@ -77,10 +115,28 @@ def test_init_with_other_labels_gets_a_new_head(tiny_keras, tmp_path):
 
 
 def test_init_errors_are_one_line(tmp_path, tiny_valid):
-    for extra, needle in ((["--freeze", "1"], "--freeze 1: needs --init"),
-                          (["--init", str(tmp_path / "missing")], "is not a .keras file")):
-        p = subprocess.run([sys.executable, "-m", "convert", "train", "--train", str(tiny_valid), "--valid",
-                            str(tiny_valid), "--out", str(tmp_path / "x.keras"), *extra], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+    for extra, needle in (
+        (["--freeze", "1"], "--freeze 1: needs --init"),
+        (["--init", str(tmp_path / "missing")], "is not a .keras file"),
+    ):
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "convert",
+                "train",
+                "--train",
+                str(tiny_valid),
+                "--valid",
+                str(tiny_valid),
+                "--out",
+                str(tmp_path / "x.keras"),
+                *extra,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert p.returncode == 78 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1

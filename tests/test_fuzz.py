@@ -35,8 +35,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -54,16 +55,59 @@ CALL_LIMIT_S = 10.0
 OK_CODES = (0, 74, 78)
 FUZZ_COUNTS: dict[str, Any] = {"config": 0, "manifest": 0, "subprocess": 0, "seconds": 0.0, "exits": {}}
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (SHIPPED / "manifest.json").exists(), reason="needs the shipped bundle")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (SHIPPED / "manifest.json").exists(), reason="needs the shipped bundle"),
+]
 
 # ----------------------------------------------------------------------------- the world
 
 INF, NAN = math.inf, math.nan
-POOL: list[Any] = [0, -1, 1, 0.5, 1e-300, 1e308, -1e308, INF, -INF, NAN, 10 ** 30, -(10 ** 30), 2 ** 63, True, False,
-                   None, "", " ", "\x00", "a\x00b", "\x07", "tab\there", "new\nline", "\x1b[31mred", "\x7f", "é",
-                   "日本語", "x" * 300, "12", "1e3", "null", "true", "off", "seam.mp4", "state", [], {}, [1, 2, 3, 4],
-                   [0, 0, 0, 0], [1, "a"], [[1]], {"a": 1}, {"x": [1, 2]}]
+POOL: list[Any] = [
+    0,
+    -1,
+    1,
+    0.5,
+    1e-300,
+    1e308,
+    -1e308,
+    INF,
+    -INF,
+    NAN,
+    10**30,
+    -(10**30),
+    2**63,
+    True,
+    False,
+    None,
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\x07",
+    "tab\there",
+    "new\nline",
+    "\x1b[31mred",
+    "\x7f",
+    "é",
+    "日本語",
+    "x" * 300,
+    "12",
+    "1e3",
+    "null",
+    "true",
+    "off",
+    "seam.mp4",
+    "state",
+    [],
+    {},
+    [1, 2, 3, 4],
+    [0, 0, 0, 0],
+    [1, "a"],
+    [[1]],
+    {"a": 1},
+    {"x": [1, 2]},
+]
 CHARS = "abcXYZ09_-.:/ é日\x00\x01\x07\t\n\r\x1b\x7f\u200b\ufeff'\"#&*!%@{}[],"
 
 
@@ -165,9 +209,24 @@ def _get(d: Any, path: tuple) -> Any:
 def _text_mutation(text: str, rng: random.Random, yaml_mode: bool) -> bytes:
     lines = text.splitlines(keepends=True)
     i = rng.randrange(len(lines)) if lines else 0
-    op = rng.choice(["latin1", "utf16", "bom", "truncate", "bytes", "dup_line", "dup_section", "anchor", "control",
-                     "tab", "nest", "empty"] if yaml_mode else
-                    ["latin1", "utf16", "bom", "truncate", "bytes", "dup_key", "control", "nest", "empty"])
+    op = rng.choice(
+        [
+            "latin1",
+            "utf16",
+            "bom",
+            "truncate",
+            "bytes",
+            "dup_line",
+            "dup_section",
+            "anchor",
+            "control",
+            "tab",
+            "nest",
+            "empty",
+        ]
+        if yaml_mode
+        else ["latin1", "utf16", "bom", "truncate", "bytes", "dup_key", "control", "nest", "empty"]
+    )
     raw = text.encode("utf-8")
     if op == "latin1":
         lines.insert(i, "# café crème\n" if yaml_mode else "")
@@ -180,7 +239,7 @@ def _text_mutation(text: str, rng: random.Random, yaml_mode: bool) -> bytes:
     if op == "bom":
         return b"\xef\xbb\xbf" + raw
     if op == "truncate":
-        return raw[:rng.randrange(len(raw) + 1)]
+        return raw[: rng.randrange(len(raw) + 1)]
     if op == "bytes":
         k = rng.randrange(len(raw) + 1)
         return raw[:k] + rng.randbytes(rng.randint(1, 6)) + raw[k:]
@@ -212,8 +271,11 @@ def _text_mutation(text: str, rng: random.Random, yaml_mode: bool) -> bytes:
         else:
             return text.replace('"metrics": {', '"metrics": ' + "[" * depth + "]" * depth + ', "m2": {', 1).encode()
     elif op == "dup_key":
-        return text.replace("{", '{"task": "multiclass", ', 1).encode() if rng.random() < 0.5 else \
-            text.replace('"labels"', '"labels": ["a"], "labels"', 1).encode()
+        return (
+            text.replace("{", '{"task": "multiclass", ', 1).encode()
+            if rng.random() < 0.5
+            else text.replace('"labels"', '"labels": ["a"], "labels"', 1).encode()
+        )
     elif op == "empty":
         return rng.choice([b"", b"\n", b"null\n", b"[]\n", b"0\n", b"{}\n"])
     return "".join(lines).encode("utf-8")
@@ -222,19 +284,68 @@ def _text_mutation(text: str, rng: random.Random, yaml_mode: bool) -> bytes:
 # ----------------------------------------------------------------------------- manifest mutations
 
 MANIFEST_KEYS: list[tuple] = [
-    ("labels",), ("labels", 0), ("labels", 3), ("thresholds",), ("thresholds", "good"), ("thresholds", "error"),
-    ("thresholds", "break"), ("thresholds", "length"), ("input",), ("input", "height"), ("input", "width"),
-    ("input", "channel_order"), ("input", "preprocessing"), ("input", "channels"), ("files",),
-    ("files", "classifier_int8"), ("files", "classifier_int8", "path"), ("files", "classifier_int8", "sha256"),
-    ("files", "head", "path"), ("files", "explainer", "path"), ("files", "head"), ("classifier",), ("gradcam",),
-    ("gradcam", "explainer"), ("gradcam", "head"), ("gradcam", "layer"), ("gradcam", "feature_shape"),
-    ("gradcam", "peak_ref"), ("gradcam", "peak_ref", 0), ("format_version",), ("task",), ("name",), ("metrics",),
+    ("labels",),
+    ("labels", 0),
+    ("labels", 3),
+    ("thresholds",),
+    ("thresholds", "good"),
+    ("thresholds", "error"),
+    ("thresholds", "break"),
+    ("thresholds", "length"),
+    ("input",),
+    ("input", "height"),
+    ("input", "width"),
+    ("input", "channel_order"),
+    ("input", "preprocessing"),
+    ("input", "channels"),
+    ("files",),
+    ("files", "classifier_int8"),
+    ("files", "classifier_int8", "path"),
+    ("files", "classifier_int8", "sha256"),
+    ("files", "head", "path"),
+    ("files", "explainer", "path"),
+    ("files", "head"),
+    ("classifier",),
+    ("gradcam",),
+    ("gradcam", "explainer"),
+    ("gradcam", "head"),
+    ("gradcam", "layer"),
+    ("gradcam", "feature_shape"),
+    ("gradcam", "peak_ref"),
+    ("gradcam", "peak_ref", 0),
+    ("format_version",),
+    ("task",),
+    ("name",),
+    ("metrics",),
 ]
-MANIFEST_VALUES: list[Any] = ["head", "explainer", "classifier_fp32", "classifier_int8", "keras", "head.npz",
-                              "explainer.tflite", "model.keras", "classifier_fp32.tflite", "manifest.json", "good",
-                              ["good", "good", "break", "length"], ["good", "error", "break"],
-                              ["good", "error", "break", "length", "extra"], 128, 64, 0.0, 1.0, 1, 2, "multiclass",
-                              "RGB", "BGR", {"good": 0.5}, [32, 32, 32], [None, None, None, None]]
+MANIFEST_VALUES: list[Any] = [
+    "head",
+    "explainer",
+    "classifier_fp32",
+    "classifier_int8",
+    "keras",
+    "head.npz",
+    "explainer.tflite",
+    "model.keras",
+    "classifier_fp32.tflite",
+    "manifest.json",
+    "good",
+    ["good", "good", "break", "length"],
+    ["good", "error", "break"],
+    ["good", "error", "break", "length", "extra"],
+    128,
+    64,
+    0.0,
+    1.0,
+    1,
+    2,
+    "multiclass",
+    "RGB",
+    "BGR",
+    {"good": 0.5},
+    [32, 32, 32],
+    [None, None, None, None],
+]
 
 
 def mutate_manifest(base: dict, rng: random.Random) -> bytes:
@@ -283,16 +394,23 @@ def world(tmp_path_factory) -> World:
         w.write(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
     w.release()
     text = DEMO.read_text()
-    for old, new in (("device: demo-out/seam.mp4", "device: ../assets/seam.mp4"),
-                     ("bundle: edge/models/default", "bundle: ../assets/bundle"),
-                     ("dir: demo-out/heatmaps", "dir: state/heatmaps"),
-                     ("outbox: demo-out/outbox.sqlite", "outbox: state/outbox.sqlite"),
-                     ("mqtt:\n", "mqtt:\n  enabled: false\n")):
+    for old, new in (
+        ("device: demo-out/seam.mp4", "device: ../assets/seam.mp4"),
+        ("bundle: edge/models/default", "bundle: ../assets/bundle"),
+        ("dir: demo-out/heatmaps", "dir: state/heatmaps"),
+        ("outbox: demo-out/outbox.sqlite", "outbox: state/outbox.sqlite"),
+        ("mqtt:\n", "mqtt:\n  enabled: false\n"),
+    ):
         assert old in text, f"config/demo.yaml changed: {old!r} not found; update tests/test_fuzz.py"
         text = text.replace(old, new, 1)
-    return World(root=root, assets=assets, config=text, n=0,
-                 manifest=json.loads((SHIPPED / "manifest.json").read_text()),
-                 shipped=(SHIPPED / "manifest.json").read_bytes())
+    return World(
+        root=root,
+        assets=assets,
+        config=text,
+        n=0,
+        manifest=json.loads((SHIPPED / "manifest.json").read_text()),
+        shipped=(SHIPPED / "manifest.json").read_bytes(),
+    )
 
 
 def _snapshot(*dirs: Path) -> dict[str, tuple]:
@@ -302,8 +420,7 @@ def _snapshot(*dirs: Path) -> dict[str, tuple]:
             for name in subdirs + files:
                 p = Path(base) / name
                 st_ = p.lstat()
-                out[str(p)] = (st_.st_mode, st_.st_size, st_.st_mtime_ns,
-                               os.readlink(p) if p.is_symlink() else None)
+                out[str(p)] = (st_.st_mode, st_.st_size, st_.st_mtime_ns, os.readlink(p) if p.is_symlink() else None)
     return out
 
 
@@ -351,8 +468,15 @@ def call_subprocess(argv: list[str], cwd: Path) -> tuple[int | None, str, float]
     t0 = time.monotonic()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     try:
-        r = subprocess.run([sys.executable, "-m", "edge", *argv], cwd=cwd, capture_output=True, text=True,
-                           timeout=CALL_LIMIT_S + 20, env=env, errors="replace")
+        r = subprocess.run(
+            [sys.executable, "-m", "edge", *argv],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=CALL_LIMIT_S + 20,
+            env=env,
+            errors="replace",
+        )
         return r.returncode, r.stderr, time.monotonic() - t0
     except subprocess.TimeoutExpired as e:
         return None, str(e.stderr or ""), time.monotonic() - t0
@@ -393,26 +517,34 @@ def run_case(world: dict, config: bytes, manifest: bytes | None, call: Callable 
         exits = FUZZ_COUNTS["exits"]
         exits[cc, rc] = exits.get((cc, rc), 0) + 1
         dns = cc == 78 and rc == 0 and "does not resolve" in cerr[0]
-        assert (cc, cerr) == (rc, rerr) or dns, f"--check-config and the run disagree on {cfg}: {results}\n" \
-                                                f"{config[:2000]!r}"
+        assert (cc, cerr) == (rc, rerr) or dns, (
+            f"--check-config and the run disagree on {cfg}: {results}\n{config[:2000]!r}"
+        )
         state = _state_paths(cfg)
         after = _snapshot(world["assets"], case)
         changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
         outside = [p for p in changed if not _allowed(p, state)]
         assert not outside, f"files outside the state paths changed: {outside} (state: {state})"
         if cc != 0:
-            assert not any(p in after and p not in before for p in map(str, state[1:2])), "a refused config made an outbox"
+            assert not any(p in after and p not in before for p in map(str, state[1:2])), (
+                "a refused config made an outbox"
+            )
     finally:
         os.chdir(old_cwd)
     shutil.rmtree(case, ignore_errors=True)
 
 
-_SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+_SETTINGS = dict(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @settings(max_examples=N_CONFIG, **_SETTINGS)
-@given(seed=st.integers(0, 2 ** 32 - 1))
+@given(seed=st.integers(0, 2**32 - 1))
 def test_fuzz_config(world, seed):
     t0 = time.monotonic()
     run_case(world, mutate_config(world["config"], random.Random(seed)), None)
@@ -421,7 +553,7 @@ def test_fuzz_config(world, seed):
 
 
 @settings(max_examples=N_MANIFEST, **_SETTINGS)
-@given(seed=st.integers(0, 2 ** 32 - 1))
+@given(seed=st.integers(0, 2**32 - 1))
 def test_fuzz_manifest(world, seed):
     t0 = time.monotonic()
     cfg = world["config"].replace("bundle: ../assets/bundle", "bundle: bundle").encode()

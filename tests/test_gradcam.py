@@ -32,9 +32,18 @@ def make_bundle(model, out: Path, labels, task: str = "multilabel", calibration=
     files, gc = export_explainer(model, out, calibration=calibration)
     (out / "classifier_fp32.tflite").write_bytes(keras_to_tflite(model, h, w, "none"))
     model.save(str(out / "model.keras"))
-    write_manifest(out, {"name": out.name, "task": task, "labels": list(labels), "input": {"height": h, "width": w},
-                         "classifier": "classifier_fp32", "gradcam": gc},
-                   {**files, "classifier_fp32": "classifier_fp32.tflite", "keras": "model.keras"})
+    write_manifest(
+        out,
+        {
+            "name": out.name,
+            "task": task,
+            "labels": list(labels),
+            "input": {"height": h, "width": w},
+            "classifier": "classifier_fp32",
+            "gradcam": gc,
+        },
+        {**files, "classifier_fp32": "classifier_fp32.tflite", "keras": "model.keras"},
+    )
     return out
 
 
@@ -147,8 +156,12 @@ def _non_flat(maps: dict) -> int:
 @pytest.fixture(scope="module")
 def resnet_bundle(tmp_path_factory):
     m = seed_resnet_like()
-    root = make_bundle(m, tmp_path_factory.mktemp("gc") / "resnet", SEAM,
-                       calibration=np.stack([np.random.default_rng(i).standard_normal((64, 64, 3)) for i in range(6)]))
+    root = make_bundle(
+        m,
+        tmp_path_factory.mktemp("gc") / "resnet",
+        SEAM,
+        calibration=np.stack([np.random.default_rng(i).standard_normal((64, 64, 3)) for i in range(6)]),
+    )
     return m, root
 
 
@@ -205,12 +218,12 @@ def test_agreement_softmax_litert_vs_tf(head, tmp_path):
 def test_agreement_seed_cnn_mlp_head(tmp_path):
     """The seed CNN (BN features → MaxPool → Flatten → Dense(128, relu) → Dense): numpy follows
     the hidden ReLU with the frame's own mask and still agrees with TF."""
+    import keras
+
     from convert.explainer import find_gradcam_layer
     from convert.gradcam_tf import TFGradCAM
     from convert.models import build_model
     from edge.gradcam import Explainer
-
-    import keras
 
     keras.utils.set_random_seed(3)
     m = build_model("cnn", 4, 64, 64, filters=4)
@@ -251,9 +264,20 @@ def test_head_gradient_closed_form_avgpool():
     rng = np.random.default_rng(0)
     h, w, c, n = 10, 9, 3, 2
     kernel = rng.standard_normal((2 * 2 * c, n)).astype(np.float32)
-    head = {"spec": {"format": 1, "n_outputs": n, "activation": "sigmoid", "steps": [
-        {"kind": "avg_pool", "pool": [4, 4], "strides": [4, 4]}, {"kind": "flatten"},
-        {"kind": "dense", "kernel": "k", "bias": "b"}]}, "k": kernel, "b": np.zeros(n, np.float32)}
+    head = {
+        "spec": {
+            "format": 1,
+            "n_outputs": n,
+            "activation": "sigmoid",
+            "steps": [
+                {"kind": "avg_pool", "pool": [4, 4], "strides": [4, 4]},
+                {"kind": "flatten"},
+                {"kind": "dense", "kernel": "k", "bias": "b"},
+            ],
+        },
+        "k": kernel,
+        "b": np.zeros(n, np.float32),
+    }
     feats = rng.standard_normal((h, w, c)).astype(np.float32)
     g = head_gradient(feats, head, 1)
     col = kernel[:, 1].reshape(2, 2, c)
@@ -263,12 +287,18 @@ def test_head_gradient_closed_form_avgpool():
             np.testing.assert_allclose(g[i, j], want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("steps", [
-    [{"kind": "bn", "scale": "s", "shift": "t"}, {"kind": "relu", "max_value": 6.0, "negative_slope": 0.0,
-                                                   "threshold": 0.0}, {"kind": "global_avg_pool"}],
-    [{"kind": "max_pool", "pool": [3, 3], "strides": [2, 2]}, {"kind": "flatten"}],
-    [{"kind": "relu", "max_value": None, "negative_slope": 0.1, "threshold": 0.0}, {"kind": "global_max_pool"}],
-])
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [
+            {"kind": "bn", "scale": "s", "shift": "t"},
+            {"kind": "relu", "max_value": 6.0, "negative_slope": 0.0, "threshold": 0.0},
+            {"kind": "global_avg_pool"},
+        ],
+        [{"kind": "max_pool", "pool": [3, 3], "strides": [2, 2]}, {"kind": "flatten"}],
+        [{"kind": "relu", "max_value": None, "negative_slope": 0.1, "threshold": 0.0}, {"kind": "global_max_pool"}],
+    ],
+)
 def test_head_gradient_matches_finite_differences(steps):
     from edge.gradcam import head_forward, head_gradient
 
@@ -282,10 +312,18 @@ def test_head_gradient_matches_finite_differences(steps):
         elif s["kind"] in ("global_avg_pool", "global_max_pool"):
             x = np.zeros(c)
     d = x.size
-    head = {"spec": {"format": 1, "n_outputs": n, "activation": "linear",
-                     "steps": steps + [{"kind": "dense", "kernel": "k", "bias": "b"}]},
-            "k": rng.standard_normal((d, n)), "b": rng.standard_normal(n),
-            "s": rng.uniform(0.5, 2, c), "t": rng.normal(0, 1, c)}
+    head = {
+        "spec": {
+            "format": 1,
+            "n_outputs": n,
+            "activation": "linear",
+            "steps": steps + [{"kind": "dense", "kernel": "k", "bias": "b"}],
+        },
+        "k": rng.standard_normal((d, n)),
+        "b": rng.standard_normal(n),
+        "s": rng.uniform(0.5, 2, c),
+        "t": rng.normal(0, 1, c),
+    }
     g = head_gradient(feats, head, 2).astype(np.float64)
     eps = 1e-3
     num = np.zeros_like(feats)
@@ -303,15 +341,21 @@ def test_gradcam_map_flat_and_degenerate_never_divide_by_zero():
 
     f = np.random.default_rng(0).uniform(0, 1, (4, 4, 3)).astype(np.float32)
     with np.errstate(all="raise"):
-        for feats, grads in [(np.zeros((4, 4, 3)), np.ones((4, 4, 3))),   # no features
-                             (f, np.zeros((4, 4, 3))),                    # zero gradient
-                             (f, -np.ones((4, 4, 3))),                    # all-negative map
-                             (np.ones((4, 4, 3)), np.full((4, 4, 3), 1e-30))]:  # round-off peak
+        for feats, grads in [
+            (np.zeros((4, 4, 3)), np.ones((4, 4, 3))),  # no features
+            (f, np.zeros((4, 4, 3))),  # zero gradient
+            (f, -np.ones((4, 4, 3))),  # all-negative map
+            (np.ones((4, 4, 3)), np.full((4, 4, 3), 1e-30)),
+        ]:  # round-off peak
             cam, peak = gradcam_map(feats, grads)
             assert cam.shape == (4, 4) and cam.dtype == np.float32
             assert np.all(cam == 0) and np.isfinite(peak)
         cam, peak = gradcam_map(f, np.ones((4, 4, 3)))
-        assert cam.max() == pytest.approx(1.0) and cam.min() >= 0 and peak == pytest.approx(float(f.sum(-1).max()), rel=1e-5)
+        assert (
+            cam.max() == pytest.approx(1.0)
+            and cam.min() >= 0
+            and peak == pytest.approx(float(f.sum(-1).max()), rel=1e-5)
+        )
         big = resize_cam(cam, 256, 256)
         assert big.shape == (256, 256) and 0 <= big.min() and big.max() <= 1
         frame = np.full((256, 256, 3), 100, np.uint8)
@@ -361,14 +405,16 @@ def bright_square_model(size: int = 64):
     o = layers.Dense(4, activation="sigmoid")(x)
     m = keras.Model(i, o)
     m.get_layer("detector").set_weights([np.full((5, 5, 3, 1), 1 / 75, np.float32), np.zeros(1, np.float32)])
-    m.layers[-1].set_weights([np.array([[-4.0, 8.0, 0.0, 0.0]], np.float32), np.array([1.0, 0.5, -6.0, -6.0], np.float32)])
+    m.layers[-1].set_weights(
+        [np.array([[-4.0, 8.0, 0.0, 0.0]], np.float32), np.array([1.0, 0.5, -6.0, -6.0], np.float32)]
+    )
     return m
 
 
 def square_image(x: int, y: int, side: int = 40, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = rng.integers(20, 60, (256, 256, 3)).astype(np.uint8)
-    img[y:y + side, x:x + side] = 230
+    img[y : y + side, x : x + side] = 230
     return img
 
 
@@ -386,14 +432,14 @@ def test_known_location_peak_lands_on_the_square(square_bundle):
     m, root = square_bundle
     assert find_gradcam_layer(m) == "bright"
     ex, tg = Explainer(root), TFGradCAM(m, labels=SEAM)
-    for (x, y) in [(20, 30), (180, 190), (110, 40)]:
+    for x, y in [(20, 30), (180, 190), (110, 40)]:
         img = square_image(x, y)
         for maps in (ex.explain(img, ["error"]), tg.explain(img, ["error"])):
             hm = maps["error"]
             assert hm.score > 0.5 and hm.cam.shape == (256, 256)
             yy, xx = np.unravel_index(int(hm.cam.argmax()), hm.cam.shape)
             assert x - 4 <= xx < x + 44 and y - 4 <= yy < y + 44, (x, y, xx, yy)
-            inside = hm.cam[y:y + 40, x:x + 40].sum() / hm.cam.sum()
+            inside = hm.cam[y : y + 40, x : x + 40].sum() / hm.cam.sum()
             assert inside > 0.5
 
 
@@ -415,8 +461,13 @@ def _still(seed: int, two_mm: bool) -> np.ndarray:
     """A defect-free synthetic still whose stitch length is known (``length`` True = 2 mm)."""
     from convert.synth import render_image
 
-    img, labels, _ = render_image(np.random.default_rng(seed), 256, px_per_mm=12.5, families=("plain",),
-                                  labels={"length": two_mm, "error": False, "break": False})
+    img, labels, _ = render_image(
+        np.random.default_rng(seed),
+        256,
+        px_per_mm=12.5,
+        families=("plain",),
+        labels={"length": two_mm, "error": False, "break": False},
+    )
     assert labels["length"] is two_mm
     return img
 
@@ -528,8 +579,17 @@ def test_unsupported_head_model_error_litert_but_tf_works(tmp_path):
         export_explainer(m, root)
     except ModelError as e:
         gc = gradcam_section(m, why=str(e))
-    write_manifest(root, {"task": "multiclass", "labels": ["x", "y"], "input": {"height": 32, "width": 32},
-                          "classifier": "c", "gradcam": gc}, {"c": "c.tflite", "keras": "model.keras"})
+    write_manifest(
+        root,
+        {
+            "task": "multiclass",
+            "labels": ["x", "y"],
+            "input": {"height": 32, "width": 32},
+            "classifier": "c",
+            "gradcam": gc,
+        },
+        {"c": "c.tflite", "keras": "model.keras"},
+    )
     with pytest.raises(ModelError, match="no LiteRT Grad-CAM explainer.*'hidden'.*method tf"):
         Explainer(root)
     from convert.heatmaps import open_source
@@ -537,3 +597,29 @@ def test_unsupported_head_model_error_litert_but_tf_works(tmp_path):
     maps2 = open_source(root, method="tf").explain(sample_frames(1)[0])  # the workstation explains it
     for lab in ("x", "y"):
         np.testing.assert_allclose(maps2[lab].cam, maps[lab].cam, atol=1e-6)
+
+
+def test_agreement_resnet_s2(tmp_path):
+    """``resnet-s2`` (stride-2 stem, four stages, GAP head): its 4×4 Grad-CAM layer at 64×64 is
+    found by name and the LiteRT explainer agrees with TF."""
+    import keras
+
+    from convert.explainer import describe_head, find_gradcam_layer, head_type
+    from convert.gradcam_tf import TFGradCAM
+    from convert.models import build_model
+    from edge.gradcam import Explainer
+
+    keras.utils.set_random_seed(5)
+    m = build_model("resnet-s2", 4, 64, 64, filters=4)
+    _randomize_bn(m, 5)
+    assert find_gradcam_layer(m) == "gradcam_features"
+    assert tuple(m.get_layer("gradcam_features").output.shape[1:]) == (4, 4, 32)
+    assert head_type(describe_head(m, "gradcam_features")[0]) == "global_avg_pool-dense-sigmoid"
+    root = make_bundle(m, tmp_path / "s2", SEAM)
+    ex, tg = Explainer(root), TFGradCAM(m, labels=SEAM)
+    non_flat = 0
+    for img in sample_frames(2, seed=6):
+        a = ex.explain(img)
+        assert_agree(a, tg.explain(img))
+        non_flat += _non_flat(a)
+    assert non_flat >= 2

@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 import cv2
-import pytest
 import numpy as np
+import pytest
 
 from edge.gradcam import Heatmap
-from edge.heatmaps import (SIDECAR_KIND, SUFFIXES, HeatmapWorker, Retention, paths_for, safe_name,
-                           sidecar_files)
+from edge.heatmaps import SIDECAR_KIND, SUFFIXES, HeatmapWorker, Retention, paths_for, safe_name, sidecar_files
 
 
 class BlobExplainer:
@@ -46,14 +45,22 @@ class BlobExplainer:
 
 def overlays():
     from edge.overlay import overlay_jet, overlay_labels
+
     return overlay_labels, overlay_jet
 
 
 def make_worker(root: Path, stop: threading.Event, explainer=None, **kw) -> HeatmapWorker:
     ol, oj = overlays()
     ex = explainer or BlobExplainer()
-    return HeatmapWorker(root, stop, explainer_factory=lambda: ex, overlay_labels=ol, overlay_jet=oj,
-                         labels_all=("good", "error", "break", "length"), **kw)
+    return HeatmapWorker(
+        root,
+        stop,
+        explainer_factory=lambda: ex,
+        overlay_labels=ol,
+        overlay_jet=oj,
+        labels_all=("good", "error", "break", "length"),
+        **kw,
+    )
 
 
 def frame(v=128):
@@ -86,18 +93,28 @@ def test_writes_frame_overlays_and_sidecar(tmp_path):
     w = make_worker(tmp_path / "hm", stop)
     assert w.prepare_dir()
     w.start()
-    path = w.submit("st-abcd1234-000007", 42, "2026-01-01T00:00:00.000Z", ("error", "break"),
-                    {"good": 0.1, "error": 0.9, "break": 0.7, "length": 0.8}, frame())
+    path = w.submit(
+        "st-abcd1234-000007",
+        42,
+        "2026-01-01T00:00:00.000Z",
+        ("error", "break"),
+        {"good": 0.1, "error": 0.9, "break": 0.7, "length": 0.8},
+        frame(),
+    )
     assert path == str((tmp_path / "hm").resolve() / "st-abcd1234-000007.overlay.jpg")
     assert wait_for(lambda: w.saved == 1)
     w.close(5.0)
     stop.set()
     w.join(5)
     files = sorted(p.name for p in (tmp_path / "hm").iterdir())
-    assert files == ["st-abcd1234-000007.jet.jpg", "st-abcd1234-000007.json", "st-abcd1234-000007.overlay.jpg",
-                     "st-abcd1234-000007.png"]
+    assert files == [
+        "st-abcd1234-000007.jet.jpg",
+        "st-abcd1234-000007.json",
+        "st-abcd1234-000007.overlay.jpg",
+        "st-abcd1234-000007.png",
+    ]
     orig = cv2.imread(str(tmp_path / "hm" / "st-abcd1234-000007.png"))
-    assert np.array_equal(orig, frame())                       # lossless original
+    assert np.array_equal(orig, frame())  # lossless original
     ov = cv2.imread(path)
     assert ov.shape == (64, 64, 3) and not np.array_equal(ov, frame())
     # error (blue) blob on the left, break (green) on the right: the colours land where the maps are
@@ -114,8 +131,16 @@ def write_set(root: Path, event_id: str, nbytes: int, mtime: float, legacy: bool
     stem = safe_name(event_id)
     for suf in (".png", ".overlay.jpg", ".jet.jpg"):
         (root / f"{stem}{suf}").write_bytes(b"x" * (nbytes // 3))
-    side = {"event_id": event_id, "frame": 1, "ts": "t", "labels": ["error"], "scores": {"error": 0.9},
-            "peaks": {"error": 1.0}, "jet_label": "error", "files": sidecar_files(stem)}
+    side = {
+        "event_id": event_id,
+        "frame": 1,
+        "ts": "t",
+        "labels": ["error"],
+        "scores": {"error": 0.9},
+        "peaks": {"error": 1.0},
+        "jet_label": "error",
+        "files": sidecar_files(stem),
+    }
     if not legacy:
         side["kind"] = SIDECAR_KIND
     (root / f"{stem}.json").write_text(json.dumps(side))
@@ -129,9 +154,9 @@ def test_retention_deletes_oldest_first(tmp_path):
     root.mkdir()
     for i in range(5):
         write_set(root, f"old{i}", 150_000, time.time() - 1000 + i, legacy=(i == 0))
-    (root / "unrelated.txt").write_bytes(b"y" * 1_000_000)   # not ours: never counted, never deleted
+    (root / "unrelated.txt").write_bytes(b"y" * 1_000_000)  # not ours: never counted, never deleted
     r = Retention(root, max_bytes=450_000)
-    assert set(r.groups) == {f"old{i}" for i in range(5)}     # the legacy sidecar (no marker) is ours too
+    assert set(r.groups) == {f"old{i}" for i in range(5)}  # the legacy sidecar (no marker) is ours too
     assert 5 * 150_000 <= r.total < 5 * 151_000
     assert r.enforce() == 3
     left = sorted(p.name for p in root.iterdir())
@@ -160,7 +185,7 @@ def test_retention_never_deletes_files_it_did_not_write(tmp_path):
     assert w.prepare_dir()
     w.start()
     for i in range(150):
-        noise = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)   # ~50 KB PNG: 0.5 MB holds a few sets
+        noise = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)  # ~50 KB PNG: 0.5 MB holds a few sets
         assert w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, noise)
     assert wait_for(lambda: w.saved + w.dropped == 150, 120)
     w.close(5.0)
@@ -195,8 +220,9 @@ def test_bundle_folder_as_heatmaps_dir_keeps_the_bundle(tmp_path):
     w.start()
     rng = np.random.default_rng(1)
     for i in range(150):
-        assert w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9},
-                        rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+        assert w.submit(
+            f"ev-{i}", i, "t", ("error",), {"error": 0.9}, rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+        )
     assert wait_for(lambda: w.saved + w.dropped == 150, 120)
     w.close(5.0)
     stop.set()
@@ -216,7 +242,7 @@ def test_restart_finds_its_earlier_sets_and_only_those(tmp_path):
     write_set(root, "prev-2", 300_000, t + 1, legacy=True)
     forged = write_set(root, "prev-3", 300_000, t + 2)
     side = json.loads((root / f"{forged}.json").read_text())
-    side["files"]["frame"] = "holiday.png"                      # not the set's own name: not ours
+    side["files"]["frame"] = "holiday.png"  # not the set's own name: not ours
     (root / f"{forged}.json").write_text(json.dumps(side))
     r = Retention(root, max_bytes=0)
     assert set(r.groups) == {"prev-1", "prev-2"}
@@ -232,10 +258,10 @@ def test_worker_enforces_max_mb(tmp_path):
     assert w.submit("ev-0", 0, "t", ("error",), {"error": 0.9}, frame(60))
     assert wait_for(lambda: w.saved == 1)
     one_set = sum(p.stat().st_size for p in tmp_path.iterdir())
-    w.retention.max_bytes = int(one_set * 2.5)   # room for two sets
+    w.retention.max_bytes = int(one_set * 2.5)  # room for two sets
     for i in range(1, 4):
         assert w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, frame(60 + 40 * i))
-        assert wait_for(lambda: w.saved == i + 1)
+        assert wait_for(lambda n=i + 1: w.saved == n)
     w.close(5.0)
     stop.set()
     w.join(5)
@@ -251,9 +277,9 @@ def test_full_queue_drops_and_never_blocks(tmp_path, caplog):
     w.start()
     t0 = time.monotonic()
     results = [w.submit(f"ev-{i}", i, "t", ("break",), {"break": 0.9}, frame()) for i in range(10)]
-    assert time.monotonic() - t0 < 0.25 * 10          # submit never waits for the worker
+    assert time.monotonic() - t0 < 0.25 * 10  # submit never waits for the worker
     assert results.count(None) >= 6 and w.dropped == results.count(None)
-    assert sum("worker is behind" in r.message for r in caplog.records) == 1   # logged once
+    assert sum("worker is behind" in r.message for r in caplog.records) == 1  # logged once
     w.close(5.0)
     stop.set()
     w.join(10)
@@ -262,7 +288,7 @@ def test_full_queue_drops_and_never_blocks(tmp_path, caplog):
 
 def test_unwritable_dir_counts_drops(tmp_path, caplog):
     (tmp_path / "file").write_text("a file where the directory should be")
-    root = tmp_path / "file" / "hm"      # cannot be created, even by root
+    root = tmp_path / "file" / "hm"  # cannot be created, even by root
     stop = threading.Event()
     w = make_worker(root, stop)
     assert not w.prepare_dir()
@@ -321,8 +347,9 @@ def test_wrong_length_set_on_a_2mm_line_explains_the_wrong_length(tmp_path):
     from edge.gradcam import Explainer, negated_labels
 
     shipped = Path(__file__).resolve().parent.parent / "edge" / "models" / "default"
-    img, labels, _ = render_image(np.random.default_rng(1), 256,
-                                  labels={"length": False, "error": False, "break": False})
+    img, labels, _ = render_image(
+        np.random.default_rng(1), 256, labels={"length": False, "error": False, "break": False}
+    )
     assert labels["length"] is False  # 4 mm stitches
     stop = threading.Event()
     w = make_worker(tmp_path, stop, explainer=Explainer(shipped, threads=1, negate=negated_labels("2mm")))
@@ -348,9 +375,9 @@ def test_stop_drains_what_was_submitted_before_close(tmp_path):
     w = make_worker(tmp_path, stop, explainer=BlobExplainer(delay=0.05))
     w.prepare_dir()
     w.start()
-    stop.set()                                   # stop first (as on a signal) ...
+    stop.set()  # stop first (as on a signal) ...
     paths = [w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, frame()) for i in range(4)]
-    w.close(10.0)                                # ... the last alerts, then "no more jobs"
+    w.close(10.0)  # ... the last alerts, then "no more jobs"
     w.join(15)
     assert not w.is_alive() and w.saved == 4 and all(Path(p).is_file() for p in paths)
     assert w.submit("late", 9, "t", ("error",), {"error": 0.9}, frame()) is None and w.dropped == 1
@@ -408,7 +435,7 @@ def test_flapping_disk_keeps_one_error_line_then_recovers(tmp_path, caplog, monk
 
     def fail_once(i):
         root.rename(tmp_path / "hm.away")
-        root.write_text("not a dir")          # the next save fails
+        root.write_text("not a dir")  # the next save fails
         w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, frame())
         assert wait_for(lambda: w.dropped == i // 2 + 1)
         root.unlink()
@@ -418,7 +445,7 @@ def test_flapping_disk_keeps_one_error_line_then_recovers(tmp_path, caplog, monk
         for i in (0, 2):
             fail_once(i)
             assert w.submit(f"ev-{i + 1}", i + 1, "t", ("error",), {"error": 0.9}, frame())
-            assert wait_for(lambda: w.saved == i // 2 + 1)
+            assert wait_for(lambda n=i // 2 + 1: w.saved == n)
         assert w.dropped == 2 and w.saved == 2
         assert sum("heatmaps are dropped" in r.message for r in caplog.records) == 1
         assert not any("works again" in r.message for r in caplog.records)
@@ -451,7 +478,7 @@ def test_second_worker_on_the_same_dir_is_refused_until_the_first_ends(tmp_path)
     first.close(1.0)
     stop1.set()
     first.join(5)
-    assert second.prepare_dir()                     # the first worker's end released it
+    assert second.prepare_dir()  # the first worker's end released it
     # a worker that only later finds the directory taken drops heatmaps (logged), alerts go on
     third = make_worker(root, threading.Event())
     third.writable = False

@@ -28,8 +28,20 @@ def _check_raw(out: Path, stems_shapes: dict[str, tuple[int, int]], labels) -> N
 
 def test_heatmaps_bundle_csv_raw(tiny_bundle, tiny_dataset, tmp_path):
     out = tmp_path / "hm"
-    rc = _main(["heatmaps", "--model", str(tiny_bundle), "--data", str(tiny_dataset / "data.csv"),
-                "--out", str(out), "--raw", "--limit", "4"])
+    rc = _main(
+        [
+            "heatmaps",
+            "--model",
+            str(tiny_bundle),
+            "--data",
+            str(tiny_dataset / "data.csv"),
+            "--out",
+            str(out),
+            "--raw",
+            "--limit",
+            "4",
+        ]
+    )
     assert rc == 0
     names = [ln.split(",")[1] for ln in (tiny_dataset / "data.csv").read_text().splitlines()[1:5]]
     stems = {Path(n).stem: cv2.imread(str(tiny_dataset / n)).shape[:2] for n in names}
@@ -44,9 +56,28 @@ def test_heatmaps_bundle_csv_raw(tiny_bundle, tiny_dataset, tmp_path):
 def test_heatmaps_raw_same_maps_with_both_methods(tiny_bundle, tiny_dataset, tmp_path):
     """The CLI's two methods write the same maps (within the agreement bound)."""
     for method in ("litert", "tf"):
-        assert _main(["heatmaps", "--model", str(tiny_bundle), "--data", str(tiny_dataset / "data.csv"),
-                      "--out", str(tmp_path / method), "--raw", "--limit", "2", "--method", method,
-                      "--labels", "error", "break"]) == 0
+        assert (
+            _main(
+                [
+                    "heatmaps",
+                    "--model",
+                    str(tiny_bundle),
+                    "--data",
+                    str(tiny_dataset / "data.csv"),
+                    "--out",
+                    str(tmp_path / method),
+                    "--raw",
+                    "--limit",
+                    "2",
+                    "--method",
+                    method,
+                    "--labels",
+                    "error",
+                    "break",
+                ]
+            )
+            == 0
+        )
     files = sorted(p.name for p in (tmp_path / "litert").glob("*.npy"))
     assert len(files) == 4 and all(p.split(".")[1] in ("error", "break") for p in files)
     for name in files:
@@ -74,8 +105,12 @@ def test_heatmaps_class_folders_and_single_image_keras(tmp_path):
     assert (out / "contact_sheet.png").is_file()
     single = tmp_path / "single"
     img = data / "Banane" / "1.png"
-    assert _main(["heatmaps", "--model", str(kpath), "--data", str(img), "--out", str(single), "--raw",
-                  "--method", "litert"]) == 0
+    assert (
+        _main(
+            ["heatmaps", "--model", str(kpath), "--data", str(img), "--out", str(single), "--raw", "--method", "litert"]
+        )
+        == 0
+    )
     _check_raw(single, {"1": (256, 200)}, labels)
     a, b = np.load(single / "1.Banane.npy"), np.load(out / "Banane_1.Banane.npy")
     assert np.abs(a - b).max() <= 1e-3  # litert (temp export) vs tf on the same image
@@ -164,7 +199,18 @@ def test_heatmaps_bad_out_and_garbage_head_are_one_line(tmp_path, capsys):
     for kind, data in garbage_heads(good).items():
         b = shutil.copytree(root, tmp_path / f"b-{kind}")
         head = _replace_head(b, data)
-        rc = _main(["heatmaps", "--model", str(b), "--data", str(img), "--out", str(tmp_path / f"o-{kind}"),
-                    "--method", "litert"])
+        rc = _main(
+            [
+                "heatmaps",
+                "--model",
+                str(b),
+                "--data",
+                str(img),
+                "--out",
+                str(tmp_path / f"o-{kind}"),
+                "--method",
+                "litert",
+            ]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 78 and len(err) == 1 and str(head) in err[0], (kind, rc, err)

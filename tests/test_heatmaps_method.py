@@ -18,8 +18,13 @@ SHIPPED = ROOT / "edge" / "models" / "default"
 def test_heatmaps_method_tf_is_exit_78_naming_key_and_value(tmp_path):
     video = noise_video(tmp_path / "v.mp4", 10)
     cfg = daemon_config(tmp_path, SHIPPED, video, None, heatmaps={"method": "tf"})
-    r = subprocess.run([sys.executable, "-m", "edge", "--config", str(cfg), "--check-config"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "edge", "--config", str(cfg), "--check-config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode == 78 and len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert str(cfg) in err[0] and "heatmaps.method" in err[0] and "'tf'" in err[0] and "litert" in err[0], err[0]
@@ -29,6 +34,11 @@ def test_heatmaps_method_tf_is_exit_78_naming_key_and_value(tmp_path):
     assert len(err) == 1 and "heatmaps.method" in err[0] and "Traceback" not in text, text[-3000:]
     # with heatmaps off the key does not matter
     cfg = daemon_config(tmp_path, SHIPPED, video, None, heatmaps={"method": "tf", "enabled": False})
-    r = subprocess.run([sys.executable, "-m", "edge", "--config", str(cfg), "--check-config"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "edge", "--config", str(cfg), "--check-config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from convert.label import LabelApp, VideoFrames, serve
-from convert.label_state import ATTRS, KEYS, LabelStore, Labeler, csv_bytes, open_session
+from convert.label_state import ATTRS, KEYS, Labeler, LabelStore, csv_bytes, open_session
 from edge.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ def draw(i: int, size=(160, 120)) -> np.ndarray:
     col = w // 8
     for b in range(8):
         if i >> b & 1:
-            img[:, b * col:(b + 1) * col] = 255
+            img[:, b * col : (b + 1) * col] = 255
     return img
 
 
@@ -49,7 +49,7 @@ def make_video(path: Path, n: int, fourcc: str = "MJPG", size=(160, 120)) -> Pat
 def frame_index(img: np.ndarray) -> int:
     """Which test frame an image is (decodes ``draw``)."""
     col = img.shape[1] // 8
-    return sum(1 << b for b in range(8) if img[10:-10, b * col + 4:(b + 1) * col - 4].mean() > 128)
+    return sum(1 << b for b in range(8) if img[10:-10, b * col + 4 : (b + 1) * col - 4].mean() > 128)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def session(video: Path, out: Path) -> Labeler:
 
 
 def press(lab: Labeler, keys: str | list[str]) -> None:
-    for k in (keys.split() if isinstance(keys, str) else keys):
+    for k in keys.split() if isinstance(keys, str) else keys:
         lab.press(k)
 
 
@@ -76,6 +76,7 @@ def read(out: Path, stem: str) -> pd.DataFrame:
 
 
 # --- state machine: keys in, files out -------------------------------------------------------
+
 
 def test_seed_keys_write_seed_files(video7, tmp_path):
     lab = session(video7, tmp_path)
@@ -100,6 +101,7 @@ def test_seed_keys_write_seed_files(video7, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*df["name"], "seam7_data.csv"])
     # the workstation reader (used by split/train) reads it
     from convert.data import read_csv
+
     ds = read_csv(tmp_path / "seam7_data.csv")
     assert ds.labels == ATTRS and len(ds) == 3
     assert ds.targets[2].tolist() == [0.0, 1.0, 1.0, 1.0]
@@ -222,11 +224,13 @@ def test_state_is_json_and_lists_keys(video7, tmp_path):
 
 # --- crash safety and reconciliation --------------------------------------------------------
 
+
 def test_failed_csv_write_leaves_no_image_and_old_csv(video7, tmp_path, monkeypatch):
     lab = session(video7, tmp_path)
     press(lab, "g s n")
     before = (tmp_path / "seam7_data.csv").read_bytes()
     import convert.label_state as ls
+
     real = ls.atomic_write
 
     def failing(path, data):
@@ -281,8 +285,8 @@ def test_reconcile_on_open(video7, tmp_path):
 
 def test_duplicate_rows_in_csv_collapse_to_one(video7, tmp_path):
     (tmp_path / "seam7_data.csv").write_text(
-        ",name,good,error,break,length\n0,seam7_2.png,True,False,False,False\n"
-        "1,seam7_2.png,False,True,False,False\n")
+        ",name,good,error,break,length\n0,seam7_2.png,True,False,False,False\n1,seam7_2.png,False,True,False,False\n"
+    )
     (tmp_path / "seam7_2.png").write_bytes(b"png")
     lab = session(video7, tmp_path)
     assert list(lab.store.rows) == [2] and lab.store.rows[2].values == (False, True, False, False)
@@ -290,12 +294,18 @@ def test_duplicate_rows_in_csv_collapse_to_one(video7, tmp_path):
     assert read(tmp_path, "seam7")["name"].tolist() == ["seam7_2.png", "seam7_3.png"]
 
 
-@pytest.mark.parametrize("content, match", [
-    (",name,good,error\n", "header"),
-    (",name,good,error,break,length\n0,seam7_1.png,True,maybe,False,False\n", r"seam7_data.csv:2: column 'error' has value 'maybe'"),
-    (",name,good,error,break,length\n0,frame1.png,True,False,False,False\n", "is not seam7_<frame>.png"),
-    (",name,good,error,break,length\n0,seam7_1.png,True\n", "fields"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (",name,good,error\n", "header"),
+        (
+            ",name,good,error,break,length\n0,seam7_1.png,True,maybe,False,False\n",
+            r"seam7_data.csv:2: column 'error' has value 'maybe'",
+        ),
+        (",name,good,error,break,length\n0,frame1.png,True,False,False,False\n", "is not seam7_<frame>.png"),
+        (",name,good,error,break,length\n0,seam7_1.png,True\n", "fields"),
+    ],
+)
 def test_bad_csv_is_one_clear_error(video7, tmp_path, content, match):
     (tmp_path / "seam7_data.csv").write_text(content)
     with pytest.raises(DataError, match=match):
@@ -304,15 +314,16 @@ def test_bad_csv_is_one_clear_error(video7, tmp_path, content, match):
 
 def test_csv_bytes_match_pandas():
     from convert.label_state import Row
+
     rows = [Row(3, "a b,c_3.png", (True, False, True, False)), Row(9, "a b,c_9.png", (False,) * 4)]
-    df = pd.DataFrame({"name": [r.name for r in rows],
-                       **{a: [r.values[i] for r in rows] for i, a in enumerate(ATTRS)}})
+    df = pd.DataFrame({"name": [r.name for r in rows], **{a: [r.values[i] for r in rows] for i, a in enumerate(ATTRS)}})
     assert csv_bytes(rows).decode() == df.to_csv(lineterminator="\n")
     back = pd.read_csv(io.BytesIO(csv_bytes(rows)), index_col=0)
     assert back.equals(df)
 
 
 # --- the HTTP API (no browser) ----------------------------------------------------------------
+
 
 def test_http_api_and_clean_shutdown(video7, tmp_path):
     frames = VideoFrames(video7)
@@ -365,9 +376,11 @@ def test_http_api_and_clean_shutdown(video7, tmp_path):
 
 # --- the command: one clear line for bad input ----------------------------------------------
 
+
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convert", "label", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "convert", "label", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess, *words: str) -> None:
@@ -417,6 +430,7 @@ def test_cli_unwritable_output(video7, tmp_path):
 
 def test_cli_port_in_use(video7, tmp_path):
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -435,9 +449,13 @@ def test_cli_help_names_the_keys():
 
 @pytest.mark.parametrize("stop", ["q", "SIGINT"])
 def test_cli_serves_and_stops_cleanly(video7, tmp_path, stop):
-    p = subprocess.Popen([sys.executable, "-m", "convert", "label", "--video", str(video7),
-                          "--out", str(tmp_path), "--port", "0"], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "convert", "label", "--video", str(video7), "--out", str(tmp_path), "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = None
         deadline = time.monotonic() + 60
@@ -473,8 +491,22 @@ def test_split_reads_label_output(video7, tmp_path):
     lab = session(video7, tmp_path / "labels")
     press(lab, "g Enter Enter e Enter Enter b Enter Enter Enter")
     assert lab.counts()["saved"] == 7
-    p = subprocess.run([sys.executable, "-m", "convert", "split", "--data", str(tmp_path / "labels"),
-                        "--out", str(tmp_path / "split")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convert",
+            "split",
+            "--data",
+            str(tmp_path / "labels"),
+            "--out",
+            str(tmp_path / "split"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     parts = [pd.read_csv(tmp_path / "split" / f, index_col=0) for f in ("train.csv", "valid.csv", "test.csv")]
     names = sorted(Path(n).name for df in parts for n in df["name"])

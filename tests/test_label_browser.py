@@ -21,13 +21,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 try:
     import selenium  # noqa: F401
+
     HAVE_SELENIUM = True
 except ImportError:
     HAVE_SELENIUM = False
 
 if not (HAVE_SELENIUM and Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
-    pytest.skip("needs chromium, chromedriver (apt: chromium chromium-driver) and selenium",
-                allow_module_level=True)
+    pytest.skip("needs chromium, chromedriver (apt: chromium chromium-driver) and selenium", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -58,8 +58,12 @@ class Server:
 
     def __init__(self, video: Path, out: Path, *extra: str):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "convert", "label", "--video", str(video), "--out", str(out),
-             "--port", "0", *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "convert", "label", "--video", str(video), "--out", str(out), "--port", "0", *extra],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.url = None
         self.head = []
         deadline = time.monotonic() + 60
@@ -88,9 +92,17 @@ class Server:
 def driver(tmp_path_factory):
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--window-size=1400,900"):
+    for a in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,900",
+    ):
         opts.add_argument(a)
     opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
     d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -108,8 +120,11 @@ class Page:
     def settle(self) -> None:
         """Wait until every key sent has been answered and rendered."""
         WebDriverWait(self.d, 15).until(
-            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-pending") == "0"
-            and d.find_element(By.ID, "frame-no").text.isdigit())
+            lambda d: (
+                d.find_element(By.TAG_NAME, "body").get_attribute("data-pending") == "0"
+                and d.find_element(By.ID, "frame-no").text.isdigit()
+            )
+        )
 
     def keys(self, *keys: str, shift: bool = False) -> None:
         for k in keys:
@@ -220,7 +235,9 @@ def test_label_page_keys_files_undo_resume(driver, tmp_path):
     assert list(df.index) == [0, 1]
     assert df["name"].tolist() == ["seam7_0.png", "seam7_1.png"]
     assert df[["good", "error", "break", "length"]].values.tolist() == [
-        [True, False, False, False], [True, True, False, False]]
+        [True, False, False, False],
+        [True, True, False, False],
+    ]
     assert sorted(p.name for p in out.iterdir()) == ["seam7_0.png", "seam7_1.png", "seam7_data.csv"]
 
     srv = Server(video, out)  # resume: after the last saved frame, with its labels

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_attribute_scores_defect_and_break_auroc():
     labels = ("good", "error", "break", "length")
     y = np.array([[1, 0, 0, 1], [1, 0, 0, 0], [0, 1, 0, 1], [0, 0, 1, 0], [0, 1, 1, 1]], np.float32)
-    p = np.array([[.9, .1, .1, .8], [.6, .2, .3, .3], [.4, .7, .2, .9], [.7, .1, .8, .2], [.1, .9, .6, .7]])
+    p = np.array(
+        [[0.9, 0.1, 0.1, 0.8], [0.6, 0.2, 0.3, 0.3], [0.4, 0.7, 0.2, 0.9], [0.7, 0.1, 0.8, 0.2], [0.1, 0.9, 0.6, 0.7]]
+    )
     s = attribute_scores(y, p, labels, {lab: 0.5 for lab in labels})
     # defect = not good, score 1 - p(good): defects .6 .3 .9 vs normals .1 .4 → 5 of 6 pairs ranked right
     assert abs(s["defect_auroc"] - 5 / 6) < 1e-12
@@ -29,15 +31,36 @@ def test_attribute_scores_defect_and_break_auroc():
 
 def test_leave_out_cli_holds_each_family_out(tmp_path):
     work = tmp_path / "lo"
-    cmd = [sys.executable, "-m", "convert", "leave-out", "--work", str(work), "--families", "knit,felt",
-           "--train-count", "48", "--valid-count", "24", "--test-count", "40", "--epochs", "1", "--size", "32",
-           "--filters", "2", "--batch", "16", "--json", str(tmp_path / "lo.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "convert",
+        "leave-out",
+        "--work",
+        str(work),
+        "--families",
+        "knit,felt",
+        "--train-count",
+        "48",
+        "--valid-count",
+        "24",
+        "--test-count",
+        "40",
+        "--epochs",
+        "1",
+        "--size",
+        "32",
+        "--filters",
+        "2",
+        "--batch",
+        "16",
+        "--json",
+        str(tmp_path / "lo.json"),
+    ]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((tmp_path / "lo.json").read_text())
-    fams = {
-        key: read_families(work / f"pool-{key}") for key in ("train", "valid", "test")
-    }
+    fams = {key: read_families(work / f"pool-{key}") for key in ("train", "valid", "test")}
     for r in summary["results"]:
         fam = r["family"]
         d = work / fam
@@ -58,6 +81,11 @@ def test_leave_out_cli_holds_each_family_out(tmp_path):
 
 
 def test_leave_out_unknown_family_is_one_line(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "convert", "leave-out", "--work", str(tmp_path), "--families",
-                        "tweed"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "convert", "leave-out", "--work", str(tmp_path), "--families", "tweed"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2 and "unknown tweed" in p.stderr and "Traceback" not in p.stderr

@@ -89,8 +89,9 @@ def test_localize_cli_tiny_bundle_numbers_in_range(tiny_bundle, tiny_dataset, tm
     if not (tiny_dataset / "boxes.csv").is_file():
         pytest.skip("tiny_dataset has no boxes.csv (convert.synth not available)")
     out = tmp_path / "loc.json"
-    rc = _main(["localize", "--model", str(tiny_bundle), "--data", str(tiny_dataset), "--json", str(out),
-                "--limit", "60"])
+    rc = _main(
+        ["localize", "--model", str(tiny_bundle), "--data", str(tiny_dataset), "--json", str(out), "--limit", "60"]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and "pointing" in text and "tolerance 8 px" in text
     res = json.loads(out.read_text())

@@ -38,7 +38,9 @@ def test_seed_resnet_topology():
     assert bns and all(_inbound_kind(b) == "ReLU" for b in bns)
     feat = m.get_layer("gradcam_features")
     assert tuple(feat.output.shape[1:]) == (16, 16, 32)  # two stride-2 stages
-    assert type(m.get_layer("logits")).__name__ == "Dense" and m.get_layer("logits").get_config()["activation"] == "linear"
+    assert (
+        type(m.get_layer("logits")).__name__ == "Dense" and m.get_layer("logits").get_config()["activation"] == "linear"
+    )
     assert m.get_layer("predictions").get_config()["activation"] == "sigmoid"
     assert kinds[-4:] == ["AveragePooling2D", "Flatten", "Dense", "Activation"]
     assert m.get_layer("predictions").output.shape[-1] == 4
@@ -69,6 +71,32 @@ def test_gap_variant_and_its_gradcam_head():
     assert head_type(spec) == "global_avg_pool-dense-sigmoid"
 
 
+def test_resnet_s2_topology_and_cost():
+    """Stride-2 stem, stages [2, 2, 2, 1] with filters doubling, GAP head; at 128×128 and 16
+    filters it costs no more multiply-adds than the 8-filter ``resnet-int8-gap`` it replaces."""
+    from keras import layers
+
+    from convert.models import build_model
+
+    def macs(m):
+        return sum(
+            int(np.prod(lyr.output.shape[1:3])) * int(np.prod(lyr.kernel.shape))
+            for lyr in m.layers
+            if isinstance(lyr, layers.Conv2D)
+        )
+
+    m = build_model("resnet-s2", 4, 64, 64, filters=4)
+    convs = [lyr for lyr in m.layers if isinstance(lyr, layers.Conv2D)]
+    assert convs[0].strides == (2, 2) and convs[0].filters == 4
+    assert sorted({c.filters for c in convs}) == [4, 8, 16, 32]
+    assert sum(isinstance(lyr, layers.Add) for lyr in m.layers) == 7  # blocks 2 + 2 + 2 + 1
+    assert tuple(m.get_layer("gradcam_features").output.shape[1:]) == (4, 4, 32)
+    assert _kinds(m)[-4:] == ["ReLU", "GlobalAveragePooling2D", "Dense", "Activation"]
+    s2 = macs(build_model("resnet-s2", 4, 128, 128, filters=16))
+    gap = macs(build_model("resnet-int8-gap", 4, 128, 128, filters=8))
+    assert 100e6 < s2 < gap, (s2, gap)
+
+
 def test_cnn_and_tasks():
     from convert.models import build_model
 
@@ -90,9 +118,28 @@ def test_bad_arch_and_sizes():
 
 
 def test_unknown_architecture_cli(tiny_dataset, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "convert", "train", "--train", str(tiny_dataset), "--valid",
-                        str(tiny_dataset), "--out", str(tmp_path / "m.keras"), "--arch", "transformer"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convert",
+            "train",
+            "--train",
+            str(tiny_dataset),
+            "--valid",
+            str(tiny_dataset),
+            "--out",
+            str(tmp_path / "m.keras"),
+            "--arch",
+            "transformer",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [
-        "error: unknown architecture 'transformer' (choose one of: resnet, resnet-int8, resnet-int8-gap, cnn)"]
+        "error: unknown architecture 'transformer' "
+        "(choose one of: resnet, resnet-int8, resnet-int8-gap, resnet-s2, cnn)"
+    ]

@@ -23,8 +23,9 @@ from edge.publish import connack_hint
 from tests.fixtures_mqtt import wait_until
 from tests.test_publish import alert_payload
 
-pytestmark = pytest.mark.skipif(shutil.which("mosquitto_passwd") is None,
-                                reason="needs mosquitto_passwd (mosquitto package)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd (mosquitto package)"
+)
 
 USER, PASSWORD = "line3", "s3am-qc"
 DASH, DASH_PASSWORD = "dashboard", "d4sh"  # the factory dashboard: reads everything
@@ -38,28 +39,27 @@ def acl_broker(tmp_path, mqtt_broker_factory):
     d = tmp_path / "acl"
     d.mkdir()
     passwords = d / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), USER, PASSWORD], check=True,
-                   capture_output=True)
-    subprocess.run(["mosquitto_passwd", "-b", str(passwords), DASH, DASH_PASSWORD], check=True,
-                   capture_output=True)
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), USER, PASSWORD], check=True, capture_output=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwords), DASH, DASH_PASSWORD], check=True, capture_output=True)
     acl = d / "acl"
     acl.write_text(DENY_ALERTS)
     (d / "pw").write_text(PASSWORD + "\n")
-    broker = mqtt_broker_factory(global_lines=[f"password_file {passwords}", f"acl_file {acl}"],
-                                 anonymous=False)
+    broker = mqtt_broker_factory(global_lines=[f"password_file {passwords}", f"acl_file {acl}"], anonymous=False)
     return broker, acl, d / "pw"
 
 
 def test_refused_alerts_stay_in_the_outbox_and_are_delivered_once_the_acl_is_fixed(
-        acl_broker, mqtt_subscriber, mqtt_publisher, tmp_path, caplog):
+    acl_broker, mqtt_subscriber, mqtt_publisher, tmp_path, caplog
+):
     broker, acl, pw = acl_broker
     sub = mqtt_subscriber(broker, "seamqc/st1/alert", username=DASH, password=DASH_PASSWORD)
     sub.wait_subscribed()
     log = logging.getLogger("test.acl")
     caplog.set_level(logging.INFO, logger="test.acl")
     ob = Outbox(tmp_path / "outbox.sqlite")
-    pub = mqtt_publisher(broker, outbox=ob, log=log, username=USER, password_file=pw,
-                         reconnect_min_s=0.1, reconnect_max_s=1.0)
+    pub = mqtt_publisher(
+        broker, outbox=ob, log=log, username=USER, password_file=pw, reconnect_min_s=0.1, reconnect_max_s=1.0
+    )
     assert pub.v5
     wait_until(lambda: pub.connected, what="connect")
     for i in range(3):

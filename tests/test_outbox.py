@@ -27,8 +27,9 @@ def tmpfs(path: Path, size: str):
     if not IS_ROOT or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root")
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.strip()}")
     try:
@@ -247,7 +248,7 @@ def test_non_sqlite_file_is_refused_and_left_as_it_is(tmp_path):
     assert str(path) in msg and "not a database" in msg and "left untouched" in msg, msg
     assert ei.value.exit_code == 74
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    assert _snapshot(tmp_path) == before                      # no lock, no -wal/-shm, no chmod
+    assert _snapshot(tmp_path) == before  # no lock, no -wal/-shm, no chmod
 
 
 def _char_device_like_dev_null(d: Path) -> Path:
@@ -280,7 +281,7 @@ def test_special_files_are_refused_and_left_as_they_are(tmp_path, kind):
     with pytest.raises(OutboxError) as ei:
         Outbox(path)
     assert str(path) in str(ei.value) and words in str(ei.value), ei.value
-    assert _snapshot(tmp_path) == before                      # mode unchanged, nothing created beside it
+    assert _snapshot(tmp_path) == before  # mode unchanged, nothing created beside it
 
 
 def test_dev_null_itself_is_refused_and_keeps_its_mode():
@@ -339,8 +340,7 @@ def test_second_opener_is_refused_naming_the_holder_pid(tmp_path):
     from edge.statelock import StateLockedError
 
     path = tmp_path / "outbox.sqlite"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ROOT), str(path)], stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ROOT), str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "READY"
         with pytest.raises(StateLockedError) as ei:
@@ -351,9 +351,9 @@ def test_second_opener_is_refused_naming_the_holder_pid(tmp_path):
     finally:
         holder.kill()
         holder.wait(10)
-    with Outbox(path) as ob:                                  # SIGKILL released it
+    with Outbox(path) as ob:  # SIGKILL released it
         ob.put("after", "t", "x")
         with pytest.raises(StateLockedError, match=f"pid {os.getpid()}"):
-            Outbox(path)                                      # in one process too
-    with Outbox(path) as again:                               # close() released it
+            Outbox(path)  # in one process too
+    with Outbox(path) as again:  # close() released it
         assert again.depth() == 1

@@ -30,8 +30,7 @@ def alert_payload(i: int, station: str = "st1") -> dict:
 
 def test_topics_follow_the_contract():
     t = topics("seamqc", "sew-03")
-    assert (t.status, t.alert, t.stats) == ("seamqc/sew-03/status", "seamqc/sew-03/alert",
-                                            "seamqc/sew-03/stats")
+    assert (t.status, t.alert, t.stats) == ("seamqc/sew-03/status", "seamqc/sew-03/alert", "seamqc/sew-03/stats")
     assert topics("factory/qc", "s1").alert == "factory/qc/s1/alert"
     for bad in ("a/b", "a+", "#", ""):
         with pytest.raises(ConfigError, match="station"):
@@ -40,8 +39,7 @@ def test_topics_follow_the_contract():
         topics("seam/#", "s1")
 
 
-def test_alert_status_stats_have_contract_qos_retain_and_payload(mqtt_broker, mqtt_subscriber,
-                                                                  mqtt_publisher):
+def test_alert_status_stats_have_contract_qos_retain_and_payload(mqtt_broker, mqtt_subscriber, mqtt_publisher):
     live = mqtt_subscriber(mqtt_broker, "seamqc/#", qos=2)  # QoS 2 subscription: we see the publish QoS
     pub = mqtt_publisher(mqtt_broker, station="st1")
     assert live.wait_for("seamqc/st1/status", lambda m: m.text == "online").qos == 1
@@ -79,8 +77,7 @@ def test_alert_status_stats_have_contract_qos_retain_and_payload(mqtt_broker, mq
     assert lines == ["seamqc/st1/status 1 offline"]
 
 
-def test_alerts_from_a_previous_run_are_sent_first_and_in_order(tmp_path, mqtt_broker, mqtt_subscriber,
-                                                                mqtt_publisher):
+def test_alerts_from_a_previous_run_are_sent_first_and_in_order(tmp_path, mqtt_broker, mqtt_subscriber, mqtt_publisher):
     ob = Outbox(tmp_path / "outbox.sqlite")
     for i in range(30):  # what an earlier run left behind (broker down, then the daemon restarted)
         ob.put(f"evt-{i:04d}", "seamqc/st1/alert", encode(alert_payload(i)))
@@ -112,8 +109,9 @@ def test_start_never_blocks_and_alerts_wait_in_the_outbox(tmp_path, mqtt_publish
 def test_connection_problems_are_logged_once_not_per_retry(mqtt_publisher, caplog):
     log = logging.getLogger("test.publish.once")
     caplog.set_level(logging.DEBUG, logger="test.publish.once")
-    pub = mqtt_publisher(None, start=False, log=log, host="127.0.0.1", port=free_port(),
-                         reconnect_min_s=0.02, reconnect_max_s=0.05)
+    pub = mqtt_publisher(
+        None, start=False, log=log, host="127.0.0.1", port=free_port(), reconnect_min_s=0.02, reconnect_max_s=0.05
+    )
     attempts = []
     orig = pub._client.on_connect_fail
     pub._client.on_connect_fail = lambda c, u: (attempts.append(1), orig(c, u))
@@ -177,6 +175,7 @@ def test_alerts_from_many_threads_are_all_delivered_once(mqtt_broker, mqtt_subsc
 
 # -- credentials and TLS configuration errors (the TLS handshake itself is in test_tls.py) ---------
 
+
 def test_password_sources_and_errors(tmp_path, monkeypatch):
     pw = tmp_path / "pw"
     pw.write_text("s3cret-Pa55\n")
@@ -204,15 +203,20 @@ def test_missing_tls_files_are_config_errors_naming_the_key(tmp_path):
 
     ob = Outbox(tmp_path / "o.sqlite")
     ca = tmp_path / "nope" / "ca.pem"
-    cfg = MqttConfig.model_construct(**{**mqtt_config().model_dump(), "tls": TlsConfig.model_construct(
-        ca=ca, cert=None, key=None, insecure=False)})
+    cfg = MqttConfig.model_construct(
+        **{**mqtt_config().model_dump(), "tls": TlsConfig.model_construct(ca=ca, cert=None, key=None, insecure=False)}
+    )
     with pytest.raises(ConfigError) as ei:
         Publisher(cfg, "st1", ob)
     assert str(ei.value) == f"mqtt.tls.ca: {ca} not found"
     garbage = tmp_path / "ca.pem"
     garbage.write_text("not a certificate")
-    cfg = MqttConfig.model_construct(**{**mqtt_config().model_dump(), "tls": TlsConfig.model_construct(
-        ca=garbage, cert=None, key=None, insecure=False)})
+    cfg = MqttConfig.model_construct(
+        **{
+            **mqtt_config().model_dump(),
+            "tls": TlsConfig.model_construct(ca=garbage, cert=None, key=None, insecure=False),
+        }
+    )
     with pytest.raises(ConfigError, match="mqtt.tls.ca"):
         Publisher(cfg, "st1", ob)
     ob.close()
@@ -236,12 +240,13 @@ def test_redact_filter_hides_secrets_in_messages_and_args(caplog):
 
 def test_encode_is_compact_utf8_json():
     data = encode({"a": np.float32(0.5), "b": np.arange(3), "c": "é", "p": None})
-    assert data == '{"a":0.5,"b":[0,1,2],"c":"é","p":null}'.encode("utf-8")
+    assert data == '{"a":0.5,"b":[0,1,2],"c":"é","p":null}'.encode()
     assert json.loads(data)["b"] == [0, 1, 2]
 
 
 def test_alert_over_the_brokers_max_packet_size_is_trimmed_or_kept_and_the_rest_pass(
-        mqtt_broker_factory, mqtt_subscriber, mqtt_publisher, caplog):
+    mqtt_broker_factory, mqtt_subscriber, mqtt_publisher, caplog
+):
     """Issue 12 #11: an oversize alert made the broker drop the connection on every resend, for ever."""
     broker = mqtt_broker_factory(global_lines=["max_packet_size 600"])
     sub = mqtt_subscriber(broker, "seamqc/st1/#")
@@ -260,12 +265,12 @@ def test_alert_over_the_brokers_max_packet_size_is_trimmed_or_kept_and_the_rest_
     assert trimmed["scores"] == pytest.approx(msgs[0].json()["scores"]) and len(msgs[1].payload) < 600
     wait_until(lambda: pub.outbox_depth == 1, what="evt-0002 and evt-0004 acknowledged")
     assert [it.event_id for it in pub.outbox.pending()] == ["evt-0003"] and pub.oversize == 1
-    assert pub.max_packet == 600                                 # MQTT 5 CONNACK MaximumPacketSize
-    assert pub.stats({"big": "s" * 1000}) is False               # stats over the limit: skipped too
+    assert pub.max_packet == 600  # MQTT 5 CONNACK MaximumPacketSize
+    assert pub.stats({"big": "s" * 1000}) is False  # stats over the limit: skipped too
     assert pub.stats({"fps": 1.0}) is True
-    pub.alert(alert_payload(5))                                  # later alerts are not blocked
+    pub.alert(alert_payload(5))  # later alerts are not blocked
     sub.wait_for("seamqc/st1/alert", lambda m: m.json()["event_id"] == "evt-0005")
-    assert pub.flush(2) is False                                 # only the kept one is left: no wait
+    assert pub.flush(2) is False  # only the kept one is left: no wait
     pub.stop(timeout=3.0)
     assert [it.event_id for it in pub.outbox.pending()] == ["evt-0003"]  # kept for a bigger limit
     sub.wait_for("seamqc/st1/status", lambda m: m.text == "offline")
@@ -273,7 +278,7 @@ def test_alert_over_the_brokers_max_packet_size_is_trimmed_or_kept_and_the_rest_
     assert "oversize packet" not in broker.log_text()
     assert [m.text for m in sub.on("seamqc/st1/status")] == ["online", "offline"]
     lines = [r.getMessage() for r in caplog.records if "maximum packet size" in r.getMessage()]
-    assert len(lines) == 3, lines                                 # trimmed, kept, stats: once each
+    assert len(lines) == 3, lines  # trimmed, kept, stats: once each
     assert sum("evt-0003" in line and "kept in the outbox" in line for line in lines) == 1
 
 
@@ -282,8 +287,12 @@ def test_empty_or_bad_host_at_run_time_is_a_config_error_not_a_traceback(tmp_pat
     from edge.config import MqttConfig
 
     ob = Outbox(tmp_path / "outbox.sqlite")
-    for bad, key in (({"host": ""}, "mqtt.host"), ({"host": " "}, "mqtt.host"),
-                     ({"host": "a b"}, "mqtt.host"), ({"port": 0}, "mqtt.port")):
+    for bad, key in (
+        ({"host": ""}, "mqtt.host"),
+        ({"host": " "}, "mqtt.host"),
+        ({"host": "a b"}, "mqtt.host"),
+        ({"port": 0}, "mqtt.port"),
+    ):
         cfg = MqttConfig.model_construct(**{**MqttConfig().model_dump(), **bad})  # past config validation
         with pytest.raises(ConfigError, match=f"^{key}: "):
             Publisher(cfg, "st1", ob)

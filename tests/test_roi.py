@@ -33,12 +33,13 @@ from edge.preprocess import crop_roi, preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "edge" / "models" / "default"
-STATION_ROI = (150, 96, 300, 240)   # not the synth default, not square: the resize changes aspect
+STATION_ROI = (150, 96, 300, 240)  # not the synth default, not square: the resize changes aspect
 FRAMES = 24
 
 
-def station_yaml(path: Path, video: Path, roi=STATION_ROI, width: int = 640, height: int = 480,
-                 extra: str = "") -> Path:
+def station_yaml(
+    path: Path, video: Path, roi=STATION_ROI, width: int = 640, height: int = 480, extra: str = ""
+) -> Path:
     """A daemon config for a file camera on ``video`` (model: the shipped bundle, MQTT off)."""
     roi_text = "null" if roi is None else "[" + ", ".join(str(v) for v in roi) + "]"
     path.write_text(
@@ -54,8 +55,8 @@ def station_yaml(path: Path, video: Path, roi=STATION_ROI, width: int = 640, hei
         f"  bundle: {BUNDLE}\n"
         "  threads: 1\n"
         "mqtt:\n"
-        "  enabled: false\n"
-        + extra)
+        "  enabled: false\n" + extra
+    )
     return path
 
 
@@ -70,8 +71,9 @@ def seam_video(tmp_path_factory) -> Path:
 
 
 def run_convert(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess, code: int, *words: str) -> str:
@@ -85,6 +87,7 @@ def assert_one_line_error(p: subprocess.CompletedProcess, code: int, *words: str
 
 
 # --- the same tensor on the page and in the daemon --------------------------------------------
+
 
 def daemon_frames(config: Path) -> tuple[Classifier, list]:
     """The daemon's capture path on ``config``: source, normalise, ROI, ``Classifier.prepare``."""
@@ -109,9 +112,13 @@ def daemon_frames(config: Path) -> tuple[Classifier, list]:
 
 def label_with_cli(video: Path, out: Path, frames: list[int], *extra: str) -> tuple[str, dict]:
     """``convert label`` as a user runs it: goto + ``s`` on the page's API for each frame, then ``q``."""
-    p = subprocess.Popen([sys.executable, "-m", "convert", "label", "--video", str(video), "--out", str(out),
-                          "--port", "0", *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "convert", "label", "--video", str(video), "--out", str(out), "--port", "0", *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     head = []
     try:
         url = None
@@ -126,8 +133,7 @@ def label_with_cli(video: Path, out: Path, frames: list[int], *extra: str) -> tu
         assert url, (head, p.stderr.read() if p.poll() is not None else "")
 
         def post(path: str, obj: dict) -> dict:
-            req = urllib.request.Request(url + path, json.dumps(obj).encode(),
-                                         {"Content-Type": "application/json"})
+            req = urllib.request.Request(url + path, json.dumps(obj).encode(), {"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=20) as r:
                 return json.load(r)
 
@@ -157,7 +163,7 @@ def test_labelled_frame_and_daemon_frame_give_the_same_model_input(seam_video, t
     ds = load_dataset(tmp_path / "labels" / "station_data.csv")
     assert [Path(p).name for p in ds.paths] == [f"station_{f}.png" for f in labelled]
     x_train = np.concatenate([x for x, _ in batches(ds, clf.height, clf.width, 2)])  # evaluate's path
-    cache = ImageCache(ds, clf.height, clf.width)                                     # train's path
+    cache = ImageCache(ds, clf.height, clf.width)  # train's path
     for j, f in enumerate(labelled):
         png = cv2.imread(ds.paths[j], cv2.IMREAD_UNCHANGED)
         daemon = frames[f]
@@ -187,8 +193,9 @@ def test_whole_frames_with_roi_in_the_data_path_give_the_daemon_tensor(seam_vide
         try:
             for f in (3, 17):
                 for path, body in (("/api/goto", {"frame": f}), ("/api/key", {"key": "s"})):
-                    req = urllib.request.Request(base + path, json.dumps(body).encode(),
-                                                 {"Content-Type": "application/json"})
+                    req = urllib.request.Request(
+                        base + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+                    )
                     with urllib.request.urlopen(req, timeout=10) as r:
                         st = json.load(r)
             assert st["roi"] is None and st["saved_size"] == [640, 480]
@@ -249,15 +256,18 @@ def test_resuming_with_another_roi_is_refused(tmp_path):
 
 # --- --roi / --config parsing -----------------------------------------------------------------
 
-@pytest.mark.parametrize("text,want", [("192,112,256,256", (192, 112, 256, 256)),
-                                       (" 0, 0, 1, 1 ", (0, 0, 1, 1)),
-                                       ("[10,20,30,40]", (10, 20, 30, 40))])
+
+@pytest.mark.parametrize(
+    "text,want",
+    [("192,112,256,256", (192, 112, 256, 256)), (" 0, 0, 1, 1 ", (0, 0, 1, 1)), ("[10,20,30,40]", (10, 20, 30, 40))],
+)
 def test_parse_roi(text, want):
     assert parse_roi(text) == want
 
 
-@pytest.mark.parametrize("text", ["1,2,3", "1,2,3,4,5", "a,b,c,d", "1.5,2,3,4", "", "-1,0,10,10",
-                                  "0,-2,10,10", "0,0,0,10", "0,0,10,-1"])
+@pytest.mark.parametrize(
+    "text", ["1,2,3", "1,2,3,4,5", "a,b,c,d", "1.5,2,3,4", "", "-1,0,10,10", "0,-2,10,10", "0,0,0,10", "0,0,10,-1"]
+)
 def test_parse_roi_rejects(text):
     with pytest.raises(DataError, match=r"^--roi "):
         parse_roi(text)
@@ -271,15 +281,23 @@ def test_config_roi_and_override(seam_video, tmp_path):
     assert load_roi(None, None) == RoiChoice() and not RoiChoice().given
     assert load_roi(station_yaml(tmp_path / "n.yaml", seam_video, roi=None)).roi is None
     # the Pi's TLS / password files are not on the workstation: only camera.roi is used
-    pi = station_yaml(tmp_path / "pi.yaml", seam_video, extra="").read_text().replace(
-        "mqtt:\n  enabled: false\n",
-        "mqtt:\n  host: broker.lan\n  tls:\n    ca: /etc/seam-qc/ca.pem\n  password_file: /etc/seam-qc/pw\n")
+    pi = (
+        station_yaml(tmp_path / "pi.yaml", seam_video, extra="")
+        .read_text()
+        .replace(
+            "mqtt:\n  enabled: false\n",
+            "mqtt:\n  host: broker.lan\n  tls:\n    ca: /etc/seam-qc/ca.pem\n  password_file: /etc/seam-qc/pw\n",
+        )
+    )
     (tmp_path / "pi.yaml").write_text(pi)
     assert load_roi(tmp_path / "pi.yaml").roi == STATION_ROI
     # a bad config is an error even with --roi (the daemon's validation, with file:line)
     bad = station_yaml(tmp_path / "bad.yaml", seam_video, roi=(500, 0, 256, 256))
-    with pytest.raises(ConfigError, match=r"bad\.yaml:2: camera: roi \[500, 0, 256, 256\] must lie "
-                                          r"inside the 640x480 frame"):
+    with pytest.raises(
+        ConfigError,
+        match=r"bad\.yaml:2: camera: roi \[500, 0, 256, 256\] must lie "
+        r"inside the 640x480 frame",
+    ):
         load_roi(bad, "0,0,10,10")
     (tmp_path / "typo.yaml").write_text(station.read_text().replace("  roi:", "  rio:"))
     with pytest.raises(ConfigError, match=r"typo\.yaml:7: camera\.rio"):
@@ -289,27 +307,42 @@ def test_config_roi_and_override(seam_video, tmp_path):
 def test_roi_choice_checks_frames():
     c = RoiChoice((192, 112, 256, 256), "s.yaml: camera.roi", (640, 480))
     c.check_frame(640, 480, "video v.mp4")
-    with pytest.raises(DataError, match=r"video v\.mp4: frames are 1280x720, but s\.yaml: camera\.roi "
-                                        r"refers to 640x480 frames .*give --roi"):
+    with pytest.raises(
+        DataError,
+        match=r"video v\.mp4: frames are 1280x720, but s\.yaml: camera\.roi "
+        r"refers to 640x480 frames .*give --roi",
+    ):
         c.check_frame(1280, 720, "video v.mp4")
-    with pytest.raises(DataError, match=r"video v\.mp4: --roi \[100, 0, 100, 100\] does not fit inside its "
-                                        r"160x120 frame"):
+    with pytest.raises(
+        DataError,
+        match=r"video v\.mp4: --roi \[100, 0, 100, 100\] does not fit inside its "
+        r"160x120 frame",
+    ):
         RoiChoice((100, 0, 100, 100), "--roi").check_frame(160, 120, "video v.mp4")
 
 
-@pytest.mark.parametrize("command", [
-    ["label", "--video", "{d}/v.avi", "--out", "{d}/out", "--port", "0"],
-    ["synth", "--video", "{d}/s.mp4", "--frames", "10"],
-    ["train", "--train", "{d}/x.csv", "--valid", "{d}/x.csv", "--out", "{d}/m.keras"],
-    ["evaluate", "--model", str(BUNDLE), "--data", "{d}/x.csv"],
-])
-@pytest.mark.parametrize("flags,words,code", [
-    (["--roi", "1,2,3"], ["--roi '1,2,3'", "X,Y,W,H"], DataError.exit_code),
-    (["--roi", "0,0,0,64"], ["--roi '0,0,0,64'", "w and h > 0"], DataError.exit_code),
-    (["--config", "{d}/missing.yaml"], ["missing.yaml", "not found"], ConfigError.exit_code),
-    (["--config", "{d}/bad.yaml"], ["bad.yaml:2", "camera: roi [600, 0, 100, 100]", "640x480"],
-     ConfigError.exit_code),
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["label", "--video", "{d}/v.avi", "--out", "{d}/out", "--port", "0"],
+        ["synth", "--video", "{d}/s.mp4", "--frames", "10"],
+        ["train", "--train", "{d}/x.csv", "--valid", "{d}/x.csv", "--out", "{d}/m.keras"],
+        ["evaluate", "--model", str(BUNDLE), "--data", "{d}/x.csv"],
+    ],
+)
+@pytest.mark.parametrize(
+    "flags,words,code",
+    [
+        (["--roi", "1,2,3"], ["--roi '1,2,3'", "X,Y,W,H"], DataError.exit_code),
+        (["--roi", "0,0,0,64"], ["--roi '0,0,0,64'", "w and h > 0"], DataError.exit_code),
+        (["--config", "{d}/missing.yaml"], ["missing.yaml", "not found"], ConfigError.exit_code),
+        (
+            ["--config", "{d}/bad.yaml"],
+            ["bad.yaml:2", "camera: roi [600, 0, 100, 100]", "640x480"],
+            ConfigError.exit_code,
+        ),
+    ],
+)
 def test_cli_roi_and_config_errors(tmp_path, command, flags, words, code):
     station_yaml(tmp_path / "bad.yaml", tmp_path / "v.avi", roi=(600, 0, 100, 100))
     args = [a.replace("{d}", str(tmp_path)) for a in command + flags]
@@ -322,17 +355,19 @@ def test_cli_label_roi_outside_the_video_and_camera_size(tmp_path):
     from tests.test_label import make_video
 
     video = make_video(tmp_path / "v.avi", 3)  # 160×120
-    p = run_convert("label", "--video", str(video), "--out", str(tmp_path / "o"), "--port", "0",
-                    "--roi", "100,0,100,100")
+    p = run_convert(
+        "label", "--video", str(video), "--out", str(tmp_path / "o"), "--port", "0", "--roi", "100,0,100,100"
+    )
     assert_one_line_error(p, DataError.exit_code, "v.avi", "--roi [100, 0, 100, 100]", "160x120")
-    station = station_yaml(tmp_path / "s.yaml", video)   # camera 640×480, the video is 160×120
-    p = run_convert("label", "--video", str(video), "--out", str(tmp_path / "o"), "--port", "0",
-                    "--config", str(station))
-    assert_one_line_error(p, DataError.exit_code, "frames are 160x120", "s.yaml: camera.roi", "640x480",
-                          "--roi")
+    station = station_yaml(tmp_path / "s.yaml", video)  # camera 640×480, the video is 160×120
+    p = run_convert(
+        "label", "--video", str(video), "--out", str(tmp_path / "o"), "--port", "0", "--config", str(station)
+    )
+    assert_one_line_error(p, DataError.exit_code, "frames are 160x120", "s.yaml: camera.roi", "640x480", "--roi")
 
 
 # --- synth --video: the truth is for the ROI it is given ----------------------------------------
+
 
 def test_synth_video_truth_follows_the_roi(tmp_path):
     from convert.synth import ROI, write_video
@@ -349,11 +384,14 @@ def test_synth_video_truth_follows_the_roi(tmp_path):
         assert left[1] <= r.y and r.y + r.h <= left[1] + left[3], r
 
 
-@pytest.mark.parametrize("roi,words", [
-    ((500, 100, 256, 256), "inside the 640x480 video frame"),
-    ((0, 100, 120, 256), "120 px wide"),
-    ((0, 0, 256, 150), "miss the seam"),
-])
+@pytest.mark.parametrize(
+    "roi,words",
+    [
+        ((500, 100, 256, 256), "inside the 640x480 video frame"),
+        ((0, 100, 120, 256), "120 px wide"),
+        ((0, 0, 256, 150), "miss the seam"),
+    ],
+)
 def test_synth_video_bad_roi(tmp_path, roi, words):
     from convert.synth import write_video
 
@@ -364,12 +402,24 @@ def test_synth_video_bad_roi(tmp_path, roi, words):
 
 def test_cli_synth_video_with_config_and_roi(seam_video, tmp_path):
     station = station_yaml(tmp_path / "s.yaml", seam_video, roi=(100, 100, 300, 280))
-    p = run_convert("synth", "--video", str(tmp_path / "a.mp4"), "--frames", "40", "--defects", "0",
-                    "--config", str(station))
+    p = run_convert(
+        "synth", "--video", str(tmp_path / "a.mp4"), "--frames", "40", "--defects", "0", "--config", str(station)
+    )
     assert p.returncode == 0, p.stderr
     assert "for ROI [100, 100, 300, 280]" in p.stdout
-    p = run_convert("synth", "--video", str(tmp_path / "b.mp4"), "--frames", "40", "--defects", "0",
-                    "--config", str(station), "--roi", "192,112,256,256")
+    p = run_convert(
+        "synth",
+        "--video",
+        str(tmp_path / "b.mp4"),
+        "--frames",
+        "40",
+        "--defects",
+        "0",
+        "--config",
+        str(station),
+        "--roi",
+        "192,112,256,256",
+    )
     assert p.returncode == 0 and "for ROI [192, 112, 256, 256]" in p.stdout
     wide = station_yaml(tmp_path / "w.yaml", seam_video, width=1280, height=720)
     p = run_convert("synth", "--video", str(tmp_path / "c.mp4"), "--frames", "40", "--config", str(wide))
@@ -379,6 +429,7 @@ def test_cli_synth_video_with_config_and_roi(seam_video, tmp_path):
 
 
 # --- train / evaluate: the ROI goes into the data path -----------------------------------------
+
 
 @pytest.fixture(scope="module")
 def frame_sets(seam_video, tmp_path_factory) -> tuple[Path, Path]:
@@ -393,8 +444,9 @@ def frame_sets(seam_video, tmp_path_factory) -> tuple[Path, Path]:
         rows.append([i % 2 == 0, i % 2 == 1, i % 3 == 1, i < 3])
     frames.close()
     for kind in ("whole", "crop"):
-        df = pd.DataFrame([[f"{kind}_{i}.png", *r] for i, r in enumerate(rows)],
-                          columns=["name", "good", "error", "break", "length"])
+        df = pd.DataFrame(
+            [[f"{kind}_{i}.png", *r] for i, r in enumerate(rows)], columns=["name", "good", "error", "break", "length"]
+        )
         df.to_csv(d / f"{kind}.csv")
     return d / "whole.csv", d / "crop.csv"
 
@@ -409,13 +461,15 @@ def test_evaluate_with_roi_on_whole_frames_equals_evaluate_on_crops(frame_sets, 
     c = evaluate(BUNDLE, whole, threads=1)
     assert not np.array_equal(c.probabilities, b.probabilities)
     roi = ",".join(str(v) for v in STATION_ROI)
-    p = run_convert("evaluate", "--model", str(BUNDLE), "--data", str(whole), "--roi", roi,
-                    "--json", str(tmp_path / "m.json"))
+    p = run_convert(
+        "evaluate", "--model", str(BUNDLE), "--data", str(whole), "--roi", roi, "--json", str(tmp_path / "m.json")
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "m.json").read_text())["roi"] == list(STATION_ROI)
     p = run_convert("evaluate", "--model", str(BUNDLE), "--data", str(crops), "--roi", roi)
-    line = assert_one_line_error(p, DataError.exit_code, "crop_0.png", "ROI [150, 96, 300, 240]", "300x240",
-                                 "take no ROI")
+    line = assert_one_line_error(
+        p, DataError.exit_code, "crop_0.png", "ROI [150, 96, 300, 240]", "300x240", "take no ROI"
+    )
     assert "crop.csv" in line
 
 
@@ -435,12 +489,47 @@ def test_cli_train_with_roi(frame_sets, tmp_path):
     whole, crops = frame_sets
     roi = ",".join(str(v) for v in STATION_ROI)
     out = tmp_path / "m.keras"
-    p = run_convert("train", "--train", str(crops), "--valid", str(crops), "--out", str(out), "--roi", roi,
-                    "--arch", "cnn", "--size", "32", "--filters", "2", "--epochs", "1")
+    p = run_convert(
+        "train",
+        "--train",
+        str(crops),
+        "--valid",
+        str(crops),
+        "--out",
+        str(out),
+        "--roi",
+        roi,
+        "--arch",
+        "cnn",
+        "--size",
+        "32",
+        "--filters",
+        "2",
+        "--epochs",
+        "1",
+    )
     assert_one_line_error(p, DataError.exit_code, "crop_0.png", "does not fit", "take no ROI")
     assert not out.exists()
-    p = run_convert("train", "--train", str(whole), "--valid", str(whole), "--out", str(out), "--roi", roi,
-                    "--arch", "cnn", "--size", "32", "--filters", "2", "--epochs", "1")
+    p = run_convert(
+        "train",
+        "--train",
+        str(whole),
+        "--valid",
+        str(whole),
+        "--out",
+        str(out),
+        "--roi",
+        roi,
+        "--arch",
+        "cnn",
+        "--size",
+        "32",
+        "--filters",
+        "2",
+        "--epochs",
+        "1",
+    )
     assert p.returncode == 0, p.stderr
     from convert.models import read_meta
+
     assert read_meta(out)["roi"] == list(STATION_ROI)

@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_daemon import (ROOT, daemon_config, daemon_log, log_alerts, log_summary, start_daemon,
-                               wait_exit)
+from tests.test_daemon import ROOT, daemon_config, daemon_log, log_alerts, log_summary, start_daemon, wait_exit
 from tests.test_faults_daemon import small_video
-from tests.test_heatmap_worker import frame as still, make_worker, wait_for
+from tests.test_heatmap_worker import frame as still
+from tests.test_heatmap_worker import make_worker, wait_for
 from tests.test_outbox import tmpfs
 
 SOAK_FRAMES = 20_000
-EVENT_FRAMES = 20          # every frame flags error; an event (alert + heatmap) closes every 20 frames
+EVENT_FRAMES = 20  # every frame flags error; an event (alert + heatmap) closes every 20 frames
 MAX_MB = 1.0
 
 
@@ -50,7 +50,7 @@ def _dir_bytes(root: Path) -> int:
         try:
             if e.is_file(follow_symlinks=False):
                 total += e.stat(follow_symlinks=False).st_size
-        except OSError:          # deleted between scandir and stat (retention at work)
+        except OSError:  # deleted between scandir and stat (retention at work)
             pass
     return total
 
@@ -76,22 +76,31 @@ def test_soak_rss_threads_fds(tmp_path, tiny_bundle, soak_video, mqtt_broker, mq
 
     sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/alert").wait_subscribed()
     hm_dir = tmp_path / "heatmaps"
-    cfg = daemon_config(tmp_path, tiny_bundle, soak_video, mqtt_broker,
-                        camera={"loop": True, "realtime": False},
-                        decision={"expected_length": "any", "min_frames": 1, "window": 1,
-                                  "thresholds": {"error": 0.0}, "max_event_frames": EVENT_FRAMES},
-                        heatmaps={"dir": str(hm_dir), "max_mb": MAX_MB, "queue_size": 8},
-                        stats_interval=1.0)
+    cfg = daemon_config(
+        tmp_path,
+        tiny_bundle,
+        soak_video,
+        mqtt_broker,
+        camera={"loop": True, "realtime": False},
+        decision={
+            "expected_length": "any",
+            "min_frames": 1,
+            "window": 1,
+            "thresholds": {"error": 0.0},
+            "max_event_frames": EVENT_FRAMES,
+        },
+        heatmaps={"dir": str(hm_dir), "max_mb": MAX_MB, "queue_size": 8},
+        stats_interval=1.0,
+    )
     t0 = time.monotonic()
     proc = start_daemon(cfg, "--max-frames", str(SOAK_FRAMES))
     ps = psutil.Process(proc.pid)
-    samples: list[tuple[float, float, int, int]] = []     # (t, rss MB, threads, fds)
+    samples: list[tuple[float, float, int, int]] = []  # (t, rss MB, threads, fds)
     hm_max = 0
     while proc.poll() is None:
         try:
             with ps.oneshot():
-                samples.append((time.monotonic() - t0, ps.memory_info().rss / 2**20, ps.num_threads(),
-                                ps.num_fds()))
+                samples.append((time.monotonic() - t0, ps.memory_info().rss / 2**20, ps.num_threads(), ps.num_fds()))
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             break
         hm_max = max(hm_max, _dir_bytes(hm_dir))
@@ -108,7 +117,7 @@ def test_soak_rss_threads_fds(tmp_path, tiny_bundle, soak_video, mqtt_broker, mq
     # ---- memory, threads, fds after warm-up (the first 20 % of the samples are discarded; the last
     # sample or two can be the shutdown, so they go too)
     assert len(samples) >= 12, f"only {len(samples)} samples in {wall:.1f} s"
-    body = samples[len(samples) // 5: -2]
+    body = samples[len(samples) // 5 : -2]
     k = max(3, len(body) // 5)
     rss_first, rss_last = _median([x[1] for x in body[:k]]), _median([x[1] for x in body[-k:]])
     growth = rss_last - rss_first
@@ -127,21 +136,24 @@ def test_soak_rss_threads_fds(tmp_path, tiny_bundle, soak_video, mqtt_broker, mq
     ids = [a["event_id"] for a in logged]
     want = len([i for i in ids if i not in pending])
     got = sub.wait_count("seamqc/test-st/alert", want, timeout=30) if want else []
-    time.sleep(0.5)                                  # a late duplicate would show up here
+    time.sleep(0.5)  # a late duplicate would show up here
     got_ids = [m.json()["event_id"] for m in sub.on("seamqc/test-st/alert")]
 
-    print(f"\nSOAK: {s['frames']} frames in {wall:.1f} s wall (daemon {s['fps']} fps), {len(samples)} samples; "
-          f"RSS at warm-up end (t={body[0][0]:.0f} s) {body[0][1]:.1f} MB, post-warm-up median {rss_first:.1f} → end median {rss_last:.1f} MB "
-          f"(growth {growth:+.2f} MB, max {max(x[1] for x in samples):.1f} MB); threads {threads}; "
-          f"fds {min(fds)}..{max(fds)}; heatmap dir max {hm_max / 2**20:.2f} MB / end {hm_end / 2**20:.2f} MB "
-          f"vs max_mb {MAX_MB} (one set ≈ {one_set / 1024:.0f} KB); heatmaps saved {s['heatmaps']['saved']}, "
-          f"dropped {s['heatmaps']['dropped']}, deleted {s['heatmaps']['deleted']}; alerts logged {len(ids)}, "
-          f"received {len(got_ids)} ({len(set(got_ids))} distinct), left in outbox {len(pending)}")
+    print(
+        f"\nSOAK: {s['frames']} frames in {wall:.1f} s wall (daemon {s['fps']} fps), {len(samples)} samples; "
+        f"RSS at warm-up end (t={body[0][0]:.0f} s) {body[0][1]:.1f} MB, "
+        f"post-warm-up median {rss_first:.1f} → end median {rss_last:.1f} MB "
+        f"(growth {growth:+.2f} MB, max {max(x[1] for x in samples):.1f} MB); threads {threads}; "
+        f"fds {min(fds)}..{max(fds)}; heatmap dir max {hm_max / 2**20:.2f} MB / end {hm_end / 2**20:.2f} MB "
+        f"vs max_mb {MAX_MB} (one set ≈ {one_set / 1024:.0f} KB); heatmaps saved {s['heatmaps']['saved']}, "
+        f"dropped {s['heatmaps']['dropped']}, deleted {s['heatmaps']['deleted']}; alerts logged {len(ids)}, "
+        f"received {len(got_ids)} ({len(set(got_ids))} distinct), left in outbox {len(pending)}"
+    )
 
     assert growth <= 5.0, f"RSS grew {growth:.2f} MB after warm-up"
     assert len(threads) == 1, f"thread count changed after warm-up: {threads}"
     assert max(fds) - min(fds) <= 4, f"fd count varied {min(fds)}..{max(fds)}"
-    assert s["heatmaps"]["saved"] > 50 and s["heatmaps"]["deleted"] > 0       # retention really ran
+    assert s["heatmaps"]["saved"] > 50 and s["heatmaps"]["deleted"] > 0  # retention really ran
     assert hm_max <= limit + 2 * one_set and hm_end <= limit + one_set
     assert len(ids) == s["alerts"] == len(set(ids)) >= SOAK_FRAMES // EVENT_FRAMES
     assert len(got_ids) == len(set(got_ids)), "an alert arrived twice"
@@ -151,8 +163,21 @@ def test_soak_rss_threads_fds(tmp_path, tiny_bundle, soak_video, mqtt_broker, mq
 
 # --------------------------------------------------------------------------- path safety (5.8)
 
-HOSTILE = ["../../escape", "/tmp/abs-escape", "a/../../b", "..", ".", "", "x\x00y/../../z", "~root",
-           "..\\..\\win", "a" * 5000, "\u202e../evil", "ok/..%2f..%2fx", "-rf /"]
+HOSTILE = [
+    "../../escape",
+    "/tmp/abs-escape",
+    "a/../../b",
+    "..",
+    ".",
+    "",
+    "x\x00y/../../z",
+    "~root",
+    "..\\..\\win",
+    "a" * 5000,
+    "\u202e../evil",
+    "ok/..%2f..%2fx",
+    "-rf /",
+]
 
 
 def _tree(root: Path) -> set[Path]:
@@ -181,7 +206,7 @@ def test_hostile_ids_and_labels_stay_in_heatmap_dir(tmp_path):
     w.join(10)
     assert w.saved == len(HOSTILE) and w.dropped == 0
     after = _tree(tmp_path)
-    assert after - _tree(root) == before                       # nothing new outside the directory
+    assert after - _tree(root) == before  # nothing new outside the directory
     for p in root.iterdir():
         assert p.parent == root and p.is_file() and not p.name.startswith(".")
     # the sidecar keeps the hostile id as data (JSON-escaped), not as a path
@@ -197,7 +222,7 @@ def test_long_event_ids_keep_distinct_names(tmp_path):
     prefix = "st" * 60 + "-1a2b3c4d"
     names = {safe_name(f"{prefix}-{i:06d}") for i in range(50)}
     assert len(names) == 50 and all(len(n) <= 96 for n in names)
-    assert safe_name(f"{prefix}-000001") == safe_name(f"{prefix}-000001")          # stable
+    assert safe_name(f"{prefix}-000001") == safe_name(f"{prefix}-000001")  # stable
     assert {paths_for(tmp_path, f"{prefix}-{i:06d}")["overlay"] for i in range(50)}.__len__() == 50
 
 
@@ -209,25 +234,37 @@ def test_outbox_stores_hostile_ids_as_data(tmp_path):
     before = _tree(tmp_path)
     with Outbox(box / "outbox.sqlite") as ob:
         for ev in HOSTILE:
-            ob.put(ev.replace("\x00", "\\0") or "empty", "seamqc/st/alert",
-                   json.dumps({"event_id": ev, "labels": ["../../x"]}))
+            ob.put(
+                ev.replace("\x00", "\\0") or "empty",
+                "seamqc/st/alert",
+                json.dumps({"event_id": ev, "labels": ["../../x"]}),
+            )
         assert ob.depth() == len(HOSTILE)
     new = _tree(tmp_path) - before
-    assert new and all(p.parent == box.resolve() and p.name.startswith("outbox.sqlite") or p == box.resolve()
-                       for p in new), new
+    assert new and all(
+        p.parent == box.resolve() and p.name.startswith("outbox.sqlite") or p == box.resolve() for p in new
+    ), new
 
 
-@pytest.mark.parametrize("station", ["../../etc", "a/b", "/abs", "sew\x0003", "sew 03", "sew+#", "s" * 65,
-                                     "s" * 100_000])
+@pytest.mark.parametrize(
+    "station", ["../../etc", "a/b", "/abs", "sew\x0003", "sew 03", "sew+#", "s" * 65, "s" * 100_000]
+)
 def test_unsafe_station_is_exit_78(tmp_path, station):
     """A station id becomes MQTT topic levels and the event-id prefix (→ heatmap names): one that
     could address another path or topic is refused at start with one line (exit 78)."""
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"station: {json.dumps(station)}\nmodel: {{bundle: {json.dumps(str(tmp_path))}}}\n"
-                   f"heatmaps: {{dir: {json.dumps(str(tmp_path / 'hm'))}}}\n"
-                   f"outbox: {json.dumps(str(tmp_path / 'ob.sqlite'))}\n")
-    r = subprocess.run([sys.executable, "-m", "edge", "--config", str(cfg), "--check-config"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    cfg.write_text(
+        f"station: {json.dumps(station)}\nmodel: {{bundle: {json.dumps(str(tmp_path))}}}\n"
+        f"heatmaps: {{dir: {json.dumps(str(tmp_path / 'hm'))}}}\n"
+        f"outbox: {json.dumps(str(tmp_path / 'ob.sqlite'))}\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "edge", "--config", str(cfg), "--check-config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 78, r.stderr
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "station" in lines[0] and "Traceback" not in r.stderr, r.stderr
@@ -253,15 +290,14 @@ def test_worker_on_full_disk_leaves_no_partial_files(tiny_tmpfs, caplog):
     assert w.prepare_dir()
     w.start()
     for i in range(3):
-        noise = rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)      # ~200 KB PNG + big JPEGs
+        noise = rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)  # ~200 KB PNG + big JPEGs
         w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, noise)
     assert wait_for(lambda: w.saved + w.dropped == 3, 30)
     w.close(5.0)
     stop.set()
     w.join(10)
     assert w.dropped >= 1 and not w.is_alive()
-    assert sum("heatmaps are dropped" in r.message and "No space left" in r.message
-               for r in caplog.records) == 1
+    assert sum("heatmaps are dropped" in r.message and "No space left" in r.message for r in caplog.records) == 1
     left = sorted(p.name for p in tiny_tmpfs.iterdir())
     assert not [n for n in left if n.endswith(".tmp")], left
     assert len(left) == 4 * w.saved, left
@@ -271,20 +307,27 @@ def test_heatmap_disk_full_alerts_continue_one_log_line(tmp_path, tiny_bundle, t
     """heatmaps.dir on a tiny tmpfs that fills up (ENOSPC, not EACCES): every alert is still
     logged and stored, heatmaps that do not fit are counted dropped, the failure is logged once,
     and no partial files (``*.tmp``, incomplete sets) are left behind to keep the disk full."""
-    video = small_video(tmp_path / "v.mp4", 80)          # noise: ~200 KB PNG + 2 big JPEGs per set
-    cfg = daemon_config(tmp_path, tiny_bundle, video, None,
-                        heatmaps={"dir": str(tiny_tmpfs), "max_mb": 50},      # retention will not save us
-                        decision={"thresholds": {"error": 0.0}, "max_event_frames": 10})
+    video = small_video(tmp_path / "v.mp4", 80)  # noise: ~200 KB PNG + 2 big JPEGs per set
+    cfg = daemon_config(
+        tmp_path,
+        tiny_bundle,
+        video,
+        None,
+        heatmaps={"dir": str(tiny_tmpfs), "max_mb": 50},  # retention will not save us
+        decision={"thresholds": {"error": 0.0}, "max_event_frames": 10},
+    )
     proc = start_daemon(cfg)
     assert wait_exit(proc) == 0, daemon_log(cfg)[-3000:]
     text = daemon_log(cfg)
     assert "Traceback" not in text
     s, alerts = log_summary(text), log_alerts(text)
     hm = s["heatmaps"]
-    print(f"\nDISK FULL: {s['frames']} frames, {len(alerts)} alerts, heatmaps saved {hm['saved']}, "
-          f"dropped {hm['dropped']}; files left: {sorted(p.name for p in tiny_tmpfs.iterdir())}")
-    assert s["frames"] == 80 and len(alerts) == s["alerts"] == 8          # alerts continue
-    assert s["outbox_depth"] == 8                                          # and all are stored (no broker)
+    print(
+        f"\nDISK FULL: {s['frames']} frames, {len(alerts)} alerts, heatmaps saved {hm['saved']}, "
+        f"dropped {hm['dropped']}; files left: {sorted(p.name for p in tiny_tmpfs.iterdir())}"
+    )
+    assert s["frames"] == 80 and len(alerts) == s["alerts"] == 8  # alerts continue
+    assert s["outbox_depth"] == 8  # and all are stored (no broker)
     assert hm["dropped"] >= 1 and hm["saved"] + hm["dropped"] == len(alerts)
     fails = [line for line in text.splitlines() if "heatmaps are dropped" in line]
     assert len(fails) == 1 and "No space left on device" in fails[0], fails
@@ -304,10 +347,16 @@ def test_outbox_disk_full_mid_run_fails_loudly(tmp_path, tiny_bundle):
 
     video = small_video(tmp_path / "v.mp4", 30)
     with tmpfs(tmp_path / "obfs", "1m") as mnt:
-        cfg = daemon_config(tmp_path, tiny_bundle, video, None, outbox=str(mnt / "outbox.sqlite"),
-                            camera={"loop": True, "realtime": True},
-                            heatmaps={"enabled": False},
-                            decision={"thresholds": {"error": 0.0}, "max_event_frames": 10})
+        cfg = daemon_config(
+            tmp_path,
+            tiny_bundle,
+            video,
+            None,
+            outbox=str(mnt / "outbox.sqlite"),
+            camera={"loop": True, "realtime": True},
+            heatmaps={"enabled": False},
+            decision={"thresholds": {"error": 0.0}, "max_event_frames": 10},
+        )
         proc = start_daemon(cfg, "--max-frames", "6000")
         try:
             t = time.monotonic() + 60
@@ -315,7 +364,7 @@ def test_outbox_disk_full_mid_run_fails_loudly(tmp_path, tiny_bundle):
                 time.sleep(0.1)
             assert len(log_alerts(daemon_log(cfg))) >= 2, daemon_log(cfg)[-2000:]
             filler = mnt / "filler"
-            with open(filler, "wb") as f:                    # fill the disk to the last byte
+            with open(filler, "wb") as f:  # fill the disk to the last byte
                 try:
                     while True:
                         f.write(b"\0" * 65536)
@@ -328,7 +377,7 @@ def test_outbox_disk_full_mid_run_fails_loudly(tmp_path, tiny_bundle):
                 proc.kill()
                 proc.wait()
         text = daemon_log(cfg)
-        filler.unlink()                                      # room to open the outbox again
+        filler.unlink()  # room to open the outbox again
         with Outbox(mnt / "outbox.sqlite") as ob:
             stored = [it.event_id for it in ob.pending()]
     logged = [a["event_id"] for a in log_alerts(text)]

@@ -54,13 +54,19 @@ def test_heatmaps_dir_in_the_bundle_folder_keeps_the_bundle(tmp_path, tiny_bundl
         os.utime(p, (old, old))
     before = {p.name: p.read_bytes() for p in bundle.iterdir()}
     video = noise_video(tmp_path / "noise.mp4", 150)
-    cfg = daemon_config(tmp_path, bundle, video, None, heatmaps={"dir": str(bundle), "max_mb": 0.5},
-                        decision={"thresholds": {"error": 0.0}, "max_event_frames": 10})
+    cfg = daemon_config(
+        tmp_path,
+        bundle,
+        video,
+        None,
+        heatmaps={"dir": str(bundle), "max_mb": 0.5},
+        decision={"thresholds": {"error": 0.0}, "max_event_frames": 10},
+    )
     assert wait_exit(start_daemon(cfg)) == 0, daemon_log(cfg)[-3000:]
     s = log_summary(daemon_log(cfg))
     assert s["frames"] == 150 and s["heatmaps"]["saved"] >= 10 and s["heatmaps"]["deleted"] >= 5, s
     assert {name: (bundle / name).read_bytes() for name in before} == before
-    assert wait_exit(start_daemon(cfg, "--max-frames", "5")) == 0, daemon_log(cfg)[-3000:]   # still a bundle
+    assert wait_exit(start_daemon(cfg, "--max-frames", "5")) == 0, daemon_log(cfg)[-3000:]  # still a bundle
 
 
 def test_two_daemons_never_share_an_outbox_or_a_heatmap_dir(tmp_path, tiny_bundle):
@@ -72,12 +78,31 @@ def test_two_daemons_never_share_an_outbox_or_a_heatmap_dir(tmp_path, tiny_bundl
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     (tmp_path / "c").mkdir()
-    cfg_a = daemon_config(tmp_path / "a", tiny_bundle, video, None, outbox=str(shared_outbox),
-                          heatmaps={"dir": str(shared_hm)}, camera={"loop": True, "realtime": True})
-    cfg_b = daemon_config(tmp_path / "b", tiny_bundle, video, None, outbox=str(shared_outbox),
-                          heatmaps={"dir": str(tmp_path / "b" / "hm")})
-    cfg_c = daemon_config(tmp_path / "c", tiny_bundle, video, None,
-                          outbox=str(tmp_path / "c" / "outbox.sqlite"), heatmaps={"dir": str(shared_hm)})
+    cfg_a = daemon_config(
+        tmp_path / "a",
+        tiny_bundle,
+        video,
+        None,
+        outbox=str(shared_outbox),
+        heatmaps={"dir": str(shared_hm)},
+        camera={"loop": True, "realtime": True},
+    )
+    cfg_b = daemon_config(
+        tmp_path / "b",
+        tiny_bundle,
+        video,
+        None,
+        outbox=str(shared_outbox),
+        heatmaps={"dir": str(tmp_path / "b" / "hm")},
+    )
+    cfg_c = daemon_config(
+        tmp_path / "c",
+        tiny_bundle,
+        video,
+        None,
+        outbox=str(tmp_path / "c" / "outbox.sqlite"),
+        heatmaps={"dir": str(shared_hm)},
+    )
     a = start_daemon(cfg_a)
     try:
         wait_log(cfg_a, "running: station")
@@ -88,7 +113,7 @@ def test_two_daemons_never_share_an_outbox_or_a_heatmap_dir(tmp_path, tiny_bundl
             assert rc == 78 and len(err) == 1 and "Traceback" not in text, text[-3000:]
             assert what in err[0] and f"pid {a.pid}" in err[0], err
             assert "in use by another seam-qc daemon" in err[0], err
-        assert a.poll() is None                                   # the first daemon runs on, undisturbed
+        assert a.poll() is None  # the first daemon runs on, undisturbed
     finally:
         a.send_signal(signal.SIGTERM)
         assert wait_exit(a, 30) == 0, daemon_log(cfg_a)[-3000:]

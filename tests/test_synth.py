@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 
 from convert.__main__ import main
-from convert.synth import (FRAME_H, FRAME_W, LABELS, ROI, TruthRow, render_image, truth_path,
-                           write_dataset, write_video)
+from convert.synth import FRAME_H, FRAME_W, LABELS, ROI, TruthRow, render_image, truth_path, write_dataset, write_video
 from edge.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------- stills
+
 
 @pytest.fixture(scope="module")
 def stills(tmp_path_factory) -> Path:
@@ -35,7 +35,7 @@ def _files(d: Path) -> dict[str, bytes]:
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(stills, tmp_path):
     a = tmp_path / "a"
-    write_dataset(a, 40, seed=3, workers=2)         # workers must not change a single byte
+    write_dataset(a, 40, seed=3, workers=2)  # workers must not change a single byte
     assert _files(a) == _files(stills)
     b = tmp_path / "b"
     write_dataset(b, 40, seed=4)
@@ -69,7 +69,7 @@ def test_boxes_are_inside_and_match_labels(stills):
     assert list(boxes.columns) == ["name", "label", "x", "y", "w", "h"]
     assert set(boxes["label"]) <= {"error", "break"}
     assert (boxes["w"] > 0).all() and (boxes["h"] > 0).all()
-    assert (boxes["x"] >= 2).all() and (boxes["y"] >= 2).all()               # away from the border
+    assert (boxes["x"] >= 2).all() and (boxes["y"] >= 2).all()  # away from the border
     assert (boxes["x"] + boxes["w"] <= 254).all() and (boxes["y"] + boxes["h"] <= 254).all()
     for name, row in df.iterrows():
         labels = set(boxes.loc[boxes["name"] == name, "label"])
@@ -89,10 +89,10 @@ def test_defect_changes_the_image_inside_its_box_only(seed):
         assert none == [] and [b.label for b in boxes] == [label]
         b = boxes[0]
         diff = np.abs(img.astype(np.float32) - ref.astype(np.float32)).mean(axis=2)
-        inside = diff[b.y:b.y + b.h, b.x:b.x + b.w]
-        pad = 16                                    # shadows, blur, JPEG blocks
+        inside = diff[b.y : b.y + b.h, b.x : b.x + b.w]
+        pad = 16  # shadows, blur, JPEG blocks
         outside = np.ones_like(diff, bool)
-        outside[max(0, b.y - pad):b.y + b.h + pad, max(0, b.x - pad):b.x + b.w + pad] = False
+        outside[max(0, b.y - pad) : b.y + b.h + pad, max(0, b.x - pad) : b.x + b.w + pad] = False
         # threads now range down to tone-on-tone (luma difference 0.01) and defects include
         # subtle fabric kinds, so "visible" is: a clear local change, far above the outside's
         # (was: mean > 8 and 10 % of the box > 25, which assumed contrasting threads only)
@@ -155,8 +155,12 @@ def test_video_frames_and_truth_file(video):
     with open(truth_path(path), newline="") as fh:
         table = list(csv.DictReader(fh))
     assert list(table[0].keys()) == ["defect_id", "label", "first_frame", "last_frame", "x", "y", "w", "h"]
-    assert [TruthRow(int(r["defect_id"]), r["label"], *(int(r[k]) for k in
-            ("first_frame", "last_frame", "x", "y", "w", "h"))) for r in table] == rows
+    assert [
+        TruthRow(
+            int(r["defect_id"]), r["label"], *(int(r[k]) for k in ("first_frame", "last_frame", "x", "y", "w", "h"))
+        )
+        for r in table
+    ] == rows
     labels = [r.label for r in rows]
     assert {"error", "break", "length"} <= set(labels)
     assert len({r.defect_id for r in rows}) == len(rows)
@@ -168,10 +172,10 @@ def test_video_truth_rows_are_consistent(video):
     defects = [r for r in rows if r.label in ("error", "break")]
     for r in rows:
         assert 0 <= r.first_frame <= r.last_frame < FRAMES
-        assert r.last_frame - r.first_frame + 1 >= 6, r      # default speed: ≥ 6 frames in the ROI
+        assert r.last_frame - r.first_frame + 1 >= 6, r  # default speed: ≥ 6 frames in the ROI
         assert r.w > 0 and r.h > 0
         assert rx <= r.x and r.x + r.w <= rx + rw and ry <= r.y and r.y + r.h <= ry + rh, r
-    for a, b in zip(defects, defects[1:]):                       # never two defects in the ROI
+    for a, b in zip(defects, defects[1:]):  # never two defects in the ROI
         assert a.last_frame < b.first_frame
     for r in rows:
         if r.label == "length":
@@ -191,9 +195,9 @@ def test_video_defect_region_differs_from_a_good_stretch(video, tmp_path):
     for r in rows:
         mid = (r.first_frame + r.last_frame) // 2
         diff = np.abs(a[mid] - b[mid])
-        inside = diff[r.y:r.y + r.h, r.x:r.x + r.w].mean()
-        away = diff[ry:ry + rh, rx:rx + rw].copy()
-        away[r.y - ry - 16:r.y - ry + r.h + 16, max(0, r.x - rx - 16):r.x - rx + r.w + 16] = np.nan
+        inside = diff[r.y : r.y + r.h, r.x : r.x + r.w].mean()
+        away = diff[ry : ry + rh, rx : rx + rw].copy()
+        away[r.y - ry - 16 : r.y - ry + r.h + 16, max(0, r.x - rx - 16) : r.x - rx + r.w + 16] = np.nan
         assert inside > 8.0 and inside > 4 * np.nanmean(away), (r, inside, np.nanmean(away))
 
 
@@ -208,19 +212,23 @@ def test_video_is_deterministic(video, tmp_path):
 
 # --------------------------------------------------------------------------- CLI
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--out", "{d}/o", "--count", "0"], "--count"),
-    (["--out", "{d}/f.txt/sub", "--count", "3"], "--out"),
-    (["--out", "{d}/o", "--count", "3", "--defect-rate", "1.5"], "--defect-rate"),
-    (["--out", "{d}/o", "--count", "3", "--size", "8"], "--size"),
-    (["--out", "{d}/o"], "--count"),
-    (["--video", "{d}/v.mp4"], "--frames"),
-    (["--video", "{d}/v.mp4", "--frames", "30", "--base-length", "3"], "--base-length"),
-    (["--video", "{d}/v.mp4", "--frames", "0"], "--frames"),
-    (["--video", "{d}/nodir/v.mp4", "--frames", "30"], "--video"),
-    (["--video", "{d}/v.mp4", "--frames", "30", "--defects", "5"], "--frames"),
-    (["--video", "{d}/v.mp4", "--frames", "600", "--defect-every-mm", "5"], "--defect-every-mm"),
-])
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--out", "{d}/o", "--count", "0"], "--count"),
+        (["--out", "{d}/f.txt/sub", "--count", "3"], "--out"),
+        (["--out", "{d}/o", "--count", "3", "--defect-rate", "1.5"], "--defect-rate"),
+        (["--out", "{d}/o", "--count", "3", "--size", "8"], "--size"),
+        (["--out", "{d}/o"], "--count"),
+        (["--video", "{d}/v.mp4"], "--frames"),
+        (["--video", "{d}/v.mp4", "--frames", "30", "--base-length", "3"], "--base-length"),
+        (["--video", "{d}/v.mp4", "--frames", "0"], "--frames"),
+        (["--video", "{d}/nodir/v.mp4", "--frames", "30"], "--video"),
+        (["--video", "{d}/v.mp4", "--frames", "30", "--defects", "5"], "--frames"),
+        (["--video", "{d}/v.mp4", "--frames", "600", "--defect-every-mm", "5"], "--defect-every-mm"),
+    ],
+)
 def test_cli_errors_one_line_nonzero(tmp_path, capsys, argv, needle):
     (tmp_path / "f.txt").write_text("x")
     code = main(["synth", *(a.format(d=tmp_path) for a in argv)])
@@ -237,13 +245,15 @@ def test_cli_writes_dataset_and_does_not_import_tensorflow(tmp_path):
         f"rc = main(['synth', '--out', {str(tmp_path / 'cli')!r}, '--count', '5', '--seed', '2'])\n"
         "assert rc == 0\n"
         "assert 'tensorflow' not in sys.modules\n"
-        "print('ok')\n")
+        "print('ok')\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
     df = pd.read_csv(tmp_path / "cli" / "data.csv", index_col=0)
     assert len(df) == 5
-    helped = subprocess.run([sys.executable, "-m", "convert", "synth", "--help"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    helped = subprocess.run(
+        [sys.executable, "-m", "convert", "synth", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert helped.returncode == 0 and "--video" in helped.stdout and "--count" in helped.stdout
 
 
@@ -261,7 +271,7 @@ def test_families_contract_and_meta_csv(stills):
     data = pd.read_csv(stills / "data.csv", index_col=0)
     assert list(meta["name"]) == list(data["name"])
     assert set(meta["family"]) <= set(FAMILIES)
-    assert meta["px_per_mm"].between(4.0, 16.0).all()           # 2..8 px/mm at the model's 128 px
+    assert meta["px_per_mm"].between(4.0, 16.0).all()  # 2..8 px/mm at the model's 128 px
     assert meta["thread_px"].between(2, 12).all()
 
 
@@ -270,7 +280,7 @@ def test_every_family_appears_and_families_restrict(tmp_path):
     write_dataset(a, 70, seed=11)
     fams = pd.read_csv(a / "meta.csv")["family"]
     assert set(fams) == set(FAMILIES)
-    assert fams.value_counts().min() >= 3                        # uniform over families
+    assert fams.value_counts().min() >= 3  # uniform over families
     b = tmp_path / "some"
     assert main(["synth", "--out", str(b), "--count", "12", "--families", "plain,knit"]) == 0
     assert set(pd.read_csv(b / "meta.csv")["family"]) <= {"plain", "knit"}
@@ -297,25 +307,24 @@ def test_thread_contrast_ranges_from_tone_on_tone_to_contrasting():
         render_image(np.random.default_rng([5, i]), size=64, meta=meta)
         c.append(meta["contrast"])
     c = np.array(c)
-    assert (c < 0.13).mean() >= 0.25, (c < 0.13).mean()           # tone-on-tone: ~35 %
-    assert (c >= 0.3).mean() >= 0.25                               # clearly contrasting ones too
+    assert (c < 0.13).mean() >= 0.25, (c < 0.13).mean()  # tone-on-tone: ~35 %
+    assert (c >= 0.3).mean() >= 0.25  # clearly contrasting ones too
 
 
 @pytest.mark.parametrize("kind", ERROR_KINDS + BREAK_KINDS)
 def test_each_defect_kind_has_its_label_and_a_box(kind):
     label = DEFECT_LABEL[kind]
-    assert label == ("break" if kind in ("cut", "missing") else "error")   # stains, needle marks: error
+    assert label == ("break" if kind in ("cut", "missing") else "error")  # stains, needle marks: error
     for seed in range(2):
         forced = {"error": label == "error", "break": label == "break"}
-        img, labels, boxes = render_image(np.random.default_rng([seed, 77]), labels=forced,
-                                          kinds={label: kind})
+        img, labels, boxes = render_image(np.random.default_rng([seed, 77]), labels=forced, kinds={label: kind})
         ref, _, _ = render_image(np.random.default_rng([seed, 77]), labels={**forced, label: False})
         assert labels[label] and not labels["good"]
         assert [(b.label, b.kind) for b in boxes] == [(label, kind)]
         b = boxes[0]
         assert b.w > 0 and b.h > 0 and b.x >= 0 and b.y >= 0 and b.x + b.w <= 256 and b.y + b.h <= 256
         diff = np.abs(img.astype(np.float32) - ref.astype(np.float32)).mean(axis=2)
-        assert diff[b.y:b.y + b.h, b.x:b.x + b.w].max() > 8, (kind, seed)
+        assert diff[b.y : b.y + b.h, b.x : b.x + b.w].max() > 8, (kind, seed)
 
 
 def test_default_mix_draws_every_kind():

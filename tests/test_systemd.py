@@ -32,10 +32,18 @@ def test_unit_has_the_required_settings():
         if "=" in line and not line.lstrip().startswith("#"):
             k, v = line.split("=", 1)
             settings.setdefault(k.strip(), []).append(v.strip())
-    for key, value in [("Type", "notify"), ("Restart", "on-failure"), ("RestartPreventExitStatus", "78"),
-                       ("StateDirectory", "seam-qc"), ("ProtectSystem", "strict"), ("NoNewPrivileges", "yes"),
-                       ("PrivateTmp", "yes"), ("ProtectHome", "yes"), ("CapabilityBoundingSet", ""),
-                       ("SupplementaryGroups", "video")]:
+    for key, value in [
+        ("Type", "notify"),
+        ("Restart", "on-failure"),
+        ("RestartPreventExitStatus", "78"),
+        ("StateDirectory", "seam-qc"),
+        ("ProtectSystem", "strict"),
+        ("NoNewPrivileges", "yes"),
+        ("PrivateTmp", "yes"),
+        ("ProtectHome", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("SupplementaryGroups", "video"),
+    ]:
         assert value in settings.get(key, []), key
     assert "@system-service" in settings["SystemCallFilter"]
     assert settings["RestrictAddressFamilies"][0].split()[:3] == ["AF_UNIX", "AF_INET", "AF_INET6"]
@@ -48,18 +56,28 @@ def test_unit_has_the_required_settings():
 
 @pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
 def test_systemd_analyze_verify_is_silent(tmp_path):
-    r = subprocess.run([ANALYZE, "verify", str(unit_for_this_machine(tmp_path))], capture_output=True,
-                       text=True, timeout=60, cwd=tmp_path)
+    r = subprocess.run(
+        [ANALYZE, "verify", str(unit_for_this_machine(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", r.stdout + r.stderr
 
 
 @pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
 def test_systemd_analyze_security_exposure_is_low(tmp_path):
-    r = subprocess.run([ANALYZE, "security", "--offline=true", "--no-pager", str(unit_for_this_machine(tmp_path))],
-                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    r = subprocess.run(
+        [ANALYZE, "security", "--offline=true", "--no-pager", str(unit_for_this_machine(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     if "--offline" in r.stderr and r.returncode != 0:
         pytest.skip("this systemd-analyze has no --offline")
-    line = [l for l in r.stdout.splitlines() if "Overall exposure level" in l]
+    line = [s for s in r.stdout.splitlines() if "Overall exposure level" in s]
     assert line, r.stdout + r.stderr
     score = float(line[-1].split(":")[1].split()[0])
     print(line[-1])

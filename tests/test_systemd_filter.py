@@ -82,8 +82,7 @@ print(json.dumps(out))
 
 def unit_filter_lines(text: str) -> list[str]:
     """The unit's ``SystemCallFilter=`` values, in order."""
-    return [ln.split("=", 1)[1].strip() for ln in text.splitlines()
-            if ln.strip().startswith("SystemCallFilter=")]
+    return [ln.split("=", 1)[1].strip() for ln in text.splitlines() if ln.strip().startswith("SystemCallFilter=")]
 
 
 def unit_errno(text: str) -> int:
@@ -103,8 +102,9 @@ def expand(item: str, seen: set[str] | None = None) -> set[str]:
     if item in seen:
         return set()
     seen.add(item)
-    r = subprocess.run([ANALYZE, "syscall-filter", "--no-pager", item], capture_output=True, text=True,
-                       timeout=30, check=True)
+    r = subprocess.run(
+        [ANALYZE, "syscall-filter", "--no-pager", item], capture_output=True, text=True, timeout=30, check=True
+    )
     out: set[str] = set()
     for ln in r.stdout.splitlines()[1:]:
         name = ln.strip()
@@ -164,8 +164,13 @@ def test_systemd_analyze_sees_setpriority_allowed(tmp_path):
     from tests.test_systemd import unit_for_this_machine
 
     assert "setpriority" in expand("@resources")  # what the deny line takes away ...
-    r = subprocess.run([ANALYZE, "security", "--offline=true", "--no-pager", str(unit_for_this_machine(tmp_path))],
-                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    r = subprocess.run(
+        [ANALYZE, "security", "--offline=true", "--no-pager", str(unit_for_this_machine(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     if "--offline" in r.stderr and r.returncode != 0:
         pytest.skip("this systemd-analyze has no --offline")
     line = [ln for ln in r.stdout.splitlines() if "SystemCallFilter=~@resources" in ln]
@@ -173,21 +178,25 @@ def test_systemd_analyze_sees_setpriority_allowed(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(SYSTEMD_RUN is None or not BOOTED_WITH_SYSTEMD or os.geteuid() != 0,
-                    reason="needs systemd as PID 1 and root for systemd-run (not in this container)")
+@pytest.mark.skipif(
+    SYSTEMD_RUN is None or not BOOTED_WITH_SYSTEMD or os.geteuid() != 0,
+    reason="needs systemd as PID 1 and root for systemd-run (not in this container)",
+)
 def test_worker_is_niced_in_a_transient_unit_with_the_units_filter(tmp_path):
     from edge.heatmaps import NICE_INCREMENT
 
     text = UNIT.read_text()
     props = [f"SystemCallFilter={v}" for v in unit_filter_lines(text)]
-    props += [ln.strip() for ln in text.splitlines()
-              if ln.strip().startswith(("SystemCallErrorNumber=", "SystemCallArchitectures=", "NoNewPrivileges="))]
+    props += [
+        ln.strip()
+        for ln in text.splitlines()
+        if ln.strip().startswith(("SystemCallErrorNumber=", "SystemCallArchitectures=", "NoNewPrivileges="))
+    ]
     tmp_path.chmod(0o755)
     cmd = [SYSTEMD_RUN, "--wait", "--pipe", "--quiet", "--collect"]
     for p in props:
         cmd += ["-p", p]
-    cmd += [f"--setenv=SEAMQC_ROOT={ROOT}", f"--setenv=SEAMQC_HM={tmp_path / 'hm'}",
-            sys.executable, "-c", CHILD]
+    cmd += [f"--setenv=SEAMQC_ROOT={ROOT}", f"--setenv=SEAMQC_HM={tmp_path / 'hm'}", sys.executable, "-c", CHILD]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])

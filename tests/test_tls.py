@@ -17,8 +17,10 @@ from tests.fixtures_mqtt import MqttSubscriber, wait_until
 PASSWORD = "Pw-7f3c9a1e-n0t-in-logs"
 USER = "sew-st1"
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None,
-                                reason="needs the openssl CLI and mosquitto_passwd (mosquitto package)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None,
+    reason="needs the openssl CLI and mosquitto_passwd (mosquitto package)",
+)
 
 
 @dataclass(frozen=True)
@@ -40,22 +42,67 @@ def openssl(*args: str, cwd: Path) -> None:
 
 def make_ca(d: Path, name: str) -> tuple[Path, Path]:
     key, crt = d / f"{name}.key", d / f"{name}.crt"
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", key.name, "-out", crt.name, "-days", "2", "-subj", f"/CN={name}",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            cwd=d)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key.name,
+        "-out",
+        crt.name,
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=d,
+    )
     return crt, key
 
 
 def make_leaf(d: Path, name: str, ca: tuple[Path, Path], ext: str) -> tuple[Path, Path]:
     key, csr, crt, extf = d / f"{name}.key", d / f"{name}.csr", d / f"{name}.crt", d / f"{name}.ext"
-    extf.write_text(ext + "\nbasicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\n"
-                    "authorityKeyIdentifier=keyid\n")
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key.name,
-            "-out", csr.name, "-subj", f"/CN={name}", cwd=d)
-    openssl("x509", "-req", "-in", csr.name, "-CA", ca[0].name, "-CAkey", ca[1].name, "-CAcreateserial",
-            "-out", crt.name, "-days", "2", "-extfile", extf.name, cwd=d)
+    extf.write_text(ext + "\nbasicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+    openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key.name,
+        "-out",
+        csr.name,
+        "-subj",
+        f"/CN={name}",
+        cwd=d,
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr.name,
+        "-CA",
+        ca[0].name,
+        "-CAkey",
+        ca[1].name,
+        "-CAcreateserial",
+        "-out",
+        crt.name,
+        "-days",
+        "2",
+        "-extfile",
+        extf.name,
+        cwd=d,
+    )
     return crt, key
 
 
@@ -64,12 +111,15 @@ def pki(tmp_path_factory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
     ca = make_ca(d, "seamqc-test-ca")
     other = make_ca(d, "some-other-ca")
-    server = make_leaf(d, "localhost", ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-                                           "extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature")
+    server = make_leaf(
+        d,
+        "localhost",
+        ca,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature",
+    )
     client = make_leaf(d, "seamqc-st1", ca, "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature")
     passwords = d / "mosquitto.passwd"
-    r = subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), USER, PASSWORD],
-                       capture_output=True, text=True)
+    r = subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), USER, PASSWORD], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     passwords.chmod(0o600)
     pw = d / "mqtt-password"
@@ -81,20 +131,25 @@ def pki(tmp_path_factory) -> Pki:
 @pytest.fixture
 def tls_broker(mqtt_broker_factory, pki):
     def make(require_cert: bool = False):
-        lines = [f"cafile {pki.ca}", f"certfile {pki.server_cert}", f"keyfile {pki.server_key}",
-                 "tls_version tlsv1.2"]
+        lines = [f"cafile {pki.ca}", f"certfile {pki.server_cert}", f"keyfile {pki.server_key}", "tls_version tlsv1.2"]
         if require_cert:
             lines.append("require_certificate true")
-        return mqtt_broker_factory(listener_lines=lines, global_lines=[f"password_file {pki.passwords}"],
-                                   anonymous=False)
+        return mqtt_broker_factory(
+            listener_lines=lines, global_lines=[f"password_file {pki.passwords}"], anonymous=False
+        )
+
     return make
 
 
 def tls_subscriber(broker, pki: Pki, topic: str = "seamqc/#") -> MqttSubscriber:
-    return MqttSubscriber(broker.host, broker.port, topic,
-                          tls={"ca_certs": str(pki.ca), "certfile": str(pki.client_cert),
-                               "keyfile": str(pki.client_key)},
-                          username=USER, password=PASSWORD).wait_subscribed()
+    return MqttSubscriber(
+        broker.host,
+        broker.port,
+        topic,
+        tls={"ca_certs": str(pki.ca), "certfile": str(pki.client_cert), "keyfile": str(pki.client_key)},
+        username=USER,
+        password=PASSWORD,
+    ).wait_subscribed()
 
 
 def assert_no_secret(caplog, capfd, sub: MqttSubscriber | None = None) -> None:
@@ -126,8 +181,9 @@ def test_tls_with_ca_and_password_file(pki, tls_broker, mqtt_publisher, caplog, 
         sub.close()
 
 
-def test_tls_client_certificate_and_systemd_credential(pki, tls_broker, mqtt_publisher, monkeypatch, tmp_path,
-                                                       caplog, capfd):
+def test_tls_client_certificate_and_systemd_credential(
+    pki, tls_broker, mqtt_publisher, monkeypatch, tmp_path, caplog, capfd
+):
     caplog.set_level(logging.DEBUG)
     creds = tmp_path / "credentials"
     creds.mkdir()
@@ -140,15 +196,17 @@ def test_tls_client_certificate_and_systemd_credential(pki, tls_broker, mqtt_pub
         ob = Outbox(tmp_path / "nocert.sqlite")
         nocert = mqtt_publisher(broker, station="nocert", outbox=ob, tls=TlsConfig(ca=pki.ca), username=USER)
         nocert.alert({"event_id": "kept-1"})
-        wait_until(lambda: any(r.name == "edge.publish" and "certificate required" in r.getMessage()
-                               for r in caplog.records), what="failure log")
-        assert sum("certificate required" in r.getMessage() for r in caplog.records
-                   if r.name == "edge.publish") == 1  # once, not per retry
+        wait_until(
+            lambda: any(r.name == "edge.publish" and "certificate required" in r.getMessage() for r in caplog.records),
+            what="failure log",
+        )
+        assert (
+            sum("certificate required" in r.getMessage() for r in caplog.records if r.name == "edge.publish") == 1
+        )  # once, not per retry
         assert not nocert.connected and ob.depth() == 1
         nocert.stop(timeout=0.5)
 
-        pub = mqtt_publisher(broker, tls=TlsConfig(ca=pki.ca, cert=pki.client_cert, key=pki.client_key),
-                             username=USER)
+        pub = mqtt_publisher(broker, tls=TlsConfig(ca=pki.ca, cert=pki.client_cert, key=pki.client_key), username=USER)
         pub.alert({"event_id": "tls-cert-1"})
         assert sub.wait_for("seamqc/st1/alert").json()["event_id"] == "tls-cert-1"
         assert pub.flush(10)
@@ -158,13 +216,19 @@ def test_tls_client_certificate_and_systemd_credential(pki, tls_broker, mqtt_pub
         sub.close()
 
 
-def test_wrong_ca_fails_to_connect_logged_once_without_crash(pki, tls_broker, mqtt_publisher, tmp_path,
-                                                             caplog):
+def test_wrong_ca_fails_to_connect_logged_once_without_crash(pki, tls_broker, mqtt_publisher, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="edge.publish")
     broker = tls_broker()
     ob = Outbox(tmp_path / "o.sqlite")
-    pub = mqtt_publisher(broker, outbox=ob, tls=TlsConfig(ca=pki.other_ca), username=USER,
-                         password_file=pki.password_file, reconnect_min_s=0.05, reconnect_max_s=0.1)
+    pub = mqtt_publisher(
+        broker,
+        outbox=ob,
+        tls=TlsConfig(ca=pki.other_ca),
+        username=USER,
+        password_file=pki.password_file,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.1,
+    )
     pub.alert({"event_id": "never-lost"})
     wait_until(lambda: broker.log_text().count("New connection from") >= 3, what="3 handshake attempts")
     assert not pub.connected
@@ -181,8 +245,9 @@ def test_wrong_password_is_refused_and_logged_without_it(pki, tls_broker, mqtt_p
     broker = tls_broker()
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-password-XYZ\n")
-    pub = mqtt_publisher(broker, tls=TlsConfig(ca=pki.ca), username=USER, password_file=wrong,
-                         reconnect_min_s=0.05, reconnect_max_s=0.1)
+    pub = mqtt_publisher(
+        broker, tls=TlsConfig(ca=pki.ca), username=USER, password_file=wrong, reconnect_min_s=0.05, reconnect_max_s=0.1
+    )
     wait_until(lambda: broker.log_text().count("not authorised") >= 3, what="3 refused attempts")
     assert not pub.connected
     ours = [r for r in caplog.records if r.name == "edge.publish"]

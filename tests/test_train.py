@@ -44,8 +44,18 @@ def test_resume_continues_from_last_checkpoint(tiny_keras, tiny_dataset, tiny_va
     shutil.copytree(src_ckpt, ckpt)
     shutil.copy(src_hist, hist)
     first = json.loads(hist.read_text())
-    res = train(str(tiny_valid / "data.csv"), str(tiny_valid / "data.csv"), out, arch="resnet-int8", epochs=2,
-                size=64, filters=4, batch=16, resume=True, verbose=0)
+    res = train(
+        str(tiny_valid / "data.csv"),
+        str(tiny_valid / "data.csv"),
+        out,
+        arch="resnet-int8",
+        epochs=2,
+        size=64,
+        filters=4,
+        batch=16,
+        resume=True,
+        verbose=0,
+    )
     assert res.epochs_run == 2
     h = json.loads(hist.read_text())
     assert h["loss"][0] == first["loss"][0] and len(h["loss"]) == 2  # epoch 1 kept, epoch 2 added
@@ -69,19 +79,58 @@ def test_multiclass_folders_train_and_evaluate_cli(tmp_path):
     _fruit(tmp_path / "train", 0)
     _fruit(tmp_path / "valid", 1, 4)
     out = tmp_path / "fruit.keras"
-    p = subprocess.run([sys.executable, "-m", "convert", "train", "--train", str(tmp_path / "train"), "--valid",
-                        str(tmp_path / "valid"), "--out", str(out), "--arch", "cnn", "--size", "32", "--filters",
-                        "4", "--epochs", "1", "--batch", "8"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convert",
+            "train",
+            "--train",
+            str(tmp_path / "train"),
+            "--valid",
+            str(tmp_path / "valid"),
+            "--out",
+            str(out),
+            "--arch",
+            "cnn",
+            "--size",
+            "32",
+            "--filters",
+            "4",
+            "--epochs",
+            "1",
+            "--batch",
+            "8",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "multiclass, labels Apfel, Orange, Tomate" in p.stdout
     from convert.models import read_meta
 
     assert read_meta(out)["task"] == "multiclass"
     js = tmp_path / "ev.json"
-    p = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--model", str(out), "--data",
-                        str(tmp_path / "valid"), "--json", str(js)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convert",
+            "evaluate",
+            "--model",
+            str(out),
+            "--data",
+            str(tmp_path / "valid"),
+            "--json",
+            str(js),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert re.search(r"^Top-1 Accuracy: \d+\.\d\d$", p.stdout, re.M)
     assert "Confusion matrix" in p.stdout

@@ -33,13 +33,18 @@ __all__ = ["bench", "register", "render_table", "run"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` to ``python -m convert``."""
-    p = sub.add_parser("bench", help="benchmarks: latency, e2e fps, heatmap cost, RSS, start-up, "
-                       "alert latency", description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: latency, e2e fps, heatmap cost, RSS, start-up, alert latency",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--quick", action="store_true", help="fewer iterations and model variants (< 1 min)")
-    p.add_argument("--json", metavar="FILE",
-                   help="write the results as JSON (make bench: bench-results.json)")
-    p.add_argument("--bundle", metavar="DIR", help=f"model bundle (default {DEFAULT_BUNDLE}; an untrained "
-                   "one is exported when it is not shipped yet)")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON (make bench: bench-results.json)")
+    p.add_argument(
+        "--bundle",
+        metavar="DIR",
+        help=f"model bundle (default {DEFAULT_BUNDLE}; an untrained one is exported when it is not shipped yet)",
+    )
     p.add_argument("--work", metavar="DIR", default="build/bench", help="scratch dir (default build/bench)")
     p.set_defaults(func=run)
 

@@ -7,9 +7,10 @@ import datetime as _dt
 import os
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +47,9 @@ def make_plan(quick: bool, cores: int) -> Plan:
     threads = tuple(sorted({1, all_t}))
     if quick:
         return Plan(True, 30, 5, 2, (), (all_t,), threads, False, 2.0, 0.4, 1, 150, 3, 1, 1, 1.6, 10)
-    return Plan(False, 240, 20, 4, ("resnet", "resnet-int8", "cnn"), threads, threads, True, 5.0, 1.0, 3,
-                420, 10, 2, 3, 5.0, 40)
+    return Plan(
+        False, 240, 20, 4, ("resnet", "resnet-int8", "cnn"), threads, threads, True, 5.0, 1.0, 3, 420, 10, 2, 3, 5.0, 40
+    )
 
 
 def pct(values: list[float] | np.ndarray, q: float) -> float:
@@ -57,12 +59,15 @@ def pct(values: list[float] | np.ndarray, q: float) -> float:
 
 def summary_ms(values: list[float]) -> dict[str, float]:
     """p50 / p99 / mean / n of per-call ms, rounded for the JSON."""
-    return {"p50": round(pct(values, 50), 3), "p99": round(pct(values, 99), 3),
-            "mean": round(float(np.mean(values)), 3), "n": len(values)}
+    return {
+        "p50": round(pct(values, 50), 3),
+        "p99": round(pct(values, 99), 3),
+        "mean": round(float(np.mean(values)), 3),
+        "n": len(values),
+    }
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], iters: int, warmup: int,
-                     rounds: int) -> dict[str, list[float]]:
+def time_interleaved(fns: dict[str, Callable[[], Any]], iters: int, warmup: int, rounds: int) -> dict[str, list[float]]:
     """Per-call ms of each function; calls are done in rounds (a,b,c,a,b,c…) so drift hits all alike."""
     import time as _t
 
@@ -105,13 +110,21 @@ def machine_info() -> dict[str, Any]:
     except AttributeError:
         usable = os.cpu_count() or 1
     return {
-        "cpu": cpu, "arch": platform.machine(), "cores": os.cpu_count(), "usable_cores": usable,
-        "os": platform.platform(), "python": platform.python_version(),
-        "tensorflow": ver("tensorflow-cpu", "tensorflow"), "keras": ver("keras"),
-        "ai_edge_litert": ver("ai-edge-litert"), "numpy": ver("numpy"),
-        "opencv": ver("opencv-python-headless", "opencv-python"), "paho_mqtt": ver("paho-mqtt"),
+        "cpu": cpu,
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": ver("tensorflow-cpu", "tensorflow"),
+        "keras": ver("keras"),
+        "ai_edge_litert": ver("ai-edge-litert"),
+        "numpy": ver("numpy"),
+        "opencv": ver("opencv-python-headless", "opencv-python"),
+        "paho_mqtt": ver("paho-mqtt"),
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
 
 def subprocess_env() -> dict[str, str]:
     """The environment for subprocesses: this checkout first on the import path."""
@@ -125,7 +138,5 @@ def say(msg: str) -> None:
 
 def iso_to_epoch(ts: str) -> float:
     """An alert's ``ts`` (ISO 8601 UTC, ms) → epoch seconds, to compare with receive times."""
-    d = _dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.timezone.utc)
+    d = _dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.UTC)
     return d.timestamp()
-
-

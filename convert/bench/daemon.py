@@ -17,9 +17,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,16 +55,16 @@ class LocalBroker:
             raise ConfigError("bench: mosquitto not found (apt-get install mosquitto; `make bench` does it)")
         self.port = free_port()
         conf = work / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        f"log_dest file {work / 'mosquitto.log'}\n")
-        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"log_dest file {work / 'mosquitto.log'}\n"
+        )
+        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 5
         while not port_open(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise ConfigError(f"bench: mosquitto did not start on port {self.port} "
-                                  f"(log: {work / 'mosquitto.log'})")
+                raise ConfigError(f"bench: mosquitto did not start on port {self.port} (log: {work / 'mosquitto.log'})")
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -139,29 +140,60 @@ class DaemonRun:
         return None
 
 
-def daemon_config(work: Path, tag: str, bundle: Path, video: Path, port: int | None, *, threads: int,
-                  realtime: bool, loop: bool, forced_every: int | None, heatmaps: str | None,
-                  stats_interval: float, hm_threads: int) -> tuple[Path, str]:
+def daemon_config(
+    work: Path,
+    tag: str,
+    bundle: Path,
+    video: Path,
+    port: int | None,
+    *,
+    threads: int,
+    realtime: bool,
+    loop: bool,
+    forced_every: int | None,
+    heatmaps: str | None,
+    stats_interval: float,
+    hm_threads: int,
+) -> tuple[Path, str]:
     """A daemon config for one run → (path, station); ``forced_every`` loads it on purpose (module doc)."""
     import yaml
 
     station = f"bench-{tag}"
     decision: dict[str, Any] = {"expected_length": "2mm", "min_frames": 2, "window": 3}
     if forced_every:
-        decision = {"expected_length": "any", "min_frames": 1, "window": 1, "thresholds": {"error": 0.0},
-                    "max_event_frames": int(forced_every)}
+        decision = {
+            "expected_length": "any",
+            "min_frames": 1,
+            "window": 1,
+            "thresholds": {"error": 0.0},
+            "max_event_frames": int(forced_every),
+        }
     hm_dir = work / f"heatmaps-{tag}"
     shutil.rmtree(hm_dir, ignore_errors=True)
     cfg = {
         "station": station,
-        "camera": {"source": "file", "device": str(video), "width": 640, "height": 480, "fps": 30, "roi": ROI,
-                   "realtime": realtime, "loop": loop},
+        "camera": {
+            "source": "file",
+            "device": str(video),
+            "width": 640,
+            "height": 480,
+            "fps": 30,
+            "roi": ROI,
+            "realtime": realtime,
+            "loop": loop,
+        },
         "model": {"bundle": str(bundle), "threads": threads},
         "decision": decision,
-        "mqtt": ({"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.2, "reconnect_max_s": 1}
-                 if port else {"enabled": False}),
-        "heatmaps": ({"enabled": True, "dir": str(hm_dir), "method": heatmaps, "threads": hm_threads,
-                      "max_mb": 200} if heatmaps else {"enabled": False, "dir": str(hm_dir)}),
+        "mqtt": (
+            {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.2, "reconnect_max_s": 1}
+            if port
+            else {"enabled": False}
+        ),
+        "heatmaps": (
+            {"enabled": True, "dir": str(hm_dir), "method": heatmaps, "threads": hm_threads, "max_mb": 200}
+            if heatmaps
+            else {"enabled": False, "dir": str(hm_dir)}
+        ),
         "outbox": str(work / f"outbox-{tag}.sqlite"),
         "stats_interval": stats_interval,
         "log_level": "INFO",
@@ -173,9 +205,17 @@ def daemon_config(work: Path, tag: str, bundle: Path, video: Path, port: int | N
     return p, station
 
 
-def run_daemon(cfg: Path, tag: str, work: Path, *, max_frames: int | None = None,
-               steady_s: float | None = None, stop_after_heatmap_s: float | None = None,
-               stop_when: Callable[[], bool] | None = None, timeout: float = 120.0) -> DaemonRun:
+def run_daemon(
+    cfg: Path,
+    tag: str,
+    work: Path,
+    *,
+    max_frames: int | None = None,
+    steady_s: float | None = None,
+    stop_after_heatmap_s: float | None = None,
+    stop_when: Callable[[], bool] | None = None,
+    timeout: float = 120.0,
+) -> DaemonRun:
     """Run ``python -m edge`` until it exits, ``steady_s`` after its ``running`` line, or a condition."""
     import psutil
 
@@ -186,8 +226,9 @@ def run_daemon(cfg: Path, tag: str, work: Path, *, max_frames: int | None = None
     hm_dir = work / f"heatmaps-{tag}"
     lines: list[tuple[float, str]] = []
     t_spawn = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            env=env, cwd=str(ROOT))
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env, cwd=str(ROOT)
+    )
 
     def reader() -> None:
         assert proc.stdout is not None
@@ -206,7 +247,7 @@ def run_daemon(cfg: Path, tag: str, work: Path, *, max_frames: int | None = None
         while proc.poll() is None:
             now = time.time()
             try:
-                rss.append((now, ps.memory_info().rss / 2 ** 20))
+                rss.append((now, ps.memory_info().rss / 2**20))
             except psutil.Error:
                 pass
             if running_t is None and any(" running: " in ln for _, ln in lines[-20:]):
@@ -220,8 +261,9 @@ def run_daemon(cfg: Path, tag: str, work: Path, *, max_frames: int | None = None
                     pass
             want_stop = (
                 (steady_s is not None and running_t is not None and now - running_t >= steady_s)
-                or (stop_after_heatmap_s is not None and first_hm is not None
-                    and now - first_hm >= stop_after_heatmap_s)
+                or (
+                    stop_after_heatmap_s is not None and first_hm is not None and now - first_hm >= stop_after_heatmap_s
+                )
                 or (stop_when is not None and stop_when())
             )
             if want_stop and stop_t is None:
@@ -247,8 +289,9 @@ def run_daemon(cfg: Path, tag: str, work: Path, *, max_frames: int | None = None
                 pass
     if rc not in (0, -signal.SIGTERM):
         tail = [ln for _, ln in lines if ln.strip()][-1:] or ["(no output)"]
-        raise ModelError(f"bench: daemon run {tag} exited with {rc}: {tail[0][:300]} "
-                         f"(log: {work / f'daemon-{tag}.log'})")
+        raise ModelError(
+            f"bench: daemon run {tag} exited with {rc}: {tail[0][:300]} (log: {work / f'daemon-{tag}.log'})"
+        )
     return run
 
 
@@ -259,11 +302,21 @@ def stats_fps(listener: Listener, station: str, run: DaemonRun) -> dict[str, Any
     pts = [(float(m["uptime_s"]), int(m["frames"])) for _, m in msgs if m.get("frames", 0) > 0]
     if len(pts) >= 2 and pts[-1][0] > pts[0][0]:
         (u0, f0), (u1, f1) = pts[0], pts[-1]
-        return {"fps": round((f1 - f0) / (u1 - u0), 2), "frames": f1 - f0, "seconds": round(u1 - u0, 2),
-                "source": "stats (Δframes/Δuptime)", "stats_messages": len(pts)}
+        return {
+            "fps": round((f1 - f0) / (u1 - u0), 2),
+            "frames": f1 - f0,
+            "seconds": round(u1 - u0, 2),
+            "source": "stats (Δframes/Δuptime)",
+            "stats_messages": len(pts),
+        }
     s = run.summary
-    return {"fps": s.get("fps"), "frames": s.get("frames"), "seconds": s.get("uptime_s"),
-            "source": "summary (includes start-up)", "stats_messages": len(pts)}
+    return {
+        "fps": s.get("fps"),
+        "frames": s.get("frames"),
+        "seconds": s.get("uptime_s"),
+        "source": "summary (includes start-up)",
+        "stats_messages": len(pts),
+    }
 
 
 def steady_rss(run: DaemonRun, after: float | None) -> dict[str, float | None]:
@@ -272,4 +325,3 @@ def steady_rss(run: DaemonRun, after: float | None) -> dict[str, float | None]:
     if not pts:
         return {"max": None, "median": None}
     return {"max": round(max(pts), 1), "median": round(float(np.median(pts)), 1), "samples": len(pts)}
-

@@ -4,8 +4,9 @@ bare interpreter bound sampled around the daemon runs, and the Grad-CAM cost."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,20 +63,27 @@ def pipeline_costs(bundle: Path, video: Path, frame: np.ndarray, threads: int, p
         if not ok:
             cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, img = cap.read()
-        return np.ascontiguousarray(img[y:y + h, x:x + w]).copy()
+        return np.ascontiguousarray(img[y : y + h, x : x + w]).copy()
 
     try:
-        fns = {"decode_roi": decode, "prepare": lambda: clf.prepare(frame),
-               "classify_prepared": lambda: clf.classify_prepared(tensor),
-               "classify": lambda: clf.classify(frame)}
+        fns = {
+            "decode_roi": decode,
+            "prepare": lambda: clf.prepare(frame),
+            "classify_prepared": lambda: clf.classify_prepared(tensor),
+            "classify": lambda: clf.classify(frame),
+        }
         t = time_interleaved(fns, plan.iters, plan.warmup, plan.rounds)
     finally:
         cap.release()
     p50 = {k: round(pct(v, 50), 3) for k, v in t.items()}
     capture_ms = p50["decode_roi"] + p50["prepare"]
-    return {"ms_p50": p50, "threads": threads, "capture_thread_ms": round(capture_ms, 3),
-            "serial_bound_fps": round(1000 / (capture_ms + p50["classify_prepared"]), 1),
-            "overlapped_bound_fps": round(1000 / max(capture_ms, p50["classify_prepared"]), 1)}
+    return {
+        "ms_p50": p50,
+        "threads": threads,
+        "capture_thread_ms": round(capture_ms, 3),
+        "serial_bound_fps": round(1000 / (capture_ms + p50["classify_prepared"]), 1),
+        "overlapped_bound_fps": round(1000 / max(capture_ms, p50["classify_prepared"]), 1),
+    }
 
 
 class BoundProbe:
@@ -92,12 +100,16 @@ class BoundProbe:
         d = self.interp.get_input_details()[0]
         self.i_in, self.dtype, self.shape = d["index"], d["dtype"], tuple(d["shape"])
         self.i_out = self.interp.get_output_details()[0]["index"]
-        self.x = np.random.default_rng(2).standard_normal(self.shape).astype(np.float32) \
-            if self.dtype == np.float32 else np.zeros(self.shape, self.dtype)
+        self.x = (
+            np.random.default_rng(2).standard_normal(self.shape).astype(np.float32)
+            if self.dtype == np.float32
+            else np.zeros(self.shape, self.dtype)
+        )
         self.samples: list[float] = []
 
     def burst(self, n: int, warmup: int = 5) -> None:
         """``n`` timed calls right now, added to ``samples``."""
+
         def call() -> None:
             self.interp.set_tensor(self.i_in, self.x)
             self.interp.invoke()
@@ -106,8 +118,14 @@ class BoundProbe:
         self.samples += time_interleaved({"b": call}, n, warmup, 1)["b"]
 
 
-def measure_cost(bundle: Any, frame_bgr: np.ndarray, labels: Sequence[str] | None = None, threads: int = 2,
-                 repeats: int = 20, method: str = "litert") -> dict[str, float]:
+def measure_cost(
+    bundle: Any,
+    frame_bgr: np.ndarray,
+    labels: Sequence[str] | None = None,
+    threads: int = 2,
+    repeats: int = 20,
+    method: str = "litert",
+) -> dict[str, float]:
     """Median ms of a Grad-CAM of all ``labels`` vs one ``classifier_fp32`` forward pass.
 
     ``heatmap_ms`` of the bench: returns ``{"explain_ms", "forward_ms", "ratio"}``; both include
@@ -124,8 +142,7 @@ def measure_cost(bundle: Any, frame_bgr: np.ndarray, labels: Sequence[str] | Non
     if method == "tf":
         from convert.gradcam_tf import TFGradCAM
 
-        tg = TFGradCAM(b.path("keras"), labels=b.labels, layer=b.gradcam.get("layer"), height=b.height,
-                       width=b.width)
+        tg = TFGradCAM(b.path("keras"), labels=b.labels, layer=b.gradcam.get("layer"), height=b.height, width=b.width)
         explain = lambda: tg.explain(frame_bgr, labels)  # noqa: E731
     else:
         from edge.gradcam import Explainer

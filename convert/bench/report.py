@@ -22,10 +22,13 @@ TARGETS = {  # name: (json path, comparison, value, text)
 
 def pi_estimates(res: dict) -> dict[str, Any]:
     """Pi 4 / Pi 5 latency estimates from XNNPACK's published MobileNet v2 figures (not measurements)."""
-    out: dict[str, Any] = {"source": "XNNPACK README (Feb 2022): Raspberry Pi 4 (BCM2711, ARM64, 4 threads) "
-                                     "MobileNet v2 1.0 224²: FP32 46 ms, INT8 17 ms; Pi 5 = Pi 4 / 2…3 "
-                                     "(Raspberry Pi's stated CPU speed-up)",
-                           "mobilenet_v2_macs": MOBILENET_V2_MACS, "models": {}}
+    out: dict[str, Any] = {
+        "source": "XNNPACK README (Feb 2022): Raspberry Pi 4 (BCM2711, ARM64, 4 threads) "
+        "MobileNet v2 1.0 224²: FP32 46 ms, INT8 17 ms; Pi 5 = Pi 4 / 2…3 "
+        "(Raspberry Pi's stated CPU speed-up)",
+        "mobilenet_v2_macs": MOBILENET_V2_MACS,
+        "models": {},
+    }
     lat = res["latency_ms"]
     mn = lat.get("mobilenet_v2", {})
     for name, info in res["models"].items():
@@ -50,8 +53,7 @@ def pi_estimates(res: dict) -> dict[str, Any]:
             i8 = lat.get(name, {}).get("litert-int8", {}).get(t)
             if i8 and i8["p50"] > 0:  # scale by the int8 speed-up measured here
                 e["int8_speedup_here"] = round(ours[t]["p50"] / i8["p50"], 3)
-                e["pi4_int8_ms_measured_ratio"] = round(
-                    e["pi4_fp32_ms_measured_ratio"] / e["int8_speedup_here"], 2)
+                e["pi4_int8_ms_measured_ratio"] = round(e["pi4_fp32_ms_measured_ratio"] / e["int8_speedup_here"], 2)
         out["models"][name] = e
     return out
 
@@ -70,8 +72,15 @@ def evaluate_targets(res: dict) -> list[dict[str, Any]]:
     for name, (op, target, text) in TARGETS.items():
         v = vals.get(name)
         ok = None if v is None else (v >= target if op == ">=" else v <= target)
-        out.append({"name": name, "what": text, "value": v, "target": f"{op} {target}",
-                    "result": "n/a" if ok is None else ("PASS" if ok else "MISS")})
+        out.append(
+            {
+                "name": name,
+                "what": text,
+                "value": v,
+                "target": f"{op} {target}",
+                "result": "n/a" if ok is None else ("PASS" if ok else "MISS"),
+            }
+        )
     return out
 
 
@@ -87,17 +96,19 @@ def render_table(res: dict) -> str:
     """The markdown table ``make bench`` prints (the README's performance tables come from it)."""
     m = res["machine"]
     b = res["bundle"]
-    L = [f"### seam-qc bench ({'quick' if res['quick'] else 'full'}) — {m['cpu']}, "
-         f"{m['usable_cores']} cores, Python {m['python']}, TF {m['tensorflow']}, "
-         f"LiteRT {m['ai_edge_litert']}",
-         "",
-         f"Bundle `{b['name']}` ({b['source']}): {b['arch']} {b['height']}×{b['width']}, "
-         f"filters {b['filters']}, int8 = {b['int8_quantization']}. "
-         f"Load average at start {m.get('loadavg_start')}, "
-         f"at end {m.get('loadavg_end')}.",
-         "",
-         "| model | MMACs | runtime | threads | p50 ms | p99 ms | × faster than Keras |",
-         "|---|---:|---|---:|---:|---:|---:|"]
+    L = [
+        f"### seam-qc bench ({'quick' if res['quick'] else 'full'}) — {m['cpu']}, "
+        f"{m['usable_cores']} cores, Python {m['python']}, TF {m['tensorflow']}, "
+        f"LiteRT {m['ai_edge_litert']}",
+        "",
+        f"Bundle `{b['name']}` ({b['source']}): {b['arch']} {b['height']}×{b['width']}, "
+        f"filters {b['filters']}, int8 = {b['int8_quantization']}. "
+        f"Load average at start {m.get('loadavg_start')}, "
+        f"at end {m.get('loadavg_end')}.",
+        "",
+        "| model | MMACs | runtime | threads | p50 ms | p99 ms | × faster than Keras |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     order = ["keras", "tf.function", "litert-fp32", "litert-int8"]
     for name, rts in res["latency_ms"].items():
         macs = (res["models"].get(name) or {}).get("macs")
@@ -105,59 +116,68 @@ def render_table(res: dict) -> str:
             for t in sorted(rts[rt], key=int):
                 s = rts[rt][t]
                 ratio = (res["ratios"].get(name) or {}).get(f"{rt}@{t}")
-                L.append(f"| {name} | {_f(macs / 1e6 if macs else None, 1)} | {rt} | {t} | {s['p50']:.2f} | "
-                         f"{s['p99']:.2f} | {_f(ratio) if ratio else ('1.00' if rt == 'keras' else '–')} |")
+                L.append(
+                    f"| {name} | {_f(macs / 1e6 if macs else None, 1)} | {rt} | {t} | {s['p50']:.2f} | "
+                    f"{s['p99']:.2f} | {_f(ratio) if ratio else ('1.00' if rt == 'keras' else '–')} |"
+                )
     e, hm, hms = res["e2e"], res["heatmaps_e2e"], res["heatmap_ms"]
     rss, al = res["rss_mb"], res["alert_latency_ms"]
     loss = hm.get("loss")
     pl = res["pipeline_ms"]["ms_p50"]
-    L += ["",
-          "| measure | value |", "|---|---|",
-          f"| bare interpreter bound (bundle int8, {res['settings']['daemon_threads']} threads, sampled "
-          f"around the e2e runs) | {_f(res['bound_fps'], 1)} fps ({_f(e.get('bound_ms_p50'))} ms) |",
-          f"| daemon end to end (file source, heatmaps off) | {_f(res['e2e_fps'], 1)} fps "
-          f"({e.get('source')}) |",
-          f"| e2e / bound | {_f(e.get('ratio_to_bound'), 3)} |",
-          f"| per frame p50: capture thread decode+ROI / prepare, classifier thread invoke | "
-          f"{pl['decode_roi']:.2f} / {pl['prepare']:.2f}, {pl['classify_prepared']:.2f} ms → bound with "
-          f"the threads overlapped "
-          f"{_f(res['pipeline_ms']['overlapped_bound_fps'], 1)} fps "
-          f"(e2e = {_f(e.get('ratio_to_overlapped_bound'), 3)} of it) |",
-          f"| heatmaps on {_f((hm.get('alert_fraction') or 0) * 100, 1)} % of frames | "
-          f"{_f(hm.get('fps_on'), 1)} fps vs {_f(hm.get('fps_off'), 1)} fps → loss "
-          f"{_f(loss * 100 if loss is not None else None, 1)} % |",
-          f"| Grad-CAM, LiteRT path ({len(hms.get('labels', []))} labels) | {_f(hms.get('litert'))} ms = "
-          f"{_f(hms.get('ratio_litert'))} × float forward ({_f(hms.get('forward_litert_fp32'))} ms) |",
-          f"| Grad-CAM, full-TF path | {_f(hms.get('tf'))} ms = {_f(hms.get('ratio_tf'))} × Keras forward "
-          f"({_f(hms.get('forward_keras'))} ms), {_f(hms.get('ratio_tf_vs_litert_forward'))} × LiteRT fp32 "
-          f"forward |",
-          f"| daemon RSS, LiteRT only (heatmaps on / off) | {_f(rss.get('litert'), 1)} MB / "
-          f"{_f(rss.get('litert_no_heatmaps'), 1)} MB (TensorFlow mapped: "
-          f"{rss.get('tensorflow_mapped_in_litert_daemon')}) |",
-          f"| daemon RSS, heatmaps.method tf | {_f(rss.get('tf'), 1)} MB |",
-          f"| start-up to first classified frame | {_f(res['startup_s'])} s "
-          f"(runs {res['startup'].get('runs_s')}) |",
-          f"| alert latency p50 / p99 (n={al.get('n')}) | {_f(al.get('p50'), 1)} / {_f(al.get('p99'), 1)} "
-          f"ms; after the event closed {_f(al.get('after_close_p50'), 1)} / "
-          f"{_f(al.get('after_close_p99'), 1)} ms |",
-          "",
-          "| target | value | goal | result |", "|---|---:|---|---|"]
+    L += [
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| bare interpreter bound (bundle int8, {res['settings']['daemon_threads']} threads, sampled "
+        f"around the e2e runs) | {_f(res['bound_fps'], 1)} fps ({_f(e.get('bound_ms_p50'))} ms) |",
+        f"| daemon end to end (file source, heatmaps off) | {_f(res['e2e_fps'], 1)} fps ({e.get('source')}) |",
+        f"| e2e / bound | {_f(e.get('ratio_to_bound'), 3)} |",
+        f"| per frame p50: capture thread decode+ROI / prepare, classifier thread invoke | "
+        f"{pl['decode_roi']:.2f} / {pl['prepare']:.2f}, {pl['classify_prepared']:.2f} ms → bound with "
+        f"the threads overlapped "
+        f"{_f(res['pipeline_ms']['overlapped_bound_fps'], 1)} fps "
+        f"(e2e = {_f(e.get('ratio_to_overlapped_bound'), 3)} of it) |",
+        f"| heatmaps on {_f((hm.get('alert_fraction') or 0) * 100, 1)} % of frames | "
+        f"{_f(hm.get('fps_on'), 1)} fps vs {_f(hm.get('fps_off'), 1)} fps → loss "
+        f"{_f(loss * 100 if loss is not None else None, 1)} % |",
+        f"| Grad-CAM, LiteRT path ({len(hms.get('labels', []))} labels) | {_f(hms.get('litert'))} ms = "
+        f"{_f(hms.get('ratio_litert'))} × float forward ({_f(hms.get('forward_litert_fp32'))} ms) |",
+        f"| Grad-CAM, full-TF path | {_f(hms.get('tf'))} ms = {_f(hms.get('ratio_tf'))} × Keras forward "
+        f"({_f(hms.get('forward_keras'))} ms), {_f(hms.get('ratio_tf_vs_litert_forward'))} × LiteRT fp32 "
+        f"forward |",
+        f"| daemon RSS, LiteRT only (heatmaps on / off) | {_f(rss.get('litert'), 1)} MB / "
+        f"{_f(rss.get('litert_no_heatmaps'), 1)} MB (TensorFlow mapped: "
+        f"{rss.get('tensorflow_mapped_in_litert_daemon')}) |",
+        f"| daemon RSS, heatmaps.method tf | {_f(rss.get('tf'), 1)} MB |",
+        f"| start-up to first classified frame | {_f(res['startup_s'])} s (runs {res['startup'].get('runs_s')}) |",
+        f"| alert latency p50 / p99 (n={al.get('n')}) | {_f(al.get('p50'), 1)} / {_f(al.get('p99'), 1)} "
+        f"ms; after the event closed {_f(al.get('after_close_p50'), 1)} / "
+        f"{_f(al.get('after_close_p99'), 1)} ms |",
+        "",
+        "| target | value | goal | result |",
+        "|---|---:|---|---|",
+    ]
     for t in res["targets"]:
         L.append(f"| {t['what']} | {_f(t['value'], 3)} | {t['target']} | {t['result']} |")
     pe = res.get("pi_estimates", {}).get("models", {})
     if pe:
-        L += ["", "Raspberry Pi estimates (NOT measured: XNNPACK's MobileNet v2 figures scaled; see JSON "
-              "pi_estimates):", "",
-              "| model | MMACs | Pi 4 int8 ms (MAC-scaled) | Pi 4 fp32 ms (MAC-scaled) | Pi 4 fp32 ms (vs "
-              "MobileNet v2 measured here) | Pi 4 dyn-int8 ms (same, × int8 speed-up here) | Pi 5 int8 ms "
-              "(MAC-scaled) |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+        L += [
+            "",
+            "Raspberry Pi estimates (NOT measured: XNNPACK's MobileNet v2 figures scaled; see JSON pi_estimates):",
+            "",
+            "| model | MMACs | Pi 4 int8 ms (MAC-scaled) | Pi 4 fp32 ms (MAC-scaled) | Pi 4 fp32 ms (vs "
+            "MobileNet v2 measured here) | Pi 4 dyn-int8 ms (same, × int8 speed-up here) | Pi 5 int8 ms "
+            "(MAC-scaled) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for name, e2 in pe.items():
             p5 = e2.get("pi5_int8_ms_flops") or [None, None]
-            L.append(f"| {name} | {e2['macs'] / 1e6:.1f} | {_f(e2.get('pi4_int8_ms_flops'))} | "
-                     f"{_f(e2.get('pi4_fp32_ms_flops'))} | {_f(e2.get('pi4_fp32_ms_measured_ratio'))} | "
-                     f"{_f(e2.get('pi4_int8_ms_measured_ratio'))} | "
-                     f"{_f(p5[0])}–{_f(p5[1])} |")
+            L.append(
+                f"| {name} | {e2['macs'] / 1e6:.1f} | {_f(e2.get('pi4_int8_ms_flops'))} | "
+                f"{_f(e2.get('pi4_fp32_ms_flops'))} | {_f(e2.get('pi4_fp32_ms_measured_ratio'))} | "
+                f"{_f(e2.get('pi4_int8_ms_measured_ratio'))} | "
+                f"{_f(p5[0])}–{_f(p5[1])} |"
+            )
     if res.get("notes"):
         L += [""] + [f"- {n}" for n in res["notes"]]
     return "\n".join(L)

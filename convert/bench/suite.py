@@ -9,15 +9,15 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from edge.errors import ModelError
 
-from .common import (DEFAULT_BUNDLE, LABELS_EXPLAINED, ROI, ROOT, Plan, iso_to_epoch, machine_info, make_plan, pct,
-                     say)
+from .common import DEFAULT_BUNDLE, LABELS_EXPLAINED, ROI, ROOT, Plan, iso_to_epoch, machine_info, make_plan, pct, say
 from .daemon import DaemonRun, Listener, LocalBroker, daemon_config, run_daemon, stats_fps, steady_rss
 from .litert import BoundProbe, litert_latency, measure_cost, pipeline_costs
 from .report import evaluate_targets, pi_estimates
@@ -33,10 +33,19 @@ def bundle_info(bundle: Path) -> dict[str, Any]:
     meta = read_meta(b.path("keras")) if b.has("keras") else {}
     src = b.manifest.get("source") or {}
     filters = meta.get("filters")
-    return {"path": str(bundle), "name": b.name, "height": b.height, "width": b.width,
-            "labels": list(b.labels), "arch": src.get("arch") or meta.get("arch"), "filters": filters,
-            "int8_quantization": ((b.manifest.get("parity") or {}).get("int8") or {}).get("quantization"),
-            "roles": list(b.files), "has_keras": b.has("keras"), "has_explainer": bool(b.gradcam)}
+    return {
+        "path": str(bundle),
+        "name": b.name,
+        "height": b.height,
+        "width": b.width,
+        "labels": list(b.labels),
+        "arch": src.get("arch") or meta.get("arch"),
+        "filters": filters,
+        "int8_quantization": ((b.manifest.get("parity") or {}).get("int8") or {}).get("quantization"),
+        "roles": list(b.files),
+        "has_keras": b.has("keras"),
+        "has_explainer": bool(b.gradcam),
+    }
 
 
 def resolve_bundle(arg: str | None, work_root: Path) -> tuple[Path, str]:
@@ -51,8 +60,10 @@ def resolve_bundle(arg: str | None, work_root: Path) -> tuple[Path, str]:
         return shipped, "shipped"
     fb = work_root / "fallback-bundle"
     if not (fb / "manifest.json").is_file():
-        say(f"{DEFAULT_BUNDLE} is not shipped yet: exporting an untrained int8-friendly ResNet "
-             f"(128×128, filters 8, as `convert ship`) to {fb}")
+        say(
+            f"{DEFAULT_BUNDLE} is not shipped yet: exporting an untrained int8-friendly ResNet "
+            f"(128×128, filters 8, as `convert ship`) to {fb}"
+        )
         work_root.mkdir(parents=True, exist_ok=True)
         run_worker({"kind": "fallback", "out": str(fb), "size": 128, "filters": 8}, work_root, "fallback")
     return fb, "fallback (untrained, shipped bundle missing)"
@@ -81,7 +92,7 @@ def make_inputs(work: Path, frames: int, seed: int = 5) -> tuple[Path, Path, lis
         raise ModelError(f"{video}: cannot read frame {idx}")
     x, y, w, h = ROI
     frame = work / "frame.png"
-    cv2.imwrite(str(frame), img[y:y + h, x:x + w])
+    cv2.imwrite(str(frame), img[y : y + h, x : x + w])
     return video, frame, truth
 
 
@@ -117,8 +128,10 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         "TF runs in worker subprocesses (one per thread count: TF fixes its pools at start); LiteRT and "
         "numpy Grad-CAM in the bench process, which never imports TensorFlow.",
     ]
-    say(f"{'quick' if quick else 'full'} run on {machine['cpu']} ({cores} cores), bundle {bundle} "
-         f"({bundle_src}, {h}x{w}, filters {filters}); work dir {work}")
+    say(
+        f"{'quick' if quick else 'full'} run on {machine['cpu']} ({cores} cores), bundle {bundle} "
+        f"({bundle_src}, {h}x{w}, filters {filters}); work dir {work}"
+    )
 
     say("writing the synthetic seam video")
     video, frame_png, _ = make_inputs(work_root, plan.video_frames)
@@ -129,14 +142,31 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
     for i, t in enumerate(sorted(plan.tf_threads, reverse=True)):
         first = i == 0
         say(f"TF worker, {t} thread(s){': export + FLOPs + TF Grad-CAM' if first else ''}")
-        spec = {"kind": "tf", "threads": t, "out_dir": str(work), "height": h, "width": w, "filters": filters,
-                "n_labels": len(binfo["labels"]), "archs": list(plan.archs), "export": first,
-                "bundle_keras": str(Path(bundle) / "model.keras") if binfo["has_keras"] else None,
-                "mobilenet": plan.mobilenet and first, "time_mobilenet": False,
-                "iters": plan.iters, "warmup": plan.warmup, "rounds": plan.rounds}
+        spec = {
+            "kind": "tf",
+            "threads": t,
+            "out_dir": str(work),
+            "height": h,
+            "width": w,
+            "filters": filters,
+            "n_labels": len(binfo["labels"]),
+            "archs": list(plan.archs),
+            "export": first,
+            "bundle_keras": str(Path(bundle) / "model.keras") if binfo["has_keras"] else None,
+            "mobilenet": plan.mobilenet and first,
+            "time_mobilenet": False,
+            "iters": plan.iters,
+            "warmup": plan.warmup,
+            "rounds": plan.rounds,
+        }
         if first and binfo["has_keras"]:
-            spec.update(heatmap_bundle=str(bundle), frame=str(frame_png), labels=labels,
-                        hm_threads=hm_threads, hm_repeats=plan.heatmap_repeats)
+            spec.update(
+                heatmap_bundle=str(bundle),
+                frame=str(frame_png),
+                labels=labels,
+                hm_threads=hm_threads,
+                hm_repeats=plan.heatmap_repeats,
+            )
         if not binfo["has_keras"]:
             spec["bundle_keras"] = None
         tf_res[t] = run_worker(spec, work, f"tf{t}")
@@ -175,17 +205,24 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
     heatmap_ms: dict[str, Any] = {"labels": labels, "threads": hm_threads}
     if binfo["has_explainer"]:
         say("Grad-CAM cost, LiteRT path")
-        c = measure_cost(bundle, frame, labels, threads=hm_threads, repeats=plan.heatmap_repeats,
-                         method="litert")
-        heatmap_ms.update(litert=round(c["explain_ms"], 3), forward_litert_fp32=round(c["forward_ms"], 3),
-                          ratio_litert=round(c["ratio"], 3))
+        c = measure_cost(bundle, frame, labels, threads=hm_threads, repeats=plan.heatmap_repeats, method="litert")
+        heatmap_ms.update(
+            litert=round(c["explain_ms"], 3),
+            forward_litert_fp32=round(c["forward_ms"], 3),
+            ratio_litert=round(c["ratio"], 3),
+        )
     tfh = (tf_res.get(max(tf_res)) or {}).get("heatmap_tf") if tf_res else None
     if tfh:
-        heatmap_ms.update(tf=round(tfh["explain_ms"], 3), forward_keras=round(tfh["forward_keras_ms"], 3),
-                          ratio_tf=round(tfh["explain_ms"] / tfh["forward_keras_ms"], 3),
-                          ratio_tf_vs_litert_forward=(
-                              round(tfh["explain_ms"] / heatmap_ms["forward_litert_fp32"], 3)
-                              if heatmap_ms.get("forward_litert_fp32") else None))
+        heatmap_ms.update(
+            tf=round(tfh["explain_ms"], 3),
+            forward_keras=round(tfh["forward_keras_ms"], 3),
+            ratio_tf=round(tfh["explain_ms"] / tfh["forward_keras_ms"], 3),
+            ratio_tf_vs_litert_forward=(
+                round(tfh["explain_ms"] / heatmap_ms["forward_litert_fp32"], 3)
+                if heatmap_ms.get("forward_litert_fp32")
+                else None
+            ),
+        )
 
     phases["litert_heatmaps"] = _lap()
     # ---- 4. the daemon
@@ -194,8 +231,20 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
     try:
         listener = Listener(broker.port)
         probe = BoundProbe(str(b.path("classifier_int8")), daemon_threads)
-        daemon = run_daemon_suite(plan, work, bundle, video, broker.port, listener, daemon_threads,
-                                  hm_threads, binfo, probe, frame_png, labels)
+        daemon = run_daemon_suite(
+            plan,
+            work,
+            bundle,
+            video,
+            broker.port,
+            listener,
+            daemon_threads,
+            hm_threads,
+            binfo,
+            probe,
+            frame_png,
+            labels,
+        )
     finally:
         if listener is not None:
             listener.close()
@@ -208,22 +257,30 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
     e2e_fps = e2e["fps"]
     result: dict[str, Any] = {
         "format": 1,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "quick": quick,
         "machine": machine,
         "bundle": binfo,
-        "settings": {"iters": plan.iters, "warmup": plan.warmup, "rounds": plan.rounds,
-                     "daemon_threads": daemon_threads, "heatmap_threads": hm_threads,
-                     "video_frames": plan.video_frames, "steady_s": plan.steady_s,
-                     "stats_interval": plan.stats_interval},
+        "settings": {
+            "iters": plan.iters,
+            "warmup": plan.warmup,
+            "rounds": plan.rounds,
+            "daemon_threads": daemon_threads,
+            "heatmap_threads": hm_threads,
+            "video_frames": plan.video_frames,
+            "steady_s": plan.steady_s,
+            "stats_interval": plan.stats_interval,
+        },
         "models": models,
         "latency_ms": latency,
         "ratios": ratios,
         "bound_fps": bound_fps,
         "e2e_fps": e2e_fps,
-        "e2e": {**e2e, "ratio_to_bound": round(e2e_fps / bound_fps, 3) if e2e_fps and bound_fps else None,
-                "ratio_to_overlapped_bound": (round(e2e_fps / pipeline["overlapped_bound_fps"], 3)
-                                              if e2e_fps else None)},
+        "e2e": {
+            **e2e,
+            "ratio_to_bound": round(e2e_fps / bound_fps, 3) if e2e_fps and bound_fps else None,
+            "ratio_to_overlapped_bound": (round(e2e_fps / pipeline["overlapped_bound_fps"], 3) if e2e_fps else None),
+        },
         "pipeline_ms": pipeline,
         "heatmaps_e2e": daemon["heatmaps_e2e"],
         "heatmap_ms": heatmap_ms,
@@ -258,9 +315,20 @@ def latency_ratios(latency: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: int, listener: Listener,
-                     threads: int, hm_threads: int, binfo: dict, probe: BoundProbe, frame_png: Path,
-                     labels: list[str]) -> dict[str, Any]:
+def run_daemon_suite(
+    plan: Plan,
+    work: Path,
+    bundle: Path,
+    video: Path,
+    port: int,
+    listener: Listener,
+    threads: int,
+    hm_threads: int,
+    binfo: dict,
+    probe: BoundProbe,
+    frame_png: Path,
+    labels: list[str],
+) -> dict[str, Any]:
     """Start-up, end to end, heatmaps on/off, RSS and alert-latency runs of the real daemon."""
     notes: list[str] = []
     si = plan.stats_interval
@@ -295,19 +363,28 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
     ok = [f for _, f in e2e_runs if str(f["source"]).startswith("stats")]
     sec = sum(f["seconds"] for f in ok)
     if sec:
-        fps = {"fps": round(sum(f["frames"] for f in ok) / sec, 2), "frames": sum(f["frames"] for f in ok),
-               "seconds": round(sec, 2), "source": "stats (Δframes/Δuptime)",
-               "per_run_fps": [f["fps"] for f in ok]}
+        fps = {
+            "fps": round(sum(f["frames"] for f in ok) / sec, 2),
+            "frames": sum(f["frames"] for f in ok),
+            "seconds": round(sec, 2),
+            "source": "stats (Δframes/Δuptime)",
+            "per_run_fps": [f["fps"] for f in ok],
+        }
     else:
         fps = e2e_runs[-1][1]
     r_nat = e2e_runs[-1][0]
     bound_ms = pct(probe.samples, 50)
-    e2e = {**fps, "alerts": r_nat.summary.get("alerts"),
-           "dropped_frames": r_nat.summary.get("dropped_frames"), "threads": threads,
-           "inference_ms": r_nat.summary.get("inference_ms"),
-           "bound_ms_p50": round(bound_ms, 3), "bound_samples": len(probe.samples),
-           "config": "file source, realtime false, loop, heatmaps off, bundle thresholds, "
-                     "expected_length 2mm; bound sampled in bursts before and after each run"}
+    e2e = {
+        **fps,
+        "alerts": r_nat.summary.get("alerts"),
+        "dropped_frames": r_nat.summary.get("dropped_frames"),
+        "threads": threads,
+        "inference_ms": r_nat.summary.get("inference_ms"),
+        "bound_ms_p50": round(bound_ms, 3),
+        "bound_samples": len(probe.samples),
+        "config": "file source, realtime false, loop, heatmaps off, bundle thresholds, "
+        "expected_length 2mm; bound sampled in bursts before and after each run",
+    }
     rss_nohm = steady_rss(r_nat, r_nat.line_time(" running: "))
     tf_maps.append(r_nat.tf_mapped)
 
@@ -318,13 +395,17 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
     for i in range(plan.hm_pairs):
         for kind in ("off", "on"):
             tag = f"hm{kind}{i}"
-            c, st = cfg(tag, realtime=False, loop=True, forced_every=20,
-                        heatmaps="litert" if kind == "on" else None)
+            c, st = cfg(tag, realtime=False, loop=True, forced_every=20, heatmaps="litert" if kind == "on" else None)
             say(f"daemon e2e run, alerts on 5 % of frames, heatmaps {kind} ({i + 1}/{plan.hm_pairs})")
             r = run_daemon(c, tag, work, steady_s=plan.hm_steady_s + si, timeout=plan.hm_steady_s + 90)
-            runs[kind].append({**stats_fps(listener, st, r), "alerts": r.summary.get("alerts"),
-                               "frames_total": r.summary.get("frames"),
-                               "heatmaps": r.summary.get("heatmaps")})
+            runs[kind].append(
+                {
+                    **stats_fps(listener, st, r),
+                    "alerts": r.summary.get("alerts"),
+                    "frames_total": r.summary.get("frames"),
+                    "heatmaps": r.summary.get("heatmaps"),
+                }
+            )
             if kind == "on":
                 r_hm = r
                 tf_maps.append(r.tf_mapped)
@@ -338,16 +419,21 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
     al = sum(x["alerts"] or 0 for x in runs["on"])
     fr = sum(x["frames_total"] or 0 for x in runs["on"])
     heatmaps_e2e = {
-        "fps_on": fps_on, "fps_off": fps_off,
+        "fps_on": fps_on,
+        "fps_off": fps_off,
         "loss": round(1 - fps_on / fps_off, 3) if fps_on and fps_off else None,
-        "pairs": plan.hm_pairs, "per_run_fps": {k: [x["fps"] for x in v] for k, v in runs.items()},
-        "alerts": al, "frames": fr, "alert_fraction": round(al / fr, 3) if fr else None,
+        "pairs": plan.hm_pairs,
+        "per_run_fps": {k: [x["fps"] for x in v] for k, v in runs.items()},
+        "alerts": al,
+        "frames": fr,
+        "alert_fraction": round(al / fr, 3) if fr else None,
         "heatmaps_saved": sum((x["heatmaps"] or {}).get("saved") or 0 for x in runs["on"]),
         "heatmaps_dropped": sum((x["heatmaps"] or {}).get("dropped") or 0 for x in runs["on"]),
         "heatmap_worker_ms_p50": [(x["heatmaps"] or {}).get("ms_p50") for x in runs["on"]],
-        "heatmap_threads": hm_threads, "model_threads": threads,
+        "heatmap_threads": hm_threads,
+        "model_threads": threads,
         "config": "decision.thresholds.error 0, min_frames 1, window 1, max_event_frames 20 (an alert "
-                  "every 20 frames) in both; heatmaps litert on / off; off and on runs alternate",
+        "every 20 frames) in both; heatmaps litert on / off; off and on runs alternate",
     }
     assert r_hm is not None
     rss_lite = steady_rss(r_hm, r_hm.first_heatmap_t or r_hm.line_time(" running: "))
@@ -358,31 +444,57 @@ def run_daemon_suite(plan: Plan, work: Path, bundle: Path, video: Path, port: in
     tf_first_s = None
     if binfo["has_keras"]:
         say("full-TF Grad-CAM process (RSS)")
-        rss_tf = run_worker({"kind": "tf_gradcam_rss", "bundle": str(bundle), "frame": str(frame_png),
-                             "labels": labels, "seconds": 1.0 if plan.quick else 2.0}, work, "tfgradcam",
-                            timeout=300)
+        rss_tf = run_worker(
+            {
+                "kind": "tf_gradcam_rss",
+                "bundle": str(bundle),
+                "frame": str(frame_png),
+                "labels": labels,
+                "seconds": 1.0 if plan.quick else 2.0,
+            },
+            work,
+            "tfgradcam",
+            timeout=300,
+        )
         tf_first_s = rss_tf.get("first_heatmap_after_s")
-        notes.append("rss_mb.tf: a process holding only the full-TF Grad-CAM on the bundle's Keras model "
-                     "(what heatmaps.method tf added to a daemon before the Pi dropped it); "
-                     "tf_first_heatmap_after_s counts from that process's start")
+        notes.append(
+            "rss_mb.tf: a process holding only the full-TF Grad-CAM on the bundle's Keras model "
+            "(what heatmaps.method tf added to a daemon before the Pi dropped it); "
+            "tf_first_heatmap_after_s counts from that process's start"
+        )
 
     # alert latency: the video at its real 30 fps, the bundle's decisions, heatmaps on (LiteRT)
     alert = alert_latency(plan, cfg, work, listener, notes, natural=not binfo.get("untrained"))
 
-    rss_mb = {"litert": rss_lite["max"], "litert_median": rss_lite["median"],
-              "litert_no_heatmaps": rss_nohm["max"], "tf": rss_tf["max"], "tf_median": rss_tf.get("median"),
-              "tf_first_heatmap_after_s": tf_first_s,
-              "tensorflow_mapped_in_litert_daemon": any(bool(x) for x in tf_maps if x is not None)}
-    startup = {"runs_s": [round(s, 3) for s in starts],
-               "to_running_line_s": [round(s, 3) for s in to_running],
-               "how": "spawn of `python -m edge --max-frames 1` → its 'stopping (1 frames)' log line "
-                      "(logged right after the first frame is classified); TensorFlow not imported"}
-    return {"e2e": e2e, "heatmaps_e2e": heatmaps_e2e, "rss_mb": rss_mb, "startup_s": startup_s,
-            "startup": startup, "alert_latency_ms": alert, "notes": notes}
+    rss_mb = {
+        "litert": rss_lite["max"],
+        "litert_median": rss_lite["median"],
+        "litert_no_heatmaps": rss_nohm["max"],
+        "tf": rss_tf["max"],
+        "tf_median": rss_tf.get("median"),
+        "tf_first_heatmap_after_s": tf_first_s,
+        "tensorflow_mapped_in_litert_daemon": any(bool(x) for x in tf_maps if x is not None),
+    }
+    startup = {
+        "runs_s": [round(s, 3) for s in starts],
+        "to_running_line_s": [round(s, 3) for s in to_running],
+        "how": "spawn of `python -m edge --max-frames 1` → its 'stopping (1 frames)' log line "
+        "(logged right after the first frame is classified); TensorFlow not imported",
+    }
+    return {
+        "e2e": e2e,
+        "heatmaps_e2e": heatmaps_e2e,
+        "rss_mb": rss_mb,
+        "startup_s": startup_s,
+        "startup": startup,
+        "alert_latency_ms": alert,
+        "notes": notes,
+    }
 
 
-def alert_latency(plan: Plan, cfg: Callable, work: Path, listener: Listener, notes: list[str],
-                  natural: bool = True) -> dict[str, Any]:
+def alert_latency(
+    plan: Plan, cfg: Callable, work: Path, listener: Listener, notes: list[str], natural: bool = True
+) -> dict[str, Any]:
     """Capture → MQTT subscriber latency of live alerts (forced ones when the bundle raises too few)."""
 
     def collect(run: DaemonRun, station: str) -> list[dict]:
@@ -403,43 +515,54 @@ def alert_latency(plan: Plan, cfg: Callable, work: Path, listener: Listener, not
             if stop_line is not None and emit[eid] >= stop_line:
                 continue  # flushed at shutdown: not a live alert
             ts = iso_to_epoch(a["ts"])
-            out.append({"total": (t - ts) * 1e3, "after_close": (t - emit[eid]) * 1e3,
-                        "before_close": (emit[eid] - ts) * 1e3})
+            out.append(
+                {"total": (t - ts) * 1e3, "after_close": (t - emit[eid]) * 1e3, "before_close": (emit[eid] - ts) * 1e3}
+            )
         return out
 
     got: list[dict] = []
-    mode = ("natural: bundle thresholds, expected_length 2mm, min_frames 2 of window 3, "
-            "video replayed at 30 fps")
+    mode = "natural: bundle thresholds, expected_length 2mm, min_frames 2 of window 3, video replayed at 30 fps"
     if natural:
         c, st = cfg("alert", realtime=True, loop=False, forced_every=None, heatmaps="litert")
         say(f"daemon alert-latency run: the video at 30 fps ({plan.video_frames} frames, bundle decisions)")
         r = run_daemon(c, "alert", work, timeout=plan.video_frames / 30 + 60)
         got = collect(r, st)
         if len(got) < plan.min_alerts:
-            notes.append(f"alert latency: the bundle raised {len(got)} live alert(s) on the video "
-                         f"(< {plan.min_alerts}); measured on forced alerts instead (an event closes "
-                         "every 10 frames)")
+            notes.append(
+                f"alert latency: the bundle raised {len(got)} live alert(s) on the video "
+                f"(< {plan.min_alerts}); measured on forced alerts instead (an event closes "
+                "every 10 frames)"
+            )
     else:
-        notes.append("alert latency: the bundle is untrained, so its alerts mean nothing; measured on "
-                     "forced alerts (an event closes every 10 frames)")
+        notes.append(
+            "alert latency: the bundle is untrained, so its alerts mean nothing; measured on "
+            "forced alerts (an event closes every 10 frames)"
+        )
     if len(got) < plan.min_alerts:
         c, st = cfg("alertf", realtime=True, loop=True, forced_every=10, heatmaps="litert")
         say("daemon alert-latency run, forced alerts (every 10 frames at 30 fps)")
         need = plan.min_alerts + 2
-        r = run_daemon(c, "alertf", work, timeout=60,
-                       stop_when=lambda: len(listener.of(st, "alert")) >= need)
+        r = run_daemon(c, "alertf", work, timeout=60, stop_when=lambda: len(listener.of(st, "alert")) >= need)
         got = collect(r, st)
-        mode = ("forced: every frame flags error, an event closes every 10 frames (max_event_frames 10), "
-                "video replayed at 30 fps")
+        mode = (
+            "forced: every frame flags error, an event closes every 10 frames (max_event_frames 10), "
+            "video replayed at 30 fps"
+        )
     if not got:
         return {"p50": None, "p99": None, "n": 0, "mode": mode}
     tot = [g["total"] for g in got]
     aft = [g["after_close"] for g in got]
     bef = [g["before_close"] for g in got]
-    return {"p50": round(pct(tot, 50), 1), "p99": round(pct(tot, 99), 1), "n": len(got), "mode": mode,
-            "after_close_p50": round(pct(aft, 50), 1), "after_close_p99": round(pct(aft, 99), 1),
-            "before_close_p50": round(pct(bef, 50), 1),
-            "how": "receive time at a loopback paho subscriber − the alert's ts (wall-clock capture "
-                   "time of the event's best frame); includes the debounce's wait for the event to "
-                   "close. after_close = receive − the daemon's ALERT log line (event closed → outbox "
-                   "→ MQTT)."}
+    return {
+        "p50": round(pct(tot, 50), 1),
+        "p99": round(pct(tot, 99), 1),
+        "n": len(got),
+        "mode": mode,
+        "after_close_p50": round(pct(aft, 50), 1),
+        "after_close_p99": round(pct(aft, 99), 1),
+        "before_close_p50": round(pct(bef, 50), 1),
+        "how": "receive time at a loopback paho subscriber − the alert's ts (wall-clock capture "
+        "time of the event's best frame); includes the debounce's wait for the event to "
+        "close. after_close = receive − the daemon's ALERT log line (event closed → outbox "
+        "→ MQTT).",
+    }

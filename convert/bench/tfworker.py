@@ -82,8 +82,8 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
         ih, iw = (int(v) for v in m.inputs[0].shape[1:3])
         xt = tf.constant(rng.standard_normal((1, ih, iw, 3)).astype(np.float32))
         fn = tf.function(lambda t, _m=m: _m(t, training=False))
-        fns[f"{name}|keras"] = (lambda _m=m, _x=xt: _m(_x, training=False).numpy())
-        fns[f"{name}|tf.function"] = (lambda _f=fn, _x=xt: _f(_x).numpy())
+        fns[f"{name}|keras"] = lambda _m=m, _x=xt: _m(_x, training=False).numpy()
+        fns[f"{name}|tf.function"] = lambda _f=fn, _x=xt: _f(_x).numpy()
     times = time_interleaved(fns, int(spec["iters"]), int(spec["warmup"]), int(spec["rounds"]))
     for k, v in times.items():
         name, rt = k.split("|")
@@ -92,19 +92,28 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("heatmap_bundle"):
         import cv2
 
-        from .litert import measure_cost
         from edge.preprocess import preprocess
 
+        from .litert import measure_cost
+
         frame = cv2.imread(spec["frame"])
-        cost = measure_cost(spec["heatmap_bundle"], frame, list(spec["labels"]),
-                            threads=int(spec["hm_threads"]), repeats=int(spec["hm_repeats"]), method="tf")
+        cost = measure_cost(
+            spec["heatmap_bundle"],
+            frame,
+            list(spec["labels"]),
+            threads=int(spec["hm_threads"]),
+            repeats=int(spec["hm_repeats"]),
+            method="tf",
+        )
         m = models.get("bundle") or keras.models.load_model(spec["bundle_keras"], compile=False)
         ih, iw = (int(v) for v in m.inputs[0].shape[1:3])
         x = tf.constant(preprocess(frame, ih, iw)[None])
-        fwd = time_interleaved({"k": lambda: m(x, training=False).numpy()},
-                               int(spec["hm_repeats"]), 2, 1)["k"]
-        res["heatmap_tf"] = {"explain_ms": cost["explain_ms"], "forward_litert_fp32_ms": cost["forward_ms"],
-                             "forward_keras_ms": float(np.median(fwd))}
+        fwd = time_interleaved({"k": lambda: m(x, training=False).numpy()}, int(spec["hm_repeats"]), 2, 1)["k"]
+        res["heatmap_tf"] = {
+            "explain_ms": cost["explain_ms"],
+            "forward_litert_fp32_ms": cost["forward_ms"],
+            "forward_keras_ms": float(np.median(fwd)),
+        }
     return res
 
 
@@ -124,8 +133,7 @@ def _tf_gradcam_rss_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from edge.bundle import load_bundle
 
     b = load_bundle(spec["bundle"])
-    tg = TFGradCAM(b.path("keras"), labels=b.labels, layer=b.gradcam.get("layer"), height=b.height,
-                   width=b.width)
+    tg = TFGradCAM(b.path("keras"), labels=b.labels, layer=b.gradcam.get("layer"), height=b.height, width=b.width)
     frame = cv2.imread(spec["frame"])
     labels = list(spec["labels"])
     tg.explain(frame, labels)
@@ -134,9 +142,13 @@ def _tf_gradcam_rss_worker(spec: dict[str, Any]) -> dict[str, Any]:
     end = time.monotonic() + float(spec["seconds"])
     while time.monotonic() < end or not rss:
         tg.explain(frame, labels)
-        rss.append(proc.memory_info().rss / 2 ** 20)
-    return {"max": round(max(rss), 1), "median": round(float(np.median(rss)), 1), "samples": len(rss),
-            "first_heatmap_after_s": round(first, 2)}
+        rss.append(proc.memory_info().rss / 2**20)
+    return {
+        "max": round(max(rss), 1),
+        "median": round(float(np.median(rss)), 1),
+        "samples": len(rss),
+        "first_heatmap_after_s": round(first, 2),
+    }
 
 
 def _fallback_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -156,8 +168,19 @@ def _fallback_worker(spec: dict[str, Any]) -> dict[str, Any]:
     labels = ["good", "error", "break", "length"]
     model = build_model("resnet-int8", len(labels), size, size, filters)
     kpath = work / "untrained.keras"
-    save_model(model, kpath, {"labels": labels, "task": "multilabel", "arch": "resnet-int8", "height": size,
-                              "width": size, "filters": filters, "trained_on": "untrained (bench fallback)"})
+    save_model(
+        model,
+        kpath,
+        {
+            "labels": labels,
+            "task": "multilabel",
+            "arch": "resnet-int8",
+            "height": size,
+            "width": size,
+            "filters": filters,
+            "trained_on": "untrained (bench fallback)",
+        },
+    )
     write_dataset(work / "cal", 48, seed=7)
     export_bundle(kpath, work / "cal" / "data.csv", out, force=True, name="bench-untrained", int8="dynamic")
     shutil.rmtree(work, ignore_errors=True)
@@ -181,8 +204,14 @@ def run_worker(spec: dict[str, Any], work: Path, tag: str, timeout: float = 900)
     log = work / f"{tag}.log"
     env = dict(subprocess_env(), TF_CPP_MIN_LOG_LEVEL="2")
     with open(log, "w") as f:
-        rc = subprocess.run([sys.executable, "-m", "convert.bench", "--worker", str(sp)], stdout=f, stderr=f,
-                            env=env, cwd=str(ROOT), timeout=timeout).returncode
+        rc = subprocess.run(
+            [sys.executable, "-m", "convert.bench", "--worker", str(sp)],
+            stdout=f,
+            stderr=f,
+            env=env,
+            cwd=str(ROOT),
+            timeout=timeout,
+        ).returncode
     if rc != 0:
         tail = [ln for ln in log.read_text().strip().splitlines() if ln.strip()][-1:] or ["(no output)"]
         raise ModelError(f"bench worker {tag} failed (exit {rc}): {tail[0][:300]} (log: {log})")
