@@ -20,114 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from edge.errors import DataError, ModelError
+from edge.errors import DataError
 
 from .data import Dataset, batches, check_roi, load_dataset
+from .loading import Predictor, load_predictor
+from .metrics import calibrate_thresholds, multiclass_metrics, multilabel_metrics
 from .roi import add_roi_args, roi_from_args
-
-# --- pure metrics ------------------------------------------------------------------------------
-
-
-def calibrate_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """Threshold in [0.01, 0.99] maximising accuracy of ``p >= t`` against ``y`` (ties: nearest 0.5)."""
-    y = np.asarray(y) > 0.5
-    p = np.asarray(p, np.float64)
-    cands = np.unique(np.concatenate([np.linspace(0.01, 0.99, 99), np.clip(p, 0.01, 0.99)]))
-    # midpoints between neighbouring scores separate them best
-    mids = (cands[1:] + cands[:-1]) / 2 if len(cands) > 1 else cands
-    cands = np.unique(np.concatenate([cands, mids]))
-    acc = np.array([np.mean((p >= t) == y) for t in cands])
-    best = np.flatnonzero(acc >= acc.max() - 1e-12)
-    return float(round(cands[best[np.argmin(np.abs(cands[best] - 0.5))]], 6))
-
-
-def calibrate_thresholds(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
-    return {lab: calibrate_threshold(y[:, i], p[:, i]) for i, lab in enumerate(labels)}
-
-
-def auroc(y: np.ndarray, score: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann–Whitney U, ties counted half); ``None`` if one class is absent.
-
-    Threshold-free: how well the score *ranks* positives above negatives, the figure to compare
-    models across fabrics whose best thresholds differ.
-    """
-    y = np.asarray(y) > 0.5
-    s = np.asarray(score, np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), np.float64)
-    sorted_s = s[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
-    prec = tp / (tp + fp) if tp + fp else 0.0
-    rec = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-    return prec, rec, f1
-
-
-def multilabel_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]) -> dict:
-    """Per label: accuracy, precision, recall, F1 (percent for accuracy), counts."""
-    y = np.asarray(y) > 0.5
-    out: dict = {"task": "multilabel", "count": int(len(y)), "labels": {}}
-    for i, lab in enumerate(labels):
-        t = float(thresholds.get(lab, 0.5))
-        pred = p[:, i] >= t
-        tp = int(np.sum(pred & y[:, i]))
-        fp = int(np.sum(pred & ~y[:, i]))
-        fn = int(np.sum(~pred & y[:, i]))
-        tn = int(np.sum(~pred & ~y[:, i]))
-        prec, rec, f1 = _prf(tp, fp, fn)
-        out["labels"][lab] = {
-            "accuracy": 100.0 * (tp + tn) / max(1, len(y)),
-            "precision": prec,
-            "recall": rec,
-            "f1": f1,
-            "threshold": t,
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-            "tn": tn,
-            "auroc": auroc(y[:, i], p[:, i]),
-        }
-    decided = np.stack([p[:, i] >= float(thresholds.get(lab, 0.5)) for i, lab in enumerate(labels)], 1)
-    out["exact_match"] = 100.0 * float(np.mean(np.all(decided == y, axis=1))) if len(y) else 0.0
-    return out
-
-
-def multiclass_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> dict:
-    """Top-1 accuracy, per-class precision/recall/F1 and the confusion matrix (rows: truth)."""
-    t = np.argmax(y, 1)
-    k = np.argmax(p, 1)
-    n = len(labels)
-    cm = np.zeros((n, n), int)
-    np.add.at(cm, (t, k), 1)
-    per = {}
-    for i, lab in enumerate(labels):
-        tp = int(cm[i, i])
-        prec, rec, f1 = _prf(tp, int(cm[:, i].sum()) - tp, int(cm[i, :].sum()) - tp)
-        per[lab] = {"precision": prec, "recall": rec, "f1": f1, "support": int(cm[i, :].sum())}
-    return {
-        "task": "multiclass",
-        "count": int(len(y)),
-        "accuracy": 100.0 * float(np.mean(t == k)) if len(y) else 0.0,
-        "labels": per,
-        "confusion": cm.tolist(),
-    }
 
 
 def format_report(metrics: dict, labels: Sequence[str]) -> str:
@@ -159,98 +64,6 @@ def format_report(metrics: dict, labels: Sequence[str]) -> str:
         for lab, row in zip(labels, metrics["confusion"]):
             lines.append(f"{lab:<{w}} " + " ".join(f"{v:>8d}" for v in row))
     return "\n".join(lines)
-
-
-# --- one predictor for the three model forms ---------------------------------------------------
-
-
-@dataclass
-class Predictor:
-    """``predict(x[N, H, W, 3]) -> [N, n]`` plus what the model knows about itself."""
-
-    kind: str  # keras | tflite | bundle
-    path: Path
-    height: int
-    width: int
-    n_outputs: int
-    predict: Callable[[np.ndarray], np.ndarray]
-    labels: tuple[str, ...] | None = None
-    task: str | None = None
-    thresholds: dict[str, float] = field(default_factory=dict)
-
-
-def keras_predict_fn(model, batch: int = 64) -> Callable[[np.ndarray], np.ndarray]:
-    def predict(x: np.ndarray) -> np.ndarray:
-        outs = [np.asarray(model(x[i : i + batch], training=False), np.float32) for i in range(0, len(x), batch)]
-        return np.concatenate(outs) if outs else np.zeros((0, int(model.outputs[0].shape[-1])), np.float32)
-
-    return predict
-
-
-def tflite_predict_fn(tfl, n: int) -> Callable[[np.ndarray], np.ndarray]:
-    shape = (1, n)
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        return (
-            np.stack([tfl.output_with_shape(tfl.run(xi), shape).reshape(-1) for xi in x])
-            if len(x)
-            else np.zeros((0, n), np.float32)
-        )
-
-    return predict
-
-
-def load_predictor(
-    path: str | Path,
-    threads: int = 2,
-    role: str | None = None,
-    arch: str | None = None,
-    size: int = 128,
-    labels: Sequence[str] | None = None,
-    task: str = "multilabel",
-) -> Predictor:
-    """A bundle dir, a ``.tflite``, a ``.keras`` / ``.h5`` file (``arch`` for weights-only) or a SavedModel."""
-    from edge.classify import Classifier, TFLiteModel
-
-    p = Path(path)
-    if p.is_dir() and (p / "manifest.json").is_file():
-        clf = Classifier(p, role=role, threads=threads)
-        n = len(clf.labels)
-        return Predictor(
-            "bundle",
-            p,
-            clf.height,
-            clf.width,
-            n,
-            tflite_predict_fn(clf.model, n),
-            clf.labels,
-            clf.bundle.task,
-            dict(clf.bundle.thresholds),
-        )
-    if p.suffix == ".tflite":
-        tfl = TFLiteModel(p, threads)
-        shapes = [tuple(int(v) for v in d["shape"]) for d in tfl.outputs]
-        two_d = [s for s in shapes if len(s) == 2]
-        if not two_d:
-            raise ModelError(f"{p}: no [1, n] output among {shapes}")
-        n = two_d[0][1]
-        _, h, w, _ = tfl.input_shape
-        return Predictor("tflite", p, h, w, n, tflite_predict_fn(tfl, n))
-    if p.is_dir() or p.suffix in (".keras", ".h5"):
-        from .export import load_model_any
-
-        model, meta = load_model_any(p, arch, size, list(labels) if labels else None, task)
-        return Predictor(
-            "keras",
-            p,
-            int(meta["height"]),
-            int(meta["width"]),
-            len(meta["labels"]),
-            keras_predict_fn(model),
-            tuple(meta["labels"]),
-            meta["task"],
-        )
-    raise ModelError(f"{p}: not a model (expected a bundle dir, .tflite, .keras or .h5)")
 
 
 def predict_dataset(

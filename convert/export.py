@@ -46,8 +46,9 @@ from edge.bundle import MANIFEST, write_manifest
 from edge.errors import DataError, ModelError
 
 from .data import batches, load_dataset
-from .evaluate import calibrate_thresholds, multiclass_metrics, multilabel_metrics
-from .models import ARCHS, build_model, check_arch, infer_meta, load_keras, read_meta, save_model
+from .loading import first_line, keras_predict_fn, load_model_any, tflite_predict_fn
+from .metrics import calibrate_thresholds, multiclass_metrics, multilabel_metrics
+from .models import ARCHS, save_model
 
 FP32_MAX_DIFF = 1e-3
 INT8_MIN_AGREEMENT = 99.0
@@ -56,170 +57,6 @@ FULL_INT8_MIN_AGREEMENT = 99.5
 
 class ParityError(ModelError):
     """TFLite does not reproduce Keras closely enough; nothing was written."""
-
-
-# --- loading every model form ------------------------------------------------------------------
-
-
-def _first_line(e: Exception) -> str:
-    s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:200]
-
-
-def _h5_weight_layers(path: Path) -> list[tuple[str, list[np.ndarray]]]:
-    """Legacy (Keras 2) HDF5 weights in layer order: [(layer name, [arrays])] for layers with weights."""
-    import h5py
-
-    try:
-        f = h5py.File(str(path), "r")
-    except OSError as e:
-        raise ModelError(f"{path}: not an HDF5 file ({_first_line(e)})") from None
-    with f:
-        g = f["model_weights"] if "model_weights" in f else f
-        if "layer_names" not in g.attrs:
-            raise ModelError(f"{path}: no 'layer_names' attribute (not a Keras weights file)")
-        out = []
-        for raw in g.attrs["layer_names"]:
-            name = raw.decode() if isinstance(raw, bytes) else str(raw)
-            wn = [w.decode() if isinstance(w, bytes) else str(w) for w in g[name].attrs.get("weight_names", [])]
-            if wn:
-                out.append((name, [np.asarray(g[name][w]) for w in wn]))
-        return out
-
-
-def _h5_is_full_model(path: Path) -> bool:
-    import h5py
-
-    try:
-        with h5py.File(str(path), "r") as f:
-            return "model_config" in f.attrs
-    except OSError as e:
-        raise ModelError(f"{path}: not an HDF5 file ({_first_line(e)})") from None
-
-
-def load_weights_by_order(model, path: Path) -> None:
-    """Assign a legacy weights file to ``model`` layer by layer (the seed's ``load_weights``),
-    checking every shape; a mismatch is one line naming the layers."""
-    saved = _h5_weight_layers(path)
-    layers = [lyr for lyr in model.layers if lyr.weights]
-    if len(saved) != len(layers):
-        raise ModelError(
-            f"{path}: {len(saved)} layers with weights, but architecture {model.name!r} has "
-            f"{len(layers)} (wrong --arch?)"
-        )
-    for (sname, arrays), lyr in zip(saved, layers):
-        if len(arrays) != len(lyr.weights):
-            raise ModelError(
-                f"{path}: layer {sname!r} has {len(arrays)} weights, model layer {lyr.name!r} "
-                f"({type(lyr).__name__}) has {len(lyr.weights)}"
-            )
-        for a, w in zip(arrays, lyr.weights):
-            if tuple(a.shape) != tuple(w.shape):
-                raise ModelError(
-                    f"{path}: layer {sname!r} weight shape {list(a.shape)} does not fit model layer "
-                    f"{lyr.name!r} ({type(lyr).__name__}) {list(w.shape)} (wrong --arch, --size or "
-                    f"--filters?)"
-                )
-    for (_, arrays), lyr in zip(saved, layers):
-        lyr.set_weights(arrays)
-
-
-def _weights_only(path: Path, arch: str | None, size: int, labels: list[str] | None, task: str):
-    if not arch:
-        raise ModelError(f"{path}: a weights-only file; say which architecture with --arch ({', '.join(ARCHS)})")
-    check_arch(arch)
-    if path.name.endswith(".weights.h5"):  # Keras 3 weights: need n_labels and filters from the caller
-        n = len(labels or [])
-        if not n:
-            raise ModelError(f"{path}: Keras 3 weights need the labels; pass --calibration data")
-        model = build_model(arch, n, size, size, 64, task)
-        try:
-            model.load_weights(str(path))
-        except Exception as e:  # noqa: BLE001
-            raise ModelError(f"{path}: weights do not fit {arch!r} ({_first_line(e)})") from None
-        return model
-    saved = _h5_weight_layers(path)
-    if not saved:
-        raise ModelError(f"{path}: no weights found")
-    first, last = saved[0][1], saved[-1][1]
-    # the first layer with a 4-D kernel gives the filters; the last Dense gives the label count
-    kernels = [a[0] for _, a in saved if a[0].ndim == 4]
-    filters = int(kernels[0].shape[-1]) if kernels else 64
-    n = int(last[0].shape[-1]) if last[0].ndim == 2 else len(labels or [])
-    del first
-    model = build_model(arch, n, size, size, filters, task)
-    load_weights_by_order(model, path)
-    return model
-
-
-def _savedmodel(path: Path, size: int):
-    import keras
-    import tensorflow as tf
-
-    try:
-        loaded = tf.saved_model.load(str(path))
-        sig = loaded.signatures["serving_default"]
-    except Exception as e:  # noqa: BLE001
-        raise ModelError(
-            f"{path}: not a loadable SavedModel with a serving_default signature ({_first_line(e)})"
-        ) from None
-    specs = list(sig.structured_input_signature[1].values())
-    if len(specs) != 1:
-        raise ModelError(f"{path}: SavedModel signature has {len(specs)} inputs; expected one image")
-    shape = specs[0].shape
-    h = int(shape[1]) if shape.rank == 4 and shape[1] is not None else size
-    w = int(shape[2]) if shape.rank == 4 and shape[2] is not None else size
-    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
-    inp = keras.Input((h, w, 3), name="image")
-    out = layer(inp)
-    if isinstance(out, dict):
-        if len(out) != 1:
-            raise ModelError(f"{path}: SavedModel has {len(out)} outputs ({', '.join(out)}); expected one")
-        out = next(iter(out.values()))
-    return keras.Model(inp, out, name="savedmodel")
-
-
-def load_model_any(
-    path: str | Path,
-    arch: str | None = None,
-    size: int = 128,
-    labels: list[str] | None = None,
-    task: str = "multilabel",
-) -> tuple[object, dict]:
-    """``.keras`` / full ``.h5`` / weights-only ``.h5`` + arch / SavedModel dir → ``(model, meta)``.
-
-    ``meta["form"]`` says which; ``labels`` (from the data set) name the outputs of foreign models.
-    """
-    p = Path(path)
-    if p.is_dir():
-        if not (p / "saved_model.pb").is_file():
-            raise ModelError(f"{p}: a directory but not a SavedModel (no saved_model.pb)")
-        model = _savedmodel(p, size)
-        meta = {"form": "savedmodel"}
-    elif not p.is_file():
-        raise ModelError(f"{p}: model file not found")
-    elif p.suffix == ".keras":
-        model, meta = load_keras(p)
-        meta = {**read_meta(p), "form": "keras"}
-    elif p.suffix == ".h5":
-        if _h5_is_full_model(p):
-            import keras
-
-            try:
-                model = keras.models.load_model(str(p), compile=False)
-            except Exception as e:  # noqa: BLE001
-                raise ModelError(f"{p}: cannot load this .h5 model ({_first_line(e)})") from None
-            meta = {"form": "h5"}
-        else:
-            model = _weights_only(p, arch, size, labels, task)
-            meta = {"form": "h5-weights", "arch": arch}
-    else:
-        raise ModelError(f"{p}: unknown model format (expected .keras, .h5 or a SavedModel directory)")
-    n = int(model.outputs[0].shape[-1])
-    if "labels" not in meta and labels and len(labels) == n:
-        meta["labels"] = list(labels)
-        meta.setdefault("task", task)
-    return model, infer_meta(model, meta)
 
 
 # --- parity --------------------------------------------------------------------------------------
@@ -246,8 +83,6 @@ def parity(ref: np.ndarray, got: np.ndarray, task: str, thresholds: np.ndarray) 
 def _tflite_predict(path: Path, x: np.ndarray, n: int) -> np.ndarray:
     from edge.classify import TFLiteModel
 
-    from .evaluate import tflite_predict_fn
-
     return tflite_predict_fn(TFLiteModel(path, threads=2), n)(x)
 
 
@@ -259,7 +94,7 @@ def _not_a_bundle(folder: Path) -> str | None:
     except FileNotFoundError:
         return f"no {MANIFEST}"
     except (OSError, ValueError) as e:
-        return f"{MANIFEST} unreadable ({_first_line(e)})"
+        return f"{MANIFEST} unreadable ({first_line(e)})"
     if (
         not isinstance(manifest, dict)
         or not str(manifest.get("producer", "")).startswith("seam-qc")
@@ -365,7 +200,6 @@ def export_bundle(
     ``min_int8_agreement`` is the parity gate (99 %); only a barely trained test model, whose
     scores all crowd the thresholds, has a reason to lower it.
     """
-    from .evaluate import keras_predict_fn
     from .tflite import keras_to_tflite
 
     out = Path(out)
@@ -420,7 +254,7 @@ def export_bundle(
                 if int8 == "full" or par["int8_full"]["label_agreement"] >= FULL_INT8_MIN_AGREEMENT:
                     int8_kind = "full"
             except Exception as e:  # noqa: BLE001 - converter errors: fall back to dynamic range
-                par["int8_full"] = {"error": _first_line(e)}
+                par["int8_full"] = {"error": first_line(e)}
         if int8_kind is None:
             _log("export: dynamic-range int8 TFLite" + (" (full int8 lost parity)" if int8 == "auto" else ""))
             (tmp / "classifier_int8.tflite").write_bytes(keras_to_tflite(model, h, w, "dynamic"))

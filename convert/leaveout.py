@@ -73,7 +73,7 @@ def family_subset(ds, families: dict[str, str], keep) -> object:
 
 def attribute_scores(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]) -> dict:
     """Accuracy and AUROC per attribute + defect-vs-normal and broken-vs-normal AUROC."""
-    from .evaluate import auroc, multilabel_metrics
+    from .metrics import auroc, multilabel_metrics
 
     m = multilabel_metrics(y, p, labels, thresholds)
     li = {lab: i for i, lab in enumerate(labels)}
@@ -150,7 +150,7 @@ def run_family(
 def _score_keras(model_path: Path, labelled, test, size: int) -> dict:
     """Thresholds calibrated on ``labelled`` (validation images), scores on ``test``."""
     from .data import ImageCache, batches
-    from .evaluate import calibrate_thresholds
+    from .metrics import calibrate_thresholds
     from .models import load_keras
 
     model, meta = load_keras(model_path)

@@ -56,8 +56,10 @@ def ship(
 ) -> dict:
     """Run the whole chain in ``work`` (resumable: data sets and checkpoints are reused) → summary."""
     from .data import load_dataset
-    from .evaluate import load_predictor, multilabel_metrics, predict_dataset
+    from .evaluate import predict_dataset
     from .export import export_bundle, parity
+    from .loading import load_predictor
+    from .metrics import multilabel_metrics
     from .synth import write_dataset
     from .train import train
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.evaluate import calibrate_threshold, multiclass_metrics, multilabel_metrics
+from convert.metrics import calibrate_threshold, multiclass_metrics, multilabel_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 ACC_RE = re.compile(r"^(Good|Error|Break|Length) Accuracy: (\d+\.\d\d)$", re.M)
@@ -96,7 +96,7 @@ def test_bundle_thresholds_are_used_by_default(tiny_bundle, tiny_valid, tmp_path
 
 
 def test_auroc_matches_pairwise_definition():
-    from convert.evaluate import auroc
+    from convert.metrics import auroc
 
     rng = np.random.default_rng(0)
     y = rng.random(60) < 0.4

@@ -214,7 +214,7 @@ def test_legacy_h5_full_and_weights_only(tiny_keras, tiny_valid, tmp_path):
     import keras
     from keras.src.legacy.saving import legacy_h5_format
 
-    from convert.export import load_model_any
+    from convert.loading import load_model_any
     from convert.models import build_model
 
     model = keras.models.load_model(str(tiny_keras), compile=False)
