@@ -20,8 +20,9 @@ Bad input (a CSV naming a missing image, wrong columns, an empty set, an unreada
 from __future__ import annotations
 
 import csv
+import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +31,17 @@ import numpy as np
 
 from edge.errors import DataError
 from edge.preprocess import preprocess, to_bgr
+from edge.seam import SEAM_LABELS
 
 from .augment import augment
 from .roi import crop as crop_to_roi
 
-SEAM_LABELS = ("good", "error", "break", "length")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-_TRUE = {"true", "1", "1.0", "yes"}
-_FALSE = {"false", "0", "0.0", "no"}
+# Spellings a seed CSV cell may use (any case): pandas writes True/False; hand-edited files and
+# spreadsheets write 1/0 or yes/no. ``read_csv`` and the labeler's resume (``convert.label_state``)
+# both accept exactly these.
+SEED_TRUE = frozenset({"true", "1", "1.0", "yes"})
+SEED_FALSE = frozenset({"false", "0", "0.0", "no"})
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,27 @@ class Dataset:
         return Dataset(self.labels, self.task, tuple(self.paths[i] for i in idx), self.targets[idx], self.source)
 
 
-def _bool(value: str, where: str, column: str) -> float:
+def parse_seed_bool(value: str) -> bool | None:
+    """A seed CSV cell as a bool (see ``SEED_TRUE`` / ``SEED_FALSE``); None when it is neither."""
     v = value.strip().lower()
-    if v in _TRUE:
-        return 1.0
-    if v in _FALSE:
-        return 0.0
+    return True if v in SEED_TRUE else False if v in SEED_FALSE else None
+
+
+def seed_csv_text(rows: Iterable[tuple[str, Sequence[bool]]], labels: Sequence[str]) -> str:
+    """The seed's CSV as pandas ``DataFrame.to_csv`` writes it: unnamed index column, ``name``, then
+    ``True``/``False`` per label. The one writer of the format (``split``, ``label``)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["", "name", *labels])
+    for i, (name, values) in enumerate(rows):
+        w.writerow([i, name, *("True" if v else "False" for v in values)])
+    return buf.getvalue()
+
+
+def _bool(value: str, where: str, column: str) -> float:
+    b = parse_seed_bool(value)
+    if b is not None:
+        return float(b)
     raise DataError(f"{where}: column {column!r} has value {value!r}, expected True or False")
 
 

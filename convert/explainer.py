@@ -33,6 +33,8 @@ import numpy as np
 
 from edge.errors import ModelError
 
+from .models import GRADCAM_LAYER
+
 EXPLAINER_FILE = "explainer.tflite"
 HEAD_FILE = "head.npz"
 
@@ -104,9 +106,6 @@ def _is_head_layer(layer) -> bool:
     if kind in ("Activation", "ReLU"):  # output activation, or a hidden Dense's ReLU (never 4-D here)
         return True
     return False
-
-
-GRADCAM_LAYER = "gradcam_features"  # convert.models names its models' feature map so
 
 
 def find_gradcam_layer(model) -> str:

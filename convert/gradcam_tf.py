@@ -27,8 +27,7 @@ import numpy as np
 from edge.errors import ModelError
 from edge.gradcam import Heatmap, label_indices, resize_cam, strength
 from edge.preprocess import preprocess
-
-SEAM_LABELS = ("good", "error", "break", "length")
+from edge.seam import SEAM_LABELS
 
 
 def load_keras(path: str | Path) -> tuple[Any, dict]:

@@ -14,8 +14,6 @@ leave (an image without a row, a temp file) is reconciled when the folder is ope
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 from collections.abc import Callable
@@ -26,11 +24,11 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from convert.data import csv_rows
+from convert.data import csv_rows, parse_seed_bool, seed_csv_text
 from convert.roi import check_fits, crop
 from edge.errors import DataError
+from edge.seam import SEAM_LABELS as ATTRS
 
-ATTRS = ("good", "error", "break", "length")
 TOGGLES = {"g": "good", "e": "error", "b": "break", "l": "length"}
 STEPS = {
     "n": 1,
@@ -58,9 +56,6 @@ KEY_HELP = (
     ("u", "undo last save"),
     ("q", "quit"),
 )
-
-_TRUE = {"true", "1", "1.0"}
-_FALSE = {"false", "0", "0.0"}
 
 
 class FrameSource(Protocol):
@@ -121,12 +116,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def csv_bytes(rows: list[Row]) -> bytes:
     """The CSV exactly as pandas ``DataFrame.to_csv`` writes it (unnamed index column first)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["", "name", *ATTRS])
-    for i, row in enumerate(rows):
-        w.writerow([i, row.name, *("True" if v else "False" for v in row.values)])
-    return buf.getvalue().encode("utf-8")
+    return seed_csv_text(((row.name, row.values) for row in rows), ATTRS).encode("utf-8")
 
 
 class LabelStore:
@@ -228,12 +218,10 @@ class LabelStore:
                 raise DataError(f"{where}: name {name!r} is not {self.stem}_<frame>.png")
             values = []
             for attr, v in zip(ATTRS, vals):
-                if v.lower() in _TRUE:
-                    values.append(True)
-                elif v.lower() in _FALSE:
-                    values.append(False)
-                else:
+                b = parse_seed_bool(v)
+                if b is None:
                     raise DataError(f"{where}: column {attr!r} has value {v!r}, expected True or False")
+                values.append(b)
             frame = int(m.group(1))
             rows[frame] = Row(frame, name, tuple(values))  # a repeated frame: the last row wins
         return rows

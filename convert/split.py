@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import numpy as np
 
 from edge.errors import DataError
 
-from .data import Dataset, merge, read_csv
+from .data import Dataset, merge, read_csv, seed_csv_text
 
 FRACTIONS = {"train": 0.78, "valid": 0.20, "test": 0.02}
 SPLIT_NAMES = ("train.csv", "valid.csv", "test.csv")
@@ -63,10 +62,7 @@ def write_seed_csv(path: Path, ds: Dataset) -> None:
     """pandas ``to_csv`` layout: unnamed index column, name, one True/False column per label."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["", "name", *ds.labels])
-        for i, (p, t) in enumerate(zip(ds.paths, ds.targets)):
-            w.writerow([i, p, *("True" if v > 0.5 else "False" for v in t)])
+        f.write(seed_csv_text(((p, [v > 0.5 for v in t]) for p, t in zip(ds.paths, ds.targets)), ds.labels))
     tmp.replace(path)
 
 

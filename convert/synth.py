@@ -49,13 +49,14 @@ import cv2
 import numpy as np
 
 from convert.roi import add_roi_args, roi_from_args
+from convert.synth_fabric import BASE_PX_PER_MM as DEFAULT_PX_PER_MM  # at 256 px: 2 mm = 25 px
 from convert.synth_fabric import FAMILIES
 from convert.synth_render import Box, render_still
 from edge.errors import DataError
+from edge.seam import DEFAULT_ROI as ROI
+from edge.seam import SEAM_LABELS as LABELS
 
-LABELS = ("good", "error", "break", "length")
 DEFAULT_SIZE = 256
-DEFAULT_PX_PER_MM = 12.5  # at 256 px: 2 mm = 25 px, view ≈ 20.5 mm (--px-per-mm's old default)
 # px/mm at 256 px drawn per still (log-uniform) = 4.5..8 px/mm at 128. Not wider by default: the
 # `length` label is a length in pixels, and below a 2:1 scale range 2 mm and 4 mm stitches stay
 # apart (2 mm at 16 px/mm = 32 px < 4 mm at 9 px/mm = 36 px); `--px-per-mm` reaches 1..100 px/mm.
@@ -66,7 +67,6 @@ DEFAULT_DEFECT_RATE = 0.6  # share of stills with ≥ 1 defect
 BOTH_SHARE = 0.2  # of those, share with both an error and a break
 
 FRAME_W, FRAME_H = 640, 480
-ROI = (192, 112, 256, 256)
 
 
 @dataclass(frozen=True)

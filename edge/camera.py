@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from .errors import CameraError
+from .preprocess import crop_roi
 
 log = logging.getLogger("seamqc.camera")
 # FFmpeg's own stderr lines ("moov atom not found") would break our one-line errors and repeat at
@@ -539,9 +540,7 @@ class Capture(threading.Thread):
                         )
                     if self.stats.state != "ok":
                         self._set_state("ok")
-                    if src.roi is not None:
-                        x, y, w, h = src.roi
-                        img = img[y : y + h, x : x + w]
+                    img = crop_roi(img, src.roi)  # the crop training and labelling use (convert.roi)
                     img = np.ascontiguousarray(img).copy() if img.base is not None else img
                     img.flags.writeable = False
                     now_m, now_w = time.monotonic(), time.time()

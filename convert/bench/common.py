@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from edge.seam import DEFAULT_ROI
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_BUNDLE = Path("edge/models/default")
-ROI = [192, 112, 256, 256]
+ROI = list(DEFAULT_ROI)
 LABELS_EXPLAINED = ("error", "break", "length")  # every label that can be flagged
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import ModelError
+from edge.seam import SEAM_LABELS
 
 from .common import ROOT, subprocess_env, summary_ms, time_interleaved
 
@@ -165,7 +166,7 @@ def _fallback_worker(spec: dict[str, Any]) -> dict[str, Any]:
     work.mkdir(parents=True)
     keras.utils.set_random_seed(0)
     size, filters = int(spec["size"]), int(spec["filters"])
-    labels = ["good", "error", "break", "length"]
+    labels = list(SEAM_LABELS)
     model = build_model("resnet-int8", len(labels), size, size, filters)
     kpath = work / "untrained.keras"
     save_model(
