@@ -28,16 +28,34 @@ COMMANDS = (
 )
 
 
+def _unavailable(sub: argparse._SubParsersAction, name: str, error: BaseException) -> None:
+    """Register ``name`` as a command that only reports why its module did not import.
+
+    Why: skipping it made the command vanish from ``--help`` and turned its use into argparse's
+    "invalid choice", which hides the broken install; the other commands keep working.
+    """
+    detail = (str(error).strip().splitlines() or [""])[0][:200]
+    why = f"convert.{name} failed to import ({type(error).__name__}: {detail})"
+    # no option prefix: whatever follows the command (its flags included) is taken, not refused
+    p = sub.add_parser(name, help=f"UNAVAILABLE ({why})", add_help=False, prefix_chars="\0")
+    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+
+    def run(args: argparse.Namespace) -> int:
+        print(f"error: command {name!r} is unavailable: {why}", file=sys.stderr)
+        return 1
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"convert.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"convert.{name}":
-                continue
-            raise
+        except Exception as e:  # noqa: BLE001 - any import failure: say so when the command is used
+            _unavailable(sub, name, e)
+            continue
         module.register(sub)
     return parser
 
