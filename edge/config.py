@@ -239,6 +239,8 @@ class Config(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     heatmaps: HeatmapConfig = Field(default_factory=HeatmapConfig)
     outbox: Path = Path("/var/lib/seam-qc/outbox.sqlite")
+    # cap on the outbox file in MiB (a long broker outage must not fill the SD card); None: the disk
+    outbox_max_mb: float | None = Field(None, gt=0, le=1e9)
     stats_interval: float = Field(10.0, gt=0, le=86400)
     watchdog_stall_s: float = Field(10.0, gt=0, le=86400)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -264,6 +266,11 @@ class Config(_Model):
     @property
     def source_path(self) -> Path | None:
         return self._source
+
+    @property
+    def outbox_max_bytes(self) -> int | None:
+        """``outbox_max_mb`` in bytes, as ``edge.outbox.Outbox`` takes it."""
+        return None if self.outbox_max_mb is None else int(self.outbox_max_mb * 1024 * 1024)
 
 
 # ----------------------------------------------------------------------------- YAML → lines

@@ -261,7 +261,7 @@ class Daemon:
             Path(cfg.outbox).parent.mkdir(parents=True, exist_ok=True)
         except OSError:
             pass
-        self.outbox = Outbox(cfg.outbox)
+        self.outbox = Outbox(cfg.outbox, max_bytes=cfg.outbox_max_bytes)
         from .publish import Publisher
 
         # with mqtt.enabled false the publisher is an outbox-only sink

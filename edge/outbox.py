@@ -71,11 +71,13 @@ class Outbox:
     """A thread-safe SQLite queue of undelivered messages, keyed by a stable ``event_id``.
 
     ``max_bytes`` optionally caps the database size (so a week-long broker outage cannot fill the SD
-    card); reaching it raises ``OutboxError`` exactly like a full disk.
+    card; the daemon's config key ``outbox_max_mb``); reaching it raises ``OutboxError`` exactly
+    like a full disk, and the message names that key.
     """
 
     def __init__(self, path: str | os.PathLike, max_bytes: int | None = None, lock: bool = True):
         self.path = Path(path)
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._state_lock: StateLock | None = None
@@ -209,8 +211,14 @@ class Outbox:
         msg = str(e)
         hint = ""
         low = msg.lower()
-        if "full" in low:
-            hint = " (free disk space or raise the outbox size limit; undelivered alerts are kept)"
+        if "full" in low and self.max_bytes is not None:
+            mb = self.max_bytes / (1024 * 1024)
+            hint = (
+                f" (the outbox is capped at outbox_max_mb: {mb:g} in the config: raise it, or free disk"
+                " space; undelivered alerts are kept)"
+            )
+        elif "full" in low:
+            hint = " (free disk space; undelivered alerts are kept)"
         elif "readonly" in low or "read-only" in low or "unable to open" in low:
             hint = " (the file and its directory must be writable by the daemon)"
         elif "not a database" in low or "malformed" in low or "corrupt" in low:
