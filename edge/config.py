@@ -34,7 +34,6 @@ from pydantic import (
 
 from .errors import ConfigError
 
-LABELS_DEFAULT = ("good", "error", "break", "length")
 _TOKEN_RE = re.compile(r"^[^/+#\s\x00]+$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 STATION_MAX = 64  # a host name's limit (HOST_NAME_MAX)

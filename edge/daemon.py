@@ -38,6 +38,12 @@ from .sdnotify import Notifier, watchdog_interval_s
 
 log = logging.getLogger("seamqc")
 
+# Shutdown budget (module docstring, step 3): after a signal systemd is waiting (TimeoutStopSec in
+# systemd/seam-qc.service), so the heatmap queue gets little time; at the end of a file or
+# --max-frames nobody is waiting and it may finish its queue.
+HEATMAP_DRAIN_SIGNAL_S = 1.5
+HEATMAP_DRAIN_END_S = 15.0
+
 
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
@@ -504,7 +510,7 @@ class Daemon:
         except Exception as e:  # noqa: BLE001
             log.error("flushing open events failed: %s", e)
         if self.heatmaps is not None:
-            self.heatmaps.close(drain_s=1.5 if by_signal else 15.0)
+            self.heatmaps.close(drain_s=HEATMAP_DRAIN_SIGNAL_S if by_signal else HEATMAP_DRAIN_END_S)
             if self.heatmaps.is_alive():
                 self.heatmaps.join(timeout=self.heatmaps.drain_s + 0.5)
         now = time.monotonic()
