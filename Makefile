@@ -16,10 +16,17 @@ REQS_PY := 'import configparser, sys; c = configparser.ConfigParser(); c.read("s
   [lines.extend(c["options.extras_require"][x].splitlines()) for x in sys.argv[1].split(",") if x]; \
   print("\n".join(l.strip() for l in lines if l.strip()))'
 
-.PHONY: setup apt lint demo test test-fast bench install print-requirements clean shipped-model leave-out
+.PHONY: setup arch apt lint demo test test-fast bench install print-requirements clean shipped-model leave-out
+
+# ai-edge-litert 2.x ships 64-bit wheels only (aarch64 manylinux_2_27, x86-64): a 32-bit ARM OS
+# cannot run the classifier, so setup (demo, test) and install stop here with one line.
+arch:
+	@m="$$(uname -m)"; case "$$m" in arm64) ;; arm*) \
+	  echo "error: this is a 32-bit ARM system ($$m): seam-qc needs a 64-bit OS (64-bit Raspberry Pi OS; ai-edge-litert has no 32-bit ARM wheels)" >&2; exit 1;; \
+	esac
 
 # apt packages the demo (and, with the test extra, the suite) relies on; installed only when missing.
-apt:
+apt: arch
 	@missing=""; \
 	command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
 	command -v mosquitto_sub >/dev/null || missing="$$missing mosquitto-clients"; \
@@ -36,14 +43,14 @@ apt:
 	fi
 
 # The venv's requirements come from setup.cfg (install_requires + the extras in EXTRAS).
-$(VENV)/.stamp-$(subst $(comma),-,$(EXTRAS)): setup.cfg | apt
+$(VENV)/.stamp-$(subst $(comma),-,$(EXTRAS)): setup.cfg | arch apt
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PYTHON) -c $(REQS_PY) $(EXTRAS) > $(VENV)/requirements.txt
 	$(PY) -m pip install -q -r $(VENV)/requirements.txt
 	@touch $@
 
-setup: $(VENV)/.stamp-$(subst $(comma),-,$(EXTRAS))
+setup: arch $(VENV)/.stamp-$(subst $(comma),-,$(EXTRAS))
 
 # the demo needs only the edge extra (no TensorFlow); test/bench need everything
 demo:
@@ -77,7 +84,7 @@ print-requirements:
 	@$(PYTHON) -c $(REQS_PY) $(EXTRAS)
 
 # On the Pi, as root, from /opt/seam-qc (see README, "Installing on a Raspberry Pi").
-install:
+install: arch
 	id seam-qc >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /var/lib/seam-qc \
 	  --shell /usr/sbin/nologin --groups video seam-qc
 	install -D -m 0644 systemd/seam-qc.service /etc/systemd/system/seam-qc.service

@@ -1,8 +1,9 @@
 """Classify preprocessed frames with a TFLite model from the bundle (LiteRT on the Pi).
 
-Runtimes, tried in order: ``ai_edge_litert`` (maintained, numpy 2, runs dynamic-range int8),
-``tflite_runtime`` (legacy), ``tensorflow.lite`` (imported only as the last fallback, so the Pi
-never pays for TensorFlow). The interpreter is built once with ``num_threads``.
+Runtimes, tried in order: ``ai_edge_litert`` (maintained, numpy 2, runs dynamic-range int8; 64-bit
+wheels only, hence a 64-bit Raspberry Pi OS), then ``tensorflow.lite`` (imported only as the
+fallback, so the Pi never pays for TensorFlow). The legacy ``tflite_runtime`` is not tried: it needs
+numpy < 2, which the ``numpy>=2`` pin rules out. The interpreter is built once with ``num_threads``.
 
 Outputs are picked by shape (TFLite orders multiple outputs its own way). Float and int8
 input/output tensors are both handled: int8 tensors are (de)quantised with their own scale and
@@ -28,12 +29,6 @@ def _interpreter_class():
         from ai_edge_litert.interpreter import Interpreter
 
         return Interpreter, "ai_edge_litert"
-    except ImportError:
-        pass
-    try:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
-
-        return Interpreter, "tflite_runtime"
     except ImportError:
         pass
     try:
