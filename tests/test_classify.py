@@ -24,6 +24,7 @@ def _frames(dataset: Path, n: int = 6) -> list[np.ndarray]:
     return [cv2.imread(str(p)) for p in sorted(dataset.glob("*.png"))[:n]]
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_classifier_runs_litert_and_matches_keras(tiny_bundle, tiny_keras, tiny_valid):
     import keras
 
@@ -43,6 +44,7 @@ def test_classifier_runs_litert_and_matches_keras(tiny_bundle, tiny_keras, tiny_
         np.testing.assert_allclose(p, ref, atol=0.05)
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_prepare_then_classify_prepared_is_classify(tiny_bundle, tiny_valid):
     """The daemon's split (prepare in the capture thread, invoke in the main one) changes no number."""
     for role in ("classifier_int8", "classifier_fp32"):
@@ -53,6 +55,7 @@ def test_prepare_then_classify_prepared_is_classify(tiny_bundle, tiny_valid):
             np.testing.assert_array_equal(clf.classify_prepared(t), clf.classify(frame))
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_open_interpreter_and_bad_files(tiny_bundle, tmp_path):
     interp, runtime = open_interpreter(tiny_bundle / "classifier_fp32.tflite", 2)
     assert runtime == "ai_edge_litert" and len(interp.get_input_details()) == 1
@@ -64,6 +67,7 @@ def test_open_interpreter_and_bad_files(tiny_bundle, tmp_path):
         open_interpreter(tmp_path / "none.tflite", 1)
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_manifest_input_shape_mismatch_is_a_model_error(tiny_bundle, tmp_path):
     b = load_bundle(tiny_bundle)
     copy = tmp_path / "b"

@@ -68,7 +68,7 @@ def test_minimal_defaults(tmp_path):
     (tmp_path / "bundle").mkdir()
     cfg = load_config(write(tmp_path, "model: {bundle: bundle}\n"))
     assert isinstance(cfg, Config)
-    assert cfg.station == socket.gethostname().split(".")[0] or cfg.station
+    assert cfg.station == (socket.gethostname().split(".")[0] or "station")
     assert cfg.model.bundle == tmp_path / "bundle"  # relative to the config's dir
     assert cfg.camera.source == "usb" and cfg.camera.roi is None
     assert cfg.mqtt == MqttConfig()
@@ -76,6 +76,16 @@ def test_minimal_defaults(tmp_path):
     assert cfg.mqtt.max_inflight == 20 and cfg.mqtt.max_queued == 1000 and cfg.mqtt.keepalive == 30
     assert cfg.decision.expected_length == "any"
     assert cfg.source_path == tmp_path / "c.yaml"
+
+
+@pytest.mark.parametrize(
+    "hostname, station", [("line7.factory.example", "line7"), ("sew-03", "sew-03"), ("", "station")]
+)
+def test_default_station_is_the_short_hostname(tmp_path, monkeypatch, hostname, station):
+    (tmp_path / "bundle").mkdir()
+    monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+    assert load_config(write(tmp_path, "model: {bundle: bundle}\n")).station == station
+    assert load_config(write(tmp_path, "station: st9\nmodel: {bundle: bundle}\n")).station == "st9"
 
 
 def test_relative_paths_fall_back_to_cwd(tmp_path, monkeypatch):
@@ -531,6 +541,7 @@ def test_check_config_refuses_what_the_start_refuses(tmp_path, case):
     assert not (tmp_path / "outbox.sqlite").exists()  # refused before anything was created
 
 
+@pytest.mark.slow  # the start really runs the daemon (5 frames)
 @pytest.mark.skipif(not (SHIPPED / "manifest.json").exists(), reason="needs the shipped bundle")
 def test_check_config_creates_nothing(tmp_path):
     video = _video(tmp_path / "v.mp4", 8)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from convert.metrics import calibrate_threshold, multiclass_metrics, multilabel_metrics
 
@@ -51,6 +52,7 @@ def test_multiclass_metrics_confusion():
     assert abs(m["labels"]["Orange"]["precision"] - 0.5) < 1e-9 and m["labels"]["Tomate"]["recall"] == 2 / 3
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_same_numbers_from_keras_tflite_and_bundle(tiny_keras, tiny_bundle, tiny_valid, tmp_path):
     data = tiny_valid / "data.csv"
     runs = {}
@@ -83,6 +85,7 @@ def test_same_numbers_from_keras_tflite_and_bundle(tiny_keras, tiny_bundle, tiny
         )
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_bundle_thresholds_are_used_by_default(tiny_bundle, tiny_valid, tmp_path):
     js = tmp_path / "b.json"
     _evaluate(tiny_bundle, tiny_valid / "data.csv", "--json", str(js))

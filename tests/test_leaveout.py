@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from convert.data import load_dataset
 from convert.leaveout import attribute_scores, read_families
@@ -29,6 +30,7 @@ def test_attribute_scores_defect_and_break_auroc():
     assert s["accuracy"]["good"] == 80.0 and s["count"] == 5
 
 
+@pytest.mark.slow  # trains two models (convert leave-out)
 def test_leave_out_cli_holds_each_family_out(tmp_path):
     work = tmp_path / "lo"
     cmd = [

@@ -85,6 +85,7 @@ def test_localize_known_square_both_methods(tmp_path):
         assert s["miss_dist_px"] is None and len(res["cases"]) == 6
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_localize_cli_tiny_bundle_numbers_in_range(tiny_bundle, tiny_dataset, tmp_path, capsys):
     if not (tiny_dataset / "boxes.csv").is_file():
         pytest.skip("tiny_dataset has no boxes.csv (convert.synth not available)")

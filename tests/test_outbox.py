@@ -10,12 +10,13 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from edge.errors import SeamQCError
-from edge.outbox import Item, Outbox, OutboxError
+from edge.outbox import Outbox, OutboxError
 
 ROOT = Path(__file__).resolve().parent.parent
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -42,12 +43,16 @@ def test_put_pending_ack_keeps_order_and_survives_reopen(tmp_path):
     path = tmp_path / "outbox.sqlite"
     ob = Outbox(path)
     ids = [f"ev-{i:03d}" for i in range(50)]
+    t_put = time.time()
     for i, ev in enumerate(ids):
         ob.put(ev, "seamqc/s1/alert", f'{{"i":{i}}}')
+    t_end = time.time()
     assert ob.depth() == 50
     items = ob.pending()
     assert [it.event_id for it in items] == ids
-    assert all(isinstance(it, Item) for it in items)
+    assert [(it.topic, it.payload) for it in items] == [("seamqc/s1/alert", f'{{"i":{i}}}'.encode()) for i in range(50)]
+    created = [it.created for it in items]  # the wall-clock time of each put, kept in put order
+    assert t_put <= created[0] and created == sorted(created) and created[-1] <= t_end
     assert items[7].payload == b'{"i":7}' and items[7].topic == "seamqc/s1/alert"
     assert [it.seq for it in items] == sorted(it.seq for it in items)
     assert ob.ack("ev-000") is True
