@@ -13,6 +13,7 @@ from tests.test_heatmaps_cli import _replace_head, garbage_heads
 from tests.test_state_safety import noise_video
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 @pytest.mark.parametrize("kind", ["random", "truncated", "wrong-kernel-shape", "nan-kernel"])
 def test_garbage_head_is_exit_78_at_start(tmp_path, tiny_bundle, kind):
     bundle = copy_bundle(tiny_bundle, tmp_path / "bundle")

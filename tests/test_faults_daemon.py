@@ -71,6 +71,7 @@ def test_source_vanishing_mid_run_reconnects_when_it_returns(tmp_path, tiny_bund
     assert wait_exit(proc, 10) == 0
 
 
+@pytest.mark.slow  # runs the daemon on the tiny model
 def test_wrong_frame_size_is_resized_and_counted(tmp_path, tiny_bundle):
     video = small_video(tmp_path / "small.mp4", 20, size=(320, 240))
     cfg = daemon_config(tmp_path, tiny_bundle, video, None)
@@ -82,6 +83,7 @@ def test_wrong_frame_size_is_resized_and_counted(tmp_path, tiny_bundle):
     assert sum("resizing them" in line for line in text.splitlines()) == 1  # logged once
 
 
+@pytest.mark.slow  # runs the daemon on the tiny model
 def test_heatmap_dir_unwritable_alerts_continue(tmp_path, tiny_bundle):
     video = small_video(tmp_path / "v.mp4", 40)
     (tmp_path / "file").write_text("not a directory")
@@ -103,6 +105,7 @@ def test_heatmap_dir_unwritable_alerts_continue(tmp_path, tiny_bundle):
     assert sum("heatmaps are dropped" in line for line in text.splitlines()) == 1
 
 
+@pytest.mark.slow  # runs the daemon on the tiny model
 def test_broker_unreachable_keeps_classifying(tmp_path, tiny_bundle):
     video = small_video(tmp_path / "v.mp4", 40)
 
@@ -146,6 +149,7 @@ class _Scripted:
         return False
 
 
+@pytest.mark.slow  # runs the daemon on the tiny model
 def test_corrupt_frames_in_the_running_daemon(tmp_path, tiny_bundle, caplog):
     """In-process, on the daemon's own code path with a scripted source: no crash, counted in stats."""
     from edge.config import load_config

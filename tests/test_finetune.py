@@ -18,6 +18,7 @@ def _weights_by_layer(model) -> dict[str, list[np.ndarray]]:
     return {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers if layer.weights}
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_init_path_resolution(tiny_bundle, tiny_keras, tmp_path):
     from convert.train import DEFAULT_BUNDLE, init_model_path
     from edge.errors import ModelError
@@ -33,6 +34,7 @@ def test_init_path_resolution(tiny_bundle, tiny_keras, tmp_path):
         init_model_path(tmp_path / "b")
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_finetune_from_bundle_keeps_frozen_stages(tiny_bundle, tiny_valid, tmp_path):
     from convert.models import load_keras, read_meta
     from convert.train import train
@@ -78,6 +80,7 @@ def test_finetune_from_bundle_keeps_frozen_stages(tiny_bundle, tiny_valid, tmp_p
     assert len(moved) == len(low_res) + 1
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_init_with_other_labels_gets_a_new_head(tiny_keras, tmp_path):
     _fruit(tmp_path / "train", 0, 6)
     out = tmp_path / "fruit.keras"

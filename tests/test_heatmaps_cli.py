@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from tests.test_gradcam import SEAM, make_bundle, sample_frames, small_softmax
 
@@ -26,6 +27,7 @@ def _check_raw(out: Path, stems_shapes: dict[str, tuple[int, int]], labels) -> N
         assert ov is not None and ov.shape[:2] == shape
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_heatmaps_bundle_csv_raw(tiny_bundle, tiny_dataset, tmp_path):
     out = tmp_path / "hm"
     rc = _main(
@@ -53,6 +55,7 @@ def test_heatmaps_bundle_csv_raw(tiny_bundle, tiny_dataset, tmp_path):
     assert rows[0] == "stem,name,label,score,peak,shown" and len(rows) == 1 + 4 * len(SEAM)
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_heatmaps_raw_same_maps_with_both_methods(tiny_bundle, tiny_dataset, tmp_path):
     """The CLI's two methods write the same maps (within the agreement bound)."""
     for method in ("litert", "tf"):

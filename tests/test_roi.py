@@ -485,6 +485,7 @@ def test_train_sequence_with_roi_equals_crops(frame_sets, tmp_path):
         make_sequence(load_dataset(crops), 64, 64, 4, roi=STATION_ROI)
 
 
+@pytest.mark.slow  # trains a model (convert train)
 def test_cli_train_with_roi(frame_sets, tmp_path):
     whole, crops = frame_sets
     roi = ",".join(str(v) for v in STATION_ROI)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from tests.test_daemon import copy_bundle, daemon_config, daemon_log, log_summary, start_daemon, wait_exit
 
@@ -41,6 +42,7 @@ def wait_log(config: Path, words: str, timeout: float = 120.0) -> str:
     raise AssertionError(f"{words!r} not in the log within {timeout}s:\n{daemon_log(config)[-3000:]}")
 
 
+@pytest.mark.slow  # runs the daemon on the tiny model
 def test_heatmaps_dir_in_the_bundle_folder_keeps_the_bundle(tmp_path, tiny_bundle):
     """The exact reproduction: ``heatmaps.dir`` = the bundle folder, a user's holiday photo (300 KB,
     2020) and settings file in it, max_mb 0.5, 150 frames. Retention used to delete them and
@@ -69,6 +71,7 @@ def test_heatmaps_dir_in_the_bundle_folder_keeps_the_bundle(tmp_path, tiny_bundl
     assert wait_exit(start_daemon(cfg, "--max-frames", "5")) == 0, daemon_log(cfg)[-3000:]  # still a bundle
 
 
+@pytest.mark.slow  # runs the daemon on the tiny model
 def test_two_daemons_never_share_an_outbox_or_a_heatmap_dir(tmp_path, tiny_bundle):
     """A second daemon on a running daemon's outbox (or heatmaps.dir) stops at start-up with one
     line naming the holder's pid and exit 78, instead of delivering every queued alert twice; once

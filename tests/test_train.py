@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_tiny_keras_artifacts(tiny_keras):
     from convert.models import read_meta
     from convert.train import side_paths
