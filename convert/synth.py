@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -48,6 +49,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from convert.data import seed_csv_text
 from convert.roi import add_roi_args, roi_from_args
 from convert.synth_fabric import BASE_PX_PER_MM as DEFAULT_PX_PER_MM  # at 256 px: 2 mm = 25 px
 from convert.synth_fabric import FAMILIES
@@ -192,12 +194,18 @@ def _render_indexed(job: tuple[int, int, dict[str, Any]]) -> tuple[int, bytes, d
 
 def _atomic_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
     """Write a CSV with the stdlib module via tmp + rename (readers never see half a file)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    _atomic_text(path, buf.getvalue())
+
+
+def _atomic_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(header)
-            w.writerows(rows)
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -257,7 +265,7 @@ def write_dataset(
     opts = {"size": int(size), "px_per_mm": px_per_mm, "defect_rate": float(defect_rate), "families": fams}
     jobs = [(int(seed), i, opts) for i in range(int(count))]
     width = max(6, len(str(count - 1)))
-    data_rows: list[list[Any]] = []
+    data_rows: list[tuple[str, list[bool]]] = []
     box_rows: list[list[Any]] = []
     meta_rows: list[list[Any]] = []
 
@@ -268,7 +276,7 @@ def write_dataset(
                 (out / name).write_bytes(png)
             except OSError as e:
                 raise DataError(f"--out {out}: cannot write {name} ({e.strerror or e})") from None
-            data_rows.append([i, name] + [str(labels[k]) for k in LABELS])
+            data_rows.append((name, [bool(labels[k]) for k in LABELS]))
             for b in boxes:
                 box_rows.append([name, b.label, b.x, b.y, b.w, b.h])
             meta_rows.append(
@@ -306,7 +314,7 @@ def write_dataset(
     _atomic_csv(out / "boxes.csv", ["name", "label", "x", "y", "w", "h"], box_rows)
     _atomic_csv(out / "meta.csv", META_HEADER, meta_rows)
     data_csv = out / "data.csv"
-    _atomic_csv(data_csv, ["", "name"] + list(LABELS), data_rows)
+    _atomic_text(data_csv, seed_csv_text(data_rows, LABELS))  # the one writer of the seed format
     return data_csv
 
 

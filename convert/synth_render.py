@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from convert.synth_fabric import (
+    BASE_PX_PER_MM,
     CLOSE_SHARE,
     FAMILY_OF,
     TONE_SHARE,
@@ -809,7 +810,7 @@ def random_camera(rng: np.random.Generator, sheen: float, S: float, still: bool 
     if rng.random() < 0.15 + sheen * 0.8:
         sh_amp = rng.uniform(0.05, 0.12 + 0.18 * sheen)
     ts = rng.uniform(0, 2 * np.pi)
-    k = S / 12.5
+    k = S / BASE_PX_PER_MM
     temp = rng.uniform(-0.15, 0.15)  # warm (+) / cool (-) light
     wb = np.array([1 - temp, 1.0, 1 + temp]) * rng.uniform(0.93, 1.07, 3)
     glints = ()
