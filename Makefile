@@ -61,6 +61,7 @@ demo:
 lint: setup
 	$(PY) -m ruff check edge convert tests
 	$(PY) -m ruff format --check edge convert tests
+	$(PY) -m mypy edge
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -31,13 +31,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from .errors import CameraError
 from .preprocess import crop_roi
+
+if TYPE_CHECKING:  # the config module is only needed for type hints
+    from .config import CameraConfig
 
 log = logging.getLogger("seamqc.camera")
 # FFmpeg's own stderr lines ("moov atom not found") would break our one-line errors and repeat at
@@ -169,14 +172,14 @@ class Source:
 class OpenCVSource(Source):
     """usb (V4L2 index or /dev/videoN), file (path) and rtsp (URL) through cv2.VideoCapture."""
 
-    def __init__(self, cam) -> None:
+    def __init__(self, cam: CameraConfig) -> None:
         self.cfg = cam
         self.kind = cam.source
         self.device = cam.device
         self.live = cam.source != "file"
         self.fps = float(cam.fps)
         self.frame_size = (cam.width, cam.height)
-        self.roi = tuple(cam.roi) if cam.roi is not None else None
+        self.roi = cam.roi  # validated by CameraConfig: (x, y, w, h) or None
         self.cap: Any = None
         if self.kind == "file" and not os.path.isfile(str(self.device)):
             raise _cam_error(f"{str(self.device)!r}: video file not found", "device")
@@ -252,12 +255,12 @@ def _even(v: float, mult: int = 2) -> int:
 class PicameraSource(Source):
     """The Raspberry Pi camera via picamera2 (imported here only)."""
 
-    def __init__(self, cam, model_size: tuple[int, int] | None = None) -> None:
+    def __init__(self, cam: CameraConfig, model_size: tuple[int, int] | None = None) -> None:
         self.cfg = cam
         self.live = True
         self.fps = float(cam.fps)
         self.frame_size = (cam.width, cam.height)
-        self.roi = tuple(cam.roi) if cam.roi is not None else None
+        self.roi = cam.roi  # validated by CameraConfig: (x, y, w, h) or None
         self.use_lores = False
         self.cam: Any = None
         self._Picamera2: Any = None
@@ -334,7 +337,7 @@ class PicameraSource(Source):
             self.cam = None
 
 
-def make_source(cam, model_size: tuple[int, int] | None = None) -> Source:
+def make_source(cam: CameraConfig, model_size: tuple[int, int] | None = None) -> Source:
     if cam.source == "picamera":
         return PicameraSource(cam, model_size)
     if cam.source in ("usb", "file", "rtsp"):
@@ -530,6 +533,7 @@ class Capture(threading.Thread):
                         self._once("corrupt", "camera: empty or corrupt frame skipped (counted in stats; logged once)")
                         continue
                     if what == "resized":
+                        assert raw is not None  # normalise() returned an image, so raw was one
                         self.stats.resized += 1
                         self._once(
                             "size",

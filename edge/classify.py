@@ -13,6 +13,7 @@ zero point, so callers always see float32 probabilities.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from .preprocess import preprocess
 _TFLITE_MAGIC = b"TFL3"
 
 
-def _interpreter_class():
+def _interpreter_class() -> tuple[Any, str]:
     """(Interpreter class, runtime name), first available runtime wins."""
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -39,7 +40,7 @@ def _interpreter_class():
         raise ModelError("no TFLite runtime found: pip install ai-edge-litert") from None
 
 
-def open_interpreter(path: str | Path, threads: int = 4):
+def open_interpreter(path: str | Path, threads: int = 4) -> tuple[Any, str]:
     """Load a ``.tflite`` file → ``(interpreter, runtime_name)``, tensors allocated.
 
     A missing file or one that is not a TFLite model is one ``ModelError`` line.

@@ -459,17 +459,16 @@ def _check_events(text: str, where: str) -> None:
     """
     depth = 0
     for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = ev.start_mark.line + 1 if ev.start_mark is not None else 1  # the parser always sets it
         if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None) is not None:
             raise ConfigError(
-                f"{where}:{ev.start_mark.line + 1}: YAML anchors and aliases (&name, *name) "
+                f"{where}:{line}: YAML anchors and aliases (&name, *name) "
                 "are not allowed in the config: write the values out"
             )
         if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_DEPTH:
-                raise ConfigError(
-                    f"{where}:{ev.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels: not a seam-qc config"
-                )
+                raise ConfigError(f"{where}:{line}: nested deeper than {MAX_DEPTH} levels: not a seam-qc config")
         elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
 
@@ -507,8 +506,8 @@ def _parse(text: str, where: str) -> tuple[yaml.Node | None, Any]:
         why = " ".join(": ".join(str(x) for x in (e.context, e.problem) if x).split()) or "syntax error"
         raise ConfigError(f"{where}{line}: not valid YAML ({why})") from None
     except yaml.reader.ReaderError as e:  # a character YAML does not allow (control characters)
-        line = text.count("\n", 0, e.position) + 1
-        raise ConfigError(f"{where}:{line}: not valid YAML (character #x{e.character:04x} is not allowed)") from None
+        lineno = text.count("\n", 0, e.position) + 1
+        raise ConfigError(f"{where}:{lineno}: not valid YAML (character #x{e.character:04x} is not allowed)") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML ({' '.join(str(e).split())})") from None
     except ValueError as e:  # e.g. an integer of more than 4,300 digits
@@ -533,7 +532,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     except ValidationError as e:
         # an unknown key first: a misspelt key is usually also why a required one is "missing"
         errs = sorted(e.errors(include_url=False), key=lambda x: x["type"] != "extra_forbidden")
-        err = errs[0]
+        err: dict[str, Any] = dict(errs[0])  # a plain dict: the steps below add and replace keys
         loc = _clean_loc(tuple(err["loc"]))
         if any(loc[: len(k)] == k for k in SECRET_KEYS):
             err = {**err, "secret": True}

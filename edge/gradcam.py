@@ -435,8 +435,8 @@ class Explainer:
             elif len(shape) == 2 and shape[-1] == n:
                 self._pred = d["index"]
         if self._feat is None or self._pred is None:
-            shape = ",".join(map(str, fshape))
-            raise ModelError(f"{epath}: needs a [1,{n}] prediction output and a [1,{shape}] feature output")
+            dims = ",".join(map(str, fshape))
+            raise ModelError(f"{epath}: needs a [1,{n}] prediction output and a [1,{dims}] feature output")
         # Linear heads (the seed's): the channel weights do not depend on the frame → once per class.
         self._weights = [channel_weights(self.head, k) for k in range(n)]
 
@@ -459,8 +459,9 @@ class Explainer:
         out = {}
         for lab, k in zip(labels, idx):
             sign = -1 if lab in self.negate else 1
-            if self._weights[k] is not None:
-                cam, peak = cam_from_weights(feat, sign * self._weights[k])
+            weights = self._weights[k]
+            if weights is not None:
+                cam, peak = cam_from_weights(feat, sign * weights)
             else:
                 if inputs is None:
                     _, inputs = head_forward(feat, self.head)

@@ -24,6 +24,7 @@ import sqlite3
 import stat
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,7 +277,7 @@ class Outbox:
 
     delete = ack
 
-    def ack_many(self, event_ids) -> int:
+    def ack_many(self, event_ids: Iterable[str]) -> int:
         """Delete several delivered messages in one transaction (one fsync); returns how many."""
         ids = [(str(e),) for e in event_ids]
         if not ids:
@@ -326,7 +327,7 @@ class Outbox:
     def __enter__(self) -> Outbox:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -87,7 +87,7 @@ def overlay_jet(
         cam = cam.cam
     h, w = frame_bgr.shape[:2]
     c = cam if cam.shape[:2] == (h, w) else resize_cam(cam, h, w)
-    heat = cv2.applyColorMap(np.uint8(np.clip(np.nan_to_num(c), 0, 1) * 255 + 0.5), cv2.COLORMAP_JET)
+    heat = cv2.applyColorMap((np.clip(np.nan_to_num(c), 0, 1) * 255 + 0.5).astype(np.uint8), cv2.COLORMAP_JET)
     a = float(np.clip(alpha * (1.0 if strength is None else strength), 0.0, 1.0))
     frame = frame_bgr if frame_bgr.ndim == 3 else cv2.cvtColor(frame_bgr, cv2.COLOR_GRAY2BGR)
     return cv2.addWeighted(heat, a, frame, 1.0 - a, 0.0)
