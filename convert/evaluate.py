@@ -10,6 +10,10 @@ model; so they give the same numbers up to quantisation. Multi-label output (the
 then precision / recall / F1 per attribute and the thresholds used. Multiclass: top-1
 accuracy, per-class precision / recall / F1 and the confusion matrix.
 
+``--by-family`` (multi-label data sets made by ``synth``, whose ``meta.csv`` names each image's
+fabric family): the same numbers per family as a markdown table (accuracy and AUROC per attribute,
+defect-vs-normal and broken-vs-normal AUROC) at the same thresholds: where is the model blind?
+
 Thresholds: the bundle's (or 0.5), or with ``--calibrate VALID`` calibrated per label on that
 validation set by *maximising per-label accuracy* (the number the seed reports and the line
 cares about: every wrong decision costs the same); ties go to the threshold nearest 0.5.
@@ -111,6 +115,7 @@ def evaluate(
     arch: str | None = None,
     size: int = 128,
     roi: Sequence[int] | None = None,
+    by_family: bool = False,
 ) -> Evaluation:
     ds = load_dataset(data)
     check_roi(ds, roi)
@@ -132,9 +137,34 @@ def evaluate(
         )
     metrics["model"] = str(model)
     metrics["data"] = str(data)
+    report = format_report(metrics, labels)
+    if by_family:
+        if task != "multilabel":
+            raise DataError(f"--by-family: {data} is a {task} data set (families are a synth multi-label feature)")
+        metrics["families"] = family_scores(ds, probs, labels, thresholds)
+        report += "\n\n" + family_table(metrics["families"], labels)
     if roi is not None:
         metrics["roi"] = [int(v) for v in roi]
-    return Evaluation(metrics, labels, thresholds, probs, format_report(metrics, labels))
+    return Evaluation(metrics, labels, thresholds, probs, report)
+
+
+def family_scores(ds: Dataset, probs: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]) -> dict:
+    """Family → accuracy / AUROC per attribute + defect and break AUROC, from ``meta.csv`` beside the data."""
+    from .leaveout import attribute_scores, read_families
+
+    families = read_families(Path(ds.source).parent if Path(ds.source).suffix == ".csv" else Path(ds.source))
+    fam = np.array([families.get(str(Path(p).resolve()), "?") for p in ds.paths])
+    return {
+        f: attribute_scores(ds.targets[fam == f], probs[fam == f], labels, thresholds)
+        for f in sorted(set(fam.tolist()))
+    }
+
+
+def family_table(families: dict, labels: Sequence[str]) -> str:
+    """Markdown, one row per family."""
+    from .leaveout import table
+
+    return table([{"family": f, **s} for f, s in families.items()], labels).replace("held-out family", "family")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -146,6 +176,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="PATH", help=".keras, .h5, .tflite or a bundle directory")
     p.add_argument("--data", required=True, metavar="CSV|DIR")
     p.add_argument("--json", metavar="FILE", help="write every number as JSON")
+    p.add_argument(
+        "--by-family", action="store_true", help="also per fabric family (synth data sets: meta.csv beside the data)"
+    )
     p.add_argument("--calibrate", metavar="VALID_CSV", help="calibrate per-label thresholds on this set first")
     p.add_argument("--role", help="bundle role to run (default: the manifest's classifier)")
     p.add_argument("--threads", type=int, default=2)
@@ -167,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         arch=args.arch,
         size=args.size,
         roi=roi.roi,
+        by_family=args.by_family,
     )
     print(ev.report)
     if args.json:

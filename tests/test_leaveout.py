@@ -91,3 +91,31 @@ def test_leave_out_unknown_family_is_one_line(tmp_path):
         timeout=120,
     )
     assert p.returncode == 2 and "unknown tweed" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow  # uses the session's trained tiny bundle
+def test_evaluate_by_family_splits_the_same_predictions(tmp_path, tiny_bundle):
+    """``evaluate --by-family``: one row per family in meta.csv; the per-family numbers are the
+    overall predictions sliced by family (recomputed here), at the same thresholds."""
+    from convert.evaluate import evaluate
+    from convert.synth import write_dataset
+
+    write_dataset(tmp_path / "d", 30, 7, size=64, families=["knit", "felt"])
+    ev = evaluate(tiny_bundle, tmp_path / "d", by_family=True)
+    fams = read_families(tmp_path / "d")
+    ds = load_dataset(tmp_path / "d" / "data.csv")
+    assert set(ev.metrics["families"]) == {"knit", "felt"}
+    assert sum(s["count"] for s in ev.metrics["families"].values()) == 30
+    for fam, s in ev.metrics["families"].items():
+        sel = np.array([fams[p] == fam for p in ds.paths])
+        assert s["count"] == int(sel.sum())
+        for i, lab in enumerate(ds.labels):
+            pred = ev.probabilities[sel, i] >= ev.thresholds[lab]
+            assert s["accuracy"][lab] == pytest.approx(100.0 * np.mean(pred == (ds.targets[sel, i] > 0.5)))
+    assert "| knit |" in ev.report and "| felt |" in ev.report and "| **mean** |" in ev.report
+    # a data set without meta.csv is one DataError line
+    (tmp_path / "d" / "meta.csv").unlink()
+    from edge.errors import DataError
+
+    with pytest.raises(DataError, match="meta.csv: not found"):
+        evaluate(tiny_bundle, tmp_path / "d", by_family=True)
