@@ -19,9 +19,6 @@ import argparse
 import csv
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -31,7 +28,6 @@ from typing import Any
 
 DEFAULT_FRAMES = 900
 DEFAULT_SEED = 7
-ROI = (192, 112, 256, 256)
 VIDEO_W, VIDEO_H, VIDEO_FPS = 640, 480, 30
 
 
@@ -130,40 +126,10 @@ def make_video(path: str | os.PathLike, frames: int, seed: int) -> list[dict[str
 
 
 def broker_up(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    """True when something accepts connections on the configured broker address."""
+    from convert.harness import port_open
 
-
-class AlertListener:
-    """Subscribes to ``<prefix>/<station>/alert`` and prints each alert as it arrives."""
-
-    def __init__(self, host: str, port: int, topic: str, on_alert) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.topic = topic
-        self.on_alert = on_alert
-        self.ready = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"seamqc-demo-{os.getpid()}")
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.ready.set()
-        self.client.on_message = self._msg
-        self.client.connect(host, port, keepalive=30)
-        self.client.loop_start()
-
-    def _msg(self, client, userdata, msg) -> None:
-        try:
-            self.on_alert(json.loads(msg.payload))
-        except ValueError:
-            pass
-
-    def close(self) -> None:
-        try:
-            self.client.disconnect()
-        finally:
-            self.client.loop_stop()
+    return port_open(host, port, timeout)
 
 
 # --------------------------------------------------------------------------- the demo
@@ -254,54 +220,55 @@ def demo(
 
     listener = None
     if up:
+        from convert.harness import MqttSubscriber
+
+        def on_message(m: Any) -> None:
+            try:
+                on_alert(m.json())
+            except ValueError:
+                pass
+
+        listener = MqttSubscriber(
+            cfg.mqtt.host, cfg.mqtt.port, topic, client_id=f"seamqc-demo-{os.getpid()}", on_message=on_message
+        )
         try:
-            listener = AlertListener(cfg.mqtt.host, cfg.mqtt.port, topic, on_alert)
-            listener.ready.wait(5)
-        except OSError:
+            listener.wait_subscribed(5)
+        except AssertionError:  # it answered TCP but not MQTT: print from the log instead
+            listener.close()
             listener = None
+    from convert.harness import DaemonProcess, errors
+
     log_path = out / "daemon.log"
-    cmd = [sys.executable, "-m", "edge", "--config", str(run_cfg)]
-    say(f"demo: running {' '.join(cmd)}  (log: {log_path})")
     t0 = time.monotonic()
     summary_line: dict = {}
     log_alerts: list[dict] = []
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log_path, "w") as logf:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                logf.write(line)
-                if " ALERT " in line:
-                    try:
-                        a = json.loads(line.split(" ALERT ", 1)[1])
-                    except ValueError:
-                        continue
-                    log_alerts.append(a)
-                    if listener is None:
-                        on_alert(a)
-                elif " summary " in line:
-                    try:
-                        summary_line = json.loads(line.split(" summary ", 1)[1])
-                    except ValueError:
-                        pass
-                elif line.startswith("error:"):
-                    say("  " + line.rstrip())
-                if time.monotonic() - t0 > timeout:
-                    proc.terminate()
-            rc = proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    proc = DaemonProcess(run_cfg, log_path=log_path, cwd=None)
+    say(f"demo: running {' '.join(proc.cmd)}  (log: {log_path})")
+    try:
+        for ev in proc:  # the daemon's JSON log events, as they come
+            if ev.name == "alert":
+                log_alerts.append(ev.data["alert"])
+                if listener is None:
+                    on_alert(ev.data["alert"])
+            elif ev.name == "summary":
+                summary_line = ev.data.get("stats") or {}
+            for line in errors([ev]):
+                say("  " + line)
+            if time.monotonic() - t0 > timeout and proc.poll() is None:
+                proc.terminate()
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     wall = time.monotonic() - t0
     if listener is not None:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 5  # the last alerts are still on their way from the broker
         while len(alerts) < len(log_alerts) and time.monotonic() < deadline:
             time.sleep(0.05)
         listener.close()
     if rc != 0:
-        tail = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        tail = errors(proc.snapshot())[-1:] or [proc.tail(1) or "(no output)"]
         err = ConfigError(f"the daemon exited with {rc}: {tail[0]} (log: {log_path})")
         err.exit_code = rc if 0 < rc < 256 else 1
         raise err

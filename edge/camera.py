@@ -42,7 +42,7 @@ from .preprocess import crop_roi
 if TYPE_CHECKING:  # the config module is only needed for type hints
     from .config import CameraConfig
 
-log = logging.getLogger("seamqc.camera")
+log = logging.getLogger(__name__)
 # FFmpeg's own stderr lines ("moov atom not found") would break our one-line errors and repeat at
 # every retry; our log says what failed. Read at the first VideoCapture; a user's setting wins.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")

@@ -243,6 +243,8 @@ class Config(_Model):
     stats_interval: float = Field(10.0, gt=0, le=86400)
     watchdog_stall_s: float = Field(10.0, gt=0, le=86400)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # json: one JSON object per line with machine-readable events (edge.logfmt), for journald/Loki
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("log_level", mode="before")
     @classmethod

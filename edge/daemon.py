@@ -34,9 +34,10 @@ from .camera import Capture, Frame, make_source, probe_file_source
 from .config import Config, config_line
 from .decide import Decider, iso_utc
 from .errors import CameraError, ConfigError, ModelError, SeamQCError
+from .logfmt import event
 from .sdnotify import Notifier, watchdog_interval_s
 
-log = logging.getLogger("seamqc")
+log = logging.getLogger(__name__)
 
 # Shutdown budget (module docstring, step 3): after a signal systemd is waiting (TimeoutStopSec in
 # systemd/seam-qc.service), so the heatmap queue gets little time; at the end of a file or
@@ -245,15 +246,25 @@ class Daemon:
         if dry_run:
             check_outbox_path(cfg)
             return
+        role = cfg.model.role or self.bundle.classifier_role
         log.info(
             "model %s (%s, sha256 %s…), input %dx%d, runtime %s, %d thread(s)",
             self.bundle.name,
-            cfg.model.role or self.bundle.classifier_role,
+            role,
             self.model_sha[:12],
             self.bundle.width,
             self.bundle.height,
             self.runtime,
             cfg.model.threads,
+            extra=event(
+                "start",
+                station=cfg.station,
+                model={"name": self.bundle.name, "role": role, "sha256": self.model_sha},
+                input=[self.bundle.width, self.bundle.height],
+                runtime=self.runtime,
+                threads=cfg.model.threads,
+                boot=self.boot,
+            ),
         )
         self.frames_q: queue.Queue[Frame] = queue.Queue(maxsize=cfg.camera.queue_size)
         self._setup_outbox_publisher()
@@ -271,7 +282,7 @@ class Daemon:
         from .publish import Publisher
 
         # with mqtt.enabled false the publisher is an outbox-only sink
-        self.publisher = Publisher(cfg.mqtt, cfg.station, self.outbox, log=logging.getLogger("seamqc.mqtt"))
+        self.publisher = Publisher(cfg.mqtt, cfg.station, self.outbox)
         if not cfg.mqtt.enabled:
             log.info("mqtt: disabled; alerts are logged and kept in the outbox %s", cfg.outbox)
 
@@ -337,7 +348,20 @@ class Daemon:
         payload = alert.payload(cfg.station, self.bundle.name, self.model_sha, heatmap)
         self.publisher.alert(payload)  # durable first: a logged alert is always in the outbox
         self.alerts += 1
-        log.info("ALERT %s", json.dumps(payload, separators=(",", ":")))
+        log.info(
+            "ALERT %s",
+            json.dumps(payload, separators=(",", ":")),
+            extra=event(
+                "alert",
+                msg=f"ALERT {alert.event_id} {','.join(alert.labels)} frame {alert.frame}",
+                event_id=alert.event_id,
+                labels=list(alert.labels),
+                frame=alert.frame,
+                first_frame=alert.first_frame,
+                last_frame=alert.last_frame,
+                alert=payload,
+            ),
+        )
 
     def stats_payload(self, interval_frames: int, interval_s: float) -> dict:
         cap = self.capture.stats if self.capture else None
@@ -396,6 +420,7 @@ class Daemon:
                 payload["outbox_depth"],
                 payload["heatmaps"]["saved"],
                 payload["heatmaps"]["dropped"],
+                extra=event("stats", stats=payload),
             )
         log.debug("stats %s", json.dumps(payload))
         if self.publisher is not None:
@@ -425,7 +450,14 @@ class Daemon:
             self.heatmaps.start()
         self.capture.start()
         self.notifier.ready(f"running ({self.runtime})")
-        log.info("running: station %s, camera %s %s, runtime %s", cfg.station, cam.source, cam.device, self.runtime)
+        log.info(
+            "running: station %s, camera %s %s, runtime %s",
+            cfg.station,
+            cam.source,
+            cam.device,
+            self.runtime,
+            extra=event("ready", station=cfg.station, camera=f"{cam.source} {cam.device}", runtime=self.runtime),
+        )
         wd = watchdog_interval_s()
         last_wd = 0.0
         last_stats = time.monotonic()
@@ -497,7 +529,8 @@ class Daemon:
     def shutdown(self, frames_at_stats: int = 0, last_stats: float | None = None) -> None:
         t0 = time.monotonic()
         self.notifier.stopping(f"stopping ({self.stop_reason or 'stop'})")
-        log.info("stopping (%s)", self.stop_reason or "stop")
+        reason = self.stop_reason or "stop"
+        log.info("stopping (%s)", reason, extra=event("stopping", reason=reason, frames=self.frames))
         self.stop.set()
         # a signal (systemd, Ctrl-C) wants us gone within 5 s; the end of a file or --max-frames
         # can let the heatmap worker finish its queue
@@ -517,7 +550,9 @@ class Daemon:
         final = self.stats_payload(self.frames - frames_at_stats, now - (last_stats or self.started_mono))
         final["fps"] = round(self.frames / max(1e-6, now - self.started_mono), 2)
         self._publish_stats(final)
-        log.info("summary %s", json.dumps(final, separators=(",", ":")))
+        log.info(
+            "summary %s", json.dumps(final, separators=(",", ":")), extra=event("summary", msg="summary", stats=final)
+        )
         if self.publisher is not None:
             try:
                 self.publisher.stop(timeout=2.0)
@@ -528,5 +563,12 @@ class Daemon:
                 self.outbox.close()
             except Exception:  # noqa: BLE001
                 pass
-        log.info("stopped in %.2f s: %d frames, %d alerts", time.monotonic() - t0, self.frames, self.alerts)
+        took = time.monotonic() - t0
+        log.info(
+            "stopped in %.2f s: %d frames, %d alerts",
+            took,
+            self.frames,
+            self.alerts,
+            extra=event("stopped", seconds=round(took, 3), frames=self.frames, alerts=self.alerts),
+        )
         self.notifier.close()

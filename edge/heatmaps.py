@@ -55,7 +55,7 @@ import numpy as np
 from .errors import SeamQCError
 from .statelock import StateLock, StateLockedError, lock_dir
 
-log = logging.getLogger("seamqc.heatmaps")
+log = logging.getLogger(__name__)
 LOCK_HINT = "two daemons must not share one heatmaps.dir (each would delete the other's heatmaps): give each its own"
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")

@@ -1,4 +1,5 @@
-"""Shared pytest setup. Fixtures live in per-area plugin modules so each area owns its own."""
+"""Shared pytest setup. Fixtures live in per-area plugin modules under tests/support/ (each area owns its
+own); shared helpers live there too, never in test files."""
 
 import os
 import signal
@@ -12,7 +13,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-pytest_plugins = ["tests.fixtures_model", "tests.fixtures_mqtt"]
+pytest_plugins = ["tests.support.model", "tests.support.mqtt"]
 
 
 @pytest.fixture(autouse=True)

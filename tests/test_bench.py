@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_mqtt import MOSQUITTO, SKIP_REASON
+from tests.support.mqtt import MOSQUITTO, SKIP_REASON
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = (

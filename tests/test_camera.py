@@ -16,6 +16,7 @@ import pytest
 from edge.camera import Capture, EndOfStream, OpenCVSource, PicameraSource, Source, SourceLost, make_source, normalise
 from edge.config import CameraConfig
 from edge.errors import CameraError
+from tests.support.wait import wait_until
 
 
 def write_video(path: Path, n: int, size=(64, 48), fps=30) -> Path:
@@ -202,7 +203,7 @@ def test_prepare_runs_in_capture_and_a_failure_leaves_the_image(caplog):
         return image.astype(np.float32)[None] / 255.0
 
     src = Scripted([img(v=v) for v in range(6)], roi=(8, 8, 16, 16), live=False)
-    with caplog.at_level("WARNING", logger="seamqc.camera"):
+    with caplog.at_level("WARNING", logger="edge.camera"):
         cap, got = run_capture(src, realtime=False, prepare=prepare)
     assert [f.seq for f in got] == list(range(6)) and set(seen) == {"capture"}
     for f in got:
@@ -408,15 +409,6 @@ def test_picamera_stalled_camera_is_a_loss_and_reopened(fake_picamera2):
     assert ("lost", "picamera: no frame for 2 s") in states
     assert fake_picamera2.instances[0].waits[0] == 2.0  # every read is bounded
     assert len(collect(q)) >= 4  # 2 frames per (re)open
-
-
-def wait_until(cond, timeout=10.0):
-    t = time.monotonic() + timeout
-    while time.monotonic() < t:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 # --------------------------------------------------------------------------- undecodable files (issue 12 #7)

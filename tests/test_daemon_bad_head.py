@@ -8,16 +8,25 @@ import sys
 
 import pytest
 
-from tests.test_daemon import ROOT, copy_bundle, daemon_config, daemon_log, start_daemon, wait_exit
-from tests.test_heatmaps_cli import _replace_head, garbage_heads
-from tests.test_state_safety import noise_video
+from tests.support.daemon import (
+    ROOT,
+    copy_bundle,
+    daemon_config,
+    daemon_log,
+    error_lines,
+    log_alerts,
+    noise_video,
+    start_daemon,
+    wait_exit,
+)
+from tests.support.heads import garbage_heads, replace_head
 
 
 @pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 @pytest.mark.parametrize("kind", ["random", "truncated", "wrong-kernel-shape", "nan-kernel"])
 def test_garbage_head_is_exit_78_at_start(tmp_path, tiny_bundle, kind):
     bundle = copy_bundle(tiny_bundle, tmp_path / "bundle")
-    head = _replace_head(bundle, garbage_heads((bundle / "head.npz").read_bytes())[kind])
+    head = replace_head(bundle, garbage_heads((bundle / "head.npz").read_bytes())[kind])
     video = noise_video(tmp_path / "v.mp4", 20)
     cfg = daemon_config(tmp_path, bundle, video, None, decision={"thresholds": {"error": 0.0}, "max_event_frames": 5})
     r = subprocess.run(
@@ -32,6 +41,6 @@ def test_garbage_head_is_exit_78_at_start(tmp_path, tiny_bundle, kind):
     assert str(head) in err[0] and "model.bundle" in err[0] and str(cfg) in err[0], err[0]
     assert wait_exit(start_daemon(cfg)) == 78
     text = daemon_log(cfg)
-    err = [line for line in text.splitlines() if line.startswith("error:")]
+    err = error_lines(text)
     assert len(err) == 1 and str(head) in err[0], text[-3000:]
-    assert "Traceback" not in text and " ALERT " not in text, text[-3000:]
+    assert "Traceback" not in text and not log_alerts(text), text[-3000:]

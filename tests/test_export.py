@@ -12,7 +12,7 @@ import pytest
 
 from edge.bundle import load_bundle
 from edge.errors import ModelError
-from tests.fixtures_model import TINY_MIN_AGREEMENT
+from tests.support.model import TINY_MIN_AGREEMENT
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,17 +10,17 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.fixtures_mqtt import free_port
-from tests.test_daemon import daemon_config, daemon_log, log_alerts, log_summary, start_daemon, wait_exit
-
-
-def small_video(path: Path, frames: int = 30, size=(640, 480)) -> Path:
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, size)
-    rng = np.random.default_rng(0)
-    for _ in range(frames):
-        w.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
-    w.release()
-    return path
+from tests.support.daemon import (
+    daemon_config,
+    daemon_log,
+    error_lines,
+    log_alerts,
+    log_summary,
+    noise_video,
+    start_daemon,
+    wait_exit,
+)
+from tests.support.mqtt import free_port
 
 
 def stats_where(sub, topic: str, pred, timeout: float = 30.0) -> dict:
@@ -48,7 +48,7 @@ def test_missing_camera_at_start_is_retried_and_visible(tmp_path, tiny_bundle, m
 
 @pytest.mark.slow
 def test_source_vanishing_mid_run_reconnects_when_it_returns(tmp_path, tiny_bundle, mqtt_broker, mqtt_subscriber):
-    video = small_video(tmp_path / "v.mp4", 15)
+    video = noise_video(tmp_path / "v.mp4", 15)
     sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/stats").wait_subscribed()
     cfg = daemon_config(
         tmp_path,
@@ -73,7 +73,7 @@ def test_source_vanishing_mid_run_reconnects_when_it_returns(tmp_path, tiny_bund
 
 @pytest.mark.slow  # runs the daemon on the tiny model
 def test_wrong_frame_size_is_resized_and_counted(tmp_path, tiny_bundle):
-    video = small_video(tmp_path / "small.mp4", 20, size=(320, 240))
+    video = noise_video(tmp_path / "small.mp4", 20, size=(320, 240))
     cfg = daemon_config(tmp_path, tiny_bundle, video, None)
     proc = start_daemon(cfg)
     assert wait_exit(proc) == 0
@@ -85,7 +85,7 @@ def test_wrong_frame_size_is_resized_and_counted(tmp_path, tiny_bundle):
 
 @pytest.mark.slow  # runs the daemon on the tiny model
 def test_heatmap_dir_unwritable_alerts_continue(tmp_path, tiny_bundle):
-    video = small_video(tmp_path / "v.mp4", 40)
+    video = noise_video(tmp_path / "v.mp4", 40)
     (tmp_path / "file").write_text("not a directory")
     cfg = daemon_config(
         tmp_path,
@@ -107,7 +107,7 @@ def test_heatmap_dir_unwritable_alerts_continue(tmp_path, tiny_bundle):
 
 @pytest.mark.slow  # runs the daemon on the tiny model
 def test_broker_unreachable_keeps_classifying(tmp_path, tiny_bundle):
-    video = small_video(tmp_path / "v.mp4", 40)
+    video = noise_video(tmp_path / "v.mp4", 40)
 
     class Nowhere:
         host, port = "127.0.0.1", free_port()
@@ -155,7 +155,7 @@ def test_corrupt_frames_in_the_running_daemon(tmp_path, tiny_bundle, caplog):
     from edge.config import load_config
     from edge.daemon import Daemon
 
-    video = small_video(tmp_path / "v.mp4", 2)
+    video = noise_video(tmp_path / "v.mp4", 2)
     cfg = load_config(daemon_config(tmp_path, tiny_bundle, video, None))
     good = np.full((480, 640, 3), 120, np.uint8)
     script = [
@@ -184,7 +184,7 @@ def test_corrupt_frames_in_the_running_daemon(tmp_path, tiny_bundle, caplog):
 @pytest.mark.slow
 def test_sighup_stops_cleanly_and_alerts_the_open_event(tmp_path, tiny_bundle, mqtt_broker, mqtt_subscriber):
     """Issue 12 #10: a dropped SSH session (SIGHUP) killed the daemon and lost its open events."""
-    video = small_video(tmp_path / "v.mp4", 30)
+    video = noise_video(tmp_path / "v.mp4", 30)
     sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/#").wait_subscribed()
     cfg = daemon_config(
         tmp_path,
@@ -248,7 +248,7 @@ def test_video_that_stops_decoding_while_looping_exits_78_with_one_line(
     assert rc == 78, daemon_log(cfg)[-3000:]
     sub.wait_for("seamqc/test-st/status", lambda m: m.text == "offline", timeout=5)  # a clean stop
     text = daemon_log(cfg)
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    errors = error_lines(text)
     assert len(errors) == 1 and "Traceback" not in text, text[-3000:]
     assert f"{cfg}:" in errors[0] and "camera.device" in errors[0] and str(video) in errors[0], errors
     assert "stopping (camera error)" in text and log_summary(text)["camera"]["state"] == "failed"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_train import _fruit
+from tests.support.images import fruit_folders
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,7 +82,7 @@ def test_finetune_from_bundle_keeps_frozen_stages(tiny_bundle, tiny_valid, tmp_p
 
 @pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_init_with_other_labels_gets_a_new_head(tiny_keras, tmp_path):
-    _fruit(tmp_path / "train", 0, 6)
+    fruit_folders(tmp_path / "train", 0, 6)
     out = tmp_path / "fruit.keras"
     p = subprocess.run(
         [

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from tests.test_daemon import ROOT, daemon_config, daemon_log, start_daemon, wait_exit
-from tests.test_state_safety import noise_video
+from tests.support.daemon import ROOT, daemon_config, daemon_log, error_lines, noise_video, start_daemon, wait_exit
 
 SHIPPED = ROOT / "edge" / "models" / "default"
 
@@ -30,7 +29,7 @@ def test_heatmaps_method_tf_is_exit_78_naming_key_and_value(tmp_path):
     assert str(cfg) in err[0] and "heatmaps.method" in err[0] and "'tf'" in err[0] and "litert" in err[0], err[0]
     assert wait_exit(start_daemon(cfg)) == 78
     text = daemon_log(cfg)
-    err = [line for line in text.splitlines() if line.startswith("error:")]
+    err = error_lines(text)
     assert len(err) == 1 and "heatmaps.method" in err[0] and "Traceback" not in text, text[-3000:]
     # with heatmaps off the key does not matter
     cfg = daemon_config(tmp_path, SHIPPED, video, None, heatmaps={"method": "tf", "enabled": False})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_label import make_video
+from tests.support.frames import make_video
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -36,7 +36,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-# Reads the shown <img> back through a canvas and decodes tests.test_label.draw's 8 bit columns.
+# Reads the shown <img> back through a canvas and decodes tests.support.frames.draw's 8 bit columns.
 DECODE_SHOWN_FRAME = """
 const img = document.getElementById('frame');
 if (!img.complete || !img.naturalWidth) return -1;
@@ -273,7 +273,7 @@ def test_label_page_draws_the_roi_and_saves_its_crop(driver, tmp_path):
     import numpy as np
 
     from edge.preprocess import crop_roi
-    from tests.test_label import draw
+    from tests.support.frames import draw
 
     video = make_video(tmp_path / "seam5.avi", 5)  # 160x120
     roi = (24, 10, 100, 90)

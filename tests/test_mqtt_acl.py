@@ -20,8 +20,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.config import MqttConfig
 from edge.outbox import Outbox
 from edge.publish import connack_hint
-from tests.fixtures_mqtt import wait_until
-from tests.test_publish import alert_payload
+from tests.support.mqtt import alert_payload
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mosquitto_passwd") is None, reason="needs mosquitto_passwd (mosquitto package)"

@@ -12,20 +12,8 @@ import pytest
 from edge.errors import ConfigError
 from edge.outbox import Outbox
 from edge.publish import Publisher, RedactFilter, encode, read_password, topics
-from tests.fixtures_mqtt import free_port, mosquitto_sub, mqtt_config, wait_until
-
-
-def alert_payload(i: int, station: str = "st1") -> dict:
-    return {
-        "event_id": f"evt-{i:04d}",
-        "station": station,
-        "ts": "2026-01-02T03:04:05.678Z",
-        "frame": 100 + i,
-        "labels": ["error"],
-        "scores": {"good": np.float32(0.1), "error": np.float32(0.93), "break": 0.02, "length": 0.7},
-        "heatmap": None,
-        "model": {"name": "default", "sha256": "ab" * 32},
-    }
+from tests.support.mqtt import alert_payload, free_port, mosquitto_sub, mqtt_config
+from tests.support.wait import wait_until
 
 
 def test_topics_follow_the_contract():

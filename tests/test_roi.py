@@ -217,7 +217,7 @@ def test_whole_frames_with_roi_in_the_data_path_give_the_daemon_tensor(seam_vide
 
 
 def test_page_state_and_saved_crop_with_roi(tmp_path):
-    from tests.test_label import make_video
+    from tests.support.frames import make_video
 
     video = make_video(tmp_path / "v.avi", 5)
     frames = VideoFrames(video)
@@ -235,7 +235,7 @@ def test_page_state_and_saved_crop_with_roi(tmp_path):
 
 
 def test_resuming_with_another_roi_is_refused(tmp_path):
-    from tests.test_label import make_video
+    from tests.support.frames import make_video
 
     video = make_video(tmp_path / "v.avi", 5)
     frames = VideoFrames(video)
@@ -352,7 +352,7 @@ def test_cli_roi_and_config_errors(tmp_path, command, flags, words, code):
 
 
 def test_cli_label_roi_outside_the_video_and_camera_size(tmp_path):
-    from tests.test_label import make_video
+    from tests.support.frames import make_video
 
     video = make_video(tmp_path / "v.avi", 3)  # 160×120
     p = run_convert(

@@ -29,8 +29,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_daemon import ROOT, daemon_config, daemon_log, log_alerts, log_summary, start_daemon, wait_exit
-from tests.test_faults_daemon import small_video
+from tests.support.daemon import (
+    ROOT,
+    daemon_config,
+    daemon_log,
+    error_lines,
+    log_alerts,
+    log_summary,
+    start_daemon,
+    wait_exit,
+)
+from tests.support.daemon import noise_video as small_video
 from tests.test_heatmap_worker import frame as still
 from tests.test_heatmap_worker import make_worker, wait_for
 from tests.test_outbox import tmpfs
@@ -391,7 +400,7 @@ def test_outbox_disk_full_mid_run_fails_loudly(tmp_path, tiny_bundle):
         with Outbox(mnt / "outbox.sqlite") as ob:
             stored = [it.event_id for it in ob.pending()]
     logged = [a["event_id"] for a in log_alerts(text)]
-    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    errors = error_lines(text)
     print(f"\nOUTBOX FULL: rc {rc}, alerts logged {len(logged)}, stored {len(stored)}; {errors}")
     assert rc == 74, text[-3000:]
     assert len(errors) == 1 and "outbox" in errors[0] and "full" in errors[0].lower(), errors

@@ -1,7 +1,7 @@
 """The daemon's state on disk, with real daemon processes: it deletes only what it wrote, and one
 outbox / heatmap directory belongs to one daemon at a time (issue 12 #1, #12).
 
-Helpers come from tests/test_daemon.py (config, start, wait, log parsing).
+Helpers come from tests/support/daemon.py (config, start, wait, log events).
 """
 
 from __future__ import annotations
@@ -9,37 +9,20 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from tests.test_daemon import copy_bundle, daemon_config, daemon_log, log_summary, start_daemon, wait_exit
-
-
-def noise_video(path: Path, frames: int) -> Path:
-    """Noise frames: each heatmap set is ~0.3 MB, so max_mb 0.5 makes retention work hard."""
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
-    rng = np.random.default_rng(0)
-    for _ in range(frames):
-        w.write(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
-    w.release()
-    return path
-
-
-def error_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("error:")]
-
-
-def wait_log(config: Path, words: str, timeout: float = 120.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = daemon_log(config)
-        if words in text:
-            return text
-        time.sleep(0.1)
-    raise AssertionError(f"{words!r} not in the log within {timeout}s:\n{daemon_log(config)[-3000:]}")
+from tests.support.daemon import (
+    copy_bundle,
+    daemon_config,
+    daemon_log,
+    error_lines,
+    log_summary,
+    noise_video,
+    start_daemon,
+    wait_exit,
+)
 
 
 @pytest.mark.slow  # runs the daemon on the tiny model
@@ -108,7 +91,7 @@ def test_two_daemons_never_share_an_outbox_or_a_heatmap_dir(tmp_path, tiny_bundl
     )
     a = start_daemon(cfg_a)
     try:
-        wait_log(cfg_a, "running: station")
+        a.wait_event("ready", timeout=120)
         for cfg, what in ((cfg_b, f"outbox {shared_outbox}"), (cfg_c, f"heatmaps.dir {shared_hm}")):
             rc = wait_exit(start_daemon(cfg), 120)
             text = daemon_log(cfg)

@@ -5,24 +5,16 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from edge.sdnotify import Notifier, watchdog_interval_s
+from tests.support.systemd import unit_for_this_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "seam-qc.service"
 ANALYZE = shutil.which("systemd-analyze")
-
-
-def unit_for_this_machine(tmp_path: Path) -> Path:
-    """The shipped unit with ExecStart's interpreter pointed at one that exists here."""
-    text = UNIT.read_text().replace("/opt/seam-qc/.venv/bin/python", str(Path(sys.executable).resolve()))
-    out = tmp_path / "seam-qc.service"
-    out.write_text(text)
-    return out
 
 
 def test_unit_has_the_required_settings():

@@ -64,7 +64,7 @@ from edge.heatmaps import HeatmapWorker
 records = []
 class H(logging.Handler):
     def emit(self, r): records.append(r.getMessage())
-logging.getLogger("seamqc.heatmaps").addHandler(H())
+logging.getLogger("edge.heatmaps").addHandler(H())
 stop = threading.Event()
 w = HeatmapWorker(os.environ["SEAMQC_HM"], stop, explainer_factory=lambda: None,
                   overlay_labels=lambda *a: None, overlay_jet=lambda *a: None)
@@ -161,7 +161,7 @@ def test_worker_is_niced_under_the_units_filter_rebuilt_with_libseccomp(tmp_path
 
 @needs_analyze
 def test_systemd_analyze_sees_setpriority_allowed(tmp_path):
-    from tests.test_systemd import unit_for_this_machine
+    from tests.support.systemd import unit_for_this_machine
 
     assert "setpriority" in expand("@resources")  # what the deny line takes away ...
     r = subprocess.run(

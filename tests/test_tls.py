@@ -12,7 +12,8 @@ import pytest
 
 from edge.config import TlsConfig
 from edge.outbox import Outbox
-from tests.fixtures_mqtt import MqttSubscriber, wait_until
+from tests.support.mqtt import MqttSubscriber
+from tests.support.wait import wait_until
 
 PASSWORD = "Pw-7f3c9a1e-n0t-in-logs"
 USER = "sew-st1"

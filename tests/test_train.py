@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.support.images import fruit_folders
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -64,21 +66,10 @@ def test_resume_continues_from_last_checkpoint(tiny_keras, tiny_dataset, tiny_va
     assert out.is_file()
 
 
-def _fruit(folder: Path, seed: int, n: int = 12) -> None:
-    """A class-per-folder set: colour tells the class."""
-    rng = np.random.default_rng(seed)
-    for cls, bgr in (("Apfel", (0, 0, 200)), ("Orange", (0, 140, 255)), ("Tomate", (30, 30, 120))):
-        (folder / cls).mkdir(parents=True)
-        for i in range(n):
-            img = np.clip(rng.normal(0, 20, (48, 48, 3)) + np.array(bgr), 0, 255).astype(np.uint8)
-            cv2.circle(img, (24, 24), 10 + i % 6, (255, 255, 255), 2)
-            cv2.imwrite(str(folder / cls / f"{i}.png"), img)
-
-
 @pytest.mark.slow
 def test_multiclass_folders_train_and_evaluate_cli(tmp_path):
-    _fruit(tmp_path / "train", 0)
-    _fruit(tmp_path / "valid", 1, 4)
+    fruit_folders(tmp_path / "train", 0)
+    fruit_folders(tmp_path / "valid", 1, 4)
     out = tmp_path / "fruit.keras"
     p = subprocess.run(
         [

@@ -1,5 +1,6 @@
-"""The bench's daemon harness: a private Mosquitto, a loopback subscriber, and ``python -m edge`` runs
-on generated configs, with their log lines, RSS samples and retained ``stats`` messages.
+"""The bench's daemon runs, on the shared harness (``convert.harness``): a private Mosquitto, a loopback
+subscriber, and ``python -m edge`` runs on generated configs, with their log events, RSS samples and
+``stats`` messages.
 
 Knobs used to load the daemon on purpose ("forced" runs): ``decision.thresholds.error: 0`` makes
 every frame flag ``error`` and ``decision.max_event_frames: K`` then closes one event (one alert, one
@@ -8,14 +9,9 @@ heatmap) every K frames: K = 20 gives heatmaps on 5 % of frames.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,98 +22,45 @@ import numpy as np
 
 from edge.errors import ConfigError, ModelError
 
+from ..harness import MOSQUITTO, Broker, DaemonProcess, HarnessError, LogEvent, MqttSubscriber, errors, first, summary
 from .common import ROI, ROOT, subprocess_env
 
 
-def free_port() -> int:
-    """A free loopback port for the private broker (never the system's 1883)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    """True once something listens on the loopback port."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 class LocalBroker:
-    """A private Mosquitto on a free loopback port (no persistence), stopped by ``stop``."""
+    """A private Mosquitto on a free loopback port (``convert.harness.Broker``, no persistence)."""
 
     def __init__(self, work: Path) -> None:
-        sbin = Path("/usr/sbin/mosquitto")
-        exe = shutil.which("mosquitto") or (str(sbin) if sbin.exists() else None)
-        if exe is None:
+        if MOSQUITTO is None:
             raise ConfigError("bench: mosquitto not found (apt-get install mosquitto; `make bench` does it)")
-        self.port = free_port()
-        conf = work / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {work / 'mosquitto.log'}\n"
-        )
-        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while not port_open(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise ConfigError(f"bench: mosquitto did not start on port {self.port} (log: {work / 'mosquitto.log'})")
-            time.sleep(0.05)
+        self.broker = Broker(work / "mosquitto", persistence=False)
+        self.port = self.broker.port
+        try:
+            self.broker.start(timeout=5)
+        except HarnessError:
+            raise ConfigError(f"bench: mosquitto did not start on port {self.port} (log: {self.broker.log})") from None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.broker.stop(timeout=5)
 
 
 class Listener:
-    """Loopback paho subscriber on ``seamqc/#``: every message with its receive time."""
+    """Loopback subscriber on ``seamqc/#`` (``convert.harness.MqttSubscriber``): every message with
+    its receive time."""
 
     def __init__(self, port: int) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.msgs: list[tuple[float, str, bytes]] = []
-        self.lock = threading.Lock()
-        ready = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"seamqc-bench-{os.getpid()}")
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("seamqc/#", qos=1)
-        self.client.on_subscribe = lambda c, u, mid, rcs, p: ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port, keepalive=30)
-        self.client.loop_start()
-        if not ready.wait(5):
-            raise ConfigError(f"bench: cannot subscribe on the local broker (port {port})")
-
-    def _on_message(self, client, userdata, msg) -> None:
-        now = time.time()
-        with self.lock:
-            self.msgs.append((now, msg.topic, bytes(msg.payload)))
+        self.sub = MqttSubscriber("127.0.0.1", port, "seamqc/#", client_id=f"seamqc-bench-{os.getpid()}")
+        try:
+            self.sub.wait_subscribed(5)
+        except AssertionError:
+            self.sub.close()
+            raise ConfigError(f"bench: cannot subscribe on the local broker (port {port})") from None
 
     def of(self, station: str, kind: str) -> list[tuple[float, dict]]:
         """(receive time, JSON payload) of every message on ``seamqc/<station>/<kind>``."""
-        topic = f"seamqc/{station}/{kind}"
-        with self.lock:
-            items = [(t, p) for t, tp, p in self.msgs if tp == topic]
-        out = []
-        for t, p in items:
-            try:
-                out.append((t, json.loads(p)))
-            except ValueError:
-                continue
-        return out
+        return self.sub.payloads(f"seamqc/{station}/{kind}")
 
     def close(self) -> None:
-        try:
-            self.client.disconnect()
-        finally:
-            self.client.loop_stop()
+        self.sub.close()
 
 
 @dataclass
@@ -125,19 +68,17 @@ class DaemonRun:
     tag: str
     rc: int
     t_spawn: float
-    lines: list[tuple[float, str]]
+    events: list[LogEvent]  # the daemon's JSON log events, each with its receive time
     rss: list[tuple[float, float]]  # (time, MB)
     tf_mapped: bool | None
     first_heatmap_t: float | None
     stop_t: float | None = None
     summary: dict = field(default_factory=dict)
 
-    def line_time(self, needle: str) -> float | None:
-        """Receive time of the first log line containing ``needle`` (None: never logged)."""
-        for t, ln in self.lines:
-            if needle in ln:
-                return t
-        return None
+    def event_time(self, name: str, predicate: Callable[[LogEvent], bool] = lambda e: True) -> float | None:
+        """Receive time of the first ``name`` event for which ``predicate`` holds (None: never logged)."""
+        ev = first(self.events, name, predicate)
+        return ev.t if ev is not None else None
 
 
 def daemon_config(
@@ -216,27 +157,13 @@ def run_daemon(
     stop_when: Callable[[], bool] | None = None,
     timeout: float = 120.0,
 ) -> DaemonRun:
-    """Run ``python -m edge`` until it exits, ``steady_s`` after its ``running`` line, or a condition."""
+    """Run ``python -m edge`` until it exits, ``steady_s`` after its ``ready`` event, or a condition."""
     import psutil
 
-    cmd = [sys.executable, "-m", "edge", "--config", str(cfg)]
-    if max_frames:
-        cmd += ["--max-frames", str(max_frames)]
-    env = dict(subprocess_env(), PYTHONUNBUFFERED="1")
+    args = ["--max-frames", str(max_frames)] if max_frames else []
     hm_dir = work / f"heatmaps-{tag}"
-    lines: list[tuple[float, str]] = []
-    t_spawn = time.time()
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env, cwd=str(ROOT)
-    )
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        for ln in proc.stdout:
-            lines.append((time.time(), ln.rstrip("\n")))
-
-    th = threading.Thread(target=reader, daemon=True)
-    th.start()
+    proc = DaemonProcess(cfg, *args, log_path=work / f"daemon-{tag}.log", env=subprocess_env(), cwd=ROOT)
+    t_spawn = proc.t_spawn
     ps = psutil.Process(proc.pid)
     rss: list[tuple[float, float]] = []
     tf_mapped = None
@@ -250,7 +177,7 @@ def run_daemon(
                 rss.append((now, ps.memory_info().rss / 2**20))
             except psutil.Error:
                 pass
-            if running_t is None and any(" running: " in ln for _, ln in lines[-20:]):
+            if running_t is None and first(proc.snapshot(), "ready") is not None:
                 running_t = now
             if first_hm is None and hm_dir.is_dir() and any(hm_dir.glob("*.json")):
                 first_hm = now
@@ -278,17 +205,10 @@ def run_daemon(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    th.join(timeout=5)
-    (work / f"daemon-{tag}.log").write_text("\n".join(f"{t:.3f} {ln}" for t, ln in lines) + "\n")
-    run = DaemonRun(tag, rc, t_spawn, lines, rss, tf_mapped, first_hm, stop_t)
-    for _, ln in lines:
-        if " summary " in ln:
-            try:
-                run.summary = json.loads(ln.split(" summary ", 1)[1])
-            except ValueError:
-                pass
+    events = proc.snapshot()
+    run = DaemonRun(tag, rc, t_spawn, events, rss, tf_mapped, first_hm, stop_t, summary=summary(events))
     if rc not in (0, -signal.SIGTERM):
-        tail = [ln for _, ln in lines if ln.strip()][-1:] or ["(no output)"]
+        tail = errors(events)[-1:] or [proc.tail(1) or "(no output)"]
         raise ModelError(
             f"bench: daemon run {tag} exited with {rc}: {tail[0][:300]} (log: {work / f'daemon-{tag}.log'})"
         )
@@ -297,7 +217,7 @@ def run_daemon(
 
 def stats_fps(listener: Listener, station: str, run: DaemonRun) -> dict[str, Any]:
     """fps between the daemon's periodic stats messages (start-up and shutdown excluded)."""
-    stop_line = run.line_time(" stopping (")
+    stop_line = run.event_time("stopping")
     msgs = [(t, m) for t, m in listener.of(station, "stats") if stop_line is None or t < stop_line]
     pts = [(float(m["uptime_s"]), int(m["frames"])) for _, m in msgs if m.get("frames", 0) > 0]
     if len(pts) >= 2 and pts[-1][0] > pts[0][0]:

@@ -337,16 +337,16 @@ def run_daemon_suite(
         kw.setdefault("stats_interval", si)
         return daemon_config(work, tag, bundle, video, port, threads=threads, hm_threads=hm_threads, **kw)
 
-    # start-up: process start → first classified frame ("stopping (1 frames)" follows it at once)
+    # start-up: process start → first classified frame (the "stopping" event, frames 1, follows it at once)
     starts, to_running, tf_maps = [], [], []
     for i in range(plan.startup_runs):
         c, _ = cfg(f"start{i}", realtime=False, loop=False, forced_every=None, heatmaps=None)
         say(f"daemon start-up run {i + 1}/{plan.startup_runs}")
         r = run_daemon(c, f"start{i}", work, max_frames=1, timeout=60)
-        t1 = r.line_time("stopping (1 frames)")
+        t1 = r.event_time("stopping", lambda e: e.get("frames") == 1)
         if t1 is not None:
             starts.append(t1 - r.t_spawn)
-        tr = r.line_time(" running: ")
+        tr = r.event_time("ready")
         if tr is not None:
             to_running.append(tr - r.t_spawn)
     startup_s = round(float(np.median(starts)), 3) if starts else None
@@ -385,7 +385,7 @@ def run_daemon_suite(
         "config": "file source, realtime false, loop, heatmaps off, bundle thresholds, "
         "expected_length 2mm; bound sampled in bursts before and after each run",
     }
-    rss_nohm = steady_rss(r_nat, r_nat.line_time(" running: "))
+    rss_nohm = steady_rss(r_nat, r_nat.event_time("ready"))
     tf_maps.append(r_nat.tf_mapped)
 
     # heatmaps on ~5 % of frames (forced: one event / alert / heatmap every 20 frames), against the
@@ -436,7 +436,7 @@ def run_daemon_suite(
         "every 20 frames) in both; heatmaps litert on / off; off and on runs alternate",
     }
     assert r_hm is not None
-    rss_lite = steady_rss(r_hm, r_hm.first_heatmap_t or r_hm.line_time(" running: "))
+    rss_lite = steady_rss(r_hm, r_hm.first_heatmap_t or r_hm.event_time("ready"))
 
     # memory of the full-TF Grad-CAM path (the Pi has none: this is the reason, ARCHITECTURE.md §9):
     # a worker process holding it, explaining the frame for 1-2 s after its first heatmap
@@ -478,7 +478,7 @@ def run_daemon_suite(
     startup = {
         "runs_s": [round(s, 3) for s in starts],
         "to_running_line_s": [round(s, 3) for s in to_running],
-        "how": "spawn of `python -m edge --max-frames 1` → its 'stopping (1 frames)' log line "
+        "how": "spawn of `python -m edge --max-frames 1` → its 'stopping' log event (frames 1) "
         "(logged right after the first frame is classified); TensorFlow not imported",
     }
     return {
@@ -498,14 +498,8 @@ def alert_latency(
     """Capture → MQTT subscriber latency of live alerts (forced ones when the bundle raises too few)."""
 
     def collect(run: DaemonRun, station: str) -> list[dict]:
-        emit = {}
-        for t, ln in run.lines:
-            if " ALERT " in ln:
-                try:
-                    emit[json.loads(ln.split(" ALERT ", 1)[1])["event_id"]] = t
-                except (ValueError, KeyError):
-                    pass
-        stop_line = run.line_time(" stopping (")
+        emit = {e.get("event_id"): e.t for e in run.events if e.name == "alert"}
+        stop_line = run.event_time("stopping")
         seen, out = set(), []
         for t, a in listener.of(station, "alert"):
             eid = a.get("event_id")
@@ -563,6 +557,6 @@ def alert_latency(
         "before_close_p50": round(pct(bef, 50), 1),
         "how": "receive time at a loopback paho subscriber − the alert's ts (wall-clock capture "
         "time of the event's best frame); includes the debounce's wait for the event to "
-        "close. after_close = receive − the daemon's ALERT log line (event closed → outbox "
+        "close. after_close = receive − the daemon's alert log event (event closed → outbox "
         "→ MQTT).",
     }
