@@ -74,7 +74,7 @@ bench: setup
 
 # Retrain the shipped default bundle (see README, "The shipped model").
 shipped-model: setup
-	$(PY) -m convert ship --out edge/models/default --arch resnet-int8-gap --filters 8 --size 128 --epochs 12 --train-count 8000 --batch 16 --lr 3e-3
+	$(PY) -m convert ship --out edge/models/default
 
 # The generalisation benchmark (README, "Real fabric"): train without each fabric family, test on it.
 leave-out: setup
