@@ -19,63 +19,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.gradcam import Heatmap
-from edge.heatmaps import SIDECAR_KIND, SUFFIXES, HeatmapWorker, Retention, paths_for, safe_name, sidecar_files
-
-
-class BlobExplainer:
-    """One Gaussian blob per label, at a label-dependent place; ``delay`` simulates a slow CPU."""
-
-    def __init__(self, delay: float = 0.0):
-        self.delay = delay
-        self.calls = 0
-
-    def explain(self, frame, labels):
-        self.calls += 1
-        time.sleep(self.delay)
-        h, w = frame.shape[:2]
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        out = {}
-        for i, lab in enumerate(labels):
-            cx, cy = w * (0.25 + 0.25 * i), h / 2
-            cam = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * (w / 8) ** 2)).astype(np.float32)
-            out[lab] = Heatmap(lab, cam, 1.0 + i, 0.9)
-        return out
-
-
-def overlays():
-    from edge.overlay import overlay_jet, overlay_labels
-
-    return overlay_labels, overlay_jet
-
-
-def make_worker(root: Path, stop: threading.Event, explainer=None, **kw) -> HeatmapWorker:
-    ol, oj = overlays()
-    ex = explainer or BlobExplainer()
-    return HeatmapWorker(
-        root,
-        stop,
-        explainer_factory=lambda: ex,
-        overlay_labels=ol,
-        overlay_jet=oj,
-        labels_all=("good", "error", "break", "length"),
-        **kw,
-    )
-
-
-def frame(v=128):
-    img = np.full((64, 64, 3), v, np.uint8)
-    cv2.line(img, (32, 0), (32, 63), (20, 20, 20), 3)
-    return img
-
-
-def wait_for(cond, timeout=20.0):
-    t = time.monotonic() + timeout
-    while time.monotonic() < t:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
+from edge.heatmaps import SIDECAR_KIND, SUFFIXES, Retention, paths_for, safe_name, sidecar_files
+from tests.support.heatmaps import BlobExplainer, frame, make_worker
+from tests.support.wait import wait_until
 
 
 def test_safe_name_and_paths_stay_inside(tmp_path):
@@ -102,7 +48,7 @@ def test_writes_frame_overlays_and_sidecar(tmp_path):
         frame(),
     )
     assert path == str((tmp_path / "hm").resolve() / "st-abcd1234-000007.overlay.jpg")
-    assert wait_for(lambda: w.saved == 1)
+    assert wait_until(lambda: w.saved == 1)
     w.close(5.0)
     stop.set()
     w.join(5)
@@ -187,7 +133,7 @@ def test_retention_never_deletes_files_it_did_not_write(tmp_path):
     for i in range(150):
         noise = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)  # ~50 KB PNG: 0.5 MB holds a few sets
         assert w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, noise)
-    assert wait_for(lambda: w.saved + w.dropped == 150, 120)
+    assert wait_until(lambda: w.saved + w.dropped == 150, 120)
     w.close(5.0)
     stop.set()
     w.join(10)
@@ -223,7 +169,7 @@ def test_bundle_folder_as_heatmaps_dir_keeps_the_bundle(tmp_path):
         assert w.submit(
             f"ev-{i}", i, "t", ("error",), {"error": 0.9}, rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
         )
-    assert wait_for(lambda: w.saved + w.dropped == 150, 120)
+    assert wait_until(lambda: w.saved + w.dropped == 150, 120)
     w.close(5.0)
     stop.set()
     w.join(10)
@@ -256,12 +202,12 @@ def test_worker_enforces_max_mb(tmp_path):
     w.prepare_dir()
     w.start()
     assert w.submit("ev-0", 0, "t", ("error",), {"error": 0.9}, frame(60))
-    assert wait_for(lambda: w.saved == 1)
+    assert wait_until(lambda: w.saved == 1)
     one_set = sum(p.stat().st_size for p in tmp_path.iterdir())
     w.retention.max_bytes = int(one_set * 2.5)  # room for two sets
     for i in range(1, 4):
         assert w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, frame(60 + 40 * i))
-        assert wait_for(lambda n=i + 1: w.saved == n)
+        assert wait_until(lambda n=i + 1: w.saved == n)
     w.close(5.0)
     stop.set()
     w.join(5)
@@ -339,8 +285,8 @@ def test_write_failure_in_worker_is_counted(tmp_path, caplog):
     root.write_text("not a dir")
     w.start()
     assert w.submit("ev-1", 1, "t", ("error",), {"error": 0.9}, frame()) is not None
-    assert wait_for(lambda: w.dropped == 1)
-    assert w.submit("ev-2", 2, "t", ("error",), {"error": 0.9}, frame()) is None or wait_for(lambda: w.dropped == 2)
+    assert wait_until(lambda: w.dropped == 1)
+    assert w.submit("ev-2", 2, "t", ("error",), {"error": 0.9}, frame()) is None or wait_until(lambda: w.dropped == 2)
     w.close(5.0)
     stop.set()
     w.join(5)
@@ -359,7 +305,7 @@ def test_real_explainer_on_tiny_bundle(tmp_path, tiny_bundle):
     w.start()
     img = cv2.resize(frame(), (256, 256))
     assert w.submit("tiny-1", 3, "t", ("error", "length"), {"error": 0.6, "length": 0.2}, img)
-    assert wait_for(lambda: w.saved == 1, 60)
+    assert wait_until(lambda: w.saved == 1, 60)
     w.close(5.0)
     stop.set()
     w.join(5)
@@ -385,7 +331,7 @@ def test_wrong_length_set_on_a_2mm_line_explains_the_wrong_length(tmp_path):
     w.start()
     try:
         assert w.submit("len-1", 5, "t", ("length",), {"length": 0.99}, img)
-        assert wait_for(lambda: w.saved == 1, 60)
+        assert wait_until(lambda: w.saved == 1, 60)
     finally:
         w.close(5.0)
         stop.set()
@@ -465,7 +411,7 @@ def test_flapping_disk_keeps_one_error_line_then_recovers(tmp_path, caplog, monk
         root.rename(tmp_path / "hm.away")
         root.write_text("not a dir")  # the next save fails
         w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, frame())
-        assert wait_for(lambda: w.dropped == i // 2 + 1)
+        assert wait_until(lambda: w.dropped == i // 2 + 1)
         root.unlink()
         (tmp_path / "hm.away").rename(root)
 
@@ -473,13 +419,13 @@ def test_flapping_disk_keeps_one_error_line_then_recovers(tmp_path, caplog, monk
         for i in (0, 2):
             fail_once(i)
             assert w.submit(f"ev-{i + 1}", i + 1, "t", ("error",), {"error": 0.9}, frame())
-            assert wait_for(lambda n=i // 2 + 1: w.saved == n)
+            assert wait_until(lambda n=i // 2 + 1: w.saved == n)
         assert w.dropped == 2 and w.saved == 2
         assert sum("heatmaps are dropped" in r.message for r in caplog.records) == 1
         assert not any("works again" in r.message for r in caplog.records)
         monkeypatch.setattr(hm, "FAIL_QUIET_S", 0.0)
         assert w.submit("ev-9", 9, "t", ("error",), {"error": 0.9}, frame())
-        assert wait_for(lambda: w.saved == 3)
+        assert wait_until(lambda: w.saved == 3)
         assert sum("works again" in r.message for r in caplog.records) == 1
     finally:
         w.close(5.0)

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.support.gradcam import SEAM, make_bundle, sample_frames, small_softmax
 from tests.support.heads import garbage_heads, replace_head
-from tests.test_gradcam import SEAM, make_bundle, sample_frames, small_softmax
 
 
 def _main(argv: list[str]) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge.errors import DataError
-from tests.test_gradcam import SEAM, bright_square_model, make_bundle, square_image
+from tests.support.gradcam import SEAM, bright_square_model, make_bundle, square_image
 
 
 def _main(argv: list[str]) -> int:

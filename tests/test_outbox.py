@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import sqlite3
 import stat
 import subprocess
@@ -17,26 +15,9 @@ import pytest
 
 from edge.errors import SeamQCError
 from edge.outbox import Outbox, OutboxError
+from tests.support.fs import IS_ROOT, tmpfs
 
 ROOT = Path(__file__).resolve().parent.parent
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str):
-    """A real small file system (needs root and mount permission; skipped cleanly otherwise)."""
-    if not IS_ROOT or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], capture_output=True, text=True
-    )
-    if r.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {r.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def test_put_pending_ack_keeps_order_and_survives_reopen(tmp_path):

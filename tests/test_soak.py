@@ -40,9 +40,10 @@ from tests.support.daemon import (
     wait_exit,
 )
 from tests.support.daemon import noise_video as small_video
-from tests.test_heatmap_worker import frame as still
-from tests.test_heatmap_worker import make_worker, wait_for
-from tests.test_outbox import tmpfs
+from tests.support.fs import tmpfs
+from tests.support.heatmaps import frame as still
+from tests.support.heatmaps import make_worker
+from tests.support.wait import wait_until
 
 SOAK_FRAMES = 20_000
 EVENT_FRAMES = 20  # every frame flags error; an event (alert + heatmap) closes every 20 frames
@@ -217,7 +218,7 @@ def test_hostile_ids_and_labels_stay_in_heatmap_dir(tmp_path):
         p = w.submit(ev, i, "../../ts", labels, {lab: 0.9 for lab in labels}, still(40 + 10 * i))
         assert p is not None and Path(p).parent == root.resolve()
         assert len(Path(p).name) < 120
-    assert wait_for(lambda: w.saved + w.dropped == len(HOSTILE), 60)
+    assert wait_until(lambda: w.saved + w.dropped == len(HOSTILE), 60)
     w.close(5.0)
     stop.set()
     w.join(10)
@@ -309,7 +310,7 @@ def test_worker_on_full_disk_leaves_no_partial_files(tiny_tmpfs, caplog):
     for i in range(3):
         noise = rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)  # ~200 KB PNG + big JPEGs
         w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, noise)
-    assert wait_for(lambda: w.saved + w.dropped == 3, 30)
+    assert wait_until(lambda: w.saved + w.dropped == 3, 30)
     w.close(5.0)
     stop.set()
     w.join(10)

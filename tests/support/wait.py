@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition", every: float = 0.01) -> bool:
+def wait_until(cond: Callable[[], object], timeout: float = 20.0, what: str = "condition", every: float = 0.01) -> bool:
     """Poll ``cond`` every ``every`` s until it is true (returns True); an AssertionError naming
     ``what`` after ``timeout`` s, so a test cannot pass on a condition that never held."""
     deadline = time.monotonic() + timeout
