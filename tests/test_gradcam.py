@@ -15,6 +15,7 @@ import pytest
 from edge.errors import ModelError
 from tests.support.gradcam import (
     SEAM,
+    assert_agree,
     bright_square_model,
     make_bundle,
     randomize_bn,
@@ -23,26 +24,6 @@ from tests.support.gradcam import (
     small_softmax,
     square_image,
 )
-
-
-def assert_agree(a: dict, b: dict) -> list[tuple[str, float, float]]:
-    """Every label: both flat, or r ≥ 0.999 and max |Δ| ≤ 1e-3. Returns (label, r, maxdiff)."""
-    assert set(a) == set(b)
-    stats = []
-    for lab in a:
-        x, y = a[lab].cam.astype(np.float64).ravel(), b[lab].cam.astype(np.float64).ravel()
-        assert a[lab].cam.dtype == np.float32 and a[lab].cam.shape == b[lab].cam.shape
-        diff = float(np.abs(x - y).max())
-        if x.max() == 0 and y.max() == 0:
-            stats.append((lab, 1.0, diff))
-            continue
-        r = float(np.corrcoef(x, y)[0, 1])
-        assert r >= 0.999, f"{lab}: r={r}"
-        assert diff <= 1e-3, f"{lab}: max|Δ|={diff}"
-        assert a[lab].peak == pytest.approx(b[lab].peak, rel=1e-3, abs=1e-9)
-        assert a[lab].score == pytest.approx(b[lab].score, abs=1e-4)
-        stats.append((lab, r, diff))
-    return stats
 
 
 def _non_flat(maps: dict) -> int:

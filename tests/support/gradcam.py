@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 SEAM = ["good", "error", "break", "length"]
 
@@ -139,3 +140,23 @@ def square_image(x: int, y: int, side: int = 40, seed: int = 0) -> np.ndarray:
     img = rng.integers(20, 60, (256, 256, 3)).astype(np.uint8)
     img[y : y + side, x : x + side] = 230
     return img
+
+
+def assert_agree(a: dict, b: dict) -> list[tuple[str, float, float]]:
+    """Every label: both flat, or r ≥ 0.999 and max |Δ| ≤ 1e-3. Returns (label, r, maxdiff)."""
+    assert set(a) == set(b)
+    stats = []
+    for lab in a:
+        x, y = a[lab].cam.astype(np.float64).ravel(), b[lab].cam.astype(np.float64).ravel()
+        assert a[lab].cam.dtype == np.float32 and a[lab].cam.shape == b[lab].cam.shape
+        diff = float(np.abs(x - y).max())
+        if x.max() == 0 and y.max() == 0:
+            stats.append((lab, 1.0, diff))
+            continue
+        r = float(np.corrcoef(x, y)[0, 1])
+        assert r >= 0.999, f"{lab}: r={r}"
+        assert diff <= 1e-3, f"{lab}: max|Δ|={diff}"
+        assert a[lab].peak == pytest.approx(b[lab].peak, rel=1e-3, abs=1e-9)
+        assert a[lab].score == pytest.approx(b[lab].score, abs=1e-4)
+        stats.append((lab, r, diff))
+    return stats
