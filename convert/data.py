@@ -202,6 +202,44 @@ def load_dataset(spec: str | Path, check_images: bool = True) -> Dataset:
     raise DataError(f"{p}: no such CSV file or data folder")
 
 
+def image_list(spec: str | Path) -> list[str]:
+    """Image paths, no labels: one image file, a folder (searched recursively) or a CSV.
+
+    For models whose classes are not in the data (an ImageNet VGG16): a CSV needs only a ``name``
+    (or ``path``/``file``/``image``) column, else its first column; relative names resolve against
+    the CSV's folder. Nothing found is one ``DataError`` line naming ``spec``.
+    """
+    p = Path(spec)
+    if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+        return [str(p)]
+    if p.is_dir():
+        found = sorted(str(q) for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
+        if not found:
+            raise DataError(f"{p}: no images found ({', '.join(IMAGE_EXTS)})")
+        return found
+    if not p.is_file():
+        raise DataError(f"{p}: no such image, folder or CSV")
+    if p.suffix.lower() != ".csv":
+        raise DataError(f"{p}: not an image ({', '.join(IMAGE_EXTS)}), a folder or a .csv")
+    rows = [r for r in csv_rows(p) if r and any(c.strip() for c in r)]
+    header = [h.strip().lower() for h in rows[0]] if rows else []
+    col = next((header.index(k) for k in ("name", "path", "file", "image") if k in header), None)
+    body = rows[1:] if col is not None else rows
+    col = col or 0
+    out = []
+    for lineno, row in enumerate(body, start=2 if rows and body is not rows else 1):
+        name = row[col].strip() if col < len(row) else ""
+        if not name:
+            raise DataError(f"{p}:{lineno}: empty image name")
+        img = Path(name) if Path(name).is_absolute() else p.resolve().parent / name
+        if not img.is_file():
+            raise DataError(f"{p}:{lineno}: image {name!r} not found ({img})")
+        out.append(str(img))
+    if not out:
+        raise DataError(f"{p}: no rows (no images)")
+    return out
+
+
 def read_image(path: str, source: str = "") -> np.ndarray:
     """BGR uint8 image; an unreadable file is a ``DataError`` naming it."""
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
@@ -272,17 +310,19 @@ def batches(
     batch: int = 32,
     cache: ImageCache | None = None,
     roi: Sequence[int] | None = None,
+    mode: str = "seam",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Un-augmented, ordered ``(x, y)`` batches through ``preprocess`` (for evaluation).
 
     ``roi``: crop every image to the camera ROI first (ignored with ``cache``, which has its own).
+    ``mode``: the model's ``edge.preprocess`` mode (``--preprocess``), the Pi's for a bundle.
     """
     for start in range(0, len(ds), batch):
         idx = range(start, min(len(ds), start + batch))
         if cache is not None:
-            x = np.stack([preprocess(cache.get(i), height, width) for i in idx])
+            x = np.stack([preprocess(cache.get(i), height, width, mode) for i in idx])
         else:
-            x = np.stack([preprocess(load_image(ds.paths[i], ds.source, roi), height, width) for i in idx])
+            x = np.stack([preprocess(load_image(ds.paths[i], ds.source, roi), height, width, mode) for i in idx])
         yield x, ds.targets[list(idx)]
 
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from edge.errors import DataError
 
 from .data import Dataset, batches, check_roi, load_dataset
-from .loading import Predictor, load_predictor
+from .loading import Predictor, add_preprocess_args, load_predictor, resolve_preprocess
 from .metrics import calibrate_thresholds, multiclass_metrics, multilabel_metrics
 from .roi import add_roi_args, roi_from_args
 
@@ -83,7 +83,7 @@ def predict_dataset(
         )
     if pred.labels is not None and tuple(pred.labels) != tuple(ds.labels):
         raise DataError(f"{ds.source}: labels {list(ds.labels)} differ from model {pred.path}'s {list(pred.labels)}")
-    it = batches(ds, pred.height, pred.width, 64, roi=roi)
+    it = batches(ds, pred.height, pred.width, 64, roi=roi, mode=pred.preprocess)
     it = tqdm(
         it,
         total=(len(ds) + 63) // 64,
@@ -113,13 +113,19 @@ def evaluate(
     role: str | None = None,
     progress: bool = False,
     arch: str | None = None,
-    size: int = 128,
+    size: int | None = 128,
     roi: Sequence[int] | None = None,
     by_family: bool = False,
+    preprocess: str | None = None,
+    weights: str | Path | None = None,
+    classes: str | Path | None = None,
 ) -> Evaluation:
+    """Run ``model`` on ``data`` (module doc). ``preprocess`` None: the model's own mode (a bundle's
+    manifest, a ``.keras``'s metadata, an application's ``preprocess_input``), else seam."""
     ds = load_dataset(data)
     check_roi(ds, roi)
-    pred = load_predictor(model, threads, role, arch, size, ds.labels, ds.task)
+    pred = load_predictor(model, threads, role, arch, size, ds.labels, ds.task, weights, classes)
+    pred.preprocess = resolve_preprocess(preprocess, pred.preprocess, pred.kind == "bundle", model)
     probs = predict_dataset(pred, ds, progress, roi)
     labels = ds.labels
     task = pred.task or ds.task
@@ -183,7 +189,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--role", help="bundle role to run (default: the manifest's classifier)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--arch", help="architecture of a weights-only .h5")
-    p.add_argument("--size", type=int, default=128, help="input size of a weights-only .h5 / SavedModel")
+    p.add_argument(
+        "--size", type=int, default=None, help="input size of a weights-only .h5 / SavedModel (128) or vgg16 (224)"
+    )
+    add_preprocess_args(p)
     add_roi_args(p, "cropped from every image (and --calibrate's) first; images saved as crops take none")
     p.set_defaults(func=run)
 
@@ -201,6 +210,9 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         roi=roi.roi,
         by_family=args.by_family,
+        preprocess=args.preprocess,
+        weights=args.weights,
+        classes=args.classes,
     )
     print(ev.report)
     if args.json:

@@ -22,7 +22,14 @@ when fp32 max |Δ| > 1e-3 or int8 label agreement < 99 %.
 
 Inputs: ``.keras``; legacy full-model ``.h5``; weights-only ``.h5`` + ``--arch`` (weights
 assigned by layer order, every shape checked); Keras 3 ``.weights.h5`` + ``--arch``; a
-TensorFlow SavedModel directory (classifiers only: no layers, so no Grad-CAM explainer).
+TensorFlow SavedModel directory (classifiers only: no layers, so no Grad-CAM explainer); an
+ImageNet ``vgg16`` / ``mobilenet_v2`` (Keras' cached weights or ``--weights FILE.h5``, class names
+from ``--classes``; ``convert.applications``), whose ``--calibration`` is any images (a file, a
+folder or a CSV), since its classes are not the data's.
+
+``--preprocess`` (default: the model's own, else ``seam``) is recorded in the manifest
+(``input.preprocessing``, ``edge.preprocess.PREPROCESS_MODES``) and used for the calibration and
+parity images, so the Pi and the workstation feed the model the same tensor.
 """
 
 from __future__ import annotations
@@ -45,8 +52,15 @@ import edge
 from edge.bundle import MANIFEST, write_manifest
 from edge.errors import DataError, ModelError
 
-from .data import batches, load_dataset
-from .loading import first_line, keras_predict_fn, load_model_any, tflite_predict_fn
+from .data import batches, image_list, load_dataset, read_image
+from .loading import (
+    add_preprocess_args,
+    first_line,
+    keras_predict_fn,
+    load_model_any,
+    resolve_preprocess,
+    tflite_predict_fn,
+)
 from .metrics import calibrate_thresholds, multiclass_metrics, multilabel_metrics
 from .models import ARCHS, save_model
 
@@ -188,33 +202,52 @@ def export_bundle(
     out: str | Path,
     valid: str | Path | None = None,
     arch: str | None = None,
-    size: int = 128,
+    size: int | None = 128,
     force: bool = False,
     name: str | None = None,
     max_images: int = 300,
     int8: str = "auto",
     min_int8_agreement: float = INT8_MIN_AGREEMENT,
+    preprocess: str | None = None,
+    weights: str | Path | None = None,
+    classes: str | Path | None = None,
 ) -> ExportResult:
     """Build and verify the bundle in a temp dir, then rename it to ``out``.
 
     ``min_int8_agreement`` is the parity gate (99 %); only a barely trained test model, whose
-    scores all crowd the thresholds, has a reason to lower it.
+    scores all crowd the thresholds, has a reason to lower it. ``preprocess``, ``weights``,
+    ``classes``: module doc.
     """
+    from edge.bundle import input_section
+    from edge.preprocess import preprocess as prep_image
+
+    from .applications import is_application
     from .tflite import keras_to_tflite
 
     out = Path(out)
     check_out(out, force)
     if int8 not in ("auto", "full", "dynamic"):
         raise ModelError(f"--int8 {int8!r}: choose auto, full or dynamic")
-    cal = load_dataset(calibration)
-    model, meta = load_model_any(model_path, arch, size, list(cal.labels), cal.task)
+    if is_application(model_path):  # ImageNet classes: the calibration images carry no labels
+        model, meta = load_model_any(model_path, arch, size, None, "multiclass", weights, classes)
+        mode = resolve_preprocess(preprocess, str(meta["preprocess"]), False, model_path)
+        h, w = int(meta["height"]), int(meta["width"])
+        paths = image_list(calibration)
+        if len(paths) > max_images:
+            paths = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, max_images).round()]
+        x = np.stack([prep_image(read_image(p_), h, w, mode) for p_ in paths])
+        cal = None
+    else:
+        cal = load_dataset(calibration)
+        model, meta = load_model_any(model_path, arch, size, list(cal.labels), cal.task, weights, classes)
+        mode = resolve_preprocess(preprocess, str(meta.get("preprocess") or "seam"), False, model_path)
+        h, w = int(meta["height"]), int(meta["width"])
+        if list(cal.labels) != list(meta["labels"]):
+            raise DataError(f"{calibration}: labels {list(cal.labels)} differ from the model's {list(meta['labels'])}")
+        if len(cal) > max_images:
+            cal = cal.subset(np.linspace(0, len(cal) - 1, max_images).round().astype(int))
+        x = np.concatenate([b for b, _ in batches(cal, h, w, 64, mode=mode)])
     labels, task = list(meta["labels"]), meta["task"]
-    h, w = int(meta["height"]), int(meta["width"])
-    if list(cal.labels) != labels:
-        raise DataError(f"{calibration}: labels {list(cal.labels)} differ from the model's {labels}")
-    if len(cal) > max_images:
-        cal = cal.subset(np.linspace(0, len(cal) - 1, max_images).round().astype(int))
-    x = np.concatenate([b for b, _ in batches(cal, h, w, 64)])
     ref = keras_predict_fn(model)(x)
     if not np.all(np.isfinite(ref)):
         raise ModelError(f"{model_path}: Keras predictions are not finite on {calibration}")
@@ -267,11 +300,11 @@ def export_bundle(
         metrics: dict = {}
         if task == "multilabel":
             if va is not None:
-                xv = np.concatenate([b for b, _ in batches(va, h, w, 64)])
+                xv = np.concatenate([b for b, _ in batches(va, h, w, 64, mode=mode)])
                 pv = _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
                 thresholds = calibrate_thresholds(va.targets, pv, labels)
                 metrics = {"int8_valid": multilabel_metrics(va.targets, pv, labels, thresholds), "data": str(valid)}
-            else:
+            elif cal is not None:
                 thresholds = {lab: 0.5 for lab in labels}
                 metrics = {
                     "int8_calibration": multilabel_metrics(cal.targets, p_int8, labels, thresholds),
@@ -292,7 +325,7 @@ def export_bundle(
         else:
             thresholds = {}
             if va is not None:
-                xv = np.concatenate([b for b, _ in batches(va, h, w, 64)])
+                xv = np.concatenate([b for b, _ in batches(va, h, w, 64, mode=mode)])
                 pv = _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
                 metrics = {"int8_valid": multiclass_metrics(va.targets, pv, labels), "data": str(valid)}
         for kind in ("fp32", "int8"):
@@ -329,7 +362,9 @@ def export_bundle(
             if src.suffix == ".keras":
                 shutil.copyfile(src, tmp / "model.keras")
             else:
-                save_model(model, tmp / "model.keras", {k: v for k, v in meta.items() if k != "form"})
+                save_model(
+                    model, tmp / "model.keras", {**{k: v for k, v in meta.items() if k != "form"}, "preprocess": mode}
+                )
             files["keras"] = "model.keras"
         else:
             _log("export: SavedModel input has no Keras layers: no Grad-CAM explainer in this bundle")
@@ -338,12 +373,17 @@ def export_bundle(
             "name": name or out.name,
             "task": task,
             "labels": labels,
-            "input": {"height": h, "width": w},
+            "input": {"height": h, "width": w, **input_section(mode)},
             "classifier": "classifier_int8",
             "thresholds": thresholds,
             "metrics": metrics,
             "parity": par,
-            "source": {"model": str(model_path), "form": meta.get("form"), "arch": meta.get("arch")},
+            "source": {
+                "model": str(model_path),
+                "form": meta.get("form"),
+                "arch": meta.get("arch"),
+                **({"weights": str(meta["weights"])} if meta.get("weights") else {}),
+            },
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "producer": f"seam-qc {edge.__version__}",
         }
@@ -365,7 +405,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="export a trained model to the model bundle (TFLite + Grad-CAM files)",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("--model", required=True, metavar="FILE.keras|FILE.h5|SAVEDMODEL_DIR")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="FILE.keras|FILE.h5|SAVEDMODEL_DIR|vgg16|mobilenet_v2",
+        help="a trained model, or an ImageNet application (with --weights FILE.h5 offline)",
+    )
     p.add_argument(
         "--calibration",
         required=True,
@@ -375,7 +420,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to create")
     p.add_argument("--valid", metavar="CSV|DIR", help="validation set to calibrate thresholds and measure metrics")
     p.add_argument("--arch", help=f"architecture of a weights-only .h5 ({', '.join(ARCHS)})")
-    p.add_argument("--size", type=int, default=128, help="input size for weights-only / SavedModel inputs")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="input size for weights-only / SavedModel inputs (128) and mobilenet_v2 (224)",
+    )
+    add_preprocess_args(p)
     p.add_argument(
         "--int8",
         default="auto",
@@ -411,6 +462,9 @@ def run(args: argparse.Namespace) -> int:
         args.max_images,
         args.int8,
         args.min_int8_agreement,
+        args.preprocess,
+        args.weights,
+        args.classes,
     )
     par = res.manifest["parity"]
     print(

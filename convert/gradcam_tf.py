@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from edge.errors import ModelError
-from edge.gradcam import Heatmap, label_indices, resize_cam, strength
-from edge.preprocess import preprocess
+from edge.gradcam import Heatmap, label_indices, resize_cam, strength, top_indices
+from edge.preprocess import check_mode, preprocess
 from edge.seam import SEAM_LABELS
 
 
@@ -68,10 +68,20 @@ class KerasGradCAM:
     """
 
     def __init__(
-        self, model: Any, layer: str, labels: Sequence[str], height: int | None = None, width: int | None = None
+        self,
+        model: Any,
+        layer: str,
+        labels: Sequence[str],
+        height: int | None = None,
+        width: int | None = None,
+        preprocess: str = "seam",
     ) -> None:
         import keras
 
+        try:
+            self.preprocess = check_mode(preprocess)  # edge.preprocess mode: what the model was trained on
+        except ValueError as e:
+            raise ModelError(str(e)) from None
         self.model = model
         self.layer = layer
         try:
@@ -97,9 +107,11 @@ class KerasGradCAM:
         self.width = int(width or shape[2])
 
     def explain_array(
-        self, x: np.ndarray, class_indices: Sequence[int]
+        self, x: np.ndarray, class_indices: Sequence[int] | None, top_k: int | None = None
     ) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, float]]]:
-        """Preprocessed ``x[H,W,3]`` → (scores[n], {class: (cam at feature resolution 0..1, raw peak)})."""
+        """Preprocessed ``x[H,W,3]`` → (scores[n], {class: (cam at feature resolution 0..1, raw peak)}).
+
+        ``class_indices`` None: the ``top_k`` best-scoring classes of this forward pass (best first)."""
         import tensorflow as tf
 
         xb = tf.convert_to_tensor(np.asarray(x, np.float32)[None])
@@ -116,6 +128,8 @@ class KerasGradCAM:
                 logits = tf.matmul(pre, self._kernel)
                 if self._bias is not None:
                     logits = logits + self._bias
+            if class_indices is None:
+                class_indices = top_indices(np.asarray(out[0]), top_k or 1)
             scores = [logits[0, int(k)] for k in class_indices]
         result = {}
         for k, s in zip(class_indices, scores):
@@ -139,11 +153,19 @@ class KerasGradCAM:
         frame_bgr: np.ndarray,
         labels: Sequence[str] | None = None,
         peak_ref: Mapping[str, float | None] | None = None,
+        top_k: int | None = None,
     ) -> dict[str, Heatmap]:
-        """Label → Heatmap at the frame's size (same contract as ``Explainer.explain``)."""
-        labels = list(self.labels if labels is None else labels)
-        idx = label_indices(labels, self.labels)
-        scores, maps = self.explain_array(preprocess(frame_bgr, self.height, self.width), idx)
+        """Label → Heatmap at the frame's size (same contract as ``Explainer.explain``, ``top_k`` too)."""
+        if labels is None and top_k is not None:
+            idx = None
+        else:
+            labels = list(self.labels if labels is None else labels)
+            idx = label_indices(labels, self.labels)
+        x = preprocess(frame_bgr, self.height, self.width, self.preprocess)
+        scores, maps = self.explain_array(x, idx, top_k)
+        if idx is None:
+            idx = list(maps)
+            labels = [self.labels[k] for k in idx]
         h, w = frame_bgr.shape[:2]
         return {
             lab: Heatmap(
@@ -168,6 +190,7 @@ class TFGradCAM(KerasGradCAM):
         layer: str | None = None,
         height: int | None = None,
         width: int | None = None,
+        preprocess: str | None = None,
     ) -> None:
         from convert.explainer import find_gradcam_layer
 
@@ -178,7 +201,8 @@ class TFGradCAM(KerasGradCAM):
         labels = labels or meta.get("labels")
         if labels is None:
             labels = SEAM_LABELS if n == len(SEAM_LABELS) else tuple(f"class{i}" for i in range(n))
-        super().__init__(model, layer or find_gradcam_layer(model), labels, height, width)
+        mode = preprocess or str(meta.get("preprocess") or "seam")
+        super().__init__(model, layer or find_gradcam_layer(model), labels, height, width, mode)
         op = model.outputs[0]._keras_history.operation
         act = getattr(getattr(op, "activation", None), "__name__", None)
         softmax = act == "softmax" or type(op).__name__ == "Softmax"
@@ -186,5 +210,5 @@ class TFGradCAM(KerasGradCAM):
 
     def predicted_class(self, frame_bgr: np.ndarray) -> int:
         """Arg-max class of a frame (for softmax models: which class to explain by default)."""
-        x = preprocess(frame_bgr, self.height, self.width)[None]
+        x = preprocess(frame_bgr, self.height, self.width, self.preprocess)[None]
         return int(np.argmax(np.asarray(self.model(x, training=False))[0]))

@@ -1,18 +1,25 @@
 """``python -m convert heatmaps``: Grad-CAM overlays and a contact sheet for a data set or images.
 
-``--model`` is a ``.keras`` file or a model bundle. ``--method litert`` (default for a bundle)
-runs what the Pi runs: the bundle's float explainer + numpy head gradient (for a ``.keras``
-file the explainer is exported to a temporary bundle first); ``--method tf`` (default for a
-``.keras``) runs the full-TF GradientTape path on the Keras model (the bundle's ``keras`` role).
+``--model`` is a ``.keras`` file, a model bundle, or an ImageNet ``vgg16`` / ``mobilenet_v2``
+(Keras' cached weights or ``--weights FILE.h5``, names from ``--classes``; ``convert.applications``).
+``--method litert`` (default for a bundle) runs what the Pi runs: the bundle's float explainer +
+numpy head gradient (for a ``.keras`` or an application the explainer is exported to a temporary
+bundle first); ``--method tf`` (default otherwise) runs the full-TF GradientTape path on the Keras
+model (the bundle's ``keras`` role). Inputs are preprocessed as the model needs (``--preprocess``;
+default: the bundle's manifest, the ``.keras`` metadata, the application's ``preprocess_input``).
 
 Per image ``<stem>.overlay.png`` (each shown label tinted in its colour: error blue, break green,
 length red, other classes distinct colours; opacity scaled by the map's strength, see
-``edge.gradcam`` and ``edge.overlay``), ``contact_sheet.png`` (rows of original / heatmap / overlay with file name,
-scores and truth written on; ``contact_sheet_2.png`` … past ``--sheet-rows``), and
-``heatmaps.csv`` (name, label, score, peak, shown). Shown labels: ``--labels`` when given,
-else the flagged ones (multilabel: score ≥ the bundle's threshold or 0.5, ``good`` left out;
-multiclass: the predicted class). ``--raw`` also writes, for every label (or every ``--labels``
-label), the normalised heatmap at the image's resolution as ``<stem>.<label>.npy`` (float32, 0..1).
+``edge.gradcam`` and ``edge.overlay``), ``<stem>.jet.png`` (the seeds' picture: the JET map of the
+best shown class over the image, alpha 0.4; the image itself when nothing is shown),
+``contact_sheet.png`` (rows of original / heatmap / overlay with file name, scores and truth written
+on; ``contact_sheet_2.png`` … past ``--sheet-rows``), and ``heatmaps.csv`` (name, label, score,
+peak, shown). Explained and shown: ``--class``/``--labels`` when given; else ``--top-k K`` best
+classes (one forward pass picks them); else a multiclass model's predicted class (top 1), a
+multilabel model's every label with the flagged ones shown (score ≥ the bundle's threshold or 0.5,
+``good`` left out). ``--raw`` also writes the normalised heatmap of every explained label (every
+label, unless ``--class`` or ``--top-k`` limits them) at the image's resolution as
+``<stem>.<label>.npy`` (float32, 0..1).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from edge.overlay import LABEL_COLORS, PALETTE, overlay_jet, overlay_labels
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 METHODS = ("tf", "litert")
+JET_ALPHA = 0.4  # the seeds' (Keras') Grad-CAM picture: 0.4 of the JET map over the image
 
 
 # ----------------------------------------------------------------------------- model side
@@ -44,7 +52,7 @@ METHODS = ("tf", "litert")
 class HeatmapSource:
     """Whichever Grad-CAM path was chosen, behind one ``explain(frame, labels)`` call."""
 
-    explain: Callable[[np.ndarray, Sequence[str] | None], dict[str, Heatmap]]
+    explain: Callable[..., dict[str, Heatmap]]  # (frame, labels or None, top_k=None)
     labels: tuple[str, ...]
     task: str
     thresholds: dict[str, float]
@@ -80,16 +88,38 @@ def _is_bundle(path: Path) -> bool:
 
 
 def open_source(
-    model: str | Path, method: str | None = None, layer: str | None = None, threads: int = 2
+    model: str | Path,
+    method: str | None = None,
+    layer: str | None = None,
+    threads: int = 2,
+    preprocess: str | None = None,
+    weights: str | Path | None = None,
+    classes: str | Path | None = None,
 ) -> HeatmapSource:
-    """A ``.keras`` file or a bundle → a ``HeatmapSource`` for ``method`` (see module doc)."""
+    """A ``.keras`` file, a bundle or an application name → a ``HeatmapSource`` for ``method``.
+
+    ``preprocess``: the model's input mode (``edge.preprocess``); None takes the bundle's manifest,
+    the ``.keras`` metadata or the application's ``preprocess_input``, else seam. ``weights`` and
+    ``classes`` go with ``vgg16`` / ``mobilenet_v2`` (``convert.applications``).
+    """
+    from convert.applications import is_application
+    from convert.loading import resolve_preprocess
     from edge.bundle import load_bundle
 
     path = Path(model)
     if method is not None and method not in METHODS:
         raise ModelError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if is_application(model):
+        from convert.loading import load_model_any
+
+        amodel, meta = load_model_any(str(model), size=None, weights=weights, classes=classes)
+        mode = resolve_preprocess(preprocess, str(meta["preprocess"]), False, model)
+        return _keras_source(amodel, meta, method or "tf", layer, threads, mode, str(model))
+    if weights is not None or classes is not None:
+        raise ModelError(f"--model {model}: --weights and --classes go with --model vgg16 or mobilenet_v2")
     if _is_bundle(path):
         b = load_bundle(path)
+        resolve_preprocess(preprocess, b.preprocess_mode, True, model)
         gc = b.gradcam
         has_litert = bool(gc) and b.has(gc.get("explainer", "explainer")) and b.has(gc.get("head", "head"))
         method = method or ("litert" if has_litert else "tf")
@@ -113,34 +143,51 @@ def open_source(
             raise ModelError(f"{path}: bundle has no 'keras' model for --method tf")
         from convert.gradcam_tf import TFGradCAM
 
-        tg = TFGradCAM(b.path("keras"), labels=b.labels, layer=layer, height=b.height, width=b.width)
+        tg = TFGradCAM(
+            b.path("keras"),
+            labels=b.labels,
+            layer=layer,
+            height=b.height,
+            width=b.width,
+            preprocess=b.preprocess_mode,
+        )
         return HeatmapSource(tg.explain, b.labels, b.task, dict(b.thresholds), "tf", tg.layer, peak_ref, tg)
 
     if not path.is_file():
         raise ModelError(f"{path}: no such .keras file or model bundle")
-    method = method or "tf"
-    from convert.gradcam_tf import TFGradCAM
-
-    if method == "tf":
-        tg = TFGradCAM(path, layer=layer)
-        return HeatmapSource(tg.explain, tg.labels, tg.task, {}, "tf", tg.layer, {}, tg)
-    # litert on a .keras: export the explainer into a temporary bundle, then run what the Pi runs.
-    from convert.explainer import export_explainer
     from convert.models import load_keras
-    from edge.bundle import write_manifest
-    from edge.gradcam import Explainer
 
     kmodel, meta = load_keras(path)
+    mode = resolve_preprocess(preprocess, str(meta.get("preprocess") or "seam"), False, model)
+    return _keras_source(kmodel, meta, method or "tf", layer, threads, mode, path.stem)
+
+
+def _keras_source(
+    kmodel: Any, meta: dict[str, Any], method: str, layer: str | None, threads: int, mode: str, name: str
+) -> HeatmapSource:
+    """A loaded Keras model → the TF path, or (litert) its explainer exported into a temporary
+    bundle that records ``mode``, run as the Pi runs it."""
+    from convert.gradcam_tf import TFGradCAM
+
+    labels = list(meta["labels"])
+    if method == "tf":
+        tg = TFGradCAM(kmodel, labels=labels, layer=layer, preprocess=mode)
+        task = str(meta.get("task") or tg.task)
+        return HeatmapSource(tg.explain, tg.labels, task, {}, "tf", tg.layer, {}, tg)
+    from convert.explainer import export_explainer
+    from edge.bundle import input_section, write_manifest
+    from edge.gradcam import Explainer
+
     tmp = tempfile.TemporaryDirectory(prefix="seamqc-explainer-")
     files, gc = export_explainer(kmodel, tmp.name, layer=layer)
     h, w = (int(v) for v in kmodel.inputs[0].shape[1:3])
     write_manifest(
         tmp.name,
         {
-            "name": path.stem,
+            "name": name,
             "task": meta["task"],
-            "labels": list(meta["labels"]),
-            "input": {"height": h, "width": w},
+            "labels": labels,
+            "input": {"height": h, "width": w, **input_section(mode)},
             "classifier": "explainer",
             "gradcam": gc,
         },
@@ -175,9 +222,18 @@ def collect_items(data: Sequence[str], limit: int | None = None) -> list[Item]:
     else:
         if len(data) != 1:
             raise DataError(f"--data: give one CSV or folder, or only image files (got {' '.join(data)})")
-        ds = load_dataset(data[0])
-        for p, t in zip(ds.paths, ds.targets):
-            entries.append((p, tuple(lab for lab, v in zip(ds.labels, t) if v > 0.5)))
+        try:
+            ds = load_dataset(data[0])
+        except DataError as e:  # a flat image folder or a plain list of images: no truth, still images
+            from convert.data import image_list
+
+            try:
+                entries.extend((p, None) for p in image_list(data[0]))
+            except DataError:
+                raise e from None
+        else:
+            for p, t in zip(ds.paths, ds.targets):
+                entries.append((p, tuple(lab for lab, v in zip(ds.labels, t) if v > 0.5)))
     if limit is not None:
         entries = entries[: max(0, int(limit))]
     stems: dict[str, int] = {}
@@ -283,14 +339,24 @@ def make_heatmaps(
     threads: int = 2,
     sheet_rows: int = 32,
     progress: bool = True,
+    top_k: int | None = None,
+    preprocess: str | None = None,
+    weights: str | Path | None = None,
+    classes: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Do the work of the command; returns a small summary (counts, files, method, layer)."""
+    """Do the work of the command; returns a small summary (counts, files, method, layer).
+
+    What is explained per image (``explained_labels``): ``labels`` when given, else the ``top_k``
+    best-scoring classes, else every label for ``raw``, else the predicted class (multiclass) or
+    every label with the flagged ones shown (multilabel)."""
     from convert.data import read_image
 
     outdir = Path(out)
     if outdir.exists() and not outdir.is_dir():  # before the (slow) model load
         raise DataError(f"--out {outdir}: exists and is not a folder; choose a folder for the heatmaps")
-    src = open_source(model, method, layer, threads)
+    if top_k is not None and top_k < 1:
+        raise DataError(f"--top-k {top_k}: must be at least 1")
+    src = open_source(model, method, layer, threads, preprocess, weights, classes)
     for lab in labels or ():
         if lab not in src.labels:
             raise ModelError(f"--labels: {lab!r} is not one of the model's labels {list(src.labels)}")
@@ -300,7 +366,7 @@ def make_heatmaps(
     except OSError as e:
         raise DataError(f"--out {outdir}: cannot create the folder ({e.strerror or e})") from None
     try:
-        return _write_all(src, items, outdir, labels, raw, sheet_rows, progress, read_image)
+        return _write_all(src, items, outdir, labels, raw, sheet_rows, progress, read_image, top_k)
     except OSError as e:  # a read-only or full folder: one line naming the file, not a traceback
         raise DataError(f"{e.filename or outdir}: cannot write ({e.strerror or e})") from None
 
@@ -314,22 +380,34 @@ def _write_all(
     sheet_rows: int,
     progress: bool,
     read_image: Callable[[str], np.ndarray],
+    top_k: int | None = None,
 ) -> dict[str, Any]:
     """The writing half of :func:`make_heatmaps`, apart so that its OSErrors become one line."""
     rows, n_raw, records = [], 0, []
+    explained: list[list[str]] = []
     it = tqdm(items, desc=f"heatmaps ({src.method})", unit="img", disable=not progress)
     for item in it:
         frame = read_image(item.path)
-        want = list(labels) if labels else list(src.labels)
-        hms = src.explain(frame, want)
+        if labels:
+            hms = src.explain(frame, list(labels))
+        elif top_k is not None or (src.task == "multiclass" and not raw):
+            hms = src.explain(frame, None, top_k=top_k or 1)  # one forward pass chooses the classes
+        else:
+            hms = src.explain(frame, list(src.labels))
         scores = {lab: hm.score for lab, hm in hms.items()}
-        shown = list(labels) if labels else src.flagged(scores)
+        shown = list(labels) if labels else (list(hms) if top_k is not None else src.flagged(scores))
+        explained.append(list(hms))
         overlay = overlay_labels(frame, [hms[lab] for lab in shown], src.peak_ref, colors=src.colors())
         if not cv2.imwrite(str(outdir / f"{item.stem}.overlay.png"), overlay):
             raise DataError(f"{outdir / (item.stem + '.overlay.png')}: cannot write image")
+        best = max(shown, key=lambda lab: hms[lab].score) if shown else None
+        # the seeds' picture: JET map of the (best) explained class over the image, alpha 0.4, unfaded
+        jet = overlay_jet(frame, hms[best].cam, alpha=JET_ALPHA) if best else frame
+        if not cv2.imwrite(str(outdir / f"{item.stem}.jet.png"), jet):
+            raise DataError(f"{outdir / (item.stem + '.jet.png')}: cannot write image")
         if raw:
             for lab, hm in hms.items():
-                path = outdir / f"{item.stem}.{lab}.npy"
+                path = outdir / f"{item.stem}.{file_safe(lab)}.npy"
                 with open(path, "wb") as f:  # np.save on a path: an OSError without the file name
                     np.save(f, np.asarray(hm.cam, np.float32))
                 n_raw += 1
@@ -350,7 +428,13 @@ def _write_all(
         "method": src.method,
         "layer": src.layer,
         "out": str(outdir),
+        "explained": explained,
     }
+
+
+def file_safe(label: str) -> str:
+    """A label as part of a file name (ImageNet names are safe; '/' or spaces would not be)."""
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in label)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -361,8 +445,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
-    p.add_argument("--model", required=True, help=".keras file or model bundle directory")
-    p.add_argument("--data", required=True, nargs="+", help="test CSV, data folder, class-per-folder tree, or images")
+    p.add_argument(
+        "--model",
+        required=True,
+        help=".keras file, model bundle directory, or vgg16 / mobilenet_v2 (ImageNet; --weights FILE.h5 offline)",
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="images, a folder of images, a test CSV (or a CSV listing images), a class-per-folder tree",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--method",
@@ -372,7 +465,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: litert for a bundle, tf for a .keras)",
     )
     p.add_argument("--raw", action="store_true", help="also write <stem>.<label>.npy (float32 0..1) per label")
-    p.add_argument("--labels", nargs="+", default=None, help="labels to explain (default: the flagged ones)")
+    p.add_argument(
+        "--labels",
+        "--class",
+        nargs="+",
+        action="extend",
+        default=None,
+        dest="labels",
+        metavar="NAME",
+        help="classes to explain (repeatable; default: --top-k, else the flagged ones)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="explain the K best-scoring classes per image (default for a multiclass model: 1)",
+    )
+    from convert.loading import add_preprocess_args
+
+    add_preprocess_args(p)
     p.add_argument("--layer", default=None, help="Grad-CAM layer (default: the model's feature map)")
     p.add_argument("--limit", type=int, default=None, help="at most N images")
     p.add_argument("--threads", type=int, default=2, help="LiteRT threads (litert method)")
@@ -392,9 +504,13 @@ def run(args: argparse.Namespace) -> int:
         args.limit,
         args.threads,
         args.sheet_rows,
+        top_k=args.top_k,
+        preprocess=args.preprocess,
+        weights=args.weights,
+        classes=args.classes,
     )
     print(
-        f"{s['images']} images, method {s['method']}, layer {s['layer']}: overlays"
+        f"{s['images']} images, method {s['method']}, layer {s['layer']}: colour and JET overlays"
         + (f", {s['raw_files']} raw maps" if args.raw else "")
         + f" and {len(s['sheets'])} contact sheet(s) in {s['out']}"
     )

@@ -1,13 +1,16 @@
 """Loading every model form the CLI accepts, and one predictor over all of them.
 
 ``load_model_any``: ``.keras``, legacy full-model ``.h5``, weights-only ``.h5`` + ``--arch`` (weights
-assigned by layer order, every shape checked), Keras 3 ``.weights.h5`` + ``--arch``, or a TensorFlow
-SavedModel directory. ``load_predictor`` adds bundles and bare ``.tflite`` files, so that
-``evaluate``, ``export`` and ``ship`` run a model the same way without importing each other.
+assigned by layer order, every shape checked), Keras 3 ``.weights.h5`` + ``--arch``, a TensorFlow
+SavedModel directory, or a ``keras.applications`` name (``vgg16``, ``mobilenet_v2``) with Keras'
+ImageNet weights or ``--weights FILE.h5`` (``convert.applications``). ``load_predictor`` adds bundles
+and bare ``.tflite`` files, so that ``evaluate``, ``export`` and ``ship`` run a model the same way
+without importing each other; ``--preprocess`` is resolved here for all of them.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,14 +145,27 @@ def _savedmodel(path: Path, size: int):
 def load_model_any(
     path: str | Path,
     arch: str | None = None,
-    size: int = 128,
+    size: int | None = 128,
     labels: list[str] | None = None,
     task: str = "multilabel",
+    weights: str | Path | None = None,
+    classes: str | Path | None = None,
 ) -> tuple[object, dict]:
-    """``.keras`` / full ``.h5`` / weights-only ``.h5`` + arch / SavedModel dir → ``(model, meta)``.
+    """``.keras`` / full ``.h5`` / weights-only ``.h5`` + arch / SavedModel dir / application name
+    → ``(model, meta)``.
 
     ``meta["form"]`` says which; ``labels`` (from the data set) name the outputs of foreign models.
+    ``weights`` and ``classes`` belong to an application name (``convert.applications``); ``size``
+    None is 128 for seam models and the application's own size otherwise.
     """
+    from .applications import build_application, is_application
+
+    if is_application(path):
+        model, meta = build_application(str(path), weights, size, classes)
+        return model, infer_meta(model, meta)
+    if weights is not None or classes is not None:
+        raise ModelError(f"--model {path}: --weights and --classes go with --model vgg16 or mobilenet_v2")
+    size = size or 128
     p = Path(path)
     if p.is_dir():
         if not (p / "saved_model.pb").is_file():
@@ -182,6 +198,49 @@ def load_model_any(
     return model, infer_meta(model, meta)
 
 
+def resolve_preprocess(given: str | None, own: str, fixed: bool, model: str | Path) -> str:
+    """``--preprocess`` against the model's own mode: a bundle's is fixed (its TFLite files and the Pi
+    use it), so a different one is one ModelError line; other forms take the one given."""
+    from edge.preprocess import check_mode
+
+    if given is None:
+        return own
+    try:
+        check_mode(given)
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+    if fixed and given != own:
+        raise ModelError(
+            f"--preprocess {given}: bundle {model} was exported for {own!r} (its manifest's "
+            "input.preprocessing); re-export it with --preprocess to change it"
+        )
+    return given
+
+
+def add_preprocess_args(p: argparse.ArgumentParser, weights: bool = True) -> None:
+    """``--preprocess`` (and ``--weights``/``--classes`` for vgg16/mobilenet_v2), shared by the commands."""
+    from edge.preprocess import PREPROCESS_MODES
+
+    p.add_argument(
+        "--preprocess",
+        choices=tuple(PREPROCESS_MODES),
+        default=None,
+        help="model input: seam (per-image standardisation) or keras.applications' preprocess_input of "
+        "vgg16/mobilenet_v2/resnet50, none = RGB 0..255 (default: the model's own, else seam)",
+    )
+    if weights:
+        p.add_argument(
+            "--weights",
+            metavar="FILE.h5",
+            help="with --model vgg16|mobilenet_v2: local weights instead of Keras' cached ImageNet ones",
+        )
+        p.add_argument(
+            "--classes",
+            metavar="FILE.json",
+            help="class names (Keras' imagenet_class_index.json layout); default: Keras' cache if present",
+        )
+
+
 # --- one predictor for the three model forms ---------------------------------------------------
 
 
@@ -198,6 +257,7 @@ class Predictor:
     labels: tuple[str, ...] | None = None
     task: str | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
+    preprocess: str = "seam"  # the edge.preprocess mode its inputs need (a bundle's: its manifest's)
 
 
 def keras_predict_fn(model, batch: int = 64) -> Callable[[np.ndarray], np.ndarray]:
@@ -226,12 +286,17 @@ def load_predictor(
     threads: int = 2,
     role: str | None = None,
     arch: str | None = None,
-    size: int = 128,
+    size: int | None = 128,
     labels: Sequence[str] | None = None,
     task: str = "multilabel",
+    weights: str | Path | None = None,
+    classes: str | Path | None = None,
 ) -> Predictor:
-    """A bundle dir, a ``.tflite``, a ``.keras`` / ``.h5`` file (``arch`` for weights-only) or a SavedModel."""
+    """A bundle dir, a ``.tflite``, a ``.keras`` / ``.h5`` file (``arch`` for weights-only), a SavedModel
+    or an application name (``weights``, ``classes``: ``convert.applications``)."""
     from edge.classify import Classifier, TFLiteModel
+
+    from .applications import is_application
 
     p = Path(path)
     if p.is_dir() and (p / "manifest.json").is_file():
@@ -247,6 +312,7 @@ def load_predictor(
             clf.labels,
             clf.bundle.task,
             dict(clf.bundle.thresholds),
+            clf.bundle.preprocess_mode,
         )
     if p.suffix == ".tflite":
         tfl = TFLiteModel(p, threads)
@@ -257,8 +323,8 @@ def load_predictor(
         n = two_d[0][1]
         _, h, w, _ = tfl.input_shape
         return Predictor("tflite", p, h, w, n, tflite_predict_fn(tfl, n))
-    if p.is_dir() or p.suffix in (".keras", ".h5"):
-        model, meta = load_model_any(p, arch, size, list(labels) if labels else None, task)
+    if is_application(path) or p.is_dir() or p.suffix in (".keras", ".h5"):
+        model, meta = load_model_any(path, arch, size, list(labels) if labels else None, task, weights, classes)
         return Predictor(
             "keras",
             p,
@@ -268,5 +334,6 @@ def load_predictor(
             keras_predict_fn(model),
             tuple(meta["labels"]),
             meta["task"],
+            preprocess=str(meta.get("preprocess") or "seam"),
         )
     raise ModelError(f"{p}: not a model (expected a bundle dir, .tflite, .keras or .h5)")

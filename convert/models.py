@@ -22,6 +22,11 @@
   at 128². The stem still reads every full-resolution pixel (3×3, stride 2), so a 1 px thread is
   seen. Its Grad-CAM map is 8×8 (one cell per 16 px of the input).
 * ``cnn`` — the seed CNN: 4 × [Conv 3×3 ReLU, BN, MaxPool 2], Flatten, Dense 128 ReLU, Dense.
+* ``fruit-cnn`` — the fruit tutorial's CNN (class folders Apfel/Orange/Tomate, softmax): 4 ×
+  [Conv 3×3 ReLU with ``he_uniform`` initialisation, BN, MaxPool 2] with fixed widths 32/32/64/128
+  (``--filters`` is ignored), Flatten, Dense 128 ReLU (``he_uniform``), Dense. Grad-CAM at the last
+  BatchNormalization, as the tutorial. Any input of at least 16×16 is accepted (its 100×100 gives
+  6×6 features: the VALID pooling drops the odd row), not only multiples of 16.
 
 The last Dense is linear and named ``logits``, followed by an ``Activation`` named
 ``predictions`` (sigmoid for multilabel, softmax for multiclass): Grad-CAM scores the
@@ -35,7 +40,8 @@ from __future__ import annotations
 
 from edge.errors import ModelError
 
-ARCHS = ("resnet", "resnet-int8", "resnet-int8-gap", "resnet-s2", "cnn")
+ARCHS = ("resnet", "resnet-int8", "resnet-int8-gap", "resnet-s2", "cnn", "fruit-cnn")
+FRUIT_WIDTHS = (32, 32, 64, 128)
 GRADCAM_LAYER = "gradcam_features"
 RESNET_BLOCKS = (2, 4, 2)
 RESNET_S2_BLOCKS = (2, 2, 2, 1)
@@ -132,6 +138,23 @@ def _cnn(n_labels: int, height: int, width: int, filters: int, activation: str):
     return keras.Model(inputs, outputs, name="cnn")
 
 
+def _fruit_cnn(n_labels: int, height: int, width: int, activation: str):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    t = inputs
+    for i, f in enumerate(FRUIT_WIDTHS):
+        t = layers.Conv2D(f, 3, padding="same", activation="relu", kernel_initializer="he_uniform")(t)
+        t = layers.BatchNormalization(name=GRADCAM_LAYER if i == len(FRUIT_WIDTHS) - 1 else None)(t)
+        t = layers.MaxPooling2D(2)(t)
+    t = layers.Flatten()(t)
+    t = layers.Dense(128, activation="relu", kernel_initializer="he_uniform")(t)
+    t = layers.Dense(n_labels, name="logits")(t)
+    outputs = layers.Activation(activation, name="predictions")(t)
+    return keras.Model(inputs, outputs, name="fruit_cnn")
+
+
 def check_arch(arch: str) -> str:
     if arch not in ARCHS:
         raise ModelError(f"unknown architecture {arch!r} (choose one of: {', '.join(ARCHS)})")
@@ -148,9 +171,14 @@ def build_model(
     if n_labels < 1 or filters < 1:
         raise ModelError(f"n_labels {n_labels} and filters {filters} must be positive")
     down = 16
-    if height % down or width % down:
+    if arch == "fruit-cnn":  # the tutorial's 100x100: four VALID 2x2 pools need only 16 pixels
+        if height < down or width < down:
+            raise ModelError(f"input size {height}x{width} must be at least {down}x{down} for {arch!r}")
+    elif height % down or width % down:
         raise ModelError(f"input size {height}x{width} must be a multiple of {down} for {arch!r}")
     activation = "sigmoid" if task == "multilabel" else "softmax"
+    if arch == "fruit-cnn":
+        return _fruit_cnn(n_labels, height, width, activation)
     if arch == "cnn":
         return _cnn(n_labels, height, width, filters, activation)
     if arch == "resnet-s2":

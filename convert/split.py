@@ -5,6 +5,12 @@ Every ``*_data.csv`` and ``data.csv`` under each ``--data`` folder (recursively)
 split 78 / 20 / 2 % as the seed did (sizes rounded up for test and valid, like scikit-learn's
 ``train_test_split``, so even a tiny set gets one test image). Names become absolute paths; the
 files are in the seed's format (pandas ``to_csv`` with its index: ``,name,good,error,break,length``).
+
+A single ``--data`` folder without CSVs but with one folder per class (the fruit tutorial's
+``Apfel/``, ``Orange/``, ``Tomate/``) is split *per class*, 78 / 20 / 2 % of each class (so every
+class is in every part), into ``train/``, ``valid/`` and ``test/`` class-folder trees under
+``--out`` (images hard-linked where the file system allows, else copied), which ``train``,
+``evaluate`` and ``heatmaps`` read as multiclass data sets.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +28,7 @@ import numpy as np
 
 from edge.errors import DataError
 
-from .data import Dataset, merge, read_csv, seed_csv_text
+from .data import Dataset, merge, read_class_folders, read_csv, seed_csv_text
 
 FRACTIONS = {"train": 0.78, "valid": 0.20, "test": 0.02}
 SPLIT_NAMES = ("train.csv", "valid.csv", "test.csv")
@@ -71,6 +79,8 @@ def split(folders: Sequence[str | Path], out: str | Path, seed: int = 0) -> Spli
     out = Path(out)
     if out.exists() and not out.is_dir():  # before reading (and checking every image of) the data
         raise DataError(f"--out {out}: exists and is not a folder; choose a folder for train/valid/test.csv")
+    if len(folders) == 1 and Path(folders[0]).is_dir() and not _has_data_csv(Path(folders[0])):
+        return split_class_folders(folders[0], out, seed)
     csvs = find_data_csvs(folders)
     ds = merge([read_csv(c) for c in csvs], ", ".join(str(f) for f in folders))
     sizes = split_sizes(len(ds))
@@ -96,13 +106,67 @@ def split(folders: Sequence[str | Path], out: str | Path, seed: int = 0) -> Spli
     return SplitResult(files, {k: len(v) for k, v in parts.items()}, tuple(str(c) for c in csvs))
 
 
+def _has_data_csv(folder: Path) -> bool:
+    return any(p.name == "data.csv" or p.name.endswith("_data.csv") for p in folder.rglob("*.csv"))
+
+
+def _place(src: str, dst: Path) -> None:
+    """Hard-link ``src`` at ``dst`` (no extra space), or copy it where links are not possible."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def split_class_folders(folder: str | Path, out: str | Path, seed: int = 0) -> SplitResult:
+    """A class-per-folder tree → ``out/{train,valid,test}/<class>/``, 78/20/2 % of every class."""
+    folder, out = Path(folder), Path(out)
+    ds = read_class_folders(folder)
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[int]] = {"train": [], "valid": [], "test": []}
+    for ci, cname in enumerate(ds.labels):
+        members = np.flatnonzero(ds.targets[:, ci] > 0.5)
+        if len(members) < 3:
+            raise DataError(f"{folder / cname}: only {len(members)} images; each class needs at least 3 to split")
+        sizes = split_sizes(len(members))
+        order = members[rng.permutation(len(members))]
+        parts["test"] += order[: sizes["test"]].tolist()
+        parts["valid"] += order[sizes["test"] : sizes["test"] + sizes["valid"]].tolist()
+        parts["train"] += order[sizes["test"] + sizes["valid"] :].tolist()
+    files = {key: out / key for key in parts}
+    for d in files.values():
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            raise DataError(f"--out {out}: {d} already exists and is not empty; choose another --out")
+    try:
+        for key, idx in parts.items():
+            for i in sorted(idx):
+                src = ds.paths[i]
+                cname = ds.labels[int(np.argmax(ds.targets[i]))]
+                try:
+                    rel = Path(src).relative_to((folder / cname).resolve())
+                except ValueError:  # a symbolic link out of the tree: keep its name only
+                    rel = Path(Path(src).name)
+                dst = files[key] / cname / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _place(src, dst)
+    except OSError as e:
+        raise DataError(f"{e.filename or out}: cannot write ({e.strerror or e})") from None
+    return SplitResult(files, {k: len(v) for k, v in parts.items()}, (str(folder),))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "split",
         help="merge *_data.csv files into train/valid/test.csv (78/20/2 %%)",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("--data", required=True, nargs="+", metavar="DIR", help="folders with *_data.csv / data.csv")
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="folders with *_data.csv / data.csv, or one class-per-folder tree (split per class)",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
@@ -110,8 +174,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     res = split(args.data, args.out, args.seed)
+    tree = all(f.is_dir() for f in res.files.values())
+    what = f"split {res.sources[0]} per class," if tree else f"merged {len(res.sources)} CSV file(s),"
     print(
-        f"merged {len(res.sources)} CSV file(s), {sum(res.counts.values())} images → "
+        f"{what} {sum(res.counts.values())} images → "
         + ", ".join(f"{res.files[k]} ({res.counts[k]})" for k in ("train", "valid", "test"))
     )
     return 0

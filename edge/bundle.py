@@ -14,6 +14,8 @@ Layout of ``manifest.json`` (format_version 1)::
       "labels": ["good", "error", "break", "length"],
       "input": {"height": 128, "width": 128, "channels": 3,
                 "channel_order": "BGR", "preprocessing": "bgr-area-perimage-std-v1"},
+                # other models: edge.preprocess.PREPROCESS_MODES (an ImageNet VGG16:
+                # "bgr-area-caffe-imagenet-v1"); an input without these keys is a seam model
       "files": {"<role>": {"path": "classifier_int8.tflite", "sha256": "..."}, ...},
       "classifier": "classifier_int8",         # default role the daemon runs
       "gradcam": {"layer": "...", "feature_shape": [h, w, c],
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
-from .preprocess import CHANNEL_ORDER, PREPROCESS_ID
+from .preprocess import CHANNEL_ORDER, PREPROCESS_ID, PREPROCESS_MODES, check_mode, mode_for_id
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -72,6 +74,7 @@ class Bundle:
     preprocessing: str
     thresholds: dict[str, float]
     files: dict[str, dict[str, str]] = field(repr=False)
+    preprocess_mode: str = "seam"  # the edge.preprocess mode name of ``preprocessing``
 
     def has(self, role: str) -> bool:
         return role in self.files
@@ -196,13 +199,14 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         if not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE):
             raise ModelError(f"{mpath}: input.{side}: {_show(v)} must be a whole number of pixels (1 to {MAX_SIDE})")
     height, width = inp["height"], inp["width"]
-    order = inp.get("channel_order", CHANNEL_ORDER)
     prep = inp.get("preprocessing", PREPROCESS_ID)
-    if order != CHANNEL_ORDER or prep != PREPROCESS_ID:
+    mode = mode_for_id(prep, inp.get("channel_order", PREPROCESS_MODES.get(_mode_name(prep) or "", ("", ""))[1]))
+    order = inp.get("channel_order", PREPROCESS_MODES[mode][1] if mode else CHANNEL_ORDER)
+    if mode is None:
+        known = ", ".join(f"{pid!r} ({o})" for pid, o in PREPROCESS_MODES.values())
         raise ModelError(
-            f"{mpath}: input.preprocessing {_show(prep)} / channel_order {_show(order)} is not this "
-            "runtime's "
-            f"({PREPROCESS_ID!r}, {CHANNEL_ORDER!r})"
+            f"{mpath}: input.preprocessing {_show(prep)} / channel_order {_show(order)} is not one this "
+            f"runtime knows ({known})"
         )
     files = _need(manifest, "files", mpath)
     if not isinstance(files, dict) or not files:
@@ -254,7 +258,19 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         preprocessing=prep,
         thresholds=thresholds,
         files=files,
+        preprocess_mode=mode,
     )
+
+
+def _mode_name(preprocessing: Any) -> str | None:
+    """The mode whose manifest id is ``preprocessing`` (for a manifest without channel_order)."""
+    return next((name for name, (pid, _) in PREPROCESS_MODES.items() if pid == preprocessing), None)
+
+
+def input_section(preprocess: str = "seam") -> dict[str, str]:
+    """``manifest.input``'s preprocessing keys for a ``--preprocess`` mode (ValueError if unknown)."""
+    pid, order = PREPROCESS_MODES[check_mode(preprocess)]
+    return {"channel_order": order, "preprocessing": pid}
 
 
 def write_manifest(root: str | Path, manifest: dict[str, Any], files: dict[str, str]) -> Path:
@@ -266,7 +282,9 @@ def write_manifest(root: str | Path, manifest: dict[str, Any], files: dict[str, 
     out = dict(manifest)
     out["format_version"] = FORMAT_VERSION
     out.setdefault("input", {})
-    out["input"] = {"channels": 3, "channel_order": CHANNEL_ORDER, "preprocessing": PREPROCESS_ID, **out["input"]}
+    given = dict(out["input"])
+    order = PREPROCESS_MODES[_mode_name(given.get("preprocessing", PREPROCESS_ID)) or "seam"][1]
+    out["input"] = {"channels": 3, "channel_order": order, "preprocessing": PREPROCESS_ID, **given}
     out["files"] = {role: {"path": rel, "sha256": sha256_file(root / rel)} for role, rel in files.items()}
     tmp = root / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(out, indent=2, sort_keys=False) + "\n")

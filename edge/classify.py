@@ -154,7 +154,7 @@ class Classifier:
 
     def classify(self, frame_bgr: np.ndarray) -> np.ndarray:
         """A BGR frame (already cropped to the ROI) → probabilities ``[n_labels]``."""
-        return self.predict(preprocess(frame_bgr, self.height, self.width))
+        return self.predict(preprocess(frame_bgr, self.height, self.width, self.bundle.preprocess_mode))
 
     def prepare(self, frame_bgr: np.ndarray) -> np.ndarray:
         """A BGR frame → the interpreter's input tensor: ``preprocess`` and quantise, no interpreter.
@@ -163,7 +163,7 @@ class Classifier:
         nothing but ``invoke`` and the decision (pipelining: on a Pi 4 the camera thread has spare
         time while XNNPACK runs).
         """
-        return self.model.prepare(preprocess(frame_bgr, self.height, self.width))
+        return self.model.prepare(preprocess(frame_bgr, self.height, self.width, self.bundle.preprocess_mode))
 
     def classify_prepared(self, tensor: np.ndarray) -> np.ndarray:
         """A tensor from ``prepare`` → probabilities ``[n_labels]`` (same numbers as ``classify``)."""

@@ -351,6 +351,12 @@ def strength(peak: float, ref: float | None) -> float:
     return float(np.clip(peak / ref, 0.0, 1.0)) if np.isfinite(peak) else 0.0
 
 
+def top_indices(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the ``k`` highest scores, best first (ties: the lower index first)."""
+    s = np.asarray(scores, np.float64).reshape(-1)
+    return [int(i) for i in np.argsort(-s, kind="stable")[: max(1, int(k))]]
+
+
 def label_indices(labels: Sequence[str], known: Sequence[str]) -> list[int]:
     """Positions of ``labels`` in the model's ``known`` labels; an unknown one is a ``ModelError``."""
     out = []
@@ -442,18 +448,23 @@ class Explainer:
 
     def forward(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One float forward pass (LiteRT) → (scores[n], features[h, w, c])."""
-        x = preprocess(frame_bgr, self.bundle.height, self.bundle.width)
+        x = preprocess(frame_bgr, self.bundle.height, self.bundle.width, self.bundle.preprocess_mode)
         self.interpreter.set_tensor(self._in, x[None])
         self.interpreter.invoke()
         pred = np.array(self.interpreter.get_tensor(self._pred)[0], np.float32)
         feat = np.array(self.interpreter.get_tensor(self._feat)[0], np.float32)
         return pred, feat
 
-    def explain(self, frame_bgr: np.ndarray, labels: Sequence[str] | None = None) -> dict[str, Heatmap]:
-        """Heatmaps for ``labels`` (default: all) at the frame's resolution."""
+    def explain(
+        self, frame_bgr: np.ndarray, labels: Sequence[str] | None = None, top_k: int | None = None
+    ) -> dict[str, Heatmap]:
+        """Heatmaps for ``labels`` (default: all; with ``top_k``: the k highest-scoring labels, best
+        first, chosen after the one forward pass) at the frame's resolution."""
+        pred, feat = self.forward(frame_bgr)
+        if labels is None and top_k is not None:
+            labels = [self.labels[int(i)] for i in top_indices(pred, top_k)]
         labels = list(self.labels if labels is None else labels)
         idx = label_indices(labels, self.labels)
-        pred, feat = self.forward(frame_bgr)
         inputs = None
         h, w = frame_bgr.shape[:2]
         out = {}

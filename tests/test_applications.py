@@ -1,0 +1,314 @@
+"""The seeds' Grad-CAM tutorials with seam-qc: preprocessing per model, VGG16 / MobileNetV2 from local
+weights, top-k and named classes, the JET overlay, the fruit CNN, and ``split`` of a class-folder tree.
+
+VGG16 and MobileNetV2 are built with ``weights=None`` (nothing is downloaded), saved to ``.h5`` and
+loaded back through ``--weights``; VGG16 is built once per session (it is heavy).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import ModelError
+from tests.support.gradcam import assert_agree, sample_frames
+
+
+def _main(argv: list[str]) -> int:
+    from convert.__main__ import main
+
+    return main(argv)
+
+
+def _maps(folder: Path, stem: str) -> dict:
+    """The ``--raw`` maps of one image as {label: Heatmap-like} for ``assert_agree``."""
+    from edge.gradcam import Heatmap
+
+    rows = [r.split(",") for r in (folder / "heatmaps.csv").read_text().splitlines()[1:]]
+    return {
+        r[2]: Heatmap(r[2], np.load(folder / f"{stem}.{r[2]}.npy"), float(r[4]), float(r[3]))
+        for r in rows
+        if r[0] == stem
+    }
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+@pytest.mark.parametrize("mode", ["vgg16", "resnet50", "mobilenet_v2"])
+def test_preprocess_matches_keras_preprocess_input(mode):
+    """The Pi's numpy preprocessing == ``keras.applications.<mode>.preprocess_input`` on the RGB image."""
+    import importlib
+
+    from edge.preprocess import preprocess
+
+    keras_pre = importlib.import_module(f"keras.applications.{mode}").preprocess_input
+    bgr = np.random.default_rng(1).integers(0, 256, (48, 40, 3)).astype(np.uint8)
+    ref = np.asarray(keras_pre(bgr[..., ::-1].astype(np.float32).copy()))
+    got = preprocess(bgr, 48, 40, mode)
+    assert got.dtype == np.float32 and got.shape == (48, 40, 3)
+    assert float(np.abs(got - ref).max()) <= 1e-4
+
+
+def test_seam_contract_unchanged_and_none_is_rgb():
+    from edge.preprocess import PREPROCESS_ID, preprocess
+
+    bgr = np.random.default_rng(2).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    x = bgr.astype(np.float64)
+    seam = (x - x.mean()) / max(x.std(), 1 / np.sqrt(x.size))
+    assert PREPROCESS_ID == "bgr-area-perimage-std-v1"
+    assert float(np.abs(preprocess(bgr, 64, 64) - seam).max()) <= 1e-5
+    assert float(np.abs(preprocess(bgr, 64, 64, "seam") - seam).max()) <= 1e-5
+    assert np.array_equal(preprocess(bgr, 64, 64, "none"), bgr[..., ::-1].astype(np.float32))
+    big = cv2.resize(bgr, (128, 96), interpolation=cv2.INTER_NEAREST)  # every mode resizes with INTER_AREA
+    area = cv2.resize(big, (64, 64), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(preprocess(big, 64, 64, "none"), area[..., ::-1].astype(np.float32))
+
+
+def test_manifest_records_the_mode_old_manifests_are_seam(tmp_path):
+    from edge.bundle import input_section, load_bundle, write_manifest
+
+    (tmp_path / "m.tflite").write_bytes(b"x")
+    base = {"task": "multiclass", "labels": ["a", "b"], "classifier": "m"}
+    write_manifest(
+        tmp_path, {**base, "input": {"height": 8, "width": 8, **input_section("mobilenet_v2")}}, {"m": "m.tflite"}
+    )
+    man = json.loads((tmp_path / "manifest.json").read_text())
+    assert man["input"]["preprocessing"] == "rgb-area-tf-minus1to1-v1" and man["input"]["channel_order"] == "RGB"
+    assert load_bundle(tmp_path).preprocess_mode == "mobilenet_v2"
+    man["input"] = {"height": 8, "width": 8}  # a manifest from before the field: a seam model
+    (tmp_path / "manifest.json").write_text(json.dumps(man))
+    b = load_bundle(tmp_path)
+    assert (b.preprocess_mode, b.preprocessing, b.channel_order) == ("seam", "bgr-area-perimage-std-v1", "BGR")
+    man["input"]["preprocessing"] = "imagenet-magic"
+    (tmp_path / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ModelError, match="input.preprocessing 'imagenet-magic'"):
+        load_bundle(tmp_path)
+
+
+# ----------------------------------------------------------------------------- class known by construction
+
+
+def colour_model(size: int = 32):
+    """Logit k = 0.05 × the mean of input channel k (RGB with ``--preprocess none``): a mostly green
+    image is class ``green`` by construction, and its Grad-CAM is the green channel."""
+    import keras
+    from keras import layers
+
+    i = keras.Input((size, size, 3))
+    f = layers.Conv2D(3, 1, use_bias=False, name="feat")(i)
+    x = layers.Dense(3, use_bias=False)(layers.GlobalAveragePooling2D()(f))
+    m = keras.Model(i, layers.Softmax()(x))
+    m.layers[1].set_weights([np.eye(3, dtype=np.float32).reshape(1, 1, 3, 3)])
+    m.layers[3].set_weights([0.05 * np.eye(3, dtype=np.float32)])
+    return m
+
+
+def test_explained_class_is_the_known_top1_and_jet_written(tmp_path, capsys):
+    from convert.models import save_model
+
+    kpath = tmp_path / "colour.keras"
+    save_model(colour_model(), kpath, {"labels": ["red", "green", "blue"], "task": "multiclass"})
+    img = np.full((64, 64, 3), 40, np.uint8)
+    img[8:40, 20:52] = (30, 230, 30)  # BGR: a green square, top right of centre
+    cv2.imwrite(str(tmp_path / "g.png"), img)
+    runs = {}
+    for method in ("tf", "litert"):
+        out = tmp_path / method
+        argv = ["heatmaps", "--model", str(kpath), "--data", str(tmp_path / "g.png"), "--out", str(out)]
+        assert _main([*argv, "--method", method, "--preprocess", "none", "--raw", "--top-k", "1"]) == 0
+        rows = (out / "heatmaps.csv").read_text().splitlines()[1:]
+        assert [r.split(",")[2] for r in rows] == ["green"]  # top-1 only, and it is the known class
+        runs[method] = _maps(out, "g")
+        cam = runs[method]["green"].cam
+        y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        assert 8 <= y < 40 and 20 <= x < 52  # the map's peak is on the square
+        jet = cv2.imread(str(out / "g.jet.png"))
+        heat = cv2.applyColorMap((cam * 255 + 0.5).astype(np.uint8), cv2.COLORMAP_JET)
+        want = cv2.addWeighted(heat, 0.4, img, 0.6, 0.0)
+        assert jet.shape == img.shape and int(np.abs(jet.astype(int) - want).max()) <= 1
+    assert_agree(runs["tf"], runs["litert"])
+    out = tmp_path / "named"
+    argv = ["heatmaps", "--model", str(kpath), "--data", str(tmp_path / "g.png"), "--out", str(out)]
+    assert _main([*argv, "--preprocess", "none"]) == 0  # a multiclass model: its top-1 by default
+    assert [r.split(",")[2] for r in (out / "heatmaps.csv").read_text().splitlines()[1:]] == ["green"]
+    assert _main([*argv, "--preprocess", "none", "--class", "red", "--class", "blue"]) == 0
+    assert [r.split(",")[2] for r in (out / "heatmaps.csv").read_text().splitlines()[1:]] == ["red", "blue"]
+    assert _main([*argv, "--preprocess", "none", "--top-k", "2"]) == 0
+    assert [r.split(",")[2] for r in (out / "heatmaps.csv").read_text().splitlines()[1:]] == ["green", "red"]
+    with pytest.raises(SystemExit) as exc:  # argparse: not a choice
+        _main([*argv, "--preprocess", "imagenet"])
+    assert exc.value.code == 2 and "invalid choice: 'imagenet'" in capsys.readouterr().err
+    assert _main([*argv, "--weights", str(tmp_path / "x.h5")]) == 78
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--weights and --classes go with --model vgg16 or mobilenet_v2" in err[-1]
+
+
+# ----------------------------------------------------------------------------- VGG16 / MobileNetV2
+
+
+@pytest.fixture(scope="session")
+def vgg16_h5(tmp_path_factory):
+    """VGG16 (weights=None, 32×32, 3 classes) saved as a legacy ``.h5``: built once per session."""
+    import keras
+
+    root = tmp_path_factory.mktemp("vgg16")
+    keras.utils.set_random_seed(0)
+    keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=3).save(str(root / "vgg16.h5"))
+    (root / "classes.json").write_text(json.dumps({"0": ["n0", "apple"], "1": ["n1", "crane"], "2": ["n2", "crane"]}))
+    return root
+
+
+@pytest.mark.slow
+def test_vgg16_local_weights_tf_and_litert_agree(vgg16_h5, tmp_path):
+    """``--model vgg16 --weights FILE.h5 --classes``: the classes, the input size (from fc1), the
+    vgg16 preprocessing; the explained class is Keras' top-1; TF and LiteRT maps agree."""
+    import keras
+
+    from convert.applications import build_application
+
+    model, meta = build_application("vgg16", vgg16_h5 / "vgg16.h5", None, vgg16_h5 / "classes.json")
+    assert (meta["height"], meta["preprocess"]) == (32, "vgg16")
+    assert meta["labels"] == ["apple", "crane_n1", "crane_n2"]  # repeated names told apart
+    img = sample_frames(1, seed=5)[0][:120, :100]
+    cv2.imwrite(str(tmp_path / "v.png"), img)
+    x = keras.applications.vgg16.preprocess_input(
+        cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA)[..., ::-1].astype(np.float32)
+    )
+    top1 = meta["labels"][int(np.argmax(np.asarray(model(x[None]))[0]))]
+    runs = {}
+    for method in ("tf", "litert"):
+        out = tmp_path / method
+        argv = ["heatmaps", "--model", "vgg16", "--weights", str(vgg16_h5 / "vgg16.h5"), "--method", method]
+        argv += ["--classes", str(vgg16_h5 / "classes.json"), "--data", str(tmp_path / "v.png")]
+        assert _main([*argv, "--out", str(out), "--raw", "--top-k", "1"]) == 0
+        runs[method] = _maps(out, "v")
+        assert list(runs[method]) == [top1]
+        assert (out / "v.jet.png").is_file() and (out / "v.overlay.png").is_file()
+    assert_agree(runs["tf"], runs["litert"])
+    with pytest.raises(ModelError, match="--size 64: the VGG16 in --weights .* takes 32"):
+        build_application("vgg16", vgg16_h5 / "vgg16.h5", 64)
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_export_bundle_and_pi_parity(tmp_path):
+    """``convert export --model mobilenet_v2 --weights`` → a bundle recording mobilenet_v2
+    preprocessing; the Pi's classifier and explainer reproduce Keras on preprocess_input."""
+    import keras
+
+    from convert.gradcam_tf import TFGradCAM
+    from edge.bundle import load_bundle
+    from edge.classify import Classifier
+    from edge.gradcam import Explainer
+
+    keras.utils.set_random_seed(1)
+    ref = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, classes=4)
+    ref.save(str(tmp_path / "mnet.h5"))
+    (tmp_path / "classes.json").write_text(json.dumps(["a", "b", "c", "d"]))
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    frames = sample_frames(4, seed=7)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(cal / f"{i}.png"), f)
+    argv = ["export", "--model", "mobilenet_v2", "--weights", str(tmp_path / "mnet.h5"), "--size", "96"]
+    argv += ["--classes", str(tmp_path / "classes.json"), "--calibration", str(cal), "--out", str(tmp_path / "b")]
+    assert _main([*argv, "--int8", "dynamic", "--min-int8-agreement", "0"]) == 0
+    b = load_bundle(tmp_path / "b")
+    assert b.preprocess_mode == "mobilenet_v2" and b.labels == ("a", "b", "c", "d")
+    assert b.manifest["input"]["preprocessing"] == "rgb-area-tf-minus1to1-v1"
+    assert b.manifest["gradcam"]["layer"] == "Conv_1"
+    clf = Classifier(b, role="classifier_fp32", threads=1)
+    ex = Explainer(b, threads=1)
+    tg = TFGradCAM(ref, labels=list(b.labels), preprocess="mobilenet_v2")
+    for f in frames[:2]:
+        x = keras.applications.mobilenet_v2.preprocess_input(
+            cv2.resize(f, (96, 96), interpolation=cv2.INTER_AREA)[..., ::-1].astype(np.float32)
+        )
+        want = np.asarray(ref(x[None]))[0]
+        assert float(np.abs(clf.classify(f) - want).max()) <= 1e-4
+        lite = ex.explain(f, top_k=1)
+        assert list(lite) == [b.labels[int(np.argmax(want))]]
+        assert_agree(lite, tg.explain(f, top_k=1))
+
+
+# ----------------------------------------------------------------------------- the fruit CNN and split
+
+
+def test_fruit_cnn_is_the_seed_network():
+    import keras
+
+    from convert.explainer import find_gradcam_layer
+    from convert.models import build_model
+
+    m = build_model("fruit-cnn", 3, 100, 100, task="multiclass")
+    convs = [lyr for lyr in m.layers if isinstance(lyr, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [32, 32, 64, 128]
+    assert all(type(c.kernel_initializer).__name__ == "HeUniform" for c in convs)
+    assert tuple(m.inputs[0].shape[1:]) == (100, 100, 3) and tuple(m.outputs[0].shape[1:]) == (3,)
+    assert m.get_layer("predictions").activation.__name__ == "softmax"
+    last_bn = [lyr for lyr in m.layers if isinstance(lyr, keras.layers.BatchNormalization)][-1]
+    assert find_gradcam_layer(m) == last_bn.name
+    with pytest.raises(ModelError, match="100x100 must be a multiple of 16 for 'cnn'"):
+        build_model("cnn", 3, 100, 100)
+
+
+def fruit_tree(root: Path, n: int = 40, seed: int = 0) -> Path:
+    """Three class folders of 100×100 images, told apart by shape (training augments colour away):
+    a filled disc, a square outline, a cross, each anywhere near the middle, on noise."""
+    rng = np.random.default_rng(seed)
+    for cname in ("Apfel", "Orange", "Tomate"):
+        (root / cname).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(150, 230, (100, 100, 3)).astype(np.uint8)
+            cx, cy, r = (int(v) for v in (*rng.integers(35, 65, 2), rng.integers(18, 28)))
+            if cname == "Apfel":
+                cv2.circle(img, (cx, cy), r, (40, 40, 200), -1)
+            elif cname == "Orange":
+                cv2.rectangle(img, (cx - r, cy - r), (cx + r, cy + r), (30, 140, 250), 5)
+            else:
+                cv2.line(img, (cx - r, cy), (cx + r, cy), (30, 30, 220), 7)
+                cv2.line(img, (cx, cy - r), (cx, cy + r), (30, 30, 220), 7)
+            cv2.imwrite(str(root / cname / f"{cname.lower()}_{i:02d}.png"), img)
+    return root
+
+
+def test_split_class_folders_per_class(tmp_path, capsys):
+    tree = fruit_tree(tmp_path / "fruit", n=50)
+    assert _main(["split", "--data", str(tree), "--out", str(tmp_path / "s")]) == 0
+    for cname in ("Apfel", "Orange", "Tomate"):
+        counts = {k: len(list((tmp_path / "s" / k / cname).glob("*.png"))) for k in ("train", "valid", "test")}
+        assert counts == {"train": 39, "valid": 10, "test": 1}  # 78/20/2 % of 50 per class
+    names = [sorted(p.name for p in (tmp_path / "s" / k).rglob("*.png")) for k in ("train", "valid", "test")]
+    assert len(set().union(*names)) == 150 and sum(map(len, names)) == 150  # each image in one part
+    capsys.readouterr()
+    assert _main(["split", "--data", str(tree), "--out", str(tmp_path / "s")]) == 2  # never mixes two splits
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty" in err[0] and str(tmp_path / "s") in err[0]
+
+
+@pytest.mark.slow  # trains
+def test_fruit_cnn_trains_on_class_folders(tmp_path):
+    from convert.evaluate import evaluate
+    from convert.train import train
+
+    tree = fruit_tree(tmp_path / "fruit", n=60)
+    assert _main(["split", "--data", str(tree), "--out", str(tmp_path / "s")]) == 0
+    res = train(
+        str(tmp_path / "s" / "train"),
+        str(tmp_path / "s" / "valid"),
+        tmp_path / "fruit.keras",
+        arch="fruit-cnn",
+        epochs=10,
+        size=100,
+        batch=8,  # ~170 steps: the seed's BatchNormalization (momentum 0.99) needs them to settle
+        lr=1e-3,
+        patience=10,
+        verbose=0,
+    )
+    assert res.task == "multiclass" and res.labels == ("Apfel", "Orange", "Tomate")
+    ev = evaluate(tmp_path / "fruit.keras", tmp_path / "s" / "valid")
+    assert ev.metrics["accuracy"] >= 95.0, (ev.report, res.history.get("val_acc"))
