@@ -201,6 +201,7 @@ class Msg:
     retain: bool
     t: float  # time.monotonic() at arrival
     wall: float = 0.0  # time.time() at arrival (to compare with an alert's ``ts``)
+    user: tuple[tuple[str, str], ...] = ()  # MQTT 5 user properties (the heatmap's ``event_id``)
 
     @property
     def text(self) -> str:
@@ -231,6 +232,7 @@ class MqttSubscriber:
         username: str | None = None,
         password: str | None = None,
         on_message: Callable[[Msg], None] | None = None,
+        v5: bool = False,
     ) -> None:
         import paho.mqtt.client as mqtt
 
@@ -243,7 +245,9 @@ class MqttSubscriber:
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id or f"seamqc-sub-{uuid.uuid4().hex[:8]}",
-            clean_session=not persistent,
+            # MQTT 5 (``v5``) to see user properties; it has clean_start at connect instead
+            clean_session=None if v5 else not persistent,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         )
         if tls:
             self.client.tls_set(**tls)
@@ -264,7 +268,8 @@ class MqttSubscriber:
         self._subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        m = Msg(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), time.monotonic(), time.time())
+        user = tuple(tuple(p) for p in (getattr(msg.properties, "UserProperty", None) or ()))
+        m = Msg(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), time.monotonic(), time.time(), user)
         with self._cond:
             self.messages.append(m)
             self._cond.notify_all()

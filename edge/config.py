@@ -228,6 +228,8 @@ class HeatmapConfig(_Model):
     queue_size: int = Field(8, ge=1, le=1000)
     labels_only_flagged: bool = True
     threads: int = Field(2, ge=1, le=64)
+    # publish each overlay (a JPEG ≤ 60 KB, retained) on <prefix>/<station>/heatmap
+    mqtt: bool = True
 
 
 class Config(_Model):

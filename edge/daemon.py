@@ -312,6 +312,8 @@ class Daemon:
             overlay_jet=overlay.overlay_jet,
             labels_all=self.labels,
             labels_only_flagged=hc.labels_only_flagged,
+            # the latest overlay on MQTT, published from the worker's thread (the publisher exists by then)
+            on_overlay=(lambda eid, jpeg: self.publisher.heatmap(eid, jpeg)) if hc.mqtt else None,
         )
         self.heatmaps.prepare_dir()
 
@@ -364,6 +366,7 @@ class Daemon:
         )
 
     def stats_payload(self, interval_frames: int, interval_s: float) -> dict:
+        """The §6 stats: nested objects (kept for existing readers) plus flat numbers for Grafana."""
         cap = self.capture.stats if self.capture else None
         hm = self.heatmaps
         recent = self.inf_ms[-2000:]
@@ -392,6 +395,14 @@ class Daemon:
             "runtime": self.runtime,
             "model": {"name": self.bundle.name, "sha256": self.model_sha},
             "open_events": self.decider.open_events,
+            # flat numeric copies of the nested values: Grafana/Telegraf/HA read one number per key
+            "inference_ms_p50": percentile(recent, 50),
+            "inference_ms_p99": percentile(recent, 99),
+            "heatmaps_saved": hm.saved if hm else 0,
+            "heatmaps_dropped": hm.dropped if hm else 0,
+            "heatmaps_deleted": hm.deleted if hm else 0,
+            "heatmap_ms_p50": percentile(hm.ms, 50) if hm else None,
+            "defects_per_hour": round(self.alerts * 3600.0 / max(1.0, time.monotonic() - self.started_mono), 2),
         }
 
     def _outbox_depth(self) -> int | None:
@@ -525,6 +536,8 @@ class Daemon:
         scores = {lab: float(p) for lab, p in zip(self.labels, np.asarray(probs).reshape(-1))}
         for alert in self.decider.update(frame.seq, frame.ts_wall, scores, image=frame.image):
             self.emit(alert)
+        if self.publisher is not None:  # early signal: ON when an event opens, OFF when none is open
+            self.publisher.defect(self.decider.open_events > 0)
 
     def shutdown(self, frames_at_stats: int = 0, last_stats: float | None = None) -> None:
         t0 = time.monotonic()

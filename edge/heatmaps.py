@@ -193,6 +193,21 @@ class Retention:
         return removed
 
 
+MQTT_JPEG_MAX = 60 * 1024  # the ``/heatmap`` image: small enough for any broker and dashboard
+
+
+def jpeg_within(img: np.ndarray, max_bytes: int = MQTT_JPEG_MAX) -> bytes | None:
+    """``img`` as a JPEG of at most ``max_bytes``: lower quality first, then half the size; None if never."""
+    img = np.ascontiguousarray(img)
+    while min(img.shape[:2]) >= 8:
+        for quality in (85, 70, 50, 35, 20):
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok and buf.size <= max_bytes:
+                return bytes(buf.tobytes())
+        img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    return None
+
+
 def _write_image(path: Path, img: np.ndarray, params: list[int] | None = None) -> int:
     ext = path.suffix
     ok, buf = cv2.imencode(ext, img, params or [])
@@ -251,8 +266,13 @@ class HeatmapWorker(threading.Thread):
         overlay_jet: Callable,
         labels_all: tuple[str, ...] = (),
         labels_only_flagged: bool = True,
+        on_overlay: Callable[[str, bytes], Any] | None = None,
     ) -> None:
         super().__init__(name="heatmaps", daemon=True)
+        # gets (event_id, overlay JPEG ≤ MQTT_JPEG_MAX) after each save, in this thread: the
+        # MQTT ``/heatmap`` image is encoded and handed to paho here, never in the capture path
+        self.on_overlay = on_overlay
+        self._overlay_failed = False
         self.root = Path(root)
         self.stop_event = stop
         self.q: queue.Queue[HeatmapJob] = queue.Queue(maxsize=queue_size)
@@ -407,6 +427,17 @@ class HeatmapWorker(threading.Thread):
             except queue.Empty:
                 return
 
+    def _send_overlay(self, event_id: str, overlay: np.ndarray) -> None:
+        """Hand the overlay to ``on_overlay``; a failure is logged once and never stops the worker."""
+        try:
+            data = jpeg_within(overlay)
+            if data is not None and self.on_overlay is not None:
+                self.on_overlay(event_id, data)
+        except Exception as e:  # noqa: BLE001 - the files are written; the MQTT image is a bonus
+            if not self._overlay_failed:
+                self._overlay_failed = True
+                log.warning("heatmaps: publishing the overlay of %s failed: %s (logged once)", event_id, e)
+
     def _process(self, job: HeatmapJob) -> None:
         t0 = time.perf_counter()
         if self.explainer is None:
@@ -442,6 +473,8 @@ class HeatmapWorker(threading.Thread):
         self.retention.add(stem, nbytes)
         self.deleted += self.retention.enforce(keep=stem)
         self.saved += 1
+        if self.on_overlay is not None:
+            self._send_overlay(job.event_id, ov)
         self.ms.append((time.perf_counter() - t0) * 1000)
         if len(self.ms) > 500:
             del self.ms[:250]

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.errors import ConfigError
 from edge.mqtt_client import (
@@ -64,17 +66,19 @@ class Topics:
     status: str
     alert: str
     stats: str
+    defect: str
+    heatmap: str
 
 
 def topics(prefix: str, station: str) -> Topics:
-    """The three topics of a station: ``<prefix>/<station>/status|alert|stats``."""
+    """The topics of a station: ``<prefix>/<station>/status|alert|stats|defect|heatmap``."""
     for name, value in (("mqtt.prefix", prefix), ("station", station)):
         if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
             raise ConfigError(f"{name}: {value!r} is not a valid MQTT topic part (no '+', '#', empty or edge '/')")
     if "/" in station:
         raise ConfigError(f"station: {station!r} must not contain '/'")
     base = f"{prefix}/{station}"
-    return Topics(f"{base}/status", f"{base}/alert", f"{base}/stats")
+    return Topics(f"{base}/status", f"{base}/alert", f"{base}/stats", f"{base}/defect", f"{base}/heatmap")
 
 
 class Publisher:
@@ -95,6 +99,7 @@ class Publisher:
         self._client: mqtt.Client | None = None
         self._sender: OutboxSender | None = None
         self._said: set[tuple[str, int]] = set()  # (what, limit) already logged by stats()
+        self._defect: bool | None = None  # the last state handed to paho for ``/defect``
         if self.enabled:
             setup = make_client(cfg, station, self.topics.status, self.log)
             self._setup, self._client = setup, setup.client
@@ -118,6 +123,7 @@ class Publisher:
             )
             return self
         self._sender.start()
+        self.defect(False)  # a restart clears a retained ON left by a crash
         return self
 
     # -- what the sender publishes (read-only here) ----------------------------------------------
@@ -190,6 +196,36 @@ class Publisher:
         info = client.publish(self.topics.stats, data, qos=0, retain=True)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
+    def defect(self, on: bool) -> None:
+        """Retained QoS 1 ``ON``/``OFF`` on ``/defect`` when the state changes; never blocks.
+
+        The early signal: ``ON`` in the frame an event opens, long before its alert (sent when it
+        closes). paho queues QoS 1 messages while the broker is away and sends them on reconnect.
+        """
+        if self._client is None or self._defect is on:
+            return
+        self._defect = on
+        self._client.publish(self.topics.defect, "ON" if on else "OFF", qos=1, retain=True)
+
+    def heatmap(self, event_id: str, jpeg: bytes) -> bool:
+        """The latest overlay JPEG on ``/heatmap``, retained, QoS 0, ``event_id`` as an MQTT 5 user property.
+
+        Called by the heatmap worker's thread. Skipped (False) offline or over the broker's packet
+        limit: only the latest image matters, so none is queued for later.
+        """
+        sender, client = self._sender, self._client
+        if sender is None or client is None or not sender.connected:
+            return False
+        limit = sender.max_packet
+        if limit is not None and publish_size(self.topics.heatmap, jpeg, 0, sender.v5) + 64 > limit:
+            return False
+        props = None
+        if sender.v5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.UserProperty = [("event_id", event_id)]
+        info = client.publish(self.topics.heatmap, jpeg, qos=0, retain=True, properties=props)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every alert in the outbox was acknowledged (True) or ``timeout`` passed."""
         if self._sender is None:
@@ -203,6 +239,7 @@ class Publisher:
         """
         if self._sender is None or self._setup is None or not self._sender.started:
             return
+        self.defect(False)  # a clean stop leaves ``OFF``; the last will leaves only ``status`` offline
         self._sender.stop(timeout)
         self._setup.release_logs()
 
