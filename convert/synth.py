@@ -28,7 +28,9 @@ Video (``--video FILE.mp4 --frames N``) is a 640×480 strip of the same seam wor
 the camera at sewing speed (``--stitches-per-min`` × base stitch length / 60 mm/s), with error and
 break defects and stretches of the other stitch length; ``FILE.truth.csv`` says when each is
 wholly inside the ROI: the station's ``camera.roi`` (``--config``), ``--roi X,Y,W,H``, or by
-default ``[192, 112, 256, 256]``.
+default ``[192, 112, 256, 256]``. ``--impair blur|dark|frozen|covered|stopped`` impairs the camera or
+the line from frame ``--impair-from`` (default half-way) on, so that a station first learns its
+health baseline (``edge/health.py``); without it the output is unchanged.
 
 Everything is numpy + OpenCV (no TensorFlow) and a pure function of ``--seed``: image i of a
 data set is drawn from its own generator ``SeedSequence([seed, i])``.
@@ -393,6 +395,14 @@ def register(subparsers) -> None:
         default=None,
         help=f"length of each stretch in mm (default {DEFAULT_STRETCH_ROIS} ROI widths, min 1.5)",
     )
+    v.add_argument(
+        "--impair",
+        choices=IMPAIRMENTS,
+        default=None,
+        help="from --impair-from on: blur (defocus), dark (lamp out), frozen (the same frame repeats), "
+        "covered (lens covered), stopped (the fabric stops; the camera stays live)",
+    )
+    v.add_argument("--impair-from", type=int, default=None, help="first impaired frame (default: half-way)")
     add_roi_args(p, f"the view the truth is written for (--video only; default {list(ROI)})")
     p.set_defaults(func=run)
 
@@ -427,6 +437,8 @@ def run(args: argparse.Namespace) -> int:
             progress=True,
             roi=roi,
             families=fams,
+            impair=args.impair,
+            impair_from=args.impair_from,
         )
         dt = time.perf_counter() - t0
         print(
@@ -470,6 +482,7 @@ STRETCH_EVERY_MM = 300.0
 MAX_DEFECT_W = 150  # px; wider defects are redrawn (keeps ≥ 6 frames in the ROI)
 CHUNK = 1024  # strip columns rendered at a time
 CHUNK_PAD = 64
+IMPAIRMENTS = ("blur", "dark", "frozen", "covered", "stopped")
 
 
 def _check_video_opts(
@@ -573,6 +586,8 @@ def write_video(
     progress: bool = False,
     roi: tuple[int, int, int, int] | None = None,
     families: Sequence[str] | None = None,
+    impair: str | None = None,
+    impair_from: int | None = None,
 ) -> list[TruthRow]:
     """Write a 640×480 ``mp4v`` video of a seam strip scrolling past the camera + truth CSV.
 
@@ -590,6 +605,8 @@ def write_video(
     ``roi`` (x, y, w, h; default ``ROI``) is the daemon's ``camera.roi``: the view the truth is
     for. It must lie inside the frame, be ≥ 166 px wide (a defect wholly inside it) and cover
     the seam's rows (y 194..286).
+    ``impair`` (``IMPAIRMENTS``) impairs frames ``impair_from`` (default ``frames // 2``) onward
+    (``_impair``); for ``stopped`` the truth follows the stopped strip.
     Returns the truth rows (also written to ``FILE.truth.csv``), sorted by first frame.
     """
     from convert.synth_fabric import tile_bank
@@ -613,6 +630,12 @@ def write_video(
     _check_video_opts(
         frames, fps, spm, base_length_mm, defects, defect_every_mm, length_stretches, stretch_mm, px_per_mm, roi
     )
+    if impair is not None:
+        if impair not in IMPAIRMENTS:
+            raise DataError(f"--impair {impair!r}: must be one of {', '.join(IMPAIRMENTS)}")
+        impair_from = int(frames) // 2 if impair_from is None else int(impair_from)
+        if not 1 <= impair_from < int(frames):
+            raise DataError(f"--impair-from {impair_from}: must be in 1..{int(frames) - 1}")
     path = Path(path)
     if path.exists() and path.is_dir():
         raise DataError(f"--video {path}: is a directory")
@@ -756,6 +779,8 @@ def write_video(
         events.append((label, d.box))
     add_stitches(scene, srng, holes, skip)
 
+    if impair == "stopped":  # the fabric stops: later frames (and the truth) see the strip where it stopped
+        offs = np.minimum(offs, offs[impair_from])
     # ---- truth
     truth: list[tuple[int, str, int, int, int, int, int, int]] = []
     for label, (x0, y0, x1, y1) in events:
@@ -795,6 +820,7 @@ def write_video(
     if not writer.isOpened():
         raise DataError(f"--video {path}: OpenCV cannot write mp4v video here")
     bar = None
+    held = None  # --impair: the last impaired frame
     if progress:
         from tqdm import tqdm
 
@@ -822,7 +848,12 @@ def write_video(
                     base.grad[1] + 0.03 * np.sin(2 * np.pi * t / 5.3 + ph[3]),
                 ),
             )
-            writer.write(camera(img, cam, frng))
+            out = camera(img, cam, frng)
+            if impair is not None and impair_from is not None and f >= impair_from:
+                if impair != "frozen" or f == impair_from:  # frozen: frame impair_from again and again
+                    held = _impair(impair, out, seed, f)
+                out = held
+            writer.write(out)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -867,6 +898,19 @@ def _video_roi(roi) -> tuple[int, int, int, int]:
             f"{SEAM_ROWS[0]}..{SEAM_ROWS[1]} of the video"
         )
     return x, y, w, h
+
+
+def _impair(kind: str, img: np.ndarray, seed: int, f: int) -> np.ndarray:
+    """One impaired camera frame (``--impair``); ``frozen`` is the held frame, ``stopped`` is in the layout."""
+    if kind == "blur":  # lost focus: about 5x the Laplacian variance gone
+        return cv2.GaussianBlur(img, (0, 0), 4.0)
+    if kind == "dark":  # lamp out: a quarter of the light, shadows clip to black
+        return np.clip(img.astype(np.float32) * 0.25 - 4.0, 0, 255).astype(np.uint8)
+    if kind == "covered":  # a hand or cap over the lens: dark, featureless, a little sensor noise
+        glow = img.reshape(-1, 3).mean(axis=0).astype(np.float32) * 0.08  # the light through the fingers
+        noise = np.random.default_rng([int(seed), 0xC0FE, int(f)]).normal(0.0, 1.0, img.shape)
+        return np.clip(glow + 6.0 + noise, 0, 255).astype(np.uint8)
+    return img  # frozen (the caller holds the frame), stopped (the strip stops moving)
 
 
 def _video_camera(cam, **changes):

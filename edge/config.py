@@ -232,6 +232,24 @@ class HeatmapConfig(_Model):
     mqtt: bool = True
 
 
+class HealthConfig(_Model):
+    """Camera and line health (edge.health): which frames are measured and when a condition holds."""
+
+    enabled: bool = True
+    every_n_frames: int = Field(10, ge=1, le=10_000)
+    baseline_frames: int = Field(150, ge=1, le=10_000_000)  # sharpness and mean learned over these
+    hold_frames: int = Field(15, ge=1, le=10_000_000)  # blurred/dark/bright/covered must hold this long
+    blur_ratio: float = Field(0.4, gt=0, lt=1)  # blurred: sharpness < this x baseline
+    dark_ratio: float = Field(0.5, gt=0, lt=1)  # dark: mean < this x baseline
+    bright_ratio: float = Field(1.6, gt=1, le=100)  # bright: mean > this x baseline
+    clipped_share: float = Field(0.25, gt=0, le=1)  # dark/bright: more pixels than this clipped
+    covered_std: float = Field(1.5, ge=0, le=255)  # covered: grey std below this (featureless)
+    frozen_diff: float = Field(0.05, ge=0, le=255)  # frozen: mean |frame - previous frame| below this
+    frozen_frames: int = Field(60, ge=1, le=10_000_000)
+    idle_motion: float = Field(0.5, ge=0, le=10_000)  # idle: the view moves less, in ROI px per frame
+    idle_frames: int = Field(90, ge=1, le=10_000_000)
+
+
 class Config(_Model):
     station: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "station")
     camera: CameraConfig = Field(default_factory=CameraConfig)
@@ -239,6 +257,7 @@ class Config(_Model):
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     heatmaps: HeatmapConfig = Field(default_factory=HeatmapConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     outbox: Path = Path("/var/lib/seam-qc/outbox.sqlite")
     # cap on the outbox file in MiB (a long broker outage must not fill the SD card); None: the disk
     outbox_max_mb: float | None = Field(None, gt=0, le=1e9)

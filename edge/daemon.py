@@ -204,6 +204,8 @@ class Daemon:
         self.outbox: Any = None
         self.heatmaps: Any = None
         self.capture: Capture | None = None
+        self.health: Any = None  # edge.health.HealthMonitor, unless health.enabled is false
+        self._camera_lost: str | None = None  # why the camera is away (for STATUS=)
 
     # ------------------------------------------------------------------ setup
     def setup(self, dry_run: bool = False) -> None:
@@ -238,6 +240,10 @@ class Daemon:
             id_prefix=f"{cfg.station}-{self.boot}",
         )
         self.model_sha = self.bundle.sha256(cfg.model.role or self.bundle.classifier_role)
+        if cfg.health.enabled:
+            from .health import HealthMonitor
+
+            self.health = HealthMonitor.from_settings(cfg.health.model_dump())
         self.source = open_source(cfg, (self.bundle.width, self.bundle.height))
         check_file_source(cfg)
         if cfg.heatmaps.enabled:
@@ -319,10 +325,30 @@ class Daemon:
 
     # ------------------------------------------------------------------ running
     def _on_camera_state(self, state: str, why: str) -> None:
-        if state == "lost":
-            self.notifier.status(f"camera lost: {why}; retrying")
-        elif state == "ok":
-            self.notifier.status(f"running ({self.runtime})")
+        if state in ("lost", "ok"):
+            self._camera_lost = why if state == "lost" else None
+            self.notifier.status(self._status_text())
+
+    def _status_text(self) -> str:
+        """systemd's STATUS=: the camera when it is away, else running with the health state."""
+        if self._camera_lost is not None:
+            return f"camera lost: {self._camera_lost}; retrying"
+        health = f"; health {self.health.state}" if self.health is not None else ""
+        return f"running ({self.runtime}){health}"
+
+    def _publish_health(self) -> None:
+        """Retained ``/health`` JSON, log event and STATUS= (at start and when the conditions change)."""
+        if self.health is None:
+            return
+        payload = {"station": self.cfg.station, "ts": iso_utc(time.time()), **self.health.payload()}
+        log.info(
+            "health: %s",
+            self.health.state,
+            extra=event("health", msg=f"health {self.health.state}", health=payload),
+        )
+        self.notifier.status(self._status_text())
+        if self.publisher is not None:
+            self.publisher.health(payload)
 
     def _install_signals(self) -> None:
         """SIGTERM, SIGINT and SIGHUP all stop cleanly (open events alerted, outbox kept).
@@ -403,6 +429,27 @@ class Daemon:
             "heatmaps_deleted": hm.deleted if hm else 0,
             "heatmap_ms_p50": percentile(hm.ms, 50) if hm else None,
             "defects_per_hour": round(self.alerts * 3600.0 / max(1.0, time.monotonic() - self.started_mono), 2),
+            **self._health_stats(),
+        }
+
+    def _health_stats(self) -> dict[str, Any]:
+        """Health in ``stats``: the nested payload plus flat values in the style above."""
+        h = self.health
+        keys = ("ok", "sharpness_ratio", "mean", "clipped_dark", "clipped_bright", "motion")
+        if h is None:  # health.enabled: false
+            return {"health": None, "health_state": None, **{f"health_{k}": None for k in keys}}
+        m, b = h.metrics, h.baseline
+        flat = {k: (None if v is None or v != v else round(v, 4)) for k, v in m.items()}  # NaN → None
+        ratio = m["sharpness"] / b["sharpness"] if m and b and b["sharpness"] > 0 else None
+        return {
+            "health": h.payload(),
+            "health_state": h.state,
+            "health_ok": int(not h.conditions),
+            "health_sharpness_ratio": None if ratio is None else round(ratio, 4),
+            "health_mean": flat.get("mean"),
+            "health_clipped_dark": flat.get("clipped_dark"),
+            "health_clipped_bright": flat.get("clipped_bright"),
+            "health_motion": flat.get("motion"),
         }
 
     def _outbox_depth(self) -> int | None:
@@ -460,7 +507,8 @@ class Daemon:
         if self.heatmaps is not None:
             self.heatmaps.start()
         self.capture.start()
-        self.notifier.ready(f"running ({self.runtime})")
+        self.notifier.ready(self._status_text())
+        self._publish_health()  # the retained state at start: ok until a condition is seen
         log.info(
             "running: station %s, camera %s %s, runtime %s",
             cfg.station,
@@ -534,7 +582,12 @@ class Daemon:
             del self.inf_ms[:5000]
         self.frames += 1
         scores = {lab: float(p) for lab, p in zip(self.labels, np.asarray(probs).reshape(-1))}
-        for alert in self.decider.update(frame.seq, frame.ts_wall, scores, image=frame.image):
+        still = False
+        if self.health is not None:
+            if self.health.update(frame.image):
+                self._publish_health()
+            still = self.health.still  # an idle line or a frozen camera: no re-alert of a standing event
+        for alert in self.decider.update(frame.seq, frame.ts_wall, scores, image=frame.image, idle=still):
             self.emit(alert)
         if self.publisher is not None:  # early signal: ON when an event opens, OFF when none is open
             self.publisher.defect(self.decider.open_events > 0)

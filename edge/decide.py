@@ -26,8 +26,10 @@ When the alert is emitted (latency trade-off)
     the ROI (100 ms at 30 fps with n = 3) plus the time the defect was in view. A condition that
     never ends (a wrong stitch length for minutes) is not held back: after ``max_event_frames``
     frames the open event is emitted and a new event (new id) starts on the same track, so a
-    persistent fault re-alerts at that period. ``cooldown_frames`` suppresses re-opening a track
-    for that many frames after an event closed.
+    persistent fault re-alerts at that period, except while the frame is ``idle`` (the machine
+    stopped or the camera froze, ``edge.health``): the same view again is no news, so the event
+    stays open and is emitted when the line moves again or the condition ends. ``cooldown_frames``
+    suppresses re-opening a track for that many frames after an event closed.
 """
 
 from __future__ import annotations
@@ -163,9 +165,18 @@ class Decider:
         return f"{self.id_prefix}-{self._counter:06d}"
 
     def update(
-        self, seq: int, ts_wall: float, scores: Mapping[str, float] | Sequence[float], image: Any = None
+        self,
+        seq: int,
+        ts_wall: float,
+        scores: Mapping[str, float] | Sequence[float],
+        image: Any = None,
+        *,
+        idle: bool = False,
     ) -> list[Alert]:
-        """Feed one frame's probabilities (dict, or a sequence in ``labels`` order)."""
+        """Feed one frame's probabilities (dict, or a sequence in ``labels`` order).
+
+        ``idle``: the view stands still (module doc): no re-alert at ``max_event_frames``.
+        """
         if not isinstance(scores, Mapping):
             scores = {lab: float(s) for lab, s in zip(self.labels, scores)}
         flags = frame_flags(scores, self.thresholds, self.expected_length)
@@ -199,7 +210,7 @@ class Decider:
             if tr.quiet >= self.n:
                 closed = self._close(name, tr)
                 tr.cooldown = self.cooldown_frames
-            elif ev.frames >= self.max_event_frames:
+            elif ev.frames >= self.max_event_frames and not idle:
                 # emitted now; if the condition goes on, the k-of-n history (still full of flagged
                 # frames) opens a new event on the next flagged frame
                 closed = self._close(name, tr)

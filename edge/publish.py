@@ -68,17 +68,20 @@ class Topics:
     stats: str
     defect: str
     heatmap: str
+    health: str
 
 
 def topics(prefix: str, station: str) -> Topics:
-    """The topics of a station: ``<prefix>/<station>/status|alert|stats|defect|heatmap``."""
+    """The topics of a station: ``<prefix>/<station>/status|alert|stats|defect|heatmap|health``."""
     for name, value in (("mqtt.prefix", prefix), ("station", station)):
         if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
             raise ConfigError(f"{name}: {value!r} is not a valid MQTT topic part (no '+', '#', empty or edge '/')")
     if "/" in station:
         raise ConfigError(f"station: {station!r} must not contain '/'")
     base = f"{prefix}/{station}"
-    return Topics(f"{base}/status", f"{base}/alert", f"{base}/stats", f"{base}/defect", f"{base}/heatmap")
+    return Topics(
+        f"{base}/status", f"{base}/alert", f"{base}/stats", f"{base}/defect", f"{base}/heatmap", f"{base}/health"
+    )
 
 
 class Publisher:
@@ -206,6 +209,16 @@ class Publisher:
             return
         self._defect = on
         self._client.publish(self.topics.defect, "ON" if on else "OFF", qos=1, retain=True)
+
+    def health(self, payload: dict[str, Any]) -> None:
+        """Retained QoS 1 camera and line health JSON (``edge.health``) on ``/health``; never blocks.
+
+        The daemon calls it at start and when the conditions change; paho queues it while the
+        broker is away, so the floor sees the latest state after a reconnect.
+        """
+        if self._client is None:
+            return
+        self._client.publish(self.topics.health, encode(payload), qos=1, retain=True)
 
     def heatmap(self, event_id: str, jpeg: bytes) -> bool:
         """The latest overlay JPEG on ``/heatmap``, retained, QoS 0, ``event_id`` as an MQTT 5 user property.

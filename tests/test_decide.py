@@ -93,6 +93,30 @@ def test_long_condition_realerts_after_max_event_frames_and_flush():
     assert len(set(ids)) == 3
 
 
+def test_idle_suspends_realerting_of_a_standing_event():
+    """A stopped machine shows the same defect for minutes: no re-alert every max_event_frames."""
+    dec = Decider(LABELS, THR, expected_length="4mm", min_frames=2, window=3, max_event_frames=10)
+    alerts = []
+    for i in range(60):  # frames 5..44 idle: the event stays open past max_event_frames
+        alerts += dec.update(i, 1_700_000_000.0 + i / 30, s(length=0.9), idle=5 <= i < 45)
+    # moving 0..4: no alert yet; idle 5..44: none; moving again at 45: the 45-frame event is emitted
+    # on its first moving frame, then a new one re-alerts 10 frames later (frame 55)
+    assert [(a.first_frame, a.last_frame) for a in alerts] == [(1, 45), (46, 55)]
+    assert dec.open_events == 1
+    # an event also closes normally while idle when the defect is gone
+    dec2 = Decider(LABELS, THR, expected_length="4mm", min_frames=2, window=3, max_event_frames=10)
+    idle_alerts = run_idle(dec2, [s(length=0.9)] * 30 + [s(length=0.1)] * 3)
+    assert [(a.first_frame, a.last_frame) for a in idle_alerts] == [(1, 29)]
+    assert dec2.open_events == 0
+
+
+def run_idle(dec: Decider, seq_scores):
+    out = []
+    for i, sc in enumerate(seq_scores):
+        out += dec.update(i, 1_700_000_000.0 + i / 30, sc, idle=True)
+    return out
+
+
 def test_cooldown_suppresses_reopen():
     dec = Decider(LABELS, THR, min_frames=1, window=2, cooldown_frames=10)
     seq = [s(error=0.9)] + [s()] * 2 + [s(error=0.9)] + [s()] * 20 + [s(error=0.9)] + [s()] * 3
