@@ -97,8 +97,12 @@ def test_end_to_end_alerts_status_stats_heatmaps(tmp_path, tiny_bundle, video, m
     assert lines and all(isinstance(d, dict) and LOG_FIELDS <= set(d) for d in parsed), lines[:3]
     assert all(d["ts"].endswith("Z") and d["level"] in ("DEBUG", "INFO", "WARNING", "ERROR") for d in parsed)
     events = [e.name for e in log_events(text) if e.name]
-    story = [n for n in events if n != "alert" and n != "stats"]
+    story = [n for n in events if n not in ("alert", "stats", "health")]
     assert story == ["start", "ready", "stopping", "summary", "stopped", "exit"], events
+    # the camera's health is told once at start (before ready), then only when it changes
+    assert events.index("health") < events.index("ready"), events
+    first_health = next(e for e in log_events(text) if e.name == "health")
+    assert first_health.get("health", {}).get("state"), first_health
     stopping = next(e for e in log_events(text) if e.name == "stopping")
     assert stopping.get("reason") == "end of file" and stopping.get("frames") == 30 * 6
     assert [e.get("exit_code") for e in log_events(text) if e.name == "exit"] == [0]
