@@ -104,6 +104,10 @@ class MqttConfig(_Model):
     max_queued: int = Field(1000, ge=1, le=1_000_000)
     reconnect_min_s: float = Field(1.0, gt=0, le=RECONNECT_MAX_S)
     reconnect_max_s: float = Field(30.0, gt=0, le=RECONNECT_MAX_S)
+    # Home Assistant MQTT discovery (edge.homeassistant): opt-in, it writes retained configs that
+    # create a device and its entities in every Home Assistant listening on the broker
+    homeassistant: bool = False
+    homeassistant_prefix: str = "homeassistant"  # HA's discovery prefix (its `discovery_prefix`)
 
     @field_validator("host")
     @classmethod
@@ -126,7 +130,7 @@ class MqttConfig(_Model):
         # YAML reads `protocol: 5` as a number and `protocol: 3.1.1` as a string
         return "5" if v in (5, 5.0) and not isinstance(v, bool) else v
 
-    @field_validator("prefix")
+    @field_validator("prefix", "homeassistant_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
         # the prefix may have levels ("factory/seamqc") but no wildcards

@@ -285,10 +285,17 @@ class Daemon:
         except OSError:
             pass
         self.outbox = Outbox(cfg.outbox, max_bytes=cfg.outbox_max_bytes)
+        from .homeassistant import Device
         from .publish import Publisher
 
+        # Home Assistant discovery announces only the entities this config feeds
+        device = Device(
+            model=self.bundle.name,
+            health=cfg.health.enabled,
+            heatmap=cfg.heatmaps.enabled and cfg.heatmaps.mqtt,
+        )
         # with mqtt.enabled false the publisher is an outbox-only sink
-        self.publisher = Publisher(cfg.mqtt, cfg.station, self.outbox)
+        self.publisher = Publisher(cfg.mqtt, cfg.station, self.outbox, device=device)
         if not cfg.mqtt.enabled:
             log.info("mqtt: disabled; alerts are logged and kept in the outbox %s", cfg.outbox)
 
@@ -411,6 +418,7 @@ class Daemon:
             "mqtt_connected": bool(getattr(self.publisher, "connected", False)),
             "mqtt_refused": int(getattr(self.publisher, "refused", 0) or 0),
             "mqtt_oversize": int(getattr(self.publisher, "oversize", 0) or 0),
+            "mqtt_junk": int(getattr(self.publisher, "junk", 0) or 0),  # ignored inbound messages
             "heatmaps": {
                 "saved": hm.saved if hm else 0,
                 "dropped": hm.dropped if hm else 0,

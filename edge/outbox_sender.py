@@ -169,6 +169,7 @@ class OutboxSender:
         log: logging.Logger,
         paho_log: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_session: Callable[[mqtt.Client], None] | None = None,
     ):
         self.client = client
         self.outbox = outbox
@@ -179,6 +180,8 @@ class OutboxSender:
         self.log = log
         self.paho_log = paho_log or logging.getLogger(f"{log.name}.paho")
         self._clock = clock  # for the retry of refused alerts (a test passes its own)
+        # called in paho's network thread after each connect's `online` (Home Assistant discovery)
+        self._on_session = on_session
         # -- link: written by paho's network thread only (read by everyone)
         self.connected = False
         self.session = 0
@@ -372,6 +375,11 @@ class OutboxSender:
         else:  # never stall the alerts on the status message
             self.log.error("MQTT: cannot publish `online` (%s)", mqtt.error_string(info.rc))
             self._events.put(_Online(self.session, None))
+        if self._on_session is not None:
+            try:
+                self._on_session(client)
+            except Exception as e:  # noqa: BLE001 - an extra must never cost the alerts their link
+                self.log.error("MQTT: on-connect hook failed: %s", e)
         self._wake.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:

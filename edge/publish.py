@@ -30,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.errors import ConfigError
+from edge.homeassistant import Announcer, Device, discovery
 from edge.mqtt_client import (
     CREDENTIAL_NAME,
     ClientSetup,
@@ -91,7 +92,14 @@ class Publisher:
     With ``cfg.enabled`` false the publisher is an outbox-only sink.
     """
 
-    def __init__(self, cfg: MqttConfig, station: str, outbox: Outbox, log: logging.Logger | None = None):
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        station: str,
+        outbox: Outbox,
+        log: logging.Logger | None = None,
+        device: Device | None = None,
+    ):
         self.cfg = cfg
         self.station = station
         self.topics = topics(cfg.prefix, station)
@@ -103,10 +111,14 @@ class Publisher:
         self._sender: OutboxSender | None = None
         self._said: set[tuple[str, int]] = set()  # (what, limit) already logged by stats()
         self._defect: bool | None = None  # the last state handed to paho for ``/defect``
+        self.announcer: Announcer | None = None  # Home Assistant discovery (mqtt.homeassistant)
         if self.enabled:
             setup = make_client(cfg, station, self.topics.status, self.log)
             self._setup, self._client = setup, setup.client
             self.client_id, self.v5 = setup.client_id, setup.v5
+            if cfg.homeassistant:
+                configs = discovery(cfg.homeassistant_prefix, cfg.prefix, station, device)
+                self.announcer = Announcer(setup.client, configs, cfg.homeassistant_prefix, self.log)
             self._sender = OutboxSender(
                 setup.client,
                 outbox,
@@ -116,6 +128,7 @@ class Publisher:
                 v5=setup.v5,
                 log=self.log,
                 paho_log=setup.paho_log,
+                on_session=self.announcer.on_connect if self.announcer is not None else None,
             )
 
     def start(self) -> Publisher:
@@ -158,6 +171,11 @@ class Publisher:
     def delivered(self) -> int:
         """Alerts the broker acknowledged (and that left the outbox) since the start."""
         return self._sender.delivered if self._sender is not None else 0
+
+    @property
+    def junk(self) -> int:
+        """Inbound messages ignored as junk (Home Assistant's status topic), for the stats."""
+        return self.announcer.junk if self.announcer is not None else 0
 
     @property
     def outbox_depth(self) -> int:
