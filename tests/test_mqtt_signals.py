@@ -1,9 +1,11 @@
-"""The factory-floor signals on a real Mosquitto: the retained ``defect`` state and flat stats."""
+"""The factory-floor signals on a real Mosquitto: the retained ``defect`` state, the heatmap JPEG
+with its alert's ``event_id``, and flat stats."""
 
 from __future__ import annotations
 
 import numbers
 
+import cv2
 import numpy as np
 import pytest
 
@@ -41,10 +43,10 @@ def test_defect_is_retained_qos1_off_at_start_on_off_on_change_off_at_stop(
 
 
 @pytest.mark.slow
-def test_daemon_defect_on_before_each_alert_off_at_close_and_flat_numeric_stats(
+def test_daemon_defect_on_before_each_alert_off_at_close_heatmap_of_a_published_alert_and_flat_numeric_stats(
     tmp_path, tiny_bundle, video, mqtt_broker, mqtt_subscriber
 ):
-    sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/#")
+    sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/#", v5=True)  # MQTT 5: the heatmap's user properties
     cfg = daemon_config(tmp_path, tiny_bundle, video[0], mqtt_broker)
     assert wait_exit(start_daemon(cfg)) == 0, daemon_log(cfg)[-3000:]
     logged = log_alerts(daemon_log(cfg))
@@ -63,6 +65,22 @@ def test_daemon_defect_on_before_each_alert_off_at_close_and_flat_numeric_stats(
     assert states.count("ON") >= 1
     late = mqtt_subscriber(mqtt_broker, "seamqc/test-st/defect")
     assert late.wait_for("seamqc/test-st/defect").retain
+    # the heatmap worker's JPEGs: each names, in its event_id user property, an alert that was
+    # published on /alert and has that overlay on disk; the retained one is the last of them
+    published = {m.json()["event_id"]: m.json() for m in sub.on("seamqc/test-st/alert")}
+    images = sub.on("seamqc/test-st/heatmap")
+    assert images, "heatmaps.mqtt is on by default: the daemon must publish overlays"
+    hm_dir = tmp_path / "heatmaps"
+    for m in images:
+        eid = dict(m.user).get("event_id")
+        assert eid in published, (eid, sorted(published))
+        assert m.payload[:3] == b"\xff\xd8\xff" and len(m.payload) <= 60 * 1024
+        assert published[eid]["heatmap"] == str(hm_dir / f"{eid}.overlay.jpg")
+        assert (hm_dir / f"{eid}.overlay.jpg").is_file()
+        img = cv2.imdecode(np.frombuffer(m.payload, np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[2] == 3
+    kept = mqtt_subscriber(mqtt_broker, "seamqc/test-st/heatmap", v5=True).wait_for("seamqc/test-st/heatmap")
+    assert kept.retain and dict(kept.user)["event_id"] == dict(images[-1].user)["event_id"]
     st = sub.on("seamqc/test-st/stats")[-1].json()
     flat = (
         "fps",
