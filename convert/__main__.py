@@ -25,6 +25,7 @@ COMMANDS = (
     "bench",
     "ship",
     "leaveout",
+    "dashboard",
 )
 
 
