@@ -335,10 +335,13 @@ def make_sequence(
     shuffle: bool = False,
     seed: int = 0,
     roi: Sequence[int] | None = None,
+    mode: str = "seam",
 ):
     """A ``keras.utils.PyDataset`` streaming ``(x, y)`` batches (Keras imported here, not at module level).
 
     ``roi``: every image is cropped to the camera ROI before anything else (see ``ImageCache``).
+    ``mode``: the ``edge.preprocess`` mode (``train --preprocess``), applied after augmentation,
+    so training sees the tensor export, evaluate and the Pi will feed the model.
     """
     import keras
 
@@ -363,7 +366,7 @@ def make_sequence(
                 img = self.cache.get(int(i))
                 if augment_images:
                     img = augment(img, self.rng)
-                x[j] = preprocess(img, height, width)
+                x[j] = preprocess(img, height, width, mode)
             return x, ds.targets[idx]
 
         def on_epoch_end(self):

@@ -143,6 +143,7 @@ def evaluate(
         )
     metrics["model"] = str(model)
     metrics["data"] = str(data)
+    metrics["preprocess"] = pred.preprocess  # what the images were fed as (the model's own unless given)
     report = format_report(metrics, labels)
     if by_family:
         if task != "multilabel":

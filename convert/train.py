@@ -25,6 +25,13 @@ resolution stages (every layer whose output is at one of the N highest spatial r
 stem and the first residual stage for N=1) at their initial weights, with their batch-norm
 statistics frozen too: the early filters see edges and yarn, which a new fabric needs least to
 change, and a small labelled set cannot move many weights without over-fitting.
+
+``--preprocess seam|vgg16|mobilenet_v2|resnet50|none`` (``edge.preprocess``; default ``seam``, or
+the ``--init`` model's own) is applied to every training and validation image after augmentation
+and recorded in the saved model's metadata, so that ``export`` writes it into the bundle's manifest
+and ``evaluate`` / ``heatmaps`` feed the model what it was trained on without being told again. It is
+also kept beside ``--out`` (``<out stem>_run.json``): ``--resume`` continues with the same mode, and a
+different ``--preprocess`` for a resumed run is refused (its weights learnt the other input).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import numpy as np
 from edge.errors import DataError, ModelError
 
 from .data import check_roi, load_dataset, make_sequence
+from .loading import add_preprocess_args
 from .models import ARCHS, build_model, check_arch, save_model
 from .roi import add_roi_args, roi_from_args
 
@@ -58,6 +66,7 @@ class TrainResult:
     epochs_run: int
     labels: tuple[str, ...]
     task: str
+    preprocess: str = "seam"
 
 
 def side_paths(out: Path) -> tuple[Path, Path, Path]:
@@ -117,6 +126,28 @@ def draw_curves(history: dict, path: Path, size: tuple[int, int] = (900, 360)) -
             cv2.LINE_AA,
         )
     cv2.imwrite(str(path), img)
+
+
+def run_path(out: Path) -> Path:
+    """``<out stem>_run.json`` beside ``out``: what a resumed run must keep (the preprocessing)."""
+    ckpt_dir = side_paths(out)[0]
+    return out.parent / (ckpt_dir.name.removesuffix("_checkpoints") + "_run.json")
+
+
+def resume_preprocess(out: Path, given: str | None) -> str | None:
+    """The mode a resumed run must keep (``run_path``; runs from before it: ``given``); a
+    different ``given`` is one ModelError line, since the checkpoints learnt the recorded input."""
+    path = run_path(out)
+    try:
+        saved = json.loads(path.read_text()).get("preprocess")
+    except (OSError, ValueError, AttributeError):
+        return given
+    if given is not None and saved and given != saved:
+        raise ModelError(
+            f"--preprocess {given}: the checkpoints of {out} were trained with --preprocess {saved} "
+            f"({path}); resume with it, or train into a new --out"
+        )
+    return given or saved
 
 
 def init_model_path(spec: str | Path) -> Path:
@@ -196,12 +227,21 @@ def train(
     init: str | Path | None = None,
     freeze: int = 0,
     roi: tuple[int, int, int, int] | None = None,
+    preprocess: str | None = None,
 ) -> TrainResult:
     """Train and save ``out`` (the best weights); returns what happened.
 
     ``roi``: the data are full camera frames; each is cropped to this ROI (the daemon's crop) first.
+    ``preprocess``: the input mode (module doc); None: the resumed run's, the ``--init`` model's, seam.
     """
+    from edge.preprocess import check_mode
+
     check_arch(arch)
+    if preprocess is not None:
+        try:
+            check_mode(preprocess)
+        except ValueError as e:
+            raise ModelError(str(e)) from None
     out = Path(out)
     if out.suffix != ".keras":
         raise ModelError(f"--out {out}: must end in .keras")
@@ -229,19 +269,23 @@ def train(
 
     keras.utils.set_random_seed(seed)
     ckpt_dir, hist_path, curve_path = side_paths(out)
+    mode = resume_preprocess(out, preprocess) if resume and last_checkpoint(ckpt_dir) else preprocess
     base = None
     if init and not (resume and last_checkpoint(ckpt_dir)):
         base, base_meta = init_model(init, tr.labels, tr.task)
+        mode = mode or str(base_meta.get("preprocess") or "seam")
         if (int(base_meta["height"]), int(base_meta["width"])) != (size, size):
             if base_meta["height"] != base_meta["width"]:
                 raise ModelError(f"--init {init}: input {base_meta['height']}x{base_meta['width']} is not square")
             size = int(base_meta["height"])
         arch = str(base_meta.get("arch", arch))
         filters = int(base_meta.get("filters", filters))
+    mode = mode or "seam"
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(exist_ok=True)
-    train_seq = make_sequence(tr, size, size, batch, augment_images=True, shuffle=True, seed=seed, roi=roi)
-    valid_seq = make_sequence(va, size, size, batch, roi=roi)
+    run_path(out).write_text(json.dumps({"preprocess": mode}, indent=1))
+    train_seq = make_sequence(tr, size, size, batch, augment_images=True, shuffle=True, seed=seed, roi=roi, mode=mode)
+    valid_seq = make_sequence(va, size, size, batch, roi=roi, mode=mode)
     steps = len(train_seq)
     initial_epoch = 0
     history: dict[str, list[float]] = {}
@@ -291,6 +335,7 @@ def train(
         "height": size,
         "width": size,
         "filters": filters,
+        "preprocess": mode,
         "trained_on": str(train_spec),
     }
     if init:
@@ -330,7 +375,7 @@ def train(
     save_model(model, out, meta)
     if history:
         draw_curves(history, curve_path)
-    return TrainResult(out, ckpt_dir, history, len(history.get("loss", [])), tr.labels, tr.task)
+    return TrainResult(out, ckpt_dir, history, len(history.get("loss", [])), tr.labels, tr.task, mode)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -366,6 +411,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --init: keep the first N resolution stages fixed (1: stem + first stage)",
     )
     add_roi_args(p, "cropped from every image first; images saved as crops take none")
+    add_preprocess_args(p, weights=False)
     p.set_defaults(func=run)
 
 
@@ -387,12 +433,12 @@ def run(args: argparse.Namespace) -> int:
         init=args.init,
         freeze=args.freeze,
         roi=roi.roi,
+        preprocess=args.preprocess,
     )
     h = res.history
     last = {k: v[-1] for k, v in h.items() if v}
     print(
-        f"saved {res.out} ({res.task}, labels {', '.join(res.labels)}; {res.epochs_run} epochs; "
-        + ", ".join(f"{k} {v:.4f}" for k, v in last.items())
-        + ")"
+        f"saved {res.out} ({res.task}, labels {', '.join(res.labels)}; preprocess {res.preprocess}; "
+        f"{res.epochs_run} epochs; " + ", ".join(f"{k} {v:.4f}" for k, v in last.items()) + ")"
     )
     return 0

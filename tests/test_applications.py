@@ -291,24 +291,89 @@ def test_split_class_folders_per_class(tmp_path, capsys):
 
 
 @pytest.mark.slow  # trains
-def test_fruit_cnn_trains_on_class_folders(tmp_path):
+def test_fruit_walkthrough_split_train_export_heatmaps(tmp_path, capsys):
+    """README "The fruit classifier from class folders", command by command, in a test-sized run:
+    split → train --arch fruit-cnn (≥ 95 % on the validation folders) → evaluate → export → heatmaps,
+    with the TF path and the Pi's path (the bundle's explainer + numpy head) agreeing."""
     from convert.evaluate import evaluate
-    from convert.train import train
+    from convert.models import read_meta
+    from edge.bundle import load_bundle
 
     tree = fruit_tree(tmp_path / "fruit", n=60)
-    assert _main(["split", "--data", str(tree), "--out", str(tmp_path / "s")]) == 0
-    res = train(
-        str(tmp_path / "s" / "train"),
-        str(tmp_path / "s" / "valid"),
-        tmp_path / "fruit.keras",
-        arch="fruit-cnn",
-        epochs=10,
-        size=100,
-        batch=8,  # ~170 steps: the seed's BatchNormalization (momentum 0.99) needs them to settle
-        lr=1e-3,
-        patience=10,
-        verbose=0,
-    )
-    assert res.task == "multiclass" and res.labels == ("Apfel", "Orange", "Tomate")
-    ev = evaluate(tmp_path / "fruit.keras", tmp_path / "s" / "valid")
-    assert ev.metrics["accuracy"] >= 95.0, (ev.report, res.history.get("val_acc"))
+    s, kpath = tmp_path / "s", tmp_path / "fruit.keras"
+    assert _main(["split", "--data", str(tree), "--out", str(s)]) == 0
+    train = ["train", "--train", str(s / "train"), "--valid", str(s / "valid"), "--out", str(kpath)]
+    train += ["--arch", "fruit-cnn", "--size", "100", "--epochs", "10"]
+    # batch 8: ~170 steps, which the seed's BatchNormalization (momentum 0.99) needs to settle
+    assert _main([*train, "--batch", "8", "--lr", "1e-3", "--patience", "10"]) == 0
+    meta = read_meta(kpath)
+    assert (meta["arch"], meta["preprocess"], meta["task"]) == ("fruit-cnn", "seam", "multiclass")
+    assert meta["labels"] == ["Apfel", "Orange", "Tomate"] and (meta["height"], meta["width"]) == (100, 100)
+    ev = evaluate(kpath, s / "valid")  # 36 images: at most one wrong
+    assert ev.metrics["accuracy"] >= 95.0, ev.report
+
+    assert _main(["evaluate", "--model", str(kpath), "--data", str(s / "test")]) == 0
+    assert _main(["heatmaps", "--model", str(kpath), "--data", str(s / "test"), "--out", str(tmp_path / "hm")]) == 0
+    bundle = tmp_path / "fruit-bundle"
+    assert _main(["export", "--model", str(kpath), "--calibration", str(s / "valid"), "--out", str(bundle)]) == 0
+    b = load_bundle(bundle)
+    assert b.preprocess_mode == "seam" and b.labels == ("Apfel", "Orange", "Tomate")
+    assert b.manifest["gradcam"]["layer"] == "gradcam_features"
+    assert b.manifest["parity"]["int8"]["label_agreement"] >= 99.0
+
+    runs = {}
+    for method in ("tf", "litert"):
+        out = tmp_path / f"hm-{method}"
+        argv = ["heatmaps", "--model", str(bundle), "--data", str(s / "test"), "--out", str(out), "--raw"]
+        assert _main([*argv, "--method", method]) == 0
+        rows = [r.split(",") for r in (out / "heatmaps.csv").read_text().splitlines()[1:]]
+        stems = sorted({r[0] for r in rows})
+        assert len(stems) == len(list((s / "test").rglob("*.png"))) == 6  # 2 per class (2 % of 60, rounded up)
+        for stem in stems:
+            mine = [r for r in rows if r[0] == stem]  # --raw: every class's map, the predicted one shown
+            top1 = max(mine, key=lambda r: float(r[3]))[2]
+            assert len(mine) == 3 and [r[2] for r in mine if r[5] == "1"] == [top1]
+            assert (out / f"{stem}.jet.png").is_file() and (out / f"{stem}.overlay.png").is_file()
+        runs[method] = {stem: _maps(out, stem) for stem in stems}
+    for stem, maps in runs["tf"].items():
+        assert_agree(maps, runs["litert"][stem])  # the numpy head through MaxPool → Flatten → Dense-ReLU → Dense
+
+
+@pytest.mark.slow  # trains one epoch
+def test_train_preprocess_is_recorded_and_used_downstream(tmp_path, capsys):
+    """``train --preprocess mobilenet_v2`` (not the default): the ``.keras`` metadata records it,
+    evaluate and export take it from there (the manifest), and a resumed run cannot switch it."""
+    from convert.evaluate import evaluate
+    from convert.models import read_meta
+    from edge.bundle import load_bundle
+
+    tree = fruit_tree(tmp_path / "fruit", n=10)
+    s, kpath = tmp_path / "s", tmp_path / "m.keras"
+    assert _main(["split", "--data", str(tree), "--out", str(s)]) == 0
+    train = ["train", "--train", str(s / "train"), "--valid", str(s / "valid"), "--out", str(kpath)]
+    train += ["--arch", "fruit-cnn", "--size", "32", "--epochs", "1", "--batch", "8"]
+    assert _main([*train, "--preprocess", "mobilenet_v2"]) == 0
+    assert read_meta(kpath)["preprocess"] == "mobilenet_v2"
+    assert json.loads((tmp_path / "m_run.json").read_text()) == {"preprocess": "mobilenet_v2"}
+
+    own = evaluate(kpath, s / "valid")
+    seam = evaluate(kpath, s / "valid", preprocess="seam")
+    assert own.metrics["preprocess"] == "mobilenet_v2" and seam.metrics["preprocess"] == "seam"
+    assert float(np.abs(own.probabilities - seam.probabilities).max()) > 1e-3  # really a different input
+
+    bundle = tmp_path / "b"
+    argv = ["export", "--model", str(kpath), "--calibration", str(s / "valid"), "--out", str(bundle)]
+    assert _main([*argv, "--int8", "dynamic", "--min-int8-agreement", "0"]) == 0  # one epoch: barely trained
+    b = load_bundle(bundle)
+    assert b.preprocess_mode == "mobilenet_v2" and b.manifest["input"]["preprocessing"] == "rgb-area-tf-minus1to1-v1"
+    lite = evaluate(bundle, s / "valid")  # the Pi's int8 classifier, fed as the manifest says
+    assert lite.metrics["preprocess"] == "mobilenet_v2"
+    assert float(np.abs(lite.probabilities - own.probabilities).max()) <= 0.05
+
+    capsys.readouterr()  # resuming keeps the recorded mode; another one is one line, exit 78, before training
+    assert _main([*train, "--resume", "--preprocess", "seam"]) == 78
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained with --preprocess mobilenet_v2" in err[0]
+    kpath.unlink()
+    assert _main([*train, "--resume"]) == 0  # at its last epoch already: saves with the recorded mode
+    assert read_meta(kpath)["preprocess"] == "mobilenet_v2"
