@@ -37,7 +37,7 @@ from tests.support.daemon import (
     start_daemon,
     wait_exit,
 )
-from tests.support.mqtt import start_mosquitto_sub
+from tests.support.mqtt import port_open, start_mosquitto_sub
 from tests.support.wait import wait_until
 
 LOG_FIELDS = {"ts", "level", "logger", "msg"}
@@ -429,9 +429,11 @@ def test_match_alerts_scores_alerts_against_truth():
 
 
 @pytest.mark.slow
-def test_demo_with_and_without_broker(tmp_path, tiny_bundle, mqtt_broker):
+def test_demo_with_and_without_broker(tmp_path, tiny_bundle, mqtt_broker, capsys):
     """`python -m convert demo` end to end (tiny bundle instead of the shipped one): the video, the
-    daemon subprocess, alerts from MQTT when the broker is up and from the log/outbox when not."""
+    daemon subprocess, alerts from MQTT when the configured broker is up; when it is not, a private
+    Mosquitto for the run (alerts over MQTT, the dashboard command, the broker stopped after); and
+    with --no-broker, alerts from the log that wait in the outbox."""
     from convert.demo import demo
 
     src = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
@@ -441,14 +443,38 @@ def test_demo_with_and_without_broker(tmp_path, tiny_bundle, mqtt_broker):
     cfg.write_text(yaml.safe_dump(src))
     res = demo(cfg, tmp_path / "up", frames=120, seed=1, bundle=str(tiny_bundle), quiet=True)
     assert res["via"] == "mqtt" and res["frames"] == 120 and res["defects"] >= 1
+    assert res["broker"] == {"host": mqtt_broker.host, "port": mqtt_broker.port, "private": False}
     assert res["heatmaps"]["overlays"] == res["alerts"]
     assert (tmp_path / "up" / "seam.truth.csv").is_file() and (tmp_path / "up" / "summary.json").is_file()
     assert res["alerts"] == len(log_alerts((tmp_path / "up" / "daemon.log").read_text()))
     mqtt_broker.stop()
-    res2 = demo(cfg, tmp_path / "down", frames=120, seed=1, bundle=str(tiny_bundle), quiet=True)
-    assert res2["via"].startswith("daemon log") and res2["frames"] == 120
+
+    # no broker answers: the demo brings its own, prints alerts as they arrive over MQTT, stops it
+    capsys.readouterr()
+    res2 = demo(cfg, tmp_path / "private", frames=120, seed=1, bundle=str(tiny_bundle))
+    printed = capsys.readouterr().out
+    b = res2["broker"]
+    assert b["private"] and b["host"] == "127.0.0.1" and b["port"] != mqtt_broker.port
+    assert res2["via"] == "mqtt" and res2["frames"] == 120 and res2["alerts"] > 0
+    logged = log_alerts((tmp_path / "private" / "daemon.log").read_text())
+    assert res2["alerts"] == len(logged) and res2["alerts_missing_on_mqtt"] == 0
+    assert res2["outbox"]["depth"] == 0  # delivered, not waiting
+    assert f"python -m convert dashboard --broker 127.0.0.1 --port {b['port']}" in printed
+    for a in logged:  # each alert printed from the subscriber, before the summary
+        assert f"ALERT {a['event_id']} " in printed.split("demo summary:")[0]
+    assert "demo summary:" in printed and f"alerts: {res2['alerts']} (via mqtt)" in printed
+    assert f"private Mosquitto on 127.0.0.1:{b['port']} stopped" in printed
+    assert not port_open("127.0.0.1", b["port"])  # stopped at the end
+
+    # --no-broker: alerts from the log, kept in the outbox (the behaviour without Mosquitto)
+    res3 = demo(cfg, tmp_path / "down", frames=120, seed=1, bundle=str(tiny_bundle), quiet=True, private_broker=False)
+    assert res3["via"].startswith("daemon log") and res3["frames"] == 120 and res3["broker"] is None
+    assert res3["outbox"]["depth"] == res3["alerts"] > 0
     # a second run into the same directory counts its own heatmaps, not the earlier run's too
-    res3 = demo(cfg, tmp_path / "down", frames=120, seed=1, bundle=str(tiny_bundle), quiet=True)
-    assert res3["heatmaps"]["overlays"] == res3["alerts"] == res2["alerts"] > 0
-    assert res2["outbox"]["depth"] == res2["alerts"]
+    res4 = demo(cfg, tmp_path / "down", frames=120, seed=1, bundle=str(tiny_bundle), quiet=True, private_broker=False)
+    assert res4["heatmaps"]["overlays"] == res4["alerts"] == res3["alerts"]
     assert read_truth(tmp_path / "down" / "seam.truth.csv")
+    # a private broker then delivers what those runs left in the outbox; the score counts this run's
+    res5 = demo(cfg, tmp_path / "down", frames=120, seed=1, bundle=str(tiny_bundle), quiet=True)
+    assert res5["via"] == "mqtt" and res5["outbox"]["depth"] == 0
+    assert res5["earlier_alerts"] == res3["alerts"] + res4["alerts"] and res5["alerts"] == res3["alerts"]
