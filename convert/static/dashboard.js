@@ -95,6 +95,7 @@ function alertItem(station, a) {
   if (a.verdict) {
     li.append(el("span", "verdict " + a.verdict, a.verdict === "confirmed" ? "✔ confirmed" : "✘ false alarm"));
   } else {
+    const acts = el("span", "acts");
     for (const [verdict, cls, text] of [["confirmed", "confirm", "Confirm"], ["false_alarm", "false", "False alarm"]]) {
       const b = el("button", cls, text);
       b.type = "button";
@@ -103,8 +104,9 @@ function alertItem(station, a) {
       b.dataset.event = a.event_id;
       b.dataset.station = station;
       b.dataset.labels = JSON.stringify(a.labels);
-      li.append(b);
+      acts.append(b);
     }
+    li.append(acts);
   }
   return li;
 }
@@ -124,7 +126,10 @@ function renderStation(s, grid) {
   setText(r.status, status === "unknown" ? "?" : status.toUpperCase());
   r.defect.hidden = s.defect !== true;
   setText(r.fps, fmt(s.fps, 1));
-  setText(r.health, s.health === null ? "–" : s.health);
+  const health = s.health === null ? "–" : s.health;
+  setText(r.health, health);
+  r.health.classList.toggle("long", health.length > 6);
+  r.health.title = health;
   card.el.dataset.health = s.health === null || s.health === "ok" ? "ok" : "bad";
   const total = Object.values(s.rates).reduce((x, y) => x + y, 0);
   setText(r.dph, fmt(Object.keys(s.rates).length ? total : s.stats_defects_per_hour, 0));
