@@ -359,7 +359,7 @@ def make_heatmaps(
     src = open_source(model, method, layer, threads, preprocess, weights, classes)
     for lab in labels or ():
         if lab not in src.labels:
-            raise ModelError(f"--labels: {lab!r} is not one of the model's labels {list(src.labels)}")
+            raise ModelError(unknown_class(lab, src.labels))
     items = collect_items(data, limit)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
@@ -430,6 +430,21 @@ def _write_all(
         "out": str(outdir),
         "explained": explained,
     }
+
+
+def unknown_class(name: str, labels: Sequence[str]) -> str:
+    """One line for a ``--class`` the model lacks: close names, or the list when it is short
+    (ImageNet's 1,000 would make a line nobody reads)."""
+    import difflib
+
+    near = difflib.get_close_matches(name, list(labels), n=3, cutoff=0.6)
+    if near:
+        hint = f"did you mean {', '.join(near)}?"
+    elif len(labels) <= 20:
+        hint = f"its classes are {', '.join(labels)}"
+    else:
+        hint = f"it has {len(labels)} classes, named as in --classes"
+    return f"--class {name!r}: not one of the model's classes; {hint}"
 
 
 def file_safe(label: str) -> str:

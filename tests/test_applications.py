@@ -1,8 +1,9 @@
 """The seeds' Grad-CAM tutorials with seam-qc: preprocessing per model, VGG16 / MobileNetV2 from local
 weights, top-k and named classes, the JET overlay, the fruit CNN, and ``split`` of a class-folder tree.
 
-VGG16 and MobileNetV2 are built with ``weights=None`` (nothing is downloaded), saved to ``.h5`` and
-loaded back through ``--weights``; VGG16 is built once per session (it is heavy).
+VGG16 and MobileNetV2 are built with ``weights=None``, saved to ``.h5`` and loaded back through
+``--weights``; VGG16 is built once per session (it is heavy). Nothing is downloaded: every test here
+runs with an empty Keras cache and Keras' downloader replaced by one that fails (``no_downloads``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,25 @@ import pytest
 
 from edge.errors import ModelError
 from tests.support.gradcam import assert_agree, sample_frames
+
+DOWNLOAD_BLOCKED = "downloads are blocked in tests"
+
+
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch, tmp_path_factory) -> list[str]:
+    """An empty Keras cache and a downloader that records and refuses (a workstation without
+    internet): a test that would fetch ImageNet weights or the class index fails instead."""
+    from keras.src.utils import file_utils
+
+    asked: list[str] = []
+
+    def refuse(fname=None, origin=None, *args, **kwargs):
+        asked.append(str(origin or fname))
+        raise OSError(f"{DOWNLOAD_BLOCKED}: {origin or fname}")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+    monkeypatch.setattr(file_utils, "get_file", refuse)
+    return asked
 
 
 def _main(argv: list[str]) -> int:
@@ -151,9 +171,101 @@ def test_explained_class_is_the_known_top1_and_jet_written(tmp_path, capsys):
 # ----------------------------------------------------------------------------- VGG16 / MobileNetV2
 
 
+def _one_error_line(capsys) -> str:
+    """The command's stderr, which must be exactly one ``error:`` line (no traceback)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_application_user_errors_are_one_line(tmp_path, capsys, no_downloads):
+    """Offline without --weights, a missing --weights file, a bad --classes file, a --class the model
+    lacks: each is one line and exit 78 (EX_CONFIG), never a traceback; nothing is downloaded."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    h5 = tmp_path / "mnet.h5"
+    keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=3).save(str(h5))
+    cv2.imwrite(str(tmp_path / "x.png"), sample_frames(1, seed=2)[0])
+    base = ["heatmaps", "--data", str(tmp_path / "x.png"), "--out", str(tmp_path / "out")]
+    mnet = [*base, "--model", "mobilenet_v2", "--weights", str(h5)]
+
+    assert _main([*base, "--model", "mobilenet_v2"]) == 78  # Keras' ImageNet weights, not cached, no internet
+    line = _one_error_line(capsys)
+    assert DOWNLOAD_BLOCKED in line and "without internet pass --weights FILE.h5" in line
+    assert len(no_downloads) == 1 and no_downloads[0].endswith(".h5")  # asked once, got nothing
+
+    assert _main([*base, "--model", "vgg16", "--weights", str(tmp_path / "nope.h5")]) == 78
+    assert _one_error_line(capsys) == f"error: --weights {tmp_path / 'nope.h5'}: file not found"
+    (tmp_path / "text.h5").write_text("not HDF5")
+    assert _main([*base, "--model", "vgg16", "--weights", str(tmp_path / "text.h5")]) == 78
+    assert "not an HDF5 weights file" in _one_error_line(capsys)
+
+    bad = {"broken.json": '{"0": ["n0", "a"], ', "gap.json": '{"0": "a", "2": "c"}', "four.json": '["a","b","c","d"]'}
+    want = {
+        "broken.json": "cannot read a JSON class index",
+        "gap.json": "class indices must run 0 … 1 without gaps",
+        "four.json": "4 class names, but the model has 3 outputs",
+    }
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        assert _main([*mnet, "--classes", str(tmp_path / name)]) == 78
+        assert want[name] in _one_error_line(capsys)
+    assert _main([*mnet, "--classes", str(tmp_path / "missing.json")]) == 78
+    assert "missing.json: cannot read a JSON class index (No such file or directory)" in _one_error_line(capsys)
+
+    (tmp_path / "fruit.json").write_text('["Apfel", "Orange", "Tomate"]')
+    assert _main([*mnet, "--classes", str(tmp_path / "fruit.json"), "--class", "Apfl"]) == 78
+    assert _one_error_line(capsys) == "error: --class 'Apfl': not one of the model's classes; did you mean Apfel?"
+    assert _main([*mnet, "--class", "tabby"]) == 78  # no --classes: generic names, listed since they are few
+    assert _one_error_line(capsys).endswith("its classes are class_0, class_1, class_2")
+    assert not (tmp_path / "out").exists() and len(no_downloads) == 1
+
+
+def assert_not_flat(maps: dict) -> None:
+    """Each map really shows something: ``assert_agree`` passes two all-zero maps without comparing."""
+    for lab, hm in maps.items():
+        assert hm.peak > 1e-4 and float(hm.cam.max()) >= 0.9, (lab, hm.peak)  # < 1: resized to the frame
+        assert float(hm.cam.std()) > 0.05, lab
+
+
+def keras_input(frames: list[np.ndarray], side: int, mode: str) -> np.ndarray:
+    """The batch the seeds feed: INTER_AREA resize, RGB, ``keras.applications.<mode>.preprocess_input``."""
+    import importlib
+
+    pre = importlib.import_module(f"keras.applications.{mode}").preprocess_input
+    rgb = [cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA)[..., ::-1].astype(np.float32) for f in frames]
+    return np.stack([np.asarray(pre(x)) for x in rgb])
+
+
+def settle_bn(model, x: np.ndarray) -> None:
+    """Every BatchNormalization's moving statistics from one training-mode pass over ``x``.
+
+    An untrained ``weights=None`` MobileNetV2 with Keras' initial statistics (mean 0, variance 1)
+    has vanishing features: every score 0.25 and a Grad-CAM peak of 1.6e-12, so TF and LiteRT would
+    "agree" on noise. With statistics of real images its features depend on the input."""
+    import keras
+
+    bns = [lyr for lyr in model.layers if isinstance(lyr, keras.layers.BatchNormalization)]
+    saved = [lyr.momentum for lyr in bns]
+    for lyr in bns:
+        lyr.momentum = 0.0  # the moving statistics become this batch's
+    model(x, training=True)
+    for lyr, m in zip(bns, saved):
+        lyr.momentum = m
+
+
 @pytest.fixture(scope="session")
 def vgg16_h5(tmp_path_factory):
-    """VGG16 (weights=None, 32×32, 3 classes) saved as a legacy ``.h5``: built once per session."""
+    """VGG16 (weights=None, 32×32, 3 classes) saved as a legacy ``.h5``: built once per session.
+
+    Why this size: ``--model vgg16 --weights FILE`` builds ``keras.applications.VGG16`` with its
+    classifier top (the class count and the input size are read from the file's ``fc1``/last Dense;
+    the CLI has no headless VGG16: a VGG16 base with a small head of one's own is a ``--model FILE``
+    like any model). 32×32 is the smallest input Keras' VGG16 takes; all 13 convolutions, the five
+    blocks and ``block5_conv3`` are the real ones, and fc1 shrinks from 25088 to 512 inputs, but
+    fc1/fc2 stay 4096 wide: 33.6 M parameters (134 MB) instead of 138 M (528 MB). The cheapest
+    honest VGG16: its full export (three conversions) takes about 30 s on 2 cores."""
     import keras
 
     root = tmp_path_factory.mktemp("vgg16")
@@ -164,34 +276,52 @@ def vgg16_h5(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_vgg16_local_weights_tf_and_litert_agree(vgg16_h5, tmp_path):
-    """``--model vgg16 --weights FILE.h5 --classes``: the classes, the input size (from fc1), the
-    vgg16 preprocessing; the explained class is Keras' top-1; TF and LiteRT maps agree."""
-    import keras
+def test_vgg16_local_weights_export_tf_and_litert_agree(vgg16_h5, tmp_path):
+    """``--model vgg16 --weights FILE.h5 --classes`` through ``heatmaps`` (TF, and LiteRT via a
+    temporary explainer) and through the full ``export`` → bundle → the Pi's LiteRT classifier and
+    explainer: the classes, the input size (from fc1), the vgg16 preprocessing in the manifest; the
+    explained class is Keras' top-1; the TF and LiteRT maps agree (r ≥ 0.999, max |Δ| ≤ 1e-3)."""
 
     from convert.applications import build_application
+    from edge.bundle import load_bundle
+    from edge.classify import Classifier
 
-    model, meta = build_application("vgg16", vgg16_h5 / "vgg16.h5", None, vgg16_h5 / "classes.json")
+    h5, cls = vgg16_h5 / "vgg16.h5", vgg16_h5 / "classes.json"
+    model, meta = build_application("vgg16", h5, None, cls)
     assert (meta["height"], meta["preprocess"]) == (32, "vgg16")
     assert meta["labels"] == ["apple", "crane_n1", "crane_n2"]  # repeated names told apart
-    img = sample_frames(1, seed=5)[0][:120, :100]
-    cv2.imwrite(str(tmp_path / "v.png"), img)
-    x = keras.applications.vgg16.preprocess_input(
-        cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA)[..., ::-1].astype(np.float32)
-    )
-    top1 = meta["labels"][int(np.argmax(np.asarray(model(x[None]))[0]))]
+    frames = [f[:120, :100] for f in sample_frames(2, seed=5)]
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(tmp_path / f"v{i}.png"), f)
+    want = np.asarray(model(keras_input(frames, 32, "vgg16")))
+    top1 = meta["labels"][int(np.argmax(want[0]))]
+
+    bundle = tmp_path / "vgg16-bundle"
+    argv = ["export", "--model", "vgg16", "--weights", str(h5), "--classes", str(cls), "--out", str(bundle)]
+    argv += ["--calibration", str(tmp_path), "--int8", "dynamic"]
+    assert _main([*argv, "--min-int8-agreement", "0"]) == 0  # untrained: near-uniform scores flip in int8
+    b = load_bundle(bundle)
+    assert b.preprocess_mode == "vgg16" and b.manifest["input"]["preprocessing"] == "bgr-area-caffe-imagenet-v1"
+    assert b.labels == ("apple", "crane_n1", "crane_n2") and b.manifest["gradcam"]["layer"] == "block5_conv3"
+    assert b.manifest["source"]["weights"] == str(h5) and (b.height, b.width) == (32, 32)
+    clf = Classifier(b, role="classifier_fp32", threads=1)
+    assert float(np.abs(np.stack([clf.classify(f) for f in frames]) - want).max()) <= 1e-4
+
     runs = {}
-    for method in ("tf", "litert"):
-        out = tmp_path / method
-        argv = ["heatmaps", "--model", "vgg16", "--weights", str(vgg16_h5 / "vgg16.h5"), "--method", method]
-        argv += ["--classes", str(vgg16_h5 / "classes.json"), "--data", str(tmp_path / "v.png")]
-        assert _main([*argv, "--out", str(out), "--raw", "--top-k", "1"]) == 0
-        runs[method] = _maps(out, "v")
-        assert list(runs[method]) == [top1]
-        assert (out / "v.jet.png").is_file() and (out / "v.overlay.png").is_file()
-    assert_agree(runs["tf"], runs["litert"])
+    for name, model_arg, method in (("tf", "vgg16", "tf"), ("tmp", "vgg16", "litert"), ("pi", str(bundle), None)):
+        out = tmp_path / name
+        argv = ["heatmaps", "--model", model_arg, "--data", str(tmp_path / "v0.png"), "--out", str(out)]
+        if model_arg == "vgg16":
+            argv += ["--weights", str(h5), "--classes", str(cls)]
+        assert _main([*argv, *(["--method", method] if method else []), "--raw", "--top-k", "1"]) == 0
+        runs[name] = _maps(out, "v0")
+        assert list(runs[name]) == [top1]
+        assert (out / "v0.jet.png").is_file() and (out / "v0.overlay.png").is_file()
+    assert_not_flat(runs["tf"])
+    assert_agree(runs["tf"], runs["tmp"])
+    assert_agree(runs["tf"], runs["pi"])  # the bundle's explainer.tflite + head.npz, as on the Pi
     with pytest.raises(ModelError, match="--size 64: the VGG16 in --weights .* takes 32"):
-        build_application("vgg16", vgg16_h5 / "vgg16.h5", 64)
+        build_application("vgg16", h5, 64)
 
 
 @pytest.mark.slow
@@ -207,11 +337,12 @@ def test_mobilenet_v2_export_bundle_and_pi_parity(tmp_path):
 
     keras.utils.set_random_seed(1)
     ref = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35, classes=4)
+    frames = sample_frames(4, seed=7)
+    settle_bn(ref, keras_input(frames, 96, "mobilenet_v2"))
     ref.save(str(tmp_path / "mnet.h5"))
     (tmp_path / "classes.json").write_text(json.dumps(["a", "b", "c", "d"]))
     cal = tmp_path / "cal"
     cal.mkdir()
-    frames = sample_frames(4, seed=7)
     for i, f in enumerate(frames):
         cv2.imwrite(str(cal / f"{i}.png"), f)
     argv = ["export", "--model", "mobilenet_v2", "--weights", str(tmp_path / "mnet.h5"), "--size", "96"]
@@ -224,14 +355,12 @@ def test_mobilenet_v2_export_bundle_and_pi_parity(tmp_path):
     clf = Classifier(b, role="classifier_fp32", threads=1)
     ex = Explainer(b, threads=1)
     tg = TFGradCAM(ref, labels=list(b.labels), preprocess="mobilenet_v2")
-    for f in frames[:2]:
-        x = keras.applications.mobilenet_v2.preprocess_input(
-            cv2.resize(f, (96, 96), interpolation=cv2.INTER_AREA)[..., ::-1].astype(np.float32)
-        )
+    for f, x in zip(frames[:2], keras_input(frames[:2], 96, "mobilenet_v2")):
         want = np.asarray(ref(x[None]))[0]
         assert float(np.abs(clf.classify(f) - want).max()) <= 1e-4
         lite = ex.explain(f, top_k=1)
         assert list(lite) == [b.labels[int(np.argmax(want))]]
+        assert_not_flat(lite)
         assert_agree(lite, tg.explain(f, top_k=1))
 
 
