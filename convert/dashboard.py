@@ -802,8 +802,15 @@ def _password(args: argparse.Namespace) -> str | None:
 
 def serve(app: Dashboard, host: str, port: int) -> ThreadingHTTPServer:
     """Bind the HTTP server (port 0 = any free port); the caller runs ``serve_forever``."""
+    cls = ThreadingHTTPServer
+    if ":" in host:  # an IPv6 address (the stdlib server is IPv4 unless told)
+
+        class _Server6(ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+        cls = _Server6
     try:
-        server = ThreadingHTTPServer((host, port), make_handler(app))
+        server = cls((host, port), make_handler(app))
     except OSError as e:
         raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --http-port") from None
     server.daemon_threads = True
