@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import urllib.error
@@ -213,7 +214,7 @@ def test_without_a_token_only_loopback_host_headers_pass(host: str, ok: bool) ->
 
 def test_bind_beyond_localhost_without_token_is_one_line_exit_78() -> None:
     cmd = [sys.executable, "-m", "convert", "dashboard", "--broker", "127.0.0.1", "--bind", "0.0.0.0"]
-    env = {k: v for k, v in __import__("os").environ.items() if k != dash.TOKEN_ENV}
+    env = {k: v for k, v in os.environ.items() if k != dash.TOKEN_ENV}
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 78, out
     assert out.stderr.strip().splitlines() == [
