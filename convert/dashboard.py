@@ -492,6 +492,7 @@ class BrokerLink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
+        self.client.on_subscribe = self._on_subscribe
         self._connect_props = Properties(PacketTypes.CONNECT)
         self._connect_props.MaximumPacketSize = MAX_PACKET
         self._stopping = False
@@ -514,6 +515,12 @@ class BrokerLink:
             LOG.warning("broker %s refused the connection: %s", self.state.broker, reason_code)
             return
         client.subscribe([(f"{self.state.prefix}/+/{kind}", 1) for kind in KINDS])
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        # "connected" once the broker confirmed the subscriptions: from then on no alert is missed
+        refused = [str(rc) for rc in reason_codes if getattr(rc, "is_failure", False)]
+        if refused:
+            LOG.warning("broker %s refused the subscriptions (%s); check its ACL", self.state.broker, refused[0])
         self.state.set_connected(True)
         LOG.info("connected to %s", self.state.broker)
 

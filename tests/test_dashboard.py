@@ -288,7 +288,7 @@ def test_dashboard_process_metrics_junk_and_feedback_over_a_real_broker(mqtt_bro
 
     feedback = mqtt_subscriber(mqtt_broker, "seamqc/+/feedback")
     fleet = Fleet(mqtt_broker.host, mqtt_broker.port, 3).wait_connected()
-    d = DashboardProcess(mqtt_broker.host, mqtt_broker.port, "--by", "test-tv")
+    d = DashboardProcess(mqtt_broker.host, mqtt_broker.port, "--by", "test-tv").wait_subscribed()
     try:
         fleet.start()
         st = fleet.stations["sim-02"]

@@ -73,7 +73,7 @@ def driver(tmp_path_factory):
 def floor(mqtt_broker, mqtt_subscriber):
     """A broker, a feedback subscriber, the dashboard process; the fleet is the test's to start."""
     feedback = mqtt_subscriber(mqtt_broker, "seamqc/+/feedback")
-    dash = DashboardProcess(mqtt_broker.host, mqtt_broker.port, "--by", "floor-tv")
+    dash = DashboardProcess(mqtt_broker.host, mqtt_broker.port, "--by", "floor-tv").wait_subscribed()
     fleets: list[Fleet] = []
     yield mqtt_broker, feedback, dash, fleets
     for f in fleets:

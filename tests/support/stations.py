@@ -215,6 +215,20 @@ class DashboardProcess:
         if not self.url:
             raise AssertionError(f"the dashboard printed no URL: {self.head} {self.stop()}")
 
+    def wait_subscribed(self, headers: dict[str, str] | None = None, timeout: float = 15.0) -> DashboardProcess:
+        """Until the dashboard's subscriptions are acknowledged: alerts (not retained) sent before are lost."""
+        import urllib.request
+
+        from tests.support.wait import wait_until
+
+        def subscribed() -> bool:
+            req = urllib.request.Request(self.url + "/api/state", headers=headers or {})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return bool(json.loads(r.read())["broker"]["connected"])
+
+        wait_until(subscribed, timeout=timeout, what="the dashboard subscribed", every=0.05)
+        return self
+
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
