@@ -168,6 +168,53 @@ def test_explained_class_is_the_known_top1_and_jet_written(tmp_path, capsys):
     assert len(err) == 1 and "--weights and --classes go with --model vgg16 or mobilenet_v2" in err[-1]
 
 
+def test_images_from_a_file_a_folder_or_a_plain_csv_give_the_same_maps(tmp_path):
+    """``--data`` as the seeds' users have images: files, a folder, or a CSV with only a ``name`` column
+    (relative to the CSV); the same images give the same classes and maps whichever way they came."""
+    from convert.heatmaps import make_heatmaps
+    from convert.models import save_model
+
+    kpath = tmp_path / "colour.keras"
+    save_model(colour_model(), kpath, {"labels": ["red", "green", "blue"], "task": "multiclass"})
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, bgr in (("r", (20, 20, 220)), ("b", (220, 20, 20))):
+        img = np.full((48, 48, 3), 60, np.uint8)
+        img[10:30, 14:40] = bgr
+        cv2.imwrite(str(photos / f"{name}.png"), img)
+    (tmp_path / "list.csv").write_text("name,note\nphotos/r.png,x\nphotos/b.png,y\n")
+    specs = {"files": [str(photos / "r.png"), str(photos / "b.png")], "folder": [str(photos)]}
+    specs["csv"] = [str(tmp_path / "list.csv")]
+    got = {}
+    for how, data in specs.items():
+        out = tmp_path / how
+        res = make_heatmaps(kpath, data, out, method="tf", preprocess="none", raw=True, top_k=1, progress=False)
+        assert res["images"] == 2
+        got[how] = {stem: _maps(out, stem) for stem in ("r", "b")}
+        assert [list(got[how][st]) for st in ("r", "b")] == [["red"], ["blue"]]
+    for how in ("folder", "csv"):
+        for stem in ("r", "b"):
+            for lab, hm in got[how][stem].items():
+                assert np.array_equal(hm.cam, got["files"][stem][lab].cam)
+
+
+def test_class_names_from_keras_cache_or_generic(tmp_path, monkeypatch):
+    """No ``--classes``: Keras' cached ``imagenet_class_index.json`` names a 1,000-class model (its
+    two ``crane``s told apart by WordNet id); any other count, or no cache, gets ``class_<i>``."""
+    from convert.applications import default_class_names, keras_cache
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert default_class_names(1000) == ([f"class_{i}" for i in range(1000)], "generic")
+    index = {str(i): [f"n{i:08d}", f"thing{i}"] for i in range(1000)}
+    index["134"], index["517"] = ["n02012849", "crane"], ["n03126707", "crane"]
+    keras_cache().mkdir(parents=True)
+    (keras_cache() / "imagenet_class_index.json").write_text(json.dumps(index))
+    names, source = default_class_names(1000)
+    assert source == str(tmp_path / "models" / "imagenet_class_index.json") and len(set(names)) == 1000
+    assert (names[0], names[134], names[517]) == ("thing0", "crane_n02012849", "crane_n03126707")
+    assert default_class_names(3) == (["class_0", "class_1", "class_2"], "generic")
+
+
 # ----------------------------------------------------------------------------- VGG16 / MobileNetV2
 
 
