@@ -217,8 +217,11 @@ def resolve_preprocess(given: str | None, own: str, fixed: bool, model: str | Pa
     return given
 
 
-def add_preprocess_args(p: argparse.ArgumentParser, weights: bool = True) -> None:
-    """``--preprocess`` (and ``--weights``/``--classes`` for vgg16/mobilenet_v2), shared by the commands."""
+def add_preprocess_args(
+    p: argparse.ArgumentParser, weights: bool = True, default: str = "the model's own, else seam"
+) -> None:
+    """``--preprocess`` (and ``--weights``/``--classes`` for vgg16/mobilenet_v2), shared by the commands;
+    ``default`` says in the help what the command does without it."""
     from edge.preprocess import PREPROCESS_MODES
 
     p.add_argument(
@@ -226,7 +229,7 @@ def add_preprocess_args(p: argparse.ArgumentParser, weights: bool = True) -> Non
         choices=tuple(PREPROCESS_MODES),
         default=None,
         help="model input: seam (per-image standardisation) or keras.applications' preprocess_input of "
-        "vgg16/mobilenet_v2/resnet50, none = RGB 0..255 (default: the model's own, else seam)",
+        f"vgg16/mobilenet_v2/resnet50, none = RGB 0..255 (default: {default})",
     )
     if weights:
         p.add_argument(

@@ -411,7 +411,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="with --init: keep the first N resolution stages fixed (1: stem + first stage)",
     )
     add_roi_args(p, "cropped from every image first; images saved as crops take none")
-    add_preprocess_args(p, weights=False)
+    add_preprocess_args(p, weights=False, default="seam, or the --init model's; recorded in the .keras")
     p.set_defaults(func=run)
 
 
