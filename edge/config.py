@@ -5,7 +5,7 @@ offending key (from PyYAML's node marks), the dotted key path and the value, e.g
 ``config/x.yaml:7: camera.fps: 'abc' is not a valid number``, and is raised as
 :class:`edge.errors.ConfigError` (exit 78, so systemd does not restart-loop on it).
 
-Relative paths (``model.bundle``, ``heatmaps.dir``, ``outbox``, TLS files, ``password_file``)
+Relative paths (``model.bundle``, ``heatmaps.dir``, ``samples.dir``, ``outbox``, TLS files, ``password_file``)
 resolve against the config file's directory first; when that does not exist they resolve
 against the current working directory (so ``config/demo.yaml`` can name the repo-relative
 ``edge/models/default`` and be run from the repository root).
@@ -108,6 +108,8 @@ class MqttConfig(_Model):
     # create a device and its entities in every Home Assistant listening on the broker
     homeassistant: bool = False
     homeassistant_prefix: str = "homeassistant"  # HA's discovery prefix (its `discovery_prefix`)
+    # operator feedback (edge.feedback): subscribe to <prefix>/<station>/feedback, QoS 1
+    feedback: bool = True
 
     @field_validator("host")
     @classmethod
@@ -195,6 +197,10 @@ class ModelConfig(_Model):
     bundle: Path
     threads: int = Field(4, ge=1, le=64)
     role: str | None = None  # None: the bundle's default classifier (classifier_int8)
+    # hot reload (edge.modelswap): stat the bundle path this often for an atomic replacement; 0: only SIGHUP
+    watch_s: float = Field(1.0, ge=0, le=3600)
+    # Ed25519 public keys (PEM, convert keygen); when set, only bundles signed by one of them load
+    trusted_keys: list[Path] = Field(default_factory=list, max_length=64)
 
 
 class DecisionConfig(_Model):
@@ -254,6 +260,24 @@ class HealthConfig(_Model):
     idle_frames: int = Field(90, ge=1, le=10_000_000)
 
 
+class SamplesConfig(_Model):
+    """Training samples kept on the station (edge.samples): which frames, how often, how much disk."""
+
+    enabled: bool = False  # opt-in: frames of the line are written to disk and (mqtt) published
+    dir: Path | None = None  # None: a ``samples`` folder beside the outbox (the state directory)
+    max_mb: float = Field(512.0, gt=0, le=1e9)  # oldest samples deleted beyond this
+    uncertain_margin: float = Field(0.1, ge=0, le=0.5)  # |score - threshold| <= this: uncertain
+    uncertain_per_h: float = Field(60.0, ge=0, le=36_000)  # rate cap (0: none kept)
+    random_good_per_h: float = Field(30.0, ge=0, le=36_000)  # random good frames (0: none kept)
+    ring_mb: float = Field(20.0, ge=0, le=20)  # recent ROI crops held for missed-defect reports
+    ring_every_n: int = Field(2, ge=1, le=1000)  # every n-th frame goes into the ring
+    missed_window_s: float = Field(2.0, gt=0, le=60)  # frames within this of a missed report's ts
+    missed_max_frames: int = Field(20, ge=1, le=1000)  # at most this many frames per report
+    queue_size: int = Field(16, ge=1, le=1000)  # samples waiting for the writer; beyond: dropped
+    mqtt: bool = True  # publish each sample on <prefix>/<station>/sample (MQTT 5), after the alerts
+    mqtt_backlog: int = Field(1000, ge=0, le=1_000_000)  # unpublished samples kept queued; beyond: dropped
+
+
 class Config(_Model):
     station: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "station")
     camera: CameraConfig = Field(default_factory=CameraConfig)
@@ -262,6 +286,7 @@ class Config(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     heatmaps: HeatmapConfig = Field(default_factory=HeatmapConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
     outbox: Path = Path("/var/lib/seam-qc/outbox.sqlite")
     # cap on the outbox file in MiB (a long broker outage must not fill the SD card); None: the disk
     outbox_max_mb: float | None = Field(None, gt=0, le=1e9)
@@ -426,9 +451,16 @@ def _exists(p: Path) -> bool:
 def _resolve_paths(cfg: Config, base: Path) -> dict[str, Any]:
     """Return the updates that make every path in ``cfg`` absolute."""
     upd: dict[str, Any] = {}
-    upd["model"] = cfg.model.model_copy(update={"bundle": _resolve(base, cfg.model.bundle)})
+    upd["model"] = cfg.model.model_copy(
+        update={
+            "bundle": _resolve(base, cfg.model.bundle),
+            "trusted_keys": [_resolve(base, k) for k in cfg.model.trusted_keys],
+        }
+    )
     upd["heatmaps"] = cfg.heatmaps.model_copy(update={"dir": _resolve(base, cfg.heatmaps.dir)})
     upd["outbox"] = _resolve(base, cfg.outbox)
+    sdir = cfg.samples.dir if cfg.samples.dir is not None else Path(upd["outbox"]).parent / "samples"
+    upd["samples"] = cfg.samples.model_copy(update={"dir": _resolve(base, sdir)})
     m = cfg.mqtt
     mupd: dict[str, Any] = {}
     if m.password_file is not None:

@@ -188,8 +188,10 @@ def make_client(cfg: MqttConfig, station: str, will_topic: str, log: logging.Log
     client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)  # type: ignore[arg-type]
     # +2: room for `online`/`offline` next to a full window of alerts, so paho never has to queue
     # an alert behind the window (a queued one could be overtaken after a reconnect); with Home
-    # Assistant discovery, room for one announcement too (its configs are QoS 1).
-    room = 2 + (DISCOVERY_CONFIGS if cfg.homeassistant else 0)
+    # Assistant discovery, room for one announcement too (its configs are QoS 1); and room for the
+    # one training sample the samples worker may have in flight (edge.samples), so that it never
+    # takes an alert's place.
+    room = 3 + (DISCOVERY_CONFIGS if cfg.homeassistant else 0)
     client.max_inflight_messages_set(cfg.max_inflight + room)
     client.max_queued_messages_set(max(cfg.max_queued, cfg.max_inflight + room + 2))
     return ClientSetup(client, client_id, v5, log, paho_log, redact)

@@ -70,10 +70,12 @@ class Topics:
     defect: str
     heatmap: str
     health: str
+    feedback: str  # in: operator verdicts and missed-defect reports (edge.feedback)
+    sample: str  # out: training samples (edge.samples)
 
 
 def topics(prefix: str, station: str) -> Topics:
-    """The topics of a station: ``<prefix>/<station>/status|alert|stats|defect|heatmap|health``."""
+    """The topics of a station: ``<prefix>/<station>/status|alert|stats|defect|heatmap|health|feedback|sample``."""
     for name, value in (("mqtt.prefix", prefix), ("station", station)):
         if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
             raise ConfigError(f"{name}: {value!r} is not a valid MQTT topic part (no '+', '#', empty or edge '/')")
@@ -81,7 +83,14 @@ def topics(prefix: str, station: str) -> Topics:
         raise ConfigError(f"station: {station!r} must not contain '/'")
     base = f"{prefix}/{station}"
     return Topics(
-        f"{base}/status", f"{base}/alert", f"{base}/stats", f"{base}/defect", f"{base}/heatmap", f"{base}/health"
+        f"{base}/status",
+        f"{base}/alert",
+        f"{base}/stats",
+        f"{base}/defect",
+        f"{base}/heatmap",
+        f"{base}/health",
+        f"{base}/feedback",
+        f"{base}/sample",
     )
 
 
@@ -112,6 +121,7 @@ class Publisher:
         self._said: set[tuple[str, int]] = set()  # (what, limit) already logged by stats()
         self._defect: bool | None = None  # the last state handed to paho for ``/defect``
         self.announcer: Announcer | None = None  # Home Assistant discovery (mqtt.homeassistant)
+        self._inbound: list[str] = []  # topics subscribed (QoS 1) on every connect (``listen``)
         if self.enabled:
             setup = make_client(cfg, station, self.topics.status, self.log)
             self._setup, self._client = setup, setup.client
@@ -128,8 +138,27 @@ class Publisher:
                 v5=setup.v5,
                 log=self.log,
                 paho_log=setup.paho_log,
-                on_session=self.announcer.on_connect if self.announcer is not None else None,
+                on_session=self._on_session,
             )
+
+    def _on_session(self, client: mqtt.Client) -> None:
+        """paho's network thread, after each connect's ``online``: discovery, then the inbound topics."""
+        if self.announcer is not None:
+            self.announcer.on_connect(client)
+        for topic in self._inbound:
+            client.subscribe(topic, qos=1)
+
+    def listen(self, topic: str, callback: Any) -> bool:
+        """Subscribe to ``topic`` (QoS 1) on every connect; paho's network thread calls ``callback``.
+
+        Call before ``start``. The callback must only validate and enqueue (``edge.feedback``): it
+        runs in the thread that also carries the alerts' acknowledgements. False when MQTT is off.
+        """
+        if self._client is None:
+            return False
+        self._client.message_callback_add(topic, callback)
+        self._inbound.append(topic)
+        return True
 
     def start(self) -> Publisher:
         """Connect in the background and start the sender; returns at once."""
@@ -238,6 +267,16 @@ class Publisher:
             return
         self._client.publish(self.topics.health, encode(payload), qos=1, retain=True)
 
+    def model_state(self, payload: dict[str, Any]) -> None:
+        """Retained QoS 1 ``<prefix>/<station>/model/state`` JSON (``edge.modelswap``); never blocks.
+
+        At start and after each reload attempt; paho queues it while the broker is away.
+        """
+        if self._client is None:
+            return
+        topic = f"{self.cfg.prefix}/{self.station}/model/state"
+        self._client.publish(topic, encode(payload), qos=1, retain=True)
+
     def heatmap(self, event_id: str, jpeg: bytes) -> bool:
         """The latest overlay JPEG on ``/heatmap``, retained, QoS 0, ``event_id`` as an MQTT 5 user property.
 
@@ -256,6 +295,35 @@ class Publisher:
             props.UserProperty = [("event_id", event_id)]
         info = client.publish(self.topics.heatmap, jpeg, qos=0, retain=True, properties=props)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def sample(self, meta: dict[str, Any], png: bytes) -> Any:
+        """One training sample on ``/sample`` (QoS 1, PNG bytes, metadata as MQTT 5 user properties).
+
+        Called by the samples worker's thread, one sample at a time. Alerts first: it returns None
+        (try later) unless the sender is ready and no alert is waiting in the outbox or in flight,
+        and with MQTT 3.1.1 (no user properties). ``"oversize"`` when the broker's packet limit is
+        below the sample; else paho's ``MQTTMessageInfo`` (``is_published()`` after the PUBACK).
+        paho has room for one sample besides the alerts' window (``make_client``), so the sample
+        never queues an alert behind it.
+        """
+        sender, client = self._sender, self._client
+        if sender is None or client is None or not sender.v5 or not sender.ready():
+            return None
+        if sender.inflight or self.outbox.depth():
+            return None
+        meta_json = encode(meta).decode("utf-8")
+        limit = sender.max_packet
+        if limit is not None and publish_size(self.topics.sample, png, 1, True) + len(meta_json) + 256 > limit:
+            return "oversize"
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ContentType = "image/png"
+        props.UserProperty = [
+            ("sample_id", str(meta.get("sample_id", ""))),
+            ("reason", str(meta.get("reason", ""))),
+            ("sample", meta_json),
+        ]
+        info = client.publish(self.topics.sample, png, qos=1, retain=False, properties=props)
+        return info if info.rc == mqtt.MQTT_ERR_SUCCESS else None
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every alert in the outbox was acknowledged (True) or ``timeout`` passed."""

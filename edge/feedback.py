@@ -1,0 +1,234 @@
+"""Operator feedback in: ``<prefix>/<station>/feedback`` (QoS 1), parsed strictly, queued, never blocking.
+
+Two messages (ARCHITECTURE.md §6), JSON of at most ``FEEDBACK_MAX`` bytes:
+
+* a verdict on an alert: ``{"event_id": …, "verdict": "confirmed"|"false_alarm", "labels": […]?, "by": …?}``
+  (``labels``: the corrected labels, e.g. ``[]`` or ``["good"]`` for a false alarm);
+* a missed-defect report: ``{"missed": {"ts": ISO 8601, "labels": […]}, "by": …?}``.
+
+Why strict: the topic is an attack surface (anyone the broker's ACL lets publish there). Unknown
+keys, wrong types, labels the model does not have, oversize or non-UTF-8 payloads are refused by
+pydantic (``extra="forbid"``, strict types); each refusal is counted and logged at most once per
+``LOG_EVERY_S``, so 10,000 junk messages cost 10,000 counter increments, not 10,000 log lines.
+
+Threads: :meth:`FeedbackInbox.on_message` runs in paho's network thread. It only validates and
+``put_nowait``\\s into a bounded queue (full: counted as dropped); it never touches the capture
+path, the outbox or the disk. The samples worker (``edge.samples``) is the only consumer. The
+inbox's counters have one writer each: paho's thread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+FEEDBACK_MAX = 4096  # bytes: the topic's contract
+MAX_LABELS = 16
+LOG_EVERY_S = 60.0  # at most one line about refused feedback per minute
+QUEUE_SIZE = 256
+_EVENT_ID_RE = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable ASCII: what the decider's ids are made of
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_SHOWN = 60  # bytes of a refused payload shown in the log
+
+
+class FeedbackError(ValueError):
+    """A payload that is not valid feedback; the message says why in a few words."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _check_labels(v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+    if v is None:
+        return v
+    allowed = (info.context or {}).get("labels") or ()
+    bad = [x for x in v if x not in allowed]
+    if bad:
+        raise ValueError(f"{bad[0][:32]!r} is not a label of the model ({', '.join(allowed)})")
+    return list(dict.fromkeys(v))  # order kept, duplicates gone
+
+
+def _check_by(v: str | None) -> str | None:
+    if v is not None and _CONTROL_RE.search(v):
+        raise ValueError("by contains a control character")
+    return v
+
+
+class Verdict(_Strict):
+    """An operator's verdict on an alert (``event_id`` as published on ``/alert``)."""
+
+    event_id: str
+    verdict: Literal["confirmed", "false_alarm"]
+    labels: list[str] | None = Field(None, max_length=MAX_LABELS)
+    by: str | None = Field(None, min_length=1, max_length=64)
+
+    @field_validator("event_id")
+    @classmethod
+    def _event_id(cls, v: str) -> str:
+        if not _EVENT_ID_RE.match(v):
+            raise ValueError("event_id must be 1 to 256 printable ASCII characters")
+        return v
+
+    _labels = field_validator("labels")(_check_labels)
+    _by = field_validator("by")(_check_by)
+
+
+class MissedDefect(_Strict):
+    """When (ISO 8601 with a zone) and what the model missed."""
+
+    ts: str
+    labels: list[str] = Field(min_length=1, max_length=MAX_LABELS)
+
+    @field_validator("ts")
+    @classmethod
+    def _ts(cls, v: str) -> str:
+        if len(v) > 40:
+            raise ValueError("ts is not an ISO 8601 time")
+        try:
+            t = dt.datetime.fromisoformat(v)
+        except ValueError:
+            raise ValueError("ts is not an ISO 8601 time") from None
+        if t.tzinfo is None:
+            raise ValueError("ts needs a time zone (…Z or +01:00)")
+        return v
+
+    _labels = field_validator("labels")(_check_labels)
+
+    @property
+    def epoch(self) -> float:
+        """``ts`` as seconds since the epoch (the ring buffer's clock)."""
+        return dt.datetime.fromisoformat(self.ts).timestamp()
+
+
+class Missed(_Strict):
+    """A missed-defect report: the frames around ``missed.ts`` are kept as samples."""
+
+    missed: MissedDefect
+    by: str | None = Field(None, min_length=1, max_length=64)
+
+    _by = field_validator("by")(_check_by)
+
+
+Feedback = Verdict | Missed
+
+
+def parse_feedback(payload: bytes, labels: Sequence[str]) -> Feedback:
+    """One feedback message, validated against the model's ``labels``; ``FeedbackError`` otherwise."""
+    if len(payload) > FEEDBACK_MAX:
+        raise FeedbackError(f"over {FEEDBACK_MAX} bytes ({len(payload)})")
+    try:
+        text = payload.decode("utf-8")
+        data = json.loads(text)
+    except UnicodeDecodeError:
+        raise FeedbackError("not UTF-8") from None
+    except (ValueError, RecursionError):
+        raise FeedbackError("not JSON") from None
+    if not isinstance(data, dict):
+        raise FeedbackError("not a JSON object")
+    model: type[Verdict] | type[Missed] = Missed if "missed" in data else Verdict
+    try:
+        return model.model_validate(data, context={"labels": tuple(labels)})
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(message)"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise FeedbackError(f"{where}: {msg}"[:160]) from None
+
+
+class FeedbackInbox:
+    """Subscribes to the station's feedback topic; paho's callback validates and enqueues, nothing more.
+
+    ``get`` is for the one consumer (the samples worker). Counters (paho's thread writes, others
+    read): ``received``, ``junk`` (refused as invalid), ``dropped`` (valid but the queue was full).
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        labels: Sequence[str],
+        *,
+        queue_size: int = QUEUE_SIZE,
+        log: logging.Logger | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        log_every_s: float = LOG_EVERY_S,
+    ) -> None:
+        self.topic = topic
+        self.labels = tuple(labels)
+        self.q: queue.Queue[Feedback] = queue.Queue(maxsize=queue_size)
+        self.log = log or logging.getLogger(__name__)
+        self._clock = clock
+        self._log_every_s = log_every_s
+        self.received = 0
+        self.junk = 0
+        self.dropped = 0
+        self._said_at: float | None = None  # when the last line about refused feedback was logged
+        self._unsaid = 0  # refusals since that line
+        self._lock = threading.Lock()  # the log-once state, should a test call on_message from two threads
+
+    def on_connect(self, client: Any) -> None:
+        """Subscribe (QoS 1) on each connect: every session starts clean."""
+        client.subscribe(self.topic, qos=1)
+
+    def on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        """paho's callback: validate, enqueue or count; never raises, never blocks."""
+        self.received += 1
+        payload = bytes(msg.payload)
+        try:
+            fb = parse_feedback(payload, self.labels)
+        except FeedbackError as e:
+            self.junk += 1
+            self._refused(str(e), payload)
+            return
+        try:
+            self.q.put_nowait(fb)
+        except queue.Full:
+            self.dropped += 1
+            self._refused(f"queue of {self.q.maxsize} full (the samples worker is behind)", payload)
+
+    def handle(self, payload: bytes) -> None:
+        """``on_message`` for a bare payload (tests, benchmarks)."""
+
+        class _M:
+            pass
+
+        m = _M()
+        m.payload = payload  # type: ignore[attr-defined]
+        self.on_message(None, None, m)
+
+    def get(self, timeout: float | None = None) -> Feedback | None:
+        """The next feedback, or None after ``timeout`` (0: do not wait)."""
+        try:
+            return self.q.get(timeout=timeout) if timeout else self.q.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _refused(self, why: str, payload: bytes) -> None:
+        with self._lock:
+            now = self._clock()
+            self._unsaid += 1
+            if self._said_at is not None and now - self._said_at < self._log_every_s:
+                return
+            more = f" (+{self._unsaid - 1} more since the last such line)" if self._unsaid > 1 else ""
+            self._said_at, self._unsaid = now, 0
+        shown = payload[:_SHOWN]
+        cut = f"… ({len(payload)} bytes)" if len(payload) > _SHOWN else ""
+        self.log.warning(
+            "feedback on %s ignored: %s: %r%s%s (counted in stats as feedback_junk / feedback_dropped; "
+            "at most one such line per %g s)",
+            self.topic,
+            why,
+            shown,
+            cut,
+            more,
+            self._log_every_s,
+        )
