@@ -436,6 +436,7 @@ class SampleWorker(threading.Thread):
         self._known_lock = threading.Lock()
         self._backlog: deque[str] = deque()  # stems to publish, oldest first
         self._sending: tuple[str, Any, float] | None = None  # (stem, MQTTMessageInfo, since)
+        self._stale: set[str] = set()  # in flight when a verdict changed it: not "published" on its PUBACK
         # counters: one writer each (``dropped`` by submit's caller and this thread: ints, GIL)
         self.saved = 0
         self.dropped = 0
@@ -632,8 +633,12 @@ class SampleWorker(threading.Thread):
             labels = []
         verdict = {"verdict": fb.verdict, "labels": labels, "by": fb.by, "ts": _now_iso()}
         if store is not None and stem is not None and data is not None:
-            was_published = data.get("published") is True
+            # in flight now: the copy on its way lacks the verdict, so it goes again after its PUBACK
+            in_flight = self._sending is not None and self._sending[0] == stem
+            was_published = data.get("published") is True or in_flight
             store.update(stem, verdict=verdict, labels=labels, published=False)
+            if in_flight:
+                self._stale.add(stem)
             if was_published:
                 self._queue_publish(stem)
         log.info(
@@ -723,10 +728,13 @@ class SampleWorker(threading.Thread):
             if info.is_published():
                 self._sending = None
                 self.published += 1
-                try:
-                    self.store.update(stem, published=True)
-                except OSError:
-                    pass  # it goes out again after a restart: a duplicate the collector drops
+                if stem in self._stale:
+                    self._stale.discard(stem)  # queued again by the verdict, with it
+                else:
+                    try:
+                        self.store.update(stem, published=True)
+                    except OSError:
+                        pass  # it goes out again after a restart: a duplicate the collector drops
             elif time.monotonic() - since > SAMPLE_ACK_S:
                 self._sending = None
                 self._backlog.appendleft(stem)

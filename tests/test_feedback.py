@@ -195,3 +195,66 @@ def test_publisher_subscribes_feedback_qos1_on_every_connect_and_junk_never_hold
     finally:
         op.loop_stop()
         op.disconnect()
+
+
+def _readme_acl() -> str:
+    """The ACL the README shows under 'Who may publish feedback' (the test uses the documented text)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    part = text.split("**Who may publish feedback.**", 1)[1]
+    return part.split("```", 2)[1].strip("\n")
+
+
+def test_readme_acl_lets_only_the_dashboard_publish_feedback(tmp_path, mqtt_broker_factory, mqtt_publisher):
+    import shutil
+    import subprocess
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("needs mosquitto_passwd (mosquitto package)")
+    users = {"dashboard": "d4sh", "st1": "s1pw", "st2": "s2pw"}
+    pw = tmp_path / "passwd"
+    for i, (u, p) in enumerate(users.items()):
+        subprocess.run(["mosquitto_passwd", "-b", *([] if i else ["-c"]), str(pw), u, p], check=True)
+    acl = tmp_path / "acl"
+    acl.write_text(_readme_acl() + "\n")
+    broker = mqtt_broker_factory(global_lines=[f"password_file {pw}", f"acl_file {acl}"], anonymous=False)
+    (tmp_path / "st1.pw").write_text("s1pw\n")
+    pub = mqtt_publisher(broker, station="st1", start=False, username="st1", password_file=tmp_path / "st1.pw")
+    inbox = FeedbackInbox(pub.topics.feedback, LABELS)
+    pub.listen(inbox.topic, inbox.on_message)
+    pub.start()
+    wait_until(lambda: pub.connected, what="station connected")
+
+    def client(user: str) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{user}", protocol=mqtt.MQTTv5)
+        c.username_pw_set(user, users[user])
+        c.connect(broker.host, broker.port)
+        c.loop_start()
+        return c
+
+    refused: dict[str, list] = {"st2": []}
+    intruder = client("st2")  # another station: its PUBACK says "Not authorized" (MQTT 5)
+    intruder.on_publish = lambda c, u, mid, rc, props: refused["st2"].append(rc)
+    dash = client("dashboard")
+    try:
+        intruder.publish(inbox.topic, _b({"event_id": "x-1", "verdict": "confirmed"}), qos=1)
+        wait_until(lambda: refused["st2"], what="the intruder's PUBACK")
+        assert refused["st2"][0].is_failure and "authori" in str(refused["st2"][0]).lower()
+        ok = _b({"event_id": "x-2", "verdict": "confirmed", "by": "dashboard"})
+        wait_until(
+            lambda: dash.publish(inbox.topic, ok, qos=1).wait_for_publish(5) or inbox.received > 0,
+            what="the dashboard's feedback received",
+        )
+        got = []
+        while (fb := inbox.get(0)) is not None:
+            got.append(fb)
+        # only the dashboard's (possibly repeated until the SUBACK): the intruder's never arrived
+        assert got and {f.event_id for f in got if isinstance(f, Verdict)} == {"x-2"} and inbox.junk == 0
+    finally:
+        for c in (intruder, dash):
+            c.loop_stop()
+            c.disconnect()

@@ -300,3 +300,29 @@ def test_samples_config_is_strict_and_defaults_beside_the_outbox(tmp_path, enabl
         p.write_text(yaml.safe_dump({**cfg, "samples": bad}))
         with pytest.raises(ConfigError, match=why):
             load_config(p)
+
+
+def test_a_verdict_on_a_sample_in_flight_publishes_it_again_with_the_verdict(tmp_path):
+    sent: list[tuple[dict, _Info]] = []
+
+    def publish(meta: dict, png: bytes):
+        info = _Info()
+        sent.append((meta, info))
+        return info
+
+    stop = threading.Event()
+    inbox = FeedbackInbox("seamqc/st/feedback", LABELS)
+    w = _worker(tmp_path / "samples", stop, publish=publish, inbox=inbox)
+    w.note_alert("e1")
+    _sampler(w).alert("e1", 5, 1e9, ("error",), {"error": 0.9}, _img(5))
+    wait_until(lambda: len(sent) == 1, what="the sample in flight")
+    inbox.handle(json.dumps({"event_id": "e1", "verdict": "confirmed", "by": "op"}).encode())
+    wait_until(lambda: w.verdicts == 1, what="the verdict applied")
+    sent[0][1].acked = True
+    wait_until(lambda: len(sent) == 2, what="the sample sent again")
+    sent[1][1].acked = True
+    wait_until(lambda: w.published == 2, what="both acknowledged")
+    _stop(w, stop)
+    assert sent[0][0]["verdict"] is None
+    assert sent[1][0]["verdict"]["verdict"] == "confirmed" and sent[1][0]["labels"] == ["error"]
+    assert sent[0][0]["sample_id"] == sent[1][0]["sample_id"]
