@@ -26,6 +26,8 @@ COMMANDS = (
     "ship",
     "leaveout",
     "dashboard",
+    "keygen",
+    "sign",
 )
 
 

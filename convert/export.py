@@ -13,6 +13,8 @@ old bundle or the new one, never none), else two renames:
   on the calibration set (label agreement ≥ 99.5 %), dynamic-range int8 otherwise;
 * ``explainer.tflite`` + ``head.npz`` — ``convert.explainer.export_explainer`` (float features);
 * ``model.keras`` — the full model, for the TF Grad-CAM path;
+* ``selfcheck.npz`` — four calibration images with the scores each classifier gave them
+  (``edge.selfcheck``), which the Pi re-runs before it uses the bundle;
 * ``manifest.json`` (``edge.bundle.write_manifest``: sha256 of every file) with thresholds
   (calibrated on ``--valid`` by per-label accuracy, else 0.5), metrics and ``parity``.
 
@@ -67,6 +69,8 @@ from .models import ARCHS, save_model
 FP32_MAX_DIFF = 1e-3
 INT8_MIN_AGREEMENT = 99.0
 FULL_INT8_MIN_AGREEMENT = 99.5
+SELFCHECK_IMAGES = 4  # edge.selfcheck: embedded inputs with their expected scores
+CLASSIFIER_ROLES = ("classifier_int8", "classifier_fp32")
 
 
 class ParityError(ModelError):
@@ -196,6 +200,33 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _write_selfcheck(tmp: Path, manifest: dict, files: dict[str, str], paths: list[str]) -> None:
+    """Embed ``SELFCHECK_IMAGES`` calibration images and each classifier's scores (``edge.selfcheck``).
+
+    The scores come from the written ``.tflite`` files through ``edge.classify`` (the Pi's own path,
+    preprocessing included), then the manifest is rewritten with the file and its section.
+    """
+    import cv2
+
+    from edge import selfcheck
+    from edge.bundle import load_bundle
+    from edge.classify import Classifier
+
+    bundle = load_bundle(tmp)
+    picks = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(SELFCHECK_IMAGES, len(paths))).round()]
+    images = np.stack(
+        [cv2.resize(read_image(p), (bundle.width, bundle.height), interpolation=cv2.INTER_AREA) for p in picks]
+    )
+    scores = {}
+    for role in CLASSIFIER_ROLES:
+        clf = Classifier(bundle, role=role, threads=1)
+        scores[role] = np.stack([clf.classify(img) for img in images])
+    selfcheck.write(tmp / selfcheck.FILE, images, scores)
+    files[selfcheck.ROLE] = selfcheck.FILE
+    manifest["selfcheck"] = selfcheck.section(len(images))
+    write_manifest(tmp, manifest, files)
+
+
 def export_bundle(
     model_path: str | Path,
     calibration: str | Path,
@@ -211,6 +242,7 @@ def export_bundle(
     preprocess: str | None = None,
     weights: str | Path | None = None,
     classes: str | Path | None = None,
+    version: str | None = None,
 ) -> ExportResult:
     """Build and verify the bundle in a temp dir, then rename it to ``out``.
 
@@ -369,6 +401,7 @@ def export_bundle(
         else:
             _log("export: SavedModel input has no Keras layers: no Grad-CAM explainer in this bundle")
 
+        created = _dt.datetime.now(_dt.UTC)
         manifest = {
             "name": name or out.name,
             "task": task,
@@ -384,15 +417,22 @@ def export_bundle(
                 "arch": meta.get("arch"),
                 **({"weights": str(meta["weights"])} if meta.get("weights") else {}),
             },
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "created": created.isoformat(timespec="seconds"),
+            # status, stats and alerts report it; hot reload tells bundles apart by it (default: the time)
+            "version": version or created.strftime("%Y%m%dT%H%M%SZ"),
             "producer": f"seam-qc {edge.__version__}",
         }
         if gradcam:
             manifest["gradcam"] = gradcam
         write_manifest(tmp, manifest, files)
+        _write_selfcheck(tmp, manifest, files, list(cal.paths) if cal is not None else paths)
         from edge.bundle import load_bundle
+        from edge.classify import Classifier
+        from edge.selfcheck import run as run_selfcheck
 
-        load_bundle(tmp)  # what the Pi will do: verify before publishing
+        bundle = load_bundle(tmp)  # what the Pi will do: verify before publishing
+        for role in CLASSIFIER_ROLES:
+            run_selfcheck(bundle, Classifier(bundle, role=role, threads=1))
         _replace(tmp, out, force)
         return ExportResult(out, {**manifest, "files": files})
     finally:
@@ -434,6 +474,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="int8 classifier: full integer when it keeps parity (auto), or force one",
     )
     p.add_argument("--name", help="bundle name in the manifest (default: the folder name)")
+    p.add_argument(
+        "--model-version",
+        metavar="TEXT",
+        help="version in the manifest, reported by the Pi in status, stats and alerts (default: the UTC time)",
+    )
     p.add_argument("--max-images", type=int, default=300, help="calibration images used (default 300)")
     p.add_argument(
         "--force",
@@ -465,6 +510,7 @@ def run(args: argparse.Namespace) -> int:
         args.preprocess,
         args.weights,
         args.classes,
+        args.model_version,
     )
     par = res.manifest["parity"]
     print(

@@ -21,8 +21,13 @@ Layout of ``manifest.json`` (format_version 1)::
       "gradcam": {"layer": "...", "feature_shape": [h, w, c],
                   "explainer": "explainer", "head": "head"},   # roles in "files"
       "thresholds": {"good": 0.5, ...},
-      "metrics": {...}, "parity": {...}, "created": "...", "producer": "seam-qc 0.1.0"
+      "metrics": {...}, "parity": {...}, "created": "...", "producer": "seam-qc 0.1.0",
+      "version": "20260101T120000Z",           # optional: what status, stats and alerts report
+      "selfcheck": {"role": "selfcheck", "tolerance": 0.05, "count": 4}   # optional, edge.selfcheck
     }
+
+A detached Ed25519 signature over the manifest's bytes may sit beside it (``manifest.sig``,
+``edge.signing``).
 
 Roles written by ``convert export``: ``classifier_int8``, ``classifier_fp32`` (TFLite, fixed
 batch 1), ``explainer`` (float TFLite: predictions + feature map), ``head`` (``.npz`` with the
@@ -75,6 +80,8 @@ class Bundle:
     thresholds: dict[str, float]
     files: dict[str, dict[str, str]] = field(repr=False)
     preprocess_mode: str = "seam"  # the edge.preprocess mode name of ``preprocessing``
+    manifest_sha256: str = ""  # of the manifest's bytes: it pins every file, so it names the bundle
+    signed_by: str | None = None  # key id of a verified signature (edge.signing), when keys were given
 
     def has(self, role: str) -> bool:
         return role in self.files
@@ -90,6 +97,15 @@ class Bundle:
     @property
     def classifier_role(self) -> str:
         return str(self.manifest.get("classifier", "classifier_int8"))
+
+    @property
+    def version(self) -> str:
+        """The manifest's ``version`` (``convert export --model-version``, default its UTC time),
+        else the first 12 hex digits of the manifest's sha256 (bundles exported before versions)."""
+        v = self.manifest.get("version")
+        if _name(v):
+            return str(v)[:100]
+        return self.manifest_sha256[:12]
 
     @property
     def gradcam(self) -> dict[str, Any]:
@@ -127,16 +143,26 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _read_manifest(mpath: Path) -> dict[str, Any]:
-    """Parse the manifest: any I/O, encoding, syntax, size or nesting problem is one ModelError line."""
+def _read_raw(mpath: Path) -> bytes:
     try:
         with open(mpath, "rb") as f:
             raw = f.read(MAX_MANIFEST_BYTES + 1)
-        if len(raw) > MAX_MANIFEST_BYTES:
-            raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+    except OSError as e:
+        why = " ".join(str(e.strerror or e).split())[:160]
+        raise ModelError(f"{mpath}: not valid JSON ({why})") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ModelError(f"{mpath}: not valid JSON (larger than {MAX_MANIFEST_BYTES >> 20} MiB)")
+    return raw
+
+
+def _read_manifest(mpath: Path, raw: bytes | None = None) -> dict[str, Any]:
+    """Parse the manifest: any I/O, encoding, syntax, size or nesting problem is one ModelError line."""
+    if raw is None:
+        raw = _read_raw(mpath)
+    try:
         manifest = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (OSError, ValueError, RecursionError) as e:
-        why = " ".join(str(getattr(e, "strerror", None) or e).split())[:160]
+    except (ValueError, RecursionError) as e:
+        why = " ".join(str(e).split())[:160]
         raise ModelError(f"{mpath}: not valid JSON ({why})") from None
     if not isinstance(manifest, dict):
         raise ModelError(f"{mpath}: expected a JSON object")
@@ -170,15 +196,25 @@ def _check_gradcam(manifest: dict, files: dict, n_labels: int, mpath: Path) -> N
         raise ModelError(f"{mpath}: gradcam.peak_ref: {_show(refs)} must list one number >= 0 (or null) per label")
 
 
-def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
-    """Read and check ``root/manifest.json``; with ``verify`` every file's sha256 is checked."""
+def load_bundle(root: str | Path, verify: bool = True, trusted_keys: list[Any] | None = None) -> Bundle:
+    """Read and check ``root/manifest.json``; with ``verify`` every file's sha256 is checked.
+
+    With ``trusted_keys`` (``edge.signing.TrustedKey``), the manifest's exact bytes must carry a
+    valid signature by one of them (``edge.signing.verify``) before anything else is believed.
+    """
     root = Path(root)
     mpath = root / MANIFEST
     if not root.is_dir():
         raise ModelError(f"{root}: model bundle directory not found")
     if not mpath.is_file():
         raise ModelError(f"{mpath}: not found (is {root} a seam-qc model bundle?)")
-    manifest = _read_manifest(mpath)
+    raw = _read_raw(mpath)
+    signed_by = None
+    if trusted_keys:
+        from .signing import verify as verify_signature
+
+        signed_by = verify_signature(root, raw, trusted_keys)
+    manifest = _read_manifest(mpath, raw)
     version = _need(manifest, "format_version", mpath)
     if type(version) is not int or version != FORMAT_VERSION:
         raise ModelError(f"{mpath}: format_version {_show(version)} is not supported (expected {FORMAT_VERSION})")
@@ -259,6 +295,8 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         thresholds=thresholds,
         files=files,
         preprocess_mode=mode,
+        manifest_sha256=hashlib.sha256(raw).hexdigest(),
+        signed_by=signed_by,
     )
 
 

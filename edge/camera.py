@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -57,6 +57,8 @@ class Frame:
 
     ``tensor`` is the model input made from ``image`` by the capture thread's ``prepare``
     (``None`` without one, or when preparing failed: the consumer then starts from ``image``).
+    ``prepared_by`` is that ``prepare``: after a model swap (``Capture.prepare`` replaced), the
+    consumer tells frames prepared for the old model's input from those for the new one.
     """
 
     seq: int
@@ -64,6 +66,7 @@ class Frame:
     ts_wall: float
     image: np.ndarray
     tensor: np.ndarray | None = None
+    prepared_by: Callable[[np.ndarray], np.ndarray] | None = field(default=None, compare=False, repr=False)
 
 
 def _cam_error(msg: str, key: str) -> CameraError:
@@ -549,9 +552,10 @@ class Capture(threading.Thread):
                     img.flags.writeable = False
                     now_m, now_w = time.monotonic(), time.time()
                     tensor = None
-                    if self.prepare is not None:
+                    prepare = self.prepare  # read once: the main thread may swap it (hot reload)
+                    if prepare is not None:
                         try:
-                            tensor = self.prepare(img)
+                            tensor = prepare(img)
                         except Exception as e:  # noqa: BLE001 - the consumer retries from the image
                             self._once(
                                 "prepare",
@@ -559,7 +563,7 @@ class Capture(threading.Thread):
                                 "classifier starts from the image (logged once)",
                                 e,
                             )
-                    frame = Frame(self._seq, now_m, now_w, img, tensor)
+                    frame = Frame(self._seq, now_m, now_w, img, tensor, prepare if tensor is not None else None)
                     self._seq += 1
                     self.stats.frames += 1
                     self.stats.last_frame_mono = now_m

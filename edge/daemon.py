@@ -33,8 +33,9 @@ import numpy as np
 from .camera import Capture, Frame, make_source, probe_file_source
 from .config import Config, config_line
 from .decide import Decider, iso_utc
-from .errors import CameraError, ConfigError, ModelError, SeamQCError
+from .errors import CameraError, ConfigError, ModelError
 from .logfmt import event
+from .modelswap import ActiveModel, ModelWatcher, identity, load_checked, trusted_keys
 from .sdnotify import Notifier, watchdog_interval_s
 
 log = logging.getLogger(__name__)
@@ -52,40 +53,22 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.asarray(values, np.float64), q)), 2)
 
 
-def load_model(cfg: Config) -> tuple[Any, Any]:
-    """Load and verify the bundle and build the classifier once; errors name the config key."""
-    from .bundle import load_bundle
+def load_model(cfg: Config, keys: list[Any] | None = None) -> ActiveModel:
+    """Load and check the bundle and build the classifier (``edge.modelswap.load_checked``); errors
+    name the config key (``file:line: model.bundle: …``)."""
+    return load_checked(cfg, keys or [], where=lambda *key: config_line(cfg, *key))
 
-    where = config_line(cfg, "model", "bundle")
-    try:
-        bundle = load_bundle(cfg.model.bundle, verify=True)
-    except ModelError as e:
-        raise ModelError(f"{where}: {e}") from None
-    try:
-        from .classify import Classifier
-    except ImportError as e:  # pragma: no cover - a broken install
-        raise ModelError(f"{where}: cannot import the classifier ({e})") from None
-    role = cfg.model.role or bundle.classifier_role
-    if not bundle.has(role):
-        raise ModelError(
-            f"{config_line(cfg, 'model', 'role')}: {role!r}: no such role in "
-            f"{bundle.root / 'manifest.json'} (has: {', '.join(bundle.files)})"
+
+def note_selfcheck(model: ActiveModel) -> None:
+    """One line about the self-check: its result, or the warning for a bundle without one."""
+    if model.check.max_abs_diff is None:
+        log.warning(
+            "model: %s has no self-check (exported before seam-qc embedded one): accepted without it; "
+            "re-export it with python -m convert export",
+            model.bundle.root,
         )
-    try:
-        clf = Classifier(bundle, role=role, threads=cfg.model.threads)
-        probe = clf.classify(np.zeros((bundle.height, bundle.width, 3), np.uint8))
-    except SeamQCError as e:
-        raise ModelError(f"{where}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - LiteRT raises bare ValueError/RuntimeError on bad files
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{where}: {bundle.path(role)}: not a usable TFLite model ({msg})") from None
-    probe = np.asarray(probe).reshape(-1)
-    if probe.shape[0] != len(bundle.labels):
-        raise ModelError(
-            f"{where}: {bundle.path(role)}: the model has {probe.shape[0]} outputs but the "
-            f"manifest lists {len(bundle.labels)} labels"
-        )
-    return bundle, clf
+    else:
+        log.info("model: %s: %s", model.bundle.root, model.check.describe())
 
 
 def check_explainer(cfg: Config, bundle: Any) -> None:
@@ -206,6 +189,10 @@ class Daemon:
         self.capture: Capture | None = None
         self.health: Any = None  # edge.health.HealthMonitor, unless health.enabled is false
         self._camera_lost: str | None = None  # why the camera is away (for STATUS=)
+        self.watcher: ModelWatcher | None = None  # hot reload (edge.modelswap), built by setup
+        self.reloads = 0  # models swapped in since start
+        self._swapped: dict[str, Any] | None = None  # the swap whose first new frame is still to come
+        self._last_frame: tuple[int, float, float] | None = None  # (seq, capture mono, classified mono)
 
     # ------------------------------------------------------------------ setup
     def setup(self, dry_run: bool = False) -> None:
@@ -216,7 +203,11 @@ class Daemon:
         unresolvable ``mqtt.host`` as an error, where a start only warns.
         """
         cfg = self.cfg
-        self.bundle, self.clf = load_model(cfg)
+        self.trusted = trusted_keys(cfg, lambda *key: config_line(cfg, *key))
+        ident = identity(cfg.model.bundle)  # before loading: a replacement during the load is seen
+        self.active = load_model(cfg, self.trusted)
+        self.active.identity = ident
+        self.bundle, self.clf = self.active.bundle, self.active.clf
         self.runtime = str(getattr(self.clf, "runtime", "unknown"))
         self.labels = tuple(self.bundle.labels)
         thresholds = dict(self.bundle.thresholds)
@@ -239,7 +230,7 @@ class Daemon:
             cooldown_frames=d.cooldown_frames,
             id_prefix=f"{cfg.station}-{self.boot}",
         )
-        self.model_sha = self.bundle.sha256(cfg.model.role or self.bundle.classifier_role)
+        self.model_sha = self.active.sha256
         if cfg.health.enabled:
             from .health import HealthMonitor
 
@@ -252,10 +243,12 @@ class Daemon:
         if dry_run:
             check_outbox_path(cfg)
             return
-        role = cfg.model.role or self.bundle.classifier_role
+        role = self.active.role
+        note_selfcheck(self.active)
         log.info(
-            "model %s (%s, sha256 %s…), input %dx%d, runtime %s, %d thread(s)",
+            "model %s %s (%s, sha256 %s…), input %dx%d, runtime %s, %d thread(s)",
             self.bundle.name,
+            self.active.version,
             role,
             self.model_sha[:12],
             self.bundle.width,
@@ -265,7 +258,12 @@ class Daemon:
             extra=event(
                 "start",
                 station=cfg.station,
-                model={"name": self.bundle.name, "role": role, "sha256": self.model_sha},
+                model={
+                    "name": self.bundle.name,
+                    "role": role,
+                    "sha256": self.model_sha,
+                    "version": self.active.version,
+                },
                 input=[self.bundle.width, self.bundle.height],
                 runtime=self.runtime,
                 threads=cfg.model.threads,
@@ -275,6 +273,14 @@ class Daemon:
         self.frames_q: queue.Queue[Frame] = queue.Queue(maxsize=cfg.camera.queue_size)
         self._setup_outbox_publisher()
         self._setup_heatmaps()
+        self.watcher = ModelWatcher(
+            cfg.model.bundle,
+            self._load_candidate,
+            self.stop,
+            interval_s=cfg.model.watch_s,
+            current=ident,
+            on_failed=self._model_failed,
+        )
 
     def _setup_outbox_publisher(self) -> None:
         cfg = self.cfg
@@ -341,7 +347,8 @@ class Daemon:
         if self._camera_lost is not None:
             return f"camera lost: {self._camera_lost}; retrying"
         health = f"; health {self.health.state}" if self.health is not None else ""
-        return f"running ({self.runtime}){health}"
+        model = f"; model {self.bundle.name} {self.active.version}"
+        return f"running ({self.runtime}){model}{health}"
 
     def _publish_health(self) -> None:
         """Retained ``/health`` JSON, log event and STATUS= (at start and when the conditions change)."""
@@ -358,13 +365,18 @@ class Daemon:
             self.publisher.health(payload)
 
     def _install_signals(self) -> None:
-        """SIGTERM, SIGINT and SIGHUP all stop cleanly (open events alerted, outbox kept).
+        """SIGTERM and SIGINT stop cleanly (open events alerted, outbox kept); SIGHUP reloads the model.
 
-        Why SIGHUP: a dropped SSH session sends it to a daemon run in a terminal; its default
-        action kills at once and loses the open events. (Until hot reload exists.)
+        SIGHUP (``systemctl reload``, or a dropped SSH session of a daemon run in a terminal) asks
+        the ``model-watch`` thread to load ``model.bundle`` again (edge.modelswap); it never stops
+        the line, and its default action (die at once, losing the open events) is replaced.
         """
 
         def handler(signum: int, _frame: Any) -> None:
+            watcher = self.watcher
+            if signum == signal.SIGHUP and watcher is not None:
+                watcher.request()  # sets an event: safe in a signal handler
+                return
             self.stop_reason = signal.Signals(signum).name
             self.stop.set()
 
@@ -381,6 +393,7 @@ class Daemon:
         if self.heatmaps is not None and alert.image is not None:
             heatmap = self.heatmaps.submit(alert.event_id, alert.frame, ts, alert.labels, alert.scores, alert.image)
         payload = alert.payload(cfg.station, self.bundle.name, self.model_sha, heatmap)
+        payload["model"]["version"] = self.active.version  # the model running when the alert was emitted
         self.publisher.alert(payload)  # durable first: a logged alert is always in the outbox
         self.alerts += 1
         log.info(
@@ -427,7 +440,10 @@ class Daemon:
                 "ms_p50": percentile(hm.ms, 50) if hm else None,
             },
             "runtime": self.runtime,
-            "model": {"name": self.bundle.name, "sha256": self.model_sha},
+            "model": self._model_stats(),
+            "model_version": self.active.version,
+            "model_reloads": self.reloads,
+            "model_reload_failures": self.watcher.failures if self.watcher is not None else 0,
             "open_events": self.decider.open_events,
             # flat numeric copies of the nested values: Grafana/Telegraf/HA read one number per key
             "inference_ms_p50": percentile(recent, 50),
@@ -515,6 +531,9 @@ class Daemon:
         if self.heatmaps is not None:
             self.heatmaps.start()
         self.capture.start()
+        if self.watcher is not None:
+            self.watcher.start()
+        self._publish_model_state("active")
         self.notifier.ready(self._status_text())
         self._publish_health()  # the retained state at start: ok until a condition is seen
         log.info(
@@ -532,6 +551,8 @@ class Daemon:
         stall = cfg.watchdog_stall_s
         try:
             while not self.stop.is_set():
+                if self.watcher is not None and self.watcher.pending:
+                    self._swap()  # between two frames
                 if self.max_frames is not None and self.frames >= self.max_frames:
                     self.stop_reason = f"{self.max_frames} frames"
                     break
@@ -567,6 +588,128 @@ class Daemon:
             self.shutdown(frames_at_stats, last_stats)
         return self.exit_code
 
+    # ------------------------------------------------------------------ hot reload (edge.modelswap)
+    def _load_candidate(self) -> ActiveModel:
+        """The ``model-watch`` thread: load and check the new bundle beside the running one."""
+        extra = self._check_heatmap_files if self.cfg.heatmaps.enabled else None
+        return load_checked(self.cfg, self.trusted, self.active, extra_check=extra)
+
+    def _check_heatmap_files(self, bundle: Any) -> None:
+        check_explainer(self.cfg, bundle)
+
+    def _model_stats(self) -> dict[str, Any]:
+        return {
+            **self.active.info(),
+            "loaded": iso_utc(self.active.loaded_ts),
+            "selfcheck_max_abs_diff": self.active.check.max_abs_diff,
+        }
+
+    def _publish_model_state(self, state: str, **extra: Any) -> None:
+        """Retained ``model/state``: ``active`` or ``failed: <reason>``, with the running model."""
+        if self.publisher is None:
+            return
+        payload = {
+            "state": state,
+            "station": self.cfg.station,
+            "ts": iso_utc(time.time()),
+            "model": self._model_stats(),
+            "reloads": self.reloads,
+            "failures": self.watcher.failures if self.watcher is not None else 0,
+            **extra,
+        }
+        try:
+            self.publisher.model_state(payload)
+        except Exception as e:  # noqa: BLE001 - the state is a report; the line goes on
+            log.warning("model/state publish failed: %s", e)
+
+    def _model_failed(self, why: str, reason: str) -> None:
+        """The ``model-watch`` thread: a candidate was refused; the running model goes on."""
+        log.error(
+            "model: %s: refused (%s); still running %s %s",
+            why,
+            reason,
+            self.bundle.name,
+            self.active.version,
+            extra=event(
+                "model",
+                msg=f"model failed: {reason}",
+                state=f"failed: {reason}",
+                trigger=why,
+                model=self.active.info(),
+            ),
+        )
+        self._publish_model_state(f"failed: {reason}", trigger=why, error=reason)
+
+    def _swap(self) -> None:
+        """The main thread, between two frames: the checked model becomes the running one."""
+        assert self.watcher is not None
+        new = self.watcher.take()
+        if new is None:
+            return
+        t0 = time.perf_counter()
+        old = self.active
+        self.active, self.bundle, self.clf, self.model_sha = new, new.bundle, new.clf, new.sha256
+        self.runtime = str(getattr(new.clf, "runtime", "unknown"))
+        self.thresholds.update(new.thresholds)  # in place: other readers hold this dict
+        self.decider.thresholds = {lab: float(new.thresholds.get(lab, 0.5)) for lab in self.labels}
+        if self.capture is not None:
+            self.capture.prepare = new.clf.prepare  # frames prepared for the old input are re-prepared
+        if self.heatmaps is not None:
+            from . import gradcam
+
+            b, threads = new.bundle, self.cfg.heatmaps.threads
+            negate = gradcam.negated_labels(self.cfg.decision.expected_length)
+            self.heatmaps.set_explainer_factory(lambda: gradcam.Explainer(b, threads=threads, negate=negate))
+        self.watcher.retire(old)
+        swap_ms = (time.perf_counter() - t0) * 1000
+        self.reloads += 1
+        cap = self.capture.stats if self.capture is not None else None
+        last = self._last_frame
+        self._swapped = {
+            "swap_ms": round(swap_ms, 3),
+            "last_frame_old": last[0] if last else None,
+            "dropped_before": cap.dropped if cap else 0,
+            "previous": old.info(),
+        }
+        del old
+        note_selfcheck(new)
+        log.info(
+            "model: now running %s %s (was %s %s), swapped in %.2f ms",
+            new.bundle.name,
+            new.version,
+            self._swapped["previous"]["name"],
+            self._swapped["previous"]["version"],
+            swap_ms,
+            extra=event("model", msg=f"model active {new.version}", state="active", model=new.info(), **self._swapped),
+        )
+        self._publish_model_state("active", previous=self._swapped["previous"])
+        self.notifier.status(self._status_text())
+
+    def _log_swap(self, frame: Frame) -> None:
+        """The first frame the new model classified: how long the line waited across the swap."""
+        sw, self._swapped = self._swapped, None
+        assert sw is not None
+        now = time.monotonic()
+        last = self._last_frame
+        cap = self.capture.stats if self.capture is not None else None
+        fields = {
+            "first_frame_new": frame.seq,
+            "last_frame_old": sw["last_frame_old"],
+            "frames_between": frame.seq - last[0] - 1 if last else None,
+            "capture_gap_ms": round((frame.ts_mono - last[1]) * 1000, 2) if last else None,
+            "classify_gap_ms": round((now - last[2]) * 1000, 2) if last else None,
+            "dropped_during": (cap.dropped if cap else 0) - sw["dropped_before"],
+            "swap_ms": sw["swap_ms"],
+            "version": self.active.version,
+        }
+        log.info(
+            "model: first frame %d on %s, %s ms after the last frame of the previous model",
+            frame.seq,
+            self.active.version,
+            fields["classify_gap_ms"],
+            extra=event("model_swap", msg="model swap", **fields),
+        )
+
     def _located(self, err: CameraError) -> CameraError:
         """``err`` with the config file and line of its key (file:line: camera.device: …)."""
         key = getattr(err, "key", None)
@@ -577,9 +720,11 @@ class Daemon:
     def _process(self, frame: Frame) -> None:
         t0 = time.perf_counter()
         try:
-            probs = (
-                self.clf.classify_prepared(frame.tensor) if frame.tensor is not None else self.clf.classify(frame.image)
-            )
+            clf = self.clf
+            if frame.tensor is not None and (frame.prepared_by is None or frame.prepared_by == clf.prepare):
+                probs = clf.classify_prepared(frame.tensor)
+            else:  # no tensor, or one prepared for the model swapped out: start from the image
+                probs = clf.classify(frame.image)
         except Exception as e:  # noqa: BLE001 - one bad frame must not stop the line
             self.classify_errors += 1
             if self.classify_errors == 1:
@@ -589,6 +734,9 @@ class Daemon:
         if len(self.inf_ms) > 10000:
             del self.inf_ms[:5000]
         self.frames += 1
+        if self._swapped is not None:
+            self._log_swap(frame)
+        self._last_frame = (frame.seq, frame.ts_mono, time.monotonic())
         scores = {lab: float(p) for lab, p in zip(self.labels, np.asarray(probs).reshape(-1))}
         still = False
         if self.health is not None:
@@ -611,6 +759,8 @@ class Daemon:
         by_signal = self.stop_reason.startswith("SIG")
         if self.capture is not None and self.capture.is_alive():
             self.capture.join(timeout=1.0)
+        if self.watcher is not None and self.watcher.is_alive():
+            self.watcher.join(timeout=1.0)  # a load in progress is abandoned with the process
         try:
             for alert in self.decider.flush():
                 self.emit(alert)

@@ -292,6 +292,8 @@ class HeatmapWorker(threading.Thread):
         self._full_logged = False
         self._last_fail = 0.0
         self.explainer: Any = None
+        self._next_factory: Callable[[], Any] | None = None  # hot reload: set_explainer_factory
+        self._factory_lock = threading.Lock()
         self.error = ""
         self.drain_s = 3.0
         self._closed = threading.Event()
@@ -438,8 +440,21 @@ class HeatmapWorker(threading.Thread):
                 self._overlay_failed = True
                 log.warning("heatmaps: publishing the overlay of %s failed: %s (logged once)", event_id, e)
 
+    def set_explainer_factory(self, factory: Callable[[], Any]) -> None:
+        """Hot reload (edge.modelswap): the next job builds its explainer with ``factory``.
+
+        Built in this thread, like the first one, so its LiteRT pool inherits the worker's nice; the
+        job in progress finishes with the old explainer.
+        """
+        with self._factory_lock:
+            self._next_factory = factory
+
     def _process(self, job: HeatmapJob) -> None:
         t0 = time.perf_counter()
+        with self._factory_lock:
+            nxt, self._next_factory = self._next_factory, None
+        if nxt is not None:
+            self.factory, self.explainer = nxt, None
         if self.explainer is None:
             self.explainer = self.factory()
         labels = list(job.labels) if self.only_flagged else list(self.labels_all)

@@ -182,8 +182,10 @@ def test_corrupt_frames_in_the_running_daemon(tmp_path, tiny_bundle, caplog):
 
 
 @pytest.mark.slow
-def test_sighup_stops_cleanly_and_alerts_the_open_event(tmp_path, tiny_bundle, mqtt_broker, mqtt_subscriber):
-    """Issue 12 #10: a dropped SSH session (SIGHUP) killed the daemon and lost its open events."""
+def test_sighup_reloads_and_sigterm_alerts_the_open_event(tmp_path, tiny_bundle, mqtt_broker, mqtt_subscriber):
+    """Issue 12 #10: a dropped SSH session (SIGHUP) killed the daemon and lost its open events.
+    Issue 16: SIGHUP now reloads the model and the line goes on; the open event survives the reload
+    and is alerted at the clean stop."""
     video = noise_video(tmp_path / "v.mp4", 30)
     sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/#").wait_subscribed()
     cfg = daemon_config(
@@ -198,13 +200,17 @@ def test_sighup_stops_cleanly_and_alerts_the_open_event(tmp_path, tiny_bundle, m
     st = stats_where(sub, "seamqc/test-st/stats", lambda s: s["open_events"] >= 1 and s["frames"] > 5, 90)
     assert st["alerts"] == 0 and proc.poll() is None  # the event is open, not alerted
     proc.send_signal(signal.SIGHUP)
+    proc.wait_event("model", lambda e: e.get("state") == "active", timeout=60)
+    st = stats_where(sub, "seamqc/test-st/stats", lambda s: s["model_reloads"] == 1 and s["frames"] > st["frames"], 30)
+    assert st["open_events"] >= 1 and st["alerts"] == 0 and proc.poll() is None  # still open, still running
+    proc.send_signal(signal.SIGTERM)
     assert wait_exit(proc, 10) == 0
     alert = sub.wait_for("seamqc/test-st/alert", timeout=5).json()  # flushed, delivered
     assert "error" in alert["labels"] and alert["last_frame"] - alert["first_frame"] >= 5
     sub.wait_for("seamqc/test-st/status", lambda m: m.text == "offline", timeout=5)
     text = daemon_log(cfg)
     s = log_summary(text)
-    assert "stopping (SIGHUP)" in text and "Traceback" not in text
+    assert "stopping (SIGTERM)" in text and "Traceback" not in text
     assert s["alerts"] == len(log_alerts(text)) >= 1
     from edge.outbox import Outbox
 

@@ -158,7 +158,7 @@ def check_alert_payload(a: dict, station: str, labels: tuple[str, ...]) -> None:
     assert a["labels"] and set(a["labels"]) <= set(labels) - {"good"}
     assert set(a["scores"]) == set(labels) and all(0.0 <= v <= 1.0 for v in a["scores"].values())
     assert a["heatmap"] is None or a["heatmap"].endswith(".overlay.jpg")
-    assert set(a["model"]) == {"name", "sha256"} and len(a["model"]["sha256"]) == 64
+    assert set(a["model"]) == {"name", "sha256", "version"} and len(a["model"]["sha256"]) == 64
 
 
 def copy_bundle(src: Path, dst: Path) -> Path:
