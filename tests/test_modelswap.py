@@ -187,7 +187,8 @@ def test_daemon_swaps_mid_video_without_a_gap_and_keeps_its_model_when_the_new_o
     # SIGHUP after fixing the link: back to v1, active again
     swap_link(current, v1)
     proc.send_signal(signal.SIGHUP)
-    sub.wait_for(state_topic, lambda m: m.json()["state"] == "active" and m.json()["model"]["version"] == "v1", 30)
+    back = sub.wait_for(state_topic, lambda m: m.json().get("reloads") == 2, timeout=30).json()
+    assert back["state"] == "active" and back["model"]["version"] == "v1" and back["previous"]["version"] == "v2"
     proc.send_signal(signal.SIGTERM)
     assert wait_exit(proc, 20) == 0
     events = proc.snapshot()
