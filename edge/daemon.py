@@ -188,6 +188,9 @@ class Daemon:
         self.heatmaps: Any = None
         self.capture: Capture | None = None
         self.health: Any = None  # edge.health.HealthMonitor, unless health.enabled is false
+        self.inbox: Any = None  # edge.feedback.FeedbackInbox (mqtt.feedback)
+        self.samples: Any = None  # edge.samples.SampleWorker (samples.enabled or feedback)
+        self.sampler: Any = None  # edge.samples.Sampler (samples.enabled)
         self._camera_lost: str | None = None  # why the camera is away (for STATUS=)
         self.watcher: ModelWatcher | None = None  # hot reload (edge.modelswap), built by setup
         self.reloads = 0  # models swapped in since start
@@ -281,6 +284,7 @@ class Daemon:
             current=ident,
             on_failed=self._model_failed,
         )
+        self._setup_samples()
 
     def _setup_outbox_publisher(self) -> None:
         cfg = self.cfg
@@ -335,6 +339,55 @@ class Daemon:
             on_overlay=(lambda eid, jpeg: self.publisher.heatmap(eid, jpeg)) if hc.mqtt else None,
         )
         self.heatmaps.prepare_dir()
+
+    def _setup_samples(self) -> None:
+        """Feedback in (mqtt.feedback), samples kept and published (samples:): one worker thread, ``samples``.
+
+        The paho callback only validates and enqueues feedback; the main thread only decides and
+        hands frames over; writing, feedback and publishing happen in the worker (edge/samples.py).
+        """
+        cfg, sc = self.cfg, self.cfg.samples
+        from .feedback import FeedbackInbox
+        from .samples import RingBuffer, Sampler, SampleWorker
+
+        if cfg.mqtt.enabled and cfg.mqtt.feedback:
+            self.inbox = FeedbackInbox(self.publisher.topics.feedback, self.labels)
+            self.publisher.listen(self.inbox.topic, self.inbox.on_message)
+        if not sc.enabled and self.inbox is None:
+            return
+        ring = RingBuffer(int(sc.ring_mb * 1024 * 1024), sc.ring_every_n) if sc.enabled else None
+        publish = self.publisher.sample if sc.enabled and sc.mqtt and cfg.mqtt.enabled else None
+        self.samples = SampleWorker(
+            sc.dir if sc.enabled else None,
+            self.stop,
+            station=cfg.station,
+            model=self._sample_model(),
+            max_mb=sc.max_mb,
+            queue_size=sc.queue_size,
+            inbox=self.inbox,
+            ring=ring,
+            missed_window_s=sc.missed_window_s,
+            missed_max_frames=sc.missed_max_frames,
+            publish=publish,
+            backlog_max=sc.mqtt_backlog,
+        )
+        if sc.enabled:
+            self.samples.prepare_dir()
+            self.sampler = Sampler(
+                self.samples,
+                station=cfg.station,
+                boot=self.boot,
+                thresholds=self.thresholds,
+                expected_length=cfg.decision.expected_length,
+                uncertain_margin=sc.uncertain_margin,
+                uncertain_per_h=sc.uncertain_per_h,
+                random_good_per_h=sc.random_good_per_h,
+                ring=ring,
+            )
+
+    def _sample_model(self) -> dict[str, Any]:
+        """The running model as a sample's sidecar names it (replaced on a hot reload)."""
+        return {"name": self.bundle.name, "sha256": self.model_sha, "version": self.active.version}
 
     # ------------------------------------------------------------------ running
     def _on_camera_state(self, state: str, why: str) -> None:
@@ -396,6 +449,10 @@ class Daemon:
         payload["model"]["version"] = self.active.version  # the model running when the alert was emitted
         self.publisher.alert(payload)  # durable first: a logged alert is always in the outbox
         self.alerts += 1
+        if self.samples is not None:  # after the outbox: a sample never comes before its alert
+            self.samples.note_alert(alert.event_id)
+            if self.sampler is not None:
+                self.sampler.alert(alert.event_id, alert.frame, alert.ts_wall, alert.labels, alert.scores, alert.image)
         log.info(
             "ALERT %s",
             json.dumps(payload, separators=(",", ":")),
@@ -454,6 +511,28 @@ class Daemon:
             "heatmap_ms_p50": percentile(hm.ms, 50) if hm else None,
             "defects_per_hour": round(self.alerts * 3600.0 / max(1.0, time.monotonic() - self.started_mono), 2),
             **self._health_stats(),
+            **self._samples_stats(),
+        }
+
+    def _samples_stats(self) -> dict[str, Any]:
+        """Feedback and samples in ``stats``: flat numbers only (0 when switched off)."""
+        ib, sw = self.inbox, self.samples
+        ring = getattr(self.sampler, "ring", None)
+        return {
+            "feedback_received": ib.received if ib else 0,
+            "feedback_junk": ib.junk if ib else 0,
+            "feedback_dropped": ib.dropped if ib else 0,
+            "feedback_unknown": sw.unknown if sw else 0,
+            "feedback_verdicts": sw.verdicts if sw else 0,
+            "feedback_missed": sw.missed if sw else 0,
+            "samples_saved": sw.saved if sw else 0,
+            "samples_dropped": sw.dropped if sw else 0,
+            "samples_deleted": sw.deleted if sw else 0,
+            "samples_mb": round(sw.bytes / 1048576, 2) if sw else 0,
+            "samples_published": sw.published if sw else 0,
+            "samples_backlog": sw.backlog if sw else 0,
+            "samples_publish_dropped": sw.publish_dropped if sw else 0,
+            "samples_ring_frames": len(ring) if ring is not None else 0,
         }
 
     def _health_stats(self) -> dict[str, Any]:
@@ -530,6 +609,8 @@ class Daemon:
             self.publisher.start()
         if self.heatmaps is not None:
             self.heatmaps.start()
+        if self.samples is not None:
+            self.samples.start()
         self.capture.start()
         if self.watcher is not None:
             self.watcher.start()
@@ -660,6 +741,8 @@ class Daemon:
             b, threads = new.bundle, self.cfg.heatmaps.threads
             negate = gradcam.negated_labels(self.cfg.decision.expected_length)
             self.heatmaps.set_explainer_factory(lambda: gradcam.Explainer(b, threads=threads, negate=negate))
+        if self.samples is not None:  # samples name the model that scored them
+            self.samples.model = self._sample_model()
         self.watcher.retire(old)
         swap_ms = (time.perf_counter() - t0) * 1000
         self.reloads += 1
@@ -745,6 +828,9 @@ class Daemon:
             still = self.health.still  # an idle line or a frozen camera: no re-alert of a standing event
         for alert in self.decider.update(frame.seq, frame.ts_wall, scores, image=frame.image, idle=still):
             self.emit(alert)
+        if self.sampler is not None:
+            quiet = self.decider.open_events == 0
+            self.sampler.observe(frame.seq, frame.ts_mono, frame.ts_wall, frame.image, scores, quiet)
         if self.publisher is not None:  # early signal: ON when an event opens, OFF when none is open
             self.publisher.defect(self.decider.open_events > 0)
 
@@ -770,6 +856,10 @@ class Daemon:
             self.heatmaps.close(drain_s=HEATMAP_DRAIN_SIGNAL_S if by_signal else HEATMAP_DRAIN_END_S)
             if self.heatmaps.is_alive():
                 self.heatmaps.join(timeout=self.heatmaps.drain_s + 0.5)
+        if self.samples is not None:
+            self.samples.close(drain_s=HEATMAP_DRAIN_SIGNAL_S if by_signal else HEATMAP_DRAIN_END_S / 5)
+            if self.samples.is_alive():
+                self.samples.join(timeout=self.samples.drain_s + 0.5)
         now = time.monotonic()
         final = self.stats_payload(self.frames - frames_at_stats, now - (last_stats or self.started_mono))
         final["fps"] = round(self.frames / max(1e-6, now - self.started_mono), 2)

@@ -175,7 +175,7 @@ class Sampler:
     ) -> None:
         self.worker = worker
         self.prefix = f"{station}-{boot}"
-        self.thresholds = dict(thresholds)
+        self.thresholds = thresholds  # the daemon's dict, updated in place on a hot reload
         self.expected_length = expected_length
         self.margin = uncertain_margin
         self.uncertain = RateLimit(uncertain_per_h)
