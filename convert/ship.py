@@ -135,6 +135,10 @@ def ship(
             work / "valid/data.csv",
             "--out",
             out,
+            "--name",
+            "seam-default",
+            "--max-images",
+            "500",
             "--force",
         )
     )

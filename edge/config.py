@@ -208,8 +208,8 @@ class DecisionConfig(_Model):
 
     expected_length: Literal["2mm", "4mm", "any"] = "any"
     thresholds: dict[str, float] = Field(default_factory=dict)
-    min_frames: int = Field(2, ge=1, le=10_000)
-    window: int = Field(3, ge=1, le=10_000)
+    min_frames: int = Field(3, ge=1, le=10_000)
+    window: int = Field(5, ge=1, le=10_000)
     max_event_frames: int = Field(300, ge=1, le=10_000_000)
     cooldown_frames: int = Field(0, ge=0, le=10_000_000)
 

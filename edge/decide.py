@@ -23,7 +23,7 @@ When the alert is emitted (latency trade-off)
     The alert is emitted when the event *closes*, carrying the event's best frame (highest
     strength), so a defect passing the camera raises exactly one alert with its clearest view
     and heatmap. The cost is latency: the alert leaves ``window`` frames after the defect left
-    the ROI (100 ms at 30 fps with n = 3) plus the time the defect was in view. A condition that
+    the ROI (167 ms at 30 fps with the default n = 5) plus the time the defect was in view. A condition that
     never ends (a wrong stitch length for minutes) is not held back: after ``max_event_frames``
     frames the open event is emitted and a new event (new id) starts on the same track, so a
     persistent fault re-alerts at that period, except while the frame is ``idle`` (the machine

@@ -367,14 +367,6 @@ def test_bad_config_is_one_line_exit_78(tmp_path, tiny_bundle, video, over, word
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHIPPED / "manifest.json").exists(), reason="shipped bundle edge/models/default not built yet")
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "the shipped bundle does not yet meet the product criterion on the wider synthetic world "
-        "(fabric families, tone-on-tone threads): measured 18 of 19 defects (94.7 %), 0 false alerts on this "
-        "video; the real-seams issue stays open until it does"
-    ),
-)
 def test_shipped_model_alerts_each_defect_once(tmp_path, mqtt_broker, mqtt_subscriber):
     """The product criterion on the real moving-seam video, through a real broker: ≥ 95 % of the
     injected defects alerted, each exactly once, ≤ 1 false alert per 1000 frames, a heatmap for
@@ -384,7 +376,11 @@ def test_shipped_model_alerts_each_defect_once(tmp_path, mqtt_broker, mqtt_subsc
     vpath = tmp_path / "seam.mp4"
     truth = make_video(vpath, 900, seed=3)
     sub = mqtt_subscriber(mqtt_broker, "seamqc/test-st/alert")
-    cfg = daemon_config(tmp_path, SHIPPED, vpath, mqtt_broker, decision={"expected_length": "2mm"})
+    from edge.config import DecisionConfig
+
+    default = DecisionConfig()  # the shipped bundle with the daemon's default debounce
+    decision = {"expected_length": "2mm", "min_frames": default.min_frames, "window": default.window}
+    cfg = daemon_config(tmp_path, SHIPPED, vpath, mqtt_broker, decision=decision)
     proc = start_daemon(cfg)
     assert wait_exit(proc, 600) == 0, daemon_log(cfg)[-2000:]
     text = daemon_log(cfg)
