@@ -213,14 +213,7 @@ class Daemon:
         self.bundle, self.clf = self.active.bundle, self.active.clf
         self.runtime = str(getattr(self.clf, "runtime", "unknown"))
         self.labels = tuple(self.bundle.labels)
-        thresholds = dict(self.bundle.thresholds)
-        for lab, t in cfg.decision.thresholds.items():
-            if lab not in self.labels:
-                raise ConfigError(
-                    f"{config_line(cfg, 'decision', 'thresholds', lab)}: {lab!r} is not a label of the model "
-                    f"({', '.join(self.labels)})"
-                )
-            thresholds[lab] = float(t)
+        thresholds = self.active.thresholds  # the bundle's, with decision.thresholds checked and applied
         self.thresholds = thresholds
         d = cfg.decision
         self.decider = Decider(

@@ -10,61 +10,37 @@ station without its DOM or JS heap growing. The load test runs ``SEAMQC_DASHBOAR
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.browser import headless_chrome, require_browser
 from tests.support.stations import DashboardProcess, Fleet
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SOAK_S = float(os.environ.get("SEAMQC_DASHBOARD_SOAK_S", "30"))
 N_STATIONS = 20
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-try:
-    import selenium  # noqa: F401
+require_browser()
 
-    HAVE_SELENIUM = True
-except ImportError:
-    HAVE_SELENIUM = False
-
-if not (HAVE_SELENIUM and Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
-    pytest.skip("needs chromium, chromedriver (apt: chromium chromium-driver) and selenium", allow_module_level=True)
-
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1920,1080",  # a floor TV
-        "--js-flags=--expose-gc",  # window.gc(): heap figures after a collection, not before
-        "--enable-precise-memory-info",
-    ):
-        opts.add_argument(a)
-    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    d.set_page_load_timeout(30)
-    d.set_script_timeout(30)
+    d = headless_chrome(
+        tmp_path_factory.mktemp("chromium-profile"),
+        "1920,1080",  # a floor TV
+        extra=(
+            "--js-flags=--expose-gc",  # window.gc(): heap figures after a collection, not before
+            "--enable-precise-memory-info",
+        ),
+    )
     yield d
     d.quit()
 
