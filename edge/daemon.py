@@ -179,6 +179,7 @@ class Daemon:
         self.frames = 0
         self.alerts = 0
         self.classify_errors = 0
+        self._defect_on = False  # the early signal's state, logged on change (event defect)
         self.inf_ms: list[float] = []
         self.stop_reason = ""
         self.exit_code = 0
@@ -824,8 +825,17 @@ class Daemon:
         if self.sampler is not None:
             quiet = self.decider.open_events == 0
             self.sampler.observe(frame.seq, frame.ts_mono, frame.ts_wall, frame.image, scores, quiet)
+        on = self.decider.open_events > 0
         if self.publisher is not None:  # early signal: ON when an event opens, OFF when none is open
-            self.publisher.defect(self.decider.open_events > 0)
+            self.publisher.defect(on)
+        if on is not self._defect_on:  # after the publish: the bench times ON against this capture_ts
+            self._defect_on = on
+            log.info(
+                "defect %s (frame %d)",
+                "ON" if on else "OFF",
+                frame.seq,
+                extra=event("defect", on=on, frame=frame.seq, capture_ts=round(frame.ts_wall, 6)),
+            )
 
     def shutdown(self, frames_at_stats: int = 0, last_stats: float | None = None) -> None:
         t0 = time.monotonic()

@@ -25,6 +25,9 @@ REQUIRED = (
     "rss_mb",
     "startup_s",
     "alert_latency_ms",
+    "defect_on_latency_ms",
+    "heatmap_mqtt_latency",
+    "health_cost",
     "machine",
     "ratios",
     "targets",
@@ -102,6 +105,21 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
     assert al["n"] >= 3 and _pos(al["p50"]) and al["p99"] >= al["p50"], al
     assert _pos(al["after_close_p50"]) and al["after_close_p50"] <= al["p99"], al
 
+    # early signal: defect ON, opening frame's capture → subscriber, in the alert-latency runs
+    don = res["defect_on_latency_ms"]
+    assert don["n"] >= 1 and _pos(don["p50"]) and don["max"] >= don["p99"] >= don["p50"], don
+
+    # costs, side by side: health checks on vs off (fps), heatmaps on MQTT vs off (alert latency)
+    hc = res["health_cost"]
+    assert _pos(hc["fps_on"]) and _pos(hc["fps_off"]), hc
+    assert hc["ratio"] == pytest.approx(hc["fps_on"] / hc["fps_off"], rel=0.01)
+    assert hc["cost"] == pytest.approx(1 - hc["ratio"], abs=0.002)
+    hq = res["heatmap_mqtt_latency"]
+    assert hq["on"]["n"] >= 3 and hq["off"]["n"] >= 3, hq
+    assert hq["on"]["p99"] == al["p99"] and hq["on"]["n"] == al["n"]
+    assert hq["ratio_p99"] == pytest.approx(hq["on"]["p99"] / hq["off"]["p99"], rel=0.01)
+    assert hq["ratio_p50"] == pytest.approx(hq["on"]["p50"] / hq["off"]["p50"], rel=0.01)
+
     # the printed table carries every target with its verdict
     assert {t["name"] for t in res["targets"]} >= {
         "e2e_over_bound",
@@ -109,6 +127,9 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
         "rss_litert_mb",
         "startup_s",
         "heatmap_throughput_loss",
+        "defect_on_p99_ms",
+        "health_fps_cost",
+        "heatmap_mqtt_latency_ratio",
     }
     for t in res["targets"]:
         assert t["result"] in ("PASS", "MISS"), t

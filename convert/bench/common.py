@@ -41,16 +41,34 @@ class Plan:
     hm_pairs: int
     hm_steady_s: float
     heatmap_repeats: int
+    latency_pairs: int = 1  # alert/defect-ON latency runs per arm (heatmaps.mqtt on, off)
 
 
 def make_plan(quick: bool, cores: int) -> Plan:
-    """How much to measure: ``--quick`` stays under a minute, the full run takes ~3 min on 2 cores."""
+    """How much to measure: ``--quick`` stays around a minute, the full run takes ~4 min on 2 cores."""
     all_t = max(1, cores)
     threads = tuple(sorted({1, all_t}))
     if quick:
         return Plan(True, 30, 5, 2, (), (all_t,), threads, False, 2.0, 0.4, 1, 150, 3, 1, 1, 1.6, 10)
     return Plan(
-        False, 240, 20, 4, ("resnet", "resnet-int8", "cnn"), threads, threads, True, 5.0, 1.0, 3, 420, 10, 2, 3, 5.0, 40
+        False,
+        240,
+        20,
+        4,
+        ("resnet", "resnet-int8", "cnn"),
+        threads,
+        threads,
+        True,
+        5.0,
+        1.0,
+        3,
+        420,
+        10,
+        2,
+        3,
+        5.0,
+        40,
+        latency_pairs=2,
     )
 
 

@@ -95,6 +95,9 @@ def daemon_config(
     heatmaps: str | None,
     stats_interval: float,
     hm_threads: int,
+    health: bool = True,
+    hm_mqtt: bool = True,
+    homeassistant: bool = False,
 ) -> tuple[Path, str]:
     """A daemon config for one run → (path, station); ``forced_every`` loads it on purpose (module doc)."""
     import yaml
@@ -126,15 +129,29 @@ def daemon_config(
         "model": {"bundle": str(bundle), "threads": threads},
         "decision": decision,
         "mqtt": (
-            {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.2, "reconnect_max_s": 1}
+            {
+                "host": "127.0.0.1",
+                "port": port,
+                "reconnect_min_s": 0.2,
+                "reconnect_max_s": 1,
+                "homeassistant": homeassistant,
+            }
             if port
             else {"enabled": False}
         ),
         "heatmaps": (
-            {"enabled": True, "dir": str(hm_dir), "method": heatmaps, "threads": hm_threads, "max_mb": 200}
+            {
+                "enabled": True,
+                "dir": str(hm_dir),
+                "method": heatmaps,
+                "threads": hm_threads,
+                "max_mb": 200,
+                "mqtt": hm_mqtt,
+            }
             if heatmaps
             else {"enabled": False, "dir": str(hm_dir)}
         ),
+        "health": {"enabled": health},
         "outbox": str(work / f"outbox-{tag}.sqlite"),
         "stats_interval": stats_interval,
         "log_level": "INFO",

@@ -15,8 +15,11 @@ TARGETS = {  # name: (json path, comparison, value, text)
     "e2e_over_bound": (">=", 0.90, "daemon fps / bare interpreter bound"),
     "heatmap_throughput_loss": ("<=", 0.10, "fps loss with heatmaps on ~5 % of frames"),
     "heatmap_ratio_litert": ("<=", 1.5, "LiteRT Grad-CAM (all labels) / one float forward"),
-    "rss_litert_mb": ("<=", 150.0, "daemon RSS, LiteRT only (MB)"),
+    "rss_litert_mb": ("<=", 150.0, "daemon RSS, everything on: LiteRT heatmaps (file + MQTT), health, HA (MB)"),
     "startup_s": ("<=", 2.0, "process start → first classified frame (s), no TF"),
+    "defect_on_p99_ms": ("<=", 100.0, "defect ON: capture of the event's opening frame → subscriber, p99 (ms)"),
+    "health_fps_cost": ("<=", 0.03, "fps cost of the health checks (1 − fps on / off)"),
+    "heatmap_mqtt_latency_ratio": ("<=", 1.10, "alert latency p99, heatmaps on MQTT / off"),
 }
 
 
@@ -67,6 +70,9 @@ def evaluate_targets(res: dict) -> list[dict[str, Any]]:
         "heatmap_ratio_litert": res["heatmap_ms"].get("ratio_litert"),
         "rss_litert_mb": res["rss_mb"].get("litert"),
         "startup_s": res["startup_s"],
+        "defect_on_p99_ms": (res.get("defect_on_latency_ms") or {}).get("p99"),
+        "health_fps_cost": (res.get("health_cost") or {}).get("cost"),
+        "heatmap_mqtt_latency_ratio": (res.get("heatmap_mqtt_latency") or {}).get("ratio_p99"),
     }
     out = []
     for name, (op, target, text) in TARGETS.items():
@@ -122,6 +128,8 @@ def render_table(res: dict) -> str:
                 )
     e, hm, hms = res["e2e"], res["heatmaps_e2e"], res["heatmap_ms"]
     rss, al = res["rss_mb"], res["alert_latency_ms"]
+    don, hc = res.get("defect_on_latency_ms") or {}, res.get("health_cost") or {}
+    hq = res.get("heatmap_mqtt_latency") or {}
     loss = hm.get("loss")
     pl = res["pipeline_ms"]["ms_p50"]
     L += [
@@ -145,7 +153,8 @@ def render_table(res: dict) -> str:
         f"| Grad-CAM, full-TF path | {_f(hms.get('tf'))} ms = {_f(hms.get('ratio_tf'))} × Keras forward "
         f"({_f(hms.get('forward_keras'))} ms), {_f(hms.get('ratio_tf_vs_litert_forward'))} × LiteRT fp32 "
         f"forward |",
-        f"| daemon RSS, LiteRT only (heatmaps on / off) | {_f(rss.get('litert'), 1)} MB / "
+        f"| daemon RSS, LiteRT (everything on: heatmaps + MQTT, health, HA / heatmaps off) | "
+        f"{_f(rss.get('litert'), 1)} MB / "
         f"{_f(rss.get('litert_no_heatmaps'), 1)} MB (TensorFlow mapped: "
         f"{rss.get('tensorflow_mapped_in_litert_daemon')}) |",
         f"| daemon RSS, heatmaps.method tf | {_f(rss.get('tf'), 1)} MB |",
@@ -153,6 +162,16 @@ def render_table(res: dict) -> str:
         f"| alert latency p50 / p99 (n={al.get('n')}) | {_f(al.get('p50'), 1)} / {_f(al.get('p99'), 1)} "
         f"ms; after the event closed {_f(al.get('after_close_p50'), 1)} / "
         f"{_f(al.get('after_close_p99'), 1)} ms |",
+        f"| defect ON latency p50 / p99 (n={don.get('n')}), opening frame's capture → subscriber, 30 fps | "
+        f"{_f(don.get('p50'), 1)} / {_f(don.get('p99'), 1)} ms (max {_f(don.get('max'), 1)}) |",
+        f"| health checks on / off (pairs {hc.get('pairs')}) | {_f(hc.get('fps_on'), 1)} vs "
+        f"{_f(hc.get('fps_off'), 1)} fps → ratio {_f(hc.get('ratio'), 3)} |",
+        f"| alert latency p50 / p99, heatmaps on MQTT vs off (n={hq.get('on', {}).get('n')} / "
+        f"{hq.get('off', {}).get('n')}) | {_f(hq.get('on', {}).get('p50'), 1)} / {_f(hq.get('on', {}).get('p99'), 1)}"
+        f" vs {_f(hq.get('off', {}).get('p50'), 1)} / {_f(hq.get('off', {}).get('p99'), 1)} ms → ratio "
+        f"{_f(hq.get('ratio_p50'), 3)} / {_f(hq.get('ratio_p99'), 3)}; after the event closed "
+        f"{_f(hq.get('on', {}).get('after_close_p50'), 1)} / {_f(hq.get('on', {}).get('after_close_p99'), 1)} vs "
+        f"{_f(hq.get('off', {}).get('after_close_p50'), 1)} / {_f(hq.get('off', {}).get('after_close_p99'), 1)} ms |",
         "",
         "| target | value | goal | result |",
         "|---|---:|---|---|",

@@ -270,6 +270,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
             "video_frames": plan.video_frames,
             "steady_s": plan.steady_s,
             "stats_interval": plan.stats_interval,
+            "latency_pairs": plan.latency_pairs,
         },
         "models": models,
         "latency_ms": latency,
@@ -288,6 +289,9 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         "startup_s": daemon["startup_s"],
         "startup": daemon["startup"],
         "alert_latency_ms": daemon["alert_latency_ms"],
+        "defect_on_latency_ms": daemon["defect_on_latency_ms"],
+        "heatmap_mqtt_latency": daemon["heatmap_mqtt_latency"],
+        "health_cost": daemon["health_cost"],
         "notes": notes + daemon["notes"],
     }
     result["pi_estimates"] = pi_estimates(result)
@@ -351,14 +355,25 @@ def run_daemon_suite(
             to_running.append(tr - r.t_spawn)
     startup_s = round(float(np.median(starts)), 3) if starts else None
 
-    # end to end, heatmaps off, the bundle's own decisions
+    # end to end, heatmaps off, the bundle's own decisions, health checks on (the default); each run
+    # has a health-off twin, the two in alternating order, for the health checks' cost
     e2e_runs = []
+    nohealth: list[dict] = []
     for i in range(plan.e2e_runs):
         probe.burst(max(15, plan.iters // 2))
-        c, st_nat = cfg(f"e2e{i}", realtime=False, loop=True, forced_every=None, heatmaps=None)
-        say(f"daemon e2e run (heatmaps off), {plan.steady_s:.0f} s steady ({i + 1}/{plan.e2e_runs})")
-        r_nat = run_daemon(c, f"e2e{i}", work, steady_s=plan.steady_s + si, timeout=plan.steady_s + 90)
-        e2e_runs.append((r_nat, stats_fps(listener, st_nat, r_nat)))
+        for health in (True, False) if i % 2 == 0 else (False, True):
+            tag = f"e2e{i}" if health else f"nohealth{i}"
+            c, st_nat = cfg(tag, realtime=False, loop=True, forced_every=None, heatmaps=None, health=health)
+            say(
+                f"daemon e2e run (heatmaps off, health {'on' if health else 'off'}), {plan.steady_s:.0f} s steady "
+                f"({i + 1}/{plan.e2e_runs})"
+            )
+            r = run_daemon(c, tag, work, steady_s=plan.steady_s + si, timeout=plan.steady_s + 90)
+            if health:
+                r_nat = r
+                e2e_runs.append((r, stats_fps(listener, st_nat, r)))
+            else:
+                nohealth.append(stats_fps(listener, st_nat, r))
     probe.burst(max(15, plan.iters // 2))
     ok = [f for _, f in e2e_runs if str(f["source"]).startswith("stats")]
     sec = sum(f["seconds"] for f in ok)
@@ -386,6 +401,20 @@ def run_daemon_suite(
         "expected_length 2mm; bound sampled in bursts before and after each run",
     }
     rss_nohm = steady_rss(r_nat, r_nat.event_time("ready"))
+    h_ok = [f for f in nohealth if str(f["source"]).startswith("stats")]
+    h_sec = sum(f["seconds"] for f in h_ok)
+    fps_nohealth = round(sum(f["frames"] for f in h_ok) / h_sec, 2) if h_sec else None
+    fps_health = fps.get("fps") if str(fps.get("source")).startswith("stats") else None
+    health_cost = {
+        "fps_on": fps_health,
+        "fps_off": fps_nohealth,
+        "ratio": round(fps_health / fps_nohealth, 3) if fps_health and fps_nohealth else None,
+        "cost": round(1 - fps_health / fps_nohealth, 3) if fps_health and fps_nohealth else None,
+        "pairs": plan.e2e_runs,
+        "per_run_fps": {"on": [f["fps"] for f in ok], "off": [f["fps"] for f in h_ok]},
+        "config": "the e2e runs (health.enabled true, the default: every 10th frame measured) against "
+        "the same runs with health.enabled false, in alternating order; file source at full speed",
+    }
     tf_maps.append(r_nat.tf_mapped)
 
     # heatmaps on ~5 % of frames (forced: one event / alert / heatmap every 20 frames), against the
@@ -395,7 +424,14 @@ def run_daemon_suite(
     for i in range(plan.hm_pairs):
         for kind in ("off", "on"):
             tag = f"hm{kind}{i}"
-            c, st = cfg(tag, realtime=False, loop=True, forced_every=20, heatmaps="litert" if kind == "on" else None)
+            c, st = cfg(
+                tag,
+                realtime=False,
+                loop=True,
+                forced_every=20,
+                heatmaps="litert" if kind == "on" else None,
+                homeassistant=True,
+            )
             say(f"daemon e2e run, alerts on 5 % of frames, heatmaps {kind} ({i + 1}/{plan.hm_pairs})")
             r = run_daemon(c, tag, work, steady_s=plan.hm_steady_s + si, timeout=plan.hm_steady_s + 90)
             runs[kind].append(
@@ -463,8 +499,9 @@ def run_daemon_suite(
             "tf_first_heatmap_after_s counts from that process's start"
         )
 
-    # alert latency: the video at its real 30 fps, the bundle's decisions, heatmaps on (LiteRT)
-    alert = alert_latency(plan, cfg, work, listener, notes, natural=not binfo.get("untrained"))
+    # alert and defect-ON latency: the video at its real 30 fps, the bundle's decisions, heatmaps on
+    # (LiteRT), published on MQTT or not
+    alert, defect_on, hm_mqtt = alert_latency(plan, cfg, work, listener, notes, natural=not binfo.get("untrained"))
 
     rss_mb = {
         "litert": rss_lite["max"],
@@ -488,14 +525,36 @@ def run_daemon_suite(
         "startup_s": startup_s,
         "startup": startup,
         "alert_latency_ms": alert,
+        "defect_on_latency_ms": defect_on,
+        "heatmap_mqtt_latency": hm_mqtt,
+        "health_cost": health_cost,
         "notes": notes,
+    }
+
+
+def _latency_summary(got: list[dict], mode: str) -> dict[str, Any]:
+    if not got:
+        return {"p50": None, "p99": None, "n": 0, "mode": mode}
+    tot = [g["total"] for g in got]
+    aft = [g["after_close"] for g in got]
+    bef = [g["before_close"] for g in got]
+    return {
+        "p50": round(pct(tot, 50), 1),
+        "p99": round(pct(tot, 99), 1),
+        "n": len(got),
+        "mode": mode,
+        "after_close_p50": round(pct(aft, 50), 1),
+        "after_close_p99": round(pct(aft, 99), 1),
+        "before_close_p50": round(pct(bef, 50), 1),
     }
 
 
 def alert_latency(
     plan: Plan, cfg: Callable, work: Path, listener: Listener, notes: list[str], natural: bool = True
-) -> dict[str, Any]:
-    """Capture → MQTT subscriber latency of live alerts (forced ones when the bundle raises too few)."""
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Capture → MQTT subscriber latency of live alerts and of the early ``defect`` ``ON`` (forced
+    events when the bundle raises too few), with heatmaps published on MQTT and not, side by side
+    → (alert latency, defect-ON latency, heatmaps.mqtt on vs off)."""
 
     def collect(run: DaemonRun, station: str) -> list[dict]:
         emit = {e.get("event_id"): e.t for e in run.events if e.name == "alert"}
@@ -514,49 +573,110 @@ def alert_latency(
             )
         return out
 
-    got: list[dict] = []
-    mode = "natural: bundle thresholds, expected_length 2mm, min_frames 2 of window 3, video replayed at 30 fps"
-    if natural:
-        c, st = cfg("alert", realtime=True, loop=False, forced_every=None, heatmaps="litert")
-        say(f"daemon alert-latency run: the video at 30 fps ({plan.video_frames} frames, bundle decisions)")
-        r = run_daemon(c, "alert", work, timeout=plan.video_frames / 30 + 60)
-        got = collect(r, st)
-        if len(got) < plan.min_alerts:
+    def collect_on(run: DaemonRun, station: str) -> list[float]:
+        """ms from the capture of the frame that opened an event (the daemon's ``defect`` event,
+        ``capture_ts``) to the ``ON`` reaching the subscriber; QoS 1 from one client keeps order, so
+        the n-th live ``ON`` is the n-th ``on`` event."""
+        opened = [float(e.get("capture_ts")) for e in run.events if e.name == "defect" and e.get("on")]
+        arrived = [m.wall for m in listener.sub.on(f"seamqc/{station}/defect") if m.text == "ON" and not m.retain]
+        if len(arrived) != len(opened):
             notes.append(
-                f"alert latency: the bundle raised {len(got)} live alert(s) on the video "
-                f"(< {plan.min_alerts}); measured on forced alerts instead (an event closes "
-                "every 10 frames)"
+                f"defect ON latency, run {run.tag}: {len(opened)} ON events logged, {len(arrived)} ON "
+                "received; paired in order"
             )
-    else:
-        notes.append(
-            "alert latency: the bundle is untrained, so its alerts mean nothing; measured on "
-            "forced alerts (an event closes every 10 frames)"
-        )
-    if len(got) < plan.min_alerts:
-        c, st = cfg("alertf", realtime=True, loop=True, forced_every=10, heatmaps="litert")
-        say("daemon alert-latency run, forced alerts (every 10 frames at 30 fps)")
-        need = plan.min_alerts + 2
-        r = run_daemon(c, "alertf", work, timeout=60, stop_when=lambda: len(listener.of(st, "alert")) >= need)
-        got = collect(r, st)
+        # an ON queued by paho before the daemon's first connect waited for the connection, not the
+        # pipeline: only events opened after the station's first ``online`` count
+        online = [m.wall for m in listener.sub.on(f"seamqc/{station}/status") if m.text.startswith("online")]
+        t_online = online[0] if online else None
+        return [(t - c) * 1e3 for c, t in zip(opened, arrived) if t_online is None or c >= t_online]
+
+    got: dict[bool, list[dict]] = {True: [], False: []}
+    ons: dict[bool, list[float]] = {True: [], False: []}
+    mode = "natural: bundle thresholds, expected_length 2mm, min_frames 2 of window 3, video replayed at 30 fps"
+    forced = not natural
+    need = plan.min_alerts + 2  # forced runs stop after this many alerts
+    for i in range(plan.latency_pairs):
+        for hm_mqtt in (True, False) if i % 2 == 0 else (False, True):
+            tag = f"alert{'' if hm_mqtt else '-nohm'}{i}"
+            if not forced:
+                c, st = cfg(tag, realtime=True, loop=False, forced_every=None, heatmaps="litert", hm_mqtt=hm_mqtt)
+                say(
+                    f"daemon alert-latency run: the video at 30 fps ({plan.video_frames} frames, bundle decisions), "
+                    f"heatmaps on MQTT {'on' if hm_mqtt else 'off'} ({i + 1}/{plan.latency_pairs})"
+                )
+                r = run_daemon(c, tag, work, timeout=plan.video_frames / 30 + 60)
+                g = collect(r, st)
+                if i == 0 and hm_mqtt and len(g) < plan.min_alerts:
+                    notes.append(
+                        f"alert latency: the bundle raised {len(g)} live alert(s) on the video "
+                        f"(< {plan.min_alerts}); measured on forced alerts instead (an event closes "
+                        "every 10 frames)"
+                    )
+                    forced = True
+                else:
+                    got[hm_mqtt] += g
+                    ons[hm_mqtt] += collect_on(r, st)
+                    continue
+            if forced:
+                c, st = cfg(tag + "f", realtime=True, loop=True, forced_every=10, heatmaps="litert", hm_mqtt=hm_mqtt)
+                say(
+                    f"daemon alert-latency run, forced alerts (every 10 frames at 30 fps), heatmaps on MQTT "
+                    f"{'on' if hm_mqtt else 'off'} ({i + 1}/{plan.latency_pairs})"
+                )
+                r = run_daemon(
+                    c, tag + "f", work, timeout=60, stop_when=lambda st=st: len(listener.of(st, "alert")) >= need
+                )
+                got[hm_mqtt] += collect(r, st)
+                ons[hm_mqtt] += collect_on(r, st)
+    if forced:
+        if not natural:
+            notes.append(
+                "alert latency: the bundle is untrained, so its alerts mean nothing; measured on "
+                "forced alerts (an event closes every 10 frames)"
+            )
         mode = (
             "forced: every frame flags error, an event closes every 10 frames (max_event_frames 10), "
             "video replayed at 30 fps"
         )
-    if not got:
-        return {"p50": None, "p99": None, "n": 0, "mode": mode}
-    tot = [g["total"] for g in got]
-    aft = [g["after_close"] for g in got]
-    bef = [g["before_close"] for g in got]
-    return {
-        "p50": round(pct(tot, 50), 1),
-        "p99": round(pct(tot, 99), 1),
-        "n": len(got),
+    alert = _latency_summary(got[True], mode)
+    alert["how"] = (
+        "heatmaps litert, published on MQTT (the default); receive time at a loopback paho subscriber − "
+        "the alert's ts (wall-clock capture time of the event's best frame); includes the debounce's "
+        "wait for the event to close. after_close = receive − the daemon's alert log event (event "
+        "closed → outbox → MQTT)."
+    )
+    on = ons[True]
+    defect_on: dict[str, Any] = {
+        "p50": round(pct(on, 50), 1) if on else None,
+        "p99": round(pct(on, 99), 1) if on else None,
+        "max": round(max(on), 1) if on else None,
+        "n": len(on),
         "mode": mode,
-        "after_close_p50": round(pct(aft, 50), 1),
-        "after_close_p99": round(pct(aft, 99), 1),
-        "before_close_p50": round(pct(bef, 50), 1),
-        "how": "receive time at a loopback paho subscriber − the alert's ts (wall-clock capture "
-        "time of the event's best frame); includes the debounce's wait for the event to "
-        "close. after_close = receive − the daemon's alert log event (event closed → outbox "
-        "→ MQTT).",
+        "how": "receive time of the retained QoS 1 ON on <prefix>/<station>/defect at the loopback "
+        "subscriber − capture_ts of the frame that opened the event (the daemon's `defect` log event, "
+        "logged right after the publish); same runs as the alert latency (heatmaps on MQTT); events "
+        "opened before the station's first `online` (queued while connecting) are left out",
     }
+    off = _latency_summary(got[False], mode)
+    a_on = alert
+
+    def ratio(k: str) -> float | None:
+        return round(a_on[k] / off[k], 3) if a_on.get(k) and off.get(k) else None
+
+    hm_mqtt_res = {
+        "on": {k: a_on.get(k) for k in ("p50", "p99", "n", "after_close_p50", "after_close_p99")},
+        "off": {k: off.get(k) for k in ("p50", "p99", "n", "after_close_p50", "after_close_p99")},
+        "ratio_p50": ratio("p50"),
+        "ratio_p99": ratio("p99"),
+        "ratio_after_close_p50": ratio("after_close_p50"),
+        "ratio_after_close_p99": ratio("after_close_p99"),
+        "defect_on_off_arm": {
+            "p50": round(pct(ons[False], 50), 1) if ons[False] else None,
+            "p99": round(pct(ons[False], 99), 1) if ons[False] else None,
+            "n": len(ons[False]),
+        },
+        "pairs": plan.latency_pairs,
+        "config": "the alert-latency runs with heatmaps.mqtt true vs false (heatmaps litert on in both), "
+        "same video at 30 fps, alternating order",
+    }
+    return alert, defect_on, hm_mqtt_res
