@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= edge,workstation,test
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 QUICK ?=
+DASHBOARD ?=
 PYTEST_ARGS ?=
 comma := ,
 # install_requires + the extras named in EXTRAS, one requirement a line, read from setup.cfg
@@ -52,10 +53,11 @@ $(VENV)/.stamp-$(subst $(comma),-,$(EXTRAS)): setup.cfg | arch apt
 
 setup: arch $(VENV)/.stamp-$(subst $(comma),-,$(EXTRAS))
 
-# the demo needs only the edge extra (no TensorFlow); test/bench need everything
+# the demo needs only the edge extra (no TensorFlow); test/bench need everything.
+# DASHBOARD=1: the demo also serves `convert dashboard` on its broker and keeps both up until Ctrl-C
 demo:
-	@$(MAKE) --no-print-directory setup EXTRAS=edge
-	$(PY) -m convert demo --config config/demo.yaml
+	@$(MAKE) --no-print-directory setup EXTRAS=edge$(if $(DASHBOARD),$(comma)dashboard)
+	$(PY) -m convert demo --config config/demo.yaml $(if $(DASHBOARD),--dashboard)
 
 # lint + format check + types; `make test` runs it first, so CI does too
 lint: setup

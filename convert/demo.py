@@ -23,12 +23,16 @@ import argparse
 import csv
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from edge.errors import ConfigError
 
 DEFAULT_FRAMES = 900
 DEFAULT_SEED = 7
@@ -199,6 +203,35 @@ def dashboard_command(host: str, port: int, prefix: str = "seamqc") -> str:
     return f"python -m convert dashboard --broker {host} --port {port}{extra}"
 
 
+def start_dashboard(host: str, port: int, prefix: str, out: Path) -> tuple[subprocess.Popen, str]:
+    """``python -m convert dashboard`` on the demo's broker (port 8080 when free, else any) → (process,
+    its URL, read from the line it prints); its log goes to ``<out>/dashboard.log``."""
+    from convert.harness import daemon_env, port_open
+
+    http_port = "0" if port_open("127.0.0.1", 8080) else "8080"
+    cmd = [sys.executable, "-m", "convert", "dashboard", "--broker", host, "--port", str(port)]
+    cmd += ["--prefix", prefix, "--http-port", http_port]
+    log = open(out / "dashboard.log", "w")  # noqa: SIM115 - the child holds it
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=daemon_env())
+    finally:
+        log.close()
+    assert proc.stdout is not None
+    for line in proc.stdout:  # it prints its URL once it listens (or exits: EOF)
+        if line.startswith("open http://"):
+            return proc, line.split()[1]
+    proc.wait()
+    raise ConfigError(f"demo: the dashboard exited with {proc.returncode} (log: {out / 'dashboard.log'})")
+
+
+def wait_for_ctrl_c(url: str) -> None:
+    """What ``--dashboard`` does after the run: keep the broker and the dashboard up until Ctrl-C."""
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print()
+
+
 def demo(
     config: str | os.PathLike,
     out_dir: str | os.PathLike = "demo-out",
@@ -208,11 +241,16 @@ def demo(
     quiet: bool = False,
     timeout: float = 600.0,
     private_broker: bool = True,
+    dashboard: bool = False,
+    hold: Callable[[str], None] = wait_for_ctrl_c,
 ) -> dict[str, Any]:
     """Run the whole demo; returns the summary (also printed).
 
     ``private_broker``: when no broker answers on the configured host/port, start a private
     Mosquitto for the run (False: alerts wait in the outbox, printed from the daemon's log).
+    ``dashboard``: also start ``convert dashboard`` on the broker before the run, print its URL, and
+    after the summary call ``hold(url)`` (default: wait for Ctrl-C) before stopping it and the
+    private broker.
     """
     from edge.config import load_config
     from edge.errors import ModelError
@@ -230,6 +268,7 @@ def demo(
         broker = start_private_broker(out)
         if broker is not None:
             host, port, up = broker.host, broker.port, True
+    dash: subprocess.Popen | None = None
     try:
         run_cfg, data = run_config(
             src_cfg, out, video, bundle, mqtt=up, broker=(host, port) if broker is not None else None
@@ -259,17 +298,55 @@ def demo(
                 f"demo: no broker ({cfg.mqtt.host}:{cfg.mqtt.port}: {why}): alerts go to the outbox; "
                 "printing them from the daemon log"
             )
-        if up:
+        url = None
+        if up and dashboard:
+            dash, url = start_dashboard(host, port, cfg.mqtt.prefix, out)
+            cmd = dashboard_command(host, port, cfg.mqtt.prefix)
+            say(f"demo: dashboard on {url} ({cmd}; log {out / 'dashboard.log'})")
+        elif up:
             say(f"demo: to watch it on the dashboard while it runs: {dashboard_command(host, port, cfg.mqtt.prefix)}")
+        elif dashboard:
+            say("demo: no broker, so no dashboard (--dashboard needs Mosquitto or a broker on the configured port)")
         say(f"demo: writing a {frames}-frame synthetic seam video with injected defects → {video}")
         truth = make_video(video, frames, seed)
         say(f"demo: {len(truth)} injected defects ({', '.join(sorted({t['label'] for t in truth})) or 'none'})")
         result = _run(cfg, data, run_cfg, out, video, truth, host, port, up, topic, say, timeout)
+        _summary(result, truth, data, up, broker is not None, host, port, url, out, say)
+        if dash is not None and url is not None:
+            say(f"demo: the broker and the dashboard ({url}) stay up: Ctrl-C to stop them")
+            hold(url)
     finally:
+        if dash is not None:
+            dash.terminate()
+            try:
+                dash.wait(10)
+            except subprocess.TimeoutExpired:
+                dash.kill()
+                dash.wait()
+            if dash.stdout is not None:
+                dash.stdout.close()
         if broker is not None:
             broker.stop()
+            say(f"  private Mosquitto on {host}:{port} stopped")
+    return result
+
+
+def _summary(
+    result: dict[str, Any],
+    truth: list[dict[str, Any]],
+    data: dict,
+    up: bool,
+    private: bool,
+    host: str,
+    port: int,
+    url: str | None,
+    out: Path,
+    say: Any,
+) -> None:
+    """summary.json and the printed summary of a run."""
     res = result.pop("_match")
-    result["broker"] = {"host": host, "port": port, "private": broker is not None} if up else None
+    result["broker"] = {"host": host, "port": port, "private": private} if up else None
+    result["dashboard"] = url
     (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     n_frames = result["frames"]
     say("")
@@ -291,10 +368,7 @@ def demo(
     say(f"  heatmaps: {hm['overlays']} of {result['alerts']} alerts have an overlay in {hm['dir']}")
     if not up:
         say(f"  outbox: {data['outbox']} holds {result['outbox']['depth']} alert(s) for the next broker connection")
-    if broker is not None:
-        say(f"  private Mosquitto on {host}:{port} stopped")
     say(f"  summary written to {out / 'summary.json'}")
-    return result
 
 
 def _run(
@@ -426,6 +500,11 @@ def register(subparsers) -> None:
         action="store_true",
         help="do not start a private Mosquitto when no broker answers (alerts then wait in the outbox)",
     )
+    p.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="also start `convert dashboard` on the broker, print its URL, keep both up after the run until Ctrl-C",
+    )
     p.set_defaults(func=run)
 
 
@@ -434,5 +513,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.frames < 30:
         raise DataError(f"--frames {args.frames}: use at least 30 frames")
-    demo(args.config, args.out, args.frames, args.seed, args.bundle, private_broker=not args.no_broker)
+    demo(
+        args.config,
+        args.out,
+        args.frames,
+        args.seed,
+        args.bundle,
+        private_broker=not args.no_broker,
+        dashboard=args.dashboard,
+    )
     return 0
