@@ -71,6 +71,17 @@ def note_selfcheck(model: ActiveModel) -> None:
         log.info("model: %s: %s", model.bundle.root, model.check.describe())
 
 
+def open_outbox(cfg: Config) -> Any:
+    """The durable outbox at ``outbox``, capped by ``outbox_max_mb`` (its directory made if missing)."""
+    from .outbox import Outbox
+
+    try:
+        Path(cfg.outbox).parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # Outbox names the path in its own error
+    return Outbox(cfg.outbox, max_bytes=cfg.outbox_max_bytes)
+
+
 def check_explainer(cfg: Config, bundle: Any) -> None:
     """Heatmaps need the bundle's Grad-CAM files: say so at start, not at the first alert."""
     gc = bundle.gradcam
@@ -282,13 +293,7 @@ class Daemon:
 
     def _setup_outbox_publisher(self) -> None:
         cfg = self.cfg
-        from .outbox import Outbox
-
-        try:
-            Path(cfg.outbox).parent.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            pass
-        self.outbox = Outbox(cfg.outbox, max_bytes=cfg.outbox_max_bytes)
+        self.outbox = open_outbox(cfg)
         from .homeassistant import Device
         from .publish import Publisher
 

@@ -97,7 +97,7 @@ def test_end_to_end_alerts_status_stats_heatmaps(tmp_path, tiny_bundle, video, m
     assert lines and all(isinstance(d, dict) and LOG_FIELDS <= set(d) for d in parsed), lines[:3]
     assert all(d["ts"].endswith("Z") and d["level"] in ("DEBUG", "INFO", "WARNING", "ERROR") for d in parsed)
     events = [e.name for e in log_events(text) if e.name]
-    story = [n for n in events if n not in ("alert", "stats", "health")]
+    story = [n for n in events if n not in ("alert", "stats", "health", "defect")]
     assert story == ["start", "ready", "stopping", "summary", "stopped", "exit"], events
     # the camera's health is told once at start (before ready), then only when it changes
     assert events.index("health") < events.index("ready"), events
@@ -109,6 +109,9 @@ def test_end_to_end_alerts_status_stats_heatmaps(tmp_path, tiny_bundle, video, m
     summary = log_summary(text)
     logged = log_alerts(text)
     assert summary["frames"] == 30 * 6 and summary["alerts"] == len(logged)
+    # the early defect signal is logged only when it changes (ON, OFF, ON, …), and an alert opens an event
+    ons = [e.get("on") for e in log_events(text) if e.name == "defect"]
+    assert ons == [i % 2 == 0 for i in range(len(ons))] and bool(ons) == bool(logged), (ons, events)
     assert summary["runtime"] and summary["inference_ms"]["p50"] > 0
     assert summary["outbox_depth"] == 0  # everything acknowledged
     status = [m.text for m in sub.on("seamqc/test-st/status")]

@@ -360,10 +360,12 @@ def test_wrong_length_heatmap_explains_the_flagged_condition():
         scores2 = dict(zip(plain.labels, (float(p) for p in plain.forward(img2)[0])))
         assert "length" in frame_flags(scores2, thresholds, "4mm")
         right = on_4mm_line.explain(img2, ["length"])["length"]
-        assert right.sign == 1 and right.strength >= 0.6, (seed, right)
+        # peak_ref is the median flagged peak of the calibration set, so a less sure frame (seed 1:
+        # score 0.92, peak 0.49 against a reference of 0.90) is drawn at about half strength
+        assert right.sign == 1 and right.strength >= 0.5, (seed, right)
         np.testing.assert_array_equal(right.cam, plain.explain(img2, ["length"])["length"].cam)
-        against = on_2mm_line.explain(img2, ["length"])["length"]  # -length on a 2 mm frame: weaker
-        assert against.peak < right.peak, (seed, against, right)
+        against = on_2mm_line.explain(img2, ["length"])["length"]  # -length on a 2 mm frame: faint
+        assert against.peak < 0.2 * right.peak, (seed, against, right)  # measured: <= 0.03x
 
 
 # ----------------------------------------------------------------------------- keras applications

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import Config, load_config
-from edge.daemon import Daemon
+from edge.daemon import open_outbox
 from edge.errors import ConfigError
 from edge.outbox import OutboxError
 
@@ -34,17 +34,15 @@ def _config(tmp_path: Path, cap: str | None) -> Path:
 
 def _fill(cfg: Config) -> tuple[int, str]:
     """Alerts of ~1 kB the daemon's own outbox takes before it is full, and the error it then gives."""
-    d = Daemon(cfg)
-    d._setup_outbox_publisher()
-    assert d.outbox is not None
+    outbox = open_outbox(cfg)  # what Daemon.setup opens
     stored = 0
     try:
         with pytest.raises(OutboxError) as ei:
             for i in range(100_000):
-                d.outbox.put(f"e{i}", "seamqc/s/alert", b"x" * 1000)
+                outbox.put(f"e{i}", "seamqc/s/alert", b"x" * 1000)
                 stored += 1
     finally:
-        d.outbox.close()
+        outbox.close()
     return stored, str(ei.value)
 
 
