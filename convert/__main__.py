@@ -21,6 +21,7 @@ COMMANDS = (
     "heatmaps",
     "localize",
     "label",
+    "collect",
     "demo",
     "bench",
     "ship",

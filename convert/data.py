@@ -4,7 +4,8 @@ Two layouts are read:
 
 * the seed's CSVs (``<video>_data.csv`` and ``train.csv`` / ``valid.csv`` / ``test.csv``), written
   by pandas ``to_csv``: an unnamed index column, ``name``, then one ``True``/``False`` column per
-  label (``good,error,break,length``). Relative names resolve against the CSV's folder. Read with
+  label (``good,error,break,length``; ``source`` and ``reviewed`` columns, written by ``collect``
+  and ``label``, are not labels and are skipped). Relative names resolve against the CSV's folder. Read with
   the stdlib ``csv`` module (pandas is not a runtime dependency). → task ``multilabel``.
 * a class-per-folder tree (``DIR/Apfel/*.png``, ``DIR/Orange/*.png`` …): one label per image,
   labels sorted by folder name. → task ``multiclass``.
@@ -42,6 +43,9 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # both accept exactly these.
 SEED_TRUE = frozenset({"true", "1", "1.0", "yes"})
 SEED_FALSE = frozenset({"false", "0", "0.0", "no"})
+# Columns of a seed CSV that are not labels: ``collect`` writes where a row came from (``source``)
+# and ``label`` whether a person reviewed it (``reviewed``). Readers skip them; ``split`` drops them.
+META_COLUMNS = ("source", "reviewed")
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ def read_csv(path: str | Path, check_images: bool = True) -> Dataset:
         raise DataError(
             f"{path}: header {','.join(header)!r}: 'name' must be the first column (after pandas' unnamed index)"
         )
-    label_cols = list(range(name_col + 1, len(header)))
+    label_cols = [i for i in range(name_col + 1, len(header)) if header[i] not in META_COLUMNS]
     labels = tuple(header[i] for i in label_cols)
     if not labels:
         raise DataError(f"{path}: header {','.join(header)!r} has no label columns after 'name'")

@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-pytest_plugins = ["tests.support.model", "tests.support.mqtt"]
+pytest_plugins = ["tests.support.model", "tests.support.mqtt", "tests.support.collect"]
 
 
 @pytest.fixture(autouse=True)
