@@ -29,6 +29,7 @@ COMMANDS = (
     "dashboard",
     "keygen",
     "sign",
+    "deploy",
 )
 
 

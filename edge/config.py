@@ -201,6 +201,9 @@ class ModelConfig(_Model):
     watch_s: float = Field(1.0, ge=0, le=3600)
     # Ed25519 public keys (PEM, convert keygen); when set, only bundles signed by one of them load
     trusted_keys: list[Path] = Field(default_factory=list, max_length=64)
+    # signed rollout over MQTT (edge.rollout, convert deploy): needs trusted_keys and bundle as a symlink
+    rollout: bool = False
+    max_bundle_mb: float = Field(64.0, gt=0, le=4096)  # cap on a received bundle (tar and unpacked content)
 
 
 class DecisionConfig(_Model):

@@ -164,6 +164,22 @@ def check_mqtt(cfg: Config, strict: bool) -> None:
         )
 
 
+def check_rollout(cfg: Config, keys: list[Any]) -> None:
+    """``model.rollout`` needs trusted keys, MQTT and a ``model.bundle`` symlink it may swap."""
+    if not cfg.model.rollout:
+        return
+    where = config_line(cfg, "model", "rollout")
+    if not keys:
+        raise ConfigError(f"{where}: rollouts need model.trusted_keys (the deploy key's .pub from convert keygen)")
+    if not cfg.mqtt.enabled:
+        raise ConfigError(f"{where}: rollouts arrive over MQTT, but mqtt.enabled is false")
+    from .rollout import RolloutStore
+
+    problem = RolloutStore(cfg.model.bundle).check()
+    if problem:
+        raise ConfigError(f"{config_line(cfg, 'model', 'bundle')}: {problem}")
+
+
 def check_outbox_path(cfg: Config) -> None:
     """Dry run: refuse what the outbox would refuse at start, creating and changing nothing."""
     from .outbox import Outbox, OutboxError
@@ -205,6 +221,7 @@ class Daemon:
         self.sampler: Any = None  # edge.samples.Sampler (samples.enabled)
         self._camera_lost: str | None = None  # why the camera is away (for STATUS=)
         self.watcher: ModelWatcher | None = None  # hot reload (edge.modelswap), built by setup
+        self.rollout: Any = None  # edge.rollout.RolloutWorker (model.rollout)
         self.reloads = 0  # models swapped in since start
         self._swapped: dict[str, Any] | None = None  # the swap whose first new frame is still to come
         self._last_frame: tuple[int, float, float] | None = None  # (seq, capture mono, classified mono)
@@ -219,6 +236,7 @@ class Daemon:
         """
         cfg = self.cfg
         self.trusted = trusted_keys(cfg, lambda *key: config_line(cfg, *key))
+        check_rollout(cfg, self.trusted)
         ident = identity(cfg.model.bundle)  # before loading: a replacement during the load is seen
         self.active = load_model(cfg, self.trusted)
         self.active.identity = ident
@@ -290,6 +308,7 @@ class Daemon:
             on_failed=self._model_failed,
         )
         self._setup_samples()
+        self._setup_rollout()
 
     def _setup_outbox_publisher(self) -> None:
         cfg = self.cfg
@@ -383,6 +402,43 @@ class Daemon:
                 random_good_per_h=sc.random_good_per_h,
                 ring=ring,
             )
+
+    def _setup_rollout(self) -> None:
+        """Signed rollout (model.rollout): paho's thread parses and enqueues, thread ``rollout`` does the rest."""
+        cfg = self.cfg
+        if not cfg.model.rollout or self.publisher is None or self.watcher is None:
+            return
+        from .rollout import Hooks, RolloutInbox, RolloutStore, RolloutWorker
+
+        watcher = self.watcher
+        inbox = RolloutInbox(f"{cfg.mqtt.prefix}/{cfg.station}/model/set")
+        self.publisher.listen(inbox.topic, inbox.on_message)
+
+        def check(path: Path) -> ActiveModel:
+            there = cfg.model_copy(update={"model": cfg.model.model_copy(update={"bundle": path})})
+            extra = self._check_heatmap_files if cfg.heatmaps.enabled else None
+            return load_checked(there, self.trusted, self.active, extra_check=extra)
+
+        def offer(model: ActiveModel, state: str, extra: dict[str, Any]) -> None:
+            model.swap_state, model.swap_extra = state, extra
+            watcher.offer(model)
+
+        hooks = Hooks(
+            check=check,
+            offer=offer,
+            state=self._publish_model_state,
+            running_manifest=lambda: self.active.bundle.manifest_sha256,
+            exclusive=watcher.exclusive,
+        )
+        self.rollout = RolloutWorker(
+            inbox,
+            RolloutStore(cfg.model.bundle),
+            self.trusted,
+            hooks,
+            self.stop,
+            max_bytes=int(cfg.model.max_bundle_mb * 1024 * 1024),
+            boot=self.boot,
+        )
 
     def _sample_model(self) -> dict[str, Any]:
         """The running model as a sample's sidecar names it (replaced on a hot reload)."""
@@ -500,6 +556,11 @@ class Daemon:
             "model_version": self.active.version,
             "model_reloads": self.reloads,
             "model_reload_failures": self.watcher.failures if self.watcher is not None else 0,
+            # signed rollouts (model.rollout; 0 when off): installed, rolled back, refused, junk messages
+            "model_rollouts": self.rollout.installs if self.rollout is not None else 0,
+            "model_rollbacks": self.rollout.rollbacks if self.rollout is not None else 0,
+            "model_rollout_failures": self.rollout.failures if self.rollout is not None else 0,
+            "model_set_junk": self.rollout.inbox.junk + self.rollout.inbox.dropped if self.rollout is not None else 0,
             "open_events": self.decider.open_events,
             # flat numeric copies of the nested values: Grafana/Telegraf/HA read one number per key
             "inference_ms_p50": percentile(recent, 50),
@@ -614,6 +675,9 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.start()
         self._publish_model_state("active")
+        if self.rollout is not None:
+            self.rollout.resume()  # a download cut by a restart: announced, to be continued
+            self.rollout.start()
         self.notifier.ready(self._status_text())
         self._publish_health()  # the retained state at start: ok until a condition is seen
         log.info(
@@ -762,9 +826,16 @@ class Daemon:
             self._swapped["previous"]["name"],
             self._swapped["previous"]["version"],
             swap_ms,
-            extra=event("model", msg=f"model active {new.version}", state="active", model=new.info(), **self._swapped),
+            extra=event(
+                "model",
+                msg=f"model {new.swap_state} {new.version}",
+                state=new.swap_state,
+                model=new.info(),
+                **self._swapped,
+                **new.swap_extra,
+            ),
         )
-        self._publish_model_state("active", previous=self._swapped["previous"])
+        self._publish_model_state(new.swap_state, previous=self._swapped["previous"], **new.swap_extra)
         self.notifier.status(self._status_text())
 
     def _log_swap(self, frame: Frame) -> None:
@@ -855,6 +926,8 @@ class Daemon:
             self.capture.join(timeout=1.0)
         if self.watcher is not None and self.watcher.is_alive():
             self.watcher.join(timeout=1.0)  # a load in progress is abandoned with the process
+        if self.rollout is not None and self.rollout.is_alive():
+            self.rollout.join(timeout=1.0)  # a download in progress is kept on disk for the next start
         try:
             for alert in self.decider.flush():
                 self.emit(alert)

@@ -56,6 +56,9 @@ class ActiveModel:
     check: selfcheck.Result
     identity: Identity | None = None
     loaded_ts: float = field(default_factory=time.time)
+    # what model/state says once it is swapped in: ``active``, or ``rolled_back`` (edge.rollout)
+    swap_state: str = "active"
+    swap_extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sha256(self) -> str:
@@ -197,6 +200,7 @@ class ModelWatcher(threading.Thread):
         self._seen = current  # identity of the running bundle, or of the last attempt
         self._requested = threading.Event()
         self._lock = threading.Lock()
+        self._exclusive = threading.Lock()  # one load-and-hand-over at a time: this thread's or a rollout's
         self._pending: ActiveModel | None = None
         self._retired: list[ActiveModel] = []
         self._missing_logged = False
@@ -208,6 +212,23 @@ class ModelWatcher(threading.Thread):
     def request(self) -> None:
         """Reload now (SIGHUP); safe from a signal handler: it only sets an event."""
         self._requested.set()
+
+    def exclusive(self) -> threading.Lock:
+        """Held by a rollout (edge.rollout) while it swaps the bundle link and ``offer``s the model."""
+        return self._exclusive
+
+    def offer(self, model: ActiveModel) -> None:
+        """A model checked elsewhere (a rollout), for the main thread; call with ``exclusive()`` held.
+
+        The bundle path's identity becomes the seen one, so this thread does not load it again.
+        """
+        ident = identity(self.root)
+        model.identity = ident
+        self._seen = ident
+        with self._lock:
+            if self._pending is not None:
+                self._retired.append(self._pending)
+            self._pending = model
 
     # -- the main thread
     @property
@@ -237,7 +258,8 @@ class ModelWatcher(threading.Thread):
             del retired  # the old interpreters are freed here
             if signalled:
                 self._requested.clear()
-                self._attempt("SIGHUP", identity(self.root))
+                with self._exclusive:
+                    self._attempt("SIGHUP", identity(self.root))
                 continue
             if self.interval_s <= 0:
                 continue
@@ -249,7 +271,10 @@ class ModelWatcher(threading.Thread):
                 continue
             self._missing_logged = False
             if ident != self._seen:
-                self._attempt("bundle replaced", ident)
+                with self._exclusive:
+                    ident = identity(self.root)  # a rollout may have installed and offered it meanwhile
+                    if ident is not None and ident != self._seen:
+                        self._attempt("bundle replaced", ident)
 
     def _attempt(self, why: str, ident: Identity | None) -> None:
         self._seen = ident  # a failed bundle is not retried until it changes again (or SIGHUP)

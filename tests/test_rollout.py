@@ -1,0 +1,259 @@
+"""Signed rollout, station side without a daemon (issue 16 #2 #3): wire format, refusals, resume, rollback.
+
+The bundles are small synthetic ones (``tests.support.rollout.small_bundle``), really signed with
+keys from ``edge.signing``; the messages are ``convert deploy``'s own (``pack``, ``begin_messages``,
+``rollback_message``); the station is ``edge.rollout``'s inbox, worker and store on a real
+directory with recording hooks (``InProcessStation``). The daemon and MQTT are in
+``tests/test_rollout_daemon.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from convert.deploy import begin_messages, pack, rollback_message
+from edge import rollout
+from edge.bundle import load_bundle
+from edge.rollout import RolloutError, parse
+from tests.support.rollout import InProcessStation, keypair, private, small_bundle
+
+CHUNK = 512
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """Keys, a state directory ``models/`` with v1 running through the link ``current``, and v2 to send."""
+    priv, pub = keypair(tmp_path / "keys")
+    other_priv, _ = keypair(tmp_path / "keys", "other")
+    models = tmp_path / "state" / "models"
+    v1 = small_bundle(models / "v1", "v1", priv)
+    link = models / "current"
+    os.symlink("v1", link)
+    v2 = small_bundle(tmp_path / "work" / "v2", "v2", priv)
+    return {"priv": priv, "pub": pub, "other": other_priv, "models": models, "link": link, "v1": v1, "v2": v2}
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def messages(bundle: Path, key: Path, rid: str = "r1", tar: bytes | None = None):
+    b = load_bundle(bundle, verify=False)
+    return begin_messages(tar if tar is not None else pack(bundle), rid, private(key), b.name, b.version, CHUNK)
+
+
+def assert_refused(st: InProcessStation, fleet: dict, reason: str) -> None:
+    """One failed state naming ``reason``; the old bundle linked and running; nothing of the rollout left."""
+    fails = st.failures()
+    assert len(fails) == 1 and reason in fails[0], st.states
+    assert not st.offers and st.running_version == "v1"
+    assert os.readlink(fleet["link"]) == "v1"
+    left = {p.name for p in fleet["models"].iterdir()}
+    assert left == {"v1", "current"}, left
+
+
+def test_a_signed_bundle_is_downloaded_checked_and_installed_inside_the_state_directory(fleet, tmp_path):
+    st = InProcessStation(fleet["link"], [fleet["pub"]])
+    outside = tree(tmp_path / "work") | tree(tmp_path / "keys")
+    begin, chunks, end = messages(fleet["v2"], fleet["priv"])
+    assert len(chunks) >= 8  # really chunked
+    st.send(begin, *chunks, end)
+    states = [s for s, _ in st.states]
+    assert states[0] == "downloading" and states[-1] == "verifying" and not st.failures(), states
+    progress = [kw["rollout"]["next"] for s, kw in st.states if s == "downloading"]
+    assert progress == sorted(progress) and progress[-1] == len(chunks)
+    ((model, state, extra),) = st.offers
+    assert state == "active" and model.version == "v2" and extra["rollout"]["id"] == "r1"
+    assert model.bundle.signed_by  # the manifest's own signature was checked too
+    assert os.readlink(fleet["link"]) == "rollout-r1" and st.running_version == "v2"
+    assert os.readlink(fleet["models"] / "current.previous") == "v1"  # kept for the rollback
+    assert {p.name for p in fleet["models"].iterdir()} == {"v1", "current", "current.previous", "rollout-r1"}
+    assert tree(tmp_path / "work") | tree(tmp_path / "keys") == outside  # nothing written outside
+    # QoS 1 may deliver a message twice: a duplicate chunk after the install changes nothing
+    st.send(chunks[0])
+    assert len(st.offers) == 1
+
+
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("bad_signature", "bad signature"),
+        ("unknown_key", "unknown key"),
+        ("oversize", "over model.max_bundle_mb"),
+        ("corrupted_chunk", "sha256 of the received bundle"),
+        ("out_of_order", "out of order"),
+        ("missing_last", "chunks missing"),
+        ("short_chunk", "bytes, expected"),
+        ("dotdot_member", "'..'"),
+        ("link_member", "link"),
+        ("unsigned_manifest", "unsigned bundle"),
+        ("bad_sha_in_bundle", "sha256"),
+    ],
+)
+def test_refused_with_one_line_and_a_failed_state_the_old_bundle_stays(fleet, case, reason, caplog):
+    max_bytes = 1 << 20
+    priv = fleet["priv"]
+    tar = None
+    if case == "oversize":
+        max_bytes = 1000
+    if case == "unknown_key":
+        priv = fleet["other"]
+    if case in ("dotdot_member", "link_member", "unsigned_manifest", "bad_sha_in_bundle"):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for p in sorted(fleet["v2"].iterdir()):
+                if case == "unsigned_manifest" and p.name == "manifest.sig":
+                    continue
+                data = p.read_bytes()
+                if case == "bad_sha_in_bundle" and p.suffix == ".tflite":
+                    data = data[:-1] + bytes([data[-1] ^ 1])
+                info = tarfile.TarInfo(p.name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            if case == "dotdot_member":
+                info = tarfile.TarInfo("../escape.txt")
+                info.size = 3
+                tf.addfile(info, io.BytesIO(b"bad"))
+            if case == "link_member":
+                info = tarfile.TarInfo("evil")
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tf.addfile(info)
+        tar = buf.getvalue()
+    begin, chunks, end = messages(fleet["v2"], priv, tar=tar)
+    if case == "bad_signature":  # the trusted key's id, someone else's signature
+        h = json.loads(begin.split(b"\n")[0])
+        forged = json.loads(messages(fleet["v2"], fleet["other"])[0].split(b"\n")[0])
+        h["signature"] = forged["signature"]
+        begin = rollout.encode(h)
+    if case == "corrupted_chunk":
+        head, _, data = chunks[2].partition(b"\n")
+        chunks[2] = head + b"\n" + data[:10] + bytes([data[10] ^ 0xFF]) + data[11:]
+    if case == "out_of_order":
+        chunks = [chunks[0], chunks[2], chunks[1], *chunks[3:]]
+    if case == "missing_last":
+        chunks = chunks[:-1]
+    if case == "short_chunk":
+        chunks[1] = chunks[1][:-5]
+    st = InProcessStation(fleet["link"], [fleet["pub"]], max_bytes=max_bytes)
+    with caplog.at_level(logging.ERROR, logger="edge.rollout"):
+        st.send(begin, *chunks, end)
+    assert_refused(st, fleet, reason)
+    lines = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 1 and reason in lines[0].getMessage()  # one line, not one per chunk
+
+
+def test_a_download_resumes_after_a_restart(fleet):
+    begin, chunks, end = messages(fleet["v2"], fleet["priv"])
+    half = len(chunks) // 2
+    st = InProcessStation(fleet["link"], [fleet["pub"]], boot="boot1")
+    st.send(begin, *chunks[:half])
+    # a restart: a new worker on the same directory announces where it is
+    st2 = InProcessStation(fleet["link"], [fleet["pub"]], boot="boot2")
+    st2.worker.resume()
+    ((state, kw),) = st2.states
+    assert state == "downloading" and kw["rollout"]["next"] == half and kw["rollout"]["boot"] == "boot2"
+    # chunks the deployer sent before it learnt where we are are skipped, then it goes on from `next`
+    st2.send(chunks[half + 2], begin, *chunks[half:], end)
+    assert not st2.failures(), st2.states
+    assert [s for _, s, _ in st2.offers] == ["active"] and st2.running_version == "v2"
+
+
+def test_a_new_rollout_replaces_an_unfinished_one(fleet):
+    st = InProcessStation(fleet["link"], [fleet["pub"]])
+    b1, c1, _ = messages(fleet["v2"], fleet["priv"], "old")
+    st.send(b1, *c1[:3])
+    b2, c2, e2 = messages(fleet["v2"], fleet["priv"], "new")
+    st.send(b2, *c2, e2)
+    assert not st.failures() and os.readlink(fleet["link"]) == "rollout-new"
+    assert not list((fleet["models"]).glob(".rollout-*/old.*"))
+
+
+def test_rollback_returns_to_the_previous_bundle_and_is_signed(fleet):
+    st = InProcessStation(fleet["link"], [fleet["pub"]])
+    begin, chunks, end = messages(fleet["v2"], fleet["priv"])
+    st.send(begin, *chunks, end)
+    v2_sha = load_bundle(fleet["link"], verify=False).manifest_sha256
+    # unsigned by a trusted key: refused, nothing moves
+    st.send(rollback_message("rb0", private(fleet["other"]), v2_sha))
+    assert "unknown key" in st.failures()[-1] and os.readlink(fleet["link"]) == "rollout-r1"
+    st.send(rollback_message("rb1", private(fleet["priv"]), v2_sha))
+    model, state, extra = st.offers[-1]
+    assert state == "rolled_back" and model.version == "v1" and extra["rollout"]["changed"] is True
+    assert os.readlink(fleet["link"]) == "v1" and os.readlink(fleet["models"] / "current.previous") == "rollout-r1"
+    # a station not running the bundle rolled back from has nothing to undo
+    n = len(st.offers)
+    st.send(rollback_message("rb2", private(fleet["priv"]), v2_sha))
+    state, kw = st.states[-1]
+    assert state == "rolled_back" and kw["rollout"]["changed"] is False and len(st.offers) == n
+    assert os.readlink(fleet["link"]) == "v1"
+
+
+def test_a_station_without_a_previous_bundle_refuses_a_rollback(fleet):
+    st = InProcessStation(fleet["link"], [fleet["pub"]])
+    st.send(rollback_message("rb", private(fleet["priv"]), st.running))
+    assert "no previous bundle" in st.failures()[0] and os.readlink(fleet["link"]) == "v1"
+
+
+def test_old_installed_bundles_are_pruned_keeping_current_and_previous(fleet, tmp_path):
+    st = InProcessStation(fleet["link"], [fleet["pub"]])
+    v3 = small_bundle(tmp_path / "work" / "v3", "v3", fleet["priv"])
+    for rid, b in (("a", fleet["v2"]), ("b", v3), ("c", fleet["v2"])):
+        begin, chunks, end = messages(b, fleet["priv"], rid)
+        st.send(begin, *chunks, end)
+    assert not st.failures()
+    assert (
+        os.readlink(fleet["link"]) == "rollout-c" and os.readlink(fleet["models"] / "current.previous") == "rollout-b"
+    )
+    assert {p.name for p in fleet["models"].iterdir()} == {
+        "v1",
+        "current",
+        "current.previous",
+        "rollout-b",
+        "rollout-c",
+    }
+    assert (fleet["models"] / "v1").is_dir()  # not ours (no rollout- prefix): never deleted
+
+
+@pytest.mark.parametrize(
+    "payload, why",
+    [
+        (b"no newline", "no header line"),
+        (b"[1]\n", "not a JSON object"),
+        (b'{"op":"begin"}\n', "missing"),
+        (b'{"op":"chunk","id":"r1","seq":0,"x":1}\nab', "unexpected"),
+        (b'{"op":"chunk","id":"../x","seq":0}\nab', "id"),
+        (b'{"op":"chunk","id":"r1","seq":-1}\nab', "seq"),
+        (b'{"op":"chunk","id":"r1","seq":true}\nab', "seq"),
+        (b'{"op":"chunk","id":"r1","seq":0}\n', "0 bytes"),
+        (b'{"op":"end","id":"r1"}\nextra', "carries"),
+        (b'{"op":"exec","id":"r1"}\n', "op"),
+        (b"\xff\xfe\n", "not JSON"),
+    ],
+)
+def test_parse_refuses_malformed_messages(payload, why):
+    with pytest.raises(RolloutError, match=why):
+        parse(payload)
+
+
+def test_junk_on_model_set_is_counted_and_logged_once(fleet, caplog):
+    st = InProcessStation(fleet["link"], [fleet["pub"]])
+    with caplog.at_level(logging.WARNING, logger="edge.rollout"):
+        for i in range(200):
+            st.inbox.handle(b"junk %d" % i)
+    assert st.inbox.junk == 200 and st.inbox.q.empty()
+    assert len([r for r in caplog.records if "ignored" in r.getMessage()]) == 1
+    assert not st.states  # junk is not a rollout: no state
+
+
+def test_no_trusted_keys_refuses_every_rollout(fleet):
+    st = InProcessStation(fleet["link"], [fleet["pub"]])
+    st.worker.keys = []
+    st.send(messages(fleet["v2"], fleet["priv"])[0])
+    assert "no model.trusted_keys" in st.failures()[0]

@@ -1,0 +1,172 @@
+"""Signed rollout over a real Mosquitto to real daemons (issue 16 #2 #3): ``convert deploy`` with a
+canary, refusals that leave the old model running (unknown key, bad signature, corrupted chunk,
+oversize), and ``deploy --rollback``.
+
+Two daemons (``st-a``, ``st-b``) on a looping 30 fps noise video with the tiny model really
+exported (``tiny_bundle``) and ``decision.thresholds.error: 0`` (an alert every ~0.3 s), each with
+its own state directory ``<station>/models`` where ``current`` links to v1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from convert.__main__ import main as convert_main
+from convert.deploy import begin_messages, pack
+from edge import rollout
+from tests.support.daemon import daemon_config, noise_video, start_daemon, wait_exit
+from tests.support.mqtt import MOSQUITTO, SKIP_REASON
+from tests.support.rollout import keypair, private, raw_publish, signed_variant
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)]
+STATIONS = ("st-a", "st-b")
+
+
+def unpacked_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.iterdir() if p.is_file())
+
+
+def deploy(broker, bundle: Path, key: Path, *extra: str) -> int:
+    return convert_main(
+        [
+            "deploy",
+            str(bundle),
+            "--broker",
+            broker.host,
+            "--port",
+            str(broker.port),
+            "--key",
+            str(key),
+            "--discover-s",
+            "1",
+            "--timeout",
+            "60",
+            *extra,
+        ]
+    )
+
+
+def test_deploy_canary_refusals_and_rollback_on_two_daemons(
+    tmp_path, tiny_bundle, mqtt_broker, mqtt_subscriber, capsys
+):
+    priv, pub = keypair(tmp_path / "keys")
+    other, _ = keypair(tmp_path / "keys", "other")
+    v2 = signed_variant(tiny_bundle, tmp_path / "work" / "v2", "v2", priv)  # deploy signs it again
+    v3 = signed_variant(tiny_bundle, tmp_path / "work" / "v3", "v3", priv, pad=1 << 20)
+    # st-b takes v2 but not v3 (1 MiB bigger)
+    cap_mb = (max(len(pack(v2)), unpacked_size(v2)) + (256 << 10)) / (1 << 20)
+    video = noise_video(tmp_path / "v.mp4", 30)
+    sub = mqtt_subscriber(mqtt_broker, "seamqc/#").wait_subscribed()
+    procs, models = {}, {}
+    for name in STATIONS:
+        home = tmp_path / name
+        models[name] = home / "models"
+        signed_variant(tiny_bundle, models[name] / "v1", "v1", priv)
+        os.symlink("v1", models[name] / "current")
+        cfg = daemon_config(
+            home,
+            models[name] / "current",
+            video,
+            mqtt_broker,
+            station=name,
+            camera={"loop": True, "realtime": True},
+            model={
+                "bundle": str(models[name] / "current"),
+                "threads": 1,
+                "watch_s": 0.5,
+                "trusted_keys": [str(pub)],
+                "rollout": True,
+                **({"max_bundle_mb": round(cap_mb, 3)} if name == "st-b" else {}),
+            },
+            decision={"thresholds": {"error": 0.0}, "max_event_frames": 10},
+            heatmaps={"enabled": False},
+            health={"enabled": False},
+        )
+        procs[name] = start_daemon(cfg)
+
+    def state(name: str, pred, timeout: float = 60) -> dict:
+        return sub.wait_for(f"seamqc/{name}/model/state", lambda m: pred(m.json()), timeout=timeout).json()
+
+    def alert_on(name: str, version: str, after: int = 0) -> None:
+        topic = f"seamqc/{name}/alert"
+        sub.wait_for(topic, lambda m: m.json()["model"]["version"] == version and m.t > after, timeout=30)
+
+    try:
+        for name in STATIONS:
+            state(name, lambda s: s["state"] == "active" and s["model"]["version"] == "v1", timeout=90)
+            alert_on(name, "v1")
+
+        # 1. the rollout, canary first
+        assert deploy(mqtt_broker, v2, priv, "--stations", "st-*", "--canary", "1", "--canary-s", "1") == 0
+        out = capsys.readouterr().out
+        assert "canary: st-a" in out and "2 of 2 stations done" in out, out
+        assert out.index("st-a: active") < out.index("st-b: begin sent")  # the rest only after the canary
+        rid = None
+        for name in STATIONS:
+            s = state(name, lambda s: s["state"] == "active" and s["model"]["version"] == "v2")
+            assert s["model"]["signed_by"] and s["previous"]["version"] == "v1"
+            rid = s["rollout"]["id"]
+            assert os.readlink(models[name] / "current") == f"rollout-{rid}"
+            alert_on(name, "v2")
+        swaps = [e for e in procs["st-a"].snapshot() if e.name == "model_swap"]
+        assert swaps and swaps[-1].get("frames_between") == 0 and swaps[-1].get("classify_gap_ms") < 1000
+
+        # 2. refusals: each leaves v2 running, with a failed state naming why
+        assert deploy(mqtt_broker, v3, other, "--stations", "st-*") == 1  # a key the stations do not trust
+        assert "failed: signed by unknown key" in capsys.readouterr().out
+        for name in STATIONS:
+            s = state(name, lambda s: "unknown key" in s["state"])
+            assert s["model"]["version"] == "v2"
+
+        tar = pack(v3)
+        begin, chunks, end = begin_messages(tar, "corrupt1", private(priv), "tiny", "v3", 64 << 10)
+        head, _, data = chunks[1].partition(b"\n")
+        chunks[1] = head + b"\n" + bytes([data[0] ^ 0xFF]) + data[1:]
+        raw_publish(mqtt_broker, "seamqc/st-a/model/set", [begin])
+        mine = lambda s: s.get("rollout", {}).get("id") == "corrupt1"  # noqa: E731
+        state("st-a", lambda s: mine(s) and s["state"] == "downloading")
+        for at in range(0, len(chunks), rollout.WINDOW):  # as deploy does: a window at a time
+            raw_publish(mqtt_broker, "seamqc/st-a/model/set", chunks[at : at + rollout.WINDOW])
+            n = min(at + rollout.WINDOW, len(chunks))
+            state("st-a", lambda s, n=n: mine(s) and s["rollout"].get("next", 0) >= n)
+        raw_publish(mqtt_broker, "seamqc/st-a/model/set", [end])
+        s = state("st-a", lambda s: mine(s) and "failed" in s["state"])
+        assert "sha256 of the received bundle" in s["state"] and s["model"]["version"] == "v2"
+
+        h = json.loads(begin.partition(b"\n")[0])
+        h["id"], h["sha256"] = "forged1", "0" * 64  # the signature no longer covers it
+        raw_publish(mqtt_broker, "seamqc/st-a/model/set", [rollout.encode(h)])
+        s = state("st-a", lambda s: s.get("rollout", {}).get("id") == "forged1")
+        assert "bad signature" in s["state"] and s["model"]["version"] == "v2"
+
+        assert deploy(mqtt_broker, v3, priv, "--stations", "st-b") == 1
+        s = state("st-b", lambda s: "max_bundle_mb" in s["state"])
+        assert s["state"].startswith("failed: ") and s["model"]["version"] == "v2"
+        capsys.readouterr()
+        for name in STATIONS:
+            assert procs[name].poll() is None
+            alert_on(name, "v2", after=sub.on(f"seamqc/{name}/model/state")[-1].t)  # the line goes on
+
+        # 3. rollback: back to v1 everywhere
+        assert deploy(mqtt_broker, v2, priv, "--stations", "st-*", "--rollback") == 0
+        for name in STATIONS:
+            s = state(name, lambda s: s["state"] == "rolled_back" and s["model"]["version"] == "v1")
+            assert s["previous"]["version"] == "v2"
+            assert os.readlink(models[name] / "current") == "v1"
+            alert_on(name, "v1", after=sub.on(f"seamqc/{name}/model/state")[-1].t)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = {name: wait_exit(p, 30) for name, p in procs.items()}
+    assert codes == {"st-a": 0, "st-b": 0}
+    for name in STATIONS:
+        text = "\n".join(e.line for e in procs[name].snapshot())
+        assert "Traceback" not in text
+        # inside the state directory: v1, the installed v2, the links; no download left behind
+        assert {p.name for p in models[name].iterdir()} == {"v1", "current", "current.previous", f"rollout-{rid}"}
