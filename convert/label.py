@@ -1,4 +1,10 @@
-"""``python -m convert label``: label video frames in a local web page, the seed's keys and files.
+"""``python -m convert label``: label video frames, or review a folder of images, in a local web page.
+
+``--video``: the seed's workflow, its keys and files. ``--images DIR``: a folder of images (the
+output of ``convert collect``, or any folder of PNG/JPG), reviewed with the same keys: each image
+shows its pre-labels from the folder's ``data.csv`` when it has a row (the model's, or an
+operator's verdict), Enter confirms or saves the corrected labels and moves on, and the row is
+marked ``reviewed`` (``convert.label_state.FolderStore``). The CSV feeds ``split`` and ``train``.
 
 The seed labeled in an OpenCV window, which needs a desktop on the machine holding the video.
 A page served on 127.0.0.1 works the same on a workstation and on a headless Pi over SSH
@@ -29,9 +35,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convert.label_state import Labeler, open_session
+from convert.data import IMAGE_EXTS, read_image
+from convert.label_state import Labeler, check_out_dir, open_folder_session, open_session
 from convert.roi import add_roi_args, roi_from_args
-from edge.errors import DataError, SeamQCError
+from edge.errors import ConfigError, DataError, SeamQCError
+from edge.statelock import StateLock, StateLockedError, lock_dir
 
 STATIC = Path(__file__).resolve().parent / "static"
 _STATIC_FILES = {
@@ -137,18 +145,73 @@ class VideoFrames:
         self.cap.release()
 
 
+def _natural_key(p: Path) -> list:
+    """``img2`` before ``img10``: numbers in names compare as numbers."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+
+class ImageFolder:
+    """The images of one folder (not recursive, by name, numbers as numbers) as frames by index."""
+
+    def __init__(self, folder: str | Path, cache: int = 16):
+        self.path = Path(folder)
+        if not self.path.exists():
+            raise DataError(f"images {self.path}: no such folder")
+        if not self.path.is_dir():
+            raise DataError(f"images {self.path}: not a folder")
+        try:
+            found = [
+                p
+                for p in self.path.iterdir()
+                if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file()
+            ]
+        except OSError as e:
+            raise DataError(f"images {self.path}: cannot list it ({e.strerror or e})") from None
+        if not found:
+            raise DataError(f"images {self.path}: no images ({', '.join(IMAGE_EXTS)})")
+        self.paths = sorted(found, key=_natural_key)
+        self.frame_count = len(self.paths)
+        self.fps = 0.0
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._size = cache
+        h = hashlib.sha1(str(self.path.resolve()).encode())
+        for p in self.paths:
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        self.tag = h.hexdigest()[:12]
+
+    def get(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.frame_count:
+            raise DataError(f"images {self.path.name}: image {index} out of range 0–{self.frame_count - 1}")
+        hit = self._cache.get(index)
+        if hit is not None:
+            self._cache.move_to_end(index)
+            return hit
+        img = read_image(str(self.paths[index]))
+        self._cache[index] = img
+        while len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return img
+
+    def close(self) -> None:
+        self._cache.clear()
+
+
 class LabelApp:
     """The labeler behind a lock (the HTTP server answers on several threads)."""
 
-    def __init__(self, labeler: Labeler, frames: VideoFrames):
+    def __init__(self, labeler: Labeler, frames: VideoFrames | ImageFolder):
         self.labeler = labeler
         self.frames = frames
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
         # Frame URLs carry a tag of the video, so the browser's image cache never shows
         # another video's frame served earlier on the same port.
-        st = frames.path.stat()
-        self.tag = hashlib.sha1(f"{frames.path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        tag = getattr(frames, "tag", None)
+        if tag is None:
+            st = frames.path.stat()
+            tag = hashlib.sha1(f"{frames.path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        self.tag = tag
 
     def _state(self) -> dict:
         return {**self.labeler.state(), "frame_tag": self.tag}
@@ -255,7 +318,78 @@ def serve(app: LabelApp, host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
+def _serve_until_quit(server: ThreadingHTTPServer) -> None:
+    host, port = server.server_address[:2]
+    shown = f"[{host}]" if ":" in str(host) else host
+    if host in ("0.0.0.0", "::"):
+        print(
+            "warning: listening on all interfaces: anyone on the network can label and delete",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"open http://{shown}:{port}/   (from another machine: ssh -L {port}:127.0.0.1:{port} <this host>)",
+        flush=True,
+    )
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def _lock_folder(folder: Path) -> StateLock:
+    """One collect or review per folder: both rewrite its data.csv."""
+    try:
+        return lock_dir(folder, f"--out {folder}", "stop it first, or review a copy of the folder")
+    except StateLockedError as e:
+        raise ConfigError(str(e).replace("another seam-qc daemon", "another collect or label")) from None
+
+
+def run_images(args: argparse.Namespace) -> int:
+    """``--images DIR``: review a folder of images with pre-labels from its data.csv."""
+    choice = roi_from_args(args)
+    if choice.given:
+        raise ConfigError(
+            "--roi/--config: not with --images (a folder's images are labelled as they are; "
+            "collect's samples are already the station's crop)"
+        )
+    frames = ImageFolder(args.images)
+    out = Path(args.out) if args.out else frames.path
+    check_out_dir(out, "data", out / "data.csv")
+    lock = _lock_folder(out)
+    try:
+        labeler = open_folder_session(
+            frames, frames.paths, out, frames.path.name, log=lambda n: print(f"note: {n}", file=sys.stderr, flush=True)
+        )
+        app = LabelApp(labeler, frames)
+        server = serve(app, args.host, args.port)
+        c = labeler.counts()
+        print(
+            f"reviewing {frames.path}: {frames.frame_count} images → {labeler.store.csv_path} "
+            f"({c['saved']} rows, {c['reviewed']} reviewed), starting at image {labeler.frame}",
+            flush=True,
+        )
+        _serve_until_quit(server)
+        c = labeler.counts()
+        print(
+            f"reviewed {c['reviewed']} of {frames.frame_count} image(s); "
+            f"{c['saved']} row(s) in {labeler.store.csv_path} "
+            f"(good {c['good']}, error {c['error']}, break {c['break']}, length {c['length']})",
+            flush=True,
+        )
+    finally:
+        lock.release()
+        frames.close()
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "images", None):
+        return run_images(args)
+    if not args.out:
+        raise ConfigError("--out: required with --video (the folder for the PNGs and <video>_data.csv)")
     choice = roi_from_args(args)
     video = Path(args.video)
     frames = VideoFrames(video)
@@ -273,8 +407,6 @@ def run(args: argparse.Namespace) -> int:
         )
         app = LabelApp(labeler, frames)
         server = serve(app, args.host, args.port)
-        host, port = server.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else host
         print(
             f"labeling {video.name}: {frames.frame_count} frames → {labeler.store.dir}, "
             f"starting at frame {labeler.frame} ({len(labeler.store.rows)} saved)",
@@ -288,22 +420,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             what = "whole frames (give --config or --roi to save the camera ROI the daemon classifies)"
         print(f"saving {sw}x{sh} PNGs: {what}", flush=True)
-        if host in ("0.0.0.0", "::"):
-            print(
-                "warning: listening on all interfaces: anyone on the network can label and delete",
-                file=sys.stderr,
-                flush=True,
-            )
-        print(
-            f"open http://{shown}:{port}/   (from another machine: ssh -L {port}:127.0.0.1:{port} <this host>)",
-            flush=True,
-        )
-        try:
-            server.serve_forever(poll_interval=0.2)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
+        _serve_until_quit(server)
         c = labeler.counts()
         print(
             f"saved {c['saved']} frame(s) in {labeler.store.csv_path} "
@@ -328,14 +445,24 @@ def _port(text: str) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "label",
-        help="label video frames in a local web page (seed keys: n g e b l s q)",
+        help="label video frames, or review a folder of images, in a local web page (seed keys: n g e b l s q)",
         description="Serve a labeling page for one video: keys n/→ next, ← back, Shift ±10, PgUp/PgDn "
         "±100, g/e/b/l toggle good/error/break/length, s save, Enter save+next, u undo, "
         "q quit. Writes <video>_<frame>.png and <video>_data.csv (the seed's format) into "
-        "--out, and resumes after the last saved frame.",
+        "--out, and resumes after the last saved frame. With --images DIR (a convert collect folder, or any "
+        "folder of PNG/JPG) the same keys review the images: each shows its pre-labels from DIR/data.csv, "
+        "Enter confirms (or saves the corrected labels) and moves on, the row is marked reviewed; it starts at "
+        "the first image not reviewed.",
     )
-    p.add_argument("--video", required=True, help="video file to label")
-    p.add_argument("--out", required=True, help="folder for the PNGs and <video>_data.csv")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", help="video file to label")
+    src.add_argument("--images", metavar="DIR", help="folder of images to review (pre-labels from DIR/data.csv)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for the PNGs and <video>_data.csv (required with --video); with --images, "
+        "where data.csv goes (default DIR)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0 = any free port)")
     add_roi_args(p, "drawn on the page and is what every saved PNG holds (the daemon's crop)")

@@ -114,6 +114,24 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def check_out_dir(folder: Path, stem: str, csv_path: Path) -> None:
+    """The output folder exists (or is made) and is writable, and its CSV too: one ``DataError`` line otherwise."""
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"output folder {folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"output folder {folder}: cannot create it ({e.strerror or e})") from None
+    probe = folder / f".{stem}.write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"output folder {folder}: not writable ({e.strerror or e})") from None
+    if csv_path.exists() and not os.access(csv_path, os.R_OK | os.W_OK):
+        raise DataError(f"{csv_path}: not readable and writable")
+
+
 def csv_bytes(rows: list[Row]) -> bytes:
     """The CSV exactly as pandas ``DataFrame.to_csv`` writes it (unnamed index column first)."""
     return seed_csv_text(((row.name, row.values) for row in rows), ATTRS).encode("utf-8")
@@ -131,20 +149,7 @@ class LabelStore:
         self._check_dir()
 
     def _check_dir(self) -> None:
-        if self.dir.exists() and not self.dir.is_dir():
-            raise DataError(f"output folder {self.dir}: exists and is not a folder")
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DataError(f"output folder {self.dir}: cannot create it ({e.strerror or e})") from None
-        probe = self.dir / f".{self.stem}.write-test-{os.getpid()}"
-        try:
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise DataError(f"output folder {self.dir}: not writable ({e.strerror or e})") from None
-        if self.csv_path.exists() and not os.access(self.csv_path, os.R_OK | os.W_OK):
-            raise DataError(f"{self.csv_path}: not readable and writable")
+        check_out_dir(self.dir, self.stem, self.csv_path)
 
     def image_name(self, frame: int) -> str:
         return f"{self.stem}_{frame}.png"
@@ -316,11 +321,30 @@ class Labeler:
         self.undo_stack: list[tuple[int, Row | None]] = []
         self.quit = False
         self.message = ""
-        if store.rows:
+        # a folder's rows are pre-labels per image: shown on arrival, confirmed or corrected by a save
+        self.prelabelled = bool(getattr(store, "prelabelled", False))
+        if self.prelabelled:
+            todo = [f for f in range(frames.frame_count) if not getattr(store.rows.get(f), "reviewed", False)]
+            self.frame = todo[0] if todo else self.last_frame
+            self._follow()
+            done = frames.frame_count - len(todo)
+            self.message = (
+                f"{done} of {frames.frame_count} reviewed; starting at the first one not reviewed"
+                if todo
+                else f"all {frames.frame_count} images reviewed"
+            )
+        elif store.rows:
             last = store.rows[max(store.rows)]
             self.values = last.as_dict()
             self.frame = self._clamp(last.frame + 1)
             self.message = f"resumed after frame {last.frame} ({len(store.rows)} saved)"
+
+    def _follow(self) -> None:
+        """In a folder, arriving at an image with a row shows its labels (pre-labels or the reviewed ones)."""
+        if self.prelabelled:
+            row = self.store.rows.get(self.frame)
+            if row is not None:
+                self.values = row.as_dict()
 
     @property
     def last_frame(self) -> int:
@@ -361,11 +385,13 @@ class Labeler:
         if target == self.frame:
             msg = "at the last frame" if delta > 0 else "at the first frame"
         self.frame = target
+        self._follow()
         if not keep_message:
             self.message = msg
 
     def goto(self, frame: int) -> None:
         self.frame = self._clamp(frame)
+        self._follow()
         self.message = "" if self.frame == frame else f"frame {frame} is out of range 0–{self.last_frame}"
 
     def save(self) -> bool:
@@ -378,7 +404,12 @@ class Labeler:
             return False
         self.undo_stack.append((self.frame, previous))
         name = self.store.image_name(self.frame)
-        self.message = f"saved {name}" + (" (replaced its row)" if previous else "")
+        if self.prelabelled:
+            on = [a for a in ATTRS if self.values[a]]
+            how = "confirmed" if previous is not None and previous.values == values else "saved"
+            self.message = f"{how} {name}: {', '.join(on) or 'nothing set'}"
+        else:
+            self.message = f"saved {name}" + (" (replaced its row)" if previous else "")
         warn = contradiction(self.values)
         if warn:
             self.message += f" — {warn}"
@@ -396,8 +427,14 @@ class Labeler:
             return
         self.undo_stack.pop()
         self.frame = frame
+        self._follow()
         name = self.store.image_name(frame)
-        self.message = f"undo: {name} back to its earlier labels" if previous else f"undo: deleted {name} and its row"
+        if previous is not None:
+            self.message = f"undo: {name} back to its earlier labels"
+        elif self.prelabelled:
+            self.message = f"undo: removed the row of {name} (the image stays)"
+        else:
+            self.message = f"undo: deleted {name} and its row"
 
     @property
     def saved_size(self) -> tuple[int, int]:
@@ -430,6 +467,8 @@ class Labeler:
         rows = self.store.rows.values()
         out = {a: sum(r.values[i] for r in rows) for i, a in enumerate(ATTRS)}
         out["saved"] = len(self.store.rows)
+        if self.prelabelled:
+            out["reviewed"] = sum(bool(getattr(r, "reviewed", False)) for r in rows)
         out["contradictory"] = sum(contradiction(r.as_dict()) is not None for r in rows)
         return out
 
@@ -449,6 +488,9 @@ class Labeler:
             "image_name": self.store.image_name(self.frame),
             "values": dict(self.values),
             "saved": row.as_dict() if row else None,
+            "mode": "images" if self.prelabelled else "video",
+            "reviewed": getattr(row, "reviewed", True) if row else None,
+            "source": getattr(row, "source", "") if row else "",
             "counts": self.counts(),
             "warning": contradiction(self.values),
             "message": self.message,
@@ -495,3 +537,165 @@ def open_session(
     labeler = Labeler(frames, store, notes, video_name, roi, roi_origin)
     labeler.check_saved_sizes()
     return labeler
+
+
+# --- a folder of images (collect's output, or any folder of PNG/JPG) ----------------------------
+
+
+@dataclass(frozen=True)
+class FolderRow(Row):
+    """A row of a folder's ``data.csv``: also where it came from and whether a person reviewed it."""
+
+    source: str = ""
+    reviewed: bool = False
+
+
+class FolderStore:
+    """The labels of a folder of images: one ``data.csv`` (collect's layout), images left as they are.
+
+    ``data.csv`` is ``,name,good,error,break,length,source,reviewed`` (``convert.collect``): rows
+    already there are *pre-labels* (the model's, or an operator's verdict) until a person saves
+    the frame, which sets ``reviewed``. A plain seed CSV (``,name,good,…``) is read too; it is
+    written back in collect's layout. Names are relative to the CSV's folder. Saving rewrites the
+    CSV atomically; undo puts the row back as it was (or removes it) and never touches an image.
+    Rows whose image is not in the folder are kept as they are.
+    """
+
+    prelabelled = True
+
+    def __init__(self, images: list[Path], out_dir: str | Path):
+        self.dir = Path(out_dir)
+        self.csv_path = self.dir / "data.csv"
+        self.stem = "data"
+        self.images = [Path(p) for p in images]
+        self._index = {p.resolve(): i for i, p in enumerate(self.images)}
+        self.rows: dict[int, FolderRow] = {}
+        self._order: list[int | FolderRow] = []  # CSV order: a frame, or a row whose image is elsewhere
+        check_out_dir(self.dir, self.stem, self.csv_path)
+
+    def image_name(self, frame: int) -> str:
+        p = self.images[frame]
+        try:
+            return os.path.relpath(p.resolve(), self.dir.resolve())
+        except ValueError:  # another drive (Windows): absolute
+            return str(p.resolve())
+
+    def load(self) -> list[str]:
+        from convert.collect import HEADER
+
+        notes: list[str] = []
+        for tmp in sorted(self.dir.glob(".data.csv.tmp-*")):
+            tmp.unlink(missing_ok=True)
+            notes.append(f"removed temp file {tmp.name} left by an interrupted write")
+        if not self.csv_path.exists():
+            return notes
+        lines = csv_rows(self.csv_path)
+        if not lines:
+            return notes
+        header = [h.strip() for h in lines[0]]
+        plain = ["name", *ATTRS]
+        if header[1:] == list(HEADER[1:]):
+            meta = True
+        elif header[-5:] == plain and len(header) in (5, 6):
+            meta = False
+        else:
+            raise DataError(
+                f"{self.csv_path}: header {','.join(header)!r}, expected ',name,{','.join(ATTRS)}[,source,reviewed]'"
+            )
+        name_col = header.index("name")
+        elsewhere = []
+        for lineno, fields in enumerate(lines[1:], start=2):
+            if not fields or all(not c.strip() for c in fields):
+                continue
+            where = f"{self.csv_path}:{lineno}"
+            if len(fields) != len(header):
+                raise DataError(f"{where}: {len(fields)} fields, header has {len(header)}")
+            name = fields[name_col].strip()
+            cells = fields[name_col + 1 : name_col + 1 + len(ATTRS)] + (fields[-1:] if meta else [])
+            vals = [parse_seed_bool(v) for v in cells]
+            if any(v is None for v in vals):
+                raise DataError(f"{where}: expected True or False in the label columns")
+            values = tuple(bool(v) for v in vals[: len(ATTRS)])
+            source = fields[-2] if meta else ""
+            reviewed = bool(vals[-1]) if meta else False
+            path = Path(name) if Path(name).is_absolute() else self.dir / name
+            frame = self._index.get(path.resolve())
+            if frame is None:
+                row = FolderRow(-1, name, values, source, reviewed)
+                self._order.append(row)
+                elsewhere.append(name)
+                continue
+            if frame not in self.rows:
+                self._order.append(frame)
+            self.rows[frame] = FolderRow(frame, self.image_name(frame), values, source, reviewed)
+        if elsewhere:
+            notes.append(
+                f"{len(elsewhere)} row(s) of {self.csv_path.name} name images not in this folder "
+                f"(kept): {_few(elsewhere)}"
+            )
+        return notes
+
+    def _write_csv(self) -> None:
+        from convert.collect import Row as CollectRow
+        from convert.collect import csv_text
+
+        rows = []
+        for item in self._order:
+            r = item if isinstance(item, FolderRow) else self.rows.get(item)
+            if r is not None:
+                rows.append(CollectRow(r.name, r.values, r.source, r.reviewed))
+        atomic_write(self.csv_path, csv_text(rows).encode("utf-8"))
+
+    def put(self, frame: int, image_bgr: np.ndarray, values: tuple[bool, ...]) -> Row | None:
+        """Save the frame's labels as reviewed (the image stays as it is); return the row it replaced."""
+        previous = self.rows.get(frame)
+        source = previous.source if previous is not None else ""
+        self.rows[frame] = FolderRow(frame, self.image_name(frame), tuple(bool(v) for v in values), source, True)
+        if previous is None:
+            self._order.append(frame)
+        try:
+            self._write_csv()
+        except OSError as e:
+            self._set(frame, previous)
+            raise DataError(f"{self.csv_path}: cannot write ({e.strerror or e})") from None
+        return previous
+
+    def restore(self, frame: int, previous: Row | None) -> None:
+        """Undo one save: the row as it was before (a pre-label again), or no row; never the image."""
+        current = self.rows.get(frame)
+        self._set(frame, previous)
+        try:
+            self._write_csv()
+        except OSError as e:
+            self._set(frame, current)
+            raise DataError(f"{self.csv_path}: cannot write ({e.strerror or e})") from None
+
+    def _set(self, frame: int, row: Row | None) -> None:
+        if row is None:
+            self.rows.pop(frame, None)
+            if frame in self._order:
+                self._order.remove(frame)
+        else:
+            assert isinstance(row, FolderRow)
+            self.rows[frame] = row
+            if frame not in self._order:
+                self._order.append(frame)
+
+
+def open_folder_session(
+    frames: FrameSource,
+    images: list[Path],
+    out_dir: str | Path,
+    folder_name: str = "",
+    log: Callable[[str], None] | None = None,
+) -> Labeler:
+    """Open (or resume) the review of a folder of images: pre-labels from its ``data.csv``.
+
+    It starts at the first image no person has reviewed, with that image's pre-labels.
+    """
+    store = FolderStore(images, out_dir)
+    notes = store.load()
+    for n in notes:
+        if log:
+            log(n)
+    return Labeler(frames, store, notes, folder_name)  # type: ignore[arg-type]

@@ -80,7 +80,8 @@ function render(s) {
   $("csv-name").textContent = s.csv;
   $("frame-no").textContent = String(s.frame);
   $("frame-last").textContent = String(s.frames - 1);
-  $("badge-frame").textContent = "frame " + s.frame;
+  const images = s.mode === "images";
+  $("badge-frame").textContent = images ? `image ${s.frame}: ${s.image_name}` : "frame " + s.frame;
   $("progress-bar").style.width = (s.frames > 1 ? (100 * s.frame) / (s.frames - 1) : 100) + "%";
   $("jump").max = String(s.frames - 1);
   document.title = `${s.frame} / ${s.frames - 1} · ${s.video} · seam-qc label`;
@@ -112,11 +113,21 @@ function render(s) {
 
   const badge = $("badge-saved");
   const savedAs = $("saved-as");
-  if (s.saved) {
+  if (s.saved && s.reviewed === false) {
+    // a folder's pre-label (the model's, or an operator's verdict): Enter confirms it
     const same = Object.keys(s.values).every((a) => s.values[a] === s.saved[a]);
     const on = Object.keys(s.saved).filter((a) => s.saved[a]);
     badge.hidden = false;
-    badge.textContent = same ? "saved ✓" : "saved · labels differ";
+    badge.textContent = same ? "pre-label · not reviewed" : "pre-label · corrected, not saved";
+    badge.classList.toggle("differs", !same);
+    savedAs.textContent = `pre-labelled ${on.length ? on.join(", ") : "nothing set"}` +
+      (s.source ? ` (${s.source})` : "") + (same ? " — Enter confirms and moves on" : " — Enter saves the correction");
+    savedAs.className = "saved-as differs";
+  } else if (s.saved) {
+    const same = Object.keys(s.values).every((a) => s.values[a] === s.saved[a]);
+    const on = Object.keys(s.saved).filter((a) => s.saved[a]);
+    badge.hidden = false;
+    badge.textContent = (same ? (images ? "reviewed ✓" : "saved ✓") : "saved · labels differ");
     badge.classList.toggle("differs", !same);
     savedAs.textContent = `saved as ${s.image_name}: ${on.length ? on.join(", ") : "nothing set"}` +
       (same ? "" : " — press s to replace");
@@ -130,6 +141,8 @@ function render(s) {
   for (const k of ["saved", "good", "error", "break", "length", "contradictory"]) {
     $("count-" + k).textContent = String(s.counts[k]);
   }
+  $("row-reviewed").hidden = !images;
+  if (images) $("count-reviewed").textContent = `${s.counts.reviewed} / ${s.frames}`;
   $("row-contradictory").classList.toggle("has", s.counts.contradictory > 0);
   $("btn-undo").disabled = !s.can_undo;
   $("btn-undo").title = s.can_undo ? `u: undo the save of frame ${s.undo_frame}` : "nothing to undo";

@@ -9,6 +9,9 @@ Fixtures
 --------
 ``sample_station``   ``factory(broker, name, images=None)`` → started ``SampleStation``; stopped at teardown.
 ``collect_cli``      ``factory(broker, out, *extra)`` → a running ``python -m convert collect`` (``CollectProcess``).
+``collected_folder`` ``factory(broker, out)`` → ``out``, a collect folder: 3 flagged (error) and 3 uncertain
+                     (good) samples of station st1, collected in-process; the second alert got a
+                     false_alarm verdict with ``break`` (``st1-b00t-00000003-flagged``).
 """
 
 from __future__ import annotations
@@ -189,3 +192,32 @@ def collect_cli():
     for p in made:
         if p.proc.poll() is None:
             p.kill()
+
+
+@pytest.fixture
+def collected_folder(sample_station):
+    from convert.collect import Collector, CollectStore
+
+    def make(broker: Broker, out: Path) -> Path:
+        c = Collector(CollectStore(out), broker.host, broker.port)
+        c.connect()
+        try:
+            st = sample_station(broker, "st1")
+            events = []
+            for k in range(6):
+                if k % 2:
+                    st.uncertain()
+                else:
+                    events.append(st.alert())
+            st.wait_published(6)
+            wait_until(lambda: c.counts["new"] == 6, 20, "6 samples collected")
+            st.verdict(events[1], "false_alarm", ["break"])
+            st.wait_published(7)
+            wait_until(lambda: c.counts["updated"] == 1, 20, "the verdict collected")
+        finally:
+            c.stop.set()
+            c.close()
+            c.store.close()
+        return out
+
+    return make
