@@ -257,3 +257,78 @@ def test_no_trusted_keys_refuses_every_rollout(fleet):
     st.worker.keys = []
     st.send(messages(fleet["v2"], fleet["priv"])[0])
     assert "no model.trusted_keys" in st.failures()[0]
+
+
+# -- user errors of the CLI and the daemon's config -----------------------------------------------
+
+
+def test_deploy_user_errors_are_one_line(fleet, tmp_path, capsys, mqtt_broker):
+    from convert.__main__ import main as convert_main
+
+    base = ["--broker", mqtt_broker.host, "--port", str(mqtt_broker.port), "--discover-s", "0.3"]
+    cases = [
+        ([str(tmp_path / "nope"), "--stations", "*", "--key", str(fleet["priv"])], 78, "not found"),
+        ([str(fleet["v2"]), "--stations", "*", "--key", str(fleet["pub"])], 78, "private key"),
+        ([str(fleet["v2"]), "--stations", "nobody-*", "--key", str(fleet["priv"])], 1, "no station"),
+        ([str(fleet["v2"]), "--stations", "*", "--key", str(fleet["priv"]), "--canary", "-1"], 78, "--canary"),
+    ]
+    for args, code, text in cases:
+        assert convert_main(["deploy", *args, *base]) == code, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and text in err, err
+    # a broker that does not answer
+    dead = ["--broker", "127.0.0.1", "--port", "1", "--stations", "*", "--key", str(fleet["priv"])]
+    assert convert_main(["deploy", str(fleet["v2"]), *dead]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot connect" in err
+
+
+def test_deploy_skips_offline_stations_and_fails_for_them(fleet, capsys, mqtt_broker):
+    """A station whose retained status is offline (its last will) is reported failed, nothing is sent."""
+    from convert.__main__ import main as convert_main
+    from tests.support.rollout import raw_publish
+
+    raw_publish(mqtt_broker, "seamqc/st-off/status", [b"offline"], retain=True)
+    args = ["--broker", mqtt_broker.host, "--port", str(mqtt_broker.port), "--discover-s", "0.5"]
+    rc = convert_main(["deploy", str(fleet["v2"]), "--stations", "st-*", "--key", str(fleet["priv"]), *args])
+    out = capsys.readouterr().out
+    assert rc == 1 and "st-off: failed: offline (not sent)" in out and "0 of 1 stations done" in out
+
+
+@pytest.mark.parametrize(
+    "model, why",
+    [
+        ({"rollout": True}, "model.rollout: rollouts need model.trusted_keys"),
+        ({"rollout": True, "trusted_keys": ["KEY"], "bundle": "DIR"}, "is not a symlink"),
+    ],
+)
+def test_daemon_config_for_rollouts_is_checked_at_start(fleet, tmp_path, model, why):
+    import subprocess
+    import sys
+
+    import yaml
+
+    m = {"bundle": str(fleet["link"]), **model}
+    m["trusted_keys"] = [str(fleet["pub"]) for _ in m.get("trusted_keys", [])]
+    if m["bundle"] == "DIR":
+        m["bundle"] = str(fleet["v1"])
+    cfg = {
+        "station": "st",
+        "camera": {"source": "file", "device": str(tmp_path / "none.mp4")},
+        "model": m,
+        "mqtt": {"host": "127.0.0.1"},
+        "outbox": str(tmp_path / "outbox.sqlite"),
+    }
+    path = tmp_path / "seam-qc.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run(
+        [sys.executable, "-m", "edge", "--config", str(path), "--check-config"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=60,
+    )
+    assert r.returncode == 78, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and why in lines[0] and str(path) in lines[0], r.stderr

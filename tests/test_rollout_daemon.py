@@ -170,3 +170,55 @@ def test_deploy_canary_refusals_and_rollback_on_two_daemons(
         assert "Traceback" not in text
         # inside the state directory: v1, the installed v2, the links; no download left behind
         assert {p.name for p in models[name].iterdir()} == {"v1", "current", "current.previous", f"rollout-{rid}"}
+
+
+def test_a_station_killed_mid_download_resumes_and_ends_active(tmp_path, tiny_bundle, mqtt_broker, mqtt_subscriber):
+    """SIGKILL while the chunks arrive: the restarted daemon announces where it is, deploy goes on from there."""
+    import threading
+
+    priv, pub = keypair(tmp_path / "keys")
+    v2 = signed_variant(tiny_bundle, tmp_path / "work" / "v2", "v2", priv, pad=1 << 20)  # ~300 chunks of 4 KiB
+    models = tmp_path / "st-k" / "models"
+    signed_variant(tiny_bundle, models / "v1", "v1", priv)
+    os.symlink("v1", models / "current")
+    cfg = daemon_config(
+        tmp_path / "st-k",
+        models / "current",
+        noise_video(tmp_path / "v.mp4", 30),
+        mqtt_broker,
+        station="st-k",
+        camera={"loop": True, "realtime": True},
+        model={"bundle": str(models / "current"), "threads": 1, "trusted_keys": [str(pub)], "rollout": True},
+        heatmaps={"enabled": False},
+        health={"enabled": False},
+    )
+    sub = mqtt_subscriber(mqtt_broker, "seamqc/st-k/#").wait_subscribed()
+    proc = start_daemon(cfg)
+    topic = "seamqc/st-k/model/state"
+    sub.wait_for(topic, lambda m: m.json()["state"] == "active", timeout=90)
+    result: dict = {}
+    args = ("--stations", "st-k", "--chunk-kb", "4", "--timeout", "120")
+    t = threading.Thread(target=lambda: result.update(rc=deploy(mqtt_broker, v2, priv, *args)), daemon=True)
+    t.start()
+    at = sub.wait_for(topic, lambda m: m.json().get("rollout", {}).get("next", 0) >= 40, timeout=60).json()
+    proc.kill()  # SIGKILL mid-download
+    proc.wait(10)
+    chunks = at["rollout"]["chunks"]
+    assert at["rollout"]["next"] < chunks  # really in the middle
+    proc = start_daemon(cfg)
+    try:
+        t.join(150)
+        assert result.get("rc") == 0
+        ev = proc.wait_event("model", lambda e: e.get("state") == "active" and e.get("model")["version"] == "v2")
+        assert ev.get("rollout")["id"]
+        resumed = [
+            m.json()
+            for m in sub.on(topic)
+            if m.json().get("rollout", {}).get("boot") not in (None, at["rollout"]["boot"])
+        ]
+        assert resumed and resumed[0]["state"] == "downloading" and resumed[0]["rollout"]["next"] >= 40  # not from 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert wait_exit(proc, 30) == 0
+    assert os.readlink(models / "current").startswith("rollout-")
+    assert not list(models.glob(".rollout-*/*"))  # the download is gone once installed

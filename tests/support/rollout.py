@@ -109,7 +109,7 @@ def signed_variant(src: Path, dst: Path, version: str, key: Path | None, pad: in
     return dst
 
 
-def raw_publish(broker: Any, topic: str, payloads: list[bytes], timeout: float = 10.0) -> None:
+def raw_publish(broker: Any, topic: str, payloads: list[bytes], timeout: float = 10.0, retain: bool = False) -> None:
     """Publish ``payloads`` (QoS 1, each acknowledged) as a plain paho client: no deploy logic."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
@@ -118,7 +118,7 @@ def raw_publish(broker: Any, topic: str, payloads: list[bytes], timeout: float =
     c.connect(broker.host, broker.port)
     c.loop_start()
     try:
-        infos = [c.publish(topic, p, qos=1) for p in payloads]
+        infos = [c.publish(topic, p, qos=1, retain=retain) for p in payloads]
         for info in infos:
             info.wait_for_publish(timeout)
             assert info.is_published()
