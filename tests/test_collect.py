@@ -395,3 +395,34 @@ def test_collected_data_splits_and_fine_tunes_with_train_init(
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert (tmp_path / "ft.keras").is_file()
+
+
+def test_a_full_disk_stops_collect_with_exit_74_and_a_restart_with_room_loses_nothing(
+    mqtt_broker, sample_station, collect_cli, tmp_path
+):
+    from tests.support.fs import tmpfs
+
+    def big(i: int) -> np.ndarray:
+        return noise_image(i, 128)  # ~49 KB as PNG
+
+    with tmpfs(tmp_path / "small", "160k") as out:
+        st = sample_station(mqtt_broker, "st1", images=big)
+        p = collect_cli(mqtt_broker, out).ready()
+        for _ in range(12):
+            st.alert()
+        stdout, stderr = p.communicate(60)
+        assert p.proc.returncode == 74, stderr
+        errors = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+        assert len(errors) == 1 and "cannot write sample" in errors[0] and "Traceback" not in stderr
+        kept = read_rows(out / CSV_NAME)
+        assert 0 < len(kept) < 12 and all(cv2.imread(str(out / r.name)) is not None for r in kept)
+        assert not list(out.glob(".*tmp*"))  # no half-written file left
+        st.wait_published(12)
+        r = subprocess.run(["mount", "-o", "remount,size=4m", str(out)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot grow the tmpfs: {r.stderr.strip()}")
+        again = collect_cli(mqtt_broker, out, "--count", str(12 - len(kept)), "--timeout", "60").ready()
+        stdout, stderr = again.communicate(90)
+        assert again.proc.returncode == 0, stderr
+        names = [r.name for r in read_rows(out / CSV_NAME)]
+        assert sorted(names) == [f"st1-b00t-{f:08d}-flagged.png" for f in range(1, 13)]  # none lost, none twice
