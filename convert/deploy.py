@@ -337,8 +337,9 @@ def run(args: argparse.Namespace) -> int:
         target = bundle.manifest_sha256
         tar = pack(args.bundle)
         begin, chunks, end = begin_messages(tar, rid, key, bundle.name, bundle.version, args.chunk_kb * 1024)
+        many = "s" if len(chunks) != 1 else ""
         print(
-            f"rollout {rid}: {bundle.name} {bundle.version} ({len(tar)} bytes, {len(chunks)} chunks), "
+            f"rollout {rid}: {bundle.name} {bundle.version} ({len(tar)} bytes, {len(chunks)} chunk{many}), "
             f"key {key_id(key.public_key())}",
             flush=True,
         )

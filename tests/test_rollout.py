@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,64 @@ def test_daemon_config_for_rollouts_is_checked_at_start(fleet, tmp_path, model, 
     assert r.returncode == 78, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and why in lines[0] and str(path) in lines[0], r.stderr
+
+
+def _readme_acl(marker: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return text.split(marker, 1)[1].split("```", 2)[1].strip("\n")
+
+
+def test_readme_acl_lets_only_the_deploy_user_publish_model_set(fleet, tmp_path, mqtt_broker_factory, mqtt_publisher):
+    """The README's ACL (feedback block + deploy block, as documented) on a real Mosquitto: deploy works
+    as the deploy user; a station, even for itself, is refused in its PUBACK."""
+    import shutil
+    import subprocess
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from convert.__main__ import main as convert_main
+    from tests.support.rollout import MqttStation
+    from tests.support.wait import wait_until
+
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("needs mosquitto_passwd (mosquitto package)")
+    users = {"deploy": "d3pl0y", "st1": "s1pw", "st2": "s2pw", "dashboard": "d4sh"}
+    pw = tmp_path / "passwd"
+    for i, (u, p) in enumerate(users.items()):
+        subprocess.run(["mosquitto_passwd", "-b", *([] if i else ["-c"]), str(pw), u, p], check=True)
+        (tmp_path / f"{u}.pw").write_text(p + "\n")
+    acl = tmp_path / "acl"
+    acl.write_text(_readme_acl("**Who may publish feedback.**") + "\n\n" + _readme_acl("**Who may deploy.**") + "\n")
+    broker = mqtt_broker_factory(global_lines=[f"password_file {pw}", f"acl_file {acl}"], anonymous=False)
+    pub = mqtt_publisher(broker, station="st1", start=False, username="st1", password_file=tmp_path / "st1.pw")
+    station = MqttStation(fleet["link"], [fleet["pub"]], pub).start()
+    try:
+        wait_until(lambda: pub.connected, what="station connected")
+        args = ["--broker", broker.host, "--port", str(broker.port), "--discover-s", "1", "--timeout", "30"]
+        login = ["--username", "deploy", "--password-file", str(tmp_path / "deploy.pw")]
+        rc = convert_main(["deploy", str(fleet["v2"]), "--stations", "st*", "--key", str(fleet["priv"]), *args, *login])
+        assert rc == 0 and station.running_version == "v2" and [s for _, s, _ in station.offers] == ["active"]
+
+        def refused_for(user: str) -> object:
+            got: list = []
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{user}", protocol=mqtt.MQTTv5)
+            c.username_pw_set(user, users[user])
+            c.on_publish = lambda c, u, mid, rc, props: got.append(rc)
+            c.connect(broker.host, broker.port)
+            c.loop_start()
+            try:
+                c.publish("seamqc/st1/model/set", b'{"op":"end","id":"x"}\n', qos=1)
+                wait_until(lambda: got, what=f"{user}'s PUBACK")
+            finally:
+                c.loop_stop()
+                c.disconnect()
+            return got[0]
+
+        for user in ("st2", "st1", "dashboard"):  # another station, the station itself, the dashboard
+            rc = refused_for(user)
+            assert rc.is_failure and "authori" in str(rc).lower(), (user, rc)
+        time.sleep(0.5)
+        assert not station.failures(), station.states  # none of the refused messages reached the station
+    finally:
+        station.stop()

@@ -53,7 +53,7 @@ class InProcessStation:
         hooks = Hooks(
             check=self._check,
             offer=self._offer,
-            state=lambda state, **kw: self.states.append((state, kw)),
+            state=self._state,
             running_manifest=lambda: self.running,
         )
         self.inbox = RolloutInbox("seamqc/st/model/set", queue_size=256)
@@ -65,6 +65,9 @@ class InProcessStation:
     def _check(self, path: Path) -> Any:
         b = load_bundle(path, verify=True, trusted_keys=self.keys)
         return SimpleNamespace(bundle=b, version=b.version)
+
+    def _state(self, state: str, **kw: Any) -> None:
+        self.states.append((state, kw))
 
     def _offer(self, model: Any, state: str, extra: dict[str, Any]) -> None:
         self.offers.append((model, state, extra))
@@ -82,6 +85,41 @@ class InProcessStation:
     @property
     def running_version(self) -> str:
         return load_bundle(self.link, verify=False).version
+
+
+class MqttStation(InProcessStation):
+    """``InProcessStation`` on a real broker: ``publisher`` (an ``edge.publish.Publisher``, not started)
+    subscribes ``model/set`` into the inbox, the worker runs in its thread, every state goes out on the
+    retained ``model/state`` as the daemon's does (``model`` {``name``, ``version``, ``manifest_sha256``})."""
+
+    def __init__(self, link: Path, pubs: list[Path], publisher: Any, **kw: Any) -> None:
+        super().__init__(link, pubs, **kw)
+        self.publisher = publisher
+        self.inbox.topic = f"{publisher.cfg.prefix}/{publisher.station}/model/set"
+        publisher.listen(self.inbox.topic, self.inbox.on_message)
+
+    def start(self) -> MqttStation:
+        self.publisher.start()
+        self._publish("active", {})
+        self.worker.start()
+        return self
+
+    def stop(self) -> None:
+        self.worker.stop_event.set()
+        self.worker.join(5)
+
+    def _publish(self, state: str, extra: dict[str, Any]) -> None:
+        b = load_bundle(self.link, verify=False)
+        model = {"name": b.name, "version": b.version, "manifest_sha256": self.running}
+        self.publisher.model_state({"state": state, "station": self.publisher.station, "model": model, **extra})
+
+    def _state(self, state: str, **kw: Any) -> None:
+        super()._state(state, **kw)
+        self._publish(state, kw)
+
+    def _offer(self, model: Any, state: str, extra: dict[str, Any]) -> None:
+        super()._offer(model, state, extra)
+        self._publish(state, extra)
 
 
 def private(path: Path) -> Any:
