@@ -71,7 +71,7 @@ from edge.seam import SEAM_LABELS
 from edge.statelock import StateLock, StateLockedError, lock_dir
 
 from .data import META_COLUMNS, csv_rows, parse_seed_bool
-from .label_state import atomic_write
+from .fileio import atomic_write
 
 LOG = logging.getLogger("seamqc.collect")
 CSV_NAME = "data.csv"

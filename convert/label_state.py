@@ -24,7 +24,11 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from convert.collect import HEADER as COLLECT_HEADER
+from convert.collect import Row as CollectRow
+from convert.collect import csv_text as collect_csv_text
 from convert.data import csv_rows, parse_seed_bool, seed_csv_text
+from convert.fileio import atomic_write, fsync_dir
 from convert.roi import check_fits, crop
 from edge.errors import DataError
 from edge.seam import SEAM_LABELS as ATTRS
@@ -84,34 +88,6 @@ def contradiction(values: dict[str, bool]) -> str | None:
     if values.get("good") and bad:
         return f"contradictory labels: good together with {' and '.join(bad)}"
     return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def check_out_dir(folder: Path, stem: str, csv_path: Path) -> None:
@@ -269,7 +245,7 @@ class LabelStore:
             raise DataError(f"{self.csv_path}: cannot write ({e.strerror or e})") from None
         if previous is None:
             self.image_path(frame).unlink(missing_ok=True)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
 
     def _set(self, frame: int, row: Row | None) -> None:
         if row is None:
@@ -581,8 +557,6 @@ class FolderStore:
             return str(p.resolve())
 
     def load(self) -> list[str]:
-        from convert.collect import HEADER
-
         notes: list[str] = []
         for tmp in sorted(self.dir.glob(".data.csv.tmp-*")):
             tmp.unlink(missing_ok=True)
@@ -594,7 +568,7 @@ class FolderStore:
             return notes
         header = [h.strip() for h in lines[0]]
         plain = ["name", *ATTRS]
-        if header[1:] == list(HEADER[1:]):
+        if header[1:] == list(COLLECT_HEADER[1:]):
             meta = True
         elif header[-5:] == plain and len(header) in (5, 6):
             meta = False
@@ -636,15 +610,12 @@ class FolderStore:
         return notes
 
     def _write_csv(self) -> None:
-        from convert.collect import Row as CollectRow
-        from convert.collect import csv_text
-
         rows = []
         for item in self._order:
             r = item if isinstance(item, FolderRow) else self.rows.get(item)
             if r is not None:
                 rows.append(CollectRow(r.name, r.values, r.source, r.reviewed))
-        atomic_write(self.csv_path, csv_text(rows).encode("utf-8"))
+        atomic_write(self.csv_path, collect_csv_text(rows).encode("utf-8"))
 
     def put(self, frame: int, image_bgr: np.ndarray, values: tuple[bool, ...]) -> Row | None:
         """Save the frame's labels as reviewed (the image stays as it is); return the row it replaced."""
