@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--password-file", metavar="FILE", help="file holding the broker password")
     p.add_argument("--ca", metavar="FILE", help="CA certificate: connect with TLS")
     p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up on a wave after S seconds")
+    p.add_argument(
+        "--answer-s", type=float, default=20.0, metavar="S", help="a station must answer the begin within S seconds"
+    )
     p.add_argument("--discover-s", type=float, default=1.5, metavar="S", help="time to collect the stations")
     p.add_argument("--chunk-kb", type=int, default=CHUNK // 1024, metavar="KB", help="chunk size (64)")
     p.set_defaults(func=run)
@@ -135,6 +138,7 @@ class Station:
     health: str | None = None  # last health state
     # this rollout
     begun: bool = False
+    begun_at: float = 0.0  # when the (last) begin went out
     boot: str | None = None  # the station's boot id once it acknowledged the begin
     next: int = 0  # the chunk it expects
     sent: int = 0
@@ -268,11 +272,13 @@ def _step_send(d: Deployer, st: Station, rid: str, begin: bytes, chunks: list[by
         d.say(st, f"{text} {100 * st.next // len(chunks) // 10 * 10} %")
     if not st.begun:
         d.publish(st, begin)
-        st.begun = True
+        st.begun, st.begun_at = True, time.monotonic()
         d.say(st, "begin sent")
         return
-    if st.boot is None:
-        return  # chunks only once the station accepted the begin (its signature, size)
+    if st.boot is None:  # chunks only once the station accepted the begin (its signature, size)
+        if time.monotonic() - st.begun_at > d.args.answer_s and st.status == "online":
+            st.result = f"failed: no answer to the begin within {d.args.answer_s:g} s (is model.rollout on?)"
+        return
     while st.sent < len(chunks) and st.sent < st.next + WINDOW and len(st.pending) < WINDOW:
         d.publish(st, chunks[st.sent])
         st.sent += 1
@@ -371,8 +377,10 @@ def run(args: argparse.Namespace) -> int:
                         return
                 if not st.begun:
                     d.publish(st, msg)
-                    st.begun = True
+                    st.begun, st.begun_at = True, time.monotonic()
                     d.say(st, "rollback sent")
+                elif time.monotonic() - st.begun_at > args.answer_s and st.status == "online":
+                    st.result = f"failed: no answer to the rollback within {args.answer_s:g} s (is model.rollout on?)"
 
             _wave(d, live, step, args.timeout)
             ok = all(st.result == "rolled_back" for st in stations)

@@ -284,16 +284,19 @@ def test_deploy_user_errors_are_one_line(fleet, tmp_path, capsys, mqtt_broker):
     assert err.count("\n") == 1 and "cannot connect" in err
 
 
-def test_deploy_skips_offline_stations_and_fails_for_them(fleet, capsys, mqtt_broker):
-    """A station whose retained status is offline (its last will) is reported failed, nothing is sent."""
+def test_deploy_fails_for_offline_and_mute_stations(fleet, capsys, mqtt_broker):
+    """A station whose retained status is offline (its last will) is reported failed and not sent; one
+    that is online but never answers the begin (no model.rollout) fails after --answer-s."""
     from convert.__main__ import main as convert_main
     from tests.support.rollout import raw_publish
 
     raw_publish(mqtt_broker, "seamqc/st-off/status", [b"offline"], retain=True)
-    args = ["--broker", mqtt_broker.host, "--port", str(mqtt_broker.port), "--discover-s", "0.5"]
+    raw_publish(mqtt_broker, "seamqc/st-mute/status", [b"online"], retain=True)  # no model.rollout there
+    args = ["--broker", mqtt_broker.host, "--port", str(mqtt_broker.port), "--discover-s", "0.5", "--answer-s", "1"]
     rc = convert_main(["deploy", str(fleet["v2"]), "--stations", "st-*", "--key", str(fleet["priv"]), *args])
     out = capsys.readouterr().out
-    assert rc == 1 and "st-off: failed: offline (not sent)" in out and "0 of 1 stations done" in out
+    assert rc == 1 and "st-off: failed: offline (not sent)" in out and "0 of 2 stations done" in out
+    assert "st-mute: failed: no answer to the begin within 1 s (is model.rollout on?)" in out
 
 
 @pytest.mark.parametrize(
