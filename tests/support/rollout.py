@@ -163,3 +163,36 @@ def raw_publish(broker: Any, topic: str, payloads: list[bytes], timeout: float =
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+def low_fps_video(path: Path, frames: int = 20, fps: int = 5, size: tuple[int, int] = (320, 240)) -> Path:
+    """Random-noise frames at ``fps``: many daemons on few cores (the fleet test)."""
+    import cv2
+    import numpy as np
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    rng = np.random.default_rng(1)
+    for _ in range(frames):
+        w.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    w.release()
+    return path
+
+
+def shift_selfcheck(root: Path, role: str) -> None:
+    """Rewrite ``role``'s expected self-check scores 0.3 off and re-hash the manifest (its signature drops)."""
+    import json
+
+    import numpy as np
+
+    from edge import selfcheck
+    from edge.bundle import MANIFEST
+
+    with np.load(root / selfcheck.FILE) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[f"scores__{role}"] = np.clip(1.0 - arrays[f"scores__{role}"], 0, 1) * 0.4 + 0.3
+    with open(root / selfcheck.FILE, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    m = json.loads((root / MANIFEST).read_text())
+    files = {r: e["path"] for r, e in m.pop("files").items()}
+    write_manifest(root, m, files)
+    (root / "manifest.sig").unlink(missing_ok=True)
