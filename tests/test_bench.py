@@ -28,6 +28,7 @@ REQUIRED = (
     "defect_on_latency_ms",
     "heatmap_mqtt_latency",
     "health_cost",
+    "fleet",
     "machine",
     "ratios",
     "targets",
@@ -120,6 +121,15 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
     assert hq["ratio_p99"] == pytest.approx(hq["on"]["p99"] / hq["off"]["p99"], rel=0.01)
     assert hq["ratio_p50"] == pytest.approx(hq["on"]["p50"] / hq["off"]["p50"], rel=0.01)
 
+    # a fleet on one broker (quick: 8 daemons), and a rollout to all of it
+    fl = res["fleet"]
+    assert fl["stations"] == 8 and fl["alerts_logged"] > 0 and fl["alerts_lost"] == 0, fl
+    assert _pos(fl["msgs_per_s"]) and _pos(fl["alerts_per_s"]) and fl["broker_cpu_pct"] >= 0, fl
+    d = fl["alert_delivery_ms"]
+    assert d["n"] > 0 and d["max"] >= d["p99"] >= d["p50"], d
+    assert fl["rollout_rc"] == 0 and fl["rollout_active"] == 8 and _pos(fl["rollout_s"]), fl
+    assert 0.9e6 <= fl["rollout_bytes"] <= 1.1e6, fl
+
     # the printed table carries every target with its verdict
     assert {t["name"] for t in res["targets"]} >= {
         "e2e_over_bound",
@@ -130,6 +140,8 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
         "defect_on_p99_ms",
         "health_fps_cost",
         "heatmap_mqtt_latency_ratio",
+        "fleet_rollout_s",
+        "fleet_alerts_lost",
     }
     for t in res["targets"]:
         assert t["result"] in ("PASS", "MISS"), t

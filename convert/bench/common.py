@@ -42,6 +42,8 @@ class Plan:
     hm_steady_s: float
     heatmap_repeats: int
     latency_pairs: int = 1  # alert/defect-ON latency runs per arm (heatmaps.mqtt on, off)
+    fleet_stations: int = 20  # daemons on one broker (convert/bench/fleet.py)
+    fleet_s: float = 10.0  # its steady window (s)
 
 
 def make_plan(quick: bool, cores: int) -> Plan:
@@ -49,7 +51,27 @@ def make_plan(quick: bool, cores: int) -> Plan:
     all_t = max(1, cores)
     threads = tuple(sorted({1, all_t}))
     if quick:
-        return Plan(True, 30, 5, 2, (), (all_t,), threads, False, 2.0, 0.4, 1, 150, 3, 1, 1, 1.6, 10)
+        return Plan(
+            True,
+            30,
+            5,
+            2,
+            (),
+            (all_t,),
+            threads,
+            False,
+            2.0,
+            0.4,
+            1,
+            150,
+            3,
+            1,
+            1,
+            1.6,
+            10,
+            fleet_stations=8,
+            fleet_s=3.0,
+        )
     return Plan(
         False,
         240,

@@ -20,6 +20,8 @@ TARGETS = {  # name: (json path, comparison, value, text)
     "defect_on_p99_ms": ("<=", 100.0, "defect ON: capture of the event's opening frame → subscriber, p99 (ms)"),
     "health_fps_cost": ("<=", 0.03, "fps cost of the health checks (1 − fps on / off)"),
     "heatmap_mqtt_latency_ratio": ("<=", 1.10, "alert latency p99, heatmaps on MQTT / off"),
+    "fleet_rollout_s": ("<=", 30.0, "convert deploy of a 1 MB bundle to every fleet station, until all active (s)"),
+    "fleet_alerts_lost": ("<=", 0, "alerts a fleet station logged (stored) that never reached the subscriber"),
 }
 
 
@@ -73,6 +75,8 @@ def evaluate_targets(res: dict) -> list[dict[str, Any]]:
         "defect_on_p99_ms": (res.get("defect_on_latency_ms") or {}).get("p99"),
         "health_fps_cost": (res.get("health_cost") or {}).get("cost"),
         "heatmap_mqtt_latency_ratio": (res.get("heatmap_mqtt_latency") or {}).get("ratio_p99"),
+        "fleet_rollout_s": (res.get("fleet") or {}).get("rollout_s"),
+        "fleet_alerts_lost": (res.get("fleet") or {}).get("alerts_lost"),
     }
     out = []
     for name, (op, target, text) in TARGETS.items():
@@ -130,6 +134,8 @@ def render_table(res: dict) -> str:
     rss, al = res["rss_mb"], res["alert_latency_ms"]
     don, hc = res.get("defect_on_latency_ms") or {}, res.get("health_cost") or {}
     hq = res.get("heatmap_mqtt_latency") or {}
+    fl = res.get("fleet") or {}
+    fld = fl.get("alert_delivery_ms") or {}
     loss = hm.get("loss")
     pl = res["pipeline_ms"]["ms_p50"]
     L += [
@@ -172,6 +178,16 @@ def render_table(res: dict) -> str:
         f"{_f(hq.get('ratio_p50'), 3)} / {_f(hq.get('ratio_p99'), 3)}; after the event closed "
         f"{_f(hq.get('on', {}).get('after_close_p50'), 1)} / {_f(hq.get('on', {}).get('after_close_p99'), 1)} vs "
         f"{_f(hq.get('off', {}).get('after_close_p50'), 1)} / {_f(hq.get('off', {}).get('after_close_p99'), 1)} ms |",
+        f"| fleet: {fl.get('stations')} daemons ({fl.get('fps_each')} fps, an alert every 2 s each) on one broker | "
+        f"{_f(fl.get('msgs_per_s'), 1)} msg/s in ({_f(fl.get('alerts_per_s'), 1)} alerts/s, "
+        f"{_f((fl.get('bytes_per_s') or 0) / 1024, 1)} KiB/s); broker CPU "
+        f"{_f(fl.get('broker_cpu_pct'), 1)} % of a core, "
+        f"RSS {_f(fl.get('broker_rss_mb'), 1)} MB; alert delivery p50 / p99 "
+        f"{_f(fld.get('p50'), 1)} / {_f(fld.get('p99'), 1)} ms (n={fld.get('n')}), lost {fl.get('alerts_lost')}, "
+        f"duplicates {fl.get('alerts_duplicates')} |",
+        f"| fleet: convert deploy of {fl.get('rollout_bytes')} bytes to all {fl.get('stations')} | "
+        f"{_f(fl.get('rollout_s'), 1)} s until all active ({fl.get('rollout_active')} active, exit "
+        f"{fl.get('rollout_rc')}) |",
         "",
         "| target | value | goal | result |",
         "|---|---:|---|---|",

@@ -250,6 +250,11 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
             listener.close()
         broker.stop()
     phases["daemon"] = _lap()
+    # ---- 5. a fleet on one broker, and a rollout to it (its own broker: its CPU is the fleet's)
+    from .fleet import fleet_bench
+
+    fleet = fleet_bench(work, bundle, plan.fleet_stations, plan.fleet_s)
+    phases["fleet"] = _lap()
 
     e2e = daemon["e2e"]
     bound_ms = e2e["bound_ms_p50"]
@@ -292,6 +297,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         "defect_on_latency_ms": daemon["defect_on_latency_ms"],
         "heatmap_mqtt_latency": daemon["heatmap_mqtt_latency"],
         "health_cost": daemon["health_cost"],
+        "fleet": fleet,
         "notes": notes + daemon["notes"],
     }
     result["pi_estimates"] = pi_estimates(result)
