@@ -306,9 +306,14 @@ class RolloutStore:
                 rid = str(begin["id"])
                 if not _ID_RE.match(rid) or meta.name != f"{rid}.json":
                     raise ValueError(rid)
+                cs = int(begin["chunk_size"])
+                have = os.path.getsize(self.part(rid))
+                if have < min(nxt * cs, int(begin["size"])):  # fewer bytes than counted: go on from what is there
+                    nxt = have // cs
                 dl = Download(begin, nxt, lenient=True)
                 with open(self.part(rid), "r+b") as f:
-                    f.truncate(min(nxt * int(begin["chunk_size"]), int(begin["size"])))
+                    f.truncate(min(nxt * cs, int(begin["size"])))  # a chunk half written before the crash
+                self.save(dl)
                 return dl
             except (OSError, ValueError, KeyError, TypeError):
                 self.discard_all()

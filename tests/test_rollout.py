@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hst
 
 from convert.deploy import begin_messages, pack, rollback_message
 from edge import rollout
@@ -397,3 +399,62 @@ def test_readme_acl_lets_only_the_deploy_user_publish_model_set(fleet, tmp_path,
         assert not station.failures(), station.states  # none of the refused messages reached the station
     finally:
         station.stop()
+
+
+def test_resume_trusts_only_the_bytes_on_disk(fleet):
+    """A part shorter than its count (a disk that lost the tail) resumes from the whole chunks it has."""
+    begin, chunks, end = messages(fleet["v2"], fleet["priv"])
+    st = InProcessStation(fleet["link"], [fleet["pub"]])
+    st.send(begin, *chunks[:6])
+    part = next(fleet["models"].glob(".rollout-current/*.part"))
+    with open(part, "r+b") as f:
+        f.truncate(CHUNK * 3 + 100)  # 3 whole chunks and a piece of the 4th
+    st2 = InProcessStation(fleet["link"], [fleet["pub"]], boot="boot2")
+    st2.worker.resume()
+    assert st2.states[0][1]["rollout"]["next"] == 3 and part.stat().st_size == CHUNK * 3
+    st2.send(begin, *chunks[3:], end)
+    assert not st2.failures() and st2.running_version == "v2"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    hst.binary(max_size=300) | hst.builds(lambda h, d: h + b"\n" + d, hst.binary(max_size=200), hst.binary(max_size=50))
+)
+def test_parse_fuzz_never_raises_anything_but_a_refusal(payload):
+    try:
+        m = parse(payload)
+    except RolloutError:
+        return
+    assert m.op in rollout.OPS and rollout._ID_RE.match(m.id)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hst.fixed_dictionaries(
+        {"op": hst.sampled_from(rollout.OPS), "id": hst.text(max_size=70)},
+        optional={
+            "seq": hst.integers(-5, 1 << 25) | hst.booleans() | hst.text(max_size=3),
+            "size": hst.integers(-1, 1 << 41) | hst.floats(allow_nan=True),
+            "chunks": hst.integers(-1, 1 << 25),
+            "chunk_size": hst.integers(-1, 1 << 21),
+            "sha256": hst.text(max_size=70),
+            "from": hst.text(max_size=70),
+            "key_id": hst.text(max_size=20),
+            "signature": hst.text(max_size=100),
+            "name": hst.text(max_size=200),
+            "version": hst.text(max_size=200),
+            "extra": hst.none(),
+        },
+    ),
+    hst.binary(max_size=20),
+)
+def test_parse_fuzz_of_headers_keeps_every_field_in_range(header, data):
+    try:
+        m = parse(json.dumps(header).encode() + b"\n" + data)
+    except RolloutError:
+        return
+    h = m.header
+    if m.op == "chunk":
+        assert type(h["seq"]) is int and h["seq"] >= 0 and 0 < len(m.data) <= rollout.CHUNK_MAX
+    if m.op == "begin":
+        assert 0 < h["chunk_size"] <= rollout.CHUNK_MAX and h["chunks"] * h["chunk_size"] >= h["size"] > 0
