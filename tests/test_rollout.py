@@ -345,7 +345,9 @@ def _readme_acl(marker: str) -> str:
     return text.split(marker, 1)[1].split("```", 2)[1].strip("\n")
 
 
-def test_readme_acl_lets_only_the_deploy_user_publish_model_set(fleet, tmp_path, mqtt_broker_factory, mqtt_publisher):
+def test_readme_acl_lets_only_the_deploy_user_publish_model_set(
+    fleet, tmp_path, mqtt_broker_factory, mqtt_publisher, capsys
+):
     """The README's ACL (feedback block + deploy block, as documented) on a real Mosquitto: deploy works
     as the deploy user; a station, even for itself, is refused in its PUBACK."""
     import shutil
@@ -376,6 +378,14 @@ def test_readme_acl_lets_only_the_deploy_user_publish_model_set(fleet, tmp_path,
         login = ["--username", "deploy", "--password-file", str(tmp_path / "deploy.pw")]
         rc = convert_main(["deploy", str(fleet["v2"]), "--stations", "st*", "--key", str(fleet["priv"]), *args, *login])
         assert rc == 0 and station.running_version == "v2" and [s for _, s, _ in station.offers] == ["active"]
+        # deploy logged in as the dashboard (reads everything, may not write model/set): the broker
+        # refuses the begin in its PUBACK and deploy says so at once
+        other = ["--username", "dashboard", "--password-file", str(tmp_path / "dashboard.pw")]
+        t0 = time.monotonic()
+        rc = convert_main(["deploy", str(fleet["v1"]), "--stations", "st1", "--key", str(fleet["priv"]), *args, *other])
+        out = capsys.readouterr().out
+        assert rc == 1 and "st1: failed: the broker refused model/set (Not authorized" in out, out
+        assert time.monotonic() - t0 < 10 and station.running_version == "v2"
 
         def refused_for(user: str) -> object:
             got: list = []
