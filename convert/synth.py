@@ -588,6 +588,7 @@ def write_video(
     families: Sequence[str] | None = None,
     impair: str | None = None,
     impair_from: int | None = None,
+    style_seed: int | None = None,
 ) -> list[TruthRow]:
     """Write a 640×480 ``mp4v`` video of a seam strip scrolling past the camera + truth CSV.
 
@@ -607,6 +608,9 @@ def write_video(
     the seam's rows (y 194..286).
     ``impair`` (``IMPAIRMENTS``) impairs frames ``impair_from`` (default ``frames // 2``) onward
     (``_impair``); for ``stopped`` the truth follows the stopped strip.
+    ``style_seed``: take the scene (fabric look, seam path, stitches) from this seed instead of
+    ``seed``, so two videos show the same fabric with other defects and layout (a line's own
+    fabric on another day: the data-loop test trains on one and checks on the other).
     Returns the truth rows (also written to ``FILE.truth.csv``), sorted by first frame.
     """
     from convert.synth_fabric import tile_bank
@@ -647,6 +651,8 @@ def write_video(
     rng, srng, drng, crng, frng = (
         np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 0x5EA4]).spawn(5)
     )
+    if style_seed is not None:
+        srng = np.random.default_rng(np.random.SeedSequence([int(style_seed), 0x5EA4]).spawn(5)[1])
     S = float(px_per_mm)
     frames = int(frames)
     v = spm * base_length_mm / 60.0 * S / fps  # px per frame
