@@ -300,8 +300,12 @@ def test_cli_counts_bad_messages_with_one_line_and_stops_at_count(mqtt_broker, s
     try:
         props = Properties(PacketTypes.PUBLISH)
         props.UserProperty = [("sample", "{not json")]
-        for i in range(40):
+        sent = [
             junk.publish("seamqc/st9/sample", b"not a png" if i % 2 else b"\x89PNG\r\n\x1a\n", qos=1, properties=props)
+            for i in range(40)
+        ]
+        for info in sent:  # acknowledged: the broker queued them to collect before any sample
+            info.wait_for_publish(10)
         st = sample_station(mqtt_broker, "st1")
         for _ in range(4):
             st.alert()
