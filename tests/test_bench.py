@@ -28,6 +28,10 @@ REQUIRED = (
     "defect_on_latency_ms",
     "heatmap_mqtt_latency",
     "health_cost",
+    "samples_cost",
+    "samples_rss_mb",
+    "samples_flood_latency",
+    "feedback_junk",
     "fleet",
     "machine",
     "ratios",
@@ -121,6 +125,33 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
     assert hq["ratio_p99"] == pytest.approx(hq["on"]["p99"] / hq["off"]["p99"], rel=0.01)
     assert hq["ratio_p50"] == pytest.approx(hq["on"]["p50"] / hq["off"]["p50"], rel=0.01)
 
+    # training samples flooding (the config's highest rates) vs off: fps, RSS, alert latency
+    sc = res["samples_cost"]
+    assert _pos(sc["fps_on"]) and _pos(sc["fps_off"]) and sc["fps_off"] == hc["fps_on"], sc
+    assert sc["ratio"] == pytest.approx(sc["fps_on"] / sc["fps_off"], rel=0.01)
+    assert sc["cost"] == pytest.approx(1 - sc["ratio"], abs=0.002)
+    assert sc["samples_saved"] > 0 and _pos(sc["saved_per_s"]) and sc["ring_frames"] > 0, sc
+    assert 0 <= sc["samples_published"] <= sc["samples_saved"] and sc["samples_dropped"] >= 0, sc
+    sr = res["samples_rss_mb"]
+    assert _pos(sr["on"]) and _pos(sr["off"]), sr
+    assert sr["added"] == pytest.approx(sr["on"] - sr["off"], abs=0.11), sr
+    assert len(sr["per_run_max"]["on"]) == len(sr["per_run_max"]["off"]) == sc["pairs"], sr
+    sq = res["samples_flood_latency"]
+    assert sq["on"]["n"] >= 3 and _pos(sq["on"]["p50"]) and sq["on"]["p99"] >= sq["on"]["p50"], sq
+    assert sq["off"]["p99"] == al["p99"] and sq["off"]["n"] == al["n"], sq  # the same baseline runs
+    assert sq["ratio_p99"] == pytest.approx(sq["on"]["p99"] / sq["off"]["p99"], rel=0.01)
+    assert sq["ratio_p50"] == pytest.approx(sq["on"]["p50"] / sq["off"]["p50"], rel=0.01)
+    assert sq["samples_saved"] > 0, sq
+
+    # junk on the feedback topic (quick: 2,000 a run): every message sent, the station counted them
+    fj = res["feedback_junk"]
+    assert _pos(fj["fps_with"]) and fj["fps_without"] == hc["fps_on"], fj
+    assert fj["ratio"] == pytest.approx(fj["fps_with"] / fj["fps_without"], rel=0.01)
+    assert fj["cost"] == pytest.approx(1 - fj["ratio"], abs=0.002)
+    assert fj["errors"] == [] and fj["sent"] == fj["messages_per_run"] * fj["pairs"] == 2000, fj
+    assert 0 < fj["junk"] + fj["dropped"] <= fj["received"] <= fj["sent"], fj
+    assert fj["junk"] >= 0.8 * fj["received"], fj  # 9 in 10 are refused by the parser
+
     # a fleet on one broker (quick: 8 daemons), and a rollout to all of it
     fl = res["fleet"]
     assert fl["stations"] == 8 and fl["alerts_logged"] > 0 and fl["alerts_lost"] == 0, fl
@@ -140,6 +171,10 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
         "defect_on_p99_ms",
         "health_fps_cost",
         "heatmap_mqtt_latency_ratio",
+        "samples_fps_cost",
+        "samples_flood_latency_ratio",
+        "samples_rss_added_mb",
+        "feedback_junk_fps_cost",
         "fleet_rollout_s",
         "fleet_alerts_lost",
     }

@@ -44,6 +44,7 @@ class Plan:
     latency_pairs: int = 1  # alert/defect-ON latency runs per arm (heatmaps.mqtt on, off)
     fleet_stations: int = 20  # daemons on one broker (convert/bench/fleet.py)
     fleet_s: float = 10.0  # its steady window (s)
+    junk_messages: int = 10_000  # junk on the feedback topic in each junk-flooded e2e run
 
 
 def make_plan(quick: bool, cores: int) -> Plan:
@@ -71,6 +72,7 @@ def make_plan(quick: bool, cores: int) -> Plan:
             10,
             fleet_stations=8,
             fleet_s=3.0,
+            junk_messages=2_000,
         )
     return Plan(
         False,

@@ -4,14 +4,20 @@ subscriber, and ``python -m edge`` runs on generated configs, with their log eve
 
 Knobs used to load the daemon on purpose ("forced" runs): ``decision.thresholds.error: 0`` makes
 every frame flag ``error`` and ``decision.max_event_frames: K`` then closes one event (one alert, one
-heatmap) every K frames: K = 20 gives heatmaps on 5 % of frames.
+heatmap) every K frames: K = 20 gives heatmaps on 5 % of frames. ``SAMPLES_FLOOD`` turns training
+samples on at the highest rates the config allows, so that the sample path (ring buffer, queue, PNG
+writes, publishing) is saturated; :class:`JunkFlood` floods a station's feedback topic with junk.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,12 +49,27 @@ class LocalBroker:
         self.broker.stop(timeout=5)
 
 
+# what the bench's subscriber reads: every station topic except ``sample`` (PNGs, up to 20 a second
+# in the samples runs) and ``feedback`` (the junk flood): a collector and the floor's publisher live on
+# other machines, and here their share of the 2 cores would be charged to the station being measured
+LISTEN_KINDS = ("status", "alert", "stats", "defect", "heatmap", "health", "model/state")
+
+# samples.enabled at the config's maximum rates (10 uncertain and 10 random good frames a second),
+# the ring buffer (20 MB, every 2nd crop), queue and publishing at their defaults
+SAMPLES_FLOOD: dict[str, Any] = {"uncertain_per_h": 36_000, "random_good_per_h": 36_000}
+
+
 class Listener:
-    """Loopback subscriber on ``seamqc/#`` (``convert.harness.MqttSubscriber``): every message with
-    its receive time."""
+    """Loopback subscriber on the station topics of ``LISTEN_KINDS`` (``convert.harness.MqttSubscriber``):
+    every message with its receive time."""
 
     def __init__(self, port: int) -> None:
-        self.sub = MqttSubscriber("127.0.0.1", port, "seamqc/#", client_id=f"seamqc-bench-{os.getpid()}")
+        self.sub = MqttSubscriber(
+            "127.0.0.1",
+            port,
+            [f"seamqc/+/{k}" for k in LISTEN_KINDS],
+            client_id=f"seamqc-bench-{os.getpid()}",
+        )
         try:
             self.sub.wait_subscribed(5)
         except AssertionError:
@@ -98,8 +119,10 @@ def daemon_config(
     health: bool = True,
     hm_mqtt: bool = True,
     homeassistant: bool = False,
+    samples: dict[str, Any] | None = None,
 ) -> tuple[Path, str]:
-    """A daemon config for one run → (path, station); ``forced_every`` loads it on purpose (module doc)."""
+    """A daemon config for one run → (path, station); ``forced_every`` loads it on purpose (module doc);
+    ``samples``: ``samples.enabled`` with these keys (e.g. ``SAMPLES_FLOOD``) in a folder of its own."""
     import yaml
 
     station = f"bench-{tag}"
@@ -156,6 +179,10 @@ def daemon_config(
         "stats_interval": stats_interval,
         "log_level": "INFO",
     }
+    if samples is not None:
+        s_dir = work / f"samples-{tag}"
+        shutil.rmtree(s_dir, ignore_errors=True)  # a run's unpublished samples would be the next one's backlog
+        cfg["samples"] = {"enabled": True, "dir": str(s_dir), **samples}
     for suffix in ("", "-wal", "-shm"):
         Path(str(cfg["outbox"]) + suffix).unlink(missing_ok=True)
     p = work / f"daemon-{tag}.yaml"
@@ -262,3 +289,117 @@ def steady_rss(run: DaemonRun, after: float | None) -> dict[str, float | None]:
     if not pts:
         return {"max": None, "median": None}
     return {"max": round(max(pts), 1), "median": round(float(np.median(pts)), 1), "samples": len(pts)}
+
+
+def last_stats(listener: Listener, station: str, run: DaemonRun) -> dict[str, Any]:
+    """The station's last periodic ``stats`` message before its shutdown line (counters of the run)."""
+    stop_line = run.event_time("stopping")
+    msgs = [m for t, m in listener.of(station, "stats") if stop_line is None or t < stop_line]
+    return msgs[-1] if msgs else {}
+
+
+def junk_payloads(n: int, labels: list[str], seed: int = 14) -> list[bytes]:
+    """``n`` payloads a station must refuse on its feedback topic, one per line for ``mosquitto_pub -l``
+    (no newline and no NUL inside: it sends each line as a C string); one in ten is well-formed feedback
+    on an ``event_id`` the station never raised (it passes the parser: queue, ``feedback_unknown``)."""
+    rng = random.Random(seed)
+    lab = labels[0] if labels else "error"
+
+    def one(i: int) -> bytes:
+        k = i % 10
+        if k == 0:
+            return json.dumps(
+                {"event_id": f"elsewhere-{i}", "verdict": "false_alarm", "labels": [], "by": "bench"}
+            ).encode()
+        if k == 1:
+            return bytes(rng.choice(range(1, 256)) for _ in range(rng.randint(1, 200))).replace(b"\n", b"x")
+        if k == 2:
+            return b'{"event_id": "\xc3\x28", "verdict": "confirmed"}'  # not UTF-8
+        if k == 3:
+            return b"{" * 5000  # over 4 KB
+        if k == 4:
+            return rng.choice([b"[1, 2]", b'"confirmed"', b"42", b"null", b"{", b""])
+        if k == 5:
+            return json.dumps({"event_id": f"e-{i}", "verdict": "confirmed", "extra": 1}).encode()
+        if k == 6:
+            return json.dumps({"event_id": f"e-{i}", "verdict": "maybe"}).encode()
+        if k == 7:
+            return json.dumps({"event_id": f"e-{i}", "verdict": "false_alarm", "labels": ["no-such-label"]}).encode()
+        if k == 8:
+            return json.dumps({"missed": {"ts": "yesterday", "labels": [lab]}}).encode()
+        return json.dumps({"event_id": "\u0007bell", "verdict": "confirmed", "by": 7}).encode()
+
+    return [one(i) for i in range(n)]
+
+
+class JunkFlood:
+    """``n`` junk payloads (``junk_payloads``) on ``seamqc/<station>/feedback`` at QoS 1, spread evenly
+    over ``duration_s`` once the station is online: fed line by line to ``mosquitto_pub -l``, so the
+    publisher is a small C process and not Python in the bench's process."""
+
+    def __init__(
+        self, port: int, station: str, listener: Listener, n: int, duration_s: float, labels: list[str]
+    ) -> None:
+        mosquitto_pub = shutil.which("mosquitto_pub")
+        if mosquitto_pub is None:
+            raise ConfigError(
+                "bench: mosquitto_pub not found (apt-get install mosquitto-clients; `make bench` does it)"
+            )
+        self.cmd = [mosquitto_pub, "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-l"]
+        self.cmd += ["-t", f"seamqc/{station}/feedback", "-i", f"seamqc-bench-junk-{os.getpid()}"]
+        self.station = station
+        self.listener = listener
+        self.lines = junk_payloads(n, labels)
+        self.duration_s = duration_s
+        self.sent = 0
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="junk-flood", daemon=True)
+
+    def start(self) -> JunkFlood:
+        self._thread.start()
+        return self
+
+    def _online(self) -> bool:
+        return any(m.text.startswith("online") for m in self.listener.sub.on(f"seamqc/{self.station}/status"))
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self._online():
+            if self._stop.is_set() or time.monotonic() > deadline:
+                self.error = "the station never came online"
+                return
+            time.sleep(0.05)
+        proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert proc.stdin is not None
+        step = 0.05
+        batches = max(1, int(self.duration_s / step))
+        per = -(-len(self.lines) // batches)
+        t0 = self.started = time.monotonic()
+        try:
+            for b in range(batches):
+                if self._stop.is_set():
+                    break
+                chunk = self.lines[b * per : (b + 1) * per]
+                if not chunk:
+                    break
+                proc.stdin.write(b"\n".join(chunk) + b"\n")
+                proc.stdin.flush()
+                self.sent += len(chunk)
+                time.sleep(max(0.0, t0 + (b + 1) * step - time.monotonic()))
+            proc.stdin.close()
+            proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self.error = f"mosquitto_pub: {e}"
+            proc.kill()
+            proc.wait()
+        self.finished = time.monotonic()
+        if proc.returncode not in (0, None) and self.error is None:
+            err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip()
+            self.error = f"mosquitto_pub exited with {proc.returncode}: {err[:200]}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=40)

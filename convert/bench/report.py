@@ -20,6 +20,10 @@ TARGETS = {  # name: (json path, comparison, value, text)
     "defect_on_p99_ms": ("<=", 100.0, "defect ON: capture of the event's opening frame → subscriber, p99 (ms)"),
     "health_fps_cost": ("<=", 0.03, "fps cost of the health checks (1 − fps on / off)"),
     "heatmap_mqtt_latency_ratio": ("<=", 1.10, "alert latency p99, heatmaps on MQTT / off"),
+    "samples_fps_cost": ("<=", 0.05, "fps cost of samples flooding, kept and published (1 − fps on / off)"),
+    "samples_flood_latency_ratio": ("<=", 1.10, "alert latency p99, samples flooding / off"),
+    "samples_rss_added_mb": ("<=", 20.0, "RSS added by samples flooding: ring buffer + queue (MB)"),
+    "feedback_junk_fps_cost": ("<=", 0.05, "fps cost of junk flooding the feedback topic (1 − fps with / without)"),
     "fleet_rollout_s": ("<=", 30.0, "convert deploy of a 1 MB bundle to every fleet station, until all active (s)"),
     "fleet_alerts_lost": ("<=", 0, "alerts a fleet station logged (stored) that never reached the subscriber"),
 }
@@ -75,6 +79,10 @@ def evaluate_targets(res: dict) -> list[dict[str, Any]]:
         "defect_on_p99_ms": (res.get("defect_on_latency_ms") or {}).get("p99"),
         "health_fps_cost": (res.get("health_cost") or {}).get("cost"),
         "heatmap_mqtt_latency_ratio": (res.get("heatmap_mqtt_latency") or {}).get("ratio_p99"),
+        "samples_fps_cost": (res.get("samples_cost") or {}).get("cost"),
+        "samples_flood_latency_ratio": (res.get("samples_flood_latency") or {}).get("ratio_p99"),
+        "samples_rss_added_mb": (res.get("samples_rss_mb") or {}).get("added"),
+        "feedback_junk_fps_cost": (res.get("feedback_junk") or {}).get("cost"),
         "fleet_rollout_s": (res.get("fleet") or {}).get("rollout_s"),
         "fleet_alerts_lost": (res.get("fleet") or {}).get("alerts_lost"),
     }
@@ -134,6 +142,8 @@ def render_table(res: dict) -> str:
     rss, al = res["rss_mb"], res["alert_latency_ms"]
     don, hc = res.get("defect_on_latency_ms") or {}, res.get("health_cost") or {}
     hq = res.get("heatmap_mqtt_latency") or {}
+    sc, sr = res.get("samples_cost") or {}, res.get("samples_rss_mb") or {}
+    sq, fj = res.get("samples_flood_latency") or {}, res.get("feedback_junk") or {}
     fl = res.get("fleet") or {}
     fld = fl.get("alert_delivery_ms") or {}
     loss = hm.get("loss")
@@ -178,6 +188,22 @@ def render_table(res: dict) -> str:
         f"{_f(hq.get('ratio_p50'), 3)} / {_f(hq.get('ratio_p99'), 3)}; after the event closed "
         f"{_f(hq.get('on', {}).get('after_close_p50'), 1)} / {_f(hq.get('on', {}).get('after_close_p99'), 1)} vs "
         f"{_f(hq.get('off', {}).get('after_close_p50'), 1)} / {_f(hq.get('off', {}).get('after_close_p99'), 1)} ms |",
+        f"| samples flooding on / off (pairs {sc.get('pairs')}; {_f(sc.get('saved_per_s'), 1)} saved/s, "
+        f"{sc.get('samples_published')} published, {sc.get('samples_dropped')} dropped) | "
+        f"{_f(sc.get('fps_on'), 1)} vs {_f(sc.get('fps_off'), 1)} fps → ratio {_f(sc.get('ratio'), 3)} |",
+        f"| RSS, samples flooding / off (ring {sr.get('ring_frames')} crops) | {_f(sr.get('on'), 1)} / "
+        f"{_f(sr.get('off'), 1)} MB → added {_f(sr.get('added'), 1)} MB |",
+        f"| alert latency p50 / p99, samples flooding vs off (n={sq.get('on', {}).get('n')} / "
+        f"{sq.get('off', {}).get('n')}; {sq.get('samples_saved')} saved, {sq.get('samples_published')} published) | "
+        f"{_f(sq.get('on', {}).get('p50'), 1)} / {_f(sq.get('on', {}).get('p99'), 1)} vs "
+        f"{_f(sq.get('off', {}).get('p50'), 1)} / {_f(sq.get('off', {}).get('p99'), 1)} ms → ratio "
+        f"{_f(sq.get('ratio_p50'), 3)} / {_f(sq.get('ratio_p99'), 3)}; after the event closed "
+        f"{_f(sq.get('on', {}).get('after_close_p50'), 1)} / {_f(sq.get('on', {}).get('after_close_p99'), 1)} vs "
+        f"{_f(sq.get('off', {}).get('after_close_p50'), 1)} / {_f(sq.get('off', {}).get('after_close_p99'), 1)} ms |",
+        f"| {fj.get('messages_per_run')} junk feedback messages a run, with / without (pairs {fj.get('pairs')}; "
+        f"station counted {fj.get('received')} of {fj.get('sent')}: {fj.get('junk')} junk, {fj.get('unknown')} "
+        f"unknown, {fj.get('dropped')} dropped) | {_f(fj.get('fps_with'), 1)} vs {_f(fj.get('fps_without'), 1)} "
+        f"fps → ratio {_f(fj.get('ratio'), 3)} |",
         f"| fleet: {fl.get('stations')} daemons ({fl.get('fps_each')} fps, an alert every 2 s each) on one broker | "
         f"{_f(fl.get('msgs_per_s'), 1)} msg/s in ({_f(fl.get('alerts_per_s'), 1)} alerts/s, "
         f"{_f((fl.get('bytes_per_s') or 0) / 1024, 1)} KiB/s); broker CPU "

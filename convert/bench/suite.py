@@ -18,7 +18,18 @@ import numpy as np
 from edge.errors import ModelError
 
 from .common import DEFAULT_BUNDLE, LABELS_EXPLAINED, ROI, ROOT, Plan, iso_to_epoch, machine_info, make_plan, pct, say
-from .daemon import DaemonRun, Listener, LocalBroker, daemon_config, run_daemon, stats_fps, steady_rss
+from .daemon import (
+    SAMPLES_FLOOD,
+    DaemonRun,
+    JunkFlood,
+    Listener,
+    LocalBroker,
+    daemon_config,
+    last_stats,
+    run_daemon,
+    stats_fps,
+    steady_rss,
+)
 from .litert import BoundProbe, litert_latency, measure_cost, pipeline_costs
 from .report import evaluate_targets, pi_estimates
 from .tfworker import run_worker
@@ -276,6 +287,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
             "steady_s": plan.steady_s,
             "stats_interval": plan.stats_interval,
             "latency_pairs": plan.latency_pairs,
+            "junk_messages": plan.junk_messages,
         },
         "models": models,
         "latency_ms": latency,
@@ -297,6 +309,10 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         "defect_on_latency_ms": daemon["defect_on_latency_ms"],
         "heatmap_mqtt_latency": daemon["heatmap_mqtt_latency"],
         "health_cost": daemon["health_cost"],
+        "samples_cost": daemon["samples_cost"],
+        "samples_rss_mb": daemon["samples_rss_mb"],
+        "samples_flood_latency": daemon["samples_flood_latency"],
+        "feedback_junk": daemon["feedback_junk"],
         "fleet": fleet,
         "notes": notes + daemon["notes"],
     }
@@ -361,25 +377,55 @@ def run_daemon_suite(
             to_running.append(tr - r.t_spawn)
     startup_s = round(float(np.median(starts)), 3) if starts else None
 
-    # end to end, heatmaps off, the bundle's own decisions, health checks on (the default); each run
-    # has a health-off twin, the two in alternating order, for the health checks' cost
+    # end to end, heatmaps off, the bundle's own decisions, health checks on (the default). Each e2e
+    # run has three twins that differ in one thing: health off (the health checks' cost), samples
+    # flooding (SAMPLES_FLOOD: sampling + publishing's fps cost and RSS), and junk flooding the
+    # feedback topic (plan.junk_messages); the four run in one order, then in the reverse, so the
+    # machine's drift hits each pair alike
     e2e_runs = []
     nohealth: list[dict] = []
+    samp: list[tuple[DaemonRun, dict, dict]] = []  # (run, fps, last stats)
+    junk: list[tuple[dict, dict, JunkFlood]] = []  # (fps, last stats, flood)
+    arms = ("e2e", "nohealth", "samples", "junk")
     for i in range(plan.e2e_runs):
         probe.burst(max(15, plan.iters // 2))
-        for health in (True, False) if i % 2 == 0 else (False, True):
-            tag = f"e2e{i}" if health else f"nohealth{i}"
-            c, st_nat = cfg(tag, realtime=False, loop=True, forced_every=None, heatmaps=None, health=health)
-            say(
-                f"daemon e2e run (heatmaps off, health {'on' if health else 'off'}), {plan.steady_s:.0f} s steady "
-                f"({i + 1}/{plan.e2e_runs})"
+        for arm in arms if i % 2 == 0 else arms[::-1]:
+            tag = f"{arm}{i}"
+            c, st_nat = cfg(
+                tag,
+                realtime=False,
+                loop=True,
+                forced_every=None,
+                heatmaps=None,
+                health=arm != "nohealth",
+                samples=SAMPLES_FLOOD if arm == "samples" else None,
             )
-            r = run_daemon(c, tag, work, steady_s=plan.steady_s + si, timeout=plan.steady_s + 90)
-            if health:
+            what = {
+                "e2e": "health on",
+                "nohealth": "health off",
+                "samples": "health on, samples flooding",
+                "junk": f"health on, {plan.junk_messages:,} junk feedback messages",
+            }[arm]
+            say(f"daemon e2e run (heatmaps off, {what}), {plan.steady_s:.0f} s steady ({i + 1}/{plan.e2e_runs})")
+            flood = None
+            if arm == "junk":
+                flood = JunkFlood(port, st_nat, listener, plan.junk_messages, plan.steady_s, binfo["labels"]).start()
+            try:
+                r = run_daemon(c, tag, work, steady_s=plan.steady_s + si, timeout=plan.steady_s + 90)
+            finally:
+                if flood is not None:
+                    flood.stop()
+            f = stats_fps(listener, st_nat, r)
+            if arm == "e2e":
                 r_nat = r
-                e2e_runs.append((r, stats_fps(listener, st_nat, r)))
+                e2e_runs.append((r, f))
+            elif arm == "nohealth":
+                nohealth.append(f)
+            elif arm == "samples":
+                samp.append((r, f, last_stats(listener, st_nat, r)))
             else:
-                nohealth.append(stats_fps(listener, st_nat, r))
+                assert flood is not None
+                junk.append((f, last_stats(listener, st_nat, r), flood))
     probe.burst(max(15, plan.iters // 2))
     ok = [f for _, f in e2e_runs if str(f["source"]).startswith("stats")]
     sec = sum(f["seconds"] for f in ok)
@@ -422,6 +468,8 @@ def run_daemon_suite(
         "the same runs with health.enabled false, in alternating order; file source at full speed",
     }
     tf_maps.append(r_nat.tf_mapped)
+    samples_cost, samples_rss = _samples_cost(fps_health, samp, [r for r, _ in e2e_runs], plan)
+    feedback_junk = _junk_cost(fps_health, junk, plan)
 
     # heatmaps on ~5 % of frames (forced: one event / alert / heatmap every 20 frames), against the
     # same forced alerts with heatmaps off; off/on runs alternate so the machine's drift hits both
@@ -507,7 +555,9 @@ def run_daemon_suite(
 
     # alert and defect-ON latency: the video at its real 30 fps, the bundle's decisions, heatmaps on
     # (LiteRT), published on MQTT or not
-    alert, defect_on, hm_mqtt = alert_latency(plan, cfg, work, listener, notes, natural=not binfo.get("untrained"))
+    alert, defect_on, hm_mqtt, flood_lat = alert_latency(
+        plan, cfg, work, listener, notes, natural=not binfo.get("untrained")
+    )
 
     rss_mb = {
         "litert": rss_lite["max"],
@@ -534,7 +584,95 @@ def run_daemon_suite(
         "defect_on_latency_ms": defect_on,
         "heatmap_mqtt_latency": hm_mqtt,
         "health_cost": health_cost,
+        "samples_cost": samples_cost,
+        "samples_rss_mb": samples_rss,
+        "samples_flood_latency": flood_lat,
+        "feedback_junk": feedback_junk,
         "notes": notes,
+    }
+
+
+def _pooled_fps(fs: list[dict]) -> float | None:
+    """Frames / seconds over the runs whose fps came from the stats messages."""
+    ok = [f for f in fs if str(f["source"]).startswith("stats")]
+    sec = sum(f["seconds"] or 0 for f in ok)
+    return round(sum(f["frames"] or 0 for f in ok) / sec, 2) if sec else None
+
+
+def _samples_cost(
+    fps_off: float | None, samp: list[tuple[DaemonRun, dict, dict]], off_runs: list[DaemonRun], plan: Plan
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """fps and RSS of the samples-flooding twins against the e2e runs (samples off) → (samples_cost, samples_rss_mb)."""
+    fps_on = _pooled_fps([f for _, f, _ in samp])
+    secs = sum(f["seconds"] or 0 for _, f, _ in samp)
+
+    def total(k: str) -> int:
+        return sum(int(st.get(k) or 0) for _, _, st in samp)
+
+    cost = {
+        "fps_on": fps_on,
+        "fps_off": fps_off,
+        "ratio": round(fps_on / fps_off, 3) if fps_on and fps_off else None,
+        "cost": round(1 - fps_on / fps_off, 3) if fps_on and fps_off else None,
+        "pairs": plan.e2e_runs,
+        "per_run_fps": {"on": [f["fps"] for _, f, _ in samp]},
+        "samples_saved": total("samples_saved"),
+        "samples_published": total("samples_published"),
+        "samples_dropped": total("samples_dropped"),
+        "saved_per_s": round(total("samples_saved") / secs, 2) if secs else None,
+        "ring_frames": max((int(st.get("samples_ring_frames") or 0) for _, _, st in samp), default=0),
+        "config": "the e2e runs (samples off) against the same runs with samples.enabled, uncertain_per_h and "
+        "random_good_per_h 36,000 (the most the config allows: 10 + 10 a second), ring 20 MB every 2nd crop, "
+        "queue 16, published on MQTT 5 (nobody subscribed to sample: the collector is elsewhere); file source "
+        "at full speed; counters from each run's last stats message (up to the stop)",
+    }
+
+    def rss(runs: list[DaemonRun]) -> list[float]:
+        return [x for x in (steady_rss(r, r.event_time("ready"))["max"] for r in runs) if x is not None]
+
+    on, off = rss([r for r, _, _ in samp]), rss(off_runs)
+    m_on = round(float(np.median(on)), 1) if on else None
+    m_off = round(float(np.median(off)), 1) if off else None
+    rss_res = {
+        "on": m_on,
+        "off": m_off,
+        "added": round(m_on - m_off, 1) if m_on is not None and m_off is not None else None,
+        "per_run_max": {"on": on, "off": off},
+        "ring_frames": cost["ring_frames"],
+        "how": "median over the runs of each run's max RSS after its ready event (psutil, MiB), samples "
+        "flooding (the ring buffer full after ~0.3 s at this fps) vs off; the same runs as samples_cost",
+    }
+    return cost, rss_res
+
+
+def _junk_cost(fps_off: float | None, junk: list[tuple[dict, dict, JunkFlood]], plan: Plan) -> dict[str, Any]:
+    """fps of the junk-flooded twins against the e2e runs, and what the stations counted → feedback_junk."""
+    fps_on = _pooled_fps([f for f, _, _ in junk])
+
+    def total(k: str) -> int:
+        return sum(int(st.get(k) or 0) for _, st, _ in junk)
+
+    spans = [fl.finished - fl.started for _, _, fl in junk if fl.started is not None and fl.finished is not None]
+    return {
+        "fps_with": fps_on,
+        "fps_without": fps_off,
+        "ratio": round(fps_on / fps_off, 3) if fps_on and fps_off else None,
+        "cost": round(1 - fps_on / fps_off, 3) if fps_on and fps_off else None,
+        "pairs": plan.e2e_runs,
+        "per_run_fps": [f["fps"] for f, _, _ in junk],
+        "messages_per_run": plan.junk_messages,
+        "sent": sum(fl.sent for _, _, fl in junk),
+        "flood_s": [round(x, 2) for x in spans],
+        "received": total("feedback_received"),
+        "junk": total("feedback_junk"),
+        "dropped": total("feedback_dropped"),
+        "unknown": total("feedback_unknown"),
+        "errors": [fl.error for _, _, fl in junk if fl.error],
+        "config": "the e2e runs against the same runs while mosquitto_pub -l (QoS 1) sends junk to "
+        "seamqc/<station>/feedback, spread over the steady window from the station's online: 9 in 10 refused by "
+        "the parser (random bytes, not UTF-8, > 4 KB, not an object, unknown keys, bad verdict, unknown label, "
+        "bad time, control characters), 1 in 10 well-formed on an event_id the station never raised; "
+        "counters from each run's last stats message (what had arrived by then)",
     }
 
 
@@ -557,10 +695,11 @@ def _latency_summary(got: list[dict], mode: str) -> dict[str, Any]:
 
 def alert_latency(
     plan: Plan, cfg: Callable, work: Path, listener: Listener, notes: list[str], natural: bool = True
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Capture → MQTT subscriber latency of live alerts and of the early ``defect`` ``ON`` (forced
-    events when the bundle raises too few), with heatmaps published on MQTT and not, side by side
-    → (alert latency, defect-ON latency, heatmaps.mqtt on vs off)."""
+    events when the bundle raises too few), with heatmaps published on MQTT and not, and with samples
+    flooding (``SAMPLES_FLOOD``), side by side → (alert latency, defect-ON latency, heatmaps.mqtt on vs
+    off, samples flooding vs off)."""
 
     def collect(run: DaemonRun, station: str) -> list[dict]:
         emit = {e.get("event_id"): e.t for e in run.events if e.name == "alert"}
@@ -596,23 +735,38 @@ def alert_latency(
         t_online = online[0] if online else None
         return [(t - c) * 1e3 for c, t in zip(opened, arrived) if t_online is None or c >= t_online]
 
-    got: dict[bool, list[dict]] = {True: [], False: []}
-    ons: dict[bool, list[float]] = {True: [], False: []}
+    # arms: "mqtt" (heatmaps on MQTT, the default: the alert latency), "nohm" (heatmaps.mqtt off),
+    # "flood" (as "mqtt", with samples flooding); one order, then the reverse
+    arms = ("mqtt", "nohm", "flood")
+    got: dict[str, list[dict]] = {a: [] for a in arms}
+    ons: dict[str, list[float]] = {a: [] for a in arms}
+    flood_stats: list[dict] = []
     mode = "natural: bundle thresholds, expected_length 2mm, min_frames 2 of window 3, video replayed at 30 fps"
     forced = not natural
     need = plan.min_alerts + 2  # forced runs stop after this many alerts
     for i in range(plan.latency_pairs):
-        for hm_mqtt in (True, False) if i % 2 == 0 else (False, True):
-            tag = f"alert{'' if hm_mqtt else '-nohm'}{i}"
+        for arm in arms if i % 2 == 0 else arms[::-1]:
+            hm_mqtt = arm != "nohm"
+            samples = SAMPLES_FLOOD if arm == "flood" else None
+            tag = f"alert{'' if arm == 'mqtt' else '-' + arm}{i}"
+            what = {"mqtt": "heatmaps on MQTT on", "nohm": "heatmaps on MQTT off", "flood": "samples flooding"}[arm]
             if not forced:
-                c, st = cfg(tag, realtime=True, loop=False, forced_every=None, heatmaps="litert", hm_mqtt=hm_mqtt)
+                c, st = cfg(
+                    tag,
+                    realtime=True,
+                    loop=False,
+                    forced_every=None,
+                    heatmaps="litert",
+                    hm_mqtt=hm_mqtt,
+                    samples=samples,
+                )
                 say(
                     f"daemon alert-latency run: the video at 30 fps ({plan.video_frames} frames, bundle decisions), "
-                    f"heatmaps on MQTT {'on' if hm_mqtt else 'off'} ({i + 1}/{plan.latency_pairs})"
+                    f"{what} ({i + 1}/{plan.latency_pairs})"
                 )
                 r = run_daemon(c, tag, work, timeout=plan.video_frames / 30 + 60)
                 g = collect(r, st)
-                if i == 0 and hm_mqtt and len(g) < plan.min_alerts:
+                if i == 0 and arm == "mqtt" and len(g) < plan.min_alerts:
                     notes.append(
                         f"alert latency: the bundle raised {len(g)} live alert(s) on the video "
                         f"(< {plan.min_alerts}); measured on forced alerts instead (an event closes "
@@ -620,20 +774,32 @@ def alert_latency(
                     )
                     forced = True
                 else:
-                    got[hm_mqtt] += g
-                    ons[hm_mqtt] += collect_on(r, st)
+                    got[arm] += g
+                    ons[arm] += collect_on(r, st)
+                    if arm == "flood":
+                        flood_stats.append(last_stats(listener, st, r))
                     continue
             if forced:
-                c, st = cfg(tag + "f", realtime=True, loop=True, forced_every=10, heatmaps="litert", hm_mqtt=hm_mqtt)
+                c, st = cfg(
+                    tag + "f",
+                    realtime=True,
+                    loop=True,
+                    forced_every=10,
+                    heatmaps="litert",
+                    hm_mqtt=hm_mqtt,
+                    samples=samples,
+                )
                 say(
-                    f"daemon alert-latency run, forced alerts (every 10 frames at 30 fps), heatmaps on MQTT "
-                    f"{'on' if hm_mqtt else 'off'} ({i + 1}/{plan.latency_pairs})"
+                    f"daemon alert-latency run, forced alerts (every 10 frames at 30 fps), {what} "
+                    f"({i + 1}/{plan.latency_pairs})"
                 )
                 r = run_daemon(
                     c, tag + "f", work, timeout=60, stop_when=lambda st=st: len(listener.of(st, "alert")) >= need
                 )
-                got[hm_mqtt] += collect(r, st)
-                ons[hm_mqtt] += collect_on(r, st)
+                got[arm] += collect(r, st)
+                ons[arm] += collect_on(r, st)
+                if arm == "flood":
+                    flood_stats.append(last_stats(listener, st, r))
     if forced:
         if not natural:
             notes.append(
@@ -644,14 +810,14 @@ def alert_latency(
             "forced: every frame flags error, an event closes every 10 frames (max_event_frames 10), "
             "video replayed at 30 fps"
         )
-    alert = _latency_summary(got[True], mode)
+    alert = _latency_summary(got["mqtt"], mode)
     alert["how"] = (
         "heatmaps litert, published on MQTT (the default); receive time at a loopback paho subscriber − "
         "the alert's ts (wall-clock capture time of the event's best frame); includes the debounce's "
         "wait for the event to close. after_close = receive − the daemon's alert log event (event "
         "closed → outbox → MQTT)."
     )
-    on = ons[True]
+    on = ons["mqtt"]
     defect_on: dict[str, Any] = {
         "p50": round(pct(on, 50), 1) if on else None,
         "p99": round(pct(on, 99), 1) if on else None,
@@ -663,11 +829,11 @@ def alert_latency(
         "logged right after the publish); same runs as the alert latency (heatmaps on MQTT); events "
         "opened before the station's first `online` (queued while connecting) are left out",
     }
-    off = _latency_summary(got[False], mode)
+    off = _latency_summary(got["nohm"], mode)
     a_on = alert
 
-    def ratio(k: str) -> float | None:
-        return round(a_on[k] / off[k], 3) if a_on.get(k) and off.get(k) else None
+    def ratio(k: str, a: dict = a_on, b: dict = off) -> float | None:
+        return round(a[k] / b[k], 3) if a.get(k) and b.get(k) else None
 
     hm_mqtt_res = {
         "on": {k: a_on.get(k) for k in ("p50", "p99", "n", "after_close_p50", "after_close_p99")},
@@ -677,12 +843,39 @@ def alert_latency(
         "ratio_after_close_p50": ratio("after_close_p50"),
         "ratio_after_close_p99": ratio("after_close_p99"),
         "defect_on_off_arm": {
-            "p50": round(pct(ons[False], 50), 1) if ons[False] else None,
-            "p99": round(pct(ons[False], 99), 1) if ons[False] else None,
-            "n": len(ons[False]),
+            "p50": round(pct(ons["nohm"], 50), 1) if ons["nohm"] else None,
+            "p99": round(pct(ons["nohm"], 99), 1) if ons["nohm"] else None,
+            "n": len(ons["nohm"]),
         },
         "pairs": plan.latency_pairs,
         "config": "the alert-latency runs with heatmaps.mqtt true vs false (heatmaps litert on in both), "
         "same video at 30 fps, alternating order",
     }
-    return alert, defect_on, hm_mqtt_res
+    fl = _latency_summary(got["flood"], mode)
+    keys = ("p50", "p99", "n", "after_close_p50", "after_close_p99")
+
+    def total(k: str) -> int:
+        return sum(int(st.get(k) or 0) for st in flood_stats)
+
+    flood_res = {
+        "on": {k: fl.get(k) for k in keys},
+        "off": {k: a_on.get(k) for k in keys},
+        "ratio_p50": ratio("p50", fl, a_on),
+        "ratio_p99": ratio("p99", fl, a_on),
+        "ratio_after_close_p50": ratio("after_close_p50", fl, a_on),
+        "ratio_after_close_p99": ratio("after_close_p99", fl, a_on),
+        "defect_on": {
+            "p50": round(pct(ons["flood"], 50), 1) if ons["flood"] else None,
+            "p99": round(pct(ons["flood"], 99), 1) if ons["flood"] else None,
+            "n": len(ons["flood"]),
+        },
+        "samples_saved": total("samples_saved"),
+        "samples_published": total("samples_published"),
+        "samples_dropped": total("samples_dropped"),
+        "pairs": plan.latency_pairs,
+        "config": "the alert-latency runs (heatmaps litert on MQTT) with samples.enabled at the config's highest "
+        "rates (uncertain_per_h, random_good_per_h 36,000: up to 20 samples a second from a 30 fps video, the "
+        "writer and publisher kept busy) vs samples off, same video at 30 fps, alternating order; counters from "
+        "each flood run's last stats message",
+    }
+    return alert, defect_on, hm_mqtt_res, flood_res
