@@ -55,7 +55,15 @@ def test_daemon_takes_verdicts_and_missed_reports_counts_junk_and_publishes_samp
         video,
         mqtt_broker,
         camera={"loop": True, "realtime": True},
-        samples={"enabled": True, "dir": str(samples), "random_good_per_h": 3600, "missed_window_s": 1.0},
+        # a tiny model's scores crowd its thresholds: with the default margin (0.1) nearly every
+        # frame is "uncertain", and an uncertain frame is never a random good one
+        samples={
+            "enabled": True,
+            "dir": str(samples),
+            "random_good_per_h": 3600,
+            "missed_window_s": 1.0,
+            "uncertain_margin": 0.02,
+        },
     )
     proc = start_daemon(cfg)
     op = _operator(mqtt_broker)
@@ -83,6 +91,14 @@ def test_daemon_takes_verdicts_and_missed_reports_counts_junk_and_publishes_samp
             ),
             timeout=30,
             what="the first alert's sample published with its verdict",
+        )
+        wait_until(
+            lambda: any(
+                json.loads(dict(m.user)["sample"]).get("reason") == "random_good"
+                for m in sub.on("seamqc/test-st/sample")
+            ),
+            timeout=30,
+            what="a random good sample (3,600 an hour)",
         )
     finally:
         op.loop_stop()

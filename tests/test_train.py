@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.support.images import fruit_folders
+from tests.support.model import TINY_EPOCHS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,11 +26,15 @@ def test_tiny_keras_artifacts(tiny_keras):
 
     ckpt_dir, hist_path, curve_path = side_paths(Path(tiny_keras))
     ckpts = sorted(p.name for p in ckpt_dir.iterdir())
-    assert len(ckpts) == 1 and re.fullmatch(r"ckpt-e01-val_loss\d+\.\d{3}-val_acc\d\.\d{3}\.keras", ckpts[0]), ckpts
+    assert len(ckpts) == TINY_EPOCHS, ckpts  # one checkpoint per epoch
+    assert all(
+        re.fullmatch(rf"ckpt-e{i + 1:02d}-val_loss\d+\.\d{{3}}-val_acc\d\.\d{{3}}\.keras", c)
+        for i, c in enumerate(ckpts)
+    ), ckpts
     hist = json.loads(hist_path.read_text())
-    assert set(hist) >= {"loss", "acc", "val_loss", "val_acc"} and all(len(v) == 1 for v in hist.values())
-    # the checkpoint's name carries the logged metrics
-    assert f"val_loss{hist['val_loss'][0]:.3f}" in ckpts[0]
+    assert set(hist) >= {"loss", "acc", "val_loss", "val_acc"} and all(len(v) == TINY_EPOCHS for v in hist.values())
+    # each checkpoint's name carries the logged metrics of its epoch
+    assert all(f"val_loss{v:.3f}" in c for v, c in zip(hist["val_loss"], ckpts, strict=True))
     img = cv2.imread(str(curve_path))
     assert img is not None and img.shape[0] > 100 and img.std() > 0
     meta = read_meta(tiny_keras)
@@ -52,17 +57,18 @@ def test_resume_continues_from_last_checkpoint(tiny_keras, tiny_dataset, tiny_va
         str(tiny_valid / "data.csv"),
         out,
         arch="resnet-int8",
-        epochs=2,
+        epochs=TINY_EPOCHS + 1,
         size=64,
         filters=4,
         batch=16,
         resume=True,
         verbose=0,
     )
-    assert res.epochs_run == 2
+    assert res.epochs_run == TINY_EPOCHS + 1
     h = json.loads(hist.read_text())
-    assert h["loss"][0] == first["loss"][0] and len(h["loss"]) == 2  # epoch 1 kept, epoch 2 added
-    assert sorted(p.name[:8] for p in ckpt.iterdir()) == ["ckpt-e01", "ckpt-e02"]
+    # the finished epochs kept, one added
+    assert h["loss"][:TINY_EPOCHS] == first["loss"] and len(h["loss"]) == TINY_EPOCHS + 1
+    assert sorted(p.name[:8] for p in ckpt.iterdir()) == [f"ckpt-e{i:02d}" for i in range(1, TINY_EPOCHS + 2)]
     assert out.is_file()
 
 

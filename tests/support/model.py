@@ -2,7 +2,7 @@
 
 All session-scoped and made through the real code paths (``convert.synth.write_dataset``,
 ``convert.train.train``, ``convert.export.export_bundle``), kept tiny (64×64 input, few filters,
-~240 images, 1 epoch) so the whole chain costs well under a minute on two busy cores.
+~240 felt images, 3 epochs) so the whole chain costs well under a minute on two busy cores.
 
 * ``tiny_dataset`` → folder with ``data.csv`` (seed format) and 256×256 PNGs.
 * ``tiny_valid`` → a second, smaller folder (other seed) for validation/calibration.
@@ -20,19 +20,25 @@ TINY_SIZE = 64
 TINY_FILTERS = 4
 TINY_COUNT = 240
 TINY_VALID_COUNT = 80
-TINY_MIN_AGREEMENT = 95.0  # parity gate for 1-epoch test models (the real gate is 99 %)
+TINY_MIN_AGREEMENT = 95.0  # parity gate for 3-epoch test models (the real gate is 99 %)
+TINY_EPOCHS = 3
+# One fabric family: on all seven, 240 images at 64x64 teach a 4-filter model nothing in a few
+# epochs (validation AUROC 0.42-0.58, thresholds past every score, so the daemon tests' videos
+# gave no alert on some machines). On felt alone, 3 epochs flag 7 error and 7 break stills of
+# the first 30 of tiny_valid (AUROC 0.60 / 0.69): a weak model, but one that alerts.
+TINY_FAMILIES = ("felt",)
 
 
 def _write_dataset(out: Path, count: int, seed: int) -> Path:
     from convert.synth import write_dataset
 
-    write_dataset(out, count, seed)
+    write_dataset(out, count, seed, families=TINY_FAMILIES)
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
-    """Folder with data.csv + ~240 synthetic seam images (seed 11)."""
+    """Folder with data.csv + ~240 synthetic seam images on felt (seed 11)."""
     return _write_dataset(tmp_path_factory.mktemp("tiny_dataset"), TINY_COUNT, seed=11)
 
 
@@ -44,7 +50,7 @@ def tiny_valid(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_keras(tmp_path_factory, tiny_dataset, tiny_valid) -> Path:
-    """A 1-epoch int8-friendly ResNet on 64×64 input, trained through ``convert.train.train``."""
+    """A 3-epoch int8-friendly ResNet on 64×64 input, trained through ``convert.train.train``."""
     from convert.train import train
 
     out = tmp_path_factory.mktemp("tiny_keras") / "tiny.keras"
@@ -53,7 +59,7 @@ def tiny_keras(tmp_path_factory, tiny_dataset, tiny_valid) -> Path:
         str(tiny_valid / "data.csv"),
         out,
         arch="resnet-int8",
-        epochs=1,
+        epochs=TINY_EPOCHS,
         size=TINY_SIZE,
         filters=TINY_FILTERS,
         batch=8,
@@ -69,7 +75,7 @@ def tiny_bundle(tmp_path_factory, tiny_dataset, tiny_keras, tiny_valid) -> Path:
     """The exported bundle of ``tiny_keras`` via ``convert.export.export_bundle``.
 
     Calibrated (int8 representative data + parity) on the 240 training images, thresholds on
-    ``tiny_valid``. A 1-epoch model's scores crowd its thresholds, so a few int8 decisions flip
+    ``tiny_valid``. A 3-epoch tiny model's scores crowd its thresholds, so a few int8 decisions flip
     (measured 98.1–99.5 % agreement as the synthetic data changed): its gate is
     ``TINY_MIN_AGREEMENT`` instead of the real 99 %, so the fixture cannot flake for everyone.
     """
