@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -331,6 +332,11 @@ def _serve_until_quit(server: ThreadingHTTPServer) -> None:
         f"open http://{shown}:{port}/   (from another machine: ssh -L {port}:127.0.0.1:{port} <this host>)",
         flush=True,
     )
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C quits even when the parent left SIGINT ignored or blocked (Python keeps an inherited
+        # SIG_IGN, and a mask is inherited too): labels are saved as they are made, so nothing is lost
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

@@ -422,7 +422,11 @@ def test_cli_help_names_the_keys():
     assert p.returncode == 0 and "--video" in p.stdout and "undo" in p.stdout
 
 
-@pytest.mark.parametrize("stop", ["q", "SIGINT"])
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a script gives its children
+
+
+@pytest.mark.parametrize("stop", ["q", "SIGINT", "SIGINT, started with it ignored"])
 def test_cli_serves_and_stops_cleanly(video7, tmp_path, stop):
     p = subprocess.Popen(
         [sys.executable, "-m", "convert", "label", "--video", str(video7), "--out", str(tmp_path), "--port", "0"],
@@ -430,7 +434,9 @@ def test_cli_serves_and_stops_cleanly(video7, tmp_path, stop):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ignore_sigint if "ignored" in stop else None,
     )
+    masks: list[str] = []
     try:
         url = None
         deadline = time.monotonic() + 60
@@ -449,8 +455,13 @@ def test_cli_serves_and_stops_cleanly(video7, tmp_path, stop):
             with urllib.request.urlopen(req, timeout=10) as r:
                 assert json.load(r)["quit"]
         else:
+            status = Path(f"/proc/{p.pid}/status").read_text()
+            masks += [ln for ln in status.splitlines() if ln.startswith(("SigBlk", "SigIgn"))]
             p.send_signal(signal.SIGINT)  # Ctrl-C in the terminal
-        out, err = p.communicate(timeout=30)
+        try:
+            out, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"no exit 30 s after {stop}; the child's signal masks: {masks}")
         assert p.returncode == 0, err
         assert "saved 1 frame(s)" in out and "Traceback" not in err
     finally:
