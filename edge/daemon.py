@@ -925,6 +925,7 @@ class Daemon:
         if self.capture is not None and self.capture.is_alive():
             self.capture.join(timeout=1.0)
         if self.watcher is not None and self.watcher.is_alive():
+            self.watcher.wake()
             self.watcher.join(timeout=1.0)  # a load in progress is abandoned with the process
         if self.rollout is not None and self.rollout.is_alive():
             self.rollout.join(timeout=1.0)  # a download in progress is kept on disk for the next start
