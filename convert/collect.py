@@ -65,6 +65,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from convert.brokerargs import read_password
 from edge.errors import ConfigError, DataError, SeamQCError
 from edge.heatmaps import safe_name
 from edge.seam import SEAM_LABELS
@@ -535,20 +536,6 @@ def _stop_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _password(args: argparse.Namespace) -> str | None:
-    if args.password_file is None:
-        return None
-    if not args.username:
-        raise ConfigError("--password-file needs --username")
-    try:
-        pw = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--password-file {args.password_file}: {getattr(e, 'strerror', None) or e}") from None
-    if not pw:
-        raise ConfigError(f"--password-file {args.password_file}: empty")
-    return pw
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Settings that cannot work: one ``ConfigError`` line (exit 78) before anything is opened."""
     if not 1 <= args.port <= 65535:
@@ -572,7 +559,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
-    password = _password(args)
+    password = read_password(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     store = CollectStore(args.out, args.length_threshold)
     collector = None

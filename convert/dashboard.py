@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+from convert.brokerargs import read_password
 from edge.errors import ConfigError
 
 LOG = logging.getLogger("seamqc.dashboard")
@@ -793,20 +794,6 @@ def check_settings(args: argparse.Namespace) -> str | None:
     return token
 
 
-def _password(args: argparse.Namespace) -> str | None:
-    if args.password_file is None:
-        return None
-    if not args.username:
-        raise ConfigError("--password-file needs --username")
-    try:
-        pw = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--password-file {args.password_file}: {getattr(e, 'strerror', None) or e}") from None
-    if not pw:
-        raise ConfigError(f"--password-file {args.password_file}: empty")
-    return pw
-
-
 def serve(app: Dashboard, host: str, port: int) -> ThreadingHTTPServer:
     """Bind the HTTP server (port 0 = any free port); the caller runs ``serve_forever``."""
     cls = ThreadingHTTPServer
@@ -830,7 +817,7 @@ def _stop(signum: int, frame: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     token = check_settings(args)
-    password = _password(args)
+    password = read_password(args)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s: %(message)s", stream=sys.stderr)
     state = DashboardState(args.prefix)
     link = BrokerLink(state, args.broker, args.port, args.username, password)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convert.brokerargs import read_password
 from edge.errors import ConfigError, SeamQCError
 
 CHUNK = 64 * 1024
@@ -167,13 +168,7 @@ class Deployer:
             CallbackAPIVersion.VERSION2, client_id=f"seamqc-deploy-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
         )
         if args.username:
-            password = None
-            if args.password_file:
-                try:
-                    password = Path(args.password_file).read_text().strip()
-                except OSError as e:
-                    raise ConfigError(f"--password-file {args.password_file}: {e.strerror or e}") from None
-            self.client.username_pw_set(args.username, password)
+            self.client.username_pw_set(args.username, read_password(args))
         if args.ca:
             self.client.tls_set(ca_certs=args.ca)
         self.client.max_inflight_messages_set(64)
