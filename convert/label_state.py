@@ -113,7 +113,28 @@ def csv_bytes(rows: list[Row]) -> bytes:
     return seed_csv_text(((row.name, row.values) for row in rows), ATTRS).encode("utf-8")
 
 
-class LabelStore:
+class _CsvBacked:
+    """What both stores share: rewrite the CSV, and on failure put the row back as it was."""
+
+    csv_path: Path
+
+    def _write_csv(self) -> None:
+        raise NotImplementedError
+
+    def _set(self, frame: int, row: Row | None) -> None:
+        raise NotImplementedError
+
+    def _write_or_revert(self, frame: int, revert_to: Row | None) -> None:
+        """Write the CSV; when the disk refuses, the frame's row becomes ``revert_to`` again and the
+        error is one ``DataError`` line naming the CSV."""
+        try:
+            self._write_csv()
+        except OSError as e:
+            self._set(frame, revert_to)
+            raise DataError(f"{self.csv_path}: cannot write ({e.strerror or e})") from None
+
+
+class LabelStore(_CsvBacked):
     """The labels of one video in one folder: ``<stem>_<frame>.png`` + ``<stem>_data.csv``."""
 
     def __init__(self, out_dir: str | Path, stem: str):
@@ -238,11 +259,7 @@ class LabelStore:
         """Undo one save: put back the row it replaced, or drop its row (CSV first) and image."""
         current = self.rows.get(frame)
         self._set(frame, previous)
-        try:
-            self._write_csv()
-        except OSError as e:
-            self._set(frame, current)
-            raise DataError(f"{self.csv_path}: cannot write ({e.strerror or e})") from None
+        self._write_or_revert(frame, current)
         if previous is None:
             self.image_path(frame).unlink(missing_ok=True)
             fsync_dir(self.dir)
@@ -526,7 +543,7 @@ class FolderRow(Row):
     reviewed: bool = False
 
 
-class FolderStore:
+class FolderStore(_CsvBacked):
     """The labels of a folder of images: one ``data.csv`` (collect's layout), images left as they are.
 
     ``data.csv`` is ``,name,good,error,break,length,source,reviewed`` (``convert.collect``): rows
@@ -624,22 +641,14 @@ class FolderStore:
         self.rows[frame] = FolderRow(frame, self.image_name(frame), tuple(bool(v) for v in values), source, True)
         if previous is None:
             self._order.append(frame)
-        try:
-            self._write_csv()
-        except OSError as e:
-            self._set(frame, previous)
-            raise DataError(f"{self.csv_path}: cannot write ({e.strerror or e})") from None
+        self._write_or_revert(frame, previous)
         return previous
 
     def restore(self, frame: int, previous: Row | None) -> None:
         """Undo one save: the row as it was before (a pre-label again), or no row; never the image."""
         current = self.rows.get(frame)
         self._set(frame, previous)
-        try:
-            self._write_csv()
-        except OSError as e:
-            self._set(frame, current)
-            raise DataError(f"{self.csv_path}: cannot write ({e.strerror or e})") from None
+        self._write_or_revert(frame, current)
 
     def _set(self, frame: int, row: Row | None) -> None:
         if row is None:
