@@ -59,6 +59,8 @@ class Frame:
     (``None`` without one, or when preparing failed: the consumer then starts from ``image``).
     ``prepared_by`` is that ``prepare``: after a model swap (``Capture.prepare`` replaced), the
     consumer tells frames prepared for the old model's input from those for the new one.
+    ``health`` is what the capture thread's ``measure`` made of the frame (``edge.health``: metrics
+    on every n-th frame, else None).
     """
 
     seq: int
@@ -67,6 +69,7 @@ class Frame:
     image: np.ndarray
     tensor: np.ndarray | None = None
     prepared_by: Callable[[np.ndarray], np.ndarray] | None = field(default=None, compare=False, repr=False)
+    health: dict[str, float] | None = field(default=None, compare=False, repr=False)
 
 
 def _cam_error(msg: str, key: str) -> CameraError:
@@ -411,9 +414,11 @@ class Capture(threading.Thread):
         reconnect_max_s: float = 10.0,
         on_state: Callable[[str, str], None] | None = None,
         prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+        measure: Callable[[int, np.ndarray], dict[str, float] | None] | None = None,
     ):
         super().__init__(name="capture", daemon=True)
         self.prepare = prepare
+        self.measure = measure  # (seq, image) → the frame's health metrics or None (edge.health.HealthProbe)
         self.source = source
         self.out = out
         self.stop_event = stop
@@ -563,7 +568,13 @@ class Capture(threading.Thread):
                                 "classifier starts from the image (logged once)",
                                 e,
                             )
-                    frame = Frame(self._seq, now_m, now_w, img, tensor, prepare if tensor is not None else None)
+                    health = None
+                    if self.measure is not None:
+                        try:
+                            health = self.measure(self._seq, img)
+                        except Exception as e:  # noqa: BLE001 - health is a report; frames go on
+                            self._once("measure", "camera: the health checks raised %r (logged once)", e)
+                    frame = Frame(self._seq, now_m, now_w, img, tensor, prepare if tensor is not None else None, health)
                     self._seq += 1
                     self.stats.frames += 1
                     self.stats.last_frame_mono = now_m

@@ -101,6 +101,8 @@ class TFLiteModel:
             )
         self.input_shape = shape
         self.outputs = self.interpreter.get_output_details()
+        # (shape, tensor index, detail) once, not per frame: the classifier thread runs this 1,000×/s
+        self._outs = [(tuple(int(v) for v in d["shape"]), d["index"], d) for d in self.outputs]
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         """``x``: ``[H, W, 3]`` or ``[1, H, W, 3]`` float32 → the input tensor (shaped, quantised).
@@ -117,10 +119,8 @@ class TFLiteModel:
         """An input tensor from ``prepare`` → {output shape: float32 array}."""
         self.interpreter.set_tensor(self.input["index"], tensor)
         self.interpreter.invoke()
-        return {
-            tuple(int(v) for v in d["shape"]): _dequantize(self.interpreter.get_tensor(d["index"]), d)
-            for d in self.outputs
-        }
+        get = self.interpreter.get_tensor
+        return {shape: _dequantize(get(index), d) for shape, index, d in self._outs}
 
     def output_with_shape(self, outs: dict[tuple[int, ...], np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
         if shape not in outs:

@@ -664,6 +664,7 @@ class Daemon:
             reconnect_max_s=cam.reconnect_max_s,
             on_state=self._on_camera_state,
             prepare=self.clf.prepare,
+            measure=self.health.new_probe() if self.health is not None else None,
         )
         if self.publisher is not None:
             self.publisher.start()
@@ -893,7 +894,7 @@ class Daemon:
         scores = {lab: float(p) for lab, p in zip(self.labels, np.asarray(probs).reshape(-1))}
         still = False
         if self.health is not None:
-            if self.health.update(frame.image):
+            if self.health.observe(frame.health):  # measured by the capture thread
                 self._publish_health()
             still = self.health.still  # an idle line or a frozen camera: no re-alert of a standing event
         for alert in self.decider.update(frame.seq, frame.ts_wall, scores, image=frame.image, idle=still):

@@ -4,7 +4,10 @@ Every ``every_n_frames``-th ROI crop and the one just before it are shrunk to gr
 most ``SMALL`` px on their long side (INTER_AREA) and measured: about 0.23 ms in all for a 256-px
 ROI on the development machine (0.03 ms per copy, 0.13 ms for the phase correlation), so at the
 default 1 frame in 10, 0.023 ms a frame: 2 % of its 1.06 ms int8 inference, less on a Pi, whose
-inference is slower. In the main thread, no thread of its own:
+inference is slower. The pixel work (``HealthProbe``) runs in the capture thread, which has
+slack while the interpreter runs and whose OpenCV calls release the GIL, so the classifier thread
+only feeds the finished numbers to the state machine (``HealthMonitor.observe``); nothing has a
+thread of its own:
 
 * sharpness: variance of the Laplacian divided by the grey variance, so that a change of light
   does not read as blur; ``blurred`` when it falls below ``blur_ratio`` × the baseline;
@@ -105,8 +108,34 @@ class _Debounce:
         return self.on
 
 
+class HealthProbe:
+    """The pixel half of the checks: every n-th frame's metrics, against the frame just before it.
+
+    Called with the capture sequence number of every frame, by one thread only (the capture
+    thread, in the daemon); returns the metrics on every n-th frame and None on the others.
+    """
+
+    def __init__(self, every_n_frames: int = 10) -> None:
+        self.n = max(1, int(every_n_frames))
+        self._prev: np.ndarray | None = None  # the grey copy of the frame before the next sample
+        self._prev_at = -1
+
+    def __call__(self, idx: int, image: np.ndarray) -> dict[str, float] | None:
+        due, before = idx % self.n == 0, (idx + 1) % self.n == 0
+        if not (due or before):
+            return None
+        grey = shrink_grey(image)
+        prev = self._prev if self._prev_at == idx - 1 else None
+        if before:  # kept for the next sample's change and motion
+            self._prev, self._prev_at = grey, idx
+        if not due:
+            return None
+        return measure(grey, prev, grey_scale(image.shape))
+
+
 class HealthMonitor:
-    """Running health state of one camera; ``update`` per captured frame, cheap on all but every n-th."""
+    """Running health state of one camera: ``update(image)`` per frame (measures every n-th itself),
+    or ``observe(metrics)`` with the metrics a ``HealthProbe`` made elsewhere (the daemon's way)."""
 
     def __init__(
         self,
@@ -138,8 +167,7 @@ class HealthMonitor:
         self._flags["idle"] = _Debounce(samples(idle_frames))
         self.frames = 0
         self.samples = 0
-        self._prev: np.ndarray | None = None  # the grey copy of the frame before the next sample
-        self._prev_at = -1
+        self.probe = HealthProbe(self.n)  # update()'s own; the daemon gives the capture thread another
         self._learn: list[tuple[float, float]] = []
         self.baseline: dict[str, float] | None = None
         self.metrics: dict[str, float] = {}
@@ -161,19 +189,22 @@ class HealthMonitor:
         return "idle" in self.conditions or "frozen" in self.conditions
 
     def update(self, image: np.ndarray) -> bool:
-        """Count one captured frame; measure every n-th. True when the set of conditions changed."""
-        idx = self.frames
+        """Count one frame and measure it when due. True when the set of conditions changed."""
+        return self.observe(self.probe(self.frames, image))
+
+    def new_probe(self) -> HealthProbe:
+        """A probe with this monitor's cadence, for the thread that sees the pixels."""
+        return HealthProbe(self.n)
+
+    def observe(self, m: Mapping[str, float] | None) -> bool:
+        """Count one frame; ``m``: its metrics when it was measured (a probe's result), else None.
+
+        True when the set of conditions changed.
+        """
         self.frames += 1
-        due, before = idx % self.n == 0, (idx + 1) % self.n == 0
-        if not (due or before):
+        if m is None:
             return False
-        grey = shrink_grey(image)
-        prev = self._prev if self._prev_at == idx - 1 else None
-        if before:  # kept for the next sample's change and motion
-            self._prev, self._prev_at = grey, idx
-        if not due:
-            return False
-        m = measure(grey, prev, grey_scale(image.shape))
+        m = dict(m)
         self.samples += 1
         self.metrics = m
         raw = self._raw(m)

@@ -222,3 +222,40 @@ def test_tiny_grey_or_flat_views_are_covered_never_an_exception(shape):
     m = mon.payload()["metrics"]
     assert m["std"] == 0.0 and m["change"] == 90.0
     assert (m["motion"] is None) is (min(shape[:2]) < health_mod.MOTION_MIN)
+
+
+@pytest.mark.parametrize("kind", ["normal", "blur", "stopped"])
+def test_capture_thread_probe_gives_the_monitor_the_same_states_as_update(videos, kind):
+    """The daemon's split: ``Capture(measure=monitor.new_probe())`` measures every n-th frame in the
+    capture thread and the classifier thread only ``observe``s the numbers. Same metrics, same
+    changes at the same frames, as ``update`` on the pixels."""
+    import queue
+    import threading
+
+    from edge.camera import Capture, OpenCVSource
+    from edge.config import CameraConfig
+
+    path = videos(kind)
+    ref, ref_changes, ref_samples = watch(roi_frames(path))
+    mon = HealthMonitor(**SETTINGS)
+    cam = CameraConfig(source="file", device=str(path), width=640, height=480, realtime=False, roi=list(ROI))
+    q: queue.Queue = queue.Queue(maxsize=FRAMES + 1)
+    cap = Capture(OpenCVSource(cam), q, threading.Event(), realtime=False, measure=mon.new_probe())
+    cap.start()
+    assert cap.ended.wait(30)
+    cap.join(5)
+    frames = [q.get_nowait() for _ in range(q.qsize())]
+    assert len(frames) == FRAMES
+    assert [f.seq for f in frames if f.health is not None] == list(range(0, FRAMES, SETTINGS["every_n_frames"]))
+    changes, samples = [], []
+    for f in frames:
+        if mon.observe(f.health):
+            changes.append((f.seq, mon.state))
+        if f.health is not None:
+            samples.append(dict(mon.metrics))
+    assert changes == ref_changes and mon.conditions == ref.conditions and mon.frames == ref.frames == FRAMES
+    assert len(samples) == len(ref_samples) == FRAMES // SETTINGS["every_n_frames"]
+    for a, b in zip(samples, ref_samples):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], abs=1e-6, nan_ok=True), k
