@@ -272,7 +272,7 @@ class SamplesConfig(_Model):
     uncertain_margin: float = Field(0.1, ge=0, le=0.5)  # |score - threshold| <= this: uncertain
     uncertain_per_h: float = Field(60.0, ge=0, le=36_000)  # rate cap (0: none kept)
     random_good_per_h: float = Field(30.0, ge=0, le=36_000)  # random good frames (0: none kept)
-    ring_mb: float = Field(20.0, ge=0, le=20)  # recent ROI crops held for missed-defect reports
+    ring_mb: float = Field(16.0, ge=0, le=20)  # recent ROI crops for missed-defect reports; 16 + queue ≤ 20 MB RSS
     ring_every_n: int = Field(2, ge=1, le=1000)  # every n-th frame goes into the ring
     missed_window_s: float = Field(2.0, gt=0, le=60)  # frames within this of a missed report's ts
     missed_max_frames: int = Field(20, ge=1, le=1000)  # at most this many frames per report

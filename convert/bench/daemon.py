@@ -55,7 +55,7 @@ class LocalBroker:
 LISTEN_KINDS = ("status", "alert", "stats", "defect", "heatmap", "health", "model/state")
 
 # samples.enabled at the config's maximum rates (10 uncertain and 10 random good frames a second),
-# the ring buffer (20 MB, every 2nd crop), queue and publishing at their defaults
+# the ring buffer (ring_mb default 16, every 2nd crop), queue and publishing at their defaults
 SAMPLES_FLOOD: dict[str, Any] = {"uncertain_per_h": 36_000, "random_good_per_h": 36_000}
 
 

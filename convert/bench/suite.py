@@ -622,7 +622,7 @@ def _samples_cost(
         "saved_per_s": round(total("samples_saved") / secs, 2) if secs else None,
         "ring_frames": max((int(st.get("samples_ring_frames") or 0) for _, _, st in samp), default=0),
         "config": "the e2e runs (samples off) against the same runs with samples.enabled, uncertain_per_h and "
-        "random_good_per_h 36,000 (the most the config allows: 10 + 10 a second), ring 20 MB every 2nd crop, "
+        "random_good_per_h 36,000 (the most the config allows: 10 + 10 a second), ring 16 MB (the default) every 2nd crop, "
         "queue 16, published on MQTT 5 (nobody subscribed to sample: the collector is elsewhere); file source "
         "at full speed; counters from each run's last stats message (up to the stop)",
     }
