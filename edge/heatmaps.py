@@ -230,6 +230,7 @@ def _write_bytes(path: Path, data: bytes) -> int:
 # whole service, so the unit allows setpriority(2) explicitly (systemd/seam-qc.service: without
 # CAP_SYS_NICE a process can only lower its own priority; ARCHITECTURE.md §9).
 NICE_INCREMENT = 10
+POLL_S = 0.2  # the worker's queue wait: how often it looks at the stop event while idle
 FAIL_QUIET_S = 30.0  # heatmap writes must succeed this long after a failure before "works again"
 
 
@@ -275,7 +276,7 @@ class HeatmapWorker(threading.Thread):
         self._overlay_failed = False
         self.root = Path(root)
         self.stop_event = stop
-        self.q: queue.Queue[HeatmapJob] = queue.Queue(maxsize=queue_size)
+        self.q: queue.Queue[HeatmapJob | None] = queue.Queue(maxsize=queue_size)  # None: close()'s wake-up
         self.factory = explainer_factory
         self.overlay_labels = overlay_labels
         self.overlay_jet = overlay_jet
@@ -372,6 +373,10 @@ class HeatmapWorker(threading.Thread):
         ``drain_s`` once the stop event is set, then drop (and count) the rest."""
         self.drain_s = drain_s
         self._closed.set()
+        try:  # wake a worker waiting in get(): the stop does not wait out its POLL_S
+            self.q.put_nowait(None)
+        except queue.Full:  # busy with a full queue: it checks after the job in hand
+            pass
 
     def run(self) -> None:
         try:
@@ -394,8 +399,10 @@ class HeatmapWorker(threading.Thread):
                     self._drain_rest()
                     return
             try:
-                job = self.q.get(timeout=0.2)
+                job = self.q.get(timeout=POLL_S)
             except queue.Empty:
+                continue
+            if job is None:  # close()'s wake-up
                 continue
             try:
                 self._process(job)
@@ -424,8 +431,8 @@ class HeatmapWorker(threading.Thread):
     def _drain_rest(self) -> None:
         while True:
             try:
-                self.q.get_nowait()
-                self.dropped += 1
+                if self.q.get_nowait() is not None:
+                    self.dropped += 1
             except queue.Empty:
                 return
 

@@ -357,6 +357,24 @@ def test_stop_drains_what_was_submitted_before_close(tmp_path):
     assert w.submit("late", 9, "t", ("error",), {"error": 0.9}, frame()) is None and w.dropped == 1
 
 
+def test_close_wakes_an_idle_worker_at_once(tmp_path, monkeypatch):
+    """An idle worker waits in ``q.get(timeout=POLL_S)``; ``close`` wakes it, so a stop never waits
+    out the poll. With a 60 s poll, the worker still ends within the 5 s join."""
+    import edge.heatmaps as hm
+
+    monkeypatch.setattr(hm, "POLL_S", 60.0)
+    stop = threading.Event()
+    w = make_worker(tmp_path, stop)
+    w.prepare_dir()
+    w.start()
+    assert w.submit("ev-0", 0, "t", ("error",), {"error": 0.9}, frame())
+    wait_until(lambda: w.saved == 1, what="the first heatmap")  # now idle in get()
+    stop.set()
+    w.close(1.0)
+    w.join(5)
+    assert not w.is_alive() and w.saved == 1 and w.dropped == 0
+
+
 def test_drain_deadline_drops_the_rest(tmp_path):
     stop = threading.Event()
     w = make_worker(tmp_path, stop, queue_size=20, explainer=BlobExplainer(delay=0.3))
