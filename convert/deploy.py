@@ -10,7 +10,10 @@ Progress comes from the stations' retained ``model/state`` (``downloading`` … 
 continues where it reported. ``--canary N`` sends to the first N stations (by name), waits until
 they are ``active`` on the bundle and stay online, active and healthy for ``--canary-s`` seconds,
 then sends to the rest. ``--rollback`` asks the stations running BUNDLE to return to their previous
-bundle. Exit 0 when every station ended where asked, 1 otherwise; 78 for a bad bundle or key.
+bundle. Every signed message carries an issue counter (``issued_at``, ``issue_counter``): stations
+refuse one that is not newer than the last they accepted, so a recorded message cannot be replayed;
+deploying an older bundle again is a new rollout with a new counter. Exit 0 when every station
+ended where asked, 1 otherwise; 78 for a bad bundle or key.
 """
 
 from __future__ import annotations
@@ -86,13 +89,29 @@ def sign(key: Any, message: bytes) -> str:
     return base64.b64encode(key.sign(message)).decode("ascii")
 
 
+_last_issued = 0
+_issued_lock = threading.Lock()
+
+
+def issue_counter() -> int:
+    """The ``issued_at`` of a new signed message: UTC time in integer nanoseconds, strictly greater
+    than the last one this process issued (stations refuse a counter that is not greater than the
+    last they accepted from the key: replay protection, ``edge.rollout``)."""
+    global _last_issued
+    with _issued_lock:
+        _last_issued = max(time.time_ns(), _last_issued + 1)
+        return _last_issued
+
+
 def begin_messages(
-    tar: bytes, rollout_id: str, key: Any, name: str, version: str, chunk: int = CHUNK
+    tar: bytes, rollout_id: str, key: Any, name: str, version: str, chunk: int = CHUNK, issued_at: int | None = None
 ) -> tuple[bytes, list[bytes], bytes]:
-    """(begin, chunks, end) payloads of one rollout (``edge.rollout`` wire format)."""
+    """(begin, chunks, end) payloads of one rollout (``edge.rollout`` wire format); ``issued_at``
+    defaults to a fresh ``issue_counter()``."""
     from edge import rollout as wire
     from edge.signing import key_id
 
+    issued = issue_counter() if issued_at is None else issued_at
     sha = hashlib.sha256(tar).hexdigest()
     n = -(-len(tar) // chunk)
     begin = {
@@ -104,8 +123,9 @@ def begin_messages(
         "sha256": sha,
         "chunks": n,
         "chunk_size": chunk,
+        "issued_at": issued,
         "key_id": key_id(key.public_key()),
-        "signature": sign(key, wire.signed_begin(rollout_id, len(tar), sha)),
+        "signature": sign(key, wire.signed_begin(rollout_id, len(tar), sha, issued)),
     }
     chunks = [
         wire.encode({"op": "chunk", "id": rollout_id, "seq": i}, tar[i * chunk : (i + 1) * chunk]) for i in range(n)
@@ -113,17 +133,20 @@ def begin_messages(
     return wire.encode(begin), chunks, wire.encode({"op": "end", "id": rollout_id})
 
 
-def rollback_message(rollout_id: str, key: Any, from_sha: str) -> bytes:
+def rollback_message(rollout_id: str, key: Any, from_sha: str, issued_at: int | None = None) -> bytes:
+    """The signed ``rollback`` payload; ``issued_at`` defaults to a fresh ``issue_counter()``."""
     from edge import rollout as wire
     from edge.signing import key_id
 
+    n = issue_counter() if issued_at is None else issued_at
     return wire.encode(
         {
             "op": "rollback",
             "id": rollout_id,
             "from": from_sha,
+            "issued_at": n,
             "key_id": key_id(key.public_key()),
-            "signature": sign(key, wire.signed_rollback(rollout_id, from_sha)),
+            "signature": sign(key, wire.signed_rollback(rollout_id, from_sha, n)),
         }
     )
 

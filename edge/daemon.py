@@ -165,7 +165,9 @@ def check_mqtt(cfg: Config, strict: bool) -> None:
 
 
 def check_rollout(cfg: Config, keys: list[Any]) -> None:
-    """``model.rollout`` needs trusted keys, MQTT and a ``model.bundle`` symlink it may swap."""
+    """``model.rollout`` needs trusted keys, MQTT, a ``model.bundle`` symlink it may swap and, when
+    there is one, a readable replay-protection counter file (``RolloutStore.load_issued``: a corrupt
+    one stops the start, exit 78, rather than re-opening every recorded rollout to replay)."""
     if not cfg.model.rollout:
         return
     where = config_line(cfg, "model", "rollout")
@@ -173,11 +175,16 @@ def check_rollout(cfg: Config, keys: list[Any]) -> None:
         raise ConfigError(f"{where}: rollouts need model.trusted_keys (the deploy key's .pub from convert keygen)")
     if not cfg.mqtt.enabled:
         raise ConfigError(f"{where}: rollouts arrive over MQTT, but mqtt.enabled is false")
-    from .rollout import RolloutStore
+    from .rollout import RolloutError, RolloutStore
 
-    problem = RolloutStore(cfg.model.bundle).check()
+    store = RolloutStore(cfg.model.bundle)
+    problem = store.check()
     if problem:
         raise ConfigError(f"{config_line(cfg, 'model', 'bundle')}: {problem}")
+    try:
+        store.load_issued()
+    except RolloutError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def check_outbox_path(cfg: Config) -> None:

@@ -3,16 +3,25 @@
 Wire format (one MQTT message, QoS 1, not retained): a JSON header of at most ``HEADER_MAX`` bytes,
 a newline, then the data (chunks only)::
 
-    {"op": "begin", "id", "name", "version", "size", "sha256", "chunks", "chunk_size", "key_id", "signature"}
+    {"op": "begin", "id", "name", "version", "size", "sha256", "chunks", "chunk_size", "issued_at",
+     "key_id", "signature"}
     {"op": "chunk", "id", "seq"}\\n<bytes>
     {"op": "end", "id"}
-    {"op": "rollback", "id", "from", "key_id", "signature"}
+    {"op": "rollback", "id", "from", "issued_at", "key_id", "signature"}
 
 ``begin`` announces a tar of the bundle (``convert deploy``): its size, its sha256 and an Ed25519
-signature over ``signed_begin(id, size, sha256)`` by a key of ``model.trusted_keys``; ``chunk``
-``seq`` carries bytes ``seq * chunk_size`` onward (every chunk ``chunk_size`` bytes but the last);
-``end`` closes it. ``rollback`` (signed over ``signed_rollback(id, from)``) returns to the previous
-bundle when the running one's manifest sha256 is ``from``.
+signature over ``signed_begin(id, size, sha256, issued_at)`` by a key of ``model.trusted_keys``;
+``chunk`` ``seq`` carries bytes ``seq * chunk_size`` onward (every chunk ``chunk_size`` bytes but the
+last); ``end`` closes it. ``rollback`` (signed over ``signed_rollback(id, from, issued_at)``) returns
+to the previous bundle when the running one's manifest sha256 is ``from``.
+
+Replay and downgrade protection (as TUF and Uptane do it): ``issued_at`` is an issue counter set by
+``convert deploy`` (UTC time in integer nanoseconds, inside the signed bytes). The station keeps the
+highest one it accepted per trusted key in ``<dir>/<link>.issued`` (written atomically, fsync'd) and
+refuses a signed ``begin`` or ``rollback`` whose counter is not greater (``failed: replayed: …``), so
+a message recorded off the wire cannot be sent again to install an older bundle or undo a rollout.
+A deliberate downgrade is a fresh ``convert deploy`` of the old bundle: it gets a new counter. A
+message without ``issued_at`` (an older ``convert deploy``) is refused, as it could be a replay.
 
 Threads: :meth:`RolloutInbox.on_message` runs in paho's network thread: it parses the header, checks
 its types and sizes and ``put_nowait``\\s into a bounded queue, nothing else. :class:`RolloutWorker`
@@ -25,6 +34,7 @@ Files, all inside the state directory (the folder of the ``model.bundle`` symlin
 
     <dir>/<link>                 model.bundle: a symlink, swapped by rename
     <dir>/<link>.previous        the bundle before the last install (rollback), a symlink
+    <dir>/<link>.issued          the highest ``issued_at`` accepted per key id (JSON, replay protection)
     <dir>/rollout-<id>/          an installed bundle (unpacked by edge.untar)
     <dir>/.rollout-<link>/<id>.part, <id>.json   a download in progress (kept across restarts)
 
@@ -67,6 +77,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 _TEXT = re.compile(r"^[\x20-\x7e]{0,128}$")
 OPS = ("begin", "chunk", "end", "rollback")
+ISSUED_MAX = (1 << 63) - 1  # issued_at: UTC nanoseconds, a signed 64-bit integer (year 2262)
 
 
 class RolloutError(SeamQCError):
@@ -81,13 +92,15 @@ class Message:
     data: bytes = b""
 
 
-def signed_begin(rollout_id: str, size: int, sha256: str) -> bytes:
-    """The bytes a ``begin`` signature covers: the tar's sha256 and size, bound to the rollout id."""
-    return f"seam-qc rollout v1\n{rollout_id}\n{size}\n{sha256}\n".encode("ascii")
+def signed_begin(rollout_id: str, size: int, sha256: str, issued_at: int) -> bytes:
+    """The bytes a ``begin`` signature covers: the tar's sha256 and size, bound to the rollout id and
+    its issue counter (v2: v1 had no counter, so a recorded begin could be replayed)."""
+    return f"seam-qc rollout v2\n{rollout_id}\n{size}\n{sha256}\n{issued_at}\n".encode("ascii")
 
 
-def signed_rollback(rollout_id: str, from_sha: str) -> bytes:
-    return f"seam-qc rollback v1\n{rollout_id}\n{from_sha}\n".encode("ascii")
+def signed_rollback(rollout_id: str, from_sha: str, issued_at: int) -> bytes:
+    """The bytes a ``rollback`` signature covers (v2: with the issue counter, as ``signed_begin``)."""
+    return f"seam-qc rollback v2\n{rollout_id}\n{from_sha}\n{issued_at}\n".encode("ascii")
 
 
 def encode(header: dict[str, Any], data: bytes = b"") -> bytes:
@@ -118,6 +131,9 @@ _FIELDS = {
     "end": {"op", "id"},
     "rollback": {"op", "id", "from", "key_id", "signature"},
 }
+# parsed when present; a signed message without it (an older convert deploy) is refused by the worker
+# with a failed state that says so, not dropped as junk, so that the deployer learns why
+_OPTIONAL = {"begin": {"issued_at"}, "chunk": set(), "end": set(), "rollback": {"issued_at"}}
 
 
 def parse(payload: bytes) -> Message:
@@ -134,11 +150,13 @@ def parse(payload: bytes) -> Message:
     op = h.get("op")
     if op not in OPS:
         raise RolloutError(f"op: {str(op)[:20]!r} is not one of {', '.join(OPS)}")
-    extra = set(h) - _FIELDS[op]
+    extra = set(h) - _FIELDS[op] - _OPTIONAL[op]
     missing = _FIELDS[op] - set(h)
     if extra or missing:
         raise RolloutError(f"{op}: unexpected {sorted(extra)[:3]}" if extra else f"{op}: missing {sorted(missing)}")
     rid = _str(h, "id", _ID_RE)
+    if "issued_at" in h:
+        _int(h, "issued_at", 1, ISSUED_MAX)
     data = bytes(payload[nl + 1 :])
     if op != "chunk" and data:
         raise RolloutError(f"{op}: carries {len(data)} bytes of data")
@@ -162,6 +180,17 @@ def parse(payload: bytes) -> Message:
         _str(h, "key_id", _KEY_ID)
         _str(h, "signature", re.compile(r"^[A-Za-z0-9+/=]{1,200}$"))
     return Message(op, rid, h, data)
+
+
+def _iso_ns(n: int) -> str:
+    """An issue counter (UTC ns) as ISO 8601 to the millisecond, for the refusal line."""
+    import datetime as _dt
+
+    try:
+        t = _dt.datetime.fromtimestamp(n / 1e9, _dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(n)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 def verify_signature(keys: list[Any], key_id: str, signature_b64: str, message: bytes) -> str:
@@ -240,6 +269,14 @@ class RolloutInbox:
         )
 
 
+@dataclass(frozen=True)
+class Issued:
+    """The last signed message accepted from one key: its issue counter and rollout id."""
+
+    issued_at: int
+    id: str
+
+
 @dataclass
 class Download:
     """A verified ``begin`` and how many of its chunks are on disk (``<id>.json``)."""
@@ -276,6 +313,7 @@ class RolloutStore:
         self.link = Path(os.path.abspath(link))
         self.dir = self.link.parent
         self.previous = self.dir / f"{self.link.name}.previous"
+        self.issued_path = self.dir / f"{self.link.name}.issued"
         self.work = self.dir / f".rollout-{self.link.name}"
 
     def check(self) -> str | None:
@@ -285,6 +323,67 @@ class RolloutStore:
         if not os.access(self.dir, os.W_OK):
             return f"{self.dir} is not writable (the rollout's state directory)"
         return None
+
+    # -- replay protection: the highest issue counter accepted per key
+    def load_issued(self) -> dict[str, Issued]:
+        """``<link>.issued`` → {key id: the last accepted (issued_at, rollout id)}; missing: nothing yet.
+
+        A file that is there but unreadable or not ours raises ``RolloutError`` naming it, and the
+        daemon refuses to start on it (exit 78, ``check_rollout``). That is the safe choice: read as
+        "nothing accepted yet", every signed message ever recorded off the wire could be replayed
+        again. The file is only ever replaced whole (``record_issued``), so a crash cannot leave half
+        of one; deleting it by hand is the way to accept the fleet's current deploys again.
+        """
+        p = self.issued_path
+        try:
+            with open(p, "rb") as f:
+                raw = f.read(1 << 20)
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise RolloutError(f"{p}: cannot read the rollout counters ({e.strerror or e})") from None
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            doc = None
+        try:
+            if doc is None:
+                raise ValueError("not JSON")
+            if not isinstance(doc, dict) or doc.get("format") != 1 or not isinstance(doc.get("keys"), dict):
+                raise ValueError("not a seam-qc rollout counter file")
+            out = {}
+            for kid, v in doc["keys"].items():
+                entry = v if isinstance(v, dict) else {}
+                n, rid = entry.get("issued_at"), entry.get("id")
+                if not _KEY_ID.match(str(kid)) or type(n) is not int or not 0 < n <= ISSUED_MAX:
+                    raise ValueError(f"bad entry for key {str(kid)[:20]!r}")
+                if not isinstance(rid, str) or not _ID_RE.match(rid):
+                    raise ValueError(f"bad rollout id for key {kid}")
+                out[kid] = Issued(n, rid)
+            return out
+        except ValueError as e:
+            raise RolloutError(
+                f"{p}: corrupt ({str(e)[:80]}); the replay protection of signed rollouts needs it: restore it, or "
+                "move it away to start again from nothing (then any validly signed message is accepted once more)"
+            ) from None
+
+    def record_issued(self, issued: dict[str, Issued]) -> None:
+        """Replace ``<link>.issued`` atomically: a temporary file, fsync, rename, fsync of the folder."""
+        doc = {"format": 1, "keys": {k: {"issued_at": v.issued_at, "id": v.id} for k, v in sorted(issued.items())}}
+        tmp = self.dir / f".{self.issued_path.name}.tmp-{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write((json.dumps(doc) + "\n").encode("ascii"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.issued_path)
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)  # the rename itself survives a power cut
+        finally:
+            os.close(dfd)
 
     # -- the download
     def _meta(self, rid: str) -> Path:
@@ -458,6 +557,7 @@ class RolloutWorker(threading.Thread):
         self.failures = 0
         self._reported = 0.0
         self._refused: list[str] = []  # ids refused lately: their chunks still on the way are dropped quietly
+        self.issued = store.load_issued()  # replay protection (RolloutStore.load_issued); one writer: this thread
 
     def resume(self) -> None:
         """At start: a download from before a restart is announced, to be continued."""
@@ -502,11 +602,41 @@ class RolloutWorker(threading.Thread):
         log.error("rollout %s refused: %s; the running model continues", rid, reason)
         self.hooks.state(f"failed: {reason}", rollout=info, error=reason)
 
-    def _on_begin(self, m: Message) -> None:
-        h = m.header
+    def _issued_at(self, m: Message) -> int:
+        """The message's issue counter; refused without one (module docstring)."""
         if not self.keys:
             raise RolloutError("no model.trusted_keys: rollouts are refused")
-        verify_signature(self.keys, h["key_id"], h["signature"], signed_begin(m.id, h["size"], h["sha256"]))
+        n = m.header.get("issued_at")
+        if n is None:
+            raise RolloutError(
+                f"{m.op} without issued_at (sent by an older convert deploy: its messages carry no issue counter, "
+                "so a recorded one could be replayed); update convert deploy and deploy again"
+            )
+        return int(n)
+
+    def _fresh(self, m: Message, n: int) -> bool:
+        """Accept ``m``'s issue counter (persisted before anything is done) → True; the very message
+        accepted last from this key, again (a QoS 1 redelivery) → False: nothing to do; an older one
+        → ``RolloutError`` (a replay)."""
+        kid = str(m.header["key_id"])
+        last = self.issued.get(kid)
+        if last is not None and n == last.issued_at and m.id == last.id:
+            log.info("rollout %s: %s delivered again (issued_at %d, already accepted); ignored", m.id, m.op, n)
+            return False
+        if last is not None and n <= last.issued_at:
+            raise RolloutError(
+                f"replayed: {m.op} issued at {_iso_ns(n)} is not after the last accepted from key {kid} "
+                f"({_iso_ns(last.issued_at)}, rollout {last.id}); to install an older bundle, deploy it anew"
+            )
+        issued = {**self.issued, kid: Issued(n, m.id)}
+        self.store.record_issued(issued)  # on disk before the message has any effect
+        self.issued = issued
+        return True
+
+    def _on_begin(self, m: Message) -> None:
+        h = m.header
+        n = self._issued_at(m)
+        verify_signature(self.keys, h["key_id"], h["signature"], signed_begin(m.id, h["size"], h["sha256"], n))
         if h["size"] > self.max_bytes:
             raise RolloutError(f"bundle of {h['size']} bytes is over model.max_bundle_mb ({self.max_bytes} bytes)")
         dl = self.dl
@@ -514,6 +644,8 @@ class RolloutWorker(threading.Thread):
             dl.lenient = True
             log.info("rollout %s: begin again, continuing at chunk %d of %d", m.id, dl.next, dl.chunks)
         else:
+            if not self._fresh(m, n):
+                return
             self.dl = dl = self.store.start(h)
             log.info(
                 "rollout %s: downloading %s %s (%d bytes, %d chunks, key %s)",
@@ -597,9 +729,10 @@ class RolloutWorker(threading.Thread):
 
     def _on_rollback(self, m: Message) -> None:
         h = m.header
-        if not self.keys:
-            raise RolloutError("no model.trusted_keys: rollouts are refused")
-        verify_signature(self.keys, h["key_id"], h["signature"], signed_rollback(m.id, h["from"]))
+        n = self._issued_at(m)
+        verify_signature(self.keys, h["key_id"], h["signature"], signed_rollback(m.id, h["from"], n))
+        if not self._fresh(m, n):
+            return
         info = {"id": m.id, "boot": self.boot, "from": h["from"]}
         if self.hooks.running_manifest() != h["from"]:
             log.info("rollout %s: rollback: not running %s…; nothing to undo", m.id, h["from"][:12])

@@ -9,6 +9,7 @@ directory with recording hooks (``InProcessStation``). The daemon and MQTT are i
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -52,13 +53,19 @@ def messages(bundle: Path, key: Path, rid: str = "r1", tar: bytes | None = None)
     return begin_messages(tar if tar is not None else pack(bundle), rid, private(key), b.name, b.version, CHUNK)
 
 
+def flat(msgs: tuple[bytes, list[bytes], bytes]) -> list[bytes]:
+    """(begin, chunks, end) → the payloads in the order deploy sends them."""
+    begin, chunks, end = msgs
+    return [begin, *chunks, end]
+
+
 def assert_refused(st: InProcessStation, fleet: dict, reason: str) -> None:
     """One failed state naming ``reason``; the old bundle linked and running; nothing of the rollout left."""
     fails = st.failures()
     assert len(fails) == 1 and reason in fails[0], st.states
     assert not st.offers and st.running_version == "v1"
     assert os.readlink(fleet["link"]) == "v1"
-    left = {p.name for p in fleet["models"].iterdir()}
+    left = {p.name for p in fleet["models"].iterdir()} - {"current.issued"}  # the begin's counter, if accepted
     assert left == {"v1", "current"}, left
 
 
@@ -77,7 +84,13 @@ def test_a_signed_bundle_is_downloaded_checked_and_installed_inside_the_state_di
     assert model.bundle.signed_by  # the manifest's own signature was checked too
     assert os.readlink(fleet["link"]) == "rollout-r1" and st.running_version == "v2"
     assert os.readlink(fleet["models"] / "current.previous") == "v1"  # kept for the rollback
-    assert {p.name for p in fleet["models"].iterdir()} == {"v1", "current", "current.previous", "rollout-r1"}
+    assert {p.name for p in fleet["models"].iterdir()} == {
+        "v1",
+        "current",
+        "current.previous",
+        "current.issued",  # replay protection: the begin's issue counter
+        "rollout-r1",
+    }
     assert tree(tmp_path / "work") | tree(tmp_path / "keys") == outside  # nothing written outside
     # QoS 1 may deliver a message twice: a duplicate chunk after the install changes nothing
     st.send(chunks[0])
@@ -98,6 +111,7 @@ def test_a_signed_bundle_is_downloaded_checked_and_installed_inside_the_state_di
         ("link_member", "link"),
         ("unsigned_manifest", "unsigned bundle"),
         ("bad_sha_in_bundle", "sha256"),
+        ("no_issued_at", "begin without issued_at (sent by an older convert deploy"),
     ],
 )
 def test_refused_with_one_line_and_a_failed_state_the_old_bundle_stays(fleet, case, reason, caplog):
@@ -134,6 +148,12 @@ def test_refused_with_one_line_and_a_failed_state_the_old_bundle_stays(fleet, ca
         h = json.loads(begin.split(b"\n")[0])
         forged = json.loads(messages(fleet["v2"], fleet["other"])[0].split(b"\n")[0])
         h["signature"] = forged["signature"]
+        begin = rollout.encode(h)
+    if case == "no_issued_at":  # the v1 wire format: no issue counter, signed over the v1 bytes
+        h = json.loads(begin.split(b"\n")[0])
+        del h["issued_at"]
+        v1 = f"seam-qc rollout v1\nr1\n{h['size']}\n{h['sha256']}\n".encode()
+        h["signature"] = base64.b64encode(private(priv).sign(v1)).decode()
         begin = rollout.encode(h)
     if case == "corrupted_chunk":
         head, _, data = chunks[2].partition(b"\n")
@@ -198,6 +218,97 @@ def test_rollback_returns_to_the_previous_bundle_and_is_signed(fleet):
     assert os.readlink(fleet["link"]) == "v1"
 
 
+def test_replayed_begins_and_rollbacks_are_refused_a_fresh_deploy_of_an_older_bundle_is_not(fleet, tmp_path, caplog):
+    """Replay protection (issue 16): messages recorded off the wire and sent again are refused with one
+    line and ``failed: replayed: …`` (the running model stays); deploying the old bundle anew works."""
+    from edge.signing import load_public_key
+
+    st = InProcessStation(fleet["link"], [fleet["pub"]])
+    kid = load_public_key(fleet["pub"]).key_id
+    v3 = small_bundle(tmp_path / "work" / "v3", "v3", fleet["priv"])
+    begin, chunks, end = messages(fleet["v2"], fleet["priv"], "a")
+    recorded_v2 = [begin, *chunks, end]
+    st.send(*recorded_v2)
+    st.send(*flat(messages(v3, fleet["priv"], "b")))
+    assert not st.failures() and st.running_version == "v3"
+
+    def refused(*payloads: bytes, op: str) -> None:
+        n = len(st.failures())
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="edge.rollout"):
+            st.send(*payloads)
+        new = st.failures()[n:]
+        assert len(new) == 1 and new[0].startswith(f"failed: replayed: {op} issued at "), st.states[-3:]
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(lines) == 1 and "replayed" in lines[0] and "the running model continues" in lines[0], lines
+
+    # 1. an older signed bundle sent again, chunks and all: refused at its begin, v3 keeps running
+    refused(*recorded_v2, op="begin")
+    assert st.running_version == "v3" and os.readlink(fleet["link"]) == "rollout-b" and len(st.offers) == 2
+    # 2. a signed rollback recorded off the wire: valid once ...
+    v3_sha = st.running
+    recorded_rb = rollback_message("rb1", private(fleet["priv"]), v3_sha)
+    st.send(recorded_rb)
+    assert st.states[-1][0] != "failed" and st.running_version == "v2"
+    st.send(*flat(messages(v3, fleet["priv"], "c")))  # v3 again, deployed anew
+    assert st.running_version == "v3" and st.running == v3_sha
+    # ... and refused when sent again, although the station runs the bundle it names
+    refused(recorded_rb, op="rollback")
+    assert st.running_version == "v3" and os.readlink(fleet["link"]) == "rollout-c"
+    # 3. a deliberate downgrade: the older bundle deployed anew gets a new issue counter
+    fresh = flat(messages(fleet["v2"], fleet["priv"], "d"))
+    st.send(*fresh)
+    assert st.running_version == "v2" and st.failures() == st.failures()[:2]
+    offers = len(st.offers)
+    # 4. the same begin delivered twice (QoS 1) after the install is not a replay: ignored, no state
+    n_states = len(st.states)
+    st.send(fresh[0])
+    assert len(st.states) == n_states and len(st.offers) == offers
+    # 5. the counter is on disk (the last begin's issued_at, per key) and a restarted station keeps it
+    doc = json.loads((fleet["models"] / "current.issued").read_text())
+    assert doc == {
+        "format": 1,
+        "keys": {kid: {"issued_at": json.loads(fresh[0].split(b"\n")[0])["issued_at"], "id": "d"}},
+    }
+    st2 = InProcessStation(fleet["link"], [fleet["pub"]], boot="boot2")
+    st2.send(*recorded_v2, recorded_rb)
+    assert [s.split(" issued at")[0] for s in st2.failures()] == [
+        "failed: replayed: begin",
+        "failed: replayed: rollback",
+    ]
+    assert not st2.offers and st2.running_version == "v2"
+
+
+def test_a_rollback_without_an_issue_counter_is_refused(fleet):
+    st = InProcessStation(fleet["link"], [fleet["pub"]])
+    st.send(*flat(messages(fleet["v2"], fleet["priv"])))
+    h = json.loads(rollback_message("rb", private(fleet["priv"]), st.running).split(b"\n")[0])
+    del h["issued_at"]
+    st.send(rollout.encode(h))
+    assert st.failures() == [
+        "failed: rollback without issued_at (sent by an older convert deploy: its messages carry no issue counter, "
+        "so a recorded one could be replayed); update convert deploy and deploy again"
+    ]
+    assert st.running_version == "v2"
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"{not json", "not JSON"),
+        (b'{"format": 1, "keys": {"0123456789abcdef": {"issued_at": "soon", "id": "a"}}}', "bad entry"),
+        (b"[]", "not a seam-qc rollout counter file"),
+        (b"\xff\xfe", "not JSON"),
+    ],
+)
+def test_a_corrupt_counter_file_stops_the_rollout_side_with_one_line_naming_it(fleet, content, why):
+    (fleet["models"] / "current.issued").write_bytes(content)
+    with pytest.raises(RolloutError) as e:
+        InProcessStation(fleet["link"], [fleet["pub"]])
+    msg = str(e.value)
+    assert msg.startswith(f"{fleet['models'] / 'current.issued'}: corrupt (") and why in msg and "\n" not in msg
+
+
 def test_a_station_without_a_previous_bundle_refuses_a_rollback(fleet):
     st = InProcessStation(fleet["link"], [fleet["pub"]])
     st.send(rollback_message("rb", private(fleet["priv"]), st.running))
@@ -218,6 +329,7 @@ def test_old_installed_bundles_are_pruned_keeping_current_and_previous(fleet, tm
         "v1",
         "current",
         "current.previous",
+        "current.issued",
         "rollout-b",
         "rollout-c",
     }
@@ -306,6 +418,7 @@ def test_deploy_fails_for_offline_and_mute_stations(fleet, capsys, mqtt_broker):
     [
         ({"rollout": True}, "model.rollout: rollouts need model.trusted_keys"),
         ({"rollout": True, "trusted_keys": ["KEY"], "bundle": "DIR"}, "is not a symlink"),
+        ({"rollout": True, "trusted_keys": ["KEY"], "issued": b"garbage"}, "current.issued: corrupt (not JSON)"),
     ],
 )
 def test_daemon_config_for_rollouts_is_checked_at_start(fleet, tmp_path, model, why):
@@ -316,6 +429,8 @@ def test_daemon_config_for_rollouts_is_checked_at_start(fleet, tmp_path, model, 
 
     m = {"bundle": str(fleet["link"]), **model}
     m["trusted_keys"] = [str(fleet["pub"]) for _ in m.get("trusted_keys", [])]
+    if "issued" in m:  # the replay-protection counter file, corrupt: exit 78, not "nothing accepted yet"
+        (fleet["models"] / "current.issued").write_bytes(m.pop("issued"))
     if m["bundle"] == "DIR":
         m["bundle"] = str(fleet["v1"])
     cfg = {

@@ -18,6 +18,7 @@ import pytest
 
 from convert.__main__ import main as convert_main
 from convert.deploy import begin_messages, pack
+from convert.harness import errors
 from edge import rollout
 from tests.support.daemon import daemon_config, noise_video, start_daemon, wait_exit
 from tests.support.mqtt import MOSQUITTO, SKIP_REASON
@@ -169,7 +170,8 @@ def test_deploy_canary_refusals_and_rollback_on_two_daemons(
         text = "\n".join(e.line for e in procs[name].snapshot())
         assert "Traceback" not in text
         # inside the state directory: v1, the installed v2, the links; no download left behind
-        assert {p.name for p in models[name].iterdir()} == {"v1", "current", "current.previous", f"rollout-{rid}"}
+        installed = {"v1", "current", "current.previous", "current.issued", f"rollout-{rid}"}
+        assert {p.name for p in models[name].iterdir()} == installed
 
 
 def test_a_station_killed_mid_download_resumes_and_ends_active(tmp_path, tiny_bundle, mqtt_broker, mqtt_subscriber):
@@ -222,3 +224,111 @@ def test_a_station_killed_mid_download_resumes_and_ends_active(tmp_path, tiny_bu
         assert wait_exit(proc, 30) == 0
     assert os.readlink(models / "current").startswith("rollout-")
     assert not list(models.glob(".rollout-*/*"))  # the download is gone once installed
+
+
+def test_replays_are_refused_across_a_restart_and_a_corrupt_counter_file_stops_the_start(
+    tmp_path, tiny_bundle, mqtt_broker, mqtt_subscriber
+):
+    """Replay protection (issue 16) on a real daemon and a real Mosquitto: ``convert deploy``'s signed
+    messages, recorded off the broker and published again, are refused (``failed: replayed: …``, one
+    log line, the running model stays); the older bundle deployed anew is accepted (a deliberate
+    downgrade); the counter survives a restart; a corrupt counter file stops the start (exit 78, one
+    line naming it)."""
+    priv, pub = keypair(tmp_path / "keys")
+    v2 = signed_variant(tiny_bundle, tmp_path / "work" / "v2", "v2", priv)
+    v3 = signed_variant(tiny_bundle, tmp_path / "work" / "v3", "v3", priv)
+    models = tmp_path / "st-r" / "models"
+    signed_variant(tiny_bundle, models / "v1", "v1", priv)
+    os.symlink("v1", models / "current")
+    cfg = daemon_config(
+        tmp_path / "st-r",
+        models / "current",
+        noise_video(tmp_path / "v.mp4", 30),
+        mqtt_broker,
+        station="st-r",
+        camera={"loop": True, "realtime": True},
+        model={"bundle": str(models / "current"), "threads": 1, "trusted_keys": [str(pub)], "rollout": True},
+        heatmaps={"enabled": False},
+        health={"enabled": False},
+    )
+    sub = mqtt_subscriber(mqtt_broker, "seamqc/st-r/#").wait_subscribed()  # records model/set as sent
+    topic, set_topic = "seamqc/st-r/model/state", "seamqc/st-r/model/set"
+
+    def state(pred, after: float = 0.0, timeout: float = 60) -> dict:
+        return sub.wait_for(topic, lambda m: m.t > after and pred(m.json()), timeout=timeout).json()
+
+    def recorded(rid: str) -> list[bytes]:
+        """Every payload deploy published for rollout ``rid``, in order: what an eavesdropper kept."""
+        return [m.payload for m in sub.on(set_topic) if json.loads(m.payload.partition(b"\n")[0])["id"] == rid]
+
+    def replayed(rid: str, op: str, after: float) -> dict:
+        s = state(lambda s: s.get("rollout", {}).get("id") == rid and s["state"].startswith("failed"), after)
+        assert s["state"].startswith(f"failed: replayed: {op} issued at "), s["state"]
+        return s
+
+    proc = start_daemon(cfg)
+    try:
+        state(lambda s: s["state"] == "active" and s["model"]["version"] == "v1", timeout=90)
+        st = ("--stations", "st-r")
+        assert deploy(mqtt_broker, v2, priv, *st) == 0
+        rid_v2 = state(lambda s: s["state"] == "active" and s["model"]["version"] == "v2")["rollout"]["id"]
+        assert deploy(mqtt_broker, v3, priv, *st) == 0
+        state(lambda s: s["state"] == "active" and s["model"]["version"] == "v3")
+
+        # 1. the v2 rollout recorded off the wire (begin, chunks, end), sent again: refused, v3 runs on
+        old_v2 = recorded(rid_v2)
+        assert len(old_v2) >= 3
+        t = sub.on(topic)[-1].t
+        raw_publish(mqtt_broker, set_topic, old_v2)
+        assert replayed(rid_v2, "begin", t)["model"]["version"] == "v3"
+
+        # 2. a recorded rollback, sent again once v3 runs again: refused, v3 runs on
+        assert deploy(mqtt_broker, v3, priv, *st, "--rollback") == 0
+        s = state(lambda s: s["state"] == "rolled_back" and s["model"]["version"] == "v2")
+        old_rb = recorded(s["rollout"]["id"])
+        assert len(old_rb) == 1
+        t = sub.on(topic)[-1].t
+        assert deploy(mqtt_broker, v3, priv, *st) == 0  # v3 deployed anew
+        state(lambda s: s["state"] == "active" and s["model"]["version"] == "v3", t)
+        t = sub.on(topic)[-1].t
+        raw_publish(mqtt_broker, set_topic, old_rb)
+        assert replayed(s["rollout"]["id"], "rollback", t)["model"]["version"] == "v3"
+        assert os.readlink(models / "current").startswith("rollout-")
+
+        # 3. a deliberate downgrade: v2 deployed anew, with a new issue counter
+        t = sub.on(topic)[-1].t
+        assert deploy(mqtt_broker, v2, priv, *st) == 0
+        state(lambda s: s["state"] == "active" and s["model"]["version"] == "v2", t)
+        lines = [e.msg for e in proc.snapshot() if e.get("level") == "ERROR" and "replayed" in e.msg]
+        assert len(lines) == 2, lines  # one line per refused message, not one per chunk
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert wait_exit(proc, 30) == 0
+    counters = json.loads((models / "current.issued").read_text())
+    ((kid, last),) = counters["keys"].items()
+    newest = max(json.loads(m.payload.partition(b"\n")[0]).get("issued_at", 0) for m in sub.on(set_topic))
+    assert last["issued_at"] == newest  # the v2 deployed anew: the highest counter sent
+
+    # 4. after a restart the counter is still there: both recordings are refused again
+    t = sub.on(topic)[-1].t
+    proc = start_daemon(cfg)
+    try:
+        state(lambda s: s["state"] == "active" and s["model"]["version"] == "v2", t, timeout=90)
+        t = sub.on(topic)[-1].t
+        raw_publish(mqtt_broker, set_topic, old_v2)
+        assert replayed(rid_v2, "begin", t)["model"]["version"] == "v2"
+        t = sub.on(topic)[-1].t
+        raw_publish(mqtt_broker, set_topic, old_rb)
+        rb_id = json.loads(old_rb[0].partition(b"\n")[0])["id"]
+        assert replayed(rb_id, "rollback", t)["model"]["version"] == "v2"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert wait_exit(proc, 30) == 0
+
+    # 5. a corrupt counter file: the daemon does not start (exit 78), one line naming the file
+    (models / "current.issued").write_text('{"format": 1, "keys": {')
+    proc = start_daemon(cfg)
+    assert wait_exit(proc, 60) == 78
+    errs = errors(proc.snapshot())
+    assert len(errs) == 1 and f"{models / 'current.issued'}: corrupt (not JSON)" in errs[0], errs
+    assert "Traceback" not in "\n".join(e.line for e in proc.snapshot())
