@@ -71,7 +71,7 @@ from edge.heatmaps import safe_name
 from edge.seam import SEAM_LABELS
 from edge.statelock import StateLock, StateLockedError, lock_dir
 
-from .data import META_COLUMNS, csv_rows, parse_seed_bool
+from .data import META_COLUMNS, csv_rows, parse_seed_bool, parse_source, verdict_ts
 from .fileio import atomic_write
 
 LOG = logging.getLogger("seamqc.collect")
@@ -189,20 +189,6 @@ def source_text(meta: dict[str, Any], station: str) -> str:
         if verdict.get("by"):
             parts["by"] = verdict["by"]
     return "; ".join(f"{k}={_clean(v)}" for k, v in parts.items() if v is not None)
-
-
-def parse_source(text: str) -> dict[str, str]:
-    out = {}
-    for part in text.split(";"):
-        k, sep, v = part.strip().partition("=")
-        if sep:
-            out[k.strip()] = v.strip()
-    return out
-
-
-def _verdict_ts(source: dict[str, str]) -> str | None:
-    v = source.get("verdict")
-    return v.partition("@")[2] if v else None
 
 
 @dataclass
@@ -325,7 +311,7 @@ class CollectStore:
         if old is not None:
             if old.reviewed or not isinstance(s.meta.get("verdict"), dict):
                 return "duplicate"
-            old_ts, new_ts = _verdict_ts(parse_source(old.source)), _verdict_ts(parse_source(source))
+            old_ts, new_ts = verdict_ts(parse_source(old.source)), verdict_ts(parse_source(source))
             if old_ts is not None and (new_ts or "") <= old_ts:
                 return "duplicate"
         side = {**s.meta, "topic": s.topic, "received": received_at, "file": f"{stem}.png"}

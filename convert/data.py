@@ -90,6 +90,43 @@ def _bool(value: str, where: str, column: str) -> float:
     raise DataError(f"{where}: column {column!r} has value {value!r}, expected True or False")
 
 
+def parse_source(text: str) -> dict[str, str]:
+    """A ``source`` cell (``station=…; reason=…; sample=…; verdict=…@ts; …``, ``convert collect``) → dict."""
+    out = {}
+    for part in text.split(";"):
+        k, sep, v = part.strip().partition("=")
+        if sep:
+            out[k.strip()] = v.strip()
+    return out
+
+
+def verdict_ts(source: dict[str, str]) -> str | None:
+    """The time of the operator's verdict in a parsed ``source`` (ISO 8601 text), or None."""
+    v = source.get("verdict")
+    return v.partition("@")[2] if v else None
+
+
+def sample_keys(path: Path) -> list[tuple[str | None, tuple[bool, str]]] | None:
+    """Per data row of a CSV with ``source`` and ``reviewed`` columns (``collect``, ``label``), in
+    ``read_csv``'s order: (``sample_id`` or None, rank). The rank orders copies of one sample: one a
+    person reviewed first, then the latest operator verdict. None for a CSV without those columns."""
+    rows = csv_rows(path)
+    if not rows:
+        return None
+    header = [h.strip() for h in rows[0]]
+    if not set(META_COLUMNS) <= set(header):
+        return None
+    si, ri = header.index("source"), header.index("reviewed")
+    out: list[tuple[str | None, tuple[bool, str]]] = []
+    for row in rows[1:]:
+        if not row or all(not c.strip() for c in row):
+            continue
+        src = parse_source(row[si]) if len(row) > si else {}
+        reviewed = parse_seed_bool(row[ri]) if len(row) > ri else None
+        out.append((src.get("sample") or None, (bool(reviewed), verdict_ts(src) or "")))
+    return out
+
+
 def csv_rows(path: Path) -> list[list[str]]:
     """All rows of a UTF-8 CSV file; an unreadable file is one ``DataError`` line naming it."""
     try:

@@ -5,6 +5,8 @@ Every ``*_data.csv`` and ``data.csv`` under each ``--data`` folder (recursively)
 split 78 / 20 / 2 % as the seed did (sizes rounded up for test and valid, like scikit-learn's
 ``train_test_split``, so even a tiny set gets one test image). Names become absolute paths; the
 files are in the seed's format (pandas ``to_csv`` with its index: ``,name,good,error,break,length``).
+Folders written by several collectors of one group can hold two rows of one ``sample_id`` (its
+first copy, and its re-publication with the operator's verdict): one is kept (``_one_row_per_sample``).
 
 A single ``--data`` folder without CSVs but with one folder per class (the fruit tutorial's
 ``Apfel/``, ``Orange/``, ``Tomate/``) is split *per class*, 78 / 20 / 2 % of each class (so every
@@ -28,7 +30,7 @@ import numpy as np
 
 from edge.errors import DataError
 
-from .data import Dataset, merge, read_class_folders, read_csv, seed_csv_text
+from .data import Dataset, merge, read_class_folders, read_csv, sample_keys, seed_csv_text
 
 FRACTIONS = {"train": 0.78, "valid": 0.20, "test": 0.02}
 SPLIT_NAMES = ("train.csv", "valid.csv", "test.csv")
@@ -39,6 +41,7 @@ class SplitResult:
     files: dict[str, Path]
     counts: dict[str, int]
     sources: tuple[str, ...]
+    duplicates: int = 0  # rows dropped: another copy of the same sample_id was kept (collect)
 
 
 def find_data_csvs(folders: Sequence[str | Path]) -> list[Path]:
@@ -82,7 +85,8 @@ def split(folders: Sequence[str | Path], out: str | Path, seed: int = 0) -> Spli
     if len(folders) == 1 and Path(folders[0]).is_dir() and not _has_data_csv(Path(folders[0])):
         return split_class_folders(folders[0], out, seed)
     csvs = find_data_csvs(folders)
-    ds = merge([read_csv(c) for c in csvs], ", ".join(str(f) for f in folders))
+    sets = [read_csv(c) for c in csvs]
+    ds, duplicates = _one_row_per_sample(merge(sets, ", ".join(str(f) for f in folders)), csvs, [len(d) for d in sets])
     sizes = split_sizes(len(ds))
     order = np.random.default_rng(seed).permutation(len(ds))
     parts = {
@@ -103,7 +107,32 @@ def split(folders: Sequence[str | Path], out: str | Path, seed: int = 0) -> Spli
             with contextlib.suppress(OSError):
                 files[key].with_name(files[key].name + ".tmp").unlink(missing_ok=True)
             raise DataError(f"{files[key]}: cannot write ({e.strerror or e})") from None
-    return SplitResult(files, {k: len(v) for k, v in parts.items()}, tuple(str(c) for c in csvs))
+    return SplitResult(files, {k: len(v) for k, v in parts.items()}, tuple(str(c) for c in csvs), duplicates)
+
+
+def _one_row_per_sample(ds: Dataset, csvs: Sequence[Path], sizes: Sequence[int]) -> tuple[Dataset, int]:
+    """Several collectors in one shared-subscription group each write their own folder, and a sample
+    the station re-published with a verdict can reach another collector than its first copy: the
+    same ``sample_id`` then has a row in two folders. Keep one: the copy a person reviewed, else the
+    one with the latest operator verdict, else the first read. Rows without a sample id (labelled
+    video frames, synth) are all kept. → (data set, rows dropped)."""
+    keys: list[tuple[str | None, tuple[bool, str]]] = []
+    for c, n in zip(csvs, sizes):
+        k = sample_keys(c)
+        keys.extend(k if k is not None else [(None, (False, ""))] * n)
+    if len(keys) != len(ds):  # not one key per row: leave the data as it is
+        return ds, 0
+    best: dict[str, int] = {}
+    for i, (sid, rank) in enumerate(keys):
+        if sid is None:
+            continue
+        j = best.get(sid)
+        if j is None or rank > keys[j][1]:
+            best[sid] = i
+    keep = [i for i, (sid, _) in enumerate(keys) if sid is None or best[sid] == i]
+    if len(keep) == len(ds):
+        return ds, 0
+    return ds.subset(keep), len(ds) - len(keep)
 
 
 def _has_data_csv(folder: Path) -> bool:
@@ -179,5 +208,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{what} {sum(res.counts.values())} images → "
         + ", ".join(f"{res.files[k]} ({res.counts[k]})" for k in ("train", "valid", "test"))
+        + (f"; {res.duplicates} duplicate sample row(s) dropped (one per sample_id kept)" if res.duplicates else "")
     )
     return 0

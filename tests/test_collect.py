@@ -430,3 +430,40 @@ def test_a_full_disk_stops_collect_with_exit_74_and_a_restart_with_room_loses_no
         assert again.proc.returncode == 0, stderr
         names = [r.name for r in read_rows(out / CSV_NAME)]
         assert sorted(names) == [f"st1-b00t-{f:08d}-flagged.png" for f in range(1, 13)]  # none lost, none twice
+
+
+def test_split_of_two_collectors_keeps_one_row_per_sample_the_verdict_or_the_review(tmp_path):
+    """Two collectors in one group: the first copy of a sample went to c1, its re-publication with
+    the operator's verdict to c2. ``split --data c1 c2`` keeps one row per sample_id: a row a person
+    reviewed, else the latest verdict."""
+    from convert.split import split
+
+    a = _meta("st1-b00t-00000001-flagged", reason="flagged", labels=["error"], model_labels=["error"])
+    v1 = {"verdict": "false_alarm", "labels": [], "by": "anna", "ts": "2026-12-04T05:01:00.000Z"}
+    v2 = {"verdict": "confirmed", "labels": ["error"], "by": "ben", "ts": "2026-12-04T05:02:00.000Z"}
+    b = _meta("st1-b00t-00000002-flagged", reason="flagged", labels=["error"], model_labels=["error"])
+    c1, c2 = CollectStore(tmp_path / "c1"), CollectStore(tmp_path / "c2")
+    assert c1.add(_received(a, 1), "t") == "new"  # the first copy, no verdict
+    assert c2.add(_received({**a, "labels": [], "verdict": v1}, 1), "t") == "new"  # the verdict, elsewhere
+    assert c1.add(_received({**b, "verdict": v2}, 2), "t") == "new"  # b: the later verdict in c1 ...
+    assert c2.add(_received({**b, "labels": [], "verdict": v1}, 2), "t") == "new"  # ... the earlier in c2
+    for i in range(3, 6):  # samples only one collector saw
+        (c1 if i % 2 else c2).add(_received(_meta(f"st1-b00t-0000000{i}-uncertain"), i), "t")
+    c1.close()
+    c2.close()
+    res = split([tmp_path / "c1", tmp_path / "c2"], tmp_path / "split")
+    assert res.duplicates == 2 and sum(res.counts.values()) == 5
+    rows = pd.concat([pd.read_csv(res.files[k], index_col=0) for k in ("train", "valid", "test")])
+    by = {Path(n).name: r for n, r in zip(rows["name"], rows.to_dict("records"))}
+    assert len(by) == 5
+    assert [by["st1-b00t-00000001-flagged.png"][k] for k in ("good", "error")] == [True, False]  # anna's false alarm
+    assert Path(rows["name"][rows["name"].str.endswith("00000001-flagged.png")].iloc[0]).parent.name == "c2"
+    assert [by["st1-b00t-00000002-flagged.png"][k] for k in ("good", "error")] == [False, True]  # ben's, later
+    # a row a person reviewed wins over any verdict: mark a's first copy reviewed in c1
+    text = (tmp_path / "c1" / CSV_NAME).read_text().splitlines()
+    text = [ln[: -len("False")] + "True" if "00000001-flagged" in ln else ln for ln in text]
+    (tmp_path / "c1" / CSV_NAME).write_text("\n".join(text) + "\n")
+    res = split([tmp_path / "c1", tmp_path / "c2"], tmp_path / "split2")
+    rows = pd.concat([pd.read_csv(res.files[k], index_col=0) for k in ("train", "valid", "test")])
+    kept = rows["name"][rows["name"].str.endswith("00000001-flagged.png")]
+    assert res.duplicates == 2 and len(kept) == 1 and Path(kept.iloc[0]).parent.name == "c1"

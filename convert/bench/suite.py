@@ -256,6 +256,9 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
             frame_png,
             labels,
         )
+        from .swap import swap_bench
+
+        model_swap = swap_bench(plan, work, bundle, video, broker.port, listener, daemon_threads, hm_threads)
     finally:
         if listener is not None:
             listener.close()
@@ -314,6 +317,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         "samples_flood_latency": daemon["samples_flood_latency"],
         "feedback_junk": daemon["feedback_junk"],
         "fleet": fleet,
+        "model_swap": model_swap,
         "notes": notes + daemon["notes"],
     }
     result["pi_estimates"] = pi_estimates(result)
@@ -622,9 +626,9 @@ def _samples_cost(
         "saved_per_s": round(total("samples_saved") / secs, 2) if secs else None,
         "ring_frames": max((int(st.get("samples_ring_frames") or 0) for _, _, st in samp), default=0),
         "config": "the e2e runs (samples off) against the same runs with samples.enabled, uncertain_per_h and "
-        "random_good_per_h 36,000 (the most the config allows: 10 + 10 a second), ring 16 MB (the default) every 2nd crop, "
-        "queue 16, published on MQTT 5 (nobody subscribed to sample: the collector is elsewhere); file source "
-        "at full speed; counters from each run's last stats message (up to the stop)",
+        "random_good_per_h 36,000 (the most the config allows: 10 + 10 a second), ring 16 MB (the default) "
+        "every 2nd crop, queue 16, published on MQTT 5 (nobody subscribed to sample: the collector is elsewhere); "
+        "file source at full speed; counters from each run's last stats message (up to the stop)",
     }
 
     def rss(runs: list[DaemonRun]) -> list[float]:
