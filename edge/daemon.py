@@ -232,6 +232,7 @@ class Daemon:
         self.reloads = 0  # models swapped in since start
         self._swapped: dict[str, Any] | None = None  # the swap whose first new frame is still to come
         self._last_frame: tuple[int, float, float] | None = None  # (seq, capture mono, classified mono)
+        self._gap_max_s = 0.0  # longest wait between two classified frames since the last stats (a stall)
 
     # ------------------------------------------------------------------ setup
     def setup(self, dry_run: bool = False) -> None:
@@ -543,6 +544,9 @@ class Daemon:
             "frames": self.frames,
             "alerts": self.alerts,
             "dropped_frames": cap.dropped if cap else 0,
+            # longest wait between two classified frames since the previous stats: a stall (a hot swap,
+            # the camera, the CPU) that an average fps hides; 1000/fps when nothing stalled
+            "frame_gap_max_ms": round(self._gap_max_s * 1000, 1),
             "camera": cap.as_dict() if cap else {"state": "starting"},
             "inference_ms": {"p50": percentile(recent, 50), "p99": percentile(recent, 99)},
             "classify_errors": self.classify_errors,
@@ -735,6 +739,7 @@ class Daemon:
                     last_wd = now
                 if now - last_stats >= cfg.stats_interval:
                     self._publish_stats(self.stats_payload(self.frames - frames_at_stats, now - last_stats))
+                    self._gap_max_s = 0.0
                     last_stats, frames_at_stats = now, self.frames
         finally:
             self.shutdown(frames_at_stats, last_stats)
@@ -897,7 +902,10 @@ class Daemon:
         self.frames += 1
         if self._swapped is not None:
             self._log_swap(frame)
-        self._last_frame = (frame.seq, frame.ts_mono, time.monotonic())
+        done, last = time.monotonic(), self._last_frame
+        if last is not None and done - last[2] > self._gap_max_s:  # one compare a frame (stats)
+            self._gap_max_s = done - last[2]
+        self._last_frame = (frame.seq, frame.ts_mono, done)
         scores = {lab: float(p) for lab, p in zip(self.labels, np.asarray(probs).reshape(-1))}
         still = False
         if self.health is not None:

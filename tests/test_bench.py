@@ -33,6 +33,7 @@ REQUIRED = (
     "samples_flood_latency",
     "feedback_junk",
     "fleet",
+    "model_swap",
     "machine",
     "ratios",
     "targets",
@@ -161,6 +162,18 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
     assert fl["rollout_rc"] == 0 and fl["rollout_active"] == 8 and _pos(fl["rollout_s"]), fl
     assert 0.9e6 <= fl["rollout_bytes"] <= 1.1e6, fl
 
+    # hot swaps at 30 fps (quick: 3): each one logged, measured from the daemon's stats, stall = gap − 33.3 ms
+    ms = res["model_swap"]
+    assert ms["complete"] is True and ms["error"] is None and ms["swaps"] == ms["swaps_logged"] == 3, ms
+    assert ms["interval_ms"] == 33.3 and ms["dropped"] >= 0 and ms["quiet_gap_ms"]["n"] > 0, ms
+    for p in ms["per_swap"]:
+        assert _pos(p["gap_max_ms"]) and p["stats_intervals"] >= 1 and p["dropped"] >= 0, p
+        assert p["gap_max_ms"] >= p["classify_gap_ms"] * 0.99, p  # the window holds the swap's own gap
+        assert p["stall_ms"] == pytest.approx(max(0.0, p["gap_max_ms"] - 100 / 3), abs=0.06), p
+    assert ms["gap_max_ms"] == max(p["gap_max_ms"] for p in ms["per_swap"]), ms
+    assert ms["stall_max_ms"] == pytest.approx(max(0.0, ms["gap_max_ms"] - 100 / 3), abs=0.06), ms
+    assert ms["dropped"] == sum(p["dropped"] for p in ms["per_swap"]), ms
+
     # the printed table carries every target with its verdict
     assert {t["name"] for t in res["targets"]} >= {
         "e2e_over_bound",
@@ -177,6 +190,8 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
         "feedback_junk_fps_cost",
         "fleet_rollout_s",
         "fleet_alerts_lost",
+        "swap_stall_ms",
+        "swap_dropped_frames",
     }
     for t in res["targets"]:
         assert t["result"] in ("PASS", "MISS"), t

@@ -95,6 +95,7 @@ def test_daemon_defect_on_before_each_alert_off_at_close_heatmap_of_a_published_
         "heatmaps_dropped",
         "heatmaps_deleted",
         "defects_per_hour",
+        "frame_gap_max_ms",
     )
     for key in flat:
         assert isinstance(st[key], numbers.Real) and not isinstance(st[key], bool), (key, st[key])

@@ -120,9 +120,11 @@ def daemon_config(
     hm_mqtt: bool = True,
     homeassistant: bool = False,
     samples: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
 ) -> tuple[Path, str]:
     """A daemon config for one run → (path, station); ``forced_every`` loads it on purpose (module doc);
-    ``samples``: ``samples.enabled`` with these keys (e.g. ``SAMPLES_FLOOD``) in a folder of its own."""
+    ``samples``: ``samples.enabled`` with these keys (e.g. ``SAMPLES_FLOOD``) in a folder of its own;
+    ``model``: more ``model`` keys (the swap run's ``watch_s``)."""
     import yaml
 
     station = f"bench-{tag}"
@@ -149,7 +151,7 @@ def daemon_config(
             "realtime": realtime,
             "loop": loop,
         },
-        "model": {"bundle": str(bundle), "threads": threads},
+        "model": {"bundle": str(bundle), "threads": threads, **(model or {})},
         "decision": decision,
         "mqtt": (
             {

@@ -26,6 +26,8 @@ TARGETS = {  # name: (json path, comparison, value, text)
     "feedback_junk_fps_cost": ("<=", 0.05, "fps cost of junk flooding the feedback topic (1 − fps with / without)"),
     "fleet_rollout_s": ("<=", 30.0, "convert deploy of a 1 MB bundle to every fleet station, until all active (s)"),
     "fleet_alerts_lost": ("<=", 0, "alerts a fleet station logged (stored) that never reached the subscriber"),
+    "swap_stall_ms": ("<=", 33.3, "hot swap at 30 fps: longest frame gap around a swap − the 33.3 ms interval (ms)"),
+    "swap_dropped_frames": ("<=", 0, "frames dropped around the hot swaps (30 fps)"),
 }
 
 
@@ -85,6 +87,8 @@ def evaluate_targets(res: dict) -> list[dict[str, Any]]:
         "feedback_junk_fps_cost": (res.get("feedback_junk") or {}).get("cost"),
         "fleet_rollout_s": (res.get("fleet") or {}).get("rollout_s"),
         "fleet_alerts_lost": (res.get("fleet") or {}).get("alerts_lost"),
+        "swap_stall_ms": (res.get("model_swap") or {}).get("stall_max_ms"),
+        "swap_dropped_frames": (res.get("model_swap") or {}).get("dropped"),
     }
     out = []
     for name, (op, target, text) in TARGETS.items():
@@ -146,6 +150,9 @@ def render_table(res: dict) -> str:
     sq, fj = res.get("samples_flood_latency") or {}, res.get("feedback_junk") or {}
     fl = res.get("fleet") or {}
     fld = fl.get("alert_delivery_ms") or {}
+    ms = res.get("model_swap") or {}
+    mq = ms.get("quiet_gap_ms") or {}
+    at_swap = [p.get("classify_gap_ms") for p in ms.get("per_swap") or [] if p.get("classify_gap_ms") is not None]
     loss = hm.get("loss")
     pl = res["pipeline_ms"]["ms_p50"]
     L += [
@@ -214,6 +221,11 @@ def render_table(res: dict) -> str:
         f"| fleet: convert deploy of {fl.get('rollout_bytes')} bytes to all {fl.get('stations')} | "
         f"{_f(fl.get('rollout_s'), 1)} s until all active ({fl.get('rollout_active')} active, exit "
         f"{fl.get('rollout_rc')}) |",
+        f"| hot swap: {ms.get('swaps')} swaps at 30 fps (a symlink renamed over model.bundle) | longest frame gap "
+        f"around a swap {_f(ms.get('gap_max_ms'), 1)} ms → stall {_f(ms.get('stall_max_ms'), 1)} ms beyond the "
+        f"{_f(ms.get('interval_ms'), 1)} ms interval (outside the swaps: p50 {_f(mq.get('p50'), 1)}, max "
+        f"{_f(mq.get('max'), 1)} ms); at the swap itself ≤ {_f(max(at_swap) if at_swap else None, 1)} ms; "
+        f"{ms.get('dropped')} frames dropped |",
         "",
         "| target | value | goal | result |",
         "|---|---:|---|---|",
