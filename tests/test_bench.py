@@ -173,6 +173,8 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
     assert ms["gap_max_ms"] == max(p["gap_max_ms"] for p in ms["per_swap"]), ms
     assert ms["stall_max_ms"] == pytest.approx(max(0.0, ms["gap_max_ms"] - 100 / 3), abs=0.06), ms
     assert ms["dropped"] == sum(p["dropped"] for p in ms["per_swap"]), ms
+    share = ms["stalled_share"]
+    assert 0 <= share["swaps"] <= 1 and 0 <= share["quiet"] <= 1 and share["n_swaps"] >= 3, share
 
     # the printed table carries every target with its verdict
     assert {t["name"] for t in res["targets"]} >= {

@@ -174,14 +174,18 @@ def swap_bench(
             }
         )
     ready = run.event_time("ready") or 0.0
-    quiet = [
-        float(m.get("frame_gap_max_ms") or 0)
-        for k, (t, m) in enumerate(stats)
-        if k > 0
-        and stats[k - 1][0] > ready + 1.0
-        and m.get("frame_gap_max_ms")
-        and not any(t > a and stats[k - 1][0] < b for a, b in windows)
-    ]
+    quiet, inside = [], []
+    for k in range(1, len(stats)):
+        (t_prev, _), (t, m) = stats[k - 1], stats[k]
+        gap = float(m.get("frame_gap_max_ms") or 0)
+        if t_prev <= ready + 1.0 or not gap:
+            continue
+        (inside if any(t > a and t_prev < b for a, b in windows) else quiet).append(gap)
+
+    def stalled(gaps: list[float]) -> float | None:
+        """The share of stats intervals whose longest gap stalls more than one frame interval."""
+        return round(sum(g - INTERVAL_MS > INTERVAL_MS for g in gaps) / len(gaps), 3) if gaps else None
+
     gaps_all = [p["gap_max_ms"] for p in per if p["gap_max_ms"] is not None]
     drops_all = [p["dropped"] for p in per if p["dropped"] is not None]
     complete = swapper.error is None and len(per) == n and len(gaps_all) == n and len(swaps) >= n
@@ -201,6 +205,8 @@ def swap_bench(
             "max": round(max(quiet), 1) if quiet else None,
             "n": len(quiet),
         },
+        # the machine's own noise beside the swaps': share of the 0.2 s stats intervals stalling > 33.3 ms
+        "stalled_share": {"swaps": stalled(inside), "quiet": stalled(quiet), "n_swaps": len(inside)},
         "per_swap": per,
         "threads": threads,
         "how": f"one daemon, the bench video replayed at 30 fps (realtime, loop), heatmaps off; {n} times "
@@ -208,5 +214,6 @@ def swap_bench(
         f"versions), model.watch_s {WATCH_S:g}; per swap, from the rename to {AFTER_S:g} s after the first "
         f"frame on the new model: the longest wait between two classified frames (stats frame_gap_max_ms, "
         f"every {STATS_S:g} s) − the 33.3 ms interval = the stall, and the growth of stats dropped_frames; "
-        "quiet_gap_ms: the same gap in the stats intervals outside every swap",
+        "quiet_gap_ms: the same gap in the stats intervals outside every swap; stalled_share: the share of "
+        "stats intervals, inside the swap windows and outside them, whose gap stalls more than 33.3 ms",
     }
