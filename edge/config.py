@@ -110,6 +110,11 @@ class MqttConfig(_Model):
     homeassistant_prefix: str = "homeassistant"  # HA's discovery prefix (its `discovery_prefix`)
     # operator feedback (edge.feedback): subscribe to <prefix>/<station>/feedback, QoS 1
     feedback: bool = True
+    # flood breaker: more than feedback_junk_limit refused payloads within feedback_junk_window_s
+    # unsubscribe the topic for feedback_pause_s (paho's receiving, not our parsing, costs the fps)
+    feedback_junk_limit: int = Field(200, ge=1, le=1_000_000)
+    feedback_junk_window_s: float = Field(10.0, gt=0, le=86400)
+    feedback_pause_s: float = Field(60.0, gt=0, le=86400)
 
     @field_validator("host")
     @classmethod

@@ -377,7 +377,16 @@ class Daemon:
         from .samples import RingBuffer, Sampler, SampleWorker
 
         if cfg.mqtt.enabled and cfg.mqtt.feedback:
-            self.inbox = FeedbackInbox(self.publisher.topics.feedback, self.labels)
+            m, topic = cfg.mqtt, self.publisher.topics.feedback
+            self.inbox = FeedbackInbox(
+                topic,
+                self.labels,
+                junk_limit=m.feedback_junk_limit,
+                junk_window_s=m.feedback_junk_window_s,
+                pause_s=m.feedback_pause_s,
+                # the flood breaker: unsubscribe in paho's thread, subscribe again from the samples worker
+                listening=lambda on: self.publisher.set_listening(topic, on),
+            )
             self.publisher.listen(self.inbox.topic, self.inbox.on_message)
         if not sc.enabled and self.inbox is None:
             return
@@ -593,6 +602,8 @@ class Daemon:
             "feedback_received": ib.received if ib else 0,
             "feedback_junk": ib.junk if ib else 0,
             "feedback_dropped": ib.dropped if ib else 0,
+            "feedback_paused": int(ib.paused) if ib else 0,  # 1 while the flood breaker has the topic off
+            "feedback_pauses": ib.pauses if ib else 0,
             "feedback_unknown": sw.unknown if sw else 0,
             "feedback_verdicts": sw.verdicts if sw else 0,
             "feedback_missed": sw.missed if sw else 0,

@@ -15,6 +15,13 @@ Threads: :meth:`FeedbackInbox.on_message` runs in paho's network thread. It only
 ``put_nowait``\\s into a bounded queue (full: counted as dropped); it never touches the capture
 path, the outbox or the disk. The samples worker (``edge.samples``) is the only consumer. The
 inbox's counters have one writer each: paho's thread.
+
+Flood breaker: cheaper parsing cannot make a flood cheap (paho's packet handling and the PUBACK cost
+several times our parse, in a thread that competes with the classifier for the GIL), so more than
+``junk_limit`` refused payloads within ``junk_window_s`` make the inbox unsubscribe from the topic for
+``pause_s`` (one log line) and the broker stops sending. ``tick``, called from the samples worker's
+loop (it wakes at least every 0.2 s), subscribes again once the pause is over. Only refused payloads
+count: well-formed feedback at any rate never trips it.
 """
 
 from __future__ import annotations
@@ -26,15 +33,21 @@ import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from .logfmt import event
+
 FEEDBACK_MAX = 4096  # bytes: the topic's contract
 MAX_LABELS = 16
 LOG_EVERY_S = 60.0  # at most one line about refused feedback per minute
 QUEUE_SIZE = 256
+JUNK_LIMIT = 200  # refused payloads within JUNK_WINDOW_S that pause the subscription (mqtt.feedback_junk_limit)
+JUNK_WINDOW_S = 10.0
+PAUSE_S = 60.0  # how long the topic stays unsubscribed (mqtt.feedback_pause_s)
 _EVENT_ID_RE = re.compile(r"^[\x21-\x7e]{1,256}$")  # printable ASCII: what the decider's ids are made of
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _SHOWN = 60  # bytes of a refused payload shown in the log
@@ -149,7 +162,11 @@ class FeedbackInbox:
     """Subscribes to the station's feedback topic; paho's callback validates and enqueues, nothing more.
 
     ``get`` is for the one consumer (the samples worker). Counters (paho's thread writes, others
-    read): ``received``, ``junk`` (refused as invalid), ``dropped`` (valid but the queue was full).
+    read): ``received``, ``junk`` (refused as invalid), ``dropped`` (valid but the queue was full),
+    ``pauses`` (flood breaker trips); ``paused`` is true while the topic is unsubscribed.
+
+    ``listening(False)`` unsubscribes and ``listening(True)`` subscribes again (``Publisher.set_listening``);
+    None: the breaker only counts (tests).
     """
 
     def __init__(
@@ -161,6 +178,10 @@ class FeedbackInbox:
         log: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
         log_every_s: float = LOG_EVERY_S,
+        junk_limit: int = JUNK_LIMIT,
+        junk_window_s: float = JUNK_WINDOW_S,
+        pause_s: float = PAUSE_S,
+        listening: Callable[[bool], object] | None = None,
     ) -> None:
         self.topic = topic
         self.labels = tuple(labels)
@@ -173,7 +194,17 @@ class FeedbackInbox:
         self.dropped = 0
         self._said_at: float | None = None  # when the last line about refused feedback was logged
         self._unsaid = 0  # refusals since that line
-        self._lock = threading.Lock()  # the log-once state, should a test call on_message from two threads
+        self.junk_limit = junk_limit
+        self.junk_window_s = junk_window_s
+        self.pause_s = pause_s
+        self._listening = listening
+        # when the last junk_limit + 1 refusals arrived: the window holds too many when the oldest is recent
+        self._junk_times: deque[float] = deque(maxlen=junk_limit + 1)
+        self.paused = False
+        self.pauses = 0
+        self._resume_at = 0.0
+        # the log-once and breaker state: paho's thread trips the breaker, the samples worker resumes it
+        self._lock = threading.Lock()
 
     def on_connect(self, client: Any) -> None:
         """Subscribe (QoS 1) on each connect: every session starts clean."""
@@ -187,7 +218,7 @@ class FeedbackInbox:
             fb = parse_feedback(payload, self.labels)
         except FeedbackError as e:
             self.junk += 1
-            self._refused(str(e), payload)
+            self._refused(str(e), payload, junk=True)
             return
         try:
             self.q.put_nowait(fb)
@@ -212,9 +243,57 @@ class FeedbackInbox:
         except queue.Empty:
             return None
 
-    def _refused(self, why: str, payload: bytes) -> None:
+    def tick(self) -> None:
+        """Subscribe again once a pause is over; the samples worker calls it on every loop (≤ 0.2 s apart)."""
+        if not self.paused:  # one attribute read: the common case takes no lock
+            return
+        with self._lock:
+            if not self.paused or self._clock() < self._resume_at:
+                return
+            if self._listening is not None:
+                self._listening(True)  # before the flag: stats saying "not paused" follow the SUBSCRIBE
+            self.paused = False
+            self._junk_times.clear()
+
+    def _trip(self, now: float) -> bool:
+        """The breaker, under ``_lock``: True when this refusal paused the subscription."""
+        if self.paused:
+            return False  # messages the broker sent before it read the UNSUBSCRIBE: counted, not timed
+        times = self._junk_times
+        times.append(now)
+        if len(times) <= self.junk_limit or now - times[0] > self.junk_window_s:
+            return False
+        if self._listening is not None:
+            # before the flag: the UNSUBSCRIBE is queued ahead of any stats that say "paused", so a
+            # client that saw feedback_paused: 1 knows the broker no longer routes feedback here
+            self._listening(False)
+        self.paused = True
+        self.pauses += 1
+        self._resume_at = now + self.pause_s
+        times.clear()
+        return True
+
+    def _refused(self, why: str, payload: bytes, junk: bool = False) -> None:
         with self._lock:
             now = self._clock()
+            if junk and self._trip(now):
+                self.log.warning(
+                    "feedback on %s: %d refused messages within %g s, a flood: unsubscribed for %g s "
+                    "(feedback sent meanwhile is lost; stats: feedback_paused, feedback_pauses); the broker's "
+                    "ACL should keep this publisher off the topic (README: Who may publish feedback)",
+                    self.topic,
+                    self.junk_limit + 1,
+                    self.junk_window_s,
+                    self.pause_s,
+                    extra=event(
+                        "feedback",
+                        kind="paused",
+                        junk=self.junk,
+                        limit=self.junk_limit,
+                        window_s=self.junk_window_s,
+                        pause_s=self.pause_s,
+                    ),
+                )
             self._unsaid += 1
             if self._said_at is not None and now - self._said_at < self._log_every_s:
                 return

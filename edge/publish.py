@@ -21,6 +21,7 @@ QoS 0 message leaves no acknowledgement to track); ``flush()``/``stop()`` wait o
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -122,6 +123,8 @@ class Publisher:
         self._defect: bool | None = None  # the last state handed to paho for ``/defect``
         self.announcer: Announcer | None = None  # Home Assistant discovery (mqtt.homeassistant)
         self._inbound: list[str] = []  # topics subscribed (QoS 1) on every connect (``listen``)
+        self._paused: set[str] = set()  # of those, the ones not subscribed for now (``set_listening``)
+        self._inbound_lock = threading.Lock()  # paho's thread (connect, pause) and the samples worker (resume)
         if self.enabled:
             setup = make_client(cfg, station, self.topics.status, self.log)
             self._setup, self._client = setup, setup.client
@@ -145,8 +148,10 @@ class Publisher:
         """paho's network thread, after each connect's ``online``: discovery, then the inbound topics."""
         if self.announcer is not None:
             self.announcer.on_connect(client)
-        for topic in self._inbound:
-            client.subscribe(topic, qos=1)
+        with self._inbound_lock:
+            for topic in self._inbound:
+                if topic not in self._paused:  # a paused topic stays unsubscribed across a reconnect
+                    client.subscribe(topic, qos=1)
 
     def listen(self, topic: str, callback: Any) -> bool:
         """Subscribe to ``topic`` (QoS 1) on every connect; paho's network thread calls ``callback``.
@@ -159,6 +164,23 @@ class Publisher:
         self._client.message_callback_add(topic, callback)
         self._inbound.append(topic)
         return True
+
+    def set_listening(self, topic: str, on: bool) -> None:
+        """Unsubscribe from a ``listen`` topic (``on`` False) or subscribe to it again (the feedback flood breaker).
+
+        Thread-safe (paho 2.x queues the packet). While off, a reconnect does not subscribe it; when
+        disconnected, turning it on only clears the mark and the next connect subscribes.
+        """
+        client = self._client
+        if client is None or topic not in self._inbound:
+            return
+        with self._inbound_lock:
+            if on:
+                self._paused.discard(topic)
+                client.subscribe(topic, qos=1)
+            else:
+                self._paused.add(topic)
+                client.unsubscribe(topic)
 
     def start(self) -> Publisher:
         """Connect in the background and start the sender; returns at once."""

@@ -600,6 +600,7 @@ class SampleWorker(threading.Thread):
     def _feedback(self) -> None:
         if self.inbox is None:
             return
+        self.inbox.tick()  # the flood breaker's timer: this loop waits at most 0.2 s
         for _ in range(FEEDBACK_PER_LOOP):
             fb = self.inbox.get(0)
             if fb is None:

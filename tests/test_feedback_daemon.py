@@ -153,3 +153,85 @@ def test_a_full_samples_disk_costs_no_alert(tmp_path, tiny_bundle, video, mqtt_b
         sub.wait_count("seamqc/test-st/alert", len(alerts))
         assert s["outbox_depth"] == 0 and s["samples_dropped"] > 0 and s["samples_saved"] > 0
         assert sum("samples: cannot write" in line for line in text.splitlines()) == 1
+
+
+def test_junk_flood_pauses_the_feedback_subscription_and_valid_feedback_never_does(
+    tmp_path, tiny_bundle, video, mqtt_broker, mqtt_subscriber
+):
+    """Issue 14's flood breaker on a real daemon: more than ``feedback_junk_limit`` refused messages
+    unsubscribe the topic for ``feedback_pause_s`` (one line, counters in stats); a verdict sent in the
+    pause is never delivered, one sent after it is applied; well-formed feedback at a high rate never trips it."""
+    topic, stats = "seamqc/test-st/feedback", "seamqc/test-st/stats"
+    sub = mqtt_subscriber(mqtt_broker, ["seamqc/test-st/alert", stats], v5=True)
+    limit = 50
+    cfg = daemon_config(
+        tmp_path,
+        tiny_bundle,
+        video,
+        mqtt_broker,
+        camera={"loop": True, "realtime": True},
+        mqtt={"feedback_junk_limit": limit, "feedback_junk_window_s": 30, "feedback_pause_s": 5},
+    )
+    proc = start_daemon(cfg)
+    op = _operator(mqtt_broker)
+
+    def next_stats(pred) -> dict:
+        """The first stats message from now on that satisfies ``pred``."""
+        seen = len(sub.on(stats))
+        got: list[dict] = []
+        wait_until(
+            lambda: got.extend(m.json() for m in sub.on(stats)[seen:] if pred(m.json())) or got,
+            timeout=30,
+            what="stats",
+        )
+        return got[0]
+
+    try:
+        first = sub.wait_for("seamqc/test-st/alert", timeout=60).json()
+        proc.wait_event("ready")
+        # 300 well-formed verdicts on ids the station never raised, as fast as paho sends them: the
+        # queue may overflow (feedback_dropped), nothing is refused, the breaker stays closed
+        for i in range(300):
+            op.publish(topic, json.dumps({"event_id": f"elsewhere-{i}", "verdict": "confirmed"}), qos=1)
+        s = next_stats(lambda s: s["feedback_received"] >= 300)
+        assert s["feedback_junk"] == 0 and s["feedback_paused"] == 0 and s["feedback_pauses"] == 0, s
+        # junk in chunks of 10, each chunk counted by the station before the next goes, until it pauses:
+        # the 51st trips the breaker; the rest of its chunk (9 at most) may already be in flight or
+        # queued for the station when Mosquitto reads the UNSUBSCRIBE, and it still delivers those
+        sent = 0
+        while True:
+            for _ in range(10):
+                op.publish(topic, b"junk %d" % sent, qos=1).wait_for_publish(5)
+                sent += 1
+            s = next_stats(lambda s, n=sent: s["feedback_paused"] == 1 or s["feedback_junk"] >= n)
+            if s["feedback_paused"] or sent >= 4 * limit:
+                break
+        assert s["feedback_paused"] == 1 and s["feedback_pauses"] == 1 and sent == limit + 10, (sent, s)
+        for i in range(100):  # the flood goes on: the broker routes it nowhere
+            op.publish(topic, b"more junk %d" % i, qos=1).wait_for_publish(5)
+        received = s["feedback_received"]
+        proc.wait_event("feedback", lambda e: e.get("kind") == "paused")
+        # the stats that said "paused" went out after the UNSUBSCRIBE (same connection, in order):
+        # the broker has dropped the subscription, this verdict goes nowhere
+        during = {"event_id": first["event_id"], "verdict": "confirmed", "by": "during-pause"}
+        op.publish(topic, json.dumps(during), qos=1).wait_for_publish(5)
+        s = next_stats(lambda s: s["feedback_paused"] == 0)  # 5 s later: subscribed again
+        assert s["feedback_pauses"] == 1 and s["feedback_received"] == received, s
+        after = {"event_id": first["event_id"], "verdict": "confirmed", "by": "after-pause"}
+        op.publish(topic, json.dumps(after), qos=1).wait_for_publish(5)
+        proc.wait_event("feedback", lambda e: e.get("kind") == "verdict" and e.get("by") == "after-pause")
+    finally:
+        op.loop_stop()
+        op.disconnect()
+        proc.send_signal(signal.SIGTERM)
+    assert wait_exit(proc) == 0, daemon_log(cfg)[-3000:]
+    text = daemon_log(cfg)
+    s = log_summary(text)
+    # limit + 1 refused messages trip it, plus what of its chunk was already on its way (see above);
+    # none of the 100 sent during the pause
+    assert limit + 1 <= s["feedback_junk"] <= limit + 10, s["feedback_junk"]
+    assert s["feedback_pauses"] == 1 and s["feedback_paused"] == 0 and s["feedback_verdicts"] == 1, s
+    verdicts = [e for e in log_events(text) if e.name == "feedback" and e.get("kind") == "verdict"]
+    assert [e.get("by") for e in verdicts] == ["after-pause"]  # the one sent in the pause never came
+    paused = [line for line in text.splitlines() if "a flood: unsubscribed for 5 s" in line]
+    assert len(paused) == 1 and f"{limit + 1} refused messages within 30 s" in paused[0], paused
