@@ -94,89 +94,38 @@ def ship(
         print(f"ship: synth {key}: {count} images (seed {seed})", file=sys.stderr)
         write_dataset(d, count, seed, workers=os.cpu_count() or 1, progress=sys.stderr.isatty())
     t_synth = time.monotonic() - t0
-    model = work / "model.keras"
-    cmds.append(
-        _cmd(
-            "python -m convert train --train",
-            work / "train/data.csv",
-            "--valid",
-            work / "valid/data.csv",
-            "--out",
-            model,
-            "--arch",
-            arch,
-            "--epochs",
-            epochs,
-            "--size",
-            size,
-            "--filters",
-            filters,
-            "--batch",
-            batch,
-            "--lr",
-            lr,
-            "--patience",
-            epochs,
-            "--seed",
-            1,
-            *(("--init", init) if init else ()),
-        )
-    )
-    res = train(
-        str(work / "train/data.csv"),
-        str(work / "valid/data.csv"),
-        model,
-        arch=arch,
-        epochs=epochs,
-        size=size,
-        filters=filters,
-        batch=batch,
-        lr=lr,
-        resume=True,
-        seed=1,
-        patience=epochs,  # the cosine schedule runs its course; the best epoch is still restored
-        init=init,
-    )
-    first_epochs = res.epochs_run
-    if continue_epochs > 0:  # 2b: on from the first model, on a fresh set (module doc)
-        first, model = model, work / "model2.keras"
+
+    def stage(train_set: str, out: Path, n_epochs: int, stage_lr: float, start: str | None, **shape: int):
+        """One ``convert.train`` run (resumable; the cosine schedule runs its course, no early stop)
+        and the command line that reproduces it."""
+        flags = {"arch": arch, **({"init": start} if start else {}), "epochs": n_epochs, **shape}
+        flags.update(batch=batch, lr=stage_lr, patience=n_epochs, seed=1)
+        argv = [x for k, v in flags.items() for x in (f"--{k}", v)]
         cmds.append(
             _cmd(
                 "python -m convert train --train",
-                work / "train2/data.csv",
+                work / train_set,
                 "--valid",
                 work / "valid/data.csv",
                 "--out",
-                model,
-                "--arch",
-                arch,
-                "--init",
-                first,
-                "--epochs",
-                continue_epochs,
-                "--batch",
-                batch,
-                "--lr",
-                continue_lr,
-                "--patience",
-                continue_epochs,
-                "--seed",
-                1,
+                out,
+                *argv,
             )
         )
-        res = train(
-            str(work / "train2/data.csv"),
+        return train(
+            str(work / train_set),
             str(work / "valid/data.csv"),
-            model,
-            arch=arch,
-            epochs=continue_epochs,
-            batch=batch,
-            lr=continue_lr,
+            out,
+            **flags,  # type: ignore[arg-type]
             resume=True,
-            seed=1,
-            patience=continue_epochs,
-            init=str(first),
         )
+
+    model = work / "model.keras"
+    first_epochs = stage("train/data.csv", model, epochs, lr, init, size=size, filters=filters).epochs_run
+    res = None
+    if continue_epochs > 0:  # 2b: on from the first model, on a fresh set (module doc)
+        first, model = model, work / "model2.keras"
+        res = stage("train2/data.csv", model, continue_epochs, continue_lr, str(first))
     t_train = time.monotonic() - t0 - t_synth
     cmds.append(
         _cmd(
@@ -239,7 +188,7 @@ def ship(
             "continue_epochs": continue_epochs,
             "continue_count": continue_count,
             "continue_lr": continue_lr,
-            "continue_epochs_run": res.epochs_run if continue_epochs > 0 else 0,
+            "continue_epochs_run": res.epochs_run if res is not None else 0,
         },
         "test": {"int8": m_int8, "fp32": m_fp32, "agreement": agree},
         "parity": exp.manifest["parity"],
