@@ -209,7 +209,8 @@ def render_table(res: dict) -> str:
         f"{_f(sq.get('off', {}).get('after_close_p50'), 1)} / {_f(sq.get('off', {}).get('after_close_p99'), 1)} ms |",
         f"| {fj.get('messages_per_run')} junk feedback messages a run, with / without (pairs {fj.get('pairs')}; "
         f"station counted {fj.get('received')} of {fj.get('sent')}: {fj.get('junk')} junk, {fj.get('unknown')} "
-        f"unknown, {fj.get('dropped')} dropped) | {_f(fj.get('fps_with'), 1)} vs {_f(fj.get('fps_without'), 1)} "
+        f"unknown, {fj.get('dropped')} dropped; flood breaker paused {fj.get('pauses')} times) | "
+        f"{_f(fj.get('fps_with'), 1)} vs {_f(fj.get('fps_without'), 1)} "
         f"fps → ratio {_f(fj.get('ratio'), 3)} |",
         f"| fleet: {fl.get('stations')} daemons ({fl.get('fps_each')} fps, an alert every 2 s each) on one broker | "
         f"{_f(fl.get('msgs_per_s'), 1)} msg/s in ({_f(fl.get('alerts_per_s'), 1)} alerts/s, "

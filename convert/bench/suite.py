@@ -670,6 +670,10 @@ def _junk_cost(fps_off: float | None, junk: list[tuple[dict, dict, JunkFlood]], 
         "received": total("feedback_received"),
         "junk": total("feedback_junk"),
         "dropped": total("feedback_dropped"),
+        # the flood breaker (mqtt.feedback_junk_limit): how often the stations unsubscribed; "junk" is
+        # then what they processed before pausing plus what Mosquitto had already sent or queued
+        "pauses": total("feedback_pauses"),
+        "paused_at_end": total("feedback_paused"),
         "unknown": total("feedback_unknown"),
         "errors": [fl.error for _, _, fl in junk if fl.error],
         "config": "the e2e runs against the same runs while mosquitto_pub -l (QoS 1) sends junk to "
