@@ -451,7 +451,9 @@ def test_breaker_on_a_real_broker_unsubscribes_stays_off_across_a_reconnect_and_
             op.publish(topic, b"more junk %d" % i, qos=1).wait_for_publish(5)
         probe(b"p1")
         junk = inbox.junk
-        assert junk == 21
+        # the first "more junk" can pass the station's UNSUBSCRIBE on its way through the broker (two
+        # connections, no order between them): at most that one arrives, the other 49 never do
+        assert 21 <= junk <= 22, junk
         mqtt_broker.restart()  # a clean session; the reconnect must not subscribe the paused topic
         wait_until(lambda: pub.connected and op.is_connected(), timeout=30, what="both reconnected")
         probe(b"p2")
