@@ -21,6 +21,11 @@
   batch 32): oneDNN is far more efficient on 16–128 channels at 64² and below than on 8 channels
   at 128². The stem still reads every full-resolution pixel (3×3, stride 2), so a 1 px thread is
   seen. Its Grad-CAM map is 8×8 (one cell per 16 px of the input).
+* ``resnet-s2-deep`` — ``resnet-s2`` with stages [2, 3, 4, 2]: four more residual blocks where the
+  receptive field is widest (≈ 195 M multiply-adds, 1.6× ``resnet-s2``, inside the Pi budget of 3×).
+  ``train --init`` of a ``resnet-s2`` model with ``--arch resnet-s2-deep`` grows it without
+  changing what it computes (:func:`grow`): the old blocks keep their weights and every new block
+  starts as the identity, so training carries on from the old model instead of from scratch.
 * ``cnn`` — the seed CNN: 4 × [Conv 3×3 ReLU, BN, MaxPool 2], Flatten, Dense 128 ReLU, Dense.
 * ``fruit-cnn`` — the fruit tutorial's CNN (class folders Apfel/Orange/Tomate, softmax): 4 ×
   [Conv 3×3 ReLU with ``he_uniform`` initialisation, BN, MaxPool 2] with fixed widths 32/32/64/128
@@ -40,11 +45,14 @@ from __future__ import annotations
 
 from edge.errors import ModelError
 
-ARCHS = ("resnet", "resnet-int8", "resnet-int8-gap", "resnet-s2", "cnn", "fruit-cnn")
+ARCHS = ("resnet", "resnet-int8", "resnet-int8-gap", "resnet-s2", "resnet-s2-deep", "cnn", "fruit-cnn")
 FRUIT_WIDTHS = (32, 32, 64, 128)
 GRADCAM_LAYER = "gradcam_features"
 RESNET_BLOCKS = (2, 4, 2)
 RESNET_S2_BLOCKS = (2, 2, 2, 1)
+RESNET_S2_DEEP_BLOCKS = (2, 3, 4, 2)
+# arch → (blocks per stage, the arch it can grow from by adding identity blocks)
+GROWS_FROM = {"resnet-s2-deep": "resnet-s2"}
 
 
 def _resnet(
@@ -181,7 +189,7 @@ def build_model(
         return _fruit_cnn(n_labels, height, width, activation)
     if arch == "cnn":
         return _cnn(n_labels, height, width, filters, activation)
-    if arch == "resnet-s2":
+    if arch in ("resnet-s2", "resnet-s2-deep"):
         return _resnet(
             n_labels,
             height,
@@ -191,8 +199,8 @@ def build_model(
             friendly=True,
             gap=True,
             stem_stride=2,
-            blocks=RESNET_S2_BLOCKS,
-            name="resnet_s2",
+            blocks=RESNET_S2_BLOCKS if arch == "resnet-s2" else RESNET_S2_DEEP_BLOCKS,
+            name=arch.replace("-", "_"),
         )
     return _resnet(
         n_labels,
@@ -203,6 +211,70 @@ def build_model(
         friendly=arch.startswith("resnet-int8"),
         gap=arch == "resnet-int8-gap",
     )
+
+
+def _segments(model) -> tuple[list, list[list], list]:
+    """A ResNet's weight-bearing layers → (stem, one list per residual block, head). A block ends at
+    the ReLU after its ``Add``; the layer order is the construction order, the same in every build."""
+    stem: list = []
+    blocks: list[list] = []
+    cur: list = []
+    seen_add = False
+    for layer in model.layers:
+        kind = layer.__class__.__name__
+        if kind == "Add":
+            seen_add = True
+        elif kind == "ReLU" and seen_add:
+            blocks.append(cur)
+            cur, seen_add = [], False
+        elif layer.weights:
+            cur.append(layer)
+    if not blocks:
+        raise ModelError(f"model {model.name!r} has no residual blocks")
+    # the stem (input BN, conv, BN) came before the first block's layers; the head after the last
+    first_block = blocks[0]
+    n_stem = 3
+    stem, blocks[0] = first_block[:n_stem], first_block[n_stem:]
+    return stem, blocks, cur
+
+
+def grow(base, arch: str, n_labels: int, size: int, filters: int, task: str):
+    """A fresh ``arch`` model computing exactly what ``base`` computes (a deeper ResNet of the same
+    stem, widths and head): the stem, the head and block j of every stage take ``base``'s weights;
+    each added block (at the end of its stage) starts with the last batch norm of its residual branch
+    at zero scale and shift, so the block is ``ReLU(x + 0) = x`` (its input is already a ReLU output).
+    Net2DeeperNet for ResNets: training resumes from ``base``'s accuracy instead of from scratch."""
+    source = GROWS_FROM.get(arch)
+    if source is None:
+        raise ModelError(f"--arch {arch}: cannot grow a model into it (growable: {', '.join(GROWS_FROM)})")
+    new = build_model(arch, n_labels, size, size, filters, task)
+    old_blocks = RESNET_S2_BLOCKS
+    new_blocks = RESNET_S2_DEEP_BLOCKS
+    o_stem, o_blk, o_head = _segments(base)
+    n_stem, n_blk, n_head = _segments(new)
+    if len(o_blk) != sum(old_blocks) or len(n_blk) != sum(new_blocks):
+        raise ModelError(f"--init model {base.name!r} is not a {source} model ({len(o_blk)} residual blocks)")
+
+    def copy(src: list, dst: list) -> None:
+        for a, b in zip(src, dst, strict=True):
+            wa, wb = a.get_weights(), b.get_weights()
+            if [w.shape for w in wa] != [w.shape for w in wb]:
+                raise ModelError(f"--init model {base.name!r}: layer {a.name} does not fit {arch} (filters?)")
+            b.set_weights(wa)
+
+    copy(o_stem, n_stem)
+    copy(o_head, n_head)
+    oi = ni = 0
+    for n_old, n_new in zip(old_blocks, new_blocks, strict=True):
+        for j in range(n_new):
+            if j < n_old:
+                copy(o_blk[oi + j], n_blk[ni + j])
+            else:  # the residual branch's last BN: [conv, BN, conv, BN] → BN at index 3
+                bn = n_blk[ni + j][3]
+                gamma, beta, mean, var = bn.get_weights()
+                bn.set_weights([gamma * 0, beta * 0, mean, var])
+        oi, ni = oi + n_old, ni + n_new
+    return new
 
 
 # --- saving and loading ------------------------------------------------------------------------

@@ -20,7 +20,9 @@ are written beside ``--out``.
 ``--init BUNDLE|FILE.keras|default`` fine-tunes from an existing model instead of starting from
 random weights (``default`` = the shipped bundle's ``model.keras``): the input size comes from that
 model, its head is kept when the labels match and replaced (a fresh ``logits`` layer) when they do
-not, and the learning rate defaults to 1e-3 instead of 3e-3. ``--freeze N`` keeps the first N
+not, and the learning rate defaults to 1e-3 instead of 3e-3. The architecture is the ``--init``
+model's, except that ``--arch resnet-s2-deep`` on a ``resnet-s2`` model grows it (identity blocks
+added, ``convert.models.grow``) and trains the deeper network on from there. ``--freeze N`` keeps the first N
 resolution stages (every layer whose output is at one of the N highest spatial resolutions: the
 stem and the first residual stage for N=1) at their initial weights, with their batch-norm
 statistics frozen too: the early filters see edges and yarn, which a new fabric needs least to
@@ -50,7 +52,7 @@ from edge.errors import DataError, ModelError
 
 from .data import check_roi, load_dataset, make_sequence
 from .loading import add_preprocess_args
-from .models import ARCHS, build_model, check_arch, save_model
+from .models import ARCHS, GROWS_FROM, build_model, check_arch, grow, save_model
 from .roi import add_roi_args, roi_from_args
 
 CKPT_RE = re.compile(r"^ckpt-e(\d+)-.*\.keras$")
@@ -278,8 +280,13 @@ def train(
             if base_meta["height"] != base_meta["width"]:
                 raise ModelError(f"--init {init}: input {base_meta['height']}x{base_meta['width']} is not square")
             size = int(base_meta["height"])
-        arch = str(base_meta.get("arch", arch))
+        base_arch = str(base_meta.get("arch", arch))
         filters = int(base_meta.get("filters", filters))
+        if GROWS_FROM.get(arch) == base_arch:  # e.g. resnet-s2 → resnet-s2-deep: identity blocks added
+            base = grow(base, arch, len(tr.labels), size, filters, tr.task)
+            print(f"--init {init}: {base_arch} grown into {arch} (new blocks start as the identity)", file=sys.stderr)
+        else:
+            arch = base_arch
     mode = mode or "seam"
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(exist_ok=True)

@@ -117,6 +117,57 @@ def test_init_with_other_labels_gets_a_new_head(tiny_keras, tmp_path):
     assert meta["height"] == 64  # the input size comes from the --init model
 
 
+def test_init_grows_resnet_s2_into_the_deeper_model(tiny_dataset, tiny_valid, tmp_path):
+    """``train --init S2.keras --arch resnet-s2-deep`` carries on from the trained model with four
+    identity blocks added (convert.models.grow), and records the deeper architecture."""
+    from convert.models import load_keras
+    from convert.train import train
+
+    small = tmp_path / "s2.keras"
+    train(
+        str(tiny_dataset / "data.csv"),
+        str(tiny_valid / "data.csv"),
+        small,
+        arch="resnet-s2",
+        epochs=1,
+        size=64,
+        filters=4,
+        batch=32,
+    )
+    out = tmp_path / "deep.keras"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convert",
+            "train",
+            "--train",
+            str(tiny_dataset),
+            "--valid",
+            str(tiny_valid),
+            "--out",
+            str(out),
+            "--init",
+            str(small),
+            "--arch",
+            "resnet-s2-deep",
+            "--epochs",
+            "1",
+            "--batch",
+            "32",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resnet-s2 grown into resnet-s2-deep" in p.stderr
+    model, meta = load_keras(out)
+    assert meta["arch"] == "resnet-s2-deep" and meta["filters"] == 4 and meta["height"] == 64
+    assert sum(type(lyr).__name__ == "Add" for lyr in model.layers) == 11
+
+
 def test_init_errors_are_one_line(tmp_path, tiny_valid):
     for extra, needle in (
         (["--freeze", "1"], "--freeze 1: needs --init"),

@@ -97,6 +97,51 @@ def test_resnet_s2_topology_and_cost():
     assert 100e6 < s2 < gap, (s2, gap)
 
 
+def test_grow_into_resnet_s2_deep_computes_the_same_within_the_pi_budget():
+    """``grow`` adds identity blocks: the deeper model computes what the trained one did (BN scales
+    and statistics randomised, so a copy that missed a layer would show), costs 1.4-1.8× the
+    multiply-adds of ``resnet-s2`` (the Pi budget is 3×) and only grows ``resnet-s2``."""
+    from keras import layers
+
+    from convert.models import build_model, grow
+
+    def macs(m):
+        return sum(
+            int(np.prod(lyr.output.shape[1:3])) * int(np.prod(lyr.kernel.shape))
+            for lyr in m.layers
+            if isinstance(lyr, layers.Conv2D)
+        )
+
+    rng = np.random.default_rng(5)
+    base = build_model("resnet-s2", 4, 64, 64, filters=4)
+    for lyr in base.layers:
+        if isinstance(lyr, layers.BatchNormalization):
+            g, b, m, v = lyr.get_weights()
+            lyr.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, g.shape),
+                    rng.normal(0, 0.2, b.shape),
+                    rng.normal(0, 0.3, m.shape),
+                    rng.uniform(0.5, 2.0, v.shape),
+                ]
+            )
+    deep = grow(base, "resnet-s2-deep", 4, 64, 4, "multilabel")
+    assert sum(isinstance(lyr, layers.Add) for lyr in deep.layers) == 11  # blocks 2 + 3 + 4 + 2
+    assert tuple(deep.get_layer("gradcam_features").output.shape[1:]) == (4, 4, 32)
+    x = rng.normal(size=(6, 64, 64, 3)).astype("float32")
+    a, b = base.predict(x, verbose=0), deep.predict(x, verbose=0)
+    assert float(np.abs(a - b).max()) < 1e-5
+    assert float(np.abs(a - 0.5).max()) > 1e-3  # the scores are not a constant both models share
+    ratio = macs(build_model("resnet-s2-deep", 4, 128, 128, filters=16)) / macs(
+        build_model("resnet-s2", 4, 128, 128, filters=16)
+    )
+    assert 1.4 < ratio < 1.8, ratio
+    with pytest.raises(ModelError, match="is not a resnet-s2 model"):
+        grow(build_model("resnet-int8-gap", 4, 64, 64, filters=4), "resnet-s2-deep", 4, 64, 4, "multilabel")
+    with pytest.raises(ModelError, match="cannot grow"):
+        grow(base, "resnet-int8", 4, 64, 4, "multilabel")
+
+
 def test_cnn_and_tasks():
     from convert.models import build_model
 
