@@ -181,6 +181,35 @@ def test_retention_deletes_the_oldest_samples_and_never_foreign_files(tmp_path):
     assert not list(root.glob("*.tmp"))
 
 
+def test_the_store_reads_back_no_sidecar_it_wrote_and_forgets_what_retention_deleted(tmp_path, monkeypatch):
+    """Publishing a sample and marking it published read nothing back (the flood's cost is the
+    PNG); what retention deleted is gone for publishing too; a sample of an earlier run is read once."""
+    import edge.samples as samples
+
+    reads: list[str] = []
+    real = samples.read_sidecar
+    monkeypatch.setattr(samples, "read_sidecar", lambda path: reads.append(path.name) or real(path))
+    store = samples.SampleStore(tmp_path, 10**9)
+    made = [
+        Sample(f"st-b00t-{i:08d}-uncertain", "uncertain", i, 1e9 + i, {"error": 0.5}, (), (), _img(i)) for i in range(3)
+    ]
+    stems = [store.save(s, "st", MODEL) for s in made]
+    store.sidecar(stems[0])["labels"] = ["error"]  # a copy
+    assert store.update(stems[0], published=True)["published"] is True
+    assert store.sidecar(stems[0])["labels"] == [] and reads == []
+    assert real(tmp_path / f"{stems[0]}.json")["published"] is True
+    store.max_bytes = 1
+    assert store.enforce(keep=stems[2]) == 2
+    assert store.sidecar(stems[0]) is None and store.update(stems[1], published=True) is None
+    assert store.total == store.items[stems[2]] == sum(p.stat().st_size for p in tmp_path.glob(f"{stems[2]}.*"))
+    again = samples.SampleStore(tmp_path, 10**9)
+    again.scan()
+    reads.clear()
+    assert again.unpublished == [stems[2]] and again.total == store.total
+    assert again.sidecar(stems[2])["published"] is False and again.update(stems[2], published=True)
+    assert reads == [f"{stems[2]}.json"]
+
+
 def test_a_full_samples_disk_drops_samples_and_counts_them_while_the_outbox_takes_every_alert(tmp_path, caplog):
     from edge.outbox import Outbox
     from edge.publish import encode
