@@ -17,11 +17,15 @@ retrained from time to time, so it stays out of the loop entirely.
 5. the daemon again, single-look and fine-tuned, on a *new* video of the same fabric (same look,
    other defects and layout: ``synth.write_video(style_seed=…)``).
 
-Target (issue 14 #6): misses + false alarms on the new video drop by at least half. From this
-model, one round does not reach it reliably: measured 8 -> 4 (-50 %), 8 -> 6 and 8 -> 6 (-25 %) in
-three runs of the same test (round 1 replays in real time, so the samples differ run to run). The
-test asserts what every run measured, that the round helps (fewer errors than before, one error of
-margin under the weaker runs), and prints the numbers, which the README quotes ("The data loop").
+Target (issue 14 #6): misses + false alarms on the new video drop by at least half. From this model,
+one round does not reach it reliably: measured 8 -> 4 (-50 %), 6 and 6 (-25 %) in the first three
+runs of the same test, 8 -> 6, 6, 6, 6, 6 in five more (2026-12-04; round 1 replays in real time, so
+the samples differ run to run). The test asserts what every run measured, that the round helps
+(fewer errors than before, one error of margin under the weaker runs), and prints the numbers, which
+the README quotes ("The data loop", with why: of the check video's 16 defects three were missed by
+all 28 fine-tunes tried offline and a fourth by 25, so -50 % (at most 4 errors) needs every other
+defect caught in every run; and ``train`` keeps the epoch with the lowest loss on the round's ~42
+validation images, which was epoch 1 of 10 in all five later runs).
 
 Why felt, and why a 60 s loop video: ``felt`` and ``fleece`` are the families the single-look
 model never saw; both gave 8 errors on their check video. With a 900-frame loop video (as with the
@@ -221,7 +225,7 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
         collector.store.close()
     round1 = _errors(loop_alerts, truth)
     assert len(op.answers) >= len(loop_alerts) and collector.counts["bad"] == 0
-    assert collector.counts["new"] >= 150  # measured 259-266 (1,800 frames, the single-look model)
+    assert collector.counts["new"] >= 150  # measured 259-285 (1,800 frames, the single-look model)
 
     # review from the truth through the label --images session: set the labels, Enter, next
     frames = ImageFolder(work / "collected")
@@ -287,7 +291,7 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
     # measured: 8 (8 of 16 defects missed, no false alarms) in every run; the margin (>= 6) leaves
     # room for TFLite rounding on another CPU while still asserting a model that is wrong on felt
     assert before["errors"] >= 6
-    # measured 8 -> 4, 6, 6 (three runs): the round helps, but the issue's -50 % target is met only
-    # in one run, so it is not asserted; asserted: fewer errors than before (margin: 1 error under
-    # the weaker runs)
+    # measured 8 -> 4, 6, 6 and 6, 6, 6, 6, 6 (eight runs): the round helps, but the issue's -50 %
+    # target is met only in one run, so it is not asserted (README "The data loop" says why);
+    # asserted: fewer errors than before (margin: 1 error under the weaker runs)
     assert after["errors"] < before["errors"]
