@@ -4,14 +4,15 @@
    never used for training or calibration) sets with ``convert.synth``;
 2. train the stride-2-stem ResNet (``convert.train --arch resnet-s2 --filters 16``, batch 32,
    Adam 3e-3 cosine-decayed over 45 epochs, no early stop);
-2b. then continue from that model on a second, fresh training set (seed 4, ``--continue-count``
-   12,000 images: more seams, fabrics and cameras than a second pass over the first set) for
-   ``--continue-epochs`` 20 at Adam 1e-3, cosine-decayed (``train --init``): the first run was still
-   improving at epoch 45, and a new set is a cheaper way on than more epochs over the old one
-   (``--continue-epochs 0`` skips it);
-   the defaults of every flag are the shipped recipe, so ``convert ship`` alone rebuilds the shipped
-   model (about 1 h + 1 h 30 min on 2 CPU cores); resumable: data sets and checkpoints in
-   ``--work`` are reused;
+2b. then train on from that model, stage by stage (``--then EPOCHS:COUNT:LR[:ARCH]``, repeatable), each
+   stage on a *fresh* training set (``train2`` seed 4, ``train3`` seed 5, …: more seams, fabrics and
+   cameras than another pass over an old set) with Adam cosine-decayed (``train --init``); a stage
+   with an ARCH grows the model into it first (``resnet-s2-deep``: identity blocks added,
+   ``convert.models.grow``). The shipped recipe (``SHIPPED_STAGES``): one stage, 20 epochs on 12,000
+   at 1e-3. The first run was still improving at epoch 45 (``--then none`` skips the stages); the
+   defaults of every flag are the shipped recipe, so ``convert ship`` alone rebuilds the shipped
+   model (about 1 h + 1 h 30 min on 2 CPU cores); resumable: data sets and checkpoints in ``--work`` are
+   reused;
 3. export the bundle with calibration on the validation set (``convert.export``: parity
    check, thresholds calibrated on valid);
 4. evaluate the int8 and fp32 classifiers of the bundle on the test set and print a markdown
@@ -30,6 +31,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,41 @@ from edge.errors import ModelError
 
 TARGET_ACCURACY = 98.0
 TARGET_AGREEMENT = 99.5
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage after the first: ``epochs`` on a fresh set of ``count`` images at ``lr``; ``arch``:
+    grow the model into this architecture first (None: keep it)."""
+
+    epochs: int
+    count: int
+    lr: float
+    arch: str | None = None
+
+    def spec(self) -> str:
+        return f"{self.epochs}:{self.count}:{self.lr:g}" + (f":{self.arch}" if self.arch else "")
+
+
+SHIPPED_STAGES = (Stage(20, 12000, 1e-3),)
+
+
+def parse_stage(text: str) -> Stage:
+    """``EPOCHS:COUNT:LR[:ARCH]`` → Stage (the ``--then`` flag); one clear line when it is not."""
+    from .models import GROWS_FROM
+
+    parts = text.split(":")
+    try:
+        if len(parts) not in (3, 4):
+            raise ValueError
+        st = Stage(int(parts[0]), int(parts[1]), float(parts[2]), parts[3] if len(parts) == 4 else None)
+    except ValueError:
+        raise ModelError(f"--then {text!r}: expected EPOCHS:COUNT:LR[:ARCH], e.g. 20:12000:1e-3") from None
+    if st.epochs < 1 or st.count < 1 or not st.lr > 0:
+        raise ModelError(f"--then {text!r}: epochs, count and lr must be positive")
+    if st.arch is not None and st.arch not in GROWS_FROM:
+        raise ModelError(f"--then {text!r}: cannot grow into {st.arch!r} (one of: {', '.join(GROWS_FROM)})")
+    return st
 
 
 def _cmd(*parts: object) -> str:
@@ -60,9 +97,7 @@ def ship(
     arch: str = "resnet-s2",
     min_int8_agreement: float = 99.0,
     init: str | None = None,
-    continue_epochs: int = 20,
-    continue_count: int = 12000,
-    continue_lr: float = 1e-3,
+    stages: tuple[Stage, ...] = SHIPPED_STAGES,
 ) -> dict:
     """Run the whole chain in ``work`` (resumable: data sets and checkpoints are reused) → summary."""
     from .data import load_dataset
@@ -74,15 +109,15 @@ def ship(
     from .train import train
 
     out, work = Path(out), Path(work)
-    if continue_epochs < 0 or (continue_epochs and continue_count < 1):
-        raise ModelError(f"--continue-epochs {continue_epochs} / --continue-count {continue_count}: need >= 0 / >= 1")
+    for st in stages:
+        parse_stage(st.spec())  # the same checks as the flag, before anything is written
     work.mkdir(parents=True, exist_ok=True)
     if test_count < min_test:
         raise ModelError(f"--test-count {test_count}: the shipped model is tested on at least {min_test} images")
     t0 = time.monotonic()
     sets = {"train": (1, train_count), "valid": (2, valid_count), "test": (3, test_count)}
-    if continue_epochs > 0:
-        sets["train2"] = (4, continue_count)
+    for i, st in enumerate(stages, start=2):  # train2 (seed 4), train3 (seed 5), …
+        sets[f"train{i}"] = (i + 2, st.count)
     cmds = []
     for key, (seed, count) in sets.items():
         d = work / key
@@ -95,10 +130,12 @@ def ship(
         write_dataset(d, count, seed, workers=os.cpu_count() or 1, progress=sys.stderr.isatty())
     t_synth = time.monotonic() - t0
 
-    def stage(train_set: str, out: Path, n_epochs: int, stage_lr: float, start: str | None, **shape: int):
+    def stage(
+        train_set: str, out: Path, n_epochs: int, stage_lr: float, start: str | None, to_arch: str = arch, **shape: int
+    ):
         """One ``convert.train`` run (resumable; the cosine schedule runs its course, no early stop)
         and the command line that reproduces it."""
-        flags = {"arch": arch, **({"init": start} if start else {}), "epochs": n_epochs, **shape}
+        flags = {"arch": to_arch, **({"init": start} if start else {}), "epochs": n_epochs, **shape}
         flags.update(batch=batch, lr=stage_lr, patience=n_epochs, seed=1)
         argv = [x for k, v in flags.items() for x in (f"--{k}", v)]
         cmds.append(
@@ -122,10 +159,11 @@ def ship(
 
     model = work / "model.keras"
     first_epochs = stage("train/data.csv", model, epochs, lr, init, size=size, filters=filters).epochs_run
-    res = None
-    if continue_epochs > 0:  # 2b: on from the first model, on a fresh set (module doc)
-        first, model = model, work / "model2.keras"
-        res = stage("train2/data.csv", model, continue_epochs, continue_lr, str(first))
+    runs = []
+    for i, st in enumerate(stages, start=2):  # 2b: on from the last model, on a fresh set (module doc)
+        last, model = model, work / f"model{i}.keras"
+        res = stage(f"train{i}/data.csv", model, st.epochs, st.lr, str(last), st.arch or arch)
+        runs.append(res.epochs_run)
     t_train = time.monotonic() - t0 - t_synth
     cmds.append(
         _cmd(
@@ -185,10 +223,8 @@ def ship(
             "batch": batch,
             "lr": lr,
             "init": init,
-            "continue_epochs": continue_epochs,
-            "continue_count": continue_count,
-            "continue_lr": continue_lr,
-            "continue_epochs_run": res.epochs_run if res is not None else 0,
+            "stages": [st.spec() for st in stages],
+            "stages_epochs_run": runs,
         },
         "test": {"int8": m_int8, "fp32": m_fp32, "agreement": agree},
         "parity": exp.manifest["parity"],
@@ -221,17 +257,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start from this model's weights (train --init) instead of from scratch",
     )
     p.add_argument(
-        "--continue-epochs",
-        type=int,
-        default=20,
-        help="then train on from that model on a fresh set (seed 4) for this many epochs (0: skip)",
+        "--then",
+        action="append",
+        metavar="EPOCHS:COUNT:LR[:ARCH]",
+        help="a further stage on a fresh set, repeatable (default: the shipped recipe, "
+        + ", ".join(st.spec() for st in SHIPPED_STAGES)
+        + "; 'none': no further stage)",
     )
-    p.add_argument("--continue-count", type=int, default=12000, help="images in that fresh set")
-    p.add_argument("--continue-lr", type=float, default=1e-3)
     p.add_argument(
         "--arch", default="resnet-s2", help="resnet-s2 (default: the shipped model), resnet-int8-gap or resnet-int8"
     )
     p.set_defaults(func=run)
+
+
+def stages_from_args(then: list[str] | None) -> tuple[Stage, ...]:
+    if then is None:
+        return SHIPPED_STAGES
+    if then == ["none"]:
+        return ()
+    return tuple(parse_stage(t) for t in then)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -248,9 +292,7 @@ def run(args: argparse.Namespace) -> int:
         args.lr,
         arch=args.arch,
         init=args.init,
-        continue_epochs=args.continue_epochs,
-        continue_count=args.continue_count,
-        continue_lr=args.continue_lr,
+        stages=stages_from_args(args.then),
     )
     print(f"## Shipped model ({args.out}): {s['settings']}\n")
     print(s["table"])

@@ -356,7 +356,8 @@ def test_savedmodel_dir(tiny_keras, tiny_valid, tmp_path):
 @pytest.mark.slow
 def test_ship_chain_toy(tmp_path):
     """convert.ship end to end at toy scale: synth → train → export → test table (the real chain)."""
-    from convert.ship import ship
+    from convert.models import read_meta
+    from convert.ship import Stage, ship
 
     s = ship(
         tmp_path / "bundle",
@@ -370,8 +371,8 @@ def test_ship_chain_toy(tmp_path):
         batch=16,
         min_test=0,
         min_int8_agreement=90.0,
-        continue_epochs=1,  # the recipe's second stage, at toy scale too
-        continue_count=48,
+        # the recipe's further stages at toy scale too: on a fresh set, then grown deeper
+        stages=(Stage(1, 48, 1e-3), Stage(1, 48, 1e-3, "resnet-s2-deep")),
     )
     b = load_bundle(tmp_path / "bundle")
     assert b.name == "seam-default" and b.has("classifier_int8") and b.has("explainer")
@@ -384,8 +385,9 @@ def test_ship_chain_toy(tmp_path):
     # the test table's numbers, measured again with the bundle's classifiers on the 32 test images
     from convert.ship import TARGET_ACCURACY, TARGET_AGREEMENT
 
-    assert s["settings"]["continue_epochs_run"] == 1 and (tmp_path / "work" / "train2" / "data.csv").is_file()
-    m = _measured(tmp_path / "work" / "model2.keras", tmp_path / "bundle", tmp_path / "work" / "test")
+    assert s["settings"]["stages_epochs_run"] == [1, 1] and (tmp_path / "work" / "train3" / "data.csv").is_file()
+    assert read_meta(tmp_path / "work" / "model3.keras")["arch"] == "resnet-s2-deep"
+    m = _measured(tmp_path / "work" / "model3.keras", tmp_path / "bundle", tmp_path / "work" / "test")
     thr = np.array([b.thresholds[lab] for lab in b.labels])
     accuracy = 100.0 * np.mean((m["classifier_int8"] >= thr) == m["truth"], axis=0)
     assert [s["test"]["int8"]["labels"][lab]["accuracy"] for lab in b.labels] == pytest.approx(accuracy, abs=1e-9)
@@ -394,6 +396,6 @@ def test_ship_chain_toy(tmp_path):
     assert s["targets_met"] is bool(min(accuracy) >= TARGET_ACCURACY and agreement >= TARGET_AGREEMENT)
     report = json.loads((tmp_path / "work" / "ship-report.json").read_text())
     assert report["settings"]["epochs"] == 1 and report["parity"] == s["parity"] == b.manifest["parity"]
-    valid = _measured(tmp_path / "work" / "model2.keras", tmp_path / "bundle", tmp_path / "work" / "valid")
+    valid = _measured(tmp_path / "work" / "model3.keras", tmp_path / "bundle", tmp_path / "work" / "valid")
     fp32_diff = _max_diff(valid["classifier_fp32"], valid["keras"])  # calibration = the 24 valid images, all used
     assert report["parity"]["fp32"]["max_abs_diff"] == pytest.approx(fp32_diff, rel=0.25)

@@ -39,21 +39,36 @@ def test_make_shipped_model_adds_no_flags():
 
 
 @pytest.mark.skipif(not (SHIPPED / "model.keras").exists(), reason="shipped bundle not built")
-def test_shipped_model_went_through_the_second_stage_of_the_recipe():
-    """``convert ship`` continues on a fresh set (``train2``) when ``--continue-epochs`` > 0; the
-    shipped model's own record says which set it was trained on last."""
+def test_shipped_model_went_through_every_stage_of_the_recipe():
+    """``convert ship`` trains on, stage by stage, each on a fresh set (``train2``, ``train3``, …);
+    the shipped model's own record says which set it was trained on last and what it grew into."""
     from convert.models import read_meta
+    from convert.ship import SHIPPED_STAGES, stages_from_args
 
     meta = read_meta(SHIPPED / "model.keras")
     d = _ship_defaults()
-    assert d.continue_epochs > 0 and d.continue_count == 12000
-    assert Path(meta["trained_on"]).parent.name == "train2" and meta.get("init")
+    stages = stages_from_args(d.then)
+    assert stages == SHIPPED_STAGES and all(st.count == 12000 for st in stages)
+    assert Path(meta["trained_on"]).parent.name == f"train{len(stages) + 1}" and meta.get("init")
+    assert meta["arch"] == next((st.arch for st in reversed(stages) if st.arch), d.arch)
 
 
-def test_ship_refuses_a_negative_continue_before_touching_anything(tmp_path):
-    from convert.ship import ship
+def test_then_flag_parses_and_refuses_in_one_line(tmp_path):
+    from convert.ship import Stage, parse_stage, ship, stages_from_args
     from edge.errors import ModelError
 
-    with pytest.raises(ModelError, match="--continue-epochs -1"):
-        ship(tmp_path / "out", tmp_path / "work", continue_epochs=-1)
+    assert stages_from_args(["none"]) == ()
+    assert stages_from_args(["5:100:1e-3", "2:50:5e-4:resnet-s2-deep"]) == (
+        Stage(5, 100, 1e-3),
+        Stage(2, 50, 5e-4, "resnet-s2-deep"),
+    )
+    for bad, why in (
+        ("5:100", "expected EPOCHS:COUNT:LR"),
+        ("0:100:1e-3", "must be positive"),
+        ("5:100:1e-3:vgg16", "cannot grow into 'vgg16'"),
+    ):
+        with pytest.raises(ModelError, match=why):
+            parse_stage(bad)
+    with pytest.raises(ModelError, match="must be positive"):
+        ship(tmp_path / "out", tmp_path / "work", stages=(Stage(-1, 10, 1e-3),))
     assert not (tmp_path / "work").exists()
