@@ -118,22 +118,21 @@ def test_init_with_other_labels_gets_a_new_head(tiny_keras, tmp_path):
 
 
 def test_init_grows_resnet_s2_into_the_deeper_model(tiny_dataset, tiny_valid, tmp_path):
-    """``train --init S2.keras --arch resnet-s2-deep`` carries on from the trained model with four
-    identity blocks added (convert.models.grow), and records the deeper architecture."""
-    from convert.models import load_keras
-    from convert.train import train
+    """``train --init S2.keras --arch resnet-s2-deep`` carries on from the model with four identity
+    blocks added (convert.models.grow), and records the deeper architecture."""
+    from convert.models import build_model, load_keras, save_model
 
     small = tmp_path / "s2.keras"
-    train(
-        str(tiny_dataset / "data.csv"),
-        str(tiny_valid / "data.csv"),
-        small,
-        arch="resnet-s2",
-        epochs=1,
-        size=64,
-        filters=4,
-        batch=32,
-    )
+    meta = {
+        "labels": ["good", "error", "break", "length"],
+        "task": "multilabel",
+        "arch": "resnet-s2",
+        "height": 64,
+        "width": 64,
+        "filters": 4,
+        "preprocess": "seam",
+    }
+    save_model(build_model("resnet-s2", 4, 64, 64, filters=4), small, meta)
     out = tmp_path / "deep.keras"
     p = subprocess.run(
         [

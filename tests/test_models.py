@@ -186,5 +186,5 @@ def test_unknown_architecture_cli(tiny_dataset, tmp_path):
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [
         "error: unknown architecture 'transformer' "
-        "(choose one of: resnet, resnet-int8, resnet-int8-gap, resnet-s2, cnn, fruit-cnn)"
+        "(choose one of: resnet, resnet-int8, resnet-int8-gap, resnet-s2, resnet-s2-deep, cnn, fruit-cnn)"
     ]
