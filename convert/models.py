@@ -51,7 +51,7 @@ GRADCAM_LAYER = "gradcam_features"
 RESNET_BLOCKS = (2, 4, 2)
 RESNET_S2_BLOCKS = (2, 2, 2, 1)
 RESNET_S2_DEEP_BLOCKS = (2, 3, 4, 2)
-# arch → (blocks per stage, the arch it can grow from by adding identity blocks)
+# arch → the arch it can grow from by adding identity blocks (convert.models.grow)
 GROWS_FROM = {"resnet-s2-deep": "resnet-s2"}
 
 
@@ -216,7 +216,6 @@ def build_model(
 def _segments(model) -> tuple[list, list[list], list]:
     """A ResNet's weight-bearing layers → (stem, one list per residual block, head). A block ends at
     the ReLU after its ``Add``; the layer order is the construction order, the same in every build."""
-    stem: list = []
     blocks: list[list] = []
     cur: list = []
     seen_add = False
