@@ -12,7 +12,8 @@ DASHBOARD ?=
 PYTEST_ARGS ?=
 # pytest workers for `make test` (pytest-xdist, one test file per worker at a time): the suite waits on
 # daemons, brokers and real-time video about half of its wall time, so two workers on two cores
-# finish in about half the time. TEST_JOBS=0 runs it in one process.
+# finish in about half the time. Files go out in the order tests/conftest.py sorts them (longest
+# first; xdist would otherwise send the files with the most tests first). TEST_JOBS=0: one process.
 TEST_JOBS ?= 2
 comma := ,
 # install_requires + the extras named in EXTRAS, one requirement a line, read from setup.cfg
@@ -70,7 +71,7 @@ lint: setup
 	$(PY) -m mypy edge
 
 test: setup lint
-	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
