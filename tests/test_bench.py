@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_convert
 from tests.support.mqtt import MOSQUITTO, SKIP_REASON
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,23 +48,15 @@ def _pos(v) -> bool:
 @pytest.mark.skipif(MOSQUITTO is None, reason=SKIP_REASON)
 def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convert",
-            "bench",
-            "--quick",
-            "--bundle",
-            str(tiny_bundle),
-            "--json",
-            str(out),
-            "--work",
-            str(tmp_path / "work"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = run_convert(
+        "bench",
+        "--quick",
+        "--bundle",
+        str(tiny_bundle),
+        "--json",
+        str(out),
+        "--work",
+        str(tmp_path / "work"),
         timeout=580,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

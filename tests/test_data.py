@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,6 +14,7 @@ from convert.data import load_dataset, make_sequence, read_csv
 from convert.split import split, split_sizes
 from edge.errors import DataError
 from edge.preprocess import preprocess
+from tests.support.cli import one_line_error, run_convert
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["good", "error", "break", "length"]
@@ -39,22 +39,6 @@ def _pandas_csv(folder: Path, n: int, seed: int = 0, stem: str = "vid") -> Path:
     path = folder / f"{stem}_data.csv"
     df.to_csv(path)  # the seed's writer: index column included
     return path
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-
-
-def _one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
-    assert p.returncode != 0, p.stdout
-    assert "Traceback" not in p.stderr, p.stderr
-    lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, p.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def test_reads_pandas_to_csv_with_index(tmp_path):
@@ -123,24 +107,24 @@ def test_bad_csvs_are_one_line_errors(tmp_path):
     df.loc[2, "name"] = "nope.png"
     df["name"] = [n if n == "nope.png" else str(good.parent / n) for n in df["name"]]
     df.to_csv(d / "x_data.csv")
-    _one_line_error(_cli("split", "--data", str(d), "--out", str(tmp_path / "o1")), "x_data.csv:4", "nope.png")
+    one_line_error(run_convert("split", "--data", str(d), "--out", str(tmp_path / "o1")), "x_data.csv:4", "nope.png")
     # wrong columns
     d = tmp_path / "cols"
     d.mkdir()
     (d / "y_data.csv").write_text(",file,good,error\n0,a.png,True,False\n")
-    _one_line_error(_cli("split", "--data", str(d), "--out", str(tmp_path / "o2")), "y_data.csv", "'name'")
+    one_line_error(run_convert("split", "--data", str(d), "--out", str(tmp_path / "o2")), "y_data.csv", "'name'")
     # a value that is not True/False
     d = tmp_path / "vals"
     d.mkdir()
     (d / "z_data.csv").write_text(f",name,good\n0,{good.parent / 'f_000.png'},maybe\n")
-    _one_line_error(_cli("split", "--data", str(d), "--out", str(tmp_path / "o3")), "z_data.csv:2", "'maybe'")
+    one_line_error(run_convert("split", "--data", str(d), "--out", str(tmp_path / "o3")), "z_data.csv:2", "'maybe'")
     # empty data set: header only, and a folder with nothing
     d = tmp_path / "empty"
     d.mkdir()
     (d / "e_data.csv").write_text(",name,good,error,break,length\n")
-    _one_line_error(_cli("split", "--data", str(d), "--out", str(tmp_path / "o4")), "e_data.csv", "empty")
+    one_line_error(run_convert("split", "--data", str(d), "--out", str(tmp_path / "o4")), "e_data.csv", "empty")
     (tmp_path / "nothing").mkdir()
-    _one_line_error(_cli("split", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o5")), "nothing")
+    one_line_error(run_convert("split", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o5")), "nothing")
 
 
 def test_split_unusable_out_is_one_line(tmp_path):
@@ -152,16 +136,22 @@ def test_split_unusable_out_is_one_line(tmp_path):
     data = str(tmp_path / "d")
     afile = tmp_path / "afile"
     afile.write_text("keep me")
-    _one_line_error(_cli("split", "--data", data, "--out", str(afile)), str(afile), "not a folder")
+    one_line_error(run_convert("split", "--data", data, "--out", str(afile)), str(afile), "not a folder")
     assert afile.read_text() == "keep me"
-    _one_line_error(_cli("split", "--data", data, "--out", str(afile / "sub")), str(afile / "sub"), "cannot create")
+    one_line_error(
+        run_convert("split", "--data", data, "--out", str(afile / "sub")), str(afile / "sub"), "cannot create"
+    )
     ro = tmp_path / "ro"
     ro.mkdir()
     if os.geteuid() != 0:  # file permissions are enough for a normal user
         ro.chmod(0o500)
         try:
-            _one_line_error(_cli("split", "--data", data, "--out", str(ro)), str(ro / "train.csv"), "cannot write")
-            _one_line_error(_cli("split", "--data", data, "--out", str(ro / "new")), str(ro / "new"), "cannot create")
+            one_line_error(
+                run_convert("split", "--data", data, "--out", str(ro)), str(ro / "train.csv"), "cannot write"
+            )
+            one_line_error(
+                run_convert("split", "--data", data, "--out", str(ro / "new")), str(ro / "new"), "cannot create"
+            )
         finally:
             ro.chmod(0o700)
         assert list(ro.iterdir()) == []
@@ -171,13 +161,13 @@ def test_split_unusable_out_is_one_line(tmp_path):
     if shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode != 0:
         pytest.skip("mounting a read-only tmpfs is not permitted here")
     try:
-        _one_line_error(
-            _cli("split", "--data", data, "--out", str(ro)),
+        one_line_error(
+            run_convert("split", "--data", data, "--out", str(ro)),
             str(ro / "train.csv"),
             "cannot write",
             "Read-only file system",
         )
-        _one_line_error(_cli("split", "--data", data, "--out", str(ro / "new")), str(ro / "new"), "cannot create")
+        one_line_error(run_convert("split", "--data", data, "--out", str(ro / "new")), str(ro / "new"), "cannot create")
         assert list(ro.iterdir()) == []
     finally:
         subprocess.run(["umount", "-l", str(ro)], capture_output=True)

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -53,6 +51,7 @@ from convert.demo import match_alerts, read_truth
 from convert.harness import DaemonProcess, MqttSubscriber
 from convert.label import ImageFolder
 from convert.label_state import ATTRS, open_folder_session
+from tests.support.cli import convert_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 # never saw felt: the e837734 single-look model, re-exported (tests/data/README.md)
@@ -195,14 +194,6 @@ class Operator:
         self.client.disconnect()
 
 
-def _convert(*args: str, timeout: float = 900) -> str:
-    p = subprocess.run(
-        [sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    return p.stdout
-
-
 @pytest.mark.slow  # two synthetic videos, a 60 s replay, a fine-tune and an export: 3-5.5 minutes
 def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tmp_path):
     work = tmp_path
@@ -247,8 +238,8 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
     reviewed.assign(name=[str(work / "collected" / n) for n in reviewed["name"]]).to_csv(work / "reviewed" / "data.csv")
 
     # fine-tune the station's model on what the line saw, export, and run it on the new video
-    _convert("split", "--data", str(work / "reviewed"), "--out", str(work / "split"))
-    _convert(
+    convert_ok("split", "--data", str(work / "reviewed"), "--out", str(work / "split"))
+    convert_ok(
         "train",
         "--train",
         str(work / "split" / "train.csv"),
@@ -268,8 +259,9 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
         "10",
         "--batch",
         "16",
+        timeout=900,
     )
-    _convert(
+    convert_ok(
         "export",
         "--model",
         str(work / "loop1.keras"),
@@ -279,6 +271,7 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
         str(work / "loop1-bundle"),
         "--model-version",
         "loop1",
+        timeout=900,
     )
     after = _errors(_run(_config(work, "after", check_video, work / "loop1-bundle"), work / "after.log"), check_truth)
     counts = {a: int(reviewed[a].sum()) for a in ATTRS}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 
 from edge.bundle import load_bundle
 from edge.errors import ModelError
+from tests.support.cli import one_line_error, run_convert
 from tests.support.model import TINY_MIN_AGREEMENT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,22 +64,6 @@ def test_bundle_roles_and_parity(tiny_bundle, tiny_keras, tiny_dataset):
     assert set(b.thresholds) == {"good", "error", "break", "length"}
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-
-
-def _one_line_error(p: subprocess.CompletedProcess, *needles: str) -> str:
-    assert p.returncode != 0, p.stdout
-    assert "Traceback" not in p.stderr, p.stderr[-3000:]
-    lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, p.stderr[-3000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_manifest_contents(tiny_bundle, tiny_valid):
     m = json.loads((tiny_bundle / "manifest.json").read_text())
@@ -111,7 +94,7 @@ def test_parity_failure_leaves_nothing(tiny_keras, tiny_valid, tmp_path, monkeyp
 @pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_int8_parity_gate_fails_loudly(tiny_keras, tiny_valid, tmp_path):
     out = tmp_path / "bundle"
-    p = _cli(
+    p = run_convert(
         "export",
         "--model",
         str(tiny_keras),
@@ -126,7 +109,7 @@ def test_int8_parity_gate_fails_loudly(tiny_keras, tiny_valid, tmp_path):
         "--min-int8-agreement",
         "100.01",
     )
-    _one_line_error(p, "parity failed: int8 label agreement", "bundle not written")
+    one_line_error(p, "parity failed: int8 label agreement", "bundle not written")
     assert "parity int8 vs Keras on 16 images" in p.stderr  # the numbers are printed before failing
     assert list(tmp_path.iterdir()) == []
 
@@ -134,10 +117,10 @@ def test_int8_parity_gate_fails_loudly(tiny_keras, tiny_valid, tmp_path):
 @pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_existing_bundle_needs_force(tiny_bundle, tiny_keras, tiny_valid):
     before = (tiny_bundle / "manifest.json").read_text()
-    p = _cli(
+    p = run_convert(
         "export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"), "--out", str(tiny_bundle)
     )
-    _one_line_error(p, str(tiny_bundle), "--force")
+    one_line_error(p, str(tiny_bundle), "--force")
     assert (tiny_bundle / "manifest.json").read_text() == before
 
 
@@ -182,7 +165,7 @@ def test_force_never_deletes_what_is_not_a_bundle(tiny_bundle, tiny_keras, tiny_
         out.symlink_to(tmp_path / "real")
         words = "symbolic link"
     before = _tree(tmp_path)
-    p = _cli(
+    p = run_convert(
         "export",
         "--model",
         str(tiny_keras),
@@ -198,7 +181,7 @@ def test_force_never_deletes_what_is_not_a_bundle(tiny_bundle, tiny_keras, tiny_
         "--min-int8-agreement",
         "0",
     )
-    _one_line_error(p, str(out), words)
+    one_line_error(p, str(out), words)
     assert "export:" not in p.stderr  # refused before any conversion work
     assert _tree(tmp_path) == before
 
@@ -240,11 +223,13 @@ def test_force_replaces_a_real_bundle_in_one_swap(tiny_bundle, tiny_keras, tiny_
 def test_corrupt_keras_is_one_line(tiny_valid, tmp_path):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"PK\x03\x04 this is not a model")
-    p = _cli("export", "--model", str(bad), "--calibration", str(tiny_valid / "data.csv"), "--out", str(tmp_path / "b"))
-    _one_line_error(p, "broken.keras", "not a loadable Keras model")
+    p = run_convert(
+        "export", "--model", str(bad), "--calibration", str(tiny_valid / "data.csv"), "--out", str(tmp_path / "b")
+    )
+    one_line_error(p, "broken.keras", "not a loadable Keras model")
     assert not (tmp_path / "b").exists()
-    p = _cli("evaluate", "--model", str(bad), "--data", str(tiny_valid / "data.csv"))
-    _one_line_error(p, "broken.keras")
+    p = run_convert("evaluate", "--model", str(bad), "--data", str(tiny_valid / "data.csv"))
+    one_line_error(p, "broken.keras")
 
 
 @pytest.mark.slow
@@ -272,7 +257,7 @@ def test_legacy_h5_full_and_weights_only(tiny_keras, tiny_valid, tmp_path):
     loaded, meta = load_model_any(weights, arch="resnet-int8", size=64)
     np.testing.assert_allclose(np.asarray(loaded(x, training=False)), ref, atol=1e-6)
     assert meta["form"] == "h5-weights" and meta["labels"] == ["good", "error", "break", "length"]
-    p = _cli(
+    p = run_convert(
         "export",
         "--model",
         str(weights),
@@ -309,8 +294,8 @@ def test_legacy_h5_full_and_weights_only(tiny_keras, tiny_valid, tmp_path):
     bigger = tmp_path / "bigger.h5"
     with h5py.File(bigger, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, build_model("resnet-int8", 4, 96, 96, 4))
-    _one_line_error(
-        _cli(
+    one_line_error(
+        run_convert(
             "export",
             "--model",
             str(bigger),

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.support.cli import run_convert
 from tests.support.images import fruit_folders
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,28 +83,20 @@ def test_finetune_from_bundle_keeps_frozen_stages(tiny_bundle, tiny_valid, tmp_p
 def test_init_with_other_labels_gets_a_new_head(tiny_keras, tmp_path):
     fruit_folders(tmp_path / "train", 0, 6)
     out = tmp_path / "fruit.keras"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convert",
-            "train",
-            "--train",
-            str(tmp_path / "train"),
-            "--valid",
-            str(tmp_path / "train"),
-            "--out",
-            str(out),
-            "--init",
-            str(tiny_keras),
-            "--epochs",
-            "1",
-            "--batch",
-            "6",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    p = run_convert(
+        "train",
+        "--train",
+        str(tmp_path / "train"),
+        "--valid",
+        str(tmp_path / "train"),
+        "--out",
+        str(out),
+        "--init",
+        str(tiny_keras),
+        "--epochs",
+        "1",
+        "--batch",
+        "6",
         timeout=300,
     )
     assert p.returncode == 0, p.stderr[-2000:]
@@ -134,30 +125,22 @@ def test_init_grows_resnet_s2_into_the_deeper_model(tiny_dataset, tiny_valid, tm
     }
     save_model(build_model("resnet-s2", 4, 64, 64, filters=4), small, meta)
     out = tmp_path / "deep.keras"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convert",
-            "train",
-            "--train",
-            str(tiny_dataset),
-            "--valid",
-            str(tiny_valid),
-            "--out",
-            str(out),
-            "--init",
-            str(small),
-            "--arch",
-            "resnet-s2-deep",
-            "--epochs",
-            "1",
-            "--batch",
-            "32",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    p = run_convert(
+        "train",
+        "--train",
+        str(tiny_dataset),
+        "--valid",
+        str(tiny_valid),
+        "--out",
+        str(out),
+        "--init",
+        str(small),
+        "--arch",
+        "resnet-s2-deep",
+        "--epochs",
+        "1",
+        "--batch",
+        "32",
         timeout=300,
     )
     assert p.returncode == 0, p.stderr[-2000:]
@@ -172,23 +155,15 @@ def test_init_errors_are_one_line(tmp_path, tiny_valid):
         (["--freeze", "1"], "--freeze 1: needs --init"),
         (["--init", str(tmp_path / "missing")], "is not a .keras file"),
     ):
-        p = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "convert",
-                "train",
-                "--train",
-                str(tiny_valid),
-                "--valid",
-                str(tiny_valid),
-                "--out",
-                str(tmp_path / "x.keras"),
-                *extra,
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
+        p = run_convert(
+            "train",
+            "--train",
+            str(tiny_valid),
+            "--valid",
+            str(tiny_valid),
+            "--out",
+            str(tmp_path / "x.keras"),
+            *extra,
             timeout=120,
         )
         assert p.returncode == 78 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr

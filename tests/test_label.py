@@ -22,6 +22,7 @@ import pytest
 from convert.label import LabelApp, VideoFrames, serve
 from convert.label_state import ATTRS, KEYS, Labeler, LabelStore, csv_bytes, open_session
 from edge.errors import DataError
+from tests.support.cli import run_convert
 from tests.support.frames import frame_index, make_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -477,20 +478,12 @@ def test_split_reads_label_output(video7, tmp_path):
     lab = session(video7, tmp_path / "labels")
     press(lab, "g Enter Enter e Enter Enter b Enter Enter Enter")
     assert lab.counts()["saved"] == 7
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convert",
-            "split",
-            "--data",
-            str(tmp_path / "labels"),
-            "--out",
-            str(tmp_path / "split"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    p = run_convert(
+        "split",
+        "--data",
+        str(tmp_path / "labels"),
+        "--out",
+        str(tmp_path / "split"),
         timeout=120,
     )
     assert p.returncode == 0, p.stderr

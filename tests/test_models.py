@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge.errors import ModelError
+from tests.support.cli import run_convert
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,24 +162,16 @@ def test_bad_arch_and_sizes():
 
 
 def test_unknown_architecture_cli(tiny_dataset, tmp_path):
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convert",
-            "train",
-            "--train",
-            str(tiny_dataset),
-            "--valid",
-            str(tiny_dataset),
-            "--out",
-            str(tmp_path / "m.keras"),
-            "--arch",
-            "transformer",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    p = run_convert(
+        "train",
+        "--train",
+        str(tiny_dataset),
+        "--valid",
+        str(tiny_dataset),
+        "--out",
+        str(tmp_path / "m.keras"),
+        "--arch",
+        "transformer",
         timeout=120,
     )
     assert p.returncode != 0 and "Traceback" not in p.stderr

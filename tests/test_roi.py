@@ -30,6 +30,7 @@ from convert.roi import RoiChoice, load_roi, parse_roi
 from edge.classify import Classifier
 from edge.errors import ConfigError, DataError
 from edge.preprocess import crop_roi, preprocess
+from tests.support.cli import run_convert
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "edge" / "models" / "default"
@@ -68,12 +69,6 @@ def seam_video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("roi") / "station.mp4"
     write_video(path, FRAMES, seed=11, defects=0, length_stretches=0)
     return path
-
-
-def run_convert(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def assert_one_line_error(p: subprocess.CompletedProcess, code: int, *words: str) -> str:

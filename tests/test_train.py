@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from tests.support.cli import run_convert
 from tests.support.images import fruit_folders
 from tests.support.model import TINY_EPOCHS
 
@@ -77,32 +76,24 @@ def test_multiclass_folders_train_and_evaluate_cli(tmp_path):
     fruit_folders(tmp_path / "train", 0)
     fruit_folders(tmp_path / "valid", 1, 4)
     out = tmp_path / "fruit.keras"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convert",
-            "train",
-            "--train",
-            str(tmp_path / "train"),
-            "--valid",
-            str(tmp_path / "valid"),
-            "--out",
-            str(out),
-            "--arch",
-            "cnn",
-            "--size",
-            "32",
-            "--filters",
-            "4",
-            "--epochs",
-            "1",
-            "--batch",
-            "8",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    p = run_convert(
+        "train",
+        "--train",
+        str(tmp_path / "train"),
+        "--valid",
+        str(tmp_path / "valid"),
+        "--out",
+        str(out),
+        "--arch",
+        "cnn",
+        "--size",
+        "32",
+        "--filters",
+        "4",
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
         timeout=300,
     )
     assert p.returncode == 0, p.stderr[-2000:]
@@ -111,22 +102,14 @@ def test_multiclass_folders_train_and_evaluate_cli(tmp_path):
 
     assert read_meta(out)["task"] == "multiclass"
     js = tmp_path / "ev.json"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "convert",
-            "evaluate",
-            "--model",
-            str(out),
-            "--data",
-            str(tmp_path / "valid"),
-            "--json",
-            str(js),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    p = run_convert(
+        "evaluate",
+        "--model",
+        str(out),
+        "--data",
+        str(tmp_path / "valid"),
+        "--json",
+        str(js),
         timeout=300,
     )
     assert p.returncode == 0, p.stderr[-2000:]
