@@ -22,7 +22,7 @@ import pytest
 from convert.label import LabelApp, VideoFrames, serve
 from convert.label_state import ATTRS, KEYS, Labeler, LabelStore, csv_bytes, open_session
 from edge.errors import DataError
-from tests.support.cli import run_convert
+from tests.support.cli import convert_ok
 from tests.support.frames import frame_index, make_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -478,15 +478,7 @@ def test_split_reads_label_output(video7, tmp_path):
     lab = session(video7, tmp_path / "labels")
     press(lab, "g Enter Enter e Enter Enter b Enter Enter Enter")
     assert lab.counts()["saved"] == 7
-    p = run_convert(
-        "split",
-        "--data",
-        str(tmp_path / "labels"),
-        "--out",
-        str(tmp_path / "split"),
-        timeout=120,
-    )
-    assert p.returncode == 0, p.stderr
+    convert_ok("split", "--data", str(tmp_path / "labels"), "--out", str(tmp_path / "split"), timeout=120)
     parts = [pd.read_csv(tmp_path / "split" / f, index_col=0) for f in ("train.csv", "valid.csv", "test.csv")]
     names = sorted(Path(n).name for df in parts for n in df["name"])
     assert names == sorted(f"seam7_{i}.png" for i in range(7))

@@ -22,7 +22,7 @@ from convert.data import read_csv
 from convert.label import ImageFolder, LabelApp, serve
 from convert.label_state import ATTRS, Labeler, open_folder_session
 from edge.errors import DataError
-from tests.support.cli import run_convert
+from tests.support.cli import convert_ok
 from tests.support.collect import noise_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,15 +107,7 @@ def test_any_folder_of_images_is_labelled_into_a_seed_csv_that_splits(tmp_path):
     assert len(df) == 12 and df["reviewed"].all()
     assert sorted(Path(n).name for n in df["name"]) == sorted(p.name for p in imgs.iterdir() if p.suffix != ".txt")
     assert all(n.startswith("../imgs/") for n in df["name"])  # relative to the CSV
-    p = run_convert(
-        "split",
-        "--data",
-        str(tmp_path / "labels"),
-        "--out",
-        str(tmp_path / "split"),
-        timeout=120,
-    )
-    assert p.returncode == 0, p.stderr
+    convert_ok("split", "--data", str(tmp_path / "labels"), "--out", str(tmp_path / "split"), timeout=120)
     n = sum(len(read_csv(tmp_path / "split" / f)) for f in ("train.csv", "valid.csv", "test.csv"))
     assert n == 12
 
