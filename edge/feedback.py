@@ -29,9 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import queue
 import re
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -39,6 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from .inbox import Inbox
 from .logfmt import event
 
 FEEDBACK_MAX = 4096  # bytes: the topic's contract
@@ -158,16 +157,18 @@ def parse_feedback(payload: bytes, labels: Sequence[str]) -> Feedback:
         raise FeedbackError(f"{where}: {msg}"[:160]) from None
 
 
-class FeedbackInbox:
+class FeedbackInbox(Inbox[Feedback]):
     """Subscribes to the station's feedback topic; paho's callback validates and enqueues, nothing more.
 
-    ``get`` is for the one consumer (the samples worker). Counters (paho's thread writes, others
-    read): ``received``, ``junk`` (refused as invalid), ``dropped`` (valid but the queue was full),
-    ``pauses`` (flood breaker trips); ``paused`` is true while the topic is unsubscribed.
+    ``get`` is for the one consumer (the samples worker). Counters (``edge.inbox.Inbox``):
+    ``received``, ``junk``, ``dropped``; and ``pauses`` (flood breaker trips); ``paused`` is true
+    while the topic is unsubscribed.
 
     ``listening(False)`` unsubscribes and ``listening(True)`` subscribes again (``Publisher.set_listening``);
     None: the breaker only counts (tests).
     """
+
+    worker = "samples worker"
 
     def __init__(
         self,
@@ -183,17 +184,16 @@ class FeedbackInbox:
         pause_s: float = PAUSE_S,
         listening: Callable[[bool], object] | None = None,
     ) -> None:
-        self.topic = topic
         self.labels = tuple(labels)
-        self.q: queue.Queue[Feedback] = queue.Queue(maxsize=queue_size)
-        self.log = log or logging.getLogger(__name__)
-        self._clock = clock
-        self._log_every_s = log_every_s
-        self.received = 0
-        self.junk = 0
-        self.dropped = 0
-        self._said_at: float | None = None  # when the last line about refused feedback was logged
-        self._unsaid = 0  # refusals since that line
+        super().__init__(
+            topic,
+            lambda payload: parse_feedback(payload, self.labels),
+            FeedbackError,
+            queue_size=queue_size,
+            log_every_s=log_every_s,
+            log=log or logging.getLogger(__name__),
+            clock=clock,
+        )
         self.junk_limit = junk_limit
         self.junk_window_s = junk_window_s
         self.pause_s = pause_s
@@ -203,45 +203,11 @@ class FeedbackInbox:
         self.paused = False
         self.pauses = 0
         self._resume_at = 0.0
-        # the log-once and breaker state: paho's thread trips the breaker, the samples worker resumes it
-        self._lock = threading.Lock()
+        # the base's lock also guards the breaker: paho's thread trips it, the samples worker resumes it
 
     def on_connect(self, client: Any) -> None:
         """Subscribe (QoS 1) on each connect: every session starts clean."""
         client.subscribe(self.topic, qos=1)
-
-    def on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        """paho's callback: validate, enqueue or count; never raises, never blocks."""
-        self.received += 1
-        payload = bytes(msg.payload)
-        try:
-            fb = parse_feedback(payload, self.labels)
-        except FeedbackError as e:
-            self.junk += 1
-            self._refused(str(e), payload, junk=True)
-            return
-        try:
-            self.q.put_nowait(fb)
-        except queue.Full:
-            self.dropped += 1
-            self._refused(f"queue of {self.q.maxsize} full (the samples worker is behind)", payload)
-
-    def handle(self, payload: bytes) -> None:
-        """``on_message`` for a bare payload (tests, benchmarks)."""
-
-        class _M:
-            pass
-
-        m = _M()
-        m.payload = payload  # type: ignore[attr-defined]
-        self.on_message(None, None, m)
-
-    def get(self, timeout: float | None = None) -> Feedback | None:
-        """The next feedback, or None after ``timeout`` (0: do not wait)."""
-        try:
-            return self.q.get(timeout=timeout) if timeout else self.q.get_nowait()
-        except queue.Empty:
-            return None
 
     def tick(self) -> None:
         """Subscribe again once a pause is over; the samples worker calls it on every loop (≤ 0.2 s apart)."""
@@ -254,6 +220,26 @@ class FeedbackInbox:
                 self._listening(True)  # before the flag: stats saying "not paused" follow the SUBSCRIBE
             self.paused = False
             self._junk_times.clear()
+
+    def _on_junk(self, now: float) -> None:
+        if self._trip(now):
+            self.log.warning(
+                "feedback on %s: %d refused messages within %g s, a flood: unsubscribed for %g s "
+                "(feedback sent meanwhile is lost; stats: feedback_paused, feedback_pauses); the broker's "
+                "ACL should keep this publisher off the topic (README: Who may publish feedback)",
+                self.topic,
+                self.junk_limit + 1,
+                self.junk_window_s,
+                self.pause_s,
+                extra=event(
+                    "feedback",
+                    kind="paused",
+                    junk=self.junk,
+                    limit=self.junk_limit,
+                    window_s=self.junk_window_s,
+                    pause_s=self.pause_s,
+                ),
+            )
 
     def _trip(self, now: float) -> bool:
         """The breaker, under ``_lock``: True when this refusal paused the subscription."""
@@ -273,32 +259,7 @@ class FeedbackInbox:
         times.clear()
         return True
 
-    def _refused(self, why: str, payload: bytes, junk: bool = False) -> None:
-        with self._lock:
-            now = self._clock()
-            if junk and self._trip(now):
-                self.log.warning(
-                    "feedback on %s: %d refused messages within %g s, a flood: unsubscribed for %g s "
-                    "(feedback sent meanwhile is lost; stats: feedback_paused, feedback_pauses); the broker's "
-                    "ACL should keep this publisher off the topic (README: Who may publish feedback)",
-                    self.topic,
-                    self.junk_limit + 1,
-                    self.junk_window_s,
-                    self.pause_s,
-                    extra=event(
-                        "feedback",
-                        kind="paused",
-                        junk=self.junk,
-                        limit=self.junk_limit,
-                        window_s=self.junk_window_s,
-                        pause_s=self.pause_s,
-                    ),
-                )
-            self._unsaid += 1
-            if self._said_at is not None and now - self._said_at < self._log_every_s:
-                return
-            more = f" (+{self._unsaid - 1} more since the last such line)" if self._unsaid > 1 else ""
-            self._said_at, self._unsaid = now, 0
+    def _ignored(self, why: str, payload: bytes, more: int) -> None:
         shown = payload[:_SHOWN]
         cut = f"… ({len(payload)} bytes)" if len(payload) > _SHOWN else ""
         self.log.warning(
@@ -308,6 +269,6 @@ class FeedbackInbox:
             why,
             shown,
             cut,
-            more,
+            f" (+{more} more since the last such line)" if more else "",
             self._log_every_s,
         )

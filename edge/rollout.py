@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SeamQCError
+from .inbox import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -212,59 +213,22 @@ def verify_signature(keys: list[Any], key_id: str, signature_b64: str, message: 
     return key_id
 
 
-class RolloutInbox:
-    """paho's callback for ``model/set``: parse, enqueue or count; never raises, never blocks."""
+class RolloutInbox(Inbox[Message]):
+    """paho's callback for ``model/set``: parse, enqueue or count; never raises, never blocks
+    (``edge.inbox.Inbox``; the rollout worker takes from ``q``)."""
+
+    worker = "rollout worker"  # a full queue: the worker sees the gap in the chunk numbers and refuses
 
     def __init__(self, topic: str, *, queue_size: int = QUEUE_SIZE, log_every_s: float = LOG_EVERY_S) -> None:
-        self.topic = topic
-        self.q: queue.Queue[Message] = queue.Queue(maxsize=queue_size)
-        self.received = 0
-        self.junk = 0
-        self.dropped = 0
-        self._log_every_s = log_every_s
-        self._said_at: float | None = None
-        self._unsaid = 0
-        self._lock = threading.Lock()
+        super().__init__(topic, parse, RolloutError, queue_size=queue_size, log_every_s=log_every_s, log=log)
 
-    def on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        self.received += 1
-        payload = bytes(msg.payload)
-        try:
-            m = parse(payload)
-        except RolloutError as e:
-            self.junk += 1
-            self._refused(str(e), payload)
-            return
-        try:
-            self.q.put_nowait(m)
-        except queue.Full:  # the worker sees the gap in the chunk numbers and refuses the download
-            self.dropped += 1
-            self._refused(f"queue of {self.q.maxsize} full (the rollout worker is behind)", payload)
-
-    def handle(self, payload: bytes) -> None:
-        """``on_message`` for a bare payload (tests)."""
-
-        class _M:
-            pass
-
-        m = _M()
-        m.payload = payload  # type: ignore[attr-defined]
-        self.on_message(None, None, m)
-
-    def _refused(self, why: str, payload: bytes) -> None:
-        with self._lock:
-            now = time.monotonic()
-            self._unsaid += 1
-            if self._said_at is not None and now - self._said_at < self._log_every_s:
-                return
-            more = f" (+{self._unsaid - 1} more)" if self._unsaid > 1 else ""
-            self._said_at, self._unsaid = now, 0
-        log.warning(
+    def _ignored(self, why: str, payload: bytes, more: int) -> None:
+        self.log.warning(
             "rollout: message on %s ignored: %s: %r%s (at most one such line per %g s)",
             self.topic,
             why,
             payload[:60],
-            more,
+            f" (+{more} more)" if more else "",
             self._log_every_s,
         )
 
