@@ -52,6 +52,18 @@ class Stage:
     lr: float
     arch: str | None = None
 
+    def __post_init__(self) -> None:
+        """The same checks for ``--then`` and for callers: a Stage that exists can be trained."""
+        if self.epochs < 1 or self.count < 1 or not self.lr > 0:
+            raise ModelError(f"--then {self.spec()!r}: epochs, count and lr must be positive")
+        if self.arch is not None:
+            from .models import GROWS_FROM
+
+            if self.arch not in GROWS_FROM:
+                raise ModelError(
+                    f"--then {self.spec()!r}: cannot grow into {self.arch!r} (one of: {', '.join(GROWS_FROM)})"
+                )
+
     def spec(self) -> str:
         return f"{self.epochs}:{self.count}:{self.lr:g}" + (f":{self.arch}" if self.arch else "")
 
@@ -60,21 +72,16 @@ SHIPPED_STAGES = (Stage(20, 12000, 1e-3),)
 
 
 def parse_stage(text: str) -> Stage:
-    """``EPOCHS:COUNT:LR[:ARCH]`` → Stage (the ``--then`` flag); one clear line when it is not."""
-    from .models import GROWS_FROM
-
+    """``EPOCHS:COUNT:LR[:ARCH]`` → Stage (the ``--then`` flag; ``Stage`` checks the values); one
+    clear line when it is not."""
     parts = text.split(":")
     try:
         if len(parts) not in (3, 4):
             raise ValueError
-        st = Stage(int(parts[0]), int(parts[1]), float(parts[2]), parts[3] if len(parts) == 4 else None)
+        epochs, count, lr = int(parts[0]), int(parts[1]), float(parts[2])
     except ValueError:
         raise ModelError(f"--then {text!r}: expected EPOCHS:COUNT:LR[:ARCH], e.g. 20:12000:1e-3") from None
-    if st.epochs < 1 or st.count < 1 or not st.lr > 0:
-        raise ModelError(f"--then {text!r}: epochs, count and lr must be positive")
-    if st.arch is not None and st.arch not in GROWS_FROM:
-        raise ModelError(f"--then {text!r}: cannot grow into {st.arch!r} (one of: {', '.join(GROWS_FROM)})")
-    return st
+    return Stage(epochs, count, lr, parts[3] if len(parts) == 4 else None)
 
 
 def _cmd(*parts: object) -> str:
@@ -109,8 +116,6 @@ def ship(
     from .train import train
 
     out, work = Path(out), Path(work)
-    for st in stages:
-        parse_stage(st.spec())  # the same checks as the flag, before anything is written
     work.mkdir(parents=True, exist_ok=True)
     if test_count < min_test:
         raise ModelError(f"--test-count {test_count}: the shipped model is tested on at least {min_test} images")
@@ -160,9 +165,10 @@ def ship(
     model = work / "model.keras"
     first_epochs = stage("train/data.csv", model, epochs, lr, init, size=size, filters=filters).epochs_run
     runs = []
+    cur_arch = arch  # a stage that grows the model changes it for every later stage
     for i, st in enumerate(stages, start=2):  # 2b: on from the last model, on a fresh set (module doc)
-        last, model = model, work / f"model{i}.keras"
-        res = stage(f"train{i}/data.csv", model, st.epochs, st.lr, str(last), st.arch or arch)
+        last, model, cur_arch = model, work / f"model{i}.keras", st.arch or cur_arch
+        res = stage(f"train{i}/data.csv", model, st.epochs, st.lr, str(last), cur_arch)
         runs.append(res.epochs_run)
     t_train = time.monotonic() - t0 - t_synth
     cmds.append(
