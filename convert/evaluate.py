@@ -14,6 +14,10 @@ accuracy, per-class precision / recall / F1 and the confusion matrix.
 fabric family): the same numbers per family as a markdown table (accuracy and AUROC per attribute,
 defect-vs-normal and broken-vs-normal AUROC) at the same thresholds: where is the model blind?
 
+``--by-kind`` (the same synth data sets; ``meta.csv`` names the defect drawn for ``error`` and
+``break``): per defect kind, how many the model finds (its label at the threshold) and how many it
+flags as not good at all, with the normal images' false flags beside them: which defects is it blind to?
+
 Thresholds: the bundle's (or 0.5), or with ``--calibrate VALID`` calibrated per label on that
 validation set by *maximising per-label accuracy* (the number the seed reports and the line
 cares about: every wrong decision costs the same); ties go to the threshold nearest 0.5.
@@ -116,6 +120,7 @@ def evaluate(
     size: int | None = 128,
     roi: Sequence[int] | None = None,
     by_family: bool = False,
+    by_kind: bool = False,
     preprocess: str | None = None,
     weights: str | Path | None = None,
     classes: str | Path | None = None,
@@ -150,6 +155,11 @@ def evaluate(
             raise DataError(f"--by-family: {data} is a {task} data set (families are a synth multi-label feature)")
         metrics["families"] = family_scores(ds, probs, labels, thresholds)
         report += "\n\n" + family_table(metrics["families"], labels)
+    if by_kind:
+        if task != "multilabel" or not {"good", "error", "break"} <= set(labels):
+            raise DataError(f"--by-kind: {data} is not a seam data set (defect kinds are a synth seam feature)")
+        metrics["kinds"] = kind_scores(ds, probs, labels, thresholds)
+        report += "\n\n" + kind_table(metrics["kinds"])
     if roi is not None:
         metrics["roi"] = [int(v) for v in roi]
     return Evaluation(metrics, labels, thresholds, probs, report)
@@ -165,6 +175,56 @@ def family_scores(ds: Dataset, probs: np.ndarray, labels: Sequence[str], thresho
         f: attribute_scores(ds.targets[fam == f], probs[fam == f], labels, thresholds)
         for f in sorted(set(fam.tolist()))
     }
+
+
+def kind_scores(ds: Dataset, probs: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]) -> dict:
+    """Defect kind → n, found % (its label's score ≥ threshold), flagged % (``good`` below its
+    threshold) and the median score of its label; ``none`` is the images without error or break,
+    whose "found" is the false-flag rate of any defect label. From ``meta.csv``'s kind columns."""
+    from .leaveout import read_meta_column
+    from .synth_render import BREAK_KINDS, ERROR_KINDS
+
+    folder = Path(ds.source).parent if Path(ds.source).suffix == ".csv" else Path(ds.source)
+    li = {lab: i for i, lab in enumerate(labels)}
+    above = {lab: probs[:, li[lab]] >= thresholds[lab] for lab in labels}
+    flagged = ~above["good"]
+    out: dict[str, dict] = {}
+    for lab, kinds in (("error", ERROR_KINDS), ("break", BREAK_KINDS)):
+        col = read_meta_column(folder, f"{lab}_kind")
+        kind = np.array([col.get(str(Path(p).resolve()), "") for p in ds.paths])
+        truth = ds.targets[:, li[lab]] > 0.5
+        for k in (*kinds, *sorted(set(kind[truth].tolist()) - set(kinds))):
+            sel = truth & (kind == k)
+            if sel.any():
+                out[k] = {
+                    "label": lab,
+                    "count": int(sel.sum()),
+                    "found": round(100.0 * float(above[lab][sel].mean()), 2),
+                    "flagged": round(100.0 * float(flagged[sel].mean()), 2),
+                    "median_score": round(float(np.median(probs[sel, li[lab]])), 4),
+                }
+    normal = (ds.targets[:, li["error"]] < 0.5) & (ds.targets[:, li["break"]] < 0.5)
+    if normal.any():
+        out["none"] = {
+            "label": "good",
+            "count": int(normal.sum()),
+            "found": round(100.0 * float((above["error"] | above["break"])[normal].mean()), 2),
+            "flagged": round(100.0 * float(flagged[normal].mean()), 2),
+            "median_score": round(float(np.median(probs[normal, li["good"]])), 4),
+        }
+    return out
+
+
+def kind_table(kinds: dict) -> str:
+    """Markdown, one row per defect kind, the normal images last."""
+    rows = [
+        "| defect kind | label | n | found (its label ≥ threshold) | flagged (good < threshold) | median score |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, s in kinds.items():
+        found = f"{s['found']:.1f} % (false error or break)" if k == "none" else f"{s['found']:.1f} %"
+        rows.append(f"| {k} | {s['label']} | {s['count']} | {found} | {s['flagged']:.1f} % | {s['median_score']:.3f} |")
+    return "\n".join(rows)
 
 
 def family_table(families: dict, labels: Sequence[str]) -> str:
@@ -185,6 +245,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", help="write every number as JSON")
     p.add_argument(
         "--by-family", action="store_true", help="also per fabric family (synth data sets: meta.csv beside the data)"
+    )
+    p.add_argument(
+        "--by-kind",
+        action="store_true",
+        help="also per defect kind: found / flagged % (synth data sets: meta.csv's error_kind, break_kind)",
     )
     p.add_argument("--calibrate", metavar="VALID_CSV", help="calibrate per-label thresholds on this set first")
     p.add_argument("--role", help="bundle role to run (default: the manifest's classifier)")
@@ -211,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         roi=roi.roi,
         by_family=args.by_family,
+        by_kind=args.by_kind,
         preprocess=args.preprocess,
         weights=args.weights,
         classes=args.classes,

@@ -6,7 +6,7 @@ the model's 128 px; ``--px-per-mm`` pins it), rotated ±15° and anywhere in the
 frame, under slight perspective, uneven light, vignetting, glints, white balance, defocus and
 motion blur, noise and JPEG. Labels follow the seed (``good``, ``error``, ``break``, ``length``;
 ``length`` true = 2 mm); defects are placed wholly inside the frame and their tight boxes go to
-``boxes.csv``; ``meta.csv`` names each image's family, scale, thread width and contrast.
+``boxes.csv``; ``meta.csv`` names each image's family, scale, thread width, contrast and defect kinds.
 
 Fabric families (``FAMILIES``, a public contract: ``--families``/``--exclude-families``,
 ``convert leave-out``): plain (woven cotton, linen, basket, canvas), twill (incl. denim), satin,
@@ -65,7 +65,9 @@ DEFAULT_SIZE = 256
 # `length` label is a length in pixels, and below a 2:1 scale range 2 mm and 4 mm stitches stay
 # apart (2 mm at 16 px/mm = 32 px < 4 mm at 9 px/mm = 36 px); `--px-per-mm` reaches 1..100 px/mm.
 SCALE_RANGE = (9.0, 16.0)
-META_HEADER = ["name", "family", "px_per_mm", "thread_px", "contrast"]
+# error_kind / break_kind: the defect drawn for that label (synth_render.ERROR_KINDS / BREAK_KINDS),
+# empty when the label is false: `evaluate --by-kind` reads them (which defects does the model miss?)
+META_HEADER = ["name", "family", "px_per_mm", "thread_px", "contrast", "error_kind", "break_kind"]
 RENDER_MIN = 256  # smaller data sets are rendered at 256 and area-downscaled
 DEFAULT_DEFECT_RATE = 0.6  # share of stills with ≥ 1 defect
 BOTH_SHARE = 0.2  # of those, share with both an error and a break
@@ -255,7 +257,7 @@ def write_dataset(
     exclude_families: Sequence[str] | None = None,
 ) -> Path:
     """Write ``count`` labeled stills + ``data.csv`` (seed format) + ``boxes.csv`` + ``meta.csv``
-    (``name,family,px_per_mm,thread_px,contrast``, one row per image); → data.csv path.
+    (``META_HEADER``, one row per image); → data.csv path.
 
     ``families`` / ``exclude_families`` restrict the fabric families (``FAMILIES``); each image
     draws its family uniformly among those left. Deterministic: the same (seed, count,
@@ -288,6 +290,7 @@ def write_dataset(
                     f"{meta['px_per_mm']:.3f}",
                     f"{meta['thread_px']:.2f}",
                     f"{meta['contrast']:.4f}",
+                    *(next((b.kind for b in boxes if b.label == lab), "") for lab in ("error", "break")),
                 ]
             )
 

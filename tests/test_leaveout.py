@@ -119,3 +119,39 @@ def test_evaluate_by_family_splits_the_same_predictions(tmp_path, tiny_bundle):
 
     with pytest.raises(DataError, match="meta.csv: not found"):
         evaluate(tiny_bundle, tmp_path / "d", by_family=True)
+
+
+@pytest.mark.slow  # uses the session's trained tiny bundle
+def test_evaluate_by_kind_splits_the_predictions_by_defect_kind(tmp_path, tiny_bundle):
+    """``evaluate --by-kind``: one row per defect kind drawn (meta.csv), plus the normal images; each
+    row's found / flagged shares are the overall predictions sliced by kind (recomputed here)."""
+    from convert.evaluate import evaluate
+    from convert.leaveout import read_meta_column
+    from convert.synth import write_dataset
+    from edge.errors import DataError
+
+    write_dataset(tmp_path / "d", 60, 8, size=64)
+    ev = evaluate(tiny_bundle, tmp_path / "d", by_kind=True)
+    ds = load_dataset(tmp_path / "d" / "data.csv")
+    li = {lab: i for i, lab in enumerate(ds.labels)}
+    kinds = ev.metrics["kinds"]
+    for lab in ("error", "break"):
+        col = read_meta_column(tmp_path / "d", f"{lab}_kind")
+        kind = np.array([col[p] for p in ds.paths])
+        assert sum(s["count"] for s in kinds.values() if s["label"] == lab) == int(ds.targets[:, li[lab]].sum())
+        for k in set(kind[kind != ""]):
+            sel = kind == k
+            s = kinds[k]
+            assert s["label"] == lab and s["count"] == int(sel.sum())
+            found = ev.probabilities[sel, li[lab]] >= ev.thresholds[lab]
+            assert s["found"] == pytest.approx(100.0 * found.mean(), abs=0.01)
+            flagged = ev.probabilities[sel, li["good"]] < ev.thresholds["good"]
+            assert s["flagged"] == pytest.approx(100.0 * flagged.mean(), abs=0.01)
+    normal = (ds.targets[:, li["error"]] < 0.5) & (ds.targets[:, li["break"]] < 0.5)
+    assert kinds["none"]["count"] == int(normal.sum()) > 0
+    assert "| none | good |" in ev.report and "| defect kind |" in ev.report
+    # a meta.csv from before the kind columns: one DataError line naming the column
+    meta = tmp_path / "d" / "meta.csv"
+    meta.write_text("\n".join(",".join(r.split(",")[:5]) for r in meta.read_text().splitlines()) + "\n")
+    with pytest.raises(DataError, match="'error_kind'"):
+        evaluate(tiny_bundle, tmp_path / "d", by_kind=True)

@@ -266,10 +266,15 @@ from convert.synth_render import BREAK_KINDS, DEFECT_LABEL, ERROR_KINDS  # noqa:
 def test_families_contract_and_meta_csv(stills):
     assert FAMILIES == ("plain", "twill", "satin", "knit", "fleece", "felt", "print")
     text = (stills / "meta.csv").read_text()
-    assert text.splitlines()[0] == "name,family,px_per_mm,thread_px,contrast"
-    meta = pd.read_csv(stills / "meta.csv")
+    assert text.splitlines()[0] == "name,family,px_per_mm,thread_px,contrast,error_kind,break_kind"
+    meta = pd.read_csv(stills / "meta.csv", keep_default_na=False)
     data = pd.read_csv(stills / "data.csv", index_col=0)
     assert list(meta["name"]) == list(data["name"])
+    # the kind of the defect drawn for each true label, nothing for a false one (evaluate --by-kind)
+    for lab, kinds in (("error", ERROR_KINDS), ("break", BREAK_KINDS)):
+        drawn = meta[f"{lab}_kind"]
+        assert ((drawn != "") == data[lab].astype(bool)).all()
+        assert set(drawn[drawn != ""]) <= set(kinds) and len(set(drawn[drawn != ""])) >= 2
     assert set(meta["family"]) <= set(FAMILIES)
     assert meta["px_per_mm"].between(4.0, 16.0).all()  # 2..8 px/mm at the model's 128 px
     assert meta["thread_px"].between(2, 12).all()
