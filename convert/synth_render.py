@@ -988,7 +988,14 @@ def build_still(
     wanted = (["error"] if error else []) + (["break"] if brk else [])
     if len(wanted) == 2 and drng.random() < 0.5:
         wanted.reverse()
+    # the error kind is drawn once, before placement: drawn per try, the kinds that need more room
+    # (crooked, skip, pucker) failed the fit more often and came 3x rarer than the small ones
+    forced_kind = dict(kinds or {})
+    if error and not forced_kind.get("error"):
+        forced_kind["error"] = ERROR_KINDS[int(drng.integers(0, len(ERROR_KINDS)))]
     for _attempt in range(200):
+        if _attempt == 20:  # rare (a wide kind beside a break, little seam in view): any kind that fits
+            forced_kind = dict(kinds or {})
         if _attempt and _attempt % 40 == 0:
             # rare (two defects at 4 mm pitch): slide the stitches along the seam and retry
             du = drng.uniform(0.2, 0.8) * pitch
@@ -1014,7 +1021,7 @@ def build_still(
                     hole_r=scene.hole_r,
                     light=scene.light,
                 )
-                forced = (kinds or {}).get(label)
+                forced = forced_kind.get(label)
                 if label == "error":
                     ks, d = make_error(trial, drng, holes, k, side, forced)
                 else:
