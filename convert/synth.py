@@ -255,6 +255,7 @@ def write_dataset(
     prefix: str = "synth_",
     families: Sequence[str] | None = None,
     exclude_families: Sequence[str] | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> Path:
     """Write ``count`` labeled stills + ``data.csv`` (seed format) + ``boxes.csv`` + ``meta.csv``
     (``META_HEADER``, one row per image); → data.csv path.
@@ -267,6 +268,8 @@ def write_dataset(
     fams = check_families(families, exclude_families)
     out = _prepare_dir(Path(out_dir))
     opts = {"size": int(size), "px_per_mm": px_per_mm, "defect_rate": float(defect_rate), "families": fams}
+    if kinds:  # every error / break of the set is this kind (``render_image``'s ``kinds``)
+        opts["kinds"] = dict(kinds)
     jobs = [(int(seed), i, opts) for i in range(int(count))]
     width = max(6, len(str(count - 1)))
     data_rows: list[tuple[str, list[bool]]] = []

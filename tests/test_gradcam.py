@@ -360,12 +360,22 @@ def test_wrong_length_heatmap_explains_the_flagged_condition():
         scores2 = dict(zip(plain.labels, (float(p) for p in plain.forward(img2)[0])))
         assert "length" in frame_flags(scores2, thresholds, "4mm")
         right = on_4mm_line.explain(img2, ["length"])["length"]
-        # peak_ref is the median flagged peak of the calibration set, so a less sure frame (seed 1:
-        # score 0.92, peak 0.49 against a reference of 0.90) is drawn at about half strength
-        assert right.sign == 1 and right.strength >= 0.5, (seed, right)
+        assert right.sign == 1, (seed, right)
         np.testing.assert_array_equal(right.cam, plain.explain(img2, ["length"])["length"].cam)
         against = on_2mm_line.explain(img2, ["length"])["length"]  # -length on a 2 mm frame: faint
         assert against.peak < 0.2 * right.peak, (seed, against, right)  # measured: <= 0.03x
+
+    # How strongly a flagged frame is drawn: peak_ref is the median flagged peak of the calibration
+    # set, so a typical flagged 2 mm frame on a 4 mm line is drawn near full strength and a less sure
+    # one fainter. One frame's strength depends on the model (seed 1 has been 0.28-0.57, seed 7
+    # 0.15-0.21 across bundles); over 20 frames, measured medians 0.82-0.87 (old and new bundles)
+    strengths = []
+    for seed in range(20):
+        img2 = _still(seed, two_mm=True)
+        scores2 = dict(zip(plain.labels, (float(p) for p in plain.forward(img2)[0])))
+        if "length" in frame_flags(scores2, thresholds, "4mm"):
+            strengths.append(on_4mm_line.explain(img2, ["length"])["length"].strength)
+    assert len(strengths) >= 18 and float(np.median(strengths)) >= 0.75, strengths
 
 
 # ----------------------------------------------------------------------------- keras applications
