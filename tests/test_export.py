@@ -334,7 +334,10 @@ def test_savedmodel_dir(tiny_keras, tiny_valid, tmp_path):
     b = load_bundle(tmp_path / "b")
     m = _measured(tiny_keras, tmp_path / "b", tiny_valid)  # all 80 images: the 40 of the parity check among them
     np.testing.assert_allclose(m["classifier_fp32"], m["keras"], atol=1e-4)  # the SavedModel's TFLite is the model
-    assert 0 < res.manifest["parity"]["fp32"]["max_abs_diff"] <= _max_diff(m["classifier_fp32"], m["keras"]) * 1.25
+    # the export compares the TFLite with the SavedModel's own signature, this test with the .keras: at
+    # float32 round-off (~1e-7, 2.7e-7 vs 3.6e-7 seen) the two differ by more than 25 %, so 1e-6 floors it
+    reported = res.manifest["parity"]["fp32"]["max_abs_diff"]
+    assert 0 < reported <= max(_max_diff(m["classifier_fp32"], m["keras"]) * 1.25, 1e-6)
     assert b.has("classifier_int8") and not b.has("explainer") and b.labels == ("good", "error", "break", "length")
 
 
