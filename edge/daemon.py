@@ -513,6 +513,7 @@ class Daemon:
 
     def emit(self, alert: Any) -> None:
         cfg = self.cfg
+        closed_at = time.time()  # the event just closed: the log's reference for what comes after
         heatmap = None
         ts = iso_utc(alert.ts_wall)
         if self.heatmaps is not None and alert.image is not None:
@@ -536,6 +537,7 @@ class Daemon:
                 frame=alert.frame,
                 first_frame=alert.first_frame,
                 last_frame=alert.last_frame,
+                closed_at=round(closed_at, 6),
                 alert=payload,
             ),
         )

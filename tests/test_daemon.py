@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,11 @@ def test_end_to_end_alerts_status_stats_heatmaps(tmp_path, tiny_bundle, video, m
     assert [a["event_id"] for a in alerts] == [a["event_id"] for a in logged]
     assert len({a["event_id"] for a in alerts}) == len(alerts)
     assert all(m.qos == 1 and not m.retain for m in got)
+    # each alert event says when its event closed: after its best frame, before the subscriber had it
+    closed = {e.get("event_id"): e.get("closed_at") for e in log_events(text) if e.name == "alert"}
+    for m, a in zip(got, alerts):
+        best = datetime.fromisoformat(a["ts"].replace("Z", "+00:00")).timestamp()
+        assert best - 0.001 <= closed[a["event_id"]] <= m.wall, (a["ts"], closed[a["event_id"]], m.wall)
     labels = ("good", "error", "break", "length")
     for a in alerts:
         check_alert_payload(a, "test-st", labels)
