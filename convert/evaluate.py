@@ -165,11 +165,17 @@ def evaluate(
     return Evaluation(metrics, labels, thresholds, probs, report)
 
 
+def _folder(ds: Dataset) -> Path:
+    """The data set's folder, where ``synth`` put ``meta.csv``."""
+    src = Path(ds.source)
+    return src.parent if src.suffix == ".csv" else src
+
+
 def family_scores(ds: Dataset, probs: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]) -> dict:
     """Family → accuracy / AUROC per attribute + defect and break AUROC, from ``meta.csv`` beside the data."""
     from .leaveout import attribute_scores, read_families
 
-    families = read_families(Path(ds.source).parent if Path(ds.source).suffix == ".csv" else Path(ds.source))
+    families = read_families(_folder(ds))
     fam = np.array([families.get(str(Path(p).resolve()), "?") for p in ds.paths])
     return {
         f: attribute_scores(ds.targets[fam == f], probs[fam == f], labels, thresholds)
@@ -181,16 +187,16 @@ def kind_scores(ds: Dataset, probs: np.ndarray, labels: Sequence[str], threshold
     """Defect kind → n, found % (its label's score ≥ threshold), flagged % (``good`` below its
     threshold) and the median score of its label; ``none`` is the images without error or break,
     whose "found" is the false-flag rate of any defect label. From ``meta.csv``'s kind columns."""
-    from .leaveout import read_meta_column
+    from .leaveout import read_meta_columns
     from .synth_render import BREAK_KINDS, ERROR_KINDS
 
-    folder = Path(ds.source).parent if Path(ds.source).suffix == ".csv" else Path(ds.source)
+    columns = read_meta_columns(_folder(ds), "error_kind", "break_kind")
     li = {lab: i for i, lab in enumerate(labels)}
     above = {lab: probs[:, li[lab]] >= thresholds[lab] for lab in labels}
     flagged = ~above["good"]
     out: dict[str, dict] = {}
     for lab, kinds in (("error", ERROR_KINDS), ("break", BREAK_KINDS)):
-        col = read_meta_column(folder, f"{lab}_kind")
+        col = columns[f"{lab}_kind"]
         kind = np.array([col.get(str(Path(p).resolve()), "") for p in ds.paths])
         truth = ds.targets[:, li[lab]] > 0.5
         for k in (*kinds, *sorted(set(kind[truth].tolist()) - set(kinds))):

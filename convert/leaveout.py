@@ -48,25 +48,35 @@ FT_TEST = 400  # images of F scored in the fine-tuning curve
 FT_STEPS = 240  # optimiser steps of each fine-tuning / small from-scratch run
 
 
-def read_meta_column(folder: Path, column: str) -> dict[str, str]:
-    """Image path (absolute) → ``column``, from the ``meta.csv`` that ``synth`` writes beside ``data.csv``."""
+def read_meta_columns(folder: Path, *columns: str) -> dict[str, dict[str, str]]:
+    """Column → {image path (absolute) → value}, from the ``meta.csv`` that ``synth`` writes beside
+    ``data.csv`` (read once for all the columns asked for)."""
     from .data import csv_rows
 
     meta = folder / "meta.csv"
     if not meta.is_file():
         raise DataError(f"{meta}: not found (a synth data set names each image's family and defect kinds there)")
     rows = csv_rows(meta)
-    if not rows or "name" not in rows[0] or column not in rows[0]:
-        hint = " (synth writes it since defect kinds are reported: make the data set again)" if "kind" in column else ""
-        raise DataError(f"{meta}: header must have 'name' and '{column}' columns{hint}")
-    ni, fi = rows[0].index("name"), rows[0].index(column)
-    base = folder.resolve()
-    return {str(base / r[ni]): r[fi] for r in rows[1:] if len(r) > max(ni, fi)}
+    head = rows[0] if rows else []
+    for column in ("name", *columns):
+        if column not in head:
+            hint = (
+                " (synth writes it since defect kinds are reported: make the data set again)"
+                if "kind" in column
+                else ""
+            )
+            raise DataError(f"{meta}: header must have 'name' and '{column}' columns{hint}")
+    ni, base = head.index("name"), folder.resolve()
+    out = {}
+    for column in columns:
+        fi = head.index(column)
+        out[column] = {str(base / r[ni]): r[fi] for r in rows[1:] if len(r) > max(ni, fi)}
+    return out
 
 
 def read_families(folder: Path) -> dict[str, str]:
     """Image path (absolute) → family (``meta.csv``)."""
-    return read_meta_column(folder, "family")
+    return read_meta_columns(folder, "family")["family"]
 
 
 def family_subset(ds, families: dict[str, str], keep) -> object:

@@ -126,7 +126,7 @@ def test_evaluate_by_kind_splits_the_predictions_by_defect_kind(tmp_path, tiny_b
     """``evaluate --by-kind``: one row per defect kind drawn (meta.csv), plus the normal images; each
     row's found / flagged shares are the overall predictions sliced by kind (recomputed here)."""
     from convert.evaluate import evaluate
-    from convert.leaveout import read_meta_column
+    from convert.leaveout import read_meta_columns
     from convert.synth import write_dataset
     from edge.errors import DataError
 
@@ -136,7 +136,7 @@ def test_evaluate_by_kind_splits_the_predictions_by_defect_kind(tmp_path, tiny_b
     li = {lab: i for i, lab in enumerate(ds.labels)}
     kinds = ev.metrics["kinds"]
     for lab in ("error", "break"):
-        col = read_meta_column(tmp_path / "d", f"{lab}_kind")
+        col = read_meta_columns(tmp_path / "d", f"{lab}_kind")[f"{lab}_kind"]
         kind = np.array([col[p] for p in ds.paths])
         assert sum(s["count"] for s in kinds.values() if s["label"] == lab) == int(ds.targets[:, li[lab]].sum())
         for k in set(kind[kind != ""]):

@@ -20,15 +20,20 @@ def _ship_defaults() -> argparse.Namespace:
     return parser.parse_args(["ship"])
 
 
+def _final_arch(d: argparse.Namespace) -> str:
+    """The architecture ``convert ship`` ends with: the last stage that grows the model names it."""
+    from convert.ship import stages_from_args
+
+    return next((st.arch for st in reversed(stages_from_args(d.then)) if st.arch), d.arch)
+
+
 @pytest.mark.skipif(not (SHIPPED / "model.keras").exists(), reason="shipped bundle not built")
 def test_ship_defaults_are_the_shipped_recipe():
     from convert.models import read_meta
-    from convert.ship import stages_from_args
 
     meta = read_meta(SHIPPED / "model.keras")
     d = _ship_defaults()
-    grown = next((st.arch for st in reversed(stages_from_args(d.then)) if st.arch), d.arch)  # a stage may grow it
-    assert (grown, d.filters, d.size) == (meta["arch"], meta["filters"], meta["height"])
+    assert (_final_arch(d), d.filters, d.size) == (meta["arch"], meta["filters"], meta["height"])
     assert Path(d.out).resolve() == SHIPPED
 
 
@@ -52,7 +57,7 @@ def test_shipped_model_went_through_every_stage_of_the_recipe():
     stages = stages_from_args(d.then)
     assert stages == SHIPPED_STAGES and all(st.count == 12000 for st in stages)
     assert Path(meta["trained_on"]).parent.name == f"train{len(stages) + 1}" and meta.get("init")
-    assert meta["arch"] == next((st.arch for st in reversed(stages) if st.arch), d.arch)
+    assert meta["arch"] == _final_arch(d)
 
 
 def test_then_flag_parses_and_refuses_in_one_line(tmp_path):

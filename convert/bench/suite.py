@@ -710,9 +710,9 @@ def alert_latency(
     off, samples flooding vs off)."""
 
     def collect(run: DaemonRun, station: str) -> list[dict]:
-        # when the daemon closed each event (before its durable write and publish); the time the log line
-        # was read comes after the publish or before it, as the threads run, so it can read negative
-        emit = {e.get("event_id"): e.get("closed_at", e.t) for e in run.events if e.name == "alert"}
+        # when the daemon closed each event (before its durable write and publish), not when the log line
+        # was read: that can come after the subscriber already has the alert
+        emit = {e.get("event_id"): e.data["closed_at"] for e in run.events if e.name == "alert"}
         stop_line = run.event_time("stopping")
         seen, out = set(), []
         for t, a in listener.of(station, "alert"):
