@@ -6,7 +6,8 @@ the model's 128 px; ``--px-per-mm`` pins it), rotated ±15° and anywhere in the
 frame, under slight perspective, uneven light, vignetting, glints, white balance, defocus and
 motion blur, noise and JPEG. Labels follow the seed (``good``, ``error``, ``break``, ``length``;
 ``length`` true = 2 mm); defects are placed wholly inside the frame and their tight boxes go to
-``boxes.csv``; ``meta.csv`` names each image's family, scale, thread width, contrast and defect kinds.
+``boxes.csv``; ``meta.csv`` names each image's family, scale, thread width, contrast, defect kinds and how
+visible its least visible defect is (``synth_render.defect_visibility``; empty for good stills).
 
 Fabric families (``FAMILIES``, a public contract: ``--families``/``--exclude-families``,
 ``convert leave-out``): plain (woven cotton, linen, basket, canvas), twill (incl. denim), satin,
@@ -22,7 +23,9 @@ local jump of the stitch line), ``pucker``, ``pinch`` (a fold caught in the seam
 (bobbin thread pulled up at the holes), ``stain`` and ``needle_mark`` (holes without thread).
 Stains and needle marks are ``error``: a flaw on the seam the operator must look at, and the
 dashboards treat anything not good as a defect. Benign look-alikes stay ``good``: lint, prints,
-the seam allowance's fold edge, wrinkles away from the seam.
+the seam allowance's fold edge, wrinkles away from the seam. A defect must be visible to be
+labelled: one that changes the model's 128-px input by less than ``MIN_VISIBILITY`` (L2 norm in
+per-image standard deviations) is redrawn on the same fabric (``synth_render.render_still``).
 
 Video (``--video FILE.mp4 --frames N``) is a 640×480 strip of the same seam world scrolling past
 the camera at sewing speed (``--stitches-per-min`` × base stitch length / 60 mm/s), with error and
@@ -67,7 +70,7 @@ DEFAULT_SIZE = 256
 SCALE_RANGE = (9.0, 16.0)
 # error_kind / break_kind: the defect drawn for that label (synth_render.ERROR_KINDS / BREAK_KINDS),
 # empty when the label is false: `evaluate --by-kind` reads them (which defects does the model miss?)
-META_HEADER = ["name", "family", "px_per_mm", "thread_px", "contrast", "error_kind", "break_kind"]
+META_HEADER = ["name", "family", "px_per_mm", "thread_px", "contrast", "error_kind", "break_kind", "visibility"]
 RENDER_MIN = 256  # smaller data sets are rendered at 256 and area-downscaled
 DEFAULT_DEFECT_RATE = 0.6  # share of stills with ≥ 1 defect
 BOTH_SHARE = 0.2  # of those, share with both an error and a break
@@ -294,6 +297,7 @@ def write_dataset(
                     f"{meta['thread_px']:.2f}",
                     f"{meta['contrast']:.4f}",
                     *(next((b.kind for b in boxes if b.label == lab), "") for lab in ("error", "break")),
+                    "" if meta.get("visibility") is None else f"{meta['visibility']:.2f}",
                 ]
             )
 
