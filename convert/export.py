@@ -10,7 +10,8 @@ old bundle or the new one, never none), else two renames:
 
 * ``classifier_fp32.tflite`` and ``classifier_int8.tflite`` — fixed batch 1, TFLITE_BUILTINS only
   (``convert.tflite.keras_to_tflite``). int8 is full-integer when that keeps parity with Keras
-  on the calibration set (label agreement ≥ 99.5 %), dynamic-range int8 otherwise;
+  on the calibration set (label agreement ≥ 99.5 % at 0.5 and, with ``--valid``, at the calibrated
+  thresholds the Pi decides with), dynamic-range int8 otherwise;
 * ``explainer.tflite`` + ``head.npz`` — ``convert.explainer.export_explainer`` (float features);
 * ``model.keras`` — the full model, for the TF Grad-CAM path;
 * ``selfcheck.npz`` — four calibration images with the scores each classifier gave them
@@ -227,6 +228,31 @@ def _write_selfcheck(tmp: Path, manifest: dict, files: dict[str, str], paths: li
     write_manifest(tmp, manifest, files)
 
 
+def _calibrated(task, labels, va, cal, calibration, valid, p_int8, tmp: Path, h: int, w: int, mode):
+    """(thresholds, metrics) for the bundle: multilabel thresholds calibrated on ``--valid`` with the
+    int8 classifier in ``tmp`` (what the Pi runs), else 0.5 with metrics on the calibration set;
+    multiclass has no thresholds (metrics on ``--valid`` when given)."""
+    if task == "multilabel":
+        if va is not None:
+            xv = np.concatenate([b for b, _ in batches(va, h, w, 64, mode=mode)])
+            pv = _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
+            thresholds = calibrate_thresholds(va.targets, pv, labels)
+            metrics = {"int8_valid": multilabel_metrics(va.targets, pv, labels, thresholds), "data": str(valid)}
+            return thresholds, metrics
+        thresholds = {lab: 0.5 for lab in labels}
+        if cal is not None:
+            return thresholds, {
+                "int8_calibration": multilabel_metrics(cal.targets, p_int8, labels, thresholds),
+                "data": str(calibration),
+            }
+        return thresholds, {}
+    if va is not None:
+        xv = np.concatenate([b for b, _ in batches(va, h, w, 64, mode=mode)])
+        pv = _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
+        return {}, {"int8_valid": multiclass_metrics(va.targets, pv, labels), "data": str(valid)}
+    return {}, {}
+
+
 def export_bundle(
     model_path: str | Path,
     calibration: str | Path,
@@ -329,19 +355,23 @@ def export_bundle(
         par["int8"] = {**parity(ref, p_int8, task, thr0), "quantization": int8_kind}
 
         # thresholds: calibrated on --valid with the classifier the Pi runs
-        metrics: dict = {}
+        thresholds, metrics = _calibrated(task, labels, va, cal, calibration, valid, p_int8, tmp, h, w, mode)
+        if task == "multilabel" and int8 == "auto" and int8_kind == "full":
+            # full int8 was chosen at 0.5; the Pi decides at the calibrated thresholds, where a few
+            # scores near them may flip: keep full int8 only if it keeps parity there too
+            agree = parity(ref, p_int8, task, np.array([thresholds[lab] for lab in labels]))["label_agreement"]
+            par["int8_full"]["label_agreement_calibrated"] = agree
+            if agree < FULL_INT8_MIN_AGREEMENT:
+                _log(
+                    f"export: full int8 agrees on {agree:.2f} % at the calibrated thresholds "
+                    f"(< {FULL_INT8_MIN_AGREEMENT} %): dynamic-range int8 TFLite"
+                )
+                (tmp / "classifier_int8.tflite").write_bytes(keras_to_tflite(model, h, w, "dynamic"))
+                int8_kind = "dynamic"
+                p_int8 = _tflite_predict(tmp / "classifier_int8.tflite", x, len(labels))
+                par["int8"] = {**parity(ref, p_int8, task, thr0), "quantization": int8_kind}
+                thresholds, metrics = _calibrated(task, labels, va, cal, calibration, valid, p_int8, tmp, h, w, mode)
         if task == "multilabel":
-            if va is not None:
-                xv = np.concatenate([b for b, _ in batches(va, h, w, 64, mode=mode)])
-                pv = _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
-                thresholds = calibrate_thresholds(va.targets, pv, labels)
-                metrics = {"int8_valid": multilabel_metrics(va.targets, pv, labels, thresholds), "data": str(valid)}
-            elif cal is not None:
-                thresholds = {lab: 0.5 for lab in labels}
-                metrics = {
-                    "int8_calibration": multilabel_metrics(cal.targets, p_int8, labels, thresholds),
-                    "data": str(calibration),
-                }
             thr = np.array([thresholds[lab] for lab in labels])
             par["fp32"] = {
                 **par["fp32"],
@@ -354,12 +384,6 @@ def export_bundle(
                 },
             }
             par["int8"].update({k: v for k, v in parity(ref, p_int8, task, thr).items() if k.endswith("agreement")})
-        else:
-            thresholds = {}
-            if va is not None:
-                xv = np.concatenate([b for b, _ in batches(va, h, w, 64, mode=mode)])
-                pv = _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
-                metrics = {"int8_valid": multiclass_metrics(va.targets, pv, labels), "data": str(valid)}
         for kind in ("fp32", "int8"):
             _log(
                 f"parity {kind:>4} vs Keras on {len(x)} images: max|Δ| {par[kind]['max_abs_diff']:.2e}, "

@@ -92,6 +92,36 @@ def test_parity_failure_leaves_nothing(tiny_keras, tiny_valid, tmp_path, monkeyp
 
 
 @pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
+def test_full_int8_must_keep_parity_at_the_calibrated_thresholds(tiny_keras, tiny_valid, tmp_path, monkeypatch):
+    """Full int8 is chosen at 0.5, but the Pi decides at the calibrated thresholds: a classifier that
+    agrees at 0.5 and not there is replaced by dynamic range (a shipped candidate did exactly this:
+    99.5 % at 0.5, 99.45 % at its thresholds). Injected: every agreement measured at thresholds
+    other than 0.5 is 1 point lower, so full int8 passes the first check and fails the second."""
+    import convert.export as ex
+
+    real = ex.parity
+
+    def stricter(ref, got, task, thresholds):
+        r = real(ref, got, task, thresholds)
+        if np.allclose(thresholds, 0.5):
+            return {**r, "label_agreement": 100.0}
+        return {**r, "label_agreement": 99.0}
+
+    monkeypatch.setattr(ex, "parity", stricter)
+    out = tmp_path / "bundle"
+    ex.export_bundle(
+        tiny_keras, tiny_valid / "data.csv", out, valid=tiny_valid / "data.csv", max_images=64,
+        min_int8_agreement=TINY_MIN_AGREEMENT,
+    )  # fmt: skip
+    m = json.loads((out / "manifest.json").read_text())
+    thr = np.array([m["thresholds"][lab] for lab in m["labels"]])
+    assert not np.allclose(thr, 0.5)  # calibrated: the second check really ran at other thresholds
+    assert m["parity"]["int8_full"]["label_agreement"] == 100.0
+    assert m["parity"]["int8_full"]["label_agreement_calibrated"] == 99.0
+    assert m["parity"]["int8"]["quantization"] == "dynamic"
+
+
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_int8_parity_gate_fails_loudly(tiny_keras, tiny_valid, tmp_path):
     out = tmp_path / "bundle"
     p = run_convert(
