@@ -1,8 +1,8 @@
 """``python -m convert synth``: labeled synthetic seam images, or a seam video with ground truth.
 
 Stills (``--out DIR --count N``) are 256×256 BGR PNGs of what the camera ROI sees: a seam
-crossing the frame, 2 mm or 4 mm stitches at a scale drawn per image from 4..16 px/mm (2..8 at
-the model's 128 px; ``--px-per-mm`` pins it), rotated ±15° and anywhere in the middle 60 % of the
+crossing the frame, 2 mm or 4 mm stitches at a scale drawn per image from 9..16 px/mm (4.5..8 at
+the model's 128 px, ``SCALE_RANGE``; ``--px-per-mm`` pins it), rotated ±15° and anywhere in the middle 60 % of the
 frame, under slight perspective, uneven light, vignetting, glints, white balance, defocus and
 motion blur, noise and JPEG. Labels follow the seed (``good``, ``error``, ``break``, ``length``;
 ``length`` true = 2 mm); defects are placed wholly inside the frame and their tight boxes go to

@@ -287,7 +287,7 @@ def test_families_contract_and_meta_csv(stills):
     vis = meta["visibility"]
     assert ((vis != "") == (~data["good"].astype(bool))).all()
     assert (vis[vis != ""].astype(float) > 0).all()
-    assert meta["px_per_mm"].between(4.0, 16.0).all()  # 2..8 px/mm at the model's 128 px
+    assert meta["px_per_mm"].between(9.0, 16.0).all()  # SCALE_RANGE: 4.5..8 px/mm at the model's 128 px
     assert meta["thread_px"].between(2, 12).all()
 
 
