@@ -228,29 +228,23 @@ def _write_selfcheck(tmp: Path, manifest: dict, files: dict[str, str], paths: li
     write_manifest(tmp, manifest, files)
 
 
-def _calibrated(task, labels, va, cal, calibration, valid, p_int8, tmp: Path, h: int, w: int, mode):
-    """(thresholds, metrics) for the bundle: multilabel thresholds calibrated on ``--valid`` with the
-    int8 classifier in ``tmp`` (what the Pi runs), else 0.5 with metrics on the calibration set;
-    multiclass has no thresholds (metrics on ``--valid`` when given)."""
-    if task == "multilabel":
-        if va is not None:
-            xv = np.concatenate([b for b, _ in batches(va, h, w, 64, mode=mode)])
-            pv = _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
-            thresholds = calibrate_thresholds(va.targets, pv, labels)
-            metrics = {"int8_valid": multilabel_metrics(va.targets, pv, labels, thresholds), "data": str(valid)}
-            return thresholds, metrics
-        thresholds = {lab: 0.5 for lab in labels}
-        if cal is not None:
-            return thresholds, {
-                "int8_calibration": multilabel_metrics(cal.targets, p_int8, labels, thresholds),
-                "data": str(calibration),
-            }
-        return thresholds, {}
-    if va is not None:
-        xv = np.concatenate([b for b, _ in batches(va, h, w, 64, mode=mode)])
-        pv = _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
+def _calibrated(task, labels, va, xv, cal, calibration, valid, p_int8, tmp: Path):
+    """(thresholds, metrics) for the bundle: multilabel thresholds calibrated on ``--valid`` (``va``,
+    its preprocessed images ``xv``) with the int8 classifier in ``tmp`` (what the Pi runs), else 0.5
+    with metrics on the calibration set; multiclass has no thresholds (metrics on ``--valid``)."""
+    pv = None if va is None else _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
+    if task != "multilabel":
+        if pv is None:
+            return {}, {}
         return {}, {"int8_valid": multiclass_metrics(va.targets, pv, labels), "data": str(valid)}
-    return {}, {}
+    if pv is not None:
+        thresholds = calibrate_thresholds(va.targets, pv, labels)
+        return thresholds, {"int8_valid": multilabel_metrics(va.targets, pv, labels, thresholds), "data": str(valid)}
+    thresholds = {lab: 0.5 for lab in labels}
+    if cal is None:
+        return thresholds, {}
+    cal_metrics = multilabel_metrics(cal.targets, p_int8, labels, thresholds)
+    return thresholds, {"int8_calibration": cal_metrics, "data": str(calibration)}
 
 
 def export_bundle(
@@ -355,7 +349,8 @@ def export_bundle(
         par["int8"] = {**parity(ref, p_int8, task, thr0), "quantization": int8_kind}
 
         # thresholds: calibrated on --valid with the classifier the Pi runs
-        thresholds, metrics = _calibrated(task, labels, va, cal, calibration, valid, p_int8, tmp, h, w, mode)
+        xv = None if va is None else np.concatenate([b for b, _ in batches(va, h, w, 64, mode=mode)])
+        thresholds, metrics = _calibrated(task, labels, va, xv, cal, calibration, valid, p_int8, tmp)
         if task == "multilabel" and int8 == "auto" and int8_kind == "full":
             # full int8 was chosen at 0.5; the Pi decides at the calibrated thresholds, where a few
             # scores near them may flip: keep full int8 only if it keeps parity there too
@@ -370,7 +365,7 @@ def export_bundle(
                 int8_kind = "dynamic"
                 p_int8 = _tflite_predict(tmp / "classifier_int8.tflite", x, len(labels))
                 par["int8"] = {**parity(ref, p_int8, task, thr0), "quantization": int8_kind}
-                thresholds, metrics = _calibrated(task, labels, va, cal, calibration, valid, p_int8, tmp, h, w, mode)
+                thresholds, metrics = _calibrated(task, labels, va, xv, cal, calibration, valid, p_int8, tmp)
         if task == "multilabel":
             thr = np.array([thresholds[lab] for lab in labels])
             par["fp32"] = {
