@@ -47,7 +47,7 @@ import io
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -618,24 +618,34 @@ def write_video(
     the seam's rows (y 194..286).
     ``impair`` (``IMPAIRMENTS``) impairs frames ``impair_from`` (default ``frames // 2``) onward
     (``_impair``); for ``stopped`` the truth follows the stopped strip.
-    ``style_seed``: take the scene (fabric look, seam path, stitches) from this seed instead of
-    ``seed``, so two videos show the same fabric with other defects and layout (a line's own
-    fabric on another day: the data-loop test trains on one and checks on the other).
+    ``style_seed``: take the scene (fabric look, seam path, stitches, bobbin thread) from this
+    seed instead of ``seed``, so two videos show the same fabric with other defects and layout
+    (a line's own fabric on another day: the data-loop test trains on one and checks on the other).
+    The bobbin thread's colour belongs to the look, as a station's machine keeps its bobbin thread:
+    every bobbin fault in every video of a look shows the same colour.
+    A defect the camera cannot show is redrawn as in stills (``synth_render.MIN_VISIBILITY``,
+    measured in an ROI-sized window centred on it under the video's camera); 2 of 132 defects
+    over 12 seeds were.
     Returns the truth rows (also written to ``FILE.truth.csv``), sorted by first frame.
     """
     from convert.synth_fabric import tile_bank
     from convert.synth_render import (
+        MIN_VISIBILITY,
         VIDEO_ERROR_KINDS,
+        VISIBLE_TRIES,
         Scene,
         add_lint,
         add_stitches,
+        bobbin_colour,
         break_span,
         camera,
+        defect_visibility,
         make_break,
         make_error,
         merge_defect,
         random_camera,
         random_scene_style,
+        render_static,
         stitch_holes,
     )
 
@@ -758,6 +768,29 @@ def write_video(
     if srng.random() < 0.5:
         add_lint(scene, srng, -CHUNK, u_end, -8, FRAME_H + 8, srng.uniform(0.5, 2.0))
 
+    # the camera (its own stream, so drawing it here changes nothing) and the bobbin thread, which
+    # belongs to the station like the fabric: one colour per look (its own stream of the style seed)
+    sheen = tile_bank()[scene.look.tile_index].sheen
+    base = random_camera(crng, sheen, S, still=False)
+    exposure = crng.uniform(0.05, 0.15)  # fraction of the frame period
+    base = _video_camera(base, motion=v * exposure)
+    ph = crng.uniform(0, 2 * np.pi, 4)
+    look_seed = int(seed if style_seed is None else style_seed)
+    bobbin_bgr = bobbin_colour(np.random.default_rng([look_seed, 0x5EA4, 0xB0B]), scene.look)
+
+    def visibility(trial: Scene, ks: set[int], box) -> float:
+        """``defect_visibility`` of one defect in the ROI window centred on it, as the camera sees it."""
+        wx0 = (box[0] + box[2]) / 2 - rw / 2
+        shots = []
+        for with_defect in (True, False):
+            sc = replace(scene, raised=[], flat=[], bobbin=[], marks=[], patches=[], moved={}, holes=holes[:0])
+            if with_defect:
+                merge_defect(sc, trial)
+            add_stitches(sc, np.random.default_rng(0), holes, ks if with_defect else set())
+            img = render_static(sc, wx0, float(ry0), rw, rh)
+            shots.append(camera(img, base, np.random.default_rng(0)))
+        return defect_visibility(shots[0], shots[1])
+
     skip: set[int] = set()
     events: list[tuple[str, tuple[float, float, float, float]]] = []
     kinds = ["error", "break"] * (len(centres) // 2 + 1)
@@ -766,30 +799,41 @@ def write_video(
     for c, label in zip(centres, kinds):
         k = int(np.argmin(np.abs(holes[:, 0] - c)))
         pm = pitch_px(holes[k, 0]) / S
-        for _try in range(40):
-            side = 1.0 if drng.random() < 0.5 else -1.0
-            trial = Scene(
-                S=S,
-                look=scene.look,
-                thread_bgr=scene.thread_bgr,
-                thread_w=scene.thread_w,
-                hole_r=scene.hole_r,
-                light=scene.light,
-            )
-            if label == "error":
-                ks, d = make_error(
-                    trial, drng, holes, k, side, VIDEO_ERROR_KINDS[int(drng.integers(0, len(VIDEO_ERROR_KINDS)))]
+        best = None
+        # a defect the camera cannot show is redrawn, as in stills (MIN_VISIBILITY), up to
+        # VISIBLE_TRIES draws, keeping the most visible; a visible first draw is as before the floor
+        for _vis_try in range(VISIBLE_TRIES):
+            for _try in range(40):
+                side = 1.0 if drng.random() < 0.5 else -1.0
+                trial = Scene(
+                    S=S,
+                    look=scene.look,
+                    thread_bgr=scene.thread_bgr,
+                    thread_w=scene.thread_w,
+                    hole_r=scene.hole_r,
+                    light=scene.light,
                 )
-            else:
-                ks, d = make_break(trial, drng, holes, k, break_span(drng, pm), side)
-            x0, y0, x1, y1 = d.box
-            if x1 - x0 <= MAX_DEFECT_W and y0 >= ry0 + 8 and y1 <= ry0 + rh - 8:
+                if label == "error":
+                    ks, d = make_error(
+                        trial, drng, holes, k, side, VIDEO_ERROR_KINDS[int(drng.integers(0, len(VIDEO_ERROR_KINDS)))]
+                    )
+                    trial.bobbin_bgr = bobbin_bgr
+                else:
+                    ks, d = make_break(trial, drng, holes, k, break_span(drng, pm), side)
+                x0, y0, x1, y1 = d.box
+                if x1 - x0 <= MAX_DEFECT_W and y0 >= ry0 + 8 and y1 <= ry0 + rh - 8:
+                    break
+            else:  # the ROI's rows leave too little room around the seam
+                raise DataError(
+                    f"ROI {list(roi)}: cannot place a {label} defect wholly inside its rows "
+                    f"{ry0 + 8}..{ry0 + rh - 8}; use a taller ROI around the seam (y 194..286)"
+                )
+            vis = visibility(trial, ks, d.box)
+            if best is None or vis > best[3]:
+                best = (trial, ks, d, vis)
+            if vis >= MIN_VISIBILITY:
                 break
-        else:  # the ROI's rows leave too little room around the seam
-            raise DataError(
-                f"ROI {list(roi)}: cannot place a {label} defect wholly inside its rows "
-                f"{ry0 + 8}..{ry0 + rh - 8}; use a taller ROI around the seam (y 194..286)"
-            )
+        trial, ks, d, vis = best
         merge_defect(scene, trial)
         skip |= ks
         events.append((label, d.box))
@@ -825,11 +869,6 @@ def write_video(
     rows = [TruthRow(i + 1, *r[1:]) for i, r in enumerate(truth)]
 
     # ---- frames
-    sheen = tile_bank()[scene.look.tile_index].sheen
-    base = random_camera(crng, sheen, S, still=False)
-    exposure = crng.uniform(0.05, 0.15)  # fraction of the frame period
-    base = _video_camera(base, motion=v * exposure)
-    ph = crng.uniform(0, 2 * np.pi, 4)
     strip = _StripCache(scene, FRAME_H)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (FRAME_W, FRAME_H))

@@ -363,6 +363,25 @@ def _blob(rng: np.random.Generator, X: np.ndarray, Y: np.ndarray, cx: float, cy:
     return np.clip((1.3 - d) / 0.7, 0, 1) ** 1.3
 
 
+def bobbin_colour(rng: np.random.Generator, look) -> np.ndarray:
+    """The bobbin (under) thread's colour: white, black or a colour of its own, visible on ``look``
+    (luma difference ≥ 0.2 when 20 draws allow). A still draws it per defect; a video once per
+    fabric look, since a station's machine keeps its bobbin thread."""
+    fl = luma(mean_colour(look))
+    for _ in range(20):
+        u = rng.random()
+        bc = (
+            hsv_bgr(0, 0, rng.uniform(0.85, 0.97))
+            if u < 0.4
+            else hsv_bgr(0, 0, rng.uniform(0.05, 0.2))
+            if u < 0.6
+            else hsv_bgr(rng.uniform(0, 1), rng.uniform(0.3, 1), rng.uniform(0.3, 0.95))
+        )
+        if abs(luma(bc) - fl) >= 0.2:
+            break
+    return bc
+
+
 def make_error(
     scene: Scene, rng: np.random.Generator, holes: np.ndarray, k: int, side: float, kind: str | None = None
 ) -> tuple[set[int], Defect]:
@@ -438,19 +457,7 @@ def make_error(
         m = min(m, len(holes) - 1 - k)
         paths = []
         rr = rng.uniform(0.15, 0.45) * S
-        fl = luma(mean_colour(scene.look))
-        for _ in range(20):  # bobbin thread: white, black or its own colour, visible on the fabric
-            u = rng.random()
-            bc = (
-                hsv_bgr(0, 0, rng.uniform(0.85, 0.97))
-                if u < 0.4
-                else hsv_bgr(0, 0, rng.uniform(0.05, 0.2))
-                if u < 0.6
-                else hsv_bgr(rng.uniform(0, 1), rng.uniform(0.3, 1), rng.uniform(0.3, 0.95))
-            )
-            if abs(luma(bc) - fl) >= 0.2:
-                break
-        scene.bobbin_bgr = bc
+        scene.bobbin_bgr = bobbin_colour(rng, scene.look)
         for j in range(m + 1):
             c = holes[k + j]
             if rng.random() < 0.5:  # a small loop
@@ -1190,6 +1197,7 @@ __all__ = [
     "Scene",
     "render_still",
     "defect_visibility",
+    "bobbin_colour",
     "MIN_VISIBILITY",
     "render_static",
     "camera",

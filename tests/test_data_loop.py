@@ -6,32 +6,28 @@ existed, so it never saw ``felt`` (nor ``fleece``); re-exported with today's exp
 tests/data/README.md). The shipped bundle (edge/models/default) saw every family in training and is
 retrained from time to time, so it stays out of the loop entirely.
 
-1. the daemon (samples on, feedback on) runs on a 1,800-frame felt video (the look of seed 0; on
-   the 900-frame check video the single-look model misses 8 of the 16 error/break defects, no
-   false alarms);
+1. the daemon (samples on, feedback on) runs on a 1,800-frame felt video (the look of seed 0);
 2. a scripted operator answers every alert from the truth CSV (confirmed / false_alarm) and reports
    every defect that passed without an alert;
 3. ``collect`` (in-process, the shared subscription) writes the samples; the review is automatic
    from the truth, through the ``label --images`` state machine (Enter-by-Enter, like a person);
-4. ``split``, ``train --init`` (the single-look bundle, lr 3e-4, first two stages frozen), ``export``;
-5. the daemon again, single-look and fine-tuned, on a *new* video of the same fabric (same look,
-   other defects and layout: ``synth.write_video(style_seed=…)``).
+4. ``split``, ``train --init`` (the single-look bundle, lr 1e-3, nothing frozen), ``export``;
+5. the daemon again, single-look and fine-tuned, on a *new* 1,800-frame video of the same fabric
+   (same look and bobbin thread, other defects and layout: ``synth.write_video(style_seed=…)``; 33
+   error/break defects, of which the single-look model misses 12, no false alarms).
 
-Target (issue 14 #6): misses + false alarms on the new video drop by at least half. From this model,
-one round does not reach it reliably: measured 8 -> 4 (-50 %), 6 and 6 (-25 %) in the first three
-runs of the same test, 8 -> 6, 6, 6, 6, 6 in five more (2026-12-04; round 1 replays in real time, so
-the samples differ run to run). The test asserts what every run measured, that the round helps
-(fewer errors than before, one error of margin under the weaker runs), and prints the numbers, which
-the README quotes ("The data loop", with why: of the check video's 16 defects three were missed by
-all 28 fine-tunes tried offline and a fourth by 25, so -50 % (at most 4 errors) needs every other
-defect caught in every run; and ``train`` keeps the epoch with the lowest loss on the round's ~42
-validation images, which was epoch 1 of 10 in all five later runs).
+Target (issue 14 #6): misses + false alarms on the new video drop by at least half. Measured on
+2026-12-05 (README "The data loop"): four rounds, each fine-tuned with two training seeds this way,
+gave 12 -> 6 to 8 (mean 6.8; the test's own run with this recipe: 7), so one round cuts a third to a
+half, and -50 % (at most 6) is not reached reliably: three of the 33 are skipped stitches that look
+like the rest of this thick-thread line and a fourth a slack loop of a few pixels, missed by every
+model. The test asserts what every run measured: the single-look model is wrong on felt and the
+round removes at least two of its errors (4-6 measured); it prints the numbers.
 
 Why felt, and why a 60 s loop video: ``felt`` and ``fleece`` are the families the single-look
-model never saw; both gave 8 errors on their check video. With a 900-frame loop video (as with the
-shipped model) round 1 gave too little to learn from (felt: 100 samples, 74 reviewed, 8 -> 6
-errors; fleece: 165 samples, 8 -> 10), so the line runs twice as long (1,800 frames): 259-266
-samples, 193-204 reviewed, 8 -> 4, 6, 6. Felt keeps the look the loop used before.
+model never saw. With a 900-frame loop video round 1 gave too little to learn from (felt: 100
+samples, 74 reviewed), so the line runs twice as long (1,800 frames): 258-265 samples, 197-222
+reviewed. The check video is as long, so one defect is 3 % of the result rather than 6 %.
 """
 
 from __future__ import annotations
@@ -58,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STATION = ROOT / "tests" / "data" / "unseen-felt-bundle"
 FAMILY, STYLE = "felt", 0  # the look: felt as seed 0 draws it
 TRAIN_SEED, CHECK_SEED = 0, 10  # layout and defects of the loop's video and of the check video
-LOOP_FRAMES, CHECK_FRAMES = 1800, 900  # round 1 runs 60 s at 30 fps; the check video 30 s
+LOOP_FRAMES, CHECK_FRAMES = 1800, 1800  # round 1 runs 60 s at 30 fps; the check video as long
 
 
 def _video(path: Path, seed: int, frames: int) -> list[dict]:
@@ -194,7 +190,7 @@ class Operator:
         self.client.disconnect()
 
 
-@pytest.mark.slow  # two synthetic videos, a 60 s replay, a fine-tune and an export: 3-5.5 minutes
+@pytest.mark.slow  # two synthetic videos, a 60 s replay, a fine-tune and an export: about 3 minutes
 def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tmp_path):
     work = tmp_path
     loop_video, check_video = work / "felt-loop.mp4", work / "felt-check.mp4"
@@ -249,10 +245,8 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
         str(work / "loop1.keras"),
         "--init",
         str(STATION),
-        "--freeze",
-        "2",
         "--lr",
-        "3e-4",
+        "1e-3",
         "--epochs",
         "10",
         "--patience",
@@ -281,10 +275,10 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
         f"reviewed {len(reviewed)} ({changed} corrected, {ambiguous} ambiguous left out; {counts}); "
         f"check video: single-look {before} → fine-tuned {after}"
     )
-    # measured: 8 (8 of 16 defects missed, no false alarms) in every run; the margin (>= 6) leaves
-    # room for TFLite rounding on another CPU while still asserting a model that is wrong on felt
-    assert before["errors"] >= 6
-    # measured 8 -> 4, 6, 6 and 6, 6, 6, 6, 6 (eight runs): the round helps, but the issue's -50 %
-    # target is met only in one run, so it is not asserted (README "The data loop" says why);
-    # asserted: fewer errors than before (margin: 1 error under the weaker runs)
-    assert after["errors"] < before["errors"]
+    # measured: 12 (12 of 33 defects missed, no false alarms) in every run; the margin leaves room
+    # for TFLite rounding on another CPU while still asserting a model that is wrong on felt
+    assert before["errors"] >= 9
+    # measured 12 -> 6-8 (four rounds x two training seeds; 12 -> 7 in the test itself): the round
+    # helps, but the issue's -50 % target is met only in some, so it is not asserted (README "The
+    # data loop" says why); asserted: at least two errors fewer (margin: 2 under the weakest run)
+    assert after["errors"] <= before["errors"] - 2

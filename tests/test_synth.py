@@ -420,3 +420,61 @@ def test_families_do_not_break_determinism(tmp_path):
 def test_video_takes_families(tmp_path):
     rows = write_video(tmp_path / "v.mp4", 40, seed=2, defects=0, length_stretches=0, families=["knit"])
     assert rows == [] and len(_read_all(tmp_path / "v.mp4")) == 40
+
+
+def _video_draws(monkeypatch, kinds=("bobbin",)):
+    """Record what write_video draws: the bobbin colour of each merged defect, each visibility."""
+    import convert.synth_render as sr
+
+    seen: dict[str, list] = {"bobbin": [], "visibility": []}
+    merge, measure = sr.merge_defect, sr.defect_visibility
+
+    def merge_defect(scene, trial):
+        if trial.bobbin:
+            seen["bobbin"].append(tuple(np.round(trial.bobbin_bgr, 6)))
+        merge(scene, trial)
+
+    def defect_visibility(a, b, px=sr.MODEL_PX):
+        seen["visibility"].append(measure(a, b, px))
+        return seen["visibility"][-1]
+
+    monkeypatch.setattr(sr, "VIDEO_ERROR_KINDS", kinds)
+    monkeypatch.setattr(sr, "merge_defect", merge_defect)
+    monkeypatch.setattr(sr, "defect_visibility", defect_visibility)
+    return seen
+
+
+def test_video_bobbin_thread_belongs_to_the_look(tmp_path, monkeypatch):
+    """A station keeps its bobbin thread: every bobbin fault of a look shows one colour, in every
+    video of that look (``style_seed``), whatever the defect stream draws; another look may differ.
+    Before, each video drew its own from the defects, so the data loop's check video showed dark
+    bobbin dots its loop video never did."""
+    seen = _video_draws(monkeypatch)
+    colours = []
+    for seed, style in ((1, 5), (2, 5), (3, 6)):
+        seen["bobbin"].clear()
+        write_video(tmp_path / f"b{seed}.mp4", 160, seed=seed, style_seed=style, length_stretches=0, families=["felt"])
+        assert len(seen["bobbin"]) >= 1 and len(set(seen["bobbin"])) == 1
+        colours.append(seen["bobbin"][0])
+    assert colours[0] == colours[1] and colours[2] != colours[0]
+
+
+def test_video_defects_get_the_visibility_floor(tmp_path, monkeypatch):
+    """Video defects are measured like stills (ROI window, the video's camera, ``defect_visibility``)
+    and one under ``MIN_VISIBILITY`` is redrawn: with an unreachable floor each defect takes all
+    ``VISIBLE_TRIES`` draws and keeps the most visible; with the real floor a visible first draw
+    is the only one."""
+    import convert.synth_render as sr
+
+    seen = _video_draws(monkeypatch, kinds=sr.VIDEO_ERROR_KINDS)
+    rows = write_video(tmp_path / "a.mp4", 160, seed=4, length_stretches=0)
+    n = len(rows)
+    first = list(seen["visibility"])
+    assert n >= 2 and len(first) == n and min(first) >= sr.MIN_VISIBILITY  # measured 2 of 132 under it
+    seen["visibility"].clear()
+    monkeypatch.setattr(sr, "MIN_VISIBILITY", 1e9)
+    rows_hi = write_video(tmp_path / "b.mp4", 160, seed=4, length_stretches=0)
+    assert len(rows_hi) == n and len(seen["visibility"]) == n * sr.VISIBLE_TRIES
+    # the first defect's first draw is the one the real floor kept (later defects draw on from
+    # another point of the defect stream)
+    assert seen["visibility"][0] == first[0] and max(seen["visibility"][: sr.VISIBLE_TRIES]) >= first[0]
