@@ -646,6 +646,7 @@ def write_video(
         random_camera,
         random_scene_style,
         render_static,
+        scratch_scene,
         stitch_holes,
     )
 
@@ -805,14 +806,7 @@ def write_video(
         for _vis_try in range(VISIBLE_TRIES):
             for _try in range(40):
                 side = 1.0 if drng.random() < 0.5 else -1.0
-                trial = Scene(
-                    S=S,
-                    look=scene.look,
-                    thread_bgr=scene.thread_bgr,
-                    thread_w=scene.thread_w,
-                    hole_r=scene.hole_r,
-                    light=scene.light,
-                )
+                trial = scratch_scene(scene)
                 if label == "error":
                     ks, d = make_error(
                         trial, drng, holes, k, side, VIDEO_ERROR_KINDS[int(drng.integers(0, len(VIDEO_ERROR_KINDS)))]

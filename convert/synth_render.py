@@ -562,6 +562,19 @@ def _union(a, b):
     return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
 
 
+def scratch_scene(scene: Scene) -> Scene:
+    """An empty scene with ``scene``'s look, thread and light: a defect is drawn into one of these
+    first, then moved into ``scene`` by ``merge_defect`` once it fits."""
+    return Scene(
+        S=scene.S,
+        look=scene.look,
+        thread_bgr=scene.thread_bgr,
+        thread_w=scene.thread_w,
+        hole_r=scene.hole_r,
+        light=scene.light,
+    )
+
+
 def merge_defect(scene: Scene, trial: Scene) -> None:
     """Move what a defect added to ``trial`` (a scratch scene) into ``scene``."""
     scene.raised.extend(trial.raised)
@@ -1024,14 +1037,7 @@ def build_still(
                 side = -1.0 if mid_v > size / 2 else 1.0
                 if abs(mid_v - size / 2) < size * 0.08 and drng.random() < 0.5:
                     side = -side
-                trial = Scene(
-                    S=S,
-                    look=scene.look,
-                    thread_bgr=scene.thread_bgr,
-                    thread_w=scene.thread_w,
-                    hole_r=scene.hole_r,
-                    light=scene.light,
-                )
+                trial = scratch_scene(scene)
                 forced = forced_kind.get(label)
                 if label == "error":
                     ks, d = make_error(trial, drng, holes, k, side, forced)
@@ -1211,6 +1217,7 @@ __all__ = [
     "add_lint",
     "build_still",
     "merge_defect",
+    "scratch_scene",
     "ERROR_KINDS",
     "BREAK_KINDS",
     "DEFECT_LABEL",

@@ -18,7 +18,7 @@ retrained from time to time, so it stays out of the loop entirely.
 
 Target (issue 14 #6): misses + false alarms on the new video drop by at least half. Measured on
 2026-12-05 (README "The data loop"): four rounds, each fine-tuned with two training seeds this way,
-gave 12 -> 6 to 8 (mean 6.8; the test's own run with this recipe: 7), so one round cuts a third to a
+gave 12 -> 6 to 8 (mean 6.8; the test's own runs with this recipe: 7 and 7), so one round cuts a third to a
 half, and -50 % (at most 6) is not reached reliably: three of the 33 are skipped stitches that look
 like the rest of this thick-thread line and a fourth a slack loop of a few pixels, missed by every
 model. The test asserts what every run measured: the single-look model is wrong on felt and the
@@ -26,7 +26,7 @@ round removes at least two of its errors (4-6 measured); it prints the numbers.
 
 Why felt, and why a 60 s loop video: ``felt`` and ``fleece`` are the families the single-look
 model never saw. With a 900-frame loop video round 1 gave too little to learn from (felt: 100
-samples, 74 reviewed), so the line runs twice as long (1,800 frames): 258-265 samples, 197-222
+samples, 74 reviewed), so the line runs twice as long (1,800 frames): 258-276 samples, 197-222
 reviewed. The check video is as long, so one defect is 3 % of the result rather than 6 %.
 """
 
@@ -278,7 +278,7 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
     # measured: 12 (12 of 33 defects missed, no false alarms) in every run; the margin leaves room
     # for TFLite rounding on another CPU while still asserting a model that is wrong on felt
     assert before["errors"] >= 9
-    # measured 12 -> 6-8 (four rounds x two training seeds; 12 -> 7 in the test itself): the round
+    # measured 12 -> 6-8 (four rounds x two training seeds; 12 -> 7 twice in the test itself): the round
     # helps, but the issue's -50 % target is met only in some, so it is not asserted (README "The
     # data loop" says why); asserted: at least two errors fewer (margin: 2 under the weakest run)
     assert after["errors"] <= before["errors"] - 2
