@@ -202,6 +202,40 @@ def merge(datasets: Sequence[Dataset], source: str) -> Dataset:
     )
 
 
+MAX_OVERSAMPLE = 100
+
+
+def parse_oversample(specs: Sequence[str] | None, labels: Sequence[str]) -> dict[str, int]:
+    """``LABEL=N`` options → {label: N}; a label the data lacks or an N outside 1..100 is a
+    ``DataError`` naming the option."""
+    out: dict[str, int] = {}
+    for spec in specs or ():
+        label, sep, n = spec.partition("=")
+        if not sep or not n.strip().isdigit():
+            raise DataError(f"--oversample {spec!r}: expected LABEL=N, e.g. error=3")
+        if label not in labels:
+            raise DataError(f"--oversample {spec!r}: no label {label!r} in the data (labels: {', '.join(labels)})")
+        k = int(n)
+        if not 1 <= k <= MAX_OVERSAMPLE:
+            raise DataError(f"--oversample {spec!r}: N must be in 1..{MAX_OVERSAMPLE}")
+        out[label] = k
+    return out
+
+
+def oversample(ds: Dataset, factors: dict[str, int]) -> Dataset:
+    """Each image that has a label of ``factors`` appears that many times (the largest factor of its
+    labels), in the data's order. Why: the data a line sends back is mostly good frames, and the
+    defects the model missed are the rarest rows; repeating them is the cheapest way to make a
+    small round count."""
+    if not factors:
+        return ds
+    cols = [ds.labels.index(lab) for lab in factors]
+    k = np.ones(len(ds), np.int64)
+    for c, f in zip(cols, factors.values()):
+        k = np.where(ds.targets[:, c] >= 0.5, np.maximum(k, f), k)
+    return ds.subset(np.repeat(np.arange(len(ds)), k))
+
+
 def find_csvs(folder: Path) -> list[Path]:
     """Seed CSVs in a folder: every ``*_data.csv`` and ``data.csv`` (sorted, not recursive)."""
     found = sorted(

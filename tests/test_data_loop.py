@@ -11,22 +11,22 @@ retrained from time to time, so it stays out of the loop entirely.
    every defect that passed without an alert;
 3. ``collect`` (in-process, the shared subscription) writes the samples; the review is automatic
    from the truth, through the ``label --images`` state machine (Enter-by-Enter, like a person);
-4. ``split``, ``train --init`` (the single-look bundle, lr 1e-3, nothing frozen), ``export``;
+4. ``split``, ``train --init`` (the single-look bundle, lr 1e-3, nothing frozen, every error image
+   three times per epoch: ``--oversample error=3``), ``export``;
 5. the daemon again, single-look and fine-tuned, on a *new* 1,800-frame video of the same fabric
    (same look and bobbin thread, other defects and layout: ``synth.write_video(style_seed=…)``; 33
    error/break defects, of which the single-look model misses 12, no false alarms).
 
-Target (issue 14 #6): misses + false alarms on the new video drop by at least half. Measured on
-2026-12-05 (README "The data loop"): four rounds, each fine-tuned with two training seeds this way,
-gave 12 -> 6 to 8 (mean 6.8; the test's own runs with this recipe: 7 and 7), so one round cuts a third to a
-half, and -50 % (at most 6) is not reached reliably: three of the 33 are skipped stitches that look
-like the rest of this thick-thread line and a fourth a slack loop of a few pixels, missed by every
-model. The test asserts what every run measured: the single-look model is wrong on felt and the
-round removes at least two of its errors (4-6 measured); it prints the numbers.
+Target (issue 14 #6): misses + false alarms on the new video drop by at least half; asserted.
+Measured on 2026-12-05 (README "The data loop"): 12 -> 4 and 3 in the test's runs, and 3, 4, 4, 3 when
+four other kept rounds were fine-tuned the same way offline. Without ``--oversample`` the same
+rounds gave 6-8 (mean 6.8), and with the recipe before that day (``--freeze 2 --lr 3e-4``) 7-9:
+the round's data is mostly good frames (about 30-40 error images of 150), and three of the
+misses left then are skipped stitches that look like the rest of this thick-thread line.
 
 Why felt, and why a 60 s loop video: ``felt`` and ``fleece`` are the families the single-look
 model never saw. With a 900-frame loop video round 1 gave too little to learn from (felt: 100
-samples, 74 reviewed), so the line runs twice as long (1,800 frames): 258-276 samples, 197-222
+samples, 74 reviewed), so the line runs twice as long (1,800 frames): 250-276 samples, 186-222
 reviewed. The check video is as long, so one defect is 3 % of the result rather than 6 %.
 """
 
@@ -247,6 +247,8 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
         str(STATION),
         "--lr",
         "1e-3",
+        "--oversample",
+        "error=3",
         "--epochs",
         "10",
         "--patience",
@@ -278,7 +280,6 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
     # measured: 12 (12 of 33 defects missed, no false alarms) in every run; the margin leaves room
     # for TFLite rounding on another CPU while still asserting a model that is wrong on felt
     assert before["errors"] >= 9
-    # measured 12 -> 6-8 (four rounds x two training seeds; 12 -> 7 twice in the test itself): the round
-    # helps, but the issue's -50 % target is met only in some, so it is not asserted (README "The
-    # data loop" says why); asserted: at least two errors fewer (margin: 2 under the weakest run)
-    assert after["errors"] <= before["errors"] - 2
+    # the issue's target: misses + false alarms at most half of the single-look model's. Measured
+    # 12 -> 4 and 3 in the test's runs, 3-4 in offline fine-tunes of four more rounds (margin: 2 errors)
+    assert after["errors"] * 2 <= before["errors"]

@@ -118,3 +118,66 @@ def test_multiclass_folders_train_and_evaluate_cli(tmp_path):
     m = json.loads(js.read_text())
     assert m["task"] == "multiclass" and np.asarray(m["confusion"]).sum() == 12
     assert abs(np.trace(m["confusion"]) / 12 * 100 - m["accuracy"]) < 1e-9
+
+
+def test_oversample_repeats_the_images_of_a_label():
+    from convert.data import Dataset, oversample
+
+    # good, error, error+break, break, good: targets good/error/break/length
+    t = np.array(
+        [[1, 0, 0, 1], [0, 1, 0, 1], [0, 1, 1, 1], [0, 0, 1, 0], [1, 0, 0, 1]],
+        np.float32,
+    )
+    ds = Dataset(("good", "error", "break", "length"), "multilabel", tuple("abcde"), t, "x.csv")
+    assert oversample(ds, {}) is ds
+    out = oversample(ds, {"error": 3})
+    assert out.paths == ("a", "b", "b", "b", "c", "c", "c", "d", "e")
+    assert out.targets.shape == (9, 4) and out.targets[:, 1].sum() == 6
+    # an image with two oversampled labels gets the larger factor, not the product
+    both = oversample(ds, {"error": 3, "break": 2})
+    assert both.paths == ("a", "b", "b", "b", "c", "c", "c", "d", "d", "e")
+
+
+def test_parse_oversample_names_the_bad_option():
+    from convert.data import parse_oversample
+    from edge.errors import DataError
+
+    labels = ("good", "error", "break", "length")
+    assert parse_oversample(None, labels) == {}
+    assert parse_oversample(["error=3", "break=2"], labels) == {"error": 3, "break": 2}
+    for spec, words in (
+        ("error", "expected LABEL=N"),
+        ("error=x", "expected LABEL=N"),
+        ("stain=2", "no label 'stain'"),
+        ("error=0", "N must be in 1..100"),
+        ("error=101", "N must be in 1..100"),
+    ):
+        with pytest.raises(DataError, match=re.escape(f"--oversample {spec!r}: {words}")):
+            parse_oversample([spec], labels)
+
+
+@pytest.mark.slow  # one epoch of a tiny model
+def test_cli_train_oversample(tiny_valid, tmp_path):
+    """``train --oversample error=3`` trains on each error image three times, says so, records it;
+    a label the data lacks is one line and exit 2 before any training."""
+    import pandas as pd
+
+    from convert.models import read_meta
+
+    data = str(tiny_valid / "data.csv")
+    df = pd.read_csv(data, index_col=0)
+    n, n_err = len(df), int(df["error"].sum())
+    assert n_err > 0
+    bad = run_convert(
+        "train", "--train", data, "--valid", data, "--out", str(tmp_path / "b.keras"), "--oversample", "stain=2"
+    )
+    assert bad.returncode == 2 and "--oversample 'stain=2': no label 'stain'" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "b.keras").exists()
+    out = tmp_path / "o.keras"
+    p = run_convert(
+        "train", "--train", data, "--valid", data, "--out", str(out), "--arch", "resnet-int8",
+        "--size", "64", "--filters", "4", "--epochs", "1", "--oversample", "error=3",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"oversampling error x3: {n} -> {n + 2 * n_err} training images" in p.stderr
+    assert read_meta(out)["oversample"] == {"error": 3}
