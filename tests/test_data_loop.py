@@ -18,7 +18,7 @@ retrained from time to time, so it stays out of the loop entirely.
    error/break defects, of which the single-look model misses 12, no false alarms).
 
 Target (issue 14 #6): misses + false alarms on the new video drop by at least half; asserted.
-Measured on 2026-12-05 (README "The data loop"): 12 -> 4 and 3 in the test's runs, and 3, 4, 4, 3 when
+Measured on 2026-12-05 (README "The data loop"): 12 -> 4, 3 and 3 in the test's runs, and 3, 4, 4, 3 when
 four other kept rounds were fine-tuned the same way offline. Without ``--oversample`` the same
 rounds gave 6-8 (mean 6.8), and with the recipe before that day (``--freeze 2 --lr 3e-4``) 7-9:
 the round's data is mostly good frames (about 30-40 error images of 150), and three of the
@@ -281,5 +281,5 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
     # for TFLite rounding on another CPU while still asserting a model that is wrong on felt
     assert before["errors"] >= 9
     # the issue's target: misses + false alarms at most half of the single-look model's. Measured
-    # 12 -> 4 and 3 in the test's runs, 3-4 in offline fine-tunes of four more rounds (margin: 2 errors)
+    # 12 -> 4, 3, 3 in the test's runs, 3-4 in offline fine-tunes of four more rounds (margin: 2 errors)
     assert after["errors"] * 2 <= before["errors"]
