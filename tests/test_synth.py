@@ -478,3 +478,23 @@ def test_video_defects_get_the_visibility_floor(tmp_path, monkeypatch):
     # the first defect's first draw is the one the real floor kept (later defects draw on from
     # another point of the defect stream)
     assert seen["visibility"][0] == first[0] and max(seen["visibility"][: sr.VISIBLE_TRIES]) >= first[0]
+
+
+@pytest.mark.parametrize("thread_mm", [0.15, 0.4, 0.75, 1.0])
+def test_stitches_never_merge_into_one_line_however_thick_the_thread(thread_mm):
+    """A real lockstitch shows a notch where the thread dives into each hole, so a skipped stitch
+    reads as one long stitch. Before DIVE_MM, threads over ~0.5 mm closed the gap with their round
+    line ends and a quarter of the scenes showed one continuous line."""
+    from convert.synth_render import Scene, _render_threads, add_stitches
+
+    S = 16.0  # px/mm, the stills' scale at 256 px
+    scene = Scene(S=S, look=None, thread_bgr=np.zeros(3, np.float32), thread_w=round(thread_mm * S))
+    holes = np.array([[40 + k * 2.5 * S, 64.0] for k in range(6)], np.float32)  # 2.5 mm stitches
+    add_stitches(scene, np.random.default_rng(0), holes, skip=set())
+    img = np.ones((128, 320, 3), np.float32)  # white fabric, black thread
+    _render_threads(scene, img, 0, 0, 320, 128, scene.flat, [], [], np.zeros((0, 2), np.float32), [])
+    luma = img.mean(axis=2)
+    notch = [luma[64, int(round(x))] for x, _ in holes[1:-1]]
+    middle = [luma[64, int(round(x))] for x, _ in (holes[:-1] + holes[1:]) / 2]
+    assert max(middle) < 0.2, middle  # the stitch itself is thread
+    assert min(notch) > 0.5, notch  # at every hole the fabric shows between two stitches
