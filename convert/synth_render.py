@@ -304,10 +304,8 @@ def stitch_holes(rng: np.random.Generator, u0: float, u1: float, pitch_px, centr
 
 #: Where the thread dives into its hole, a real seam shows a notch between stitches however thick
 #: the thread. Each dash stops this far (mm) beyond its round line end's reach, so stitches never
-#: merge into one line. Before 2026-12-05 they did for about a quarter of the scenes (threads over
-#: ~0.5 mm): a skipped stitch then looked like the rest of the line. The shipped model, trained
-#: before, scored slightly better on the seed-31 test set drawn with it (every attribute +0.05 to
-#: +0.65 points; skips found 75.6 % against 73.1 %).
+#: merge into one line. Without it, threads over ~0.5 mm closed the gaps in about a quarter of the
+#: scenes, and a skipped stitch looked like the rest of the line (measurements: docs/model-history.md).
 DIVE_MM = 0.08
 
 

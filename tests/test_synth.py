@@ -265,6 +265,9 @@ from convert.synth_render import (  # noqa: E402
     DEFECT_LABEL,
     ERROR_KINDS,
     MIN_VISIBILITY,
+    Scene,
+    _render_threads,
+    add_stitches,
     defect_visibility,
     render_still,
 )
@@ -485,8 +488,6 @@ def test_stitches_never_merge_into_one_line_however_thick_the_thread(thread_mm):
     """A real lockstitch shows a notch where the thread dives into each hole, so a skipped stitch
     reads as one long stitch. Before DIVE_MM, threads over ~0.5 mm closed the gap with their round
     line ends and a quarter of the scenes showed one continuous line."""
-    from convert.synth_render import Scene, _render_threads, add_stitches
-
     S = 16.0  # px/mm, the stills' scale at 256 px
     scene = Scene(S=S, look=None, thread_bgr=np.zeros(3, np.float32), thread_w=round(thread_mm * S))
     holes = np.array([[40 + k * 2.5 * S, 64.0] for k in range(6)], np.float32)  # 2.5 mm stitches
