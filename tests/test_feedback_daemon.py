@@ -119,7 +119,9 @@ def test_daemon_takes_verdicts_and_missed_reports_counts_junk_and_publishes_samp
     assert flagged["labels"] == ["break"] and flagged["verdict"]["by"] == "anna"
     assert all((samples / d["file"]).is_file() for d in sides if d)
     alerts = log_alerts(text)
-    assert s["outbox_depth"] == 0 and len(sub.on("seamqc/test-st/alert")) >= len(alerts)
+    # nothing accepted is lost: every logged alert arrived, or (raised in the last instant before
+    # SIGTERM, unacknowledged) waits in the durable outbox for the next start
+    assert len(sub.on("seamqc/test-st/alert")) + s["outbox_depth"] >= len(alerts) and s["outbox_depth"] <= 1
     # alerts first: between an alert's storing in the outbox (its log line) and its arrival, at most
     # the one sample already in flight arrives
     stored = {
@@ -131,6 +133,8 @@ def test_daemon_takes_verdicts_and_missed_reports_counts_junk_and_publishes_samp
     sample_times = [m.wall for m in sub.on("seamqc/test-st/sample")]
     assert sample_times and stored
     for eid, t_stored in stored.items():
+        if eid not in arrived:  # the one still in the outbox
+            continue
         between = [t for t in sample_times if t_stored < t < arrived[eid]]
         assert len(between) <= 1, (eid, t_stored, arrived[eid], between)
 
