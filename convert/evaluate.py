@@ -255,7 +255,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--by-kind",
         action="store_true",
-        help="also per defect kind: found / flagged % (synth data sets: meta.csv's error_kind, break_kind)",
+        help="also per defect kind: found / flagged %% (synth data sets: meta.csv's error_kind, break_kind)",
     )
     p.add_argument("--calibrate", metavar="VALID_CSV", help="calibrate per-label thresholds on this set first")
     p.add_argument("--role", help="bundle role to run (default: the manifest's classifier)")

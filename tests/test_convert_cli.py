@@ -69,3 +69,21 @@ def test_help_lists_the_broken_command_as_unavailable():
     listed = [ln for ln in p.stdout.splitlines() if ln.strip().startswith("localize")]
     assert listed and "UNAVAILABLE" in listed[0], p.stdout
     assert any(ln.strip().startswith("evaluate") and "UNAVAILABLE" not in ln for ln in p.stdout.splitlines())
+
+
+def test_every_command_renders_its_help():
+    """``--help`` must work for every command: a bare ``%`` in one help string made argparse raise
+    ``ValueError`` (a traceback) for ``convert evaluate --help``."""
+    import argparse
+
+    from convert.__main__ import COMMANDS, build_parser
+    from edge.__main__ import build_parser as edge_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert len(sub.choices) == len(COMMANDS)  # module ``leaveout`` registers ``leave-out``
+    assert not [a.dest for a in sub._choices_actions if "UNAVAILABLE" in (a.help or "")]
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert text.startswith("usage: python -m convert " + name), name
+    assert "found / flagged % (" in sub.choices["evaluate"].format_help()
+    assert edge_parser().format_help().startswith("usage:")
