@@ -4,7 +4,8 @@ Two layouts are read:
 
 * the seed's CSVs (``<video>_data.csv`` and ``train.csv`` / ``valid.csv`` / ``test.csv``), written
   by pandas ``to_csv``: an unnamed index column, ``name``, then one ``True``/``False`` column per
-  label (``good,error,break,length``; ``source`` and ``reviewed`` columns, written by ``collect``
+  label (``good,error,break,length``; an empty cell: that label is unknown for that image, NaN
+  in ``targets``; ``source`` and ``reviewed`` columns, written by ``collect``
   and ``label``, are not labels and are skipped). Relative names resolve against the CSV's folder. Read with
   the stdlib ``csv`` module (pandas is not a runtime dependency). → task ``multilabel``.
 * a class-per-folder tree (``DIR/Apfel/*.png``, ``DIR/Orange/*.png`` …): one label per image,
@@ -72,22 +73,32 @@ def parse_seed_bool(value: str) -> bool | None:
     return True if v in SEED_TRUE else False if v in SEED_FALSE else None
 
 
-def seed_csv_text(rows: Iterable[tuple[str, Sequence[bool]]], labels: Sequence[str]) -> str:
+def seed_csv_text(rows: Iterable[tuple[str, Sequence[bool | None]]], labels: Sequence[str]) -> str:
     """The seed's CSV as pandas ``DataFrame.to_csv`` writes it: unnamed index column, ``name``, then
-    ``True``/``False`` per label. The one writer of the format (``split``, ``label``)."""
+    ``True``/``False`` per label, or an empty cell for a label nobody knows (None; pandas writes NaN
+    so). The one writer of the format (``split``, ``label``, ``synth``)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["", "name", *labels])
     for i, (name, values) in enumerate(rows):
-        w.writerow([i, name, *("True" if v else "False" for v in values)])
+        w.writerow([i, name, *("" if v is None else "True" if v else "False" for v in values)])
     return buf.getvalue()
 
 
+def target_bools(targets: Sequence[float]) -> list[bool | None]:
+    """One row of ``Dataset.targets`` back to seed cells: NaN (unknown) stays None, not False."""
+    return [None if v != v else bool(v > 0.5) for v in targets]
+
+
 def _bool(value: str, where: str, column: str) -> float:
+    """A label cell as a target: 1.0 / 0.0, or NaN when the cell is empty (not labelled: ``train``
+    leaves it out of the loss, ``evaluate`` out of that attribute's figures)."""
+    if not value.strip():
+        return float("nan")
     b = parse_seed_bool(value)
     if b is not None:
         return float(b)
-    raise DataError(f"{where}: column {column!r} has value {value!r}, expected True or False")
+    raise DataError(f"{where}: column {column!r} has value {value!r}, expected True, False or empty (unknown)")
 
 
 def parse_source(text: str) -> dict[str, str]:

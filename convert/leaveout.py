@@ -99,7 +99,8 @@ def attribute_scores(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thresh
         "auroc": {lab: m["labels"][lab]["auroc"] for lab in labels},
     }
     if "good" in li:
-        out["defect_auroc"] = auroc(y[:, li["good"]] < 0.5, 1.0 - p[:, li["good"]])
+        g = np.asarray(y[:, li["good"]], np.float64)  # NaN (unknown) stays out of the AUROC
+        out["defect_auroc"] = auroc(np.where(np.isnan(g), np.nan, g < 0.5), 1.0 - p[:, li["good"]])
         if "break" in li:
             sel = (y[:, li["good"]] > 0.5) | (y[:, li["break"]] > 0.5)
             out["break_auroc"] = auroc(y[sel, li["break"]], p[sel, li["break"]])

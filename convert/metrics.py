@@ -2,6 +2,9 @@
 ``leave-out``: per-label thresholds calibrated on a validation set, multi-label and multiclass
 metrics, AUROC. Pure numpy, no model code, so every command can import it without pulling the
 model loaders in (and ``evaluate`` and ``export`` need not import each other).
+
+A NaN truth (an empty cell of a seed CSV: nobody knows that label for that image) is left out of
+that label's threshold, accuracy and AUROC, and out of the exact-match rate.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import numpy as np
 
 def calibrate_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """Threshold in [0.01, 0.99] maximising accuracy of ``p >= t`` against ``y`` (ties: nearest 0.5)."""
-    y = np.asarray(y) > 0.5
-    p = np.asarray(p, np.float64)
+    known = _known(y)
+    y = np.asarray(y)[known] > 0.5
+    p = np.asarray(p, np.float64)[known]
+    if not len(y):
+        return 0.5
     cands = np.unique(np.concatenate([np.linspace(0.01, 0.99, 99), np.clip(p, 0.01, 0.99)]))
     # midpoints between neighbouring scores separate them best
     mids = (cands[1:] + cands[:-1]) / 2 if len(cands) > 1 else cands
@@ -22,6 +28,11 @@ def calibrate_threshold(y: np.ndarray, p: np.ndarray) -> float:
     acc = np.array([np.mean((p >= t) == y) for t in cands])
     best = np.flatnonzero(acc >= acc.max() - 1e-12)
     return float(round(cands[best[np.argmin(np.abs(cands[best] - 0.5))]], 6))
+
+
+def _known(y: np.ndarray) -> np.ndarray:
+    """Where the truth is known (not NaN)."""
+    return ~np.isnan(np.asarray(y, np.float64))
 
 
 def calibrate_thresholds(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
@@ -34,8 +45,9 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float | None:
     Threshold-free: how well the score *ranks* positives above negatives, the figure to compare
     models across fabrics whose best thresholds differ.
     """
-    y = np.asarray(y) > 0.5
-    s = np.asarray(score, np.float64)
+    known = _known(y)
+    y = np.asarray(y)[known] > 0.5
+    s = np.asarray(score, np.float64)[known]
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return None
@@ -57,19 +69,24 @@ def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
 
 
 def multilabel_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]) -> dict:
-    """Per label: accuracy, precision, recall, F1 (percent for accuracy), counts."""
-    y = np.asarray(y) > 0.5
+    """Per label: accuracy, precision, recall, F1 (percent for accuracy), counts (``known``: the
+    images whose truth for that label is not NaN; the figures are over those)."""
+    raw = np.asarray(y, np.float64)
+    known = _known(raw)
+    y = raw > 0.5
     out: dict = {"task": "multilabel", "count": int(len(y)), "labels": {}}
     for i, lab in enumerate(labels):
         t = float(thresholds.get(lab, 0.5))
         pred = p[:, i] >= t
-        tp = int(np.sum(pred & y[:, i]))
-        fp = int(np.sum(pred & ~y[:, i]))
-        fn = int(np.sum(~pred & y[:, i]))
-        tn = int(np.sum(~pred & ~y[:, i]))
+        k = known[:, i]
+        tp = int(np.sum(pred & y[:, i] & k))
+        fp = int(np.sum(pred & ~y[:, i] & k))
+        fn = int(np.sum(~pred & y[:, i] & k))
+        tn = int(np.sum(~pred & ~y[:, i] & k))
         prec, rec, f1 = _prf(tp, fp, fn)
         out["labels"][lab] = {
-            "accuracy": 100.0 * (tp + tn) / max(1, len(y)),
+            "accuracy": 100.0 * (tp + tn) / max(1, int(k.sum())),
+            "known": int(k.sum()),
             "precision": prec,
             "recall": rec,
             "f1": f1,
@@ -78,10 +95,11 @@ def multilabel_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thre
             "fp": fp,
             "fn": fn,
             "tn": tn,
-            "auroc": auroc(y[:, i], p[:, i]),
+            "auroc": auroc(raw[:, i], p[:, i]),
         }
     decided = np.stack([p[:, i] >= float(thresholds.get(lab, 0.5)) for i, lab in enumerate(labels)], 1)
-    out["exact_match"] = 100.0 * float(np.mean(np.all(decided == y, axis=1))) if len(y) else 0.0
+    full = np.all(known, axis=1)
+    out["exact_match"] = 100.0 * float(np.mean(np.all(decided == y, axis=1)[full])) if full.any() else 0.0
     return out
 
 

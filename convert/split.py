@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.errors import DataError
 
-from .data import Dataset, merge, read_class_folders, read_csv, sample_keys, seed_csv_text
+from .data import Dataset, merge, read_class_folders, read_csv, sample_keys, seed_csv_text, target_bools
 
 FRACTIONS = {"train": 0.78, "valid": 0.20, "test": 0.02}
 SPLIT_NAMES = ("train.csv", "valid.csv", "test.csv")
@@ -73,7 +73,7 @@ def write_seed_csv(path: Path, ds: Dataset) -> None:
     """pandas ``to_csv`` layout: unnamed index column, name, one True/False column per label."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        f.write(seed_csv_text(((p, [v > 0.5 for v in t]) for p, t in zip(ds.paths, ds.targets)), ds.labels))
+        f.write(seed_csv_text(((p, target_bools(t)) for p, t in zip(ds.paths, ds.targets)), ds.labels))
     tmp.replace(path)
 
 

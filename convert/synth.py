@@ -139,7 +139,8 @@ def render_image(
     families: Sequence[str] | None = None,
     kinds: dict[str, str] | None = None,
     meta: dict | None = None,
-) -> tuple[np.ndarray, dict[str, bool], list[Box]]:
+    scale_range: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, dict[str, bool | None], list[Box]]:
     """Render one labeled seam still.
 
     ``labels`` may force ``error``/``break``/``length`` (missing keys are drawn); ``good`` is
@@ -149,6 +150,9 @@ def render_image(
     unless ``px_per_mm`` pins it (then ±8 %). ``families`` restricts the fabric families,
     ``kinds`` forces defect kinds (``{"error": "stain", "break": "missing"}``), ``meta`` (a
     dict) receives family, px_per_mm (of the saved image), thread_px and contrast.
+    ``scale_range`` (px/mm at 256) replaces ``SCALE_RANGE``: wider views for a scale-robust model;
+    outside ``SCALE_RANGE`` the returned ``length`` is None (unknown: 2 mm and 4 mm stitches
+    overlap in pixels across a range over 2:1, so the pixels cannot tell; ``train`` leaves it out).
     """
     if size < 16:
         raise DataError(f"--size must be ≥ 16, got {size}")
@@ -163,7 +167,7 @@ def render_image(
     if px_per_mm:
         ppm = float(px_per_mm) * rng.uniform(0.92, 1.08)
     else:
-        lo, hi = SCALE_RANGE
+        lo, hi = scale_range or SCALE_RANGE
         ppm = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * size / DEFAULT_SIZE
     m: dict = {}
     img, boxes = render_still(
@@ -171,6 +175,9 @@ def render_image(
     )
     if meta is not None:
         meta.update(m, px_per_mm=ppm, thread_px=m["thread_px"] / f)
+    out_labels: dict[str, bool | None] = dict(drawn)
+    if scale_range and not px_per_mm and not SCALE_RANGE[0] <= ppm * DEFAULT_SIZE / size <= SCALE_RANGE[1]:
+        out_labels["length"] = None
     if rsize != size:
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
         out = []
@@ -180,14 +187,16 @@ def render_image(
             x0, y0, x1, y1 = max(0, x0), max(0, y0), min(size, x1), min(size, y1)
             out.append(Box(b.label, x0, y0, x1 - x0, y1 - y0, b.kind))
         boxes = out
-    return img, drawn, boxes
+    return img, out_labels, boxes
 
 
 def _image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
 
 
-def _render_indexed(job: tuple[int, int, dict[str, Any]]) -> tuple[int, bytes, dict[str, bool], list[Box], dict]:
+def _render_indexed(
+    job: tuple[int, int, dict[str, Any]],
+) -> tuple[int, bytes, dict[str, bool | None], list[Box], dict]:
     seed, i, opts = job
     meta: dict = {}
     img, labels, boxes = render_image(_image_rng(seed, i), meta=meta, **opts)
@@ -234,7 +243,22 @@ def _prepare_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _check_opts(count: int, size: int, px_per_mm: float | None, defect_rate: float) -> None:
+def _scale_range(text: str) -> tuple[float, float]:
+    """``LO:HI`` → (lo, hi) for ``--scale-range`` (argparse reports a bad one in one line)."""
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LO:HI px/mm, e.g. 2.3:16") from None
+    return lo, hi
+
+
+def _check_opts(
+    count: int,
+    size: int,
+    px_per_mm: float | None,
+    defect_rate: float,
+    scale_range: tuple[float, float] | None = None,
+) -> None:
     if int(count) <= 0:
         raise DataError(f"--count must be ≥ 1, got {count}")
     if int(size) < 16 or int(size) > 2048:
@@ -243,6 +267,12 @@ def _check_opts(count: int, size: int, px_per_mm: float | None, defect_rate: flo
         raise DataError(f"--px-per-mm must be in 0.5..200, got {px_per_mm}")
     if not (0.0 <= float(defect_rate) <= 1.0):
         raise DataError(f"--defect-rate must be in 0..1, got {defect_rate}")
+    if scale_range is not None:
+        lo, hi = scale_range
+        if px_per_mm is not None:
+            raise DataError("--scale-range and --px-per-mm exclude each other (a range or one scale)")
+        if not (0.5 <= lo < hi <= 200):
+            raise DataError(f"--scale-range {lo:g}:{hi:g}: need 0.5 <= LO < HI <= 200 (px/mm at 256 px)")
 
 
 def write_dataset(
@@ -259,23 +289,27 @@ def write_dataset(
     families: Sequence[str] | None = None,
     exclude_families: Sequence[str] | None = None,
     kinds: dict[str, str] | None = None,
+    scale_range: tuple[float, float] | None = None,
 ) -> Path:
     """Write ``count`` labeled stills + ``data.csv`` (seed format) + ``boxes.csv`` + ``meta.csv``
     (``META_HEADER``, one row per image); → data.csv path.
 
     ``families`` / ``exclude_families`` restrict the fabric families (``FAMILIES``); each image
-    draws its family uniformly among those left. Deterministic: the same (seed, count,
+    draws its family uniformly among those left. ``scale_range``: see ``render_image`` (an empty
+    ``length`` cell where it is unknown). Deterministic: the same (seed, count,
     options) give byte-identical files, whatever ``workers`` is (each image has its own generator).
     """
-    _check_opts(count, size, px_per_mm, defect_rate)
+    _check_opts(count, size, px_per_mm, defect_rate, scale_range)
     fams = check_families(families, exclude_families)
     out = _prepare_dir(Path(out_dir))
     opts = {"size": int(size), "px_per_mm": px_per_mm, "defect_rate": float(defect_rate), "families": fams}
+    if scale_range:
+        opts["scale_range"] = tuple(float(v) for v in scale_range)
     if kinds:  # every error / break of the set is this kind (``render_image``'s ``kinds``)
         opts["kinds"] = dict(kinds)
     jobs = [(int(seed), i, opts) for i in range(int(count))]
     width = max(6, len(str(count - 1)))
-    data_rows: list[tuple[str, list[bool]]] = []
+    data_rows: list[tuple[str, list[bool | None]]] = []
     box_rows: list[list[Any]] = []
     meta_rows: list[list[Any]] = []
 
@@ -286,7 +320,7 @@ def write_dataset(
                 (out / name).write_bytes(png)
             except OSError as e:
                 raise DataError(f"--out {out}: cannot write {name} ({e.strerror or e})") from None
-            data_rows.append((name, [bool(labels[k]) for k in LABELS]))
+            data_rows.append((name, [None if labels[k] is None else bool(labels[k]) for k in LABELS]))
             for b in boxes:
                 box_rows.append([name, b.label, b.x, b.y, b.w, b.h])
             meta_rows.append(
@@ -354,7 +388,16 @@ def register(subparsers) -> None:
         type=float,
         default=None,
         help=f"pin the pixel scale (±8 %%; default: drawn per image, {SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g} "
-        "x size/256, i.e. 2..8 px/mm at the model's 128 px)",
+        "x size/256, i.e. 4.5..8 px/mm at the model's 128 px)",
+    )
+    g.add_argument(
+        "--scale-range",
+        type=_scale_range,
+        default=None,
+        metavar="LO:HI",
+        help=f"draw the scale per image from LO..HI px/mm at 256 px (log-uniform) instead of "
+        f"{SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g}, e.g. 2.3:16 for cameras that see 2..8 px/mm at 224 px; "
+        "outside the default range the length cell is left empty (unknown: the pixels cannot tell 2 from 4 mm)",
     )
     g.add_argument(
         "--defect-rate",
@@ -471,6 +514,7 @@ def run(args: argparse.Namespace) -> int:
         workers=max(1, args.workers),
         progress=True,
         families=fams,
+        scale_range=args.scale_range,
     )
     dt = time.perf_counter() - t0
     print(f"wrote {args.count} images to {args.out} ({args.count / dt:.0f} images/s), {path}")

@@ -699,10 +699,11 @@ def render_static(scene: Scene, x0: float, y0: float, w: int, h: int) -> np.ndar
             ev = scene.edge + ea * np.sin(2 * np.pi * xs / el + ep)[None, :]
             de = (dy - ev) * np.sign(scene.edge)  # > 0: beyond the top ply's edge
             fw = scene.fold_w * S
+            dn = np.minimum(de, 0.0)  # each branch of the where on its own side: no overflow at small scales
             g *= np.where(
                 de > 0,
-                scene.ply_dark * (1 - scene.fold_sh * np.exp(-de / fw)),
-                1.0 + scene.fold_hi * np.exp(de / (0.5 * fw)) * (1 - np.exp(de / (0.12 * fw))) * 1.6,
+                scene.ply_dark * (1 - scene.fold_sh * np.exp(-np.maximum(de, 0.0) / fw)),
+                1.0 + scene.fold_hi * np.exp(dn / (0.5 * fw)) * (1 - np.exp(dn / (0.12 * fw))) * 1.6,
             )
         img[r0:r1] *= g[..., None]
     if scene.edge > 0:  # the lower ply, beyond the band

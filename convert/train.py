@@ -45,6 +45,7 @@ different ``--preprocess`` for a resumed run is refused (its weights learnt the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -220,6 +221,37 @@ def freeze_stages(model, n: int) -> int:
     return frozen
 
 
+@functools.cache
+def masked_objects():
+    """(loss, accuracy metric) for multi-label targets with unknown cells (NaN: an empty cell of a
+    seed CSV): binary cross-entropy and accuracy over the known labels of each image only.
+
+    Why: a label nobody can know must not be taught as False, e.g. ``length`` (a stitch length in
+    millimetres) on a still whose scale is outside the shipped range, where 2 mm and 4 mm stitches
+    overlap in pixels (``synth --scale-range``). Registered so a checkpoint resumes with them.
+    """
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="seamqc")
+    def masked_bce(y_true, y_pred):
+        known = ops.logical_not(ops.isnan(y_true))
+        y = ops.where(known, y_true, 0.0)
+        p = ops.clip(y_pred, 1e-7, 1.0 - 1e-7)
+        k = ops.cast(known, p.dtype)
+        bce = -(y * ops.log(p) + (1.0 - y) * ops.log(1.0 - p))
+        return ops.sum(bce * k, axis=-1) / ops.maximum(ops.sum(k, axis=-1), 1.0)
+
+    @keras.saving.register_keras_serializable(package="seamqc")
+    def masked_accuracy(y_true, y_pred):
+        known = ops.logical_not(ops.isnan(y_true))
+        k = ops.cast(known, y_pred.dtype)
+        hit = ops.cast(ops.equal(ops.where(known, y_true, 0.0) > 0.5, y_pred > 0.5), y_pred.dtype)
+        return ops.sum(hit * k, axis=-1) / ops.maximum(ops.sum(k, axis=-1), 1.0)
+
+    return masked_bce, keras.metrics.MeanMetricWrapper(masked_accuracy, name="acc")
+
+
 def train(
     train_spec: str,
     valid_spec: str,
@@ -318,6 +350,7 @@ def train(
     resumed_from = None
     if resume and (last := last_checkpoint(ckpt_dir)):
         resumed_from, initial_epoch = last
+        masked_objects()  # registered: a checkpoint compiled with them loads
         try:
             model = keras.models.load_model(str(resumed_from))
         except Exception as e:  # noqa: BLE001
@@ -348,7 +381,10 @@ def train(
         else:
             model = build_model(arch, len(tr.labels), size, size, filters, tr.task)
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.01)
-        if tr.task == "multilabel":
+        if tr.task == "multilabel" and (np.isnan(tr.targets).any() or np.isnan(va.targets).any()):
+            loss, acc = masked_objects()  # unknown cells are left out, not taught as False
+            print("some labels are unknown (empty cells): they are left out of the loss", file=sys.stderr)
+        elif tr.task == "multilabel":
             loss, acc = keras.losses.BinaryCrossentropy(), keras.metrics.BinaryAccuracy(name="acc")
         else:
             loss, acc = keras.losses.CategoricalCrossentropy(), keras.metrics.CategoricalAccuracy(name="acc")
