@@ -45,12 +45,14 @@ TARGET_AGREEMENT = 99.5
 @dataclass(frozen=True)
 class Stage:
     """One stage after the first: ``epochs`` on a fresh set of ``count`` images at ``lr``; ``arch``:
-    grow the model into this architecture first (None: keep it)."""
+    grow the model into this architecture first (None: keep it); ``scale``: the set's
+    ``synth --scale-range`` (None: the default range)."""
 
     epochs: int
     count: int
     lr: float
     arch: str | None = None
+    scale: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
         """The same checks for ``--then`` and for callers: a Stage that exists can be trained."""
@@ -65,7 +67,12 @@ class Stage:
                 )
 
     def spec(self) -> str:
-        return f"{self.epochs}:{self.count}:{self.lr:g}" + (f":{self.arch}" if self.arch else "")
+        scale = ",".join(f"{lo:g}:{hi:g}" for lo, hi in self.scale or ())
+        return (
+            f"{self.epochs}:{self.count}:{self.lr:g}"
+            + (f":{self.arch}" if self.arch else "")
+            + (f"@{scale}" if scale else "")
+        )
 
 
 SHIPPED_STAGES = (
@@ -77,16 +84,24 @@ SHIPPED_STAGES = (
 
 
 def parse_stage(text: str) -> Stage:
-    """``EPOCHS:COUNT:LR[:ARCH]`` → Stage (the ``--then`` flag; ``Stage`` checks the values); one
-    clear line when it is not."""
-    parts = text.split(":")
+    """``EPOCHS:COUNT:LR[:ARCH][@LO:HI,LO:HI…]`` → Stage (the ``--then`` flag; ``Stage`` checks the
+    values; after ``@``: the set's ``synth --scale-range``); one clear line when it is not."""
+    head, _, scale_text = text.partition("@")
+    parts = head.split(":")
     try:
         if len(parts) not in (3, 4):
             raise ValueError
         epochs, count, lr = int(parts[0]), int(parts[1]), float(parts[2])
+        scale = None
+        if scale_text:
+            scale = tuple((float(a), float(b)) for a, b in (r.split(":") for r in scale_text.split(",")))
+            if not all(0.5 <= a < b <= 200 for a, b in scale):
+                raise ValueError
     except ValueError:
-        raise ModelError(f"--then {text!r}: expected EPOCHS:COUNT:LR[:ARCH], e.g. 20:12000:1e-3") from None
-    return Stage(epochs, count, lr, parts[3] if len(parts) == 4 else None)
+        raise ModelError(
+            f"--then {text!r}: expected EPOCHS:COUNT:LR[:ARCH][@LO:HI,…], e.g. 20:12000:1e-3 or 8:12000:3e-4@2.3:9,9:16"
+        ) from None
+    return Stage(epochs, count, lr, parts[3] if len(parts) == 4 else None, scale)
 
 
 def _cmd(*parts: object) -> str:
@@ -125,19 +140,35 @@ def ship(
     if test_count < min_test:
         raise ModelError(f"--test-count {test_count}: the shipped model is tested on at least {min_test} images")
     t0 = time.monotonic()
-    sets = {"train": (1, train_count), "valid": (2, valid_count), "test": (3, test_count)}
+    sets: dict[str, tuple[int, int, tuple[tuple[float, float], ...] | None]] = {
+        "train": (1, train_count, None),
+        "valid": (2, valid_count, None),
+        "test": (3, test_count, None),
+    }
     for i, st in enumerate(stages, start=2):  # train2 (seed 4), train3 (seed 5), …
-        sets[f"train{i}"] = (i + 2, st.count)
+        sets[f"train{i}"] = (i + 2, st.count, st.scale)
     cmds = []
-    for key, (seed, count) in sets.items():
+    for key, (seed, count, scale) in sets.items():
         d = work / key
-        cmds.append(_cmd("python -m convert synth --out", d, "--count", count, "--seed", seed))
-        if (d / "data.csv").is_file() and len(load_dataset(d / "data.csv", check_images=False)) == count:
+        scale_arg = ("--scale-range", ",".join(f"{lo:g}:{hi:g}" for lo, hi in scale)) if scale else ()
+        cmds.append(_cmd("python -m convert synth --out", d, "--count", count, "--seed", seed, *scale_arg))
+        # a set is reused when it was drawn the same way (``recipe.json``; sets from before it: count only)
+        drawn = json.loads((d / "recipe.json").read_text()) if (d / "recipe.json").is_file() else None
+        want = {"seed": seed, "count": count, "scale_range": [list(r) for r in scale] if scale else None}
+        if (
+            (d / "data.csv").is_file()
+            and len(load_dataset(d / "data.csv", check_images=False)) == count
+            and (drawn == want or (drawn is None and scale is None))
+        ):
             print(f"ship: reusing {d} ({count} images)", file=sys.stderr)
             continue
         shutil.rmtree(d, ignore_errors=True)
-        print(f"ship: synth {key}: {count} images (seed {seed})", file=sys.stderr)
-        write_dataset(d, count, seed, workers=os.cpu_count() or 1, progress=sys.stderr.isatty())
+        print(
+            f"ship: synth {key}: {count} images (seed {seed}{', scales ' + scale_arg[1] if scale else ''})",
+            file=sys.stderr,
+        )
+        write_dataset(d, count, seed, workers=os.cpu_count() or 1, progress=sys.stderr.isatty(), scale_range=scale)
+        (d / "recipe.json").write_text(json.dumps(want) + "\n")
     t_synth = time.monotonic() - t0
 
     def stage(
@@ -270,7 +301,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--then",
         action="append",
-        metavar="EPOCHS:COUNT:LR[:ARCH]",
+        metavar="EPOCHS:COUNT:LR[:ARCH][@LO:HI,…]",
         help="a further stage on a fresh set, repeatable (default: the shipped recipe, "
         + ", ".join(st.spec() for st in SHIPPED_STAGES)
         + "; 'none': no further stage)",

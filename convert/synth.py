@@ -64,6 +64,7 @@ from edge.seam import DEFAULT_ROI as ROI
 from edge.seam import SEAM_LABELS as LABELS
 
 DEFAULT_SIZE = 256
+ScaleRanges = tuple[tuple[float, float], ...]  # ``--scale-range LO:HI[,LO:HI…]``
 # px/mm at 256 px drawn per still (log-uniform) = 4.5..8 px/mm at 128. Not wider by default: the
 # `length` label is a length in pixels, and below a 2:1 scale range 2 mm and 4 mm stitches stay
 # apart (2 mm at 16 px/mm = 32 px < 4 mm at 9 px/mm = 36 px); `--px-per-mm` reaches 1..100 px/mm.
@@ -139,7 +140,7 @@ def render_image(
     families: Sequence[str] | None = None,
     kinds: dict[str, str] | None = None,
     meta: dict | None = None,
-    scale_range: tuple[float, float] | None = None,
+    scale_range: ScaleRanges | None = None,
 ) -> tuple[np.ndarray, dict[str, bool | None], list[Box]]:
     """Render one labeled seam still.
 
@@ -150,8 +151,9 @@ def render_image(
     unless ``px_per_mm`` pins it (then ±8 %). ``families`` restricts the fabric families,
     ``kinds`` forces defect kinds (``{"error": "stain", "break": "missing"}``), ``meta`` (a
     dict) receives family, px_per_mm (of the saved image), thread_px and contrast.
-    ``scale_range`` (px/mm at 256) replaces ``SCALE_RANGE``: wider views for a scale-robust model;
-    outside ``SCALE_RANGE`` the returned ``length`` is None (unknown: 2 mm and 4 mm stitches
+    ``scale_range`` (px/mm at 256; one or more ranges, each image picks one uniformly, then a
+    log-uniform scale in it) replaces ``SCALE_RANGE``: wider views for a scale-robust model.
+    Outside ``SCALE_RANGE`` the returned ``length`` is None (unknown: 2 mm and 4 mm stitches
     overlap in pixels across a range over 2:1, so the pixels cannot tell; ``train`` leaves it out).
     """
     if size < 16:
@@ -167,7 +169,11 @@ def render_image(
     if px_per_mm:
         ppm = float(px_per_mm) * rng.uniform(0.92, 1.08)
     else:
-        lo, hi = scale_range or SCALE_RANGE
+        lo, hi = (
+            scale_range[int(rng.integers(len(scale_range)))]
+            if len(scale_range or ()) > 1
+            else (scale_range or (SCALE_RANGE,))[0]
+        )
         ppm = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * size / DEFAULT_SIZE
     m: dict = {}
     img, boxes = render_still(
@@ -243,13 +249,16 @@ def _prepare_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def _scale_range(text: str) -> tuple[float, float]:
-    """``LO:HI`` → (lo, hi) for ``--scale-range`` (argparse reports a bad one in one line)."""
+def parse_scale_ranges(text: str) -> ScaleRanges:
+    """``LO:HI[,LO:HI…]`` → ((lo, hi), …) for ``--scale-range`` (argparse reports a bad one in one line)."""
     try:
-        lo, hi = (float(v) for v in text.split(":"))
+        out = []
+        for part in text.split(","):
+            lo, hi = (float(v) for v in part.split(":"))
+            out.append((lo, hi))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected LO:HI px/mm, e.g. 2.3:16") from None
-    return lo, hi
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LO:HI[,LO:HI…] px/mm, e.g. 2.3:9,9:16") from None
+    return tuple(out)
 
 
 def _check_opts(
@@ -257,7 +266,7 @@ def _check_opts(
     size: int,
     px_per_mm: float | None,
     defect_rate: float,
-    scale_range: tuple[float, float] | None = None,
+    scale_range: ScaleRanges | None = None,
 ) -> None:
     if int(count) <= 0:
         raise DataError(f"--count must be ≥ 1, got {count}")
@@ -268,11 +277,13 @@ def _check_opts(
     if not (0.0 <= float(defect_rate) <= 1.0):
         raise DataError(f"--defect-rate must be in 0..1, got {defect_rate}")
     if scale_range is not None:
-        lo, hi = scale_range
         if px_per_mm is not None:
             raise DataError("--scale-range and --px-per-mm exclude each other (a range or one scale)")
-        if not (0.5 <= lo < hi <= 200):
-            raise DataError(f"--scale-range {lo:g}:{hi:g}: need 0.5 <= LO < HI <= 200 (px/mm at 256 px)")
+        if not scale_range:
+            raise DataError("--scale-range: no range given")
+        for lo, hi in scale_range:
+            if not (0.5 <= lo < hi <= 200):
+                raise DataError(f"--scale-range {lo:g}:{hi:g}: need 0.5 <= LO < HI <= 200 (px/mm at 256 px)")
 
 
 def write_dataset(
@@ -289,7 +300,7 @@ def write_dataset(
     families: Sequence[str] | None = None,
     exclude_families: Sequence[str] | None = None,
     kinds: dict[str, str] | None = None,
-    scale_range: tuple[float, float] | None = None,
+    scale_range: ScaleRanges | None = None,
 ) -> Path:
     """Write ``count`` labeled stills + ``data.csv`` (seed format) + ``boxes.csv`` + ``meta.csv``
     (``META_HEADER``, one row per image); → data.csv path.
@@ -304,7 +315,7 @@ def write_dataset(
     out = _prepare_dir(Path(out_dir))
     opts = {"size": int(size), "px_per_mm": px_per_mm, "defect_rate": float(defect_rate), "families": fams}
     if scale_range:
-        opts["scale_range"] = tuple(float(v) for v in scale_range)
+        opts["scale_range"] = tuple((float(lo), float(hi)) for lo, hi in scale_range)
     if kinds:  # every error / break of the set is this kind (``render_image``'s ``kinds``)
         opts["kinds"] = dict(kinds)
     jobs = [(int(seed), i, opts) for i in range(int(count))]
@@ -392,11 +403,12 @@ def register(subparsers) -> None:
     )
     g.add_argument(
         "--scale-range",
-        type=_scale_range,
+        type=parse_scale_ranges,
         default=None,
-        metavar="LO:HI",
-        help=f"draw the scale per image from LO..HI px/mm at 256 px (log-uniform) instead of "
-        f"{SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g}, e.g. 2.3:16 for cameras that see 2..8 px/mm at 224 px; "
+        metavar="LO:HI[,LO:HI]",
+        help=f"draw the scale per image from LO..HI px/mm at 256 px (log-uniform; with several ranges, each "
+        f"image picks one first) instead of {SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g}, e.g. 2.3:9,9:16: half the "
+        "images as cameras that see 2..8 px/mm at 224 px; "
         "outside the default range the length cell is left empty (unknown: the pixels cannot tell 2 from 4 mm)",
     )
     g.add_argument(

@@ -389,8 +389,13 @@ def test_ship_chain_toy(tmp_path):
         batch=16,
         min_test=0,
         min_int8_agreement=90.0,
-        # the recipe's further stages at toy scale too: on a fresh set, then grown deeper
-        stages=(Stage(1, 48, 1e-3), Stage(1, 48, 1e-3, "resnet-s2-deep")),
+        # the recipe's further stages at toy scale too: on a fresh set, then grown deeper, then on
+        # a set of half wider views (an empty length cell where the pixels cannot tell)
+        stages=(
+            Stage(1, 48, 1e-3),
+            Stage(1, 48, 1e-3, "resnet-s2-deep"),
+            Stage(1, 48, 1e-3, scale=((2.3, 9.0), (9.0, 16.0))),
+        ),
     )
     b = load_bundle(tmp_path / "bundle")
     assert b.name == "seam-default" and b.has("classifier_int8") and b.has("explainer")
@@ -403,9 +408,18 @@ def test_ship_chain_toy(tmp_path):
     # the test table's numbers, measured again with the bundle's classifiers on the 32 test images
     from convert.ship import TARGET_ACCURACY, TARGET_AGREEMENT
 
-    assert s["settings"]["stages_epochs_run"] == [1, 1] and (tmp_path / "work" / "train3" / "data.csv").is_file()
-    assert read_meta(tmp_path / "work" / "model3.keras")["arch"] == "resnet-s2-deep"
-    m = _measured(tmp_path / "work" / "model3.keras", tmp_path / "bundle", tmp_path / "work" / "test")
+    assert s["settings"]["stages_epochs_run"] == [1, 1, 1] and (tmp_path / "work" / "train3" / "data.csv").is_file()
+    assert read_meta(tmp_path / "work" / "model4.keras")["arch"] == "resnet-s2-deep"
+    assert (
+        "python -m convert synth --out {} --count 48 --seed 6 --scale-range 2.3:9,9:16".format(
+            tmp_path / "work" / "train4"
+        )
+        in s["commands"]
+    )
+    wide = (tmp_path / "work" / "train4" / "data.csv").read_text().splitlines()[1:]
+    assert 0 < sum(r.endswith(",") for r in wide) < 48  # the views under 9 px/mm: length unknown
+    assert json.loads((tmp_path / "work" / "train4" / "recipe.json").read_text())["scale_range"] == [[2.3, 9], [9, 16]]
+    m = _measured(tmp_path / "work" / "model4.keras", tmp_path / "bundle", tmp_path / "work" / "test")
     thr = np.array([b.thresholds[lab] for lab in b.labels])
     accuracy = 100.0 * np.mean((m["classifier_int8"] >= thr) == m["truth"], axis=0)
     assert [s["test"]["int8"]["labels"][lab]["accuracy"] for lab in b.labels] == pytest.approx(accuracy, abs=1e-9)
@@ -414,6 +428,6 @@ def test_ship_chain_toy(tmp_path):
     assert s["targets_met"] is bool(min(accuracy) >= TARGET_ACCURACY and agreement >= TARGET_AGREEMENT)
     report = json.loads((tmp_path / "work" / "ship-report.json").read_text())
     assert report["settings"]["epochs"] == 1 and report["parity"] == s["parity"] == b.manifest["parity"]
-    valid = _measured(tmp_path / "work" / "model3.keras", tmp_path / "bundle", tmp_path / "work" / "valid")
+    valid = _measured(tmp_path / "work" / "model4.keras", tmp_path / "bundle", tmp_path / "work" / "valid")
     fp32_diff = _max_diff(valid["classifier_fp32"], valid["keras"])  # calibration = the 24 valid images, all used
     assert report["parity"]["fp32"]["max_abs_diff"] == pytest.approx(fp32_diff, rel=0.25)

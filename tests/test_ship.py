@@ -69,10 +69,15 @@ def test_then_flag_parses_and_refuses_in_one_line(tmp_path):
         Stage(5, 100, 1e-3),
         Stage(2, 50, 5e-4, "resnet-s2-deep"),
     )
+    wide = parse_stage("8:12000:3e-4@2.3:9,9:16")
+    assert wide == Stage(8, 12000, 3e-4, scale=((2.3, 9.0), (9.0, 16.0))) and wide.spec() == "8:12000:0.0003@2.3:9,9:16"
+    assert parse_stage(wide.spec()) == wide
     for bad, why in (
         ("5:100", "expected EPOCHS:COUNT:LR"),
         ("0:100:1e-3", "must be positive"),
         ("5:100:1e-3:vgg16", "cannot grow into 'vgg16'"),
+        ("8:100:3e-4@9:3", "expected EPOCHS:COUNT:LR"),
+        ("8:100:3e-4@2.3", "expected EPOCHS:COUNT:LR"),
     ):
         with pytest.raises(ModelError, match=why):
             parse_stage(bad)

@@ -96,7 +96,7 @@ def test_scale_range_leaves_length_unknown_outside_the_shipped_range(tmp_path):
     from convert.leaveout import read_meta_columns
     from convert.synth import SCALE_RANGE, write_dataset
 
-    path = write_dataset(tmp_path / "s", 24, 3, size=64, scale_range=(3.0, 16.0))
+    path = write_dataset(tmp_path / "s", 24, 3, size=64, scale_range=((3.0, 16.0),))
     ds = read_csv(path)
     ppm = read_meta_columns(tmp_path / "s", "px_per_mm")["px_per_mm"]
     at256 = np.array([float(ppm[p]) * 256 / 64 for p in ds.paths])
@@ -105,6 +105,20 @@ def test_scale_range_leaves_length_unknown_outside_the_shipped_range(tmp_path):
     assert 0 < outside.sum() < len(ds)
     assert (np.isnan(ds.targets[:, 3]) == outside).all()  # length unknown exactly there
     assert not np.isnan(ds.targets[:, :3]).any()  # good, error and break always known
+
+
+def test_several_scale_ranges_share_the_images():
+    from convert.synth import parse_scale_ranges, render_image
+
+    ranges = parse_scale_ranges("2.3:9,9:16")
+    assert ranges == ((2.3, 9.0), (9.0, 16.0))
+    drawn = []
+    for i in range(40):
+        meta: dict = {}
+        render_image(np.random.default_rng(i), size=64, scale_range=ranges, meta=meta)
+        drawn.append(meta["px_per_mm"] * 256 / 64)
+    low = sum(d < 9 for d in drawn)
+    assert min(drawn) >= 2.3 * 0.999 and max(drawn) <= 16 * 1.001 and 10 <= low <= 30  # about half each
 
 
 def test_scale_range_refuses_bad_values_in_one_line(tmp_path):
@@ -118,4 +132,4 @@ def test_scale_range_refuses_bad_values_in_one_line(tmp_path):
         "exclude each other",
     )
     p = run_convert("synth", "--out", str(tmp_path / "c"), "--count", "2", "--scale-range", "x")
-    assert p.returncode == 2 and "'x': expected LO:HI" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "'x': expected LO:HI[,LO:HI…]" in p.stderr and "Traceback" not in p.stderr
