@@ -485,6 +485,8 @@ def run(args: argparse.Namespace) -> int:
     if args.video is not None:
         if args.frames is None:
             raise DataError("--frames is required with --video")
+        if args.scale_range is not None:
+            raise DataError("--scale-range applies to stills (--out) only; a video keeps one scale")
         choice.check_frame(FRAME_W, FRAME_H, f"--video {args.video}")
         roi = choice.roi if choice.roi is not None or not choice.given else (0, 0, FRAME_W, FRAME_H)
         t0 = time.perf_counter()

@@ -131,5 +131,9 @@ def test_scale_range_refuses_bad_values_in_one_line(tmp_path):
         run_convert("synth", "--out", str(tmp_path / "b"), "--count", "2", "--scale-range", "3:9", "--px-per-mm", "5"),
         "exclude each other",
     )
+    one_line_error(
+        run_convert("synth", "--video", str(tmp_path / "v.mp4"), "--frames", "5", "--scale-range", "3:9"),
+        "--scale-range applies to stills",
+    )
     p = run_convert("synth", "--out", str(tmp_path / "c"), "--count", "2", "--scale-range", "x")
     assert p.returncode == 2 and "'x': expected LO:HI[,LO:HI…]" in p.stderr and "Traceback" not in p.stderr
