@@ -4,12 +4,14 @@
    never used for training or calibration) sets with ``convert.synth``;
 2. train the stride-2-stem ResNet (``convert.train --arch resnet-s2 --filters 16``, batch 32,
    Adam 3e-3 cosine-decayed over 45 epochs, no early stop);
-2b. then train on from that model, stage by stage (``--then EPOCHS:COUNT:LR[:ARCH]``, repeatable), each
-   stage on a *fresh* training set (``train2`` seed 4, ``train3`` seed 5, …: more seams, fabrics and
-   cameras than another pass over an old set) with Adam cosine-decayed (``train --init``); a stage
-   with an ARCH grows the model into it first (``resnet-s2-deep``: identity blocks added,
-   ``convert.models.grow``). The shipped recipe (``SHIPPED_STAGES``), each stage on 12,000 fresh
-   images: 20 epochs at 1e-3; 10 at 5e-4; grown into ``resnet-s2-deep``, 15 at 1e-3; 8 at 5e-4. The
+2b. then train on from that model, stage by stage (``--then EPOCHS:COUNT:LR[:ARCH][@LO:HI,…]``,
+   repeatable), each stage on a *fresh* training set (``train2`` seed 4, ``train3`` seed 5, …: more
+   seams, fabrics and cameras than another pass over an old set) with Adam cosine-decayed (``train
+   --init``); a stage with an ARCH grows the model into it first (``resnet-s2-deep``: identity blocks
+   added, ``convert.models.grow``); one with ``@LO:HI,…`` draws its set with ``synth --scale-range``
+   (wider views, ``length`` unknown where the pixels cannot tell; ``recipe.json`` beside it). The
+   shipped recipe (``SHIPPED_STAGES``), each stage on 12,000 fresh images: 20 epochs at 1e-3; 10 at
+   5e-4; grown into ``resnet-s2-deep``, 15 at 1e-3; 8 at 5e-4. The
    first run was still improving at epoch 45 (``--then none`` skips the stages); the defaults of every
    flag are the shipped recipe, so ``convert ship`` alone rebuilds the shipped model (about 4 h on 2
    CPU cores); resumable: data sets and checkpoints in ``--work`` are reused;
