@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ModelError
+from edge.errors import DataError, ModelError
 
 TARGET_ACCURACY = 98.0
 TARGET_AGREEMENT = 99.5
@@ -96,10 +96,11 @@ def parse_stage(text: str) -> Stage:
         epochs, count, lr = int(parts[0]), int(parts[1]), float(parts[2])
         scale = None
         if scale_text:
-            scale = tuple((float(a), float(b)) for a, b in (r.split(":") for r in scale_text.split(",")))
-            if not all(0.5 <= a < b <= 200 for a, b in scale):
-                raise ValueError
-    except ValueError:
+            from .synth import check_scale_ranges, parse_scale_ranges
+
+            scale = parse_scale_ranges(scale_text)
+            check_scale_ranges(scale)
+    except (ValueError, argparse.ArgumentTypeError, DataError):
         raise ModelError(
             f"--then {text!r}: expected EPOCHS:COUNT:LR[:ARCH][@LO:HI,…], e.g. 20:12000:1e-3 or 8:12000:3e-4@2.3:9,9:16"
         ) from None

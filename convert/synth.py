@@ -169,11 +169,8 @@ def render_image(
     if px_per_mm:
         ppm = float(px_per_mm) * rng.uniform(0.92, 1.08)
     else:
-        lo, hi = (
-            scale_range[int(rng.integers(len(scale_range)))]
-            if len(scale_range or ()) > 1
-            else (scale_range or (SCALE_RANGE,))[0]
-        )
+        ranges = scale_range or (SCALE_RANGE,)  # one range draws nothing extra: default stills unchanged
+        lo, hi = ranges[int(rng.integers(len(ranges)))] if len(ranges) > 1 else ranges[0]
         ppm = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * size / DEFAULT_SIZE
     m: dict = {}
     img, boxes = render_still(
@@ -261,6 +258,15 @@ def parse_scale_ranges(text: str) -> ScaleRanges:
     return tuple(out)
 
 
+def check_scale_ranges(scale_range: ScaleRanges) -> None:
+    """The one check of ``--scale-range`` values (``synth`` and ``convert ship``'s ``@LO:HI`` stages)."""
+    if not scale_range:
+        raise DataError("--scale-range: no range given")
+    for lo, hi in scale_range:
+        if not (0.5 <= lo < hi <= 200):
+            raise DataError(f"--scale-range {lo:g}:{hi:g}: need 0.5 <= LO < HI <= 200 (px/mm at 256 px)")
+
+
 def _check_opts(
     count: int,
     size: int,
@@ -279,11 +285,7 @@ def _check_opts(
     if scale_range is not None:
         if px_per_mm is not None:
             raise DataError("--scale-range and --px-per-mm exclude each other (a range or one scale)")
-        if not scale_range:
-            raise DataError("--scale-range: no range given")
-        for lo, hi in scale_range:
-            if not (0.5 <= lo < hi <= 200):
-                raise DataError(f"--scale-range {lo:g}:{hi:g}: need 0.5 <= LO < HI <= 200 (px/mm at 256 px)")
+        check_scale_ranges(scale_range)
 
 
 def write_dataset(
