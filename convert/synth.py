@@ -395,7 +395,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g = p.add_argument_group("stills")
     g.add_argument("--count", type=int, help="number of images (required with --out)")
-    g.add_argument("--size", type=int, default=DEFAULT_SIZE, help="image side in px (default 256)")
+    g.add_argument("--size", type=int, default=None, help="image side in px (default 256)")
     g.add_argument(
         "--px-per-mm",
         type=float,
@@ -416,7 +416,7 @@ def register(subparsers) -> None:
     g.add_argument(
         "--defect-rate",
         type=float,
-        default=DEFAULT_DEFECT_RATE,
+        default=None,
         help=f"share of images with at least one defect (default {DEFAULT_DEFECT_RATE}; "
         f"{BOTH_SHARE * 100:.0f}%% of those show both an error and a break)",
     )
@@ -428,11 +428,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--exclude-families", default=None, metavar="F[,F]", help="leave these fabric families out")
     g.add_argument(
-        "--workers", type=int, default=1, help="processes (default 1; the output is byte-identical for any value)"
+        "--workers", type=int, default=None, help="processes (default 1; the output is byte-identical for any value)"
     )
     v = p.add_argument_group("video")
     v.add_argument("--frames", type=int, help="number of frames (required with --video)")
-    v.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
+    v.add_argument("--fps", type=float, default=None, help="frame rate (default 30)")
     v.add_argument(
         "--stitches-per-min",
         type=float,
@@ -440,7 +440,7 @@ def register(subparsers) -> None:
         help="machine speed; seam speed mm/s = this x base stitch length / 60 "
         f"(default {DEFAULT_STITCHES_PER_MIN:g}: 33 mm/s at 2 mm)",
     )
-    v.add_argument("--base-length", type=float, default=2.0, help="normal stitch length in mm, 2 or 4 (default 2)")
+    v.add_argument("--base-length", type=float, default=None, help="normal stitch length in mm, 2 or 4 (default 2)")
     dg = v.add_mutually_exclusive_group()
     dg.add_argument("--defects", type=int, default=None, help="number of error/break defects, evenly spaced")
     dg.add_argument(
@@ -484,11 +484,10 @@ def run(args: argparse.Namespace) -> int:
         return [f.strip() for f in v.split(",") if f.strip()] if v else None
 
     fams = check_families(_names(args.families), _names(args.exclude_families))
+    _refuse_other_mode(args)
     if args.video is not None:
         if args.frames is None:
             raise DataError("--frames is required with --video")
-        if args.scale_range is not None:
-            raise DataError("--scale-range applies to stills (--out) only; a video keeps one scale")
         choice.check_frame(FRAME_W, FRAME_H, f"--video {args.video}")
         roi = choice.roi if choice.roi is not None or not choice.given else (0, 0, FRAME_W, FRAME_H)
         t0 = time.perf_counter()
@@ -496,9 +495,9 @@ def run(args: argparse.Namespace) -> int:
             args.video,
             args.frames,
             args.seed,
-            fps=args.fps,
+            fps=30.0 if args.fps is None else args.fps,
             stitches_per_min=args.stitches_per_min,
-            base_length_mm=args.base_length,
+            base_length_mm=2.0 if args.base_length is None else args.base_length,
             defects=args.defects,
             defect_every_mm=args.defect_every_mm,
             length_stretches=args.length_stretches,
@@ -524,10 +523,10 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         args.count,
         args.seed,
-        size=args.size,
+        size=DEFAULT_SIZE if args.size is None else args.size,
         px_per_mm=args.px_per_mm,
-        defect_rate=args.defect_rate,
-        workers=max(1, args.workers),
+        defect_rate=DEFAULT_DEFECT_RATE if args.defect_rate is None else args.defect_rate,
+        workers=max(1, args.workers or 1),
         progress=True,
         families=fams,
         scale_range=args.scale_range,
@@ -535,6 +534,34 @@ def run(args: argparse.Namespace) -> int:
     dt = time.perf_counter() - t0
     print(f"wrote {args.count} images to {args.out} ({args.count / dt:.0f} images/s), {path}")
     return 0
+
+
+# options that only one mode reads: given to the other, they would be silently ignored
+STILLS_ONLY = ("count", "size", "px_per_mm", "scale_range", "defect_rate", "workers")
+VIDEO_ONLY = (
+    "frames",
+    "fps",
+    "stitches_per_min",
+    "base_length",
+    "defects",
+    "defect_every_mm",
+    "length_stretches",
+    "stretch_mm",
+    "impair",
+    "impair_from",
+)
+
+
+def _refuse_other_mode(args: argparse.Namespace) -> None:
+    """One line naming the first option the chosen mode would ignore (every such option defaults to None)."""
+    video = args.video is not None
+    for dest in STILLS_ONLY if video else VIDEO_ONLY:
+        if getattr(args, dest, None) is not None:
+            flag = "--" + dest.replace("_", "-")
+            if video:
+                why = "; a video keeps one scale" if dest in ("px_per_mm", "scale_range") else ""
+                raise DataError(f"{flag} applies to stills (--out) only{why}")
+            raise DataError(f"{flag} applies to --video only")
 
 
 def truth_path(video: str | os.PathLike) -> Path:

@@ -227,6 +227,13 @@ def test_video_is_deterministic(video, tmp_path):
         (["--video", "{d}/nodir/v.mp4", "--frames", "30"], "--video"),
         (["--video", "{d}/v.mp4", "--frames", "30", "--defects", "5"], "--frames"),
         (["--video", "{d}/v.mp4", "--frames", "600", "--defect-every-mm", "5"], "--defect-every-mm"),
+        # an option the chosen mode would silently ignore is refused, naming it
+        (["--video", "{d}/v.mp4", "--frames", "30", "--count", "5"], "--count applies to stills (--out) only"),
+        (["--video", "{d}/v.mp4", "--frames", "30", "--px-per-mm", "6"], "--px-per-mm applies to stills"),
+        (["--video", "{d}/v.mp4", "--frames", "30", "--workers", "2"], "--workers applies to stills"),
+        (["--out", "{d}/o", "--count", "3", "--frames", "30"], "--frames applies to --video only"),
+        (["--out", "{d}/o", "--count", "3", "--fps", "25"], "--fps applies to --video only"),
+        (["--out", "{d}/o", "--count", "3", "--impair", "blur"], "--impair applies to --video only"),
     ],
 )
 def test_cli_errors_one_line_nonzero(tmp_path, capsys, argv, needle):
