@@ -9,7 +9,8 @@
    seams, fabrics and cameras than another pass over an old set) with Adam cosine-decayed (``train
    --init``); a stage with an ARCH grows the model into it first (``resnet-s2-deep``: identity blocks
    added, ``convert.models.grow``); one with ``@LO:HI,…`` draws its set with ``synth --scale-range``
-   (wider views, ``length`` unknown where the pixels cannot tell; ``recipe.json`` beside it). The
+   (wider views, ``length`` unknown where the pixels cannot tell; ``recipe.json`` beside it;
+   ``--scale-range`` does the same for the first stage's set). The
    shipped recipe (``SHIPPED_STAGES``), each stage on 12,000 fresh images: 20 epochs at 1e-3; 10 at
    5e-4; grown into ``resnet-s2-deep``, 15 at 1e-3; 8 at 5e-4. The
    first run was still improving at epoch 45 (``--then none`` skips the stages); the defaults of every
@@ -128,8 +129,12 @@ def ship(
     min_int8_agreement: float = 99.0,
     init: str | None = None,
     stages: tuple[Stage, ...] = SHIPPED_STAGES,
+    scale: tuple[tuple[float, float], ...] | None = None,
 ) -> dict:
-    """Run the whole chain in ``work`` (resumable: data sets and checkpoints are reused) → summary."""
+    """Run the whole chain in ``work`` (resumable: data sets and checkpoints are reused) → summary.
+
+    ``scale``: the first stage's set's ``synth --scale-range`` (None: the default range); the
+    validation and test sets keep the default range, the shipped model's own."""
     from .data import load_dataset
     from .evaluate import predict_dataset
     from .export import export_bundle, parity
@@ -139,38 +144,42 @@ def ship(
     from .train import train
 
     out, work = Path(out), Path(work)
-    work.mkdir(parents=True, exist_ok=True)
     if test_count < min_test:
         raise ModelError(f"--test-count {test_count}: the shipped model is tested on at least {min_test} images")
+    if scale is not None:
+        from .synth import check_scale_ranges
+
+        check_scale_ranges(scale)
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     sets: dict[str, tuple[int, int, tuple[tuple[float, float], ...] | None]] = {
-        "train": (1, train_count, None),
+        "train": (1, train_count, scale),
         "valid": (2, valid_count, None),
         "test": (3, test_count, None),
     }
     for i, st in enumerate(stages, start=2):  # train2 (seed 4), train3 (seed 5), …
         sets[f"train{i}"] = (i + 2, st.count, st.scale)
     cmds = []
-    for key, (seed, count, scale) in sets.items():
+    for key, (seed, count, set_scale) in sets.items():
         d = work / key
-        scale_arg = ("--scale-range", ",".join(f"{lo:g}:{hi:g}" for lo, hi in scale)) if scale else ()
+        scale_arg = ("--scale-range", ",".join(f"{lo:g}:{hi:g}" for lo, hi in set_scale)) if set_scale else ()
         cmds.append(_cmd("python -m convert synth --out", d, "--count", count, "--seed", seed, *scale_arg))
         # a set is reused when it was drawn the same way (``recipe.json``; sets from before it: count only)
         drawn = json.loads((d / "recipe.json").read_text()) if (d / "recipe.json").is_file() else None
-        want = {"seed": seed, "count": count, "scale_range": [list(r) for r in scale] if scale else None}
+        want = {"seed": seed, "count": count, "scale_range": [list(r) for r in set_scale] if set_scale else None}
         if (
             (d / "data.csv").is_file()
             and len(load_dataset(d / "data.csv", check_images=False)) == count
-            and (drawn == want or (drawn is None and scale is None))
+            and (drawn == want or (drawn is None and set_scale is None))
         ):
             print(f"ship: reusing {d} ({count} images)", file=sys.stderr)
             continue
         shutil.rmtree(d, ignore_errors=True)
         print(
-            f"ship: synth {key}: {count} images (seed {seed}{', scales ' + scale_arg[1] if scale else ''})",
+            f"ship: synth {key}: {count} images (seed {seed}{', scales ' + scale_arg[1] if set_scale else ''})",
             file=sys.stderr,
         )
-        write_dataset(d, count, seed, workers=os.cpu_count() or 1, progress=sys.stderr.isatty(), scale_range=scale)
+        write_dataset(d, count, seed, workers=os.cpu_count() or 1, progress=sys.stderr.isatty(), scale_range=set_scale)
         (d / "recipe.json").write_text(json.dumps(want) + "\n")
     t_synth = time.monotonic() - t0
 
@@ -268,6 +277,7 @@ def ship(
             "batch": batch,
             "lr": lr,
             "init": init,
+            "scale_range": [list(r) for r in scale] if scale else None,
             "stages": [st.spec() for st in stages],
             "stages_epochs_run": runs,
         },
@@ -310,9 +320,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         + "; 'none': no further stage)",
     )
     p.add_argument(
+        "--scale-range",
+        type=_scale_ranges,
+        default=None,
+        metavar="LO:HI[,LO:HI…]",
+        help="draw the first stage's set with synth --scale-range (default: synth's own range); "
+        "a later stage takes its own with --then …@LO:HI,…",
+    )
+    p.add_argument(
         "--arch", default="resnet-s2", help="resnet-s2 (default: the shipped model), resnet-int8-gap or resnet-int8"
     )
     p.set_defaults(func=run)
+
+
+def _scale_ranges(text: str) -> tuple[tuple[float, float], ...]:
+    """``--scale-range`` parsed and checked by synth's own code (argparse prints the one line)."""
+    from .synth import check_scale_ranges, parse_scale_ranges
+
+    ranges = parse_scale_ranges(text)
+    try:
+        check_scale_ranges(ranges)
+    except DataError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--scale-range ")) from None
+    return ranges
 
 
 def stages_from_args(then: list[str] | None) -> tuple[Stage, ...]:
@@ -338,6 +368,7 @@ def run(args: argparse.Namespace) -> int:
         arch=args.arch,
         init=args.init,
         stages=stages_from_args(args.then),
+        scale=args.scale_range,
     )
     print(f"## Shipped model ({args.out}): {s['settings']}\n")
     print(s["table"])

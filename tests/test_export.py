@@ -389,8 +389,10 @@ def test_ship_chain_toy(tmp_path):
         batch=16,
         min_test=0,
         min_int8_agreement=90.0,
-        # the recipe's further stages at toy scale too: on a fresh set, then grown deeper, then on
-        # a set of half wider views (an empty length cell where the pixels cannot tell)
+        # the first set with a third of wider views (an empty length cell where the pixels cannot
+        # tell), then the recipe's further stages at toy scale too: on a fresh set, then grown
+        # deeper, then on a set of half wider views
+        scale=((3.0, 9.0), (9.0, 16.0), (9.0, 16.0)),
         stages=(
             Stage(1, 48, 1e-3),
             Stage(1, 48, 1e-3, "resnet-s2-deep"),
@@ -416,6 +418,15 @@ def test_ship_chain_toy(tmp_path):
         )
         in s["commands"]
     )
+    first = "python -m convert synth --out {} --count 48 --seed 1 --scale-range 3:9,9:16,9:16"
+    assert first.format(tmp_path / "work" / "train") in s["commands"]
+    assert s["settings"]["scale_range"] == [[3, 9], [9, 16], [9, 16]]
+    assert json.loads((tmp_path / "work" / "train" / "recipe.json").read_text())["scale_range"] == [
+        [3, 9],
+        [9, 16],
+        [9, 16],
+    ]
+    assert json.loads((tmp_path / "work" / "valid" / "recipe.json").read_text())["scale_range"] is None
     wide = (tmp_path / "work" / "train4" / "data.csv").read_text().splitlines()[1:]
     assert 0 < sum(r.endswith(",") for r in wide) < 48  # the views under 9 px/mm: length unknown
     assert json.loads((tmp_path / "work" / "train4" / "recipe.json").read_text())["scale_range"] == [[2.3, 9], [9, 16]]

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from edge.errors import DataError
+from tests.support.cli import run_convert
+
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "edge" / "models" / "default"
 
@@ -84,3 +87,15 @@ def test_then_flag_parses_and_refuses_in_one_line(tmp_path):
     with pytest.raises(ModelError, match="must be positive"):
         ship(tmp_path / "out", tmp_path / "work", stages=(Stage(-1, 10, 1e-3),))
     assert not (tmp_path / "work").exists()
+
+
+def test_first_stage_scale_range_is_synths_and_refuses_in_one_line(tmp_path):
+    from convert.ship import ship
+
+    for bad, why in (("9:3", "argument --scale-range: 9:3: need 0.5 <= LO < HI"), ("x", "expected LO:HI")):
+        p = run_convert("ship", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b"), "--scale-range", bad)
+        assert p.returncode == 2 and why in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(DataError, match="--scale-range 0.1:9: need 0.5"):
+        ship(tmp_path / "out", tmp_path / "w", scale=((0.1, 9.0),))
+    assert not (tmp_path / "w").exists()
