@@ -49,18 +49,22 @@ TARGET_AGREEMENT = 99.5
 class Stage:
     """One stage after the first: ``epochs`` on a fresh set of ``count`` images at ``lr``; ``arch``:
     grow the model into this architecture first (None: keep it); ``scale``: the set's
-    ``synth --scale-range`` (None: the default range)."""
+    ``synth --scale-range`` (None: the default range); ``length_changes``: its ``synth
+    --length-changes`` (0: none)."""
 
     epochs: int
     count: int
     lr: float
     arch: str | None = None
     scale: tuple[tuple[float, float], ...] | None = None
+    length_changes: float = 0.0
 
     def __post_init__(self) -> None:
         """The same checks for ``--then`` and for callers: a Stage that exists can be trained."""
         if self.epochs < 1 or self.count < 1 or not self.lr > 0:
             raise ModelError(f"--then {self.spec()!r}: epochs, count and lr must be positive")
+        if not 0.0 <= self.length_changes <= 1.0:
+            raise ModelError(f"--then {self.spec()!r}: length-changes must be in 0..1")
         if self.arch is not None:
             from .models import GROWS_FROM
 
@@ -75,6 +79,7 @@ class Stage:
             f"{self.epochs}:{self.count}:{self.lr:g}"
             + (f":{self.arch}" if self.arch else "")
             + (f"@{scale}" if scale else "")
+            + (f"+length-changes={self.length_changes:g}" if self.length_changes else "")
         )
 
 
@@ -87,14 +92,17 @@ SHIPPED_STAGES = (
 
 
 def parse_stage(text: str) -> Stage:
-    """``EPOCHS:COUNT:LR[:ARCH][@LO:HI,LO:HI…]`` → Stage (the ``--then`` flag; ``Stage`` checks the
-    values; after ``@``: the set's ``synth --scale-range``); one clear line when it is not."""
-    head, _, scale_text = text.partition("@")
+    """``EPOCHS:COUNT:LR[:ARCH][@LO:HI,LO:HI…][+length-changes=P]`` → Stage (the ``--then`` flag;
+    ``Stage`` checks the values; after ``@``: the set's ``synth --scale-range``, after ``+``: its
+    ``--length-changes``); one clear line when it is not."""
+    rest, plus, changes_text = text.partition("+length-changes=")
+    head, _, scale_text = rest.partition("@")
     parts = head.split(":")
     try:
         if len(parts) not in (3, 4):
             raise ValueError
         epochs, count, lr = int(parts[0]), int(parts[1]), float(parts[2])
+        changes = float(changes_text) if plus else 0.0
         scale = None
         if scale_text:
             from .synth import check_scale_ranges, parse_scale_ranges
@@ -103,9 +111,10 @@ def parse_stage(text: str) -> Stage:
             check_scale_ranges(scale)
     except (ValueError, argparse.ArgumentTypeError, DataError):
         raise ModelError(
-            f"--then {text!r}: expected EPOCHS:COUNT:LR[:ARCH][@LO:HI,…], e.g. 20:12000:1e-3 or 8:12000:3e-4@2.3:9,9:16"
+            f"--then {text!r}: expected EPOCHS:COUNT:LR[:ARCH][@LO:HI,…][+length-changes=P], "
+            "e.g. 20:12000:1e-3 or 8:12000:3e-4@2.3:9,9:16"
         ) from None
-    return Stage(epochs, count, lr, parts[3] if len(parts) == 4 else None, scale)
+    return Stage(epochs, count, lr, parts[3] if len(parts) == 4 else None, scale, changes)
 
 
 def _cmd(*parts: object) -> str:
@@ -152,21 +161,26 @@ def ship(
         check_scale_ranges(scale)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    sets: dict[str, tuple[int, int, tuple[tuple[float, float], ...] | None]] = {
-        "train": (1, train_count, scale),
-        "valid": (2, valid_count, None),
-        "test": (3, test_count, None),
+    sets: dict[str, tuple[int, int, tuple[tuple[float, float], ...] | None, float]] = {
+        "train": (1, train_count, scale, 0.0),
+        "valid": (2, valid_count, None, 0.0),
+        "test": (3, test_count, None, 0.0),
     }
     for i, st in enumerate(stages, start=2):  # train2 (seed 4), train3 (seed 5), …
-        sets[f"train{i}"] = (i + 2, st.count, st.scale)
+        sets[f"train{i}"] = (i + 2, st.count, st.scale, st.length_changes)
     cmds = []
-    for key, (seed, count, set_scale) in sets.items():
+    for key, (seed, count, set_scale, changes) in sets.items():
         d = work / key
         scale_arg = ("--scale-range", ",".join(f"{lo:g}:{hi:g}" for lo, hi in set_scale)) if set_scale else ()
-        cmds.append(_cmd("python -m convert synth --out", d, "--count", count, "--seed", seed, *scale_arg))
+        changes_arg = ("--length-changes", f"{changes:g}") if changes else ()
+        cmds.append(
+            _cmd("python -m convert synth --out", d, "--count", count, "--seed", seed, *scale_arg, *changes_arg)
+        )
         # a set is reused when it was drawn the same way (``recipe.json``; sets from before it: count only)
         drawn = json.loads((d / "recipe.json").read_text()) if (d / "recipe.json").is_file() else None
         want = {"seed": seed, "count": count, "scale_range": [list(r) for r in set_scale] if set_scale else None}
+        if changes:  # only when drawn: the recipes written before the option still match
+            want["length_changes"] = changes
         if (
             (d / "data.csv").is_file()
             and len(load_dataset(d / "data.csv", check_images=False)) == count
@@ -179,7 +193,15 @@ def ship(
             f"ship: synth {key}: {count} images (seed {seed}{', scales ' + scale_arg[1] if set_scale else ''})",
             file=sys.stderr,
         )
-        write_dataset(d, count, seed, workers=os.cpu_count() or 1, progress=sys.stderr.isatty(), scale_range=set_scale)
+        write_dataset(
+            d,
+            count,
+            seed,
+            workers=os.cpu_count() or 1,
+            progress=sys.stderr.isatty(),
+            scale_range=set_scale,
+            length_changes=changes,
+        )
         (d / "recipe.json").write_text(json.dumps(want) + "\n")
     t_synth = time.monotonic() - t0
 
@@ -314,7 +336,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--then",
         action="append",
-        metavar="EPOCHS:COUNT:LR[:ARCH][@LO:HI,…]",
+        metavar="EPOCHS:COUNT:LR[:ARCH][@LO:HI,…][+length-changes=P]",
         help="a further stage on a fresh set, repeatable (default: the shipped recipe, "
         + ", ".join(st.spec() for st in SHIPPED_STAGES)
         + "; 'none': no further stage)",

@@ -141,6 +141,7 @@ def render_image(
     kinds: dict[str, str] | None = None,
     meta: dict | None = None,
     scale_range: ScaleRanges | None = None,
+    length_changes: float = 0.0,
 ) -> tuple[np.ndarray, dict[str, bool | None], list[Box]]:
     """Render one labeled seam still.
 
@@ -155,6 +156,8 @@ def render_image(
     log-uniform scale in it) replaces ``SCALE_RANGE``: wider views for a scale-robust model.
     Outside ``SCALE_RANGE`` the returned ``length`` is None (unknown: 2 mm and 4 mm stitches
     overlap in pixels across a range over 2:1, so the pixels cannot tell; ``train`` leaves it out).
+    ``length_changes``: the share of normal seams whose stitch length changes between 2 and 4 mm in
+    view (``length`` None: neither; not a defect). 0 draws nothing extra: default stills unchanged.
     """
     if size < 16:
         raise DataError(f"--size must be ≥ 16, got {size}")
@@ -164,6 +167,7 @@ def render_image(
             if k in labels:
                 drawn[k] = bool(labels[k])
     drawn["good"] = not (drawn["error"] or drawn["break"])
+    change = bool(length_changes > 0 and drawn["good"] and rng.random() < length_changes)
     rsize = max(size, RENDER_MIN)
     f = rsize / size
     if px_per_mm:
@@ -174,11 +178,22 @@ def render_image(
         ppm = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * size / DEFAULT_SIZE
     m: dict = {}
     img, boxes = render_still(
-        rng, rsize, ppm * f, drawn["error"], drawn["break"], drawn["length"], families=families, kinds=kinds, meta=m
+        rng,
+        rsize,
+        ppm * f,
+        drawn["error"],
+        drawn["break"],
+        drawn["length"],
+        families=families,
+        kinds=kinds,
+        meta=m,
+        length_change=change,
     )
     if meta is not None:
         meta.update(m, px_per_mm=ppm, thread_px=m["thread_px"] / f)
     out_labels: dict[str, bool | None] = dict(drawn)
+    if change:
+        out_labels["length"] = None
     if scale_range and not px_per_mm and not SCALE_RANGE[0] <= ppm * DEFAULT_SIZE / size <= SCALE_RANGE[1]:
         out_labels["length"] = None
     if rsize != size:
@@ -303,21 +318,27 @@ def write_dataset(
     exclude_families: Sequence[str] | None = None,
     kinds: dict[str, str] | None = None,
     scale_range: ScaleRanges | None = None,
+    length_changes: float = 0.0,
 ) -> Path:
     """Write ``count`` labeled stills + ``data.csv`` (seed format) + ``boxes.csv`` + ``meta.csv``
     (``META_HEADER``, one row per image); → data.csv path.
 
     ``families`` / ``exclude_families`` restrict the fabric families (``FAMILIES``); each image
-    draws its family uniformly among those left. ``scale_range``: see ``render_image`` (an empty
-    ``length`` cell where it is unknown). Deterministic: the same (seed, count,
-    options) give byte-identical files, whatever ``workers`` is (each image has its own generator).
+    draws its family uniformly among those left. ``scale_range`` and ``length_changes``: see
+    ``render_image`` (an empty ``length`` cell where it is unknown). Deterministic: the same (seed,
+    count, options) give byte-identical files, whatever ``workers`` is (each image has its own
+    generator).
     """
     _check_opts(count, size, px_per_mm, defect_rate, scale_range)
+    if not 0.0 <= length_changes <= 1.0:
+        raise DataError(f"--length-changes must be in 0..1, got {length_changes}")
     fams = check_families(families, exclude_families)
     out = _prepare_dir(Path(out_dir))
     opts = {"size": int(size), "px_per_mm": px_per_mm, "defect_rate": float(defect_rate), "families": fams}
     if scale_range:
         opts["scale_range"] = tuple((float(lo), float(hi)) for lo, hi in scale_range)
+    if length_changes:
+        opts["length_changes"] = float(length_changes)
     if kinds:  # every error / break of the set is this kind (``render_image``'s ``kinds``)
         opts["kinds"] = dict(kinds)
     jobs = [(int(seed), i, opts) for i in range(int(count))]
@@ -412,6 +433,15 @@ def register(subparsers) -> None:
         f"image picks one first) instead of {SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g}, e.g. 2.3:9,9:16: half the "
         "images as cameras that see 2..8 px/mm at 224 px; "
         "outside the default range the length cell is left empty (unknown: the pixels cannot tell 2 from 4 mm)",
+    )
+    g.add_argument(
+        "--length-changes",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of the normal seams whose stitch length changes between 2 and 4 mm in view (default 0), "
+        "as where a stretch of the other length begins on a video: not a defect, and the length cell is left "
+        "empty (neither length)",
     )
     g.add_argument(
         "--defect-rate",
@@ -530,6 +560,7 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
         families=fams,
         scale_range=args.scale_range,
+        length_changes=args.length_changes or 0.0,
     )
     dt = time.perf_counter() - t0
     print(f"wrote {args.count} images to {args.out} ({args.count / dt:.0f} images/s), {path}")
@@ -537,7 +568,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 # options that only one mode reads: given to the other, they would be silently ignored
-STILLS_ONLY = ("count", "size", "px_per_mm", "scale_range", "defect_rate", "workers")
+STILLS_ONLY = ("count", "size", "px_per_mm", "scale_range", "length_changes", "defect_rate", "workers")
 VIDEO_ONLY = (
     "frames",
     "fps",

@@ -994,6 +994,7 @@ def build_still(
     families=None,
     kinds: dict | None = None,
     leave_out: tuple[str, ...] = (),
+    length_change: bool = False,
 ) -> Scene:
     """A still's scene with the requested labels; defects wholly inside, ≥ margin from border.
 
@@ -1002,14 +1003,24 @@ def build_still(
     ``kinds`` may force the defect kind per label (``{"error": "stain"}``). ``leave_out`` places
     every defect as usual (same draws) but leaves those labels' defects out of the scene: the
     same still without them, to measure how visible a defect is (``defect_visibility``).
+    ``length_change`` (a normal seam only): the stitch length changes between 2 and 4 mm in view,
+    as where an operator changes it or a stretch of the other length begins (neither length, no
+    defect; a video shows it, a still did not).
     """
+    if length_change and (error or brk):
+        raise ValueError("length_change draws a normal seam only")
     pitch_mm = 2.0 if length else 4.0
     margin = max(2.0, size * 0.03)
     centre, ang = _centre_fn(rng, size, S)
     scene = random_scene_style(rng, S, families, ang)
     pitch = pitch_mm * S
     du = pitch * np.cos(ang)  # step along u so the stitches are pitch apart on the line
-    holes = stitch_holes(rng, -du * rng.uniform(1.0, 2.0), size + 2 * du, lambda u: du, centre)
+    u0 = -du * rng.uniform(1.0, 2.0)
+    if length_change:
+        uc, other = rng.uniform(0.25, 0.75) * size, du * (6.0 - pitch_mm) / pitch_mm  # 2 <-> 4 mm
+        holes = stitch_holes(rng, u0, size + 2 * max(du, other), lambda u: du if u < uc else other, centre)
+    else:
+        holes = stitch_holes(rng, u0, size + 2 * du, lambda u: du, centre)
     cu = np.linspace(-64, size + 64, 64)
     scene.centre_u, scene.centre_v = cu, centre(cu)
     if rng.random() < 0.5:
@@ -1153,6 +1164,7 @@ def render_still(
     kinds: dict | None = None,
     meta: dict | None = None,
     min_visibility: float = MIN_VISIBILITY,
+    length_change: bool = False,
 ) -> tuple[np.ndarray, list[Box]]:
     """Render one still at ``size`` px and ``S`` px/mm → (uint8 BGR, boxes).
 
@@ -1167,7 +1179,9 @@ def render_still(
 
     def shoot(drng: np.random.Generator, leave_out: tuple[str, ...] = ()):
         rc = copy.deepcopy(r_cam)
-        scene = build_still(copy.deepcopy(r_scene), drng, size, S, error, brk, length, families, kinds, leave_out)
+        scene = build_still(
+            copy.deepcopy(r_scene), drng, size, S, error, brk, length, families, kinds, leave_out, length_change
+        )
         static = render_static(scene, 0.0, 0.0, size, size)
         H = _perspective(rc, size)
         if H is not None:

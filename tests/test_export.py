@@ -391,12 +391,12 @@ def test_ship_chain_toy(tmp_path):
         min_int8_agreement=90.0,
         # the first set with a third of wider views (an empty length cell where the pixels cannot
         # tell), then the recipe's further stages at toy scale too: on a fresh set, then grown
-        # deeper, then on a set of half wider views
+        # deeper, then on a set of half wider views where half the normal seams change stitch length
         scale=((3.0, 9.0), (9.0, 16.0), (9.0, 16.0)),
         stages=(
             Stage(1, 48, 1e-3),
             Stage(1, 48, 1e-3, "resnet-s2-deep"),
-            Stage(1, 48, 1e-3, scale=((2.3, 9.0), (9.0, 16.0))),
+            Stage(1, 48, 1e-3, scale=((2.3, 9.0), (9.0, 16.0)), length_changes=0.5),
         ),
     )
     b = load_bundle(tmp_path / "bundle")
@@ -413,7 +413,7 @@ def test_ship_chain_toy(tmp_path):
     assert s["settings"]["stages_epochs_run"] == [1, 1, 1] and (tmp_path / "work" / "train3" / "data.csv").is_file()
     assert read_meta(tmp_path / "work" / "model4.keras")["arch"] == "resnet-s2-deep"
     assert (
-        "python -m convert synth --out {} --count 48 --seed 6 --scale-range 2.3:9,9:16".format(
+        "python -m convert synth --out {} --count 48 --seed 6 --scale-range 2.3:9,9:16 --length-changes 0.5".format(
             tmp_path / "work" / "train4"
         )
         in s["commands"]
@@ -429,7 +429,9 @@ def test_ship_chain_toy(tmp_path):
     assert json.loads((tmp_path / "work" / "valid" / "recipe.json").read_text())["scale_range"] is None
     wide = (tmp_path / "work" / "train4" / "data.csv").read_text().splitlines()[1:]
     assert 0 < sum(r.endswith(",") for r in wide) < 48  # the views under 9 px/mm: length unknown
-    assert json.loads((tmp_path / "work" / "train4" / "recipe.json").read_text())["scale_range"] == [[2.3, 9], [9, 16]]
+    recipe4 = json.loads((tmp_path / "work" / "train4" / "recipe.json").read_text())
+    assert recipe4["scale_range"] == [[2.3, 9], [9, 16]] and recipe4["length_changes"] == 0.5
+    assert "length_changes" not in json.loads((tmp_path / "work" / "train2" / "recipe.json").read_text())
     m = _measured(tmp_path / "work" / "model4.keras", tmp_path / "bundle", tmp_path / "work" / "test")
     thr = np.array([b.thresholds[lab] for lab in b.labels])
     accuracy = 100.0 * np.mean((m["classifier_int8"] >= thr) == m["truth"], axis=0)

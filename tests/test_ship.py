@@ -75,12 +75,18 @@ def test_then_flag_parses_and_refuses_in_one_line(tmp_path):
     wide = parse_stage("8:12000:3e-4@2.3:9,9:16")
     assert wide == Stage(8, 12000, 3e-4, scale=((2.3, 9.0), (9.0, 16.0))) and wide.spec() == "8:12000:0.0003@2.3:9,9:16"
     assert parse_stage(wide.spec()) == wide
+    changes = parse_stage("8:12000:1e-4@2.3:9,9:16,9:16,9:16+length-changes=0.25")
+    assert changes.length_changes == 0.25 and changes.scale == ((2.3, 9.0), (9.0, 16.0), (9.0, 16.0), (9.0, 16.0))
+    assert changes.spec() == "8:12000:0.0001@2.3:9,9:16,9:16,9:16+length-changes=0.25"
+    assert parse_stage(changes.spec()) == changes and parse_stage("8:10:1e-4+length-changes=0.1").scale is None
     for bad, why in (
         ("5:100", "expected EPOCHS:COUNT:LR"),
         ("0:100:1e-3", "must be positive"),
         ("5:100:1e-3:vgg16", "cannot grow into 'vgg16'"),
         ("8:100:3e-4@9:3", "expected EPOCHS:COUNT:LR"),
         ("8:100:3e-4@2.3", "expected EPOCHS:COUNT:LR"),
+        ("8:100:3e-4+length-changes=x", "expected EPOCHS:COUNT:LR"),
+        ("8:100:3e-4+length-changes=1.5", "length-changes must be in 0..1"),
     ):
         with pytest.raises(ModelError, match=why):
             parse_stage(bad)

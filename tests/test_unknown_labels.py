@@ -138,3 +138,60 @@ def test_scale_range_refuses_bad_values_in_one_line(tmp_path):
     )
     p = run_convert("synth", "--out", str(tmp_path / "c"), "--count", "2", "--scale-range", "x")
     assert p.returncode == 2 and "'x': expected LO:HI[,LO:HI…]" in p.stderr and "Traceback" not in p.stderr
+
+
+def _pitches(holes: np.ndarray) -> np.ndarray:
+    return np.hypot(*np.diff(holes, axis=0).T)
+
+
+def test_length_change_switches_the_stitch_length_in_view():
+    """A normal seam whose stitch length changes in view: the holes go from one pitch to the other
+    (2 ↔ 4 mm) once, at the first hole past a point in the middle half of the still; the default draws nothing extra."""
+    from convert.synth_render import build_still
+
+    S, size = 12.0, 256
+    for length in (True, False):
+        for i in range(6):
+            rng, drng = np.random.default_rng(i), np.random.default_rng(100 + i)
+            holes = build_still(rng, drng, size, S, False, False, length, length_change=True).holes
+            p = _pitches(holes) / S  # mm along the seam (the line is within ±15° of level)
+            first, last = (2.0, 4.0) if length else (4.0, 2.0)
+            assert np.median(p[:3]) == pytest.approx(first, rel=0.1) and np.median(p[-3:]) == pytest.approx(
+                last, rel=0.1
+            )
+            jump = int(np.argmax(np.abs(np.diff(p)) > 1.0))
+            assert 0.25 * size <= holes[jump + 1, 0] < 0.75 * size + 4 * S and (np.abs(np.diff(p)) > 1.0).sum() == 1
+            same = build_still(np.random.default_rng(i), np.random.default_rng(100 + i), size, S, False, False, length)
+            assert np.allclose(_pitches(same.holes) / S, 2.0 if length else 4.0, rtol=0.1)
+    with pytest.raises(ValueError, match="normal seam only"):
+        build_still(np.random.default_rng(0), np.random.default_rng(1), size, S, True, False, True, length_change=True)
+
+
+def test_length_changes_leave_length_unknown_on_normal_seams_only(tmp_path):
+    from convert.data import read_csv
+    from convert.synth import write_dataset
+
+    csv_path = write_dataset(tmp_path / "c", 40, 2, size=64, length_changes=1.0)
+    ds = read_csv(csv_path, check_images=False)
+    good = ds.targets[:, 0] == 1
+    assert good.sum() >= 8 and np.isnan(ds.targets[good, 3]).all()  # every normal seam changes length
+    assert not np.isnan(ds.targets[~good]).any()  # defect stills keep their length
+    # a share of 0 is the default set, byte for byte
+    a, b = (
+        write_dataset(tmp_path / "a", 12, 2, size=64),
+        write_dataset(tmp_path / "b", 12, 2, size=64, length_changes=0),
+    )
+    assert a.read_text() == b.read_text()
+    names = [f"synth_{i:06d}.png" for i in range(12)]
+    assert all((tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes() for n in names)
+
+
+def test_length_changes_refuses_bad_values_in_one_line(tmp_path):
+    one_line_error(
+        run_convert("synth", "--out", str(tmp_path / "a"), "--count", "2", "--length-changes", "1.5"),
+        "--length-changes must be in 0..1, got 1.5",
+    )
+    one_line_error(
+        run_convert("synth", "--video", str(tmp_path / "v.mp4"), "--frames", "5", "--length-changes", "0.2"),
+        "--length-changes applies to stills (--out) only",
+    )
