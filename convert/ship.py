@@ -12,9 +12,11 @@
    (wider views, ``length`` unknown where the pixels cannot tell; ``recipe.json`` beside it;
    ``--scale-range`` does the same for the first stage's set). The
    shipped recipe (``SHIPPED_STAGES``), each stage on 12,000 fresh images: 20 epochs at 1e-3; 10 at
-   5e-4; grown into ``resnet-s2-deep``, 15 at 1e-3; 8 at 5e-4. The
+   5e-4; grown into ``resnet-s2-deep``, 15 at 1e-3; 8 at 5e-4; then wide: 8 at 2e-4 and 8 at 1e-4
+   with a third of the stills at 2.3-9 px/mm, 8 at 1e-4 with a quarter, and 8 at 1e-4 with a
+   quarter and a quarter of the normal seams changing stitch length in view. The
    first run was still improving at epoch 45 (``--then none`` skips the stages); the defaults of every
-   flag are the shipped recipe, so ``convert ship`` alone rebuilds the shipped model (about 4 h on 2
+   flag are the shipped recipe, so ``convert ship`` alone rebuilds the shipped model (about 5 h 30 min on 2
    CPU cores); resumable: data sets and checkpoints in ``--work`` are reused;
 3. export the bundle with calibration on the validation set (``convert.export``: parity
    check, thresholds calibrated on valid);
@@ -83,11 +85,18 @@ class Stage:
         )
 
 
+THIRD_WIDE = ((2.3, 9.0), (9.0, 16.0), (9.0, 16.0))  # a third of the stills at 2-8 px/mm at 224 px
+QUARTER_WIDE = ((2.3, 9.0), (9.0, 16.0), (9.0, 16.0), (9.0, 16.0))
+
 SHIPPED_STAGES = (
     Stage(20, 12000, 1e-3),
     Stage(10, 12000, 5e-4),
     Stage(15, 12000, 1e-3, "resnet-s2-deep"),
     Stage(8, 12000, 5e-4),
+    Stage(8, 12000, 2e-4, scale=THIRD_WIDE),
+    Stage(8, 12000, 1e-4, scale=THIRD_WIDE),
+    Stage(8, 12000, 1e-4, scale=QUARTER_WIDE),
+    Stage(8, 12000, 1e-4, scale=QUARTER_WIDE, length_changes=0.25),
 )
 
 
