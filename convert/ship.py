@@ -76,7 +76,7 @@ class Stage:
                 )
 
     def spec(self) -> str:
-        scale = ",".join(f"{lo:g}:{hi:g}" for lo, hi in self.scale or ())
+        scale = _ranges_text(self.scale)
         return (
             f"{self.epochs}:{self.count}:{self.lr:g}"
             + (f":{self.arch}" if self.arch else "")
@@ -112,18 +112,18 @@ def parse_stage(text: str) -> Stage:
             raise ValueError
         epochs, count, lr = int(parts[0]), int(parts[1]), float(parts[2])
         changes = float(changes_text) if plus else 0.0
-        scale = None
-        if scale_text:
-            from .synth import check_scale_ranges, parse_scale_ranges
-
-            scale = parse_scale_ranges(scale_text)
-            check_scale_ranges(scale)
-    except (ValueError, argparse.ArgumentTypeError, DataError):
+        scale = _scale_ranges(scale_text) if scale_text else None
+    except (ValueError, argparse.ArgumentTypeError):
         raise ModelError(
             f"--then {text!r}: expected EPOCHS:COUNT:LR[:ARCH][@LO:HI,…][+length-changes=P], "
             "e.g. 20:12000:1e-3 or 8:12000:3e-4@2.3:9,9:16"
         ) from None
     return Stage(epochs, count, lr, parts[3] if len(parts) == 4 else None, scale, changes)
+
+
+def _ranges_text(scale: tuple[tuple[float, float], ...] | None) -> str:
+    """((2.3, 9.0), (9.0, 16.0)) → ``2.3:9,9:16``, as ``--scale-range`` and ``@LO:HI`` take it."""
+    return ",".join(f"{lo:g}:{hi:g}" for lo, hi in scale or ())
 
 
 def _cmd(*parts: object) -> str:
@@ -180,7 +180,7 @@ def ship(
     cmds = []
     for key, (seed, count, set_scale, changes) in sets.items():
         d = work / key
-        scale_arg = ("--scale-range", ",".join(f"{lo:g}:{hi:g}" for lo, hi in set_scale)) if set_scale else ()
+        scale_arg = ("--scale-range", _ranges_text(set_scale)) if set_scale else ()
         changes_arg = ("--length-changes", f"{changes:g}") if changes else ()
         cmds.append(
             _cmd("python -m convert synth --out", d, "--count", count, "--seed", seed, *scale_arg, *changes_arg)

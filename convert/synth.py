@@ -288,6 +288,7 @@ def _check_opts(
     px_per_mm: float | None,
     defect_rate: float,
     scale_range: ScaleRanges | None = None,
+    length_changes: float = 0.0,
 ) -> None:
     if int(count) <= 0:
         raise DataError(f"--count must be ≥ 1, got {count}")
@@ -297,6 +298,8 @@ def _check_opts(
         raise DataError(f"--px-per-mm must be in 0.5..200, got {px_per_mm}")
     if not (0.0 <= float(defect_rate) <= 1.0):
         raise DataError(f"--defect-rate must be in 0..1, got {defect_rate}")
+    if not (0.0 <= float(length_changes) <= 1.0):
+        raise DataError(f"--length-changes must be in 0..1, got {length_changes}")
     if scale_range is not None:
         if px_per_mm is not None:
             raise DataError("--scale-range and --px-per-mm exclude each other (a range or one scale)")
@@ -329,9 +332,7 @@ def write_dataset(
     count, options) give byte-identical files, whatever ``workers`` is (each image has its own
     generator).
     """
-    _check_opts(count, size, px_per_mm, defect_rate, scale_range)
-    if not 0.0 <= length_changes <= 1.0:
-        raise DataError(f"--length-changes must be in 0..1, got {length_changes}")
+    _check_opts(count, size, px_per_mm, defect_rate, scale_range, length_changes)
     fams = check_families(families, exclude_families)
     out = _prepare_dir(Path(out_dir))
     opts = {"size": int(size), "px_per_mm": px_per_mm, "defect_rate": float(defect_rate), "families": fams}
@@ -525,9 +526,8 @@ def run(args: argparse.Namespace) -> int:
             args.video,
             args.frames,
             args.seed,
-            fps=30.0 if args.fps is None else args.fps,
+            **_given(fps=args.fps, base_length_mm=args.base_length),
             stitches_per_min=args.stitches_per_min,
-            base_length_mm=2.0 if args.base_length is None else args.base_length,
             defects=args.defects,
             defect_every_mm=args.defect_every_mm,
             length_stretches=args.length_stretches,
@@ -553,14 +553,12 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         args.count,
         args.seed,
-        size=DEFAULT_SIZE if args.size is None else args.size,
+        **_given(size=args.size, defect_rate=args.defect_rate, length_changes=args.length_changes),
         px_per_mm=args.px_per_mm,
-        defect_rate=DEFAULT_DEFECT_RATE if args.defect_rate is None else args.defect_rate,
         workers=max(1, args.workers or 1),
         progress=True,
         families=fams,
         scale_range=args.scale_range,
-        length_changes=args.length_changes or 0.0,
     )
     dt = time.perf_counter() - t0
     print(f"wrote {args.count} images to {args.out} ({args.count / dt:.0f} images/s), {path}")
@@ -581,6 +579,11 @@ VIDEO_ONLY = (
     "impair",
     "impair_from",
 )
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (not None): the rest keep the writer's own defaults."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _refuse_other_mode(args: argparse.Namespace) -> None:
