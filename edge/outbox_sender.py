@@ -170,6 +170,7 @@ class OutboxSender:
         paho_log: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_session: Callable[[mqtt.Client], None] | None = None,
+        before_online: Callable[[mqtt.Client], None] | None = None,
     ):
         self.client = client
         self.outbox = outbox
@@ -182,6 +183,9 @@ class OutboxSender:
         self._clock = clock  # for the retry of refused alerts (a test passes its own)
         # called in paho's network thread after each connect's `online` (Home Assistant discovery)
         self._on_session = on_session
+        # called there just before `online`: the SUBSCRIBEs, so whoever reacts to `online` (convert
+        # deploy sends its `begin` at once) publishes to a topic the broker already routes to us
+        self._before_online = before_online
         # -- link: written by paho's network thread only (read by everyone)
         self.connected = False
         self.session = 0
@@ -368,7 +372,12 @@ class OutboxSender:
         self.connected = True
         self._last_error = None
         self._log_state(logging.INFO, ("connected",), "MQTT connected to %s:%d (%s)", cfg.host, cfg.port, reason_code)
-        # Published from inside on_connect so it goes out before anything else of this session.
+        if self._before_online is not None:
+            try:
+                self._before_online(client)
+            except Exception as e:  # noqa: BLE001 - an extra must never cost the alerts their link
+                self.log.error("MQTT: on-connect hook failed: %s", e)
+        # Published from inside on_connect so it goes out before any other publication of this session.
         info = client.publish(self.status_topic, "online", qos=1, retain=True)
         if info.rc == mqtt.MQTT_ERR_SUCCESS:
             self._events.put(_Online(self.session, info.mid))

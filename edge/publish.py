@@ -125,6 +125,9 @@ class Publisher:
         self._inbound: list[str] = []  # topics subscribed (QoS 1) on every connect (``listen``)
         self._paused: set[str] = set()  # of those, the ones not subscribed for now (``set_listening``)
         self._inbound_lock = threading.Lock()  # paho's thread (connect, pause) and the samples worker (resume)
+        # model/state waits for the session's subscriptions (``model_state``): the latest payload, if held back
+        self._subscribed_session = 0  # the sender's session whose inbound topics are subscribed
+        self._held_state: bytes | None = None
         if self.enabled:
             setup = make_client(cfg, station, self.topics.status, self.log)
             self._setup, self._client = setup, setup.client
@@ -142,16 +145,30 @@ class Publisher:
                 log=self.log,
                 paho_log=setup.paho_log,
                 on_session=self._on_session,
+                before_online=self._subscribe,
             )
 
-    def _on_session(self, client: mqtt.Client) -> None:
-        """paho's network thread, after each connect's ``online``: discovery, then the inbound topics."""
-        if self.announcer is not None:
-            self.announcer.on_connect(client)
+    def _subscribe(self, client: mqtt.Client) -> None:
+        """paho's network thread, on each connect before ``online``: the inbound topics.
+
+        Before ``online`` and ``model/state`` on the same socket, so the broker has the subscriptions
+        when a fleet tool that saw either publishes on ``model/set`` (``convert deploy`` does at once).
+        """
         with self._inbound_lock:
             for topic in self._inbound:
                 if topic not in self._paused:  # a paused topic stays unsubscribed across a reconnect
                     client.subscribe(topic, qos=1)
+            if self._sender is not None:  # always: the sender is who calls this hook
+                self._subscribed_session = self._sender.session
+
+    def _on_session(self, client: mqtt.Client) -> None:
+        """paho's network thread, after each connect's ``online``: discovery, then a held ``model/state``."""
+        if self.announcer is not None:
+            self.announcer.on_connect(client)
+        with self._inbound_lock:
+            held, self._held_state = self._held_state, None
+            if held is not None:
+                client.publish(f"{self.cfg.prefix}/{self.station}/model/state", held, qos=1, retain=True)
 
     def listen(self, topic: str, callback: Any) -> bool:
         """Subscribe to ``topic`` (QoS 1) on every connect; paho's network thread calls ``callback``.
@@ -292,12 +309,22 @@ class Publisher:
     def model_state(self, payload: dict[str, Any]) -> None:
         """Retained QoS 1 ``<prefix>/<station>/model/state`` JSON (``edge.modelswap``); never blocks.
 
-        At start and after each reload attempt; paho queues it while the broker is away.
+        At start and after each reload attempt. It goes out only once this connection's inbound
+        topics are subscribed: a fleet tool that sees ``active`` may publish on ``model/set`` at once,
+        and paho would otherwise send it right behind CONNECT, before the SUBSCRIBE (the broker then
+        drops the rollout). Until then the newest payload is held and sent by the connect hook.
         """
-        if self._client is None:
+        if self._client is None or self._sender is None:
             return
-        topic = f"{self.cfg.prefix}/{self.station}/model/state"
-        self._client.publish(topic, encode(payload), qos=1, retain=True)
+        data = encode(payload)
+        with self._inbound_lock:
+            sender = self._sender
+            if not (sender.connected and self._subscribed_session == sender.session):
+                self._held_state = data  # the newest wins: it is retained state, not a log
+                return
+            self._held_state = None  # an older one must not follow this
+            topic = f"{self.cfg.prefix}/{self.station}/model/state"
+            self._client.publish(topic, data, qos=1, retain=True)
 
     def heatmap(self, event_id: str, jpeg: bytes) -> bool:
         """The latest overlay JPEG on ``/heatmap``, retained, QoS 0, ``event_id`` as an MQTT 5 user property.

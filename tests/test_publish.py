@@ -7,7 +7,9 @@ import logging
 import threading
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.errors import ConfigError
 from edge.outbox import Outbox
@@ -285,3 +287,69 @@ def test_empty_or_bad_host_at_run_time_is_a_config_error_not_a_traceback(tmp_pat
         with pytest.raises(ConfigError, match=f"^{key}: "):
             Publisher(cfg, "st1", ob)
     ob.close()
+
+
+def test_online_and_model_state_go_out_only_after_the_sessions_subscriptions(
+    mqtt_broker_factory, mqtt_subscriber, mqtt_publisher
+):
+    """A fleet tool that sees ``online`` or ``model/state`` may publish on ``model/set`` at once
+    (``convert deploy`` does): both must reach the broker behind the SUBSCRIBE of that connection, or
+    the broker drops the rollout. paho sends a publish made while CONNECT is in flight right behind
+    it (before ``on_connect`` can subscribe), so the publisher holds the newest state until its
+    connect hook has subscribed, and subscribes before ``online`` — at start, and again after a
+    broker restart. The order is asserted on the real client's calls (a spy that calls through),
+    and a message on ``model/set`` then reaches the station's callback."""
+    broker = mqtt_broker_factory(start=False)
+    pub = mqtt_publisher(broker, station="st1", start=False)
+    calls: list[tuple[str, str]] = []
+    client = pub._client
+    real_sub, real_pub = client.subscribe, client.publish
+
+    def subscribe(topic, *a, **kw):
+        calls.append(("subscribe", topic))
+        return real_sub(topic, *a, **kw)
+
+    def publish(topic, payload=None, *a, **kw):
+        if topic.endswith("/model/state"):
+            calls.append(("state", json.loads(payload)["state"]))
+        elif topic.endswith("/status"):
+            calls.append(("status", payload))
+        return real_pub(topic, payload, *a, **kw)
+
+    client.subscribe, client.publish = subscribe, publish
+    got: list[bytes] = []
+    assert pub.listen("seamqc/st1/model/set", lambda c, u, m: got.append(m.payload))
+    pub.start()
+    pub.model_state({"state": "loading"})  # the broker is down: held, not queued in paho
+    pub.model_state({"state": "active"})  # the newest wins
+    assert calls == []
+    broker.start()
+    sub = mqtt_subscriber(broker, "seamqc/st1/model/state")
+    assert sub.wait_for("seamqc/st1/model/state", timeout=20).json()["state"] == "active"
+    assert calls == [("subscribe", "seamqc/st1/model/set"), ("status", "online"), ("state", "active")]
+    assert [m.json()["state"] for m in sub.on("seamqc/st1/model/state")] == ["active"]  # "loading" never sent
+
+    pub.model_state({"state": "failed: x"})  # connected and subscribed: out at once
+    assert calls[-1] == ("state", "failed: x")
+    sub.wait_for("seamqc/st1/model/state", lambda m: m.json()["state"] == "failed: x")
+
+    # a broker restart: the state published meanwhile follows the new connection's SUBSCRIBE
+    broker.stop()
+    wait_until(lambda: not pub.connected, timeout=10)
+    del calls[:]
+    pub.model_state({"state": "active"})
+    broker.start()
+    wait_until(lambda: ("state", "active") in calls, timeout=20)
+    assert calls == [("subscribe", "seamqc/st1/model/set"), ("status", "online"), ("state", "active")]
+
+    # end to end: a message on model/set reaches the callback
+    c = mqtt.Client(CallbackAPIVersion.VERSION2)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        c.publish("seamqc/st1/model/set", b"hello", qos=1).wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    wait_until(lambda: got == [b"hello"], timeout=10)
+    pub.stop()
