@@ -36,6 +36,10 @@ that were in flight when the connection dropped *after* ``on_connect`` returns. 
 acknowledgement is processed by paho's network thread only after that re-send, so publishing the
 rest of the outbox after it keeps the broker-side order equal to the outbox order. The sender is
 ready only in the session whose ``online`` was acknowledged, so a reconnect stops it at once.
+
+Why ``before_online`` runs first on each connect: it sends the SUBSCRIBEs. ``convert deploy`` answers
+a station's ``online`` with a ``begin`` at once; a SUBSCRIBE queued after ``online`` could reach the
+broker after that ``begin``, which the broker would then drop.
 """
 
 from __future__ import annotations
