@@ -276,6 +276,24 @@ def grow(base, arch: str, n_labels: int, size: int, filters: int, task: str):
     return new
 
 
+def resize_input(base, arch: str, n_labels: int, size: int, filters: int, task: str):
+    """A fresh ``arch`` model of input ``size``×``size`` carrying every weight of ``base``.
+
+    In a fully convolutional net with a global-average-pooled head no weight depends on the input
+    size, so training resumes from ``base`` while the model sees finer detail (a stitch hole, a
+    skipped stitch) at (size / old size)² its multiply-adds. An architecture with a weight that does
+    depend on it (a flatten before a dense layer) is refused in one line."""
+    new = build_model(arch, n_labels, size, size, filters, task)
+    wa, wb = base.get_weights(), new.get_weights()
+    if [w.shape for w in wa] != [w.shape for w in wb]:
+        raise ModelError(
+            f"--init model {base.name!r}: its weights do not fit {arch} at {size}x{size} "
+            "(only fully convolutional models with a pooled head can change input size)"
+        )
+    new.set_weights(wa)
+    return new
+
+
 # --- saving and loading ------------------------------------------------------------------------
 
 META_ENTRY = "seamqc.json"  # extra zip entry in a .keras file; Keras ignores it when loading

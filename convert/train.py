@@ -61,7 +61,7 @@ from edge.errors import DataError, ModelError
 from .data import check_roi, load_dataset, make_sequence, parse_oversample
 from .data import oversample as oversample_dataset
 from .loading import add_preprocess_args
-from .models import ARCHS, GROWS_FROM, build_model, check_arch, grow, save_model
+from .models import ARCHS, GROWS_FROM, build_model, check_arch, grow, resize_input, save_model
 from .roi import add_roi_args, roi_from_args
 
 CKPT_RE = re.compile(r"^ckpt-e(\d+)-.*\.keras$")
@@ -94,6 +94,21 @@ def last_checkpoint(ckpt_dir: Path) -> tuple[Path, int] | None:
             if m and (best is None or int(m.group(1)) > best[1]):
                 best = (p, int(m.group(1)))
     return best
+
+
+def resumed_size(ckpt_dir: Path) -> int:
+    """The input side of the newest checkpoint (its ``config.json``'s input layer), so a resumed
+    ``--init`` run without ``--size`` keeps the size it started with; 128 when it cannot be read."""
+    import zipfile
+
+    last = last_checkpoint(ckpt_dir)
+    try:
+        assert last is not None
+        with zipfile.ZipFile(last[0]) as z:
+            layers = json.loads(z.read("config.json"))["config"]["layers"]
+        return int(next(lay["config"]["batch_shape"][1] for lay in layers if lay["class_name"] == "InputLayer"))
+    except (AssertionError, OSError, KeyError, ValueError, TypeError, StopIteration, zipfile.BadZipFile):
+        return DEFAULT_SIZE
 
 
 def draw_curves(history: dict, path: Path, size: tuple[int, int] = (900, 360)) -> None:
@@ -137,6 +152,9 @@ def draw_curves(history: dict, path: Path, size: tuple[int, int] = (900, 360)) -
             cv2.LINE_AA,
         )
     cv2.imwrite(str(path), img)
+
+
+DEFAULT_SIZE = 128  # the model input side when neither --size nor an --init model says
 
 
 def run_path(out: Path) -> Path:
@@ -258,7 +276,7 @@ def train(
     out: str | Path,
     arch: str = "resnet-int8",
     epochs: int = 10,
-    size: int = 128,
+    size: int | None = None,
     filters: int = 64,
     batch: int = 16,
     lr: float | None = None,
@@ -294,7 +312,9 @@ def train(
         raise ModelError(f"--freeze {freeze}: needs --init and must be >= 0")
     if init:
         init_model_path(init)  # a bad --init is one line, before TensorFlow loads
-    if epochs < 1 or size < 16 or batch < 1 or filters < 1 or not lr > 0:
+    if size is None and not init:
+        size = DEFAULT_SIZE
+    if epochs < 1 or (size is not None and size < 16) or batch < 1 or filters < 1 or not lr > 0:
         raise ModelError(
             f"epochs {epochs}, size {size}, batch {batch}, filters {filters}, lr {lr}: must be positive (size >= 16)"
         )
@@ -327,10 +347,10 @@ def train(
     if init and not (resume and last_checkpoint(ckpt_dir)):
         base, base_meta = init_model(init, tr.labels, tr.task)
         mode = mode or str(base_meta.get("preprocess") or "seam")
-        if (int(base_meta["height"]), int(base_meta["width"])) != (size, size):
-            if base_meta["height"] != base_meta["width"]:
-                raise ModelError(f"--init {init}: input {base_meta['height']}x{base_meta['width']} is not square")
-            size = int(base_meta["height"])
+        if base_meta["height"] != base_meta["width"]:
+            raise ModelError(f"--init {init}: input {base_meta['height']}x{base_meta['width']} is not square")
+        base_size = int(base_meta["height"])
+        size = base_size if size is None else size
         base_arch = str(base_meta.get("arch", arch))
         filters = int(base_meta.get("filters", filters))
         if GROWS_FROM.get(arch) == base_arch:  # e.g. resnet-s2 → resnet-s2-deep: identity blocks added
@@ -338,6 +358,11 @@ def train(
             print(f"--init {init}: {base_arch} grown into {arch} (new blocks start as the identity)", file=sys.stderr)
         else:
             arch = base_arch
+            if size != base_size:  # the same weights at another input size (models.resize_input)
+                base = resize_input(base, arch, len(tr.labels), size, filters, tr.task)
+                print(f"--init {init}: input {base_size}x{base_size} → {size}x{size}", file=sys.stderr)
+    if size is None:  # resumed with --init and no --size: the checkpoint's own input size
+        size = resumed_size(ckpt_dir)
     mode = mode or "seam"
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(exist_ok=True)
@@ -453,7 +478,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE.keras")
     p.add_argument("--arch", default="resnet-int8", help=f"one of {', '.join(ARCHS)} (default resnet-int8)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--size", type=int, default=128, help="square model input (default 128)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help=f"square model input (default {DEFAULT_SIZE}, or the --init model's; with --init, another size "
+        "fine-tunes the same weights at that input: finer detail, (size/old)² the cost)",
+    )
     p.add_argument("--filters", type=int, default=64, help="filters of the first stage (seed: 64)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument(

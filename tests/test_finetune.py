@@ -150,6 +150,39 @@ def test_init_grows_resnet_s2_into_the_deeper_model(tiny_dataset, tiny_valid, tm
     assert sum(type(lyr).__name__ == "Add" for lyr in model.layers) == 11
 
 
+def test_init_at_another_input_size_keeps_every_weight_and_resumes_at_it(tiny_dataset, tiny_valid, tmp_path):
+    """``train --init M.keras --size N`` fine-tunes the same weights at input N (finer detail): the
+    resized model carries every weight unchanged, the trained one records N, and ``--resume`` without
+    ``--size`` stays at N. A model whose weights depend on the input size is refused in one line."""
+    from convert.models import build_model, load_keras, resize_input, save_model
+    from edge.errors import ModelError
+
+    base = build_model("resnet-s2", 4, 64, 64, filters=4)
+    wide = resize_input(base, "resnet-s2", 4, 96, 4, "multilabel")
+    assert tuple(wide.inputs[0].shape) == (None, 96, 96, 3)
+    old, new = base.get_weights(), wide.get_weights()
+    assert len(old) == len(new) > 20 and all(np.array_equal(a, b) for a, b in zip(old, new, strict=True))
+    fruit = build_model("fruit-cnn", 3, 64, 64, filters=4)  # flatten → dense: its weights depend on the size
+    with pytest.raises(ModelError, match=r"do not fit fruit-cnn at 96x96 \(only fully convolutional"):
+        resize_input(fruit, "fruit-cnn", 3, 96, 4, "multiclass")
+
+    small = tmp_path / "s2.keras"
+    meta = {"labels": ["good", "error", "break", "length"], "task": "multilabel", "arch": "resnet-s2"}
+    save_model(base, small, {**meta, "height": 64, "width": 64, "filters": 4, "preprocess": "seam"})
+    out = tmp_path / "big.keras"
+    args = ["--train", str(tiny_dataset), "--valid", str(tiny_valid), "--out", str(out), "--init", str(small)]
+    p = run_convert("train", *args, "--size", "96", "--epochs", "1", "--batch", "32", timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "input 64x64 → 96x96" in p.stderr
+    model, got = load_keras(out)
+    assert got["height"] == got["width"] == 96 and tuple(model.inputs[0].shape) == (None, 96, 96, 3)
+    assert got["arch"] == "resnet-s2" and got["filters"] == 4
+    p = run_convert("train", *args, "--epochs", "2", "--batch", "32", "--resume", timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resuming from ckpt-e01" in p.stderr
+    assert load_keras(out)[1]["height"] == 96  # the checkpoint's size, not the --init model's 64
+
+
 def test_init_errors_are_one_line(tmp_path, tiny_valid):
     for extra, needle in (
         (["--freeze", "1"], "--freeze 1: needs --init"),
