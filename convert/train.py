@@ -102,12 +102,13 @@ def resumed_size(ckpt_dir: Path) -> int:
     import zipfile
 
     last = last_checkpoint(ckpt_dir)
+    if last is None:
+        return DEFAULT_SIZE
     try:
-        assert last is not None
         with zipfile.ZipFile(last[0]) as z:
             layers = json.loads(z.read("config.json"))["config"]["layers"]
         return int(next(lay["config"]["batch_shape"][1] for lay in layers if lay["class_name"] == "InputLayer"))
-    except (AssertionError, OSError, KeyError, ValueError, TypeError, StopIteration, zipfile.BadZipFile):
+    except (OSError, KeyError, ValueError, TypeError, StopIteration, zipfile.BadZipFile):
         return DEFAULT_SIZE
 
 
