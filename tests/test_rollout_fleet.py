@@ -11,7 +11,8 @@
 Every station classifies a looping 5 fps noise video with ``decision.thresholds.error: 0`` (an
 alert every 2 s), so alerts flow through the whole rollout: every alert a daemon logged (it logs
 one only once it is in its outbox) reaches the subscriber, each ``event_id`` once after
-de-duplication, none unknown; no station waits more than 1 s for a frame at its swap; and the
+de-duplication, none unknown (but for at most one of the SIGKILLed daemon's boot: stored, so
+delivered, and killed before its log line); no station waits more than 1 s for a frame at its swap; and the
 rollout itself is timed (target: ≤ 30 s for 20 stations on loopback).
 """
 
@@ -117,6 +118,7 @@ def test_fleet_rollout_with_a_crash_a_corrupted_chunk_and_a_failing_selfcheck(
         procs[KILLED].kill()
         procs[KILLED].wait(10)
         assert at["rollout"]["next"] < at["rollout"]["chunks"]
+        killed_boot = at["rollout"]["boot"]  # also the boot part of that daemon's event ids
         logged[KILLED] = [e.get("event_id") for e in procs[KILLED].snapshot() if e.name == "alert"]
         procs[KILLED] = start_daemon(cfgs[KILLED])
         deployer.join(180)
@@ -171,7 +173,11 @@ def test_fleet_rollout_with_a_crash_a_corrupted_chunk_and_a_failing_selfcheck(
         ids = logged.get(name, []) + [e.get("event_id") for e in events if e.name == "alert"]
         assert len(ids) == len(set(ids)) and ids, name
         got = received.get(name, [])
-        assert set(got) == set(ids), (name, set(ids) - set(got), set(got) - set(ids))
+        unlogged = set(got) - set(ids)
+        if name == KILLED:  # the daemon stores an alert, then logs it: SIGKILL may fall in between
+            assert len(unlogged) <= 1 and all(e.startswith(f"{KILLED}-{killed_boot}-") for e in unlogged), unlogged
+            unlogged = set()
+        assert set(ids) <= set(got) and not unlogged, (name, set(ids) - set(got), unlogged)
         total, dupes = total + len(ids), dupes + len(got) - len(set(got))
         for sw in (e for e in events if e.name == "model_swap"):
             assert sw.get("classify_gap_ms") < 1000 and sw.get("capture_gap_ms") < 1000, (name, sw.data)
