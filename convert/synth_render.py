@@ -1016,11 +1016,11 @@ def build_still(
     pitch = pitch_mm * S
     du = pitch * np.cos(ang)  # step along u so the stitches are pitch apart on the line
     u0 = -du * rng.uniform(1.0, 2.0)
+    step, reach = (lambda u: du), du
     if length_change:
         uc, other = rng.uniform(0.25, 0.75) * size, du * (6.0 - pitch_mm) / pitch_mm  # 2 <-> 4 mm
-        holes = stitch_holes(rng, u0, size + 2 * max(du, other), lambda u: du if u < uc else other, centre)
-    else:
-        holes = stitch_holes(rng, u0, size + 2 * du, lambda u: du, centre)
+        step, reach = (lambda u: du if u < uc else other), max(du, other)
+    holes = stitch_holes(rng, u0, size + 2 * reach, step, centre)
     cu = np.linspace(-64, size + 64, 64)
     scene.centre_u, scene.centre_v = cu, centre(cu)
     if rng.random() < 0.5:

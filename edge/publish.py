@@ -128,6 +128,7 @@ class Publisher:
         # model/state waits for the session's subscriptions (``model_state``): the latest payload, if held back
         self._subscribed_session = 0  # the sender's session whose inbound topics are subscribed
         self._held_state: bytes | None = None
+        self._state_topic = f"{cfg.prefix}/{station}/model/state"
         if self.enabled:
             setup = make_client(cfg, station, self.topics.status, self.log)
             self._setup, self._client = setup, setup.client
@@ -168,7 +169,7 @@ class Publisher:
         with self._inbound_lock:
             held, self._held_state = self._held_state, None
             if held is not None:
-                client.publish(f"{self.cfg.prefix}/{self.station}/model/state", held, qos=1, retain=True)
+                client.publish(self._state_topic, held, qos=1, retain=True)
 
     def listen(self, topic: str, callback: Any) -> bool:
         """Subscribe to ``topic`` (QoS 1) on every connect; paho's network thread calls ``callback``.
@@ -323,8 +324,7 @@ class Publisher:
                 self._held_state = data  # the newest wins: it is retained state, not a log
                 return
             self._held_state = None  # an older one must not follow this
-            topic = f"{self.cfg.prefix}/{self.station}/model/state"
-            self._client.publish(topic, data, qos=1, retain=True)
+            self._client.publish(self._state_topic, data, qos=1, retain=True)
 
     def heatmap(self, event_id: str, jpeg: bytes) -> bool:
         """The latest overlay JPEG on ``/heatmap``, retained, QoS 0, ``event_id`` as an MQTT 5 user property.
