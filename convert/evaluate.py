@@ -17,6 +17,10 @@ defect-vs-normal and broken-vs-normal AUROC) at the same thresholds: where is th
 ``--by-kind`` (the same synth data sets; ``meta.csv`` names the defect drawn for ``error`` and
 ``break``): per defect kind, how many the model finds (its label at the threshold) and how many it
 flags as not good at all, with the normal images' false flags beside them: which defects is it blind to?
+Where ``meta.csv`` has the ``visibility`` column (how much the image's least visible defect changes
+the model's 128-px input, ``synth_render.defect_visibility``), each kind's found share is also split
+at visibility 20 and 50: a kind missed only below 20 is one the pixels barely show, a kind missed at
+every visibility is one the model has not learnt (stains, on the 2026-12-06 bundle).
 
 Thresholds: the bundle's (or 0.5), or with ``--calibrate VALID`` calibrated per label on that
 validation set by *maximising per-label accuracy* (the number the seed reports and the line
@@ -191,6 +195,11 @@ def kind_scores(ds: Dataset, probs: np.ndarray, labels: Sequence[str], threshold
     from .synth_render import BREAK_KINDS, ERROR_KINDS
 
     columns = read_meta_columns(_folder(ds), "error_kind", "break_kind")
+    try:
+        vis_col = read_meta_columns(_folder(ds), "visibility")["visibility"]
+    except DataError:  # a data set drawn before synth recorded visibility: kinds without the split
+        vis_col = None
+    vis = np.array([_number(vis_col.get(str(Path(p).resolve()), "")) for p in ds.paths]) if vis_col else None
     li = {lab: i for i, lab in enumerate(labels)}
     above = {lab: probs[:, li[lab]] >= thresholds[lab] for lab in labels}
     flagged = ~above["good"]
@@ -209,6 +218,8 @@ def kind_scores(ds: Dataset, probs: np.ndarray, labels: Sequence[str], threshold
                     "flagged": round(100.0 * float(flagged[sel].mean()), 2),
                     "median_score": round(float(np.median(probs[sel, li[lab]])), 4),
                 }
+                if vis is not None:
+                    out[k]["by_visibility"] = _visibility_split(vis[sel], above[lab][sel])
     normal = (ds.targets[:, li["error"]] < 0.5) & (ds.targets[:, li["break"]] < 0.5)
     if normal.any():
         out["none"] = {
@@ -221,15 +232,48 @@ def kind_scores(ds: Dataset, probs: np.ndarray, labels: Sequence[str], threshold
     return out
 
 
+#: where ``--by-kind`` splits each kind's found share by the defect's visibility (``meta.csv``)
+VISIBILITY_SPLIT = (20.0, 50.0)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
+def _visibility_bins() -> list[tuple[str, float, float]]:
+    lo, hi = VISIBILITY_SPLIT
+    return [(f"<{lo:g}", 0.0, lo), (f"{lo:g}-{hi:g}", lo, hi), (f">={hi:g}", hi, float("inf"))]
+
+
+def _visibility_split(vis: np.ndarray, found: np.ndarray) -> dict[str, dict]:
+    """Bin name → count and found % of the images whose visibility falls in it (unknown: left out)."""
+    out = {}
+    for name, lo, hi in _visibility_bins():
+        sel = (vis >= lo) & (vis < hi)
+        n = int(sel.sum())
+        out[name] = {"count": n, "found": round(100.0 * float(found[sel].mean()), 2) if n else None}
+    return out
+
+
 def kind_table(kinds: dict) -> str:
-    """Markdown, one row per defect kind, the normal images last."""
+    """Markdown, one row per defect kind, the normal images last; found by visibility when known."""
+    split = any("by_visibility" in s for s in kinds.values())
+    bins = [name for name, _, _ in _visibility_bins()] if split else []
     rows = [
-        "| defect kind | label | n | found (its label ≥ threshold) | flagged (good < threshold) | median score |",
-        "|---|---|---|---|---|---|",
+        "| defect kind | label | n | found (its label ≥ threshold) | flagged (good < threshold) | median score |"
+        + "".join(f" found, visibility {b.replace('>=', '≥ ').replace('<', '< ').replace('-', '–')} |" for b in bins),
+        "|---|---|---|---|---|---|" + "---|" * len(bins),
     ]
     for k, s in kinds.items():
         found = f"{s['found']:.1f} % (false error or break)" if k == "none" else f"{s['found']:.1f} %"
-        rows.append(f"| {k} | {s['label']} | {s['count']} | {found} | {s['flagged']:.1f} % | {s['median_score']:.3f} |")
+        row = f"| {k} | {s['label']} | {s['count']} | {found} | {s['flagged']:.1f} % | {s['median_score']:.3f} |"
+        for b in bins:
+            cell = s.get("by_visibility", {}).get(b)
+            row += " – |" if not cell or cell["found"] is None else f" {cell['found']:.1f} % ({cell['count']}) |"
+        rows.append(row)
     return "\n".join(rows)
 
 

@@ -135,6 +135,7 @@ def test_evaluate_by_kind_splits_the_predictions_by_defect_kind(tmp_path, tiny_b
     ds = load_dataset(tmp_path / "d" / "data.csv")
     li = {lab: i for i, lab in enumerate(ds.labels)}
     kinds = ev.metrics["kinds"]
+    visibility = read_meta_columns(tmp_path / "d", "visibility")["visibility"]
     for lab in ("error", "break"):
         col = read_meta_columns(tmp_path / "d", f"{lab}_kind")[f"{lab}_kind"]
         kind = np.array([col[p] for p in ds.paths])
@@ -147,11 +148,27 @@ def test_evaluate_by_kind_splits_the_predictions_by_defect_kind(tmp_path, tiny_b
             assert s["found"] == pytest.approx(100.0 * found.mean(), abs=0.01)
             flagged = ev.probabilities[sel, li["good"]] < ev.thresholds["good"]
             assert s["flagged"] == pytest.approx(100.0 * flagged.mean(), abs=0.01)
+            # found split by the defect's visibility (meta.csv), the same predictions sliced again
+            vis = np.array([float(visibility[p]) for p in np.array(ds.paths)[sel]])
+            split = s["by_visibility"]
+            assert sum(c["count"] for c in split.values()) == s["count"]
+            for name, lo, hi in (("<20", 0, 20), ("20-50", 20, 50), (">=50", 50, np.inf)):
+                in_bin = (vis >= lo) & (vis < hi)
+                assert split[name]["count"] == int(in_bin.sum())
+                want = None if not in_bin.any() else pytest.approx(100.0 * found[in_bin].mean(), abs=0.01)
+                assert split[name]["found"] == want
     normal = (ds.targets[:, li["error"]] < 0.5) & (ds.targets[:, li["break"]] < 0.5)
     assert kinds["none"]["count"] == int(normal.sum()) > 0
     assert "| none | good |" in ev.report and "| defect kind |" in ev.report
-    # a meta.csv from before the kind columns: one DataError line naming the column
+    assert "found, visibility < 20 | found, visibility 20–50 | found, visibility ≥ 50 |" in ev.report
+    assert "by_visibility" not in kinds["none"]
+    # a meta.csv from before the visibility column: the kinds without the split
     meta = tmp_path / "d" / "meta.csv"
+    meta.write_text("\n".join(",".join(r.split(",")[:7]) for r in meta.read_text().splitlines()) + "\n")
+    ev = evaluate(tiny_bundle, tmp_path / "d", by_kind=True)
+    assert ev.metrics["kinds"].keys() == kinds.keys()
+    assert all("by_visibility" not in s for s in ev.metrics["kinds"].values()) and "visibility" not in ev.report
+    # a meta.csv from before the kind columns: one DataError line naming the column
     meta.write_text("\n".join(",".join(r.split(",")[:5]) for r in meta.read_text().splitlines()) + "\n")
     with pytest.raises(DataError, match="'error_kind'"):
         evaluate(tiny_bundle, tmp_path / "d", by_kind=True)
