@@ -11,18 +11,23 @@ retrained from time to time, so it stays out of the loop entirely.
    every defect that passed without an alert;
 3. ``collect`` (in-process, the shared subscription) writes the samples; the review is automatic
    from the truth, through the ``label --images`` state machine (Enter-by-Enter, like a person);
-4. ``split``, ``train --init`` (the single-look bundle, lr 1e-3, nothing frozen, every error image
-   three times per epoch: ``--oversample error=3``), ``export``;
+4. ``split``, ``train --init`` (the single-look bundle, lr 1e-3, nothing frozen, 20 epochs, every
+   error image five times per epoch: ``--oversample error=5``), ``export``;
 5. the daemon again, single-look and fine-tuned, on a *new* 1,800-frame video of the same fabric
    (same look and bobbin thread, other defects and layout: ``synth.write_video(style_seed=…)``; 33
    error/break defects, of which the single-look model misses 12, no false alarms).
 
 Target (issue 14 #6): misses + false alarms on the new video drop by at least half; asserted.
-Measured on 2026-12-05 (README "The data loop"): 12 -> 4, 3 and 3 in the test's runs, and 3, 4, 4, 3 when
-four other kept rounds were fine-tuned the same way offline. Without ``--oversample`` the same
-rounds gave 6-8 (mean 6.8), and with the recipe before that day (``--freeze 2 --lr 3e-4``) 7-9:
-the round's data is mostly good frames (about 30-40 error images of 150), and three of the
-misses left then are skipped stitches that look like the rest of this thick-thread line.
+Measured (README "The data loop"): with the recipe of 2026-12-05 (``--oversample error=3``, 10
+epochs) 12 -> 4, 3, 3 in the test's runs and 2-6 offline, then 7 in a CI run of 2026-12-06 and 6,
+6, 6 (three training seeds) on a round kept that day: the 8-filter model was still under-fitting
+(the fine-tuned bundle found 79 % of the error images it was trained on). With 20 epochs and
+``error=5`` the two rounds kept on 2026-12-06 gave 2, 2, 2, 2 (two seeds each), and the
+test's next run 1. Without
+``--oversample`` the rounds of 2026-12-05 gave 6-8 (mean 6.8), and with the recipe before that
+(``--freeze 2 --lr 3e-4``) 7-9: the round's data is mostly good frames (about 30-50 error images
+of 170), and the misses left are skipped stitches that look like the rest of this thick-thread
+line.
 
 Why felt, and why a 60 s loop video: ``felt`` and ``fleece`` are the families the single-look
 model never saw. With a 900-frame loop video round 1 gave too little to learn from (felt: 100
@@ -190,7 +195,7 @@ class Operator:
         self.client.disconnect()
 
 
-@pytest.mark.slow  # two synthetic videos, a 60 s replay, a fine-tune and an export: about 3 minutes
+@pytest.mark.slow  # two synthetic videos, a 60 s replay, a fine-tune and an export: about 4-4.5 minutes
 def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tmp_path):
     work = tmp_path
     loop_video, check_video = work / "felt-loop.mp4", work / "felt-check.mp4"
@@ -248,11 +253,11 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
         "--lr",
         "1e-3",
         "--oversample",
-        "error=3",
+        "error=5",
         "--epochs",
-        "10",
+        "20",
         "--patience",
-        "10",
+        "20",
         "--batch",
         "16",
         timeout=900,
@@ -280,6 +285,7 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
     # measured: 12 (12 of 33 defects missed, no false alarms) in every run; the margin leaves room
     # for TFLite rounding on another CPU while still asserting a model that is wrong on felt
     assert before["errors"] >= 9
-    # the issue's target: misses + false alarms at most half of the single-look model's. Measured
-    # 12 -> 4, 3, 3 in the test's runs, 3-4 in offline fine-tunes of four more rounds (margin: 2 errors)
+    # the issue's target: misses + false alarms at most half of the single-look model's. Measured with
+    # this recipe: 12 -> 2 on two kept rounds, two training seeds each, 1 in the test (the 10-epoch x3 recipe before
+    # gave 2-7, and 7 failed a CI run)
     assert after["errors"] * 2 <= before["errors"]
