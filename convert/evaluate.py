@@ -243,15 +243,20 @@ def _number(text: str) -> float:
         return float("nan")
 
 
-def _visibility_bins() -> list[tuple[str, float, float]]:
+def _visibility_bins() -> list[tuple[str, str, float, float]]:
+    """(JSON key, table heading, low, high) of each visibility bin, low inclusive."""
     lo, hi = VISIBILITY_SPLIT
-    return [(f"<{lo:g}", 0.0, lo), (f"{lo:g}-{hi:g}", lo, hi), (f">={hi:g}", hi, float("inf"))]
+    return [
+        (f"<{lo:g}", f"< {lo:g}", 0.0, lo),
+        (f"{lo:g}-{hi:g}", f"{lo:g}–{hi:g}", lo, hi),
+        (f">={hi:g}", f"≥ {hi:g}", hi, float("inf")),
+    ]
 
 
 def _visibility_split(vis: np.ndarray, found: np.ndarray) -> dict[str, dict]:
-    """Bin name → count and found % of the images whose visibility falls in it (unknown: left out)."""
+    """Bin key → count and found % of the images whose visibility falls in it (unknown: left out)."""
     out = {}
-    for name, lo, hi in _visibility_bins():
+    for name, _, lo, hi in _visibility_bins():
         sel = (vis >= lo) & (vis < hi)
         n = int(sel.sum())
         out[name] = {"count": n, "found": round(100.0 * float(found[sel].mean()), 2) if n else None}
@@ -261,17 +266,17 @@ def _visibility_split(vis: np.ndarray, found: np.ndarray) -> dict[str, dict]:
 def kind_table(kinds: dict) -> str:
     """Markdown, one row per defect kind, the normal images last; found by visibility when known."""
     split = any("by_visibility" in s for s in kinds.values())
-    bins = [name for name, _, _ in _visibility_bins()] if split else []
+    bins = [(key, heading) for key, heading, _, _ in _visibility_bins()] if split else []
     rows = [
         "| defect kind | label | n | found (its label ≥ threshold) | flagged (good < threshold) | median score |"
-        + "".join(f" found, visibility {b.replace('>=', '≥ ').replace('<', '< ').replace('-', '–')} |" for b in bins),
+        + "".join(f" found, visibility {heading} |" for _, heading in bins),
         "|---|---|---|---|---|---|" + "---|" * len(bins),
     ]
     for k, s in kinds.items():
         found = f"{s['found']:.1f} % (false error or break)" if k == "none" else f"{s['found']:.1f} %"
         row = f"| {k} | {s['label']} | {s['count']} | {found} | {s['flagged']:.1f} % | {s['median_score']:.3f} |"
-        for b in bins:
-            cell = s.get("by_visibility", {}).get(b)
+        for key, _ in bins:
+            cell = s.get("by_visibility", {}).get(key)
             row += " – |" if not cell or cell["found"] is None else f" {cell['found']:.1f} % ({cell['count']}) |"
         rows.append(row)
     return "\n".join(rows)

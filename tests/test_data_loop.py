@@ -22,12 +22,11 @@ Measured (README "The data loop"): with the recipe of 2026-12-05 (``--oversample
 epochs) 12 -> 4, 3, 3 in the test's runs and 2-6 offline, then 7 in a CI run of 2026-12-06 and 6,
 6, 6 (three training seeds) on a round kept that day: the 8-filter model was still under-fitting
 (the fine-tuned bundle found 79 % of the error images it was trained on). With 20 epochs and
-``error=5`` the two rounds kept on 2026-12-06 gave 2, 2, 2, 2 (two seeds each), and the
-test's next run 1. Without
-``--oversample`` the rounds of 2026-12-05 gave 6-8 (mean 6.8), and with the recipe before that
-(``--freeze 2 --lr 3e-4``) 7-9: the round's data is mostly good frames (about 30-50 error images
-of 170), and the misses left are skipped stitches that look like the rest of this thick-thread
-line.
+``error=5`` the two rounds kept on 2026-12-06 gave 2, 2, 2, 2 (two seeds each), and the test's
+next run 1. Without ``--oversample`` the rounds of 2026-12-05 gave 6-8 (mean 6.8), and with the
+recipe before that (``--freeze 2 --lr 3e-4``) 7-9: the round's data is mostly good frames (about
+30-50 error images of 170), and the misses left are skipped stitches that look like the rest of
+this thick-thread line.
 
 Why felt, and why a 60 s loop video: ``felt`` and ``fleece`` are the families the single-look
 model never saw. With a 900-frame loop video round 1 gave too little to learn from (felt: 100
@@ -285,7 +284,7 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
     # measured: 12 (12 of 33 defects missed, no false alarms) in every run; the margin leaves room
     # for TFLite rounding on another CPU while still asserting a model that is wrong on felt
     assert before["errors"] >= 9
-    # the target: misses + false alarms at most half of the single-look model's. Measured with
-    # this recipe: 12 -> 2 on two kept rounds, two training seeds each, 1 in the test (the 10-epoch x3 recipe before
-    # gave 2-7, and 7 failed a CI run)
+    # the target: misses + false alarms at most half of the single-look model's. Measured
+    # with this recipe: 12 -> 2 on two kept rounds (two training seeds each), 1 in the test; the
+    # 10-epoch x3 recipe before gave 2-7, and its 7 failed a CI run
     assert after["errors"] * 2 <= before["errors"]
