@@ -194,11 +194,8 @@ def kind_scores(ds: Dataset, probs: np.ndarray, labels: Sequence[str], threshold
     from .leaveout import read_meta_columns
     from .synth_render import BREAK_KINDS, ERROR_KINDS
 
-    columns = read_meta_columns(_folder(ds), "error_kind", "break_kind")
-    try:
-        vis_col = read_meta_columns(_folder(ds), "visibility")["visibility"]
-    except DataError:  # a data set drawn before synth recorded visibility: kinds without the split
-        vis_col = None
+    columns = read_meta_columns(_folder(ds), "error_kind", "break_kind", optional=("visibility",))
+    vis_col = columns.get("visibility")  # absent from sets drawn before synth recorded it: no split
     vis = np.array([_number(vis_col.get(str(Path(p).resolve()), "")) for p in ds.paths]) if vis_col else None
     li = {lab: i for i, lab in enumerate(labels)}
     above = {lab: probs[:, li[lab]] >= thresholds[lab] for lab in labels}

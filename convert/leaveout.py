@@ -48,9 +48,10 @@ FT_TEST = 400  # images of F scored in the fine-tuning curve
 FT_STEPS = 240  # optimiser steps of each fine-tuning / small from-scratch run
 
 
-def read_meta_columns(folder: Path, *columns: str) -> dict[str, dict[str, str]]:
+def read_meta_columns(folder: Path, *columns: str, optional: Sequence[str] = ()) -> dict[str, dict[str, str]]:
     """Column → {image path (absolute) → value}, from the ``meta.csv`` that ``synth`` writes beside
-    ``data.csv`` (read once for all the columns asked for)."""
+    ``data.csv`` (read once for all the columns asked for). ``optional`` columns are returned only
+    when the file has them (sets drawn before synth wrote them lack them)."""
     from .data import csv_rows
 
     meta = folder / "meta.csv"
@@ -68,7 +69,7 @@ def read_meta_columns(folder: Path, *columns: str) -> dict[str, dict[str, str]]:
             raise DataError(f"{meta}: header must have 'name' and '{column}' columns{hint}")
     ni, base = head.index("name"), folder.resolve()
     out = {}
-    for column in columns:
+    for column in (*columns, *(c for c in optional if c in head)):
         fi = head.index(column)
         out[column] = {str(base / r[ni]): r[fi] for r in rows[1:] if len(r) > max(ni, fi)}
     return out
