@@ -27,6 +27,14 @@ calibrate their thresholds on the labelled images, as a user with 50 frames woul
 ``--init MODEL`` starts every fold from that model instead of from scratch (a CPU budget cannot
 train a good model from scratch per family); the figure is honest only for families MODEL never
 saw (the pre-families shipped model saw none of ``fleece`` and ``felt``).
+
+``--held-back`` measures a model trained on the default draw (``--init``, default the shipped
+bundle) on the families ``synth`` never draws unless named (``HELD_BACK_FAMILIES``: corduroy,
+herringbone, mélange): no fold to train, since the model never saw them. Per family: zero-shot
+scores (thresholds calibrated on the default-draw validation pool) beside the same model on the
+default-draw test pool, the fine-tuning curve above with that model as the start, and the model
+fine-tuned on ``--others-count`` labelled images of the *other* held-back families (the real-photo
+check's "~75 photos of other fabrics, tested on the held-out ones").
 """
 
 from __future__ import annotations
@@ -186,25 +194,46 @@ def _score_keras(model_path: Path, labelled, test, size: int) -> dict:
     return {"thresholds": thr, **attribute_scores(test.targets, predict(test), labels, thr)}
 
 
+def _pool(folder: Path, count: int, seed: int, families: Sequence[str] | None = None):
+    """The synthetic pool in ``folder`` (drawn once: reused when its ``data.csv`` has ``count`` rows)."""
+    from .data import load_dataset
+    from .synth import write_dataset
+
+    if not (
+        (folder / "data.csv").is_file()
+        and (folder / "meta.csv").is_file()
+        and len(load_dataset(folder / "data.csv", check_images=False)) == count
+    ):
+        print(f"leave-out: synth {folder.name}: {count} images (seed {seed})", file=sys.stderr)
+        write_dataset(folder, count, seed, families=families, workers=os.cpu_count() or 1, progress=sys.stderr.isatty())
+    return load_dataset(folder / "data.csv")
+
+
 def finetune_curve(
-    family: str, work: Path, counts: Sequence[int], *, size: int, filters: int, arch: str, batch: int, freeze: int = 1
+    family: str,
+    work: Path,
+    counts: Sequence[int],
+    *,
+    size: int,
+    filters: int,
+    arch: str,
+    batch: int,
+    freeze: int = 1,
+    base: Path | None = None,
+    ft_test: int = FT_TEST,
 ) -> list[dict]:
-    """Fine-tune the model that never saw ``family`` on N of its images vs from scratch on the same N."""
+    """Fine-tune the model that never saw ``family`` (``base``, default the fold's) on N of its
+    images vs from scratch on the same N."""
     import math
 
-    from .data import load_dataset
     from .split import write_seed_csv
-    from .synth import write_dataset
     from .train import train
 
-    base = work / family / "model.keras"
+    base = base or work / family / "model.keras"
     if not base.is_file():
         raise DataError(f"{base}: run the leave-out of {family} first")
-    pool = work / f"pool-finetune-{family}"
-    need = max(counts) + FT_TEST
-    if not ((pool / "data.csv").is_file() and len(load_dataset(pool / "data.csv", check_images=False)) == need):
-        write_dataset(pool, need, POOL_SEEDS["finetune"], families=[family], progress=sys.stderr.isatty())
-    ds = load_dataset(pool / "data.csv")
+    need = max(counts) + ft_test
+    ds = _pool(work / f"pool-finetune-{family}", need, POOL_SEEDS["finetune"], [family])
     test = ds.subset(range(max(counts), need))
     out = []
     for n in counts:
@@ -335,10 +364,10 @@ def leave_out(
     finetune_families: Sequence[str] = (),
     finetune_counts: Sequence[int] = (50, 200),
     init: str | None = None,
+    ft_test: int = FT_TEST,
 ) -> dict:
     """Build the pools (once), run every family (resumable) → ``{"results": [...], "table": str}``."""
-    from .data import load_dataset
-    from .synth import FAMILIES, write_dataset
+    from .synth import FAMILIES
 
     work = Path(work)
     chosen = list(families or FAMILIES)
@@ -348,14 +377,7 @@ def leave_out(
     pools = {}
     for key, count in (("train", train_count), ("valid", valid_count), ("test", test_count)):
         folder = work / f"pool-{key}"
-        if not (
-            (folder / "data.csv").is_file()
-            and (folder / "meta.csv").is_file()
-            and len(load_dataset(folder / "data.csv", check_images=False)) == count
-        ):
-            print(f"leave-out: synth {key} pool: {count} images (seed {POOL_SEEDS[key]})", file=sys.stderr)
-            write_dataset(folder, count, POOL_SEEDS[key], workers=os.cpu_count() or 1, progress=sys.stderr.isatty())
-        pools[key] = (load_dataset(folder / "data.csv"), read_families(folder))
+        pools[key] = (_pool(folder, count, POOL_SEEDS[key]), read_families(folder))
     results = []
     for fam in chosen:
         print(f"leave-out: {fam} (train on the others, test on {fam})", file=sys.stderr)
@@ -387,12 +409,183 @@ def leave_out(
         print(
             f"leave-out: fine-tuning curve on {fam} ({', '.join(map(str, finetune_counts))} labelled)", file=sys.stderr
         )
-        curve += finetune_curve(fam, work, finetune_counts, size=size, filters=filters, arch=arch, batch=batch)
+        curve += finetune_curve(
+            fam, work, finetune_counts, size=size, filters=filters, arch=arch, batch=batch, ft_test=ft_test
+        )
     if curve:
         summary["finetune"] = curve
         summary["finetune_table"] = finetune_table(curve, labels)
     (work / "leave-out.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def others_finetune(
+    family: str,
+    work: Path,
+    base: Path,
+    pools: dict,
+    count: int,
+    labelled_max: int,
+    *,
+    size: int,
+    batch: int,
+    freeze: int = 1,
+    ft_test: int = FT_TEST,
+) -> dict:
+    """``base`` fine-tuned on ``count`` labelled images of the *other* held-back families, scored
+    on ``family``: a line that brings a fabric none of its labelled frames showed."""
+    import math
+
+    from .data import merge
+    from .split import write_seed_csv
+    from .train import train
+
+    d = work / family / f"others-{count}"
+    res_path = d / "result.json"
+    if res_path.is_file():
+        return json.loads(res_path.read_text())
+    d.mkdir(parents=True, exist_ok=True)
+    others = [f for f in pools if f != family]
+    if not others:
+        raise DataError(f"--others-count: no other held-back family to label beside {family}")
+    share = [count // len(others) + (i < count % len(others)) for i in range(len(others))]
+    labelled = merge(
+        [pools[f].subset(range(min(n, labelled_max))) for f, n in zip(others, share)], f"others of {family}"
+    )
+    test = pools[family].subset(range(labelled_max, labelled_max + ft_test))
+    write_seed_csv(d / "labelled.csv", labelled)
+    epochs = max(1, math.ceil(FT_STEPS / math.ceil(len(labelled) / batch)))
+    t0 = time.monotonic()
+    train(
+        str(d / "labelled.csv"),
+        str(d / "labelled.csv"),
+        d / "init.keras",
+        epochs=epochs,
+        size=size,
+        batch=batch,
+        resume=True,
+        patience=epochs,
+        verbose=0,
+        init=str(base),
+        freeze=freeze,
+    )
+    row = {
+        "family": family,
+        "labelled": len(labelled),
+        "labelled_families": others,
+        "epochs": epochs,
+        "test_count": len(test),
+        "init": {**_score_keras(d / "init.keras", labelled, test, size), "seconds": round(time.monotonic() - t0)},
+        "zero_shot": _score_keras(base, labelled, test, size),
+    }
+    res_path.write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def held_back(
+    work: str | Path,
+    init: str = "default",
+    families: Sequence[str] | None = None,
+    valid_count: int = 600,
+    test_count: int = 1400,
+    finetune_counts: Sequence[int] = (50, 200),
+    others_count: int = 75,
+    ft_test: int = FT_TEST,
+    filters: int = 16,
+    arch: str = "resnet-s2",
+    batch: int = 32,
+) -> dict:
+    """The held-back families (``synth.HELD_BACK_FAMILIES``) against a model trained on the default
+    draw, which never saw them: no fold to train, so this measures the shipped model itself.
+
+    Per family F: the model zero-shot on F (thresholds calibrated on the default-draw validation
+    pool, as its bundle's were), beside the same model on the default-draw test pool; the "first day"
+    curve (``finetune_curve``: ``train --init`` on N labelled images of F vs from scratch); and
+    ``others_count`` labelled images of the other held-back families, fine-tuned on and scored on F.
+    """
+    from .models import load_keras
+    from .synth import HELD_BACK_FAMILIES
+    from .train import init_model_path
+
+    work = Path(work)
+    chosen = list(families or HELD_BACK_FAMILIES)
+    unknown = [f for f in chosen if f not in HELD_BACK_FAMILIES]
+    if unknown:
+        raise DataError(
+            f"--families: {', '.join(unknown)} is not held back (with --held-back: {', '.join(HELD_BACK_FAMILIES)})"
+        )
+    base = init_model_path(init)
+    size = int(load_keras(base)[1]["height"])
+    counts = list(finetune_counts) or [0]
+    labelled_max = max(max(counts), others_count)
+    valid = _pool(work / "pool-valid", valid_count, POOL_SEEDS["valid"])
+    seen_test = _pool(work / "pool-test", test_count, POOL_SEEDS["test"])
+    pools = {f: _pool(work / f"pool-finetune-{f}", labelled_max + ft_test, POOL_SEEDS["finetune"], [f]) for f in chosen}
+    seen = {k: v for k, v in _score_keras(base, valid, seen_test, size).items() if k != "thresholds"}
+    results, curve, others = [], [], []
+    for fam in chosen:
+        print(f"leave-out: {fam} (held back: {base} never saw it)", file=sys.stderr)
+        test = pools[fam].subset(range(labelled_max, labelled_max + ft_test))
+        results.append({"family": fam, "model": str(base), **_score_keras(base, valid, test, size), "seen": seen})
+        if finetune_counts:
+            curve += finetune_curve(
+                fam,
+                work,
+                finetune_counts,
+                size=size,
+                filters=filters,
+                arch=arch,
+                batch=batch,
+                base=base,
+                ft_test=labelled_max + ft_test - max(finetune_counts),
+            )
+        if others_count and len(chosen) > 1:
+            others.append(
+                others_finetune(
+                    fam, work, base, pools, others_count, labelled_max, size=size, batch=batch, ft_test=ft_test
+                )
+            )
+    labels = tuple(results[0]["accuracy"])
+    summary: dict = {
+        "settings": {
+            "held_back": True,
+            "init": str(base),
+            "valid_count": valid_count,
+            "test_count": test_count,
+            "finetune_counts": list(finetune_counts),
+            "others_count": others_count,
+            "ft_test": ft_test,
+        },
+        "results": results,
+        "table": table(results, labels),
+    }
+    if curve:
+        summary["finetune"] = curve
+        summary["finetune_table"] = finetune_table(curve, labels)
+    if others:
+        summary["others"] = others
+        summary["others_table"] = others_table(others, labels)
+    (work / "leave-out.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def others_table(rows: list[dict], labels: Sequence[str]) -> str:
+    """Markdown: per held-back family, zero-shot vs fine-tuned on the other new families' images."""
+    lines = [
+        "| family | labelled (of) | model | "
+        + " | ".join(f"{lab} acc" for lab in labels)
+        + " | defect-vs-normal AUROC | broken-vs-normal AUROC |",
+        "|" + "---|" * (5 + len(labels)),
+    ]
+    for r in rows:
+        for mode, name in (("zero_shot", "never saw it (no training)"), ("init", "train --init on the others")):
+            m = r[mode]
+            lines.append(
+                f"| {r['family']} | {r['labelled']} ({', '.join(r['labelled_families'])}) | {name} | "
+                + " | ".join(f"{m['accuracy'][lab]:.1f}" for lab in labels)
+                + f" | {m['defect_auroc']:.3f} | {m['break_auroc']:.3f} |"
+            )
+    return "\n".join(lines)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -424,6 +617,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="BUNDLE|FILE.keras",
         help="start every fold from this model (train --init); honest only for families it never saw",
     )
+    p.add_argument(
+        "--held-back",
+        action="store_true",
+        help="score --init (default: the shipped bundle) on the held-back families it never saw "
+        "(synth's corduroy, herringbone, melange): zero-shot, the fine-tuning curve, and fine-tuned on the other "
+        "held-back families' images; nothing to hold out, no fold to train",
+    )
+    p.add_argument(
+        "--others-count",
+        type=int,
+        default=75,
+        help="with --held-back: labelled images of the other held-back families to fine-tune on (default 75; 0: none)",
+    )
+    p.add_argument(
+        "--finetune-test",
+        type=int,
+        default=FT_TEST,
+        help=f"images of the family scored after fine-tuning (default {FT_TEST})",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the summary here")
     p.set_defaults(func=run)
 
@@ -436,7 +648,35 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--finetune-counts {args.finetune_counts!r}: expected numbers like 50,200") from None
     if any(c < 2 for c in counts):
         raise DataError(f"--finetune-counts {args.finetune_counts!r}: each count must be at least 2")
+    if args.others_count < 0 or args.finetune_test < 2:
+        raise DataError(
+            f"--others-count {args.others_count} / --finetune-test {args.finetune_test}: need ≥ 0 and ≥ 2 images"
+        )
     ft = [f.strip() for f in args.finetune_families.split(",") if f.strip()]
+    if args.held_back:
+        if ft:
+            raise DataError("--finetune-families: with --held-back every family gets the fine-tuning curve")
+        s = held_back(
+            args.work,
+            args.init or "default",
+            fams,
+            args.valid_count,
+            args.test_count,
+            counts,
+            args.others_count,
+            args.finetune_test,
+            args.filters,
+            args.arch,
+            args.batch,
+        )
+        if args.json:
+            Path(args.json).write_text(json.dumps(s, indent=1) + "\n")
+        print(f"## Held-back families, never seen by {s['settings']['init']}\n\n{s['table']}")
+        if "finetune_table" in s:
+            print(f"\n## Fine-tuning on N labelled images of the family\n\n{s['finetune_table']}")
+        if "others_table" in s:
+            print(f"\n## Fine-tuning on the other new families' images\n\n{s['others_table']}")
+        return 0
     s = leave_out(
         args.work,
         fams,
@@ -452,6 +692,7 @@ def run(args: argparse.Namespace) -> int:
         finetune_families=ft,
         finetune_counts=counts,
         init=args.init,
+        ft_test=args.finetune_test,
     )
     if args.json:
         Path(args.json).write_text(json.dumps(s, indent=1) + "\n")

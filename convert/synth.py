@@ -13,8 +13,11 @@ Fabric families (``FAMILIES``, a public contract: ``--families``/``--exclude-fam
 ``convert leave-out``): plain (woven cotton, linen, basket, canvas), twill (incl. denim), satin,
 knit (jersey, rib), fleece (incl. terry; its pile hides parts of the thread), felt (non-woven),
 print (prints, gingham, yarn-dyed checks, jacquard). Each image draws its family uniformly among
-the allowed ones, then a look within it. Threads run from contrasting to tone-on-tone (~35 %
-differ from the fabric by only 0.01..0.12 in luma), 2..12 px wide at 256, with sheen and twist.
+the allowed ones, then a look within it. Three more families are held back
+(``HELD_BACK_FAMILIES``: corduroy, herringbone tweed, mélange jersey): drawn only when
+``--families`` names them, so that no model trained on the default draw has seen them
+(``convert leave-out --held-back``). Threads run from contrasting to tone-on-tone (~35 % differ
+from the fabric by only 0.01..0.12 in luma), 2..12 px wide at 256, with sheen and twist.
 
 Defect kinds and labels (``synth_render.DEFECT_LABEL``): ``break`` = ``cut`` (thread broken,
 loose ends) or ``missing`` (a clean gap); ``error`` = ``skip`` (one stitch 2-3× long),
@@ -57,8 +60,8 @@ import numpy as np
 from convert.data import seed_csv_text
 from convert.roi import add_roi_args, roi_from_args
 from convert.synth_fabric import BASE_PX_PER_MM as DEFAULT_PX_PER_MM  # at 256 px: 2 mm = 25 px
-from convert.synth_fabric import FAMILIES
-from convert.synth_render import Box, render_still
+from convert.synth_fabric import FAMILIES, HELD_BACK_FAMILIES
+from convert.synth_render import Box, NoRoomError, render_still
 from edge.errors import DataError
 from edge.seam import DEFAULT_ROI as ROI
 from edge.seam import SEAM_LABELS as LABELS
@@ -105,15 +108,19 @@ def default_px_per_mm(size: int) -> float:
 def check_families(
     families: Sequence[str] | None, exclude: Sequence[str] | None = None, flag: str = "--families"
 ) -> tuple[str, ...] | None:
-    """The allowed families (None = all); an unknown name is a DataError naming it."""
+    """The allowed families (None = the default draw, ``FAMILIES``); a held-back family
+    (``HELD_BACK_FAMILIES``) is drawn only when ``families`` names it; an unknown name is a
+    DataError naming it."""
+    known = FAMILIES + HELD_BACK_FAMILIES
     for names, fl in ((families, flag), (exclude, "--exclude-families")):
-        bad = [f for f in (names or ()) if f not in FAMILIES]
+        bad = [f for f in (names or ()) if f not in known]
         if bad:
-            raise DataError(f"{fl}: unknown family {', '.join(bad)} (choose from {', '.join(FAMILIES)})")
-    chosen = [f for f in FAMILIES if (not families or f in families) and f not in (exclude or ())]
+            raise DataError(f"{fl}: unknown family {', '.join(bad)} (choose from {', '.join(known)})")
+    pool = [f for f in known if f in families] if families else list(FAMILIES)
+    chosen = [f for f in pool if f not in (exclude or ())]
     if not chosen:
         raise DataError(f"{flag}: no fabric family left to draw from")
-    return None if len(chosen) == len(FAMILIES) else tuple(chosen)
+    return None if chosen == list(FAMILIES) else tuple(chosen)
 
 
 def draw_labels(rng: np.random.Generator, defect_rate: float = DEFAULT_DEFECT_RATE) -> dict[str, bool]:
@@ -177,18 +184,25 @@ def render_image(
         lo, hi = ranges[int(rng.integers(len(ranges)))] if len(ranges) > 1 else ranges[0]
         ppm = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * size / DEFAULT_SIZE
     m: dict = {}
-    img, boxes = render_still(
-        rng,
-        rsize,
-        ppm * f,
-        drawn["error"],
-        drawn["break"],
-        drawn["length"],
-        families=families,
-        kinds=kinds,
-        meta=m,
-        length_change=change,
-    )
+    for zoom_out in (1.0, 0.85, 0.7, 0.55):
+        try:
+            img, boxes = render_still(
+                rng,
+                rsize,
+                ppm * zoom_out * f,
+                drawn["error"],
+                drawn["break"],
+                drawn["length"],
+                families=families,
+                kinds=kinds,
+                meta=m,
+                length_change=change,
+            )
+            break
+        except NoRoomError:  # rare: an error and a break did not fit in the few stitches in view; zoom out
+            if zoom_out == 0.55:
+                raise
+    ppm *= zoom_out
     if meta is not None:
         meta.update(m, px_per_mm=ppm, thread_px=m["thread_px"] / f)
     out_labels: dict[str, bool | None] = dict(drawn)
@@ -455,7 +469,8 @@ def register(subparsers) -> None:
         "--families",
         default=None,
         metavar="F[,F]",
-        help=f"only these fabric families ({', '.join(FAMILIES)}; default all, each equally likely)",
+        help=f"only these fabric families ({', '.join(FAMILIES)}; default all, each equally likely; "
+        f"held back, drawn only when named: {', '.join(HELD_BACK_FAMILIES)})",
     )
     p.add_argument("--exclude-families", default=None, metavar="F[,F]", help="leave these fabric families out")
     g.add_argument(

@@ -40,6 +40,9 @@ KINDS = (
     "print",
     "jacquard",
     "check",
+    "corduroy",
+    "herringbone",
+    "melange",
 )
 
 #: Fabric families (public contract, see ``convert.synth.FAMILIES``) and the tile kinds in each.
@@ -53,7 +56,18 @@ FAMILY_KINDS = {
     "print": ("print", "jacquard", "check"),  # prints, gingham, yarn-dyed checks, jacquard
 }
 FAMILIES = tuple(FAMILY_KINDS)
-FAMILY_OF = {k: f for f, ks in FAMILY_KINDS.items() for k in ks}
+#: Held-back families: drawn only when named (``--families corduroy``), never by default, so the
+#: shipped model has never seen them. They stand in for the real fabric a line brings on day one:
+#: zero-shot and ``train --init`` figures on them are honest for any model trained on the default
+#: draw (the README's "Fabrics the shipped model never saw").
+HELD_BACK_KINDS = {
+    "corduroy": ("corduroy",),  # wales of cut pile, 1-3 mm apart
+    "herringbone": ("herringbone",),  # two-colour twill that turns every few yarns (tweed)
+    "melange": ("melange",),  # heather jersey: a knit of two-colour fibres
+}
+HELD_BACK_FAMILIES = tuple(HELD_BACK_KINDS)
+ALL_FAMILY_KINDS = {**FAMILY_KINDS, **HELD_BACK_KINDS}
+FAMILY_OF = {k: f for f, ks in ALL_FAMILY_KINDS.items() for k in ks}
 
 
 @dataclass(frozen=True)
@@ -205,6 +219,48 @@ def _felt(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return shade.astype(np.float32), np.zeros((n, n), np.float32)
 
 
+def _corduroy(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Corduroy: raised wales of cut pile along the warp with sunken grooves between them; the
+    pile fibres streak along each wale."""
+    pw = int(rng.integers(14, 34))  # wale pitch 1.1..2.7 mm at BASE_PX_PER_MM
+    n = _round_to(256, pw)
+    yy, xx = np.mgrid[0:n, 0:n]
+    fx = (xx % pw + 0.5) / pw
+    ridge = np.sin(np.pi * fx) ** rng.uniform(0.5, 1.2)
+    var = 1.0 + 0.04 * rng.standard_normal(n // pw)[xx // pw]
+    pile = periodic_noise(rng, n, n, 6.0, 0.7)
+    fine = periodic_noise(rng, n, n, 0.8, 0.8)
+    shade = 0.45 + 0.55 * ridge * var + 0.05 * pile + 0.03 * fine
+    return shade.astype(np.float32), np.zeros((n, n), np.float32)
+
+
+def _herringbone(rng: np.random.Generator, pitch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Herringbone: a 2/2 twill whose diagonal turns every ``band`` warp yarns → (shade, warp
+    mask); warp and weft are dyed apart, as in tweed."""
+    band = int(rng.choice([4, 6, 8]))
+    n = _round_to(256, pitch * 2 * band)
+    yy, xx = np.mgrid[0:n, 0:n]
+    i, j = xx // pitch, yy // pitch
+    fx, fy = (xx % pitch + 0.5) / pitch, (yy % pitch + 0.5) / pitch
+    hand = np.where((i // band) % 2 == 0, 1, -1)
+    top = (i + hand * j) % 4 < 2
+    warp = np.sin(np.pi * fx) ** 0.6 * (1.0 + 0.06 * rng.standard_normal(n // pitch)[i])
+    weft = np.sin(np.pi * fy) ** 0.6 * (1.0 + 0.06 * rng.standard_normal(n // pitch)[j])
+    fuzz = periodic_noise(rng, n, n, 0.8, 0.8)
+    shade = 0.55 + 0.45 * np.where(top, warp, weft) + 0.04 * fuzz
+    return shade.astype(np.float32), top.astype(np.float32)
+
+
+def _melange(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Heather (mélange) jersey: the knit's loops, spun from fibres of two colours → (shade,
+    mask of the second colour's fibres, short streaks along the wales)."""
+    shade, _ = _knit(rng)
+    h, w = shade.shape
+    streaks = periodic_noise(rng, h, w, 2.5, 0.6)
+    mask = np.clip((streaks - rng.uniform(0.6, 1.1)) * 2.0, 0, 1)
+    return shade, mask.astype(np.float32)
+
+
 def _check_mask(rng: np.random.Generator, n: int) -> np.ndarray:
     """Yarn-dyed check/plaid: bands of the second colour in both directions (0, 0.5, 1)."""
     k = int(rng.integers(2, 6))
@@ -318,6 +374,16 @@ def tile_bank() -> tuple[Tile, ...]:
         motif = _print_mask(r, a.shape[0], style)
         s = a * (1 - motif) + (b * 1.08) * motif
         tiles.append(Tile("jacquard", np.dstack([s, motif]), True, 0.35))
+    # held-back families (HELD_BACK_KINDS) come last, so every tile above keeps its index and pixels
+    for _ in range(2):
+        s, m = _corduroy(next(rngs))
+        tiles.append(Tile("corduroy", np.dstack([s, m]), False, 0.3))
+    for pitch in (3, 4):
+        s, m = _herringbone(next(rngs), pitch)
+        tiles.append(Tile("herringbone", np.dstack([s, m]), True, 0.05))
+    for _ in range(2):
+        s, m = _melange(next(rngs))
+        tiles.append(Tile("melange", np.dstack([s, m]), True, 0.05))
     return tuple(tiles)
 
 
@@ -350,6 +416,13 @@ def fabric_colours(rng: np.random.Generator, tile: Tile) -> tuple[np.ndarray, np
         c0 = hsv_bgr(rng.uniform(0, 1), rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.8))
     else:  # saturated
         c0 = hsv_bgr(rng.uniform(0, 1), rng.uniform(0.55, 1.0), rng.uniform(0.35, 0.95))
+    if tile.kind in ("herringbone", "melange"):  # tweed / heather: the second colour near the first
+        h, s, v = colorsys.rgb_to_hsv(*c0[::-1])
+        lo, hi = (0.15, 0.35) if tile.kind == "herringbone" else (0.25, 0.5)
+        c1 = hsv_bgr(
+            h + rng.uniform(-0.05, 0.05), s * rng.uniform(0.2, 0.8), v + rng.choice([-1, 1]) * rng.uniform(lo, hi)
+        )
+        return c0, c1
     if tile.kind == "jacquard" and rng.random() < 0.6:
         h, s, v = colorsys.rgb_to_hsv(*c0[::-1])
         c1 = hsv_bgr(h, s, v + rng.choice([-1, 1]) * rng.uniform(0.1, 0.2))
@@ -445,12 +518,13 @@ def family_tiles(family: str) -> list[int]:
 
 
 def random_look(rng: np.random.Generator, px_per_mm: float, families=None, seam_angle: float = 0.0) -> FabricLook:
-    """Pick a family (uniformly among ``families``, default all), then a look in it: kind, tile,
+    """Pick a family (uniformly among ``families``, default ``FAMILIES``; the held-back ones only
+    when named), then a look in it: kind, tile,
     grain orientation (relative to the seam at ``seam_angle``), yarn-size jitter and colours."""
     bank = tile_bank()
     fams = list(families) if families else list(FAMILIES)
     fam = fams[int(rng.integers(0, len(fams)))]
-    kinds = FAMILY_KINDS[fam]
+    kinds = ALL_FAMILY_KINDS[fam]
     kind = kinds[int(rng.integers(0, len(kinds)))]
     cand = [i for i, t in enumerate(bank) if t.kind == kind]
     idx = cand[int(rng.integers(0, len(cand)))]

@@ -82,6 +82,51 @@ def test_leave_out_cli_holds_each_family_out(tmp_path):
     assert "Epoch" not in p2.stderr + p2.stdout
 
 
+@pytest.mark.slow  # six short fine-tunes of the session's tiny model
+def test_held_back_scores_a_model_on_families_it_never_saw(tmp_path, tiny_keras, monkeypatch):
+    """``leave-out --held-back``: the tiny model (felt only) on corduroy and mélange, zero-shot,
+    fine-tuned on N of the family's images, and fine-tuned on the *other* family's images only."""
+    import convert.leaveout as lo
+
+    monkeypatch.setattr(lo, "FT_STEPS", 2)
+    work = tmp_path / "hb"
+    kw = dict(valid_count=16, test_count=16, finetune_counts=(8,), others_count=6, ft_test=12, filters=4, batch=8)
+    s = lo.held_back(work, str(tiny_keras), ["corduroy", "melange"], **kw)
+    assert [r["family"] for r in s["results"]] == ["corduroy", "melange"]
+    for r in s["results"]:
+        fam = r["family"]
+        assert (
+            r["count"] == 12 and r["seen"]["count"] == 16 and set(r["accuracy"]) == {"good", "error", "break", "length"}
+        )
+        assert set(read_families(work / f"pool-finetune-{fam}").values()) == {fam}
+        # the zero-shot row is the model on the images the fine-tuned ones are scored on
+        ft = next(c for c in s["finetune"] if c["family"] == fam)
+        assert ft["labelled"] == 8 and ft["test_count"] == 12
+        assert ft["zero_shot"]["defect_auroc"] == pytest.approx(r["defect_auroc"])
+        other = next(o for o in s["others"] if o["family"] == fam)
+        names = load_dataset(work / fam / "others-6" / "labelled.csv").paths
+        assert len(names) == 6 and other["labelled_families"] == ["melange" if fam == "corduroy" else "corduroy"]
+        assert all(f"pool-finetune-{other['labelled_families'][0]}" in n for n in names)  # nothing of fam itself
+        assert other["init"]["count"] == 12
+    assert "| corduroy |" in s["table"] and "| melange | 6 (corduroy) |" in s["others_table"]
+    # resumable: nothing is trained again
+    stamp = (work / "melange" / "others-6" / "result.json").stat().st_mtime_ns
+    again = lo.held_back(work, str(tiny_keras), ["corduroy", "melange"], **kw)
+    assert (work / "melange" / "others-6" / "result.json").stat().st_mtime_ns == stamp
+    assert again["others"] == s["others"]
+
+
+def test_held_back_refuses_a_family_the_model_saw(tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-m", "convert", "leave-out", "--work", str(tmp_path), "--held-back", "--families", "plain"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2 and "plain is not held back" in p.stderr and "Traceback" not in p.stderr
+
+
 def test_leave_out_unknown_family_is_one_line(tmp_path):
     p = subprocess.run(
         [sys.executable, "-m", "convert", "leave-out", "--work", str(tmp_path), "--families", "tweed"],
