@@ -60,7 +60,7 @@ import numpy as np
 from convert.data import seed_csv_text
 from convert.roi import add_roi_args, roi_from_args
 from convert.synth_fabric import BASE_PX_PER_MM as DEFAULT_PX_PER_MM  # at 256 px: 2 mm = 25 px
-from convert.synth_fabric import FAMILIES, HELD_BACK_FAMILIES
+from convert.synth_fabric import FAMILIES, HELD_BACK_FAMILIES, RANDOM_FAMILY
 from convert.synth_render import Box, NoRoomError, render_still
 from edge.errors import DataError
 from edge.seam import DEFAULT_ROI as ROI
@@ -149,6 +149,7 @@ def render_image(
     meta: dict | None = None,
     scale_range: ScaleRanges | None = None,
     length_changes: float = 0.0,
+    random_textures: float = 0.0,
 ) -> tuple[np.ndarray, dict[str, bool | None], list[Box]]:
     """Render one labeled seam still.
 
@@ -165,6 +166,8 @@ def render_image(
     overlap in pixels across a range over 2:1, so the pixels cannot tell; ``train`` leaves it out).
     ``length_changes``: the share of normal seams whose stitch length changes between 2 and 4 mm in
     view (``length`` None: neither; not a defect). 0 draws nothing extra: default stills unchanged.
+    ``random_textures``: the share of stills drawn on a random texture of no real fabric
+    (``synth_fabric.RANDOM_FAMILY``) instead of ``families``; 0 draws nothing extra either.
     """
     if size < 16:
         raise DataError(f"--size must be ≥ 16, got {size}")
@@ -175,6 +178,8 @@ def render_image(
                 drawn[k] = bool(labels[k])
     drawn["good"] = not (drawn["error"] or drawn["break"])
     change = bool(length_changes > 0 and drawn["good"] and rng.random() < length_changes)
+    if random_textures > 0 and rng.random() < random_textures:
+        families = (RANDOM_FAMILY,)
     rsize = max(size, RENDER_MIN)
     f = rsize / size
     if px_per_mm:
@@ -336,6 +341,7 @@ def write_dataset(
     kinds: dict[str, str] | None = None,
     scale_range: ScaleRanges | None = None,
     length_changes: float = 0.0,
+    random_textures: float = 0.0,
 ) -> Path:
     """Write ``count`` labeled stills + ``data.csv`` (seed format) + ``boxes.csv`` + ``meta.csv``
     (``META_HEADER``, one row per image); → data.csv path.
@@ -347,6 +353,8 @@ def write_dataset(
     generator).
     """
     _check_opts(count, size, px_per_mm, defect_rate, scale_range, length_changes)
+    if not (0.0 <= float(random_textures) <= 1.0):
+        raise DataError(f"--random-textures must be in 0..1, got {random_textures}")
     fams = check_families(families, exclude_families)
     out = _prepare_dir(Path(out_dir))
     opts = {"size": int(size), "px_per_mm": px_per_mm, "defect_rate": float(defect_rate), "families": fams}
@@ -354,6 +362,8 @@ def write_dataset(
         opts["scale_range"] = tuple((float(lo), float(hi)) for lo, hi in scale_range)
     if length_changes:
         opts["length_changes"] = float(length_changes)
+    if random_textures:
+        opts["random_textures"] = float(random_textures)
     if kinds:  # every error / break of the set is this kind (``render_image``'s ``kinds``)
         opts["kinds"] = dict(kinds)
     jobs = [(int(seed), i, opts) for i in range(int(count))]
@@ -457,6 +467,14 @@ def register(subparsers) -> None:
         help="share of the normal seams whose stitch length changes between 2 and 4 mm in view (default 0), "
         "as where a stretch of the other length begins on a video: not a defect, and the length cell is left "
         "empty (neither length)",
+    )
+    g.add_argument(
+        "--random-textures",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of the stills drawn on a random texture of no real fabric (family 'random'; default 0): "
+        "domain randomisation, so a model learns the seam rather than the fabrics it was shown",
     )
     g.add_argument(
         "--defect-rate",
@@ -568,7 +586,12 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         args.count,
         args.seed,
-        **_given(size=args.size, defect_rate=args.defect_rate, length_changes=args.length_changes),
+        **_given(
+            size=args.size,
+            defect_rate=args.defect_rate,
+            length_changes=args.length_changes,
+            random_textures=args.random_textures,
+        ),
         px_per_mm=args.px_per_mm,
         workers=max(1, args.workers or 1),
         progress=True,
@@ -581,7 +604,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 # options that only one mode reads: given to the other, they would be silently ignored
-STILLS_ONLY = ("count", "size", "px_per_mm", "scale_range", "length_changes", "defect_rate", "workers")
+STILLS_ONLY = (
+    "count",
+    "size",
+    "px_per_mm",
+    "scale_range",
+    "length_changes",
+    "random_textures",
+    "defect_rate",
+    "workers",
+)
 VIDEO_ONLY = (
     "frames",
     "fps",

@@ -43,6 +43,7 @@ KINDS = (
     "corduroy",
     "herringbone",
     "melange",
+    "random",
 )
 
 #: Fabric families (public contract, see ``convert.synth.FAMILIES``) and the tile kinds in each.
@@ -66,7 +67,11 @@ HELD_BACK_KINDS = {
     "melange": ("melange",),  # heather jersey: a knit of two-colour fibres
 }
 HELD_BACK_FAMILIES = tuple(HELD_BACK_KINDS)
-ALL_FAMILY_KINDS = {**FAMILY_KINDS, **HELD_BACK_KINDS}
+#: Domain randomisation (``synth --random-textures P``): textures of no real fabric, built from
+#: the same parts at random (correlated noise of any grain, ribs of any period and sharpness, grids,
+#: speckle in a second colour), so that a model learns the seam rather than our fabrics.
+RANDOM_FAMILY = "random"
+ALL_FAMILY_KINDS = {**FAMILY_KINDS, **HELD_BACK_KINDS, RANDOM_FAMILY: ("random",)}
 FAMILY_OF = {k: f for f, ks in ALL_FAMILY_KINDS.items() for k in ks}
 
 
@@ -261,6 +266,40 @@ def _melange(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return shade, mask.astype(np.float32)
 
 
+def _random_texture(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A periodic texture of no real weave: one to three layers of correlated noise (any grain),
+    ribs (any period, angle and sharpness) or grids, and half the time a second colour in speckles
+    or blotches → (shade, mask)."""
+    n = 256
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+
+    def ribs() -> np.ndarray:
+        k = int(rng.integers(4, 48))
+        kx, ky = [(k, 0), (0, k), (k, k), (k, -k)][int(rng.integers(0, 4))]
+        c = np.sin(2 * np.pi * (kx * xx + ky * yy) / n + rng.uniform(0, 6.3))
+        return np.sign(c) * np.abs(c) ** rng.uniform(0.3, 3.0)
+
+    layers = np.zeros((n, n), np.float32)
+    for _ in range(int(rng.integers(1, 4))):
+        u = rng.random()
+        if u < 0.45:
+            sy, sx = np.exp(rng.uniform(np.log(0.6), np.log(24.0), 2))
+            c = periodic_noise(rng, n, n, float(sy), float(sx))
+        elif u < 0.8:
+            c = ribs()
+        else:
+            c = ribs() * ribs()
+        layers += rng.uniform(0.3, 1.0) * c / max(float(c.std()), 1e-6)
+    layers /= max(float(layers.std()), 1e-6)
+    shade = np.clip(0.78 + rng.uniform(0.04, 0.16) * layers, 0.3, 1.2)
+    mask = np.zeros((n, n), np.float32)
+    if rng.random() < 0.5:
+        sy, sx = np.exp(rng.uniform(np.log(0.6), np.log(16.0), 2))
+        z = periodic_noise(rng, n, n, float(sy), float(sx))
+        mask = np.clip((z - rng.uniform(0.5, 1.6)) * rng.uniform(1.5, 6.0), 0, 1)
+    return shade.astype(np.float32), mask.astype(np.float32)
+
+
 def _check_mask(rng: np.random.Generator, n: int) -> np.ndarray:
     """Yarn-dyed check/plaid: bands of the second colour in both directions (0, 0.5, 1)."""
     k = int(rng.integers(2, 6))
@@ -384,6 +423,9 @@ def tile_bank() -> tuple[Tile, ...]:
     for _ in range(2):
         s, m = _melange(next(rngs))
         tiles.append(Tile("melange", np.dstack([s, m]), True, 0.05))
+    for r in (np.random.default_rng(s) for s in np.random.SeedSequence(20261206).spawn(24)):
+        s, m = _random_texture(r)
+        tiles.append(Tile("random", np.dstack([s, m]), bool(m.any()), float(r.uniform(0.0, 0.4))))
     return tuple(tiles)
 
 

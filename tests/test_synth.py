@@ -325,8 +325,8 @@ def test_held_back_families_are_drawn_only_when_named(tmp_path):
     kinds = [t.kind for t in tile_bank()]
     first_held_back = min(kinds.index(k) for k in HELD_BACK_FAMILIES)
     # appended after every default tile: the default draw's tiles keep their indices (and pixels)
-    assert not set(kinds[first_held_back:]) - set(HELD_BACK_FAMILIES)
-    assert len(kinds) == first_held_back + 6
+    assert not set(kinds[first_held_back:]) - {*HELD_BACK_FAMILIES, "random"}
+    assert sum(k in HELD_BACK_FAMILIES for k in kinds) == 6
     fams = []
     for i in range(60):
         meta: dict = {}
@@ -342,6 +342,33 @@ def test_held_back_families_are_drawn_only_when_named(tmp_path):
         assert labels["error"] and labels["break"] and {b.label for b in boxes} == {"error", "break"}
     # excluding a family that is not drawn anyway changes nothing: the default draw
     assert check_families(None, ["corduroy"]) is None
+
+
+def test_random_textures_draw_a_share_of_the_stills_on_no_real_fabric(tmp_path, capsys):
+    fams = []
+    for i in range(40):
+        meta: dict = {}
+        render_image(np.random.default_rng([i, 32]), size=64, meta=meta, random_textures=0.3)
+        fams.append(meta["family"])
+    share = fams.count("random") / len(fams)
+    assert 0.15 <= share <= 0.5, share  # 0.3 drawn per still
+    assert set(fams) - {"random"} <= set(FAMILIES)
+    meta = {}
+    render_image(np.random.default_rng(5), size=64, meta=meta, random_textures=1.0)
+    assert meta["family"] == "random"
+    # 0 draws nothing extra: the same still as without the option
+    a, _, _ = render_image(np.random.default_rng(6), size=64, random_textures=0.0)
+    b, _, _ = render_image(np.random.default_rng(6), size=64)
+    assert np.array_equal(a, b)
+    out = tmp_path / "r"
+    assert main(["synth", "--out", str(out), "--count", "6", "--random-textures", "1"]) == 0
+    assert set(pd.read_csv(out / "meta.csv")["family"]) == {"random"}
+    capsys.readouterr()
+    assert (
+        main(["synth", "--out", str(tmp_path / "bad"), "--count", "2", "--random-textures", "1.5"])
+        == DataError.exit_code
+    )
+    assert capsys.readouterr().err.strip() == "error: --random-textures must be in 0..1, got 1.5"
 
 
 def test_a_still_without_room_for_both_defects_zooms_out():
