@@ -221,6 +221,7 @@ def finetune_curve(
     freeze: int = 1,
     base: Path | None = None,
     ft_test: int = FT_TEST,
+    lr: float | None = None,
 ) -> list[dict]:
     """Fine-tune the model that never saw ``family`` (``base``, default the fold's) on N of its
     images vs from scratch on the same N."""
@@ -246,10 +247,14 @@ def finetune_curve(
             continue
         write_seed_csv(d / "labelled.csv", labelled)
         epochs = max(1, math.ceil(FT_STEPS / math.ceil(n / batch)))
-        row: dict = {"family": family, "labelled": n, "epochs": epochs, "test_count": len(test)}
+        row: dict = {"family": family, "labelled": n, "epochs": epochs, "lr": lr, "test_count": len(test)}
         for mode in ("init", "scratch"):
             t0 = time.monotonic()
-            kw = {"init": str(base), "freeze": freeze} if mode == "init" else {"arch": arch, "filters": filters}
+            kw = (
+                {"init": str(base), "freeze": freeze, "lr": lr}
+                if mode == "init"
+                else {"arch": arch, "filters": filters}
+            )
             train(
                 str(d / "labelled.csv"),
                 str(d / "labelled.csv"),
@@ -365,6 +370,7 @@ def leave_out(
     finetune_counts: Sequence[int] = (50, 200),
     init: str | None = None,
     ft_test: int = FT_TEST,
+    finetune_lr: float | None = None,
 ) -> dict:
     """Build the pools (once), run every family (resumable) → ``{"results": [...], "table": str}``."""
     from .synth import FAMILIES
@@ -398,6 +404,7 @@ def leave_out(
             "arch": arch,
             "batch": batch,
             "init": init,
+            "finetune_lr": finetune_lr,
         },
         "results": results,
         "table": table(results, labels),
@@ -410,7 +417,15 @@ def leave_out(
             f"leave-out: fine-tuning curve on {fam} ({', '.join(map(str, finetune_counts))} labelled)", file=sys.stderr
         )
         curve += finetune_curve(
-            fam, work, finetune_counts, size=size, filters=filters, arch=arch, batch=batch, ft_test=ft_test
+            fam,
+            work,
+            finetune_counts,
+            size=size,
+            filters=filters,
+            arch=arch,
+            batch=batch,
+            ft_test=ft_test,
+            lr=finetune_lr,
         )
     if curve:
         summary["finetune"] = curve
@@ -431,6 +446,7 @@ def others_finetune(
     batch: int,
     freeze: int = 1,
     ft_test: int = FT_TEST,
+    lr: float | None = None,
 ) -> dict:
     """``base`` fine-tuned on ``count`` labelled images of the *other* held-back families, scored
     on ``family``: a line that brings a fabric none of its labelled frames showed."""
@@ -468,12 +484,14 @@ def others_finetune(
         verbose=0,
         init=str(base),
         freeze=freeze,
+        lr=lr,
     )
     row = {
         "family": family,
         "labelled": len(labelled),
         "labelled_families": others,
         "epochs": epochs,
+        "lr": lr,
         "test_count": len(test),
         "init": {**_score_keras(d / "init.keras", labelled, test, size), "seconds": round(time.monotonic() - t0)},
         "zero_shot": _score_keras(base, labelled, test, size),
@@ -494,6 +512,7 @@ def held_back(
     filters: int = 16,
     arch: str = "resnet-s2",
     batch: int = 32,
+    finetune_lr: float | None = None,
 ) -> dict:
     """The held-back families (``synth.HELD_BACK_FAMILIES``) against a model trained on the default
     draw, which never saw them: no fold to train, so this measures the shipped model itself.
@@ -538,11 +557,21 @@ def held_back(
                 batch=batch,
                 base=base,
                 ft_test=labelled_max + ft_test - max(finetune_counts),
+                lr=finetune_lr,
             )
         if others_count and len(chosen) > 1:
             others.append(
                 others_finetune(
-                    fam, work, base, pools, others_count, labelled_max, size=size, batch=batch, ft_test=ft_test
+                    fam,
+                    work,
+                    base,
+                    pools,
+                    others_count,
+                    labelled_max,
+                    size=size,
+                    batch=batch,
+                    ft_test=ft_test,
+                    lr=finetune_lr,
                 )
             )
     labels = tuple(results[0]["accuracy"])
@@ -555,6 +584,7 @@ def held_back(
             "finetune_counts": list(finetune_counts),
             "others_count": others_count,
             "ft_test": ft_test,
+            "finetune_lr": finetune_lr,
         },
         "results": results,
         "table": table(results, labels),
@@ -636,6 +666,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=FT_TEST,
         help=f"images of the family scored after fine-tuning (default {FT_TEST})",
     )
+    p.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=None,
+        help="learning rate of the train --init runs (default: train's own for --init)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the summary here")
     p.set_defaults(func=run)
 
@@ -668,6 +704,7 @@ def run(args: argparse.Namespace) -> int:
             args.filters,
             args.arch,
             args.batch,
+            args.finetune_lr,
         )
         if args.json:
             Path(args.json).write_text(json.dumps(s, indent=1) + "\n")
@@ -693,6 +730,7 @@ def run(args: argparse.Namespace) -> int:
         finetune_counts=counts,
         init=args.init,
         ft_test=args.finetune_test,
+        finetune_lr=args.finetune_lr,
     )
     if args.json:
         Path(args.json).write_text(json.dumps(s, indent=1) + "\n")

@@ -87,10 +87,28 @@ def test_held_back_scores_a_model_on_families_it_never_saw(tmp_path, tiny_keras,
     """``leave-out --held-back``: the tiny model (felt only) on corduroy and mélange, zero-shot,
     fine-tuned on N of the family's images, and fine-tuned on the *other* family's images only."""
     import convert.leaveout as lo
+    import convert.train
 
     monkeypatch.setattr(lo, "FT_STEPS", 2)
+    calls: list[dict] = []
+    real_train = convert.train.train
+
+    def recording_train(*a, **kw):
+        calls.append(kw)
+        return real_train(*a, **kw)
+
+    monkeypatch.setattr(convert.train, "train", recording_train)
     work = tmp_path / "hb"
-    kw = dict(valid_count=16, test_count=16, finetune_counts=(8,), others_count=6, ft_test=12, filters=4, batch=8)
+    kw = dict(
+        valid_count=16,
+        test_count=16,
+        finetune_counts=(8,),
+        others_count=6,
+        ft_test=12,
+        filters=4,
+        batch=8,
+        finetune_lr=5e-4,
+    )
     s = lo.held_back(work, str(tiny_keras), ["corduroy", "melange"], **kw)
     assert [r["family"] for r in s["results"]] == ["corduroy", "melange"]
     for r in s["results"]:
@@ -101,13 +119,15 @@ def test_held_back_scores_a_model_on_families_it_never_saw(tmp_path, tiny_keras,
         assert set(read_families(work / f"pool-finetune-{fam}").values()) == {fam}
         # the zero-shot row is the model on the images the fine-tuned ones are scored on
         ft = next(c for c in s["finetune"] if c["family"] == fam)
-        assert ft["labelled"] == 8 and ft["test_count"] == 12
+        assert ft["labelled"] == 8 and ft["test_count"] == 12 and ft["lr"] == 5e-4
         assert ft["zero_shot"]["defect_auroc"] == pytest.approx(r["defect_auroc"])
         other = next(o for o in s["others"] if o["family"] == fam)
         names = load_dataset(work / fam / "others-6" / "labelled.csv").paths
         assert len(names) == 6 and other["labelled_families"] == ["melange" if fam == "corduroy" else "corduroy"]
         assert all(f"pool-finetune-{other['labelled_families'][0]}" in n for n in names)  # nothing of fam itself
-        assert other["init"]["count"] == 12
+        assert other["init"]["count"] == 12 and other["lr"] == 5e-4
+    # per family: init and scratch of the curve, then the others' fine-tune; --finetune-lr reaches every init run
+    assert [("init" in c, c.get("lr")) for c in calls] == [(True, 5e-4), (False, None), (True, 5e-4)] * 2
     assert "| corduroy |" in s["table"] and "| melange | 6 (corduroy) |" in s["others_table"]
     # resumable: nothing is trained again
     stamp = (work / "melange" / "others-6" / "result.json").stat().st_mtime_ns
