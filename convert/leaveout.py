@@ -277,27 +277,33 @@ def finetune_curve(
     return out
 
 
-def finetune_table(rows: list[dict], labels: Sequence[str]) -> str:
-    """Markdown: per labelled count, zero-shot / fine-tuned / from scratch (mean accuracy, AUROCs)."""
+def _runs_table(rows: list[dict], labels: Sequence[str], modes, labelled_heading: str, labelled) -> str:
+    """Markdown: one line per (row, model run): accuracy per attribute and the two AUROCs."""
     lines = [
-        "| family | labelled | model | "
+        f"| family | {labelled_heading} | model | "
         + " | ".join(f"{lab} acc" for lab in labels)
         + " | defect-vs-normal AUROC | broken-vs-normal AUROC |",
         "|" + "---|" * (5 + len(labels)),
     ]
     for r in rows:
-        for mode, name in (
-            ("zero_shot", "never saw it (no training)"),
-            ("init", "train --init (fine-tuned)"),
-            ("scratch", "from scratch"),
-        ):
+        for mode, name in modes:
             m = r[mode]
             lines.append(
-                f"| {r['family']} | {r['labelled']} | {name} | "
+                f"| {r['family']} | {labelled(r)} | {name} | "
                 + " | ".join(f"{m['accuracy'][lab]:.1f}" for lab in labels)
                 + f" | {m['defect_auroc']:.3f} | {m['break_auroc']:.3f} |"
             )
     return "\n".join(lines)
+
+
+def finetune_table(rows: list[dict], labels: Sequence[str]) -> str:
+    """Markdown: per labelled count, zero-shot / fine-tuned / from scratch (mean accuracy, AUROCs)."""
+    modes = (
+        ("zero_shot", "never saw it (no training)"),
+        ("init", "train --init (fine-tuned)"),
+        ("scratch", "from scratch"),
+    )
+    return _runs_table(rows, labels, modes, "labelled", lambda r: str(r["labelled"]))
 
 
 def table(results: list[dict], labels: Sequence[str]) -> str:
@@ -601,21 +607,10 @@ def held_back(
 
 def others_table(rows: list[dict], labels: Sequence[str]) -> str:
     """Markdown: per held-back family, zero-shot vs fine-tuned on the other new families' images."""
-    lines = [
-        "| family | labelled (of) | model | "
-        + " | ".join(f"{lab} acc" for lab in labels)
-        + " | defect-vs-normal AUROC | broken-vs-normal AUROC |",
-        "|" + "---|" * (5 + len(labels)),
-    ]
-    for r in rows:
-        for mode, name in (("zero_shot", "never saw it (no training)"), ("init", "train --init on the others")):
-            m = r[mode]
-            lines.append(
-                f"| {r['family']} | {r['labelled']} ({', '.join(r['labelled_families'])}) | {name} | "
-                + " | ".join(f"{m['accuracy'][lab]:.1f}" for lab in labels)
-                + f" | {m['defect_auroc']:.3f} | {m['break_auroc']:.3f} |"
-            )
-    return "\n".join(lines)
+    modes = (("zero_shot", "never saw it (no training)"), ("init", "train --init on the others"))
+    return _runs_table(
+        rows, labels, modes, "labelled (of)", lambda r: f"{r['labelled']} ({', '.join(r['labelled_families'])})"
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
