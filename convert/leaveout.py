@@ -209,6 +209,37 @@ def _pool(folder: Path, count: int, seed: int, families: Sequence[str] | None = 
     return load_dataset(folder / "data.csv")
 
 
+def _ft_epochs(n: int, batch: int) -> int:
+    """Epochs that make ``FT_STEPS`` optimiser steps on ``n`` images."""
+    import math
+
+    return max(1, math.ceil(FT_STEPS / math.ceil(n / batch)))
+
+
+def _fit_and_score(d: Path, mode: str, labelled, test, *, size: int, batch: int, **train_kw) -> dict:
+    """Train ``d/<mode>.keras`` for ``FT_STEPS`` steps on ``d/labelled.csv`` (its own validation set:
+    a user with a few frames has no other), then score it on ``test`` with thresholds calibrated on
+    the labelled images."""
+    from .train import train
+
+    epochs = _ft_epochs(len(labelled), batch)
+    t0 = time.monotonic()
+    csv = str(d / "labelled.csv")
+    train(
+        csv,
+        csv,
+        d / f"{mode}.keras",
+        epochs=epochs,
+        size=size,
+        batch=batch,
+        resume=True,
+        patience=epochs,
+        verbose=0,
+        **train_kw,
+    )
+    return {**_score_keras(d / f"{mode}.keras", labelled, test, size), "seconds": round(time.monotonic() - t0)}
+
+
 def finetune_curve(
     family: str,
     work: Path,
@@ -225,10 +256,7 @@ def finetune_curve(
 ) -> list[dict]:
     """Fine-tune the model that never saw ``family`` (``base``, default the fold's) on N of its
     images vs from scratch on the same N."""
-    import math
-
     from .split import write_seed_csv
-    from .train import train
 
     base = base or work / family / "model.keras"
     if not base.is_file():
@@ -246,31 +274,17 @@ def finetune_curve(
             out.append(json.loads(res_path.read_text()))
             continue
         write_seed_csv(d / "labelled.csv", labelled)
-        epochs = max(1, math.ceil(FT_STEPS / math.ceil(n / batch)))
-        row: dict = {"family": family, "labelled": n, "epochs": epochs, "lr": lr, "test_count": len(test)}
-        for mode in ("init", "scratch"):
-            t0 = time.monotonic()
-            kw = (
-                {"init": str(base), "freeze": freeze, "lr": lr}
-                if mode == "init"
-                else {"arch": arch, "filters": filters}
-            )
-            train(
-                str(d / "labelled.csv"),
-                str(d / "labelled.csv"),
-                d / f"{mode}.keras",
-                epochs=epochs,
-                size=size,
-                batch=batch,
-                resume=True,
-                patience=epochs,
-                verbose=0,
-                **kw,
-            )
-            row[mode] = {
-                **_score_keras(d / f"{mode}.keras", labelled, test, size),
-                "seconds": round(time.monotonic() - t0),
-            }
+        row: dict = {
+            "family": family,
+            "labelled": n,
+            "epochs": _ft_epochs(n, batch),
+            "lr": lr,
+            "test_count": len(test),
+            "init": _fit_and_score(
+                d, "init", labelled, test, size=size, batch=batch, init=str(base), freeze=freeze, lr=lr
+            ),
+            "scratch": _fit_and_score(d, "scratch", labelled, test, size=size, batch=batch, arch=arch, filters=filters),
+        }
         row["zero_shot"] = _score_keras(base, labelled, test, size)
         res_path.write_text(json.dumps(row, indent=1) + "\n")
         out.append(row)
@@ -456,11 +470,8 @@ def others_finetune(
 ) -> dict:
     """``base`` fine-tuned on ``count`` labelled images of the *other* held-back families, scored
     on ``family``: a line that brings a fabric none of its labelled frames showed."""
-    import math
-
     from .data import merge
     from .split import write_seed_csv
-    from .train import train
 
     d = work / family / f"others-{count}"
     res_path = d / "result.json"
@@ -476,30 +487,14 @@ def others_finetune(
     )
     test = pools[family].subset(range(labelled_max, labelled_max + ft_test))
     write_seed_csv(d / "labelled.csv", labelled)
-    epochs = max(1, math.ceil(FT_STEPS / math.ceil(len(labelled) / batch)))
-    t0 = time.monotonic()
-    train(
-        str(d / "labelled.csv"),
-        str(d / "labelled.csv"),
-        d / "init.keras",
-        epochs=epochs,
-        size=size,
-        batch=batch,
-        resume=True,
-        patience=epochs,
-        verbose=0,
-        init=str(base),
-        freeze=freeze,
-        lr=lr,
-    )
     row = {
         "family": family,
         "labelled": len(labelled),
         "labelled_families": others,
-        "epochs": epochs,
+        "epochs": _ft_epochs(len(labelled), batch),
         "lr": lr,
         "test_count": len(test),
-        "init": {**_score_keras(d / "init.keras", labelled, test, size), "seconds": round(time.monotonic() - t0)},
+        "init": _fit_and_score(d, "init", labelled, test, size=size, batch=batch, init=str(base), freeze=freeze, lr=lr),
         "zero_shot": _score_keras(base, labelled, test, size),
     }
     res_path.write_text(json.dumps(row, indent=1) + "\n")
