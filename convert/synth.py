@@ -21,9 +21,12 @@ from the fabric by only 0.01..0.12 in luma), 2..12 px wide at 256, with sheen an
 
 Defect kinds and labels (``synth_render.DEFECT_LABEL``): ``break`` = ``cut`` (thread broken,
 loose ends) or ``missing`` (a clean gap); ``error`` = ``skip`` (one stitch 2-3× long),
-``loop``/``sag`` (loop or slack thread), ``overlap`` (double stitches), ``crooked`` (a sharp
-local jump of the stitch line), ``pucker``, ``pinch`` (a fold caught in the seam), ``bobbin``
-(bobbin thread pulled up at the holes), ``stain`` and ``needle_mark`` (holes without thread).
+``loop``/``sag`` (loop or slack thread), ``overlap`` (double stitches), ``crooked`` (the stitch
+line jumps 1.2 mm or more sideways within one to three stitches, further than a normal seam
+bends), ``pucker``, ``pinch`` (a fold caught in the seam), ``bobbin`` (bobbin thread pulled up at
+the holes), ``stain`` (one soft, irregular patch 2–8 mm across of oil, dirt, rust or a water
+mark's tide line, on or beside the seam, that pulls the colour of the cloth and thread under it
+towards its own: ``synth_render.STAIN_RADIUS_MM``) and ``needle_mark`` (holes without thread).
 Stains and needle marks are ``error``: a flaw on the seam the operator must look at, and the
 dashboards treat anything not good as a defect. Benign look-alikes stay ``good``: lint, prints,
 the seam allowance's fold edge, wrinkles away from the seam. A defect must be visible to be
@@ -189,7 +192,9 @@ def render_image(
         lo, hi = ranges[int(rng.integers(len(ranges)))] if len(ranges) > 1 else ranges[0]
         ppm = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * size / DEFAULT_SIZE
     m: dict = {}
-    for zoom_out in (1.0, 0.85, 0.7, 0.55):
+    # rare: an error and a break do not fit in the few stitches in view (4-mm stitches, a large or
+    # pinned scale): zoom out until they do; the recorded scale is the one drawn
+    for zoom_out in (1.0, 0.85, 0.7, *(0.55 * 0.85**i for i in range(12))):
         try:
             img, boxes = render_still(
                 rng,
@@ -204,8 +209,8 @@ def render_image(
                 length_change=change,
             )
             break
-        except NoRoomError:  # rare: an error and a break did not fit in the few stitches in view; zoom out
-            if zoom_out == 0.55:
+        except NoRoomError:
+            if zoom_out < 0.1:
                 raise
     ppm *= zoom_out
     if meta is not None:

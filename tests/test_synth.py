@@ -276,6 +276,7 @@ from convert.synth_render import (  # noqa: E402
     _render_threads,
     add_stitches,
     defect_visibility,
+    make_error,
     render_still,
 )
 
@@ -372,14 +373,14 @@ def test_random_textures_draw_a_share_of_the_stills_on_no_real_fabric(tmp_path, 
 
 
 def test_a_still_without_room_for_both_defects_zooms_out():
-    """Herringbone still 1154 of seed 62 (4-mm stitches at 15.9 px/mm: four stitches in view) had
-    no room for an error and a break, and ``synth`` died; it is drawn further out now."""
-    from convert.synth import _image_rng
-
+    """At 40 px/mm (6.4 mm in view) 4-mm stitches leave no room for an error and a break: ``synth``
+    died with a traceback there (and on herringbone still 1154 of seed 62 at 15.9 px/mm, until
+    2026-12-06); the still is drawn further out now, and ``meta.csv`` records the scale drawn."""
     meta: dict = {}
-    img, labels, boxes = render_image(_image_rng(62, 1154), families=["herringbone"], meta=meta)
-    assert labels["error"] and labels["break"] and len(boxes) == 2
-    assert meta["px_per_mm"] == pytest.approx(15.94 * 0.85, rel=0.01)
+    forced = {"error": True, "break": True, "length": False}
+    img, labels, boxes = render_image(np.random.default_rng([7, 1]), px_per_mm=40, labels=forced, meta=meta)
+    assert labels["error"] and labels["break"] and sorted(b.label for b in boxes) == ["break", "error"]
+    assert meta["px_per_mm"] < 40 * 0.55, meta["px_per_mm"]  # past the last of the fixed steps (measured 20.9)
 
 
 @pytest.mark.parametrize("flag", ["--families", "--exclude-families"])
@@ -418,6 +419,46 @@ def test_each_defect_kind_has_its_label_and_a_box(kind):
         assert b.w > 0 and b.h > 0 and b.x >= 0 and b.y >= 0 and b.x + b.w <= 256 and b.y + b.h <= 256
         diff = np.abs(img.astype(np.float32) - ref.astype(np.float32)).mean(axis=2)
         assert diff[b.y : b.y + b.h, b.x : b.x + b.w].max() > 8, (kind, seed)
+
+
+def test_a_stain_is_one_plain_patch_that_changes_the_colour_under_it():
+    """What a stain is (``synth_render.STAIN_RADIUS_MM``): a patch 2–8 mm across (drop to smear) that
+    pulls the colour of the cloth and thread under it towards its own, so it is plainly visible:
+    oil darkens, dirt and rust lighten dark cloth. The stains of before were half this visible
+    (median 22.8 on the seed-3 test set, 40.4 now)."""
+    vis, widths, lighter, darker = [], [], 0, 0
+    for i in range(40):
+        meta: dict = {}
+        forced = {"error": True, "break": False}
+        img, _, boxes = render_image(np.random.default_rng([9, i]), labels=forced, kinds={"error": "stain"}, meta=meta)
+        ref, _, _ = render_image(np.random.default_rng([9, i]), labels={**forced, "error": False})
+        (b,) = boxes
+        widths.append(max(b.w, b.h) / meta["px_per_mm"])
+        vis.append(meta["visibility"])
+        win = (slice(b.y, b.y + b.h), slice(b.x, b.x + b.w))
+        d = img[win].astype(np.float32).mean() - ref[win].astype(np.float32).mean()
+        lighter += d > 2
+        darker += d < -2
+    assert np.median(vis) >= 30, np.median(vis)  # measured 38.0
+    assert min(widths) >= 2.0 and np.median(widths) <= 8.0, (min(widths), np.median(widths))  # 3.4, 5.4 mm
+    assert darker >= 20 and lighter >= 3, (darker, lighter)  # 27 and 7 of 40
+
+
+def test_a_crooked_seam_jumps_sideways_further_than_a_normal_seam_bends():
+    """A crooked seam moves one to three holes 1.2–2.4 mm off the line and by at least a fifth of
+    the bump's length (×0.90–1 at the bump's middle hole): a jump, where a normal seam bends by
+    under about 1 mm across the whole view."""
+    S = 12.0
+    for pitch_mm in (2.0, 4.0):
+        holes = np.array([[i * pitch_mm * S, 100.0] for i in range(12)], np.float32)
+        for seed in range(25):
+            scene = Scene(S=S, look=None, thread_bgr=np.zeros(3, np.float32), thread_w=3, holes=holes.copy())
+            _, d = make_error(scene, np.random.default_rng(seed), holes, 4, 1.0, "crooked")
+            moved = sorted(scene.moved)
+            off = max(abs(float(scene.moved[i][1]) - 100.0) for i in moved) / S
+            bump = (len(moved) + 1) * pitch_mm  # from the last hole on the line to the next one
+            assert d.kind == "crooked" and 2 <= len(moved) <= 4  # the holes of one to three stitches
+            assert 0.9 * max(1.2, 0.2 * bump) <= off <= max(2.4, 0.3 * bump), (pitch_mm, seed, off, bump)
 
 
 def test_defect_visibility_is_the_l2_norm_of_the_standardised_change():
