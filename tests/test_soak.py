@@ -4,7 +4,7 @@
   synthetic seam video with every frame flagged (an alert + heatmap every 20 frames), a tiny
   ``heatmaps.max_mb`` so retention deletes all the time, a real Mosquitto receiving the alerts.
   psutil samples RSS, threads and fds every ~0.5 s; after warm-up RSS must stay flat (≤ 5 MB),
-  threads constant, fds bounded, the heatmap directory within ``max_mb`` (+ one set), and every
+  threads not growing, fds bounded, the heatmap directory within ``max_mb`` (+ one set), and every
   logged alert must reach the subscriber exactly once or still be in the outbox. The figures are
   printed (``pytest -s`` / the CI log).
 * Path safety (5.8): hostile event ids / labels / station names never make the worker or the
@@ -169,7 +169,10 @@ def test_soak_rss_threads_fds(tmp_path, tiny_bundle, soak_video, mqtt_broker, mq
     )
 
     assert growth <= 5.0, f"RSS grew {growth:.2f} MB after warm-up"
-    assert len(threads) == 1, f"thread count changed after warm-up: {threads}"
+    # no thread leak: at most one step after warm-up (a pool started late: 10 → 12 threads once, on a
+    # VM about twice as slow as usual, 2026-12-06), and steady over the last fifth; a leak keeps growing
+    last_t = {x[2] for x in body[-k:]}
+    assert len(threads) <= 2 and last_t == {threads[-1]}, f"threads changed after warm-up: {threads}"
     assert max(fds) - min(fds) <= 4, f"fd count varied {min(fds)}..{max(fds)}"
     assert s["heatmaps"]["saved"] > 50 and s["heatmaps"]["deleted"] > 0  # retention really ran
     assert hm_max <= limit + 2 * one_set and hm_end <= limit + one_set
