@@ -194,7 +194,8 @@ def render_image(
     m: dict = {}
     # rare: an error and a break do not fit in the few stitches in view (4-mm stitches, a large or
     # pinned scale): zoom out until they do; the recorded scale is the one drawn
-    for zoom_out in (1.0, 0.85, 0.7, *(0.55 * 0.85**i for i in range(12))):
+    steps = (1.0, 0.85, 0.7, *(0.55 * 0.85**i for i in range(12)))
+    for zoom_out in steps:
         try:
             img, boxes = render_still(
                 rng,
@@ -210,7 +211,7 @@ def render_image(
             )
             break
         except NoRoomError:
-            if zoom_out < 0.1:
+            if zoom_out == steps[-1]:
                 raise
     ppm *= zoom_out
     if meta is not None:
