@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -46,14 +47,15 @@ from edge.errors import DataError, ModelError
 
 TARGET_ACCURACY = 98.0
 TARGET_AGREEMENT = 99.5
+STAGE_FORM = "EPOCHS:COUNT:LR[:ARCH][@LO:HI,…][+length-changes=P][+random-textures=P]"
 
 
 @dataclass(frozen=True)
 class Stage:
     """One stage after the first: ``epochs`` on a fresh set of ``count`` images at ``lr``; ``arch``:
     grow the model into this architecture first (None: keep it); ``scale``: the set's
-    ``synth --scale-range`` (None: the default range); ``length_changes``: its ``synth
-    --length-changes`` (0: none)."""
+    ``synth --scale-range`` (None: the default range); ``length_changes`` and ``random_textures``:
+    its ``synth --length-changes`` and ``--random-textures`` (0: none)."""
 
     epochs: int
     count: int
@@ -61,13 +63,15 @@ class Stage:
     arch: str | None = None
     scale: tuple[tuple[float, float], ...] | None = None
     length_changes: float = 0.0
+    random_textures: float = 0.0
 
     def __post_init__(self) -> None:
         """The same checks for ``--then`` and for callers: a Stage that exists can be trained."""
         if self.epochs < 1 or self.count < 1 or not self.lr > 0:
             raise ModelError(f"--then {self.spec()!r}: epochs, count and lr must be positive")
-        if not 0.0 <= self.length_changes <= 1.0:
-            raise ModelError(f"--then {self.spec()!r}: length-changes must be in 0..1")
+        for name, share in (("length-changes", self.length_changes), ("random-textures", self.random_textures)):
+            if not 0.0 <= share <= 1.0:
+                raise ModelError(f"--then {self.spec()!r}: {name} must be in 0..1")
         if self.arch is not None:
             from .models import GROWS_FROM
 
@@ -83,6 +87,7 @@ class Stage:
             + (f":{self.arch}" if self.arch else "")
             + (f"@{scale}" if scale else "")
             + (f"+length-changes={self.length_changes:g}" if self.length_changes else "")
+            + (f"+random-textures={self.random_textures:g}" if self.random_textures else "")
         )
 
 
@@ -103,24 +108,26 @@ SHIPPED_STAGES = (
 
 
 def parse_stage(text: str) -> Stage:
-    """``EPOCHS:COUNT:LR[:ARCH][@LO:HI,LO:HI…][+length-changes=P]`` → Stage (the ``--then`` flag;
-    ``Stage`` checks the values; after ``@``: the set's ``synth --scale-range``, after ``+``: its
-    ``--length-changes``); one clear line when it is not."""
-    rest, plus, changes_text = text.partition("+length-changes=")
+    """``EPOCHS:COUNT:LR[:ARCH][@LO:HI,LO:HI…][+length-changes=P][+random-textures=P]`` → Stage (the
+    ``--then`` flag; ``Stage`` checks the values; after ``@``: the set's ``synth --scale-range``,
+    after each ``+``: that ``synth`` option of the set); one clear line when it is not."""
+    rest, *opts = re.split(r"\+(?=[a-z])", text)
     head, _, scale_text = rest.partition("@")
     parts = head.split(":")
     try:
         if len(parts) not in (3, 4):
             raise ValueError
         epochs, count, lr = int(parts[0]), int(parts[1]), float(parts[2])
-        changes = float(changes_text) if plus else 0.0
+        extra = dict(o.split("=", 1) for o in opts)
+        if len(extra) != len(opts) or not set(extra) <= {"length-changes", "random-textures"}:
+            raise ValueError
+        changes, textures = (float(extra.get(k, 0.0)) for k in ("length-changes", "random-textures"))
         scale = _scale_ranges(scale_text) if scale_text else None
     except (ValueError, argparse.ArgumentTypeError):
         raise ModelError(
-            f"--then {text!r}: expected EPOCHS:COUNT:LR[:ARCH][@LO:HI,…][+length-changes=P], "
-            "e.g. 20:12000:1e-3 or 8:12000:3e-4@2.3:9,9:16"
+            f"--then {text!r}: expected {STAGE_FORM}, e.g. 20:12000:1e-3 or 8:12000:3e-4@2.3:9,9:16"
         ) from None
-    return Stage(epochs, count, lr, parts[3] if len(parts) == 4 else None, scale, changes)
+    return Stage(epochs, count, lr, parts[3] if len(parts) == 4 else None, scale, changes, textures)
 
 
 def _ranges_text(scale: tuple[tuple[float, float], ...] | None) -> str:
@@ -150,11 +157,14 @@ def ship(
     init: str | None = None,
     stages: tuple[Stage, ...] = SHIPPED_STAGES,
     scale: tuple[tuple[float, float], ...] | None = None,
+    length_changes: float = 0.0,
+    random_textures: float = 0.0,
 ) -> dict:
     """Run the whole chain in ``work`` (resumable: data sets and checkpoints are reused) → summary.
 
-    ``scale``: the first stage's set's ``synth --scale-range`` (None: the default range); the
-    validation and test sets keep the default range, the shipped model's own."""
+    ``scale``, ``length_changes``, ``random_textures``: the first stage's set's ``synth
+    --scale-range``, ``--length-changes`` and ``--random-textures`` (None, 0, 0: synth's defaults);
+    the validation and test sets keep synth's defaults, the shipped model's own world."""
     from .data import load_dataset
     from .evaluate import predict_dataset
     from .export import export_bundle, parity
@@ -170,28 +180,44 @@ def ship(
         from .synth import check_scale_ranges
 
         check_scale_ranges(scale)
+    for flag, share in (("--length-changes", length_changes), ("--random-textures", random_textures)):
+        if not 0.0 <= share <= 1.0:  # before hours of synth and training, not after
+            raise ModelError(f"{flag} {share:g}: must be in 0..1")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    sets: dict[str, tuple[int, int, tuple[tuple[float, float], ...] | None, float]] = {
-        "train": (1, train_count, scale, 0.0),
-        "valid": (2, valid_count, None, 0.0),
-        "test": (3, test_count, None, 0.0),
+    sets: dict[str, tuple[int, int, tuple[tuple[float, float], ...] | None, float, float]] = {
+        "train": (1, train_count, scale, length_changes, random_textures),
+        "valid": (2, valid_count, None, 0.0, 0.0),
+        "test": (3, test_count, None, 0.0, 0.0),
     }
     for i, st in enumerate(stages, start=2):  # train2 (seed 4), train3 (seed 5), …
-        sets[f"train{i}"] = (i + 2, st.count, st.scale, st.length_changes)
+        sets[f"train{i}"] = (i + 2, st.count, st.scale, st.length_changes, st.random_textures)
     cmds = []
-    for key, (seed, count, set_scale, changes) in sets.items():
+    for key, (seed, count, set_scale, changes, textures) in sets.items():
         d = work / key
         scale_arg = ("--scale-range", _ranges_text(set_scale)) if set_scale else ()
         changes_arg = ("--length-changes", f"{changes:g}") if changes else ()
+        textures_arg = ("--random-textures", f"{textures:g}") if textures else ()
         cmds.append(
-            _cmd("python -m convert synth --out", d, "--count", count, "--seed", seed, *scale_arg, *changes_arg)
+            _cmd(
+                "python -m convert synth --out",
+                d,
+                "--count",
+                count,
+                "--seed",
+                seed,
+                *scale_arg,
+                *changes_arg,
+                *textures_arg,
+            )
         )
         # a set is reused when it was drawn the same way (``recipe.json``; sets from before it: count only)
         drawn = json.loads((d / "recipe.json").read_text()) if (d / "recipe.json").is_file() else None
         want = {"seed": seed, "count": count, "scale_range": [list(r) for r in set_scale] if set_scale else None}
-        if changes:  # only when drawn: the recipes written before the option still match
+        if changes:  # only when drawn: the recipes written before the options still match
             want["length_changes"] = changes
+        if textures:
+            want["random_textures"] = textures
         if (
             (d / "data.csv").is_file()
             and len(load_dataset(d / "data.csv", check_images=False)) == count
@@ -212,6 +238,7 @@ def ship(
             progress=sys.stderr.isatty(),
             scale_range=set_scale,
             length_changes=changes,
+            random_textures=textures,
         )
         (d / "recipe.json").write_text(json.dumps(want) + "\n")
     t_synth = time.monotonic() - t0
@@ -311,6 +338,8 @@ def ship(
             "lr": lr,
             "init": init,
             "scale_range": [list(r) for r in scale] if scale else None,
+            "length_changes": length_changes,
+            "random_textures": random_textures,
             "stages": [st.spec() for st in stages],
             "stages_epochs_run": runs,
         },
@@ -347,7 +376,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--then",
         action="append",
-        metavar="EPOCHS:COUNT:LR[:ARCH][@LO:HI,…][+length-changes=P]",
+        metavar=STAGE_FORM,
         help="a further stage on a fresh set, repeatable (default: the shipped recipe, "
         + ", ".join(st.spec() for st in SHIPPED_STAGES)
         + "; 'none': no further stage)",
@@ -361,7 +390,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a later stage takes its own with --then …@LO:HI,…",
     )
     p.add_argument(
-        "--arch", default="resnet-s2", help="resnet-s2 (default: the shipped model), resnet-int8-gap or resnet-int8"
+        "--length-changes",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="draw the first stage's set with synth --length-changes P (default 0); a later stage: +length-changes=P",
+    )
+    p.add_argument(
+        "--random-textures",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="draw the first stage's set with synth --random-textures P (default 0); a later stage: +random-textures=P",
+    )
+    p.add_argument(
+        "--arch",
+        default="resnet-s2",
+        help="the first stage's architecture: resnet-s2 (default: the shipped model's, grown later), "
+        "resnet-s2-deep (the shipped model's final one, from the first epoch), resnet-int8-gap or resnet-int8",
     )
     p.set_defaults(func=run)
 
@@ -402,6 +448,8 @@ def run(args: argparse.Namespace) -> int:
         init=args.init,
         stages=stages_from_args(args.then),
         scale=args.scale_range,
+        length_changes=args.length_changes,
+        random_textures=args.random_textures,
     )
     print(f"## Shipped model ({args.out}): {s['settings']}\n")
     print(s["table"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -392,11 +393,13 @@ def test_ship_chain_toy(tmp_path):
         # the first set with a third of wider views (an empty length cell where the pixels cannot
         # tell), then the recipe's further stages at toy scale too: on a fresh set, then grown
         # deeper, then on a set of half wider views where half the normal seams change stitch length
+        # and half of them on random textures; the last stage's set all random
         scale=((3.0, 9.0), (9.0, 16.0), (9.0, 16.0)),
+        random_textures=0.5,
         stages=(
             Stage(1, 48, 1e-3),
             Stage(1, 48, 1e-3, "resnet-s2-deep"),
-            Stage(1, 48, 1e-3, scale=((2.3, 9.0), (9.0, 16.0)), length_changes=0.5),
+            Stage(1, 48, 1e-3, scale=((2.3, 9.0), (9.0, 16.0)), length_changes=0.5, random_textures=1.0),
         ),
     )
     b = load_bundle(tmp_path / "bundle")
@@ -413,12 +416,11 @@ def test_ship_chain_toy(tmp_path):
     assert s["settings"]["stages_epochs_run"] == [1, 1, 1] and (tmp_path / "work" / "train3" / "data.csv").is_file()
     assert read_meta(tmp_path / "work" / "model4.keras")["arch"] == "resnet-s2-deep"
     assert (
-        "python -m convert synth --out {} --count 48 --seed 6 --scale-range 2.3:9,9:16 --length-changes 0.5".format(
-            tmp_path / "work" / "train4"
-        )
+        "python -m convert synth --out {} --count 48 --seed 6 --scale-range 2.3:9,9:16 --length-changes 0.5 "
+        "--random-textures 1".format(tmp_path / "work" / "train4")
         in s["commands"]
     )
-    first = "python -m convert synth --out {} --count 48 --seed 1 --scale-range 3:9,9:16,9:16"
+    first = "python -m convert synth --out {} --count 48 --seed 1 --scale-range 3:9,9:16,9:16 --random-textures 0.5"
     assert first.format(tmp_path / "work" / "train") in s["commands"]
     assert s["settings"]["scale_range"] == [[3, 9], [9, 16], [9, 16]]
     assert json.loads((tmp_path / "work" / "train" / "recipe.json").read_text())["scale_range"] == [
@@ -431,7 +433,19 @@ def test_ship_chain_toy(tmp_path):
     assert 0 < sum(r.endswith(",") for r in wide) < 48  # the views under 9 px/mm: length unknown
     recipe4 = json.loads((tmp_path / "work" / "train4" / "recipe.json").read_text())
     assert recipe4["scale_range"] == [[2.3, 9], [9, 16]] and recipe4["length_changes"] == 0.5
-    assert "length_changes" not in json.loads((tmp_path / "work" / "train2" / "recipe.json").read_text())
+    assert recipe4["random_textures"] == 1.0 and s["settings"]["random_textures"] == 0.5
+    assert json.loads((tmp_path / "work" / "train2" / "recipe.json").read_text()) == {
+        "seed": 4,
+        "count": 48,
+        "scale_range": None,
+    }  # a set drawn without the options keeps the recipe it had before them (reused, not redrawn)
+
+    def families(key: str) -> list[str]:
+        with open(tmp_path / "work" / key / "meta.csv", newline="") as f:
+            return [row["family"] for row in csv.DictReader(f)]
+
+    assert set(families("train4")) == {"random"} and 0 < families("train").count("random") < 48
+    assert "random" not in families("valid") + families("test") + families("train2")
     m = _measured(tmp_path / "work" / "model4.keras", tmp_path / "bundle", tmp_path / "work" / "test")
     thr = np.array([b.thresholds[lab] for lab in b.labels])
     accuracy = 100.0 * np.mean((m["classifier_int8"] >= thr) == m["truth"], axis=0)

@@ -79,6 +79,10 @@ def test_then_flag_parses_and_refuses_in_one_line(tmp_path):
     assert changes.length_changes == 0.25 and changes.scale == ((2.3, 9.0), (9.0, 16.0), (9.0, 16.0), (9.0, 16.0))
     assert changes.spec() == "8:12000:0.0001@2.3:9,9:16,9:16,9:16+length-changes=0.25"
     assert parse_stage(changes.spec()) == changes and parse_stage("8:10:1e-4+length-changes=0.1").scale is None
+    both = parse_stage("8:10:1e-4@2.3:9,9:16+random-textures=0.3+length-changes=0.5")
+    assert (both.length_changes, both.random_textures) == (0.5, 0.3) and both.scale == ((2.3, 9.0), (9.0, 16.0))
+    assert both.spec() == "8:10:0.0001@2.3:9,9:16+length-changes=0.5+random-textures=0.3"
+    assert parse_stage(both.spec()) == both and parse_stage("8:10:1e-4+random-textures=1").random_textures == 1.0
     for bad, why in (
         ("5:100", "expected EPOCHS:COUNT:LR"),
         ("0:100:1e-3", "must be positive"),
@@ -87,6 +91,10 @@ def test_then_flag_parses_and_refuses_in_one_line(tmp_path):
         ("8:100:3e-4@2.3", "expected EPOCHS:COUNT:LR"),
         ("8:100:3e-4+length-changes=x", "expected EPOCHS:COUNT:LR"),
         ("8:100:3e-4+length-changes=1.5", "length-changes must be in 0..1"),
+        ("8:100:3e-4+random-textures=-0.1", "random-textures must be in 0..1"),
+        ("8:100:3e-4+random-textures", "expected EPOCHS:COUNT:LR"),
+        ("8:100:3e-4+textures=0.1", "expected EPOCHS:COUNT:LR"),
+        ("8:100:3e-4+length-changes=0.1+length-changes=0.2", "expected EPOCHS:COUNT:LR"),
     ):
         with pytest.raises(ModelError, match=why):
             parse_stage(bad)
@@ -104,4 +112,12 @@ def test_first_stage_scale_range_is_synths_and_refuses_in_one_line(tmp_path):
     assert not (tmp_path / "w").exists()
     with pytest.raises(DataError, match="--scale-range 0.1:9: need 0.5"):
         ship(tmp_path / "out", tmp_path / "w", scale=((0.1, 9.0),))
+    assert not (tmp_path / "w").exists()
+
+
+def test_first_stage_shares_refuse_in_one_line(tmp_path):
+    for flag in ("--length-changes", "--random-textures"):
+        p = run_convert("ship", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b"), flag, "1.5")
+        assert p.returncode == 78 and p.stderr.strip().endswith(f"{flag} 1.5: must be in 0..1"), p.stderr
+        assert "Traceback" not in p.stderr
     assert not (tmp_path / "w").exists()
