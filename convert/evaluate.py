@@ -46,17 +46,29 @@ from .loading import Predictor, add_preprocess_args, load_predictor, resolve_pre
 from .metrics import calibrate_thresholds, multiclass_metrics, multilabel_metrics
 from .roi import add_roi_args, roi_from_args
 
+NO_TRUTH = "– (no image of the set has this label known)"
+
+
+def _pct(v: float | None, why: str = NO_TRUTH) -> str:
+    """A percentage, or why there is none (a set drawn where nobody can tell ``length``)."""
+    return why if v is None else f"{v:.2f}"
+
 
 def format_report(metrics: dict, labels: Sequence[str]) -> str:
     """The seed's lines (``Good Accuracy: 97.30``) followed by P/R/F1 and thresholds."""
     lines = []
     if metrics["task"] == "multilabel":
         for lab in labels:
-            lines.append(f"{lab.capitalize()} Accuracy: {metrics['labels'][lab]['accuracy']:.2f}")
-        lines.append(f"Exact match (all labels right): {metrics['exact_match']:.2f}")
+            lines.append(f"{lab.capitalize()} Accuracy: {_pct(metrics['labels'][lab]['accuracy'])}")
+        lines.append(
+            f"Exact match (all labels right): {_pct(metrics['exact_match'], '– (no image has every label known)')}"
+        )
         for lab in labels:
             m = metrics["labels"][lab]
             roc = m.get("auroc")
+            if m.get("known") == 0:
+                lines.append(f"{lab.capitalize()} Precision, Recall, F1: {NO_TRUTH}")
+                continue
             lines.append(
                 f"{lab.capitalize()} Precision: {100 * m['precision']:.2f} Recall: {100 * m['recall']:.2f} "
                 f"F1: {100 * m['f1']:.2f}" + (f" AUROC: {roc:.4f}" if roc is not None else "")

@@ -304,7 +304,7 @@ def _runs_table(rows: list[dict], labels: Sequence[str], modes, labelled_heading
             m = r[mode]
             lines.append(
                 f"| {r['family']} | {labelled(r)} | {name} | "
-                + " | ".join(f"{m['accuracy'][lab]:.1f}" for lab in labels)
+                + " | ".join("–" if m["accuracy"][lab] is None else f"{m['accuracy'][lab]:.1f}" for lab in labels)
                 + f" | {m['defect_auroc']:.3f} | {m['break_auroc']:.3f} |"
             )
     return "\n".join(lines)

@@ -70,7 +70,9 @@ def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
 
 def multilabel_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]) -> dict:
     """Per label: accuracy, precision, recall, F1 (percent for accuracy), counts (``known``: the
-    images whose truth for that label is not NaN; the figures are over those)."""
+    images whose truth for that label is not NaN; the figures are over those). With no known truth
+    (a set drawn wholly outside the scales where ``length`` is visible) accuracy is None, not 0 %;
+    ``exact_match`` likewise when no image has every label known."""
     raw = np.asarray(y, np.float64)
     known = _known(raw)
     y = raw > 0.5
@@ -85,7 +87,7 @@ def multilabel_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thre
         tn = int(np.sum(~pred & ~y[:, i] & k))
         prec, rec, f1 = _prf(tp, fp, fn)
         out["labels"][lab] = {
-            "accuracy": 100.0 * (tp + tn) / max(1, int(k.sum())),
+            "accuracy": 100.0 * (tp + tn) / int(k.sum()) if k.any() else None,
             "known": int(k.sum()),
             "precision": prec,
             "recall": rec,
@@ -99,7 +101,7 @@ def multilabel_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thre
         }
     decided = np.stack([p[:, i] >= float(thresholds.get(lab, 0.5)) for i, lab in enumerate(labels)], 1)
     full = np.all(known, axis=1)
-    out["exact_match"] = 100.0 * float(np.mean(np.all(decided == y, axis=1)[full])) if full.any() else 0.0
+    out["exact_match"] = 100.0 * float(np.mean(np.all(decided == y, axis=1)[full])) if full.any() else None
     return out
 
 

@@ -55,6 +55,28 @@ def test_metrics_leave_unknown_truth_out():
     assert calibrate_threshold(np.array([nan, 1.0, 0.0]), np.array([0.0, 0.7, 0.3])) == pytest.approx(0.5)
 
 
+def test_a_label_nobody_knows_has_no_accuracy_rather_than_zero():
+    """A set drawn wholly outside the scales where ``length`` shows (``synth --scale-range 2.3:9``):
+    no image has it known, so its accuracy is none at all, not 0 %, in the metrics and the report."""
+    from convert.evaluate import format_report
+    from convert.metrics import multilabel_metrics
+
+    nan = float("nan")
+    y = np.array([[1, nan], [0, nan], [1, nan]], np.float64)
+    p = np.array([[0.9, 0.8], [0.2, 0.1], [0.3, 0.9]])
+    m = multilabel_metrics(y, p, ["good", "length"], {"good": 0.5, "length": 0.5})
+    assert m["labels"]["good"]["accuracy"] == pytest.approx(200 / 3)
+    assert m["labels"]["length"]["accuracy"] is None and m["labels"]["length"]["known"] == 0
+    assert m["exact_match"] is None
+    lines = format_report(m, ["good", "length"]).splitlines()
+    assert lines[:3] == [
+        "Good Accuracy: 66.67",
+        "Length Accuracy: – (no image of the set has this label known)",
+        "Exact match (all labels right): – (no image has every label known)",
+    ]
+    assert "Length Precision, Recall, F1: – (no image of the set has this label known)" in lines
+
+
 def test_masked_loss_and_accuracy_count_known_labels_only():
     from convert.train import masked_objects
 
