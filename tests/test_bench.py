@@ -33,6 +33,7 @@ REQUIRED = (
     "feedback_junk",
     "fleet",
     "model_swap",
+    "train_step_ms",
     "machine",
     "ratios",
     "targets",
@@ -77,6 +78,14 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
     assert res["ratios"]["bundle"][f"litert-int8@{keras_t}"] == pytest.approx(
         lat["keras"][keras_t]["p50"] / lat["litert-int8"][keras_t]["p50"], rel=0.02
     )
+
+    # the workstation's training step, XLA on (convert train's) and off, side by side
+    ts = res["train_step_ms"]
+    assert ts["arch"] == "resnet-int8" and ts["batch"] == 32, ts
+    for arm in ("xla", "plain"):
+        assert ts[arm]["n"] == 6 and _pos(ts[arm]["p50"]) and ts[arm]["p99"] >= ts[arm]["p50"], ts
+    assert ts["xla_speedup"] == pytest.approx(ts["plain"]["p50"] / ts["xla"]["p50"], rel=0.01)
+    assert "XLA (train's) / without" in proc.stdout
 
     # end to end vs the bare interpreter bound
     assert _pos(res["e2e_fps"]) and _pos(res["bound_fps"])

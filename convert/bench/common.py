@@ -45,6 +45,8 @@ class Plan:
     fleet_stations: int = 20  # daemons on one broker (convert/bench/fleet.py)
     fleet_s: float = 10.0  # its steady window (s)
     junk_messages: int = 10_000  # junk on the feedback topic in each junk-flooded e2e run
+    train_steps: int = 6  # training steps per round of the XLA on / off comparison (the first left out)
+    train_rounds: int = 3
 
 
 def make_plan(quick: bool, cores: int) -> Plan:
@@ -73,6 +75,8 @@ def make_plan(quick: bool, cores: int) -> Plan:
             fleet_stations=8,
             fleet_s=3.0,
             junk_messages=2_000,
+            train_steps=4,
+            train_rounds=2,
         )
     return Plan(
         False,

@@ -149,6 +149,7 @@ def render_table(res: dict) -> str:
     sc, sr = res.get("samples_cost") or {}, res.get("samples_rss_mb") or {}
     sq, fj = res.get("samples_flood_latency") or {}, res.get("feedback_junk") or {}
     fl = res.get("fleet") or {}
+    ts = res.get("train_step_ms") or {}
     fld = fl.get("alert_delivery_ms") or {}
     ms = res.get("model_swap") or {}
     mq = ms.get("quiet_gap_ms") or {}
@@ -181,6 +182,9 @@ def render_table(res: dict) -> str:
         f"{_f(rss.get('litert_no_heatmaps'), 1)} MB (TensorFlow mapped: "
         f"{rss.get('tensorflow_mapped_in_litert_daemon')}) |",
         f"| daemon RSS, heatmaps.method tf | {_f(rss.get('tf'), 1)} MB |",
+        f"| workstation: one training step of {ts.get('arch')} (batch {ts.get('batch')}, Keras fit), "
+        f"XLA (train's) / without | {_f((ts.get('xla') or {}).get('p50'), 1)} / "
+        f"{_f((ts.get('plain') or {}).get('p50'), 1)} ms → XLA {_f(ts.get('xla_speedup'))} × faster |",
         f"| start-up to first classified frame | {_f(res['startup_s'])} s (runs {res['startup'].get('runs_s')}) |",
         f"| alert latency p50 / p99 (n={al.get('n')}) | {_f(al.get('p50'), 1)} / {_f(al.get('p99'), 1)} "
         f"ms; after the event closed {_f(al.get('after_close_p50'), 1)} / "

@@ -181,6 +181,26 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         if not binfo["has_keras"]:
             spec["bundle_keras"] = None
         tf_res[t] = run_worker(spec, work, f"tf{t}")
+    # the workstation side: a training step of the bundle's architecture, XLA on (train's) and off
+    from convert.models import ARCHS
+
+    arch = binfo["arch"] if binfo.get("arch") in ARCHS else "resnet-s2"
+    say(f"TF worker: a training step of {arch}, XLA on and off")
+    train_step = run_worker(
+        {
+            "kind": "tf_train",
+            "arch": arch,
+            "height": h,
+            "width": w,
+            "filters": filters,
+            "n_labels": len(binfo["labels"]),
+            "batch": 32,
+            "steps": plan.train_steps,
+            "rounds": plan.train_rounds,
+        },
+        work,
+        "tftrain",
+    )
     phases["tf_workers"] = _lap()
     models = tf_res[max(tf_res)]["models"] if tf_res else {}  # the first worker (most threads) exports
 
@@ -318,6 +338,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         "feedback_junk": daemon["feedback_junk"],
         "fleet": fleet,
         "model_swap": model_swap,
+        "train_step_ms": train_step,
         "notes": notes + daemon["notes"],
     }
     result["pi_estimates"] = pi_estimates(result)

@@ -4,7 +4,8 @@ TF fixes its intra-op pool size once it starts, so there is one worker per threa
 process itself never imports TensorFlow, so TF's thread pools never disturb the LiteRT numbers.
 Workers: ``tf`` (Keras eager / ``tf.function`` latencies, TFLite exports of the model variants,
 multiply-adds, the full-TF Grad-CAM cost), ``tf_gradcam_rss`` (the memory of a process holding the
-full-TF Grad-CAM) and ``fallback`` (an untrained bundle when none is shipped yet).
+full-TF Grad-CAM), ``tf_train`` (a training step of the bundle's architecture, with and without
+XLA) and ``fallback`` (an untrained bundle when none is shipped yet).
 """
 
 from __future__ import annotations
@@ -152,6 +153,62 @@ def _tf_gradcam_rss_worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _tf_train_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Subprocess: one training step of the bundle's architecture, Keras ``fit`` as ``convert train``
+    runs it (a ``PyDataset`` of ``batch`` images, Adam, binary cross-entropy), with XLA (``train``'s
+    ``JIT``) and without it (Keras's own choice on a machine without a GPU), side by side: the two
+    models train in alternating rounds of ``steps`` steps, and each round's first step is left out."""
+    import keras
+
+    from convert.models import build_model
+
+    h, w, filters, n = int(spec["height"]), int(spec["width"]), int(spec["filters"]), int(spec["n_labels"])
+    batch, steps, rounds = int(spec["batch"]), int(spec["steps"]), int(spec["rounds"])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, h, w, 3)).astype(np.float32)
+    y = (rng.random((batch, n)) < 0.3).astype(np.float32)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self) -> int:
+            return steps
+
+        def __getitem__(self, k: int):
+            return x, y
+
+    class StepTimes(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ms: list[float] = []
+
+        def on_train_batch_begin(self, b, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, b, logs=None):
+            if b > 0:  # the first step of a round: the iterator starting (and, once, the trace)
+                self.ms.append(1000.0 * (time.perf_counter() - self.t0))
+
+    keras.utils.set_random_seed(0)
+    arms = {}
+    for name, jit in (("plain", False), ("xla", True)):
+        m = build_model(str(spec["arch"]), n, h, w, filters)
+        m.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.BinaryCrossentropy(), jit_compile=jit)
+        t0 = time.perf_counter()
+        m.fit(Batches(), epochs=1, verbose=0)  # warm-up: trace (and XLA-compile) the step
+        arms[name] = (m, StepTimes(), round(time.perf_counter() - t0, 2))
+    for _ in range(rounds):
+        for m, times, _ in arms.values():
+            m.fit(Batches(), epochs=1, verbose=0, callbacks=[times])
+    res = {name: {**summary_ms(times.ms), "first_fit_s": first} for name, (_, times, first) in arms.items()}
+    res.update(
+        arch=spec["arch"],
+        batch=batch,
+        height=h,
+        width=w,
+        xla_speedup=round(res["plain"]["p50"] / res["xla"]["p50"], 3),
+    )
+    return res
+
+
 def _fallback_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Subprocess: an untrained int8-friendly ResNet exported as a bundle (when none is shipped yet)."""
     import keras
@@ -191,7 +248,12 @@ def _fallback_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def worker_main(spec_path: str) -> int:
     """The worker process: read the spec, run its kind, write the result JSON."""
     spec = json.loads(Path(spec_path).read_text())
-    fn = {"tf": _tf_worker, "tf_gradcam_rss": _tf_gradcam_rss_worker, "fallback": _fallback_worker}[spec["kind"]]
+    fn = {
+        "tf": _tf_worker,
+        "tf_gradcam_rss": _tf_gradcam_rss_worker,
+        "tf_train": _tf_train_worker,
+        "fallback": _fallback_worker,
+    }[spec["kind"]]
     res = fn(spec)
     Path(spec["result"]).write_text(json.dumps(res))
     return 0
