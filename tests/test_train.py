@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -39,6 +40,10 @@ def test_tiny_keras_artifacts(tiny_keras):
     meta = read_meta(tiny_keras)
     assert meta["labels"] == ["good", "error", "break", "length"] and meta["task"] == "multilabel"
     assert (meta["height"], meta["arch"]) == (64, "resnet-int8")
+    # the steps were XLA-compiled (train.JIT), which Keras leaves off without a GPU: the checkpoint's
+    # compile config records it (the bench's train_step_ms measures what it buys)
+    with zipfile.ZipFile(ckpt_dir / ckpts[-1]) as z:
+        assert json.loads(z.read("config.json"))["compile_config"]["jit_compile"] is True
 
 
 @pytest.mark.slow
