@@ -68,9 +68,10 @@ CKPT_RE = re.compile(r"^ckpt-e(\d+)-.*\.keras$")
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "edge" / "models" / "default"
 LR_SCRATCH, LR_FINETUNE = 3e-3, 1e-3
 #: XLA-compiled training steps. Keras turns XLA off on a machine without a GPU ("auto"), but on
-#: this project's 2-core CPU it makes a ``resnet-s2-deep`` step 1.7x faster (1,470 → 860 ms at
-#: batch 32, measured side by side in one process) and costs nothing on the tests' tiny models. A
-#: model with a layer XLA cannot compile is trained without it (Keras warns once).
+#: this project's 2-core CPU it makes a ``resnet-s2-deep`` step at batch 32 1.65x faster (1,470 →
+#: 894 ms, the bench's ``train_step_ms``: both in one process, in alternating rounds), and the
+#: tests' tiny models' steps 2.2x, for about 5 s more compiling at the first step. A model with a
+#: layer XLA cannot compile is trained without it (Keras warns once).
 JIT = True
 
 
