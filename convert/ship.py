@@ -69,9 +69,13 @@ class Stage:
         """The same checks for ``--then`` and for callers: a Stage that exists can be trained."""
         if self.epochs < 1 or self.count < 1 or not self.lr > 0:
             raise ModelError(f"--then {self.spec()!r}: epochs, count and lr must be positive")
+        from .synth import check_share
+
         for name, share in (("length-changes", self.length_changes), ("random-textures", self.random_textures)):
-            if not 0.0 <= share <= 1.0:
-                raise ModelError(f"--then {self.spec()!r}: {name} must be in 0..1")
+            try:
+                check_share(name, share, ModelError)
+            except ModelError as e:  # spec() only on failure: SHIPPED_STAGES are built at import
+                raise ModelError(f"--then {self.spec()!r}: {e}") from None
         if self.arch is not None:
             from .models import GROWS_FROM
 
@@ -180,9 +184,10 @@ def ship(
         from .synth import check_scale_ranges
 
         check_scale_ranges(scale)
+    from .synth import check_share
+
     for flag, share in (("--length-changes", length_changes), ("--random-textures", random_textures)):
-        if not 0.0 <= share <= 1.0:  # before hours of synth and training, not after
-            raise ModelError(f"{flag} {share:g}: must be in 0..1")
+        check_share(flag, share, ModelError)  # before hours of synth and training, not after
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     sets: dict[str, tuple[int, int, tuple[tuple[float, float], ...] | None, float, float]] = {

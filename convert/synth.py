@@ -65,7 +65,7 @@ from convert.roi import add_roi_args, roi_from_args
 from convert.synth_fabric import BASE_PX_PER_MM as DEFAULT_PX_PER_MM  # at 256 px: 2 mm = 25 px
 from convert.synth_fabric import FAMILIES, HELD_BACK_FAMILIES, RANDOM_FAMILY
 from convert.synth_render import Box, NoRoomError, render_still
-from edge.errors import DataError
+from edge.errors import DataError, SeamQCError
 from edge.seam import DEFAULT_ROI as ROI
 from edge.seam import SEAM_LABELS as LABELS
 
@@ -307,6 +307,14 @@ def check_scale_ranges(scale_range: ScaleRanges) -> None:
             raise DataError(f"--scale-range {lo:g}:{hi:g}: need 0.5 <= LO < HI <= 200 (px/mm at 256 px)")
 
 
+def check_share(flag: str, share: float, error: type[SeamQCError] = DataError) -> float:
+    """The one check of a share option (``--length-changes``, ``--random-textures``, in ``synth``
+    and in ``convert ship``'s stages) → the share as a float, or ``error`` naming flag and value."""
+    if not 0.0 <= float(share) <= 1.0:
+        raise error(f"{flag} must be in 0..1, got {share:g}")
+    return float(share)
+
+
 def _check_opts(
     count: int,
     size: int,
@@ -323,8 +331,7 @@ def _check_opts(
         raise DataError(f"--px-per-mm must be in 0.5..200, got {px_per_mm}")
     if not (0.0 <= float(defect_rate) <= 1.0):
         raise DataError(f"--defect-rate must be in 0..1, got {defect_rate}")
-    if not (0.0 <= float(length_changes) <= 1.0):
-        raise DataError(f"--length-changes must be in 0..1, got {length_changes}")
+    check_share("--length-changes", length_changes)
     if scale_range is not None:
         if px_per_mm is not None:
             raise DataError("--scale-range and --px-per-mm exclude each other (a range or one scale)")
@@ -359,8 +366,7 @@ def write_dataset(
     generator).
     """
     _check_opts(count, size, px_per_mm, defect_rate, scale_range, length_changes)
-    if not (0.0 <= float(random_textures) <= 1.0):
-        raise DataError(f"--random-textures must be in 0..1, got {random_textures}")
+    check_share("--random-textures", random_textures)
     fams = check_families(families, exclude_families)
     out = _prepare_dir(Path(out_dir))
     opts = {"size": int(size), "px_per_mm": px_per_mm, "defect_rate": float(defect_rate), "families": fams}

@@ -118,6 +118,6 @@ def test_first_stage_scale_range_is_synths_and_refuses_in_one_line(tmp_path):
 def test_first_stage_shares_refuse_in_one_line(tmp_path):
     for flag in ("--length-changes", "--random-textures"):
         p = run_convert("ship", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b"), flag, "1.5")
-        assert p.returncode == 78 and p.stderr.strip().endswith(f"{flag} 1.5: must be in 0..1"), p.stderr
+        assert p.returncode == 78 and p.stderr.strip().endswith(f"{flag} must be in 0..1, got 1.5"), p.stderr
         assert "Traceback" not in p.stderr
     assert not (tmp_path / "w").exists()

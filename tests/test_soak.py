@@ -170,9 +170,10 @@ def test_soak_rss_threads_fds(tmp_path, tiny_bundle, soak_video, mqtt_broker, mq
 
     assert growth <= 5.0, f"RSS grew {growth:.2f} MB after warm-up"
     # no thread leak: at most one step after warm-up (a pool started late: 10 → 12 threads once, on a
-    # VM about twice as slow as usual, 2026-12-06), and steady over the last fifth; a leak keeps growing
+    # VM about twice as slow as usual, 2026-12-06; or a worker that ends), and steady over the last
+    # fifth; a leak keeps growing
     last_t = {x[2] for x in body[-k:]}
-    assert len(threads) <= 2 and last_t == {threads[-1]}, f"threads changed after warm-up: {threads}"
+    assert len(threads) <= 2 and len(last_t) == 1, f"threads changed after warm-up: {threads}, last fifth {last_t}"
     assert max(fds) - min(fds) <= 4, f"fd count varied {min(fds)}..{max(fds)}"
     assert s["heatmaps"]["saved"] > 50 and s["heatmaps"]["deleted"] > 0  # retention really ran
     assert hm_max <= limit + 2 * one_set and hm_end <= limit + one_set

@@ -372,6 +372,26 @@ def test_random_textures_draw_a_share_of_the_stills_on_no_real_fabric(tmp_path, 
     assert capsys.readouterr().err.strip() == "error: --random-textures must be in 0..1, got 1.5"
 
 
+@pytest.mark.parametrize("share", [0, 0.25, 1, "0.5"])
+def test_check_share_accepts_0_to_1_as_a_float(share):
+    from convert.synth import check_share
+
+    got = check_share("--length-changes", share)
+    assert isinstance(got, float) and got == float(share)
+
+
+def test_check_share_names_flag_and_value_with_the_callers_error():
+    """``synth`` (exit 2) and ``convert ship`` (exit 78) refuse a share with the same words."""
+    from convert.synth import check_share
+    from edge.errors import ModelError
+
+    for bad in (-0.01, 1.5):
+        with pytest.raises(DataError, match=rf"^--length-changes must be in 0\.\.1, got {bad:g}$"):
+            check_share("--length-changes", bad)
+    with pytest.raises(ModelError, match=r"^--random-textures must be in 0\.\.1, got 2$"):
+        check_share("--random-textures", 2, ModelError)
+
+
 def test_a_still_without_room_for_both_defects_zooms_out():
     """At 40 px/mm (6.4 mm in view) 4-mm stitches leave no room for an error and a break: ``synth``
     died with a traceback there (and on herringbone still 1154 of seed 62 at 15.9 px/mm, until
