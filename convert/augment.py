@@ -107,8 +107,9 @@ def motion(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     k = np.zeros((n, n), np.float32)
     k[n // 2, :] = 1.0
     rot = cv2.getRotationMatrix2D(((n - 1) / 2.0, (n - 1) / 2.0), rng.uniform(0, 180), 1.0)
-    k = cv2.warpAffine(k, rot, (n, n))
-    return cv2.filter2D(img, -1, k / max(float(k.sum()), 1e-6), borderType=cv2.BORDER_REFLECT_101)
+    kernel = np.asarray(cv2.warpAffine(k, rot, (n, n)), np.float32)
+    kernel /= max(float(kernel.sum()), 1e-6)
+    return cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
 
 
 def noise(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = DEFAULT) -> np.ndarray:
@@ -121,7 +122,8 @@ def jpeg(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = DEFAULT
     """Re-encode as JPEG at a random quality (block artefacts, chroma subsampling)."""
     q = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else img
+    out = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+    return img if out is None else out
 
 
 def augment(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = DEFAULT) -> np.ndarray:

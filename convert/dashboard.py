@@ -286,7 +286,9 @@ class DashboardState:
             return None
         if not all(isinstance(lb, str) and _LABEL_RE.match(lb) for lb in labels):
             return None
-        scores = data.get("scores") if isinstance(data.get("scores"), dict) else {}
+        scores = data.get("scores")
+        if not isinstance(scores, dict):
+            scores = {}
         kept = {lb: round(s, 3) for lb in labels if (s := _number(scores.get(lb))) is not None}
         ts = data.get("ts") if isinstance(data.get("ts"), str) else None
         return {"event_id": ev, "labels": list(labels), "scores": kept, "ts": ts and ts[:40], "verdict": None}
@@ -823,7 +825,7 @@ def run(args: argparse.Namespace) -> int:
     link = BrokerLink(state, args.broker, args.port, args.username, password)
     app = Dashboard(state, link, token, args.by)
     server = serve(app, args.bind, args.http_port)
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), server.server_address[1]  # TCP: never bytes
     shown = f"[{host}]" if ":" in str(host) else host
     link.start()
     signal.signal(signal.SIGTERM, _stop)

@@ -62,7 +62,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, idx: Sequence[int]) -> Dataset:
+    def subset(self, idx: Sequence[int] | np.ndarray) -> Dataset:
         idx = list(idx)
         return Dataset(self.labels, self.task, tuple(self.paths[i] for i in idx), self.targets[idx], self.source)
 

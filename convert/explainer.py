@@ -185,7 +185,7 @@ def describe_head(model, layer_name: str) -> tuple[dict[str, Any], dict[str, np.
 
     steps: list[dict[str, Any]] = []
     arrays: dict[str, np.ndarray] = {}
-    activation = "linear"
+    activation: str | None = "linear"
     dense_seen = False  # the LAST Dense (the logits) has been passed
     flat = False
     last_dense = max((i for i, lyr in enumerate(chain) if type(lyr).__name__ == "Dense"), default=-1)
@@ -386,7 +386,8 @@ def export_explainer(
     out.mkdir(parents=True, exist_ok=True)
     (out / EXPLAINER_FILE).write_bytes(keras_to_tflite(explainer, height, width, "none"))
     tmp = out / (HEAD_FILE + ".tmp.npz")
-    np.savez(tmp, spec=np.array(json.dumps(spec)), **arrays)
+    # numpy's stub reads a **dict as possibly holding allow_pickle: bool
+    np.savez(tmp, spec=np.array(json.dumps(spec)), **arrays)  # type: ignore[arg-type]
     tmp.replace(out / HEAD_FILE)
     return {"explainer": EXPLAINER_FILE, "head": HEAD_FILE}, gradcam
 

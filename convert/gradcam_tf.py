@@ -92,11 +92,11 @@ class KerasGradCAM:
             raise ModelError(f"layer {layer!r} output {tuple(feat.output.shape)} is not a 4-D feature map")
         pre, self._kernel, self._bias = _logits_parts(model)
         self._feat_model = keras.Model(model.inputs[0], feat.output)
+        self._head_model: Any = None  # features → (logits, output), or None: tape the whole model
+        self._grad_model: Any = None
         try:
             self._head_model = keras.Model(feat.output, [pre, model.outputs[0]])
-            self._grad_model = None
         except Exception:  # noqa: BLE001 - the head also reads earlier tensors: tape the whole model
-            self._head_model = None
             self._grad_model = keras.Model(model.inputs[0], [feat.output, pre, model.outputs[0]])
         n = int(model.outputs[0].shape[-1])
         if len(labels) != n:
@@ -159,13 +159,11 @@ class KerasGradCAM:
         if labels is None and top_k is not None:
             idx = None
         else:
-            labels = list(self.labels if labels is None else labels)
-            idx = label_indices(labels, self.labels)
+            idx = label_indices(list(self.labels if labels is None else labels), self.labels)
         x = preprocess(frame_bgr, self.height, self.width, self.preprocess)
         scores, maps = self.explain_array(x, idx, top_k)
         if idx is None:
             idx = list(maps)
-            labels = [self.labels[k] for k in idx]
         h, w = frame_bgr.shape[:2]
         return {
             lab: Heatmap(
@@ -175,7 +173,7 @@ class KerasGradCAM:
                 float(scores[k]),
                 strength(maps[k][1], (peak_ref or {}).get(lab)),
             )
-            for lab, k in zip(labels, idx)
+            for lab, k in ((self.labels[k], k) for k in idx)
         }
 
 

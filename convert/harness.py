@@ -235,6 +235,7 @@ class MqttSubscriber:
         v5: bool = False,
     ) -> None:
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
         self.topics = [topic] if isinstance(topic, str) else list(topic)
         self.qos = qos
@@ -243,7 +244,7 @@ class MqttSubscriber:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id or f"seamqc-sub-{uuid.uuid4().hex[:8]}",
             # MQTT 5 (``v5``) to see user properties; it has clean_start at connect instead
             clean_session=None if v5 else not persistent,
@@ -253,7 +254,7 @@ class MqttSubscriber:
             self.client.tls_set(**tls)
         if username:
             self.client.username_pw_set(username, password)
-        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]  # annotated int; a float sleeps too
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message

@@ -74,7 +74,7 @@ class HeatmapSource:
     def flagged(self, scores: dict[str, float]) -> list[str]:
         """Labels the model flags for these scores (see module doc)."""
         if self.task == "multiclass":
-            return [max(scores, key=scores.get)] if scores else []
+            return [max(scores, key=scores.__getitem__)] if scores else []
         seam = "good" in self.labels and len(self.labels) > 1
         return [
             lab

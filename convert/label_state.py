@@ -438,7 +438,7 @@ class Labeler:
         """Refuse a folder whose saved PNGs have another size than this session saves (another ROI)."""
         want = self.saved_size
         odd: list[str] = []
-        size = None
+        size = (0, 0)
         for row in self.store.rows.values():
             got = png_size(self.store.dir / row.name)
             if got is not None and got != want:

@@ -44,12 +44,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.errors import DataError
+
+if TYPE_CHECKING:
+    from .data import Dataset
 
 POOL_SEEDS = {"train": 201, "valid": 202, "test": 203, "finetune": 204}
 FT_TEST = 400  # images of F scored in the fine-tuning curve
@@ -88,7 +92,7 @@ def read_families(folder: Path) -> dict[str, str]:
     return read_meta_columns(folder, "family")["family"]
 
 
-def family_subset(ds, families: dict[str, str], keep) -> object:
+def family_subset(ds: Dataset, families: dict[str, str], keep: Callable[[str], bool]) -> Dataset:
     """The images of ``ds`` whose family satisfies ``keep(family)``."""
     idx = [i for i, p in enumerate(ds.paths) if keep(families.get(str(Path(p).resolve()), ""))]
     if not idx:
@@ -393,7 +397,7 @@ def leave_out(
     finetune_lr: float | None = None,
 ) -> dict:
     """Build the pools (once), run every family (resumable) → ``{"results": [...], "table": str}``."""
-    from .synth import FAMILIES
+    from .synth_fabric import FAMILIES
 
     work = Path(work)
     chosen = list(families or FAMILIES)
@@ -524,7 +528,7 @@ def held_back(
     ``others_count`` labelled images of the other held-back families, fine-tuned on and scored on F.
     """
     from .models import load_keras
-    from .synth import HELD_BACK_FAMILIES
+    from .synth_fabric import HELD_BACK_FAMILIES
     from .train import init_model_path
 
     work = Path(work)

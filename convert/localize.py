@@ -97,7 +97,7 @@ def score_case(
     area = float(inside.mean())
     if not np.isfinite(total) or total <= 0 or float(cam.max()) <= 0:
         return False, 0.0, area, (-1, -1), float("nan"), False
-    yy, xx = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    yy, xx = (int(v) for v in np.unravel_index(int(np.argmax(cam)), cam.shape))
     hit = bool(box_mask((h, w), boxes, tolerance)[yy, xx])
     mass = float(np.clip(cam[inside].sum() / total, 0.0, 1.0))
     dist = 0.0

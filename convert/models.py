@@ -43,6 +43,8 @@ numbers and weights): TF 2.21's oneDNN backward pass of a strided 1×1 conv segf
 
 from __future__ import annotations
 
+from typing import Any
+
 from edge.errors import ModelError
 
 ARCHS = ("resnet", "resnet-int8", "resnet-int8-gap", "resnet-s2", "resnet-s2-deep", "cnn", "fruit-cnn")
@@ -331,7 +333,7 @@ def infer_meta(model, meta: dict | None = None) -> dict:
     meta.setdefault("width", int(shape[2]))
     n = int(model.outputs[0].shape[-1])
     if "labels" not in meta:
-        from .data import SEAM_LABELS
+        from edge.seam import SEAM_LABELS
 
         meta["labels"] = list(SEAM_LABELS) if n == len(SEAM_LABELS) else [f"label_{i}" for i in range(n)]
     if "task" not in meta:
@@ -347,7 +349,7 @@ def infer_meta(model, meta: dict | None = None) -> dict:
     return meta
 
 
-def load_keras(path) -> tuple[object, dict]:
+def load_keras(path) -> tuple[Any, dict]:
     """A ``.keras`` file → ``(model, meta)``; a corrupt or foreign file is one ``ModelError`` line."""
     from pathlib import Path
 

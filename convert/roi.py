@@ -120,7 +120,7 @@ def load_roi(config: str | Path | None = None, roi: str | Sequence[int] | None =
         cfg = load_config(path, _station_overrides(path))
         cam = cfg.camera
         choice = RoiChoice(
-            tuple(int(v) for v in cam.roi) if cam.roi is not None else None,
+            cam.roi,
             f"{path}: camera.roi",
             (int(cam.width), int(cam.height)),
         )

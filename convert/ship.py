@@ -218,7 +218,11 @@ def ship(
         )
         # a set is reused when it was drawn the same way (``recipe.json``; sets from before it: count only)
         drawn = json.loads((d / "recipe.json").read_text()) if (d / "recipe.json").is_file() else None
-        want = {"seed": seed, "count": count, "scale_range": [list(r) for r in set_scale] if set_scale else None}
+        want: dict[str, object] = {
+            "seed": seed,
+            "count": count,
+            "scale_range": [list(r) for r in set_scale] if set_scale else None,
+        }
         if changes:  # only when drawn: the recipes written before the options still match
             want["length_changes"] = changes
         if textures:
@@ -231,10 +235,8 @@ def ship(
             print(f"ship: reusing {d} ({count} images)", file=sys.stderr)
             continue
         shutil.rmtree(d, ignore_errors=True)
-        print(
-            f"ship: synth {key}: {count} images (seed {seed}{', scales ' + scale_arg[1] if set_scale else ''})",
-            file=sys.stderr,
-        )
+        scales = f", scales {_ranges_text(set_scale)}" if set_scale else ""
+        print(f"ship: synth {key}: {count} images (seed {seed}{scales})", file=sys.stderr)
         write_dataset(
             d,
             count,

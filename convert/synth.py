@@ -369,7 +369,12 @@ def write_dataset(
     check_share("--random-textures", random_textures)
     fams = check_families(families, exclude_families)
     out = _prepare_dir(Path(out_dir))
-    opts = {"size": int(size), "px_per_mm": px_per_mm, "defect_rate": float(defect_rate), "families": fams}
+    opts: dict[str, Any] = {
+        "size": int(size),
+        "px_per_mm": px_per_mm,
+        "defect_rate": float(defect_rate),
+        "families": fams,
+    }
     if scale_range:
         opts["scale_range"] = tuple((float(lo), float(hi)) for lo, hi in scale_range)
     if length_changes:
@@ -737,7 +742,7 @@ class _StripCache:
         parts = {}
         for k, (lo, hi) in self._ext.items():
             paths = getattr(self.scene, k)
-            idx = np.nonzero((hi >= x0) & (lo <= x1))[0] if paths else []
+            idx = np.nonzero((hi >= x0) & (lo <= x1))[0] if paths else np.zeros(0, np.intp)
             parts[k] = [paths[i] for i in idx]
         return replace(self.scene, **parts)
 
@@ -813,6 +818,7 @@ def write_video(
         MIN_VISIBILITY,
         VIDEO_ERROR_KINDS,
         VISIBLE_TRIES,
+        Defect,
         Scene,
         add_lint,
         add_stitches,
@@ -980,7 +986,7 @@ def write_video(
     for c, label in zip(centres, kinds):
         k = int(np.argmin(np.abs(holes[:, 0] - c)))
         pm = pitch_px(holes[k, 0]) / S
-        best = None
+        most_visible: tuple[Scene, set[int], Defect, float] | None = None
         # a defect the camera cannot show is redrawn, as in stills (MIN_VISIBILITY), up to
         # VISIBLE_TRIES draws, keeping the most visible; a visible first draw is as before the floor
         for _vis_try in range(VISIBLE_TRIES):
@@ -1003,11 +1009,12 @@ def write_video(
                     f"{ry0 + 8}..{ry0 + rh - 8}; use a taller ROI around the seam (y 194..286)"
                 )
             vis = visibility(trial, ks, d.box)
-            if best is None or vis > best[3]:
-                best = (trial, ks, d, vis)
+            if most_visible is None or vis > most_visible[3]:
+                most_visible = (trial, ks, d, vis)
             if vis >= MIN_VISIBILITY:
                 break
-        trial, ks, d, vis = best
+        assert most_visible is not None  # VISIBLE_TRIES ≥ 1
+        trial, ks, d, vis = most_visible
         merge_defect(scene, trial)
         skip |= ks
         events.append((label, d.box))
@@ -1045,7 +1052,7 @@ def write_video(
     # ---- frames
     strip = _StripCache(scene, FRAME_H)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (FRAME_W, FRAME_H))
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), float(fps), (FRAME_W, FRAME_H))
     if not writer.isOpened():
         raise DataError(f"--video {path}: OpenCV cannot write mp4v video here")
     bar = None
@@ -1059,7 +1066,7 @@ def write_video(
             off = float(offs[f])
             ix = int(np.floor(off))
             cols = strip.columns(ix, FRAME_W + 2)
-            shift = np.float32([[1, 0, off - ix], [0, 1, 0]])
+            shift = np.array([[1, 0, off - ix], [0, 1, 0]], np.float32)
             img = cv2.warpAffine(
                 cols,
                 shift,
@@ -1079,7 +1086,7 @@ def write_video(
             )
             out = camera(img, cam, frng)
             if impair is not None and impair_from is not None and f >= impair_from:
-                if impair != "frozen" or f == impair_from:  # frozen: frame impair_from again and again
+                if impair != "frozen" or held is None:  # frozen: frame impair_from again and again
                     held = _impair(impair, out, seed, f)
                 out = held
             writer.write(out)

@@ -179,7 +179,7 @@ def _fleece(rng: np.random.Generator, terry: bool) -> tuple[np.ndarray, np.ndarr
     """Brushed fleece (soft fuzzy pile, low contrast) or terry (dense small loops)."""
     n = 256
     if terry:
-        img = np.zeros((n, n), np.float32)
+        img: np.ndarray = np.zeros((n, n), np.float32)
         pitch = rng.uniform(4.5, 7.0)
         cnt = int((n / pitch) ** 2 * 1.3)
         pts = rng.uniform(0, n, (cnt, 2))
@@ -369,8 +369,8 @@ def tile_bank() -> tuple[Tile, ...]:
         fade = periodic_noise(r, n, n, 30, 30)
         s = s * (1 + 0.08 * streak) * (1 + 0.05 * fade)
         # the white weft peeks through between indigo floats: soft, partial flecks along the wale
-        weft = np.pad(1.0 - m, 4, mode="wrap")
-        weft = cv2.GaussianBlur(weft, (0, 0), 0.6 * pitch / 4)[4:-4, 4:-4] * r.uniform(0.45, 0.7)
+        wrapped = np.pad(1.0 - m, 4, mode="wrap")
+        weft = cv2.GaussianBlur(wrapped, (0, 0), 0.6 * pitch / 4)[4:-4, 4:-4] * r.uniform(0.45, 0.7)
         tiles.append(Tile("denim", np.dstack([s, weft.astype(np.float32)]), True, 0.05))
     for pitch in (3, 4):
         s, m = _weave(next(rngs), pitch, "satin", relief=0.18)
@@ -588,12 +588,12 @@ def render_fabric(look: FabricLook, x0: float, y0: float, w: int, h: int) -> np.
     # dst (x, y) → src = A @ (x + x0, y + y0) + offset   (WARP_INVERSE_MAP)
     tx = ca * x0 - sa * y0 + look.offset[0]
     ty = sa * x0 + ca * y0 + look.offset[1]
-    m = np.float32([[ca, -sa, tx], [sa, ca, ty]])
+    m = np.array([[ca, -sa, tx], [sa, ca, ty]], np.float32)
     sm = cv2.warpAffine(tile.data, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_WRAP)
     shade, mask = sm[..., 0], sm[..., 1]
     if look.texture != 1.0:
-        m = _tile_mean(look.tile_index)
-        shade = m + look.texture * (shade - m)
+        mean = _tile_mean(look.tile_index)
+        shade = (shade - mean) * look.texture + mean
     out = shade[..., None] * look.c0
     if tile.two_tone:
         out += (shade * mask)[..., None] * (look.c1 - look.c0)

@@ -249,8 +249,8 @@ def random_scene_style(rng: np.random.Generator, S: float, families=None, seam_a
     fab = mean_colour(look)
     lint_bgr = (fab + (1.0 - fab) * rng.uniform(0.3, 0.8)).astype(np.float32)
     fam = FAMILY_OF[kind]
-    pile = {"fleece": (0.2, 0.6), "felt": (0.0, 0.25), "corduroy": (0.1, 0.35)}.get(fam)
-    pile = rng.uniform(*pile) if pile else 0.0
+    pile_range = {"fleece": (0.2, 0.6), "felt": (0.0, 0.25), "corduroy": (0.1, 0.35)}.get(fam)
+    pile = rng.uniform(*pile_range) if pile_range else 0.0
     sheen_t = rng.uniform(0.0, 1.0)
     return Scene(
         S=S,
@@ -293,12 +293,12 @@ def add_lint(
 
 def stitch_holes(rng: np.random.Generator, u0: float, u1: float, pitch_px, centre) -> np.ndarray:
     """Needle penetration points from u0 to u1; ``pitch_px(u)`` gives the local pitch."""
-    us = []
+    drawn = []
     u = u0
     while u < u1:
-        us.append(u)
+        drawn.append(u)
         u += pitch_px(u) * (1.0 + rng.normal(0, 0.015))
-    us = np.asarray(us)
+    us = np.asarray(drawn)
     vs = centre(us) + rng.normal(0, 0.025, len(us)) * pitch_px(us[0])
     return np.stack([us, vs], 1)
 
@@ -515,8 +515,8 @@ def make_error(
         # one over three long stitches looked like the bend: a quarter were missed at any visibility.
         m = int(rng.integers(1, 4))
         m = min(m, len(holes) - 2 - k)
-        t, n, span = _frame(holes[k - 1], holes[k + m + 1])
-        amp = max(rng.uniform(1.2, 2.4) * S, rng.uniform(0.2, 0.3) * span) * side
+        t, n, length = _frame(holes[k - 1], holes[k + m + 1])
+        amp = max(rng.uniform(1.2, 2.4) * S, rng.uniform(0.2, 0.3) * length) * side
         for j in range(m + 1):
             f = np.sin(np.pi * (j + 1) / (m + 2)) ** 0.7
             scene.moved[k + j] = holes[k + j] + n * amp * f + t * rng.normal(0, 0.05) * S
@@ -837,9 +837,8 @@ def _render_threads(
         other = [p for p in paths if mids_from is None or not any(p is q for q in mids_from)]
         if mids or other:
             cv2.polylines(hi, _poly_i(mids + other, x0 + hx, by0 + hy), False, 255, hw, cv2.LINE_AA, SHIFT)
-        hi = cv2.GaussianBlur(hi, (0, 0), max(0.5, tw * 0.15))
         af = a.astype(np.float32) * (1 / 255)
-        hif = hi.astype(np.float32) * (1 / 255)
+        hif = cv2.GaussianBlur(hi, (0, 0), max(0.5, tw * 0.15)).astype(np.float32) * (1 / 255)
         sh_ = scene.sheen_t
         shade = (0.86 - 0.25 * sh_) + (0.2 + 0.55 * sh_) * hif
         if scene.twist > 0:  # ply twist: fine diagonal ridges across the thread
@@ -885,7 +884,7 @@ def random_camera(rng: np.random.Generator, sheen: float, S: float, still: bool 
     k = S / BASE_PX_PER_MM
     temp = rng.uniform(-0.15, 0.15)  # warm (+) / cool (-) light
     wb = np.array([1 - temp, 1.0, 1 + temp]) * rng.uniform(0.93, 1.07, 3)
-    glints = ()
+    glints: tuple[tuple[float, float, float, float], ...] = ()
     if still and rng.random() < 0.3:
         glints = tuple(
             (
@@ -898,7 +897,7 @@ def random_camera(rng: np.random.Generator, sheen: float, S: float, still: bool 
         )
     return Camera(
         gain=rng.uniform(0.6, 1.3),
-        wb=tuple(float(x) for x in wb),
+        wb=(float(wb[0]), float(wb[1]), float(wb[2])),
         grad=tuple(rng.uniform(-0.25, 0.25, 2)),
         vignette=rng.uniform(0.0, 0.5),
         shadow=shadow,
@@ -1174,7 +1173,7 @@ def _perspective(rng: np.random.Generator, size: int) -> np.ndarray | None:
     if rng.random() < 0.3:
         return None
     j = 0.015 * size
-    src = np.float32([[0, 0], [size, 0], [size, size], [0, size]])
+    src = np.array([[0, 0], [size, 0], [size, size], [0, size]], np.float32)
     dst = src + rng.uniform(-j, j, (4, 2)).astype(np.float32)
     return cv2.getPerspectiveTransform(src, dst)
 
@@ -1237,7 +1236,7 @@ def render_still(
         cam = random_camera(rc, tile_bank()[scene.look.tile_index].sheen, S)
         return camera(static, cam, rc), scene, H
 
-    best = None
+    best: tuple[np.ndarray, Scene, np.ndarray | None, float] | None = None
     for drng in [r_defect, *retries] if labels and min_visibility > 0 else [r_defect]:
         start = copy.deepcopy(drng)
         img, scene, H = shoot(drng)
@@ -1246,12 +1245,13 @@ def render_still(
             best = (img, scene, H, vis)
         if vis >= min_visibility:
             break
+    assert best is not None  # the loop runs at least once
     img, scene, H, vis = best
     boxes = []
     for d in scene.defects:
         bx = d.box
         if H is not None:
-            c = np.float32([[bx[0], bx[1]], [bx[2], bx[1]], [bx[2], bx[3]], [bx[0], bx[3]]])[None]
+            c = np.array([[bx[0], bx[1]], [bx[2], bx[1]], [bx[2], bx[3]], [bx[0], bx[3]]], np.float32)[None]
             q = cv2.perspectiveTransform(c, H)[0]
             bx = (float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max()))
         x0, y0 = max(0, int(np.floor(bx[0]))), max(0, int(np.floor(bx[1])))

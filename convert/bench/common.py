@@ -115,7 +115,9 @@ def summary_ms(values: list[float]) -> dict[str, float]:
     }
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], iters: int, warmup: int, rounds: int) -> dict[str, list[float]]:
+def time_interleaved(
+    fns: dict[str, Callable[..., Any]], iters: int, warmup: int, rounds: int
+) -> dict[str, list[float]]:
     """Per-call ms of each function; calls are done in rounds (a,b,c,a,b,c…) so drift hits all alike."""
     import time as _t
 
@@ -177,6 +179,16 @@ def machine_info() -> dict[str, Any]:
 def subprocess_env() -> dict[str, str]:
     """The environment for subprocesses: this checkout first on the import path."""
     return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def read_frame(path: str | Path) -> np.ndarray:
+    """The bench's own frame (``make_inputs``) as BGR; one that cannot be read is a broken run."""
+    import cv2
+
+    frame = cv2.imread(str(path))
+    if frame is None:
+        raise RuntimeError(f"{path}: OpenCV cannot read the bench frame")
+    return frame
 
 
 def say(msg: str) -> None:

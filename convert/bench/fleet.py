@@ -39,7 +39,7 @@ def _video(path: Path, frames: int = 20) -> Path:
     import cv2
     import numpy as np
 
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (320, 240))
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (320, 240))
     rng = np.random.default_rng(3)
     for _ in range(frames):
         w.write(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))

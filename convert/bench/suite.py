@@ -17,7 +17,19 @@ import numpy as np
 
 from edge.errors import ModelError
 
-from .common import DEFAULT_BUNDLE, LABELS_EXPLAINED, ROI, ROOT, Plan, iso_to_epoch, machine_info, make_plan, pct, say
+from .common import (
+    DEFAULT_BUNDLE,
+    LABELS_EXPLAINED,
+    ROI,
+    ROOT,
+    Plan,
+    iso_to_epoch,
+    machine_info,
+    make_plan,
+    pct,
+    read_frame,
+    say,
+)
 from .daemon import (
     SAMPLES_FLOOD,
     DaemonRun,
@@ -227,9 +239,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
     # one core is left to capture (decode + ROI) and the heatmap worker, as the README advises for
     # model.threads; the bound is taken at the same thread count
     daemon_threads = max(1, cores - 1)
-    import cv2
-
-    frame = cv2.imread(str(frame_png))
+    frame = read_frame(frame_png)
     pipeline = pipeline_costs(bundle, video, frame, daemon_threads, plan)
 
     # ---- 3. heatmap cost, LiteRT path (this process)
@@ -824,9 +834,11 @@ def alert_latency(
                     f"daemon alert-latency run, forced alerts (every 10 frames at 30 fps), {what} "
                     f"({i + 1}/{plan.latency_pairs})"
                 )
-                r = run_daemon(
-                    c, tag + "f", work, timeout=60, stop_when=lambda st=st: len(listener.of(st, "alert")) >= need
-                )
+
+                def enough(station: str = st) -> bool:
+                    return len(listener.of(station, "alert")) >= need
+
+                r = run_daemon(c, tag + "f", work, timeout=60, stop_when=enough)
                 got[arm] += collect(r, st)
                 ons[arm] += collect_on(r, st)
                 if arm == "flood":

@@ -174,7 +174,8 @@ def swap_bench(
             }
         )
     ready = run.event_time("ready") or 0.0
-    quiet, inside = [], []
+    quiet: list[float] = []
+    inside: list[float] = []
     for k in range(1, len(stats)):
         (t_prev, _), (t, m) = stats[k - 1], stats[k]
         gap = float(m.get("frame_gap_max_ms") or 0)

@@ -23,7 +23,7 @@ import numpy as np
 from edge.errors import ModelError
 from edge.seam import SEAM_LABELS
 
-from .common import ROOT, subprocess_env, summary_ms, time_interleaved
+from .common import ROOT, read_frame, subprocess_env, summary_ms, time_interleaved
 
 
 def count_macs(model: Any) -> int:
@@ -51,7 +51,7 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import keras
 
     from convert.models import build_model, read_meta
-    from convert.tflite import keras_to_tflite
+    from convert.tflite import Quantize, keras_to_tflite
 
     out_dir = Path(spec["out_dir"])
     h, w, filters, n = int(spec["height"]), int(spec["width"]), int(spec["filters"]), int(spec["n_labels"])
@@ -66,11 +66,12 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
         models["mobilenet_v2"] = keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None)
     for name, m in models.items():
         ih, iw = (int(v) for v in m.inputs[0].shape[1:3])
-        info = {"macs": count_macs(m), "params": int(m.count_params()), "height": ih, "width": iw}
+        info: dict[str, Any] = {"macs": count_macs(m), "params": int(m.count_params()), "height": ih, "width": iw}
         if name == "bundle":
             info["meta"] = read_meta(spec["bundle_keras"])
         if spec.get("export") and name != "bundle":
-            for kind, q in (("fp32", "none"), ("int8", "dynamic")):
+            quants: tuple[tuple[str, Quantize], ...] = (("fp32", "none"), ("int8", "dynamic"))
+            for kind, q in quants:
                 p = out_dir / f"{name}.{kind}.tflite"
                 p.write_bytes(keras_to_tflite(m, ih, iw, q))
                 info[f"tflite_{kind}"] = str(p)
@@ -92,13 +93,11 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
         res["latency"].setdefault(name, {})[rt] = summary_ms(v)
 
     if spec.get("heatmap_bundle"):
-        import cv2
-
         from edge.preprocess import preprocess
 
         from .litert import measure_cost
 
-        frame = cv2.imread(spec["frame"])
+        frame = read_frame(spec["frame"])
         cost = measure_cost(
             spec["heatmap_bundle"],
             frame,
@@ -129,14 +128,12 @@ def _tf_gradcam_rss_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import psutil
 
     proc = psutil.Process()
-    import cv2
-
     from convert.gradcam_tf import TFGradCAM
     from edge.bundle import load_bundle
 
     b = load_bundle(spec["bundle"])
     tg = TFGradCAM(b.path("keras"), labels=b.labels, layer=b.gradcam.get("layer"), height=b.height, width=b.width)
-    frame = cv2.imread(spec["frame"])
+    frame = read_frame(spec["frame"])
     labels = list(spec["labels"])
     tg.explain(frame, labels)
     first = time.time() - proc.create_time()
@@ -198,7 +195,9 @@ def _tf_train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     for _ in range(rounds):
         for m, times, _ in arms.values():
             m.fit(Batches(), epochs=1, verbose=0, callbacks=[times])
-    res = {name: {**summary_ms(times.ms), "first_fit_s": first} for name, (_, times, first) in arms.items()}
+    res: dict[str, Any] = {
+        name: {**summary_ms(times.ms), "first_fit_s": first} for name, (_, times, first) in arms.items()
+    }
     res.update(
         arch=spec["arch"],
         batch=batch,
