@@ -112,7 +112,7 @@ class Bundle:
         return dict(self.manifest.get("gradcam") or {})
 
 
-def _need(manifest: dict, key: str, where: Path) -> Any:
+def _need(manifest: dict[str, Any], key: str, where: Path) -> Any:
     if key not in manifest:
         raise ModelError(f"{where}: missing key {key!r}")
     return manifest[key]
@@ -169,7 +169,7 @@ def _read_manifest(mpath: Path, raw: bytes | None = None) -> dict[str, Any]:
     return manifest
 
 
-def _check_gradcam(manifest: dict, files: dict, n_labels: int, mpath: Path) -> None:
+def _check_gradcam(manifest: dict[str, Any], files: dict[str, Any], n_labels: int, mpath: Path) -> None:
     """The Grad-CAM section names roles in ``files`` and carries numbers where numbers belong."""
     gc = manifest.get("gradcam")
     if gc is None:

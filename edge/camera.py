@@ -112,7 +112,7 @@ def _open_video_file(path: str, params: list[int]) -> Any:
 UNDECODABLE = "is not a video OpenCV can decode (empty, truncated or another format)"
 
 
-def probe_file_source(path: str | os.PathLike, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+def probe_file_source(path: str | os.PathLike[str], timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Raise :class:`CameraError` on ``camera.device`` unless ``path`` decodes a frame within ``timeout_s``.
 
     Why: a zero-byte, text-as-mp4 or truncated file can never work; at run time it would be
@@ -364,7 +364,7 @@ class CaptureStats:
         self.last_error = ""
         self.last_frame_mono = 0.0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "state": self.state,
             "captured": self.frames,

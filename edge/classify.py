@@ -62,7 +62,7 @@ def open_interpreter(path: str | Path, threads: int = 4) -> tuple[Any, str]:
     return interp, runtime
 
 
-def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     dtype = detail["dtype"]
     if dtype == np.float32:
         return x.astype(np.float32, copy=False)
@@ -73,7 +73,7 @@ def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
     return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
 
 
-def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     if y.dtype == np.float32:
         return y
     scale, zero = detail.get("quantization", (0.0, 0))

@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -334,8 +335,11 @@ class Config(_Model):
 
 # ----------------------------------------------------------------------------- YAML → lines
 
+#: where a value is in the config: keys and list indexes from the top (pydantic's ``loc``)
+Loc = tuple[int | str, ...]
 
-def _line_index(node: yaml.Node | None, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+
+def _line_index(node: yaml.Node | None, path: Loc = (), out: dict[Loc, int] | None = None) -> dict[Loc, int]:
     """Map every key path (tuple of keys / list indices) to the 1-based line of its key."""
     out = {} if out is None else out
     if isinstance(node, yaml.MappingNode):
@@ -351,7 +355,7 @@ def _line_index(node: yaml.Node | None, path: tuple = (), out: dict | None = Non
     return out
 
 
-def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
+def _line_for(lines: dict[Loc, int], loc: Loc) -> int | None:
     loc = tuple(loc)
     while loc:
         if loc in lines:
@@ -379,7 +383,7 @@ _TYPE_WORDS = {
 }
 
 
-def _describe(err: dict) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     """One human phrase for one pydantic error (value included)."""
     typ = err["type"]
     val = err.get("input")
@@ -409,7 +413,7 @@ def _describe(err: dict) -> str:
     return f"{shown}: {err.get('msg', typ)}"
 
 
-def _fmt_loc(loc: tuple) -> str:
+def _fmt_loc(loc: Loc) -> str:
     parts: list[str] = []
     for p in loc:
         if isinstance(p, int):
@@ -419,12 +423,12 @@ def _fmt_loc(loc: tuple) -> str:
     return "".join(parts)
 
 
-def _clean_loc(loc: tuple) -> tuple:
+def _clean_loc(loc: Loc) -> Loc:
     # pydantic adds union-member tags (e.g. 'int', 'str', 'function-after[...]') into loc
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("int", "str"))))
 
 
-def data_at(data: Any, loc: tuple) -> Any:
+def data_at(data: Any, loc: Loc) -> Any:
     """The raw YAML value at ``loc`` (for messages), or None."""
     for p in loc:
         try:
@@ -540,7 +544,7 @@ def _check_events(text: str, where: str) -> None:
             depth -= 1
 
 
-def _check_duplicates(node: yaml.Node | None, where: str, path: tuple = ()) -> None:
+def _check_duplicates(node: yaml.Node | None, where: str, path: Loc = ()) -> None:
     """A key given twice is an error naming both lines (YAML would silently keep the second)."""
     if isinstance(node, yaml.MappingNode):
         seen: dict[tuple[str, str], int] = {}
@@ -620,7 +624,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     return cfg
 
 
-def _check_files(cfg: Config, where: str, lines: dict[tuple, int]) -> None:
+def _check_files(cfg: Config, where: str, lines: dict[Loc, int]) -> None:
     """Files that must exist and be usable now (TLS, password): name the key, its line and the path.
 
     The TLS files are loaded the way the MQTT client loads them, and the password file is read,
@@ -628,11 +632,11 @@ def _check_files(cfg: Config, where: str, lines: dict[tuple, int]) -> None:
     echoed: people write the password itself there.
     """
 
-    def prefix(loc: tuple) -> str:
+    def prefix(loc: Loc) -> str:
         line = _line_for(lines, loc)
         return f"{where}{f':{line}' if line else ''}: {_fmt_loc(loc)}"
 
-    def need(loc: tuple, p: Path | None, what: str) -> None:
+    def need(loc: Loc, p: Path | None, what: str) -> None:
         if p is None:
             return
         if not p.is_file():

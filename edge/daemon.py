@@ -542,7 +542,7 @@ class Daemon:
             ),
         )
 
-    def stats_payload(self, interval_frames: int, interval_s: float) -> dict:
+    def stats_payload(self, interval_frames: int, interval_s: float) -> dict[str, Any]:
         """The §6 stats: nested objects (kept for existing readers) plus flat numbers for Grafana."""
         cap = self.capture.stats if self.capture else None
         hm = self.heatmaps
@@ -647,7 +647,7 @@ class Daemon:
         except Exception:  # noqa: BLE001 - stats must not fail
             return None
 
-    def _publish_stats(self, payload: dict) -> None:
+    def _publish_stats(self, payload: dict[str, Any]) -> None:
         now = time.monotonic()
         if now - self._last_info >= 60.0:  # one readable line a minute for journalctl
             self._last_info = now

@@ -58,7 +58,7 @@ class Alert:
     strength: float
     image: Any = field(default=None, compare=False, repr=False)  # the best frame (opaque here)
 
-    def payload(self, station: str, model_name: str, model_sha256: str, heatmap: str | None) -> dict:
+    def payload(self, station: str, model_name: str, model_sha256: str, heatmap: str | None) -> dict[str, Any]:
         """The MQTT alert payload of ARCHITECTURE.md §6 (plus ``first_frame``/``last_frame``/``track``)."""
         return {
             "event_id": self.event_id,
@@ -117,12 +117,13 @@ class _Event:
     last_flag_frame: int
     frames: int = 0
     counts: dict[str, int] = field(default_factory=dict)
-    best: tuple | None = None  # (strength, seq, ts_wall, scores, flags, image)
+    # (strength, seq, ts_wall, scores, flags, image)
+    best: tuple[float, int, float, dict[str, float], dict[str, float], Any] | None = None
 
 
 @dataclass
 class _Track:
-    history: deque
+    history: deque[bool]
     event: _Event | None = None
     quiet: int = 0
     cooldown: int = 0

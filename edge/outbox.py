@@ -76,7 +76,7 @@ class Outbox:
     like a full disk, and the message names that key.
     """
 
-    def __init__(self, path: str | os.PathLike, max_bytes: int | None = None, lock: bool = True):
+    def __init__(self, path: str | os.PathLike[str], max_bytes: int | None = None, lock: bool = True):
         self.path = Path(path)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -255,7 +255,7 @@ class Outbox:
     def pending(self, limit: int | None = None, after_seq: int = 0) -> list[Item]:
         """Undelivered messages in insertion order (``seq > after_seq``), at most ``limit``."""
         sql = "SELECT seq, event_id, topic, payload, created FROM outbox WHERE seq > ? ORDER BY seq"
-        args: tuple = (int(after_seq),)
+        args: tuple[int, ...] = (int(after_seq),)
         if limit is not None:
             sql += " LIMIT ?"
             args += (int(limit),)

@@ -76,7 +76,7 @@ class StateLock:
         self.release()
 
 
-def lock_file(lock_path: str | os.PathLike, what: str, hint: str) -> StateLock:
+def lock_file(lock_path: str | os.PathLike[str], what: str, hint: str) -> StateLock:
     """Lock ``lock_path`` (created 0600 if missing, like the state it guards) and write our pid into it.
 
     ``what`` names the state in the error line (``outbox /var/lib/seam-qc/outbox.sqlite``), ``hint``
@@ -103,7 +103,7 @@ def lock_file(lock_path: str | os.PathLike, what: str, hint: str) -> StateLock:
     return StateLock(fd, path)
 
 
-def lock_dir(directory: str | os.PathLike, what: str, hint: str) -> StateLock:
+def lock_dir(directory: str | os.PathLike[str], what: str, hint: str) -> StateLock:
     """Lock the directory itself (no file is created in it); see :func:`lock_file`."""
     path = Path(directory)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
