@@ -66,6 +66,7 @@ from .loading import (
 )
 from .metrics import calibrate_thresholds, multiclass_metrics, multilabel_metrics
 from .models import ARCHS, save_model
+from .tflite import TTA_VIEWS
 
 FP32_MAX_DIFF = 1e-3
 INT8_MIN_AGREEMENT = 99.0
@@ -263,21 +264,27 @@ def export_bundle(
     weights: str | Path | None = None,
     classes: str | Path | None = None,
     version: str | None = None,
+    tta: str = "none",
 ) -> ExportResult:
     """Build and verify the bundle in a temp dir, then rename it to ``out``.
 
     ``min_int8_agreement`` is the parity gate (99 %); only a barely trained test model, whose
     scores all crowd the thresholds, has a reason to lower it. ``preprocess``, ``weights``,
-    ``classes``: module doc.
+    ``classes``: module doc. ``tta``: test-time flips inside both classifiers
+    (``convert.tflite.TTA_VIEWS``); the explainer keeps the one view.
     """
     from edge.bundle import input_section
     from edge.preprocess import preprocess as prep_image
 
     from .applications import is_application
-    from .tflite import keras_to_tflite
+    from .tflite import keras_to_tflite, tta_predict, tta_views
 
     out = Path(out)
     check_out(out, force)
+    try:
+        tta_views(tta)
+    except ValueError as e:
+        raise ModelError(str(e)) from None
     if int8 not in ("auto", "full", "dynamic"):
         raise ModelError(f"--int8 {int8!r}: choose auto, full or dynamic")
     if is_application(model_path):  # ImageNet classes: the calibration images carry no labels
@@ -300,7 +307,7 @@ def export_bundle(
             cal = cal.subset(np.linspace(0, len(cal) - 1, max_images).round().astype(int))
         x = np.concatenate([b for b, _ in batches(cal, h, w, 64, mode=mode)])
     labels, task = list(meta["labels"]), meta["task"]
-    ref = keras_predict_fn(model)(x)
+    ref = tta_predict(keras_predict_fn(model), x, tta)
     if not np.all(np.isfinite(ref)):
         raise ModelError(f"{model_path}: Keras predictions are not finite on {calibration}")
 
@@ -316,7 +323,7 @@ def export_bundle(
         files: dict[str, str] = {}
         thr0 = np.full(len(labels), 0.5)
         _log(f"export: fp32 TFLite ({h}x{w}, batch 1, builtins only)")
-        (tmp / "classifier_fp32.tflite").write_bytes(keras_to_tflite(model, h, w, "none"))
+        (tmp / "classifier_fp32.tflite").write_bytes(keras_to_tflite(model, h, w, "none", tta=tta))
         files["classifier_fp32"] = "classifier_fp32.tflite"
         par: dict = {"calibration": str(calibration)}
         par["fp32"] = parity(ref, _tflite_predict(tmp / "classifier_fp32.tflite", x, len(labels)), task, thr0)
@@ -331,7 +338,7 @@ def export_bundle(
             _log("export: full-int8 TFLite (representative: calibration images)")
             rep = x[: min(len(x), 100)]
             try:
-                blob = keras_to_tflite(model, h, w, "int8", representative=lambda: ([r[None]] for r in rep))
+                blob = keras_to_tflite(model, h, w, "int8", representative=lambda: ([r[None]] for r in rep), tta=tta)
                 (tmp / "classifier_int8.tflite").write_bytes(blob)
                 par["int8_full"] = parity(
                     ref, _tflite_predict(tmp / "classifier_int8.tflite", x, len(labels)), task, thr0
@@ -342,7 +349,7 @@ def export_bundle(
                 par["int8_full"] = {"error": first_line(e)}
         if int8_kind is None:
             _log("export: dynamic-range int8 TFLite" + (" (full int8 lost parity)" if int8 == "auto" else ""))
-            (tmp / "classifier_int8.tflite").write_bytes(keras_to_tflite(model, h, w, "dynamic"))
+            (tmp / "classifier_int8.tflite").write_bytes(keras_to_tflite(model, h, w, "dynamic", tta=tta))
             int8_kind = "dynamic"
         files["classifier_int8"] = "classifier_int8.tflite"
         p_int8 = _tflite_predict(tmp / "classifier_int8.tflite", x, len(labels))
@@ -361,7 +368,7 @@ def export_bundle(
                     f"export: full int8 agrees on {agree:.2f} % at the calibrated thresholds "
                     f"(< {FULL_INT8_MIN_AGREEMENT} %): dynamic-range int8 TFLite"
                 )
-                (tmp / "classifier_int8.tflite").write_bytes(keras_to_tflite(model, h, w, "dynamic"))
+                (tmp / "classifier_int8.tflite").write_bytes(keras_to_tflite(model, h, w, "dynamic", tta=tta))
                 int8_kind = "dynamic"
                 p_int8 = _tflite_predict(tmp / "classifier_int8.tflite", x, len(labels))
                 par["int8"] = {**parity(ref, p_int8, task, thr0), "quantization": int8_kind}
@@ -441,6 +448,8 @@ def export_bundle(
             "version": version or created.strftime("%Y%m%dT%H%M%SZ"),
             "producer": f"seam-qc {edge.__version__}",
         }
+        if tta != "none":  # informational: the flips are inside the classifiers, the Pi does nothing
+            manifest["tta"] = {"mode": tta, "views": len(tta_views(tta))}
         if gradcam:
             manifest["gradcam"] = gradcam
         write_manifest(tmp, manifest, files)
@@ -500,6 +509,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-images", type=int, default=300, help="calibration images used (default 300)")
     p.add_argument(
+        "--tta",
+        default="none",
+        choices=tuple(TTA_VIEWS),
+        help="test-time flips inside the classifiers, averaged: lr (the image and its mirror, 2x the cost), "
+        "flips (also upside down and both, 4x); default none. The explainer keeps the one view",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="replace an existing seam-qc bundle (any other non-empty folder is refused)",
@@ -530,6 +546,7 @@ def run(args: argparse.Namespace) -> int:
         args.weights,
         args.classes,
         args.model_version,
+        args.tta,
     )
     par = res.manifest["parity"]
     print(

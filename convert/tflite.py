@@ -18,6 +18,30 @@ import numpy as np
 
 Quantize = Literal["none", "dynamic", "int8"]
 
+#: Test-time flips baked into a classifier (``convert export --tta``): the NHWC axes each view
+#: reverses, the image itself first. A seam's labels do not change when the view is mirrored, and
+#: averaging the mirrored views is a small ensemble at 2× (``lr``) or 4× (``flips``) the cost.
+TTA_VIEWS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "none": ((),),
+    "lr": ((), (2,)),
+    "flips": ((), (2,), (1,), (1, 2)),
+}
+
+
+def tta_views(mode: str) -> tuple[tuple[int, ...], ...]:
+    """The views of a ``--tta`` mode (ValueError naming the modes for any other)."""
+    if mode not in TTA_VIEWS:
+        raise ValueError(f"--tta {mode!r}: choose {', '.join(TTA_VIEWS)}")
+    return TTA_VIEWS[mode]
+
+
+def tta_predict(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, mode: str) -> np.ndarray:
+    """``predict`` averaged over the views of ``mode`` (a batch ``[N, H, W, C]``): the reference the
+    exported classifier, which does the same inside its graph, is checked against."""
+    views = tta_views(mode)
+    outs = [predict(np.ascontiguousarray(np.flip(x, axes)) if axes else x) for axes in views]
+    return np.stack(outs).astype(np.float64).mean(axis=0).astype(np.float32) if len(outs) > 1 else outs[0]
+
 
 def keras_to_tflite(
     model,
@@ -25,19 +49,29 @@ def keras_to_tflite(
     width: int,
     quantize: Quantize = "none",
     representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
+    tta: str = "none",
 ) -> bytes:
     """Convert a Keras model (one image input, one or more outputs) to TFLite bytes.
 
     ``dynamic``: dynamic-range int8 weights (float activations). ``int8``: full integer
     quantisation with ``representative`` yielding ``[x]`` batches of shape ``[1, H, W, 3]``;
-    float32 input and output are kept so callers need no (de)quantisation.
+    float32 input and output are kept so callers need no (de)quantisation. ``tta``: the views of
+    ``TTA_VIEWS[tta]`` run as one batch inside the graph and their outputs averaged (one output
+    only), so the Pi runs it as any classifier.
     """
     import keras
     import tensorflow as tf
 
     spec = tf.TensorSpec([1, height, width, 3], tf.float32, name="image")
 
+    views = tta_views(tta)
+    if len(views) > 1 and len(model.outputs) != 1:
+        raise ValueError(f"--tta {tta}: a model with {len(model.outputs)} outputs cannot be averaged")
+
     def serve(image):
+        if len(views) > 1:
+            batch = tf.concat([tf.reverse(image, axis=list(axes)) if axes else image for axes in views], 0)
+            return {"output_0": tf.reduce_mean(model(batch, training=False), axis=0, keepdims=True)}
         out = model(image, training=False)
         if isinstance(out, (list, tuple)):
             return {f"output_{i}": o for i, o in enumerate(out)}

@@ -23,7 +23,9 @@ Layout of ``manifest.json`` (format_version 1)::
       "thresholds": {"good": 0.5, ...},
       "metrics": {...}, "parity": {...}, "created": "...", "producer": "seam-qc 0.1.0",
       "version": "20260101T120000Z",           # optional: what status, stats and alerts report
-      "selfcheck": {"role": "selfcheck", "tolerance": 0.05, "count": 4}   # optional, edge.selfcheck
+      "selfcheck": {"role": "selfcheck", "tolerance": 0.05, "count": 4},  # optional, edge.selfcheck
+      "tta": {"mode": "lr", "views": 2}        # optional, informational: flipped views averaged
+                                               # inside the classifiers (convert export --tta)
     }
 
 A detached Ed25519 signature over the manifest's bytes may sit beside it (``manifest.sig``,

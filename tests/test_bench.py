@@ -202,3 +202,9 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
         assert f"| {t['target']} | {t['result']} |" in proc.stdout
     assert res["machine"]["cores"] >= 1 and res["machine"]["python"]
     assert res["pi_estimates"]["models"]["bundle"]["macs"] > 0
+    # a bundle exported without --tta: one view a frame, its MACs the model's own
+    assert (res["bundle"]["tta"], res["bundle"]["tta_views"], res["models"]["bundle"]["views"]) == ("none", 1, 1)
+    from convert.bench.tfworker import count_macs
+    from convert.models import load_keras
+
+    assert res["models"]["bundle"]["macs"] == count_macs(load_keras(tiny_bundle / "model.keras")[0])

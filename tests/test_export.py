@@ -145,6 +145,79 @@ def test_int8_parity_gate_fails_loudly(tiny_keras, tiny_valid, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_tta_predict_averages_the_flipped_views():
+    """``tta_predict`` is the Keras reference of ``--tta``: the mean of the model on each view."""
+    from convert.tflite import TTA_VIEWS, tta_predict
+
+    x = np.random.default_rng(0).standard_normal((3, 4, 5, 3)).astype(np.float32)
+
+    def corner(a: np.ndarray) -> np.ndarray:  # not mirror-symmetric: each view gives another number
+        return a[:, :1, :1, :].reshape(len(a), 3)
+
+    assert np.array_equal(tta_predict(corner, x, "none"), corner(x))
+    lr = (x[:, 0, 0] + x[:, 0, -1]) / 2
+    np.testing.assert_allclose(tta_predict(corner, x, "lr"), lr, atol=1e-6)
+    four = (x[:, 0, 0] + x[:, 0, -1] + x[:, -1, 0] + x[:, -1, -1]) / 4
+    np.testing.assert_allclose(tta_predict(corner, x, "flips"), four, atol=1e-6)
+    assert [len(v) for v in TTA_VIEWS.values()] == [1, 2, 4]
+    with pytest.raises(ValueError, match="--tta 'ud': choose none, lr, flips"):
+        tta_predict(corner, x, "ud")
+
+
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
+def test_tta_flips_run_inside_both_classifiers(tiny_keras, tiny_valid, tmp_path):
+    """``export --tta lr``: each classifier averages the image and its mirror in its own graph (one
+    [1, H, W, 3] input, as the Pi feeds it), the manifest says so, the explainer keeps one view."""
+    import keras
+
+    from convert.export import export_bundle
+    from convert.tflite import tta_predict
+
+    out = tmp_path / "lr"
+    res = export_bundle(tiny_keras, tiny_valid / "data.csv", out, int8="dynamic", max_images=48, tta="lr")
+    assert res.manifest["tta"] == {"mode": "lr", "views": 2}
+    m = _measured(tiny_keras, out, tiny_valid)
+    model = keras.models.load_model(str(tiny_keras), compile=False)
+    one = m["keras"]
+    both = tta_predict(lambda a: np.asarray(model(a, training=False)), _inputs(out, tiny_valid), "lr")
+    assert _max_diff(m["classifier_fp32"], both) < 1e-5  # the mirrored view really is in the graph …
+    assert _max_diff(m["classifier_fp32"], one) > 1e-3  # … and changes the scores of this model
+    assert _max_diff(m["classifier_int8"], both) < 0.2
+    par = res.manifest["parity"]
+    assert par["fp32"]["max_abs_diff"] < 1e-5 and par["int8"]["label_agreement"] >= TINY_MIN_AGREEMENT
+    b = load_bundle(out)
+    from edge.classify import Classifier
+
+    assert Classifier(b, role="classifier_int8", threads=1).input_shape == (1, 64, 64, 3)
+    # Grad-CAM explains the image as it is: the explainer's scores are the single view's
+    import cv2
+    import pandas as pd
+
+    from edge.gradcam import Explainer
+
+    ex = Explainer(b, threads=1)
+    names = pd.read_csv(tiny_valid / "data.csv", index_col=0)["name"][:4]
+    scores = np.stack([ex.forward(cv2.imread(str(tiny_valid / name)))[0] for name in names])
+    assert _max_diff(scores, one[:4]) < 1e-4
+    # the same export refuses a mode it does not know, in one line, before any work
+    with pytest.raises(ModelError, match="^--tta 'ud': choose none, lr, flips$"):
+        export_bundle(tiny_keras, tiny_valid / "data.csv", tmp_path / "ud", tta="ud")
+    assert not (tmp_path / "ud").exists()
+
+
+def _inputs(bundle: Path, data: Path) -> np.ndarray:
+    """The Pi's model inputs for every image of ``data`` (as ``_measured`` builds them)."""
+    import cv2
+    import pandas as pd
+
+    from edge.preprocess import preprocess
+
+    b = load_bundle(bundle)
+    h, w = b.height, b.width
+    table = pd.read_csv(data / "data.csv", index_col=0)
+    return np.stack([preprocess(cv2.imread(str(data / name)), h, w) for name in table["name"]])
+
+
 @pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_existing_bundle_needs_force(tiny_bundle, tiny_keras, tiny_valid):
     before = (tiny_bundle / "manifest.json").read_text()
@@ -410,6 +483,9 @@ def test_ship_chain_toy(tmp_path):
     assert [ln.split("|")[1].strip() for ln in lines[2:6]] == ["good", "error", "break", "length"]
     assert "int8-vs-fp32 label agreement" in lines[6]
     assert any(c.startswith("python -m convert synth") and "--seed 3" in c for c in s["commands"])
+    # the shipped recipe's test-time mirror, inside both classifiers, and in the command that reproduces it
+    assert b.manifest["tta"] == {"mode": "lr", "views": 2} and s["settings"]["tta"] == "lr"
+    assert any(c.startswith("python -m convert export") and c.endswith("--tta lr --force") for c in s["commands"])
     # the test table's numbers, measured again with the bundle's classifiers on the 32 test images
     from convert.ship import TARGET_ACCURACY, TARGET_AGREEMENT
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def test_ship_defaults_are_the_shipped_recipe():
     d = _ship_defaults()
     assert (_final_arch(d), d.filters, d.size) == (meta["arch"], meta["filters"], meta["height"])
     assert Path(d.out).resolve() == SHIPPED
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    assert manifest.get("tta", {}).get("mode", "none") == d.tta == "lr"
 
 
 def test_make_shipped_model_adds_no_flags():
@@ -120,4 +123,18 @@ def test_first_stage_shares_refuse_in_one_line(tmp_path):
         p = run_convert("ship", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b"), flag, "1.5")
         assert p.returncode == 78 and p.stderr.strip().endswith(f"{flag} must be in 0..1, got 1.5"), p.stderr
         assert "Traceback" not in p.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_an_unknown_tta_is_refused_before_any_synth(tmp_path):
+    """``ship(tta=…)`` is checked up front, not at the export after hours of training; the CLI's
+    ``--tta`` offers export's modes."""
+    from convert.ship import ship
+    from edge.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"^--tta 'ud': choose none, lr, flips$"):
+        ship(tmp_path / "b", tmp_path / "w", tta="ud")
+    assert not (tmp_path / "w").exists()
+    p = run_convert("ship", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b"), "--tta", "ud")
+    assert p.returncode == 2 and "argument --tta: invalid choice: 'ud'" in p.stderr, p.stderr
     assert not (tmp_path / "w").exists()

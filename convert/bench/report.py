@@ -124,7 +124,9 @@ def render_table(res: dict) -> str:
         f"LiteRT {m['ai_edge_litert']}",
         "",
         f"Bundle `{b['name']}` ({b['source']}): {b['arch']} {b['height']}×{b['width']}, "
-        f"filters {b['filters']}, int8 = {b['int8_quantization']}. "
+        f"filters {b['filters']}, int8 = {b['int8_quantization']}"
+        + (f", tta = {b['tta']} ({b['tta_views']} views a frame, MMACs for all)" if b.get("tta_views", 1) > 1 else "")
+        + ". "
         f"Load average at start {m.get('loadavg_start')}, "
         f"at end {m.get('loadavg_end')}.",
         "",

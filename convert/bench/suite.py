@@ -68,6 +68,9 @@ def bundle_info(bundle: Path) -> dict[str, Any]:
         "roles": list(b.files),
         "has_keras": b.has("keras"),
         "has_explainer": bool(b.gradcam),
+        # export --tta: the classifiers run the model on this many views of each frame
+        "tta": (b.manifest.get("tta") or {}).get("mode", "none"),
+        "tta_views": int((b.manifest.get("tta") or {}).get("views", 1)),
     }
 
 
@@ -176,6 +179,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
             "archs": list(plan.archs),
             "export": first,
             "bundle_keras": str(Path(bundle) / "model.keras") if binfo["has_keras"] else None,
+            "bundle_views": binfo["tta_views"],
             "mobilenet": plan.mobilenet and first,
             "time_mobilenet": False,
             "iters": plan.iters,

@@ -69,6 +69,8 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
         info: dict[str, Any] = {"macs": count_macs(m), "params": int(m.count_params()), "height": ih, "width": iw}
         if name == "bundle":
             info["meta"] = read_meta(spec["bundle_keras"])
+            info["views"] = views = int(spec.get("bundle_views") or 1)
+            info["macs"] *= views  # export --tta: the classifier runs the model on each view
         if spec.get("export") and name != "bundle":
             quants: tuple[tuple[str, Quantize], ...] = (("fp32", "none"), ("int8", "dynamic"))
             for kind, q in quants:
@@ -83,7 +85,9 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
         if name == "mobilenet_v2" and not spec.get("time_mobilenet"):
             continue
         ih, iw = (int(v) for v in m.inputs[0].shape[1:3])
-        xt = tf.constant(rng.standard_normal((1, ih, iw, 3)).astype(np.float32))
+        # the bundle's Keras arms do the classifier's work: one batch of its --tta views
+        batch = int(spec.get("bundle_views") or 1) if name == "bundle" else 1
+        xt = tf.constant(rng.standard_normal((batch, ih, iw, 3)).astype(np.float32))
         fn = tf.function(lambda t, _m=m: _m(t, training=False))
         fns[f"{name}|keras"] = lambda _m=m, _x=xt: _m(_x, training=False).numpy()
         fns[f"{name}|tf.function"] = lambda _f=fn, _x=xt: _f(_x).numpy()
