@@ -25,6 +25,10 @@ every visibility is one the model has not learnt (stains, on the 2026-12-06 bund
 Thresholds: the bundle's (or 0.5), or with ``--calibrate VALID`` calibrated per label on that
 validation set by *maximising per-label accuracy* (the number the seed reports and the line
 cares about: every wrong decision costs the same); ties go to the threshold nearest 0.5.
+
+``--tta lr|flips`` averages a ``.keras`` / ``.tflite`` over flipped views, the way a bundle
+exported with ``export --tta`` classifies (the shipped one: ``lr``), so that a checkpoint and a
+bundle are scored alike.
 """
 
 from __future__ import annotations
@@ -39,12 +43,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge.errors import DataError
+from edge.bundle import load_bundle
+from edge.errors import DataError, ModelError
 
 from .data import Dataset, batches, check_roi, load_dataset
 from .loading import Predictor, add_preprocess_args, load_predictor, resolve_preprocess
 from .metrics import calibrate_thresholds, multiclass_metrics, multilabel_metrics
 from .roi import add_roi_args, roi_from_args
+from .tflite import TTA_VIEWS
 
 NO_TRUTH = "– (no image of the set has this label known)"
 
@@ -140,13 +146,28 @@ def evaluate(
     preprocess: str | None = None,
     weights: str | Path | None = None,
     classes: str | Path | None = None,
+    tta: str = "none",
 ) -> Evaluation:
     """Run ``model`` on ``data`` (module doc). ``preprocess`` None: the model's own mode (a bundle's
-    manifest, a ``.keras``'s metadata, an application's ``preprocess_input``), else seam."""
+    manifest, a ``.keras``'s metadata, an application's ``preprocess_input``), else seam. ``tta``:
+    average the model over flipped views (``convert export --tta``), to score a ``.keras`` the way
+    a bundle exported with it classifies; a bundle that already does is refused."""
+    from .tflite import tta_predict, tta_views
+
+    try:
+        tta_views(tta)
+    except ValueError as e:
+        raise ModelError(str(e)) from None
     ds = load_dataset(data)
     check_roi(ds, roi)
     pred = load_predictor(model, threads, role, arch, size, ds.labels, ds.task, weights, classes)
     pred.preprocess = resolve_preprocess(preprocess, pred.preprocess, pred.kind == "bundle", model)
+    if tta != "none":
+        inside = (load_bundle(model).manifest.get("tta") or {}).get("mode") if pred.kind == "bundle" else None
+        if inside:
+            raise ModelError(f"--tta {tta}: {model} was exported with --tta {inside}: its classifiers average already")
+        single = pred.predict
+        pred.predict = lambda x: tta_predict(single, x, tta)
     probs = predict_dataset(pred, ds, progress, roi)
     labels = ds.labels
     task = pred.task or ds.task
@@ -165,6 +186,8 @@ def evaluate(
     metrics["model"] = str(model)
     metrics["data"] = str(data)
     metrics["preprocess"] = pred.preprocess  # what the images were fed as (the model's own unless given)
+    if tta != "none":
+        metrics["tta"] = tta
     report = format_report(metrics, labels)
     if by_family:
         if task != "multilabel":
@@ -324,6 +347,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_preprocess_args(p)
     add_roi_args(p, "cropped from every image (and --calibrate's) first; images saved as crops take none")
+    p.add_argument(
+        "--tta",
+        default="none",
+        choices=tuple(TTA_VIEWS),
+        help="average the model over flipped views, as a bundle exported with export --tta does (lr: the image "
+        "and its mirror; flips: four views); a bundle exported with it already averages",
+    )
     p.set_defaults(func=run)
 
 
@@ -344,6 +374,7 @@ def run(args: argparse.Namespace) -> int:
         preprocess=args.preprocess,
         weights=args.weights,
         classes=args.classes,
+        tta=args.tta,
     )
     print(ev.report)
     if args.json:

@@ -199,6 +199,16 @@ def test_tta_flips_run_inside_both_classifiers(tiny_keras, tiny_valid, tmp_path)
     names = pd.read_csv(tiny_valid / "data.csv", index_col=0)["name"][:4]
     scores = np.stack([ex.forward(cv2.imread(str(tiny_valid / name)))[0] for name in names])
     assert _max_diff(scores, one[:4]) < 1e-4
+    # evaluate --tta scores the .keras the way this bundle classifies; the bundle itself refuses it
+    from convert.evaluate import evaluate
+
+    data = tiny_valid / "data.csv"
+    keras_lr = evaluate(tiny_keras, data, tta="lr")
+    assert keras_lr.metrics["tta"] == "lr"
+    assert _max_diff(keras_lr.probabilities, evaluate(out, data, role="classifier_fp32").probabilities) < 1e-5
+    assert _max_diff(evaluate(tiny_keras, data).probabilities, one) < 1e-5
+    with pytest.raises(ModelError, match="was exported with --tta lr: its classifiers average already"):
+        evaluate(out, data, tta="lr")
     # the same export refuses a mode it does not know, in one line, before any work
     with pytest.raises(ModelError, match="^--tta 'ud': choose none, lr, flips$"):
         export_bundle(tiny_keras, tiny_valid / "data.csv", tmp_path / "ud", tta="ud")
