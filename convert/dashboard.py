@@ -826,7 +826,7 @@ def run(args: argparse.Namespace) -> int:
     app = Dashboard(state, link, token, args.by)
     server = serve(app, args.bind, args.http_port)
     host, port = str(server.server_address[0]), server.server_address[1]  # TCP: never bytes
-    shown = f"[{host}]" if ":" in str(host) else host
+    shown = f"[{host}]" if ":" in host else host
     link.start()
     signal.signal(signal.SIGTERM, _stop)
     print(f"dashboard of {args.prefix}/+ on {args.broker}:{args.port}", flush=True)

@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge.bundle import load_bundle
 from edge.errors import DataError, ModelError
 
 from .data import Dataset, batches, check_roi, load_dataset
@@ -154,18 +153,16 @@ def evaluate(
     a bundle exported with it classifies; a bundle that already does is refused."""
     from .tflite import tta_predict, tta_views
 
-    try:
-        tta_views(tta)
-    except ValueError as e:
-        raise ModelError(str(e)) from None
+    tta_views(tta)
     ds = load_dataset(data)
     check_roi(ds, roi)
     pred = load_predictor(model, threads, role, arch, size, ds.labels, ds.task, weights, classes)
     pred.preprocess = resolve_preprocess(preprocess, pred.preprocess, pred.kind == "bundle", model)
     if tta != "none":
-        inside = (load_bundle(model).manifest.get("tta") or {}).get("mode") if pred.kind == "bundle" else None
-        if inside:
-            raise ModelError(f"--tta {tta}: {model} was exported with --tta {inside}: its classifiers average already")
+        if pred.tta != "none":
+            raise ModelError(
+                f"--tta {tta}: {model} was exported with --tta {pred.tta}: its classifiers average already"
+            )
         single = pred.predict
         pred.predict = lambda x: tta_predict(single, x, tta)
     probs = predict_dataset(pred, ds, progress, roi)

@@ -281,10 +281,7 @@ def export_bundle(
 
     out = Path(out)
     check_out(out, force)
-    try:
-        tta_views(tta)
-    except ValueError as e:
-        raise ModelError(str(e)) from None
+    tta_views(tta)
     if int8 not in ("auto", "full", "dynamic"):
         raise ModelError(f"--int8 {int8!r}: choose auto, full or dynamic")
     if is_application(model_path):  # ImageNet classes: the calibration images carry no labels

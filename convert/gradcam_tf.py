@@ -166,14 +166,14 @@ class KerasGradCAM:
             idx = list(maps)
         h, w = frame_bgr.shape[:2]
         return {
-            lab: Heatmap(
-                lab,
+            self.labels[k]: Heatmap(
+                self.labels[k],
                 resize_cam(maps[k][0], h, w),
                 maps[k][1],
                 float(scores[k]),
-                strength(maps[k][1], (peak_ref or {}).get(lab)),
+                strength(maps[k][1], (peak_ref or {}).get(self.labels[k])),
             )
-            for lab, k in ((self.labels[k], k) for k in idx)
+            for k in idx
         }
 
 

@@ -321,7 +321,7 @@ def serve(app: LabelApp, host: str, port: int) -> ThreadingHTTPServer:
 
 def _serve_until_quit(server: ThreadingHTTPServer) -> None:
     host, port = str(server.server_address[0]), server.server_address[1]  # TCP: never bytes
-    shown = f"[{host}]" if ":" in str(host) else host
+    shown = f"[{host}]" if ":" in host else host
     if host in ("0.0.0.0", "::"):
         print(
             "warning: listening on all interfaces: anyone on the network can label and delete",

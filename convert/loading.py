@@ -261,6 +261,7 @@ class Predictor:
     task: str | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
     preprocess: str = "seam"  # the edge.preprocess mode its inputs need (a bundle's: its manifest's)
+    tta: str = "none"  # a bundle exported with --tta: its classifiers average flipped views already
 
 
 def keras_predict_fn(model, batch: int = 64) -> Callable[[np.ndarray], np.ndarray]:
@@ -316,6 +317,7 @@ def load_predictor(
             clf.bundle.task,
             dict(clf.bundle.thresholds),
             clf.bundle.preprocess_mode,
+            str((clf.bundle.manifest.get("tta") or {}).get("mode", "none")),
         )
     if p.suffix == ".tflite":
         tfl = TFLiteModel(p, threads)

@@ -45,7 +45,7 @@ import numpy as np
 
 from edge.errors import DataError, ModelError
 
-from .tflite import TTA_VIEWS
+from .tflite import TTA_VIEWS, tta_views
 
 TARGET_ACCURACY = 98.0
 TARGET_AGREEMENT = 99.5
@@ -198,8 +198,7 @@ def ship(
 
     for flag, share in (("--length-changes", length_changes), ("--random-textures", random_textures)):
         check_share(flag, share, ModelError)  # before hours of synth and training, not after
-    if tta not in TTA_VIEWS:
-        raise ModelError(f"--tta {tta!r}: choose {', '.join(TTA_VIEWS)}")
+    tta_views(tta)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     sets: dict[str, tuple[int, int, tuple[tuple[float, float], ...] | None, float, float]] = {

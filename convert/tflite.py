@@ -16,6 +16,8 @@ from typing import Literal
 
 import numpy as np
 
+from edge.errors import ModelError
+
 Quantize = Literal["none", "dynamic", "int8"]
 
 #: Test-time flips baked into a classifier (``convert export --tta``): the NHWC axes each view
@@ -29,9 +31,10 @@ TTA_VIEWS: dict[str, tuple[tuple[int, ...], ...]] = {
 
 
 def tta_views(mode: str) -> tuple[tuple[int, ...], ...]:
-    """The views of a ``--tta`` mode (ValueError naming the modes for any other)."""
+    """The views of a ``--tta`` mode; any other is one ``ModelError`` line naming the modes (the one
+    check of ``export``, ``evaluate`` and ``ship``)."""
     if mode not in TTA_VIEWS:
-        raise ValueError(f"--tta {mode!r}: choose {', '.join(TTA_VIEWS)}")
+        raise ModelError(f"--tta {mode!r}: choose {', '.join(TTA_VIEWS)}")
     return TTA_VIEWS[mode]
 
 

@@ -166,7 +166,7 @@ def test_tta_predict_averages_the_flipped_views():
     four = (x[:, 0, 0] + x[:, 0, -1] + x[:, -1, 0] + x[:, -1, -1]) / 4
     np.testing.assert_allclose(tta_predict(corner, x, "flips"), four, atol=1e-6)
     assert [len(v) for v in TTA_VIEWS.values()] == [1, 2, 4]
-    with pytest.raises(ValueError, match="--tta 'ud': choose none, lr, flips"):
+    with pytest.raises(ModelError, match="--tta 'ud': choose none, lr, flips"):
         tta_predict(corner, x, "ud")
 
 
