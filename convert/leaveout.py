@@ -34,7 +34,11 @@ herringbone, mélange): no fold to train, since the model never saw them. Per fa
 scores (thresholds calibrated on the default-draw validation pool) beside the same model on the
 default-draw test pool, the fine-tuning curve above with that model as the start, and the model
 fine-tuned on ``--others-count`` labelled images of the *other* held-back families (the real-photo
-check's "~75 photos of other fabrics, tested on the held-out ones").
+check's "~75 photos of other fabrics, tested on the held-out ones"). It scores every model the way
+``--init``'s bundle classifies: the shipped bundle averages each image with its mirror
+(``export --tta lr``), so by default the held-back table does too; ``--tta none|lr|flips`` chooses
+(for the leave-out folds the default is ``none``). Each mode keeps its own cached results, so
+rescoring reuses the trained models.
 """
 
 from __future__ import annotations
@@ -133,13 +137,14 @@ def run_family(
     lr: float | None,
     seed: int = 0,
     init: str | None = None,
+    tta: str = "none",
 ) -> dict:
     """Train without ``family``, test on it (resumable) → result dict (also ``work/<family>/result.json``)."""
     from .split import write_seed_csv
     from .train import train
 
     d = work / family
-    res_path = d / "result.json"
+    res_path = _result_path(d, tta)
     if res_path.is_file():
         return json.loads(res_path.read_text())
     d.mkdir(parents=True, exist_ok=True)
@@ -150,49 +155,76 @@ def run_family(
         write_seed_csv(d / f"{name}.csv", ds)
     t0 = time.monotonic()
     model_path = d / "model.keras"
-    hist = train(
-        str(d / "train.csv"),
-        str(d / "valid.csv"),
-        model_path,
-        arch=arch,
-        epochs=epochs,
-        size=size,
-        filters=filters,
-        batch=batch,
-        lr=lr,
-        resume=True,
-        seed=seed,
-        patience=epochs,  # the cosine schedule runs its course; the best epoch is restored
-        verbose=2,
-        init=init,
-    )
+    trained: dict = {}
+    if not model_path.is_file():  # else a run with another --tta trained it: rescore only
+        hist = train(
+            str(d / "train.csv"),
+            str(d / "valid.csv"),
+            model_path,
+            arch=arch,
+            epochs=epochs,
+            size=size,
+            filters=filters,
+            batch=batch,
+            lr=lr,
+            resume=True,
+            seed=seed,
+            patience=epochs,  # the cosine schedule runs its course; the best epoch is restored
+            verbose=2,
+            init=init,
+        )
+        trained = {"epochs_run": hist.epochs_run, "seconds": round(time.monotonic() - t0)}
     result = {
         "family": family,
         "train_count": len(tr),
         "valid_count": len(va),
-        "epochs_run": hist.epochs_run,
-        "seconds": round(time.monotonic() - t0),
-        **_score_keras(model_path, va, te, size),
+        **trained,
+        "tta": tta,
+        **_score_keras(model_path, va, te, size, tta),
     }
     # the same model on the test images of the families it saw: the gap to this is the price of novelty
     seen = family_subset(pools["test"][0], pools["test"][1], lambda f: f != family)
-    result["seen"] = {k: v for k, v in _score_keras(model_path, va, seen, size).items() if k != "thresholds"}
+    result["seen"] = {k: v for k, v in _score_keras(model_path, va, seen, size, tta).items() if k != "thresholds"}
     res_path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
-def _score_keras(model_path: Path, labelled, test, size: int) -> dict:
-    """Thresholds calibrated on ``labelled`` (validation images), scores on ``test``."""
+def _result_path(d: Path, tta: str) -> Path:
+    """A run's cached result; one per ``--tta`` mode, so that rescoring with views reuses the trained model."""
+    return d / ("result.json" if tta == "none" else f"result-tta-{tta}.json")
+
+
+def bundle_tta(spec: str | Path | None) -> str:
+    """The ``--tta`` mode a bundle's classifiers were exported with (``default``: the shipped bundle);
+    ``none`` for a ``.keras`` file or no model."""
+    from .train import DEFAULT_BUNDLE
+
+    if spec is None:
+        return "none"
+    p = DEFAULT_BUNDLE if str(spec) == "default" else Path(spec)
+    try:
+        return str((json.loads((p / "manifest.json").read_text()).get("tta") or {}).get("mode", "none"))
+    except (OSError, ValueError, AttributeError):
+        return "none"
+
+
+def _score_keras(model_path: Path, labelled, test, size: int, tta: str = "none") -> dict:
+    """Thresholds calibrated on ``labelled`` (validation images), scores on ``test``; ``tta``: the
+    model averaged over flipped views (``export --tta``), as a bundle exported with it classifies."""
     from .data import ImageCache, batches
     from .metrics import calibrate_thresholds
     from .models import load_keras
+    from .tflite import tta_predict
 
     model, meta = load_keras(model_path)
     labels = tuple(meta["labels"])
 
+    def forward(x: np.ndarray) -> np.ndarray:
+        return np.asarray(model(x, training=False))
+
     def predict(ds) -> np.ndarray:
         cache = ImageCache(ds, size, size)
-        return np.concatenate([np.asarray(model(x, training=False)) for x, _ in batches(ds, size, size, 64, cache)])
+        return np.concatenate([tta_predict(forward, x, tta) for x, _ in batches(ds, size, size, 64, cache)])
 
     thr = calibrate_thresholds(labelled.targets, predict(labelled), labels)
     return {"thresholds": thr, **attribute_scores(test.targets, predict(test), labels, thr)}
@@ -220,7 +252,7 @@ def _ft_epochs(n: int, batch: int) -> int:
     return max(1, math.ceil(FT_STEPS / math.ceil(n / batch)))
 
 
-def _fit_and_score(d: Path, mode: str, labelled, test, *, size: int, batch: int, **train_kw) -> dict:
+def _fit_and_score(d: Path, mode: str, labelled, test, *, size: int, batch: int, tta: str = "none", **train_kw) -> dict:
     """Train ``d/<mode>.keras`` for ``FT_STEPS`` steps on ``d/labelled.csv`` (its own validation set:
     a user with a few frames has no other), then score it on ``test`` with thresholds calibrated on
     the labelled images."""
@@ -229,19 +261,11 @@ def _fit_and_score(d: Path, mode: str, labelled, test, *, size: int, batch: int,
     epochs = _ft_epochs(len(labelled), batch)
     t0 = time.monotonic()
     csv = str(d / "labelled.csv")
-    train(
-        csv,
-        csv,
-        d / f"{mode}.keras",
-        epochs=epochs,
-        size=size,
-        batch=batch,
-        resume=True,
-        patience=epochs,
-        verbose=0,
-        **train_kw,
-    )
-    return {**_score_keras(d / f"{mode}.keras", labelled, test, size), "seconds": round(time.monotonic() - t0)}
+    out = d / f"{mode}.keras"
+    if out.is_file():  # a run with another --tta trained it: rescore only
+        return _score_keras(out, labelled, test, size, tta)
+    train(csv, csv, out, epochs=epochs, size=size, batch=batch, resume=True, patience=epochs, verbose=0, **train_kw)
+    return {**_score_keras(out, labelled, test, size, tta), "seconds": round(time.monotonic() - t0)}
 
 
 def finetune_curve(
@@ -257,6 +281,7 @@ def finetune_curve(
     base: Path | None = None,
     ft_test: int = FT_TEST,
     lr: float | None = None,
+    tta: str = "none",
 ) -> list[dict]:
     """Fine-tune the model that never saw ``family`` (``base``, default the fold's) on N of its
     images vs from scratch on the same N."""
@@ -273,7 +298,7 @@ def finetune_curve(
         labelled = ds.subset(range(n))
         d = work / family / f"finetune-{n}"
         d.mkdir(parents=True, exist_ok=True)
-        res_path = d / "result.json"
+        res_path = _result_path(d, tta)
         if res_path.is_file():
             out.append(json.loads(res_path.read_text()))
             continue
@@ -284,12 +309,15 @@ def finetune_curve(
             "epochs": _ft_epochs(n, batch),
             "lr": lr,
             "test_count": len(test),
+            "tta": tta,
             "init": _fit_and_score(
-                d, "init", labelled, test, size=size, batch=batch, init=str(base), freeze=freeze, lr=lr
+                d, "init", labelled, test, size=size, batch=batch, tta=tta, init=str(base), freeze=freeze, lr=lr
             ),
-            "scratch": _fit_and_score(d, "scratch", labelled, test, size=size, batch=batch, arch=arch, filters=filters),
+            "scratch": _fit_and_score(
+                d, "scratch", labelled, test, size=size, batch=batch, tta=tta, arch=arch, filters=filters
+            ),
         }
-        row["zero_shot"] = _score_keras(base, labelled, test, size)
+        row["zero_shot"] = _score_keras(base, labelled, test, size, tta)
         res_path.write_text(json.dumps(row, indent=1) + "\n")
         out.append(row)
     return out
@@ -395,10 +423,14 @@ def leave_out(
     init: str | None = None,
     ft_test: int = FT_TEST,
     finetune_lr: float | None = None,
+    tta: str = "none",
 ) -> dict:
-    """Build the pools (once), run every family (resumable) → ``{"results": [...], "table": str}``."""
+    """Build the pools (once), run every family (resumable) → ``{"results": [...], "table": str}``;
+    ``tta``: every model scored averaged over flipped views (``export --tta``)."""
     from .synth_fabric import FAMILIES
+    from .tflite import tta_views
 
+    tta_views(tta)
     work = Path(work)
     chosen = list(families or FAMILIES)
     unknown = [f for f in [*chosen, *finetune_families] if f not in FAMILIES]
@@ -413,7 +445,17 @@ def leave_out(
         print(f"leave-out: {fam} (train on the others, test on {fam})", file=sys.stderr)
         results.append(
             run_family(
-                fam, pools, work, epochs=epochs, size=size, filters=filters, arch=arch, batch=batch, lr=lr, init=init
+                fam,
+                pools,
+                work,
+                epochs=epochs,
+                size=size,
+                filters=filters,
+                arch=arch,
+                batch=batch,
+                lr=lr,
+                init=init,
+                tta=tta,
             )
         )
     labels = tuple(results[0]["accuracy"]) if results else ()
@@ -429,6 +471,7 @@ def leave_out(
             "batch": batch,
             "init": init,
             "finetune_lr": finetune_lr,
+            "tta": tta,
         },
         "results": results,
         "table": table(results, labels),
@@ -450,6 +493,7 @@ def leave_out(
             batch=batch,
             ft_test=ft_test,
             lr=finetune_lr,
+            tta=tta,
         )
     if curve:
         summary["finetune"] = curve
@@ -471,6 +515,7 @@ def others_finetune(
     freeze: int = 1,
     ft_test: int = FT_TEST,
     lr: float | None = None,
+    tta: str = "none",
 ) -> dict:
     """``base`` fine-tuned on ``count`` labelled images of the *other* held-back families, scored
     on ``family``: a line that brings a fabric none of its labelled frames showed."""
@@ -478,7 +523,7 @@ def others_finetune(
     from .split import write_seed_csv
 
     d = work / family / f"others-{count}"
-    res_path = d / "result.json"
+    res_path = _result_path(d, tta)
     if res_path.is_file():
         return json.loads(res_path.read_text())
     d.mkdir(parents=True, exist_ok=True)
@@ -498,8 +543,11 @@ def others_finetune(
         "epochs": _ft_epochs(len(labelled), batch),
         "lr": lr,
         "test_count": len(test),
-        "init": _fit_and_score(d, "init", labelled, test, size=size, batch=batch, init=str(base), freeze=freeze, lr=lr),
-        "zero_shot": _score_keras(base, labelled, test, size),
+        "tta": tta,
+        "init": _fit_and_score(
+            d, "init", labelled, test, size=size, batch=batch, tta=tta, init=str(base), freeze=freeze, lr=lr
+        ),
+        "zero_shot": _score_keras(base, labelled, test, size, tta),
     }
     res_path.write_text(json.dumps(row, indent=1) + "\n")
     return row
@@ -518,6 +566,7 @@ def held_back(
     arch: str = "resnet-s2",
     batch: int = 32,
     finetune_lr: float | None = None,
+    tta: str | None = None,
 ) -> dict:
     """The held-back families (``synth.HELD_BACK_FAMILIES``) against a model trained on the default
     draw, which never saw them: no fold to train, so this measures the shipped model itself.
@@ -526,11 +575,16 @@ def held_back(
     pool, as its bundle's were), beside the same model on the default-draw test pool; the "first day"
     curve (``finetune_curve``: ``train --init`` on N labelled images of F vs from scratch); and
     ``others_count`` labelled images of the other held-back families, fine-tuned on and scored on F.
+    ``tta`` None: the views ``init``'s bundle averages (the shipped one: ``lr``), so that the table
+    measures the classifier as the Pi runs it; every model of the run is scored the same way.
     """
     from .models import load_keras
     from .synth_fabric import HELD_BACK_FAMILIES
+    from .tflite import tta_views
     from .train import init_model_path
 
+    tta = bundle_tta(init) if tta is None else tta
+    tta_views(tta)
     work = Path(work)
     chosen = list(families or HELD_BACK_FAMILIES)
     unknown = [f for f in chosen if f not in HELD_BACK_FAMILIES]
@@ -545,12 +599,14 @@ def held_back(
     valid = _pool(work / "pool-valid", valid_count, POOL_SEEDS["valid"])
     seen_test = _pool(work / "pool-test", test_count, POOL_SEEDS["test"])
     pools = {f: _pool(work / f"pool-finetune-{f}", labelled_max + ft_test, POOL_SEEDS["finetune"], [f]) for f in chosen}
-    seen = {k: v for k, v in _score_keras(base, valid, seen_test, size).items() if k != "thresholds"}
+    seen = {k: v for k, v in _score_keras(base, valid, seen_test, size, tta).items() if k != "thresholds"}
     results, curve, others = [], [], []
     for fam in chosen:
         print(f"leave-out: {fam} (held back: {base} never saw it)", file=sys.stderr)
         test = pools[fam].subset(range(labelled_max, labelled_max + ft_test))
-        results.append({"family": fam, "model": str(base), **_score_keras(base, valid, test, size), "seen": seen})
+        results.append(
+            {"family": fam, "model": str(base), "tta": tta, **_score_keras(base, valid, test, size, tta), "seen": seen}
+        )
         if finetune_counts:
             curve += finetune_curve(
                 fam,
@@ -563,6 +619,7 @@ def held_back(
                 base=base,
                 ft_test=labelled_max + ft_test - max(finetune_counts),
                 lr=finetune_lr,
+                tta=tta,
             )
         if others_count and len(chosen) > 1:
             others.append(
@@ -577,6 +634,7 @@ def held_back(
                     batch=batch,
                     ft_test=ft_test,
                     lr=finetune_lr,
+                    tta=tta,
                 )
             )
     labels = tuple(results[0]["accuracy"])
@@ -590,6 +648,7 @@ def held_back(
             "others_count": others_count,
             "ft_test": ft_test,
             "finetune_lr": finetune_lr,
+            "tta": tta,
         },
         "results": results,
         "table": table(results, labels),
@@ -666,6 +725,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="learning rate of the train --init runs (default: train's own for --init)",
     )
+    p.add_argument(
+        "--tta",
+        choices=("none", "lr", "flips"),
+        default=None,
+        help="score every model averaged over flipped views, as a bundle exported with export --tta classifies "
+        "(default: with --held-back the views --init's bundle averages, the shipped one's lr; else none)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the summary here")
     p.set_defaults(func=run)
 
@@ -699,10 +765,12 @@ def run(args: argparse.Namespace) -> int:
             args.arch,
             args.batch,
             args.finetune_lr,
+            args.tta,
         )
         if args.json:
             Path(args.json).write_text(json.dumps(s, indent=1) + "\n")
-        print(f"## Held-back families, never seen by {s['settings']['init']}\n\n{s['table']}")
+        views = "" if s["settings"]["tta"] == "none" else f" (scored with --tta {s['settings']['tta']})"
+        print(f"## Held-back families, never seen by {s['settings']['init']}{views}\n\n{s['table']}")
         if "finetune_table" in s:
             print(f"\n## Fine-tuning on N labelled images of the family\n\n{s['finetune_table']}")
         if "others_table" in s:
@@ -725,6 +793,7 @@ def run(args: argparse.Namespace) -> int:
         init=args.init,
         ft_test=args.finetune_test,
         finetune_lr=args.finetune_lr,
+        tta=args.tta or "none",
     )
     if args.json:
         Path(args.json).write_text(json.dumps(s, indent=1) + "\n")

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from convert.data import load_dataset
+from convert.evaluate import evaluate
 from convert.leaveout import attribute_scores, read_families
+from convert.split import write_seed_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,6 +136,20 @@ def test_held_back_scores_a_model_on_families_it_never_saw(tmp_path, tiny_keras,
     again = lo.held_back(work, str(tiny_keras), ["corduroy", "melange"], **kw)
     assert (work / "melange" / "others-6" / "result.json").stat().st_mtime_ns == stamp
     assert again["others"] == s["others"]
+    assert s["settings"]["tta"] == "none"  # a .keras averages nothing: scored as one view, as it was trained
+    # --tta lr: the same models scored with their mirror image (nothing trained again), cached beside
+    n_calls = len(calls)
+    lr = lo.held_back(work, str(tiny_keras), ["corduroy", "melange"], tta="lr", **kw)
+    assert len(calls) == n_calls and lr["settings"]["tta"] == "lr" and {r["tta"] for r in lr["results"]} == {"lr"}
+    assert (work / "melange" / "others-6" / "result.json").stat().st_mtime_ns == stamp
+    assert json.loads((work / "melange" / "others-6" / "result-tta-lr.json").read_text())["tta"] == "lr"
+    assert lr["results"][0]["defect_auroc"] != s["results"][0]["defect_auroc"]
+    # the zero-shot row is what evaluate --tta lr (the Predictor's path) gives on the same images
+    write_seed_csv(tmp_path / "corduroy-test.csv", load_dataset(work / "pool-finetune-corduroy").subset(range(8, 20)))
+    ev = evaluate(tiny_keras, tmp_path / "corduroy-test.csv", calibrate=work / "pool-valid", tta="lr", size=None)
+    assert ev.thresholds == pytest.approx(lr["results"][0]["thresholds"], abs=1e-6)
+    for lab in ("good", "error", "break", "length"):
+        assert ev.metrics["labels"][lab]["accuracy"] == pytest.approx(lr["results"][0]["accuracy"][lab], abs=1e-6)
 
 
 def test_held_back_refuses_a_family_the_model_saw(tmp_path):
