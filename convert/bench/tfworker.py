@@ -56,6 +56,7 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(spec["out_dir"])
     h, w, filters, n = int(spec["height"]), int(spec["width"]), int(spec["filters"]), int(spec["n_labels"])
     res: dict[str, Any] = {"threads": threads, "models": {}, "latency": {}}
+    views = int(spec.get("bundle_views") or 1)  # export --tta: the bundle's classifier runs each view
     models: dict[str, Any] = {}
     keras.utils.set_random_seed(0)
     for arch in spec.get("archs", []):
@@ -69,8 +70,8 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
         info: dict[str, Any] = {"macs": count_macs(m), "params": int(m.count_params()), "height": ih, "width": iw}
         if name == "bundle":
             info["meta"] = read_meta(spec["bundle_keras"])
-            info["views"] = views = int(spec.get("bundle_views") or 1)
-            info["macs"] *= views  # export --tta: the classifier runs the model on each view
+            info["views"] = views
+            info["macs"] *= views
         if spec.get("export") and name != "bundle":
             quants: tuple[tuple[str, Quantize], ...] = (("fp32", "none"), ("int8", "dynamic"))
             for kind, q in quants:
@@ -86,7 +87,7 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
             continue
         ih, iw = (int(v) for v in m.inputs[0].shape[1:3])
         # the bundle's Keras arms do the classifier's work: one batch of its --tta views
-        batch = int(spec.get("bundle_views") or 1) if name == "bundle" else 1
+        batch = views if name == "bundle" else 1
         xt = tf.constant(rng.standard_normal((batch, ih, iw, 3)).astype(np.float32))
         fn = tf.function(lambda t, _m=m: _m(t, training=False))
         fns[f"{name}|keras"] = lambda _m=m, _x=xt: _m(_x, training=False).numpy()
