@@ -139,7 +139,7 @@ def run_family(
     init: str | None = None,
     tta: str = "none",
 ) -> dict:
-    """Train without ``family``, test on it (resumable) → result dict (also ``work/<family>/result.json``)."""
+    """Train without ``family``, test on it (resumable) → result dict (also cached: ``_result_path``)."""
     from .split import write_seed_csv
     from .train import train
 
