@@ -20,6 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_BUNDLE = Path("edge/models/default")
 ROI = list(DEFAULT_ROI)
 LABELS_EXPLAINED = ("error", "break", "length")  # every label that can be flagged
+#: The yardstick of the classifier budget: the architecture of the model the Pi ran when the
+#: real-seams work began (the single-look ``resnet-int8-gap`` with 8 filters). The shipped classifier
+#: may cost up to 3× its int8 per-frame latency (``classifier_cost_vs_reference`` in report.TARGETS),
+#: measured side by side at 1 thread, so the budget holds on any machine.
+REFERENCE = {"arch": "resnet-int8-gap", "filters": 8}
 
 
 @dataclass(frozen=True)

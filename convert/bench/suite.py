@@ -20,6 +20,7 @@ from edge.errors import ModelError
 from .common import (
     DEFAULT_BUNDLE,
     LABELS_EXPLAINED,
+    REFERENCE,
     ROI,
     ROOT,
     Plan,
@@ -181,6 +182,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
             "bundle_keras": str(Path(bundle) / "model.keras") if binfo["has_keras"] else None,
             "bundle_views": binfo["tta_views"],
             "mobilenet": plan.mobilenet and first,
+            "reference": REFERENCE if first else None,
             "time_mobilenet": False,
             "iters": plan.iters,
             "warmup": plan.warmup,
@@ -229,7 +231,8 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         files["bundle|litert-fp32"] = str(b.path("classifier_fp32"))
     for name, info in models.items():
         if "tflite_fp32" in info:
-            files[f"{name}|litert-fp32"] = info["tflite_fp32"]
+            if name != "reference":  # the budget's yardstick: int8 only
+                files[f"{name}|litert-fp32"] = info["tflite_fp32"]
             files[f"{name}|litert-int8"] = info["tflite_int8"]
     say(f"LiteRT latencies: {len(files)} models × threads {list(plan.lite_threads)}")
     latency = litert_latency(files, plan.lite_threads, plan)
@@ -329,6 +332,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         "models": models,
         "latency_ms": latency,
         "ratios": ratios,
+        "classifier_budget": classifier_budget(latency, models, binfo),
         "bound_fps": bound_fps,
         "e2e_fps": e2e_fps,
         "e2e": {
@@ -364,6 +368,25 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         json_path.write_text(json.dumps(result, indent=1) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def classifier_budget(latency: dict, models: dict, binfo: dict) -> dict[str, Any] | None:
+    """The shipped classifier's int8 p50 (all its ``--tta`` views) over the reference's
+    (``common.REFERENCE``), both LiteRT at 1 thread in the same interleaved rounds."""
+    b = latency.get("bundle", {}).get("litert-int8", {}).get("1")
+    r = latency.get("reference", {}).get("litert-int8", {}).get("1")
+    if not (b and r and r["p50"] > 0):
+        return None
+    return {
+        "reference": f"{REFERENCE['arch']}, {REFERENCE['filters']} filters (untrained: the cost is the architecture's)",
+        "threads": 1,
+        "views": binfo["tta_views"],
+        "bundle_int8_p50": b["p50"],
+        "reference_int8_p50": r["p50"],
+        "ratio": round(b["p50"] / r["p50"], 3),
+        "bundle_macs": (models.get("bundle") or {}).get("macs"),
+        "reference_macs": (models.get("reference") or {}).get("macs"),
+    }
 
 
 def latency_ratios(latency: dict) -> dict[str, dict[str, float]]:

@@ -65,6 +65,9 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
         models["bundle"] = keras.models.load_model(spec["bundle_keras"], compile=False)
     if spec.get("mobilenet"):
         models["mobilenet_v2"] = keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None)
+    ref: dict[str, Any] = spec.get("reference") or {}  # the classifier budget's yardstick (common.REFERENCE)
+    if ref:  # untrained: the cost is the architecture's
+        models["reference"] = build_model(ref["arch"], n, h, w, int(ref["filters"]))
     for name, m in models.items():
         ih, iw = (int(v) for v in m.inputs[0].shape[1:3])
         info: dict[str, Any] = {"macs": count_macs(m), "params": int(m.count_params()), "height": ih, "width": iw}
@@ -72,6 +75,8 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
             info["meta"] = read_meta(spec["bundle_keras"])
             info["views"] = views
             info["macs"] *= views
+        if name == "reference":
+            info.update(arch=ref["arch"], filters=int(ref["filters"]))
         if spec.get("export") and name != "bundle":
             quants: tuple[tuple[str, Quantize], ...] = (("fp32", "none"), ("int8", "dynamic"))
             for kind, q in quants:
@@ -83,8 +88,8 @@ def _tf_worker(spec: dict[str, Any]) -> dict[str, Any]:
     fns = {}
     rng = np.random.default_rng(0)
     for name, m in models.items():
-        if name == "mobilenet_v2" and not spec.get("time_mobilenet"):
-            continue
+        if name == "reference" or (name == "mobilenet_v2" and not spec.get("time_mobilenet")):
+            continue  # the reference is timed as LiteRT int8 only, beside the bundle's classifier
         ih, iw = (int(v) for v in m.inputs[0].shape[1:3])
         # the bundle's Keras arms do the classifier's work: one batch of its --tta views
         batch = views if name == "bundle" else 1
