@@ -36,6 +36,7 @@ REQUIRED = (
     "train_step_ms",
     "machine",
     "ratios",
+    "classifier_budget",
     "targets",
 )
 
@@ -78,6 +79,21 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
     assert res["ratios"]["bundle"][f"litert-int8@{keras_t}"] == pytest.approx(
         lat["keras"][keras_t]["p50"] / lat["litert-int8"][keras_t]["p50"], rel=0.02
     )
+
+    # the classifier budget: the bundle's int8 classifier / the single-look architecture's, side by side at 1 thread
+    cb = res["classifier_budget"]
+    ref = res["latency_ms"]["reference"]
+    assert set(ref) == {"litert-int8"} and ref["litert-int8"]["1"]["n"] >= 30, ref  # int8 only, timed as often
+    assert (cb["bundle_int8_p50"], cb["reference_int8_p50"]) == (
+        lat["litert-int8"]["1"]["p50"],
+        ref["litert-int8"]["1"]["p50"],
+    )
+    assert cb["ratio"] == pytest.approx(cb["bundle_int8_p50"] / cb["reference_int8_p50"], abs=0.001)
+    assert cb["views"] == 1 and cb["bundle_macs"] == res["models"]["bundle"]["macs"], cb
+    assert (res["models"]["reference"]["arch"], res["models"]["reference"]["filters"]) == ("resnet-int8-gap", 8)
+    assert _pos(cb["reference_macs"]) and cb["reference_macs"] == res["models"]["reference"]["macs"], cb
+    budget = next(t for t in res["targets"] if t["name"] == "classifier_cost_vs_reference")
+    assert budget["value"] == cb["ratio"] and budget["target"] == "<= 3.0", budget
 
     # the workstation's training step, XLA on (convert train's) and off, side by side
     ts = res["train_step_ms"]
@@ -180,6 +196,7 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
 
     # the printed table carries every target with its verdict
     assert {t["name"] for t in res["targets"]} >= {
+        "classifier_cost_vs_reference",
         "e2e_over_bound",
         "heatmap_ratio_litert",
         "rss_litert_mb",
