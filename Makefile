@@ -68,7 +68,7 @@ demo:
 lint: setup
 	$(PY) -m ruff check edge convert tests
 	$(PY) -m ruff format --check edge convert tests
-	$(PY) -m mypy edge convert
+	$(PY) -m mypy edge convert tests
 
 test: setup lint
 	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)

@@ -17,6 +17,7 @@ import pytest
 
 from edge.errors import ModelError
 from tests.support.gradcam import assert_agree, sample_frames
+from tests.support.images import imread
 
 DOWNLOAD_BLOCKED = "downloads are blocked in tests"
 
@@ -147,7 +148,7 @@ def test_explained_class_is_the_known_top1_and_jet_written(tmp_path, capsys):
         cam = runs[method]["green"].cam
         y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
         assert 8 <= y < 40 and 20 <= x < 52  # the map's peak is on the square
-        jet = cv2.imread(str(out / "g.jet.png"))
+        jet = imread(out / "g.jet.png")
         heat = cv2.applyColorMap((cam * 255 + 0.5).astype(np.uint8), cv2.COLORMAP_JET)
         want = cv2.addWeighted(heat, 0.4, img, 0.6, 0.0)
         assert jet.shape == img.shape and int(np.abs(jet.astype(int) - want).max()) <= 1

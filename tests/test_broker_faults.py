@@ -65,6 +65,7 @@ def spawn(broker, outbox: Path, first: int, n: int, mode: str, station: str = "c
 
 
 def read_until(proc: subprocess.Popen, prefix: str, timeout: float = 30.0) -> str:
+    assert proc.stdout is not None and proc.stderr is not None  # started with stdout=PIPE, stderr=PIPE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -79,6 +80,7 @@ def read_until(proc: subprocess.Popen, prefix: str, timeout: float = 30.0) -> st
 def kill(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.wait(10)
+    assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()
     proc.stderr.close()
 
@@ -88,8 +90,7 @@ def ids_of(msgs) -> list[str]:
 
 
 def dedupe(ids: list[str]) -> list[str]:
-    seen: set[str] = set()
-    return [e for e in ids if not (e in seen or seen.add(e))]
+    return list(dict.fromkeys(ids))  # first occurrences, in order
 
 
 def test_last_will_marks_station_offline_when_publisher_is_killed(tmp_path, mqtt_broker, mqtt_subscriber):

@@ -120,18 +120,18 @@ def test_shipped_int8_agrees_with_its_fp32_on_fresh_stills(tmp_path):
     of a seed no training, calibration or export ever saw (export measured 99.55 % on validation)."""
     import csv
 
-    import cv2
     import numpy as np
 
     from convert.synth import write_dataset
     from edge.classify import Classifier
+    from tests.support.images import imread
 
     write_dataset(tmp_path, 300, seed=977)
     b = load_bundle(SHIPPED)
     int8, fp32 = Classifier(b, threads=1), Classifier(b, role="classifier_fp32", threads=1)
     assert int8.role != fp32.role
     with open(tmp_path / "data.csv", newline="") as f:
-        frames = [cv2.imread(str(tmp_path / row["name"])) for row in csv.DictReader(f)]
+        frames = [imread(tmp_path / row["name"]) for row in csv.DictReader(f)]
     assert len(frames) == 300 and all(f is not None for f in frames)
     p8 = np.array([int8.classify(f) for f in frames])
     p32 = np.array([fp32.classify(f) for f in frames])
@@ -147,7 +147,7 @@ def _video(path: Path) -> Path:
     import cv2
     import numpy as np
 
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 30, (640, 480))
     for i in range(8):
         w.write(np.full((480, 640, 3), 60 + i, np.uint8))
     w.release()

@@ -13,14 +13,24 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.camera import Capture, EndOfStream, OpenCVSource, PicameraSource, Source, SourceLost, make_source, normalise
+from edge.camera import (
+    Capture,
+    EndOfStream,
+    Frame,
+    OpenCVSource,
+    PicameraSource,
+    Source,
+    SourceLost,
+    make_source,
+    normalise,
+)
 from edge.config import CameraConfig
 from edge.errors import CameraError
 from tests.support.wait import wait_until
 
 
 def write_video(path: Path, n: int, size=(64, 48), fps=30) -> Path:
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
     assert w.isOpened()
     for i in range(n):
         img = np.zeros((size[1], size[0], 3), np.uint8)
@@ -97,10 +107,13 @@ def test_normalise():
     assert normalise(np.zeros((48, 64, 3), np.float32), (64, 48))[0] is None
     assert normalise(np.zeros((48, 64, 2), np.uint8), (64, 48))[0] is None
     out, what = normalise(np.zeros((48, 64), np.uint8), (64, 48))
+    assert out is not None
     assert out.shape == (48, 64, 3) and what == ""
     out, what = normalise(np.zeros((48, 64, 4), np.uint8), (64, 48))
+    assert out is not None
     assert out.shape == (48, 64, 3) and what == ""
     out, what = normalise(np.zeros((96, 128, 3), np.uint8), (64, 48))
+    assert out is not None
     assert out.shape == (48, 64, 3) and what == "resized"
 
 
@@ -236,7 +249,7 @@ def test_file_loop_replays(tmp_path):
     stop = threading.Event()
     cap = Capture(make_source(cam), q, stop, realtime=False, loop=True)
     cap.start()
-    got = []
+    got: list[Frame] = []
     while len(got) < 35:
         got.append(q.get(timeout=10))
     stop.set()
@@ -321,6 +334,7 @@ class FakePicamera2:
             raise TimeoutError  # what picamera2 raises when the wait times out
         if self.captures == 3:
             return None  # a dropped buffer
+        assert self.config is not None  # configure() came first
         cfg = self.config[name]
         w, h = cfg["size"]
         bgr = self._bgr(w, h)
@@ -338,7 +352,7 @@ class FakePicamera2:
 @pytest.fixture
 def fake_picamera2(monkeypatch):
     mod = types.ModuleType("picamera2")
-    mod.Picamera2 = FakePicamera2
+    mod.Picamera2 = FakePicamera2  # type: ignore[attr-defined]  # a stand-in module built at run time
     FakePicamera2.instances = []
     FakePicamera2.hang_after = None
     monkeypatch.setitem(sys.modules, "picamera2", mod)
@@ -365,7 +379,7 @@ def test_picamera_lores_path(fake_picamera2):
 def test_picamera_main_path_is_bgr_as_is(fake_picamera2):
     cam = CameraConfig(source="picamera", device=0, width=320, height=240, lores=False)
     src = make_source(cam, model_size=(128, 128))
-    assert not src.use_lores
+    assert isinstance(src, PicameraSource) and not src.use_lores
     cap, frames = run_capture(_Limited(src, 2))
     assert frames[0].image.shape == (240, 320, 3)
     assert tuple(int(v) for v in frames[0].image[0, 0]) == (0, 0, 200)
@@ -416,7 +430,7 @@ def test_picamera_stalled_camera_is_a_loss_and_reopened(fake_picamera2):
 
 def write_avi(path: Path, n: int, size=(320, 240)) -> Path:
     """MJPG AVI: unlike OpenCV's mp4, a 0-frame AVI opens and then reads nothing (the spin case)."""
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, size)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 30, size)
     assert w.isOpened()
     rng = np.random.default_rng(1)
     for _ in range(n):
@@ -448,7 +462,7 @@ def test_probe_file_source_refuses_undecodable_files_naming_the_key(tmp_path):
         with pytest.raises(CameraError) as ei:
             probe_file_source(path)
         assert time.monotonic() - t0 < 5, what
-        assert ei.value.key == ("camera", "device"), what
+        assert ei.value.key == ("camera", "device"), what  # type: ignore[attr-defined]  # set by _cam_error
         msg = str(ei.value)
         assert msg.startswith(f"camera.device: {str(path)!r}: ") and "\n" not in msg, (what, msg)
     with pytest.raises(CameraError, match="not found"):
@@ -470,7 +484,7 @@ def test_undecodable_file_ends_capture_with_a_camera_error_not_a_retry_or_spin(t
         stop.set()
         cap.join(5)
         assert not alive, f"{what}: capture still running (retrying or spinning)"
-        assert isinstance(cap.error, CameraError) and cap.error.key == ("camera", "device"), what
+        assert isinstance(cap.error, CameraError) and cap.error.key == ("camera", "device"), what  # type: ignore[attr-defined]  # set by _cam_error
         assert str(path) in str(cap.error) and cap.stats.state == "failed", what
         assert cap.stats.reconnects == 0 and cap.stats.frames == 0 and not cap.ended.is_set(), what
         assert time.process_time() - t_cpu < 2, what

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -16,12 +15,13 @@ from edge.bundle import load_bundle, write_manifest
 from edge.classify import Classifier, TFLiteModel, open_interpreter
 from edge.errors import ModelError
 from edge.preprocess import preprocess
+from tests.support.images import imread
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _frames(dataset: Path, n: int = 6) -> list[np.ndarray]:
-    return [cv2.imread(str(p)) for p in sorted(dataset.glob("*.png"))[:n]]
+    return [imread(p) for p in sorted(dataset.glob("*.png"))[:n]]
 
 
 @pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)

@@ -26,14 +26,14 @@ from convert.collect import (
     CollectStore,
     Received,
     parse_message,
-    parse_source,
     prelabels,
     read_rows,
     source_text,
 )
-from convert.data import read_csv
+from convert.data import parse_source, read_csv
 from edge.errors import ConfigError
 from tests.support.collect import noise_image
+from tests.support.images import imread
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,7 +219,7 @@ def test_two_collectors_share_the_plant_without_duplicates_or_loss(mqtt_broker, 
             s = parse_source(src)
             assert s["station"] == name.split("-")[0] and s["sample"] == name[:-4] and s["model"] == "tiny@v1"
             assert s["reason"] == ("flagged" if "flagged" in name else "uncertain")
-            img = cv2.imread(str(tmp_path / d / name))
+            img = imread(tmp_path / d / name)
             station = stations[0] if name.startswith("st1") else stations[1]
             assert np.array_equal(img, station.images(int(name.split("-")[2])))  # the station's crop, lossless
         flagged = df[df["name"].str.contains("flagged")]
@@ -353,7 +353,7 @@ def test_collected_data_splits_and_fine_tunes_with_train_init(
     truth = read_csv(tiny_dataset / "data.csv")
 
     def image(i: int) -> np.ndarray:
-        return cv2.imread(truth.paths[i % len(truth)])
+        return imread(truth.paths[i % len(truth)])
 
     c = _collector(mqtt_broker, tmp_path / "collected")
     try:

@@ -428,7 +428,7 @@ def _video(path: Path, frames: int) -> Path:
     import cv2
     import numpy as np
 
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 30, (640, 480))
     for i in range(frames):
         w.write(np.full((480, 640, 3), 40 + i, np.uint8))
     w.release()

@@ -160,7 +160,9 @@ def save_readme_screenshot(src: Path, dst: Path) -> None:
     """The README's picture: the top of the page, scaled to 1280 px wide, under 150 KB."""
     import cv2
 
-    img = cv2.imread(str(src))
+    from tests.support.images import imread
+
+    img = imread(src)
     img = cv2.resize(img, (1280, round(img.shape[0] * 1280 / img.shape[1])), interpolation=cv2.INTER_AREA)
     dst.parent.mkdir(exist_ok=True)
     for colours in (64, 32, 16):  # posterise until it fits
@@ -213,7 +215,7 @@ def test_page_holds_two_alerts_per_second_per_station_without_growing(driver, fl
         while time.monotonic() < end:
             polls = samples[-1]["polls"]
             # the page keeps polling under load: wait for 5 more polls between samples
-            wait_until(lambda p=polls: driver.execute_script(POLLS) >= p + 5, timeout=30, what="5 polls", every=0.2)
+            wait_until(lambda p=polls: driver.execute_script(POLLS) >= p + 5, timeout=30, what="5 polls", every=0.2)  # type: ignore[misc]
             samples.append(driver.execute_script(PAGE_FIGURES))
         last = driver.execute_script(PAGE_FIGURES)
         rss1 = proc.memory_info().rss

@@ -15,6 +15,7 @@ from convert.split import split, split_sizes
 from edge.errors import DataError
 from edge.preprocess import preprocess
 from tests.support.cli import one_line_error, run_convert
+from tests.support.images import imread
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["good", "error", "break", "length"]
@@ -77,7 +78,7 @@ def test_loader_is_preprocess(tmp_path):
     seq = make_sequence(ds, 32, 32, batch=4)
     x, y = seq[0]
     assert x.shape == (4, 32, 32, 3) and len(seq) == 2
-    np.testing.assert_array_equal(x[1], preprocess(cv2.imread(ds.paths[1]), 32, 32))
+    np.testing.assert_array_equal(x[1], preprocess(imread(ds.paths[1]), 32, 32))
     np.testing.assert_array_equal(y, ds.targets[:4])
 
 

@@ -50,7 +50,8 @@ from convert.collect import Collector, CollectStore
 from convert.demo import match_alerts, read_truth
 from convert.harness import DaemonProcess, MqttSubscriber
 from convert.label import ImageFolder
-from convert.label_state import ATTRS, open_folder_session
+from convert.label_state import open_folder_session
+from edge.seam import SEAM_LABELS as ATTRS
 from tests.support.cli import convert_ok
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -107,7 +107,10 @@ def test_auroc_matches_pairwise_definition():
     pos, neg = s[y], s[~y]
     pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
     assert abs(auroc(y, s) - pairs / (len(pos) * len(neg))) < 1e-12
-    assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0 and auroc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == 0.0
-    assert auroc([1, 1], [0.2, 0.3]) is None
+    assert (
+        auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+        and auroc(np.array([0, 0, 1, 1]), np.array([0.4, 0.3, 0.2, 0.1])) == 0.0
+    )
+    assert auroc(np.array([1, 1]), np.array([0.2, 0.3])) is None
     m = multilabel_metrics(np.array([[0.0], [1.0]]), np.array([[0.3], [0.6]]), ["break"], {"break": 0.5})
     assert m["labels"]["break"]["auroc"] == 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,17 +22,17 @@ def _measured(keras_path: Path, bundle: Path, data: Path, tta: str = "none") -> 
     """Keras and both LiteRT classifiers of ``bundle`` on every image of ``data``, apart from
     ``convert.export``'s parity code: the Pi's own preprocess and runtime, one image at a time.
     ``tta``: Keras averaged over those views (``convert.tflite.tta_predict``), as the bundle's export."""
-    import cv2
     import keras
     import pandas as pd
 
     from edge.classify import Classifier
     from edge.preprocess import preprocess
+    from tests.support.images import imread
 
     clfs = {role: Classifier(bundle, role=role, threads=2) for role in ("classifier_fp32", "classifier_int8")}
     h, w = clfs["classifier_fp32"].input_shape[1:3]
     table = pd.read_csv(data / "data.csv", index_col=0)
-    x = np.stack([preprocess(cv2.imread(str(data / name)), h, w) for name in table["name"]])
+    x = np.stack([preprocess(imread(data / name), h, w) for name in table["name"]])
     model = keras.models.load_model(str(keras_path), compile=False)
     from convert.tflite import tta_predict
 
@@ -196,14 +197,14 @@ def test_tta_flips_run_inside_both_classifiers(tiny_keras, tiny_valid, tmp_path)
 
     assert Classifier(b, role="classifier_int8", threads=1).input_shape == (1, 64, 64, 3)
     # Grad-CAM explains the image as it is: the explainer's scores are the single view's
-    import cv2
     import pandas as pd
 
     from edge.gradcam import Explainer
+    from tests.support.images import imread
 
     ex = Explainer(b, threads=1)
     names = pd.read_csv(tiny_valid / "data.csv", index_col=0)["name"][:4]
-    scores = np.stack([ex.forward(cv2.imread(str(tiny_valid / name)))[0] for name in names])
+    scores = np.stack([ex.forward(imread(tiny_valid / name))[0] for name in names])
     assert _max_diff(scores, one[:4]) < 1e-4
     # evaluate --tta scores the .keras the way this bundle classifies; the bundle itself refuses it
     from convert.evaluate import evaluate
@@ -223,15 +224,15 @@ def test_tta_flips_run_inside_both_classifiers(tiny_keras, tiny_valid, tmp_path)
 
 def _inputs(bundle: Path, data: Path) -> np.ndarray:
     """The Pi's model inputs for every image of ``data`` (as ``_measured`` builds them)."""
-    import cv2
     import pandas as pd
 
     from edge.preprocess import preprocess
+    from tests.support.images import imread
 
     b = load_bundle(bundle)
     h, w = b.height, b.width
     table = pd.read_csv(data / "data.csv", index_col=0)
-    return np.stack([preprocess(cv2.imread(str(data / name)), h, w) for name in table["name"]])
+    return np.stack([preprocess(imread(data / name), h, w) for name in table["name"]])
 
 
 @pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
@@ -367,6 +368,7 @@ def test_legacy_h5_full_and_weights_only(tiny_keras, tiny_valid, tmp_path):
     # full model .h5 (Keras 2 style)
     full = tmp_path / "full.h5"
     model.save(str(full))
+    loaded: Any  # load_model_any types the model as object; a Keras model here
     loaded, meta = load_model_any(full)
     assert meta["form"] == "h5" and meta["labels"] == ["good", "error", "break", "length"]
     np.testing.assert_allclose(np.asarray(loaded(x, training=False)), ref, atol=1e-6)

@@ -226,7 +226,7 @@ def mjpg_avi(path: Path, frames: int, size=(640, 480)) -> Path:
 
     Noise, so the file is megabytes: FFmpeg may keep a small file's frames in its buffers.
     """
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, size)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 30, size)
     rng = np.random.default_rng(0)
     for _ in range(frames):
         w.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))

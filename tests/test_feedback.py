@@ -174,10 +174,12 @@ def test_publisher_subscribes_feedback_qos1_on_every_connect_and_junk_never_hold
     try:
         # the SUBACK may come after our connect: publish until the first message gets through
         good = _b({"event_id": "evt-0001", "verdict": "confirmed", "by": "anna"})
-        wait_until(
-            lambda: op.publish(inbox.topic, good, qos=1).wait_for_publish(5) or inbox.received > 0,
-            what="feedback received",
-        )
+
+        def published_and_received() -> bool:
+            op.publish(inbox.topic, good, qos=1).wait_for_publish(5)
+            return inbox.received > 0
+
+        wait_until(published_and_received, what="feedback received")
         for i in range(500):
             op.publish(inbox.topic, b"\x00junk" * (i % 7), qos=1)
         pub.alert(alert_payload(1))
@@ -246,10 +248,12 @@ def test_readme_acl_lets_only_the_dashboard_publish_feedback(tmp_path, mqtt_brok
         wait_until(lambda: refused["st2"], what="the intruder's PUBACK")
         assert refused["st2"][0].is_failure and "authori" in str(refused["st2"][0]).lower()
         ok = _b({"event_id": "x-2", "verdict": "confirmed", "by": "dashboard"})
-        wait_until(
-            lambda: dash.publish(inbox.topic, ok, qos=1).wait_for_publish(5) or inbox.received > 0,
-            what="the dashboard's feedback received",
-        )
+
+        def published_and_received() -> bool:
+            dash.publish(inbox.topic, ok, qos=1).wait_for_publish(5)
+            return inbox.received > 0
+
+        wait_until(published_and_received, what="the dashboard's feedback received")
         got = []
         while (fb := inbox.get(0)) is not None:
             got.append(fb)
@@ -274,6 +278,12 @@ class _Switch:
         self.calls.append(on)
 
 
+def _paused(inbox: FeedbackInbox) -> bool:
+    """``inbox.paused``, read through a call: mypy keeps an attribute narrowed by one assert across
+    the ``handle``/``tick`` calls that change it, and would call the next, opposite assert unreachable."""
+    return inbox.paused
+
+
 def _breaker(now: list[float], switch: _Switch, **kw: object) -> FeedbackInbox:
     kw = {"junk_limit": 5, "junk_window_s": 10.0, "pause_s": 60.0, **kw}
     return FeedbackInbox("seamqc/st/feedback", LABELS, clock=lambda: now[0], listening=switch, **kw)  # type: ignore[arg-type]
@@ -286,9 +296,9 @@ def test_breaker_trips_on_the_limit_plus_one_within_the_window_and_resumes_after
         for _ in range(5):  # the limit itself is allowed
             inbox.handle(b"junk")
             now[0] += 1.0
-        assert not inbox.paused and switch.calls == [] and inbox.pauses == 0
+        assert not _paused(inbox) and switch.calls == [] and inbox.pauses == 0
         inbox.handle(b"junk")  # the 6th within 10 s
-        assert inbox.paused and inbox.pauses == 1 and switch.calls == [False]
+        assert _paused(inbox) and inbox.pauses == 1 and switch.calls == [False]
         for _ in range(100):  # what the broker had sent before it read the UNSUBSCRIBE: counted, no new pause
             inbox.handle(b"junk")
         assert inbox.junk == 106 and inbox.pauses == 1 and switch.calls == [False]
@@ -299,18 +309,18 @@ def test_breaker_trips_on_the_limit_plus_one_within_the_window_and_resumes_after
     assert "ACL" in line and "feedback_paused" in line
     now[0] += 59.9
     inbox.tick()
-    assert inbox.paused and switch.calls == [False]  # not yet
+    assert _paused(inbox) and switch.calls == [False]  # not yet
     now[0] += 0.2
     inbox.tick()
-    assert not inbox.paused and switch.calls == [False, True] and inbox.pauses == 1
+    assert not _paused(inbox) and switch.calls == [False, True] and inbox.pauses == 1
     inbox.tick()  # idempotent
     assert switch.calls == [False, True]
     # the window starts empty again: the stragglers of the pause do not count towards the next trip
     for _ in range(5):
         inbox.handle(b"junk")
-    assert not inbox.paused
+    assert not _paused(inbox)
     inbox.handle(b"junk")
-    assert inbox.paused and inbox.pauses == 2 and switch.calls == [False, True, False]
+    assert _paused(inbox) and inbox.pauses == 2 and switch.calls == [False, True, False]
 
 
 def test_breaker_window_slides_junk_at_a_trickle_never_trips():
@@ -319,13 +329,13 @@ def test_breaker_window_slides_junk_at_a_trickle_never_trips():
     for _ in range(1000):  # one every 3.4 s: never more than 3 within 10 s
         inbox.handle(b"\xff")
         now[0] += 3.4
-    assert inbox.junk == 1000 and inbox.pauses == 0 and not inbox.paused and switch.calls == []
+    assert inbox.junk == 1000 and inbox.pauses == 0 and not _paused(inbox) and switch.calls == []
     for _ in range(3):  # one every 3.3 s: the 4th is 9.9 s after the 1st
         inbox.handle(b"\xff")
         now[0] += 3.3
-    assert not inbox.paused
+    assert not _paused(inbox)
     inbox.handle(b"\xff")
-    assert inbox.paused and switch.calls == [False]
+    assert _paused(inbox) and switch.calls == [False]
 
 
 def test_breaker_never_trips_on_valid_feedback_nor_on_a_full_queue():
@@ -334,7 +344,7 @@ def test_breaker_never_trips_on_valid_feedback_nor_on_a_full_queue():
     for i in range(10_000):  # well-formed, all in the same instant; the queue of 256 overflows
         inbox.handle(_b({"event_id": f"e{i}", "verdict": "confirmed"}))
     assert inbox.dropped == 10_000 - 256 and inbox.junk == 0
-    assert inbox.pauses == 0 and not inbox.paused and switch.calls == []
+    assert inbox.pauses == 0 and not _paused(inbox) and switch.calls == []
 
 
 def test_breaker_without_a_switch_still_counts():
@@ -343,10 +353,10 @@ def test_breaker_without_a_switch_still_counts():
     inbox = FeedbackInbox("t", LABELS, clock=lambda: now[0], junk_limit=1, junk_window_s=1.0, pause_s=1.0)
     inbox.handle(b"x")
     inbox.handle(b"x")
-    assert inbox.paused and inbox.pauses == 1
+    assert _paused(inbox) and inbox.pauses == 1
     now[0] += 1.0
     inbox.tick()
-    assert not inbox.paused
+    assert not _paused(inbox)
 
 
 @pytest.mark.parametrize(
@@ -419,12 +429,13 @@ def test_breaker_on_a_real_broker_unsubscribes_stays_off_across_a_reconnect_and_
     op.loop_start()
 
     def probe(tag: bytes) -> None:
+        def arrived() -> bool:
+            if tag not in probes and op.is_connected():
+                op.publish("seamqc/st1/probe", tag, qos=1).wait_for_publish(5)
+            return tag in probes
+
         wait_until(
-            lambda: (
-                tag in probes
-                or (op.is_connected() and op.publish("seamqc/st1/probe", tag, qos=1).wait_for_publish(5))
-                or tag in probes
-            ),
+            arrived,
             timeout=30,
             what=f"probe {tag!r} received",
         )
@@ -450,7 +461,7 @@ def test_breaker_on_a_real_broker_unsubscribes_stays_off_across_a_reconnect_and_
             # the probe follows it on both connections and through paho's one network thread: once it is
             # in, the junk's callback has returned and the breaker has decided (junk is counted before)
             probe(b"after junk %d" % sent)
-        assert inbox.paused and inbox.pauses == 1 and sent == inbox.junk == 21
+        assert _paused(inbox) and inbox.pauses == 1 and sent == inbox.junk == 21
         # the UNSUBSCRIBE travels on the station's connection, the flood on the operator's: no order
         # between them until the broker's UNSUBACK is back, after which nothing more is routed
         wait_until(lambda: len(unsubacks) == 1, what="the broker acknowledged the UNSUBSCRIBE")
@@ -467,13 +478,14 @@ def test_breaker_on_a_real_broker_unsubscribes_stays_off_across_a_reconnect_and_
         assert inbox.received == 1000 + junk and inbox.get(0) is None  # not routed to the station
         now[0] += 60.0  # the pause is over: the samples worker's tick subscribes again
         inbox.tick()
-        assert not inbox.paused
+        assert not _paused(inbox)
         after = _b({"event_id": "after-pause", "verdict": "confirmed"})
-        wait_until(
-            lambda: op.publish(topic, after, qos=1).wait_for_publish(5) or inbox.q.qsize() > 0,
-            timeout=30,
-            what="feedback after the pause",
-        )
+
+        def published_and_queued() -> bool:
+            op.publish(topic, after, qos=1).wait_for_publish(5)
+            return inbox.q.qsize() > 0
+
+        wait_until(published_and_queued, timeout=30, what="feedback after the pause")
         fb = inbox.get(0)
         assert isinstance(fb, Verdict) and fb.event_id == "after-pause" and inbox.pauses == 1
     finally:

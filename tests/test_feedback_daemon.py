@@ -183,11 +183,12 @@ def test_junk_flood_pauses_the_feedback_subscription_and_valid_feedback_never_do
         """The first stats message from now on that satisfies ``pred``."""
         seen = len(sub.on(stats))
         got: list[dict] = []
-        wait_until(
-            lambda: got.extend(m.json() for m in sub.on(stats)[seen:] if pred(m.json())) or got,
-            timeout=30,
-            what="stats",
-        )
+
+        def found() -> list[dict]:
+            got.extend(m.json() for m in sub.on(stats)[seen:] if pred(m.json()))
+            return got
+
+        wait_until(found, timeout=30, what="stats")
         return got[0]
 
     try:

@@ -388,7 +388,7 @@ def world(tmp_path_factory) -> World:
     root = tmp_path_factory.mktemp("fuzz")
     assets = root / "assets"
     shutil.copytree(SHIPPED, assets / "bundle")
-    w = cv2.VideoWriter(str(assets / "seam.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
+    w = cv2.VideoWriter(str(assets / "seam.mp4"), cv2.VideoWriter.fourcc(*"mp4v"), 30, (640, 480))
     rng = np.random.default_rng(0)
     for _ in range(10):
         w.write(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
@@ -534,7 +534,7 @@ def run_case(world: dict, config: bytes, manifest: bytes | None, call: Callable 
     shutil.rmtree(case, ignore_errors=True)
 
 
-_SETTINGS = dict(
+_SETTINGS: dict[str, Any] = dict(
     deadline=None,
     derandomize=True,
     database=None,

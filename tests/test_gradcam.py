@@ -221,7 +221,7 @@ def test_gradcam_map_flat_and_degenerate_never_divide_by_zero():
     from edge.gradcam import Heatmap, gradcam_map, resize_cam
     from edge.overlay import overlay_jet, overlay_labels
 
-    f = np.random.default_rng(0).uniform(0, 1, (4, 4, 3)).astype(np.float32)
+    f: np.ndarray = np.random.default_rng(0).uniform(0, 1, (4, 4, 3)).astype(np.float32)
     with np.errstate(all="raise"):
         for feats, grads in [
             (np.zeros((4, 4, 3)), np.ones((4, 4, 3))),  # no features

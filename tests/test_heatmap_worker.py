@@ -60,8 +60,9 @@ def test_writes_frame_overlays_and_sidecar(tmp_path):
         "st-abcd1234-000007.png",
     ]
     orig = cv2.imread(str(tmp_path / "hm" / "st-abcd1234-000007.png"))
-    assert np.array_equal(orig, frame())  # lossless original
+    assert orig is not None and np.array_equal(orig, frame())  # lossless original
     ov = cv2.imread(path)
+    assert ov is not None
     assert ov.shape == (64, 64, 3) and not np.array_equal(ov, frame())
     # error (blue) blob on the left, break (green) on the right: the colours land where the maps are
     left, right = ov[32, 16].astype(int), ov[32, 32 + 16 - 1].astype(int)
@@ -207,7 +208,7 @@ def test_worker_enforces_max_mb(tmp_path):
     w.retention.max_bytes = int(one_set * 2.5)  # room for two sets
     for i in range(1, 4):
         assert w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, frame(60 + 40 * i))
-        assert wait_until(lambda n=i + 1: w.saved == n)
+        assert wait_until(lambda n=i + 1: w.saved == n)  # type: ignore[misc]
     w.close(5.0)
     stop.set()
     w.join(5)
@@ -311,7 +312,8 @@ def test_real_explainer_on_tiny_bundle(tmp_path, tiny_bundle):
     w.join(5)
     side = json.loads((tmp_path / "tiny-1.json").read_text())
     assert set(side["peaks"]) == {"error", "length"}
-    assert cv2.imread(str(tmp_path / "tiny-1.overlay.jpg")).shape == (256, 256, 3)
+    overlay = cv2.imread(str(tmp_path / "tiny-1.overlay.jpg"))
+    assert overlay is not None and overlay.shape == (256, 256, 3)
 
 
 def test_wrong_length_set_on_a_2mm_line_explains_the_wrong_length(tmp_path):
@@ -338,7 +340,9 @@ def test_wrong_length_set_on_a_2mm_line_explains_the_wrong_length(tmp_path):
         w.join(5)
     side = json.loads((tmp_path / "len-1.json").read_text())
     assert side["explained"] == {"length": "-length"}
-    ov = cv2.imread(str(tmp_path / "len-1.overlay.jpg")).astype(int)
+    overlay = cv2.imread(str(tmp_path / "len-1.overlay.jpg"))
+    assert overlay is not None
+    ov = overlay.astype(int)
     red_gain = (ov[..., 2] - ov[..., :2].max(axis=-1)) - (img[..., 2].astype(int) - img[..., :2].max(axis=-1))
     assert red_gain.max() > 60, red_gain.max()  # the length colour (red) is clearly drawn
 
@@ -353,7 +357,7 @@ def test_stop_drains_what_was_submitted_before_close(tmp_path):
     paths = [w.submit(f"ev-{i}", i, "t", ("error",), {"error": 0.9}, frame()) for i in range(4)]
     w.close(10.0)  # ... the last alerts, then "no more jobs"
     w.join(15)
-    assert not w.is_alive() and w.saved == 4 and all(Path(p).is_file() for p in paths)
+    assert not w.is_alive() and w.saved == 4 and all(p is not None and Path(p).is_file() for p in paths)
     assert w.submit("late", 9, "t", ("error",), {"error": 0.9}, frame()) is None and w.dropped == 1
 
 
@@ -400,6 +404,7 @@ def test_worker_runs_below_the_pipeline_priority(tmp_path):
         deadline = time.monotonic() + 5
         while w.native_id is None and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert w.native_id is not None
         base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         while os.getpriority(os.PRIO_PROCESS, w.native_id) == base and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -437,7 +442,7 @@ def test_flapping_disk_keeps_one_error_line_then_recovers(tmp_path, caplog, monk
         for i in (0, 2):
             fail_once(i)
             assert w.submit(f"ev-{i + 1}", i + 1, "t", ("error",), {"error": 0.9}, frame())
-            assert wait_until(lambda n=i // 2 + 1: w.saved == n)
+            assert wait_until(lambda n=i // 2 + 1: w.saved == n)  # type: ignore[misc]
         assert w.dropped == 2 and w.saved == 2
         assert sum("heatmaps are dropped" in r.message for r in caplog.records) == 1
         assert not any("works again" in r.message for r in caplog.records)

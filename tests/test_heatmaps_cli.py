@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.gradcam import SEAM, make_bundle, sample_frames, small_softmax
 from tests.support.heads import garbage_heads, replace_head
+from tests.support.images import imread
 
 
 def _main(argv: list[str]) -> int:
@@ -47,7 +48,7 @@ def test_heatmaps_bundle_csv_raw(tiny_bundle, tiny_dataset, tmp_path):
     )
     assert rc == 0
     names = [ln.split(",")[1] for ln in (tiny_dataset / "data.csv").read_text().splitlines()[1:5]]
-    stems = {Path(n).stem: cv2.imread(str(tiny_dataset / n)).shape[:2] for n in names}
+    stems = {Path(n).stem: imread(tiny_dataset / n).shape[:2] for n in names}
     _check_raw(out, stems, SEAM)
     assert len(list(out.glob("*.npy"))) == 4 * len(SEAM)
     sheet = cv2.imread(str(out / "contact_sheet.png"))

@@ -11,6 +11,7 @@ import signal
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import load_config
 from edge.errors import ConfigError
@@ -166,7 +167,7 @@ def test_homeassistant_option_is_strict(tmp_path):
 
 def publish(broker, topic: str, payload: bytes, retain: bool = False) -> None:
     """One QoS 1 publish from a separate client, acknowledged before returning."""
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     c.connect(broker.host, broker.port)
     c.loop_start()
     try:

@@ -20,10 +20,12 @@ import pandas as pd
 import pytest
 
 from convert.label import LabelApp, VideoFrames, serve
-from convert.label_state import ATTRS, KEYS, Labeler, LabelStore, csv_bytes, open_session
+from convert.label_state import KEYS, Labeler, LabelStore, csv_bytes, open_session
 from edge.errors import DataError
+from edge.seam import SEAM_LABELS as ATTRS
 from tests.support.cli import convert_ok
 from tests.support.frames import frame_index, make_video
+from tests.support.images import imread
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +73,7 @@ def test_seed_keys_write_seed_files(video7, tmp_path):
     # byte-identical to what pandas writes for the same table (the seed wrote it with to_csv)
     assert (tmp_path / "seam7_data.csv").read_text() == df.to_csv(lineterminator="\n")
     for name, i in zip(df["name"], (0, 1, 3)):
-        img = cv2.imread(str(tmp_path / name))
+        img = imread(tmp_path / name)
         assert img.shape == (120, 160, 3)
         assert frame_index(img) == i  # the PNG is that frame, raw
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*df["name"], "seam7_data.csv"])
@@ -108,7 +110,7 @@ def test_navigation_clamps_on_odd_frame_count(video7, tmp_path):
     lab.goto(-4)
     assert lab.frame == 0
     press(lab, "End s")  # the last frame saves fine
-    assert frame_index(cv2.imread(str(tmp_path / "seam7_6.png"))) == 6
+    assert frame_index(imread(tmp_path / "seam7_6.png")) == 6
     press(lab, "x")
     assert "unknown key" in lab.message
 
@@ -160,6 +162,7 @@ def test_undo_removes_only_the_last_save(video7, tmp_path):
 def test_resume_after_last_saved_frame(video7, tmp_path):
     lab = session(video7, tmp_path)
     press(lab, "n g s n n l s")  # frames 1 (good) and 3 (good+length)
+    assert isinstance(lab.frames, VideoFrames)
     lab.frames.close()
     again = session(video7, tmp_path)
     assert again.frame == 4
@@ -207,7 +210,7 @@ def test_failed_csv_write_leaves_no_image_and_old_csv(video7, tmp_path, monkeypa
     before = (tmp_path / "seam7_data.csv").read_bytes()
     import convert.label_state as ls
 
-    real = ls.atomic_write
+    real = ls.atomic_write  # type: ignore[attr-defined]  # the name label_state calls (and the test patches)
 
     def failing(path, data):
         if path.suffix == ".csv":
@@ -228,6 +231,7 @@ def test_failed_csv_write_leaves_no_image_and_old_csv(video7, tmp_path, monkeypa
 def test_reconcile_on_open(video7, tmp_path):
     lab = session(video7, tmp_path)
     press(lab, "g s n s n s")  # frames 0, 1, 2
+    assert isinstance(lab.frames, VideoFrames)
     lab.frames.close()
     csv_path = tmp_path / "seam7_data.csv"
     t = csv_path.stat().st_mtime
@@ -330,9 +334,10 @@ def test_http_api_and_clean_shutdown(video7, tmp_path):
         with urllib.request.urlopen(f"{base}/frame/5.jpg?v={st['frame_tag']}", timeout=10) as r:
             assert r.headers["Content-Type"] == "image/jpeg"
             img = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
-        assert frame_index(img) == 5
+        assert img is not None and frame_index(img) == 5
         with urllib.request.urlopen(base + "/frame/2.png", timeout=10) as r:
-            assert frame_index(cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)) == 2
+            shown = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
+            assert shown is not None and frame_index(shown) == 2
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(base + "/frame/7.jpg", timeout=10)
         assert e.value.code == 404
@@ -437,6 +442,7 @@ def test_cli_serves_and_stops_cleanly(video7, tmp_path, stop):
         text=True,
         preexec_fn=_ignore_sigint if "ignored" in stop else None,
     )
+    assert p.stdout is not None
     masks: list[str] = []
     try:
         url = None

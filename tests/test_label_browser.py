@@ -51,19 +51,21 @@ class Server:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.url = None
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        url = None
         self.head = []
         deadline = time.monotonic() + 60
-        while self.url is None and time.monotonic() < deadline:
+        while url is None and time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
                 break
             self.head.append(line)
             if "http://" in line:
-                self.url = "http://" + line.split("http://", 1)[1].split()[0]
-        if self.url is None:
+                url = "http://" + line.split("http://", 1)[1].split()[0]
+        if url is None:
             self.stop()
             raise AssertionError(f"no URL printed: {self.head} {self.proc.stderr.read()}")
+        self.url: str = url
 
     def wait(self, timeout: float = 30) -> tuple[int, str]:
         out, _ = self.proc.communicate(timeout=timeout)
@@ -245,6 +247,7 @@ def test_label_page_draws_the_roi_and_saves_its_crop(driver, tmp_path):
 
     from edge.preprocess import crop_roi
     from tests.support.frames import draw
+    from tests.support.images import imread
 
     video = make_video(tmp_path / "seam5.avi", 5)  # 160x120
     roi = (24, 10, 100, 90)
@@ -261,7 +264,7 @@ def test_label_page_draws_the_roi_and_saves_its_crop(driver, tmp_path):
         assert np.allclose(shown["box"], roi, atol=1.0), shown
         assert "100×90" in shown["badge"]
         page.keys("n", "g", "s")
-        saved = cv2.imread(str(out / "seam5_1.png"), cv2.IMREAD_UNCHANGED)
+        saved = imread(out / "seam5_1.png", cv2.IMREAD_UNCHANGED)
         assert saved.shape == (90, 100, 3)  # ... and saves exactly the crop
         frame = cv2.VideoCapture(str(video))
         frame.read()

@@ -17,13 +17,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from convert.collect import CSV_NAME, CollectStore, parse_source, read_rows
-from convert.data import read_csv
+from convert.collect import CSV_NAME, CollectStore, read_rows
+from convert.data import parse_source, read_csv
 from convert.label import ImageFolder, LabelApp, serve
-from convert.label_state import ATTRS, Labeler, open_folder_session
+from convert.label_state import Labeler, open_folder_session
 from edge.errors import DataError
+from edge.seam import SEAM_LABELS as ATTRS
 from tests.support.cli import convert_ok
 from tests.support.collect import noise_image
+from tests.support.images import imread
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +52,7 @@ def collected(mqtt_broker, collected_folder, tmp_path) -> Path:
 def test_review_of_a_collect_folder_shows_prelabels_confirms_corrects_and_resumes(collected):
     names = [r.name for r in read_rows(collected / CSV_NAME)]
     lab = review(collected)
+    assert isinstance(lab.frames, ImageFolder)
     assert lab.frames.frame_count == 6 and lab.frame == 0
     assert [p.name for p in lab.frames.paths] == sorted(names)  # frame i is the i-th image by name
     pre = {
@@ -96,6 +99,7 @@ def test_any_folder_of_images_is_labelled_into_a_seed_csv_that_splits(tmp_path):
         cv2.imwrite(str(imgs / f"img{i}.{ext}"), noise_image(i, 40))
     (imgs / "notes.txt").write_text("not an image")
     lab = review(imgs, tmp_path / "labels")
+    assert isinstance(lab.frames, ImageFolder)
     assert [p.name for p in lab.frames.paths][:3] == ["img0.jpg", "img1.png", "img2.png"]  # 2 before 10
     assert lab.frame == 0 and values(lab) == [False] * 4 and "0 of 12 reviewed" in lab.message
     press(lab, "g Enter Enter e g Enter")  # carried to the next image when it has no row, like frames
@@ -133,7 +137,7 @@ def test_page_api_serves_the_images_with_their_prelabels(collected):
         assert st["values"] == st["saved"] and st["source"].startswith("station=st1")
         with urllib.request.urlopen(f"{base}/frame/0.png?v={st['frame_tag']}", timeout=10) as r:
             img = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)
-        assert np.array_equal(img, cv2.imread(str(frames.paths[0])))
+        assert img is not None and np.array_equal(img, imread(frames.paths[0]))
         st = post("/api/key", {"key": "Enter"})
         assert st["frame"] == 1 and st["counts"]["reviewed"] == 1 and st["message"].startswith("confirmed ")
         st = post("/api/goto", {"frame": 0})
@@ -187,6 +191,7 @@ def test_cli_reviews_a_folder_and_refuses_one_collect_is_writing(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert proc.stdout is not None and proc.stderr is not None
     try:
         url = None
         deadline = time.monotonic() + 60

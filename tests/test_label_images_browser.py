@@ -34,6 +34,7 @@ def test_review_page_shows_prelabels_and_enter_confirms(mqtt_broker, collected_f
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert proc.stdout is not None and proc.stderr is not None
     driver = None
     try:
         url = None

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_held_back_scores_a_model_on_families_it_never_saw(tmp_path, tiny_keras,
 
     monkeypatch.setattr(convert.train, "train", recording_train)
     work = tmp_path / "hb"
-    kw = dict(
+    kw: dict[str, Any] = dict(
         valid_count=16,
         test_count=16,
         finetune_counts=(8,),

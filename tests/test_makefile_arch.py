@@ -28,8 +28,8 @@ def _make(tmp_path: Path, machine: str, *targets: str) -> tuple[subprocess.Compl
     (fake / "uname").write_text(f'#!/bin/sh\n[ "$1" = -m ] && echo {machine} && exit 0\nexec /bin/uname "$@"\n')
     for name in STUBS:
         (fake / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\nexit 1\n')
-    for p in fake.iterdir():
-        p.chmod(0o755)
+    for f in fake.iterdir():
+        f.chmod(0o755)
     env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}")
     p = subprocess.run(
         ["make", "--no-print-directory", "-C", str(ROOT), f"VENV={tmp_path / 'venv'}", *targets],

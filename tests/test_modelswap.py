@@ -171,7 +171,8 @@ def test_daemon_swaps_mid_video_without_a_gap_and_keeps_its_model_when_the_new_o
         assert st["state"].startswith("failed: ") and reason in st["state"], st["state"]
         assert st["model"]["version"] == "v2"  # the running model, unchanged
         ev = proc.wait_event(
-            "model", lambda e, r=reason: e.get("state", "").startswith("failed") and r in e.get("state")
+            "model",
+            lambda e, r=reason: e.get("state", "").startswith("failed") and r in e.get("state"),  # type: ignore[misc]
         )
         assert ev.get("level") == "ERROR"
     assert proc.poll() is None

@@ -328,6 +328,7 @@ def test_second_opener_is_refused_naming_the_holder_pid(tmp_path):
     path = tmp_path / "outbox.sqlite"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ROOT), str(path)], stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "READY"
         with pytest.raises(StateLockedError) as ei:
             Outbox(path)

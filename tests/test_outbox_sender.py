@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -60,11 +61,12 @@ class FakeClient:
     auto_ack_status: bool = False  # acknowledge `offline` as soon as stop() waits for it
     auto_ack: str | None = None  # answer each alert at once with this PUBACK reason
     _mid: int = 0
-    on_log: object = None
-    on_connect: object = None
-    on_connect_fail: object = None
-    on_disconnect: object = None
-    on_publish: object = None
+    # the callbacks the sender registers (paho's signatures); the network-thread methods call them
+    on_log: Any = None
+    on_connect: Any = None
+    on_connect_fail: Any = None
+    on_disconnect: Any = None
+    on_publish: Any = None
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> FakeInfo:
         self._mid += 1

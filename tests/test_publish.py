@@ -104,7 +104,12 @@ def test_connection_problems_are_logged_once_not_per_retry(mqtt_publisher, caplo
     )
     attempts = []
     orig = pub._client.on_connect_fail
-    pub._client.on_connect_fail = lambda c, u: (attempts.append(1), orig(c, u))
+
+    def counting(c, u):
+        attempts.append(1)
+        orig(c, u)
+
+    pub._client.on_connect_fail = counting
     pub.start()
     wait_until(lambda: len(attempts) >= 4, what="4 connection attempts")
     pub.stop(timeout=0.5)

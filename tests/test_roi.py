@@ -31,6 +31,7 @@ from edge.classify import Classifier
 from edge.errors import ConfigError, DataError
 from edge.preprocess import crop_roi, preprocess
 from tests.support.cli import run_convert
+from tests.support.images import imread
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "edge" / "models" / "default"
@@ -114,6 +115,7 @@ def label_with_cli(video: Path, out: Path, frames: list[int], *extra: str) -> tu
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert p.stdout is not None and p.stderr is not None
     head = []
     try:
         url = None
@@ -160,7 +162,7 @@ def test_labelled_frame_and_daemon_frame_give_the_same_model_input(seam_video, t
     x_train = np.concatenate([x for x, _ in batches(ds, clf.height, clf.width, 2)])  # evaluate's path
     cache = ImageCache(ds, clf.height, clf.width)  # train's path
     for j, f in enumerate(labelled):
-        png = cv2.imread(ds.paths[j], cv2.IMREAD_UNCHANGED)
+        png = imread(ds.paths[j], cv2.IMREAD_UNCHANGED)
         daemon = frames[f]
         assert png.shape == daemon.image.shape == (240, 300, 3)
         assert np.array_equal(png, daemon.image)  # the saved PNG is the daemon's crop, pixel for pixel
@@ -223,7 +225,7 @@ def test_page_state_and_saved_crop_with_roi(tmp_path):
         assert st["saved_size"] == [64, 100]
         lab.press("n")
         lab.press("s")
-        saved = cv2.imread(str(tmp_path / "out" / "v_1.png"), cv2.IMREAD_UNCHANGED)
+        saved = imread(tmp_path / "out" / "v_1.png", cv2.IMREAD_UNCHANGED)
         assert np.array_equal(saved, crop_roi(frames.get(1), (16, 8, 64, 100)))
     finally:
         frames.close()
@@ -365,7 +367,8 @@ def test_cli_label_roi_outside_the_video_and_camera_size(tmp_path):
 
 
 def test_synth_video_truth_follows_the_roi(tmp_path):
-    from convert.synth import ROI, write_video
+    from convert.synth import write_video
+    from edge.seam import DEFAULT_ROI as ROI
 
     default = write_video(tmp_path / "d.mp4", 150, seed=3, length_stretches=0)
     same = write_video(tmp_path / "s.mp4", 150, seed=3, length_stretches=0, roi=ROI)

@@ -470,6 +470,7 @@ def test_readme_acl_lets_only_the_deploy_user_publish_model_set(
 
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.reasoncodes import ReasonCode
 
     from convert.__main__ import main as convert_main
     from tests.support.rollout import MqttStation
@@ -502,8 +503,8 @@ def test_readme_acl_lets_only_the_deploy_user_publish_model_set(
         assert rc == 1 and "st1: failed: the broker refused model/set (Not authorized" in out, out
         assert time.monotonic() - t0 < 10 and station.running_version == "v2"
 
-        def refused_for(user: str) -> object:
-            got: list = []
+        def refused_for(user: str) -> ReasonCode:
+            got: list[ReasonCode] = []
             c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{user}", protocol=mqtt.MQTTv5)
             c.username_pw_set(user, users[user])
             c.on_publish = lambda c, u, mid, rc, props: got.append(rc)
@@ -518,8 +519,8 @@ def test_readme_acl_lets_only_the_deploy_user_publish_model_set(
             return got[0]
 
         for user in ("st2", "st1", "dashboard"):  # another station, the station itself, the dashboard
-            rc = refused_for(user)
-            assert rc.is_failure and "authori" in str(rc).lower(), (user, rc)
+            reason = refused_for(user)
+            assert reason.is_failure and "authori" in str(reason).lower(), (user, reason)
         time.sleep(0.5)
         assert not station.failures(), station.states  # none of the refused messages reached the station
     finally:

@@ -10,6 +10,7 @@ import logging
 import random
 import threading
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,6 +36,12 @@ class _Collect:
     def submit(self, s: Sample) -> bool:
         self.got.append(s)
         return True
+
+
+def _present(side: dict[str, Any] | None) -> dict[str, Any]:
+    """A sidecar the test expects to be there (the store and ``read_sidecar`` give None for a gone one)."""
+    assert side is not None
+    return side
 
 
 def _img(i: int, size: int = 64) -> np.ndarray:
@@ -171,9 +178,9 @@ def test_retention_deletes_the_oldest_samples_and_never_foreign_files(tmp_path):
     sp = _sampler(w)
     for i in range(40):  # ~49 KB each (64x64 noise would be 12 KB: use 128x128)
         sp.alert(f"st-b00t-{i}", i, 1e9 + i, ("error",), {"error": 0.9}, _img(i, 128))
-        wait_until(lambda i=i: w.saved == i + 1, what=f"sample {i}")
+        wait_until(lambda i=i: w.saved == i + 1, what=f"sample {i}")  # type: ignore[misc]
     _stop(w, stop)
-    kept = sorted(int(read_sidecar(p)["frame"]) for p in root.glob("st-*.json"))
+    kept = sorted(int(_present(read_sidecar(p))["frame"]) for p in root.glob("st-*.json"))
     assert w.deleted == 40 - len(kept) > 0 and kept == list(range(40 - len(kept), 40))
     own = sum(p.stat().st_size for p in root.glob("st-*"))
     assert own <= 1024 * 1024 and w.bytes == own
@@ -188,16 +195,21 @@ def test_the_store_reads_back_no_sidecar_it_wrote_and_forgets_what_retention_del
 
     reads: list[str] = []
     real = samples.read_sidecar
-    monkeypatch.setattr(samples, "read_sidecar", lambda path: reads.append(path.name) or real(path))
+
+    def counted(path):
+        reads.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(samples, "read_sidecar", counted)
     store = samples.SampleStore(tmp_path, 10**9)
     made = [
         Sample(f"st-b00t-{i:08d}-uncertain", "uncertain", i, 1e9 + i, {"error": 0.5}, (), (), _img(i)) for i in range(3)
     ]
     stems = [store.save(s, "st", MODEL) for s in made]
-    store.sidecar(stems[0])["labels"] = ["error"]  # a copy
-    assert store.update(stems[0], published=True)["published"] is True
-    assert store.sidecar(stems[0])["labels"] == [] and reads == []
-    assert real(tmp_path / f"{stems[0]}.json")["published"] is True
+    _present(store.sidecar(stems[0]))["labels"] = ["error"]  # a copy
+    assert _present(store.update(stems[0], published=True))["published"] is True
+    assert _present(store.sidecar(stems[0]))["labels"] == [] and reads == []
+    assert _present(real(tmp_path / f"{stems[0]}.json"))["published"] is True
     store.max_bytes = 1
     assert store.enforce(keep=stems[2]) == 2
     assert store.sidecar(stems[0]) is None and store.update(stems[1], published=True) is None
@@ -206,7 +218,7 @@ def test_the_store_reads_back_no_sidecar_it_wrote_and_forgets_what_retention_del
     again.scan()
     reads.clear()
     assert again.unpublished == [stems[2]] and again.total == store.total
-    assert again.sidecar(stems[2])["published"] is False and again.update(stems[2], published=True)
+    assert _present(again.sidecar(stems[2]))["published"] is False and again.update(stems[2], published=True)
     assert reads == [f"{stems[2]}.json"]
 
 
@@ -268,7 +280,7 @@ def test_samples_wait_for_the_publisher_go_one_at_a_time_and_survive_a_restart(t
     wait_until(lambda: len(sent) == 1, what="first sample sent")
     assert w.backlog == 7  # one in flight, no second before its acknowledgement
     for k in range(8):
-        wait_until(lambda k=k: len(sent) == k + 1, what=f"sample {k} sent")
+        wait_until(lambda k=k: len(sent) == k + 1, what=f"sample {k} sent")  # type: ignore[misc]
         sent[k][2].acked = True
     wait_until(lambda: w.published == 8, what="8 acknowledged")
     _stop(w, stop)
@@ -276,7 +288,7 @@ def test_samples_wait_for_the_publisher_go_one_at_a_time_and_survive_a_restart(t
     meta, png, _ = sent[0]
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and meta["reason"] == "flagged" and meta["event_id"] == "e0"
     assert set(meta) >= {"sample_id", "station", "ts", "frame", "scores", "reason", "labels", "verdict"}
-    assert all(read_sidecar(p)["published"] is True for p in root.glob("*.json"))
+    assert all(_present(read_sidecar(p))["published"] is True for p in root.glob("*.json"))
 
 
 def test_samples_out_on_mqtt5_only_after_the_alerts_when_the_broker_link_comes_up(
@@ -302,7 +314,8 @@ def test_samples_out_on_mqtt5_only_after_the_alerts_when_the_broker_link_comes_u
     user = dict(m.user)
     meta = json.loads(user["sample"])
     assert user["sample_id"] == meta["sample_id"] and user["reason"] == meta["reason"] == "flagged"
-    assert cv2.imdecode(np.frombuffer(m.payload, np.uint8), cv2.IMREAD_COLOR).shape == (128, 128, 3)
+    img = cv2.imdecode(np.frombuffer(m.payload, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None and img.shape == (128, 128, 3)
 
 
 @pytest.mark.parametrize("enabled", [False, True])

@@ -356,7 +356,7 @@ def test_heatmap_disk_full_alerts_continue_one_log_line(tmp_path, tiny_bundle, t
     assert len(fails) == 1 and "No space left on device" in fails[0], fails
     left = list(tiny_tmpfs.iterdir())
     assert not [p for p in left if p.name.endswith(".tmp")]
-    stems = {}
+    stems: dict[str, list[str]] = {}
     for p in left:
         stems.setdefault(p.name.split(".")[0], []).append(p.name)
     assert len(stems) == hm["saved"] and all(len(v) == 4 for v in stems.values()), stems

@@ -13,8 +13,11 @@ import pandas as pd
 import pytest
 
 from convert.__main__ import main
-from convert.synth import FRAME_H, FRAME_W, LABELS, ROI, TruthRow, render_image, truth_path, write_dataset, write_video
+from convert.synth import FRAME_H, FRAME_W, TruthRow, render_image, truth_path, write_dataset, write_video
 from edge.errors import DataError
+from edge.seam import DEFAULT_ROI as ROI
+from edge.seam import SEAM_LABELS as LABELS
+from tests.support.images import imread
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +58,7 @@ def test_data_csv_is_seed_format_with_boolean_labels(stills):
     assert (df["good"] == ~(df["error"] | df["break"])).all()
     for name in df["name"]:
         assert "/" not in name and (stills / name).is_file()
-        img = cv2.imread(str(stills / name), cv2.IMREAD_UNCHANGED)
+        img = imread(stills / name, cv2.IMREAD_UNCHANGED)
         assert img.shape == (256, 256, 3) and img.dtype == np.uint8
     # every label is learnable: both values of every attribute occur
     for col in LABELS:
@@ -117,7 +120,7 @@ def test_small_dataset_size_64(tmp_path):
     csv_path = write_dataset(tmp_path, 6, seed=1, size=64)
     df = pd.read_csv(csv_path, index_col=0)
     for name in df["name"]:
-        assert cv2.imread(str(tmp_path / name)).shape == (64, 64, 3)
+        assert imread(tmp_path / name).shape == (64, 64, 3)
     boxes = pd.read_csv(tmp_path / "boxes.csv")
     assert ((boxes["x"] + boxes["w"]) <= 64).all() and ((boxes["y"] + boxes["h"]) <= 64).all()
 
@@ -266,7 +269,8 @@ def test_cli_writes_dataset_and_does_not_import_tensorflow(tmp_path):
 
 # --------------------------------------------------------------------------- fabric families, threads, defect kinds
 
-from convert.synth import FAMILIES, check_families  # noqa: E402
+from convert.synth import check_families  # noqa: E402
+from convert.synth_fabric import FAMILIES  # noqa: E402
 from convert.synth_render import (  # noqa: E402
     BREAK_KINDS,
     DEFECT_LABEL,
@@ -415,12 +419,12 @@ def test_unknown_family_is_one_line(tmp_path, capsys, flag):
 
 def test_thread_contrast_ranges_from_tone_on_tone_to_contrasting():
     """Contrast is the luma difference of the render parameters (thread vs fabric colour)."""
-    c = []
+    contrasts = []
     for i in range(120):
         meta: dict = {}
         render_image(np.random.default_rng([5, i]), size=64, meta=meta)
-        c.append(meta["contrast"])
-    c = np.array(c)
+        contrasts.append(meta["contrast"])
+    c = np.array(contrasts)
     assert (c < 0.13).mean() >= 0.25, (c < 0.13).mean()  # tone-on-tone: ~35 %
     assert (c >= 0.3).mean() >= 0.25  # clearly contrasting ones too
 
@@ -472,7 +476,8 @@ def test_a_crooked_seam_jumps_sideways_further_than_a_normal_seam_bends():
     for pitch_mm in (2.0, 4.0):
         holes = np.array([[i * pitch_mm * S, 100.0] for i in range(12)], np.float32)
         for seed in range(25):
-            scene = Scene(S=S, look=None, thread_bgr=np.zeros(3, np.float32), thread_w=3, holes=holes.copy())
+            # no look: a "crooked" error never reads it
+            scene = Scene(S=S, look=None, thread_bgr=np.zeros(3, np.float32), thread_w=3, holes=holes.copy())  # type: ignore[arg-type]
             _, d = make_error(scene, np.random.default_rng(seed), holes, 4, 1.0, "crooked")
             moved = sorted(scene.moved)
             off = max(abs(float(scene.moved[i][1]) - 100.0) for i in moved) / S
@@ -624,7 +629,8 @@ def test_stitches_never_merge_into_one_line_however_thick_the_thread(thread_mm):
     reads as one long stitch. Before DIVE_MM, threads over ~0.5 mm closed the gap with their round
     line ends and a quarter of the scenes showed one continuous line."""
     S = 16.0  # px/mm, the stills' scale at 256 px
-    scene = Scene(S=S, look=None, thread_bgr=np.zeros(3, np.float32), thread_w=round(thread_mm * S))
+    # no look: add_stitches never reads it
+    scene = Scene(S=S, look=None, thread_bgr=np.zeros(3, np.float32), thread_w=round(thread_mm * S))  # type: ignore[arg-type]
     holes = np.array([[40 + k * 2.5 * S, 64.0] for k in range(6)], np.float32)  # 2.5 mm stitches
     add_stitches(scene, np.random.default_rng(0), holes, skip=set())
     img = np.ones((128, 320, 3), np.float32)  # white fabric, black thread

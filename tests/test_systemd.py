@@ -19,7 +19,7 @@ ANALYZE = shutil.which("systemd-analyze")
 
 def test_unit_has_the_required_settings():
     text = UNIT.read_text()
-    settings = {}
+    settings: dict[str, list[str]] = {}
     for line in text.splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
             k, v = line.split("=", 1)
@@ -48,6 +48,7 @@ def test_unit_has_the_required_settings():
 
 @pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
 def test_systemd_analyze_verify_is_silent(tmp_path):
+    assert ANALYZE is not None
     r = subprocess.run(
         [ANALYZE, "verify", str(unit_for_this_machine(tmp_path))],
         capture_output=True,
@@ -60,6 +61,7 @@ def test_systemd_analyze_verify_is_silent(tmp_path):
 
 @pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
 def test_systemd_analyze_security_exposure_is_low(tmp_path):
+    assert ANALYZE is not None
     r = subprocess.run(
         [ANALYZE, "security", "--offline=true", "--no-pager", str(unit_for_this_machine(tmp_path))],
         capture_output=True,

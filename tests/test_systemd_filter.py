@@ -102,6 +102,7 @@ def expand(item: str, seen: set[str] | None = None) -> set[str]:
     if item in seen:
         return set()
     seen.add(item)
+    assert ANALYZE is not None
     r = subprocess.run(
         [ANALYZE, "syscall-filter", "--no-pager", item], capture_output=True, text=True, timeout=30, check=True
     )
@@ -164,6 +165,7 @@ def test_systemd_analyze_sees_setpriority_allowed(tmp_path):
     from tests.support.systemd import unit_for_this_machine
 
     assert "setpriority" in expand("@resources")  # what the deny line takes away ...
+    assert ANALYZE is not None
     r = subprocess.run(
         [ANALYZE, "security", "--offline=true", "--no-pager", str(unit_for_this_machine(tmp_path))],
         capture_output=True,
@@ -193,6 +195,7 @@ def test_worker_is_niced_in_a_transient_unit_with_the_units_filter(tmp_path):
         if ln.strip().startswith(("SystemCallErrorNumber=", "SystemCallArchitectures=", "NoNewPrivileges="))
     ]
     tmp_path.chmod(0o755)
+    assert SYSTEMD_RUN is not None
     cmd = [SYSTEMD_RUN, "--wait", "--pipe", "--quiet", "--collect"]
     for p in props:
         cmd += ["-p", p]

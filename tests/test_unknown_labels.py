@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import shutil
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def test_train_with_unknown_cells_then_resume(tiny_dataset, tiny_valid, tmp_path
             [rows[0]] + [[r[0], str(tiny_dataset / r[1]), *r[2:]] for r in rows[1:]]
         )
     out = tmp_path / "m.keras"
-    kw = dict(arch="resnet-int8", size=64, filters=4, batch=16, verbose=0)
+    kw: dict[str, Any] = dict(arch="resnet-int8", size=64, filters=4, batch=16, verbose=0)
     first = train(str(tmp_path / "data.csv"), str(tiny_valid / "data.csv"), out, epochs=2, **kw)
     assert first.epochs_run == 2
     hist = json.loads(side_paths(out)[1].read_text())

@@ -37,10 +37,11 @@ def seam_video(path: Path, dataset: Path, n_stills: int = 30, hold: int = 6) -> 
     """
     with open(dataset / "data.csv") as f:
         rows = list(csv.DictReader(f))[:n_stills]
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (640, 480))
-    truth = []
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 30, (640, 480))
+    truth: list[dict] = []
     for i, r in enumerate(rows):
         still = cv2.imread(str(dataset / r["name"]))
+        assert still is not None
         frame = np.full((480, 640, 3), 90, np.uint8)
         frame[112:368, 192:448] = cv2.resize(still, (256, 256))
         for _ in range(hold):
@@ -65,7 +66,7 @@ def seam_video(path: Path, dataset: Path, n_stills: int = 30, hold: int = 6) -> 
 
 def noise_video(path: Path, frames: int = 30, size: tuple[int, int] = (640, 480)) -> Path:
     """Random-noise frames (seed 0): each heatmap set is ~0.3 MB, so retention and disks work hard."""
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, size)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 30, size)
     rng = np.random.default_rng(0)
     for _ in range(frames):
         w.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))

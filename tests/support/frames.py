@@ -21,7 +21,7 @@ def draw(i: int, size=(160, 120)) -> np.ndarray:
 
 
 def make_video(path: Path, n: int, fourcc: str = "MJPG", size=(160, 120)) -> Path:
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 30, size)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), 30, size)
     assert w.isOpened()
     for i in range(n):
         w.write(draw(i, size))

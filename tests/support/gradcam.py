@@ -106,7 +106,7 @@ def sample_frames(n: int = 3, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        img = rng.integers(90, 160, (256, 256, 3)).astype(np.uint8)
+        img: np.ndarray = rng.integers(90, 160, (256, 256, 3)).astype(np.uint8)
         img = cv2.GaussianBlur(img, (5, 5), 0)
         x = int(rng.integers(60, 200))
         for y in range(0, 256, 24):

@@ -1,4 +1,4 @@
-"""Small image sets for training tests."""
+"""Small image sets for training tests, and ``imread`` for images a test expects to be there."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+
+def imread(path: str | Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """``cv2.imread`` of an image the test relies on: an AssertionError naming the file, never None."""
+    img = cv2.imread(str(path), flags)
+    assert img is not None, f"cannot read {path}"
+    return img
 
 
 def fruit_folders(folder: Path, seed: int, n: int = 12) -> None:

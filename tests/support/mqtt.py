@@ -26,6 +26,7 @@ import contextlib
 import shutil
 import subprocess
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -153,7 +154,7 @@ def mqtt_config(broker: Broker | None = None, **kw):
     """An ``edge.config.MqttConfig`` for ``broker`` with test-friendly (fast) reconnect delays."""
     from edge.config import MqttConfig
 
-    base = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
+    base: dict[str, Any] = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
     if broker is not None:
         base.update(host=broker.host, port=broker.port)
     base.update(kw)

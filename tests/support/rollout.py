@@ -170,7 +170,7 @@ def low_fps_video(path: Path, frames: int = 20, fps: int = 5, size: tuple[int, i
     import cv2
     import numpy as np
 
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, size)
     rng = np.random.default_rng(1)
     for _ in range(frames):
         w.write(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -34,7 +34,7 @@ def heatmap_jpeg(seed: int, size: tuple[int, int] = (160, 120)) -> bytes:
     """A small overlay-like JPEG (a seam line and a coloured blob), a few KB like the daemon's."""
     w, h = size
     rng = np.random.default_rng(seed)
-    img = np.full((h, w, 3), 60, np.uint8)
+    img: np.ndarray = np.full((h, w, 3), 60, np.uint8)
     img[:, :] += rng.integers(0, 30, (h, w, 1), dtype=np.uint8)
     cv2.line(img, (0, h // 2), (w, h // 2), (200, 200, 200), 3)
     cx, cy = int(rng.integers(20, w - 20)), int(rng.integers(20, h - 20))
@@ -138,7 +138,8 @@ class SimStation:
 
     def kill(self) -> None:
         """Drop the TCP connection without DISCONNECT: the broker publishes the will."""
-        sock = self.client.socket()
+        # a real (TCP or TLS) socket: paho types it as its SocketLike protocol, which has no shutdown()
+        sock = cast("socket.socket | None", self.client.socket())
         self.client.loop_stop()
         if sock is not None:
             with contextlib.suppress(OSError):
