@@ -22,6 +22,11 @@ the model's 128-px input, ``synth_render.defect_visibility``), each kind's found
 at visibility 20 and 50: a kind missed only below 20 is one the pixels barely show, a kind missed at
 every visibility is one the model has not learnt (stains, on the 2026-12-06 bundle).
 
+``--by-look`` (the same synth data sets; ``meta.csv`` names each still's thread/fabric contrast,
+thread width and scale): the same numbers as ``--by-family`` per bin of each (``LOOK_SPLITS``):
+does the model lose the seam when the thread is of the fabric's colour, thin, or small in the
+frame, as on the real photos?
+
 Thresholds: the bundle's (or 0.5), or with ``--calibrate VALID`` calibrated per label on that
 validation set by *maximising per-label accuracy* (the number the seed reports and the line
 cares about: every wrong decision costs the same); ties go to the threshold nearest 0.5.
@@ -142,6 +147,7 @@ def evaluate(
     roi: Sequence[int] | None = None,
     by_family: bool = False,
     by_kind: bool = False,
+    by_look: bool = False,
     preprocess: str | None = None,
     weights: str | Path | None = None,
     classes: str | Path | None = None,
@@ -196,6 +202,11 @@ def evaluate(
             raise DataError(f"--by-kind: {data} is not a seam data set (defect kinds are a synth seam feature)")
         metrics["kinds"] = kind_scores(ds, probs, labels, thresholds)
         report += "\n\n" + kind_table(metrics["kinds"])
+    if by_look:
+        if task != "multilabel":
+            raise DataError(f"--by-look: {data} is a {task} data set (the look is a synth multi-label feature)")
+        metrics["looks"] = look_scores(ds, probs, labels, thresholds)
+        report += "\n\n" + look_table(metrics["looks"], labels)
     if roi is not None:
         metrics["roi"] = [int(v) for v in roi]
     return Evaluation(metrics, labels, thresholds, probs, report)
@@ -259,6 +270,55 @@ def kind_scores(ds: Dataset, probs: np.ndarray, labels: Sequence[str], threshold
             "median_score": round(float(np.median(probs[normal, li["good"]])), 4),
         }
     return out
+
+
+#: where ``--by-look`` splits the stills (``meta.csv``; low bound inclusive): the thread/fabric luma
+#: contrast (synth's tone-on-tone threads differ by 0.01..0.12, like the real photos' threads of the
+#: fabric's colour), the thread's width in the still (px) and the scale (px/mm of the still)
+LOOK_SPLITS: dict[str, tuple[tuple[float, float], str]] = {
+    "contrast": ((0.12, 0.3), "thread/fabric contrast"),
+    "thread_px": ((3.0, 6.0), "thread width (px)"),
+    "px_per_mm": ((4.0, 8.0), "scale (px/mm)"),
+}
+
+
+def look_scores(ds: Dataset, probs: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]) -> dict:
+    """Split → bin → accuracy / AUROC per attribute + defect and break AUROC of the stills in the
+    bin (``LOOK_SPLITS``), from ``meta.csv``; a still without the value is left out of its split."""
+    from .leaveout import attribute_scores, read_meta_columns
+
+    columns = read_meta_columns(_folder(ds), *LOOK_SPLITS)
+    out: dict[str, dict] = {}
+    for col, ((lo, hi), _) in LOOK_SPLITS.items():
+        v = np.array([_number(columns[col].get(str(Path(p).resolve()), "")) for p in ds.paths])
+        bins = {f"<{lo:g}": v < lo, f"{lo:g}-{hi:g}": (v >= lo) & (v < hi), f">={hi:g}": v >= hi}
+        out[col] = {
+            key: attribute_scores(ds.targets[sel], probs[sel], labels, thresholds)
+            for key, sel in bins.items()
+            if sel.any()
+        }
+    return out
+
+
+def look_table(looks: dict, labels: Sequence[str]) -> str:
+    """Markdown, one row per bin of each split: accuracy per attribute and the two AUROCs."""
+
+    def cell(v, pct: bool) -> str:
+        return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else (f"{v:.1f}" if pct else f"{v:.3f}")
+
+    rows = [
+        "| split | bin | n | " + " | ".join(f"{lab} acc" for lab in labels) + " | defect-vs-normal AUROC | "
+        "broken-vs-normal AUROC |",
+        "|---|---|---|" + "---|" * (len(labels) + 2),
+    ]
+    for col, bins in looks.items():
+        for key, s in bins.items():
+            accs = " | ".join(cell(s["accuracy"].get(lab), True) for lab in labels)
+            rows.append(
+                f"| {LOOK_SPLITS[col][1]} | {key} | {s['count']} | {accs} | {cell(s.get('defect_auroc'), False)} | "
+                f"{cell(s.get('break_auroc'), False)} |"
+            )
+    return "\n".join(rows)
 
 
 #: where ``--by-kind`` splits each kind's found share by the defect's visibility (``meta.csv``)
@@ -335,6 +395,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also per defect kind: found / flagged %% (synth data sets: meta.csv's error_kind, break_kind)",
     )
+    p.add_argument(
+        "--by-look",
+        action="store_true",
+        help="also per look of the stills: thread/fabric contrast (tone-on-tone < 0.12), thread width and scale "
+        "(synth data sets: meta.csv's contrast, thread_px, px_per_mm)",
+    )
     p.add_argument("--calibrate", metavar="VALID_CSV", help="calibrate per-label thresholds on this set first")
     p.add_argument("--role", help="bundle role to run (default: the manifest's classifier)")
     p.add_argument("--threads", type=int, default=2)
@@ -368,6 +434,7 @@ def run(args: argparse.Namespace) -> int:
         roi=roi.roi,
         by_family=args.by_family,
         by_kind=args.by_kind,
+        by_look=args.by_look,
         preprocess=args.preprocess,
         weights=args.weights,
         classes=args.classes,

@@ -203,6 +203,38 @@ def test_evaluate_by_family_splits_the_same_predictions(tmp_path, tiny_bundle):
         evaluate(tiny_bundle, tmp_path / "d", by_family=True)
 
 
+def test_evaluate_by_look_splits_by_contrast_thread_width_and_scale(tmp_path, tiny_bundle):
+    """``evaluate --by-look``: every still of a split falls in one bin, and a bin's numbers are the
+    overall predictions sliced by meta.csv's value (recomputed here with pandas), at the same thresholds."""
+    import pandas as pd
+
+    from convert.evaluate import LOOK_SPLITS
+    from convert.synth import write_dataset
+
+    write_dataset(tmp_path / "d", 40, 11, scale_range=((2.3, 9.0), (9.0, 16.0)))  # 256 px: 2.3-16 px/mm
+    ev = evaluate(tiny_bundle, tmp_path / "d", by_look=True)
+    meta = pd.read_csv(tmp_path / "d" / "meta.csv").set_index("name")
+    ds = load_dataset(tmp_path / "d" / "data.csv")
+    names = [Path(p).name for p in ds.paths]
+    assert set(ev.metrics["looks"]) == {"contrast", "thread_px", "px_per_mm"}
+    for col, bins in ev.metrics["looks"].items():
+        (lo, hi), heading = LOOK_SPLITS[col]
+        v = meta.loc[names, col].to_numpy(float)
+        assert sum(s["count"] for s in bins.values()) == 40, (col, bins.keys())
+        for key, s in bins.items():
+            sel = {f"<{lo:g}": v < lo, f"{lo:g}-{hi:g}": (v >= lo) & (v < hi), f">={hi:g}": v >= hi}[key]
+            want = attribute_scores(ds.targets[sel], ev.probabilities[sel], ds.labels, ev.thresholds)
+            assert s["count"] == int(sel.sum()) and s["accuracy"] == want["accuracy"], (col, key)
+            assert f"| {heading} | {key} | {s['count']} |" in ev.report
+    # the wide scales reach both ends of the scale split
+    assert {"<4", ">=8"} <= set(ev.metrics["looks"]["px_per_mm"])
+    (tmp_path / "d" / "meta.csv").unlink()
+    from edge.errors import DataError
+
+    with pytest.raises(DataError, match="meta.csv: not found"):
+        evaluate(tiny_bundle, tmp_path / "d", by_look=True)
+
+
 @pytest.mark.slow  # uses the session's trained tiny bundle
 def test_evaluate_by_kind_splits_the_predictions_by_defect_kind(tmp_path, tiny_bundle):
     """``evaluate --by-kind``: one row per defect kind drawn (meta.csv), plus the normal images; each
