@@ -17,7 +17,8 @@ the allowed ones, then a look within it. Three more families are held back
 (``HELD_BACK_FAMILIES``: corduroy, herringbone tweed, mélange jersey): drawn only when
 ``--families`` names them, so that no model trained on the default draw has seen them
 (``convert leave-out --held-back``). Threads run from contrasting to tone-on-tone (~35 % differ
-from the fabric by only 0.01..0.12 in luma), 2..12 px wide at 256, with sheen and twist.
+from the fabric by only 0.01..0.12 in luma; ``--tone-share`` sets that share), 2..12 px wide at 256,
+with sheen and twist.
 
 Defect kinds and labels (``synth_render.DEFECT_LABEL``): ``break`` = ``cut`` (thread broken,
 loose ends) or ``missing`` (a clean gap); ``error`` = ``skip`` (one stitch 2-3× long),
@@ -153,6 +154,7 @@ def render_image(
     scale_range: ScaleRanges | None = None,
     length_changes: float = 0.0,
     random_textures: float = 0.0,
+    tone_share: float | None = None,
 ) -> tuple[np.ndarray, dict[str, bool | None], list[Box]]:
     """Render one labeled seam still.
 
@@ -171,6 +173,8 @@ def render_image(
     view (``length`` None: neither; not a defect). 0 draws nothing extra: default stills unchanged.
     ``random_textures``: the share of stills drawn on a random texture of no real fabric
     (``synth_fabric.RANDOM_FAMILY``) instead of ``families``; 0 draws nothing extra either.
+    ``tone_share``: the share of threads of the fabric's own colour (luma within 0.01..0.12 of it;
+    ``synth_render.thread_mode``) instead of ``TONE_SHARE`` (0.35); None: the default draw.
     """
     if size < 16:
         raise DataError(f"--size must be ≥ 16, got {size}")
@@ -208,6 +212,7 @@ def render_image(
                 kinds=kinds,
                 meta=m,
                 length_change=change,
+                tone_share=tone_share,
             )
             break
         except NoRoomError:
@@ -355,6 +360,7 @@ def write_dataset(
     scale_range: ScaleRanges | None = None,
     length_changes: float = 0.0,
     random_textures: float = 0.0,
+    tone_share: float | None = None,
 ) -> Path:
     """Write ``count`` labeled stills + ``data.csv`` (seed format) + ``boxes.csv`` + ``meta.csv``
     (``META_HEADER``, one row per image); → data.csv path.
@@ -367,6 +373,8 @@ def write_dataset(
     """
     _check_opts(count, size, px_per_mm, defect_rate, scale_range, length_changes)
     check_share("--random-textures", random_textures)
+    if tone_share is not None:
+        check_share("--tone-share", tone_share)
     fams = check_families(families, exclude_families)
     out = _prepare_dir(Path(out_dir))
     opts: dict[str, Any] = {
@@ -381,6 +389,8 @@ def write_dataset(
         opts["length_changes"] = float(length_changes)
     if random_textures:
         opts["random_textures"] = float(random_textures)
+    if tone_share is not None:
+        opts["tone_share"] = float(tone_share)
     if kinds:  # every error / break of the set is this kind (``render_image``'s ``kinds``)
         opts["kinds"] = dict(kinds)
     jobs = [(int(seed), i, opts) for i in range(int(count))]
@@ -492,6 +502,14 @@ def register(subparsers) -> None:
         metavar="P",
         help="share of the stills drawn on a random texture of no real fabric (family 'random'; default 0): "
         "domain randomisation, so a model learns the seam rather than the fabrics it was shown",
+    )
+    g.add_argument(
+        "--tone-share",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of the threads dyed the fabric's own colour (luma within 0.01-0.12 of it; default 0.35): "
+        "more of the real photos' hardest look, a thread that barely shows",
     )
     g.add_argument(
         "--defect-rate",
@@ -608,6 +626,7 @@ def run(args: argparse.Namespace) -> int:
             defect_rate=args.defect_rate,
             length_changes=args.length_changes,
             random_textures=args.random_textures,
+            tone_share=args.tone_share,
         ),
         px_per_mm=args.px_per_mm,
         workers=max(1, args.workers or 1),
@@ -628,6 +647,7 @@ STILLS_ONLY = (
     "scale_range",
     "length_changes",
     "random_textures",
+    "tone_share",
     "defect_rate",
     "workers",
 )

@@ -232,12 +232,23 @@ def tail_path(rng: np.random.Generator, p: np.ndarray, direction: np.ndarray, S:
 # --------------------------------------------------------------------------- scene building
 
 
-def random_scene_style(rng: np.random.Generator, S: float, families=None, seam_angle: float = 0.0) -> Scene:
-    """Fabric (family drawn uniformly among ``families``), thread, seam allowance and shading style."""
+def thread_mode(u: float, tone_share: float | None = None) -> str:
+    """The thread's colour mode for a uniform draw ``u``: ``tone`` (the fabric's own colour),
+    ``close`` or ``contrast``. ``tone_share`` replaces ``TONE_SHARE`` and keeps the other two in
+    their default ratio; None is the default draw."""
+    tone = TONE_SHARE if tone_share is None else tone_share
+    close = CLOSE_SHARE if tone_share is None else (1.0 - tone) * CLOSE_SHARE / (1.0 - TONE_SHARE)
+    return "tone" if u < tone else ("close" if u < tone + close else "contrast")
+
+
+def random_scene_style(
+    rng: np.random.Generator, S: float, families=None, seam_angle: float = 0.0, tone_share: float | None = None
+) -> Scene:
+    """Fabric (family drawn uniformly among ``families``), thread, seam allowance and shading style;
+    ``tone_share``: see ``thread_mode``."""
     look = random_look(rng, S, families, seam_angle)
     kind = tile_bank()[look.tile_index].kind
-    u = rng.random()
-    mode = "tone" if u < TONE_SHARE else ("close" if u < TONE_SHARE + CLOSE_SHARE else "contrast")
+    mode = thread_mode(rng.random(), tone_share)
     refs = reference_colours(look)
     tc = thread_colour(rng, refs, mode)
     # thread diameter 0.2..0.8 mm (log-uniform), 2..12 px at a 256-px render
@@ -1040,6 +1051,7 @@ def build_still(
     kinds: dict | None = None,
     leave_out: tuple[str, ...] = (),
     length_change: bool = False,
+    tone_share: float | None = None,
 ) -> Scene:
     """A still's scene with the requested labels; defects wholly inside, ≥ margin from border.
 
@@ -1057,7 +1069,7 @@ def build_still(
     pitch_mm = 2.0 if length else 4.0
     margin = max(2.0, size * 0.03)
     centre, ang = _centre_fn(rng, size, S)
-    scene = random_scene_style(rng, S, families, ang)
+    scene = random_scene_style(rng, S, families, ang, tone_share)
     pitch = pitch_mm * S
     du = pitch * np.cos(ang)  # step along u so the stitches are pitch apart on the line
     u0 = -du * rng.uniform(1.0, 2.0)
@@ -1212,6 +1224,7 @@ def render_still(
     meta: dict | None = None,
     min_visibility: float = MIN_VISIBILITY,
     length_change: bool = False,
+    tone_share: float | None = None,
 ) -> tuple[np.ndarray, list[Box]]:
     """Render one still at ``size`` px and ``S`` px/mm → (uint8 BGR, boxes).
 
@@ -1227,7 +1240,18 @@ def render_still(
     def shoot(drng: np.random.Generator, leave_out: tuple[str, ...] = ()):
         rc = copy.deepcopy(r_cam)
         scene = build_still(
-            copy.deepcopy(r_scene), drng, size, S, error, brk, length, families, kinds, leave_out, length_change
+            copy.deepcopy(r_scene),
+            drng,
+            size,
+            S,
+            error,
+            brk,
+            length,
+            families,
+            kinds,
+            leave_out,
+            length_change,
+            tone_share,
         )
         static = render_static(scene, 0.0, 0.0, size, size)
         H = _perspective(rc, size)
