@@ -49,15 +49,16 @@ from .tflite import TTA_VIEWS, tta_views
 
 TARGET_ACCURACY = 98.0
 TARGET_AGREEMENT = 99.5
-STAGE_FORM = "EPOCHS:COUNT:LR[:ARCH][@LO:HI,…][+length-changes=P][+random-textures=P]"
+STAGE_FORM = "EPOCHS:COUNT:LR[:ARCH][@LO:HI,…][+length-changes=P][+random-textures=P][+tone-share=P]"
 
 
 @dataclass(frozen=True)
 class Stage:
     """One stage after the first: ``epochs`` on a fresh set of ``count`` images at ``lr``; ``arch``:
     grow the model into this architecture first (None: keep it); ``scale``: the set's
-    ``synth --scale-range`` (None: the default range); ``length_changes`` and ``random_textures``:
-    its ``synth --length-changes`` and ``--random-textures`` (0: none)."""
+    ``synth --scale-range`` (None: the default range); ``length_changes``, ``random_textures`` and
+    ``tone_share``: its ``synth --length-changes``, ``--random-textures`` (0: none) and
+    ``--tone-share`` (None: synth's own share)."""
 
     epochs: int
     count: int
@@ -66,6 +67,7 @@ class Stage:
     scale: tuple[tuple[float, float], ...] | None = None
     length_changes: float = 0.0
     random_textures: float = 0.0
+    tone_share: float | None = None
 
     def __post_init__(self) -> None:
         """The same checks for ``--then`` and for callers: a Stage that exists can be trained."""
@@ -73,7 +75,10 @@ class Stage:
             raise ModelError(f"--then {self.spec()!r}: epochs, count and lr must be positive")
         from .synth import check_share
 
-        for name, share in (("length-changes", self.length_changes), ("random-textures", self.random_textures)):
+        shares = [("length-changes", self.length_changes), ("random-textures", self.random_textures)]
+        if self.tone_share is not None:
+            shares.append(("tone-share", self.tone_share))
+        for name, share in shares:
             try:
                 check_share(name, share, ModelError)
             except ModelError as e:  # spec() only on failure: SHIPPED_STAGES are built at import
@@ -94,6 +99,7 @@ class Stage:
             + (f"@{scale}" if scale else "")
             + (f"+length-changes={self.length_changes:g}" if self.length_changes else "")
             + (f"+random-textures={self.random_textures:g}" if self.random_textures else "")
+            + (f"+tone-share={self.tone_share:g}" if self.tone_share is not None else "")
         )
 
 
@@ -120,7 +126,7 @@ SHIPPED_STAGES = (
 
 
 def parse_stage(text: str) -> Stage:
-    """``EPOCHS:COUNT:LR[:ARCH][@LO:HI,LO:HI…][+length-changes=P][+random-textures=P]`` → Stage (the
+    """``EPOCHS:COUNT:LR[:ARCH][@LO:HI,LO:HI…][+length-changes=P][+random-textures=P][+tone-share=P]`` → Stage (the
     ``--then`` flag; ``Stage`` checks the values; after ``@``: the set's ``synth --scale-range``,
     after each ``+``: that ``synth`` option of the set); one clear line when it is not."""
     rest, *opts = re.split(r"\+(?=[a-z])", text)
@@ -131,15 +137,16 @@ def parse_stage(text: str) -> Stage:
             raise ValueError
         epochs, count, lr = int(parts[0]), int(parts[1]), float(parts[2])
         extra = dict(o.split("=", 1) for o in opts)
-        if len(extra) != len(opts) or not set(extra) <= {"length-changes", "random-textures"}:
+        if len(extra) != len(opts) or not set(extra) <= {"length-changes", "random-textures", "tone-share"}:
             raise ValueError
         changes, textures = (float(extra.get(k, 0.0)) for k in ("length-changes", "random-textures"))
+        tone = float(extra["tone-share"]) if "tone-share" in extra else None
         scale = _scale_ranges(scale_text) if scale_text else None
     except (ValueError, argparse.ArgumentTypeError):
         raise ModelError(
             f"--then {text!r}: expected {STAGE_FORM}, e.g. 20:12000:1e-3 or 8:12000:3e-4@2.3:9,9:16"
         ) from None
-    return Stage(epochs, count, lr, parts[3] if len(parts) == 4 else None, scale, changes, textures)
+    return Stage(epochs, count, lr, parts[3] if len(parts) == 4 else None, scale, changes, textures, tone)
 
 
 def _ranges_text(scale: tuple[tuple[float, float], ...] | None) -> str:
@@ -172,11 +179,13 @@ def ship(
     length_changes: float = 0.0,
     random_textures: float = 0.0,
     tta: str = SHIPPED_TTA,
+    tone_share: float | None = None,
 ) -> dict:
     """Run the whole chain in ``work`` (resumable: data sets and checkpoints are reused) → summary.
 
-    ``scale``, ``length_changes``, ``random_textures``: the first stage's set's ``synth
-    --scale-range``, ``--length-changes`` and ``--random-textures`` (None, 0, 0: synth's defaults);
+    ``scale``, ``length_changes``, ``random_textures``, ``tone_share``: the first stage's set's ``synth
+    --scale-range``, ``--length-changes``, ``--random-textures`` and ``--tone-share`` (None, 0, 0,
+    None: synth's defaults);
     the validation and test sets keep synth's defaults, the shipped model's own world. ``tta``:
     ``convert export --tta`` (the shipped bundle's: ``SHIPPED_TTA``)."""
     from .data import load_dataset
@@ -196,24 +205,28 @@ def ship(
         check_scale_ranges(scale)
     from .synth import check_share
 
-    for flag, share in (("--length-changes", length_changes), ("--random-textures", random_textures)):
+    shares = [("--length-changes", length_changes), ("--random-textures", random_textures)]
+    if tone_share is not None:
+        shares.append(("--tone-share", tone_share))
+    for flag, share in shares:
         check_share(flag, share, ModelError)  # before hours of synth and training, not after
     tta_views(tta)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    sets: dict[str, tuple[int, int, tuple[tuple[float, float], ...] | None, float, float]] = {
-        "train": (1, train_count, scale, length_changes, random_textures),
-        "valid": (2, valid_count, None, 0.0, 0.0),
-        "test": (3, test_count, None, 0.0, 0.0),
+    sets: dict[str, tuple[int, int, tuple[tuple[float, float], ...] | None, float, float, float | None]] = {
+        "train": (1, train_count, scale, length_changes, random_textures, tone_share),
+        "valid": (2, valid_count, None, 0.0, 0.0, None),
+        "test": (3, test_count, None, 0.0, 0.0, None),
     }
     for i, st in enumerate(stages, start=2):  # train2 (seed 4), train3 (seed 5), …
-        sets[f"train{i}"] = (i + 2, st.count, st.scale, st.length_changes, st.random_textures)
+        sets[f"train{i}"] = (i + 2, st.count, st.scale, st.length_changes, st.random_textures, st.tone_share)
     cmds = []
-    for key, (seed, count, set_scale, changes, textures) in sets.items():
+    for key, (seed, count, set_scale, changes, textures, tone) in sets.items():
         d = work / key
         scale_arg = ("--scale-range", _ranges_text(set_scale)) if set_scale else ()
         changes_arg = ("--length-changes", f"{changes:g}") if changes else ()
         textures_arg = ("--random-textures", f"{textures:g}") if textures else ()
+        tone_arg = ("--tone-share", f"{tone:g}") if tone is not None else ()
         cmds.append(
             _cmd(
                 "python -m convert synth --out",
@@ -225,6 +238,7 @@ def ship(
                 *scale_arg,
                 *changes_arg,
                 *textures_arg,
+                *tone_arg,
             )
         )
         # a set is reused when it was drawn the same way (``recipe.json``; sets from before it: count only)
@@ -238,6 +252,8 @@ def ship(
             want["length_changes"] = changes
         if textures:
             want["random_textures"] = textures
+        if tone is not None:
+            want["tone_share"] = tone
         if (
             (d / "data.csv").is_file()
             and len(load_dataset(d / "data.csv", check_images=False)) == count
@@ -257,6 +273,7 @@ def ship(
             scale_range=set_scale,
             length_changes=changes,
             random_textures=textures,
+            tone_share=tone,
         )
         (d / "recipe.json").write_text(json.dumps(want) + "\n")
     t_synth = time.monotonic() - t0
@@ -360,6 +377,7 @@ def ship(
             "scale_range": [list(r) for r in scale] if scale else None,
             "length_changes": length_changes,
             "random_textures": random_textures,
+            "tone_share": tone_share,
             "stages": [st.spec() for st in stages],
             "stages_epochs_run": runs,
             "tta": tta,
@@ -425,6 +443,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="draw the first stage's set with synth --random-textures P (default 0); a later stage: +random-textures=P",
     )
     p.add_argument(
+        "--tone-share",
+        type=float,
+        default=None,
+        metavar="P",
+        help="draw the first stage's set with synth --tone-share P (default: synth's 0.35); a later stage: "
+        "+tone-share=P",
+    )
+    p.add_argument(
         "--arch",
         default="resnet-s2",
         help="the first stage's architecture: resnet-s2 (default: the shipped model's, grown later), "
@@ -479,6 +505,7 @@ def run(args: argparse.Namespace) -> int:
         length_changes=args.length_changes,
         random_textures=args.random_textures,
         tta=args.tta,
+        tone_share=args.tone_share,
     )
     print(f"## Shipped model ({args.out}): {s['settings']}\n")
     print(s["table"])

@@ -484,12 +484,13 @@ def test_ship_chain_toy(tmp_path):
         # the first set with a third of wider views (an empty length cell where the pixels cannot
         # tell), then the recipe's further stages at toy scale too: on a fresh set, then grown
         # deeper, then on a set of half wider views where half the normal seams change stitch length
-        # and half of them on random textures; the last stage's set all random
+        # and half of them on random textures; the last stage's set all random; the grown stage's
+        # set every thread of the fabric's colour
         scale=((3.0, 9.0), (9.0, 16.0), (9.0, 16.0)),
         random_textures=0.5,
         stages=(
             Stage(1, 48, 1e-3),
-            Stage(1, 48, 1e-3, "resnet-s2-deep"),
+            Stage(1, 48, 1e-3, "resnet-s2-deep", tone_share=1.0),
             Stage(1, 48, 1e-3, scale=((2.3, 9.0), (9.0, 16.0)), length_changes=0.5, random_textures=1.0),
         ),
     )
@@ -539,6 +540,14 @@ def test_ship_chain_toy(tmp_path):
             return [row["family"] for row in csv.DictReader(f)]
 
     assert set(families("train4")) == {"random"} and 0 < families("train").count("random") < 48
+    # +tone-share: drawn, recorded and in the command that reproduces the set
+    assert json.loads((tmp_path / "work" / "train3" / "recipe.json").read_text())["tone_share"] == 1.0
+    assert (
+        "python -m convert synth --out {} --count 48 --seed 5 --tone-share 1".format(tmp_path / "work" / "train3")
+        in s["commands"]
+    )
+    with open(tmp_path / "work" / "train3" / "meta.csv", newline="") as f:
+        assert all(float(row["contrast"]) < 0.13 for row in csv.DictReader(f))
     assert "random" not in families("valid") + families("test") + families("train2")
     m = _measured(tmp_path / "work" / "model4.keras", tmp_path / "bundle", tmp_path / "work" / "test")
     thr = np.array([b.thresholds[lab] for lab in b.labels])

@@ -86,6 +86,9 @@ def test_then_flag_parses_and_refuses_in_one_line(tmp_path):
     assert (both.length_changes, both.random_textures) == (0.5, 0.3) and both.scale == ((2.3, 9.0), (9.0, 16.0))
     assert both.spec() == "8:10:0.0001@2.3:9,9:16+length-changes=0.5+random-textures=0.3"
     assert parse_stage(both.spec()) == both and parse_stage("8:10:1e-4+random-textures=1").random_textures == 1.0
+    tone = parse_stage("8:10:1e-4@2.3:9+tone-share=0.7")
+    assert tone.tone_share == 0.7 and both.tone_share is None and tone.spec() == "8:10:0.0001@2.3:9+tone-share=0.7"
+    assert parse_stage(tone.spec()) == tone and parse_stage("8:10:1e-4+tone-share=0").tone_share == 0.0
     for bad, why in (
         ("5:100", "expected EPOCHS:COUNT:LR"),
         ("0:100:1e-3", "must be positive"),
@@ -96,6 +99,7 @@ def test_then_flag_parses_and_refuses_in_one_line(tmp_path):
         ("8:100:3e-4+length-changes=1.5", "length-changes must be in 0..1"),
         ("8:100:3e-4+random-textures=-0.1", "random-textures must be in 0..1"),
         ("8:100:3e-4+random-textures", "expected EPOCHS:COUNT:LR"),
+        ("8:100:3e-4+tone-share=1.2", "tone-share must be in 0..1"),
         ("8:100:3e-4+textures=0.1", "expected EPOCHS:COUNT:LR"),
         ("8:100:3e-4+length-changes=0.1+length-changes=0.2", "expected EPOCHS:COUNT:LR"),
     ):
@@ -119,7 +123,7 @@ def test_first_stage_scale_range_is_synths_and_refuses_in_one_line(tmp_path):
 
 
 def test_first_stage_shares_refuse_in_one_line(tmp_path):
-    for flag in ("--length-changes", "--random-textures"):
+    for flag in ("--length-changes", "--random-textures", "--tone-share"):
         p = run_convert("ship", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b"), flag, "1.5")
         assert p.returncode == 78 and p.stderr.strip().endswith(f"{flag} must be in 0..1, got 1.5"), p.stderr
         assert "Traceback" not in p.stderr
