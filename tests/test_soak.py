@@ -169,11 +169,11 @@ def test_soak_rss_threads_fds(tmp_path, tiny_bundle, soak_video, mqtt_broker, mq
     )
 
     assert growth <= 5.0, f"RSS grew {growth:.2f} MB after warm-up"
-    # no thread leak: at most one step after warm-up (a pool started late: 10 → 12 threads once, on a
-    # VM about twice as slow as usual, 2026-12-06; or a worker that ends), and steady over the last
-    # fifth; a leak keeps growing
-    last_t = {x[2] for x in body[-k:]}
-    assert len(threads) <= 2 and len(last_t) == 1, f"threads changed after warm-up: {threads}, last fifth {last_t}"
+    # no thread leak: after warm-up the count takes at most two values 2 apart over the whole soak
+    # (1,000 events: a thread leaked per event would add hundreds). Measured on a VM about twice as
+    # slow as usual, 2026-12-06: 10 → 12 once (a pool started late), and 10 ↔ 12 over the last fifth
+    # (two short-lived threads, the fds moving 15..17 with them)
+    assert len(threads) <= 2 and threads[-1] - threads[0] <= 2, f"threads changed after warm-up: {threads}"
     assert max(fds) - min(fds) <= 4, f"fd count varied {min(fds)}..{max(fds)}"
     assert s["heatmaps"]["saved"] > 50 and s["heatmaps"]["deleted"] > 0  # retention really ran
     assert hm_max <= limit + 2 * one_set and hm_end <= limit + one_set
