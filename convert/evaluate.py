@@ -291,7 +291,7 @@ def look_scores(ds: Dataset, probs: np.ndarray, labels: Sequence[str], threshold
     out: dict[str, dict] = {}
     for col, ((lo, hi), _) in LOOK_SPLITS.items():
         v = np.array([_number(columns[col].get(str(Path(p).resolve()), "")) for p in ds.paths])
-        bins = {f"<{lo:g}": v < lo, f"{lo:g}-{hi:g}": (v >= lo) & (v < hi), f">={hi:g}": v >= hi}
+        bins = {key: (v >= b_lo) & (v < b_hi) for key, _, b_lo, b_hi in _split_bins(lo, hi)}  # NaN: in none
         out[col] = {
             key: attribute_scores(ds.targets[sel], probs[sel], labels, thresholds)
             for key, sel in bins.items()
@@ -332,11 +332,11 @@ def _number(text: str) -> float:
         return float("nan")
 
 
-def _visibility_bins() -> list[tuple[str, str, float, float]]:
-    """(JSON key, table heading, low, high) of each visibility bin, low inclusive."""
-    lo, hi = VISIBILITY_SPLIT
+def _split_bins(lo: float, hi: float) -> list[tuple[str, str, float, float]]:
+    """(JSON key, table heading, low, high) of the three bins that ``lo`` and ``hi`` cut, low
+    inclusive: ``--by-kind``'s visibility and ``--by-look``'s splits."""
     return [
-        (f"<{lo:g}", f"< {lo:g}", 0.0, lo),
+        (f"<{lo:g}", f"< {lo:g}", float("-inf"), lo),
         (f"{lo:g}-{hi:g}", f"{lo:g}–{hi:g}", lo, hi),
         (f">={hi:g}", f"≥ {hi:g}", hi, float("inf")),
     ]
@@ -345,7 +345,7 @@ def _visibility_bins() -> list[tuple[str, str, float, float]]:
 def _visibility_split(vis: np.ndarray, found: np.ndarray) -> dict[str, dict]:
     """Bin key → count and found % of the images whose visibility falls in it (unknown: left out)."""
     out = {}
-    for name, _, lo, hi in _visibility_bins():
+    for name, _, lo, hi in _split_bins(*VISIBILITY_SPLIT):
         sel = (vis >= lo) & (vis < hi)
         n = int(sel.sum())
         out[name] = {"count": n, "found": round(100.0 * float(found[sel].mean()), 2) if n else None}
@@ -355,7 +355,7 @@ def _visibility_split(vis: np.ndarray, found: np.ndarray) -> dict[str, dict]:
 def kind_table(kinds: dict) -> str:
     """Markdown, one row per defect kind, the normal images last; found by visibility when known."""
     split = any("by_visibility" in s for s in kinds.values())
-    bins = [(key, heading) for key, heading, _, _ in _visibility_bins()] if split else []
+    bins = [(key, heading) for key, heading, _, _ in _split_bins(*VISIBILITY_SPLIT)] if split else []
     rows = [
         "| defect kind | label | n | found (its label ≥ threshold) | flagged (good < threshold) | median score |"
         + "".join(f" found, visibility {heading} |" for _, heading in bins),

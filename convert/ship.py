@@ -52,6 +52,12 @@ TARGET_AGREEMENT = 99.5
 STAGE_FORM = "EPOCHS:COUNT:LR[:ARCH][@LO:HI,…][+length-changes=P][+random-textures=P][+tone-share=P]"
 
 
+def _shares(length_changes: float, random_textures: float, tone_share: float | None) -> list[tuple[str, float]]:
+    """(synth option, share) of a set's shares to check; ``tone_share`` None is synth's own."""
+    shares = [("length-changes", length_changes), ("random-textures", random_textures)]
+    return shares + ([("tone-share", tone_share)] if tone_share is not None else [])
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage after the first: ``epochs`` on a fresh set of ``count`` images at ``lr``; ``arch``:
@@ -75,10 +81,7 @@ class Stage:
             raise ModelError(f"--then {self.spec()!r}: epochs, count and lr must be positive")
         from .synth import check_share
 
-        shares = [("length-changes", self.length_changes), ("random-textures", self.random_textures)]
-        if self.tone_share is not None:
-            shares.append(("tone-share", self.tone_share))
-        for name, share in shares:
+        for name, share in _shares(self.length_changes, self.random_textures, self.tone_share):
             try:
                 check_share(name, share, ModelError)
             except ModelError as e:  # spec() only on failure: SHIPPED_STAGES are built at import
@@ -205,11 +208,8 @@ def ship(
         check_scale_ranges(scale)
     from .synth import check_share
 
-    shares = [("--length-changes", length_changes), ("--random-textures", random_textures)]
-    if tone_share is not None:
-        shares.append(("--tone-share", tone_share))
-    for flag, share in shares:
-        check_share(flag, share, ModelError)  # before hours of synth and training, not after
+    for name, share in _shares(length_changes, random_textures, tone_share):
+        check_share(f"--{name}", share, ModelError)  # before hours of synth and training, not after
     tta_views(tta)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
