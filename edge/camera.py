@@ -74,10 +74,7 @@ class Frame:
 
 def _cam_error(msg: str, key: str) -> CameraError:
     """A CameraError about ``camera.<key>``; the daemon prefixes the config file and line."""
-    err = CameraError(f"camera.{key}: {msg}")
-    err.key = ("camera", key)  # type: ignore[attr-defined]
-    err.detail = msg  # type: ignore[attr-defined]
-    return err
+    return CameraError(f"camera.{key}: {msg}", key=("camera", key), detail=msg)
 
 
 def _bounded_s(value: Any, default: float) -> float:
@@ -495,7 +492,7 @@ class Capture(threading.Thread):
     def _fail(self, err: CameraError) -> None:
         """End capture on a source that can never work; the owner reports ``self.error`` (one line)."""
         self.error = err
-        self._set_state("failed", str(getattr(err, "detail", err)))
+        self._set_state("failed", err.detail)
 
     def run(self) -> None:  # noqa: C901 - one loop with its states spelled out
         src = self.source

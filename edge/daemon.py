@@ -113,10 +113,13 @@ def open_source(cfg: Config, model_size: tuple[int, int]) -> Any:
     try:
         return make_source(cfg.camera, model_size)
     except CameraError as e:
-        key = getattr(e, "key", None)
-        if key is None:
-            raise
-        raise CameraError(f"{config_line(cfg, *key)}: {getattr(e, 'detail', e)}") from None
+        raise located(cfg, e) from None
+
+
+def located(cfg: Config, err: CameraError) -> CameraError:
+    """``err`` with the config file and line of its key (file:line: camera.device: …); as is when
+    it names no key."""
+    return err if err.key is None else CameraError(f"{config_line(cfg, *err.key)}: {err.detail}")
 
 
 def check_file_source(cfg: Config) -> None:
@@ -130,10 +133,7 @@ def check_file_source(cfg: Config) -> None:
     try:
         probe_file_source(str(cfg.camera.device))
     except CameraError as e:
-        key = getattr(e, "key", None)
-        if key is None:
-            raise
-        raise CameraError(f"{config_line(cfg, *key)}: {getattr(e, 'detail', e)}") from None
+        raise located(cfg, e) from None
 
 
 def check_mqtt(cfg: Config, strict: bool) -> None:
@@ -731,7 +731,7 @@ class Daemon:
                     frame = None
                     if self.capture.error is not None:  # e.g. the video stopped decoding: exit 78
                         self.stop_reason, self.exit_code = "camera error", self.capture.error.exit_code
-                        raise self._located(self.capture.error) from None
+                        raise located(self.cfg, self.capture.error) from None
                     if self.capture.ended.is_set() and self.frames_q.empty():
                         self.stop_reason = "end of file"
                         break
@@ -888,13 +888,6 @@ class Daemon:
             fields["classify_gap_ms"],
             extra=event("model_swap", msg="model swap", **fields),
         )
-
-    def _located(self, err: CameraError) -> CameraError:
-        """``err`` with the config file and line of its key (file:line: camera.device: …)."""
-        key = getattr(err, "key", None)
-        if key is None:
-            return err
-        return CameraError(f"{config_line(self.cfg, *key)}: {getattr(err, 'detail', err)}")
 
     def _process(self, frame: Frame) -> None:
         t0 = time.perf_counter()

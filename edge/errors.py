@@ -24,9 +24,17 @@ class ModelError(SeamQCError):
 
 
 class CameraError(SeamQCError):
-    """Camera settings that can never work (unknown source, bad ROI)."""
+    """Camera settings that can never work (unknown source, bad ROI).
+
+    ``key``: the config key at fault, e.g. ``("camera", "roi")``, so that the daemon can prefix the
+    file and line; ``detail``: the message without the key (the capture state's reason)."""
 
     exit_code = EX_CONFIG
+
+    def __init__(self, message: str, key: tuple[str, ...] | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.detail = message if detail is None else detail
 
 
 class DataError(SeamQCError):

@@ -462,7 +462,7 @@ def test_probe_file_source_refuses_undecodable_files_naming_the_key(tmp_path):
         with pytest.raises(CameraError) as ei:
             probe_file_source(path)
         assert time.monotonic() - t0 < 5, what
-        assert ei.value.key == ("camera", "device"), what  # type: ignore[attr-defined]  # set by _cam_error
+        assert ei.value.key == ("camera", "device"), what
         msg = str(ei.value)
         assert msg.startswith(f"camera.device: {str(path)!r}: ") and "\n" not in msg, (what, msg)
     with pytest.raises(CameraError, match="not found"):
@@ -484,7 +484,7 @@ def test_undecodable_file_ends_capture_with_a_camera_error_not_a_retry_or_spin(t
         stop.set()
         cap.join(5)
         assert not alive, f"{what}: capture still running (retrying or spinning)"
-        assert isinstance(cap.error, CameraError) and cap.error.key == ("camera", "device"), what  # type: ignore[attr-defined]  # set by _cam_error
+        assert isinstance(cap.error, CameraError) and cap.error.key == ("camera", "device"), what
         assert str(path) in str(cap.error) and cap.stats.state == "failed", what
         assert cap.stats.reconnects == 0 and cap.stats.frames == 0 and not cap.ended.is_set(), what
         assert time.process_time() - t_cpu < 2, what
