@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def calibrate_threshold(y: np.ndarray, p: np.ndarray) -> float:
@@ -30,7 +31,7 @@ def calibrate_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(round(cands[best[np.argmin(np.abs(cands[best] - 0.5))]], 6))
 
 
-def _known(y: np.ndarray) -> np.ndarray:
+def _known(y: ArrayLike) -> np.ndarray:
     """Where the truth is known (not NaN)."""
     return ~np.isnan(np.asarray(y, np.float64))
 
@@ -39,16 +40,16 @@ def calibrate_thresholds(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) ->
     return {lab: calibrate_threshold(y[:, i], p[:, i]) for i, lab in enumerate(labels)}
 
 
-def auroc(y: np.ndarray, score: np.ndarray) -> float | None:
+def auroc(y: ArrayLike, score: ArrayLike) -> float | None:
     """Area under the ROC curve (Mann–Whitney U, ties counted half); ``None`` if one class is absent.
 
     Threshold-free: how well the score *ranks* positives above negatives, the figure to compare
     models across fabrics whose best thresholds differ.
     """
     known = _known(y)
-    y = np.asarray(y)[known] > 0.5
+    pos = np.asarray(y)[known] > 0.5
     s = np.asarray(score, np.float64)[known]
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
         return None
     order = np.argsort(s, kind="mergesort")
@@ -58,7 +59,7 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float | None:
     _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
     avg = first + (counts - 1) / 2.0 + 1.0
     ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
