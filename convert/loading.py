@@ -14,6 +14,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -150,9 +151,9 @@ def load_model_any(
     task: str = "multilabel",
     weights: str | Path | None = None,
     classes: str | Path | None = None,
-) -> tuple[object, dict]:
+) -> tuple[Any, dict]:
     """``.keras`` / full ``.h5`` / weights-only ``.h5`` + arch / SavedModel dir / application name
-    → ``(model, meta)``.
+    → ``(model, meta)``, the model a ``keras.Model`` (Any: keras ships no types).
 
     ``meta["form"]`` says which; ``labels`` (from the data set) name the outputs of foreign models.
     ``weights`` and ``classes`` belong to an application name (``convert.applications``); ``size``
