@@ -14,12 +14,14 @@ length red, other classes distinct colours; opacity scaled by the map's strength
 best shown class over the image, alpha 0.4; the image itself when nothing is shown),
 ``contact_sheet.png`` (rows of original / heatmap / overlay with file name, scores and truth written
 on; ``contact_sheet_2.png`` … past ``--sheet-rows``), and ``heatmaps.csv`` (name, label, score,
-peak, shown). Explained and shown: ``--class``/``--labels`` when given; else ``--top-k K`` best
-classes (one forward pass picks them); else a multiclass model's predicted class (top 1), a
-multilabel model's every label with the flagged ones shown (score ≥ the bundle's threshold or 0.5,
-``good`` left out). ``--raw`` also writes the normalised heatmap of every explained label (every
-label, unless ``--class`` or ``--top-k`` limits them) at the image's resolution as
-``<stem>.<label>.npy`` (float32, 0..1).
+peak, shown). A multilabel bundle's scores (and so what is flagged and shown) are its classifier's,
+as the Pi decides: int8, every ``export --tta`` view averaged; the explainer draws the map of the
+image as it is (the Pi's heatmaps are made the same way). Explained and shown:
+``--class``/``--labels`` when given; else ``--top-k K`` best classes (one forward pass picks them);
+else a multiclass model's predicted class (top 1), a multilabel model's every label with the flagged
+ones shown (score ≥ the bundle's threshold or 0.5, ``good`` left out). ``--raw`` also writes the
+normalised heatmap of every explained label (every label, unless ``--class`` or ``--top-k`` limits
+them) at the image's resolution as ``<stem>.<label>.npy`` (float32, 0..1).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import argparse
 import csv
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,9 @@ class HeatmapSource:
     layer: str
     peak_ref: dict[str, float | None] = field(default_factory=dict)
     keep: Any = None  # a TemporaryDirectory to keep alive, or the explainer object
+    #: frame → the scores the Pi decides on (a bundle's classifier, ``edge.classify``), one per
+    #: label; None: the explainer's own scores decide
+    decide: Callable[[np.ndarray], np.ndarray] | None = None
 
     def colors(self) -> dict[str, tuple[int, int, int]]:
         """Stable colours: the seed's for error/break/length, the palette by label index otherwise."""
@@ -123,6 +128,11 @@ def open_source(
         gc = b.gradcam
         has_litert = bool(gc) and b.has(gc.get("explainer", "explainer")) and b.has(gc.get("head", "head"))
         method = method or ("litert" if has_litert else "tf")
+        decide = None
+        if b.task == "multilabel":  # what the Pi flags: its classifier (int8, test-time views averaged)
+            from edge.classify import Classifier
+
+            decide = Classifier(b, threads=threads).classify
         refs = gc.get("peak_ref")
         same_layer = layer in (None, gc.get("layer"))
         peak_ref = {lab: r for lab, r in zip(b.labels, refs)} if refs and same_layer else {}
@@ -138,7 +148,9 @@ def open_source(
             from edge.gradcam import Explainer
 
             ex = Explainer(b, threads=threads)
-            return HeatmapSource(ex.explain, b.labels, b.task, dict(b.thresholds), "litert", ex.layer, ex.peak_ref, ex)
+            return HeatmapSource(
+                ex.explain, b.labels, b.task, dict(b.thresholds), "litert", ex.layer, ex.peak_ref, ex, decide
+            )
         if not b.has("keras"):
             raise ModelError(f"{path}: bundle has no 'keras' model for --method tf")
         from convert.gradcam_tf import TFGradCAM
@@ -151,7 +163,7 @@ def open_source(
             width=b.width,
             preprocess=b.preprocess_mode,
         )
-        return HeatmapSource(tg.explain, b.labels, b.task, dict(b.thresholds), "tf", tg.layer, peak_ref, tg)
+        return HeatmapSource(tg.explain, b.labels, b.task, dict(b.thresholds), "tf", tg.layer, peak_ref, tg, decide)
 
     if not path.is_file():
         raise ModelError(f"{path}: no such .keras file or model bundle")
@@ -394,6 +406,9 @@ def _write_all(
             hms = src.explain(frame, None, top_k=top_k or 1)  # one forward pass chooses the classes
         else:
             hms = src.explain(frame, list(src.labels))
+        if src.decide is not None:  # the Pi's scores, on the explainer's maps
+            pi = src.decide(frame)
+            hms = {lab: replace(hm, score=float(pi[src.labels.index(lab)])) for lab, hm in hms.items()}
         scores = {lab: hm.score for lab, hm in hms.items()}
         shown = list(labels) if labels else (list(hms) if top_k is not None else src.flagged(scores))
         explained.append(list(hms))

@@ -206,6 +206,18 @@ def test_tta_flips_run_inside_both_classifiers(tiny_keras, tiny_valid, tmp_path)
     names = pd.read_csv(tiny_valid / "data.csv", index_col=0)["name"][:4]
     scores = np.stack([ex.forward(imread(tiny_valid / name))[0] for name in names])
     assert _max_diff(scores, one[:4]) < 1e-4
+    # … while convert heatmaps scores, flags and shows what the Pi decides: the int8 classifier, mirror averaged
+    from convert.heatmaps import make_heatmaps
+
+    make_heatmaps(out, [str(tiny_valid / "data.csv")], tmp_path / "hm", limit=4, threads=1, progress=False)
+    rows = pd.read_csv(tmp_path / "hm" / "heatmaps.csv")
+    clf = Classifier(b, threads=1)
+    pi = np.stack([clf.classify(imread(tiny_valid / name)) for name in names])
+    got = rows.pivot(index="name", columns="label", values="score").loc[[Path(n).name for n in names], list(b.labels)]
+    assert np.abs(got.to_numpy() - pi).max() < 1e-5 and _max_diff(pi, scores) > 1e-3
+    flags = pi >= np.array([b.thresholds[lab] for lab in b.labels])
+    shown = rows.pivot(index="name", columns="label", values="shown").loc[got.index, list(b.labels)].to_numpy()
+    assert (shown == (flags & (np.array(b.labels) != "good"))).all()
     # evaluate --tta scores the .keras the way this bundle classifies; the bundle itself refuses it
     from convert.evaluate import evaluate
 
