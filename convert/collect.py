@@ -194,7 +194,7 @@ def source_text(meta: dict[str, Any], station: str) -> str:
 @dataclass
 class Row:
     name: str
-    values: tuple[bool, ...]
+    values: tuple[bool | None, ...]  # None: an empty cell (nobody can tell; ``label``'s Shift+key)
     source: str
     reviewed: bool = False
 
@@ -207,7 +207,13 @@ def csv_text(rows: list[Row], header: bool = True, start: int = 0) -> str:
         w.writerow(HEADER)
     for i, r in enumerate(rows, start=start):
         w.writerow(
-            [i, r.name, *("True" if v else "False" for v in r.values), r.source, "True" if r.reviewed else "False"]
+            [
+                i,
+                r.name,
+                *("" if v is None else "True" if v else "False" for v in r.values),
+                r.source,
+                "True" if r.reviewed else "False",
+            ]
         )
     return buf.getvalue()
 
@@ -226,11 +232,14 @@ def read_rows(path: Path) -> list[Row]:
             continue
         if len(fields) != len(HEADER):
             raise DataError(f"{path}:{lineno}: {len(fields)} fields, header has {len(HEADER)}")
-        vals = [parse_seed_bool(v) for v in fields[2 : 2 + len(SEAM_LABELS)]]
+        cells = [c.strip() for c in fields[2 : 2 + len(SEAM_LABELS)]]
+        vals = tuple(parse_seed_bool(v) for v in cells)
         reviewed = parse_seed_bool(fields[-1])
-        if any(v is None for v in vals) or reviewed is None:
-            raise DataError(f"{path}:{lineno}: expected True or False in the label and reviewed columns")
-        rows.append(Row(fields[1].strip(), tuple(bool(v) for v in vals), fields[-2], bool(reviewed)))
+        if any(b is None and v for b, v in zip(vals, cells)) or reviewed is None:
+            raise DataError(
+                f"{path}:{lineno}: expected True, False or empty in the label columns, True or False in reviewed"
+            )
+        rows.append(Row(fields[1].strip(), vals, fields[-2], bool(reviewed)))
     return rows
 
 

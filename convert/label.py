@@ -453,8 +453,8 @@ def register(subparsers) -> None:
         "label",
         help="label video frames, or review a folder of images, in a local web page (seed keys: n g e b l s q)",
         description="Serve a labeling page for one video: keys n/→ next, ← back, Shift ±10, PgUp/PgDn "
-        "±100, g/e/b/l toggle good/error/break/length, s save, Enter save+next, u undo, "
-        "q quit. Writes <video>_<frame>.png and <video>_data.csv (the seed's format) into "
+        "±100, g/e/b/l toggle good/error/break/length, Shift+g/e/b/l cannot tell (an empty cell), s save, "
+        "Enter save+next, u undo, q quit. Writes <video>_<frame>.png and <video>_data.csv (the seed's format) into "
         "--out, and resumes after the last saved frame. With --images DIR (a convert collect folder, or any "
         "folder of PNG/JPG) the same keys review the images: each shows its pre-labels from DIR/data.csv, "
         "Enter confirms (or saves the corrected labels) and moves on, the row is marked reviewed; it starts at "

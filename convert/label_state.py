@@ -34,6 +34,10 @@ from edge.errors import DataError
 from edge.seam import SEAM_LABELS as ATTRS
 
 TOGGLES = {"g": "good", "e": "error", "b": "break", "l": "length"}
+#: Shift + a toggle's key: "cannot tell" (e.g. the stitch length at a camera scale where 2 mm and
+#: 4 mm stitches look alike); saved as an empty cell, which ``train`` leaves out of the loss and
+#: ``evaluate`` out of that attribute's figures
+UNKNOWNS = {f"Shift+{k}": a for k, a in TOGGLES.items()}
 STEPS = {
     "n": 1,
     "ArrowRight": 1,
@@ -44,7 +48,7 @@ STEPS = {
     "PageUp": -100,
 }
 OTHER_KEYS = ("Home", "End", "s", "Enter", "u", "q")
-KEYS = tuple(STEPS) + tuple(TOGGLES) + OTHER_KEYS
+KEYS = tuple(STEPS) + tuple(TOGGLES) + tuple(UNKNOWNS) + OTHER_KEYS
 
 #: (keys, what they do): the page renders its help from this, so there is one list.
 KEY_HELP = (
@@ -55,6 +59,7 @@ KEY_HELP = (
     ("Home / End", "first / last"),
     ("j", "jump to frame"),
     ("g e b l", "toggle good / error / break / length"),
+    ("⇧g ⇧e ⇧b ⇧l", "cannot tell (an empty cell)"),
     ("s", "save"),
     ("Enter", "save + next"),
     ("u", "undo last save"),
@@ -72,17 +77,18 @@ class FrameSource(Protocol):
 
 @dataclass(frozen=True)
 class Row:
-    """One saved frame: its image name and one bool per attribute (in ``ATTRS`` order)."""
+    """One saved frame: its image name and one value per attribute (in ``ATTRS`` order): True,
+    False, or None where nobody can tell (an empty cell)."""
 
     frame: int
     name: str
-    values: tuple[bool, ...]
+    values: tuple[bool | None, ...]
 
-    def as_dict(self) -> dict[str, bool]:
+    def as_dict(self) -> dict[str, bool | None]:
         return dict(zip(ATTRS, self.values))
 
 
-def contradiction(values: dict[str, bool]) -> str | None:
+def contradiction(values: dict[str, bool | None]) -> str | None:
     """The warning for labels that contradict each other (``good`` = neither error nor break)."""
     bad = [a for a in ("error", "break") if values.get(a)]
     if values.get("good") and bad:
@@ -106,6 +112,11 @@ def check_out_dir(folder: Path, stem: str, csv_path: Path) -> None:
         raise DataError(f"output folder {folder}: not writable ({e.strerror or e})") from None
     if csv_path.exists() and not os.access(csv_path, os.R_OK | os.W_OK):
         raise DataError(f"{csv_path}: not readable and writable")
+
+
+def _cells(values: tuple[bool | None, ...]) -> tuple[bool | None, ...]:
+    """A row's values as stored: bools, and None (an empty cell) where nobody can tell."""
+    return tuple(None if v is None else bool(v) for v in values)
 
 
 def csv_bytes(rows: list[Row]) -> bytes:
@@ -221,8 +232,8 @@ class LabelStore(_CsvBacked):
             values = []
             for attr, v in zip(ATTRS, vals):
                 b = parse_seed_bool(v)
-                if b is None:
-                    raise DataError(f"{where}: column {attr!r} has value {v!r}, expected True or False")
+                if b is None and v:
+                    raise DataError(f"{where}: column {attr!r} has value {v!r}, expected True, False or empty")
                 values.append(b)
             frame = int(m.group(1))
             rows[frame] = Row(frame, name, tuple(values))  # a repeated frame: the last row wins
@@ -233,7 +244,7 @@ class LabelStore(_CsvBacked):
     def _write_csv(self) -> None:
         atomic_write(self.csv_path, csv_bytes([self.rows[f] for f in sorted(self.rows)]))
 
-    def put(self, frame: int, image_bgr: np.ndarray, values: tuple[bool, ...]) -> Row | None:
+    def put(self, frame: int, image_bgr: np.ndarray, values: tuple[bool | None, ...]) -> Row | None:
         """Save one frame (PNG first, then the CSV); return the row it replaced, if any."""
         ok, png = cv2.imencode(".png", image_bgr)
         if not ok:
@@ -245,7 +256,7 @@ class LabelStore(_CsvBacked):
             atomic_write(path, png.tobytes())
         except OSError as e:
             raise DataError(f"{path}: cannot write ({e.strerror or e})") from None
-        self.rows[frame] = Row(frame, path.name, tuple(bool(v) for v in values))
+        self.rows[frame] = Row(frame, path.name, _cells(values))
         try:
             self._write_csv()
         except OSError as e:
@@ -269,6 +280,11 @@ class LabelStore(_CsvBacked):
             self.rows.pop(frame, None)
         else:
             self.rows[frame] = row
+
+
+def _unknown_note(values: dict[str, bool | None]) -> str:
+    unknown = [a for a in ATTRS if values[a] is None]
+    return f"; cannot tell {', '.join(unknown)}" if unknown else ""
 
 
 def glob_escape(s: str) -> str:
@@ -309,7 +325,7 @@ class Labeler:
         if self.roi is not None:
             check_fits(self.roi, *self.frame_size, f"video {self.video_name}", roi_origin)
         self.notes = list(notes or [])
-        self.values = {a: False for a in ATTRS}
+        self.values: dict[str, bool | None] = {a: False for a in ATTRS}
         self.frame = 0
         self.undo_stack: list[tuple[int, Row | None]] = []
         self.quit = False
@@ -352,8 +368,12 @@ class Labeler:
             self.step(STEPS[key])
         elif key in TOGGLES:
             attr = TOGGLES[key]
-            self.values[attr] = not self.values[attr]
+            self.values[attr] = not self.values[attr]  # "cannot tell" → on
             self.message = f"{attr} {'on' if self.values[attr] else 'off'}"
+        elif key in UNKNOWNS:
+            attr = UNKNOWNS[key]
+            self.values[attr] = None
+            self.message = f"{attr}: cannot tell (saved as an empty cell, left out of training)"
         elif key == "Home":
             self.goto(0)
         elif key == "End":
@@ -400,9 +420,9 @@ class Labeler:
         if self.prelabelled:
             on = [a for a in ATTRS if self.values[a]]
             how = "confirmed" if previous is not None and previous.values == values else "saved"
-            self.message = f"{how} {name}: {', '.join(on) or 'nothing set'}"
+            self.message = f"{how} {name}: {', '.join(on) or 'nothing set'}" + _unknown_note(self.values)
         else:
-            self.message = f"saved {name}" + (" (replaced its row)" if previous else "")
+            self.message = f"saved {name}" + (" (replaced its row)" if previous else "") + _unknown_note(self.values)
         warn = contradiction(self.values)
         if warn:
             self.message += f" — {warn}"
@@ -458,7 +478,8 @@ class Labeler:
 
     def counts(self) -> dict[str, int]:
         rows = self.store.rows.values()
-        out = {a: sum(r.values[i] for r in rows) for i, a in enumerate(ATTRS)}
+        out = {a: sum(r.values[i] is True for r in rows) for i, a in enumerate(ATTRS)}
+        out["unknown"] = sum(None in r.values for r in rows)
         out["saved"] = len(self.store.rows)
         if self.prelabelled:
             out["reviewed"] = sum(bool(getattr(r, "reviewed", False)) for r in rows)
@@ -602,13 +623,15 @@ class FolderStore(_CsvBacked):
             if len(fields) != len(header):
                 raise DataError(f"{where}: {len(fields)} fields, header has {len(header)}")
             name = fields[name_col].strip()
-            cells = fields[name_col + 1 : name_col + 1 + len(ATTRS)] + (fields[-1:] if meta else [])
-            vals = [parse_seed_bool(v) for v in cells]
-            if any(v is None for v in vals):
-                raise DataError(f"{where}: expected True or False in the label columns")
-            values = tuple(bool(v) for v in vals[: len(ATTRS)])
+            cells = [c.strip() for c in fields[name_col + 1 : name_col + 1 + len(ATTRS)]]
+            values = tuple(parse_seed_bool(v) for v in cells)
+            reviewed_cell = parse_seed_bool(fields[-1]) if meta else False
+            if any(b is None and v for b, v in zip(values, cells)) or reviewed_cell is None:
+                raise DataError(
+                    f"{where}: expected True, False or empty in the label columns, True or False in reviewed"
+                )
             source = fields[-2] if meta else ""
-            reviewed = bool(vals[-1]) if meta else False
+            reviewed = bool(reviewed_cell)
             path = Path(name) if Path(name).is_absolute() else self.dir / name
             frame = self._index.get(path.resolve())
             if frame is None:
@@ -634,11 +657,11 @@ class FolderStore(_CsvBacked):
                 rows.append(CollectRow(r.name, r.values, r.source, r.reviewed))
         atomic_write(self.csv_path, collect_csv_text(rows).encode("utf-8"))
 
-    def put(self, frame: int, image_bgr: np.ndarray, values: tuple[bool, ...]) -> Row | None:
+    def put(self, frame: int, image_bgr: np.ndarray, values: tuple[bool | None, ...]) -> Row | None:
         """Save the frame's labels as reviewed (the image stays as it is); return the row it replaced."""
         previous = self.rows.get(frame)
         source = previous.source if previous is not None else ""
-        self.rows[frame] = FolderRow(frame, self.image_name(frame), tuple(bool(v) for v in values), source, True)
+        self.rows[frame] = FolderRow(frame, self.image_name(frame), _cells(values), source, True)
         if previous is None:
             self._order.append(frame)
         self._write_or_revert(frame, previous)

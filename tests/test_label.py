@@ -151,7 +151,8 @@ def test_undo_removes_only_the_last_save(video7, tmp_path):
     lab = session(video7, tmp_path)
     press(lab, "b Enter Enter Enter")  # save + next, three times
     assert lab.frame == 3
-    assert lab.counts() == {"good": 0, "error": 0, "break": 3, "length": 0, "saved": 3, "contradictory": 0}
+    want = {"good": 0, "error": 0, "break": 3, "length": 0, "unknown": 0, "saved": 3, "contradictory": 0}
+    assert lab.counts() == want
     press(lab, "u")
     assert lab.frame == 2
     assert list(read(tmp_path, "seam7")["name"]) == ["seam7_0.png", "seam7_1.png"]
@@ -167,7 +168,8 @@ def test_resume_after_last_saved_frame(video7, tmp_path):
     again = session(video7, tmp_path)
     assert again.frame == 4
     assert again.values == {"good": True, "error": False, "break": False, "length": True}
-    assert again.counts() == {"good": 2, "error": 0, "break": 0, "length": 1, "saved": 2, "contradictory": 0}
+    want = {"good": 2, "error": 0, "break": 0, "length": 1, "unknown": 0, "saved": 2, "contradictory": 0}
+    assert again.counts() == want
     assert "resumed after frame 3" in again.message
     assert again.notes == []
     press(again, "End s")
@@ -290,6 +292,32 @@ def test_bad_csv_is_one_clear_error(video7, tmp_path, content, match):
     (tmp_path / "seam7_data.csv").write_text(content)
     with pytest.raises(DataError, match=match):
         LabelStore(tmp_path, "seam7").load()
+
+
+def test_shift_key_saves_cannot_tell_as_an_empty_cell_that_train_leaves_out(video7, tmp_path):
+    """Shift+letter: "cannot tell" (e.g. the stitch length at a scale where 2 and 4 mm stitches look
+    alike) is saved as an empty cell, as synth writes for wide views; the workstation reads it as
+    unknown (NaN: left out of the loss); resuming shows it; a toggle sets the label again."""
+    from convert.data import load_dataset
+
+    lab = session(video7, tmp_path)
+    press(lab, "g Shift+l")
+    assert lab.values["length"] is None and lab.message.startswith("length: cannot tell")
+    assert lab.state()["values"]["length"] is None and "Shift+l" in lab.state()["keys"]
+    press(lab, "s n Shift+e s")  # frame 0: good, length unknown; frame 1: error unknown too
+    assert lab.message == "saved seam7_1.png; cannot tell error, length"
+    lines = (tmp_path / "seam7_data.csv").read_text().splitlines()
+    assert lines[1:] == ["0,seam7_0.png,True,False,False,", "1,seam7_1.png,True,,False,"]
+    df = read(tmp_path, "seam7")  # pandas reads the empty cells as NaN and writes them back the same
+    assert df["length"].isna().all() and (tmp_path / "seam7_data.csv").read_text() == df.to_csv(lineterminator="\n")
+    ds = load_dataset(tmp_path / "seam7_data.csv")
+    i_len, i_err = ATTRS.index("length"), ATTRS.index("error")
+    assert np.isnan(ds.targets[:, i_len]).all() and np.isnan(ds.targets[1, i_err]) and ds.targets[0, i_err] == 0.0
+    assert lab.counts()["unknown"] == 2 and lab.counts()["error"] == 0 and lab.counts()["good"] == 2
+    again = session(video7, tmp_path)  # resumes after frame 1 with its values, the unknowns included
+    assert again.frame == 2 and again.values == {"good": True, "error": None, "break": False, "length": None}
+    press(again, "l e")
+    assert again.values["length"] is True and again.values["error"] is True
 
 
 def test_csv_bytes_match_pandas():

@@ -40,7 +40,7 @@ def press(lab: Labeler, keys: str) -> None:
         lab.press(k)
 
 
-def values(lab: Labeler) -> list[bool]:
+def values(lab: Labeler) -> list[bool | None]:
     return [lab.values[a] for a in ATTRS]
 
 
@@ -114,6 +114,31 @@ def test_any_folder_of_images_is_labelled_into_a_seed_csv_that_splits(tmp_path):
     convert_ok("split", "--data", str(tmp_path / "labels"), "--out", str(tmp_path / "split"), timeout=120)
     n = sum(len(read_csv(tmp_path / "split" / f)) for f in ("train.csv", "valid.csv", "test.csv"))
     assert n == 12
+
+
+def test_an_empty_cell_is_cannot_tell_in_review_and_stays_empty(tmp_path):
+    """A folder whose CSV leaves a label empty (synth's wide views, or Shift+letter in an earlier
+    review) is reviewed with that label unknown; confirming keeps the cell empty, and collect's
+    reader reads it back; a cell that is neither True, False nor empty is one clear error."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(imgs / f"img{i}.png"), noise_image(i, 40))
+    (imgs / CSV_NAME).write_text(
+        ",name,good,error,break,length\n0,img0.png,True,False,False,\n1,img1.png,False,True,False,True\n"
+    )
+    lab = review(imgs)
+    assert lab.frame == 0 and values(lab) == [True, False, False, None]
+    press(lab, "Enter")  # confirmed as it is: the cell stays empty
+    assert lab.message == "confirmed img0.png: good; cannot tell length"
+    assert values(lab) == [False, True, False, True]
+    press(lab, "Shift+b Enter")
+    rows = read_rows(imgs / CSV_NAME)
+    assert [r.values for r in rows] == [(True, False, False, None), (False, True, None, True)]
+    assert [r.reviewed for r in rows] == [True, True] and lab.counts()["unknown"] == 2
+    (imgs / CSV_NAME).write_text(",name,good,error,break,length\n0,img0.png,True,False,False,maybe\n")
+    with pytest.raises(DataError, match=r"data.csv:2: expected True, False or empty in the label columns"):
+        review(imgs)
 
 
 def test_page_api_serves_the_images_with_their_prelabels(collected):

@@ -43,7 +43,7 @@ function keyName(ev) {
   let k = ev.key;
   if (k.length === 1) k = k.toLowerCase();
   if (k === " ") return null;
-  if (ev.shiftKey && (k === "ArrowRight" || k === "ArrowLeft")) k = "Shift+" + k;
+  if (ev.shiftKey && (k === "ArrowRight" || k === "ArrowLeft" || /^[a-z]$/.test(k))) k = "Shift+" + k;
   return k;
 }
 
@@ -96,11 +96,14 @@ function render(s) {
   const conflict = !!s.warning;
   document.querySelectorAll(".chip").forEach((chip) => {
     const a = chip.dataset.attr;
-    const on = !!s.values[a];
+    const on = s.values[a] === true;
+    const unknown = s.values[a] === null;  // Shift+key: cannot tell, saved as an empty cell
     chip.classList.toggle("on", on);
+    chip.classList.toggle("unknown", unknown);
     chip.classList.toggle("conflict", conflict && on && (a === "good" || a === "error" || a === "break"));
-    chip.setAttribute("aria-pressed", String(on));
-    chip.querySelector(".val").textContent = a === "length" ? (on ? "2 mm" : "4 mm") : (on ? "on" : "off");
+    chip.setAttribute("aria-pressed", unknown ? "mixed" : String(on));
+    chip.querySelector(".val").textContent =
+      unknown ? "?" : a === "length" ? (on ? "2 mm" : "4 mm") : (on ? "on" : "off");
   });
 
   const w = $("warning");
@@ -138,7 +141,7 @@ function render(s) {
     savedAs.className = "saved-as";
   }
 
-  for (const k of ["saved", "good", "error", "break", "length", "contradictory"]) {
+  for (const k of ["saved", "good", "error", "break", "length", "unknown", "contradictory"]) {
     $("count-" + k).textContent = String(s.counts[k]);
   }
   $("row-reviewed").hidden = !images;
