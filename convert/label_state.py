@@ -3,13 +3,14 @@
 No server and no window here, so the whole workflow is testable with a list of frames. The web
 page (``convert.label``) only forwards key names and shows :meth:`Labeler.state`.
 
-Files (exactly the seed's): ``<stem>_<frame>.png`` (the raw frame, or with a camera ROI exactly
-the daemon's crop of it: ``edge.preprocess.crop_roi``) and ``<stem>_data.csv`` as pandas
-``to_csv`` writes it (``,name,good,error,break,length``, index 0..n-1, ``True``/``False``),
-rows sorted by frame. Every write is atomic (temp file, fsync, ``os.replace``) and ordered so a
-crash never leaves a half-written CSV nor a CSV row without its image: a save writes the PNG
-first, then the CSV; an undo rewrites the CSV first, then deletes the PNG. What a crash can
-leave (an image without a row, a temp file) is reconciled when the folder is opened again.
+Files (exactly the seed's): ``<stem>_<frame>.png`` (the raw frame, or with a camera ROI exactly the
+daemon's crop of it: ``edge.preprocess.crop_roi``) and ``<stem>_data.csv`` as pandas ``to_csv``
+writes it (``,name,good,error,break,length``, index 0..n-1, ``True``/``False``, or an empty cell
+where the labeller cannot tell: ``UNKNOWNS``), rows sorted by frame. Every write is atomic (temp
+file, fsync, ``os.replace``) and ordered so a crash never leaves a half-written CSV nor a CSV row
+without its image: a save writes the PNG first, then the CSV; an undo rewrites the CSV first, then
+deletes the PNG. What a crash can leave (an image without a row, a temp file) is reconciled when the
+folder is opened again.
 """
 
 from __future__ import annotations
