@@ -52,10 +52,17 @@ TARGET_AGREEMENT = 99.5
 STAGE_FORM = "EPOCHS:COUNT:LR[:ARCH][@LO:HI,…][+length-changes=P][+random-textures=P][+tone-share=P]"
 
 
-def _shares(length_changes: float, random_textures: float, tone_share: float | None) -> list[tuple[str, float]]:
-    """(synth option, share) of a set's shares to check; ``tone_share`` None is synth's own."""
-    shares = [("length-changes", length_changes), ("random-textures", random_textures)]
-    return shares + ([("tone-share", tone_share)] if tone_share is not None else [])
+def _set_options(length_changes: float, random_textures: float, tone_share: float | None) -> dict[str, float]:
+    """The ``synth`` share options a set is drawn with, by ``write_dataset``'s names, only those
+    given (0, 0, None: synth's own draw): checked, passed, shown as flags (``_flag``) and recorded in
+    ``recipe.json`` from this one dict, so recipes written before an option existed still match."""
+    opts = {"length_changes": length_changes, "random_textures": random_textures, "tone_share": tone_share}
+    return {k: float(v) for k, v in opts.items() if v is not None and (v or k == "tone_share")}
+
+
+def _flag(option: str) -> str:
+    """``write_dataset``'s name of a ``synth`` option → its flag: ``tone_share`` → ``tone-share``."""
+    return option.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -81,9 +88,9 @@ class Stage:
             raise ModelError(f"--then {self.spec()!r}: epochs, count and lr must be positive")
         from .synth import check_share
 
-        for name, share in _shares(self.length_changes, self.random_textures, self.tone_share):
+        for name, share in self.options().items():
             try:
-                check_share(name, share, ModelError)
+                check_share(_flag(name), share, ModelError)
             except ModelError as e:  # spec() only on failure: SHIPPED_STAGES are built at import
                 raise ModelError(f"--then {self.spec()!r}: {e}") from None
         if self.arch is not None:
@@ -93,6 +100,10 @@ class Stage:
                 raise ModelError(
                     f"--then {self.spec()!r}: cannot grow into {self.arch!r} (one of: {', '.join(GROWS_FROM)})"
                 )
+
+    def options(self) -> dict[str, float]:
+        """Its set's ``synth`` share options (``_set_options``)."""
+        return _set_options(self.length_changes, self.random_textures, self.tone_share)
 
     def spec(self) -> str:
         scale = _ranges_text(self.scale)
@@ -208,52 +219,32 @@ def ship(
         check_scale_ranges(scale)
     from .synth import check_share
 
-    for name, share in _shares(length_changes, random_textures, tone_share):
-        check_share(f"--{name}", share, ModelError)  # before hours of synth and training, not after
+    for name, share in _set_options(length_changes, random_textures, tone_share).items():
+        check_share(f"--{_flag(name)}", share, ModelError)  # before hours of synth and training, not after
     tta_views(tta)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    sets: dict[str, tuple[int, int, tuple[tuple[float, float], ...] | None, float, float, float | None]] = {
-        "train": (1, train_count, scale, length_changes, random_textures, tone_share),
-        "valid": (2, valid_count, None, 0.0, 0.0, None),
-        "test": (3, test_count, None, 0.0, 0.0, None),
+    sets: dict[str, tuple[int, int, tuple[tuple[float, float], ...] | None, dict[str, float]]] = {
+        "train": (1, train_count, scale, _set_options(length_changes, random_textures, tone_share)),
+        "valid": (2, valid_count, None, {}),
+        "test": (3, test_count, None, {}),
     }
     for i, st in enumerate(stages, start=2):  # train2 (seed 4), train3 (seed 5), …
-        sets[f"train{i}"] = (i + 2, st.count, st.scale, st.length_changes, st.random_textures, st.tone_share)
+        sets[f"train{i}"] = (i + 2, st.count, st.scale, st.options())
     cmds = []
-    for key, (seed, count, set_scale, changes, textures, tone) in sets.items():
+    for key, (seed, count, set_scale, opts) in sets.items():
         d = work / key
         scale_arg = ("--scale-range", _ranges_text(set_scale)) if set_scale else ()
-        changes_arg = ("--length-changes", f"{changes:g}") if changes else ()
-        textures_arg = ("--random-textures", f"{textures:g}") if textures else ()
-        tone_arg = ("--tone-share", f"{tone:g}") if tone is not None else ()
-        cmds.append(
-            _cmd(
-                "python -m convert synth --out",
-                d,
-                "--count",
-                count,
-                "--seed",
-                seed,
-                *scale_arg,
-                *changes_arg,
-                *textures_arg,
-                *tone_arg,
-            )
-        )
+        opt_args = [x for k, v in opts.items() for x in (f"--{_flag(k)}", f"{v:g}")]
+        cmds.append(_cmd("python -m convert synth --out", d, "--count", count, "--seed", seed, *scale_arg, *opt_args))
         # a set is reused when it was drawn the same way (``recipe.json``; sets from before it: count only)
         drawn = json.loads((d / "recipe.json").read_text()) if (d / "recipe.json").is_file() else None
         want: dict[str, object] = {
             "seed": seed,
             "count": count,
             "scale_range": [list(r) for r in set_scale] if set_scale else None,
+            **opts,
         }
-        if changes:  # only when drawn: the recipes written before the options still match
-            want["length_changes"] = changes
-        if textures:
-            want["random_textures"] = textures
-        if tone is not None:
-            want["tone_share"] = tone
         if (
             (d / "data.csv").is_file()
             and len(load_dataset(d / "data.csv", check_images=False)) == count
@@ -271,9 +262,9 @@ def ship(
             workers=os.cpu_count() or 1,
             progress=sys.stderr.isatty(),
             scale_range=set_scale,
-            length_changes=changes,
-            random_textures=textures,
-            tone_share=tone,
+            length_changes=opts.get("length_changes", 0.0),
+            random_textures=opts.get("random_textures", 0.0),
+            tone_share=opts.get("tone_share"),
         )
         (d / "recipe.json").write_text(json.dumps(want) + "\n")
     t_synth = time.monotonic() - t0
