@@ -128,8 +128,18 @@ def open_source(
         gc = b.gradcam
         has_litert = bool(gc) and b.has(gc.get("explainer", "explainer")) and b.has(gc.get("head", "head"))
         method = method or ("litert" if has_litert else "tf")
-        decide = None
-        if b.task == "multilabel":  # what the Pi flags: its classifier (int8, test-time views averaged)
+        if method == "litert" and not has_litert:
+            raise ModelError(f"{path}: bundle has no Grad-CAM explainer/head; use --method tf")
+        if method == "litert" and layer and layer != gc.get("layer"):
+            raise ModelError(
+                f"{path}: the bundle's explainer was exported for layer "
+                f"{gc.get('layer')!r}, "
+                f"not {layer!r}; use --method tf to explain another layer"
+            )
+        if method == "tf" and not b.has("keras"):
+            raise ModelError(f"{path}: bundle has no 'keras' model for --method tf")
+        decide = None  # the user's choices are checked: open what the Pi flags with
+        if b.task == "multilabel":  # its classifier (int8, test-time views averaged)
             from edge.classify import Classifier
 
             decide = Classifier(b, threads=threads).classify
@@ -137,22 +147,12 @@ def open_source(
         same_layer = layer in (None, gc.get("layer"))
         peak_ref = {lab: r for lab, r in zip(b.labels, refs)} if refs and same_layer else {}
         if method == "litert":
-            if not has_litert:
-                raise ModelError(f"{path}: bundle has no Grad-CAM explainer/head; use --method tf")
-            if layer and layer != gc.get("layer"):
-                raise ModelError(
-                    f"{path}: the bundle's explainer was exported for layer "
-                    f"{gc.get('layer')!r}, "
-                    f"not {layer!r}; use --method tf to explain another layer"
-                )
             from edge.gradcam import Explainer
 
             ex = Explainer(b, threads=threads)
             return HeatmapSource(
                 ex.explain, b.labels, b.task, dict(b.thresholds), "litert", ex.layer, ex.peak_ref, ex, decide
             )
-        if not b.has("keras"):
-            raise ModelError(f"{path}: bundle has no 'keras' model for --method tf")
         from convert.gradcam_tf import TFGradCAM
 
         tg = TFGradCAM(

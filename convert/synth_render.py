@@ -1047,6 +1047,7 @@ def build_still(
     error: bool,
     brk: bool,
     length: bool,
+    *,
     families=None,
     kinds: dict | None = None,
     leave_out: tuple[str, ...] = (),
@@ -1247,11 +1248,11 @@ def render_still(
             error,
             brk,
             length,
-            families,
-            kinds,
-            leave_out,
-            length_change,
-            tone_share,
+            families=families,
+            kinds=kinds,
+            leave_out=leave_out,
+            length_change=length_change,
+            tone_share=tone_share,
         )
         static = render_static(scene, 0.0, 0.0, size, size)
         H = _perspective(rc, size)
