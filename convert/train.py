@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -67,12 +68,16 @@ from .roi import add_roi_args, roi_from_args
 CKPT_RE = re.compile(r"^ckpt-e(\d+)-.*\.keras$")
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "edge" / "models" / "default"
 LR_SCRATCH, LR_FINETUNE = 3e-3, 1e-3
+XLA_ENV = "SEAMQC_TRAIN_XLA"
 #: XLA-compiled training steps. Keras turns XLA off on a machine without a GPU ("auto"), but on
 #: this project's 2-core CPU it makes a ``resnet-s2-deep`` step at batch 32 1.65x faster (1,470 →
 #: 894 ms, the bench's ``train_step_ms``: both in one process, in alternating rounds), and the
 #: tests' tiny models' steps 2.2x, for about 5 s more compiling at the first step. A model with a
-#: layer XLA cannot compile is trained without it (Keras warns once).
-JIT = True
+#: layer XLA cannot compile is trained without it (Keras warns once). ``SEAMQC_TRAIN_XLA=0`` in the
+#: environment turns it off: the test suite does (``tests/conftest.py``), because its tiny runs of a
+#: few dozen steps compile for longer than they train (64 stills, 2 epochs: 36-37 s with XLA, 17-21 s
+#: without, on the 2-core VM beside other work); the data loop's test, a real fine-tune, keeps it on.
+JIT = os.environ.get(XLA_ENV, "1").strip() != "0"
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -22,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
 def test_tiny_keras_artifacts(tiny_keras):
     from convert.models import read_meta
-    from convert.train import side_paths
+    from convert.train import JIT, side_paths
 
     ckpt_dir, hist_path, curve_path = side_paths(Path(tiny_keras))
     ckpts = sorted(p.name for p in ckpt_dir.iterdir())
@@ -40,10 +43,27 @@ def test_tiny_keras_artifacts(tiny_keras):
     meta = read_meta(tiny_keras)
     assert meta["labels"] == ["good", "error", "break", "length"] and meta["task"] == "multilabel"
     assert (meta["height"], meta["arch"]) == (64, "resnet-int8")
-    # the steps were XLA-compiled (train.JIT), which Keras leaves off without a GPU: the checkpoint's
-    # compile config records it (the bench's train_step_ms measures what it buys)
+    # the steps were compiled as train.JIT says (the suite turns XLA off: tests/conftest.py; the data
+    # loop's test checks a fine-tune with it), and the checkpoint's compile config records it
     with zipfile.ZipFile(ckpt_dir / ckpts[-1]) as z:
-        assert json.loads(z.read("config.json"))["compile_config"]["jit_compile"] is True
+        assert json.loads(z.read("config.json"))["compile_config"]["jit_compile"] is JIT
+
+
+def test_training_is_xla_compiled_unless_the_environment_says_0():
+    """``convert train`` compiles its steps with XLA (Keras leaves it off without a GPU; the bench's
+    ``train_step_ms`` measures what it buys); ``SEAMQC_TRAIN_XLA=0`` turns it off."""
+    from convert.train import XLA_ENV
+
+    code = "import convert.train as t; print(t.JIT)"
+    seen = {}
+    for value in (None, "1", "0", " 0 "):
+        env = {k: v for k, v in os.environ.items() if k != XLA_ENV}
+        if value is not None:
+            env[XLA_ENV] = value
+        p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        seen[value] = p.stdout.strip()
+    assert seen == {None: "True", "1": "True", "0": "False", " 0 ": "False"}
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ check its one-line user errors (no traceback, one ``error:`` line naming what is
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -11,16 +12,22 @@ from convert import harness
 ROOT = harness.ROOT
 
 
-def run_convert(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m convert ARGS`` from the repository root; output captured as text."""
+def run_convert(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m convert ARGS`` from the repository root; output captured as text. ``env``:
+    variables set on top of this process's environment."""
     return subprocess.run(
-        [sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "convert", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env} if env else None,
     )
 
 
-def convert_ok(*args: str, timeout: float = 300) -> str:
+def convert_ok(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> str:
     """``run_convert`` that must succeed; its stdout."""
-    p = run_convert(*args, timeout=timeout)
+    p = run_convert(*args, timeout=timeout, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     return p.stdout
 
