@@ -449,6 +449,8 @@ def test_flapping_disk_keeps_one_error_line_then_recovers(tmp_path, caplog, monk
         monkeypatch.setattr(hm, "FAIL_QUIET_S", 0.0)
         assert w.submit("ev-9", 9, "t", ("error",), {"error": 0.9}, frame())
         assert wait_until(lambda: w.saved == 3)
+        # the worker logs "works again" just after it counts the save: wait for the line, then count
+        assert wait_until(lambda: any("works again" in r.message for r in caplog.records))
         assert sum("works again" in r.message for r in caplog.records) == 1
     finally:
         w.close(5.0)
