@@ -15,9 +15,11 @@
    5e-4; grown into ``resnet-s2-deep``, 15 at 1e-3; 8 at 5e-4; then wide: 8 at 2e-4 and 8 at 1e-4
    with a third of the stills at 2.3-9 px/mm, 8 at 1e-4 with a quarter, 8 at 1e-4 with a
    quarter and a quarter of the normal seams changing stitch length in view, and 8 at 1e-4 with
-   half of them changing. The
+   half of them changing; then a warm restart on 8,000 images each, a third wide, half of the
+   normal seams changing length, 30 % on random textures and half of the threads tone-on-tone: 10
+   at 1e-3 and 14 at 5e-4. The
    first run was still improving at epoch 45 (``--then none`` skips the stages); the defaults of every
-   flag are the shipped recipe, so ``convert ship`` alone rebuilds the shipped model (about 6 h on 2
+   flag are the shipped recipe, so ``convert ship`` alone rebuilds the shipped model (about 7 h on 2
    CPU cores); resumable: data sets and checkpoints in ``--work`` are reused;
 3. export the bundle with calibration on the validation set (``convert.export``: parity
    check, thresholds calibrated on valid);
@@ -136,6 +138,9 @@ SHIPPED_STAGES = (
     Stage(8, 12000, 1e-4, scale=QUARTER_WIDE),
     Stage(8, 12000, 1e-4, scale=QUARTER_WIDE, length_changes=0.25),
     Stage(8, 12000, 1e-4, scale=QUARTER_WIDE, length_changes=0.5),
+    # the warm restart of 2026-12-07: back up to 1e-3 on the wide world, then on down at 5e-4
+    Stage(10, 8000, 1e-3, scale=THIRD_WIDE, length_changes=0.5, random_textures=0.3, tone_share=0.5),
+    Stage(14, 8000, 5e-4, scale=THIRD_WIDE, length_changes=0.5, random_textures=0.3, tone_share=0.5),
 )
 
 

@@ -8,10 +8,16 @@ All session-scoped and made through the real code paths (``convert.synth.write_d
 * ``tiny_valid`` → a second, smaller folder (other seed) for validation/calibration.
 * ``tiny_keras`` → path of the trained ``.keras`` (int8-friendly ResNet, filters 4, 64×64, batch 8).
 * ``tiny_bundle`` → path of its exported bundle dir (classifiers, explainer, head, keras).
+
+Each is made once per run, not once per pytest-xdist worker (``_once``): tests only read them.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,23 +39,45 @@ TINY_FAMILIES = ("felt",)
 TINY_KINDS = {"error": "loop", "break": "cut"}
 
 
-def _write_dataset(out: Path, count: int, seed: int) -> Path:
+def _once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder ``name``, filled by ``build`` once for the whole run.
+
+    Under pytest-xdist every worker is a process with its own session fixtures, so each one used to
+    synthesise and train its own copy (80-150 s a worker, while the other worker was busy too). The
+    workers share their base temporary folder's parent: the first to get there builds under an
+    exclusive ``flock`` and the others wait for it, then reuse the result. A build that fails leaves
+    no ``.done`` marker, so the next worker tries again (and fails with its own error).
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above popen-gw0, popen-gw1, ...
+    out, done = base / f"shared-{name}", base / f"shared-{name}.done"
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on an exception
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            build(out)
+            done.touch()
+    return out
+
+
+def _write_dataset(out: Path, count: int, seed: int) -> None:
     from convert.synth import write_dataset
 
     write_dataset(out, count, seed, families=TINY_FAMILIES, kinds=TINY_KINDS)
-    return out
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """Folder with data.csv + ~240 synthetic seam images on felt (seed 11)."""
-    return _write_dataset(tmp_path_factory.mktemp("tiny_dataset"), TINY_COUNT, seed=11)
+    return _once(tmp_path_factory, "tiny_dataset", lambda out: _write_dataset(out, TINY_COUNT, seed=11))
 
 
 @pytest.fixture(scope="session")
 def tiny_valid(tmp_path_factory) -> Path:
     """A smaller validation / calibration folder (seed 12, never trained on)."""
-    return _write_dataset(tmp_path_factory.mktemp("tiny_valid"), TINY_VALID_COUNT, seed=12)
+    return _once(tmp_path_factory, "tiny_valid", lambda out: _write_dataset(out, TINY_VALID_COUNT, seed=12))
 
 
 @pytest.fixture(scope="session")
@@ -57,21 +85,22 @@ def tiny_keras(tmp_path_factory, tiny_dataset, tiny_valid) -> Path:
     """A 3-epoch int8-friendly ResNet on 64×64 input, trained through ``convert.train.train``."""
     from convert.train import train
 
-    out = tmp_path_factory.mktemp("tiny_keras") / "tiny.keras"
-    train(
-        str(tiny_dataset / "data.csv"),
-        str(tiny_valid / "data.csv"),
-        out,
-        arch="resnet-int8",
-        epochs=TINY_EPOCHS,
-        size=TINY_SIZE,
-        filters=TINY_FILTERS,
-        batch=8,
-        lr=3e-3,
-        seed=0,
-        verbose=0,
-    )
-    return out
+    def build(folder: Path) -> None:
+        train(
+            str(tiny_dataset / "data.csv"),
+            str(tiny_valid / "data.csv"),
+            folder / "tiny.keras",
+            arch="resnet-int8",
+            epochs=TINY_EPOCHS,
+            size=TINY_SIZE,
+            filters=TINY_FILTERS,
+            batch=8,
+            lr=3e-3,
+            seed=0,
+            verbose=0,
+        )
+
+    return _once(tmp_path_factory, "tiny_keras", build) / "tiny.keras"
 
 
 @pytest.fixture(scope="session")
@@ -85,13 +114,14 @@ def tiny_bundle(tmp_path_factory, tiny_dataset, tiny_keras, tiny_valid) -> Path:
     """
     from convert.export import export_bundle
 
-    out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
-    export_bundle(
-        tiny_keras,
-        calibration=str(tiny_dataset / "data.csv"),
-        out=out,
-        valid=str(tiny_valid / "data.csv"),
-        name="tiny",
-        min_int8_agreement=TINY_MIN_AGREEMENT,
-    )
-    return out
+    def build(folder: Path) -> None:
+        export_bundle(
+            tiny_keras,
+            calibration=str(tiny_dataset / "data.csv"),
+            out=folder / "bundle",
+            valid=str(tiny_valid / "data.csv"),
+            name="tiny",
+            min_int8_agreement=TINY_MIN_AGREEMENT,
+        )
+
+    return _once(tmp_path_factory, "tiny_bundle", build) / "bundle"
