@@ -84,6 +84,9 @@ def format_report(metrics: dict, labels: Sequence[str]) -> str:
                 f"F1: {100 * m['f1']:.2f}" + (f" AUROC: {roc:.4f}" if roc is not None else "")
             )
         lines.append("Thresholds: " + ", ".join(f"{lab} {metrics['labels'][lab]['threshold']:.3f}" for lab in labels))
+        for key, name in (("defect_auroc", "Defect-vs-normal AUROC"), ("break_auroc", "Broken-vs-normal AUROC")):
+            if key in metrics:
+                lines.append(f"{name}: {'–' if metrics[key] is None else f'{metrics[key]:.4f}'}")
     else:
         lines.append(f"Top-1 Accuracy: {metrics['accuracy']:.2f}")
         for lab in labels:
@@ -98,6 +101,19 @@ def format_report(metrics: dict, labels: Sequence[str]) -> str:
         for lab, row in zip(labels, metrics["confusion"]):
             lines.append(f"{lab:<{w}} " + " ".join(f"{v:>8d}" for v in row))
     return "\n".join(lines)
+
+
+def seam_aurocs(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> dict:
+    """The two threshold-free figures the real-photo check reports, over every image of a seam set:
+    defect-vs-normal AUROC (``1 - good`` ranks any defect above the normal seams) and
+    broken-vs-normal AUROC (``break`` on the broken and the normal seams only); {} for labels
+    without ``good``, no ``break_auroc`` without ``break``."""
+    from .leaveout import attribute_scores
+
+    if "good" not in labels:
+        return {}
+    scores = attribute_scores(y, p, labels, {lab: 0.5 for lab in labels})
+    return {key: scores[key] for key in ("defect_auroc", "break_auroc") if key in scores}
 
 
 def predict_dataset(
@@ -182,6 +198,7 @@ def evaluate(
             va = load_dataset(calibrate)
             thresholds = calibrate_thresholds(va.targets, predict_dataset(pred, va, progress, roi), labels)
         metrics = multilabel_metrics(ds.targets, probs, labels, thresholds)
+        metrics.update(seam_aurocs(ds.targets, probs, labels))
         metrics["thresholds"] = thresholds
         metrics["thresholds_from"] = (
             str(calibrate) if calibrate else ("bundle" if pred.kind == "bundle" else "default 0.5")

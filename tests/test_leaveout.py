@@ -228,6 +228,21 @@ def test_evaluate_by_look_splits_by_contrast_thread_width_and_scale(tmp_path, ti
             assert f"| {heading} | {key} | {s['count']} |" in ev.report
     # the wide scales reach both ends of the scale split
     assert {"<4", ">=8"} <= set(ev.metrics["looks"]["px_per_mm"])
+    # over all stills: the real-photo check's two AUROCs, counted pair by pair here
+    good, brk = (ds.labels.index(lab) for lab in ("good", "break"))
+
+    def pairwise(pos: np.ndarray, neg: np.ndarray) -> float:
+        d = pos[:, None] - neg[None, :]
+        return float(np.mean((d > 0) + 0.5 * (d == 0)))
+
+    p, y = ev.probabilities, ds.targets
+    normal = y[:, good] == 1
+    defect_auroc = pairwise(1 - p[~normal, good], 1 - p[normal, good])
+    break_auroc = pairwise(p[y[:, brk] == 1, brk], p[normal, brk])
+    assert ev.metrics["defect_auroc"] == pytest.approx(defect_auroc, abs=1e-12)
+    assert ev.metrics["break_auroc"] == pytest.approx(break_auroc, abs=1e-12)
+    assert f"Defect-vs-normal AUROC: {defect_auroc:.4f}" in ev.report.splitlines()
+    assert f"Broken-vs-normal AUROC: {break_auroc:.4f}" in ev.report.splitlines()
     (tmp_path / "d" / "meta.csv").unlink()
     from edge.errors import DataError
 
