@@ -52,7 +52,7 @@ from edge.errors import DataError, ModelError
 
 from .data import Dataset, batches, check_roi, load_dataset
 from .loading import Predictor, add_preprocess_args, load_predictor, resolve_preprocess
-from .metrics import calibrate_thresholds, multiclass_metrics, multilabel_metrics
+from .metrics import calibrate_thresholds, multiclass_metrics, multilabel_metrics, seam_aurocs
 from .roi import add_roi_args, roi_from_args
 from .tflite import TTA_VIEWS
 
@@ -101,19 +101,6 @@ def format_report(metrics: dict, labels: Sequence[str]) -> str:
         for lab, row in zip(labels, metrics["confusion"]):
             lines.append(f"{lab:<{w}} " + " ".join(f"{v:>8d}" for v in row))
     return "\n".join(lines)
-
-
-def seam_aurocs(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> dict:
-    """The two threshold-free figures the real-photo check reports, over every image of a seam set:
-    defect-vs-normal AUROC (``1 - good`` ranks any defect above the normal seams) and
-    broken-vs-normal AUROC (``break`` on the broken and the normal seams only); {} for labels
-    without ``good``, no ``break_auroc`` without ``break``."""
-    from .leaveout import attribute_scores
-
-    if "good" not in labels:
-        return {}
-    scores = attribute_scores(y, p, labels, {lab: 0.5 for lab in labels})
-    return {key: scores[key] for key in ("defect_auroc", "break_auroc") if key in scores}
 
 
 def predict_dataset(

@@ -106,22 +106,15 @@ def family_subset(ds: Dataset, families: dict[str, str], keep: Callable[[str], b
 
 def attribute_scores(y: np.ndarray, p: np.ndarray, labels: Sequence[str], thresholds: dict[str, float]) -> dict:
     """Accuracy and AUROC per attribute + defect-vs-normal and broken-vs-normal AUROC."""
-    from .metrics import auroc, multilabel_metrics
+    from .metrics import multilabel_metrics, seam_aurocs
 
     m = multilabel_metrics(y, p, labels, thresholds)
-    li = {lab: i for i, lab in enumerate(labels)}
-    out = {
+    return {
         "count": int(len(y)),
         "accuracy": {lab: m["labels"][lab]["accuracy"] for lab in labels},
         "auroc": {lab: m["labels"][lab]["auroc"] for lab in labels},
+        **seam_aurocs(y, p, labels),
     }
-    if "good" in li:
-        g = np.asarray(y[:, li["good"]], np.float64)  # NaN (unknown) stays out of the AUROC
-        out["defect_auroc"] = auroc(np.where(np.isnan(g), np.nan, g < 0.5), 1.0 - p[:, li["good"]])
-        if "break" in li:
-            sel = (y[:, li["good"]] > 0.5) | (y[:, li["break"]] > 0.5)
-            out["break_auroc"] = auroc(y[sel, li["break"]], p[sel, li["break"]])
-    return out
 
 
 def run_family(

@@ -62,6 +62,22 @@ def auroc(y: ArrayLike, score: ArrayLike) -> float | None:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def seam_aurocs(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> dict[str, float | None]:
+    """The two threshold-free figures the real-photo check reports: defect-vs-normal AUROC (``1 -
+    good`` ranks any defect above the normal seams) and broken-vs-normal AUROC (``break`` on the
+    broken and the normal seams only); {} without a ``good`` label, no ``break_auroc`` without
+    ``break``. A NaN ``good`` stays out."""
+    li = {lab: i for i, lab in enumerate(labels)}
+    if "good" not in li:
+        return {}
+    g = np.asarray(y[:, li["good"]], np.float64)
+    out = {"defect_auroc": auroc(np.where(np.isnan(g), np.nan, g < 0.5), 1.0 - p[:, li["good"]])}
+    if "break" in li:
+        sel = (y[:, li["good"]] > 0.5) | (y[:, li["break"]] > 0.5)
+        out["break_auroc"] = auroc(y[sel, li["break"]], p[sel, li["break"]])
+    return out
+
+
 def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
     prec = tp / (tp + fp) if tp + fp else 0.0
     rec = tp / (tp + fn) if tp + fn else 0.0

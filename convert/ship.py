@@ -129,6 +129,13 @@ THIRD_WIDE = ((2.3, 9.0), (9.0, 16.0), (9.0, 16.0))  # a third of the stills at 
 HALF_WIDE = ((2.3, 9.0), (9.0, 16.0))
 QUARTER_WIDE = ((2.3, 9.0), (9.0, 16.0), (9.0, 16.0), (9.0, 16.0))
 
+
+def _restart(epochs: int, lr: float, scale: tuple[tuple[float, float], ...]) -> Stage:
+    """A stage of the warm restart: 8,000 fresh stills, half of the normal seams changing stitch
+    length, 30 % on random textures, half of the threads tone-on-tone."""
+    return Stage(epochs, 8000, lr, scale=scale, length_changes=0.5, random_textures=0.3, tone_share=0.5)
+
+
 SHIPPED_STAGES = (
     Stage(20, 12000, 1e-3),
     Stage(10, 12000, 5e-4),
@@ -140,10 +147,11 @@ SHIPPED_STAGES = (
     Stage(8, 12000, 1e-4, scale=QUARTER_WIDE, length_changes=0.25),
     Stage(8, 12000, 1e-4, scale=QUARTER_WIDE, length_changes=0.5),
     # the warm restart of 2026-12-07: back up to 1e-3 on the wide world, then on down at 5e-4
-    Stage(10, 8000, 1e-3, scale=THIRD_WIDE, length_changes=0.5, random_textures=0.3, tone_share=0.5),
-    Stage(14, 8000, 5e-4, scale=THIRD_WIDE, length_changes=0.5, random_textures=0.3, tone_share=0.5),
-    Stage(10, 8000, 3e-4, scale=HALF_WIDE, length_changes=0.5, random_textures=0.3, tone_share=0.5),
-    Stage(10, 8000, 3e-4, scale=HALF_WIDE, length_changes=0.5, random_textures=0.3, tone_share=0.5),
+    _restart(10, 1e-3, THIRD_WIDE),
+    _restart(14, 5e-4, THIRD_WIDE),
+    # then half of the stills wide, twice
+    _restart(10, 3e-4, HALF_WIDE),
+    _restart(10, 3e-4, HALF_WIDE),
 )
 
 
