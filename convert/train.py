@@ -23,9 +23,9 @@ model, its head is kept when the labels match and replaced (a fresh ``logits`` l
 not, and the learning rate defaults to 1e-3 instead of 3e-3. The architecture is the ``--init``
 model's, except that ``--arch resnet-s2-deep`` on a ``resnet-s2`` model grows it (identity blocks
 added, ``convert.models.grow``) and trains the deeper network on from there. ``--freeze N`` keeps the first N
-resolution stages (every layer whose output is at one of the N highest spatial resolutions: the
-stem and the first residual stage for N=1) at their initial weights, with their batch-norm
-statistics frozen too: the early filters see edges and yarn, which a new fabric needs least to
+resolution stages (every layer whose output is at one of the N highest spatial resolutions where
+convolutions run: the stem and the first residual stage for N=1) at their initial weights, with
+their batch-norm statistics frozen too: the early filters see edges and yarn, which a new fabric needs least to
 change, and a small labelled set cannot move many weights without over-fitting.
 
 ``--oversample LABEL=N`` (repeatable) puts every training image with LABEL in each epoch N times
@@ -229,23 +229,27 @@ def init_model(spec: str | Path, labels: tuple[str, ...], task: str):
 
 
 def freeze_stages(model, n: int) -> int:
-    """Freeze the layers whose outputs are at the ``n`` highest spatial resolutions → count frozen."""
+    """Freeze the first ``n`` resolution stages (the layers whose outputs are at the ``n`` highest
+    resolutions where convolutions run) → count frozen. Stages are counted where convolutions
+    are: a stride-2 stem leaves only the input normalisation at the input's own size, and counting
+    that as a stage froze that one layer for ``--freeze 1``."""
     if n <= 0:
         return 0
-    sizes: list[int] = []
-    for layer in model.layers:
+
+    def side(layer) -> int | None:
         shape = getattr(layer.output, "shape", None)
-        if shape is not None and len(shape) == 4 and shape[1] is not None:
-            sizes.append(int(shape[1]))
-    keep = sorted(set(sizes), reverse=True)[:n]
+        return int(shape[1]) if shape is not None and len(shape) == 4 and shape[1] is not None else None
+
+    convs = {side(layer) for layer in model.layers if any(len(w.shape) == 4 for w in layer.weights)}
+    keep = sorted((s for s in convs if s is not None), reverse=True)[:n]
     if not keep:
         return 0
     frozen = 0
     for layer in model.layers:
-        shape = getattr(layer.output, "shape", None)
-        if shape is None or len(shape) != 4:
+        s = side(layer)
+        if s is None:
             break  # past the feature extractor (pooling, dense head)
-        if int(shape[1]) >= min(keep) and layer.weights:
+        if s >= min(keep) and layer.weights:
             layer.trainable = False
             frozen += 1
     return frozen

@@ -201,3 +201,31 @@ def test_init_errors_are_one_line(tmp_path, tiny_valid):
         )
         assert p.returncode == 78 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("arch", ["resnet-s2", "resnet-s2-deep", "resnet-int8"])
+def test_freeze_one_keeps_the_stem_and_the_first_stage(arch):
+    """``--freeze 1`` is "the stem and the first residual stage" for every architecture. The shipped
+    ``resnet-s2*`` models have a stride-2 stem, so the only layer at the input's resolution is the
+    input normalisation: counting that resolution as a stage froze that one layer and nothing else
+    (until 2026-12-07). Stages are the resolutions where convolutions run."""
+    from convert.models import build_model
+    from convert.train import freeze_stages
+
+    model = build_model(arch, 4, 64, 64, filters=4)
+
+    def side(layer) -> int | None:
+        shape = getattr(layer.output, "shape", None)
+        return int(shape[1]) if shape is not None and len(shape) == 4 else None
+
+    convs = [lyr for lyr in model.layers if type(lyr).__name__ == "Conv2D"]
+    first = max(side(c) for c in convs)  # the first stage's resolution: 32 for a stride-2 stem
+    n = freeze_stages(model, 1)
+    frozen = [lyr for lyr in model.layers if lyr.weights and not lyr.trainable]
+    kept = [lyr for lyr in model.layers if lyr.weights and lyr.trainable]
+    assert n == len(frozen) and n > 0
+    assert {lyr.name for lyr in frozen} == {lyr.name for lyr in model.layers if lyr.weights and (side(lyr) or 0) >= first}
+    first_convs = [c for c in convs if side(c) == first]
+    assert len(first_convs) >= 3 and all(not c.trainable for c in first_convs)  # the stem and the stage's block
+    assert kept and all((side(lyr) or 0) < first for lyr in kept)  # deeper stages and the head still learn
+    assert model.get_layer("logits").trainable
