@@ -50,6 +50,7 @@ def test_finetune_from_bundle_keeps_frozen_stages(tiny_bundle, tiny_valid, tmp_p
         init=str(tiny_bundle),
         freeze=1,
         verbose=0,
+        keep_init=False,  # the epoch is saved even where it does not beat the bundle (tested below)
     )
     assert res.epochs_run == 1
     tuned, meta = load_keras(out)
@@ -214,9 +215,10 @@ def test_freeze_one_keeps_the_stem_and_the_first_stage(arch):
 
     model = build_model(arch, 4, 64, 64, filters=4)
 
-    def side(layer) -> int | None:
+    def side(layer) -> int:
+        """The output's spatial side; 0 past the feature maps (pooling, head)."""
         shape = getattr(layer.output, "shape", None)
-        return int(shape[1]) if shape is not None and len(shape) == 4 else None
+        return int(shape[1]) if shape is not None and len(shape) == 4 else 0
 
     convs = [lyr for lyr in model.layers if type(lyr).__name__ == "Conv2D"]
     first = max(side(c) for c in convs)  # the first stage's resolution: 32 for a stride-2 stem
@@ -224,8 +226,37 @@ def test_freeze_one_keeps_the_stem_and_the_first_stage(arch):
     frozen = [lyr for lyr in model.layers if lyr.weights and not lyr.trainable]
     kept = [lyr for lyr in model.layers if lyr.weights and lyr.trainable]
     assert n == len(frozen) and n > 0
-    assert {lyr.name for lyr in frozen} == {lyr.name for lyr in model.layers if lyr.weights and (side(lyr) or 0) >= first}
+    assert {lyr.name for lyr in frozen} == {lyr.name for lyr in model.layers if lyr.weights and side(lyr) >= first}
     first_convs = [c for c in convs if side(c) == first]
     assert len(first_convs) >= 3 and all(not c.trainable for c in first_convs)  # the stem and the stage's block
-    assert kept and all((side(lyr) or 0) < first for lyr in kept)  # deeper stages and the head still learn
+    assert kept and all(side(lyr) < first for lyr in kept)  # deeper stages and the head still learn
     assert model.get_layer("logits").trainable
+
+
+@pytest.mark.slow  # trains the tiny model (tiny_bundle)
+def test_a_finetune_that_never_beats_its_init_keeps_the_init_weights(tiny_bundle, tiny_valid, tmp_path, capsys):
+    """``train --init`` scores the ``--init`` model on the validation set as epoch 0: when no epoch
+    beats its validation loss, the saved model is the ``--init`` model unchanged (a few dozen frames
+    of a new line cannot make the model worse on that line's own validation frames), also after
+    ``--resume``. ``--no-keep-init`` saves the best epoch anyway. Adam at lr 5 wrecks every epoch."""
+    from convert.models import load_keras, read_meta
+    from convert.train import read_run, train
+
+    before = load_keras(Path(tiny_bundle) / "model.keras")[0].get_weights()
+    csv = str(tiny_valid / "data.csv")
+    out = tmp_path / "ft.keras"
+    res = train(csv, csv, out, epochs=1, batch=16, init=str(tiny_bundle), lr=5.0, verbose=0)
+    assert res.kept_init and read_meta(out)["kept_init"] is True
+    assert all(np.array_equal(a, b) for a, b in zip(before, load_keras(out)[0].get_weights(), strict=True))
+    err = capsys.readouterr().err
+    start = read_run(out)["init_val_loss"]
+    assert f"--init's {start:.4f}): saved the --init weights unchanged" in err and start < min(res.history["val_loss"])
+
+    again = train(csv, csv, out, epochs=2, batch=16, init=str(tiny_bundle), lr=5.0, verbose=0, resume=True)
+    assert again.epochs_run == 2 and again.kept_init and read_run(out)["init_val_loss"] == start
+    assert all(np.array_equal(a, b) for a, b in zip(before, load_keras(out)[0].get_weights(), strict=True))
+
+    wrecked = tmp_path / "wrecked.keras"
+    res = train(csv, csv, wrecked, epochs=1, batch=16, init=str(tiny_bundle), lr=5.0, verbose=0, keep_init=False)
+    assert not res.kept_init and "kept_init" not in read_meta(wrecked)
+    assert not all(np.array_equal(a, b) for a, b in zip(before, load_keras(wrecked)[0].get_weights(), strict=True))

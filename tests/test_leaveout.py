@@ -301,3 +301,51 @@ def test_evaluate_by_kind_splits_the_predictions_by_defect_kind(tmp_path, tiny_b
     meta.write_text("\n".join(",".join(r.split(",")[:5]) for r in meta.read_text().splitlines()) + "\n")
     with pytest.raises(DataError, match="'error_kind'"):
         evaluate(tiny_bundle, tmp_path / "d", by_kind=True)
+
+
+def test_make_proxy_draws_each_documented_set_and_scores_the_bundle():
+    """``make proxy`` (README, "The proxy sets") draws each real-photo proxy set once into
+    build/proxy and scores ``BUNDLE`` on it by look. Its lines must be valid ``convert synth`` and
+    ``convert evaluate`` command lines, and the sets must be the draws the README's tables give:
+    held-back families at the camera's scale (seed 205), tone-on-tone at 2.3-5 px/mm (208), 4 px/mm
+    (41), held-back families at the default scale (204) and the seed-3 test set."""
+    import argparse
+    import shlex
+
+    from convert import evaluate as evaluate_cli
+    from convert import synth
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    synth.register(sub)
+    evaluate_cli.register(sub)
+    venv = Path(sys.executable).parent.parent
+    p = subprocess.run(
+        ["make", "-n", "proxy", f"VENV={venv}", "BUNDLE=some/bundle"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    drawn, scored = {}, []
+    for line in p.stdout.splitlines():
+        if " -m convert " not in line:
+            continue  # setup's own lines
+        words = shlex.split(line.split("||")[-1].replace(">/dev/null", ""))
+        if words[1:4] == ["-m", "convert", "synth"]:
+            args = parser.parse_args(words[3:])
+            drawn[Path(args.out).name] = args
+        elif words[1:4] == ["-m", "convert", "evaluate"]:
+            scored.append(parser.parse_args(words[3:]))
+    assert {k: (v.seed, v.count) for k, v in drawn.items()} == {
+        "heldwide": (205, 1200),
+        "tone": (208, 1200),
+        "px4": (41, 1000),
+        "held204": (204, 1200),
+        "seed3": (3, 2000),
+    }
+    held = {"corduroy,herringbone,melange"}
+    assert {drawn[k].families for k in ("heldwide", "tone", "held204")} == held
+    assert (drawn["tone"].tone_share, drawn["px4"].px_per_mm, drawn["seed3"].families) == (0.9, 4.0, None)
+    assert [Path(a.data).parent.name for a in scored] == list(drawn)
+    assert all(
+        a.model == "some/bundle" and a.by_look and Path(a.data).parent.parent == Path("build/proxy") for a in scored
+    )
+    assert "make proxy" in (ROOT / "README.md").read_text()
