@@ -198,15 +198,11 @@ def read_run(out: Path) -> dict:
 def resume_preprocess(out: Path, given: str | None) -> str | None:
     """The mode a resumed run must keep (``run_path``; runs from before it: ``given``); a
     different ``given`` is one ModelError line, since the checkpoints learnt the recorded input."""
-    path = run_path(out)
-    try:
-        saved = json.loads(path.read_text()).get("preprocess")
-    except (OSError, ValueError, AttributeError):
-        return given
+    saved = read_run(out).get("preprocess")
     if given is not None and saved and given != saved:
         raise ModelError(
             f"--preprocess {given}: the checkpoints of {out} were trained with --preprocess {saved} "
-            f"({path}); resume with it, or train into a new --out"
+            f"({run_path(out)}); resume with it, or train into a new --out"
         )
     return given or saved
 
@@ -406,8 +402,8 @@ def train(
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(exist_ok=True)
     # a resumed fine-tune keeps the --init model's validation loss (``keep_init``) recorded at its start
-    run = read_run(out) if resume else {}
-    run_path(out).write_text(json.dumps({**run, "preprocess": mode}, indent=1))
+    run = {**(read_run(out) if resume else {}), "preprocess": mode}
+    run_path(out).write_text(json.dumps(run, indent=1))
     train_seq = make_sequence(tr, size, size, batch, augment_images=True, shuffle=True, seed=seed, roi=roi, mode=mode)
     valid_seq = make_sequence(va, size, size, batch, roi=roi, mode=mode)
     steps = len(train_seq)
@@ -498,9 +494,9 @@ def train(
     if base is not None and keep_init:
         # the --init model is epoch 0: scored like every epoch, kept beside the checkpoints so a
         # resumed run can still fall back on it
-        start_loss = float(model.evaluate(valid_seq, verbose=0, return_dict=True)["loss"])
+        run["init_val_loss"] = float(model.evaluate(valid_seq, verbose=0, return_dict=True)["loss"])
         model.save(str(start))
-        run_path(out).write_text(json.dumps({"preprocess": mode, "init_val_loss": start_loss}, indent=1))
+        run_path(out).write_text(json.dumps(run, indent=1))
     if initial_epoch < epochs:
         model.fit(
             train_seq,
@@ -512,7 +508,7 @@ def train(
         )
     kept_init = False
     if init and keep_init and history.get("val_loss") and start.is_file():
-        recorded = read_run(out).get("init_val_loss")
+        recorded = run.get("init_val_loss")
         best = min((v for v in history["val_loss"] if np.isfinite(v)), default=float("inf"))
         if recorded is not None and not best < (start_loss := float(recorded)):
             masked_objects()
