@@ -65,7 +65,7 @@ from convert.data import seed_csv_text
 from convert.roi import add_roi_args, roi_from_args
 from convert.synth_fabric import BASE_PX_PER_MM as DEFAULT_PX_PER_MM  # at 256 px: 2 mm = 25 px
 from convert.synth_fabric import FAMILIES, HELD_BACK_FAMILIES, RANDOM_FAMILY
-from convert.synth_render import Box, NoRoomError, render_still
+from convert.synth_render import ERROR_KINDS, Box, NoRoomError, render_still
 from edge.errors import DataError, SeamQCError
 from edge.seam import DEFAULT_ROI as ROI
 from edge.seam import SEAM_LABELS as LABELS
@@ -155,6 +155,7 @@ def render_image(
     length_changes: float = 0.0,
     random_textures: float = 0.0,
     tone_share: float | None = None,
+    error_weights: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, dict[str, bool | None], list[Box]]:
     """Render one labeled seam still.
 
@@ -175,6 +176,8 @@ def render_image(
     (``synth_fabric.RANDOM_FAMILY``) instead of ``families``; 0 draws nothing extra either.
     ``tone_share``: the share of threads of the fabric's own colour (luma within 0.01..0.12 of it;
     ``synth_render.thread_mode``) instead of ``TONE_SHARE`` (0.35); None: the default draw.
+    ``error_weights``: one weight per ``ERROR_KINDS`` entry for the ``error`` kind (``--error-kinds``,
+    see ``error_weights``); None: uniform, the default draw.
     """
     if size < 16:
         raise DataError(f"--size must be ≥ 16, got {size}")
@@ -213,6 +216,7 @@ def render_image(
                 meta=m,
                 length_change=change,
                 tone_share=tone_share,
+                error_weights=error_weights,
             )
             break
         except NoRoomError:
@@ -303,6 +307,37 @@ def parse_scale_ranges(text: str) -> ScaleRanges:
     return tuple(out)
 
 
+def parse_error_kinds(text: str) -> dict[str, float]:
+    """``KIND=W[,KIND=W…]`` → {kind: weight} for ``--error-kinds`` (argparse reports a bad one in one line)."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        kind, eq, w = part.partition("=")
+        try:
+            out[kind.strip()] = float(w) if eq else float("nan")
+        except ValueError:
+            out[kind.strip()] = float("nan")
+        if not eq or out[kind.strip()] != out[kind.strip()]:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected KIND=WEIGHT[,KIND=WEIGHT…], e.g. stain=3,skip=2")
+    return out
+
+
+def error_weights(error_kinds: dict[str, float] | None) -> tuple[float, ...] | None:
+    """``--error-kinds`` → one weight per ``ERROR_KINDS`` entry (a kind not named weighs 1), or
+    None for the uniform draw; an unknown kind, a negative weight or all weights 0 is a DataError."""
+    if not error_kinds:
+        return None
+    bad = [k for k in error_kinds if k not in ERROR_KINDS]
+    if bad:
+        raise DataError(f"--error-kinds: unknown kind {', '.join(bad)} (choose from {', '.join(ERROR_KINDS)})")
+    for k, w in error_kinds.items():
+        if not 0.0 <= w <= 1e6:
+            raise DataError(f"--error-kinds {k}={w:g}: a weight must be in 0..1e6")
+    weights = tuple(float(error_kinds.get(k, 1.0)) for k in ERROR_KINDS)
+    if not any(weights):
+        raise DataError("--error-kinds: every kind weighs 0 (an error image needs one kind to draw)")
+    return weights
+
+
 def check_scale_ranges(scale_range: ScaleRanges) -> None:
     """The one check of ``--scale-range`` values (``synth`` and ``convert ship``'s ``@LO:HI`` stages)."""
     if not scale_range:
@@ -361,6 +396,7 @@ def write_dataset(
     length_changes: float = 0.0,
     random_textures: float = 0.0,
     tone_share: float | None = None,
+    error_kinds: dict[str, float] | None = None,
 ) -> Path:
     """Write ``count`` labeled stills + ``data.csv`` (seed format) + ``boxes.csv`` + ``meta.csv``
     (``META_HEADER``, one row per image); → data.csv path.
@@ -369,9 +405,11 @@ def write_dataset(
     draws its family uniformly among those left. ``scale_range`` and ``length_changes``: see
     ``render_image`` (an empty ``length`` cell where it is unknown). Deterministic: the same (seed,
     count, options) give byte-identical files, whatever ``workers`` is (each image has its own
-    generator).
+    generator). ``error_kinds`` ({kind: weight}, ``--error-kinds``) draws the ``error`` kinds by
+    weight (a kind not named weighs 1) instead of uniformly.
     """
     _check_opts(count, size, px_per_mm, defect_rate, scale_range, length_changes)
+    weights = error_weights(error_kinds)
     check_share("--random-textures", random_textures)
     if tone_share is not None:
         check_share("--tone-share", tone_share)
@@ -391,6 +429,8 @@ def write_dataset(
         opts["random_textures"] = float(random_textures)
     if tone_share is not None:
         opts["tone_share"] = float(tone_share)
+    if weights is not None:
+        opts["error_weights"] = weights
     if kinds:  # every error / break of the set is this kind (``render_image``'s ``kinds``)
         opts["kinds"] = dict(kinds)
     jobs = [(int(seed), i, opts) for i in range(int(count))]
@@ -512,6 +552,15 @@ def register(subparsers) -> None:
         "more of the real photos' hardest look, a thread that barely shows",
     )
     g.add_argument(
+        "--error-kinds",
+        type=parse_error_kinds,
+        default=None,
+        metavar="KIND=W[,KIND=W]",
+        help="draw the kind of each error defect by these weights (a kind not named weighs 1; default: "
+        "all equally likely), e.g. stain=3,skip=2 for more of the kinds a model misses; "
+        f"kinds: {', '.join(ERROR_KINDS)}",
+    )
+    g.add_argument(
         "--defect-rate",
         type=float,
         default=None,
@@ -627,6 +676,7 @@ def run(args: argparse.Namespace) -> int:
             length_changes=args.length_changes,
             random_textures=args.random_textures,
             tone_share=args.tone_share,
+            error_kinds=args.error_kinds,
         ),
         px_per_mm=args.px_per_mm,
         workers=max(1, args.workers or 1),
@@ -648,6 +698,7 @@ STILLS_ONLY = (
     "length_changes",
     "random_textures",
     "tone_share",
+    "error_kinds",
     "defect_rate",
     "workers",
 )

@@ -16,6 +16,7 @@ camera effect, so boxes are exact in the saved image.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -50,6 +51,17 @@ ONE = 1 << SHIFT
 ERROR_KINDS = ("skip", "loop", "sag", "overlap", "crooked", "pucker", "pinch", "bobbin", "stain", "needle_mark")
 BREAK_KINDS = ("cut", "missing")
 DEFECT_LABEL = {**{k: "error" for k in ERROR_KINDS}, **{k: "break" for k in BREAK_KINDS}}
+
+
+def draw_error_kind(rng: np.random.Generator, weights: Sequence[float] | None = None) -> str:
+    """An ``error`` kind: uniform over ``ERROR_KINDS``, or by ``weights`` (one per kind, in that
+    order), so a set can show more of the kinds a model misses. None draws as before it existed."""
+    if weights is None:
+        return ERROR_KINDS[int(rng.integers(0, len(ERROR_KINDS)))]
+    p = np.asarray(weights, dtype=float)
+    return ERROR_KINDS[int(rng.choice(len(ERROR_KINDS), p=p / p.sum()))]
+
+
 #: kinds a video can show (its strip is rendered in chunks: thread-path defects only)
 VIDEO_ERROR_KINDS = ("skip", "loop", "sag", "overlap", "bobbin")
 
@@ -1053,6 +1065,7 @@ def build_still(
     leave_out: tuple[str, ...] = (),
     length_change: bool = False,
     tone_share: float | None = None,
+    error_weights: Sequence[float] | None = None,
 ) -> Scene:
     """A still's scene with the requested labels; defects wholly inside, ≥ margin from border.
 
@@ -1063,7 +1076,7 @@ def build_still(
     same still without them, to measure how visible a defect is (``defect_visibility``).
     ``length_change`` (a normal seam only): the stitch length changes between 2 and 4 mm in view,
     as where an operator changes it or a stretch of the other length begins (neither length, no
-    defect; a video shows it, a still did not).
+    defect; a video shows it, a still did not). ``error_weights``: see ``draw_error_kind``.
     """
     if length_change and (error or brk):
         raise ValueError("length_change draws a normal seam only")
@@ -1094,7 +1107,7 @@ def build_still(
     # (crooked, skip, pucker) failed the fit more often and came 3x rarer than the small ones
     forced_kind = dict(kinds or {})
     if error and not forced_kind.get("error"):
-        forced_kind["error"] = ERROR_KINDS[int(drng.integers(0, len(ERROR_KINDS)))]
+        forced_kind["error"] = draw_error_kind(drng, error_weights)
     for _attempt in range(200):
         if _attempt == 20:  # rare (a wide kind beside a break, little seam in view): any kind that fits
             forced_kind = dict(kinds or {})
@@ -1226,6 +1239,7 @@ def render_still(
     min_visibility: float = MIN_VISIBILITY,
     length_change: bool = False,
     tone_share: float | None = None,
+    error_weights: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, list[Box]]:
     """Render one still at ``size`` px and ``S`` px/mm → (uint8 BGR, boxes).
 
@@ -1253,6 +1267,7 @@ def render_still(
             leave_out=leave_out,
             length_change=length_change,
             tone_share=tone_share,
+            error_weights=error_weights,
         )
         static = render_static(scene, 0.0, 0.0, size, size)
         H = _perspective(rc, size)
@@ -1315,6 +1330,7 @@ __all__ = [
     "merge_defect",
     "scratch_scene",
     "ERROR_KINDS",
+    "draw_error_kind",
     "BREAK_KINDS",
     "DEFECT_LABEL",
     "VIDEO_ERROR_KINDS",
