@@ -149,19 +149,26 @@ def draw_curves(history: dict, path: Path, size: tuple[int, int] = (900, 360)) -
         if not series:
             continue
         vals = np.concatenate([s for _, s in series])
-        lo, hi = float(np.nanmin(vals)), float(np.nanmax(vals))
+        vals = vals[np.isfinite(vals)]  # a diverged epoch (NaN or inf loss) is left out of the plot
+        if not vals.size:
+            continue
+        lo, hi = float(vals.min()), float(vals.max())
         if hi - lo < 1e-9:
             hi = lo + 1.0
         n = max(len(s) for _, s in series)
         for key, s in series:
             pts = [
                 (int(x0 + (x1 - x0) * (i / max(1, n - 1))), int(y1 - (y1 - y0) * (v - lo) / (hi - lo)))
+                if np.isfinite(v)
+                else None
                 for i, v in enumerate(s)
             ]
             for a, b in zip(pts, pts[1:]):
-                cv2.line(img, a, b, colors[key], 2, cv2.LINE_AA)
+                if a is not None and b is not None:
+                    cv2.line(img, a, b, colors[key], 2, cv2.LINE_AA)
             for p in pts:
-                cv2.circle(img, p, 3, colors[key], -1)
+                if p is not None:
+                    cv2.circle(img, p, 3, colors[key], -1)
         cv2.putText(img, f"{hi:.3f}", (x0 - 48, y0 + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
         cv2.putText(img, f"{lo:.3f}", (x0 - 48, y1), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
         cv2.putText(

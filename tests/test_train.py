@@ -206,3 +206,21 @@ def test_cli_train_oversample(tiny_valid, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"oversampling error x3: {n} -> {n + 2 * n_err} training images" in p.stderr
     assert read_meta(out)["oversample"] == {"error": 3}
+
+
+def test_training_curves_leave_out_a_diverged_epoch(tmp_path):
+    """A fine-tune at too high a learning rate gives NaN or inf losses: the curve PNG is still
+    written (it crashed the run with "cannot convert float NaN to integer"), the finite epochs drawn."""
+    from convert.train import draw_curves
+
+    nan, inf = float("nan"), float("inf")
+    history = {"loss": [0.6, nan, inf, 0.4], "val_loss": [0.7, nan, nan, 0.5], "acc": [0.5, 0.6, nan, 0.7]}
+    draw_curves(history, tmp_path / "c.png")
+    img = cv2.imread(str(tmp_path / "c.png"))
+    assert img.shape == (360, 900, 3)
+    left = img[30:320, 50:435]  # the loss panel: the two finite epochs of each curve are drawn
+    blue = (left[..., 0] > 150) & (left[..., 1] < 120) & (left[..., 2] < 60)  # loss (200, 80, 0)
+    red = (left[..., 2] > 150) & (left[..., 1] < 120) & (left[..., 0] < 60)  # val_loss (0, 80, 220)
+    assert blue.sum() > 20 and red.sum() > 20
+    draw_curves({"loss": [nan, nan], "val_loss": [inf]}, tmp_path / "none.png")  # nothing finite: empty panels
+    assert cv2.imread(str(tmp_path / "none.png")).shape == (360, 900, 3)
