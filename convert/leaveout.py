@@ -21,8 +21,10 @@ Prints a markdown table (one row per family, then the mean) and writes ``--json`
 the model that never saw F is fine-tuned (``train --init``) on N labelled images of F, and a model
 of the same architecture is trained from scratch on the same N images; both are scored on other
 images of F (seed 204 pool of F only; the first N are the labelled ones, the rest the test).
-With so few images there is no validation split: both runs train the same number of steps and
-calibrate their thresholds on the labelled images, as a user with 50 frames would.
+Both runs train as the README's first-day recipe tells a user to (``--finetune-recipe
+first-day``, the default): the first fifth of the N validates (early stopping, the keep-init
+check, the thresholds), the rest train, nothing frozen. ``--finetune-recipe fixed`` reproduces the
+runs before it: a fixed ``FT_STEPS`` steps on all N, which also calibrate the thresholds.
 
 ``--init MODEL`` starts every fold from that model instead of from scratch (a CPU budget cannot
 train a good model from scratch per family); the figure is honest only for families MODEL never
@@ -50,7 +52,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,7 +63,15 @@ if TYPE_CHECKING:
 
 POOL_SEEDS = {"train": 201, "valid": 202, "test": 203, "finetune": 204}
 FT_TEST = 400  # images of F scored in the fine-tuning curve
-FT_STEPS = 240  # optimiser steps of each fine-tuning / small from-scratch run
+FT_STEPS = 240  # optimiser steps of each fine-tuning / small from-scratch run (``--finetune-recipe fixed``)
+#: How the fine-tuning runs train (``--finetune-recipe``). ``first-day``: the README's "First day
+#: on a new line", as a user runs it: the first fifth of the labelled images validates (early
+#: stopping, the keep-init check, the thresholds), the rest train, up to ``RECIPE_EPOCHS`` at
+#: batch ``RECIPE_BATCH`` with ``train``'s patience, nothing frozen. ``fixed``: the runs before it
+#: (measured until 2026-12-07): ``FT_STEPS`` steps on all the labelled images, which also validate,
+#: the stem and first stage frozen for ``train --init``.
+RECIPES = ("first-day", "fixed")
+RECIPE_EPOCHS, RECIPE_BATCH, RECIPE_PATIENCE = 30, 16, 4
 
 
 def read_meta_columns(folder: Path, *columns: str, optional: Sequence[str] = ()) -> dict[str, dict[str, str]]:
@@ -245,20 +255,87 @@ def _ft_epochs(n: int, batch: int) -> int:
     return max(1, math.ceil(FT_STEPS / math.ceil(n / batch)))
 
 
-def _fit_and_score(d: Path, mode: str, labelled, test, *, size: int, batch: int, tta: str = "none", **train_kw) -> dict:
-    """Train ``d/<mode>.keras`` for ``FT_STEPS`` steps on ``d/labelled.csv`` (its own validation set:
-    a user with a few frames has no other), then score it on ``test`` with thresholds calibrated on
-    the labelled images."""
+def _recipe_dir(d: Path, recipe: str) -> Path:
+    """A run's folder: ``fixed`` keeps the name of the runs before ``--finetune-recipe`` (their
+    cached models and results stay valid), ``first-day`` has its own beside it."""
+    return d if recipe == "fixed" else d.with_name(f"{d.name}-{recipe}")
+
+
+def _recipe_split(labelled):
+    """``first-day``: (train, valid), the first fifth of the labelled images validating (at least one)."""
+    k = max(1, len(labelled) // 5)
+    return labelled.subset(range(k, len(labelled))), labelled.subset(range(k))
+
+
+def _fit_and_score(
+    d: Path,
+    mode: str,
+    labelled,
+    test,
+    *,
+    size: int,
+    batch: int,
+    tta: str = "none",
+    recipe: str = "first-day",
+    **train_kw,
+) -> dict:
+    """Train ``d/<mode>.keras`` on the labelled images in ``d`` as ``recipe`` says (``RECIPES``),
+    then score it on ``test``. ``fixed``: ``FT_STEPS`` steps on ``d/labelled.csv``, its own
+    validation set, thresholds calibrated on it. ``first-day``: ``d/train.csv`` and ``d/valid.csv``
+    (``_recipe_split``), early stopping on the latter, thresholds calibrated on it as ``export
+    --valid`` would; ``kept_init`` says whether the ``--init`` model was kept."""
+    from .models import read_meta
     from .train import train
 
-    epochs = _ft_epochs(len(labelled), batch)
     t0 = time.monotonic()
-    csv = str(d / "labelled.csv")
     out = d / f"{mode}.keras"
-    if out.is_file():  # a run with another --tta trained it: rescore only
-        return _score_keras(out, labelled, test, size, tta)
-    train(csv, csv, out, epochs=epochs, size=size, batch=batch, resume=True, patience=epochs, verbose=0, **train_kw)
-    return {**_score_keras(out, labelled, test, size, tta), "seconds": round(time.monotonic() - t0)}
+    calib = labelled if recipe == "fixed" else _recipe_split(labelled)[1]
+    # a model trained by a run with another --tta is rescored only
+    trained = not out.is_file()
+    if trained:
+        if recipe == "fixed":
+            csv = str(d / "labelled.csv")
+            epochs = _ft_epochs(len(labelled), batch)
+            train(
+                csv,
+                csv,
+                out,
+                epochs=epochs,
+                size=size,
+                batch=batch,
+                resume=True,
+                patience=epochs,
+                verbose=0,
+                **train_kw,
+            )
+        else:
+            train(
+                str(d / "train.csv"),
+                str(d / "valid.csv"),
+                out,
+                epochs=RECIPE_EPOCHS,
+                size=size,
+                batch=RECIPE_BATCH,
+                patience=RECIPE_PATIENCE,
+                resume=True,
+                verbose=0,
+                seed=1,
+                **train_kw,
+            )
+    res = {**_score_keras(out, calib, test, size, tta), "kept_init": bool(read_meta(out).get("kept_init", False))}
+    return {**res, "seconds": round(time.monotonic() - t0)} if trained else res
+
+
+def _write_labelled(d: Path, labelled, recipe: str) -> None:
+    """The labelled images of a run in ``d``: ``labelled.csv``, and for ``first-day`` its split too."""
+    from .split import write_seed_csv
+
+    d.mkdir(parents=True, exist_ok=True)
+    write_seed_csv(d / "labelled.csv", labelled)
+    if recipe != "fixed":
+        tr, va = _recipe_split(labelled)
+        write_seed_csv(d / "train.csv", tr)
+        write_seed_csv(d / "valid.csv", va)
 
 
 def finetune_curve(
@@ -270,16 +347,17 @@ def finetune_curve(
     filters: int,
     arch: str,
     batch: int,
-    freeze: int = 1,
+    freeze: int | None = None,
     base: Path | None = None,
     ft_test: int = FT_TEST,
     lr: float | None = None,
     tta: str = "none",
+    recipe: str = "first-day",
 ) -> list[dict]:
     """Fine-tune the model that never saw ``family`` (``base``, default the fold's) on N of its
-    images vs from scratch on the same N."""
-    from .split import write_seed_csv
-
+    images vs from scratch on the same N, both as ``recipe`` says (``RECIPES``); ``freeze`` None:
+    the recipe's (``fixed``: 1, ``first-day``: 0)."""
+    freeze = _recipe_freeze(recipe, freeze)
     base = base or work / family / "model.keras"
     if not base.is_file():
         raise DataError(f"{base}: run the leave-out of {family} first")
@@ -289,31 +367,35 @@ def finetune_curve(
     out = []
     for n in counts:
         labelled = ds.subset(range(n))
-        d = work / family / f"finetune-{n}"
-        d.mkdir(parents=True, exist_ok=True)
+        d = _recipe_dir(work / family / f"finetune-{n}", recipe)
         res_path = _result_path(d, tta)
         if res_path.is_file():
             out.append(json.loads(res_path.read_text()))
             continue
-        write_seed_csv(d / "labelled.csv", labelled)
+        _write_labelled(d, labelled, recipe)
+        fit: dict[str, Any] = dict(size=size, batch=batch, tta=tta, recipe=recipe)
         row: dict = {
             "family": family,
             "labelled": n,
-            "epochs": _ft_epochs(n, batch),
+            "recipe": recipe,
+            "epochs": _ft_epochs(n, batch) if recipe == "fixed" else RECIPE_EPOCHS,
             "lr": lr,
             "test_count": len(test),
             "tta": tta,
-            "init": _fit_and_score(
-                d, "init", labelled, test, size=size, batch=batch, tta=tta, init=str(base), freeze=freeze, lr=lr
-            ),
-            "scratch": _fit_and_score(
-                d, "scratch", labelled, test, size=size, batch=batch, tta=tta, arch=arch, filters=filters
-            ),
+            "init": _fit_and_score(d, "init", labelled, test, **fit, init=str(base), freeze=freeze, lr=lr),
+            "scratch": _fit_and_score(d, "scratch", labelled, test, **fit, arch=arch, filters=filters),
         }
         row["zero_shot"] = _score_keras(base, labelled, test, size, tta)
         res_path.write_text(json.dumps(row, indent=1) + "\n")
         out.append(row)
     return out
+
+
+def _recipe_freeze(recipe: str, freeze: int | None) -> int:
+    """``--freeze`` of a recipe's ``train --init`` runs: the one given, else the recipe's own."""
+    if recipe not in RECIPES:
+        raise DataError(f"--finetune-recipe {recipe}: choose from {', '.join(RECIPES)}")
+    return (1 if recipe == "fixed" else 0) if freeze is None else int(freeze)
 
 
 def _runs_table(rows: list[dict], labels: Sequence[str], modes, labelled_heading: str, labelled) -> str:
@@ -327,6 +409,8 @@ def _runs_table(rows: list[dict], labels: Sequence[str], modes, labelled_heading
     for r in rows:
         for mode, name in modes:
             m = r[mode]
+            if m.get("kept_init"):
+                name += " (no epoch beat it: kept unchanged)"
             lines.append(
                 f"| {r['family']} | {labelled(r)} | {name} | "
                 + " | ".join("–" if m["accuracy"][lab] is None else f"{m['accuracy'][lab]:.1f}" for lab in labels)
@@ -417,9 +501,11 @@ def leave_out(
     ft_test: int = FT_TEST,
     finetune_lr: float | None = None,
     tta: str = "none",
+    recipe: str = "first-day",
 ) -> dict:
     """Build the pools (once), run every family (resumable) → ``{"results": [...], "table": str}``;
-    ``tta``: every model scored averaged over flipped views (``export --tta``)."""
+    ``tta``: every model scored averaged over flipped views (``export --tta``); ``recipe``: how the
+    fine-tuning curve trains (``RECIPES``)."""
     from .synth_fabric import FAMILIES
     from .tflite import tta_views
 
@@ -464,6 +550,7 @@ def leave_out(
             "batch": batch,
             "init": init,
             "finetune_lr": finetune_lr,
+            "finetune_recipe": recipe,
             "tta": tta,
         },
         "results": results,
@@ -487,6 +574,7 @@ def leave_out(
             ft_test=ft_test,
             lr=finetune_lr,
             tta=tta,
+            recipe=recipe,
         )
     if curve:
         summary["finetune"] = curve
@@ -505,21 +593,22 @@ def others_finetune(
     *,
     size: int,
     batch: int,
-    freeze: int = 1,
+    freeze: int | None = None,
     ft_test: int = FT_TEST,
     lr: float | None = None,
     tta: str = "none",
+    recipe: str = "first-day",
 ) -> dict:
     """``base`` fine-tuned on ``count`` labelled images of the *other* held-back families, scored
-    on ``family``: a line that brings a fabric none of its labelled frames showed."""
+    on ``family``: a line that brings a fabric none of its labelled frames showed (``recipe``,
+    ``freeze``: see ``finetune_curve``)."""
     from .data import merge
-    from .split import write_seed_csv
 
-    d = work / family / f"others-{count}"
+    freeze = _recipe_freeze(recipe, freeze)
+    d = _recipe_dir(work / family / f"others-{count}", recipe)
     res_path = _result_path(d, tta)
     if res_path.is_file():
         return json.loads(res_path.read_text())
-    d.mkdir(parents=True, exist_ok=True)
     others = [f for f in pools if f != family]
     if not others:
         raise DataError(f"--others-count: no other held-back family to label beside {family}")
@@ -528,17 +617,28 @@ def others_finetune(
         [pools[f].subset(range(min(n, labelled_max))) for f, n in zip(others, share)], f"others of {family}"
     )
     test = pools[family].subset(range(labelled_max, labelled_max + ft_test))
-    write_seed_csv(d / "labelled.csv", labelled)
+    _write_labelled(d, labelled, recipe)
     row = {
         "family": family,
         "labelled": len(labelled),
         "labelled_families": others,
-        "epochs": _ft_epochs(len(labelled), batch),
+        "recipe": recipe,
+        "epochs": _ft_epochs(len(labelled), batch) if recipe == "fixed" else RECIPE_EPOCHS,
         "lr": lr,
         "test_count": len(test),
         "tta": tta,
         "init": _fit_and_score(
-            d, "init", labelled, test, size=size, batch=batch, tta=tta, init=str(base), freeze=freeze, lr=lr
+            d,
+            "init",
+            labelled,
+            test,
+            size=size,
+            batch=batch,
+            tta=tta,
+            recipe=recipe,
+            init=str(base),
+            freeze=freeze,
+            lr=lr,
         ),
         "zero_shot": _score_keras(base, labelled, test, size, tta),
     }
@@ -560,6 +660,7 @@ def held_back(
     batch: int = 32,
     finetune_lr: float | None = None,
     tta: str | None = None,
+    recipe: str = "first-day",
 ) -> dict:
     """The held-back families (``synth.HELD_BACK_FAMILIES``) against a model trained on the default
     draw, which never saw them: no fold to train, so this measures the shipped model itself.
@@ -570,6 +671,7 @@ def held_back(
     ``others_count`` labelled images of the other held-back families, fine-tuned on and scored on F.
     ``tta`` None: the views ``init``'s bundle averages (the shipped one: ``lr``), so that the table
     measures the classifier as the Pi runs it; every model of the run is scored the same way.
+    ``recipe``: how every fine-tuning run trains (``RECIPES``).
     """
     from .models import load_keras
     from .synth_fabric import HELD_BACK_FAMILIES
@@ -578,6 +680,7 @@ def held_back(
 
     tta = bundle_tta(init) if tta is None else tta
     tta_views(tta)
+    _recipe_freeze(recipe, None)
     work = Path(work)
     chosen = list(families or HELD_BACK_FAMILIES)
     unknown = [f for f in chosen if f not in HELD_BACK_FAMILIES]
@@ -613,6 +716,7 @@ def held_back(
                 ft_test=labelled_max + ft_test - max(finetune_counts),
                 lr=finetune_lr,
                 tta=tta,
+                recipe=recipe,
             )
         if others_count and len(chosen) > 1:
             others.append(
@@ -628,6 +732,7 @@ def held_back(
                     ft_test=ft_test,
                     lr=finetune_lr,
                     tta=tta,
+                    recipe=recipe,
                 )
             )
     labels = tuple(results[0]["accuracy"])
@@ -641,6 +746,7 @@ def held_back(
             "others_count": others_count,
             "ft_test": ft_test,
             "finetune_lr": finetune_lr,
+            "finetune_recipe": recipe,
             "tta": tta,
         },
         "results": results,
@@ -719,6 +825,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="learning rate of the train --init runs (default: train's own for --init)",
     )
     p.add_argument(
+        "--finetune-recipe",
+        choices=RECIPES,
+        default="first-day",
+        help="how the fine-tuning runs train: first-day (default), the README's first-day recipe: the first fifth "
+        f"of the labelled images validates, up to {RECIPE_EPOCHS} epochs at batch {RECIPE_BATCH} with early stopping, "
+        "the --init model kept when no epoch beats it; fixed: the runs before it, "
+        f"{FT_STEPS} steps on the labelled images alone, the first stage frozen",
+    )
+    p.add_argument(
         "--tta",
         choices=("none", "lr", "flips"),
         default=None,
@@ -759,6 +874,7 @@ def run(args: argparse.Namespace) -> int:
             args.batch,
             args.finetune_lr,
             args.tta,
+            args.finetune_recipe,
         )
         if args.json:
             Path(args.json).write_text(json.dumps(s, indent=1) + "\n")
@@ -787,6 +903,7 @@ def run(args: argparse.Namespace) -> int:
         ft_test=args.finetune_test,
         finetune_lr=args.finetune_lr,
         tta=args.tta or "none",
+        recipe=args.finetune_recipe,
     )
     if args.json:
         Path(args.json).write_text(json.dumps(s, indent=1) + "\n")

@@ -15,6 +15,7 @@ from convert.data import load_dataset
 from convert.evaluate import evaluate
 from convert.leaveout import attribute_scores, read_families
 from convert.split import write_seed_csv
+from edge.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,6 +112,7 @@ def test_held_back_scores_a_model_on_families_it_never_saw(tmp_path, tiny_keras,
         filters=4,
         batch=8,
         finetune_lr=5e-4,
+        recipe="fixed",
     )
     s = lo.held_back(work, str(tiny_keras), ["corduroy", "melange"], **kw)
     assert [r["family"] for r in s["results"]] == ["corduroy", "melange"]
@@ -151,6 +153,54 @@ def test_held_back_scores_a_model_on_families_it_never_saw(tmp_path, tiny_keras,
     assert ev.thresholds == pytest.approx(lr["results"][0]["thresholds"], abs=1e-6)
     for lab in ("good", "error", "break", "length"):
         assert ev.metrics["labels"][lab]["accuracy"] == pytest.approx(lr["results"][0]["accuracy"][lab], abs=1e-6)
+
+
+@pytest.mark.slow  # four short fine-tunes of the session's tiny model
+def test_held_back_fine_tunes_as_the_first_day_recipe_does(tmp_path, tiny_keras, monkeypatch):
+    """``--finetune-recipe first-day`` (the default): every fine-tune runs as the README's first-day
+    recipe tells a user to: the first fifth of the labelled images validates (early stopping, the
+    keep-init check, the thresholds), nothing frozen, batch 16, patience 4; a model that no epoch
+    beat is reported as kept."""
+    import convert.leaveout as lo
+    import convert.train
+
+    monkeypatch.setattr(lo, "RECIPE_EPOCHS", 2)
+    calls: list[tuple[tuple, dict]] = []
+    real_train = convert.train.train
+
+    def recording_train(*a, **kw):
+        calls.append((a, kw))
+        return real_train(*a, **kw)
+
+    monkeypatch.setattr(convert.train, "train", recording_train)
+    work = tmp_path / "hb"
+    # lr 5 wrecks every epoch of a fine-tune: the check keeps the --init model each time
+    kw: dict[str, Any] = dict(valid_count=16, test_count=16, finetune_counts=(10,), others_count=10, ft_test=12)
+    s = lo.held_back(work, str(tiny_keras), ["corduroy", "melange"], filters=4, finetune_lr=5.0, **kw)
+    assert s["settings"]["finetune_recipe"] == "first-day"
+    d = work / "corduroy" / "finetune-10-first-day"
+    names = load_dataset(d / "labelled.csv").paths
+    assert load_dataset(d / "valid.csv").paths == names[:2] and load_dataset(d / "train.csv").paths == names[2:]
+    others = work / "melange" / "others-10-first-day"
+    assert len(load_dataset(others / "valid.csv")) == 2 and len(load_dataset(others / "train.csv")) == 8
+    # per family: the curve's init and scratch runs, then the others' init run; each on the split
+    assert len(calls) == 6
+    for (a, k), mode in zip(calls, ["init", "scratch", "init"] * 2):
+        assert Path(a[0]).name == "train.csv" and Path(a[1]).name == "valid.csv"
+        assert (k["epochs"], k["batch"], k["patience"], k["seed"]) == (2, 16, 4, 1)
+        assert ("init" in k) == (mode == "init") and k.get("freeze", 0) == 0
+    ft = next(c for c in s["finetune"] if c["family"] == "corduroy")
+    assert ft["recipe"] == "first-day" and ft["init"]["kept_init"] and not ft["scratch"]["kept_init"]
+    assert all(o["init"]["kept_init"] for o in s["others"])
+    assert "| corduroy | 10 | train --init (fine-tuned) (no epoch beat it: kept unchanged) |" in s["finetune_table"]
+    # the thresholds are calibrated on the validation split, as export --valid would
+    write_seed_csv(tmp_path / "t.csv", load_dataset(work / "pool-finetune-corduroy").subset(range(10, 22)))
+    ev = evaluate(d / "init.keras", tmp_path / "t.csv", calibrate=d / "valid.csv", size=None)
+    assert ev.thresholds == pytest.approx(ft["init"]["thresholds"], abs=1e-6)
+    # the runs of the other recipe have their own folders: nothing is mixed up or trained over
+    assert not (work / "corduroy" / "finetune-10").exists()
+    with pytest.raises(DataError, match="--finetune-recipe daily: choose from first-day, fixed"):
+        lo.held_back(work, str(tiny_keras), ["corduroy"], recipe="daily", **kw)
 
 
 def test_held_back_refuses_a_family_the_model_saw(tmp_path):
