@@ -289,39 +289,24 @@ def _fit_and_score(
 
     t0 = time.monotonic()
     out = d / f"{mode}.keras"
-    calib = labelled if recipe == "fixed" else _recipe_split(labelled)[1]
-    # a model trained by a run with another --tta is rescored only
-    trained = not out.is_file()
+    if recipe == "fixed":
+        calib = labelled
+        csv = str(d / "labelled.csv")
+        epochs = _ft_epochs(len(labelled), batch)
+        run: dict[str, Any] = dict(train_spec=csv, valid_spec=csv, epochs=epochs, batch=batch, patience=epochs)
+    else:
+        calib = _recipe_split(labelled)[1]
+        run = dict(
+            train_spec=str(d / "train.csv"),
+            valid_spec=str(d / "valid.csv"),
+            epochs=RECIPE_EPOCHS,
+            batch=RECIPE_BATCH,
+            patience=RECIPE_PATIENCE,
+            seed=1,
+        )
+    trained = not out.is_file()  # else a run with another --tta trained it: rescore only
     if trained:
-        if recipe == "fixed":
-            csv = str(d / "labelled.csv")
-            epochs = _ft_epochs(len(labelled), batch)
-            train(
-                csv,
-                csv,
-                out,
-                epochs=epochs,
-                size=size,
-                batch=batch,
-                resume=True,
-                patience=epochs,
-                verbose=0,
-                **train_kw,
-            )
-        else:
-            train(
-                str(d / "train.csv"),
-                str(d / "valid.csv"),
-                out,
-                epochs=RECIPE_EPOCHS,
-                size=size,
-                batch=RECIPE_BATCH,
-                patience=RECIPE_PATIENCE,
-                resume=True,
-                verbose=0,
-                seed=1,
-                **train_kw,
-            )
+        train(out=out, size=size, resume=True, verbose=0, **run, **train_kw)
     res = {**_score_keras(out, calib, test, size, tta), "kept_init": bool(read_meta(out).get("kept_init", False))}
     return {**res, "seconds": round(time.monotonic() - t0)} if trained else res
 

@@ -165,11 +165,11 @@ def test_held_back_fine_tunes_as_the_first_day_recipe_does(tmp_path, tiny_keras,
     import convert.train
 
     monkeypatch.setattr(lo, "RECIPE_EPOCHS", 2)
-    calls: list[tuple[tuple, dict]] = []
+    calls: list[dict] = []
     real_train = convert.train.train
 
     def recording_train(*a, **kw):
-        calls.append((a, kw))
+        calls.append(kw)
         return real_train(*a, **kw)
 
     monkeypatch.setattr(convert.train, "train", recording_train)
@@ -185,8 +185,8 @@ def test_held_back_fine_tunes_as_the_first_day_recipe_does(tmp_path, tiny_keras,
     assert len(load_dataset(others / "valid.csv")) == 2 and len(load_dataset(others / "train.csv")) == 8
     # per family: the curve's init and scratch runs, then the others' init run; each on the split
     assert len(calls) == 6
-    for (a, k), mode in zip(calls, ["init", "scratch", "init"] * 2):
-        assert Path(a[0]).name == "train.csv" and Path(a[1]).name == "valid.csv"
+    for k, mode in zip(calls, ["init", "scratch", "init"] * 2):
+        assert Path(k["train_spec"]).name == "train.csv" and Path(k["valid_spec"]).name == "valid.csv"
         assert (k["epochs"], k["batch"], k["patience"], k["seed"]) == (2, 16, 4, 1)
         assert ("init" in k) == (mode == "init") and k.get("freeze", 0) == 0
     ft = next(c for c in s["finetune"] if c["family"] == "corduroy")
