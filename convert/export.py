@@ -229,19 +229,36 @@ def _write_selfcheck(tmp: Path, manifest: dict, files: dict[str, str], paths: li
     write_manifest(tmp, manifest, files)
 
 
-def _calibrated(task, labels, va, xv, cal, calibration, valid, p_int8, tmp: Path):
+def thresholds_of(spec: str | Path, labels: list[str]) -> dict[str, float]:
+    """``--thresholds-from BUNDLE|default``: that bundle's thresholds, for a model with its labels
+    (a ModelError naming the bundle otherwise)."""
+    from edge.bundle import load_bundle
+
+    from .train import DEFAULT_BUNDLE
+
+    path = DEFAULT_BUNDLE if str(spec) == "default" else Path(spec)
+    b = load_bundle(path, verify=False)
+    if list(b.labels) != list(labels) or b.task != "multilabel":
+        raise ModelError(
+            f"--thresholds-from {spec}: its labels {list(b.labels)} ({b.task}) are not the model's {list(labels)}"
+        )
+    return {lab: float(b.thresholds[lab]) for lab in labels}
+
+
+def _calibrated(task, labels, va, xv, cal, calibration, valid, p_int8, tmp: Path, fixed: dict | None = None):
     """(thresholds, metrics) for the bundle: multilabel thresholds calibrated on ``--valid`` (``va``,
     its preprocessed images ``xv``) with the int8 classifier in ``tmp`` (what the Pi runs), else 0.5
-    with metrics on the calibration set; multiclass has no thresholds (metrics on ``--valid``)."""
+    with metrics on the calibration set; multiclass has no thresholds (metrics on ``--valid``).
+    ``fixed`` (``--thresholds-from``): these thresholds, ``--valid`` only measured at them."""
     pv = None if va is None else _tflite_predict(tmp / "classifier_int8.tflite", xv, len(labels))
     if task != "multilabel":
         if pv is None:
             return {}, {}
         return {}, {"int8_valid": multiclass_metrics(va.targets, pv, labels), "data": str(valid)}
     if pv is not None:
-        thresholds = calibrate_thresholds(va.targets, pv, labels)
+        thresholds = dict(fixed) if fixed else calibrate_thresholds(va.targets, pv, labels)
         return thresholds, {"int8_valid": multilabel_metrics(va.targets, pv, labels, thresholds), "data": str(valid)}
-    thresholds = {lab: 0.5 for lab in labels}
+    thresholds = dict(fixed) if fixed else {lab: 0.5 for lab in labels}
     if cal is None:
         return thresholds, {}
     cal_metrics = multilabel_metrics(cal.targets, p_int8, labels, thresholds)
@@ -265,13 +282,16 @@ def export_bundle(
     classes: str | Path | None = None,
     version: str | None = None,
     tta: str = "none",
+    thresholds_from: str | Path | None = None,
 ) -> ExportResult:
     """Build and verify the bundle in a temp dir, then rename it to ``out``.
 
     ``min_int8_agreement`` is the parity gate (99 %); only a barely trained test model, whose
     scores all crowd the thresholds, has a reason to lower it. ``preprocess``, ``weights``,
     ``classes``: module doc. ``tta``: test-time flips inside both classifiers
-    (``convert.tflite.TTA_VIEWS``); the explainer keeps the one view.
+    (``convert.tflite.TTA_VIEWS``); the explainer keeps the one view. ``thresholds_from`` (a bundle,
+    or ``default``): its thresholds instead of calibrating on ``valid`` (which is then only measured):
+    a fine-tune validated on a few dozen frames calibrates worse than the thresholds it started from.
     """
     from edge.bundle import input_section
     from edge.preprocess import preprocess as prep_image
@@ -311,6 +331,7 @@ def export_bundle(
     va = load_dataset(valid) if valid else None
     if va is not None and list(va.labels) != labels:
         raise DataError(f"{valid}: labels {list(va.labels)} differ from the model's {labels}")
+    fixed = None if thresholds_from is None else thresholds_of(thresholds_from, labels)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -354,7 +375,7 @@ def export_bundle(
 
         # thresholds: calibrated on --valid with the classifier the Pi runs
         xv = None if va is None else np.concatenate([b for b, _ in batches(va, h, w, 64, mode=mode)])
-        thresholds, metrics = _calibrated(task, labels, va, xv, cal, calibration, valid, p_int8, tmp)
+        thresholds, metrics = _calibrated(task, labels, va, xv, cal, calibration, valid, p_int8, tmp, fixed)
         if task == "multilabel" and int8 == "auto" and int8_kind == "full":
             # full int8 was chosen at 0.5; the Pi decides at the calibrated thresholds, where a few
             # scores near them may flip: keep full int8 only if it keeps parity there too
@@ -369,7 +390,7 @@ def export_bundle(
                 int8_kind = "dynamic"
                 p_int8 = _tflite_predict(tmp / "classifier_int8.tflite", x, len(labels))
                 par["int8"] = {**parity(ref, p_int8, task, thr0), "quantization": int8_kind}
-                thresholds, metrics = _calibrated(task, labels, va, xv, cal, calibration, valid, p_int8, tmp)
+                thresholds, metrics = _calibrated(task, labels, va, xv, cal, calibration, valid, p_int8, tmp, fixed)
         if task == "multilabel":
             thr = np.array([thresholds[lab] for lab in labels])
             par["fp32"] = {
@@ -432,6 +453,7 @@ def export_bundle(
             "input": {"height": h, "width": w, **input_section(mode)},
             "classifier": "classifier_int8",
             "thresholds": thresholds,
+            **({"thresholds_from": str(thresholds_from)} if thresholds_from is not None else {}),
             "metrics": metrics,
             "parity": par,
             "source": {
@@ -484,6 +506,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle directory to create")
     p.add_argument("--valid", metavar="CSV|DIR", help="validation set to calibrate thresholds and measure metrics")
+    p.add_argument(
+        "--thresholds-from",
+        metavar="BUNDLE|default",
+        help="take the thresholds of this bundle (default: the shipped one) instead of calibrating them on "
+        "--valid, which is then only measured: for a fine-tune validated on fewer than a few hundred frames",
+    )
     p.add_argument("--arch", help=f"architecture of a weights-only .h5 ({', '.join(ARCHS)})")
     p.add_argument(
         "--size",
@@ -544,6 +572,7 @@ def run(args: argparse.Namespace) -> int:
         args.classes,
         args.model_version,
         args.tta,
+        args.thresholds_from,
     )
     par = res.manifest["parity"]
     print(

@@ -574,3 +574,46 @@ def test_ship_chain_toy(tmp_path):
     valid = _measured(tmp_path / "work" / "model4.keras", tmp_path / "bundle", tmp_path / "work" / "valid", tta="lr")
     fp32_diff = _max_diff(valid["classifier_fp32"], valid["keras"])  # calibration = the 24 valid images, all used
     assert report["parity"]["fp32"]["max_abs_diff"] == pytest.approx(fp32_diff, rel=0.25)
+
+
+@pytest.mark.slow  # trains the tiny model (tiny_keras / tiny_bundle)
+def test_thresholds_from_another_bundle(tiny_bundle, tiny_keras, tiny_valid, tmp_path):
+    """``export --thresholds-from BUNDLE``: a fine-tune validated on a few dozen frames keeps the
+    thresholds it started from (calibrated on 10–40 stills, `break` accuracy fell to 78.5 % where
+    the shipped thresholds kept 95 %); ``--valid`` is then only measured, at those thresholds."""
+    import shutil
+
+    from convert.metrics import multilabel_metrics
+
+    src = shutil.copytree(tiny_bundle, tmp_path / "src")
+    m = json.loads((src / "manifest.json").read_text())
+    given = {"good": 0.31, "error": 0.62, "break": 0.27, "length": 0.71}
+    m["thresholds"] = given
+    (src / "manifest.json").write_text(json.dumps(m))
+
+    def export(out: Path):
+        return run_convert(
+            "export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"), "--out", str(out),
+            "--valid", str(tiny_valid / "data.csv"), "--max-images", "32",
+            "--min-int8-agreement", str(TINY_MIN_AGREEMENT), "--thresholds-from", str(src),
+        )  # fmt: skip
+
+    p = export(tmp_path / "out")
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert got["thresholds"] == given and got["thresholds_from"] == str(src)
+    assert load_bundle(tmp_path / "out").thresholds == given
+    # --valid is measured at the given thresholds: the accuracy of the Pi's int8 decisions at them
+    ms = _measured(tiny_keras, tmp_path / "out", tiny_valid)
+    want = multilabel_metrics(ms["truth"].astype(float), ms["classifier_int8"], list(given), given)
+    for lab in given:
+        assert got["metrics"]["int8_valid"]["labels"][lab]["accuracy"] == pytest.approx(
+            want["labels"][lab]["accuracy"], abs=1e-6
+        )
+    # a bundle of other labels is refused in one line, and nothing is written
+    m["labels"] = ["error", "good", "break", "length"]
+    m["thresholds"] = dict(zip(m["labels"], given.values()))
+    (src / "manifest.json").write_text(json.dumps(m))
+    p = export(tmp_path / "out2")
+    one_line_error(p, f"--thresholds-from {src}: its labels ['error', 'good', 'break', 'length']")
+    assert not (tmp_path / "out2").exists()
