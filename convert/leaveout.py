@@ -23,7 +23,9 @@ of the same architecture is trained from scratch on the same N images; both are 
 images of F (seed 204 pool of F only; the first N are the labelled ones, the rest the test).
 Both runs train as the README's first-day recipe tells a user to (``--finetune-recipe
 first-day``, the default): the first fifth of the N validates (early stopping, the keep-init
-check, the thresholds), the rest train, nothing frozen. ``--finetune-recipe fixed`` reproduces the
+check), the rest train, nothing frozen; a fine-tune keeps the thresholds of the model it
+started from (``export --thresholds-from``), a model from scratch calibrates them on the
+validation fifth. ``--finetune-recipe fixed`` reproduces the
 runs before it: a fixed ``FT_STEPS`` steps on all N, which also calibrate the thresholds.
 
 ``--init MODEL`` starts every fold from that model instead of from scratch (a CPU budget cannot
@@ -211,9 +213,12 @@ def bundle_tta(spec: str | Path | None) -> str:
         return "none"
 
 
-def _score_keras(model_path: Path, labelled, test, size: int, tta: str = "none") -> dict:
-    """Thresholds calibrated on ``labelled`` (validation images), scores on ``test``; ``tta``: the
-    model averaged over flipped views (``export --tta``), as a bundle exported with it classifies."""
+def _score_keras(
+    model_path: Path, labelled, test, size: int, tta: str = "none", thresholds: dict | None = None
+) -> dict:
+    """Thresholds calibrated on ``labelled`` (validation images), or ``thresholds`` as given (``export
+    --thresholds-from``), scores on ``test``; ``tta``: the model averaged over flipped views
+    (``export --tta``), as a bundle exported with it classifies."""
     from .data import ImageCache, batches
     from .metrics import calibrate_thresholds
     from .models import load_keras
@@ -229,7 +234,7 @@ def _score_keras(model_path: Path, labelled, test, size: int, tta: str = "none")
         cache = ImageCache(ds, size, size)
         return np.concatenate([tta_predict(forward, x, tta) for x, _ in batches(ds, size, size, 64, cache)])
 
-    thr = calibrate_thresholds(labelled.targets, predict(labelled), labels)
+    thr = dict(thresholds) if thresholds else calibrate_thresholds(labelled.targets, predict(labelled), labels)
     return {"thresholds": thr, **attribute_scores(test.targets, predict(test), labels, thr)}
 
 
@@ -277,13 +282,15 @@ def _fit_and_score(
     batch: int,
     tta: str = "none",
     recipe: str = "first-day",
+    thresholds: dict | None = None,
     **train_kw,
 ) -> dict:
     """Train ``d/<mode>.keras`` on the labelled images in ``d`` as ``recipe`` says (``RECIPES``),
     then score it on ``test``. ``fixed``: ``FT_STEPS`` steps on ``d/labelled.csv``, its own
     validation set, thresholds calibrated on it. ``first-day``: ``d/train.csv`` and ``d/valid.csv``
     (``_recipe_split``), early stopping on the latter, thresholds calibrated on it as ``export
-    --valid`` would; ``kept_init`` says whether the ``--init`` model was kept."""
+    --valid`` would, or ``thresholds`` as given (``export --thresholds-from``: the ``--init``
+    model's); ``kept_init`` says whether the ``--init`` model was kept."""
     from .models import read_meta
     from .train import train
 
@@ -307,7 +314,10 @@ def _fit_and_score(
     trained = not out.is_file()  # else a run with another --tta trained it: rescore only
     if trained:
         train(out=out, size=size, resume=True, verbose=0, **run, **train_kw)
-    res = {**_score_keras(out, calib, test, size, tta), "kept_init": bool(read_meta(out).get("kept_init", False))}
+    res = {
+        **_score_keras(out, calib, test, size, tta, thresholds),
+        "kept_init": bool(read_meta(out).get("kept_init", False)),
+    }
     return {**res, "seconds": round(time.monotonic() - t0)} if trained else res
 
 
@@ -338,10 +348,13 @@ def finetune_curve(
     lr: float | None = None,
     tta: str = "none",
     recipe: str = "first-day",
+    base_thresholds: dict | None = None,
 ) -> list[dict]:
     """Fine-tune the model that never saw ``family`` (``base``, default the fold's) on N of its
     images vs from scratch on the same N, both as ``recipe`` says (``RECIPES``); ``freeze`` None:
-    the recipe's (``fixed``: 1, ``first-day``: 0)."""
+    the recipe's (``fixed``: 1, ``first-day``: 0). ``base_thresholds`` (``first-day``): ``base``'s
+    own, with which the fine-tune and ``base`` itself are scored, as the first-day recipe exports
+    (``--thresholds-from``); else they are calibrated on the labelled images."""
     freeze = _recipe_freeze(recipe, freeze)
     base = base or work / family / "model.keras"
     if not base.is_file():
@@ -359,6 +372,7 @@ def finetune_curve(
             continue
         _write_labelled(d, labelled, recipe)
         fit: dict[str, Any] = dict(size=size, batch=batch, tta=tta, recipe=recipe)
+        keep = base_thresholds if recipe != "fixed" else None
         row: dict = {
             "family": family,
             "labelled": n,
@@ -367,10 +381,12 @@ def finetune_curve(
             "lr": lr,
             "test_count": len(test),
             "tta": tta,
-            "init": _fit_and_score(d, "init", labelled, test, **fit, init=str(base), freeze=freeze, lr=lr),
+            "init": _fit_and_score(
+                d, "init", labelled, test, **fit, thresholds=keep, init=str(base), freeze=freeze, lr=lr
+            ),
             "scratch": _fit_and_score(d, "scratch", labelled, test, **fit, arch=arch, filters=filters),
         }
-        row["zero_shot"] = _score_keras(base, labelled, test, size, tta)
+        row["zero_shot"] = _score_keras(base, labelled, test, size, tta, keep)
         res_path.write_text(json.dumps(row, indent=1) + "\n")
         out.append(row)
     return out
@@ -560,6 +576,7 @@ def leave_out(
             lr=finetune_lr,
             tta=tta,
             recipe=recipe,
+            base_thresholds=next(r["thresholds"] for r in results if r["family"] == fam),
         )
     if curve:
         summary["finetune"] = curve
@@ -583,10 +600,11 @@ def others_finetune(
     lr: float | None = None,
     tta: str = "none",
     recipe: str = "first-day",
+    base_thresholds: dict | None = None,
 ) -> dict:
     """``base`` fine-tuned on ``count`` labelled images of the *other* held-back families, scored
     on ``family``: a line that brings a fabric none of its labelled frames showed (``recipe``,
-    ``freeze``: see ``finetune_curve``)."""
+    ``freeze``, ``base_thresholds``: see ``finetune_curve``)."""
     from .data import merge
 
     freeze = _recipe_freeze(recipe, freeze)
@@ -603,6 +621,7 @@ def others_finetune(
     )
     test = pools[family].subset(range(labelled_max, labelled_max + ft_test))
     _write_labelled(d, labelled, recipe)
+    keep = base_thresholds if recipe != "fixed" else None
     row = {
         "family": family,
         "labelled": len(labelled),
@@ -621,11 +640,12 @@ def others_finetune(
             batch=batch,
             tta=tta,
             recipe=recipe,
+            thresholds=keep,
             init=str(base),
             freeze=freeze,
             lr=lr,
         ),
-        "zero_shot": _score_keras(base, labelled, test, size, tta),
+        "zero_shot": _score_keras(base, labelled, test, size, tta, keep),
     }
     res_path.write_text(json.dumps(row, indent=1) + "\n")
     return row
@@ -680,13 +700,21 @@ def held_back(
     valid = _pool(work / "pool-valid", valid_count, POOL_SEEDS["valid"])
     seen_test = _pool(work / "pool-test", test_count, POOL_SEEDS["test"])
     pools = {f: _pool(work / f"pool-finetune-{f}", labelled_max + ft_test, POOL_SEEDS["finetune"], [f]) for f in chosen}
-    seen = {k: v for k, v in _score_keras(base, valid, seen_test, size, tta).items() if k != "thresholds"}
+    seen_scores = _score_keras(base, valid, seen_test, size, tta)
+    base_thr = seen_scores.pop("thresholds")  # calibrated on the default draw, as the bundle's were
+    seen = seen_scores
     results, curve, others = [], [], []
     for fam in chosen:
         print(f"leave-out: {fam} (held back: {base} never saw it)", file=sys.stderr)
         test = pools[fam].subset(range(labelled_max, labelled_max + ft_test))
         results.append(
-            {"family": fam, "model": str(base), "tta": tta, **_score_keras(base, valid, test, size, tta), "seen": seen}
+            {
+                "family": fam,
+                "model": str(base),
+                "tta": tta,
+                **_score_keras(base, None, test, size, tta, base_thr),
+                "seen": seen,
+            }
         )
         if finetune_counts:
             curve += finetune_curve(
@@ -702,6 +730,7 @@ def held_back(
                 lr=finetune_lr,
                 tta=tta,
                 recipe=recipe,
+                base_thresholds=base_thr,
             )
         if others_count and len(chosen) > 1:
             others.append(
@@ -718,6 +747,7 @@ def held_back(
                     lr=finetune_lr,
                     tta=tta,
                     recipe=recipe,
+                    base_thresholds=base_thr,
                 )
             )
     labels = tuple(results[0]["accuracy"])

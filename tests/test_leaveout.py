@@ -193,10 +193,15 @@ def test_held_back_fine_tunes_as_the_first_day_recipe_does(tmp_path, tiny_keras,
     assert ft["recipe"] == "first-day" and ft["init"]["kept_init"] and not ft["scratch"]["kept_init"]
     assert all(o["init"]["kept_init"] for o in s["others"])
     assert "| corduroy | 10 | train --init (fine-tuned) (no epoch beat it: kept unchanged) |" in s["finetune_table"]
-    # the thresholds are calibrated on the validation split, as export --valid would
+    # the fine-tune keeps the thresholds of the model it started from (export --thresholds-from, as
+    # the recipe exports): the ones calibrated on the default draw's validation pool; a model from
+    # scratch has none, and calibrates on the validation split (export --valid)
     write_seed_csv(tmp_path / "t.csv", load_dataset(work / "pool-finetune-corduroy").subset(range(10, 22)))
-    ev = evaluate(d / "init.keras", tmp_path / "t.csv", calibrate=d / "valid.csv", size=None)
+    ev = evaluate(tiny_keras, tmp_path / "t.csv", calibrate=work / "pool-valid", size=None)
     assert ev.thresholds == pytest.approx(ft["init"]["thresholds"], abs=1e-6)
+    assert ft["zero_shot"]["thresholds"] == ft["init"]["thresholds"] == s["results"][0]["thresholds"]
+    ev = evaluate(d / "scratch.keras", tmp_path / "t.csv", calibrate=d / "valid.csv", size=None)
+    assert ev.thresholds == pytest.approx(ft["scratch"]["thresholds"], abs=1e-6)
     # the runs of the other recipe have their own folders: nothing is mixed up or trained over
     assert not (work / "corduroy" / "finetune-10").exists()
     with pytest.raises(DataError, match="--finetune-recipe daily: choose from first-day, fixed"):
