@@ -313,11 +313,13 @@ def parse_error_kinds(text: str) -> dict[str, float]:
     for part in text.split(","):
         kind, eq, w = part.partition("=")
         try:
-            out[kind.strip()] = float(w) if eq else float("nan")
+            if not eq:
+                raise ValueError
+            out[kind.strip()] = float(w)
         except ValueError:
-            out[kind.strip()] = float("nan")
-        if not eq or out[kind.strip()] != out[kind.strip()]:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected KIND=WEIGHT[,KIND=WEIGHT…], e.g. stain=3,skip=2")
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected KIND=WEIGHT[,KIND=WEIGHT…], e.g. stain=3,skip=2"
+            ) from None
     return out
 
 

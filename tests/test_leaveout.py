@@ -86,14 +86,10 @@ def test_leave_out_cli_holds_each_family_out(tmp_path):
     assert "Epoch" not in p2.stderr + p2.stdout
 
 
-@pytest.mark.slow  # six short fine-tunes of the session's tiny model
-def test_held_back_scores_a_model_on_families_it_never_saw(tmp_path, tiny_keras, monkeypatch):
-    """``leave-out --held-back``: the tiny model (felt only) on corduroy and mélange, zero-shot,
-    fine-tuned on N of the family's images, and fine-tuned on the *other* family's images only."""
-    import convert.leaveout as lo
+def _record_train(monkeypatch) -> list[dict]:
+    """The keyword arguments of every ``convert.train.train`` call from here on (it still trains)."""
     import convert.train
 
-    monkeypatch.setattr(lo, "FT_STEPS", 2)
     calls: list[dict] = []
     real_train = convert.train.train
 
@@ -102,6 +98,17 @@ def test_held_back_scores_a_model_on_families_it_never_saw(tmp_path, tiny_keras,
         return real_train(*a, **kw)
 
     monkeypatch.setattr(convert.train, "train", recording_train)
+    return calls
+
+
+@pytest.mark.slow  # six short fine-tunes of the session's tiny model
+def test_held_back_scores_a_model_on_families_it_never_saw(tmp_path, tiny_keras, monkeypatch):
+    """``leave-out --held-back``: the tiny model (felt only) on corduroy and mélange, zero-shot,
+    fine-tuned on N of the family's images, and fine-tuned on the *other* family's images only."""
+    import convert.leaveout as lo
+
+    monkeypatch.setattr(lo, "FT_STEPS", 2)
+    calls = _record_train(monkeypatch)
     work = tmp_path / "hb"
     kw: dict[str, Any] = dict(
         valid_count=16,
@@ -162,17 +169,9 @@ def test_held_back_fine_tunes_as_the_first_day_recipe_does(tmp_path, tiny_keras,
     keep-init check, the thresholds), nothing frozen, batch 16, patience 4; a model that no epoch
     beat is reported as kept."""
     import convert.leaveout as lo
-    import convert.train
 
     monkeypatch.setattr(lo, "RECIPE_EPOCHS", 2)
-    calls: list[dict] = []
-    real_train = convert.train.train
-
-    def recording_train(*a, **kw):
-        calls.append(kw)
-        return real_train(*a, **kw)
-
-    monkeypatch.setattr(convert.train, "train", recording_train)
+    calls = _record_train(monkeypatch)
     work = tmp_path / "hb"
     # lr 5 wrecks every epoch of a fine-tune: the check keeps the --init model each time
     kw: dict[str, Any] = dict(valid_count=16, test_count=16, finetune_counts=(10,), others_count=10, ft_test=12)
