@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.support.cli import run_convert
-from tests.support.images import fruit_folders
+from tests.support.images import fruit_folders, imread
 from tests.support.model import TINY_EPOCHS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,11 +216,11 @@ def test_training_curves_leave_out_a_diverged_epoch(tmp_path):
     nan, inf = float("nan"), float("inf")
     history = {"loss": [0.6, nan, inf, 0.4], "val_loss": [0.7, nan, nan, 0.5], "acc": [0.5, 0.6, nan, 0.7]}
     draw_curves(history, tmp_path / "c.png")
-    img = cv2.imread(str(tmp_path / "c.png"))
+    img = imread(tmp_path / "c.png")
     assert img.shape == (360, 900, 3)
     left = img[30:320, 50:435]  # the loss panel: the two finite epochs of each curve are drawn
     blue = (left[..., 0] > 150) & (left[..., 1] < 120) & (left[..., 2] < 60)  # loss (200, 80, 0)
     red = (left[..., 2] > 150) & (left[..., 1] < 120) & (left[..., 0] < 60)  # val_loss (0, 80, 220)
     assert blue.sum() > 20 and red.sum() > 20
     draw_curves({"loss": [nan, nan], "val_loss": [inf]}, tmp_path / "none.png")  # nothing finite: empty panels
-    assert cv2.imread(str(tmp_path / "none.png")).shape == (360, 900, 3)
+    assert imread(tmp_path / "none.png").shape == (360, 900, 3)
