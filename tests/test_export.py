@@ -583,6 +583,7 @@ def test_thresholds_from_another_bundle(tiny_bundle, tiny_keras, tiny_valid, tmp
     the shipped thresholds kept 95 %); ``--valid`` is then only measured, at those thresholds."""
     import shutil
 
+    from convert.data import load_dataset
     from convert.metrics import multilabel_metrics
 
     src = shutil.copytree(tiny_bundle, tmp_path / "src")
@@ -600,6 +601,7 @@ def test_thresholds_from_another_bundle(tiny_bundle, tiny_keras, tiny_valid, tmp
 
     p = export(tmp_path / "out")
     assert p.returncode == 0, p.stderr[-2000:]
+    assert "thresholds calibrated on" not in p.stderr
     got = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert got["thresholds"] == given and got["thresholds_from"] == str(src)
     assert load_bundle(tmp_path / "out").thresholds == given
@@ -610,6 +612,16 @@ def test_thresholds_from_another_bundle(tiny_bundle, tiny_keras, tiny_valid, tmp
         assert got["metrics"]["int8_valid"]["labels"][lab]["accuracy"] == pytest.approx(
             want["labels"][lab]["accuracy"], abs=1e-6
         )
+    # without it, a small --valid calibrates and export says how small it is
+    p = run_convert(
+        "export", "--model", str(tiny_keras), "--calibration", str(tiny_valid / "data.csv"),
+        "--out", str(tmp_path / "calibrated"), "--valid", str(tiny_valid / "data.csv"), "--max-images", "16",
+        "--min-int8-agreement", str(TINY_MIN_AGREEMENT),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    n = len(load_dataset(tiny_valid / "data.csv"))
+    assert f"export: thresholds calibrated on {n} images of {tiny_valid / 'data.csv'}: with fewer than 200" in p.stderr
+    assert "thresholds_from" not in json.loads((tmp_path / "calibrated" / "manifest.json").read_text())
     # a bundle of other labels is refused in one line, and nothing is written
     m["labels"] = ["error", "good", "break", "length"]
     m["thresholds"] = dict(zip(m["labels"], given.values()))
