@@ -260,6 +260,11 @@ def _ft_epochs(n: int, batch: int) -> int:
     return max(1, math.ceil(FT_STEPS / math.ceil(n / batch)))
 
 
+def _recipe_epochs(recipe: str, n: int, batch: int) -> int:
+    """The epochs a recipe's run trains at most on ``n`` labelled images."""
+    return _ft_epochs(n, batch) if recipe == "fixed" else RECIPE_EPOCHS
+
+
 def _recipe_dir(d: Path, recipe: str) -> Path:
     """A run's folder: ``fixed`` keeps the name of the runs before ``--finetune-recipe`` (their
     cached models and results stay valid), ``first-day`` has its own beside it."""
@@ -299,14 +304,14 @@ def _fit_and_score(
     if recipe == "fixed":
         calib = labelled
         csv = str(d / "labelled.csv")
-        epochs = _ft_epochs(len(labelled), batch)
+        epochs = _recipe_epochs(recipe, len(labelled), batch)
         run: dict[str, Any] = dict(train_spec=csv, valid_spec=csv, epochs=epochs, batch=batch, patience=epochs)
     else:
         calib = _recipe_split(labelled)[1]
         run = dict(
             train_spec=str(d / "train.csv"),
             valid_spec=str(d / "valid.csv"),
-            epochs=RECIPE_EPOCHS,
+            epochs=_recipe_epochs(recipe, len(labelled), batch),
             batch=RECIPE_BATCH,
             patience=RECIPE_PATIENCE,
             seed=1,
@@ -377,7 +382,7 @@ def finetune_curve(
             "family": family,
             "labelled": n,
             "recipe": recipe,
-            "epochs": _ft_epochs(n, batch) if recipe == "fixed" else RECIPE_EPOCHS,
+            "epochs": _recipe_epochs(recipe, n, batch),
             "lr": lr,
             "test_count": len(test),
             "tta": tta,
@@ -627,7 +632,7 @@ def others_finetune(
         "labelled": len(labelled),
         "labelled_families": others,
         "recipe": recipe,
-        "epochs": _ft_epochs(len(labelled), batch) if recipe == "fixed" else RECIPE_EPOCHS,
+        "epochs": _recipe_epochs(recipe, len(labelled), batch),
         "lr": lr,
         "test_count": len(test),
         "tta": tta,
@@ -700,9 +705,8 @@ def held_back(
     valid = _pool(work / "pool-valid", valid_count, POOL_SEEDS["valid"])
     seen_test = _pool(work / "pool-test", test_count, POOL_SEEDS["test"])
     pools = {f: _pool(work / f"pool-finetune-{f}", labelled_max + ft_test, POOL_SEEDS["finetune"], [f]) for f in chosen}
-    seen_scores = _score_keras(base, valid, seen_test, size, tta)
-    base_thr = seen_scores.pop("thresholds")  # calibrated on the default draw, as the bundle's were
-    seen = seen_scores
+    seen = _score_keras(base, valid, seen_test, size, tta)
+    base_thr = seen.pop("thresholds")  # calibrated on the default draw, as the bundle's were
     results, curve, others = [], [], []
     for fam in chosen:
         print(f"leave-out: {fam} (held back: {base} never saw it)", file=sys.stderr)
