@@ -46,11 +46,46 @@ class HarnessError(RuntimeError):
 # ----------------------------------------------------------------------------- broker
 
 
+_HANDED_OUT: set[int] = set()
+_PORTS_LOCK = threading.Lock()
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' source ports (Linux default 32768..60999)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A currently free TCP port on the loopback interface (never the system's 1883)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on the loopback interface, below the kernel's ephemeral range.
+
+    A port from the ephemeral range (what ``bind(0)`` returns) can be taken before the broker
+    binds it: a client retrying a connect to that port with nothing listening can be handed the
+    same port as its own source port and connect to itself (TCP self-connect; paho then reads its
+    own CONNECT, "Unrecognised command 16"), and any other outgoing connection may get it too.
+    Ports below the range are never handed out as source ports. Each port is given out once per
+    process, so a test's leftover client cannot reach the next test's broker."""
+    import random
+
+    low, high = ephemeral_range()
+    first, last = (10000, low - 1) if low > 11000 else (high + 1, 65535)
+    rng = random.SystemRandom()
+    with _PORTS_LOCK:
+        for _ in range(2000):
+            port = rng.randint(first, last)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
+    raise HarnessError(f"no free loopback port in {first}..{last}")
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
