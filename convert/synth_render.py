@@ -479,7 +479,7 @@ def make_error(
     Thread kinds add paths to ``scene.raised``/``flat``/``bobbin``; fabric kinds add shading
     ``patches``, needle ``marks`` or ``moved`` holes. Returns (stitches to leave out, defect).
     """
-    kind = kind or ERROR_KINDS[int(rng.integers(0, len(ERROR_KINDS)))]
+    kind = kind or draw_error_kind(rng)
     S = scene.S
     tw = scene.thread_w
     pad = tw / 2 + 0.5
