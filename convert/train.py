@@ -79,15 +79,26 @@ INIT_CKPT = "init.keras"  # the --init model as it started, beside the checkpoin
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "edge" / "models" / "default"
 LR_SCRATCH, LR_FINETUNE = 3e-3, 1e-3
 XLA_ENV = "SEAMQC_TRAIN_XLA"
-#: XLA-compiled training steps. Keras turns XLA off on a machine without a GPU ("auto"), but on
-#: this project's 2-core CPU it makes a ``resnet-s2-deep`` step at batch 32 1.65x faster (1,470 →
-#: 894 ms, the bench's ``train_step_ms``: both in one process, in alternating rounds), and the
-#: tests' tiny models' steps 2.2x, for about 5 s more compiling at the first step. A model with a
-#: layer XLA cannot compile is trained without it (Keras warns once). ``SEAMQC_TRAIN_XLA=0`` in the
-#: environment turns it off: the test suite does (``tests/conftest.py``), because its tiny runs of a
-#: few dozen steps compile for longer than they train (64 stills, 2 epochs: 36-37 s with XLA, 17-21 s
-#: without, on the 2-core VM beside other work); the data loop's test, a real fine-tune, keeps it on.
-JIT = os.environ.get(XLA_ENV, "1").strip() != "0"
+#: XLA-compiled training steps: Keras's own choice ("auto": on with a GPU, off on a CPU) unless
+#: ``SEAMQC_TRAIN_XLA`` says 1 (on) or 0 (off). From 2026-12-06 to 12-07 it was on everywhere, after a
+#: VM where a ``resnet-s2-deep`` step at batch 32 took 894 ms with XLA and 1,470 without. On the
+#: AMD EPYC VMs since (TensorFlow's oneDNN kernels on AVX-512), the bench's ``train_step_ms`` (both
+#: arms in one worker, alternating rounds) gave XLA 0.58-0.79x the speed in 7 runs, a ``train --init
+#: default`` epoch of 2,000 stills took 75 / 83 s with it and 48 / 46 s without, and the data loop's
+#: fine-tune ran 1.6x faster without. ``make bench`` prints the ratio for the machine at hand.
+XLA_SETTINGS = ("0", "1", "auto")
+
+
+def use_xla() -> bool:
+    """Whether ``train`` compiles its steps with XLA (``XLA_ENV``; imports TensorFlow for "auto")."""
+    value = os.environ.get(XLA_ENV, "").strip().lower() or "auto"
+    if value not in XLA_SETTINGS:
+        raise DataError(f"{XLA_ENV}={os.environ[XLA_ENV]!r}: choose from {', '.join(XLA_SETTINGS)} (or leave it unset)")
+    if value != "auto":
+        return value == "1"
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 @dataclass(frozen=True)
@@ -354,6 +365,7 @@ def train(
         raise ModelError(f"--freeze {freeze}: needs --init and must be >= 0")
     if init:
         init_model_path(init)  # a bad --init is one line, before TensorFlow loads
+    jit = use_xla()
     if size is None and not init:
         size = DEFAULT_SIZE
     if epochs < 1 or (size is not None and size < 16) or batch < 1 or filters < 1 or not lr > 0:
@@ -422,7 +434,7 @@ def train(
         masked_objects()  # registered: a checkpoint compiled with them loads
         try:
             model = keras.models.load_model(str(resumed_from))
-            model.jit_compile = JIT  # a checkpoint's compile config may predate it
+            model.jit_compile = jit  # the checkpoint's compile config is of its own run
         except Exception as e:  # noqa: BLE001
             raise ModelError(
                 f"{resumed_from}: cannot resume from this checkpoint ({str(e).splitlines()[0][:200]})"
@@ -458,7 +470,7 @@ def train(
             loss, acc = keras.losses.BinaryCrossentropy(), keras.metrics.BinaryAccuracy(name="acc")
         else:
             loss, acc = keras.losses.CategoricalCrossentropy(), keras.metrics.CategoricalAccuracy(name="acc")
-        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[acc], jit_compile=JIT)
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=[acc], jit_compile=jit)
 
     meta = {
         "labels": list(tr.labels),

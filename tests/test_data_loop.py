@@ -263,10 +263,10 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
         "--batch",
         "16",
         timeout=900,
-        env={"SEAMQC_TRAIN_XLA": "1"},  # a real fine-tune (340 steps): XLA-compiled, as a user's is
     )
+    # a CPU's fine-tune is not XLA-compiled (train.use_xla: 1.6x faster here without it)
     with zipfile.ZipFile(max((work / "loop1_checkpoints").glob("ckpt-e*.keras"))) as z:
-        assert json.loads(z.read("config.json"))["compile_config"]["jit_compile"] is True
+        assert json.loads(z.read("config.json"))["compile_config"]["jit_compile"] is False
     convert_ok(
         "export",
         "--model",

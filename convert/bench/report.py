@@ -191,7 +191,8 @@ def render_table(res: dict) -> str:
         f"{rss.get('tensorflow_mapped_in_litert_daemon')}) |",
         f"| daemon RSS, heatmaps.method tf | {_f(rss.get('tf'), 1)} MB |",
         f"| workstation: one training step of {ts.get('arch')} (batch {ts.get('batch')}, Keras fit), "
-        f"XLA (train's) / without | {_f((ts.get('xla') or {}).get('p50'), 1)} / "
+        "XLA / without (train's default on a CPU: SEAMQC_TRAIN_XLA=1 when XLA wins) | "
+        f"{_f((ts.get('xla') or {}).get('p50'), 1)} / "
         f"{_f((ts.get('plain') or {}).get('p50'), 1)} ms → XLA {_f(ts.get('xla_speedup'))} × faster |",
         f"| start-up to first classified frame | {_f(res['startup_s'])} s (runs {res['startup'].get('runs_s')}) |",
         f"| alert latency p50 / p99 (n={al.get('n')}) | {_f(al.get('p50'), 1)} / {_f(al.get('p99'), 1)} "

@@ -199,7 +199,7 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
         if not binfo["has_keras"]:
             spec["bundle_keras"] = None
         tf_res[t] = run_worker(spec, work, f"tf{t}")
-    # the workstation side: a training step of the bundle's architecture, XLA on (train's) and off
+    # the workstation side: a training step of the bundle's architecture, XLA on and off (train's on a CPU)
     from convert.models import ARCHS
 
     arch = binfo["arch"] if binfo.get("arch") in ARCHS else "resnet-s2"

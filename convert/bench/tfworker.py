@@ -162,8 +162,8 @@ def _tf_gradcam_rss_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _tf_train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Subprocess: one training step of the bundle's architecture, Keras ``fit`` as ``convert train``
-    runs it (a ``PyDataset`` of ``batch`` images, Adam, binary cross-entropy), with XLA (``train``'s
-    ``JIT``) and without it (Keras's own choice on a machine without a GPU), side by side: the two
+    runs it (a ``PyDataset`` of ``batch`` images, Adam, binary cross-entropy), with XLA and without it
+    (``train``'s default on a machine without a GPU, ``train.use_xla``), side by side: the two
     models train in alternating rounds of ``steps`` steps, and each round's first step is left out."""
     import keras
 
