@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -68,8 +69,6 @@ def free_port() -> int:
     own CONNECT, "Unrecognised command 16"), and any other outgoing connection may get it too.
     Ports below the range are never handed out as source ports. Each port is given out once per
     process, so a test's leftover client cannot reach the next test's broker."""
-    import random
-
     low, high = ephemeral_range()
     first, last = (10000, low - 1) if low > 11000 else (high + 1, 65535)
     rng = random.SystemRandom()
