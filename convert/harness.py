@@ -60,6 +60,20 @@ def ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+def port_span(low: int, high: int, worker: str | None = None, workers: str | None = None) -> tuple[int, int]:
+    """The ports this process may hand out: those below the ephemeral range ``low..high`` (above it
+    where too few lie below), and under pytest-xdist (``worker`` "gw3" of ``workers`` "8") only the
+    worker's own equal share, so two workers never pick the same port between its bind check and the
+    broker's bind, and a worker's leftover client never reaches another worker's broker."""
+    first, last = (10000, low - 1) if low > 11000 else (high + 1, 65535)
+    if worker and worker.startswith("gw") and worker[2:].isdigit() and (workers or "").isdigit():
+        index, count = int(worker[2:]), int(workers or 1)
+        if 0 <= index < count:
+            share = (last - first + 1) // count
+            first, last = first + index * share, first + (index + 1) * share - 1
+    return first, last
+
+
 def free_port() -> int:
     """A free TCP port on the loopback interface, below the kernel's ephemeral range.
 
@@ -68,9 +82,11 @@ def free_port() -> int:
     same port as its own source port and connect to itself (TCP self-connect; paho then reads its
     own CONNECT, "Unrecognised command 16"), and any other outgoing connection may get it too.
     Ports below the range are never handed out as source ports. Each port is given out once per
-    process, so a test's leftover client cannot reach the next test's broker."""
-    low, high = ephemeral_range()
-    first, last = (10000, low - 1) if low > 11000 else (high + 1, 65535)
+    process, and each xdist worker draws from its own share (``port_span``), so a test's leftover
+    client cannot reach the next test's broker."""
+    first, last = port_span(
+        *ephemeral_range(), os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    )
     rng = random.SystemRandom()
     with _PORTS_LOCK:
         for _ in range(2000):
