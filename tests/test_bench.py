@@ -102,6 +102,13 @@ def test_bench_quick_writes_every_measure(tiny_bundle, tmp_path):
         assert ts[arm]["n"] == 6 and _pos(ts[arm]["p50"]) and ts[arm]["p99"] >= ts[arm]["p50"], ts
     assert ts["xla_speedup"] == pytest.approx(ts["plain"]["p50"] / ts["xla"]["p50"], rel=0.01)
     assert "XLA / without (train's default on a CPU" in proc.stdout
+    # and glibc's malloc keeping freed memory (train's default) against left alone, one worker each
+    assert ts["malloc_kept"] is True  # Debian's glibc: the settings took
+    for arm in ("xla", "plain"):
+        d = ts["malloc_default"][arm]
+        assert d["n"] == 6 and _pos(d["p50"]) and d["p99"] >= d["p50"], ts
+    assert ts["malloc_speedup"] == pytest.approx(ts["malloc_default"]["plain"]["p50"] / ts["plain"]["p50"], rel=0.01)
+    assert "glibc malloc keeping freed memory (train's default) / left alone" in proc.stdout
 
     # end to end vs the bare interpreter bound
     assert _pos(res["e2e_fps"]) and _pos(res["bound_fps"])

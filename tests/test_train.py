@@ -85,6 +85,35 @@ def test_training_uses_xla_only_with_a_gpu_unless_the_environment_says(monkeypat
     ], p.stderr
 
 
+def test_training_keeps_freed_memory_unless_the_environment_says(monkeypatch):
+    """A CPU training step frees and reallocates the same activations every step; glibc's default
+    gave them back to the kernel each time (a third of the CPU time in page faults). ``train`` sets
+    malloc to keep them: the settings take on glibc (True), ``SEAMQC_TRAIN_MALLOC=0`` leaves malloc
+    alone (False), any other value is one line naming the variable."""
+    import ctypes
+
+    from convert.train import MALLOC_ENV, keep_freed_memory
+
+    code = "import convert.train as t; print(t.keep_freed_memory())"
+    seen = {}
+    for value in (None, "1", " 1 ", "0"):
+        env = {k: v for k, v in os.environ.items() if k != MALLOC_ENV}
+        if value is not None:
+            env[MALLOC_ENV] = value
+        p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        seen[value] = p.stdout.strip()
+    glibc = hasattr(ctypes.CDLL(None), "gnu_get_libc_version")  # the CI machine and the VMs: Debian's glibc
+    assert seen == {None: str(glibc), "1": str(glibc), " 1 ": str(glibc), "0": "False"}
+    monkeypatch.setenv(MALLOC_ENV, "yes")
+    with pytest.raises(DataError, match=r"^SEAMQC_TRAIN_MALLOC='yes': choose from 0, 1 \(or leave it unset\)$"):
+        keep_freed_memory()
+    p = run_convert("train", "--train", "a.csv", "--valid", "b.csv", "--out", "c.keras", env={MALLOC_ENV: "yes"})
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "error: SEAMQC_TRAIN_MALLOC='yes': choose from 0, 1 (or leave it unset)"
+    ], p.stderr
+
+
 @pytest.mark.slow
 def test_resume_continues_from_last_checkpoint(tiny_keras, tiny_dataset, tiny_valid, tmp_path):
     from convert.train import side_paths, train

@@ -194,6 +194,10 @@ def render_table(res: dict) -> str:
         "XLA / without (train's default on a CPU: SEAMQC_TRAIN_XLA=1 when XLA wins) | "
         f"{_f((ts.get('xla') or {}).get('p50'), 1)} / "
         f"{_f((ts.get('plain') or {}).get('p50'), 1)} ms → XLA {_f(ts.get('xla_speedup'))} × faster |",
+        "| the same step without XLA, glibc malloc keeping freed memory (train's default) / left alone "
+        f"(SEAMQC_TRAIN_MALLOC=0) | {_f((ts.get('plain') or {}).get('p50'), 1)} / "
+        f"{_f(((ts.get('malloc_default') or {}).get('plain') or {}).get('p50'), 1)} ms → "
+        f"{_f(ts.get('malloc_speedup'))} × faster |",
         f"| start-up to first classified frame | {_f(res['startup_s'])} s (runs {res['startup'].get('runs_s')}) |",
         f"| alert latency p50 / p99 (n={al.get('n')}) | {_f(al.get('p50'), 1)} / {_f(al.get('p99'), 1)} "
         f"ms; after the event closed {_f(al.get('after_close_p50'), 1)} / "

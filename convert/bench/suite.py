@@ -203,22 +203,22 @@ def bench(bundle_arg: str | None, quick: bool, work_root: Path, json_path: Path 
     from convert.models import ARCHS
 
     arch = binfo["arch"] if binfo.get("arch") in ARCHS else "resnet-s2"
-    say(f"TF worker: a training step of {arch}, XLA on and off")
-    train_step = run_worker(
-        {
-            "kind": "tf_train",
-            "arch": arch,
-            "height": h,
-            "width": w,
-            "filters": filters,
-            "n_labels": len(binfo["labels"]),
-            "batch": 32,
-            "steps": plan.train_steps,
-            "rounds": plan.train_rounds,
-        },
-        work,
-        "tftrain",
-    )
+    say(f"TF workers: a training step of {arch}, XLA on and off, glibc's malloc as train sets it and left alone")
+    step_spec = {
+        "kind": "tf_train",
+        "arch": arch,
+        "height": h,
+        "width": w,
+        "filters": filters,
+        "n_labels": len(binfo["labels"]),
+        "batch": 32,
+        "steps": plan.train_steps,
+        "rounds": plan.train_rounds,
+    }
+    train_step = run_worker(dict(step_spec, malloc=True), work, "tftrain")
+    untuned = run_worker(dict(step_spec, malloc=False), work, "tftrain-malloc-default")
+    train_step["malloc_default"] = {k: untuned[k] for k in ("plain", "xla")}
+    train_step["malloc_speedup"] = round(untuned["plain"]["p50"] / train_step["plain"]["p50"], 3)
     phases["tf_workers"] = _lap()
     models = tf_res[max(tf_res)]["models"] if tf_res else {}  # the first worker (most threads) exports
 

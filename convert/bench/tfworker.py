@@ -164,10 +164,15 @@ def _tf_train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Subprocess: one training step of the bundle's architecture, Keras ``fit`` as ``convert train``
     runs it (a ``PyDataset`` of ``batch`` images, Adam, binary cross-entropy), with XLA and without it
     (``train``'s default on a machine without a GPU, ``train.use_xla``), side by side: the two
-    models train in alternating rounds of ``steps`` steps, and each round's first step is left out."""
+    models train in alternating rounds of ``steps`` steps, and each round's first step is left out.
+    ``spec["malloc"]``: whether glibc keeps freed memory as ``train`` sets it (``train.keep_freed_memory``;
+    process-wide, so the bench runs one worker each way)."""
     import keras
 
     from convert.models import build_model
+    from convert.train import keep_freed_memory
+
+    kept = keep_freed_memory() if spec.get("malloc", True) else False
 
     h, w, filters, n = int(spec["height"]), int(spec["width"]), int(spec["filters"]), int(spec["n_labels"])
     batch, steps, rounds = int(spec["batch"]), int(spec["steps"]), int(spec["rounds"])
@@ -214,6 +219,7 @@ def _tf_train_worker(spec: dict[str, Any]) -> dict[str, Any]:
         height=h,
         width=w,
         xla_speedup=round(res["plain"]["p50"] / res["xla"]["p50"], 3),
+        malloc_kept=kept,
     )
     return res
 
