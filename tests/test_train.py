@@ -50,6 +50,28 @@ def test_tiny_keras_artifacts(tiny_keras):
         assert json.loads(z.read("config.json"))["compile_config"]["jit_compile"] is use_xla() is False
 
 
+def _outputs_under(variable: str, code: str, values) -> dict:
+    """``code``'s stdout in a fresh interpreter for each value of the environment ``variable`` (None: unset)."""
+    seen = {}
+    for value in values:
+        env = {k: v for k, v in os.environ.items() if k != variable}
+        if value is not None:
+            env[variable] = value
+        p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        seen[value] = p.stdout.strip()
+    return seen
+
+
+def _bad_value_is_one_line(monkeypatch, variable: str, check, message: str) -> None:
+    """``variable=yes`` raises ``message`` from ``check()``, and ``convert train`` exits 2 with it as its one line."""
+    monkeypatch.setenv(variable, "yes")
+    with pytest.raises(DataError, match="^" + re.escape(message) + "$"):
+        check()
+    p = run_convert("train", "--train", "a.csv", "--valid", "b.csv", "--out", "c.keras", env={variable: "yes"})
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [f"error: {message}"], p.stderr
+
+
 def test_training_uses_xla_only_with_a_gpu_unless_the_environment_says(monkeypatch):
     """``convert train`` leaves XLA to Keras's own choice: on with a GPU, off on a CPU, where the
     bench's ``train_step_ms`` measured it 0.58-0.79x as fast; ``SEAMQC_TRAIN_XLA=1`` / ``0`` / ``auto``
@@ -59,14 +81,7 @@ def test_training_uses_xla_only_with_a_gpu_unless_the_environment_says(monkeypat
     code = (
         "import tensorflow as tf, convert.train as t; print(t.use_xla(), bool(tf.config.list_physical_devices('GPU')))"
     )
-    seen = {}
-    for value in (None, "auto", " AUTO ", "1", "0", " 0 "):
-        env = {k: v for k, v in os.environ.items() if k != XLA_ENV}
-        if value is not None:
-            env[XLA_ENV] = value
-        p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, p.stderr[-2000:]
-        seen[value] = p.stdout.split()
+    seen = {k: v.split() for k, v in _outputs_under(XLA_ENV, code, (None, "auto", " AUTO ", "1", "0", " 0 ")).items()}
     gpu = seen[None][1]  # "False" on the CI machine and the development VM
     assert {k: v[0] for k, v in seen.items()} == {
         None: gpu,
@@ -76,13 +91,9 @@ def test_training_uses_xla_only_with_a_gpu_unless_the_environment_says(monkeypat
         "0": "False",
         " 0 ": "False",
     }
-    monkeypatch.setenv(XLA_ENV, "yes")
-    with pytest.raises(DataError, match=r"^SEAMQC_TRAIN_XLA='yes': choose from 0, 1, auto \(or leave it unset\)$"):
-        use_xla()
-    p = run_convert("train", "--train", "a.csv", "--valid", "b.csv", "--out", "c.keras", env={XLA_ENV: "yes"})
-    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-        "error: SEAMQC_TRAIN_XLA='yes': choose from 0, 1, auto (or leave it unset)"
-    ], p.stderr
+    _bad_value_is_one_line(
+        monkeypatch, XLA_ENV, use_xla, "SEAMQC_TRAIN_XLA='yes': choose from 0, 1, auto (or leave it unset)"
+    )
 
 
 def test_training_keeps_freed_memory_unless_the_environment_says(monkeypatch):
@@ -95,23 +106,12 @@ def test_training_keeps_freed_memory_unless_the_environment_says(monkeypatch):
     from convert.train import MALLOC_ENV, keep_freed_memory
 
     code = "import convert.train as t; print(t.keep_freed_memory())"
-    seen = {}
-    for value in (None, "1", " 1 ", "0"):
-        env = {k: v for k, v in os.environ.items() if k != MALLOC_ENV}
-        if value is not None:
-            env[MALLOC_ENV] = value
-        p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert p.returncode == 0, p.stderr[-2000:]
-        seen[value] = p.stdout.strip()
+    seen = _outputs_under(MALLOC_ENV, code, (None, "1", " 1 ", "0"))
     glibc = hasattr(ctypes.CDLL(None), "gnu_get_libc_version")  # the CI machine and the VMs: Debian's glibc
     assert seen == {None: str(glibc), "1": str(glibc), " 1 ": str(glibc), "0": "False"}
-    monkeypatch.setenv(MALLOC_ENV, "yes")
-    with pytest.raises(DataError, match=r"^SEAMQC_TRAIN_MALLOC='yes': choose from 0, 1 \(or leave it unset\)$"):
-        keep_freed_memory()
-    p = run_convert("train", "--train", "a.csv", "--valid", "b.csv", "--out", "c.keras", env={MALLOC_ENV: "yes"})
-    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-        "error: SEAMQC_TRAIN_MALLOC='yes': choose from 0, 1 (or leave it unset)"
-    ], p.stderr
+    _bad_value_is_one_line(
+        monkeypatch, MALLOC_ENV, keep_freed_memory, "SEAMQC_TRAIN_MALLOC='yes': choose from 0, 1 (or leave it unset)"
+    )
 
 
 @pytest.mark.slow
