@@ -79,13 +79,13 @@ INIT_CKPT = "init.keras"  # the --init model as it started, beside the checkpoin
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "edge" / "models" / "default"
 LR_SCRATCH, LR_FINETUNE = 3e-3, 1e-3
 XLA_ENV = "SEAMQC_TRAIN_XLA"
-#: XLA-compiled training steps: Keras's own choice ("auto": on with a GPU, off on a CPU) unless
-#: ``SEAMQC_TRAIN_XLA`` says 1 (on) or 0 (off). From 2026-12-06 to 12-07 it was on everywhere, after a
-#: VM where a ``resnet-s2-deep`` step at batch 32 took 894 ms with XLA and 1,470 without. On the
-#: AMD EPYC VMs since (TensorFlow's oneDNN kernels on AVX-512), the bench's ``train_step_ms`` (both
-#: arms in one worker, alternating rounds) gave XLA 0.58-0.79x the speed in 7 runs, a ``train --init
-#: default`` epoch of 2,000 stills took 75 / 83 s with it and 48 / 46 s without, and the data loop's
-#: fine-tune ran 1.6x faster without. ``make bench`` prints the ratio for the machine at hand.
+#: XLA-compiled training steps. "auto" (the default): on with a GPU, and on a CPU without AVX-512;
+#: off on a CPU with AVX-512, where TensorFlow's oneDNN kernels beat it. ``SEAMQC_TRAIN_XLA`` 1 / 0
+#: forces it. Measured: on AMD EPYC VMs with AVX-512 the bench's ``train_step_ms`` gave XLA 0.58-0.79x
+#: the speed (7 runs) and a ``train --init default`` epoch of 2,000 stills took 75 / 83 s with it, 48 /
+#: 46 s without; on an AMD EPYC VM without AVX-512 (2026-12-07 evening) the bench gave XLA 1.49x and an
+#: epoch of 1,000 stills at batch 16 took 25-26 s with it, 35-40 s without (as on the first VM, 894
+#: against 1,470 ms a step). ``make bench`` prints the ratio for the machine at hand.
 XLA_SETTINGS = ("0", "1", "auto")
 
 
@@ -98,7 +98,24 @@ def use_xla() -> bool:
         return value == "1"
     import tensorflow as tf
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    return bool(tf.config.list_physical_devices("GPU")) or not cpu_has_avx512()
+
+
+def cpu_has_avx512(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has AVX-512 (``avx512f`` among /proc/cpuinfo's flags; False where unreadable).
+
+    It decides ``use_xla``'s "auto" on a CPU: TensorFlow's own oneDNN kernels on AVX-512 beat XLA,
+    without AVX-512 XLA wins (README, "Training on a CPU")."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    return any(
+        "avx512f" in line.split(":", 1)[1].split()
+        for line in cpuinfo.splitlines()
+        if line.startswith("flags") and ":" in line
+    )
 
 
 MALLOC_ENV = "SEAMQC_TRAIN_MALLOC"

@@ -12,9 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Training without XLA here and in every `convert` subprocess (convert.train.use_xla): on a CPU that
-# is train's own default, and a machine with a GPU (where the default is on) runs the suite the same
-# way; SEAMQC_TRAIN_XLA=1 make test runs everything with it.
+# Training without XLA here and in every `convert` subprocess (convert.train.use_xla), on every
+# machine: train's default depends on the hardware (on with a GPU or without AVX-512), the suite's
+# tiny trainings are mostly compile time, and every machine runs the suite the same way;
+# SEAMQC_TRAIN_XLA=1 make test runs everything with it.
 os.environ.setdefault("SEAMQC_TRAIN_XLA", "0")
 
 pytest_plugins = ["tests.support.model", "tests.support.mqtt", "tests.support.collect"]

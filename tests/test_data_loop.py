@@ -264,7 +264,7 @@ def test_one_round_of_the_data_loop_cuts_misses_and_false_alarms(mqtt_broker, tm
         "16",
         timeout=900,
     )
-    # a CPU's fine-tune is not XLA-compiled (train.use_xla: 1.6x faster here without it)
+    # the fine-tune is not XLA-compiled: the suite sets SEAMQC_TRAIN_XLA=0 (tests/conftest.py)
     with zipfile.ZipFile(max((work / "loop1_checkpoints").glob("ckpt-e*.keras"))) as z:
         assert json.loads(z.read("config.json"))["compile_config"]["jit_compile"] is False
     convert_ok(

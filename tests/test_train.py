@@ -44,8 +44,8 @@ def test_tiny_keras_artifacts(tiny_keras):
     meta = read_meta(tiny_keras)
     assert meta["labels"] == ["good", "error", "break", "length"] and meta["task"] == "multilabel"
     assert (meta["height"], meta["arch"]) == (64, "resnet-int8")
-    # the steps were compiled as train.use_xla says (off: the suite sets SEAMQC_TRAIN_XLA=0, which is
-    # also a CPU's default), and the checkpoint's compile config records it
+    # the steps were compiled as train.use_xla says (off: the suite sets SEAMQC_TRAIN_XLA=0), and the
+    # checkpoint's compile config records it
     with zipfile.ZipFile(ckpt_dir / ckpts[-1]) as z:
         assert json.loads(z.read("config.json"))["compile_config"]["jit_compile"] is use_xla() is False
 
@@ -72,21 +72,22 @@ def _bad_value_is_one_line(monkeypatch, variable: str, check, message: str) -> N
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [f"error: {message}"], p.stderr
 
 
-def test_training_uses_xla_only_with_a_gpu_unless_the_environment_says(monkeypatch):
-    """``convert train`` leaves XLA to Keras's own choice: on with a GPU, off on a CPU, where the
-    bench's ``train_step_ms`` measured it 0.58-0.79x as fast; ``SEAMQC_TRAIN_XLA=1`` / ``0`` / ``auto``
-    say otherwise, and any other value is one line naming the variable."""
+def test_training_uses_xla_with_a_gpu_or_without_avx512_unless_the_environment_says(monkeypatch):
+    """``convert train`` compiles with XLA on a GPU and on a CPU without AVX-512 (the bench: 1.49x),
+    not on a CPU with it (0.58-0.79x, TensorFlow's oneDNN kernels); ``SEAMQC_TRAIN_XLA=1`` / ``0`` /
+    ``auto`` say otherwise, and any other value is one line naming the variable."""
     from convert.train import XLA_ENV, use_xla
 
     code = (
-        "import tensorflow as tf, convert.train as t; print(t.use_xla(), bool(tf.config.list_physical_devices('GPU')))"
+        "import tensorflow as tf, convert.train as t; "
+        "print(t.use_xla(), bool(tf.config.list_physical_devices('GPU')) or not t.cpu_has_avx512())"
     )
     seen = {k: v.split() for k, v in _outputs_under(XLA_ENV, code, (None, "auto", " AUTO ", "1", "0", " 0 ")).items()}
-    gpu = seen[None][1]  # "False" on the CI machine and the development VM
+    auto = seen[None][1]  # a GPU, or a CPU without AVX-512 (the development VMs have had both kinds)
     assert {k: v[0] for k, v in seen.items()} == {
-        None: gpu,
-        "auto": gpu,
-        " AUTO ": gpu,
+        None: auto,
+        "auto": auto,
+        " AUTO ": auto,
         "1": "True",
         "0": "False",
         " 0 ": "False",
@@ -94,6 +95,17 @@ def test_training_uses_xla_only_with_a_gpu_unless_the_environment_says(monkeypat
     _bad_value_is_one_line(
         monkeypatch, XLA_ENV, use_xla, "SEAMQC_TRAIN_XLA='yes': choose from 0, 1, auto (or leave it unset)"
     )
+
+
+def test_avx512_is_read_from_the_cpu_flags():
+    """``use_xla``'s "auto" on a CPU hangs on one flag: ``avx512f`` as a whole word of a flags line."""
+    from convert.train import cpu_has_avx512
+
+    assert cpu_has_avx512("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n") is True
+    assert cpu_has_avx512("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n") is False
+    assert cpu_has_avx512("model name\t: avx512f in a name\nflags\t\t: avx2 avx512_vnni_x\n") is False
+    assert cpu_has_avx512("") is False
+    assert cpu_has_avx512() is ("avx512f" in Path("/proc/cpuinfo").read_text().split())  # this machine's
 
 
 def test_training_keeps_freed_memory_unless_the_environment_says(monkeypatch):
