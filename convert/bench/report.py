@@ -191,7 +191,7 @@ def render_table(res: dict) -> str:
         f"{rss.get('tensorflow_mapped_in_litert_daemon')}) |",
         f"| daemon RSS, heatmaps.method tf | {_f(rss.get('tf'), 1)} MB |",
         f"| workstation: one training step of {ts.get('arch')} (batch {ts.get('batch')}, Keras fit), "
-        "XLA / without (train's default on a CPU: SEAMQC_TRAIN_XLA=1 when XLA wins) | "
+        "XLA / without (train's default on a CPU: XLA without AVX-512, none with it; SEAMQC_TRAIN_XLA forces) | "
         f"{_f((ts.get('xla') or {}).get('p50'), 1)} / "
         f"{_f((ts.get('plain') or {}).get('p50'), 1)} ms → XLA {_f(ts.get('xla_speedup'))} × faster |",
         "| the same step without XLA, glibc malloc keeping freed memory (train's default) / left alone "
