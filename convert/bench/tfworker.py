@@ -163,7 +163,7 @@ def _tf_gradcam_rss_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def _tf_train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Subprocess: one training step of the bundle's architecture, Keras ``fit`` as ``convert train``
     runs it (a ``PyDataset`` of ``batch`` images, Adam, binary cross-entropy), with XLA and without it
-    (``train``'s default on a machine without a GPU, ``train.use_xla``), side by side: the two
+    (``train.use_xla`` picks one by the hardware: a GPU, AVX-512), side by side: the two
     models train in alternating rounds of ``steps`` steps, and each round's first step is left out.
     ``spec["malloc"]``: whether glibc keeps freed memory as ``train`` sets it (``train.keep_freed_memory``;
     process-wide, so the bench runs one worker each way)."""
