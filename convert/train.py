@@ -89,11 +89,18 @@ XLA_ENV = "SEAMQC_TRAIN_XLA"
 XLA_SETTINGS = ("0", "1", "auto")
 
 
+def _env_setting(name: str, choices: tuple[str, ...], default: str) -> str:
+    """The environment variable ``name``, stripped and lower-cased (unset or blank: ``default``); a
+    value not in ``choices`` is one line naming the variable and the choices."""
+    value = os.environ.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise DataError(f"{name}={os.environ[name]!r}: choose from {', '.join(choices)} (or leave it unset)")
+    return value
+
+
 def use_xla() -> bool:
     """Whether ``train`` compiles its steps with XLA (``XLA_ENV``; imports TensorFlow for "auto")."""
-    value = os.environ.get(XLA_ENV, "").strip().lower() or "auto"
-    if value not in XLA_SETTINGS:
-        raise DataError(f"{XLA_ENV}={os.environ[XLA_ENV]!r}: choose from {', '.join(XLA_SETTINGS)} (or leave it unset)")
+    value = _env_setting(XLA_ENV, XLA_SETTINGS, "auto")
     if value != "auto":
         return value == "1"
     import tensorflow as tf
@@ -132,10 +139,7 @@ def keep_freed_memory() -> bool:
     third of the process's CPU time went to the kernel. Kept, a ``resnet-s2`` epoch at 128 px ran
     1.5x faster (README, "Training on a CPU"), with the same weights. ``SEAMQC_TRAIN_MALLOC=0``
     leaves malloc alone; True when the settings took (glibc), False elsewhere."""
-    value = os.environ.get(MALLOC_ENV, "").strip() or "1"
-    if value not in ("0", "1"):
-        raise DataError(f"{MALLOC_ENV}={os.environ[MALLOC_ENV]!r}: choose from 0, 1 (or leave it unset)")
-    if value == "0":
+    if _env_setting(MALLOC_ENV, ("0", "1"), "1") == "0":
         return False
     import ctypes
 
